@@ -1,0 +1,13 @@
+"""fastbp: train small dense neural networks by backpropagation, fast.
+
+The whole training run -- every epoch, sample and update -- runs inside Numba-compiled
+kernels (``fastbp.kernels``); this package validates input, allocates and reports.
+"""
+from .errors import DivergenceError, ModelFileError
+from .history import History
+from .io import load
+from .model import MLP
+
+__version__ = "0.1.0"
+
+__all__ = ["MLP", "History", "load", "DivergenceError", "ModelFileError", "__version__"]

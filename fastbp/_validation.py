@@ -1,0 +1,179 @@
+"""Input checking at the API boundary: every message names the argument, what was
+expected and what was given.  Arrays are converted (never modified in place) to the
+model dtype, feature-major and contiguous, once."""
+import numbers
+
+import numpy as np
+
+from ._codes import ACTIVATIONS, DTYPES, INITS, LOSSES
+
+
+def _names(table):
+    return ", ".join(repr(k) for k in table)
+
+
+def check_sizes(sizes):
+    try:
+        sizes = [operator_index(s, "sizes") for s in sizes]
+    except TypeError as exc:
+        if "sizes" in str(exc):
+            raise
+        raise TypeError(f"sizes must be a sequence of integers, got {sizes!r}") from None
+    if len(sizes) < 2:
+        raise ValueError(f"sizes needs at least 2 entries (inputs and outputs), got {sizes!r}")
+    bad = [s for s in sizes if s < 1]
+    if bad:
+        raise ValueError(f"sizes must all be >= 1 (every layer needs a unit), got {sizes!r}")
+    return tuple(sizes)
+
+
+def operator_index(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def check_activations(activation, n_layers):
+    if isinstance(activation, str):
+        names = [activation] * n_layers
+    else:
+        try:
+            names = list(activation)
+        except TypeError:
+            raise TypeError(f"activation must be a name or a list of names, got {activation!r}") from None
+        if len(names) != n_layers:
+            raise ValueError(
+                f"activation: expected one name per layer ({n_layers}), got {len(names)}: {names!r}")
+    for name in names:
+        if not isinstance(name, str) or name not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {name!r}; expected one of {_names(ACTIVATIONS)}")
+    return tuple(names)
+
+
+def check_loss(loss, activations):
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {_names(LOSSES)}")
+    if loss == "bce" and activations[-1] != "sigmoid":
+        raise ValueError(
+            f"loss 'bce' needs a sigmoid output activation, got {activations[-1]!r}")
+    return loss
+
+
+def check_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be one of {DTYPES}, got {dtype!r}") from None
+    if dt.name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dt.name!r}")
+    return dt
+
+
+def check_init(init):
+    if isinstance(init, str):
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; expected one of "
+                             f"{', '.join(map(repr, INITS))} or a number")
+        return init
+    if isinstance(init, numbers.Real) and not isinstance(init, bool) and np.isfinite(init):
+        return float(init)
+    raise ValueError(f"init must be one of {', '.join(map(repr, INITS))} or a finite number, "
+                     f"got {init!r}")
+
+
+def as_float_array(a, name, dtype):
+    """``a`` as a float ndarray of ``dtype``; rejects what has no faithful float value."""
+    if isinstance(a, (str, bytes)):
+        raise TypeError(f"{name} must be a numeric array, got a string")
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:  # ragged lists and the like
+        raise ValueError(f"{name} could not be read as an array: {exc}") from None
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise TypeError(f"{name} has complex values (dtype {arr.dtype}); expected real numbers")
+    if kind in "OUSVMm":
+        raise TypeError(f"{name} has dtype {arr.dtype}; expected a numeric array "
+                        f"(convert it with np.asarray(..., dtype=float))")
+    # bools are taken as 0/1 and integers converted: both are exact in float64.
+    with np.errstate(over="ignore"):
+        out = arr.astype(dtype, copy=False)
+    if out.size and not np.isfinite(out).all():
+        if np.isfinite(arr.astype(np.float64)).all():
+            raise ValueError(f"{name} has values too large for {np.dtype(dtype).name} "
+                             f"(max |value| {np.abs(arr).max():.3g})")
+        raise ValueError(f"{name} contains NaN or infinity")
+    return out
+
+
+def check_X(X, n_features, dtype, name="X"):
+    x = as_float_array(X, name, dtype)
+    if x.ndim == 1 and n_features == 1:
+        x = x.reshape(-1, 1)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, {n_features}), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 samples)")
+    if x.shape[1] != n_features:
+        raise ValueError(f"{name} has {x.shape[1]} features but the model expects "
+                         f"sizes[0] = {n_features}")
+    return x
+
+
+def check_y(y, n_samples, n_outputs, dtype, name="y"):
+    t = as_float_array(y, name, dtype)
+    if t.ndim == 1:
+        if n_outputs != 1:
+            raise ValueError(f"{name} is 1-D but the model has {n_outputs} outputs; "
+                             f"expected shape ({n_samples}, {n_outputs})")
+        t = t.reshape(-1, 1)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 1-D or 2-D (n_samples, {n_outputs}), got shape {t.shape}")
+    if t.shape[0] != n_samples:
+        raise ValueError(f"X and {name} have different numbers of samples: "
+                         f"{n_samples} and {t.shape[0]}")
+    if t.shape[1] != n_outputs:
+        raise ValueError(f"{name} has {t.shape[1]} columns but the model has "
+                         f"sizes[-1] = {n_outputs} outputs")
+    return t
+
+
+def check_targets_for_loss(t, loss, name="y"):
+    if loss == "bce" and ((t < 0).any() or (t > 1).any()):
+        raise ValueError(f"loss 'bce' needs targets in [0, 1]; {name} has values in "
+                         f"[{t.min():.6g}, {t.max():.6g}]")
+
+
+def check_positive_int(value, name, minimum=1):
+    v = operator_index(value, name)
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def check_lr(lr):
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"lr must be a number, got {lr!r}")
+    lr = float(lr)
+    if not np.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    return lr
+
+
+def check_batch_size(batch_size, n_samples):
+    if batch_size is None:
+        return n_samples
+    b = check_positive_int(batch_size, "batch_size")
+    if b > n_samples:
+        raise ValueError(f"batch_size {b} is larger than the number of samples {n_samples}; "
+                         f"use batch_size=None for full-batch training")
+    return b
+
+
+def check_seed(seed, name="seed"):
+    if seed is None:
+        return None
+    s = operator_index(seed, name)
+    if s < 0:
+        raise ValueError(f"{name} must be >= 0, got {s}")
+    return s

@@ -1,0 +1,33 @@
+"""What a training run reports."""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class History:
+    """Loss history of one ``fit``.
+
+    loss:         (n_records,) float64; record r is epoch r * record_every of this fit
+                  (full batch: the loss before that epoch's update; SGD and mini-batch:
+                  the mean of the batch losses seen during that epoch).
+    epochs:       epochs actually run (less than asked if training was interrupted or
+                  diverged).
+    record_every: epochs between records.
+    seconds:      wall time of the training loop.
+    stopped:      None, or why training ended early ("interrupted", "callback", "diverged").
+    """
+    loss: np.ndarray
+    epochs: int
+    record_every: int = 1
+    seconds: float = 0.0
+    stopped: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def epochs_recorded(self):
+        """The epoch number (within this fit) of each record."""
+        return np.arange(self.loss.shape[0]) * self.record_every
+
+    def __len__(self):
+        return self.loss.shape[0]

@@ -1,0 +1,10 @@
+"""fastbp.kernels: Numba-compiled building blocks. Arrays in, arrays out; imports only
+numpy and numba, never fastbp.  See DESIGN.md for the flat parameter layout."""
+from .activations import IDENTITY, RELU, SIGMOID, TANH, activate_inplace, exp_into, \
+    mul_derivative_inplace, sigmoid_inplace
+from .config import BLAS_MIN_WORK, JIT
+from .dense import backward, forward
+from .losses import BCE, HALF_MSE, MSE, SSE, batch_loss, output_delta
+from .rng import next_u64, permutation_into, seed_state
+from .train import activation_offsets, all_finite, allocate_workspace, loss_and_gradient, \
+    predict_into, train_epochs

@@ -1,0 +1,69 @@
+"""Losses over a batch held feature-major: ``out``, ``y`` and ``z`` are flat (K * nb,) rows.
+
+``count`` is the number of elements the mean runs over (nb * K for a batch of nb samples
+with K outputs).  Definitions (DESIGN.md):
+    mse      = sum (out - y)^2 / count
+    half_mse = mse / 2                       (scikit-learn's squared error)
+    sse      = 1/2 * sum (out - y)^2         (the tutorials' E; not divided by count)
+    bce      = -sum [y log p + (1-y) log(1-p)] / count, p = sigmoid(z)
+For bce the loss is computed from the pre-activation z (log-sum-exp form), which is exact
+where p has saturated to 0 or 1, and the delta with a sigmoid output is (p - y) / count.
+"""
+import math
+
+from numba import njit
+
+from .activations import SIGMOID, mul_derivative_inplace
+from .config import JIT
+
+MSE = 0
+HALF_MSE = 1
+SSE = 2
+BCE = 3
+
+
+@njit(**JIT)
+def batch_loss(out, y, z, code, count):
+    """Loss of one batch (float64)."""
+    total = 0.0
+    n = out.shape[0]
+    if code == BCE:
+        for s in range(n):
+            zs = z[s]
+            # -[y log p + (1-y) log(1-p)] = max(z, 0) - z y + log(1 + exp(-|z|))
+            total += max(zs, 0.0) - zs * y[s] + math.log1p(math.exp(-abs(zs)))
+        return total / count
+    for s in range(n):
+        d = out[s] - y[s]
+        total += d * d
+    if code == MSE:
+        return total / count
+    if code == HALF_MSE:
+        return 0.5 * total / count
+    return 0.5 * total  # SSE
+
+
+@njit(**JIT)
+def output_delta(out, y, delta, loss_code, act_code, count):
+    """delta <- dLoss/dz for the output layer (z its pre-activation)."""
+    n = out.shape[0]
+    if loss_code == BCE and act_code == SIGMOID:
+        inv = 1.0 / count
+        for s in range(n):
+            delta[s] = (out[s] - y[s]) * inv
+        return
+    if loss_code == MSE:
+        scale = 2.0 / count
+    elif loss_code == HALF_MSE:
+        scale = 1.0 / count
+    elif loss_code == SSE:
+        scale = 1.0
+    else:  # BCE with another output activation: d/dout of the loss, then f'
+        for s in range(n):
+            p = out[s]
+            delta[s] = (p - y[s]) / (p * (1.0 - p)) / count
+        mul_derivative_inplace(delta, out, act_code)
+        return
+    for s in range(n):
+        delta[s] = (out[s] - y[s]) * scale
+    mul_derivative_inplace(delta, out, act_code)

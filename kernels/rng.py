@@ -1,0 +1,58 @@
+"""A small counter-based random generator whose whole state is an int64 array.
+
+state = [key, counter]; draw number c of stream ``key`` is splitmix64(key + c * golden),
+a pure function of (key, c).  The state lives in an array that the training loop updates
+in place, so a run cut into chunks draws exactly the numbers of the same run in one
+piece, and a checkpoint only has to save two integers.
+"""
+import numpy as np
+from numba import njit
+
+from .config import JIT
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(**JIT)
+def _splitmix64(x):
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(**JIT)
+def next_u64(state):
+    """Next uint64 of the stream; advances state[1]."""
+    x = np.uint64(state[0]) + np.uint64(state[1]) * _GOLDEN
+    state[1] += 1
+    return _splitmix64(x)
+
+
+@njit(**JIT)
+def permutation_into(perm, state):
+    """perm <- a uniformly shuffled 0..n-1 (Fisher-Yates from the identity).
+
+    Starting from the identity every time makes the permutation of an epoch depend only on
+    the generator state, not on earlier epochs' permutations.
+    """
+    n = perm.shape[0]
+    for i in range(n):
+        perm[i] = i
+    for i in range(n - 1, 0, -1):
+        # modulo bias is below 2**-40 for any realistic n
+        j = np.int64(next_u64(state) % np.uint64(i + 1))
+        t = perm[i]
+        perm[i] = perm[j]
+        perm[j] = t
+
+
+def seed_state(seed):
+    """A fresh generator state for an integer seed (or None: from OS entropy)."""
+    if seed is None:
+        key = int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+    else:
+        key = int(np.random.SeedSequence(int(seed)).generate_state(1, np.uint64)[0])
+    return np.array([np.uint64(key).astype(np.int64), 0], dtype=np.int64)
