@@ -168,10 +168,10 @@ class MLP:
         xt = self._inputs(X)
         n = xt.shape[1]
         ws = K.allocate_workspace(self._layout.sizes_arr, self._layout.n_params,
-                                  min(n, _EVAL_CAP), 0, self._params[:0])
-        a_off, acts, _, _, z_out, _, bits, _ = ws
+                                  min(n, _EVAL_CAP), 0, self._params[:0], False)
+        a_off, acts, _, _, _, _, bits, scale, _ = ws
         out = np.empty((self.sizes[-1], n), dtype=self.dtype)
-        K.predict_into(self._params, *self._kernel_net(), xt, out, a_off, acts, z_out, bits,
+        K.predict_into(self._params, *self._kernel_net(), xt, out, a_off, acts, bits, scale,
                        K.BLAS_MIN_WORK)
         return np.ascontiguousarray(out.T)
 
@@ -179,12 +179,12 @@ class MLP:
         xt = self._inputs(X)
         yt = self._targets(y, xt.shape[1])
         n = xt.shape[1]
-        a_off, acts, deltas, grad, z_out, y_batch, bits, perm = K.allocate_workspace(
-            self._layout.sizes_arr, self._layout.n_params, n, n, self._params[:0])
+        a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm = K.allocate_workspace(
+            self._layout.sizes_arr, self._layout.n_params, n, n, self._params[:0], True)
         sizes, w_off, b_off, codes = self._kernel_net()
         loss = K.loss_and_gradient(self._params, sizes, w_off, b_off, codes, self._loss_code,
                                    xt, yt, grad, a_off, acts, deltas, z_out, y_batch, bits,
-                                   perm, K.BLAS_MIN_WORK)
+                                   scale, perm, K.BLAS_MIN_WORK)
         return float(loss), grad
 
     def loss(self, X, y):
@@ -236,7 +236,8 @@ class MLP:
         n = xt.shape[1]
         lay = self._layout
         history = np.full(-(-epochs // record_every), np.nan)
-        ws = K.allocate_workspace(lay.sizes_arr, lay.n_params, batch, n, self._params[:0])
+        ws = K.allocate_workspace(lay.sizes_arr, lay.n_params, batch, n, self._params[:0],
+                                  self.loss_name == "bce")
         backup = np.empty_like(self._params)
         sizes, w_off, b_off, codes = self._kernel_net()
         bar = make_bar(epochs) if progress else None

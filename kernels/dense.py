@@ -1,11 +1,11 @@
 """Forward and backward passes of a dense network over the flat parameter vector.
 
 Data layout: the activations of a batch of ``nb`` samples are kept FEATURE-major, one
-contiguous row of nb values per unit: layer l's block in the flat buffer ``acts`` starts
+contiguous row of nb values per unit: layer l's block in the flat buffer ``buf`` starts
 at ``a_off[l]`` and holds sizes[l] rows of nb values.  The innermost loops therefore run
 over samples: they vectorize (SIMD) while every dot product is still summed over the
-inputs in their natural order, so no sum is reassociated (PERF-NOTES.md).  The same
-layout with nb == 1 is the one-sample path, whose loops run over units instead.
+inputs in their natural order, so no sum is reassociated (PERF-NOTES.md).  With nb == 1
+(one sample) the loops run over units instead.
 
 Parameters: layer l's weights are a row-major (sizes[l], sizes[l+1]) block at
 ``w_off[l]``, its biases a block of sizes[l+1] at ``b_off[l]`` (-1 without biases);
@@ -13,7 +13,8 @@ Parameters: layer l's weights are a row-major (sizes[l], sizes[l+1]) block at
 
 Wide layers go through BLAS (np.dot on contiguous 2-D views), narrow ones through loops,
 chosen per layer by the amount of work (config.BLAS_MIN_WORK); ``blas_min_work < 0``
-disables BLAS.
+disables BLAS.  Hot loops index slices from 0: with an offset of unknown sign Numba adds a
+negative-index check to every access, which stops LLVM from vectorizing.
 """
 import numpy as np
 from numba import njit
@@ -29,32 +30,37 @@ def _use_blas(n_in, n_out, nb, blas_min_work):
 
 @njit(**JIT)
 def _affine(params, wo, bo, n_in, n_out, a_in, z, nb, blas_min_work):
-    """z (n_out rows of nb) <- a_in (n_in rows of nb) @ W + b, feature-major."""
-    w = params[wo:wo + n_in * n_out]
+    """z (n_out rows of nb) <- a_in (n_in rows of nb) @ W + b.
+
+    a_in and z are separate slices: with one buffer and two offsets LLVM could not tell
+    the rows apart and the sample loops stopped vectorizing (3x slower).
+    """
     if _use_blas(n_in, n_out, nb, blas_min_work):
-        np.dot(w.reshape((n_in, n_out)).T, a_in.reshape((n_in, nb)), z.reshape((n_out, nb)))
+        w = params[wo:wo + n_in * n_out].reshape((n_in, n_out))
+        np.dot(w.T, a_in.reshape((n_in, nb)), z.reshape((n_out, nb)))
     elif nb == 1:
+        a0 = a_in[0]
         for j in range(n_out):
-            z[j] = w[j] * a_in[0]
+            z[j] = params[wo + j] * a0
         for i in range(1, n_in):
-            ai = a_in[i]
-            row = i * n_out
+            a = a_in[i]
+            row = wo + i * n_out
             for j in range(n_out):
-                z[j] += w[row + j] * ai
+                z[j] += params[row + j] * a
     else:
         for j in range(n_out):
-            w0 = w[j]
+            w0 = params[wo + j]
             zj = j * nb
             for s in range(nb):
                 z[zj + s] = w0 * a_in[s]
         for i in range(1, n_in):
-            ai = i * nb
-            row = i * n_out
+            ar = i * nb
+            row = wo + i * n_out
             for j in range(n_out):
-                wij = w[row + j]
+                wij = params[row + j]
                 zj = j * nb
                 for s in range(nb):
-                    z[zj + s] += wij * a_in[ai + s]
+                    z[zj + s] += wij * a_in[ar + s]
     if bo >= 0:
         for j in range(n_out):
             bj = params[bo + j]
@@ -64,64 +70,72 @@ def _affine(params, wo, bo, n_in, n_out, a_in, z, nb, blas_min_work):
 
 
 @njit(**JIT)
-def forward(params, sizes, w_off, b_off, acts, buf, a_off, z_out, nb, bits, blas_min_work):
+def forward(params, sizes, w_off, b_off, acts, buf, a_off, nb, bits, scale, z_out,
+            blas_min_work):
     """Forward pass of a batch whose inputs are already in buf's layer-0 block.
 
     buf:   flat activations buffer; layer l's block at a_off[l], sizes[l] rows of nb.
-    z_out: (sizes[-1] * nb,) receives the output layer's pre-activation (for stable bce).
-    bits:  int64 scratch, len >= max(sizes) * nb.
+    bits, scale: int64 scratch of len >= max(sizes) * nb and its float64 view.
+    z_out: receives the output layer's pre-activation (needed for a stable bce) when its
+           length is at least sizes[-1] * nb; pass an empty array to skip the copy.
     """
     n_layers = sizes.shape[0] - 1
     for l in range(n_layers):
         n_in = sizes[l]
         n_out = sizes[l + 1]
-        a_in = buf[a_off[l]:a_off[l] + n_in * nb]
-        z = buf[a_off[l + 1]:a_off[l + 1] + n_out * nb]
-        _affine(params, w_off[l], b_off[l], n_in, n_out, a_in, z, nb, blas_min_work)
-        if l == n_layers - 1:
-            z_out[:n_out * nb] = z
-        activate_inplace(z, acts[l], bits)
+        zo = a_off[l + 1]
+        _affine(params, w_off[l], b_off[l], n_in, n_out, buf[a_off[l]:a_off[l] + n_in * nb],
+                buf[zo:zo + n_out * nb], nb, blas_min_work)
+        if l == n_layers - 1 and z_out.shape[0] >= n_out * nb:
+            for s in range(n_out * nb):
+                z_out[s] = buf[zo + s]
+        activate_inplace(buf[zo:zo + n_out * nb], acts[l], bits, scale)
 
 
 @njit(**JIT)
-def _weight_grad(a_in, delta, g, n_in, n_out, nb, blas_min_work):
-    """g (n_in, n_out) <- a_in (n_in rows of nb) @ delta^T, each entry summed over samples
-    in order.  The sample loop is outermost so the n_in * n_out running sums are
-    independent chains the CPU overlaps, instead of one latency-bound chain per entry."""
+def _weight_grad(buf, ai, dbuf, do, grad, go, n_in, n_out, nb, blas_min_work):
+    """grad[go:] (n_in, n_out) <- a_in @ delta^T, each entry summed over samples in order.
+
+    The sample loop is outermost so the n_in * n_out running sums are independent chains
+    the CPU overlaps, instead of one latency-bound chain per entry.
+    """
     if _use_blas(n_in, n_out, nb, blas_min_work):
-        np.dot(a_in.reshape((n_in, nb)), delta.reshape((n_out, nb)).T, g.reshape((n_in, n_out)))
+        np.dot(buf[ai:ai + n_in * nb].reshape((n_in, nb)),
+               dbuf[do:do + n_out * nb].reshape((n_out, nb)).T,
+               grad[go:go + n_in * n_out].reshape((n_in, n_out)))
         return
     for i in range(n_in):
-        ai = a_in[i * nb]
-        row = i * n_out
+        a = buf[ai + i * nb]
+        row = go + i * n_out
         for j in range(n_out):
-            g[row + j] = ai * delta[j * nb]
+            grad[row + j] = a * dbuf[do + j * nb]
     for s in range(1, nb):
         for i in range(n_in):
-            ai = a_in[i * nb + s]
-            row = i * n_out
+            a = buf[ai + i * nb + s]
+            row = go + i * n_out
             for j in range(n_out):
-                g[row + j] += ai * delta[j * nb + s]
+                grad[row + j] += a * dbuf[do + j * nb + s]
 
 
 @njit(**JIT)
-def _back_delta(params, wo, n_in, n_out, delta, delta_in, nb, blas_min_work):
-    """delta_in (n_in rows of nb) <- W (n_in, n_out) @ delta (n_out rows of nb)."""
-    w = params[wo:wo + n_in * n_out]
+def _back_delta(params, wo, n_in, n_out, dbuf, do, di, nb, blas_min_work):
+    """dbuf[di:] (n_in rows of nb) <- W (n_in, n_out) @ dbuf[do:] (n_out rows of nb)."""
     if _use_blas(n_in, n_out, nb, blas_min_work):
-        np.dot(w.reshape((n_in, n_out)), delta.reshape((n_out, nb)), delta_in.reshape((n_in, nb)))
+        w = params[wo:wo + n_in * n_out].reshape((n_in, n_out))
+        np.dot(w, dbuf[do:do + n_out * nb].reshape((n_out, nb)),
+               dbuf[di:di + n_in * nb].reshape((n_in, nb)))
         return
     for i in range(n_in):
-        row = i * n_out
-        di = i * nb
-        w0 = w[row]
+        row = wo + i * n_out
+        dr = di + i * nb
+        w0 = params[row]
         for s in range(nb):
-            delta_in[di + s] = w0 * delta[s]
+            dbuf[dr + s] = w0 * dbuf[do + s]
         for j in range(1, n_out):
-            wij = w[row + j]
-            dj = j * nb
+            wij = params[row + j]
+            dj = do + j * nb
             for s in range(nb):
-                delta_in[di + s] += wij * delta[dj + s]
+                dbuf[dr + s] += wij * dbuf[dj + s]
 
 
 @njit(**JIT)
@@ -135,18 +149,17 @@ def backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, grad, nb, blas
     for l in range(n_layers - 1, -1, -1):
         n_in = sizes[l]
         n_out = sizes[l + 1]
-        a_in = buf[a_off[l]:a_off[l] + n_in * nb]
-        delta = dbuf[a_off[l + 1]:a_off[l + 1] + n_out * nb]
-        wo = w_off[l]
-        _weight_grad(a_in, delta, grad[wo:wo + n_in * n_out], n_in, n_out, nb, blas_min_work)
+        ai = a_off[l]
+        do = a_off[l + 1]
+        _weight_grad(buf, ai, dbuf, do, grad, w_off[l], n_in, n_out, nb, blas_min_work)
         bo = b_off[l]
         if bo >= 0:
             for j in range(n_out):
-                acc = delta[j * nb]
+                dj = do + j * nb
+                acc = dbuf[dj]
                 for s in range(1, nb):
-                    acc += delta[j * nb + s]
+                    acc += dbuf[dj + s]
                 grad[bo + j] = acc
         if l > 0:
-            delta_in = dbuf[a_off[l]:a_off[l] + n_in * nb]
-            _back_delta(params, wo, n_in, n_out, delta, delta_in, nb, blas_min_work)
-            mul_derivative_inplace(delta_in, a_in, acts[l - 1])
+            _back_delta(params, w_off[l], n_in, n_out, dbuf, do, ai, nb, blas_min_work)
+            mul_derivative_inplace(dbuf[ai:ai + n_in * nb], buf[ai:ai + n_in * nb], acts[l - 1])

@@ -1,13 +1,13 @@
-"""Losses over a batch held feature-major: ``out``, ``y`` and ``z`` are flat (K * nb,) rows.
+"""Losses of a batch held feature-major: the output block of nb samples x K outputs
+starts at ``oo`` in ``out``; targets ``y`` and pre-activations ``z`` start at 0.
 
-``count`` is the number of elements the mean runs over (nb * K for a batch of nb samples
-with K outputs).  Definitions (DESIGN.md):
+``count`` is the number of elements the mean runs over (nb * K).  Definitions (DESIGN.md):
     mse      = sum (out - y)^2 / count
     half_mse = mse / 2                       (scikit-learn's squared error)
     sse      = 1/2 * sum (out - y)^2         (the tutorials' E; not divided by count)
     bce      = -sum [y log p + (1-y) log(1-p)] / count, p = sigmoid(z)
-For bce the loss is computed from the pre-activation z (log-sum-exp form), which is exact
-where p has saturated to 0 or 1, and the delta with a sigmoid output is (p - y) / count.
+For bce the loss is computed from the pre-activation z (log-sum-exp form), exact where p
+has saturated to 0 or 1; the delta with a sigmoid output is (p - y) / count.
 """
 import math
 
@@ -23,18 +23,17 @@ BCE = 3
 
 
 @njit(**JIT)
-def batch_loss(out, y, z, code, count):
+def batch_loss(out, oo, y, z, code, count):
     """Loss of one batch (float64)."""
     total = 0.0
-    n = out.shape[0]
     if code == BCE:
-        for s in range(n):
+        for s in range(count):
             zs = z[s]
             # -[y log p + (1-y) log(1-p)] = max(z, 0) - z y + log(1 + exp(-|z|))
             total += max(zs, 0.0) - zs * y[s] + math.log1p(math.exp(-abs(zs)))
         return total / count
-    for s in range(n):
-        d = out[s] - y[s]
+    for s in range(count):
+        d = out[oo + s] - y[s]
         total += d * d
     if code == MSE:
         return total / count
@@ -44,26 +43,19 @@ def batch_loss(out, y, z, code, count):
 
 
 @njit(**JIT)
-def output_delta(out, y, delta, loss_code, act_code, count):
-    """delta <- dLoss/dz for the output layer (z its pre-activation)."""
-    n = out.shape[0]
+def output_delta(out, oo, y, delta, loss_code, act_code, count):
+    """delta[oo:oo+count] <- dLoss/dz for the output layer (z its pre-activation)."""
     if loss_code == BCE and act_code == SIGMOID:
         inv = 1.0 / count
-        for s in range(n):
-            delta[s] = (out[s] - y[s]) * inv
+        for s in range(count):
+            delta[oo + s] = (out[oo + s] - y[s]) * inv
         return
     if loss_code == MSE:
         scale = 2.0 / count
     elif loss_code == HALF_MSE:
         scale = 1.0 / count
-    elif loss_code == SSE:
+    else:  # SSE
         scale = 1.0
-    else:  # BCE with another output activation: d/dout of the loss, then f'
-        for s in range(n):
-            p = out[s]
-            delta[s] = (p - y[s]) / (p * (1.0 - p)) / count
-        mul_derivative_inplace(delta, out, act_code)
-        return
-    for s in range(n):
-        delta[s] = (out[s] - y[s]) * scale
-    mul_derivative_inplace(delta, out, act_code)
+    for s in range(count):
+        delta[oo + s] = (out[oo + s] - y[s]) * scale
+    mul_derivative_inplace(delta[oo:oo + count], out[oo:oo + count], act_code)

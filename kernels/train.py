@@ -25,10 +25,11 @@ def activation_offsets(sizes, cap):
 
 
 @njit(**JIT)
-def allocate_workspace(sizes, n_params, cap, n_samples, dtype_like):
+def allocate_workspace(sizes, n_params, cap, n_samples, dtype_like, keep_z):
     """Every buffer a training run needs, for batches of up to ``cap`` samples.
 
-    Returns (a_off, acts, deltas, grad, z_out, y_batch, bits, perm).
+    Returns (a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm); z_out (the
+    output pre-activations, for bce) is empty unless keep_z; scale is bits' float64 view.
     """
     a_off = activation_offsets(sizes, cap)
     total = a_off[-1]
@@ -36,11 +37,12 @@ def allocate_workspace(sizes, n_params, cap, n_samples, dtype_like):
     acts = np.zeros(total, dtype=dtype_like.dtype)
     deltas = np.zeros(total, dtype=dtype_like.dtype)
     grad = np.zeros(n_params, dtype=dtype_like.dtype)
-    z_out = np.zeros(k * cap, dtype=dtype_like.dtype)
+    z_out = np.zeros(k * cap if keep_z else 0, dtype=dtype_like.dtype)
     y_batch = np.zeros(k * cap, dtype=dtype_like.dtype)
     bits = np.zeros(sizes.max() * cap, dtype=np.int64)
+    scale = bits.view(np.float64)
     perm = np.arange(n_samples)
-    return a_off, acts, deltas, grad, z_out, y_batch, bits, perm
+    return a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm
 
 
 @njit(**JIT)
@@ -74,10 +76,45 @@ def _load_batch(xt, yt, start, nb, perm, shuffle, acts, a0, y_batch):
 
 
 @njit(**JIT)
+def _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, lr, batch_size,
+           shuffle, full, recording, a_off, acts, deltas, grad, z_out, y_batch, bits, scale,
+           perm, blas_min_work):
+    """One epoch of updates; returns the mean batch loss when ``recording`` (else 0).
+
+    Kept apart from the epoch loop so the loop's bookkeeping (shuffling, recording, the
+    divergence guard) does not stop LLVM from inlining the passes: inlined into a busier
+    function they ran at half speed.
+    """
+    n = xt.shape[1]
+    n_layers = sizes.shape[0] - 1
+    k = sizes[-1]
+    out_off = a_off[n_layers]
+    out_act = acts_codes[n_layers - 1]
+    n_params = params.shape[0]
+    epoch_loss = 0.0
+    n_batches = 0
+    for start in range(0, n, batch_size):
+        nb = min(batch_size, n - start)
+        if not full:
+            _load_batch(xt, yt, start, nb, perm, shuffle, acts, 0, y_batch)
+        forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, nb, bits, scale,
+                z_out, blas_min_work)
+        if recording:
+            epoch_loss += batch_loss(acts, out_off, y_batch, z_out, loss_code, k * nb)
+        output_delta(acts, out_off, y_batch, deltas, loss_code, out_act, k * nb)
+        backward(params, sizes, w_off, b_off, acts_codes, acts, a_off, deltas, grad, nb,
+                 blas_min_work)
+        for p in range(n_params):
+            params[p] -= lr * grad[p]
+        n_batches += 1
+    return epoch_loss / n_batches
+
+
+@njit(**JIT)
 def train_epochs(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
                  epochs, lr, batch_size, shuffle, rng_state,
                  epoch0, record_every, history, backup,
-                 a_off, acts, deltas, grad, z_out, y_batch, bits, perm, blas_min_work):
+                 a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm, blas_min_work):
     """Train ``params`` in place for ``epochs`` epochs.
 
     xt: (n_in, n) inputs, yt: (n_out, n) targets -- FEATURE-major (transposed once by the
@@ -94,12 +131,7 @@ def train_epochs(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
     epochs_done counts the epochs whose updates the parameters now contain.
     """
     n = xt.shape[1]
-    n_layers = sizes.shape[0] - 1
-    k = sizes[-1]
-    out_off = a_off[n_layers]
-    out_act = acts_codes[n_layers - 1]
-    n_params = params.shape[0]
-    guard = backup.shape[0] == n_params
+    guard = backup.shape[0] == params.shape[0]
     full = batch_size >= n and not shuffle
     if full:
         _load_batch(xt, yt, 0, n, perm, False, acts, 0, y_batch)
@@ -109,26 +141,10 @@ def train_epochs(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
         recording = g % record_every == 0
         if shuffle:
             permutation_into(perm, rng_state)
-        epoch_loss = 0.0
-        n_batches = 0
-        for start in range(0, n, batch_size):
-            nb = min(batch_size, n - start)
-            if not full:
-                _load_batch(xt, yt, start, nb, perm, shuffle, acts, 0, y_batch)
-            forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, z_out, nb, bits,
-                    blas_min_work)
-            out = acts[out_off:out_off + k * nb]
-            yb = y_batch[:k * nb]
-            if recording:
-                epoch_loss += batch_loss(out, yb, z_out[:k * nb], loss_code, k * nb)
-            output_delta(out, yb, deltas[out_off:out_off + k * nb], loss_code, out_act, k * nb)
-            backward(params, sizes, w_off, b_off, acts_codes, acts, a_off, deltas, grad, nb,
-                     blas_min_work)
-            for p in range(n_params):
-                params[p] -= lr * grad[p]
-            n_batches += 1
+        epoch_loss = _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, lr,
+                            batch_size, shuffle, full, recording, a_off, acts, deltas, grad,
+                            z_out, y_batch, bits, scale, perm, blas_min_work)
         if recording:
-            epoch_loss /= n_batches
             history[g // record_every] = epoch_loss
             if guard:
                 if (epoch_loss - epoch_loss == 0) and all_finite(params):
@@ -144,7 +160,7 @@ def train_epochs(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
 
 
 @njit(**JIT)
-def predict_into(params, sizes, w_off, b_off, acts_codes, xt, out, a_off, acts, z_out, bits,
+def predict_into(params, sizes, w_off, b_off, acts_codes, xt, out, a_off, acts, bits, scale,
                  blas_min_work):
     """out (n_out, n) <- network outputs for xt (n_in, n), in batches of the workspace cap."""
     n = xt.shape[1]
@@ -158,8 +174,8 @@ def predict_into(params, sizes, w_off, b_off, acts_codes, xt, out, a_off, acts, 
         for i in range(n0):
             for s in range(nb):
                 acts[i * nb + s] = xt[i, start + s]
-        forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, z_out, nb, bits,
-                blas_min_work)
+        forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, nb, bits, scale,
+                acts[:0], blas_min_work)
         for i in range(k):
             for s in range(nb):
                 out[i, start + s] = acts[out_off + i * nb + s]
@@ -167,19 +183,17 @@ def predict_into(params, sizes, w_off, b_off, acts_codes, xt, out, a_off, acts, 
 
 @njit(**JIT)
 def loss_and_gradient(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, grad,
-                      a_off, acts, deltas, z_out, y_batch, bits, perm, blas_min_work):
+                      a_off, acts, deltas, z_out, y_batch, bits, scale, perm, blas_min_work):
     """Loss of the whole set (xt, yt) and its gradient into ``grad``; returns the loss."""
     n = xt.shape[1]
     n_layers = sizes.shape[0] - 1
     k = sizes[-1]
     out_off = a_off[n_layers]
     _load_batch(xt, yt, 0, n, perm, False, acts, 0, y_batch)
-    forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, z_out, n, bits, blas_min_work)
-    out = acts[out_off:out_off + k * n]
-    yb = y_batch[:k * n]
-    loss = batch_loss(out, yb, z_out[:k * n], loss_code, k * n)
-    output_delta(out, yb, deltas[out_off:out_off + k * n], loss_code, acts_codes[n_layers - 1],
-                 k * n)
+    forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, n, bits, scale, z_out,
+            blas_min_work)
+    loss = batch_loss(acts, out_off, y_batch, z_out, loss_code, k * n)
+    output_delta(acts, out_off, y_batch, deltas, loss_code, acts_codes[n_layers - 1], k * n)
     backward(params, sizes, w_off, b_off, acts_codes, acts, a_off, deltas, grad, n,
              blas_min_work)
     return loss
