@@ -7,7 +7,9 @@ from .errors import DivergenceError, ModelFileError
 from .history import History
 from .io import load
 from .model import MLP
+from .ensemble import Ensemble
+from . import datasets, plot  # noqa: E402  (plot imports matplotlib only when called)
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "History", "load", "DivergenceError", "ModelFileError", "__version__"]
+__all__ = ["MLP", "Ensemble", "History", "load", "DivergenceError", "ModelFileError", "__version__"]

@@ -1,0 +1,348 @@
+"""The fastbp command: main(argv) in-process, and one run through ``python -m fastbp``."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+import fastbp
+from fastbp import datasets
+from fastbp.cli import main
+
+FULL_ADMISSIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "admissions.csv"
+EPOCH_LINE = re.compile(r"^epoch (\d+) loss: (\d+\.\d{6})$")
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_usage_error(rc, out, err, *fragments):
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastbp: error: ")
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+def _row(*values):
+    return ",".join(repr(float(v)) for v in values)
+
+
+@pytest.fixture
+def csv_files(tmp_path):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(120, 3))
+    label = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    target = 2.0 * X[:, 0] - X[:, 2] + 0.05 * rng.normal(size=120)
+    cls = tmp_path / "cls.csv"
+    cls.write_text("a,b,label,c\n" + "".join(f"{_row(r[0], r[1])},{t},{_row(r[2])}\n"
+                                               for r, t in zip(X, label)))
+    reg = tmp_path / "reg.csv"
+    reg.write_text("x1,x2,x3,y\n" + "".join(f"{_row(*r, t)}\n" for r, t in zip(X, target)))
+    return cls, reg, X, label, target
+
+
+# ------------------------------------------------------------------ demo
+
+
+def test_demo_xor_prints_the_tutorials_report(capsys):
+    rc, out, err = run(capsys, "demo", "xor", "--epochs", "2000", "--no-progress")
+    assert rc == 0, err
+    lines = out.splitlines()
+    for name in ("hidden weights 01", "hidden biases 01", "hidden weights 02",
+                 "hidden biases 02", "output weights", "output biases"):
+        assert any(l.startswith(f"Initial {name}: [") for l in lines), name
+        assert any(l.startswith(f"Final {name}: [") for l in lines), name
+    # print(*W) of a (2, 4) matrix: two bracketed rows; of a (4, 1) matrix: four.
+    w01 = next(l for l in lines if l.startswith("Initial hidden weights 01:"))
+    assert w01.count("[") == 2
+    wout = next(l for l in lines if l.startswith("Initial output weights:"))
+    assert wout.count("[") == 4
+    # The tutorial's schedule scaled to 2000 epochs: every 100, i > 100.
+    epochs = [int(m.group(1)) for m in map(EPOCH_LINE.match, lines) if m]
+    assert epochs == list(range(200, 2000, 100))
+    assert "epochs/s" in out and "Wall time" in out
+    # Order: initial parameters, the loss lines, final parameters, timing.
+    first_epoch = next(i for i, l in enumerate(lines) if EPOCH_LINE.match(l))
+    assert lines.index(w01) < first_epoch < next(i for i, l in enumerate(lines) if l.startswith("Final"))
+
+
+def test_demo_xor_loss_is_the_tutorials_mean_squared_error(capsys):
+    rc, out, _ = run(capsys, "demo", "xor", "--epochs", "1000", "--seed", "4", "--no-progress")
+    assert rc == 0
+    X, y = datasets.xor_easy()
+    m = fastbp.MLP([2, 4, 4, 1], activation="sigmoid", loss="sse", init="uniform", seed=4)
+    init = [w.copy() for w in m.weights]
+    hist = m.fit(X, y, epochs=1000, lr=0.1)
+    printed = {int(g.group(1)): g.group(2) for g in map(EPOCH_LINE.match, out.splitlines()) if g}
+    assert printed
+    for epoch, text in printed.items():
+        assert text == "%f" % (2.0 * hist.loss[epoch] / 21)
+    first = next(l for l in out.splitlines() if l.startswith("Initial hidden weights 01:"))
+    assert first == " ".join(["Initial hidden weights 01:"] + [str(r) for r in init[0]])
+    final = next(l for l in out.splitlines() if l.startswith("Final output biases:"))
+    assert final == f"Final output biases: {m.biases[-1]}"
+
+
+def test_demo_linear(capsys):
+    rc, out, _ = run(capsys, "demo", "linear", "--epochs", "400", "--lr", "0.5", "--no-progress")
+    assert rc == 0
+    assert "Linear (100 points" in out and "lr 0.5" in out
+    assert "Final output biases:" in out
+
+
+def test_demo_regression_summary(capsys):
+    pytest.importorskip("sklearn")
+    rc, out, _ = run(capsys, "demo", "regression", "--epochs", "300", "--no-progress")
+    assert rc == 0
+    assert "(100, 1)\n(100, 1)\n" in out
+    m = re.search(r"Loss \(MSE\): first ([\d.]+), last ([\d.]+) \(epoch 299\), min ([\d.]+)", out)
+    assert m, out
+    first, last, low = map(float, m.groups())
+    assert low <= min(first, last) and last < first
+    assert "R^2" in out
+
+
+def test_demo_admissions_excerpt(capsys):
+    rc, out, _ = run(capsys, "demo", "admissions", "--no-progress")
+    assert rc == 0
+    assert "36 training rows, 4 test rows" in out
+    losses = [l for l in out.splitlines() if l.startswith("Train loss:  ")]
+    assert len(losses) == 10  # every epochs / 10
+    assert re.search(r"^Prediction accuracy: \d\.\d{3}$", out, re.M)
+
+
+def test_demo_admissions_loss_lines_are_training_mse(capsys):
+    rc, out, _ = run(capsys, "demo", "admissions", "--epochs", "50", "--no-progress")
+    assert rc == 0
+    a = datasets.admissions()
+    m = fastbp.MLP([6, 2, 1], activation="sigmoid", loss="half_mse", init="normal", bias=False, seed=21)
+    values = []
+    for _ in range(50):
+        m.fit(a.X_train, a.y_train, epochs=1, lr=0.007)
+        values.append(2 * m.loss(a.X_train, a.y_train))
+    printed = [float(l.split()[2]) for l in out.splitlines() if l.startswith("Train loss:")]
+    # After epochs 0, 5, ..., 45: the loss after that epoch's update.
+    npt.assert_allclose(printed, values[::5], rtol=1e-12)
+
+
+def test_demo_admissions_full_file(capsys):
+    if not FULL_ADMISSIONS.is_file():
+        pytest.skip(f"no {FULL_ADMISSIONS}")
+    rc, out, _ = run(capsys, "demo", "admissions", "--data", str(FULL_ADMISSIONS), "--epochs", "100",
+                     "--no-progress")
+    assert rc == 0
+    assert "360 training rows, 40 test rows" in out
+    acc = float(re.search(r"^Prediction accuracy: (\d\.\d{3})$", out, re.M).group(1))
+    assert 0.0 <= acc <= 1.0 and acc * 40 == pytest.approx(round(acc * 40), abs=0.02)
+
+
+def test_demo_plots(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    d = tmp_path / "plots"
+    rc, out, _ = run(capsys, "demo", "xor", "--epochs", "300", "--plot", str(d), "--no-progress")
+    assert rc == 0
+    for name in ("xor_loss.png", "xor_decision_boundary.png"):
+        assert (d / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert str(d / name) in out
+
+
+def test_demo_all(capsys):
+    pytest.importorskip("sklearn")
+    rc, out, _ = run(capsys, "demo", "all", "--epochs", "100", "--no-progress")
+    assert rc == 0
+    for name in ("xor", "linear", "regression", "admissions"):
+        assert f"== fastbp demo {name}:" in out
+    assert out.count("epochs/s") == 4
+
+
+def test_demo_with_progress_bar(capsys):
+    rc, out, _ = run(capsys, "demo", "admissions", "--epochs", "20")
+    assert rc == 0 and "Prediction accuracy" in out
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["demo", "nope"], ["invalid choice", "'nope'"]),
+    (["demo", "xor", "--epochs", "0"], ["--epochs", "positive integer"]),
+    (["demo", "xor", "--lr", "-1"], ["--lr", "positive number"]),
+    (["demo", "xor", "--lr", "fast"], ["--lr", "'fast'"]),
+    (["demo", "xor", "--data", "x.csv"], ["--data is for the admissions demo"]),
+    (["demo", "admissions", "--data", "does/not/exist.csv"], ["does/not/exist.csv", "no such file"]),
+    (["demo"], ["NAME"]),
+    (["frobnicate"], ["invalid choice"]),
+])
+def test_demo_usage_errors(capsys, argv, fragments):
+    assert_usage_error(*run(capsys, *argv), *fragments)
+
+
+def test_divergence_is_one_line(capsys, csv_files):
+    _, reg, *_ = csv_files
+    rc, out, err = run(capsys, "train", str(reg), "--target", "y", "--lr", "1e6", "--epochs", "50",
+                       "--no-progress")
+    assert_usage_error(rc, out, err, "diverged")
+
+
+def test_demo_admissions_bad_cell(capsys, tmp_path):
+    p = tmp_path / "adm.csv"
+    p.write_text("admit,gre,gpa,rank\n1,500,3.5,2\n0,six hundred,3.1,3\n1,700,3.9,1\n")
+    assert_usage_error(*run(capsys, "demo", "admissions", "--data", str(p)),
+                       "adm.csv", "row 2", "column 'gre'", "'six hundred'")
+
+
+def test_help_and_version(capsys):
+    rc, out, _ = run(capsys, "--help")
+    assert rc == 0 and "demo" in out and "train" in out and "predict" in out
+    rc, out, _ = run(capsys, "train", "--help")
+    assert rc == 0 and "--test-fraction" in out
+    rc, out, _ = run(capsys, "--version")
+    assert rc == 0 and out.startswith("fastbp ")
+    rc, out, _ = run(capsys)
+    assert rc == 2 and "COMMAND" in out
+
+
+# ------------------------------------------------------------------ train / predict
+
+
+def test_train_classification_save_and_predict(capsys, tmp_path, csv_files):
+    cls, _, X, label, _ = csv_files
+    model_path = tmp_path / "m.npz"
+    rc, out, err = run(capsys, "train", str(cls), "--target", "label", "--layers", "6",
+                       "--epochs", "400", "--lr", "0.5", "--standardize", "--seed", "1",
+                       "--save", str(model_path), "--no-progress")
+    assert rc == 0, err
+    assert "0/1 classification" in out
+    assert "3-6-1, relu hidden, sigmoid output, loss bce" in out
+    acc = re.search(r"^Test accuracy: (\d\.\d{3}) \((\d+)/24 rows\)$", out, re.M)
+    assert acc and float(acc.group(1)) >= 0.75
+    assert re.search(r"^Final training loss \(bce\): ", out, re.M)
+    meta = json.loads((tmp_path / "m.npz.json").read_text())
+    assert meta["features"] == ["a", "b", "c"] and meta["target"] == "label"
+
+    preds = tmp_path / "p.csv"
+    rc, out, err = run(capsys, "predict", str(model_path), str(cls), "--out", str(preds))
+    assert rc == 0, err
+    assert "Wrote 120 predictions" in out
+    rows = preds.read_text().splitlines()
+    assert rows[0] == "label,label_class" and len(rows) == 121
+    got = np.array([float(r.split(",")[0]) for r in rows[1:]])
+    cls_col = np.array([int(r.split(",")[1]) for r in rows[1:]])
+    m = fastbp.load(model_path)
+    Xs = (X - np.array(meta["mean"])) / np.array(meta["std"])
+    npt.assert_allclose(got, m.predict(Xs)[:, 0], rtol=1e-15)
+    npt.assert_array_equal(cls_col, got > 0.5)
+
+    # Columns are found by name: reordered, with the target missing, predictions agree.
+    shuffled = tmp_path / "shuffled.csv"
+    shuffled.write_text("c,b,a\n" + "".join(f"{_row(r[2], r[1], r[0])}\n" for r in X))
+    rc, out, _ = run(capsys, "predict", str(model_path), str(shuffled))
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0] == "label,label_class"
+    npt.assert_allclose([float(l.split(",")[0]) for l in lines[1:]], got, rtol=1e-15)
+
+
+def test_train_regression_reports_r2(capsys, csv_files):
+    _, reg, *_ = csv_files
+    rc, out, err = run(capsys, "train", str(reg), "--target", "y", "--layers", "8,8",
+                       "--activation", "tanh", "--epochs", "200", "--lr", "0.02",
+                       "--batch-size", "16", "--test-fraction", "0.25", "--no-progress")
+    assert rc == 0, err
+    assert "(regression)" in out and "identity output, loss mse" in out
+    assert "batch size 16" in out
+    r2 = re.search(r"^Test R\^2: (-?\d+\.\d{4}) \(30 rows", out, re.M)
+    assert r2 and float(r2.group(1)) > 0.9
+
+
+def test_train_without_test_split_reports_on_training_rows(capsys, csv_files):
+    _, reg, *_ = csv_files
+    rc, out, _ = run(capsys, "train", str(reg), "--target", "y", "--layers", "none",
+                     "--epochs", "300", "--lr", "0.1", "--test-fraction", "0", "--no-progress")
+    assert rc == 0
+    assert "3-1," in out
+    assert re.search(r"^Training R\^2: 0\.99\d\d \(120 rows", out, re.M)
+
+
+def test_predict_model_saved_from_python_uses_first_columns(capsys, tmp_path):
+    m = fastbp.MLP([2, 3, 1], activation=["tanh", "identity"], loss="mse", init="xavier", seed=0)
+    path = tmp_path / "py.npz"
+    m.save(path)
+    data = tmp_path / "d.csv"
+    data.write_text("u,v,w\n1,2,99\n-0.5,0.25,99\n")
+    rc, out, _ = run(capsys, "predict", str(path), str(data))
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0] == "prediction"
+    npt.assert_allclose([float(v) for v in lines[1:]],
+                        m.predict(np.array([[1.0, 2.0], [-0.5, 0.25]]))[:, 0], rtol=1e-15)
+    narrow = tmp_path / "n.csv"
+    narrow.write_text("u\n1\n")
+    assert_usage_error(*run(capsys, "predict", str(path), str(narrow)), "n.csv", "1 columns", "2 inputs")
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--target", "nope"], ["no column 'nope'", "columns: x1, x2, x3, y"]),
+    (["--target", "y", "--layers", "8,x"], ["--layers", "8,x"]),
+    (["--target", "y", "--layers", "8,0"], ["--layers", ">= 1"]),
+    (["--target", "y", "--test-fraction", "1.5"], ["--test-fraction", "[0, 1)"]),
+    (["--target", "y", "--epochs", "-5"], ["--epochs"]),
+    (["--target", "y", "--batch-size", "0"], ["--batch-size"]),
+    (["--target", "y", "--activation", "softsign"], ["--activation", "invalid choice"]),
+    (["--target", "y", "--loss", "bce"], ["bce"]),  # the model's own ValueError, one line
+    ([], ["--target"]),
+])
+def test_train_usage_errors(capsys, csv_files, extra, fragments):
+    _, reg, *_ = csv_files
+    assert_usage_error(*run(capsys, "train", str(reg), *extra, "--no-progress"), *fragments)
+
+
+def test_train_data_errors(capsys, tmp_path):
+    assert_usage_error(*run(capsys, "train", str(tmp_path / "missing.csv"), "--target", "y"),
+                       "missing.csv", "no such file")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,y\n1,2\n3,x4\n")
+    assert_usage_error(*run(capsys, "train", str(bad), "--target", "y"),
+                       "bad.csv", "row 2", "line 3", "column 'y'", "'x4'")
+    only = tmp_path / "only.csv"
+    only.write_text("y\n1\n2\n")
+    assert_usage_error(*run(capsys, "train", str(only), "--target", "y"), "no feature columns")
+
+
+def test_predict_errors(capsys, tmp_path, csv_files):
+    cls, reg, *_ = csv_files
+    model_path = tmp_path / "m.npz"
+    assert run(capsys, "train", str(cls), "--target", "label", "--epochs", "5",
+               "--save", str(model_path), "--no-progress")[0] == 0
+    assert_usage_error(*run(capsys, "predict", str(tmp_path / "none.npz"), str(cls)),
+                       "none.npz", "no such model file")
+    assert_usage_error(*run(capsys, "predict", str(model_path), str(tmp_path / "none.csv")),
+                       "none.csv", "no such file")
+    assert_usage_error(*run(capsys, "predict", str(model_path), str(reg)),
+                       "reg.csv", "missing columns 'a', 'b', 'c'")
+    assert_usage_error(*run(capsys, "predict", str(cls), str(cls)), "cls.csv")
+    (tmp_path / "m.npz.json").write_text("{not json")
+    assert_usage_error(*run(capsys, "predict", str(model_path), str(cls)), "m.npz.json")
+
+
+# ------------------------------------------------------------------ as a program
+
+
+def test_python_dash_m_fastbp_demo_xor():
+    proc = subprocess.run([sys.executable, "-m", "fastbp", "demo", "xor", "--epochs", "2000"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[2].startswith("Initial hidden weights 01: [")
+    assert sum(bool(EPOCH_LINE.match(l)) for l in lines) == 18
+    assert any(l.startswith("Final output biases: [") for l in lines)
+    assert re.search(r"^Training: 2,000 epochs in [\d.]+ s \([\d,]+ epochs/s\)$", proc.stdout, re.M)
+    assert "Traceback" not in proc.stderr
