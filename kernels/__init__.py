@@ -8,3 +8,4 @@ from .losses import BCE, HALF_MSE, MSE, SSE, batch_loss, output_delta
 from .rng import next_u64, permutation_into, seed_state
 from .train import activation_offsets, all_finite, allocate_workspace, loss_and_gradient, \
     predict_into, train_epochs
+from .ensemble import predict_many, train_many
