@@ -2,7 +2,8 @@
 
 One function serves the three modes, which differ only in the batch size:
 full-batch gradient descent (batch_size >= n, no shuffle: the inputs are copied into
-the workspace once), per-sample SGD (batch_size 1) and mini-batch SGD.  Nothing is
+the workspace once), mini-batch SGD, and per-sample SGD (batch_size 1, which has a path
+of its own in sgd.py).  Nothing is
 allocated inside the epoch loop: ``allocate_workspace`` makes every buffer once.
 """
 import numpy as np
@@ -12,6 +13,7 @@ from .config import JIT
 from .dense import backward, forward
 from .losses import batch_loss, output_delta
 from .rng import permutation_into
+from .sgd import sgd_epoch
 
 
 @njit(**JIT)
@@ -135,15 +137,30 @@ def train_epochs(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
     full = batch_size >= n and not shuffle
     if full:
         _load_batch(xt, yt, 0, n, perm, False, acts, 0, y_batch)
+    per_sample = batch_size == 1
+    if per_sample:  # sample-major copies and per-unit buffers for sgd_epoch
+        x_rows = np.ascontiguousarray(xt.T)
+        y_rows = np.ascontiguousarray(yt.T)
+        h = np.zeros(sizes.sum(), dtype=acts.dtype)
+        d = np.zeros(sizes.sum(), dtype=acts.dtype)
+    else:
+        x_rows = xt[:0]
+        y_rows = yt[:0]
+        h = acts[:0]
+        d = acts[:0]
     good_epochs = 0
     for e in range(epochs):
         g = epoch0 + e
         recording = g % record_every == 0
         if shuffle:
             permutation_into(perm, rng_state)
-        epoch_loss = _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, lr,
-                            batch_size, shuffle, full, recording, a_off, acts, deltas, grad,
-                            z_out, y_batch, bits, scale, perm, blas_min_work)
+        if per_sample:
+            epoch_loss = sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows,
+                                   y_rows, lr, perm, h, d, recording)
+        else:
+            epoch_loss = _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, lr,
+                                batch_size, shuffle, full, recording, a_off, acts, deltas,
+                                grad, z_out, y_batch, bits, scale, perm, blas_min_work)
         if recording:
             history[g // record_every] = epoch_loss
             if guard:

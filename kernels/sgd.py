@@ -1,0 +1,145 @@
+"""Per-sample SGD (batch_size 1): one update per sample, fused into the backward pass.
+
+With one sample per step the batch machinery (sample loops of length 1, slices, a
+gradient buffer) costs more than the arithmetic of a tutorial-sized net, so this path is
+written for one sample: activations in one small flat vector indexed by unsigned offsets,
+libm exp for the scalar sigmoid, and each weight row updated right after it has been used
+to propagate the delta -- which reads it once and gives exactly the same numbers as
+computing the whole gradient first (the delta uses the row before its update).
+"""
+import math
+
+import numpy as np
+from numba import njit, uint64
+
+from .activations import IDENTITY, RELU, SIGMOID, TANH
+from .config import JIT
+from .losses import BCE, HALF_MSE, MSE
+
+
+@njit(**JIT)
+def _activate(z, code):
+    if code == SIGMOID:
+        if z >= 0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)
+    if code == RELU:
+        return z if z > 0 else 0.0
+    if code == TANH:
+        return math.tanh(z)
+    return z
+
+
+@njit(**JIT)
+def _derivative(a, code):
+    if code == SIGMOID:
+        return a * (1.0 - a)
+    if code == RELU:
+        return 1.0 if a > 0 else 0.0
+    if code == TANH:
+        return 1.0 - a * a
+    return 1.0
+
+
+@njit(**JIT)
+def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows, lr,
+              order, h, d, recording):
+    """One epoch of per-sample SGD over the samples in ``order``; returns the mean sample
+    loss when ``recording`` (else 0).
+
+    x_rows: (n, n_in), y_rows: (n, n_out) sample-major.  h, d: flat per-unit buffers of
+    len(sum(sizes)) for the activations and deltas (layer l starts at sum(sizes[:l])).
+    """
+    n_layers = sizes.shape[0] - 1
+    n0 = uint64(sizes[0])
+    k = uint64(sizes[-1])
+    out_off = uint64(0)
+    for l in range(n_layers):
+        out_off += uint64(sizes[l])
+    out_code = acts_codes[n_layers - 1]
+    total = 0.0
+    n = order.shape[0]
+    for t in range(n):
+        s = order[t]
+        for i in range(n0):
+            h[i] = x_rows[s, i]
+        # forward
+        ai = uint64(0)
+        for l in range(n_layers):
+            n_in = uint64(sizes[l])
+            n_out = uint64(sizes[l + 1])
+            zo = ai + n_in
+            wo = uint64(w_off[l])
+            a0 = h[ai]
+            for j in range(n_out):
+                h[zo + j] = params[wo + j] * a0
+            for i in range(uint64(1), n_in):
+                a = h[ai + i]
+                row = wo + i * n_out
+                for j in range(n_out):
+                    h[zo + j] += params[row + j] * a
+            if b_off[l] >= 0:
+                bo = uint64(b_off[l])
+                for j in range(n_out):
+                    h[zo + j] += params[bo + j]
+            code = acts_codes[l]
+            if loss_code == BCE and l == n_layers - 1:
+                # keep z for the stable loss: d holds it until the output delta is formed
+                for j in range(n_out):
+                    d[zo + j] = h[zo + j]
+            for j in range(n_out):
+                h[zo + j] = _activate(h[zo + j], code)
+            ai = zo
+        # loss and output delta
+        if loss_code == MSE:
+            scale = 2.0 / k
+        elif loss_code == HALF_MSE:
+            scale = 1.0 / k
+        elif loss_code == BCE:
+            scale = 1.0 / k
+        else:
+            scale = 1.0
+        sample_loss = 0.0
+        for j in range(k):
+            diff = h[out_off + j] - y_rows[s, j]
+            if recording:
+                if loss_code == BCE:
+                    zj = d[out_off + j]
+                    sample_loss += max(zj, 0.0) - zj * y_rows[s, j] + math.log1p(math.exp(-abs(zj)))
+                else:
+                    sample_loss += diff * diff
+            if loss_code == BCE:
+                d[out_off + j] = diff * scale
+            else:
+                d[out_off + j] = diff * scale * _derivative(h[out_off + j], out_code)
+        if recording:  # the same expressions as losses.batch_loss with a batch of one
+            if loss_code == MSE or loss_code == BCE:
+                total += sample_loss / k
+            elif loss_code == HALF_MSE:
+                total += 0.5 * sample_loss / k
+            else:
+                total += 0.5 * sample_loss
+        # backward, each weight row updated right after its use
+        zo = out_off
+        for l in range(n_layers - 1, -1, -1):
+            n_in = uint64(sizes[l])
+            n_out = uint64(sizes[l + 1])
+            ai = zo - n_in
+            wo = uint64(w_off[l])
+            for i in range(n_in):
+                row = wo + i * n_out
+                if l > 0:
+                    acc = params[row] * d[zo]
+                    for j in range(uint64(1), n_out):
+                        acc += params[row + j] * d[zo + j]
+                    d[ai + i] = acc * _derivative(h[ai + i], acts_codes[l - 1])
+                a = h[ai + i]
+                for j in range(n_out):
+                    params[row + j] -= lr * (a * d[zo + j])
+            if b_off[l] >= 0:
+                bo = uint64(b_off[l])
+                for j in range(n_out):
+                    params[bo + j] -= lr * d[zo + j]
+            zo = ai
+    return total / n
