@@ -11,7 +11,7 @@ has saturated to 0 or 1; the delta with a sigmoid output is (p - y) / count.
 """
 import math
 
-from numba import njit
+from numba import njit, uint64
 
 from .activations import SIGMOID, mul_derivative_inplace
 from .config import JIT
@@ -26,14 +26,15 @@ BCE = 3
 def batch_loss(out, oo, y, z, code, count):
     """Loss of one batch (float64)."""
     total = 0.0
+    uo = uint64(oo)  # unsigned offsets keep the loops vectorizable (see dense.py)
     if code == BCE:
         for s in range(count):
             zs = z[s]
             # -[y log p + (1-y) log(1-p)] = max(z, 0) - z y + log(1 + exp(-|z|))
             total += max(zs, 0.0) - zs * y[s] + math.log1p(math.exp(-abs(zs)))
         return total / count
-    for s in range(count):
-        d = out[oo + s] - y[s]
+    for s in range(uint64(count)):
+        d = out[uo + s] - y[s]
         total += d * d
     if code == MSE:
         return total / count
@@ -45,10 +46,11 @@ def batch_loss(out, oo, y, z, code, count):
 @njit(**JIT)
 def output_delta(out, oo, y, delta, loss_code, act_code, count):
     """delta[oo:oo+count] <- dLoss/dz for the output layer (z its pre-activation)."""
+    uo = uint64(oo)
     if loss_code == BCE and act_code == SIGMOID:
         inv = 1.0 / count
-        for s in range(count):
-            delta[oo + s] = (out[oo + s] - y[s]) * inv
+        for s in range(uint64(count)):
+            delta[uo + s] = (out[uo + s] - y[s]) * inv
         return
     if loss_code == MSE:
         scale = 2.0 / count
@@ -56,6 +58,6 @@ def output_delta(out, oo, y, delta, loss_code, act_code, count):
         scale = 1.0 / count
     else:  # SSE
         scale = 1.0
-    for s in range(count):
-        delta[oo + s] = (out[oo + s] - y[s]) * scale
+    for s in range(uint64(count)):
+        delta[uo + s] = (out[uo + s] - y[s]) * scale
     mul_derivative_inplace(delta[oo:oo + count], out[oo:oo + count], act_code)
