@@ -8,7 +8,7 @@ training time of the tutorial nets (PERF-NOTES.md).
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, uint64
 
 from .config import JIT
 
@@ -16,6 +16,7 @@ IDENTITY = 0
 SIGMOID = 1
 RELU = 2
 TANH = 3
+SOFTMAX = 4  # output layer only, with the cross_entropy loss
 
 # exp(x) = 2**k * exp(r), x = k ln2 + r, |r| <= ln2/2.  ln2 is split in a high part with
 # trailing zero bits (k * LN2_HI is exact) and a low correction (Cody-Waite reduction).
@@ -123,3 +124,23 @@ def mul_derivative_inplace(delta, out, code):
     elif code == TANH:
         for s in range(n):
             delta[s] = delta[s] * (1.0 - out[s] * out[s])
+
+
+@njit(**JIT)
+def softmax_inplace(z, k, nb):
+    """Softmax over the k rows of each of the nb columns of z (k rows of nb), in place.
+
+    The column maximum is subtracted before exp, so no input overflows.
+    """
+    u_nb = uint64(nb)
+    for s in range(u_nb):
+        zmax = z[s]
+        for j in range(uint64(1), uint64(k)):
+            zmax = max(zmax, z[j * u_nb + s])
+        total = 0.0
+        for j in range(uint64(k)):
+            e = math.exp(z[j * u_nb + s] - zmax)
+            z[j * u_nb + s] = e
+            total += e
+        for j in range(uint64(k)):
+            z[j * u_nb + s] = z[j * u_nb + s] / total

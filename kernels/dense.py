@@ -23,7 +23,7 @@ of such an index must be uint64: mixing uint64 and int64 makes Numba compute in 
 import numpy as np
 from numba import njit, uint64
 
-from .activations import activate_inplace, mul_derivative_inplace
+from .activations import SOFTMAX, activate_inplace, mul_derivative_inplace, softmax_inplace
 from .config import JIT
 
 
@@ -95,7 +95,10 @@ def forward(params, sizes, w_off, b_off, acts, buf, a_off, nb, bits, scale, z_ou
         if l == n_layers - 1 and z_out.shape[0] >= n_out * nb:
             for s in range(n_out * nb):
                 z_out[s] = buf[zo + s]
-        activate_inplace(buf[zo:zo + n_out * nb], acts[l], bits, scale)
+        if acts[l] == SOFTMAX:
+            softmax_inplace(buf[zo:zo + n_out * nb], n_out, nb)
+        else:
+            activate_inplace(buf[zo:zo + n_out * nb], acts[l], bits, scale)
 
 
 @njit(**JIT)

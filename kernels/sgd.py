@@ -43,13 +43,15 @@ def _derivative(a, code):
 
 
 @njit(**JIT)
-def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows, lr,
+def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows, sw, lr,
               order, h, d, recording):
     """One epoch of per-sample SGD over the samples in ``order``; returns the mean sample
     loss when ``recording`` (else 0).
 
-    x_rows: (n, n_in), y_rows: (n, n_out) sample-major.  h, d: flat per-unit buffers of
-    len(sum(sizes)) for the activations and deltas (layer l starts at sum(sizes[:l])).
+    x_rows: (n, n_in), y_rows: (n, n_out) sample-major; sw: (n,) sample weights or empty.
+    h, d: flat per-unit buffers of len(sum(sizes)) for the activations and deltas (layer l
+    starts at sum(sizes[:l])).  Softmax outputs are not handled here (train() routes
+    cross_entropy to the batch path).
     """
     n_layers = sizes.shape[0] - 1
     n0 = uint64(sizes[0])
@@ -59,9 +61,11 @@ def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows
         out_off += uint64(sizes[l])
     out_code = acts_codes[n_layers - 1]
     total = 0.0
+    weighted = sw.shape[0] > 0
     n = order.shape[0]
     for t in range(n):
         s = order[t]
+        ws = sw[s] if weighted else 1.0
         for i in range(n0):
             h[i] = x_rows[s, i]
         # forward
@@ -113,6 +117,10 @@ def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows
                 d[out_off + j] = diff * scale
             else:
                 d[out_off + j] = diff * scale * _derivative(h[out_off + j], out_code)
+            if weighted:
+                d[out_off + j] *= ws
+        if weighted:
+            sample_loss *= ws
         if recording:  # the same expressions as losses.batch_loss with a batch of one
             if loss_code == MSE or loss_code == BCE:
                 total += sample_loss / k

@@ -11,7 +11,10 @@ from numba import njit
 
 from .config import JIT
 from .dense import backward, forward
-from .losses import batch_loss, output_delta
+from .losses import CROSS_ENTROPY, batch_loss, output_delta
+from .optim import (H_MIN_DELTA, I_PATIENCE, I_RESTORE_BEST, I_STEP_SIZE, H_BETA1, H_BETA2,
+                    H_EPS, H_LR, N_HYPER, N_ICONF, is_plain_sgd, l2_penalty, learning_rate,
+                    update)
 from .rng import permutation_into
 from .sgd import sgd_epoch
 
@@ -31,7 +34,8 @@ def allocate_workspace(sizes, n_params, cap, n_samples, dtype_like, keep_z):
     """Every buffer a training run needs, for batches of up to ``cap`` samples.
 
     Returns (a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm); z_out (the
-    output pre-activations, for bce) is empty unless keep_z; scale is bits' float64 view.
+    output pre-activations, for bce and cross_entropy) is empty unless keep_z; scale is
+    bits' float64 view.
     """
     a_off = activation_offsets(sizes, cap)
     total = a_off[-1]
@@ -57,6 +61,15 @@ def all_finite(x):
 
 
 @njit(**JIT)
+def _load_weights(sw, start, nb, perm, shuffle, w_batch):
+    if sw.shape[0] == 0:
+        return w_batch[:0]
+    for s in range(nb):
+        w_batch[s] = sw[perm[start + s]] if shuffle else sw[start + s]
+    return w_batch[:nb]
+
+
+@njit(**JIT)
 def _load_batch(xt, yt, start, nb, perm, shuffle, acts, a0, y_batch):
     n0 = xt.shape[0]
     k = yt.shape[0]
@@ -78,66 +91,97 @@ def _load_batch(xt, yt, start, nb, perm, shuffle, acts, a0, y_batch):
 
 
 @njit(**JIT)
-def _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, lr, batch_size,
-           shuffle, full, recording, a_off, acts, deltas, grad, z_out, y_batch, bits, scale,
-           perm, blas_min_work):
-    """One epoch of updates; returns the mean batch loss when ``recording`` (else 0).
+def _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, lr, batch_size,
+           shuffle, full, recording, ws, w_batch, hyper, iconf, opt_state, opt_step,
+           decay_mask, blas_min_work):
+    """One epoch of mini-batch (or full-batch) updates; returns the mean batch loss when
+    ``recording`` (else 0).
 
     Kept apart from the epoch loop so the loop's bookkeeping (shuffling, recording, the
     divergence guard) does not stop LLVM from inlining the passes: inlined into a busier
     function they ran at half speed.
     """
+    a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm = ws
     n = xt.shape[1]
     n_layers = sizes.shape[0] - 1
     k = sizes[-1]
     out_off = a_off[n_layers]
     out_act = acts_codes[n_layers - 1]
-    n_params = params.shape[0]
     epoch_loss = 0.0
     n_batches = 0
     for start in range(0, n, batch_size):
         nb = min(batch_size, n - start)
         if not full:
             _load_batch(xt, yt, start, nb, perm, shuffle, acts, 0, y_batch)
+        wb = _load_weights(sw, start, nb, perm, shuffle, w_batch)
         forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, nb, bits, scale,
                 z_out, blas_min_work)
         if recording:
-            epoch_loss += batch_loss(acts, out_off, y_batch, z_out, loss_code, k * nb)
-        output_delta(acts, out_off, y_batch, deltas, loss_code, out_act, k * nb)
+            epoch_loss += batch_loss(acts, out_off, y_batch, z_out, wb, loss_code, k, nb)
+            epoch_loss += l2_penalty(params, hyper, decay_mask)
+        output_delta(acts, out_off, y_batch, deltas, wb, loss_code, out_act, k, nb)
         backward(params, sizes, w_off, b_off, acts_codes, acts, a_off, deltas, grad, nb,
                  blas_min_work)
-        for p in range(n_params):
-            params[p] -= lr * grad[p]
+        update(params, grad, lr, hyper, iconf, opt_state, opt_step, decay_mask)
         n_batches += 1
     return epoch_loss / n_batches
 
 
 @njit(**JIT)
-def train_epochs(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
-                 epochs, lr, batch_size, shuffle, rng_state,
-                 epoch0, record_every, history, backup,
-                 a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm, blas_min_work):
-    """Train ``params`` in place for ``epochs`` epochs.
+def eval_loss(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, ws,
+              blas_min_work):
+    """Loss of the model on a whole set held in one batch; ws from allocate_workspace with
+    cap = n.  Loads the data every call (cheap next to the forward pass)."""
+    a_off, acts, _, _, z_out, y_batch, bits, scale, perm = ws
+    n = xt.shape[1]
+    n_layers = sizes.shape[0] - 1
+    _load_batch(xt, yt, 0, n, perm, False, acts, 0, y_batch)
+    forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, n, bits, scale, z_out,
+            blas_min_work)
+    return batch_loss(acts, a_off[n_layers], y_batch, z_out, sw, loss_code, sizes[-1], n)
 
-    xt: (n_in, n) inputs, yt: (n_out, n) targets -- FEATURE-major (transposed once by the
-    caller).  Epochs are numbered from ``epoch0`` (so a run cut into chunks is the same
-    run); epoch g is recorded in history[g // record_every] when g % record_every == 0:
-    the mean of its batch losses (for full batch: the loss before its update).
+
+@njit(**JIT)
+def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv, swv,
+          epochs, batch_size, shuffle, rng_state, epoch0, record_every,
+          history, val_history, backup, best_params, es_state,
+          hyper, iconf, opt_state, opt_step, decay_mask, ws, w_batch, wsv, blas_min_work):
+    """Train ``params`` in place for ``epochs`` epochs; the loop behind MLP.fit.
+
+    Data, FEATURE-major (transposed once by the caller): xt (n_in, n), yt (n_out, n), sw
+    (n,) sample weights or empty; xv, yv, swv: validation set (empty xv: none).
+    Epochs are numbered from ``epoch0`` (a run cut into chunks is the same run); epoch g
+    is recorded in history[g // record_every] when g % record_every == 0: the mean of its
+    batch losses (full batch: the loss before its update), plus the L2 penalty; and,
+    with validation data, the validation loss after the epoch in val_history.
+
+    Early stopping (iconf[I_PATIENCE] > 0, needs validation data): es_state = [best
+    validation loss, checks without improvement, best epoch], kept by the caller across
+    chunks; with iconf[I_RESTORE_BEST] the best parameters are copied to best_params.
 
     Divergence guard: at each recorded epoch, and at the end, the loss and the parameters
     are checked; while finite they are copied to ``backup`` (len(params); len 0 turns the
     guard off).  On a non-finite value params are restored from ``backup``, which holds the
     state after the last good check, and the loop stops.
 
-    Returns (epochs_done, bad_epoch): bad_epoch is the epoch whose check failed, or -1.
-    epochs_done counts the epochs whose updates the parameters now contain.
+    hyper, iconf, opt_state, opt_step, decay_mask: see optim.py.  ws: the workspace
+    tuple of allocate_workspace for batches of batch_size; w_batch: (batch_size,) scratch
+    for sample weights; wsv: a workspace with cap len(validation set).
+
+    Returns (epochs_done, bad_epoch, early_stopped): bad_epoch is the epoch whose check
+    failed, or -1; epochs_done counts the epochs whose updates the parameters contain.
     """
+    a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm = ws
     n = xt.shape[1]
     guard = backup.shape[0] == params.shape[0]
+    validating = xv.shape[1] > 0
+    patience = iconf[I_PATIENCE]
+    restore_best = iconf[I_RESTORE_BEST] != 0 and best_params.shape[0] == params.shape[0]
     full = batch_size >= n and not shuffle
     if full:
         _load_batch(xt, yt, 0, n, perm, False, acts, 0, y_batch)
-    per_sample = batch_size == 1
+    # per-sample SGD has a faster path of its own, for the plain update rule
+    per_sample = batch_size == 1 and is_plain_sgd(hyper, iconf) and loss_code != CROSS_ENTROPY
     if per_sample:  # sample-major copies and per-unit buffers for sgd_epoch
         x_rows = np.ascontiguousarray(xt.T)
         y_rows = np.ascontiguousarray(yt.T)
@@ -152,28 +196,76 @@ def train_epochs(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
     for e in range(epochs):
         g = epoch0 + e
         recording = g % record_every == 0
+        lr = learning_rate(hyper, iconf, g)
         if shuffle:
             permutation_into(perm, rng_state)
         if per_sample:
             epoch_loss = sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows,
-                                   y_rows, lr, perm, h, d, recording)
+                                   y_rows, sw, lr, perm, h, d, recording)
         else:
-            epoch_loss = _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, lr,
-                                batch_size, shuffle, full, recording, a_off, acts, deltas,
-                                grad, z_out, y_batch, bits, scale, perm, blas_min_work)
+            epoch_loss = _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw,
+                                lr, batch_size, shuffle, full, recording, ws, w_batch, hyper,
+                                iconf, opt_state, opt_step, decay_mask, blas_min_work)
         if recording:
-            history[g // record_every] = epoch_loss
+            r = g // record_every
+            history[r] = epoch_loss
+            finite = (epoch_loss - epoch_loss == 0) and all_finite(params)
             if guard:
-                if (epoch_loss - epoch_loss == 0) and all_finite(params):
+                if finite:
                     backup[:] = params
                     good_epochs = e + 1
                 else:
                     params[:] = backup
-                    return good_epochs, g
+                    return good_epochs, g, False
+            if validating and finite:
+                vloss = eval_loss(params, sizes, w_off, b_off, acts_codes, loss_code, xv, yv,
+                                  swv, wsv, blas_min_work)
+                val_history[r] = vloss
+                if vloss < es_state[0] - hyper[H_MIN_DELTA]:
+                    es_state[0] = vloss
+                    es_state[1] = 0
+                    es_state[2] = g
+                    if restore_best:
+                        best_params[:] = params
+                else:
+                    es_state[1] += 1
+                    if patience > 0 and es_state[1] >= patience:
+                        return e + 1, -1, True
     if guard and not all_finite(params):
         params[:] = backup
-        return good_epochs, epoch0 + epochs - 1
-    return epochs, -1
+        return good_epochs, epoch0 + epochs - 1, False
+    return epochs, -1, False
+
+
+@njit(**JIT)
+def default_config(lr):
+    """hyper / iconf for plain SGD at a constant learning rate, no L2, no early stopping."""
+    hyper = np.zeros(N_HYPER)
+    iconf = np.zeros(N_ICONF, dtype=np.int64)
+    hyper[H_LR] = lr
+    hyper[H_BETA1] = 0.9
+    hyper[H_BETA2] = 0.999
+    hyper[H_EPS] = 1e-8
+    iconf[I_STEP_SIZE] = 1
+    return hyper, iconf
+
+
+@njit(**JIT)
+def train_epochs(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
+                 epochs, lr, batch_size, shuffle, rng_state,
+                 epoch0, record_every, history, backup,
+                 a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm, blas_min_work):
+    """Plain SGD at a constant learning rate (see ``train``); returns (epochs_done,
+    bad_epoch).  The entry point of the Ensemble kernel."""
+    hyper, iconf = default_config(lr)
+    empty = params[:0]
+    ws = (a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm)
+    done, bad, _ = train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, empty,
+                         xt[:, :0], yt[:, :0], empty, epochs, batch_size, shuffle, rng_state,
+                         epoch0, record_every, history, history[:0], backup, empty,
+                         np.zeros(3), hyper, iconf, np.zeros((2, 0), dtype=params.dtype),
+                         np.zeros(1, dtype=np.int64), empty, ws, empty, ws, blas_min_work)
+    return done, bad
 
 
 @njit(**JIT)
@@ -199,9 +291,11 @@ def predict_into(params, sizes, w_off, b_off, acts_codes, xt, out, a_off, acts, 
 
 
 @njit(**JIT)
-def loss_and_gradient(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, grad,
-                      a_off, acts, deltas, z_out, y_batch, bits, scale, perm, blas_min_work):
-    """Loss of the whole set (xt, yt) and its gradient into ``grad``; returns the loss."""
+def weighted_loss_and_gradient(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw,
+                               grad, a_off, acts, deltas, z_out, y_batch, bits, scale, perm,
+                               blas_min_work):
+    """Loss of the whole set (xt, yt) (sample weights sw, or empty) and its gradient into
+    ``grad``; returns the loss."""
     n = xt.shape[1]
     n_layers = sizes.shape[0] - 1
     k = sizes[-1]
@@ -209,8 +303,17 @@ def loss_and_gradient(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt
     _load_batch(xt, yt, 0, n, perm, False, acts, 0, y_batch)
     forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, n, bits, scale, z_out,
             blas_min_work)
-    loss = batch_loss(acts, out_off, y_batch, z_out, loss_code, k * n)
-    output_delta(acts, out_off, y_batch, deltas, loss_code, acts_codes[n_layers - 1], k * n)
+    loss = batch_loss(acts, out_off, y_batch, z_out, sw, loss_code, k, n)
+    output_delta(acts, out_off, y_batch, deltas, sw, loss_code, acts_codes[n_layers - 1], k, n)
     backward(params, sizes, w_off, b_off, acts_codes, acts, a_off, deltas, grad, n,
              blas_min_work)
     return loss
+
+
+@njit(**JIT)
+def loss_and_gradient(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, grad,
+                      a_off, acts, deltas, z_out, y_batch, bits, scale, perm, blas_min_work):
+    """weighted_loss_and_gradient without sample weights."""
+    return weighted_loss_and_gradient(params, sizes, w_off, b_off, acts_codes, loss_code, xt,
+                                      yt, params[:0], grad, a_off, acts, deltas, z_out,
+                                      y_batch, bits, scale, perm, blas_min_work)
