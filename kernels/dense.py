@@ -102,12 +102,52 @@ def forward(params, sizes, w_off, b_off, acts, buf, a_off, nb, bits, scale, z_ou
 
 
 @njit(**JIT)
-def _weight_grad(a_in, delta, grad, go, n_in, n_out, nb, blas_min_work):
-    """grad[go:] (n_in, n_out) <- a_in @ delta^T, each entry summed over samples in order.
+def dot4(x, xo, y, yo, n):
+    """sum_s x[xo+s] * y[yo+s] for s < n, in four interleaved partial sums.
 
-    a_in: n_in rows of nb, delta: n_out rows of nb.  The sample loop is outermost so the
-    n_in * n_out running sums are independent chains the CPU overlaps, instead of one
-    latency-bound chain per entry.
+    A single running sum is one dependency chain (4 cycles per add); four chains run in
+    parallel and LLVM packs them into one vector.  The order is fixed -- lane s % 4, then
+    (l0 + l1) + (l2 + l3) -- so results are reproducible run to run.  x, y: 1-D arrays;
+    offsets and n are unsigned (uint64).
+    """
+    q = n - (n & uint64(3))
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    a3 = 0.0
+    for s in range(uint64(0), q, uint64(4)):
+        a0 += x[xo + s] * y[yo + s]
+        a1 += x[xo + s + 1] * y[yo + s + 1]
+        a2 += x[xo + s + 2] * y[yo + s + 2]
+        a3 += x[xo + s + 3] * y[yo + s + 3]
+    for s in range(q, n):
+        a0 += x[xo + s] * y[yo + s]
+    return (a0 + a1) + (a2 + a3)
+
+
+@njit(**JIT)
+def sum4(x, xo, n):
+    """sum_s x[xo+s] for s < n, in the lane order of dot4."""
+    q = n - (n & uint64(3))
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    a3 = 0.0
+    for s in range(uint64(0), q, uint64(4)):
+        a0 += x[xo + s]
+        a1 += x[xo + s + 1]
+        a2 += x[xo + s + 2]
+        a3 += x[xo + s + 3]
+    for s in range(q, n):
+        a0 += x[xo + s]
+    return (a0 + a1) + (a2 + a3)
+
+
+@njit(**JIT)
+def _weight_grad(a_in, delta, grad, go, n_in, n_out, nb, blas_min_work):
+    """grad[go:] (n_in, n_out) <- a_in @ delta^T: one dot4 over the samples per entry.
+
+    a_in: n_in rows of nb, delta: n_out rows of nb.
     """
     if _use_blas(n_in, n_out, nb, blas_min_work):
         np.dot(a_in.reshape((n_in, nb)), delta.reshape((n_out, nb)).T,
@@ -117,16 +157,9 @@ def _weight_grad(a_in, delta, grad, go, n_in, n_out, nb, blas_min_work):
     u_out = uint64(n_out)
     u_go = uint64(go)
     for i in range(uint64(n_in)):
-        a = a_in[i * u_nb]
         row = u_go + i * u_out
         for j in range(u_out):
-            grad[row + j] = a * delta[j * u_nb]
-    for s in range(uint64(1), u_nb):
-        for i in range(uint64(n_in)):
-            a = a_in[i * u_nb + s]
-            row = u_go + i * u_out
-            for j in range(u_out):
-                grad[row + j] += a * delta[j * u_nb + s]
+            grad[row + j] = dot4(a_in, i * u_nb, delta, j * u_nb, u_nb)
 
 
 @njit(**JIT)
@@ -170,11 +203,7 @@ def backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, grad, nb, blas
         if bo >= 0:
             u_nb = uint64(nb)
             for j in range(n_out):
-                dj = uint64(j) * u_nb
-                acc = delta[dj]
-                for s in range(uint64(1), u_nb):
-                    acc += delta[dj + s]
-                grad[bo + j] = acc
+                grad[bo + j] = sum4(delta, uint64(j) * u_nb, u_nb)
         if l > 0:
             delta_in = dbuf[ai:ai + n_in * nb]
             _back_delta(params, w_off[l], n_in, n_out, delta, delta_in, nb, blas_min_work)
