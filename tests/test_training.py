@@ -1,0 +1,481 @@
+"""Whole training runs against tests/reference.py, plus the model object's contract
+(shuffling streams, record_every, dtypes, views, save/load, initialisation)."""
+
+import numpy as np
+import pytest
+
+import fastbp
+import reference as R
+
+RTOL = 1e-9
+
+
+def assert_params_close(actual, desired, rtol=RTOL, what="params"):
+    actual = np.asarray(actual, dtype=np.float64)
+    desired = np.asarray(desired, dtype=np.float64)
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * 1e-2 * np.max(np.abs(desired)), err_msg=what)
+
+
+def model_from(weights, biases, acts, loss, dtype="float64"):
+    return fastbp.MLP.from_weights(weights, biases, activation=acts, loss=loss, dtype=dtype)
+
+
+# Small problems shared by the trajectory tests: (sizes, activations, loss, bias, lr).
+FULL_BATCH_CASES = {
+    "sigmoid-sse-xorlike": ([2, 4, 4, 1], "sigmoid", "sse", True, 0.1),
+    "tanh-mse": ([3, 5, 2], ["tanh", "identity"], "mse", True, 0.05),
+    "relu-half_mse-nobias": ([3, 6, 4, 2], ["relu", "relu", "identity"], "half_mse", False, 0.05),
+    "tanh-bce": ([4, 5, 1], ["tanh", "sigmoid"], "bce", True, 0.5),
+}
+SGD_CASES = {
+    "sigmoid-sse": ([2, 4, 1], "sigmoid", "sse", True, 0.05),
+    "tanh-mse-nobias": ([3, 5, 2], ["tanh", "identity"], "mse", False, 0.01),
+    "relu-bce": ([3, 4, 1], ["relu", "sigmoid"], "bce", True, 0.1),
+}
+
+
+def _problem(make_problem, sizes, loss, bias, n, seed):
+    X, y, weights, biases = make_problem(sizes, n=n, loss=loss, bias=bias, seed=seed)
+    return X, y, weights, biases
+
+
+# ---------------------------------------------------------------- trajectories
+
+
+@pytest.mark.parametrize("case", list(FULL_BATCH_CASES))
+def test_full_batch_matches_reference(case, make_problem):
+    sizes, acts, loss, bias, lr = FULL_BATCH_CASES[case]
+    X, y, weights, biases = _problem(make_problem, sizes, loss, bias, n=20, seed=1)
+    epochs = 2000
+    m = model_from(weights, biases, acts, loss)
+    hist = m.fit(X, y, epochs=epochs, lr=lr)
+    rw, rb, rhist = R.train_full_batch(X, y, weights, biases, acts, loss, epochs, lr)
+
+    assert hist.loss.shape == (epochs,)
+    assert hist.loss.dtype == np.float64
+    assert hist.epochs == epochs
+    np.testing.assert_allclose(hist.loss, rhist, rtol=RTOL)
+    assert_params_close(m.params, R.flatten(rw, rb))
+    assert rhist[-1] < rhist[0]  # the case is not degenerate: it trains
+    # History is the loss BEFORE each update: the first record is the initial loss.
+    assert hist.loss[0] == pytest.approx(R.loss(X, y, weights, biases, acts, loss), rel=1e-12)
+
+
+@pytest.mark.parametrize("case", list(SGD_CASES))
+def test_per_sample_sgd_matches_reference(case, make_problem):
+    sizes, acts, loss, bias, lr = SGD_CASES[case]
+    X, y, weights, biases = _problem(make_problem, sizes, loss, bias, n=30, seed=2)
+    epochs = 300
+    m = model_from(weights, biases, acts, loss)
+    hist = m.fit(X, y, epochs=epochs, lr=lr, batch_size=1, shuffle=False)
+    rw, rb, rhist = R.train_sgd(X, y, weights, biases, acts, loss, epochs, lr)
+    np.testing.assert_allclose(hist.loss, rhist, rtol=RTOL)
+    assert_params_close(m.params, R.flatten(rw, rb))
+    assert rhist[-1] < rhist[0]
+
+
+@pytest.mark.parametrize("case", list(SGD_CASES))
+def test_minibatch_matches_reference(case, make_problem):
+    """batch 7 on 30 samples: four batches of 7 and a last one of 2, in order."""
+    sizes, acts, loss, bias, lr = SGD_CASES[case]
+    X, y, weights, biases = _problem(make_problem, sizes, loss, bias, n=30, seed=3)
+    epochs = 300
+    m = model_from(weights, biases, acts, loss)
+    hist = m.fit(X, y, epochs=epochs, lr=lr * 3, batch_size=7, shuffle=False)
+    rw, rb, rhist = R.train_minibatch(X, y, weights, biases, acts, loss, epochs, lr * 3, 7)
+    np.testing.assert_allclose(hist.loss, rhist, rtol=RTOL)
+    assert_params_close(m.params, R.flatten(rw, rb))
+    assert rhist[-1] < rhist[0]
+
+
+def test_wide_full_batch_matches_reference(make_problem):
+    """Layers wide enough for the kernels' BLAS path, trained full batch."""
+    sizes, acts = [8, 40, 3], ["tanh", "identity"]
+    X, y, weights, biases = make_problem(sizes, n=250, loss="mse", seed=20)
+    m = model_from(weights, biases, acts, "mse")
+    hist = m.fit(X, y, epochs=300, lr=0.05)
+    rw, rb, rhist = R.train_full_batch(X, y, weights, biases, acts, "mse", 300, 0.05)
+    np.testing.assert_allclose(hist.loss, rhist, rtol=RTOL)
+    assert_params_close(m.params, R.flatten(rw, rb))
+
+
+def test_batch_size_n_is_full_batch(make_problem):
+    sizes, acts, loss, bias, lr = FULL_BATCH_CASES["tanh-mse"]
+    X, y, weights, biases = _problem(make_problem, sizes, loss, bias, n=20, seed=4)
+    a = model_from(weights, biases, acts, loss)
+    b = model_from(weights, biases, acts, loss)
+    ha = a.fit(X, y, epochs=200, lr=lr)
+    hb = b.fit(X, y, epochs=200, lr=lr, batch_size=20)
+    np.testing.assert_allclose(hb.loss, ha.loss, rtol=1e-12)
+    np.testing.assert_allclose(b.params, a.params, rtol=1e-12, atol=1e-14)
+
+
+def test_sse_minibatch_loss_is_not_averaged(make_problem):
+    """sse of a batch is 1/2*sum over the batch: history scales with the batch size."""
+    X, y, weights, biases = make_problem([2, 3, 1], n=12, loss="sse", seed=5)
+    m = model_from(weights, biases, "tanh", "sse")
+    hist = m.fit(X, y, epochs=1, lr=1e-12, batch_size=4)  # params (almost) frozen
+    per_sample = 0.5 * (R.predict(X, weights, biases, "tanh") - y) ** 2
+    expected = per_sample.reshape(3, 4).sum(axis=1).mean()
+    assert hist.loss[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_fits_continue_training(make_problem):
+    sizes, acts, loss, bias, lr = FULL_BATCH_CASES["sigmoid-sse-xorlike"]
+    X, y, weights, biases = _problem(make_problem, sizes, loss, bias, n=20, seed=6)
+    one = model_from(weights, biases, acts, loss)
+    two = model_from(weights, biases, acts, loss)
+    h = one.fit(X, y, epochs=100, lr=lr)
+    h1 = two.fit(X, y, epochs=40, lr=lr)
+    h2 = two.fit(X, y, epochs=60, lr=lr)
+    np.testing.assert_array_equal(two.params, one.params)
+    np.testing.assert_array_equal(np.concatenate([h1.loss, h2.loss]), h.loss)
+
+
+# ------------------------------------------------------------------- shuffling
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_same_seed_is_bit_identical(batch_size, make_problem):
+    X, y, weights, biases = make_problem([3, 5, 2], n=30, seed=7)
+    a = model_from(weights, biases, "tanh", "mse")
+    b = model_from(weights, biases, "tanh", "mse")
+    ha = a.fit(X, y, epochs=50, lr=0.02, batch_size=batch_size, shuffle=True, seed=42)
+    hb = b.fit(X, y, epochs=50, lr=0.02, batch_size=batch_size, shuffle=True, seed=42)
+    np.testing.assert_array_equal(a.params, b.params)
+    np.testing.assert_array_equal(ha.loss, hb.loss)
+    c = model_from(weights, biases, "tanh", "mse")
+    c.fit(X, y, epochs=50, lr=0.02, batch_size=batch_size, shuffle=True, seed=43)
+    assert not np.array_equal(c.params, a.params), "a different seed gave the same trajectory"
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_chunked_fit_is_bit_identical(batch_size, make_problem):
+    X, y, weights, biases = make_problem([3, 5, 2], n=30, seed=8)
+    whole = model_from(weights, biases, "tanh", "mse")
+    parts = model_from(weights, biases, "tanh", "mse")
+    h = whole.fit(X, y, epochs=40, lr=0.02, batch_size=batch_size, shuffle=True, seed=5)
+    h1 = parts.fit(X, y, epochs=20, lr=0.02, batch_size=batch_size, shuffle=True, seed=5)
+    h2 = parts.fit(X, y, epochs=20, lr=0.02, batch_size=batch_size, shuffle=True, seed=None)
+    np.testing.assert_array_equal(parts.params, whole.params)
+    np.testing.assert_array_equal(np.concatenate([h1.loss, h2.loss]), h.loss)
+
+
+def test_seed_in_a_later_fit_restarts_the_stream(make_problem):
+    X, y, weights, biases = make_problem([3, 5, 2], n=30, seed=9)
+    a = model_from(weights, biases, "tanh", "mse")
+    a.fit(X, y, epochs=10, lr=0.02, batch_size=3, shuffle=True, seed=5)
+    w_half = [w.copy() for w in a.weights]
+    b_half = [b.copy() for b in a.biases]
+    a.fit(X, y, epochs=10, lr=0.02, batch_size=3, shuffle=True, seed=5)
+    fresh = model_from(w_half, b_half, "tanh", "mse")
+    fresh.fit(X, y, epochs=10, lr=0.02, batch_size=3, shuffle=True, seed=5)
+    np.testing.assert_array_equal(a.params, fresh.params)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_shuffle_changes_the_trajectory(batch_size, make_problem):
+    X, y, weights, biases = make_problem([3, 5, 2], n=30, seed=10)
+    ordered = model_from(weights, biases, "tanh", "mse")
+    shuffled = model_from(weights, biases, "tanh", "mse")
+    ordered.fit(X, y, epochs=20, lr=0.02, batch_size=batch_size, shuffle=False)
+    shuffled.fit(X, y, epochs=20, lr=0.02, batch_size=batch_size, shuffle=True, seed=1)
+    diff = np.max(np.abs(ordered.params - shuffled.params))
+    assert diff > 1e-6, f"shuffle=True gave the unshuffled trajectory (max diff {diff:g})"
+
+
+def test_shuffle_visits_every_sample_once_per_epoch(make_problem):
+    """With a tiny lr one SGD epoch moves the params by -lr * (sum of per-sample
+    gradients) + O(lr^2) whatever the order, but not if samples repeat or go missing."""
+    X, y, weights, biases = make_problem([3, 4, 2], n=30, seed=11)
+    lr = 1e-6
+    start = R.flatten(weights, biases)
+    for seed in (1, 2, 3):
+        m = model_from(weights, biases, "tanh", "mse")
+        m.fit(X, y, epochs=1, lr=lr, batch_size=1, shuffle=True, seed=seed)
+        step = m.params - start
+        dW, db = R.gradient(X, y, weights, biases, "tanh", "mse")  # mean over 30 samples
+        expected = -lr * 30 * R.flatten(dW, db)  # each per-sample loss is divided by 1, not 30
+        np.testing.assert_allclose(step, expected, rtol=0, atol=1e-3 * np.max(np.abs(expected)))
+
+
+def _last_visited_per_epoch(n, epochs, batch_size=1, seed=3):
+    """For w <- w - 1.0 * (w - y_i) (1-1 identity net, sse, x = 1, lr 1) a per-sample
+    step sets w = y_i exactly, so with y_i = i the weight after an epoch is the index
+    of the epoch's last sample. One fit per epoch: the stream continues across fits."""
+    m = fastbp.MLP.from_weights([np.zeros((1, 1))], None, activation="identity", loss="sse")
+    X = np.ones((n, 1))
+    y = np.arange(n, dtype=np.float64).reshape(n, 1)
+    lasts = []
+    for e in range(epochs):
+        m.fit(X, y, epochs=1, lr=1.0, batch_size=batch_size, shuffle=True, seed=seed if e == 0 else None)
+        w = float(m.params[0])
+        assert w == int(w) and 0 <= w < n
+        lasts.append(int(w))
+    return np.array(lasts)
+
+
+def test_each_epoch_draws_a_new_permutation():
+    lasts = _last_visited_per_epoch(n=5, epochs=250)
+    counts = np.bincount(lasts, minlength=5)
+    # uniform: 50 expected per index; a fixed or non-advancing order puts all 250 on one
+    assert counts.min() >= 20 and counts.max() <= 85, counts
+
+
+def test_unshuffled_epochs_end_on_the_last_sample():
+    m = fastbp.MLP.from_weights([np.zeros((1, 1))], None, activation="identity", loss="sse")
+    m.fit(np.ones((5, 1)), np.arange(5.0), epochs=3, lr=1.0, batch_size=1, shuffle=False)
+    assert m.params[0] == 4.0
+
+
+# ------------------------------------------------------------- record_every
+
+
+def _check_record_every(make_problem, batch_size, epochs, k):
+    X, y, weights, biases = make_problem([2, 3, 1], n=12, seed=12)
+    every = model_from(weights, biases, "sigmoid", "mse")
+    sparse = model_from(weights, biases, "sigmoid", "mse")
+    h1 = every.fit(X, y, epochs=epochs, lr=0.5, batch_size=batch_size)
+    hk = sparse.fit(X, y, epochs=epochs, lr=0.5, batch_size=batch_size, record_every=k)
+    np.testing.assert_array_equal(sparse.params, every.params)
+    assert hk.record_every == k
+    assert hk.epochs == epochs
+    # "one value per record_every epochs"; History documents record r as epoch
+    # r * record_every of the fit (so record 0 is the first epoch).
+    if epochs % k == 0:
+        assert hk.loss.shape == (epochs // k,)
+    else:  # a last, partial block: the documented convention records its first epoch
+        assert hk.loss.shape in {(epochs // k,), (-(-epochs // k),)}
+    np.testing.assert_array_equal(hk.loss, h1.loss[::k][: hk.loss.shape[0]])
+
+
+@pytest.mark.parametrize("epochs,k", [(21, 3), (20, 3), (10, 10), (7, 1)])
+def test_record_every_full_batch(make_problem, epochs, k):
+    _check_record_every(make_problem, None, epochs, k)
+
+
+@pytest.mark.parametrize("epochs,k", [(21, 3), (20, 3)])
+def test_record_every_sgd(make_problem, epochs, k):
+    _check_record_every(make_problem, 1, epochs, k)
+
+
+def test_history_fields(make_problem):
+    X, y, weights, biases = make_problem([2, 3, 1], n=12, seed=13)
+    m = model_from(weights, biases, "sigmoid", "mse")
+    h = m.fit(X, y, epochs=5, lr=0.1)
+    assert h.epochs == 5
+    assert h.record_every == 1
+    assert isinstance(h.seconds, float) and h.seconds >= 0.0
+    assert h.loss.ndim == 1 and h.loss.dtype == np.float64
+
+
+# ------------------------------------------------------------------- float32
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 5])
+def test_float32_model(batch_size, make_problem):
+    X, y, weights, biases = make_problem([3, 5, 1], n=20, seed=14)
+    m = fastbp.MLP([3, 5, 1], activation=["tanh", "identity"], loss="mse", init="normal", dtype="float32", seed=0)
+    assert m.params.dtype == np.float32
+    assert m.dtype == np.dtype(np.float32)
+    assert all(w.dtype == np.float32 for w in m.weights)
+    start = m.params.copy()
+    h = m.fit(X, y, epochs=100, lr=0.02, batch_size=batch_size)
+    assert m.params.dtype == np.float32
+    assert h.loss.dtype == np.float64
+    assert np.all(np.isfinite(h.loss))
+    assert h.loss[-1] < 0.9 * h.loss[0]
+    pred = m.predict(X)
+    assert pred.dtype == np.float32 and pred.shape == (20, 1)
+    # Same trajectory as float64 from the same start, to float32 accuracy.
+    w64, b64 = R.unflatten(start.astype(np.float64), [3, 5, 1], True)
+    m64 = fastbp.MLP.from_weights(w64, b64, activation=["tanh", "identity"], loss="mse")
+    h64 = m64.fit(X, y, epochs=100, lr=0.02, batch_size=batch_size)
+    np.testing.assert_allclose(h.loss, h64.loss, rtol=1e-3)
+
+
+# ------------------------------------------------------ construction & views
+
+
+def test_from_weights_shapes_and_layout(make_problem):
+    _, _, weights, biases = make_problem([3, 5, 4, 2], seed=15)
+    m = fastbp.MLP.from_weights(weights, biases, activation="tanh", loss="sse")
+    assert m.sizes == (3, 5, 4, 2)
+    assert m.n_layers == 3
+    assert m.bias is True
+    assert m.activations == ("tanh", "tanh", "tanh")
+    assert m.loss_name == "sse"
+    assert m.dtype == np.dtype(np.float64)
+    assert m.params.ndim == 1 and m.params.size == 3 * 5 + 5 + 5 * 4 + 4 + 4 * 2 + 2
+    assert [w.shape for w in m.weights] == [(3, 5), (5, 4), (4, 2)]
+    assert [b.shape for b in m.biases] == [(5,), (4,), (2,)]
+    for a, b in zip(m.weights + m.biases, weights + biases):
+        np.testing.assert_array_equal(a, b)
+    # DESIGN.md layout: W_0 (row-major), b_0, W_1, b_1, ...
+    np.testing.assert_array_equal(m.params, R.flatten(weights, biases))
+
+    nob = fastbp.MLP.from_weights(weights, None, activation="sigmoid", loss="mse")
+    assert nob.bias is False and nob.biases is None
+    assert nob.params.size == 3 * 5 + 5 * 4 + 4 * 2
+    np.testing.assert_array_equal(nob.params, R.flatten(weights, None))
+
+    row = fastbp.MLP.from_weights(weights, [b.reshape(1, -1) for b in biases], activation="tanh", loss="sse")
+    np.testing.assert_array_equal(row.params, m.params)
+    assert [b.shape for b in row.biases] == [(5,), (4,), (2,)]
+
+
+def test_from_weights_copies_the_callers_arrays(make_problem):
+    X, y, weights, biases = make_problem([3, 4, 1], n=10, seed=16)
+    w_copy = [w.copy() for w in weights]
+    b_copy = [b.copy() for b in biases]
+    m = fastbp.MLP.from_weights(weights, biases, activation="tanh", loss="mse")
+    m.fit(X, y, epochs=10, lr=0.1)
+    for a, b in zip(weights + biases, w_copy + b_copy):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_weights_and_biases_are_views(make_problem):
+    X, _, weights, biases = make_problem([3, 4, 2], n=5, seed=17)
+    m = fastbp.MLP.from_weights(weights, biases, activation="tanh", loss="mse")
+    before = m.predict(X)
+    m.weights[0][0, 0] = 123.0
+    assert m.params[0] == 123.0
+    m.weights[1][3, 1] = -7.0
+    assert m.params[3 * 4 + 4 + 3 * 2 + 1] == -7.0
+    m.biases[0][2] = 5.0
+    assert m.params[3 * 4 + 2] == 5.0
+    m.biases[1][1] = 0.25
+    assert m.params[-1] == 0.25
+    assert not np.array_equal(m.predict(X), before)
+    m.params[1] = 9.0
+    assert m.weights[0][0, 1] == 9.0
+    for v in m.weights + m.biases:
+        assert np.shares_memory(v, m.params)
+
+
+def test_views_follow_training(make_problem):
+    X, y, weights, biases = make_problem([3, 4, 2], n=10, seed=18)
+    m = fastbp.MLP.from_weights(weights, biases, activation="tanh", loss="mse")
+    m.fit(X, y, epochs=20, lr=0.1)
+    w, b = R.unflatten(m.params.copy(), [3, 4, 2], True)
+    for a, r in zip(m.weights + m.biases, w + b):
+        np.testing.assert_array_equal(a, r)
+    assert not np.array_equal(m.weights[0], weights[0])
+
+
+# ------------------------------------------------------------------ save/load
+
+
+@pytest.mark.parametrize("bias,dtype", [(True, "float64"), (False, "float64"), (True, "float32")])
+def test_save_load_round_trip(bias, dtype, tmp_path, make_problem):
+    X, y, _, _ = make_problem([3, 4, 5, 2], n=10, seed=19)
+    acts = ["relu", "tanh", "sigmoid"]
+    m = fastbp.MLP([3, 4, 5, 2], activation=acts, loss="bce", init="normal", bias=bias, dtype=dtype, seed=4)
+    y01 = 1.0 / (1.0 + np.exp(-y))
+    m.fit(X, y01, epochs=5, lr=0.1)
+    path = tmp_path / "m.npz"
+    m.save(path)
+    with np.load(path, allow_pickle=False) as z:  # one .npz, no pickle
+        for key in z.files:
+            z[key]
+    m2 = fastbp.load(path)
+    assert m2.sizes == m.sizes
+    assert m2.activations == m.activations
+    assert m2.loss_name == "bce"
+    assert m2.bias is bias
+    assert m2.dtype == np.dtype(dtype)
+    assert m2.params.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(m2.params, m.params)
+    np.testing.assert_array_equal(m2.predict(X), m.predict(X))
+    # and it keeps training the same way
+    m.fit(X, y01, epochs=5, lr=0.1)
+    m2.fit(X, y01, epochs=5, lr=0.1)
+    np.testing.assert_array_equal(m2.params, m.params)
+
+
+def test_save_load_accepts_str_path(tmp_path):
+    m = fastbp.MLP([2, 3, 1], seed=0)
+    m.save(str(tmp_path / "s.npz"))
+    np.testing.assert_array_equal(fastbp.load(str(tmp_path / "s.npz")).params, m.params)
+
+
+# ---------------------------------------------------------------------- init
+
+
+def test_default_attributes():
+    m = fastbp.MLP([2, 4, 4, 1], seed=0)
+    assert m.sizes == (2, 4, 4, 1)
+    assert m.activations == ("sigmoid", "sigmoid", "sigmoid")
+    assert m.loss_name == "mse"
+    assert m.bias is True
+    assert m.n_layers == 3
+    assert m.dtype == np.dtype(np.float64)
+    assert m.params.flags.c_contiguous
+
+
+def test_init_uniform_draws_from_default_rng():
+    sizes = [3, 5, 2]
+    m = fastbp.MLP(sizes, init="uniform", seed=7)
+    assert np.all((m.params >= 0.0) & (m.params < 1.0))
+    rng = np.random.default_rng(7)
+    expected = np.concatenate([rng.random((3, 5)).ravel(), rng.random(5), rng.random((5, 2)).ravel(), rng.random(2)])
+    np.testing.assert_array_equal(m.params, expected)
+
+
+@pytest.mark.parametrize("c", [0.1, -0.25, 0])
+def test_init_constant(c):
+    m = fastbp.MLP([3, 4, 2], init=c, seed=0)
+    assert np.all(m.params == c)
+    nob = fastbp.MLP([3, 4, 2], init=c, bias=False)
+    assert nob.params.size == 3 * 4 + 4 * 2 and np.all(nob.params == c)
+
+
+def test_init_normal_std():
+    m = fastbp.MLP([400, 300, 1], init="normal", seed=1)
+    W0, b0 = m.weights[0], m.biases[0]
+    assert abs(W0.mean()) < 0.005
+    assert W0.std() == pytest.approx(400 ** -0.5, rel=0.03)
+    assert b0.std() == pytest.approx(400 ** -0.5, rel=0.25)  # biases too (300 draws)
+    assert m.weights[1].std() == pytest.approx(300 ** -0.5, rel=0.25)
+
+
+def test_init_xavier():
+    m = fastbp.MLP([200, 100, 50], init="xavier", seed=2)
+    for W, (n_in, n_out) in zip(m.weights, [(200, 100), (100, 50)]):
+        lim = np.sqrt(6.0 / (n_in + n_out))
+        assert np.all(np.abs(W) <= lim)
+        assert np.max(np.abs(W)) > 0.95 * lim
+        assert W.std() == pytest.approx(lim / np.sqrt(3.0), rel=0.05)
+    for b in m.biases:
+        assert np.all(b == 0.0)
+
+
+def test_init_he():
+    m = fastbp.MLP([400, 300, 10], init="he", seed=3)
+    assert m.weights[0].std() == pytest.approx(np.sqrt(2.0 / 400), rel=0.03)
+    assert abs(m.weights[0].mean()) < 0.01
+    assert m.weights[1].std() == pytest.approx(np.sqrt(2.0 / 300), rel=0.1)
+    for b in m.biases:
+        assert np.all(b == 0.0)
+
+
+@pytest.mark.parametrize("init", ["uniform", "normal", "xavier", "he"])
+def test_same_seed_same_init(init):
+    a = fastbp.MLP([4, 6, 3], init=init, seed=11)
+    b = fastbp.MLP([4, 6, 3], init=init, seed=11)
+    c = fastbp.MLP([4, 6, 3], init=init, seed=12)
+    np.testing.assert_array_equal(a.params, b.params)
+    assert not np.array_equal(a.params, c.params)
+
+
+def test_init_float32():
+    m = fastbp.MLP([4, 6, 3], init="normal", seed=11, dtype="float32")
+    assert m.params.dtype == np.float32
+    assert np.all(np.isfinite(m.params)) and np.any(m.params != 0)
+
+
+def test_activation_string_or_list():
+    a = fastbp.MLP([2, 3, 1], activation="tanh", seed=0)
+    assert a.activations == ("tanh", "tanh")
+    b = fastbp.MLP([2, 3, 1], activation=["relu", "identity"], seed=0)
+    assert b.activations == ("relu", "identity")

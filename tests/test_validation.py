@@ -1,0 +1,308 @@
+"""Bad input raises ValueError/TypeError naming the problem; good input is never modified."""
+
+import numpy as np
+import pytest
+
+import fastbp
+
+BAD = (ValueError, TypeError)
+
+
+@pytest.fixture
+def model():
+    return fastbp.MLP([3, 4, 2], activation="tanh", loss="mse", seed=0)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(10, 3)), rng.normal(size=(10, 2))
+
+
+def _calls(m, X, y):
+    """Every public entry point that takes (X, y)."""
+    return {
+        "fit": lambda: m.fit(X, y, epochs=1, lr=0.1),
+        "loss": lambda: m.loss(X, y),
+        "gradient": lambda: m.gradient(X, y),
+    }
+
+
+ENTRY = ["fit", "loss", "gradient"]
+
+
+# ----------------------------------------------------------------- X and y
+
+
+@pytest.mark.parametrize("entry", ENTRY)
+@pytest.mark.parametrize(
+    "shape, match",
+    [((10,), r"(?i)\bX\b|dim|2-?d"), ((10, 3, 1), r"(?i)\bX\b|dim|2-?d"), ((10, 5), r"(?i)\bX\b|feature|column|sizes|3")],
+    ids=["1d", "3d", "features"],
+)
+def test_bad_X_shape(entry, shape, match, model, data):
+    _, y = data
+    X = np.ones(shape)
+    with pytest.raises(BAD, match=match):
+        _calls(model, X, y)[entry]()
+
+
+@pytest.mark.parametrize("shape", [(2, 5), (6,), (2, 3, 1)], ids=["features", "1d", "3d"])
+def test_predict_bad_X(shape, model):
+    with pytest.raises(BAD, match=r"(?i)\bX\b|dim|feature|column|shape"):
+        model.predict(np.ones(shape))
+
+
+@pytest.mark.parametrize("entry", ENTRY)
+@pytest.mark.parametrize(
+    "shape", [(10, 3), (10,), (10, 2, 1), (9, 2)], ids=["outputs", "1d-multi-output", "3d", "rows"]
+)
+def test_bad_y_shape(entry, shape, model, data):
+    X, _ = data
+    with pytest.raises(BAD, match=r"(?i)\by\b|sample|row|output|shape|dim"):
+        _calls(model, X, np.ones(shape))[entry]()
+
+
+@pytest.mark.parametrize("entry", ENTRY)
+def test_sample_counts_differ(entry, model, data):
+    X, y = data
+    with pytest.raises(BAD, match=r"(?i)sample|rows|same number|length|\bn\b|9|10"):
+        _calls(model, X[:9], y)[entry]()
+
+
+@pytest.mark.parametrize("entry", ENTRY + ["predict"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_X(entry, bad, model, data):
+    X, y = data
+    X = X.copy()
+    X[3, 1] = bad
+    call = (lambda: model.predict(X)) if entry == "predict" else _calls(model, X, y)[entry]
+    with pytest.raises(ValueError, match=r"(?i)\bX\b.*(nan|inf|finite)|(nan|inf|finite).*\bX\b"):
+        call()
+
+
+@pytest.mark.parametrize("entry", ENTRY)
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+def test_non_finite_y(entry, bad, model, data):
+    X, y = data
+    y = y.copy()
+    y[0, 0] = bad
+    with pytest.raises(ValueError, match=r"(?i)\by\b.*(nan|inf|finite)|(nan|inf|finite).*\by\b"):
+        _calls(model, X, y)[entry]()
+
+
+@pytest.mark.parametrize("entry", ENTRY + ["predict"])
+def test_empty(entry, model):
+    X, y = np.empty((0, 3)), np.empty((0, 2))
+    call = (lambda: model.predict(X)) if entry == "predict" else _calls(model, X, y)[entry]
+    with pytest.raises(ValueError, match=r"(?i)empty|sample|at least|zero|\b0\b"):
+        call()
+
+
+def test_non_numeric_X(model, data):
+    _, y = data
+    with pytest.raises(BAD, match=r"(?i)\bX\b|numeric|float|convert|dtype"):
+        model.fit(np.array([["a", "b", "c"]] * 10), y, epochs=1)
+
+
+# ------------------------------------------------------------- constructor
+
+
+@pytest.mark.parametrize(
+    "sizes", [[3], [], [3, 0, 1], [3, -2, 1], [0, 2]], ids=["one", "empty", "zero", "negative", "zero-in"]
+)
+def test_bad_sizes(sizes):
+    with pytest.raises(BAD, match=r"(?i)sizes"):
+        fastbp.MLP(sizes)
+
+
+def test_unknown_activation():
+    with pytest.raises(ValueError, match=r"(?i)activation.*softsign|softsign.*activation"):
+        fastbp.MLP([2, 3, 1], activation="softsign")
+    with pytest.raises(ValueError, match=r"(?i)activation"):
+        fastbp.MLP([2, 3, 1], activation=["relu", "swish"])
+
+
+def test_activation_list_wrong_length():
+    with pytest.raises(ValueError, match=r"(?i)activation"):
+        fastbp.MLP([2, 3, 1], activation=["relu", "relu", "sigmoid"])
+    with pytest.raises(ValueError, match=r"(?i)activation"):
+        fastbp.MLP([2, 3, 4, 1], activation=["relu", "sigmoid"])
+
+
+def test_unknown_loss():
+    with pytest.raises(ValueError, match=r"(?i)loss.*hinge|hinge.*loss"):
+        fastbp.MLP([2, 3, 1], loss="hinge")
+
+
+@pytest.mark.parametrize("init", ["glorot_normal", "Uniform?", ""])
+def test_bad_init(init):
+    with pytest.raises(BAD, match=r"(?i)init"):
+        fastbp.MLP([2, 3, 1], init=init)
+
+
+def test_unknown_dtype():
+    with pytest.raises(BAD, match=r"(?i)dtype"):
+        fastbp.MLP([2, 3, 1], dtype="int32")
+
+
+def test_bce_needs_sigmoid_output(data):
+    X, _ = data
+    y01 = np.full((10, 2), 0.5)
+    with pytest.raises(ValueError, match=r"(?i)bce|sigmoid"):
+        m = fastbp.MLP([3, 4, 2], activation="relu", loss="bce", seed=0)
+        m.fit(X, y01, epochs=1)
+    with pytest.raises(ValueError, match=r"(?i)bce|sigmoid"):
+        m = fastbp.MLP([3, 4, 2], activation=["sigmoid", "identity"], loss="bce", seed=0)
+        m.loss(X, y01)
+    with pytest.raises(ValueError, match=r"(?i)bce|sigmoid"):
+        m = fastbp.MLP.from_weights([np.ones((3, 2))], None, activation="tanh", loss="bce")
+        m.gradient(X, y01)
+
+
+@pytest.mark.parametrize("entry", ENTRY)
+@pytest.mark.parametrize("bad", [-0.1, 1.5], ids=["negative", "above-one"])
+def test_bce_targets_in_unit_interval(entry, bad, data):
+    X, _ = data
+    y = np.full((10, 2), 0.5)
+    y[4, 1] = bad
+    m = fastbp.MLP([3, 4, 2], activation="sigmoid", loss="bce", seed=0)
+    with pytest.raises(ValueError, match=r"(?i)\by\b|target|\[0, ?1\]|0 and 1|bce"):
+        _calls(m, X, y)[entry]()
+
+
+def test_bce_targets_at_the_bounds_are_fine(data):
+    X, _ = data
+    y = np.zeros((10, 2))
+    y[::2] = 1.0
+    m = fastbp.MLP([3, 4, 2], activation="sigmoid", loss="bce", seed=0)
+    h = m.fit(X, y, epochs=3, lr=0.1)
+    assert np.all(np.isfinite(h.loss))
+
+
+# ---------------------------------------------------------------- fit args
+
+
+@pytest.mark.parametrize("epochs", [0, -1])
+def test_bad_epochs(epochs, model, data):
+    X, y = data
+    with pytest.raises(BAD, match=r"(?i)epochs"):
+        model.fit(X, y, epochs=epochs, lr=0.1)
+
+
+@pytest.mark.parametrize("lr", [0.0, -0.1, float("nan"), float("inf")])
+def test_bad_lr(lr, model, data):
+    X, y = data
+    with pytest.raises(BAD, match=r"(?i)\blr\b|learning"):
+        model.fit(X, y, epochs=1, lr=lr)
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 11])
+def test_bad_batch_size(batch_size, model, data):
+    X, y = data
+    with pytest.raises(BAD, match=r"(?i)batch_size"):
+        model.fit(X, y, epochs=1, lr=0.1, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("record_every", [0, -1])
+def test_bad_record_every(record_every, model, data):
+    X, y = data
+    with pytest.raises(BAD, match=r"(?i)record_every"):
+        model.fit(X, y, epochs=4, lr=0.1, record_every=record_every)
+
+
+def test_rejected_fit_leaves_the_model_alone(model, data):
+    X, y = data
+    before = model.params.copy()
+    with pytest.raises(BAD):
+        model.fit(X, y, epochs=1, lr=-1.0)
+    y_bad = y.copy()
+    y_bad[-1, -1] = np.nan
+    with pytest.raises(BAD):
+        model.fit(X, y_bad, epochs=1, lr=0.1)
+    np.testing.assert_array_equal(model.params, before)
+
+
+# ----------------------------------------------------------- from_weights
+
+
+def test_from_weights_must_chain():
+    with pytest.raises(ValueError, match=r"(?i)weight|shape|chain|match"):
+        fastbp.MLP.from_weights([np.ones((2, 3)), np.ones((4, 1))])
+
+
+def test_from_weights_must_be_2d():
+    with pytest.raises(BAD, match=r"(?i)weight|dim|2-?d|shape"):
+        fastbp.MLP.from_weights([np.ones(3), np.ones((3, 1))])
+
+
+def test_from_weights_empty_list():
+    with pytest.raises(BAD, match=r"(?i)weight|empty|at least"):
+        fastbp.MLP.from_weights([])
+
+
+@pytest.mark.parametrize(
+    "biases",
+    [[np.ones(3)], [np.ones(2), np.ones(1)], [np.ones(3), np.ones(2)], [np.ones(3), np.ones(1), np.ones(1)]],
+    ids=["too-few", "wrong-len", "wrong-len-out", "too-many"],
+)
+def test_from_weights_bad_biases(biases):
+    with pytest.raises(ValueError, match=r"(?i)bias"):
+        fastbp.MLP.from_weights([np.ones((2, 3)), np.ones((3, 1))], biases)
+
+
+def test_from_weights_non_finite():
+    w = np.ones((2, 3))
+    w[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"(?i)weight|nan|finite"):
+        fastbp.MLP.from_weights([w, np.ones((3, 1))])
+
+
+# --------------------------------------------------- inputs are not modified
+
+
+@pytest.mark.parametrize("batch_size,shuffle", [(None, False), (1, True), (3, True), (3, False)])
+@pytest.mark.parametrize("kind", ["float64-C", "float64-F", "float32", "int"])
+def test_caller_arrays_unchanged(kind, batch_size, shuffle):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(10, 3))
+    y = rng.normal(size=(10, 2))
+    if kind == "float64-F":
+        X, y = np.asfortranarray(X), np.asfortranarray(y)
+    elif kind == "float32":
+        X, y = X.astype(np.float32), y.astype(np.float32)
+    elif kind == "int":
+        X, y = (X * 3).astype(np.int64), (y * 3).astype(np.int64)
+    X0, y0 = X.copy(), y.copy()
+    m = fastbp.MLP([3, 4, 2], activation="tanh", loss="mse", seed=0)
+    m.fit(X, y, epochs=3, lr=0.01, batch_size=batch_size, shuffle=shuffle, seed=0)
+    m.predict(X)
+    m.loss(X, y)
+    m.gradient(X, y)
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(y, y0)
+    assert X.dtype == X0.dtype and y.dtype == y0.dtype
+
+
+def test_int_arrays_are_converted():
+    rng = np.random.default_rng(2)
+    Xi = rng.integers(-3, 4, size=(12, 3))
+    yi = rng.integers(0, 2, size=(12, 1))
+    a = fastbp.MLP([3, 4, 1], activation="sigmoid", loss="bce", seed=0)
+    b = fastbp.MLP([3, 4, 1], activation="sigmoid", loss="bce", seed=0)
+    np.testing.assert_array_equal(a.predict(Xi), b.predict(Xi.astype(np.float64)))
+    assert a.predict(Xi).dtype == np.float64
+    assert a.loss(Xi, yi) == b.loss(Xi.astype(float), yi.astype(float))
+    ha = a.fit(Xi, yi, epochs=5, lr=0.1)
+    hb = b.fit(Xi.astype(float), yi.astype(float), epochs=5, lr=0.1)
+    np.testing.assert_array_equal(a.params, b.params)
+    np.testing.assert_array_equal(ha.loss, hb.loss)
+    # lists work too
+    np.testing.assert_array_equal(a.predict(Xi.tolist()), a.predict(Xi))
+
+
+def test_bool_targets_accepted_for_bce():
+    X = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    y = np.array([True, True, False, False])
+    m = fastbp.MLP([2, 3, 1], activation="sigmoid", loss="bce", seed=0)
+    assert m.loss(X, y) == m.loss(X, y.astype(np.float64).reshape(-1, 1))
