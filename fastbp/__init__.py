@@ -5,6 +5,7 @@ kernels (``fastbp.kernels``); this package validates input, allocates and report
 """
 from .errors import DivergenceError, ModelFileError
 from .history import History
+from .checkpoint import resume
 from .io import load
 from .model import MLP
 from .ensemble import Ensemble
@@ -12,4 +13,4 @@ from . import datasets, plot  # noqa: E402  (plot imports matplotlib only when c
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "Ensemble", "History", "load", "DivergenceError", "ModelFileError", "__version__"]
+__all__ = ["MLP", "Ensemble", "History", "load", "resume", "DivergenceError", "ModelFileError", "__version__"]

@@ -53,10 +53,13 @@ def sigint_deferred():
         signal.signal(signal.SIGINT, previous)
 
 
-def warn_interrupted(done, total):
-    warnings.warn(f"training interrupted (Ctrl-C) after {done} of {total} epochs; "
-                  f"the model holds the parameters after epoch {done}",
-                  RuntimeWarning, stacklevel=3)
+def warn_interrupted(done, total, checkpoint=None, stacklevel=2):
+    """The warning of a run stopped by Ctrl-C; ``stacklevel`` as if the caller warned."""
+    msg = (f"training interrupted (Ctrl-C) after {done} of {total} epochs; "
+           f"the model holds the parameters after epoch {done}")
+    if checkpoint is not None:
+        msg += f"; fastbp.resume({checkpoint!r}, X, y) continues the run"
+    warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 class Timer:

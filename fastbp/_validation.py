@@ -1,7 +1,10 @@
 """Input checking at the API boundary: every message names the argument, what was
 expected and what was given.  Arrays are converted (never modified in place) to the
 model dtype, feature-major and contiguous, once."""
+import datetime
 import numbers
+import os
+import re
 
 import numpy as np
 
@@ -99,11 +102,18 @@ def as_float_array(a, name, dtype):
     with np.errstate(over="ignore"):
         out = arr.astype(dtype, copy=False)
     if out.size and not np.isfinite(out).all():
-        if np.isfinite(arr.astype(np.float64)).all():
+        if np.isfinite(arr).all():
             raise ValueError(f"{name} has values too large for {np.dtype(dtype).name} "
                              f"(max |value| {np.abs(arr).max():.3g})")
         raise ValueError(f"{name} contains NaN or infinity")
     return out
+
+
+def kernel_ready(a):
+    """``a`` C-contiguous, aligned and writeable (copied if it is not): the one array type
+    the kernels are compiled for.  (Read-only or unaligned arrays would make Numba compile
+    another specialization; the kernels never write their data arguments anyway.)"""
+    return np.require(a, requirements=["C", "A", "W"])
 
 
 def check_X(X, n_features, dtype, name="X"):
@@ -177,3 +187,80 @@ def check_seed(seed, name="seed"):
     if s < 0:
         raise ValueError(f"{name} must be >= 0, got {s}")
     return s
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|secs?|seconds?|m|mins?|minutes?|"
+                       r"h|hrs?|hours?)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+DEFAULT_CHECKPOINT_EVERY = ("seconds", 60.0)
+
+
+def check_checkpoint(checkpoint, checkpoint_every):
+    """(path or None, every): every is ("epochs", int), ("seconds", float) or None.
+
+    checkpoint_every: an int is a number of epochs; a duration is a string with a unit
+    ("30s", "5 min", "2h") or a datetime.timedelta.  A bare float is refused, so that
+    100 and 100.0 cannot mean different things.  None: every 60 seconds.
+    """
+    if checkpoint is None:
+        if checkpoint_every is not None:
+            raise ValueError("checkpoint_every was given without checkpoint; pass "
+                             "checkpoint='run.npz' (the file to write)")
+        return None, None
+    if isinstance(checkpoint, bytes) or not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file path (str or os.PathLike), got "
+                        f"{checkpoint!r}")
+    path = os.fspath(checkpoint)
+    if isinstance(path, bytes) or not path:
+        raise TypeError(f"checkpoint must be a non-empty str path, got {checkpoint!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint {path!r} is a folder; give a file name such as "
+                         f"{os.path.join(path, 'run.npz')!r}")
+    if not os.path.isdir(folder):
+        raise ValueError(f"checkpoint {path!r}: the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"checkpoint {path!r}: the folder {folder!r} is not writable")
+    return path, check_checkpoint_every(checkpoint_every)
+
+
+def check_checkpoint_every(every):
+    if every is None:
+        return DEFAULT_CHECKPOINT_EVERY
+    if isinstance(every, (bool, np.bool_)):
+        raise TypeError(f"checkpoint_every must be an int (epochs) or a duration such as "
+                        f"'30s', got {every!r}")
+    if isinstance(every, numbers.Integral):
+        return "epochs", check_positive_int(every, "checkpoint_every")
+    if isinstance(every, datetime.timedelta):
+        seconds = every.total_seconds()
+    elif isinstance(every, str):
+        m = _DURATION.match(every)
+        if not m:
+            raise ValueError(f"checkpoint_every {every!r} is not a duration; write it as "
+                             f"'30s', '5min' or '2h' (or give an int number of epochs)")
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)[0].lower()]
+    elif isinstance(every, numbers.Real):
+        raise TypeError(f"checkpoint_every={every!r}: give an int for a number of epochs "
+                        f"or a string with a unit for a duration, e.g. '{every:g}s'")
+    else:
+        raise TypeError(f"checkpoint_every must be an int (epochs) or a duration such as "
+                        f"'30s', got {every!r}")
+    if not (np.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"checkpoint_every must be a positive duration, got {every!r}")
+    return "seconds", float(seconds)
+
+
+def check_on_divergence(on_divergence):
+    if on_divergence not in ("raise", "warn"):
+        raise ValueError(f"on_divergence must be 'raise' or 'warn', got {on_divergence!r}")
+    return on_divergence
+
+
+def check_finite_output(out, what, dtype):
+    """Raise FloatingPointError when a computed result overflowed (inputs or parameters
+    too large for the model dtype)."""
+    if not np.isfinite(out).all():
+        raise FloatingPointError(
+            f"{what} is not finite: the computation overflowed {np.dtype(dtype).name} "
+            f"(inputs or parameters too large); scale the inputs down")

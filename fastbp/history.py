@@ -16,6 +16,8 @@ class History:
     record_every: epochs between records.
     seconds:      wall time of the training loop.
     stopped:      None, or why training ended early ("interrupted", "callback", "diverged").
+    extra:        more about the run; ``fastbp.resume`` sets extra["resumed_at"], the epoch
+                  its checkpoint had reached (its History covers the whole run).
     """
     loss: np.ndarray
     epochs: int

@@ -1,6 +1,22 @@
-"""Model files: one .npz with the parameters and the architecture, no pickle."""
+"""Model and checkpoint files: one .npz each, written atomically, read without pickle.
+
+Both kinds carry a ``format`` marker and a ``format_version``:
+
+- ``"fastbp-mlp"`` (``MLP.save``): the architecture, ``params`` and the shuffling
+  generator's ``rng_state``.
+- ``"fastbp-checkpoint"`` (``fit(..., checkpoint=...)``): the same model fields plus the
+  state of the training run (see ``fastbp.checkpoint``).
+
+``load`` reads either (a checkpoint gives the model as it was when it was written).
+Every problem with a file -- missing, empty, truncated, corrupted, not fastbp's, written
+by a newer version, inconsistent -- raises an error that names the file and the problem:
+``FileNotFoundError`` for a missing file, ``ModelFileError`` (a ValueError) otherwise.
+"""
+import errno
 import os
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -8,52 +24,254 @@ from .errors import ModelFileError
 
 FORMAT = "fastbp-mlp"
 FORMAT_VERSION = 1
+CHECKPOINT_FORMAT = "fastbp-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+# the newest version of each format this fastbp reads
+_READS = {FORMAT: FORMAT_VERSION, CHECKPOINT_FORMAT: CHECKPOINT_FORMAT_VERSION}
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # an archive, an empty archive
+_NPY_MAGIC = b"\x93NUMPY"
+# what reading a damaged archive member can raise (zipfile, zlib, numpy's header parser)
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, MemoryError,
+                KeyError, TypeError, struct.error, NotImplementedError, RuntimeError,
+                OverflowError)
+
+
+# ---- writing ---------------------------------------------------------------------------
+def atomic_savez(path, arrays):
+    """Write ``arrays`` (name -> array) to the .npz file ``path``, all or nothing.
+
+    The archive goes to a temporary file in the same folder, is flushed and fsynced, and
+    replaces ``path`` with ``os.replace`` (atomic on POSIX and Windows): a crash at any
+    moment leaves either the old file or the new one, never a partial file.  The name is
+    used as given (no ".npz" is appended).
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
+                               f"{os.urandom(4).hex()}.tmp")
+    # os.open (not mkstemp) so the file gets the usual umask-based permissions
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder):
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def model_arrays(model):
+    """The fields that describe a model: architecture, parameters, generator state."""
+    return dict(sizes=np.array(model.sizes, dtype=np.int64),
+                activations=np.array(model.activations),
+                loss=np.array(model.loss_name), bias=np.array(model.bias),
+                dtype=np.array(model.dtype.name), params=np.array(model.params),
+                rng_state=np.array(model._rng_state, dtype=np.int64))
 
 
 def save_model(model, path):
+    atomic_savez(path, dict(format=np.array(FORMAT), format_version=np.array(FORMAT_VERSION),
+                            **model_arrays(model)))
+
+
+# ---- reading ---------------------------------------------------------------------------
+class Archive:
+    """An opened fastbp .npz file whose members are read one at a time, each read turning
+    every failure into a ModelFileError that names the file."""
+
+    def __init__(self, path, npz, fmt, version):
+        self.path = path
+        self._npz = npz
+        self.format = fmt
+        self.version = version
+
+    def error(self, problem):
+        return ModelFileError(f"{self.path}: {problem}")
+
+    def array(self, key):
+        if key not in self._npz.files:
+            raise self.error(f"missing field {key!r}; the file is incomplete or damaged")
+        try:
+            return self._npz[key]
+        except _READ_ERRORS as exc:
+            raise self.error(f"field {key!r} is corrupted ({type(exc).__name__}: {exc})") \
+                from None
+
+    def text(self, key):
+        a = self.array(key)
+        if a.dtype.kind != "U" or a.ndim != 0:
+            raise self.error(f"field {key!r} should be a string, got {a.dtype} {a.shape}")
+        return str(a)
+
+    def integer(self, key):
+        a = self.array(key)
+        if a.dtype.kind not in "iu" or a.ndim != 0:
+            raise self.error(f"field {key!r} should be an integer, got {a.dtype} {a.shape}")
+        return int(a)
+
+    def real(self, key):
+        a = self.array(key)
+        if a.dtype.kind not in "iuf" or a.ndim != 0 or not np.isfinite(a):
+            raise self.error(f"field {key!r} should be a finite number, got {a!r}")
+        return float(a)
+
+    def boolean(self, key):
+        a = self.array(key)
+        if a.dtype.kind != "b" or a.ndim != 0:
+            raise self.error(f"field {key!r} should be a boolean, got {a.dtype} {a.shape}")
+        return bool(a)
+
+    def vector(self, key, kinds, length=None):
+        a = self.array(key)
+        if a.dtype.kind not in kinds or a.ndim != 1 or (length is not None
+                                                        and a.shape[0] != length):
+            want = f"({length},)" if length is not None else "1-D"
+            raise self.error(f"field {key!r} should be a {want} array, got {a.dtype} "
+                             f"{a.shape}")
+        return a
+
+    def close(self):
+        self._npz.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_archive(path, what="model"):
+    """Open ``path`` as a fastbp file of a format this version reads; an Archive.
+
+    ``what`` ("model" or "checkpoint") words the messages.
+    """
     path = os.fspath(path)
-    with open(path, "wb") as fh:
-        np.savez(fh,
-                 format=np.array(FORMAT), format_version=np.array(FORMAT_VERSION),
-                 sizes=np.array(model.sizes, dtype=np.int64),
-                 activations=np.array(model.activations),
-                 loss=np.array(model.loss_name), bias=np.array(model.bias),
-                 dtype=np.array(model.dtype.name), params=model.params,
-                 rng_state=model._rng_state)
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, f"no such fastbp {what} file", path)
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path}: is a folder, not a fastbp {what} file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not head:
+        raise ModelFileError(f"{path}: is empty (0 bytes), not a fastbp {what} file")
+    if head.startswith(_NPY_MAGIC):
+        raise ModelFileError(f"{path}: is a single-array .npy file, not a fastbp {what} "
+                             f"file (.npz)")
+    if not head.startswith(_ZIP_MAGIC):
+        raise ModelFileError(f"{path}: not a fastbp {what} file: not an .npz (zip) archive "
+                             f"(it starts with {head!r})")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise ModelFileError(f"{path}: truncated or corrupted archive "
+                             f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):  # cannot happen after the magic check
+        raise ModelFileError(f"{path}: not an .npz archive")
+    try:
+        fmt, version = _identify(path, npz, what)
+    except BaseException:
+        npz.close()
+        raise
+    return Archive(path, npz, fmt, version)
+
+
+def _identify(path, npz, what):
+    if "format" not in npz.files:
+        names = ", ".join(repr(n) for n in npz.files[:8]) or "nothing"
+        raise ModelFileError(f"{path}: not a fastbp {what} file: no 'format' marker (the "
+                             f"archive holds {names})")
+    try:
+        fmt = npz["format"]
+    except _READ_ERRORS as exc:
+        raise ModelFileError(f"{path}: the format marker is corrupted "
+                             f"({type(exc).__name__}: {exc})") from None
+    if fmt.dtype.kind != "U" or fmt.ndim != 0 or str(fmt) not in _READS:
+        raise ModelFileError(f"{path}: not a fastbp {what} file: unknown format marker "
+                             f"{fmt!r}")
+    fmt = str(fmt)
+    if "format_version" not in npz.files:
+        raise ModelFileError(f"{path}: no format_version; the file is damaged")
+    try:
+        v = npz["format_version"]
+    except _READ_ERRORS as exc:
+        raise ModelFileError(f"{path}: the format_version is corrupted "
+                             f"({type(exc).__name__}: {exc})") from None
+    if v.dtype.kind not in "iu" or v.ndim != 0:
+        raise ModelFileError(f"{path}: format_version should be an integer, got {v!r}")
+    version = int(v)
+    newest = _READS[fmt]
+    if version > newest:
+        raise ModelFileError(f"{path}: written by a newer fastbp ({fmt} format version "
+                             f"{version}; this fastbp reads up to version {newest}); "
+                             f"upgrade fastbp to read it")
+    if version < 1:
+        raise ModelFileError(f"{path}: invalid format version {version}")
+    return fmt, version
+
+
+def model_from_archive(ar):
+    """The MLP described by an archive's model fields (checked for consistency)."""
+    from .model import MLP
+    sizes = ar.vector("sizes", "iu")
+    activations = ar.vector("activations", "U")
+    loss = ar.text("loss")
+    bias = ar.boolean("bias")
+    dtype = ar.text("dtype")
+    model = MLP.__new__(MLP)
+    try:
+        model._configure(tuple(int(s) for s in sizes), [str(a) for a in activations], loss,
+                         bias, dtype)
+    except (ValueError, TypeError) as exc:
+        raise ar.error(f"invalid architecture: {exc}") from None
+    params = ar.vector("params", "f")
+    if params.shape != (model._layout.n_params,):
+        raise ar.error(f"parameters have shape {params.shape}, the architecture "
+                       f"{list(model.sizes)} needs ({model._layout.n_params},)")
+    if params.dtype != model.dtype:
+        raise ar.error(f"parameters are {params.dtype} but the model dtype is "
+                       f"{model.dtype.name}")
+    if not np.isfinite(params).all():
+        raise ar.error("parameters contain NaN or infinity")
+    model._params = np.ascontiguousarray(params).copy()
+    model.seed = None
+    model._rng_state = ar.vector("rng_state", "i", length=2).astype(np.int64).copy()
+    return model
 
 
 def load(path):
-    """Read a model written by ``MLP.save``.  Never executes code from the file."""
-    from .model import MLP
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such model file")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ModelFileError(f"{path}: not a readable fastbp model file ({exc})") from None
-    if data.get("format") is None or str(data["format"]) != FORMAT:
-        raise ModelFileError(f"{path}: not a fastbp model file (no '{FORMAT}' marker)")
-    version = int(data.get("format_version", -1))
-    if version > FORMAT_VERSION:
-        raise ModelFileError(f"{path}: written by a newer fastbp (format version {version}; "
-                             f"this one reads up to {FORMAT_VERSION}); upgrade fastbp")
-    try:
-        sizes = [int(s) for s in data["sizes"]]
-        bias = bool(data["bias"])
-        model = MLP.__new__(MLP)
-        model._configure(tuple(sizes), [str(a) for a in data["activations"]],
-                         str(data["loss"]), bias, str(data["dtype"]))
-        params = np.asarray(data["params"], dtype=model.dtype)
-        if params.shape != (model._layout.n_params,):
-            raise ModelFileError(f"{path}: parameters have shape {params.shape}, the "
-                                 f"architecture needs ({model._layout.n_params},)")
-        if not np.isfinite(params).all():
-            raise ModelFileError(f"{path}: parameters contain NaN or infinity")
-        model._params = params.copy()
-        model.seed = None
-        model._rng_state = np.asarray(data.get("rng_state", np.zeros(2)), np.int64).copy()
-    except KeyError as exc:
-        raise ModelFileError(f"{path}: missing field {exc}") from None
-    return model
+    """The MLP stored in ``path`` by ``MLP.save`` (or a training checkpoint: the model as
+    it was when the checkpoint was written).  Never executes code from the file.
+
+    Raises FileNotFoundError for a missing file and ModelFileError (a ValueError) naming
+    the file and the problem for anything else: empty, truncated, corrupted, not a
+    fastbp file, or written by a newer format version.
+    """
+    with open_archive(path, "model") as ar:
+        return model_from_archive(ar)

@@ -12,6 +12,7 @@ from ._codes import ACTIVATIONS, LOSSES
 from ._init import initial_params
 from ._layout import Layout
 from ._progress import make_bar
+from .checkpoint import Run, Saver
 from .errors import DivergenceError
 from .history import History
 
@@ -151,12 +152,12 @@ class MLP:
     # ---- data -----------------------------------------------------------------------
     def _inputs(self, X):
         x = V.check_X(X, self.sizes[0], self.dtype)
-        return np.ascontiguousarray(x.T)
+        return V.kernel_ready(x.T)
 
     def _targets(self, y, n):
         t = V.check_y(y, n, self.sizes[-1], self.dtype)
         V.check_targets_for_loss(t, self.loss_name)
-        return np.ascontiguousarray(t.T)
+        return V.kernel_ready(t.T)
 
     def _kernel_net(self):
         lay = self._layout
@@ -164,7 +165,12 @@ class MLP:
 
     # ---- evaluation -----------------------------------------------------------------
     def predict(self, X):
-        """Network outputs, shape (n_samples, sizes[-1]), in the model dtype."""
+        """Network outputs, shape (n_samples, sizes[-1]), in the model dtype.
+
+        X is converted as in ``fit`` (any real dtype to the model dtype, booleans as 0/1;
+        never written to).  Raises FloatingPointError if an output overflows the model
+        dtype (inputs or parameters too large) rather than returning infinities.
+        """
         xt = self._inputs(X)
         n = xt.shape[1]
         ws = K.allocate_workspace(self._layout.sizes_arr, self._layout.n_params,
@@ -173,6 +179,7 @@ class MLP:
         out = np.empty((self.sizes[-1], n), dtype=self.dtype)
         K.predict_into(self._params, *self._kernel_net(), xt, out, a_off, acts, bits, scale,
                        K.BLAS_MIN_WORK)
+        V.check_finite_output(out, "predict's output", self.dtype)
         return np.ascontiguousarray(out.T)
 
     def _loss_and_grad(self, X, y):
@@ -185,10 +192,13 @@ class MLP:
         loss = K.loss_and_gradient(self._params, sizes, w_off, b_off, codes, self._loss_code,
                                    xt, yt, grad, a_off, acts, deltas, z_out, y_batch, bits,
                                    scale, perm, K.BLAS_MIN_WORK)
+        V.check_finite_output(np.array([loss]), "the loss", self.dtype)
+        V.check_finite_output(grad, "the gradient", self.dtype)
         return float(loss), grad
 
     def loss(self, X, y):
-        """The model's loss on (X, y), as a Python float."""
+        """The model's loss on (X, y), as a Python float (FloatingPointError if it
+        overflows)."""
         return self._loss_and_grad(X, y)[0]
 
     def gradient(self, X, y):
@@ -198,91 +208,235 @@ class MLP:
 
     # ---- training -------------------------------------------------------------------
     def fit(self, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, seed=None,
-            record_every=1, progress=False, on_divergence="raise"):
+            record_every=1, progress=False, on_divergence="raise", checkpoint=None,
+            checkpoint_every=None):
         """Train in place by backpropagation; returns a History.
+
+        X: (n_samples, sizes[0]) array-like (1-D when sizes[0] == 1); y: (n_samples,
+        sizes[-1]), or 1-D when sizes[-1] == 1.  Both are converted once to the model
+        dtype (float32 data for a float64 model and the reverse are converted; integers
+        too; booleans are taken as 0/1) and copied feature-major: the caller's arrays
+        are never written to (read-only, Fortran-ordered and strided arrays are fine).
+        Refused with ValueError / TypeError: NaN or infinity, values too large for the
+        model dtype (e.g. 1e39 for float32), complex, string or object arrays, wrong
+        shapes, arrays with more than 2 dimensions, empty data.
 
         batch_size None is full-batch gradient descent (one update per epoch), 1 is
         per-sample SGD, k is mini-batch SGD (the last batch may be smaller).  shuffle
         reorders the samples every epoch from a counter-based stream: ``seed`` restarts
         it, None continues the model's stream (so fit(N) equals fit(N/2) twice).
         The loss is recorded every ``record_every`` epochs (see History).  The run goes
-        in chunks of ~0.2 s: ``progress=True`` shows a bar between chunks and Ctrl-C
-        stops at the end of the current chunk, returning what was trained so far.
-        A non-finite loss or parameter stops training with the last finite parameters
-        and raises DivergenceError (on_divergence="warn": warns and returns).
+        in chunks of ~0.2 s: ``progress=True`` shows a bar between chunks.
+
+        Ctrl-C (SIGINT, when fit runs in the main thread) stops at the end of the
+        current chunk: fit returns the History so far (``stopped="interrupted"``) with a
+        RuntimeWarning saying how many epochs ran, and the model holds the parameters
+        after exactly that many epochs.
+
+        Divergence: the loss and the parameters are checked at every recorded epoch and
+        at the end of each chunk.  On a NaN or infinity training stops; the model keeps
+        the last parameters of the run that are finite and give a finite loss on (X, y)
+        (exactly those after ``history.epochs`` epochs; the shuffling stream is put back
+        there too) and the History ends there.  ``on_divergence="raise"`` (default)
+        raises DivergenceError (a FloatingPointError naming the epoch and suggesting a
+        smaller lr, with ``.history``), ``"warn"`` warns and returns the History
+        (``stopped="diverged"``).
+
+        Checkpoints: with ``checkpoint="run.npz"`` the whole state of the run is written
+        to that file (atomically: temporary file, fsync, rename) every
+        ``checkpoint_every`` and when the run ends (finished, interrupted or diverged).
+        ``checkpoint_every`` is an int number of epochs (chunks are cut so that a
+        checkpoint falls exactly on each multiple), or a duration string such as "30s",
+        "10min", "2h" (or a datetime.timedelta); default "60s" of wall time.  A bare
+        float is refused: write "30s".  ``fastbp.resume("run.npz", X, y)`` continues the
+        run bit-identically.  fit always starts a new run and overwrites the file.
+
+        Another fit of the same model while one runs (from another thread) is refused
+        with RuntimeError.
         """
         xt = self._inputs(X)
         n = xt.shape[1]
         yt = self._targets(y, n)
         epochs = V.check_positive_int(epochs, "epochs")
         lr = V.check_lr(lr)
-        batch = V.check_batch_size(batch_size, n)
+        V.check_batch_size(batch_size, n)
         record_every = V.check_positive_int(record_every, "record_every")
         seed = V.check_seed(seed)
-        if on_divergence not in ("raise", "warn"):
-            raise ValueError(f"on_divergence must be 'raise' or 'warn', got {on_divergence!r}")
+        on_divergence = V.check_on_divergence(on_divergence)
+        path, every = V.check_checkpoint(checkpoint, checkpoint_every)
+        run = Run.start(epochs, lr, None if batch_size is None else int(batch_size),
+                        shuffle, record_every, path, every)
+        return self._train(xt, yt, run, progress, on_divergence, seed=seed)
+
+    def _train(self, xt, yt, run, progress, on_divergence, seed=None):
+        """``_run`` holding the model's training lock (one fit at a time per model)."""
         if not self._fit_lock.acquire(blocking=False):
-            raise RuntimeError("this model is already being trained by another thread; "
-                               "train a copy instead")
+            raise RuntimeError("this model is already being trained (fit is running in "
+                               "another thread); train a copy instead")
         try:
-            if seed is not None:
-                self._rng_state = K.seed_state(seed)
-            return self._run(xt, yt, epochs, lr, batch, bool(shuffle), record_every,
-                             progress, on_divergence)
+            if not np.isfinite(self._params).all():
+                raise ValueError("the model's parameters contain NaN or infinity (written "
+                                 "through params, weights or biases?); set finite values "
+                                 "before training")
+            if seed is not None:  # in place: an Ensemble's member shares this array
+                self._rng_state[:] = K.seed_state(seed)
+            return self._run(xt, yt, run, progress, on_divergence)
         finally:
             self._fit_lock.release()
 
-    def _run(self, xt, yt, epochs, lr, batch, shuffle, record_every, progress, on_divergence):
+    def _run(self, xt, yt, run, progress, on_divergence):
+        """Train from epoch ``run.done`` to ``run.epochs`` in chunks; the run's History."""
         n = xt.shape[1]
         lay = self._layout
-        history = np.full(-(-epochs // record_every), np.nan)
+        batch = n if run.batch_size is None else run.batch_size
+        history = run.history
         ws = K.allocate_workspace(lay.sizes_arr, lay.n_params, batch, n, self._params[:0],
                                   self.loss_name == "bce")
         backup = np.empty_like(self._params)
         sizes, w_off, b_off, codes = self._kernel_net()
-        bar = make_bar(epochs) if progress else None
-        done, stopped, bad = 0, None, -1
-        chunk = first_chunk(epochs, 3 * n * lay.n_params)
+        saver = Saver(self, run, xt, yt) if run.checkpoint is not None else None
+        bar = make_bar(run.epochs - run.done) if progress else None
+        stopped, bad = None, -1
+        snapshots = []  # (epoch, params, rng state) at the starts of the last two chunks
+        chunk = first_chunk(run.epochs - run.done, 3 * n * lay.n_params)
+        seconds0 = run.seconds
         t_start = time.perf_counter()
         with sigint_deferred() as interrupted:
-            while done < epochs:
+            while run.done < run.epochs:
+                if saver is not None:
+                    chunk = saver.cap(chunk)
+                snapshots = [(run.done, self._params.copy(), self._rng_state.copy())] \
+                    + snapshots[:1]
                 backup[...] = self._params
                 t0 = time.perf_counter()
                 ran, bad = K.train_epochs(
                     self._params, sizes, w_off, b_off, codes, self._loss_code, xt, yt,
-                    chunk, lr, batch, shuffle, self._rng_state, done, record_every,
-                    history, backup, *ws, K.BLAS_MIN_WORK)
+                    chunk, run.lr, batch, run.shuffle, self._rng_state, run.done,
+                    run.record_every, history, backup, *ws, K.BLAS_MIN_WORK)
                 seconds = time.perf_counter() - t0
-                done += ran
-                if bar is not None:
-                    last = history[(done - 1) // record_every] if done else None
-                    bar.update(ran, last)
+                run.done += ran
                 if bad >= 0:
                     stopped = "diverged"
+                    self._rewind(xt, yt, run, batch, ws, backup, snapshots)
+                run.seconds = seconds0 + (time.perf_counter() - t_start)
+                if bar is not None and ran:
+                    bar.update(ran, history[(run.done - 1) // run.record_every]
+                               if run.done else None)
+                if stopped:
                     break
+                if saver is not None and saver.due():
+                    saver.write()
                 if interrupted[0]:
                     stopped = "interrupted"
                     break
-                chunk = next_chunk(ran, seconds, epochs - done)
+                chunk = next_chunk(ran, seconds, run.epochs - run.done)
+            history[run.n_records:] = np.nan  # records past a divergence, if any
+            if saver is not None:  # still deferring Ctrl-C: the last write is not cut short
+                saver.write()
         if bar is not None:
             bar.close()
-        total = time.perf_counter() - t_start
-        n_rec = -(-done // record_every) if bad < 0 else bad // record_every + 1
-        hist = History(loss=history[:n_rec].copy(), epochs=done, record_every=record_every,
-                       seconds=total, stopped=stopped)
+        hist = History(loss=history[:run.n_records].copy(), epochs=run.done,
+                       record_every=run.record_every, seconds=run.seconds, stopped=stopped)
         if stopped == "interrupted":
-            warn_interrupted(done, epochs)
+            warn_interrupted(run.done, run.epochs, run.checkpoint, stacklevel=4)
         elif stopped == "diverged":
-            msg = (f"training diverged at epoch {bad} (a non-finite loss or parameter); the "
-                   f"model keeps the last finite parameters, after epoch {done}. "
-                   f"Try a smaller learning rate than lr={lr:g}.")
-            if on_divergence == "raise":
-                raise DivergenceError(msg, epoch=bad, history=hist)
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            self._diverged(xt, yt, run, bad, hist, on_divergence)
         return hist
+
+    def _rewind(self, xt, yt, run, batch, ws, backup, snapshots):
+        """After divergence: leave the model at the latest state of the run whose loss on
+        the training data is finite; sets run.done to its epoch.
+
+        The kernel's guard restores the parameters of its last good check, which are
+        finite but, in full-batch mode, may already overflow the loss (a full-batch
+        epoch's loss is that of the parameters before its update).  The candidates are
+        that state, the epoch before it and the starts of the last two chunks; earlier
+        states are rebuilt by replaying the run from a chunk-start snapshot (bit-identical,
+        the shuffling stream included).  If none has a finite loss, the guard's state stays.
+        """
+        sizes, w_off, b_off, codes = self._kernel_net()
+        guarded = self._params.copy()
+        perm = ws[-1]
+        found = None
+        for epoch in sorted({run.done, run.done - 1} | {s[0] for s in snapshots},
+                            reverse=True):
+            base = next((s for s in snapshots if s[0] <= epoch), None)
+            if base is None:
+                continue
+            start, params, rng = base[0], base[1].copy(), base[2].copy()
+            if epoch == run.done:
+                params = guarded.copy()
+                if run.shuffle:  # the kernel drew permutations past the restored epoch
+                    rng = _replay_shuffles(rng, epoch - start, perm)
+            elif epoch > start:
+                scratch = np.empty_like(run.history)
+                ran, bad = K.train_epochs(
+                    params, sizes, w_off, b_off, codes, self._loss_code, xt, yt,
+                    epoch - start, run.lr, batch, run.shuffle, rng, start, run.record_every,
+                    scratch, backup, *ws, K.BLAS_MIN_WORK)
+                if bad >= 0 or ran != epoch - start:
+                    continue
+            if found is None:
+                found = (epoch, params, rng)  # the guard's state: the fallback
+            self._params[...] = params
+            if self._finite_loss(xt, yt):
+                found = (epoch, params, rng)
+                break
+        run.done, params, rng = found
+        self._params[...] = params
+        self._rng_state[:] = rng
+
+    def _finite_loss(self, xt, yt):
+        """Whether the loss on (xt, yt) at the current parameters is finite (evaluated in
+        blocks of _EVAL_CAP samples, so memory stays small for large data)."""
+        n = xt.shape[1]
+        cap = min(n, _EVAL_CAP)
+        ws = K.allocate_workspace(self._layout.sizes_arr, self._layout.n_params, cap, cap,
+                                  self._params[:0], self.loss_name == "bce")
+        with np.errstate(all="ignore"):
+            for s in range(0, n, cap):
+                xb = np.ascontiguousarray(xt[:, s:s + cap])
+                yb = np.ascontiguousarray(yt[:, s:s + cap])
+                loss = K.loss_and_gradient(self._params, *self._kernel_net(), self._loss_code,
+                                           xb, yb, *_loss_workspace(ws), K.BLAS_MIN_WORK)
+                if not np.isfinite(loss):
+                    return False
+        return True
+
+    def _diverged(self, xt, yt, run, bad, hist, on_divergence):
+        if run.done == 0 and not self._finite_loss(xt, yt):
+            cause = (f"the loss is not finite even at the starting parameters: the data "
+                     f"(max |X| = {np.abs(xt).max():.3g}, max |y| = {np.abs(yt).max():.3g}) "
+                     f"are too large for {self.dtype.name}; scale them down")
+        else:
+            cause = f"try a smaller learning rate than lr={run.lr:g}"
+        msg = (f"training diverged at epoch {bad} (counted from 0) of {run.epochs}: a NaN "
+               f"or infinite loss or parameter. The model keeps the last parameters of the "
+               f"run with a finite loss, those after {run.done} epochs, and the history "
+               f"ends there; {cause}")
+        if run.checkpoint is not None:
+            msg += f" (checkpoint {run.checkpoint!r} holds that state)"
+        if on_divergence == "raise":
+            raise DivergenceError(msg, epoch=bad, history=hist, model=self)
+        warnings.warn(msg, RuntimeWarning, stacklevel=5)  # the caller of fit/resume
 
     # ---- files ----------------------------------------------------------------------
     def save(self, path):
         """Write parameters and architecture to one .npz file (no pickle)."""
         from .io import save_model
         save_model(self, path)
+
+
+def _loss_workspace(ws):
+    """allocate_workspace's buffers in loss_and_gradient's argument order."""
+    a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm = ws
+    return grad, a_off, acts, deltas, z_out, y_batch, bits, scale, perm
+
+
+def _replay_shuffles(state, epochs, perm):
+    """The generator state after ``epochs`` shuffled epochs from ``state`` (the kernel
+    draws one permutation per epoch)."""
+    state = state.copy()
+    for _ in range(epochs):
+        K.permutation_into(perm, state)
+    return state

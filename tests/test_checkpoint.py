@@ -1,0 +1,352 @@
+"""Checkpoints and resume: a run cut anywhere -- between chunks, by Ctrl-C, by SIGKILL --
+and resumed ends bit-identical to the run done in one piece."""
+
+import datetime
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import fastbp
+import fastbp.checkpoint as C
+
+
+def _problem(n=30, sizes=(3, 5, 2), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, sizes[0])), rng.normal(size=(n, sizes[-1]))
+
+
+def _model(dtype="float64", sizes=(3, 5, 2)):
+    return fastbp.MLP(list(sizes), activation=["tanh", "identity"], init="normal",
+                      dtype=dtype, seed=1)
+
+
+@pytest.fixture
+def copies(monkeypatch, tmp_path):
+    """Record every checkpoint written: a list of (epoch, copy of the file)."""
+    written = []
+    original = C.write_checkpoint
+
+    def write(path, model, run):
+        original(path, model, run)
+        copy = tmp_path / f"copy-{len(written)}-{run.done}.npz"
+        shutil.copyfile(path, copy)
+        written.append((run.done, copy))
+
+    monkeypatch.setattr(C, "write_checkpoint", write)
+    return written
+
+
+# ----------------------------------------------------------------------- the API
+
+
+@pytest.mark.parametrize("every, expected", [
+    (100, ("epochs", 100)), (1, ("epochs", 1)), (np.int64(7), ("epochs", 7)),
+    ("30s", ("seconds", 30.0)), ("2.5 s", ("seconds", 2.5)), ("10min", ("seconds", 600.0)),
+    ("1 minute", ("seconds", 60.0)), ("2h", ("seconds", 7200.0)), (".5s", ("seconds", 0.5)),
+    (datetime.timedelta(seconds=90), ("seconds", 90.0)), (None, ("seconds", 60.0)),
+])
+def test_checkpoint_every_values(tmp_path, every, expected):
+    from fastbp._validation import check_checkpoint
+    path, got = check_checkpoint(tmp_path / "run.npz", every)
+    assert path == os.fspath(tmp_path / "run.npz")
+    assert got == expected
+
+
+@pytest.mark.parametrize("every, exc, match", [
+    (30.0, TypeError, "'30s'"), (0, ValueError, ">= 1"), (-5, ValueError, ">= 1"),
+    (True, TypeError, "int"), ("30", ValueError, "duration"), ("soon", ValueError, "duration"),
+    ("0s", ValueError, "positive"), (datetime.timedelta(0), ValueError, "positive"),
+    ([30], TypeError, "int"),
+])
+def test_bad_checkpoint_every(tmp_path, every, exc, match):
+    X, y = _problem()
+    m = _model()
+    p0 = m.params.copy()
+    with pytest.raises(exc, match=match):
+        m.fit(X, y, epochs=3, checkpoint=tmp_path / "run.npz", checkpoint_every=every)
+    np.testing.assert_array_equal(m.params, p0)
+    assert not (tmp_path / "run.npz").exists()
+
+
+def test_bad_checkpoint_paths(tmp_path):
+    X, y = _problem()
+    m = _model()
+    with pytest.raises(ValueError, match="without checkpoint"):
+        m.fit(X, y, checkpoint_every=10)
+    with pytest.raises(ValueError, match="does not exist"):
+        m.fit(X, y, checkpoint=tmp_path / "no" / "such" / "run.npz")
+    with pytest.raises(ValueError, match="is a folder"):
+        m.fit(X, y, checkpoint=tmp_path)
+    with pytest.raises(TypeError, match="checkpoint"):
+        m.fit(X, y, checkpoint=3)
+
+
+def test_checkpoint_contents(tmp_path):
+    X, y = _problem()
+    m = _model()
+    h = m.fit(X, y, epochs=25, lr=0.05, batch_size=4, shuffle=True, seed=2, record_every=3,
+              checkpoint=tmp_path / "run.npz", checkpoint_every=10)
+    with np.load(tmp_path / "run.npz", allow_pickle=False) as z:
+        assert str(z["format"]) == "fastbp-checkpoint"
+        assert int(z["format_version"]) == 1
+        assert int(z["run_epoch"]) == 25 and int(z["run_epochs"]) == 25
+        assert float(z["lr"]) == 0.05 and int(z["batch_size"]) == 4
+        assert bool(z["shuffle"]) and int(z["record_every"]) == 3
+        np.testing.assert_array_equal(z["history"], h.loss)
+        np.testing.assert_array_equal(z["params"], m.params)
+        np.testing.assert_array_equal(z["rng_state"], m._rng_state)
+    # fastbp.load reads a checkpoint as the model it holds
+    m2 = fastbp.load(tmp_path / "run.npz")
+    np.testing.assert_array_equal(m2.params, m.params)
+    assert m2.sizes == m.sizes and m2.activations == m.activations
+
+
+def test_checkpoints_fall_on_multiples_of_the_epochs(tmp_path, copies):
+    X, y = _problem()
+    _model().fit(X, y, epochs=30, lr=0.01, checkpoint=tmp_path / "run.npz",
+                 checkpoint_every=7)
+    assert [e for e, _ in copies] == [7, 14, 21, 28, 30]
+
+
+def test_duration_checkpoints(tmp_path, copies):
+    X, y = _problem()
+    _model().fit(X, y, epochs=30, lr=0.01, checkpoint=tmp_path / "run.npz",
+                 checkpoint_every="1h")
+    assert [e for e, _ in copies] == [30]  # only the last one, when the run ends
+
+
+# -------------------------------------------------------- split runs, bit-identical
+
+
+CASES = [
+    dict(batch_size=None, shuffle=False, record_every=1, dtype="float64"),
+    dict(batch_size=1, shuffle=True, record_every=1, dtype="float64"),
+    dict(batch_size=4, shuffle=True, record_every=3, dtype="float64"),
+    dict(batch_size=7, shuffle=False, record_every=4, dtype="float32"),
+    dict(batch_size=None, shuffle=True, record_every=5, dtype="float32"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c.values())))
+def test_resume_from_any_checkpoint_is_bit_identical(tmp_path, copies, case):
+    X, y = _problem()
+    case = dict(case)
+    dtype = case.pop("dtype")
+    epochs, every = 40, 9
+    ref = _model(dtype)
+    h_ref = ref.fit(X, y, epochs=epochs, lr=0.02, seed=4, **case)
+    m = _model(dtype)
+    h = m.fit(X, y, epochs=epochs, lr=0.02, seed=4, checkpoint=tmp_path / "run.npz",
+              checkpoint_every=every, **case)
+    np.testing.assert_array_equal(m.params, ref.params)
+    np.testing.assert_array_equal(h.loss, h_ref.loss)
+    assert [e for e, _ in copies] == [9, 18, 27, 36, 40]
+    for epoch, path in list(copies):
+        m2, h2 = fastbp.resume(path, X, y)
+        assert m2.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(m2.params, ref.params)
+        np.testing.assert_array_equal(m2._rng_state, ref._rng_state)
+        np.testing.assert_array_equal(h2.loss, h_ref.loss)
+        assert h2.epochs == epochs and h2.extra["resumed_at"] == epoch
+        assert h2.record_every == h_ref.record_every and h2.stopped is None
+
+
+def test_resume_continues_writing_checkpoints(tmp_path, copies):
+    X, y = _problem()
+    m = _model()
+    m.fit(X, y, epochs=30, lr=0.02, checkpoint=tmp_path / "run.npz", checkpoint_every=10)
+    first = copies[0][1]
+    copies.clear()
+    work = tmp_path / "work.npz"
+    shutil.copyfile(first, work)
+    m2, _ = fastbp.resume(work, X, y)
+    assert [e for e, _ in copies] == [20, 30]
+    np.testing.assert_array_equal(fastbp.load(work).params, m.params)
+    # resuming a finished run returns at once, with the whole history
+    copies.clear()
+    m3, h3 = fastbp.resume(work, X, y)
+    assert copies == [] and h3.epochs == 30 and len(h3.loss) == 30
+    np.testing.assert_array_equal(m3.params, m.params)
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run(tmp_path, monkeypatch):
+    """Ctrl-C right after the first checkpoint: fit returns early with a warning; the
+    checkpoint holds that state and resume completes the run bit-identically."""
+    X, y = _problem()
+    original = C.write_checkpoint
+    calls = []
+
+    def write_then_ctrl_c(path, model, run):
+        original(path, model, run)
+        calls.append(run.done)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(C, "write_checkpoint", write_then_ctrl_c)
+    kw = dict(epochs=50, lr=0.02, batch_size=3, shuffle=True, seed=8, record_every=2)
+    m = _model()
+    with pytest.warns(RuntimeWarning, match=r"interrupted.*after 10 of 50 epochs.*resume"):
+        h = m.fit(X, y, checkpoint=tmp_path / "run.npz", checkpoint_every=10, **kw)
+    assert h.stopped == "interrupted" and h.epochs == 10 and calls == [10]
+    monkeypatch.setattr(C, "write_checkpoint", original)
+    m2, h2 = fastbp.resume(tmp_path / "run.npz", X, y)
+    ref = _model()
+    h_ref = ref.fit(X, y, **kw)
+    np.testing.assert_array_equal(m2.params, ref.params)
+    np.testing.assert_array_equal(h2.loss, h_ref.loss)
+
+
+def test_resume_needs_the_same_data(tmp_path):
+    X, y = _problem()
+    _model().fit(X, y, epochs=5, checkpoint=tmp_path / "run.npz", checkpoint_every=2)
+    X2 = X.copy()
+    X2[3, 1] += 1e-9
+    with pytest.raises(ValueError, match="not the data the run.*was started with"):
+        fastbp.resume(tmp_path / "run.npz", X2, y)
+    with pytest.raises(ValueError, match="not the data"):
+        fastbp.resume(tmp_path / "run.npz", X[::-1], y[::-1])
+    with pytest.raises(ValueError, match="29 samples.*30"):
+        fastbp.resume(tmp_path / "run.npz", X[:29], y[:29])
+    with pytest.raises(ValueError, match="features"):
+        fastbp.resume(tmp_path / "run.npz", X[:, :2], y)
+    # the same values in another dtype or memory order are the same data
+    fastbp.resume(tmp_path / "run.npz", np.asfortranarray(X), y.tolist())
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("run_epoch", 99, "inconsistent run state"),
+    ("record_every", 0, "inconsistent run state"),
+    ("history", np.zeros(2), "history"),
+    ("lr", -1.0, "inconsistent run settings"),
+    ("every_kind", "weeks", "checkpoint_every"),
+    ("data_key", 5, "data_key"),
+])
+def test_inconsistent_checkpoint(tmp_path, field, value, match):
+    X, y = _problem()
+    _model().fit(X, y, epochs=5, checkpoint=tmp_path / "run.npz")
+    with np.load(tmp_path / "run.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[field] = np.array(value)
+    with open(tmp_path / "bad.npz", "wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(fastbp.ModelFileError, match=f"bad.npz.*{match}"):
+        fastbp.resume(tmp_path / "bad.npz", X, y)
+
+
+def test_future_checkpoint_version(tmp_path):
+    X, y = _problem()
+    _model().fit(X, y, epochs=5, checkpoint=tmp_path / "run.npz")
+    with np.load(tmp_path / "run.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["format_version"] = np.array(2)
+    with open(tmp_path / "run.npz", "wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(fastbp.ModelFileError, match="newer fastbp.*fastbp-checkpoint"):
+        fastbp.resume(tmp_path / "run.npz", X, y)
+
+
+# ------------------------------------------------------------------ failures
+
+
+def test_a_failed_write_keeps_the_last_checkpoint_and_training_goes_on(tmp_path, copies,
+                                                                       monkeypatch):
+    X, y = _problem()
+    real_fsync = os.fsync
+    n = [0]
+
+    def flaky_fsync(fd):
+        n[0] += 1
+        if n[0] == 3:  # the second checkpoint's file (the first fsyncs file and folder)
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    m = _model()
+    with pytest.warns(RuntimeWarning, match=r"could not write the checkpoint.*epoch 20"):
+        h = m.fit(X, y, epochs=40, lr=0.02, checkpoint=tmp_path / "run.npz",
+                  checkpoint_every=10)
+    assert h.epochs == 40
+    assert [e for e, _ in copies] == [10, 30, 40]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("copy")) \
+        == ["run.npz"]  # no temporary file left behind
+    np.testing.assert_array_equal(fastbp.load(tmp_path / "run.npz").params, m.params)
+
+
+def test_divergence_checkpoints_the_last_finite_state(tmp_path):
+    X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    y = np.array([0.0, 1.0, 1.0, 0.0])
+    m = fastbp.MLP([2, 8, 1], activation=["relu", "identity"], seed=0)
+    with pytest.raises(fastbp.DivergenceError) as info:
+        m.fit(X, y, epochs=100, lr=1e6, checkpoint=tmp_path / "run.npz",
+              checkpoint_every=1000)
+    assert "run.npz" in str(info.value)
+    saved = fastbp.load(tmp_path / "run.npz")
+    np.testing.assert_array_equal(saved.params, m.params)
+    assert np.isfinite(saved.params).all()
+    with pytest.raises(fastbp.DivergenceError) as again:
+        fastbp.resume(tmp_path / "run.npz", X, y)
+    assert again.value.model is not None and np.isfinite(again.value.model.params).all()
+    assert again.value.epoch == info.value.epoch
+
+
+# ------------------------------------------------------ SIGKILL, in a subprocess
+
+CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fastbp
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, 4)), rng.normal(size=(64, 3))
+    m = fastbp.MLP([4, 16, 3], activation=["tanh", "identity"], init="normal", seed=3)
+    m.fit(X, y, epochs={epochs}, lr=0.01, batch_size=8, shuffle=True, seed=5,
+          record_every=100, checkpoint=sys.argv[1], checkpoint_every={every})
+    print("finished", flush=True)
+""")
+
+
+def test_sigkill_between_checkpoints_then_resume(tmp_path):
+    epochs, every = 80_000, 2_000
+    path = tmp_path / "run.npz"
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(epochs=epochs, every=every),
+                              os.fspath(path)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        seen = 0
+        while time.monotonic() < deadline and child.poll() is None:
+            if path.exists():
+                # the parent reads while the child rewrites: atomic replacement means
+                # every read sees a complete checkpoint
+                _, run = C.read_checkpoint(path)
+                seen = run.done
+                if seen >= 2 * every:
+                    time.sleep(0.013)  # land between two checkpoints
+                    break
+            time.sleep(0.005)
+        child.kill()  # SIGKILL: no handler, no cleanup, no last checkpoint
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL, (child.returncode, out, err)
+    assert "finished" not in out
+    _, run = C.read_checkpoint(path)
+    assert every * 2 <= run.done < epochs and run.done % every == 0
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["run.npz"]
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, 4)), rng.normal(size=(64, 3))
+    m, h = fastbp.resume(path, X, y)
+    ref = fastbp.MLP([4, 16, 3], activation=["tanh", "identity"], init="normal", seed=3)
+    h_ref = ref.fit(X, y, epochs=epochs, lr=0.01, batch_size=8, shuffle=True, seed=5,
+                    record_every=100)
+    np.testing.assert_array_equal(m.params, ref.params)
+    np.testing.assert_array_equal(h.loss, h_ref.loss)
+    assert h.epochs == epochs

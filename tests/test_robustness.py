@@ -1,0 +1,304 @@
+"""Divergence, Ctrl-C and threads: a run always ends with a usable, consistent model.
+
+- divergence: DivergenceError (or a warning) naming the epoch; the model keeps finite
+  parameters that the run really had, and a history that ends there;
+- Ctrl-C (SIGINT): fit returns at the next chunk boundary with a warning, in a
+  subprocess as a user would see it;
+- threads: two models train at once as they would one after the other; a second fit of
+  the same model is refused.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import fastbp
+import fastbp.kernels as K
+
+XOR_X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+XOR_Y = np.array([0.0, 1.0, 1.0, 0.0])
+
+
+def _relu_net(dtype="float64", seed=0):
+    """relu hidden layer, linear output: lr=1e6 makes it blow up within a few epochs."""
+    return fastbp.MLP([2, 8, 1], activation=["relu", "identity"], dtype=dtype, seed=seed)
+
+
+def _problem(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, size=(n, 2)), rng.normal(size=n)
+
+
+# --------------------------------------------------------------------- divergence
+
+
+def test_divergence_raises_naming_the_epoch_and_a_smaller_lr():
+    m = _relu_net()
+    with pytest.raises(fastbp.DivergenceError) as info:
+        m.fit(XOR_X, XOR_Y, epochs=200, lr=1e6)
+    e = info.value
+    assert isinstance(e, FloatingPointError)
+    assert f"diverged at epoch {e.epoch} " in str(e)
+    assert "smaller learning rate than lr=1e+06" in str(e)
+    assert 0 < e.history.epochs <= e.epoch < 200
+    assert len(e.history.loss) == e.history.epochs  # record_every=1: one per epoch run
+    assert np.isfinite(e.history.loss).all()
+    assert e.history.stopped == "diverged"
+    assert e.model is m
+    assert np.isfinite(m.params).all()
+
+
+MODES = [
+    dict(batch_size=None, shuffle=False, record_every=1),
+    dict(batch_size=None, shuffle=False, record_every=3),
+    dict(batch_size=1, shuffle=True, record_every=1),
+    dict(batch_size=5, shuffle=True, record_every=2),
+    dict(batch_size=5, shuffle=False, record_every=1),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES, ids=lambda d: "-".join(map(str, d.values())))
+def test_diverged_model_holds_a_state_the_run_had(mode, dtype):
+    """After divergence the parameters (and the shuffling stream) are exactly those of
+    the same run stopped after ``history.epochs`` epochs, and training can go on."""
+    X, y = _problem()
+    m = _relu_net(dtype)
+    with pytest.raises(fastbp.DivergenceError) as info:
+        m.fit(X, y, epochs=300, lr=1e4, seed=3, **mode)
+    h = info.value.history
+    ref = _relu_net(dtype)
+    if h.epochs:
+        h_ref = ref.fit(X, y, epochs=h.epochs, lr=1e4, seed=3, **mode)
+        np.testing.assert_array_equal(h.loss, h_ref.loss)
+    else:
+        ref._rng_state = K.seed_state(3)
+    np.testing.assert_array_equal(m.params, ref.params)
+    np.testing.assert_array_equal(m._rng_state, ref._rng_state)
+    assert len(h.loss) == math.ceil(h.epochs / mode["record_every"])
+    assert np.isfinite(m.loss(X, y))  # the last state with a finite loss
+    # training goes on exactly like the reference (which may diverge again: the
+    # parameters can be huge)
+    kw = dict(mode, epochs=7, lr=1e-4, on_divergence="warn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h1, h2 = m.fit(X, y, **kw), ref.fit(X, y, **kw)
+    np.testing.assert_array_equal(h1.loss, h2.loss)
+    assert h1.stopped == h2.stopped
+    np.testing.assert_array_equal(m.params, ref.params)
+
+
+def test_without_the_guard_the_same_run_ends_in_nan():
+    """The kernel with an empty backup (guard off) really does produce NaN here."""
+    m = _relu_net()
+    lay = m._layout
+    xt, yt = m._inputs(XOR_X), m._targets(XOR_Y, 4)
+    hist = np.full(200, np.nan)
+    ws = K.allocate_workspace(lay.sizes_arr, lay.n_params, 4, 4, m.params[:0], False)
+    with np.errstate(all="ignore"):
+        ran, bad = K.train_epochs(m.params, *m._kernel_net(), m._loss_code, xt, yt, 200, 1e6,
+                                  4, False, m._rng_state, 0, 1, hist, m.params[:0], *ws,
+                                  K.BLAS_MIN_WORK)
+    assert (ran, bad) == (200, -1)
+    assert not np.isfinite(m.params).all()
+
+
+def test_on_divergence_warn_returns_the_truncated_history():
+    m = _relu_net()
+    with pytest.warns(RuntimeWarning, match=r"diverged at epoch \d+.*smaller learning rate"):
+        h = m.fit(XOR_X, XOR_Y, epochs=200, lr=1e6, on_divergence="warn")
+    assert h.stopped == "diverged" and 0 < h.epochs < 200
+    assert len(h.loss) == h.epochs and np.isfinite(h.loss).all()
+    assert np.isfinite(m.params).all()
+    assert np.isfinite(m.loss(XOR_X, XOR_Y))
+    assert np.isfinite(m.predict(XOR_X)).all()
+
+
+def test_divergence_with_sparse_records():
+    """With record_every > 1 the check runs at recorded epochs and chunk ends."""
+    m = _relu_net()
+    with pytest.raises(fastbp.DivergenceError) as info:
+        m.fit(XOR_X, XOR_Y, epochs=500, lr=1e6, record_every=50)
+    h = info.value.history
+    assert np.isfinite(m.params).all() and np.isfinite(h.loss).all()
+    assert len(h.loss) == math.ceil(h.epochs / 50)
+
+
+def test_divergence_error_is_a_floating_point_error():
+    assert issubclass(fastbp.DivergenceError, FloatingPointError)
+
+
+# ---------------------------------------------------------------------- Ctrl-C
+
+CHILD = textwrap.dedent("""
+    import json, sys, warnings
+    import numpy as np
+    import fastbp
+    X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    y = np.array([0.0, 1.0, 1.0, 0.0])
+    m = fastbp.MLP([2, 4, 4, 1], activation="sigmoid", loss="sse", seed=0)
+    fastbp.MLP([2, 4, 4, 1], activation="sigmoid", loss="sse").fit(X, y)  # load kernels
+    print("ready", flush=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        h = m.fit(X, y, epochs=10**9, lr=0.1, record_every=1000, progress=False)
+    print(json.dumps(dict(
+        epochs=h.epochs, n_records=len(h.loss), stopped=h.stopped,
+        finite=bool(np.isfinite(m.params).all() and np.isfinite(h.loss).all()),
+        predict=m.predict(X).ravel().tolist(), params=m.params.tolist(),
+        warnings=[str(w.message) for w in caught])), flush=True)
+""")
+
+
+def test_ctrl_c_in_a_subprocess_returns_what_was_trained():
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 0, err
+    r = json.loads(out)
+    assert r["stopped"] == "interrupted"
+    assert 0 < r["epochs"] < 10**9
+    assert r["n_records"] == math.ceil(r["epochs"] / 1000)
+    assert r["finite"] and np.isfinite(r["predict"]).all()
+    assert len(r["warnings"]) == 1
+    assert f"interrupted (Ctrl-C) after {r['epochs']} of 1000000000 epochs" in r["warnings"][0]
+    # consistent: exactly the parameters of a run of that many epochs
+    ref = fastbp.MLP([2, 4, 4, 1], activation="sigmoid", loss="sse", seed=0)
+    ref.fit(XOR_X, XOR_Y, epochs=r["epochs"], lr=0.1)
+    np.testing.assert_array_equal(np.array(r["params"]), ref.params)
+
+
+def test_ctrl_c_in_process_and_the_handler_is_restored():
+    X, y = _problem()
+    m = fastbp.MLP([2, 6, 1], activation=["tanh", "identity"], init="normal", seed=2)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    before = signal.getsignal(signal.SIGINT)
+    timer.start()
+    try:
+        with pytest.warns(RuntimeWarning, match="interrupted"):
+            h = m.fit(X, y, epochs=10**8, lr=1e-3, batch_size=4, shuffle=True, seed=1,
+                      record_every=100)
+    finally:
+        timer.cancel()
+    assert signal.getsignal(signal.SIGINT) is before
+    assert h.stopped == "interrupted" and 0 < h.epochs < 10**8
+    ref = fastbp.MLP([2, 6, 1], activation=["tanh", "identity"], init="normal", seed=2)
+    ref.fit(X, y, epochs=h.epochs, lr=1e-3, batch_size=4, shuffle=True, seed=1)
+    np.testing.assert_array_equal(m.params, ref.params)
+    np.testing.assert_array_equal(m._rng_state, ref._rng_state)
+
+
+# --------------------------------------------------------------------- threads
+
+
+def _train(seed, X, y, epochs=3000):
+    m = fastbp.MLP([2, 6, 1], activation=["tanh", "identity"], init="normal", seed=seed)
+    h = m.fit(X, y, epochs=epochs, lr=1e-2, batch_size=3, shuffle=True)
+    return m.params.copy(), h.loss
+
+
+def test_two_models_in_two_threads_match_sequential_training():
+    X, y = _problem()
+    sequential = [_train(s, X, y) for s in (1, 2)]
+    results = [None, None]
+    barrier = threading.Barrier(2)
+
+    def work(i):
+        barrier.wait()
+        results[i] = _train(i + 1, X, y)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (p, h), (p_ref, h_ref) in zip(results, sequential):
+        np.testing.assert_array_equal(p, p_ref)
+        np.testing.assert_array_equal(h, h_ref)
+
+
+def test_second_fit_of_the_same_model_is_refused(monkeypatch):
+    X, y = _problem()
+    m = fastbp.MLP([2, 6, 1], activation=["tanh", "identity"], init="normal", seed=1)
+    started, release = threading.Event(), threading.Event()
+    real_run = m._run
+
+    def slow_run(*args, **kw):
+        started.set()
+        release.wait(10)
+        return real_run(*args, **kw)
+
+    monkeypatch.setattr(m, "_run", slow_run)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(h=m.fit(X, y, epochs=20, lr=0.01)))
+    t.start()
+    assert started.wait(10)
+    p_during = m.params.copy()
+    with pytest.raises(RuntimeError, match="already being trained"):
+        m.fit(X, y, epochs=5, lr=0.01)
+    np.testing.assert_array_equal(m.params, p_during)  # the refused call touched nothing
+    release.set()
+    t.join()
+    ref = fastbp.MLP([2, 6, 1], activation=["tanh", "identity"], init="normal", seed=1)
+    ref.fit(X, y, epochs=20, lr=0.01)
+    np.testing.assert_array_equal(m.params, ref.params)
+    m.fit(X, y, epochs=1, lr=0.01)  # the lock was released
+
+
+def test_racing_fits_on_one_model_never_corrupt_it():
+    """Two threads call fit on one model over and over: each call either runs whole or
+    is refused, so the model equals one trained that many times in a row."""
+    X, y = _problem()
+    m = fastbp.MLP([2, 6, 1], activation=["tanh", "identity"], init="normal", seed=1)
+    done, refused = [], []
+    barrier = threading.Barrier(2)
+
+    def work():
+        barrier.wait()
+        for _ in range(6):
+            try:
+                m.fit(X, y, epochs=400, lr=1e-3)
+                done.append(1)
+            except RuntimeError:
+                refused.append(1)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(done) + len(refused) == 12 and done
+    ref = fastbp.MLP([2, 6, 1], activation=["tanh", "identity"], init="normal", seed=1)
+    for _ in done:
+        ref.fit(X, y, epochs=400, lr=1e-3)
+    np.testing.assert_array_equal(m.params, ref.params)
+
+
+def test_lock_is_released_after_errors():
+    m = _relu_net()
+    with pytest.raises(fastbp.DivergenceError):
+        m.fit(XOR_X, XOR_Y, epochs=100, lr=1e6)
+    m.weights[0][0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        m.fit(XOR_X, XOR_Y, epochs=1)
+    m.weights[0][0, 0] = 0.1
+    assert not m._fit_lock.locked()
+    m.fit(XOR_X, XOR_Y, epochs=3, lr=1e-3)
