@@ -15,8 +15,11 @@ CHUNK_SECONDS = 0.2
 _FIRST_CHUNK_WORK = 2e6  # multiply-adds in the first, timing chunk (~1-10 ms)
 
 
-def first_chunk(epochs, work_per_epoch):
-    return max(1, min(epochs, int(_FIRST_CHUNK_WORK // max(work_per_epoch, 1))))
+def first_chunk(epochs, work_per_epoch, target=CHUNK_SECONDS):
+    """Epochs for the first chunk, from the work of an epoch (multiply-adds), aiming well
+    under ``target`` seconds: the chunks after it are sized from its measured speed."""
+    budget = _FIRST_CHUNK_WORK * min(1.0, target / CHUNK_SECONDS)
+    return max(1, min(epochs, int(budget // max(work_per_epoch, 1))))
 
 
 def next_chunk(done, seconds, remaining, target=CHUNK_SECONDS):

@@ -6,6 +6,7 @@ ACTIVATIONS = {
     "sigmoid": K.SIGMOID,
     "relu": K.RELU,
     "tanh": K.TANH,
+    "softmax": K.SOFTMAX,   # output layer only, with the cross_entropy loss
 }
 
 LOSSES = {
@@ -13,6 +14,7 @@ LOSSES = {
     "half_mse": K.HALF_MSE,
     "sse": K.SSE,
     "bce": K.BCE,
+    "cross_entropy": K.CROSS_ENTROPY,
 }
 
 INITS = ("uniform", "normal", "xavier", "he")

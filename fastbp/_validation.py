@@ -59,6 +59,12 @@ def check_loss(loss, activations):
     if loss == "bce" and activations[-1] != "sigmoid":
         raise ValueError(
             f"loss 'bce' needs a sigmoid output activation, got {activations[-1]!r}")
+    if "softmax" in activations[:-1]:
+        raise ValueError("activation 'softmax' is only allowed in the output layer (the "
+                         "last of the activations)")
+    if (loss == "cross_entropy") != (activations[-1] == "softmax"):
+        raise ValueError(f"loss 'cross_entropy' and a 'softmax' output go together; got "
+                         f"loss {loss!r} with output activation {activations[-1]!r}")
     return loss
 
 
@@ -149,9 +155,40 @@ def check_y(y, n_samples, n_outputs, dtype, name="y"):
 
 
 def check_targets_for_loss(t, loss, name="y"):
-    if loss == "bce" and ((t < 0).any() or (t > 1).any()):
-        raise ValueError(f"loss 'bce' needs targets in [0, 1]; {name} has values in "
+    if loss in ("bce", "cross_entropy") and ((t < 0).any() or (t > 1).any()):
+        raise ValueError(f"loss {loss!r} needs targets in [0, 1]; {name} has values in "
                          f"[{t.min():.6g}, {t.max():.6g}]")
+
+
+def class_labels_to_onehot(y, n_classes, name="y"):
+    """Integer class labels (n,) in [0, n_classes) -> one-hot (n, n_classes) float64;
+    None when y is not a 1-D array of integer values (then it is taken as targets)."""
+    arr = np.asarray(y)
+    if arr.ndim != 1 or n_classes < 2 or arr.dtype.kind not in "iuf" or arr.size == 0:
+        return None
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        return None
+    labels = arr.astype(np.int64)
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"{name} holds class labels in [{labels.min()}, {labels.max()}] but "
+                         f"the model has {n_classes} outputs: labels must be in "
+                         f"[0, {n_classes - 1}]")
+    onehot = np.zeros((arr.size, n_classes))
+    onehot[np.arange(arr.size), labels] = 1.0
+    return onehot
+
+
+def check_sample_weight(sample_weight, n_samples, dtype):
+    """(n,) weights >= 0 in the model dtype, or an empty array for None."""
+    if sample_weight is None:
+        return np.zeros(0, dtype=dtype)
+    w = as_float_array(sample_weight, "sample_weight", dtype)
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise ValueError(f"sample_weight must have shape ({n_samples},), one weight per "
+                         f"sample, got shape {w.shape}")
+    if (w < 0).any():
+        raise ValueError("sample_weight must be >= 0; it has negative values")
+    return np.ascontiguousarray(w)
 
 
 def check_positive_int(value, name, minimum=1):

@@ -44,6 +44,18 @@ class Run:
     every: tuple | None = None  # ("epochs", int) or ("seconds", float)
     data_n: int = 0
     data_key: str | None = None
+    # training controls (see MLP.fit and kernels/optim.py); set_controls fills them
+    hyper: np.ndarray | None = None
+    iconf: np.ndarray | None = None
+    sw: np.ndarray | None = None         # sample weights, (n,) or empty
+    xv: np.ndarray | None = None         # validation set, feature-major (empty: none)
+    yv: np.ndarray | None = None
+    swv: np.ndarray | None = None
+    val_history: np.ndarray | None = None
+    es_state: np.ndarray | None = None   # [best val loss, records without gain, best epoch]
+    best_params: np.ndarray | None = None
+    callbacks: list | None = None
+    chunk_seconds: float = 0.2
 
     @classmethod
     def start(cls, epochs, lr, batch_size, shuffle, record_every, checkpoint=None,
@@ -51,6 +63,29 @@ class Run:
         history = np.full(-(-epochs // record_every), np.nan)
         return cls(epochs, lr, batch_size, bool(shuffle), record_every, history,
                    checkpoint=checkpoint, every=every)
+
+    def set_controls(self, hyper, iconf, sw, xv, yv, swv, params, callbacks=None,
+                     chunk_seconds=0.2):
+        self.hyper, self.iconf = hyper, iconf
+        self.sw, self.xv, self.yv, self.swv = sw, xv, yv, swv
+        self.val_history = np.full_like(self.history, np.nan)
+        self.es_state = np.array([np.inf, 0.0, -1.0])
+        self.best_params = params.copy() if self.restore_best else params[:0].copy()
+        self.callbacks = callbacks or []
+        self.chunk_seconds = chunk_seconds
+
+    def default_controls(self, model, n_features, n_outputs):
+        """Plain SGD at a constant lr, no validation (runs from format-1 checkpoints)."""
+        from . import _config as C
+        hyper, iconf = C.build(self.lr, self.epochs)
+        dt = model.dtype
+        self.set_controls(hyper, iconf, np.zeros(0, dt), np.zeros((n_features, 0), dt),
+                          np.zeros((n_outputs, 0), dt), np.zeros(0, dt), model.params)
+
+    @property
+    def restore_best(self):
+        from .kernels import optim as O
+        return self.iconf is not None and bool(self.iconf[O.I_RESTORE_BEST])
 
     @property
     def n_records(self):
@@ -87,6 +122,11 @@ def checkpoint_arrays(model, run):
         every_value=np.array(value, dtype=np.float64),
         data_n=np.array(run.data_n, dtype=np.int64),
         data_key=np.array(run.data_key or ""),
+        hyper=run.hyper, iconf=run.iconf, sample_weight=run.sw, xv=run.xv, yv=run.yv,
+        swv=run.swv, val_history=run.val_history[:run.n_records].copy(),
+        es_state=run.es_state, best_params=run.best_params,
+        opt_state=model._opt_state, opt_step=model._opt_step,
+        opt_kind=np.array(model._opt_kind or ""),
     )
 
 
@@ -132,7 +172,40 @@ def read_checkpoint(path):
         run.every = (kind, int(value) if kind == "epochs" else value)
         run.data_n = data_n
         run.data_key = data_key
+        n_in, n_out = model.sizes[0], model.sizes[-1]
+        run.default_controls(model, n_in, n_out)
+        if "hyper" in ar._npz.files:  # format 2: the training controls and optimizer state
+            _read_controls(ar, model, run)
     return model, run
+
+
+def _read_controls(ar, model, run):
+    from .kernels import optim as O
+    hyper = ar.array("hyper").astype(np.float64)
+    iconf = ar.array("iconf").astype(np.int64)
+    if hyper.shape != (O.N_HYPER,) or iconf.shape != (O.N_ICONF,):
+        raise ar.error("training settings (hyper, iconf) have the wrong shape")
+    dt = model.dtype
+    n_in, n_out, n_p = model.sizes[0], model.sizes[-1], model._layout.n_params
+    xv = ar.array("xv").astype(dt)
+    yv = ar.array("yv").astype(dt)
+    if xv.ndim != 2 or yv.ndim != 2 or xv.shape[0] != n_in or yv.shape != (n_out, xv.shape[1]):
+        raise ar.error("the validation set has inconsistent shapes")
+    run.set_controls(hyper, iconf, ar.array("sample_weight").astype(dt),
+                     np.ascontiguousarray(xv), np.ascontiguousarray(yv),
+                     ar.array("swv").astype(dt), model.params)
+    val = ar.array("val_history").astype(np.float64)
+    run.val_history[:val.shape[0]] = val[:run.val_history.shape[0]]
+    run.es_state[:] = ar.array("es_state").astype(np.float64)
+    best = ar.array("best_params").astype(dt)
+    if best.shape[0] == n_p:
+        run.best_params = best.copy()
+    opt_state = ar.array("opt_state").astype(dt)
+    if opt_state.shape != (2, n_p):
+        raise ar.error("the optimizer state has the wrong shape")
+    model._opt_state = np.ascontiguousarray(opt_state)
+    model._opt_step = ar.array("opt_step").astype(np.int64).reshape(1).copy()
+    model._opt_kind = ar.text("opt_kind") or None
 
 
 class Saver:

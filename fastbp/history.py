@@ -15,7 +15,11 @@ class History:
                   diverged).
     record_every: epochs between records.
     seconds:      wall time of the training loop.
-    stopped:      None, or why training ended early ("interrupted", "callback", "diverged").
+    stopped:      None, or why training ended early ("interrupted", "callback", "diverged",
+                  "early_stopping").
+    val_loss:     with validation data, (n_records,) validation loss after each recorded
+                  epoch (NaN where not evaluated); else None.
+    best_epoch:   with validation data, the epoch of the best validation loss; else None.
     extra:        more about the run; ``fastbp.resume`` sets extra["resumed_at"], the epoch
                   its checkpoint had reached (its History covers the whole run).
     """
@@ -25,6 +29,8 @@ class History:
     seconds: float = 0.0
     stopped: str | None = None
     extra: dict = field(default_factory=dict)
+    val_loss: np.ndarray | None = None
+    best_epoch: int | None = None
 
     @property
     def epochs_recorded(self):

@@ -8,6 +8,7 @@ import numpy as np
 from . import _validation as V
 from . import kernels as K
 from ._chunks import first_chunk, next_chunk, sigint_deferred, warn_interrupted
+from . import _config as C
 from ._codes import ACTIVATIONS, LOSSES
 from ._init import initial_params
 from ._layout import Layout
@@ -62,6 +63,26 @@ class MLP:
         self._act_codes = np.array([ACTIVATIONS[a] for a in self.activations], dtype=np.int64)
         self._loss_code = LOSSES[self.loss_name]
         self._fit_lock = threading.Lock()
+        self.reset_optimizer()
+
+    def reset_optimizer(self):
+        """Forget the optimizer state (momentum velocity, Adam moments and step count),
+        which otherwise carries over from one fit to the next."""
+        n = self._layout.n_params
+        self._opt_state = np.zeros((2, n), dtype=self.dtype)
+        self._opt_step = np.zeros(1, dtype=np.int64)
+        self._opt_kind = None
+
+    @property
+    def optimizer_state(self):
+        """{"optimizer", "step", "velocity" or "m", "v"}: copies of the state a next fit
+        continues from (velocity / moments in the layout of params)."""
+        state = {"optimizer": self._opt_kind, "step": int(self._opt_step[0])}
+        if self._opt_kind == "adam":
+            state.update(m=self._opt_state[0].copy(), v=self._opt_state[1].copy())
+        else:
+            state.update(velocity=self._opt_state[0].copy())
+        return state
 
     @classmethod
     def from_weights(cls, weights, biases=None, activation="sigmoid", loss="mse",
@@ -155,9 +176,18 @@ class MLP:
         return V.kernel_ready(x.T)
 
     def _targets(self, y, n):
+        if self.loss_name == "cross_entropy":
+            onehot = V.class_labels_to_onehot(y, self.sizes[-1])
+            if onehot is not None:
+                y = onehot
         t = V.check_y(y, n, self.sizes[-1], self.dtype)
         V.check_targets_for_loss(t, self.loss_name)
         return V.kernel_ready(t.T)
+
+    @property
+    def _keep_z(self):
+        """Whether the kernels must keep the output pre-activations (stable log losses)."""
+        return self.loss_name in ("bce", "cross_entropy")
 
     def _kernel_net(self):
         lay = self._layout
@@ -181,6 +211,14 @@ class MLP:
                        K.BLAS_MIN_WORK)
         V.check_finite_output(out, "predict's output", self.dtype)
         return np.ascontiguousarray(out.T)
+
+    def predict_proba(self, X):
+        """Class probabilities, (n_samples, n_out): the outputs of a softmax or sigmoid
+        output layer (rows of a softmax sum to 1)."""
+        if self.activations[-1] not in ("softmax", "sigmoid"):
+            raise ValueError(f"predict_proba needs a softmax or sigmoid output layer, this "
+                             f"model's is {self.activations[-1]!r}")
+        return self.predict(X)
 
     def _loss_and_grad(self, X, y):
         xt = self._inputs(X)
@@ -209,7 +247,11 @@ class MLP:
     # ---- training -------------------------------------------------------------------
     def fit(self, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, seed=None,
             record_every=1, progress=False, on_divergence="raise", checkpoint=None,
-            checkpoint_every=None):
+            checkpoint_every=None, *, optimizer="sgd", momentum=0.0, nesterov=False,
+            beta1=0.9, beta2=0.999, eps=1e-8, l2=0.0, schedule="constant", power_t=0.5,
+            step_size=1, step_factor=0.5, lr_min=0.0, validation_data=None,
+            validation_fraction=None, patience=0, min_delta=0.0, restore_best=False,
+            sample_weight=None, callbacks=None, chunk_seconds=0.2):
         """Train in place by backpropagation; returns a History.
 
         X: (n_samples, sizes[0]) array-like (1-D when sizes[0] == 1); y: (n_samples,
@@ -251,6 +293,25 @@ class MLP:
         float is refused: write "30s".  ``fastbp.resume("run.npz", X, y)`` continues the
         run bit-identically.  fit always starts a new run and overwrites the file.
 
+        Training controls (all inside the compiled loop; docs/API-NOTES.md has the exact
+        update rules): ``optimizer`` "sgd" (``momentum``, ``nesterov``: scikit-learn's
+        form) or "adam" (``beta1``, ``beta2``, ``eps``, as in the paper, with bias
+        correction).  The optimizer state is kept on the model, so a next fit continues
+        it (``reset_optimizer()`` clears it).  ``l2``: weight decay on weights, not
+        biases: grad += l2 * W and the recorded loss gains (l2/2) sum(W^2); scikit-learn's
+        ``alpha`` is l2 = alpha / batch_n.  ``schedule``: "constant", "invscaling"
+        (lr / (1 + e)^power_t), "step" (lr * step_factor^(e // step_size)) or "cosine"
+        (from lr to lr_min over the fit), e the epoch within this fit.
+        ``validation_data=(Xv, yv)`` or ``validation_fraction`` (held out of X, chosen
+        with ``seed``, else the model's seed) adds ``history.val_loss`` (evaluated at each
+        record); ``patience=k`` stops after k records without an improvement of more than
+        ``min_delta`` (``history.stopped == "early_stopping"``); ``restore_best=True``
+        ends with the parameters of the best validation record.  ``sample_weight``
+        (n,) >= 0 multiplies each sample's loss term and gradient (means still divide by
+        the batch size).  ``callbacks``: functions f(epoch, history, model) called
+        between chunks -- not every epoch; a chunk lasts about ``chunk_seconds`` -- and
+        returning False to stop (``history.stopped == "callback"``).
+
         Another fit of the same model while one runs (from another thread) is refused
         with RuntimeError.
         """
@@ -259,14 +320,67 @@ class MLP:
         yt = self._targets(y, n)
         epochs = V.check_positive_int(epochs, "epochs")
         lr = V.check_lr(lr)
-        V.check_batch_size(batch_size, n)
         record_every = V.check_positive_int(record_every, "record_every")
         seed = V.check_seed(seed)
         on_divergence = V.check_on_divergence(on_divergence)
         path, every = V.check_checkpoint(checkpoint, checkpoint_every)
+        hyper, iconf = C.build(lr, epochs, optimizer, momentum, nesterov, beta1, beta2, eps,
+                               l2, schedule, power_t, step_size, step_factor, lr_min,
+                               patience, min_delta, restore_best)
+        sw = V.check_sample_weight(sample_weight, n, self.dtype)
+        xt, yt, sw, xv, yv, swv = self._validation_split(
+            xt, yt, sw, validation_data, validation_fraction, seed)
+        n = xt.shape[1]
+        V.check_batch_size(batch_size, n)
+        if (patience or restore_best) and xv.shape[1] == 0:
+            raise ValueError("patience and restore_best need validation data: pass "
+                             "validation_data=(Xv, yv) or validation_fraction")
+        callbacks = _check_callbacks(callbacks)
+        if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) \
+                or not chunk_seconds > 0:
+            raise ValueError(f"chunk_seconds must be a number > 0, got {chunk_seconds!r}")
+        if self._opt_kind not in (None, optimizer):
+            self.reset_optimizer()  # another optimizer's state means nothing to this one
+        self._opt_kind = optimizer
         run = Run.start(epochs, lr, None if batch_size is None else int(batch_size),
                         shuffle, record_every, path, every)
+        run.set_controls(hyper, iconf, sw, xv, yv, swv, self._params,
+                         callbacks=callbacks, chunk_seconds=float(chunk_seconds))
         return self._train(xt, yt, run, progress, on_divergence, seed=seed)
+
+    def _validation_split(self, xt, yt, sw, validation_data, validation_fraction, seed):
+        """(xt, yt, sw) for training and (xv, yv, swv) for validation, feature-major."""
+        empty = np.zeros((xt.shape[0], 0), dtype=self.dtype)
+        none = (empty, np.zeros((yt.shape[0], 0), dtype=self.dtype),
+                np.zeros(0, dtype=self.dtype))
+        if validation_data is not None and validation_fraction is not None:
+            raise ValueError("give validation_data or validation_fraction, not both")
+        if validation_data is not None:
+            try:
+                xv_raw, yv_raw = validation_data
+            except (TypeError, ValueError):
+                raise TypeError("validation_data must be a pair (X_val, y_val)") from None
+            xv = self._inputs(xv_raw)
+            yv = self._targets(yv_raw, xv.shape[1])
+            return xt, yt, sw, xv, yv, none[2]
+        if validation_fraction is None:
+            return (xt, yt, sw) + none
+        f = validation_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+            raise ValueError(f"validation_fraction must be a number in (0, 1), got {f!r}")
+        n = xt.shape[1]
+        n_val = int(round(f * n))
+        if n_val < 1 or n_val >= n:
+            raise ValueError(f"validation_fraction={f} of {n} samples leaves "
+                             f"{n_val} for validation and {n - n_val} for training; both "
+                             f"need at least one")
+        key = seed if seed is not None else (self.seed if self.seed is not None else 0)
+        order = np.random.default_rng(key).permutation(n)
+        val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+        take = lambda a, idx: np.ascontiguousarray(a[:, idx])  # noqa: E731
+        sw_t = sw[train].copy() if sw.shape[0] else sw
+        sw_v = sw[val].copy() if sw.shape[0] else sw
+        return take(xt, train), take(yt, train), sw_t, take(xt, val), take(yt, val), sw_v
 
     def _train(self, xt, yt, run, progress, on_divergence, seed=None):
         """``_run`` holding the model's training lock (one fit at a time per model)."""
@@ -291,30 +405,32 @@ class MLP:
         batch = n if run.batch_size is None else run.batch_size
         history = run.history
         ws = K.allocate_workspace(lay.sizes_arr, lay.n_params, batch, n, self._params[:0],
-                                  self.loss_name == "bce")
+                                  self._keep_z)
+        ws = (ws, self._validation_workspace(run), np.zeros(batch, dtype=self.dtype))
         backup = np.empty_like(self._params)
         sizes, w_off, b_off, codes = self._kernel_net()
         saver = Saver(self, run, xt, yt) if run.checkpoint is not None else None
         bar = make_bar(run.epochs - run.done) if progress else None
         stopped, bad = None, -1
         snapshots = []  # (epoch, params, rng state) at the starts of the last two chunks
-        chunk = first_chunk(run.epochs - run.done, 3 * n * lay.n_params)
+        chunk = first_chunk(run.epochs - run.done, 3 * n * lay.n_params, run.chunk_seconds)
         seconds0 = run.seconds
         t_start = time.perf_counter()
         with sigint_deferred() as interrupted:
             while run.done < run.epochs:
                 if saver is not None:
                     chunk = saver.cap(chunk)
-                snapshots = [(run.done, self._params.copy(), self._rng_state.copy())] \
-                    + snapshots[:1]
+                snapshots = [self._snapshot(run)] + snapshots[:1]
                 backup[...] = self._params
                 t0 = time.perf_counter()
-                ran, bad = K.train_epochs(
-                    self._params, sizes, w_off, b_off, codes, self._loss_code, xt, yt,
-                    chunk, run.lr, batch, run.shuffle, self._rng_state, run.done,
-                    run.record_every, history, backup, *ws, K.BLAS_MIN_WORK)
+                ran, bad, early = self._kernel_train(
+                    xt, yt, run, chunk, run.done, self._params, self._rng_state,
+                    self._opt_state, self._opt_step, run.es_state, history, run.val_history,
+                    backup, ws)
                 seconds = time.perf_counter() - t0
                 run.done += ran
+                if early:
+                    stopped = "early_stopping"
                 if bad >= 0:
                     stopped = "diverged"
                     self._rewind(xt, yt, run, batch, ws, backup, snapshots)
@@ -329,14 +445,18 @@ class MLP:
                 if interrupted[0]:
                     stopped = "interrupted"
                     break
-                chunk = next_chunk(ran, seconds, run.epochs - run.done)
+                if run.callbacks and self._callbacks_stop(run):
+                    stopped = "callback"
+                    break
+                chunk = next_chunk(ran, seconds, run.epochs - run.done, run.chunk_seconds)
             history[run.n_records:] = np.nan  # records past a divergence, if any
             if saver is not None:  # still deferring Ctrl-C: the last write is not cut short
                 saver.write()
         if bar is not None:
             bar.close()
-        hist = History(loss=history[:run.n_records].copy(), epochs=run.done,
-                       record_every=run.record_every, seconds=run.seconds, stopped=stopped)
+        if run.restore_best and np.isfinite(run.es_state[0]) and stopped != "diverged":
+            self._params[...] = run.best_params
+        hist = self._history(run, stopped)
         if stopped == "interrupted":
             warn_interrupted(run.done, run.epochs, run.checkpoint, stacklevel=4)
         elif stopped == "diverged":
@@ -356,35 +476,76 @@ class MLP:
         """
         sizes, w_off, b_off, codes = self._kernel_net()
         guarded = self._params.copy()
-        perm = ws[-1]
+        perm = ws[0][-1]
         found = None
         for epoch in sorted({run.done, run.done - 1} | {s[0] for s in snapshots},
                             reverse=True):
             base = next((s for s in snapshots if s[0] <= epoch), None)
             if base is None:
                 continue
-            start, params, rng = base[0], base[1].copy(), base[2].copy()
+            start, params, rng, opt_state, opt_step, es_state = (
+                base[0], *(a.copy() for a in base[1:]))
             if epoch == run.done:
                 params = guarded.copy()
                 if run.shuffle:  # the kernel drew permutations past the restored epoch
                     rng = _replay_shuffles(rng, epoch - start, perm)
             elif epoch > start:
-                scratch = np.empty_like(run.history)
-                ran, bad = K.train_epochs(
-                    params, sizes, w_off, b_off, codes, self._loss_code, xt, yt,
-                    epoch - start, run.lr, batch, run.shuffle, rng, start, run.record_every,
-                    scratch, backup, *ws, K.BLAS_MIN_WORK)
+                ran, bad, _ = self._kernel_train(
+                    xt, yt, run, epoch - start, start, params, rng, opt_state, opt_step,
+                    es_state, np.empty_like(run.history), np.empty_like(run.val_history),
+                    backup, ws)
                 if bad >= 0 or ran != epoch - start:
                     continue
+            state = (epoch, params, rng, opt_state, opt_step)
             if found is None:
-                found = (epoch, params, rng)  # the guard's state: the fallback
+                found = state  # the guard's state: the fallback
             self._params[...] = params
             if self._finite_loss(xt, yt):
-                found = (epoch, params, rng)
+                found = state
                 break
-        run.done, params, rng = found
+        run.done, params, rng, opt_state, opt_step = found
         self._params[...] = params
         self._rng_state[:] = rng
+        self._opt_state[...] = opt_state
+        self._opt_step[...] = opt_step
+
+    def _kernel_train(self, xt, yt, run, epochs, start, params, rng, opt_state, opt_step,
+                      es_state, history, val_history, backup, ws):
+        """One call of the fused loop (kernels/train.py: train) for ``epochs`` epochs from
+        epoch ``start`` of ``run``; (epochs_done, bad_epoch, early_stopped)."""
+        sizes, w_off, b_off, codes = self._kernel_net()
+        train_ws, val_ws, w_batch = ws
+        batch = xt.shape[1] if run.batch_size is None else run.batch_size
+        return K.train(params, sizes, w_off, b_off, codes, self._loss_code, xt, yt, run.sw,
+                       run.xv, run.yv, run.swv, epochs, batch, run.shuffle, rng, start,
+                       run.record_every, history, val_history, backup, run.best_params,
+                       es_state, run.hyper, run.iconf, opt_state, opt_step,
+                       C.decay_mask(self._layout, self.dtype), train_ws, w_batch, val_ws,
+                       K.BLAS_MIN_WORK)
+
+    def _snapshot(self, run):
+        """What a replay after divergence starts from (see _rewind)."""
+        return (run.done, self._params.copy(), self._rng_state.copy(),
+                self._opt_state.copy(), self._opt_step.copy(), run.es_state.copy())
+
+    def _validation_workspace(self, run):
+        nv = run.xv.shape[1]
+        lay = self._layout
+        return K.allocate_workspace(lay.sizes_arr, lay.n_params, max(nv, 1), max(nv, 1),
+                                    self._params[:0], self._keep_z)
+
+    def _history(self, run, stopped):
+        n = run.n_records
+        val = run.val_history[:n].copy() if run.xv.shape[1] else None
+        best = int(run.es_state[2]) if run.xv.shape[1] and run.es_state[2] >= 0 else None
+        return History(loss=run.history[:n].copy(), epochs=run.done,
+                       record_every=run.record_every, seconds=run.seconds, stopped=stopped,
+                       val_loss=val, best_epoch=best)
+
+    def _callbacks_stop(self, run):
+        """Call the run's callbacks with (epoch, history so far, model); True to stop."""
+        hist = self._history(run, None)
+        return any(cb(run.done, hist, self) is False for cb in run.callbacks)
 
     def _finite_loss(self, xt, yt):
         """Whether the loss on (xt, yt) at the current parameters is finite (evaluated in
@@ -392,7 +553,7 @@ class MLP:
         n = xt.shape[1]
         cap = min(n, _EVAL_CAP)
         ws = K.allocate_workspace(self._layout.sizes_arr, self._layout.n_params, cap, cap,
-                                  self._params[:0], self.loss_name == "bce")
+                                  self._params[:0], self._keep_z)
         with np.errstate(all="ignore"):
             for s in range(0, n, cap):
                 xb = np.ascontiguousarray(xt[:, s:s + cap])
@@ -440,3 +601,15 @@ def _replay_shuffles(state, epochs, perm):
     for _ in range(epochs):
         K.permutation_into(perm, state)
     return state
+
+
+def _check_callbacks(callbacks):
+    if callbacks is None:
+        return []
+    if callable(callbacks):
+        callbacks = [callbacks]
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(f"callbacks must be callables f(epoch, history, model), got {cb!r}")
+    return callbacks
