@@ -1,0 +1,815 @@
+"""scikit-learn estimators on ``fastbp.MLP``: ``MLPRegressor`` and ``MLPClassifier``.
+
+Drop-in replacements for ``sklearn.neural_network.MLPRegressor`` / ``MLPClassifier``
+with the stochastic solvers ('sgd', 'adam'): same parameters, same fitted attributes,
+same training loop -- the initial weights are drawn exactly as scikit-learn draws them
+(Glorot uniform from ``random_state``), the updates are scikit-learn's, and so are the
+stopping rules (``tol`` / ``n_iter_no_change`` on the training loss, or on the
+validation score with ``early_stopping``) and the learning-rate schedules.  With
+``solver='sgd'``, ``shuffle=False`` and the same ``random_state`` the weights after N
+epochs equal scikit-learn's to rounding (tested to 1e-9).  The epochs themselves run in
+fastbp's compiled kernels, several per call.
+
+What differs from scikit-learn (each is an error or a documented difference, never a
+silently ignored setting):
+
+- ``solver='lbfgs'`` and ``loss='poisson'`` are not available (ValueError);
+  ``momentum=1`` neither (fastbp needs momentum < 1).  Sparse X is refused (TypeError):
+  convert it with ``.toarray()``.  ``max_fun`` is accepted and unused (it is an lbfgs
+  setting; scikit-learn ignores it for sgd and adam too).
+- ``shuffle=True`` draws its permutations from fastbp's stream (seeded from
+  ``random_state``), not from numpy's: the run is reproducible but not scikit-learn's.
+- ``alpha`` becomes fastbp's ``l2 = alpha / batch_size``.  scikit-learn divides by the
+  size of each batch, so where ``batch_size`` does not divide the number of samples the
+  last, smaller batch gets a weaker penalty than in scikit-learn.
+- ``loss_curve_`` holds fastbp's record of each epoch, the plain mean of its batch
+  losses; scikit-learn weights them by batch size.  They agree whenever the batch size
+  divides the number of samples (and with full batches).  Where it does not, the last,
+  smaller batch weighs too much, and with ``shuffle=True`` that makes the curve noisier
+  than scikit-learn's, so the ``tol`` / ``n_iter_no_change`` test can stop sooner (e.g.
+  360 samples in batches of 200 + 160: ~80-100 epochs where scikit-learn runs 300).
+  Set ``n_iter_no_change`` higher, or a batch size dividing n, if that matters.
+- Adam follows the paper (and PyTorch): eps is added to sqrt(v_hat); scikit-learn adds
+  it to sqrt(v) before the bias correction.  That matters only for parameters whose
+  gradients are about as small as eps (after 25 epochs of the tests: weights within
+  2e-4 of scikit-learn's; bit-for-bit equal to rounding with the paper's form patched
+  into scikit-learn).
+- ``sample_weight``: weights are rescaled to mean 1 over the training set; each batch's
+  gradient is then sum(w g) / batch_size, where scikit-learn divides by the batch's
+  sum of weights.  Identical for full batches (scikit-learn's semantics exactly),
+  equal in expectation for mini-batches.
+- Multi-output regression and multi-label classification: fastbp's losses average over
+  the outputs too while scikit-learn's gradient sums over them; the wrapper compensates
+  exactly (learning rate x n_outputs for sgd, eps / n_outputs for adam, l2 / n_outputs).
+  The multi-label ``loss_`` is scikit-learn's (summed over labels).  For multi-output
+  regression with ``alpha > 0`` the L2 term in ``loss_`` is scikit-learn's divided by
+  n_outputs (the weights still match; with alpha = 0 ``loss_`` is scikit-learn's).
+- ``verbose`` shows a progress bar (tqdm when installed) with the loss, and prints the
+  reason training stopped.
+- ``dtype``: None computes in X's precision like scikit-learn (float32 X -> float32,
+  anything else float64); "float32" / "float64" force one.
+
+Only this module imports scikit-learn (``pip install "fastbp[sklearn]"``).
+"""
+import numbers
+import warnings
+
+import numpy as np
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import LabelBinarizer
+    from sklearn.utils import check_random_state, column_or_1d
+    from sklearn.utils.multiclass import type_of_target, unique_labels
+    from sklearn.utils.validation import check_is_fitted
+except ImportError as exc:  # pragma: no cover - exercised only without scikit-learn
+    raise ImportError(
+        "fastbp.sklearn needs scikit-learn, which is not installed; install it with "
+        "pip install \"fastbp[sklearn]\" (or pip install scikit-learn)") from exc
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _sk_validate_data
+except ImportError:  # pragma: no cover - older scikit-learn
+    _sk_validate_data = None
+
+from .errors import DivergenceError
+from .model import MLP
+from ._progress import make_bar
+
+__all__ = ["MLPRegressor", "MLPClassifier"]
+
+# scikit-learn's hidden activation names -> fastbp's
+_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
+_SOLVERS = ("sgd", "adam")
+_LEARNING_RATES = ("constant", "invscaling", "adaptive")
+
+
+def _validate_data(est, X, y="no_validation", reset=True, **kw):
+    """scikit-learn's validate_data (a method before 1.6); y="no_validation" checks X
+    only, y=None in a fit raises scikit-learn's "requires y" error."""
+    if _sk_validate_data is not None:
+        return _sk_validate_data(est, X, y, reset=reset, **kw)
+    return est._validate_data(X, y, reset=reset, **kw)  # pragma: no cover
+
+
+# ---- parameter checks (one place; messages name the parameter, the allowed values and
+# ---- the value given) ---------------------------------------------------------------
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _need(ok, name, expected, value, exc=ValueError):
+    if not ok:
+        raise exc(f"{name} must be {expected}, got {value!r}")
+
+
+def _hidden_sizes(value):
+    if _is_int(value):
+        sizes = [value]
+    else:
+        try:
+            sizes = list(value)
+        except TypeError:
+            raise TypeError(f"hidden_layer_sizes must be an int or a sequence of ints, "
+                            f"got {value!r}") from None
+    for s in sizes:
+        _need(_is_int(s) and s >= 1, "hidden_layer_sizes",
+              "an int >= 1 or a sequence of ints >= 1", value)
+    return [int(s) for s in sizes]
+
+
+class _BaseMLP(BaseEstimator):
+    """What MLPRegressor and MLPClassifier share: checks, initialization, the epoch loop.
+
+    Fitted state: ``_model`` (the fastbp.MLP; ``coefs_`` / ``intercepts_`` are views into
+    its flat parameter vector), ``_lr`` (scikit-learn's current SGD learning rate) and
+    scikit-learn's own attributes.
+    """
+
+    # ---- checks -----------------------------------------------------------------------
+    def _check_params(self):
+        """Every hyper-parameter checked; returns the hidden layer sizes as a list."""
+        sizes = _hidden_sizes(self.hidden_layer_sizes)
+        _need(self.activation in _ACTIVATIONS, "activation",
+              f"one of {sorted(_ACTIVATIONS)}", self.activation)
+        if self.solver == "lbfgs":
+            raise ValueError("solver='lbfgs' is not available in fastbp (its kernels train "
+                             "by stochastic gradient steps); use solver='sgd' or 'adam'")
+        _need(self.solver in _SOLVERS, "solver", "'sgd' or 'adam'", self.solver)
+        _need(_is_real(self.alpha) and self.alpha >= 0, "alpha", "a number >= 0", self.alpha)
+        _need(self.batch_size == "auto" if isinstance(self.batch_size, str)
+              else _is_int(self.batch_size) and self.batch_size >= 1,
+              "batch_size", "'auto' or an int >= 1", self.batch_size)
+        _need(self.learning_rate in _LEARNING_RATES, "learning_rate",
+              f"one of {list(_LEARNING_RATES)}", self.learning_rate)
+        _need(_is_real(self.learning_rate_init) and self.learning_rate_init > 0,
+              "learning_rate_init", "a number > 0", self.learning_rate_init)
+        _need(_is_real(self.power_t) and self.power_t >= 0, "power_t", "a number >= 0",
+              self.power_t)
+        _need(_is_int(self.max_iter) and self.max_iter >= 1, "max_iter", "an int >= 1",
+              self.max_iter)
+        _need(_is_real(self.tol) and self.tol >= 0, "tol", "a number >= 0", self.tol)
+        _need(_is_real(self.momentum) and 0 <= self.momentum <= 1, "momentum",
+              "a number in [0, 1]", self.momentum)
+        if self.solver == "sgd" and self.momentum == 1:
+            raise ValueError("momentum=1 is not supported by fastbp (the velocity would "
+                             "never decay); use momentum < 1")
+        _need(_is_real(self.validation_fraction) and 0 <= self.validation_fraction < 1,
+              "validation_fraction", "a number in [0, 1)", self.validation_fraction)
+        for name in ("beta_1", "beta_2"):
+            v = getattr(self, name)
+            _need(_is_real(v) and 0 <= v < 1, name, "a number in [0, 1)", v)
+        _need(_is_real(self.epsilon) and self.epsilon > 0, "epsilon", "a number > 0",
+              self.epsilon)
+        n = self.n_iter_no_change
+        _need((_is_int(n) and n >= 1) or (isinstance(n, numbers.Real) and n == np.inf),
+              "n_iter_no_change", "an int >= 1 or np.inf", n)
+        _need(_is_int(self.max_fun) and self.max_fun >= 1, "max_fun", "an int >= 1",
+              self.max_fun)
+        for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
+            v = getattr(self, name)
+            _need(isinstance(v, (bool, np.bool_)), name, "True or False", v, TypeError)
+        _need(isinstance(self.verbose, (bool, np.bool_, numbers.Integral)), "verbose",
+              "a bool or an int", self.verbose, TypeError)
+        self._dtype()
+        return sizes
+
+    def _dtype(self):
+        """The dtype parameter as np.float64 / np.float32, or None (follow X)."""
+        if self.dtype is None:
+            return None
+        try:
+            name = np.dtype(self.dtype).name
+        except TypeError:
+            name = None
+        if name not in ("float64", "float32"):
+            raise ValueError(f"dtype must be None (X's precision), 'float64' or 'float32', "
+                             f"got {self.dtype!r}")
+        return np.dtype(name).type
+
+    def _input_dtype(self, reset):
+        """What validate_data converts X to: the fitted model's dtype when continuing."""
+        if not reset and hasattr(self, "_model"):
+            return self._model.dtype.type
+        d = self._dtype()
+        return (np.float64, np.float32) if d is None else d
+
+    # ---- the network ------------------------------------------------------------------
+    def _network(self):
+        """The fastbp model, with ``coefs_`` / ``intercepts_`` written into it if they were
+        replaced by other arrays (scikit-learn lets users assign them)."""
+        m = self._model
+        for attr, views in (("coefs_", m.weights), ("intercepts_", m.biases)):
+            arrays = getattr(self, attr)
+            if any(a is not v for a, v in zip(arrays, getattr(self, "_views")[attr])):
+                if len(arrays) != len(views):
+                    raise ValueError(f"{attr} has {len(arrays)} arrays, the network "
+                                     f"{len(views)} layers")
+                for l, (a, v) in enumerate(zip(arrays, views)):
+                    a = np.asarray(a)
+                    if a.shape != v.shape:
+                        raise ValueError(f"{attr}[{l}] has shape {a.shape}, expected "
+                                         f"{v.shape}")
+                    v[...] = a
+                self._point_views()
+        return m
+
+    def _point_views(self):
+        m = self._model
+        self.coefs_ = m.weights
+        self.intercepts_ = m.biases
+        self._views = {"coefs_": list(self.coefs_), "intercepts_": list(self.intercepts_)}
+
+    def _initialize(self, n_outputs, layer_units, dtype, rs):
+        """First fit: scikit-learn's initial weights (same draws from ``rs``) in a new
+        fastbp model, and scikit-learn's bookkeeping attributes."""
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = n_outputs
+        self.n_layers_ = len(layer_units)
+        self.out_activation_ = self._output_activation()
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        weights, biases = [], []
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            weights.append(rs.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype))
+            biases.append(rs.uniform(-bound, bound, fan_out).astype(dtype))
+        acts, loss = self._fastbp_output()
+        hidden = [_ACTIVATIONS[self.activation]] * (self.n_layers_ - 2)
+        self._model = MLP.from_weights(weights, biases, activation=hidden + [acts],
+                                       loss=loss, dtype=np.dtype(dtype).name)
+        self._point_views()
+        self._best_params = self._model.params.copy()
+        self.loss_curve_ = []
+        self._no_improvement_count = 0
+        if self.early_stopping:
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+            self.best_loss_ = None
+        else:
+            self.best_loss_ = np.inf
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+
+    def _check_architecture(self, sizes, n_features, n_outputs):
+        """warm_start / partial_fit continue the fitted network: it must be the one the
+        current parameters describe."""
+        want = [n_features] + sizes + [n_outputs]
+        have = list(self._model.sizes)
+        if want != have:
+            raise ValueError(f"warm_start / partial_fit continue the fitted network of "
+                             f"layer sizes {have}, but the parameters and data now give "
+                             f"{want}; fit with warm_start=False to start a new one")
+        hidden = self._model.activations[:-1]
+        if hidden and hidden[0] != _ACTIVATIONS[self.activation]:
+            raise ValueError(f"warm_start / partial_fit continue the fitted network with "
+                             f"{hidden[0]!r} hidden units but activation="
+                             f"{self.activation!r}; fit with warm_start=False")
+
+    # ---- fitting ----------------------------------------------------------------------
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        sizes = self._check_params()
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        X, Y = self._validate_input(X, y, incremental, reset=first_pass)
+        n_samples, n_features = X.shape
+        sw = None if sample_weight is None else _check_sample_weight(sample_weight, n_samples)
+        rs = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(Y.shape[1], [n_features] + sizes + [Y.shape[1]], X.dtype, rs)
+        else:
+            self._check_architecture(sizes, n_features, Y.shape[1])
+        model = self._network()
+        if not incremental or not hasattr(self, "_lr"):
+            # scikit-learn makes a new optimizer here: fresh velocities / moments
+            model.reset_optimizer()
+            self._lr = float(self.learning_rate_init)
+        val = None
+        if self.early_stopping:
+            X, Y, sw, val = self._split_validation(X, Y, sw, rs)
+        Y = Y.astype(model.dtype, copy=False)
+        try:
+            self._run(model, X, Y, sw, val, incremental, rs)
+        except DivergenceError as exc:
+            raise ValueError("Solver produced non-finite parameter weights. The input data "
+                             "may contain large values and need to be preprocessed "
+                             f"(fastbp: {exc})") from exc
+        return self
+
+    def _split_validation(self, X, Y, sw, rs):
+        """scikit-learn's split (same call, same random state, so the same rows)."""
+        stratify = Y if (self._is_classifier and self.n_outputs_ == 1) else None
+        arrays = (X, Y) if sw is None else (X, Y, sw)
+        parts = train_test_split(*arrays, random_state=rs, test_size=self.validation_fraction,
+                                 stratify=stratify)
+        X_train, X_val, Y_train, Y_val = parts[:4]
+        sw_train, sw_val = (None, None) if sw is None else parts[4:]
+        if X_val.shape[0] < 2:
+            raise ValueError("The validation set is too small. Increase "
+                             "'validation_fraction' or the size of your dataset.")
+        return X_train, Y_train, sw_train, (X_val, Y_val, sw_val)
+
+    def _fit_options(self, n_samples, sw):
+        """(batch size, the fastbp fit keywords that stay fixed during one fit, k): k is
+        the number of outputs scikit-learn's gradient sums over where fastbp's loss
+        averages (see the module notes)."""
+        if self.batch_size == "auto":
+            batch = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
+                              "It is going to be clipped")
+            batch = int(np.clip(self.batch_size, 1, n_samples))
+        k = self._sum_outputs()  # scikit-learn's gradient sums over k outputs
+        kw = {}
+        w_scale = 1.0
+        if sw is not None:
+            w_scale = float(sw.mean())
+            kw["sample_weight"] = sw / w_scale
+        # alpha / (weight of a batch), divided by k as the whole gradient is
+        l2 = float(self.alpha) / (batch * w_scale * k)
+        if l2 != 0.0:
+            kw["l2"] = l2
+        if self.solver == "adam":
+            kw.update(optimizer="adam", beta1=float(self.beta_1), beta2=float(self.beta_2),
+                      eps=float(self.epsilon) / k)
+        elif self.momentum != 0:
+            kw.update(momentum=float(self.momentum), nesterov=bool(self.nesterovs_momentum))
+        return batch, kw, k
+
+    def _run(self, model, X, Y, sw, val, incremental, rs):
+        """scikit-learn's epoch loop (``_fit_stochastic``), several epochs per fastbp call.
+
+        A call never runs past an epoch where scikit-learn could stop or change its
+        learning rate: stopping needs n_iter_no_change + 1 - (current count) more epochs
+        without improvement, so a chunk is at most that long and the stopping epoch is
+        always a chunk's last.  Validation scores (early_stopping) and invscaling's
+        per-epoch learning rate take one epoch per call.
+        """
+        n = X.shape[0]
+        batch, kw, k = self._fit_options(n, sw)
+        sgd = self.solver == "sgd"
+        lr_scale = k if sgd else 1.0
+        loss_scale = self._loss_scale()
+        per_epoch = self.early_stopping or (sgd and self.learning_rate == "invscaling")
+        total = 1 if incremental else self.max_iter
+        seed = int(rs.randint(np.iinfo(np.int32).max)) if self.shuffle else None
+        bar = make_bar(total, desc=type(self).__name__) if self.verbose else None
+        self.n_iter_ = 0
+        stopped = False
+        try:
+            while self.n_iter_ < total and not stopped:
+                chunk = total - self.n_iter_
+                if per_epoch:
+                    chunk = 1
+                elif np.isfinite(self.n_iter_no_change):
+                    chunk = min(chunk, max(1, int(self.n_iter_no_change) + 1
+                                           - self._no_improvement_count))
+                lr = (self._lr if sgd else float(self.learning_rate_init)) * lr_scale
+                hist = model.fit(X, Y, epochs=chunk, lr=lr, batch_size=batch,
+                                 shuffle=bool(self.shuffle), seed=seed, **kw)
+                seed = None  # later chunks continue the same shuffling stream
+                for rec in hist.loss:
+                    stopped = self._end_epoch(float(rec) * loss_scale, n, val, sgd)
+                    if stopped:
+                        break
+                if bar is not None:
+                    bar.update(len(hist.loss), getattr(self, "loss_", None))
+                if hist.epochs < chunk:  # interrupted (Ctrl-C): fastbp already warned
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.early_stopping:  # scikit-learn ends on the best validation score
+                model.params = self._best_params
+        if not stopped and not incremental and self.n_iter_ == self.max_iter:
+            warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
+                          "optimization hasn't converged yet." % self.max_iter,
+                          ConvergenceWarning)
+
+    def _end_epoch(self, loss, n, val, sgd):
+        """scikit-learn's bookkeeping after one epoch; True when training stops."""
+        self.n_iter_ += 1
+        self.loss_ = loss
+        self.t_ += n
+        self.loss_curve_.append(loss)
+        if self.verbose and self.verbose > 1:
+            print("Iteration %d, loss = %.8f" % (self.n_iter_, loss))
+        self._update_no_improvement_count(val)
+        if sgd and self.learning_rate == "invscaling":
+            self._lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+        if self._no_improvement_count <= self.n_iter_no_change:
+            return False
+        what = ("Validation score" if self.early_stopping else "Training loss")
+        msg = (f"{what} did not improve more than tol={self.tol:f} for "
+               f"{self.n_iter_no_change} consecutive epochs.")
+        if sgd and self.learning_rate == "adaptive":
+            if self._lr > 1e-6:
+                self._lr /= 5.0
+                self._no_improvement_count = 0
+                if self.verbose:
+                    print(msg + " Setting learning rate to %f" % self._lr)
+                return False
+            msg += " Learning rate too small."
+        if self.verbose:
+            print(msg + " Stopping.")
+        return True
+
+    def _update_no_improvement_count(self, val):
+        if val is not None:
+            score = self._validation_score(*val)
+            self.validation_scores_.append(score)
+            if self.verbose and self.verbose > 1:
+                print("Validation score: %f" % score)
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best_params = self._model.params.copy()
+        else:
+            best = np.inf if self.best_loss_ is None else self.best_loss_
+            if self.loss_curve_[-1] > best - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if self.loss_curve_[-1] < best:
+                self.best_loss_ = self.loss_curve_[-1]
+
+    def _validation_score(self, X_val, Y_val, sw_val):
+        """scikit-learn's early-stopping score (``_score``: accuracy / R^2, NaN for
+        non-finite outputs) from the network outputs and the encoded targets Y_val,
+        without scikit-learn's input checks, which took most of an epoch's time on small
+        data."""
+        try:
+            out = self._model.predict(X_val)
+        except FloatingPointError:
+            return np.nan
+        if not np.isfinite(out).all():
+            return np.nan
+        return self._score_outputs(Y_val, out, sw_val)
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to X (n_samples, n_features) and y; returns self.
+
+        sample_weight: (n_samples,) non-negative weights, or None (see the module notes).
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+
+    # ---- prediction -------------------------------------------------------------------
+    def _forward(self, X, check_input=True):
+        """Network outputs (n_samples, n_outputs_) in the model's dtype."""
+        check_is_fitted(self)
+        if check_input:
+            X = _validate_data(self, X, reset=False, dtype=self._model.dtype.type)
+        return self._network().predict(X)
+
+    def _score_with_function(self, X, y, sample_weight, score_function):
+        try:
+            y_pred = self._predict(X, check_input=False)
+        except FloatingPointError:  # fastbp refuses to return infinities
+            return np.nan
+        if np.issubdtype(np.asarray(y_pred).dtype, np.floating) and \
+                not np.isfinite(y_pred).all():
+            return np.nan
+        return score_function(y, y_pred, sample_weight=sample_weight)
+
+    # ---- pickling: fastbp.MLP holds a lock; keep its architecture and parameters --------
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        model = state.pop("_model", None)
+        if model is not None:
+            for key in ("coefs_", "intercepts_", "_views"):
+                state.pop(key, None)
+            net = {"sizes": list(model.sizes), "activations": list(model.activations),
+                   "loss": model.loss_name, "dtype": model.dtype.name,
+                   "params": model.params.copy()}
+            opt = getattr(model, "optimizer_state", None)
+            if opt is not None:
+                net["optimizer_state"] = opt
+            state["_fastbp_network"] = net
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        net = state.pop("_fastbp_network", None)
+        super().__setstate__(state)
+        if net is not None:
+            sizes = net["sizes"]
+            zeros = [np.zeros((a, b)) for a, b in zip(sizes[:-1], sizes[1:])]
+            model = MLP.from_weights(zeros, [np.zeros(b) for b in sizes[1:]],
+                                     activation=net["activations"], loss=net["loss"],
+                                     dtype=net["dtype"])
+            model.params = np.array(net["params"])
+            if "optimizer_state" in net:
+                _set_optimizer_state(model, net["optimizer_state"])
+            self._model = model
+            self._point_views()
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "_model")
+
+
+def _set_optimizer_state(model, state):
+    """Put back what ``model.optimizer_state`` returned (a read-only property of copies;
+    MLP has no public setter, so this writes the arrays it keeps)."""
+    model._opt_kind = state["optimizer"]
+    model._opt_step[0] = state["step"]
+    if state["optimizer"] == "adam":
+        model._opt_state[0] = state["m"]
+        model._opt_state[1] = state["v"]
+    else:
+        model._opt_state[0] = state["velocity"]
+
+
+def _check_sample_weight(sample_weight, n_samples):
+    sw = np.asarray(sample_weight, dtype=np.float64)
+    if sw.ndim == 0:
+        sw = np.full(n_samples, float(sw))
+    if sw.shape != (n_samples,):
+        raise ValueError(f"sample_weight.shape == {sw.shape}, expected ({n_samples},)")
+    if not np.isfinite(sw).all():
+        raise ValueError("sample_weight contains NaN or infinity")
+    if (sw < 0).any():
+        raise ValueError("Negative values in data passed to sample_weight")
+    if not sw.sum() > 0:
+        raise ValueError("Sample weights must contain at least one non-zero number "
+                         "(sample_weight sums to zero)")
+    return sw
+
+
+_PARAMS_DOC = """
+    Parameters are scikit-learn's (see the module docstring for what differs), plus:
+
+    dtype : None, "float64" or "float32"
+        The network's precision; None follows X (float32 stays float32).
+    verbose : bool or int
+        A progress bar while fitting; > 1 also prints scikit-learn's per-epoch lines.
+"""
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multi-layer perceptron regressor trained by fastbp; minimizes scikit-learn's
+    squared error (half the mean of squares) with an identity output.
+    """
+
+    _is_classifier = False
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *,
+                 loss="squared_error", solver="adam", alpha=0.0001, batch_size="auto",
+                 learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
+                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
+                 warm_start=False, momentum=0.9, nesterovs_momentum=True,
+                 early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dtype=None):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.loss = loss
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.dtype = dtype
+
+    def _check_params(self):
+        if self.loss == "poisson":
+            raise ValueError("loss='poisson' is not available in fastbp; use "
+                             "loss='squared_error'")
+        _need(self.loss == "squared_error", "loss", "'squared_error'", self.loss)
+        return super()._check_params()
+
+    def _output_activation(self):
+        return "identity"
+
+    def _fastbp_output(self):
+        return "identity", "half_mse"
+
+    def _sum_outputs(self):
+        return self.n_outputs_
+
+    def _loss_scale(self):
+        return 1.0  # half_mse is scikit-learn's squared_loss (mean over outputs too)
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = _validate_data(self, X, y, reset=reset, multi_output=True, y_numeric=True,
+                              dtype=self._input_dtype(reset))
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        Y = y.reshape(-1, 1) if y.ndim == 1 else y
+        return X, np.asarray(Y, dtype=np.float64)
+
+    @staticmethod
+    def _score_outputs(Y, out, sw):
+        """r2_score(Y, out, sample_weight=sw) (uniform average over outputs, finite
+        scores forced as in scikit-learn), in scikit-learn's arithmetic."""
+        w = 1.0 if sw is None else sw[:, None]
+        num = (w * (Y - out) ** 2).sum(axis=0)
+        den = (w * (Y - np.average(Y, axis=0, weights=sw)) ** 2).sum(axis=0)
+        scores = np.ones(Y.shape[1])
+        valid = (num != 0) & (den != 0)
+        scores[valid] = 1 - num[valid] / den[valid]
+        scores[(num != 0) & (den == 0)] = 0.0
+        return float(np.average(scores))
+
+    def predict(self, X):
+        """Predicted values, (n_samples,) for one output, else (n_samples, n_outputs)."""
+        return self._predict(X)
+
+    def _predict(self, X, check_input=True):
+        y = self._forward(X, check_input)
+        return y.ravel() if y.shape[1] == 1 else y
+
+    def _score(self, X, y, sample_weight=None):
+        return self._score_with_function(X, y, sample_weight, r2_score)
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y), continuing the fitted network (or starting one)."""
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """Multi-layer perceptron classifier trained by fastbp; minimizes the log-loss.
+
+    Binary: one logistic output with binary cross-entropy; multi-class: softmax with
+    cross-entropy; multi-label (a 0/1 indicator matrix y): one logistic output per label.
+    """
+
+    _is_classifier = True
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False,
+                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 n_iter_no_change=10, max_fun=15000, dtype=None):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.dtype = dtype
+
+    def _output_activation(self):
+        return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
+
+    def _fastbp_output(self):
+        if self.out_activation_ == "softmax":
+            return "softmax", "cross_entropy"
+        return "sigmoid", "bce"
+
+    def _sum_outputs(self):
+        # multi-label: scikit-learn sums the log-loss over labels, fastbp's bce averages
+        return self.n_outputs_ if self.out_activation_ == "logistic" else 1
+
+    def _loss_scale(self):
+        return float(self._sum_outputs())
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = _validate_data(self, X, y, reset=reset, multi_output=True,
+                              dtype=self._input_dtype(reset))
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError(
+                        "warm_start can only be used where `y` has the same classes as in "
+                        f"the previous call to fit. Previously got {self.classes_}, `y` "
+                        f"has {classes}")
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` "
+                                 f"has {self.classes_}. 'y' has {classes}.")
+        Y = self._label_binarizer.transform(y)
+        return X, np.asarray(Y, dtype=np.float64)
+
+    def _score_outputs(self, Y, out, sw):
+        """accuracy_score of the predicted labels (``predict``'s thresholds) against the
+        binarized targets Y; multi-label: rows all right (subset accuracy)."""
+        if len(self.classes_) == 1:
+            return 1.0  # every prediction is the one class
+        if self.out_activation_ == "softmax":
+            right = out.argmax(axis=1) == Y.argmax(axis=1)
+        else:
+            right = ((out > 0.5) == (Y > 0.5)).all(axis=1)
+        return float(np.average(right, weights=sw))
+
+    def predict(self, X):
+        """Predicted class labels (n_samples,), or (n_samples, n_labels) multi-label."""
+        return self._predict(X)
+
+    def _predict(self, X, check_input=True):
+        y = self._forward(X, check_input)
+        if self.n_outputs_ == 1:
+            y = y.ravel()
+        return self._label_binarizer.inverse_transform(y)
+
+    def _score(self, X, y, sample_weight=None):
+        return self._score_with_function(X, y, sample_weight, accuracy_score)
+
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over (X, y).  ``classes`` (all the labels) is needed on the first
+        call, unless y is a multi-label indicator matrix."""
+        first = _partial_fit_first_call(self, classes)
+        if first:
+            self._label_binarizer = LabelBinarizer()
+            if type_of_target(y).startswith("multilabel"):
+                self._label_binarizer.fit(y)
+            else:
+                self._label_binarizer.fit(classes)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+    def predict_proba(self, X):
+        """Class probabilities (n_samples, n_classes), in the order of ``classes_``."""
+        y = self._forward(X)
+        if self.n_outputs_ == 1:
+            p = y.ravel()
+            return np.vstack([1 - p, p]).T
+        return y
+
+    def predict_log_proba(self, X):
+        """log(predict_proba(X))."""
+        p = self.predict_proba(X)
+        return np.log(p, out=p)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+MLPRegressor.__doc__ += _PARAMS_DOC
+MLPClassifier.__doc__ += _PARAMS_DOC
+
+
+def _partial_fit_first_call(clf, classes):
+    """scikit-learn's rule: ``classes`` is required on the first call (it sets
+    classes_), optional later and then equal to classes_.  True on the first call."""
+    if getattr(clf, "classes_", None) is None and classes is None:
+        raise ValueError("classes must be passed on the first call to partial_fit.")
+    if classes is not None:
+        classes = unique_labels(classes)
+        if getattr(clf, "classes_", None) is not None:
+            if not np.array_equal(clf.classes_, classes):
+                raise ValueError(f"`classes={classes!r}` is not the same as on the last "
+                                 f"call to partial_fit, was: {clf.classes_!r}")
+            return False
+        clf.classes_ = classes
+        return True
+    return False
