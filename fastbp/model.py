@@ -203,7 +203,7 @@ class MLP:
         """
         xt = self._inputs(X)
         n = xt.shape[1]
-        ws = K.allocate_workspace(self._layout.sizes_arr, self._layout.n_params,
+        ws = K.make_workspace(self._layout.sizes_arr, self._layout.n_params,
                                   min(n, _EVAL_CAP), 0, self._params[:0], False)
         a_off, acts, _, _, _, _, bits, scale, _ = ws
         out = np.empty((self.sizes[-1], n), dtype=self.dtype)
@@ -224,7 +224,7 @@ class MLP:
         xt = self._inputs(X)
         yt = self._targets(y, xt.shape[1])
         n = xt.shape[1]
-        a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm = K.allocate_workspace(
+        a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm = K.make_workspace(
             self._layout.sizes_arr, self._layout.n_params, n, n, self._params[:0], True)
         sizes, w_off, b_off, codes = self._kernel_net()
         loss = K.loss_and_gradient(self._params, sizes, w_off, b_off, codes, self._loss_code,
@@ -404,7 +404,7 @@ class MLP:
         lay = self._layout
         batch = n if run.batch_size is None else run.batch_size
         history = run.history
-        ws = K.allocate_workspace(lay.sizes_arr, lay.n_params, batch, n, self._params[:0],
+        ws = K.make_workspace(lay.sizes_arr, lay.n_params, batch, n, self._params[:0],
                                   self._keep_z)
         ws = (ws, self._validation_workspace(run), np.zeros(batch, dtype=self.dtype))
         backup = np.empty_like(self._params)
@@ -531,7 +531,7 @@ class MLP:
     def _validation_workspace(self, run):
         nv = run.xv.shape[1]
         lay = self._layout
-        return K.allocate_workspace(lay.sizes_arr, lay.n_params, max(nv, 1), max(nv, 1),
+        return K.make_workspace(lay.sizes_arr, lay.n_params, max(nv, 1), max(nv, 1),
                                     self._params[:0], self._keep_z)
 
     def _history(self, run, stopped):
@@ -552,7 +552,7 @@ class MLP:
         blocks of _EVAL_CAP samples, so memory stays small for large data)."""
         n = xt.shape[1]
         cap = min(n, _EVAL_CAP)
-        ws = K.allocate_workspace(self._layout.sizes_arr, self._layout.n_params, cap, cap,
+        ws = K.make_workspace(self._layout.sizes_arr, self._layout.n_params, cap, cap,
                                   self._params[:0], self._keep_z)
         with np.errstate(all="ignore"):
             for s in range(0, n, cap):

@@ -51,6 +51,21 @@ def allocate_workspace(sizes, n_params, cap, n_samples, dtype_like, keep_z):
     return a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm
 
 
+def make_workspace(sizes, n_params, cap, n_samples, dtype_like, keep_z):
+    """allocate_workspace from Python, without compiling it (1-2 s of a cold first fit):
+    the same buffers, made by numpy."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    a_off = np.zeros(sizes.shape[0] + 1, dtype=np.int64)
+    a_off[1:] = np.cumsum(sizes * cap)
+    total = int(a_off[-1])
+    k = int(sizes[-1])
+    dt = dtype_like.dtype
+    bits = np.zeros(int(sizes.max()) * cap, dtype=np.int64)
+    return (a_off, np.zeros(total, dt), np.zeros(total, dt), np.zeros(n_params, dt),
+            np.zeros(k * cap if keep_z else 0, dt), np.zeros(k * cap, dt), bits,
+            bits.view(np.float64), np.arange(n_samples, dtype=np.int64))
+
+
 @njit(**JIT)
 def all_finite(x):
     for i in range(x.shape[0]):
