@@ -1,5 +1,4 @@
 """Many small models trained at once, one row of a 2-D parameter array each."""
-import os
 import time
 import warnings
 
@@ -11,6 +10,7 @@ from . import kernels as K
 from ._chunks import first_chunk, next_chunk, sigint_deferred, warn_interrupted
 from ._init import initial_params
 from ._progress import make_bar
+from .errors import DivergenceError
 from .history import History
 from .model import MLP
 
@@ -23,7 +23,7 @@ def model_seeds(seed, n_models):
 
 def _per_model(value, n_models, name, check):
     """A scalar broadcast to n_models, or a length-n_models sequence, each value checked."""
-    if np.ndim(value) == 0:
+    if isinstance(value, (str, bytes)) or np.ndim(value) == 0:
         return [check(value)] * n_models
     values = list(np.asarray(value).tolist()) if isinstance(value, np.ndarray) else list(value)
     if len(values) != n_models:
@@ -32,32 +32,52 @@ def _per_model(value, n_models, name, check):
     return [check(v) for v in values]
 
 
+def _required_seed(seed, name):
+    if seed is None:
+        raise ValueError(f"{name} must hold integers >= 0, got None")
+    return V.check_seed(seed, name)
+
+
 class Ensemble:
     """``n_models`` independent networks of the same architecture, trained in parallel.
 
     All parameters live in ``params`` (n_models, n_params), each row laid out exactly as
     ``MLP.params``; ``ensemble[m]`` is an MLP whose parameters are a view of row m.
-    Model m starts as ``MLP(sizes, ..., seed=ensemble.seeds[m])`` would, and ``fit``
-    trains it exactly as that model's own ``fit`` would: bit-identical parameters,
-    whatever ``n_jobs``.
+    Model m starts as ``MLP(sizes, ..., init=ensemble.inits[m], seed=ensemble.seeds[m])``
+    would, and ``fit`` trains it exactly as that model's own ``fit`` would: bit-identical
+    parameters and history, whatever ``n_jobs``.
 
-    Parameters are those of MLP, plus ``n_models``; ``init`` may also be a list of one
-    init per model (used by ``fastbp.sweep``).
+    Parameters are those of MLP, plus ``n_models``.  ``init`` may be one init or a list of
+    one per model.  ``seed`` derives one seed per model (``ensemble.seeds``); ``seeds``
+    gives them explicitly instead (a sequence of n_models integers; used by
+    ``fastbp.sweep``).  Each model's seed draws its initial parameters and starts its
+    shuffling stream, as MLP's seed does.
     """
 
     def __init__(self, sizes, n_models, activation="sigmoid", loss="mse", init="uniform",
-                 bias=True, dtype="float64", seed=None):
+                 bias=True, dtype="float64", seed=None, seeds=None):
         n_models = V.check_positive_int(n_models, "n_models")
         self._proto = MLP(sizes, activation, loss, 0.0, bias, dtype)
-        self.seed = V.check_seed(seed)
-        self.seeds = model_seeds(self.seed, n_models)
-        inits = _per_model(init, n_models, "init", V.check_init) \
-            if not isinstance(init, str) else [V.check_init(init)] * n_models
+        if seeds is not None:
+            if seed is not None:
+                raise ValueError("give either seed (one seed for the whole ensemble) or "
+                                 "seeds (one per model), not both")
+            if isinstance(seeds, (str, bytes)) or np.ndim(seeds) != 1:
+                raise ValueError(f"seeds must be a sequence of {n_models} integers "
+                                 f"(one per model), got {seeds!r}")
+            self.seeds = _per_model(seeds, n_models, "seeds",
+                                    lambda s: _required_seed(s, "seeds"))
+            self.seed = None
+        else:
+            self.seed = V.check_seed(seed)
+            self.seeds = model_seeds(self.seed, n_models)
+        self.inits = _per_model(init, n_models, "init", V.check_init)
         lay = self._proto._layout
         self.params = np.empty((n_models, lay.n_params), dtype=self._proto.dtype)
         self._rng_states = np.empty((n_models, 2), dtype=np.int64)
         for m in range(n_models):
-            self.params[m] = initial_params(lay, inits[m], self.seeds[m], self._proto.dtype)
+            self.params[m] = initial_params(lay, self.inits[m], self.seeds[m],
+                                            self._proto.dtype)
             self._rng_states[m] = K.seed_state(self.seeds[m])
         self.diverged = np.zeros(n_models, dtype=bool)
         self.history = None
@@ -78,6 +98,10 @@ class Ensemble:
     @property
     def loss_name(self):
         return self._proto.loss_name
+
+    @property
+    def bias(self):
+        return self._proto.bias
 
     @property
     def dtype(self):
@@ -106,33 +130,54 @@ class Ensemble:
 
     # ---- data -------------------------------------------------------------------------
     def _data(self, X, y=None):
-        """Feature-major (D, n_in, n) inputs and (D, n_out, n) targets, D = 1 or n_models."""
+        """Feature-major (D, n_in, n) inputs and (D, n_out, n) targets, D = 1 or n_models.
+
+        X: (n, n_in) shared, or (n_models, n, n_in) one set per model.  y: (n, n_out) or
+        (n,) shared, or (n_models, n, n_out) -- or (n_models, n) for one output -- per model.
+        """
         p = self._proto
+        n_models, n_in, k = self.n_models, p.sizes[0], p.sizes[-1]
         x = V.as_float_array(X, "X", p.dtype)
         if x.ndim == 3:
-            if x.shape[0] != self.n_models:
+            if x.shape[0] != n_models:
                 raise ValueError(f"3-D X must have one data set per model: first axis "
-                                 f"{x.shape[0]}, expected n_models = {self.n_models}")
-            xs = [p._inputs(x[m]) for m in range(x.shape[0])]
+                                 f"{x.shape[0]}, expected n_models = {n_models}")
+            xs = [V.check_X(x[m], n_in, p.dtype, f"X[{m}]") for m in range(n_models)]
         elif x.ndim in (1, 2):
-            xs = [p._inputs(x)]
+            xs = [V.check_X(x, n_in, p.dtype)]
         else:
-            raise ValueError(f"X must be 2-D (n_samples, n_features), or 3-D (n_models, "
-                             f"n_samples, n_features), got shape {x.shape}")
-        xt = np.stack(xs)
+            raise ValueError(f"X must be 2-D (n_samples, {n_in}), or 3-D (n_models, "
+                             f"n_samples, {n_in}) with one data set per model, got shape "
+                             f"{x.shape}")
+        xt = np.stack([np.ascontiguousarray(a.T) for a in xs])
         if y is None:
             return xt, None
-        t = V.as_float_array(y, "y", p.dtype)
         n = xt.shape[2]
-        if t.ndim == 3 or (t.ndim == 2 and x.ndim == 3 and p.sizes[-1] == 1
-                           and t.shape[0] == self.n_models and t.shape[1] == n):
-            if t.shape[0] != self.n_models:
+        t = V.as_float_array(y, "y", p.dtype)
+        # (n_models, n) is per-model targets of a one-output net; it can only be confused
+        # with a shared (n, 1) when n_models == n == 1, where both mean the same.
+        per_model = t.ndim == 3 or (t.ndim == 2 and k == 1 and t.shape == (n_models, n)
+                                    and t.shape != (n, 1))
+        if per_model:
+            if t.shape[0] != n_models:
                 raise ValueError(f"3-D y must have one target set per model: first axis "
-                                 f"{t.shape[0]}, expected n_models = {self.n_models}")
-            ys = [p._targets(t[m], n) for m in range(self.n_models)]
+                                 f"{t.shape[0]}, expected n_models = {n_models}")
+            ts = [V.check_y(t[m], n, k, p.dtype, f"y[{m}]") for m in range(n_models)]
+            names = [f"y[{m}]" for m in range(n_models)]
         else:
-            ys = [p._targets(t, n)]
-        yt = np.stack(ys)
+            if t.ndim > 2:
+                raise ValueError(f"y must be 1-D or 2-D (n_samples, {k}), or 3-D "
+                                 f"(n_models, n_samples, {k}), got shape {t.shape}")
+            if t.ndim == 2 and t.shape[0] == n_models != n:
+                raise ValueError(f"y has shape {t.shape}: per-model targets must be "
+                                 f"(n_models, n_samples, {k}) = ({n_models}, {n}, {k})"
+                                 + (f" or ({n_models}, {n})" if k == 1 else "")
+                                 + f"; shared targets ({n}, {k})")
+            ts = [V.check_y(t, n, k, p.dtype)]
+            names = ["y"]
+        for a, name in zip(ts, names):
+            V.check_targets_for_loss(a, p.loss_name, name)
+        yt = np.stack([np.ascontiguousarray(a.T) for a in ts])
         if xt.shape[0] != yt.shape[0]:  # one shared, one per model: broadcast the shared one
             d = max(xt.shape[0], yt.shape[0])
             xt = np.ascontiguousarray(np.broadcast_to(xt, (d,) + xt.shape[1:]))
@@ -144,42 +189,74 @@ class Ensemble:
 
     # ---- training -------------------------------------------------------------------------
     def fit(self, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, seed=None,
-            record_every=1, progress=False, n_jobs=None, on_divergence="warn"):
+            record_every=1, progress=False, n_jobs=None, on_divergence="warn", device="cpu"):
         """Train every model; returns a History whose ``loss`` is (n_models, n_records).
 
         X, y: shared by all models (2-D / 1-D), or one set per model (3-D, first axis
-        n_models: bootstrap samples, cross-validation folds).  lr, batch_size and seed may
-        be one value or one per model.  n_jobs: threads (default: all cores); results do
-        not depend on it.  A model whose training diverges stops with its last finite
-        parameters and is marked in ``self.diverged`` (on_divergence="raise" raises
-        DivergenceError instead, after all models ran).
+        n_models: bootstrap samples, cross-validation folds).  lr, batch_size, shuffle and
+        seed may be one value or one per model; the rest means what it means for
+        ``MLP.fit``.  n_jobs: threads (default, or -1: all cores); results do not depend
+        on it.  A model whose training diverges (a NaN or infinite loss or parameter) ends
+        exactly as ``MLP.fit(..., on_divergence="warn")`` leaves it (finite parameters,
+        history cut there) and is marked in ``self.diverged`` (which describes the last
+        fit); the others train on.
+        on_divergence: "warn" (default), "ignore", or "raise" (DivergenceError, raised
+        after all models ran).
+
+        History: ``loss`` (n_models, ceil(epochs / record_every)): row m is model m's own
+        ``MLP.fit`` history, NaN-padded after a divergence; ``extra["epochs_per_model"]``
+        the epochs each model's parameters contain; ``extra["diverged_epoch"]`` the epoch
+        where each model's loss or parameters became non-finite (-1: never);
+        ``epochs`` the most epochs any model ran.
+
+        device: "cpu", or "cuda" to train on an NVIDIA GPU, one thread per model (needs
+        ``pip install "fastbp[cuda]"``; same results to rounding; see fastbp/_cuda.py).
         """
-        from .errors import DivergenceError
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda":
+            from ._cuda import fit_cuda
+            return fit_cuda(self, X, y, epochs, lr, batch_size, shuffle, seed, record_every,
+                            progress=progress, on_divergence=on_divergence)
         p = self._proto
         xt, yt = self._data(X, y)
         n = xt.shape[2]
+        n_models = self.n_models
         epochs = V.check_positive_int(epochs, "epochs")
-        lrs = np.array(_per_model(lr, self.n_models, "lr", V.check_lr), dtype=np.float64)
-        batches = np.array(_per_model(batch_size, self.n_models, "batch_size",
+        lrs = np.array(_per_model(lr, n_models, "lr", V.check_lr), dtype=np.float64)
+        batches = np.array(_per_model(batch_size, n_models, "batch_size",
                                       lambda b: V.check_batch_size(b, n)), dtype=np.int64)
+        shuffles = np.array(_per_model(shuffle, n_models, "shuffle", _check_shuffle),
+                            dtype=bool)
         record_every = V.check_positive_int(record_every, "record_every")
-        if on_divergence not in ("raise", "warn"):
-            raise ValueError(f"on_divergence must be 'raise' or 'warn', got {on_divergence!r}")
-        if seed is not None:
-            seeds = _per_model(seed, self.n_models, "seed", V.check_seed)
-            for m, s in enumerate(seeds):
-                self._rng_states[m] = K.seed_state(s)
+        if on_divergence not in ("raise", "warn", "ignore"):
+            raise ValueError(f"on_divergence must be 'raise', 'warn' or 'ignore', "
+                             f"got {on_divergence!r}")
+        seeds = None if seed is None else _per_model(seed, n_models, "seed", V.check_seed)
         threads = self._threads(n_jobs)
+        bad_rows = np.flatnonzero(~np.isfinite(self.params).all(axis=1))
+        if bad_rows.size:
+            raise ValueError(f"the parameters of models {bad_rows[:10].tolist()} contain NaN "
+                             f"or infinity (written through params?); set finite values "
+                             f"before training")
+        if seeds is not None:
+            for m, s in enumerate(seeds):
+                if s is not None:
+                    self._rng_states[m] = K.seed_state(s)
+
         n_rec = -(-epochs // record_every)
-        history = np.full((self.n_models, n_rec), np.nan)
-        done_per_model = np.zeros(self.n_models, dtype=np.int64)
-        active = np.ones(self.n_models, dtype=np.int64)
-        results = np.zeros((self.n_models, 2), dtype=np.int64)
+        history = np.full((n_models, n_rec), np.nan)
+        start = (self.params.copy(), self._rng_states.copy())  # for _rerun_alone
+        groups = _Group.split(self, shuffles, xt, yt, lrs, batches, history)
+        done_per_model = np.zeros(n_models, dtype=np.int64)
+        bad_epoch = np.full(n_models, -1, dtype=np.int64)
+        active = np.ones(n_models, dtype=np.int64)
+        results = np.zeros((n_models, 2), dtype=np.int64)
         sizes, w_off, b_off, codes = self._net()
+        keep_z = p._keep_z
         bar = make_bar(epochs, "ensemble") if progress else None
         done, stopped = 0, None
-        work = 3 * n * p._layout.n_params * self.n_models / threads
-        chunk = first_chunk(epochs, work)
+        chunk = first_chunk(epochs, 3 * n * p._layout.n_params * n_models / threads)
         previous_threads = numba.get_num_threads()
         numba.set_num_threads(threads)
         t_start = time.perf_counter()
@@ -187,39 +264,46 @@ class Ensemble:
             with sigint_deferred() as interrupted:
                 while done < epochs and active.any():
                     t0 = time.perf_counter()
-                    K.train_many(self.params, sizes, w_off, b_off, codes, p._loss_code, xt, yt,
-                                 chunk, lrs, batches, bool(shuffle), self._rng_states, active,
-                                 done, record_every, history, True, p.loss_name == "bce",
-                                 results, K.BLAS_MIN_WORK)
+                    for g in groups:
+                        g.train(p._loss_code, sizes, w_off, b_off, codes, chunk, active,
+                                done, record_every, keep_z, results)
                     seconds = time.perf_counter() - t0
-                    bad = results[:, 1] >= 0
-                    done_per_model += np.where(active == 1, results[:, 0], 0)
-                    for m in np.flatnonzero(bad & (active == 1)):
-                        history[m, results[m, 1] // record_every + 1:] = np.nan
-                    self.diverged |= bad & (active == 1)
+                    ran = active == 1
+                    done_per_model += np.where(ran, results[:, 0], 0)
+                    bad = ran & (results[:, 1] >= 0)
+                    bad_epoch[bad] = results[bad, 1]
                     active[bad] = 0
                     done += chunk
                     if bar is not None:
-                        bar.update(chunk, float(np.nanmean(history[:, (done - 1) // record_every])))
+                        rec = history[:, (done - 1) // record_every]
+                        bar.update(chunk, float(np.nanmean(rec)) if np.isfinite(rec).any()
+                                   else None)
                     if interrupted[0]:
                         stopped = "interrupted"
                         break
                     chunk = next_chunk(chunk, seconds, epochs - done)
         finally:
             numba.set_num_threads(previous_threads)
+            for g in groups:
+                g.write_back(self, history)
             if bar is not None:
                 bar.close()
-        done = min(done, epochs)
-        n_kept = -(-done // record_every)
-        hist = History(loss=history[:, :n_kept].copy(), epochs=done, record_every=record_every,
-                       seconds=time.perf_counter() - t_start, stopped=stopped,
-                       extra={"epochs_per_model": done_per_model})
+        self.diverged = bad_epoch >= 0
+        for m in np.flatnonzero(self.diverged):
+            done_per_model[m] = self._rerun_alone(
+                m, start, xt, yt, history[m], epochs, lrs[m], batches[m], shuffles[m],
+                record_every)
+        n_kept = -(-min(done, epochs) // record_every) if stopped else n_rec
+        hist = History(loss=history[:, :n_kept].copy(), epochs=int(done_per_model.max()),
+                       record_every=record_every, seconds=time.perf_counter() - t_start,
+                       stopped=stopped, extra={"epochs_per_model": done_per_model,
+                                               "diverged_epoch": bad_epoch})
         self.history = hist
         if stopped == "interrupted":
             warn_interrupted(done, epochs)
-        if self.diverged.any():
+        if self.diverged.any() and on_divergence != "ignore":
             idx = np.flatnonzero(self.diverged)
-            msg = (f"{idx.size} of {self.n_models} models diverged (non-finite loss or "
+            msg = (f"{idx.size} of {n_models} models diverged (non-finite loss or "
                    f"parameters): models {idx[:10].tolist()}{' ...' if idx.size > 10 else ''}; "
                    f"they keep their last finite parameters. Try smaller learning rates.")
             if on_divergence == "raise":
@@ -227,17 +311,38 @@ class Ensemble:
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return hist
 
+    def _rerun_alone(self, m, start, xt, yt, history_row, epochs, lr, batch, shuffle,
+                     record_every):
+        """Model m diverged: train it again from its state at the start of the fit with
+        ``MLP.fit`` itself, so that it ends exactly where MLP.fit leaves a diverged model
+        (which parameters it keeps, its history, its shuffling stream) -- MLP.fit does
+        more than the kernel's guard there.  The rerun stops at the same divergence, so
+        it costs no more than the model's share of the fit.  Returns the epochs kept."""
+        self.params[m] = start[0][m]
+        self._rng_states[m] = start[1][m]
+        d = m if xt.shape[0] > 1 else 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            h = self[m].fit(xt[d].T, yt[d].T, epochs=epochs, lr=float(lr),
+                            batch_size=int(batch), shuffle=bool(shuffle),
+                            record_every=record_every, on_divergence="warn")
+        history_row[:] = np.nan
+        history_row[:len(h.loss)] = h.loss
+        return h.epochs
+
     @staticmethod
     def _threads(n_jobs):
         cores = numba.config.NUMBA_NUM_THREADS
-        if n_jobs is None or n_jobs == -1:
+        if n_jobs is None or (not isinstance(n_jobs, bool) and n_jobs == -1):
             return cores
         n_jobs = V.check_positive_int(n_jobs, "n_jobs")
         return min(n_jobs, cores)
 
     # ---- evaluation ---------------------------------------------------------------------
     def predict(self, X, n_jobs=None):
-        """Outputs of every model, shape (n_models, n_samples, n_out)."""
+        """Outputs of every model, shape (n_models, n_samples, n_out), in the model dtype.
+
+        X: (n, n_in) shared, or (n_models, n, n_in) one set per model."""
         xt, _ = self._data(X)
         n = xt.shape[2]
         out = np.empty((self.n_models, self.sizes[-1], n), dtype=self.dtype)
@@ -254,18 +359,31 @@ class Ensemble:
         return self.predict(X, n_jobs).mean(axis=0)
 
     def loss(self, X, y):
-        """Each model's loss on (X, y) (shared or per-model 3-D data): (n_models,) array."""
+        """Each model's loss on (X, y) (shared or per-model 3-D data): (n_models,) float64,
+        entry m equal to ``ensemble[m].loss`` on model m's data."""
         xt, yt = self._data(X, y)
+        n = xt.shape[2]
+        lay = self._proto._layout
+        # one workspace, reused model after model (MLP.loss allocates the same one)
+        ws = K.make_workspace(lay.sizes_arr, lay.n_params, n, n, self.params[0, :0], True)
+        a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm = ws
+        sizes, w_off, b_off, codes = self._net()
         out = np.empty(self.n_models)
         for m in range(self.n_models):
             d = m if xt.shape[0] > 1 else 0
-            out[m] = self[m].loss(xt[d].T, yt[d].T)
+            out[m] = K.loss_and_gradient(self.params[m], sizes, w_off, b_off, codes,
+                                         self._proto._loss_code, xt[d], yt[d], grad, a_off,
+                                         acts, deltas, z_out, y_batch, bits, scale, perm,
+                                         K.BLAS_MIN_WORK)
         return out
 
     def best(self, k=1, X=None, y=None):
         """Indices of the k best models, best first: by loss on (X, y) when given, else by
-        the last recorded training loss.  Diverged models come last."""
+        the last recorded training loss.  Diverged models and non-finite losses come last."""
         k = V.check_positive_int(k, "k")
+        if (X is None) != (y is None):
+            raise ValueError("best() needs both X and y, or neither (then it ranks by the "
+                             "last recorded training loss)")
         if X is not None:
             scores = self.loss(X, y)
         elif self.history is not None and self.history.loss.shape[1]:
@@ -275,3 +393,54 @@ class Ensemble:
             raise ValueError("best() needs data (X, y) or a fitted ensemble")
         scores = np.where(self.diverged | ~np.isfinite(scores), np.inf, scores)
         return np.argsort(scores, kind="stable")[:k]
+
+
+def _check_shuffle(value):
+    if isinstance(value, (bool, np.bool_)) or value in (0, 1):
+        return bool(value)
+    raise TypeError(f"shuffle must be True or False (or one per model), got {value!r}")
+
+
+class _Group:
+    """Models trained by one kernel call.  The kernel takes one shuffle flag for all the
+    models it trains, so a fit that mixes shuffled and unshuffled models runs two groups,
+    each on its own copies of the rows (written back when the fit ends).  With one flag
+    for all -- the usual case -- the single group works on the ensemble's arrays."""
+
+    def __init__(self, idx, shuffle, params, rng_states, xt, yt, lrs, batches, history):
+        self.idx, self.shuffle = idx, shuffle
+        self.params, self.rng_states = params, rng_states
+        self.xt, self.yt, self.lrs, self.batches, self.history = xt, yt, lrs, batches, history
+        n = params.shape[0]
+        self.active = np.ones(n, dtype=np.int64)
+        self.results = np.zeros((n, 2), dtype=np.int64)
+
+    @classmethod
+    def split(cls, ens, shuffles, xt, yt, lrs, batches, history):
+        if shuffles.all() or not shuffles.any():
+            return [cls(None, bool(shuffles[0]), ens.params, ens._rng_states, xt, yt, lrs,
+                        batches, history)]
+        groups = []
+        for flag in (False, True):
+            idx = np.flatnonzero(shuffles == flag)
+            per = xt.shape[0] > 1
+            groups.append(cls(idx, flag, ens.params[idx], ens._rng_states[idx],
+                              xt[idx] if per else xt, yt[idx] if per else yt, lrs[idx],
+                              batches[idx], history[idx]))
+        return groups
+
+    def train(self, loss_code, sizes, w_off, b_off, codes, epochs, active, epoch0,
+              record_every, keep_z, results):
+        sel = slice(None) if self.idx is None else self.idx
+        self.active[:] = active[sel]
+        K.train_many(self.params, sizes, w_off, b_off, codes, loss_code, self.xt, self.yt,
+                     epochs, self.lrs, self.batches, self.shuffle, self.rng_states,
+                     self.active, epoch0, record_every, self.history, True, keep_z,
+                     self.results, K.BLAS_MIN_WORK)
+        results[sel] = self.results
+
+    def write_back(self, ens, history):
+        if self.idx is not None:
+            ens.params[self.idx] = self.params
+            ens._rng_states[self.idx] = self.rng_states
+            history[self.idx] = self.history
