@@ -12,21 +12,22 @@ the parameters of the last good check).
 How a thread trains its model
 -----------------------------
 The kernel is GENERATED per architecture (sizes, bias, activations, loss, dtype, shared
-or per-model data) and compiled once per process (``get_kernel`` caches it).  Every
-parameter, gradient, activation and delta of the model is a named scalar of the
-generated code (``p_17``, ``g_17``, ``a1_3``, ...) and every loop over units is written
-out, so every index is a compile-time constant: the compiler keeps them all in
-registers (what does not fit spills to local memory, which the hardware interleaves by
-thread, so spills are coalesced too).  A generic kernel indexing ``cuda.local.array``
-with loop variables would put them in local memory instead.
+or per-model data) and compiled once per process (``get_kernel`` caches it).  The
+model's parameters, gradient, activations and deltas are ``cuda.local.array``s of
+compile-time sizes.  Small models (up to UNROLL_MAX_PARAMS parameters) get an UNROLLED
+kernel: every loop over units is written out, so every index is a literal constant and
+the compiler keeps all of them in registers (checked with ptxas for XOR 2-4-4-1: no
+spill in the epoch loop).  Larger models get the same operations as emitted loops: their
+registers would spill anyway, code size and compile time stay flat, and the arrays live
+in local memory, which the hardware interleaves by thread (coalesced).
 
-Samples are processed one at a time and their gradients accumulated in sample order,
-which is exactly the order of the CPU's sums (feature-major batch loops sum every
-gradient entry over the samples in order, every dot product over the inputs in order),
-so there is no per-batch buffer and no limit on the batch size.  Differences from the
-CPU, all at the level of rounding (float64 results agree to ~1e-13 relative on the
-runs of the tests): ``math.exp`` (libdevice) instead of the CPU's vectorizable exp;
-the GPU compiler contracts a*b+c into fused multiply-adds (NVVM's default; the CPU
+Samples are processed one at a time and their gradients accumulated over the batch, so
+there is no per-batch buffer and no limit on the batch size; every dot product is summed
+in the CPU's order (over the inputs, then the bias).  Differences from the CPU, all at
+the level of rounding (float64 results agree to ~1e-13 relative in the tests): the CPU
+sums each gradient entry over the samples in four interleaved lanes (kernels/dense.py),
+the GPU in one running sum; ``math.exp`` (libdevice) instead of the CPU's vectorizable
+exp; the GPU compiler contracts a*b+c into fused multiply-adds (NVVM's default; the CPU
 rounds twice); with several outputs the batch loss is summed sample by sample instead of
 output by output; and wide layers on the CPU go through BLAS.  float32 kernels compute
 in float32 throughout (the CPU evaluates the sigmoid and the update in float64 and
@@ -49,26 +50,30 @@ elements, one coalesced transaction):
     history  (n_launch_models, n_records_of_this_launch) float64, one row per model
     perm     (n, n_launch_models) int32 scratch for the shuffle (only when shuffling)
 
-Limits: MAX_PARAMS parameters per model (generated code grows with the parameter
-count, and so do compile time and register spills); larger models raise ValueError
-from ``check_supported`` -- train them with device="cpu".
+Limits: at most MAX_PARAMS parameters per model; a larger model raises ValueError
+(``check_supported``, before anything is sent to the GPU) naming the limit: train it with
+device="cpu", where wide layers go through BLAS.  No one-block-per-model fallback: a
+model that large has enough work of its own to keep CPU cores busy, and one model per
+block would need a different (shared-memory, cooperative) kernel.  Samples per batch,
+epochs and models are unlimited (batches are streamed sample by sample; models are
+launched in chunks when the shuffle scratch would exceed 256 MiB).
 """
 import math
+import warnings
 
 import numpy as np
 
-from . import activations as _A
-from . import losses as _L
-from .activations import IDENTITY, RELU, SIGMOID, TANH
-from .losses import BCE, HALF_MSE, MSE, SSE
+from .activations import IDENTITY, RELU, SIGMOID, SOFTMAX, TANH
+from .losses import BCE, CROSS_ENTROPY, HALF_MSE, MSE, SSE
 
-SOFTMAX = getattr(_A, "SOFTMAX", 4)
-CROSS_ENTROPY = getattr(_L, "CROSS_ENTROPY", 4)
-
-# Largest model (parameters per network) the generated kernel accepts.  At 37
-# parameters (XOR 2-4-4-1) everything lives in registers; a few hundred still work with
-# spills to local memory; the generated code (and its compile time) grows linearly.
+# Largest model (parameters per network) the kernel accepts: one thread per model keeps
+# ~2 x MAX_PARAMS values in local memory (16 KiB in float64, reserved for every resident
+# thread of the GPU); beyond that, one thread per model is the wrong design.
 MAX_PARAMS = 1024
+# Models up to this many parameters get the unrolled kernel (every index a constant:
+# registers; XOR 2-4-4-1 has 37).  Above it the registers spill anyway and the unrolled
+# code's compile time grows (~4 s at 37 parameters, ~30 s at 337), so loops it is.
+UNROLL_MAX_PARAMS = 64
 
 THREADS_PER_BLOCK = 128
 
@@ -95,7 +100,8 @@ def check_supported(sizes, bias):
     if p > MAX_PARAMS:
         raise ValueError(
             f"device='cuda' trains models of up to {MAX_PARAMS} parameters (one GPU thread "
-            f"per model, parameters in registers); sizes={list(sizes)} has {p}. "
+            f"per model, its parameters in registers or local memory); sizes={list(sizes)} "
+            f"has {p}. "
             f"Use device='cpu' for this model.")
     return p
 
@@ -128,40 +134,125 @@ def _offsets(sizes, bias):
     return w_off, b_off, pos
 
 
-def _activation(emit, code, z, a):
-    """Lines that set ``a`` to activation ``code`` of the scalar expression ``z``."""
+# Scalar helpers, compiled for the target (device functions on the GPU, inlined by the
+# compiler).  Calls instead of inline conditionals keep the generated kernel one long
+# basic block per loop body: Numba's SSA passes grow with (variables x blocks), and a
+# branch per unit made a 200-parameter kernel take minutes to compile.
+_HELPERS = """
+def sigmoid_(z):
+    # as activations.sigmoid_inplace: exp only of -|z| (clamped), one division
+    e = math.exp(max(-abs(z), EXP_MIN))
+    return (ONE if z >= ZERO else e) / (ONE + e)
+
+
+def relu_(z):
+    return z if z > ZERO else ZERO
+
+
+def drelu_(d, a):
+    return d if a > ZERO else ZERO
+
+
+def bce_term_(z, y):
+    # -[y log p + (1-y) log(1-p)] = max(z, 0) - z y + log(1 + exp(-|z|)), p = sigmoid(z)
+    return max(z, ZERO) - z * y + math.log1p(math.exp(-abs(z)))
+"""
+_HELPER_NAMES = ("sigmoid_", "relu_", "drelu_", "bce_term_")
+
+
+def _act_expr(code, z):
+    """Activation ``code`` of the scalar ``z``, as an expression."""
     if code == SIGMOID:
-        # as activations.sigmoid_inplace: exp only of -|z| (clamped), one division
-        emit(f"e_ = math.exp(max(-abs({z}), EXP_MIN))")
-        emit(f"{a} = (ONE if {z} >= ZERO else e_) / (ONE + e_)")
-    elif code == RELU:
-        emit(f"{a} = {z} if {z} > ZERO else ZERO")
-    elif code == TANH:
-        emit(f"{a} = math.tanh({z})")
-    else:
-        emit(f"{a} = {z}")
+        return f"sigmoid_({z})"
+    if code == RELU:
+        return f"relu_({z})"
+    if code == TANH:
+        return f"math.tanh({z})"
+    return z
 
 
-def _mul_derivative(emit, code, d, a):
-    """d *= f'(z), written with the activation output a (activations.mul_derivative_inplace)."""
+def _times_derivative(code, d, a):
+    """d * f'(z) written with the activation output a (activations.mul_derivative_inplace:
+    the delta is formed first, then multiplied)."""
     if code == SIGMOID:
-        emit(f"{d} = {d} * ({a} * (ONE - {a}))")
-    elif code == RELU:
-        emit(f"{d} = {d} if {a} > ZERO else ZERO")
-    elif code == TANH:
-        emit(f"{d} = {d} * (ONE - {a} * {a})")
+        return f"({d}) * ({a} * (ONE - {a}))"
+    if code == RELU:
+        return f"drelu_({d}, {a})"
+    if code == TANH:
+        return f"({d}) * (ONE - {a} * {a})"
+    return d
 
 
-def _finite_check(emit, n_params):
-    """pfin_ <- all parameters finite (x * 0 is nan for nan and +-inf, else +-0)."""
-    emit("chk_ = ZERO")
-    for k in range(n_params):
-        emit(f"chk_ = chk_ + p_{k} * ZERO")
-    emit("pfin_ = chk_ == ZERO")
+class _Gen:
+    """Emits the kernel body either UNROLLED (Python loops over units: every index a
+    literal constant, so the compiler keeps the local arrays in registers) or LOOPED
+    (emitted ``for`` loops: code size independent of the layer widths, arrays in local
+    memory).  Both emit the same operations in the same order."""
+
+    def __init__(self, unroll):
+        self.unroll = unroll
+        self.emit = _Emitter()
+        self.depth = 0
+
+    def loop(self, lo, hi, fn):
+        """fn(index) for index in [lo, hi): constants when unrolled, else a loop variable."""
+        if self.unroll:
+            for v in range(lo, hi):
+                fn(v)
+            return
+        if hi <= lo:
+            return
+        var = f"i{self.depth}_"
+        self.depth += 1
+        self.emit(f"for {var} in range({lo}, {hi}):")
+        self.emit.indent()
+        fn(var)
+        self.emit.dedent()
+        self.depth -= 1
+
+    @staticmethod
+    def ix(*terms):
+        """Sum of products, e.g. ix(wo, (i, n_out), j): a constant when all are ints."""
+        parts, const = [], 0
+        for t in terms:
+            if isinstance(t, tuple):
+                a, b = t
+                if isinstance(a, int) and isinstance(b, int):
+                    const += a * b
+                else:
+                    parts.append(f"{a} * {b}")
+            elif isinstance(t, int):
+                const += t
+            else:
+                parts.append(str(t))
+        if not parts:
+            return str(const)
+        if const:
+            parts.append(str(const))
+        return " + ".join(parts)
+
+    def chain(self, target, first, lo, hi, term, finish=None):
+        """target = (first + term(lo) + ... + term(hi-1)), summed left to right;
+        finish(expr) wraps the total (an activation, a derivative)."""
+        finish = finish or (lambda x: x)
+        if self.unroll:
+            expr = first
+            for v in range(lo, hi):
+                expr = f"{expr} + {term(v)}"
+            self.emit(f"{target} = {finish(expr)}")
+            return
+        self.emit(f"acc_ = {first}")
+        self.loop(lo, hi, lambda v: self.emit(f"acc_ = acc_ + {term(v)}"))
+        self.emit(f"{target} = {finish('acc_')}")
 
 
-def _body(sizes, bias, act_codes, loss_code, per_model):
-    """Source of one thread's whole run (model ``m = m0 + tid``), at indent level 1."""
+def _body(sizes, bias, act_codes, loss_code, per_model, target, unroll):
+    """Source of one thread's whole run (model ``m = m0 + tid``), at indent level 1.
+
+    Parameters (p_), gradients (g_), activations (A<l>), deltas (D<l>) and output
+    pre-activations (Z) are local arrays; scalars are assigned once per iteration where
+    possible (Numba's SSA passes cost ~ reassigned variables x statements).
+    """
     L = len(sizes) - 1
     K = sizes[-1]
     w_off, b_off, P = _offsets(sizes, bias)
@@ -170,7 +261,8 @@ def _body(sizes, bias, act_codes, loss_code, per_model):
     combined = (loss_code == BCE and out_act == SIGMOID) or \
         (loss_code == CROSS_ENTROPY and out_act == SOFTMAX)
     keep_z = loss_code in (BCE, CROSS_ENTROPY)
-    emit = _Emitter()
+    G = _Gen(unroll)
+    emit, loop, ix = G.emit, G.loop, G.ix
     emit.indent()
     emit("m = m0 + tid")
     emit("if ACTIVE[m] == 0:")
@@ -181,16 +273,21 @@ def _body(sizes, bias, act_codes, loss_code, per_model):
     emit("    H[tid, r] = NAN")
     emit("return")
     emit.dedent()
+    arrays = [("p_", P), ("g_", P)] + [(f"A{l}", sizes[l]) for l in range(L + 1)] + \
+        [(f"D{l}", sizes[l]) for l in range(1, L + 1)] + ([("Z", K)] if keep_z else [])
+    for name, size in arrays:
+        if target == "cuda":
+            emit(f"{name} = cuda.local.array({size}, DT)")
+        else:
+            emit(f"{name} = np.empty({size}, DT)")
     emit("lr = DT(LR[m])")
     emit("bs = BS[m]")
     emit("shuffle = SH[m] != 0")
     emit("key = np.uint64(RNG[0, m])")
     emit("ctr0 = RNG[1, m]")
     emit("ctr = ctr0")
-    for k in range(P):
-        emit(f"p_{k} = P[{k}, m]")
-    for k in range(P):
-        emit(f"g_{k} = ZERO")
+    loop(0, P, lambda k: emit(f"p_[{k}] = P[{k}, m]"))
+    loop(0, P, lambda k: emit(f"g_[{k}] = ZERO"))
     emit("good = 0")
     emit("bad = -1")
     emit("replay = False")
@@ -227,97 +324,104 @@ def _body(sizes, bias, act_codes, loss_code, per_model):
     emit.indent()
     emit("nb = min(bs, n - pos)")
     emit(f"cnt = {K} * nb")
-    if loss_code == CROSS_ENTROPY and combined:
-        emit("dscale = DT(1.0 / nb)")
+    # the scale of the output delta, as losses.output_delta picks it (None: 1.0)
+    if combined:
+        dscale = "DT(1.0 / nb)" if loss_code == CROSS_ENTROPY else "DT(1.0 / cnt)"
     elif loss_code == MSE:
-        emit("dscale = DT(2.0 / cnt)")
-    elif loss_code in (HALF_MSE, BCE):
-        emit("dscale = DT(1.0 / cnt)")
+        dscale = "DT(2.0 / cnt)"
+    elif loss_code == HALF_MSE:
+        dscale = "DT(1.0 / cnt)"
+    else:  # SSE
+        dscale = None
+    if dscale is not None:
+        emit(f"dscale = {dscale}")
     emit("btot = 0.0")
     emit("for t in range(pos, pos + nb):")
     emit.indent()
     emit("idx = PERM[t, tid] if shuffle else t")
-    for i in range(sizes[0]):
-        emit(f"a0_{i} = X[idx, {i}, {dm}]")
+    loop(0, sizes[0], lambda i: emit(f"A0[{i}] = X[idx, {i}, {dm}]"))
     # forward: z_j = w[0,j] a_0 + w[1,j] a_1 + ... + b_j, in that order (dense._affine)
     for l in range(L):
-        n_in, n_out = sizes[l], sizes[l + 1]
-        last = l == L - 1
-        for j in range(n_out):
-            expr = f"p_{w_off[l] + j} * a{l}_0"
-            for i in range(1, n_in):
-                expr = f"{expr} + p_{w_off[l] + i * n_out + j} * a{l}_{i}"
-            if bias:
-                expr = f"{expr} + p_{b_off[l] + j}"
-            if act_codes[l] == SOFTMAX or (last and keep_z):
-                emit(f"z{l + 1}_{j} = {expr}")
-                if act_codes[l] != SOFTMAX:
-                    _activation(emit, act_codes[l], f"z{l + 1}_{j}", f"a{l + 1}_{j}")
+        n_in, n_out, wo, bo, code = sizes[l], sizes[l + 1], w_off[l], b_off[l], act_codes[l]
+        src, dst = f"A{l}", f"A{l + 1}"
+
+        def unit(j, l=l, n_in=n_in, n_out=n_out, wo=wo, bo=bo, code=code, src=src, dst=dst):
+            def term(i):
+                return f"p_[{ix(wo, (i, n_out), j)}] * {src}[{i}]"
+
+            def finish(expr):
+                return f"{expr} + p_[{ix(bo, j)}]" if bias else expr
+
+            if code == SOFTMAX or (l == L - 1 and keep_z):
+                zt = "Z" if l == L - 1 and keep_z else dst
+                G.chain(f"{zt}[{j}]", f"p_[{ix(wo, j)}] * {src}[0]", 1, n_in, term, finish)
+                if code != SOFTMAX:
+                    emit(f"{dst}[{j}] = {_act_expr(code, f'{zt}[{j}]')}")
             else:
-                emit(f"zt_ = {expr}")
-                _activation(emit, act_codes[l], "zt_", f"a{l + 1}_{j}")
-        if act_codes[l] == SOFTMAX:  # activations.softmax_inplace: shift by the max
-            emit(f"zmax_ = z{l + 1}_0")
-            for j in range(1, n_out):
-                emit(f"zmax_ = max(zmax_, z{l + 1}_{j})")
+                G.chain(f"{dst}[{j}]", f"p_[{ix(wo, j)}] * {src}[0]", 1, n_in, term,
+                        lambda x: _act_expr(code, finish(x)))
+
+        loop(0, n_out, unit)
+        if code == SOFTMAX:  # activations.softmax_inplace: shifted by the column max
+            zsrc = "Z" if (l == L - 1 and keep_z) else dst
+            emit(f"smax_ = {zsrc}[0]")
+            loop(1, n_out, lambda j: emit(f"smax_ = max(smax_, {zsrc}[{j}])"))
             emit("stot_ = 0.0")
-            for j in range(n_out):
-                emit(f"a{l + 1}_{j} = math.exp(z{l + 1}_{j} - zmax_)")
-                emit(f"stot_ += a{l + 1}_{j}")
-            for j in range(n_out):
-                emit(f"a{l + 1}_{j} = DT(a{l + 1}_{j} / stot_)")
-    for j in range(K):
-        emit(f"y_{j} = Y[idx, {j}, {dm}]")
+            loop(0, n_out, lambda j: (emit(f"{dst}[{j}] = math.exp({zsrc}[{j}] - smax_)"),
+                                      emit(f"stot_ += {dst}[{j}]")))
+            loop(0, n_out, lambda j: emit(f"{dst}[{j}] = DT({dst}[{j}] / stot_)"))
+    out = f"A{L}"
     # batch loss (losses.batch_loss), only on recorded epochs
     emit("if rec:")
     emit.indent()
     if loss_code == CROSS_ENTROPY:
-        emit(f"zmax_ = z{L}_0")
-        for j in range(1, K):
-            emit(f"zmax_ = max(zmax_, z{L}_{j})")
-        emit("acc_ = 0.0")
-        for j in range(K):
-            emit(f"acc_ += math.exp(z{L}_{j} - zmax_)")
-        emit("lse_ = zmax_ + math.log(acc_)")
+        emit("lmax_ = Z[0]")
+        loop(1, K, lambda j: emit(f"lmax_ = max(lmax_, Z[{j}])"))
+        emit("lacc_ = 0.0")
+        loop(0, K, lambda j: emit(f"lacc_ += math.exp(Z[{j}] - lmax_)"))
+        emit("lse_ = lmax_ + math.log(lacc_)")
         emit("ls_ = 0.0")
-        for j in range(K):
-            emit(f"ls_ += y_{j} * (lse_ - z{L}_{j})")
+        loop(0, K, lambda j: emit(f"ls_ += Y[idx, {j}, {dm}] * (lse_ - Z[{j}])"))
         emit("btot += ls_")
-    for j in range(K):
-        if loss_code == BCE:
-            z = f"z{L}_{j}"
-            emit(f"btot += max({z}, ZERO) - {z} * y_{j} + math.log1p(math.exp(-abs({z})))")
-        elif loss_code != CROSS_ENTROPY:
-            emit(f"dd_ = a{L}_{j} - y_{j}")
+    elif loss_code == BCE:
+        loop(0, K, lambda j: emit(f"btot += bce_term_(Z[{j}], Y[idx, {j}, {dm}])"))
+    else:
+        def sq(j):
+            emit(f"dd_ = {out}[{j}] - Y[idx, {j}, {dm}]")
             emit("btot += dd_ * dd_")
-    emit("pass")
+        loop(0, K, sq)
     emit.dedent()
     # output delta (losses.output_delta)
-    for j in range(K):
-        if loss_code == SSE and not combined:
-            emit(f"d{L}_{j} = a{L}_{j} - y_{j}")
-        else:
-            emit(f"d{L}_{j} = (a{L}_{j} - y_{j}) * dscale")
+
+    def out_delta(j):
+        d = f"{out}[{j}] - Y[idx, {j}, {dm}]"
+        if dscale is not None:
+            d = f"({d}) * dscale"
         if not combined:
-            _mul_derivative(emit, out_act, f"d{L}_{j}", f"a{L}_{j}")
+            d = _times_derivative(out_act, d, f"{out}[{j}]")
+        emit(f"D{L}[{j}] = {d}")
+    loop(0, K, out_delta)
     # backward (dense.backward), gradients accumulated over the batch in sample order
     for l in range(L - 1, -1, -1):
-        n_in, n_out = sizes[l], sizes[l + 1]
-        for i in range(n_in):
-            for j in range(n_out):
-                k = w_off[l] + i * n_out + j
-                emit(f"g_{k} = g_{k} + a{l}_{i} * d{l + 1}_{j}")
+        n_in, n_out, wo, bo = sizes[l], sizes[l + 1], w_off[l], b_off[l]
+
+        def wgrad(i, l=l, n_out=n_out, wo=wo):
+            def one(j):
+                k = ix(wo, (i, n_out), j)
+                emit(f"g_[{k}] = g_[{k}] + A{l}[{i}] * D{l + 1}[{j}]")
+            loop(0, n_out, one)
+        loop(0, n_in, wgrad)
         if bias:
-            for j in range(n_out):
-                k = b_off[l] + j
-                emit(f"g_{k} = g_{k} + d{l + 1}_{j}")
+            def bgrad(j, l=l, bo=bo):
+                k = ix(bo, j)
+                emit(f"g_[{k}] = g_[{k}] + D{l + 1}[{j}]")
+            loop(0, n_out, bgrad)
         if l > 0:
-            for i in range(n_in):
-                expr = f"p_{w_off[l] + i * n_out} * d{l + 1}_0"
-                for j in range(1, n_out):
-                    expr = f"{expr} + p_{w_off[l] + i * n_out + j} * d{l + 1}_{j}"
-                emit(f"d{l}_{i} = {expr}")
-                _mul_derivative(emit, act_codes[l - 1], f"d{l}_{i}", f"a{l}_{i}")
+            def back(i, l=l, n_out=n_out, wo=wo):
+                G.chain(f"D{l}[{i}]", f"p_[{ix(wo, (i, n_out))}] * D{l + 1}[0]", 1, n_out,
+                        lambda j: f"p_[{ix(wo, (i, n_out), j)}] * D{l + 1}[{j}]",
+                        lambda x: _times_derivative(act_codes[l - 1], x, f"A{l}[{i}]"))
+            loop(0, n_in, back)
     emit.dedent()  # end of the sample loop
     emit("if rec:")
     if loss_code == CROSS_ENTROPY:
@@ -328,17 +432,18 @@ def _body(sizes, bias, act_codes, loss_code, per_model):
         emit("    eloss += 0.5 * btot / cnt")
     else:
         emit("    eloss += 0.5 * btot")
-    for k in range(P):
-        emit(f"p_{k} = p_{k} - lr * g_{k}")
-        emit(f"g_{k} = ZERO")
+    loop(0, P, lambda k: (emit(f"p_[{k}] = p_[{k}] - lr * g_[{k}]"), emit(f"g_[{k}] = ZERO")))
     emit("nbat += 1")
     emit("pos += nb")
     emit.dedent()  # end of the batch loop
-    # ---- records and the divergence guard (train.train_epochs)
+    # ---- records and the divergence guard (train.train)
     emit("last = e == limit - 1")
     emit("if (rec or last) and not replay:")
     emit.indent()
-    _finite_check(emit, P)
+    # all parameters finite: x * 0 is nan for nan and +-inf, else +-0
+    emit("chk_ = ZERO")
+    loop(0, P, lambda k: emit(f"chk_ = chk_ + p_[{k}] * ZERO"))
+    emit("pfin_ = chk_ == ZERO")
     emit("if rec:")
     emit.indent()
     emit("eloss = eloss / nbat")
@@ -357,8 +462,7 @@ def _body(sizes, bias, act_codes, loss_code, per_model):
     emit("# backup holds, and the generator rewound to them (as Ensemble.fit rewinds it)")
     emit("replay = True")
     emit("ctr = ctr0")
-    for k in range(P):
-        emit(f"p_{k} = P[{k}, m]")
+    loop(0, P, lambda k: emit(f"p_[{k}] = P[{k}, m]"))
     emit("limit = good")
     emit("e = 0")
     emit.dedent()
@@ -375,22 +479,31 @@ def _body(sizes, bias, act_codes, loss_code, per_model):
     emit("    RES[0, m] = epochs")
     emit("RES[1, m] = bad")
     emit("RNG[1, m] = ctr")
-    for k in range(P):
-        emit(f"P[{k}, m] = p_{k}")
+    loop(0, P, lambda k: emit(f"P[{k}, m] = p_[{k}]"))
     return emit.lines
 
 
-def kernel_source(sizes, bias, act_codes, loss_code, dtype, per_model, target="cuda"):
+def unrolled(sizes, bias):
+    """Whether a model gets the unrolled kernel (small enough for registers)."""
+    return n_params_of(sizes, bias) <= UNROLL_MAX_PARAMS
+
+
+def kernel_source(sizes, bias, act_codes, loss_code, dtype, per_model, target="cuda",
+                  unroll=None):
     """Python source of the training kernel; target "cuda" or "cpu" (a serial twin with
-    the same body, compiled with njit: used by the tests, and to read the code)."""
+    the same body, compiled with njit: used by the tests, and to read the code).
+    unroll: None chooses by size (``unrolled``)."""
     sizes = tuple(int(s) for s in sizes)
     act_codes = tuple(int(a) for a in act_codes)
-    body = _body(sizes, bool(bias), act_codes, int(loss_code), bool(per_model))
+    if unroll is None:
+        unroll = unrolled(sizes, bias)
+    body = _body(sizes, bool(bias), act_codes, int(loss_code), bool(per_model), target,
+                 bool(unroll))
     args = ", ".join(KERNEL_ARGS)
     acts = ", ".join(_ACT_NAMES[a] for a in act_codes)
     head = [f"# generated: sizes={list(sizes)} bias={bool(bias)} activations=[{acts}] "
             f"loss={_LOSS_NAMES[int(loss_code)]} dtype={np.dtype(dtype).name} "
-            f"per_model_data={bool(per_model)}"]
+            f"per_model_data={bool(per_model)} unrolled={bool(unroll)}"]
     if target == "cuda":
         head += [f"def train_kernel({args}):",
                  "    tid = cuda.grid(1)",
@@ -406,14 +519,26 @@ def kernel_source(sizes, bias, act_codes, loss_code, dtype, per_model, target="c
     return "\n".join(head + body) + "\n\n\n" + "\n".join(tail) + "\n"
 
 
-def _namespace(dtype):
+def build_namespace(dtype, target="cuda"):
+    """Globals of a generated kernel: typed constants and the compiled scalar helpers."""
     dt = np.dtype(dtype).type
-    return {
+    ns = {
         "math": math, "np": np, "DT": dt,
         "ZERO": dt(0.0), "ONE": dt(1.0), "EXP_MIN": dt(-708.0), "NAN": np.float64(np.nan),
         "GOLDEN": _GOLDEN, "MIX1": _MIX1, "MIX2": _MIX2,
         "S30": np.uint64(30), "S27": np.uint64(27), "S31": np.uint64(31),
     }
+    exec(compile(_HELPERS, "<fastbp.kernels.cuda helpers>", "exec"), ns)
+    if target == "cuda":
+        from numba import cuda
+        ns["cuda"] = cuda
+        for name in _HELPER_NAMES:  # NVVM inlines them (checked: no call in the PTX)
+            ns[name] = cuda.jit(device=True)(ns[name])
+    else:
+        from numba import njit
+        for name in _HELPER_NAMES:
+            ns[name] = njit(inline="always")(ns[name])
+    return ns
 
 
 _CACHE = {}
@@ -424,24 +549,23 @@ def _spec(sizes, bias, act_codes, loss_code, dtype, per_model):
             int(loss_code), np.dtype(dtype).name, bool(per_model))
 
 
-def get_kernel(sizes, bias, act_codes, loss_code, dtype, per_model, target="cuda"):
-    """The compiled (lazily, at the first launch) kernel for this architecture, cached."""
+def get_kernel(sizes, bias, act_codes, loss_code, dtype, per_model, target="cuda",
+               unroll=None):
+    """The kernel for this architecture (compiled lazily, at its first launch), cached."""
     spec = _spec(sizes, bias, act_codes, loss_code, dtype, per_model)
-    key = spec + (target,)
+    check_supported(spec[0], spec[1])
+    if unroll is None:
+        unroll = unrolled(spec[0], spec[1])
+    key = spec + (target, bool(unroll))
     if key in _CACHE:
         return _CACHE[key]
-    check_supported(spec[0], spec[1])
-    src = kernel_source(*spec, target=target)
-    ns = _namespace(spec[4])
-    filename = f"<fastbp.kernels.cuda {target} {spec}>"
+    ns = build_namespace(spec[4], target)
+    src = kernel_source(*spec, target=target, unroll=unroll)
+    exec(compile(src, f"<fastbp.kernels.cuda {target} {spec}>", "exec"), ns)
     if target == "cuda":
-        from numba import cuda
-        ns["cuda"] = cuda
-        exec(compile(src, filename, "exec"), ns)
-        kernel = cuda.jit(ns["train_kernel"])
+        kernel = ns["cuda"].jit(ns["train_kernel"])
     else:
         from numba import njit
-        exec(compile(src, filename, "exec"), ns)
         ns["train_one"] = njit(ns["train_one"])
         kernel = njit(ns["train_kernel"])
     _CACHE[key] = kernel
@@ -460,4 +584,7 @@ def launch(kernel, n_threads, args, threads_per_block=None, sm_count=None):
         if sm_count and -(-n_threads // tpb) < 2 * sm_count:
             tpb = 32
     blocks = max(1, -(-n_threads // tpb))
-    kernel[blocks, tpb](*args)
+    with warnings.catch_warnings():
+        # numba-cuda warns that small grids under-use the GPU: few models are few threads
+        warnings.filterwarnings("ignore", message=".*under-utilization.*")
+        kernel[blocks, tpb](*args)
