@@ -30,7 +30,8 @@ def _real(value, name, low=None, high=None, low_open=False, high_open=False):
 
 def build(lr, epochs, optimizer="sgd", momentum=0.0, nesterov=False, beta1=0.9,
           beta2=0.999, eps=1e-8, l2=0.0, schedule="constant", power_t=0.5, step_size=1,
-          step_factor=0.5, lr_min=0.0, patience=0, min_delta=0.0, restore_best=False):
+          step_factor=0.5, lr_min=0.0, patience=0, min_delta=0.0, restore_best=False,
+          epoch_loss="batch_mean"):
     """Checked (hyper, iconf) arrays for one fit."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of "
@@ -63,6 +64,9 @@ def build(lr, epochs, optimizer="sgd", momentum=0.0, nesterov=False, beta1=0.9,
     iconf[O.I_TOTAL_EPOCHS] = epochs
     iconf[O.I_PATIENCE] = V.check_positive_int(patience, "patience", minimum=0)
     iconf[O.I_RESTORE_BEST] = bool(restore_best)
+    if epoch_loss not in ("batch_mean", "sample_mean"):
+        raise ValueError(f"epoch_loss must be 'batch_mean' or 'sample_mean', got {epoch_loss!r}")
+    iconf[O.I_SAMPLE_MEAN] = epoch_loss == "sample_mean"
     return hyper, iconf
 
 

@@ -251,7 +251,7 @@ class MLP:
             beta1=0.9, beta2=0.999, eps=1e-8, l2=0.0, schedule="constant", power_t=0.5,
             step_size=1, step_factor=0.5, lr_min=0.0, validation_data=None,
             validation_fraction=None, patience=0, min_delta=0.0, restore_best=False,
-            sample_weight=None, callbacks=None, chunk_seconds=0.2):
+            sample_weight=None, callbacks=None, chunk_seconds=0.2, epoch_loss="batch_mean"):
         """Train in place by backpropagation; returns a History.
 
         X: (n_samples, sizes[0]) array-like (1-D when sizes[0] == 1); y: (n_samples,
@@ -311,6 +311,10 @@ class MLP:
         the batch size).  ``callbacks``: functions f(epoch, history, model) called
         between chunks -- not every epoch; a chunk lasts about ``chunk_seconds`` -- and
         returning False to stop (``history.stopped == "callback"``).
+        ``epoch_loss``: "batch_mean" (default) records the mean of an epoch's batch
+        losses; "sample_mean" weights each batch's loss by its size and divides the L2
+        term of each batch by the batch's size (scikit-learn's conventions; they differ
+        only when the batch size does not divide the number of samples).
 
         Another fit of the same model while one runs (from another thread) is refused
         with RuntimeError.
@@ -326,7 +330,7 @@ class MLP:
         path, every = V.check_checkpoint(checkpoint, checkpoint_every)
         hyper, iconf = C.build(lr, epochs, optimizer, momentum, nesterov, beta1, beta2, eps,
                                l2, schedule, power_t, step_size, step_factor, lr_min,
-                               patience, min_delta, restore_best)
+                               patience, min_delta, restore_best, epoch_loss)
         sw = V.check_sample_weight(sample_weight, n, self.dtype)
         xt, yt, sw, xv, yv, swv = self._validation_split(
             xt, yt, sw, validation_data, validation_fraction, seed)

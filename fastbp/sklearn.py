@@ -19,15 +19,10 @@ silently ignored setting):
   setting; scikit-learn ignores it for sgd and adam too).
 - ``shuffle=True`` draws its permutations from fastbp's stream (seeded from
   ``random_state``), not from numpy's: the run is reproducible but not scikit-learn's.
-- ``alpha`` becomes fastbp's ``l2 = alpha / batch_size``.  scikit-learn divides by the
-  size of each batch, so where ``batch_size`` does not divide the number of samples the
-  last, smaller batch gets a weaker penalty than in scikit-learn.
-- ``loss_curve_`` holds fastbp's record of each epoch, the plain mean of its batch
-  losses; scikit-learn weights them by batch size.  They agree whenever the batch size
-  divides the number of samples (and with full batches).  Where it does not, the last,
-  smaller batch weighs too much, and with ``shuffle=True`` that makes the curve noisier
-  than scikit-learn's, so the ``tol`` / ``n_iter_no_change`` test can stop sooner (e.g.
-  360 samples in batches of 200 + 160: ~80-100 epochs where scikit-learn runs 300).
+- ``alpha`` becomes fastbp's ``l2 = alpha / batch_size``, and the fits run with
+  ``epoch_loss="sample_mean"``: each batch's L2 term is divided by its own size and
+  ``loss_curve_`` weights the batch losses by batch size, as scikit-learn does, also when
+  the batch size does not divide the number of samples.
   Set ``n_iter_no_change`` higher, or a batch size dividing n, if that matters.
 - Adam follows the paper (and PyTorch): eps is added to sqrt(v_hat); scikit-learn adds
   it to sqrt(v) before the bias correction.  That matters only for parameters whose
@@ -376,7 +371,8 @@ class _BaseMLP(BaseEstimator):
                                            - self._no_improvement_count))
                 lr = (self._lr if sgd else float(self.learning_rate_init)) * lr_scale
                 hist = model.fit(X, Y, epochs=chunk, lr=lr, batch_size=batch,
-                                 shuffle=bool(self.shuffle), seed=seed, **kw)
+                                 shuffle=bool(self.shuffle), seed=seed,
+                                 epoch_loss="sample_mean", **kw)
                 seed = None  # later chunks continue the same shuffling stream
                 for rec in hist.loss:
                     stopped = self._end_epoch(float(rec) * loss_scale, n, val, sgd)

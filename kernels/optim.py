@@ -44,7 +44,8 @@ I_STEP_SIZE = 3
 I_TOTAL_EPOCHS = 4  # epochs of the whole fit (cosine schedule)
 I_PATIENCE = 5      # 0: no early stopping
 I_RESTORE_BEST = 6
-N_ICONF = 7
+I_SAMPLE_MEAN = 7   # epoch loss = batch losses weighted by batch size; l2 / batch size
+N_ICONF = 8
 
 
 @njit(**JIT)
@@ -75,11 +76,11 @@ def adam_scales(hyper, t):
 
 
 @njit(**JIT)
-def update(params, grad, lr, hyper, iconf, state, step, decay_mask):
+def update(params, grad, lr, hyper, iconf, state, step, decay_mask, l2_scale):
     """One optimizer step over the whole parameter vector.
 
     plain SGD:    p -= lr * g
-    L2:           g += l2 * p on weights (decay_mask 1), not biases
+    L2:           g += l2 * l2_scale * p on weights (decay_mask 1), not biases
     momentum SGD: v = mu v - lr g;  p += v            (scikit-learn's form; with a constant
                   nesterov: p += mu v - lr g           lr it equals PyTorch's to rounding)
     Adam:         m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
@@ -90,7 +91,7 @@ def update(params, grad, lr, hyper, iconf, state, step, decay_mask):
         for p in range(n):
             params[p] -= lr * grad[p]
         return
-    l2 = hyper[H_L2]
+    l2 = hyper[H_L2] * l2_scale
     if l2 != 0.0:
         for p in range(n):
             grad[p] += l2 * decay_mask[p] * params[p]

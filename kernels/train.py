@@ -12,7 +12,8 @@ from numba import njit
 from .config import JIT
 from .dense import backward, forward
 from .losses import CROSS_ENTROPY, batch_loss, output_delta
-from .optim import (H_MIN_DELTA, I_PATIENCE, I_RESTORE_BEST, I_STEP_SIZE, H_BETA1, H_BETA2,
+from .optim import (H_MIN_DELTA, I_PATIENCE, I_RESTORE_BEST, I_SAMPLE_MEAN, I_STEP_SIZE,
+                    H_BETA1, H_BETA2,
                     H_EPS, H_LR, N_HYPER, N_ICONF, is_plain_sgd, l2_penalty, learning_rate,
                     update)
 from .rng import permutation_into
@@ -122,6 +123,7 @@ def _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, lr, b
     k = sizes[-1]
     out_off = a_off[n_layers]
     out_act = acts_codes[n_layers - 1]
+    sample_mean = iconf[I_SAMPLE_MEAN] != 0
     epoch_loss = 0.0
     n_batches = 0
     for start in range(0, n, batch_size):
@@ -129,17 +131,21 @@ def _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, lr, b
         if not full:
             _load_batch(xt, yt, start, nb, perm, shuffle, acts, 0, y_batch)
         wb = _load_weights(sw, start, nb, perm, shuffle, w_batch)
+        # scikit-learn's convention (epoch_loss="sample_mean"): the L2 term of a batch is
+        # divided by its own size, so a short last batch gets batch_size / nb times l2
+        l2_scale = batch_size / nb if sample_mean else 1.0
         forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, nb, bits, scale,
                 z_out, blas_min_work)
         if recording:
-            epoch_loss += batch_loss(acts, out_off, y_batch, z_out, wb, loss_code, k, nb)
-            epoch_loss += l2_penalty(params, hyper, decay_mask)
+            bl = batch_loss(acts, out_off, y_batch, z_out, wb, loss_code, k, nb)
+            bl += l2_scale * l2_penalty(params, hyper, decay_mask)
+            epoch_loss += nb * bl if sample_mean else bl
         output_delta(acts, out_off, y_batch, deltas, wb, loss_code, out_act, k, nb)
         backward(params, sizes, w_off, b_off, acts_codes, acts, a_off, deltas, grad, nb,
                  blas_min_work)
-        update(params, grad, lr, hyper, iconf, opt_state, opt_step, decay_mask)
+        update(params, grad, lr, hyper, iconf, opt_state, opt_step, decay_mask, l2_scale)
         n_batches += 1
-    return epoch_loss / n_batches
+    return epoch_loss / n if sample_mean else epoch_loss / n_batches
 
 
 @njit(**JIT)

@@ -152,11 +152,6 @@ def test_uneven_batches_weights_equal_sklearn():
     assert _max_weight_diff(ref, got) <= TOL
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "fastbp records the plain mean of an epoch's batch losses and uses one l2 for every "
-    "batch; scikit-learn weights the losses by batch size and divides alpha by each "
-    "batch's size, so loss_curve_ (and, with alpha > 0, the weights) differ when the "
-    "batch size does not divide n_samples"))
 def test_uneven_batches_loss_curve_and_l2_equal_sklearn():
     ref, got = _fit_both("regression", activation="tanh",
                          **dict(PLAIN_SGD, batch_size=25, alpha=0.5))

@@ -1077,3 +1077,20 @@ def test_checkpoint_resume_continues_optimizer_state(kw, tmp_path):
     assert_bit_identical(resumed.params, ref.params, "params after resume")
     assert_bit_identical(rh.loss, h2.loss, "history after resume")
     assert_bit_identical(rh.val_loss, h2.val_loss, "val_loss after resume")
+
+
+def test_epoch_loss_sample_mean_weights_batches_by_size():
+    # 30 samples in batches of 7 (7, 7, 7, 7, 2).  With a vanishing learning rate the
+    # parameters do not move, so the size-weighted mean of the batch losses is the loss
+    # of the whole set, while the plain mean over-weights the last, short batch.
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(30, 3))
+    y = rng.normal(size=(30, 2))
+    m = fastbp.MLP([3, 4, 2], ["tanh", "identity"], loss="mse", init="xavier", seed=2)
+    full = m.loss(X, y)
+    h_sample = m.fit(X, y, epochs=1, lr=1e-300, batch_size=7, epoch_loss="sample_mean")
+    h_batch = m.fit(X, y, epochs=1, lr=1e-300, batch_size=7)
+    assert h_sample.loss[0] == pytest.approx(full, rel=1e-13)
+    assert abs(h_batch.loss[0] - full) > 1e-6 * full
+    with pytest.raises(ValueError, match="epoch_loss"):
+        m.fit(X, y, epochs=1, lr=0.1, epoch_loss="weighted")
