@@ -1,0 +1,99 @@
+"""W4: one epoch of a 32-H-H-10 sigmoid net (mse) on 4,096 synthetic samples,
+per-sample SGD (batch 1) and mini-batches of 64, H in {16, 64, 256, 1024}.
+The ``fast`` profile uses 1,024 samples."""
+import json
+import os
+import subprocess
+import sys
+
+from . import common
+from .common import Benchmark
+
+N_SAMPLES = 1024 if common.PROFILE == "fast" else 4096
+NUMPY_FACTOR = {1: 16, 64: 4}   # the NumPy reference runs on 1/16 (1/4) of the samples
+
+
+class Width(Benchmark):
+    param_names = ["H", "batch_size"]
+    params = [list(common.W4_WIDTHS), [1, 64]]
+
+    def setup(self, H, batch_size):
+        common.import_fastbp()
+        self.wl = common.w4(H, batch_size, N_SAMPLES)
+        tiny = self.wl.tiny()
+        common.fastbp_fit(common.fastbp_model(tiny), tiny)
+
+    def _fit(self):
+        m = common.fastbp_model(self.wl)
+        common.fastbp_fit(m, self.wl)
+        return m
+
+    def time_epoch(self, H, batch_size):
+        self._fit()
+
+    def peakmem_epoch(self, H, batch_size):
+        self._fit()
+
+    def track_speedup_vs_numpy(self, H, batch_size):
+        key = f"W4{'a' if batch_size == 1 else 'b'}_{H}"
+        return common.speedup_vs("numpy", self.wl, key, self._fit, NUMPY_FACTOR[batch_size],
+                                 repeat=2)
+
+    track_speedup_vs_numpy.unit = "x"
+
+
+# Measured in a child process: (X, y and the parameters, plus the growth of resident
+# memory from just before fit to its peak during fit) over what the job needs at least:
+# X, y, the parameters and one batch of activations of every layer (float64).  RSS is
+# page-granular and the allocator may reuse freed memory, so small sizes read low.
+_MEM_CHILD = r"""
+import gc, json, os, sys, numpy as np
+sys.path.insert(0, {root!r})
+from benchmarks import common
+H, B, N = {H}, {B}, {N}
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+tiny = common.w4(H, B, 2 * B).tiny()
+common.fastbp_fit(common.fastbp_model(tiny), tiny)   # compile outside the measurement
+del tiny
+wl = common.w4(H, B, N)
+m = common.fastbp_model(wl)
+wl.weights = wl.biases = None                    # drop the workload's copy of the start point
+gc.collect()
+before = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:    # reset the peak (VmHWM) to now
+    f.write("5")
+common.fastbp_fit(m, wl)
+peak = status("VmHWM:")
+held = 8 * (wl.X.size + wl.y.size + m.params.size)
+need = held + 8 * B * sum(wl.sizes)
+print(json.dumps({{"used": held + max(0, peak - before), "need": need}}))
+"""
+
+
+class WidthMemory(Benchmark):
+    """Peak memory of one W4 epoch above the process baseline, over data + params +
+    one batch of activations (issue 9's target: at most 1.2 for batch 64, H=1024)."""
+    param_names = ["H", "batch_size"]
+    params = [[64, 1024], [1, 64]]
+    repeat = 1
+
+    def setup(self, H, batch_size):
+        common.import_fastbp()
+        if not os.path.exists("/proc/self/clear_refs"):
+            raise NotImplementedError("needs Linux /proc/self/clear_refs")
+
+    def track_peakmem_ratio(self, H, batch_size):
+        code = _MEM_CHILD.format(root=str(common.REPO_ROOT / "asv_benchmarks"), H=H,
+                                 B=batch_size, N=N_SAMPLES)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, timeout=500)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        return r["used"] / r["need"]
+
+    track_peakmem_ratio.unit = "ratio"
