@@ -433,10 +433,27 @@ class _Group:
               record_every, keep_z, results):
         sel = slice(None) if self.idx is None else self.idx
         self.active[:] = active[sel]
-        K.train_many(self.params, sizes, w_off, b_off, codes, loss_code, self.xt, self.yt,
-                     epochs, self.lrs, self.batches, self.shuffle, self.rng_states,
-                     self.active, epoch0, record_every, self.history, True, keep_z,
-                     self.results, K.BLAS_MIN_WORK)
+        n = self.xt.shape[2]
+        lanes = np.zeros(self.params.shape[0], dtype=bool)
+        if self.params.shape[0] >= K.LANES and K.lanes_eligible(
+                sizes, codes, loss_code, n, self.batches, self.shuffle, self.xt.shape[0],
+                K.BLAS_MIN_WORK):
+            # full blocks of models train together, SIMD across models (kernels/lanes.py:
+            # bit-identical to the single-model kernel); the rest below as usual
+            K.train_blocks(self.params, sizes, w_off, b_off, codes, loss_code, self.xt[0],
+                           self.yt[0], epochs, self.lrs, self.batches, self.rng_states,
+                           self.active, epoch0, record_every, self.history, keep_z,
+                           self.results, K.BLAS_MIN_WORK)
+            lanes = self.results[:, 0] >= 0
+            lane_results = self.results.copy()
+            self.active[lanes] = 0
+        if not lanes.all():
+            K.train_many(self.params, sizes, w_off, b_off, codes, loss_code, self.xt,
+                         self.yt, epochs, self.lrs, self.batches, self.shuffle,
+                         self.rng_states, self.active, epoch0, record_every, self.history,
+                         True, keep_z, self.results, K.BLAS_MIN_WORK)
+        if lanes.any():
+            self.results[lanes] = lane_results[lanes]
         results[sel] = self.results
 
     def write_back(self, ens, history):

@@ -10,3 +10,4 @@ from .rng import next_u64, permutation_into, seed_state
 from .train import activation_offsets, all_finite, allocate_workspace, default_config, \
     eval_loss, loss_and_gradient, make_workspace, predict_into, train, train_epochs, weighted_loss_and_gradient
 from .ensemble import predict_many, train_many
+from .lanes import LANES, eligible as lanes_eligible, train_blocks

@@ -379,3 +379,41 @@ def test_on_divergence_raise_and_ignore():
     ens.params[1] = ens.params[0]
     ens.fit(X, y, epochs=5, lr=1e-4)
     assert not ens.diverged.any()
+
+
+# ------------------------------------------------------------------ lanes (SIMD across models)
+
+@pytest.mark.parametrize("acts,loss", [("sigmoid", "sse"), (["relu", "tanh", "identity"], "mse"),
+                                       ("sigmoid", "half_mse")])
+def test_lanes_path_bit_identical(acts, loss):
+    # 19 models: two full blocks of fastbp.kernels.LANES (8) train in lanes, the last 3
+    # through the single-model kernel; every one must equal its own MLP.fit.
+    X = np.array([[0.1 * i, (0.37 * i) % 1.0] for i in range(21)])
+    y = (X[:, :1] > X[:, 1:]).astype(float)
+    ens = fastbp.Ensemble([2, 4, 4, 1], 19, acts, loss=loss, init="xavier", seed=5)
+    lrs = np.linspace(0.05, 0.5, 19)
+    hist = ens.fit(X, y, epochs=60, lr=lrs, record_every=3, n_jobs=2)
+    for m in range(19):
+        one = fastbp.MLP([2, 4, 4, 1], acts, loss=loss, init="xavier", seed=ens.seeds[m])
+        h = one.fit(X, y, epochs=60, lr=lrs[m], record_every=3)
+        np.testing.assert_array_equal(one.params, ens.params[m])
+        np.testing.assert_array_equal(h.loss, hist.loss[m])
+
+
+def test_lanes_block_with_a_diverging_model_falls_back_exactly():
+    X = np.array([[0.1 * i, (0.37 * i) % 1.0] for i in range(21)])
+    y = X.sum(axis=1, keepdims=True)
+    ens = fastbp.Ensemble([2, 4, 4, 1], 8, "identity", loss="mse", init="he", seed=1)
+    lrs = np.full(8, 0.05)
+    lrs[3] = 50.0
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        hist = ens.fit(X, y, epochs=200, lr=lrs)
+    assert ens.diverged[3] and not ens.diverged.all()
+    assert np.isfinite(ens.params).all()
+    for m in range(8):
+        one = fastbp.MLP([2, 4, 4, 1], "identity", loss="mse", init="he", seed=ens.seeds[m])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            h = one.fit(X, y, epochs=200, lr=lrs[m], on_divergence="warn")
+        np.testing.assert_array_equal(one.params, ens.params[m])
+        np.testing.assert_array_equal(h.loss, hist.loss[m][:len(h.loss)])
