@@ -197,6 +197,21 @@ def run_regression(settings, progress, plot, out):
     return model, hist
 
 
+def tutorial_admissions_model(n_features, seed, n_hidden=2):
+    """Seed 004's network with the tutorial's own initial weights: after
+    ``np.random.seed(seed)`` it draws the input-hidden weights, then the hidden-output
+    ones, from normal(scale=1/sqrt(n_features)) -- numpy's legacy generator, reproduced
+    here with RandomState so the global one is left alone."""
+    import fastbp
+
+    rs = np.random.RandomState(seed)
+    scale = 1 / n_features ** 0.5
+    w_ih = rs.normal(scale=scale, size=(n_features, n_hidden))
+    w_ho = rs.normal(scale=scale, size=n_hidden)
+    return fastbp.MLP.from_weights([w_ih, w_ho.reshape(n_hidden, 1)], None,
+                                   activation="sigmoid", loss="half_mse")
+
+
 def run_admissions(settings, progress, plot, out, data=None):
     """Seed 004's 6-2-1 network on the admissions data."""
     import fastbp
@@ -207,9 +222,9 @@ def run_admissions(settings, progress, plot, out, data=None):
     out(f"== fastbp demo admissions: seed 004, {src} "
         f"({len(adm.y_train)} training rows, {len(adm.y_test)} test rows)")
     out(f"== 6-2-1 sigmoid without biases, loss half_mse, full-batch gradient descent, "
-        f"lr {settings.lr:g}, {settings.epochs:,} epochs, init normal seed {settings.seed}")
-    model = fastbp.MLP([adm.X_train.shape[1], 2, 1], activation="sigmoid", loss="half_mse",
-                       init="normal", bias=False, seed=settings.seed)
+        f"lr {settings.lr:g}, {settings.epochs:,} epochs, the tutorial's initial weights "
+        f"(np.random.seed({settings.seed}); normal(scale=1/sqrt(n_features)))")
+    model = tutorial_admissions_model(adm.X_train.shape[1], settings.seed)
     f0 = time.perf_counter()
     hist = _fit(model, adm.X_train, adm.y_train, progress, epochs=settings.epochs, lr=settings.lr)
     fit_wall = time.perf_counter() - f0

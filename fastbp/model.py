@@ -419,6 +419,11 @@ class MLP:
         snapshots = []  # (epoch, params, rng state) at the starts of the last two chunks
         chunk = first_chunk(run.epochs - run.done, 3 * n * lay.n_params, run.chunk_seconds)
         seconds0 = run.seconds
+        # A call of no epochs first: it compiles the kernel, or loads it from Numba's
+        # cache, so that history.seconds (and the chunk sizing) measure training only.
+        self._kernel_train(xt, yt, run, 0, run.done, self._params, self._rng_state,
+                           self._opt_state, self._opt_step, run.es_state, history,
+                           run.val_history, self._params.copy(), ws)
         t_start = time.perf_counter()
         with sigint_deferred() as interrupted:
             while run.done < run.epochs:
