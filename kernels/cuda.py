@@ -568,6 +568,9 @@ def get_kernel(sizes, bias, act_codes, loss_code, dtype, per_model, target="cuda
         # the XOR net (65,536 models), ran 7% faster (6.7e8 -> 7.2e8 model-epochs/s;
         # 168: no gain, 96: -16%), with bit-identical results.
         options = {"max_registers": 128} if unroll and spec[4] == "float64" else {}
+        from numba import config
+        if config.ENABLE_CUDASIM:
+            options = {}  # the simulator's jit takes no register options
         kernel = ns["cuda"].jit(ns["train_kernel"], **options)
     else:
         from numba import njit
