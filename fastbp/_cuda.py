@@ -15,6 +15,7 @@ import numpy as np
 from . import _validation as V
 from . import kernels as K
 from ._chunks import next_chunk, sigint_deferred, warn_interrupted
+from .ensemble import account_chunk
 from ._progress import make_bar
 from .history import History
 
@@ -181,16 +182,8 @@ def fit_cuda(ensemble, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, 
                 t0 = time.perf_counter()
                 results = run(done, chunk)
                 seconds = time.perf_counter() - t0
-                ran = active == 1
-                done_per_model += np.where(ran, results[:, 0], 0)
-                bad = ran & (results[:, 1] >= 0)
-                bad_epoch[bad] = results[bad, 1]
-                active[bad] = 0
-                done += chunk
-                if bar is not None:
-                    rec = history[:, (done - 1) // record_every]
-                    bar.update(chunk, float(np.nanmean(rec)) if np.isfinite(rec).any()
-                               else None)
+                done = account_chunk(results, active, done_per_model, bad_epoch, history,
+                                     bar, done, chunk, record_every)
                 if interrupted[0]:
                     stopped = "interrupted"
                     break

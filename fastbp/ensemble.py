@@ -268,16 +268,8 @@ class Ensemble:
                         g.train(p._loss_code, sizes, w_off, b_off, codes, chunk, active,
                                 done, record_every, keep_z, results)
                     seconds = time.perf_counter() - t0
-                    ran = active == 1
-                    done_per_model += np.where(ran, results[:, 0], 0)
-                    bad = ran & (results[:, 1] >= 0)
-                    bad_epoch[bad] = results[bad, 1]
-                    active[bad] = 0
-                    done += chunk
-                    if bar is not None:
-                        rec = history[:, (done - 1) // record_every]
-                        bar.update(chunk, float(np.nanmean(rec)) if np.isfinite(rec).any()
-                                   else None)
+                    done = account_chunk(results, active, done_per_model, bad_epoch,
+                                         history, bar, done, chunk, record_every)
                     if interrupted[0]:
                         stopped = "interrupted"
                         break
@@ -399,6 +391,23 @@ def _check_shuffle(value):
     if isinstance(value, (bool, np.bool_)) or value in (0, 1):
         return bool(value)
     raise TypeError(f"shuffle must be True or False (or one per model), got {value!r}")
+
+
+def account_chunk(results, active, done_per_model, bad_epoch, history, bar, done, chunk,
+                  record_every):
+    """Book one chunk of ``chunk`` epochs from epoch ``done`` (CPU or GPU kernel alike):
+    results[m] = (epochs done, bad epoch or -1) for the active models; a model whose
+    guard failed is deactivated.  Updates the progress bar; returns the new ``done``."""
+    ran = active == 1
+    done_per_model += np.where(ran, results[:, 0], 0)
+    bad = ran & (results[:, 1] >= 0)
+    bad_epoch[bad] = results[bad, 1]
+    active[bad] = 0
+    done += chunk
+    if bar is not None:
+        rec = history[:, (done - 1) // record_every]
+        bar.update(chunk, float(np.nanmean(rec)) if np.isfinite(rec).any() else None)
+    return done
 
 
 class _Group:
