@@ -15,6 +15,8 @@ from numba import njit, uint64
 from .activations import IDENTITY, RELU, SIGMOID, TANH
 from .config import JIT
 from .losses import BCE, HALF_MSE, MSE
+from .optim import (ADAM, H_BETA1, H_BETA2, H_EPS, H_L2, H_MOMENTUM, I_NESTEROV, I_OPTIMIZER,
+                    adam_scales, is_plain_sgd, l2_penalty)
 
 
 @njit(**JIT)
@@ -42,13 +44,40 @@ def _derivative(a, code):
     return 1.0
 
 
+@njit(inline="always", **JIT)  # Numba-level inlining: as a call per weight it cost 10x
+def _step(params, p, g, lr, adam, hyper, iconf, state, c1, c2, decay_mask):
+    """optim.update (not plain SGD) for the one parameter p with gradient g, with the
+    same expressions."""
+    l2 = hyper[H_L2]
+    if l2 != 0.0:
+        g += l2 * decay_mask[p] * params[p]
+    if adam:
+        b1 = hyper[H_BETA1]
+        b2 = hyper[H_BETA2]
+        m = b1 * state[0, p] + (1.0 - b1) * g
+        v = b2 * state[1, p] + (1.0 - b2) * g * g
+        state[0, p] = m
+        state[1, p] = v
+        params[p] -= lr * (m * c1) / (math.sqrt(v * c2) + hyper[H_EPS])
+        return
+    mu = hyper[H_MOMENTUM]
+    v = mu * state[0, p] - lr * g
+    state[0, p] = v
+    if iconf[I_NESTEROV] != 0:
+        params[p] += mu * v - lr * g
+    else:
+        params[p] += v
+
+
 @njit(**JIT)
 def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows, sw, lr,
-              order, h, d, recording):
+              order, h, d, recording, hyper, iconf, opt_state, opt_step, decay_mask):
     """One epoch of per-sample SGD over the samples in ``order``; returns the mean sample
     loss when ``recording`` (else 0).
 
     x_rows: (n, n_in), y_rows: (n, n_out) sample-major; sw: (n,) sample weights or empty.
+    hyper, iconf, opt_state, opt_step, decay_mask: the optimizer, as in optim.update,
+    applied one parameter at a time as each is reached.
     h, d: flat per-unit buffers of len(sum(sizes)) for the activations and deltas (layer l
     starts at sum(sizes[:l])).  Softmax outputs are not handled here (train() routes
     cross_entropy to the batch path).
@@ -62,10 +91,18 @@ def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows
     out_code = acts_codes[n_layers - 1]
     total = 0.0
     weighted = sw.shape[0] > 0
+    plain = is_plain_sgd(hyper, iconf)
+    adam = iconf[I_OPTIMIZER] == ADAM
+    c1 = 1.0
+    c2 = 1.0
     n = order.shape[0]
     for t in range(n):
         s = order[t]
         ws = sw[s] if weighted else 1.0
+        if not plain:
+            opt_step[0] += 1
+            if adam:
+                c1, c2 = adam_scales(hyper, opt_step[0])
         for i in range(n0):
             h[i] = x_rows[s, i]
         # forward
@@ -121,6 +158,8 @@ def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows
                 d[out_off + j] *= ws
         if weighted:
             sample_loss *= ws
+        if recording and not plain:  # before this sample's updates, as _epoch
+            total += l2_penalty(params, hyper, decay_mask)
         if recording:  # the same expressions as losses.batch_loss with a batch of one
             if loss_code == MSE or loss_code == BCE:
                 total += sample_loss / k
@@ -144,10 +183,18 @@ def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows
                     d[ai + i] = acc * _derivative(h[ai + i], acts_codes[l - 1])
                 a = h[ai + i]
                 for j in range(n_out):
-                    params[row + j] -= lr * (a * d[zo + j])
+                    if plain:  # kept inline: as a call per weight it cost 10x
+                        params[row + j] -= lr * (a * d[zo + j])
+                    else:
+                        _step(params, row + j, a * d[zo + j], lr, adam, hyper, iconf,
+                              opt_state, c1, c2, decay_mask)
             if b_off[l] >= 0:
                 bo = uint64(b_off[l])
                 for j in range(n_out):
-                    params[bo + j] -= lr * d[zo + j]
+                    if plain:
+                        params[bo + j] -= lr * d[zo + j]
+                    else:
+                        _step(params, bo + j, d[zo + j], lr, adam, hyper, iconf, opt_state,
+                              c1, c2, decay_mask)
             zo = ai
     return total / n

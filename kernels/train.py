@@ -202,7 +202,7 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
     if full:
         _load_batch(xt, yt, 0, n, perm, False, acts, 0, y_batch)
     # per-sample SGD has a faster path of its own, for the plain update rule
-    per_sample = batch_size == 1 and is_plain_sgd(hyper, iconf) and loss_code != CROSS_ENTROPY
+    per_sample = batch_size == 1 and loss_code != CROSS_ENTROPY
     if per_sample:  # sample-major copies and per-unit buffers for sgd_epoch
         x_rows = np.ascontiguousarray(xt.T)
         y_rows = np.ascontiguousarray(yt.T)
@@ -222,7 +222,8 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
             permutation_into(perm, rng_state)
         if per_sample:
             epoch_loss = sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows,
-                                   y_rows, sw, lr, perm, h, d, recording)
+                                   y_rows, sw, lr, perm, h, d, recording, hyper, iconf,
+                                   opt_state, opt_step, decay_mask)
         else:
             epoch_loss = _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw,
                                 lr, batch_size, shuffle, full, recording, ws, w_batch, hyper,
