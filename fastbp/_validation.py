@@ -16,12 +16,9 @@ def _names(table):
 
 
 def check_sizes(sizes):
-    try:
-        sizes = [operator_index(s, "sizes") for s in sizes]
-    except TypeError as exc:
-        if "sizes" in str(exc):
-            raise
-        raise TypeError(f"sizes must be a sequence of integers, got {sizes!r}") from None
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise TypeError(f"sizes must be a sequence of integers, got {sizes!r}")
+    sizes = [operator_index(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
     if len(sizes) < 2:
         raise ValueError(f"sizes needs at least 2 entries (inputs and outputs), got {sizes!r}")
     bad = [s for s in sizes if s < 1]
