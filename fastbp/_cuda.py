@@ -8,14 +8,13 @@ float32 computes in float32 on the GPU).  numba-cuda is an optional dependency:
 """
 import importlib.util
 import time
-import warnings
 
 import numpy as np
 
 from . import _validation as V
 from . import kernels as K
 from ._chunks import next_chunk, sigint_deferred, warn_interrupted
-from .ensemble import account_chunk
+from .ensemble import account_chunk, report_divergence
 from ._progress import make_bar
 from .history import History
 
@@ -86,7 +85,6 @@ def fit_cuda(ensemble, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, 
     """``Ensemble.fit`` on the GPU: same arguments (but n_jobs), same checks, same History
     (``extra`` also has ``device="cuda"``), same bookkeeping of diverged models."""
     from . import ensemble as E
-    from .errors import DivergenceError
     from .kernels import cuda as KC
 
     ens = ensemble
@@ -207,12 +205,5 @@ def fit_cuda(ensemble, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, 
     ens.history = hist
     if stopped == "interrupted":
         warn_interrupted(done, epochs, stacklevel=3)
-    if ens.diverged.any() and on_divergence != "ignore":
-        idx = np.flatnonzero(ens.diverged)
-        msg = (f"{idx.size} of {n_models} models diverged (non-finite loss or "
-               f"parameters): models {idx[:10].tolist()}{' ...' if idx.size > 10 else ''}; "
-               f"they keep their last finite parameters. Try smaller learning rates.")
-        if on_divergence == "raise":
-            raise DivergenceError(msg, history=hist)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    report_divergence(ens.diverged, on_divergence, hist, stacklevel=4)
     return hist

@@ -293,14 +293,7 @@ class Ensemble:
         self.history = hist
         if stopped == "interrupted":
             warn_interrupted(done, epochs)
-        if self.diverged.any() and on_divergence != "ignore":
-            idx = np.flatnonzero(self.diverged)
-            msg = (f"{idx.size} of {n_models} models diverged (non-finite loss or "
-                   f"parameters): models {idx[:10].tolist()}{' ...' if idx.size > 10 else ''}; "
-                   f"they keep their last finite parameters. Try smaller learning rates.")
-            if on_divergence == "raise":
-                raise DivergenceError(msg, history=hist)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        report_divergence(self.diverged, on_divergence, hist, stacklevel=3)
         return hist
 
     def _rerun_alone(self, m, start, xt, yt, history_row, epochs, lr, batch, shuffle,
@@ -391,6 +384,20 @@ def _check_shuffle(value):
     if isinstance(value, (bool, np.bool_)) or value in (0, 1):
         return bool(value)
     raise TypeError(f"shuffle must be True or False (or one per model), got {value!r}")
+
+
+def report_divergence(diverged, on_divergence, hist, stacklevel):
+    """Warn about (or, on_divergence="raise", raise for) the models marked in ``diverged``
+    after a fit on either device; "ignore" says nothing."""
+    if not diverged.any() or on_divergence == "ignore":
+        return
+    idx = np.flatnonzero(diverged)
+    msg = (f"{idx.size} of {diverged.size} models diverged (non-finite loss or parameters): "
+           f"models {idx[:10].tolist()}{' ...' if idx.size > 10 else ''}; they keep their "
+           f"last finite parameters. Try smaller learning rates.")
+    if on_divergence == "raise":
+        raise DivergenceError(msg, history=hist)
+    warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel)
 
 
 def account_chunk(results, active, done_per_model, bad_epoch, history, bar, done, chunk,
