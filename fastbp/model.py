@@ -7,6 +7,8 @@ import numpy as np
 
 from . import _validation as V
 from . import kernels as K
+from .kernels import optim as O
+from .kernels import specialize as S
 from ._chunks import first_chunk, next_chunk, sigint_deferred, warn_interrupted
 from . import _config as C
 from ._codes import ACTIVATIONS, LOSSES
@@ -525,12 +527,38 @@ class MLP:
         sizes, w_off, b_off, codes = self._kernel_net()
         train_ws, val_ws, w_batch = ws
         batch = xt.shape[1] if run.batch_size is None else run.batch_size
-        return K.train(params, sizes, w_off, b_off, codes, self._loss_code, xt, yt, run.sw,
+        kernel = self._train_kernel(xt.shape[1], batch, run)
+        return kernel(params, sizes, w_off, b_off, codes, self._loss_code, xt, yt, run.sw,
                        run.xv, run.yv, run.swv, epochs, batch, run.shuffle, rng, start,
                        run.record_every, history, val_history, backup, run.best_params,
                        es_state, run.hyper, run.iconf, opt_state, opt_step,
                        C.decay_mask(self._layout, self.dtype), train_ws, w_batch, val_ws,
                        K.BLAS_MIN_WORK)
+
+    def _train_kernel(self, n, batch, run):
+        """The compiled training loop for this fit: one generated for the architecture
+        when the network is small, the fit full-batch or per-sample plain SGD, and long
+        enough to pay for compiling it (kernels/specialize.py: the same results,
+        faster), else the general kernels.train.train."""
+        if not S.ENABLED:
+            return K.train
+        lay = self._layout
+        validating = run.xv.shape[1] > 0
+        weighted = run.sw.shape[0] > 0
+        if batch == 1:
+            plain = (run.iconf[O.I_OPTIMIZER] == O.SGD and run.hyper[O.H_MOMENTUM] == 0.0
+                     and run.hyper[O.H_L2] == 0.0)
+            ok = S.eligible_per_sample(lay.sizes, self._act_codes, self._loss_code, plain,
+                                       validating, self.dtype, lay.n_params)
+        else:
+            full = batch >= n and not run.shuffle
+            blas = any(S.uses_blas(a, b, n, K.BLAS_MIN_WORK) for a, b in lay.shapes)
+            ok = S.eligible(lay.sizes, self._act_codes, self._loss_code, full, validating,
+                            self.dtype, blas)
+        arch = (lay.sizes, self._act_codes, lay.bias, self._loss_code, weighted, batch == 1)
+        if not ok or (run.epochs * n * lay.n_params < S.MIN_WORK and not S.loaded(*arch)):
+            return K.train
+        return S.trainer(*arch)
 
     def _snapshot(self, run):
         """What a replay after divergence starts from (see _rewind)."""

@@ -147,7 +147,9 @@ CHILD = textwrap.dedent("""
     X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
     y = np.array([0.0, 1.0, 1.0, 0.0])
     m = fastbp.MLP([2, 4, 4, 1], activation="sigmoid", loss="sse", seed=0)
-    fastbp.MLP([2, 4, 4, 1], activation="sigmoid", loss="sse").fit(X, y)  # load kernels
+    # load (or compile) the kernels the long fit uses: a fit this long runs on the kernel
+    # generated for its architecture (kernels/specialize.py)
+    fastbp.MLP([2, 4, 4, 1], activation="sigmoid", loss="sse").fit(X, y, epochs=30_000)
     print("ready", flush=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

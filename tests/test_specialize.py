@@ -1,0 +1,178 @@
+"""Generated kernels (kernels/specialize.py) against the general kernel: bit for bit.
+
+Every fit here runs twice from the same start, once on the architecture's generated
+kernel and once on the general kernels.train.train, and must give identical parameters,
+histories and stopping reasons -- the generated kernel repeats the general kernel's
+operations in the same order, so anything short of equality is a bug.  The general
+kernel itself is checked against the numpy reference elsewhere (test_training.py).
+
+Each architecture compiles a kernel of its own (seconds), so the cases share a few
+architectures and vary what is decided at run time (optimizers, schedules, weights,
+sample counts, recording).
+"""
+import os
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _config as C
+from fastbp import kernels as K
+from fastbp.kernels import specialize as S
+
+# (sizes, activation, loss, bias): a few architectures, covering every activation, the
+# generated losses, with and without biases, one and several outputs
+ARCHS = {
+    "xor": ((2, 4, 4, 1), "sigmoid", "sse", True),
+    "regression": ((1, 10, 1), ["relu", "identity"], "mse", True),
+    "admissions": ((6, 2, 1), "sigmoid", "half_mse", False),
+    "multi": ((3, 5, 2), ["tanh", "sigmoid"], "bce", True),
+}
+
+
+@pytest.fixture
+def generated(monkeypatch):
+    """Generated kernels for every eligible fit, however short."""
+    monkeypatch.setattr(S, "ENABLED", True)
+    monkeypatch.setattr(S, "MIN_WORK", 0)
+
+
+def _fit_both(monkeypatch, arch, n, data_seed=0, **fit):
+    sizes, act, loss, bias = ARCHS[arch]
+    rng = np.random.default_rng(data_seed)
+    X = rng.normal(size=(n, sizes[0]))
+    y = rng.uniform(0.05, 0.95, size=(n, sizes[-1]))
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(S, "ENABLED", enabled)
+        model = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias, seed=data_seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hist = model.fit(X, y, **fit)
+        results.append((model.params.copy(), hist, model))
+    return results
+
+
+def _assert_identical(results):
+    (p1, h1, _), (p2, h2, _) = results
+    np.testing.assert_array_equal(p1, p2)
+    np.testing.assert_array_equal(h1.loss, h2.loss)
+    assert h1.epochs == h2.epochs and h1.stopped == h2.stopped
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("n", [2, 5, 8, 21])
+def test_plain_sgd_is_bit_identical(generated, monkeypatch, arch, n):
+    results = _fit_both(monkeypatch, arch, n, epochs=60, lr=0.3)
+    _assert_identical(results)
+    sizes, act, loss, bias = ARCHS[arch]
+    start = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias, seed=0).params
+    assert not np.array_equal(results[0][0], start)  # it trained
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("options", [
+    dict(optimizer="adam", lr=0.05, l2=1e-3, schedule="cosine"),
+    dict(optimizer="sgd", lr=0.2, momentum=0.9, nesterov=True, schedule="invscaling"),
+    dict(optimizer="sgd", lr=0.2, momentum=0.5, l2=0.01, schedule="step", step_size=7,
+         epoch_loss="sample_mean", batch_size=13),
+    dict(lr=0.1, record_every=7),
+])
+def test_optimizers_and_schedules_are_bit_identical(generated, monkeypatch, arch, options):
+    _assert_identical(_fit_both(monkeypatch, arch, 13, data_seed=1, epochs=50, **options))
+
+
+@pytest.mark.parametrize("arch", ["multi", "xor"])
+def test_sample_weights_are_bit_identical(generated, monkeypatch, arch):
+    w = np.random.default_rng(3).uniform(0.0, 2.0, size=11)
+    _assert_identical(_fit_both(monkeypatch, arch, 11, data_seed=2, epochs=40, lr=0.2,
+                                sample_weight=w))
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("options", [
+    dict(lr=0.05),
+    dict(lr=0.05, shuffle=True, seed=7, schedule="invscaling", record_every=3),
+])
+def test_per_sample_sgd_is_bit_identical(generated, monkeypatch, arch, options):
+    results = _fit_both(monkeypatch, arch, 19, data_seed=5, epochs=20, batch_size=1, **options)
+    _assert_identical(results)
+
+
+def test_per_sample_sgd_with_weights_is_bit_identical(generated, monkeypatch):
+    w = np.random.default_rng(6).uniform(0.0, 2.0, size=17)
+    _assert_identical(_fit_both(monkeypatch, "multi", 17, data_seed=6, epochs=15, lr=0.1,
+                                batch_size=1, shuffle=True, sample_weight=w))
+
+
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_divergence_is_handled_identically(generated, monkeypatch, batch_size):
+    results = _fit_both(monkeypatch, "regression", 30, data_seed=4, epochs=400, lr=50.0,
+                        batch_size=batch_size, on_divergence="warn")
+    _assert_identical(results)
+    assert results[0][1].stopped == "diverged"
+    assert np.isfinite(results[0][0]).all()
+
+
+def test_generated_kernel_is_used_only_where_it_applies(generated, monkeypatch):
+    sizes, act, loss, bias = ARCHS["xor"]
+    model = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias, seed=0)
+
+    class Run:  # the fields _train_kernel reads
+        epochs = 10
+        shuffle = False
+        sw = np.zeros(0)
+        xv = np.zeros((2, 0))
+
+    assert model._train_kernel(21, 21, Run) is not K.train
+    Run.shuffle = True
+    assert model._train_kernel(21, 21, Run) is K.train  # shuffled: batches differ
+    Run.shuffle = False
+    assert model._train_kernel(21, 4, Run) is K.train  # mini-batch
+    Run.hyper, Run.iconf = C.build(0.1, 10)
+    assert model._train_kernel(21, 1, Run) is not K.train  # per-sample, plain SGD
+    Run.hyper, Run.iconf = C.build(0.1, 10, momentum=0.9)
+    assert model._train_kernel(21, 1, Run) is K.train  # per-sample with momentum
+    Run.xv = np.zeros((2, 3))
+    assert model._train_kernel(21, 21, Run) is K.train  # validation data
+    Run.xv = np.zeros((2, 0))
+    wide = fastbp.MLP([2, 64, 1], seed=0)
+    assert wide._train_kernel(21, 21, Run) is K.train  # too wide
+    f32 = fastbp.MLP(sizes, activation=act, loss=loss, dtype="float32", seed=0)
+    assert f32._train_kernel(21, 21, Run) is K.train
+
+
+def test_short_fits_do_not_compile_a_kernel(monkeypatch):
+    monkeypatch.setattr(S, "ENABLED", True)
+    model = fastbp.MLP([2, 7, 1], seed=0)  # an architecture no other test uses
+
+    class Run:
+        epochs = 10
+        shuffle = False
+        sw = np.zeros(0)
+        xv = np.zeros((2, 0))
+
+    assert model._train_kernel(21, 21, Run) is K.train
+    Run.epochs = S.MIN_WORK  # long enough to pay for compiling (compiled at first call)
+    assert model._train_kernel(21, 21, Run) is not K.train
+
+
+def test_source_is_written_to_the_cache_folder_and_rewritten_when_altered(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
+    text = S.source((2, 3, 1), (1, 1), True, 0, False)
+    assert "def train(" in text and "def epoch_pass(" in text
+    module = S._import(text)
+    path = module.__file__
+    assert os.path.dirname(path) == os.path.join(str(tmp_path), "generated")
+    with open(path, encoding="utf-8") as f:
+        assert f.read() == text
+    # a file altered on disk is replaced by what the generator writes
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("raise RuntimeError('not ours')\n")
+    del sys.modules[module.__name__]
+    again = S._import(text)
+    with open(again.__file__, encoding="utf-8") as f:
+        assert f.read() == text
