@@ -11,3 +11,7 @@ JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 # product, n_in * n_out * batch, reaches this many multiply-adds; below it, plain loops
 # win because BLAS call overhead dominates.
 BLAS_MIN_WORK = 32 * 32 * 64
+# The weight gradient goes through BLAS from 1/BLAS_GRAD_FACTOR of that work, for layers
+# of at least BLAS_GRAD_MIN_WEIGHTS weights (dense._use_blas_grad says why).
+BLAS_GRAD_FACTOR = 16
+BLAS_GRAD_MIN_WEIGHTS = 64

@@ -21,7 +21,7 @@ from numba import njit, prange
 
 from .activations import SOFTMAX, activate_inplace, mul_derivative_inplace
 from .config import JIT
-from .dense import _use_blas
+from .dense import layer_uses_blas
 from .losses import HALF_MSE, MSE, SSE
 from .train import all_finite, allocate_workspace, train_epochs
 
@@ -39,7 +39,7 @@ def eligible(sizes, acts_codes, loss_code, n, batch_sizes, shuffle, n_data, blas
         if batch_sizes[m] < n:
             return False
     for l in range(sizes.shape[0] - 1):
-        if acts_codes[l] == SOFTMAX or _use_blas(sizes[l], sizes[l + 1], n, blas_min_work):
+        if acts_codes[l] == SOFTMAX or layer_uses_blas(sizes[l], sizes[l + 1], n, blas_min_work):
             return False
     return True
 

@@ -34,6 +34,7 @@ import tempfile
 import threading
 
 from .activations import IDENTITY, RELU, SIGMOID, TANH
+from .config import BLAS_GRAD_FACTOR, BLAS_GRAD_MIN_WEIGHTS
 from .losses import BCE, HALF_MSE, MSE, SSE
 
 # Generated code grows with the number of parameters (one local per weight) and a
@@ -56,8 +57,13 @@ MIN_WORK = 4_000_000
 
 
 def uses_blas(n_in, n_out, nb, blas_min_work):
-    """dense._use_blas, in Python: whether the general kernel sends this layer to BLAS."""
-    return blas_min_work >= 0 and nb > 1 and n_in * n_out * nb >= blas_min_work
+    """dense.layer_uses_blas, in Python: whether the general kernel sends any product
+    of this layer to BLAS."""
+    if blas_min_work < 0 or nb <= 1:
+        return False
+    work = n_in * n_out * nb
+    return work >= blas_min_work or (n_in * n_out >= BLAS_GRAD_MIN_WEIGHTS
+                                     and work * BLAS_GRAD_FACTOR >= blas_min_work)
 
 
 def loaded(sizes, acts, bias, loss_code, weighted, per_sample=False):
