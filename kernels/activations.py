@@ -8,7 +8,10 @@ training time of the tutorial nets (PERF-NOTES.md).
 import math
 
 import numpy as np
-from numba import njit, uint64
+from llvmlite import ir
+from numba import njit, types, uint64
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .config import JIT
 
@@ -28,23 +31,40 @@ _EXP_MIN_ARG = -708.0
 _EXP_MAX_ARG = 709.0
 
 
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c rounded once (LLVM's llvm.fma: the FMA instruction, or a correctly
+    rounded software fma where the CPU has none, so results do not depend on the CPU).
+    Numba contracts nothing without fastmath, so this is the only way to get one."""
+    if not (a == types.float64 and b == types.float64 and c == types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f64 = ir.DoubleType()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f64, [f64] * 3),
+                                            "llvm.fma.f64")
+        return builder.call(fn, args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
 @njit(**JIT)
 def _exp_reduced(r):
-    """exp(r) for |r| <= ln2/2: Taylor polynomial of degree 13 (truncation < 1e-17), Horner."""
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    return p * r + 1.0
+    """exp(r) for |r| <= ln2/2: Taylor polynomial of degree 13 (truncation < 1e-17), Horner
+    with fused multiply-adds (half the instructions and one rounding per step)."""
+    p = fma(1.0 / 6227020800.0, r, 1.0 / 479001600.0)
+    p = fma(p, r, 1.0 / 39916800.0)
+    p = fma(p, r, 1.0 / 3628800.0)
+    p = fma(p, r, 1.0 / 362880.0)
+    p = fma(p, r, 1.0 / 40320.0)
+    p = fma(p, r, 1.0 / 5040.0)
+    p = fma(p, r, 1.0 / 720.0)
+    p = fma(p, r, 1.0 / 120.0)
+    p = fma(p, r, 1.0 / 24.0)
+    p = fma(p, r, 1.0 / 6.0)
+    p = fma(p, r, 0.5)
+    p = fma(p, r, 1.0)
+    return fma(p, r, 1.0)
 
 
 @njit(**JIT)
