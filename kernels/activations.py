@@ -35,17 +35,22 @@ _EXP_MAX_ARG = 709.0
 def fma(typingctx, a, b, c):
     """a * b + c rounded once (LLVM's llvm.fma: the FMA instruction, or a correctly
     rounded software fma where the CPU has none, so results do not depend on the CPU).
-    Numba contracts nothing without fastmath, so this is the only way to get one."""
-    if not (a == types.float64 and b == types.float64 and c == types.float64):
+    Numba contracts nothing without fastmath, so this is the only way to get one.
+    float32 when all three are float32, else float64."""
+    if not all(isinstance(t, types.Float) for t in (a, b, c)):
         return None
+    single = a == b == c == types.float32
+    ty = types.float32 if single else types.float64
 
     def codegen(context, builder, signature, args):
-        f64 = ir.DoubleType()
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f64, [f64] * 3),
-                                            "llvm.fma.f64")
-        return builder.call(fn, args)
+        llty = ir.FloatType() if single else ir.DoubleType()
+        name = "llvm.fma.f32" if single else "llvm.fma.f64"
+        fn = cgutils.get_or_insert_function(builder.module,
+                                            ir.FunctionType(llty, [llty] * 3), name)
+        vals = [context.cast(builder, v, t, ty) for v, t in zip(args, signature.args)]
+        return builder.call(fn, vals)
 
-    return types.float64(types.float64, types.float64, types.float64), codegen
+    return ty(a, b, c), codegen
 
 
 @njit(**JIT)

@@ -23,7 +23,8 @@ of such an index must be uint64: mixing uint64 and int64 makes Numba compute in 
 import numpy as np
 from numba import njit, uint64
 
-from .activations import SOFTMAX, activate_inplace, mul_derivative_inplace, softmax_inplace
+from .activations import (SOFTMAX, activate_inplace, fma, mul_derivative_inplace,
+                          softmax_inplace)
 from .config import BLAS_GRAD_FACTOR, BLAS_GRAD_MIN_WEIGHTS, JIT
 
 
@@ -70,7 +71,7 @@ def _affine(params, wo, bo, n_in, n_out, a_in, z, nb, blas_min_work):
             a = a_in[i]
             row = wo + i * n_out
             for j in range(n_out):
-                z[j] += params[row + j] * a
+                z[j] = fma(params[row + j], a, z[j])
     else:
         u_nb = uint64(nb)
         for j in range(n_out):
@@ -85,7 +86,7 @@ def _affine(params, wo, bo, n_in, n_out, a_in, z, nb, blas_min_work):
                 wij = params[row + j]
                 zj = uint64(j) * u_nb
                 for s in range(u_nb):
-                    z[zj + s] += wij * a_in[ar + s]
+                    z[zj + s] = fma(wij, a_in[ar + s], z[zj + s])
     if bo >= 0:
         u_nb = uint64(nb)
         for j in range(n_out):
@@ -136,12 +137,12 @@ def dot4(x, xo, y, yo, n):
     a2 = 0.0
     a3 = 0.0
     for s in range(uint64(0), q, uint64(4)):
-        a0 += x[xo + s] * y[yo + s]
-        a1 += x[xo + s + 1] * y[yo + s + 1]
-        a2 += x[xo + s + 2] * y[yo + s + 2]
-        a3 += x[xo + s + 3] * y[yo + s + 3]
+        a0 = fma(x[xo + s], y[yo + s], a0)
+        a1 = fma(x[xo + s + 1], y[yo + s + 1], a1)
+        a2 = fma(x[xo + s + 2], y[yo + s + 2], a2)
+        a3 = fma(x[xo + s + 3], y[yo + s + 3], a3)
     for s in range(q, n):
-        a0 += x[xo + s] * y[yo + s]
+        a0 = fma(x[xo + s], y[yo + s], a0)
     return (a0 + a1) + (a2 + a3)
 
 
@@ -200,7 +201,7 @@ def _back_delta(params, wo, n_in, n_out, delta, delta_in, nb, blas_min_work):
             wij = params[row + j]
             dj = uint64(j) * u_nb
             for s in range(u_nb):
-                delta_in[dr + s] += wij * delta[dj + s]
+                delta_in[dr + s] = fma(wij, delta[dj + s], delta_in[dr + s])
 
 
 @njit(**JIT)

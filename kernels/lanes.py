@@ -19,7 +19,7 @@ stops that model exactly where MLP.fit would.
 import numpy as np
 from numba import njit, prange
 
-from .activations import SOFTMAX, activate_inplace, mul_derivative_inplace
+from .activations import SOFTMAX, activate_inplace, fma, mul_derivative_inplace
 from .config import JIT
 from .dense import layer_uses_blas
 from .losses import HALF_MSE, MSE, SSE
@@ -56,7 +56,7 @@ def _mul_rows(z, w, a):
 def _fma_rows(z, w, a):
     for s in range(z.shape[0] // LANES):
         for q in range(LANES):
-            z[s * LANES + q] += w[q] * a[s * LANES + q]
+            z[s * LANES + q] = fma(w[q], a[s * LANES + q], z[s * LANES + q])
 
 
 @njit(**JIT)
@@ -78,10 +78,10 @@ def _dot4_lanes(x, y, nb, out, part):
         for r in range(4):
             b = (s + r) * LANES
             for q in range(LANES):
-                part[r, q] += x[b + q] * y[b + q]
+                part[r, q] = fma(x[b + q], y[b + q], part[r, q])
     for s in range(q4, nb):
         for q in range(LANES):
-            part[0, q] += x[s * LANES + q] * y[s * LANES + q]
+            part[0, q] = fma(x[s * LANES + q], y[s * LANES + q], part[0, q])
     for q in range(LANES):
         out[q] = (part[0, q] + part[1, q]) + (part[2, q] + part[3, q])
 

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import njit, uint64
 
-from .activations import IDENTITY, RELU, SIGMOID, TANH
+from .activations import IDENTITY, RELU, SIGMOID, TANH, fma
 from .config import JIT
 from .losses import BCE, HALF_MSE, MSE
 from .optim import (ADAM, H_BETA1, H_BETA2, H_EPS, H_L2, H_MOMENTUM, I_NESTEROV, I_OPTIMIZER,
@@ -119,7 +119,7 @@ def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows
                 a = h[ai + i]
                 row = wo + i * n_out
                 for j in range(n_out):
-                    h[zo + j] += params[row + j] * a
+                    h[zo + j] = fma(params[row + j], a, h[zo + j])
             if b_off[l] >= 0:
                 bo = uint64(b_off[l])
                 for j in range(n_out):
@@ -179,7 +179,7 @@ def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows
                 if l > 0:
                     acc = params[row] * d[zo]
                     for j in range(uint64(1), n_out):
-                        acc += params[row + j] * d[zo + j]
+                        acc = fma(params[row + j], d[zo + j], acc)
                     d[ai + i] = acc * _derivative(h[ai + i], acts_codes[l - 1])
                 a = h[ai + i]
                 for j in range(n_out):

@@ -46,7 +46,7 @@ MAX_LAYER_PARAMS = 256
 MAX_FUSED_GRADS = 4
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 1  # part of the file name: bump when the generated code changes meaning
+VERSION = 2  # part of the file name: bump when the generated code changes meaning
 # FASTBP_SPECIALIZE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_SPECIALIZE", "1") != "0"
 # Compiling a generated kernel takes seconds the first time (Numba's disk cache keeps
@@ -132,6 +132,16 @@ def _activation(code, z):
     return z
 
 
+def _dot(pairs):
+    """sum of a * b over pairs, in order, as the general kernels compute it: the first
+    product, then one fused multiply-add per further pair (activations.fma)."""
+    (a, b), rest = pairs[0], pairs[1:]
+    expr = f"{a} * {b}"
+    for a, b in rest:
+        expr = f"fma({a}, {b}, {expr})"
+    return expr
+
+
 def _derivative(code, d, a):
     """d * f'(z) written in terms of the output a, as activations.mul_derivative_inplace."""
     if code == SIGMOID:
@@ -160,6 +170,7 @@ def source(sizes, acts, bias, loss_code, weighted):
     out("import numpy as np")
     out("from numba import njit, uint64")
     out("from fastbp.kernels.config import JIT")
+    out("from fastbp.kernels.activations import fma")
     out("from fastbp.kernels.scalar import sigmoid")
     out("from fastbp.kernels.train import all_finite")
     out("from fastbp.kernels.optim import I_SAMPLE_MEAN, l2_penalty, learning_rate, update")
@@ -226,11 +237,11 @@ def _write_pass(out, sizes, acts, bias, loss_code, weighted):
                 I, J = sizes[l], sizes[l + 1]
                 for j in range(J):
                     # one expression, evaluated left to right: the general kernel's order
-                    terms = [f"w{l}_{i}_{j} * h{l}_{i}" for i in range(I)]
+                    expr = _dot([(f"w{l}_{i}_{j}", f"h{l}_{i}") for i in range(I)])
                     if bias:
-                        terms.append(f"b{l}_{j}")
+                        expr += f" + b{l}_{j}"
                     z = f"z{l}_{j}"
-                    out(f"{z} = " + " + ".join(terms))
+                    out(f"{z} = {expr}")
                     out(f"h{l + 1}_{j} = " + _activation(acts[l], z))
             for l in range(1, L + 1):
                 for j in range(sizes[l]):
@@ -286,7 +297,7 @@ def _write_pass(out, sizes, acts, bias, loss_code, weighted):
             for l in range(L - 1, 0, -1):
                 I, J = sizes[l], sizes[l + 1]
                 for i in range(I):
-                    g = "(" + " + ".join(f"w{l}_{i}_{j} * g{l + 1}_{j}" for j in range(J)) + ")"
+                    g = "(" + _dot([(f"w{l}_{i}_{j}", f"g{l + 1}_{j}") for j in range(J)]) + ")"
                     out(f"g{l}_{i} = " + _derivative(acts[l - 1], g, f"v{l}_{i}"))
             for l in range(1, L + 1):
                 for j in range(sizes[l]):
@@ -319,13 +330,15 @@ def _write_layer_grads(out, sizes, bias, w_off, b_off, l):
             for k, (x, d, _) in enumerate(group):
                 for lane in range(4):
                     ix = f"s{tag} + U{lane}"
-                    term = f"{d}[{ix}]" if x is None else f"{x}[{ix}] * {d}[{ix}]"
-                    out(f"{c[k][lane]} += {term}")
+                    v = c[k][lane]
+                    out(f"{v} += {d}[{ix}]" if x is None
+                        else f"{v} = fma({x}[{ix}], {d}[{ix}], {v})")
         out(f"for t{tag} in range(um, uint64(n)):")
         with out.block():
             for k, (x, d, _) in enumerate(group):
                 ix = f"t{tag}"
-                out(f"{c[k][0]} += " + (f"{d}[{ix}]" if x is None else f"{x}[{ix}] * {d}[{ix}]"))
+                v = c[k][0]
+                out(f"{v} += {d}[{ix}]" if x is None else f"{v} = fma({x}[{ix}], {d}[{ix}], {v})")
         for k, (_, _, p) in enumerate(group):
             out(f"grad[{p}] = ({c[k][0]} + {c[k][1]}) + ({c[k][2]} + {c[k][3]})")
 
@@ -436,6 +449,7 @@ def source_per_sample(sizes, acts, bias, loss_code, weighted):
     out("import numpy as np")
     out("from numba import njit")
     out("from fastbp.kernels.config import JIT")
+    out("from fastbp.kernels.activations import fma")
     out("from fastbp.kernels.sgd import _activate")
     out("from fastbp.kernels.train import all_finite")
     out("from fastbp.kernels.optim import learning_rate")
@@ -464,10 +478,10 @@ def source_per_sample(sizes, acts, bias, loss_code, weighted):
             for l in range(L):
                 I, J = sizes[l], sizes[l + 1]
                 for j in range(J):
-                    terms = [f"w{l}_{i}_{j} * h{l}_{i}" for i in range(I)]
+                    expr = _dot([(f"w{l}_{i}_{j}", f"h{l}_{i}") for i in range(I)])
                     if bias:
-                        terms.append(f"b{l}_{j}")
-                    out(f"z{l}_{j} = " + " + ".join(terms))
+                        expr += f" + b{l}_{j}"
+                    out(f"z{l}_{j} = {expr}")
                     out(f"h{l + 1}_{j} = " + _activation_libm(acts[l], f"z{l}_{j}"))
             scale = {MSE: f"2.0 / {K}", HALF_MSE: f"1.0 / {K}", BCE: f"1.0 / {K}"}.get(loss_code, "1.0")
             out(f"scale = {scale}")
@@ -507,7 +521,7 @@ def source_per_sample(sizes, acts, bias, loss_code, weighted):
                 I, J = sizes[l], sizes[l + 1]
                 for i in range(I):
                     if l > 0:
-                        acc = " + ".join(f"w{l}_{i}_{j} * g{l + 1}_{j}" for j in range(J))
+                        acc = _dot([(f"w{l}_{i}_{j}", f"g{l + 1}_{j}") for j in range(J)])
                         out(f"g{l}_{i} = ({acc}) * {_derivative_factor(acts[l - 1], f'h{l}_{i}')}")
                     for j in range(J):
                         out(f"w{l}_{i}_{j} -= lr * (h{l}_{i} * g{l + 1}_{j})")
