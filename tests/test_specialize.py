@@ -176,3 +176,47 @@ def test_source_is_written_to_the_cache_folder_and_rewritten_when_altered(tmp_pa
     again = S._import(text)
     with open(again.__file__, encoding="utf-8") as f:
         assert f.read() == text
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_ensemble_on_the_generated_kernel_equals_mlp_fit(generated, monkeypatch, n_jobs):
+    """Ensemble.fit runs each model through the generated kernel on threads (full batch,
+    n >= 16); every model must equal MLP.fit alone -- including a diverging one."""
+    sizes, act, loss, bias = ARCHS["regression"]
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(24, 1))
+    y = rng.uniform(0.05, 0.95, size=(24, 1))
+    lrs = [0.01, 0.05, 0.1, 50.0, 0.02]  # the fourth diverges
+    ens = fastbp.Ensemble(sizes, len(lrs), activation=act, loss=loss, bias=bias, seed=3)
+    start = ens.params.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hist = ens.fit(X, y, epochs=300, lr=lrs, record_every=7, n_jobs=n_jobs)
+    assert ens.diverged.tolist() == [False, False, False, True, False]
+    monkeypatch.setattr(S, "ENABLED", False)
+    for m, lr in enumerate(lrs):
+        alone = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias)
+        alone.params = start[m]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            h = alone.fit(X, y, epochs=300, lr=lr, record_every=7, on_divergence="warn")
+        np.testing.assert_array_equal(ens.params[m], alone.params)
+        np.testing.assert_array_equal(hist.loss[m, :len(h.loss)], h.loss)
+
+
+def test_ensemble_uses_the_generated_kernel_only_where_it_applies(generated):
+    from fastbp.ensemble import _Group
+    sizes, act, loss, bias = ARCHS["xor"]
+    ens = fastbp.Ensemble(sizes, 3, activation=act, loss=loss, bias=bias, seed=0)
+    model = ens[0]
+
+    def group(n, shuffle=False, batch=None):
+        xt = np.zeros((1, 2, n))
+        batches = np.full(3, n if batch is None else batch)
+        return _Group(None, shuffle, ens.params, ens._rng_states, xt, xt[:, :1],
+                      np.full(3, 0.1), batches, np.zeros((3, 1)))
+
+    assert group(21)._generated_kernel(model, 10, 21) is not None
+    assert group(21, shuffle=True)._generated_kernel(model, 10, 21) is None
+    assert group(21, batch=5)._generated_kernel(model, 10, 21) is None
+    assert group(8)._generated_kernel(model, 10, 8) is None  # too few samples: lanes
