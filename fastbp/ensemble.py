@@ -500,7 +500,7 @@ class _Group:
         if not S.eligible(lay.sizes, model._act_codes, model._loss_code, True, False,
                           model.dtype, blas):
             return None
-        arch = (lay.sizes, model._act_codes, lay.bias, model._loss_code, False, False)
+        arch = (lay.sizes, model._act_codes, lay.bias, model._loss_code, False, "plain")
         work = epochs * n * lay.n_params * int(self.active.sum())
         if work < S.MIN_WORK and not S.loaded(*arch):
             return None

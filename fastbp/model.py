@@ -545,17 +545,19 @@ class MLP:
         lay = self._layout
         validating = run.xv.shape[1] > 0
         weighted = run.sw.shape[0] > 0
+        plain = (run.iconf[O.I_OPTIMIZER] == O.SGD and run.hyper[O.H_MOMENTUM] == 0.0
+                 and run.hyper[O.H_L2] == 0.0)
         if batch == 1:
-            plain = (run.iconf[O.I_OPTIMIZER] == O.SGD and run.hyper[O.H_MOMENTUM] == 0.0
-                     and run.hyper[O.H_L2] == 0.0)
             ok = S.eligible_per_sample(lay.sizes, self._act_codes, self._loss_code, plain,
                                        validating, self.dtype, lay.n_params)
+            mode = "per_sample"
         else:
             full = batch >= n and not run.shuffle
             blas = any(S.uses_blas(a, b, n, K.BLAS_MIN_WORK) for a, b in lay.shapes)
             ok = S.eligible(lay.sizes, self._act_codes, self._loss_code, full, validating,
                             self.dtype, blas)
-        arch = (lay.sizes, self._act_codes, lay.bias, self._loss_code, weighted, batch == 1)
+            mode = "plain" if plain else "full"
+        arch = (lay.sizes, self._act_codes, lay.bias, self._loss_code, weighted, mode)
         if not ok or (run.epochs * n * lay.n_params < S.MIN_WORK and not S.loaded(*arch)):
             return K.train
         return S.trainer(*arch)

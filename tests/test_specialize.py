@@ -125,8 +125,14 @@ def test_generated_kernel_is_used_only_where_it_applies(generated, monkeypatch):
         shuffle = False
         sw = np.zeros(0)
         xv = np.zeros((2, 0))
+        hyper, iconf = C.build(0.1, 10)
 
-    assert model._train_kernel(21, 21, Run) is not K.train
+    plain = model._train_kernel(21, 21, Run)
+    assert plain is not K.train
+    Run.hyper, Run.iconf = C.build(0.1, 10, optimizer="adam")
+    general = model._train_kernel(21, 21, Run)  # any optimizer: calls optim.update
+    assert general is not K.train and general is not plain
+    Run.hyper, Run.iconf = C.build(0.1, 10)
     Run.shuffle = True
     assert model._train_kernel(21, 21, Run) is K.train  # shuffled: batches differ
     Run.shuffle = False
@@ -153,6 +159,7 @@ def test_short_fits_do_not_compile_a_kernel(monkeypatch):
         shuffle = False
         sw = np.zeros(0)
         xv = np.zeros((2, 0))
+        hyper, iconf = C.build(0.1, 10)
 
     assert model._train_kernel(21, 21, Run) is K.train
     Run.epochs = S.MIN_WORK  # long enough to pay for compiling (compiled at first call)
