@@ -425,7 +425,7 @@ class MLP:
         # cache, so that history.seconds (and the chunk sizing) measure training only.
         self._kernel_train(xt, yt, run, 0, run.done, self._params, self._rng_state,
                            self._opt_state, self._opt_step, run.es_state, history,
-                           run.val_history, self._params.copy(), ws)
+                           run.val_history, self._params[:0], ws)
         t_start = time.perf_counter()
         with sigint_deferred() as interrupted:
             while run.done < run.epochs:
@@ -532,7 +532,7 @@ class MLP:
                        run.xv, run.yv, run.swv, epochs, batch, run.shuffle, rng, start,
                        run.record_every, history, val_history, backup, run.best_params,
                        es_state, run.hyper, run.iconf, opt_state, opt_step,
-                       C.decay_mask(self._layout, self.dtype), train_ws, w_batch, val_ws,
+                       self._decay_mask(run), train_ws, w_batch, val_ws,
                        K.BLAS_MIN_WORK)
 
     def _train_kernel(self, n, batch, run):
@@ -545,8 +545,7 @@ class MLP:
         lay = self._layout
         validating = run.xv.shape[1] > 0
         weighted = run.sw.shape[0] > 0
-        plain = (run.iconf[O.I_OPTIMIZER] == O.SGD and run.hyper[O.H_MOMENTUM] == 0.0
-                 and run.hyper[O.H_L2] == 0.0)
+        plain = self._plain(run)
         if batch == 1:
             ok = S.eligible_per_sample(lay.sizes, self._act_codes, self._loss_code, plain,
                                        validating, self.dtype, lay.n_params)
@@ -562,10 +561,26 @@ class MLP:
             return K.train
         return S.trainer(*arch)
 
+    def _decay_mask(self, run):
+        """1 on weights, 0 on biases where L2 applies; empty without L2 (the kernels read
+        it only when l2 > 0: a mask as large as the parameters costs memory)."""
+        if run.hyper[O.H_L2] == 0.0:
+            return self._params[:0]
+        return C.decay_mask(self._layout, self.dtype)
+
+    @staticmethod
+    def _plain(run):
+        """Whether the fit uses the plain update rule (no optimizer state, no L2)."""
+        return (run.iconf[O.I_OPTIMIZER] == O.SGD and run.hyper[O.H_MOMENTUM] == 0.0
+                and run.hyper[O.H_L2] == 0.0)
+
     def _snapshot(self, run):
-        """What a replay after divergence starts from (see _rewind)."""
-        return (run.done, self._params.copy(), self._rng_state.copy(),
-                self._opt_state.copy(), self._opt_step.copy(), run.es_state.copy())
+        """What a replay after divergence starts from (see _rewind).  The plain rule
+        never touches the optimizer state, so it is not copied then (it is as large as
+        two parameter vectors)."""
+        opt_state = self._opt_state if self._plain(run) else self._opt_state.copy()
+        return (run.done, self._params.copy(), self._rng_state.copy(), opt_state,
+                self._opt_step.copy(), run.es_state.copy())
 
     def _validation_workspace(self, run):
         nv = run.xv.shape[1]
