@@ -46,7 +46,7 @@ MAX_LAYER_PARAMS = 256
 MAX_FUSED_GRADS = 4
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 3  # part of the file name: bump when the generated code changes meaning
+VERSION = 4  # part of the file name: bump when the generated code changes meaning
 # FASTBP_SPECIALIZE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_SPECIALIZE", "1") != "0"
 # Compiling a generated kernel takes seconds the first time (Numba's disk cache keeps
@@ -558,7 +558,8 @@ def source_per_sample(sizes, acts, bias, loss_code, weighted):
                 I, J = sizes[l], sizes[l + 1]
                 for i in range(I):
                     if l > 0:
-                        acc = _dot([(f"w{l}_{i}_{j}", f"g{l + 1}_{j}") for j in range(J)])
+                        # sgd.py sums this one without fma (see there)
+                        acc = " + ".join(f"w{l}_{i}_{j} * g{l + 1}_{j}" for j in range(J))
                         out(f"g{l}_{i} = ({acc}) * {_derivative_factor(acts[l - 1], f'h{l}_{i}')}")
                     for j in range(J):
                         out(f"w{l}_{i}_{j} -= lr * (h{l}_{i} * g{l + 1}_{j})")
