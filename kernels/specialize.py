@@ -13,8 +13,10 @@ source for its exact architecture and compiled once (``trainer``):
 - the forward pass of all layers is one loop over the samples, with every weight a named
   local, the units of a sample in registers and the sigmoid inlined (scalar.sigmoid), so
   LLVM vectorizes across samples;
-- the backward pass likewise, then each layer's weight gradients in one loop over the
-  samples with four partial sums per weight.
+- the backward pass likewise; then the gradient, four entries per loop over the samples,
+  each summed in dense.dot4's four lanes;
+- one generated module per architecture, loss and mode ("full", "plain" for the plain
+  update rule, "per_sample" for batch size 1, see ``trainer``).
 
 Every value is computed with the same operations in the same order as the general
 kernels (products summed over the inputs in their order, dense.dot4's four-lane sums,
@@ -41,8 +43,8 @@ from .losses import BCE, HALF_MSE, MSE, SSE
 # sample's units must fit in registers: beyond these sizes the general kernel is used.
 MAX_UNITS = 32
 MAX_LAYER_PARAMS = 256
-# weights per layer whose four-lane gradient sums are kept in one loop (registers);
-# above it, one loop per weight
+# Gradient entries summed together in one loop over the samples (four lanes each, in
+# registers): four share the loop and the loads of their rows; 1, 2, 8 and 24 were slower.
 MAX_FUSED_GRADS = 4
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
