@@ -374,6 +374,32 @@ def _write_layer_grads(out, sizes, bias, w_off, b_off, l, loss_rows=None):
             out(f"grad[{p}] = ({c[k][0]} + {c[k][1]}) + ({c[k][2]} + {c[k][3]})")
 
 
+# The end of both generated train loops: train.train's recording and divergence guard.
+_RECORD_AND_GUARD = """\
+        if recording:
+            r = g // record_every
+            history[r] = epoch_loss
+            finite = (epoch_loss - epoch_loss == 0) and all_finite(params)
+            if guard:
+                if finite:
+                    copy_into(backup, params)
+                    good_epochs = e + 1
+                else:
+                    copy_into(params, backup)
+                    return good_epochs, g, False
+    if guard and not all_finite(params):
+        copy_into(params, backup)
+        return good_epochs, epoch0 + epochs - 1, False
+    return epochs, -1, False
+
+
+@njit(**JIT)
+def copy_into(dst, src):  # a loop: Numba's slice assignment takes seconds to compile
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
+"""
+
+
 _L2_LINE = "            bl += l2_scale * l2_penalty(params, hyper, decay_mask)\n"
 _UPDATE_LINE = ("        update(params, grad, lr, hyper, iconf, opt_state, opt_step, decay_mask, "
                 "l2_scale)\n")
@@ -424,28 +450,7 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
             bl += l2_scale * l2_penalty(params, hyper, decay_mask)
             epoch_loss = (n * bl) / n if sample_mean else bl
         update(params, grad, lr, hyper, iconf, opt_state, opt_step, decay_mask, l2_scale)
-        if recording:
-            r = g // record_every
-            history[r] = epoch_loss
-            finite = (epoch_loss - epoch_loss == 0) and all_finite(params)
-            if guard:
-                if finite:
-                    copy_into(backup, params)
-                    good_epochs = e + 1
-                else:
-                    copy_into(params, backup)
-                    return good_epochs, g, False
-    if guard and not all_finite(params):
-        copy_into(params, backup)
-        return good_epochs, epoch0 + epochs - 1, False
-    return epochs, -1, False
-
-
-@njit(**JIT)
-def copy_into(dst, src):  # a loop: Numba's slice assignment takes seconds to compile
-    for i in range(dst.shape[0]):
-        dst[i] = src[i]
-"""
+""" + _RECORD_AND_GUARD
 
 
 def _activation_libm(code, z):
@@ -597,28 +602,7 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
         if shuffle:
             permutation_into(perm, rng_state)
         epoch_loss = sgd_epoch(params, x_rows, y_rows, sw, lr, perm, recording)
-        if recording:
-            r = g // record_every
-            history[r] = epoch_loss
-            finite = (epoch_loss - epoch_loss == 0) and all_finite(params)
-            if guard:
-                if finite:
-                    copy_into(backup, params)
-                    good_epochs = e + 1
-                else:
-                    copy_into(params, backup)
-                    return good_epochs, g, False
-    if guard and not all_finite(params):
-        copy_into(params, backup)
-        return good_epochs, epoch0 + epochs - 1, False
-    return epochs, -1, False
-
-
-@njit(**JIT)
-def copy_into(dst, src):
-    for i in range(dst.shape[0]):
-        dst[i] = src[i]
-"""
+""" + _RECORD_AND_GUARD
 
 
 def cache_dir():
