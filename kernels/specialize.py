@@ -147,6 +147,20 @@ def _dot(pairs):
     return expr
 
 
+def _write_forward(out, sizes, acts, bias, activation):
+    """One sample through every layer: z{l}_{j} (pre-activation) and h{l+1}_{j} from the
+    inputs h0_*; each z one expression evaluated left to right, the general kernels'
+    order.  ``activation(code, z)``: the expression of the activation."""
+    for l in range(len(sizes) - 1):
+        I, J = sizes[l], sizes[l + 1]
+        for j in range(J):
+            expr = _dot([(f"w{l}_{i}_{j}", f"h{l}_{i}") for i in range(I)])
+            if bias:
+                expr += f" + b{l}_{j}"
+            out(f"z{l}_{j} = {expr}")
+            out(f"h{l + 1}_{j} = " + activation(acts[l], f"z{l}_{j}"))
+
+
 def _derivative(code, d, a):
     """d * f'(z) written in terms of the output a, as activations.mul_derivative_inplace."""
     if code == SIGMOID:
@@ -243,16 +257,7 @@ def _write_pass(out, sizes, acts, bias, loss_code, weighted):
         with out.block():
             for i in range(sizes[0]):
                 out(f"h0_{i} = a0_{i}[s]")
-            for l in range(L):
-                I, J = sizes[l], sizes[l + 1]
-                for j in range(J):
-                    # one expression, evaluated left to right: the general kernel's order
-                    expr = _dot([(f"w{l}_{i}_{j}", f"h{l}_{i}") for i in range(I)])
-                    if bias:
-                        expr += f" + b{l}_{j}"
-                    z = f"z{l}_{j}"
-                    out(f"{z} = {expr}")
-                    out(f"h{l + 1}_{j} = " + _activation(acts[l], z))
+            _write_forward(out, sizes, acts, bias, _activation)
             for l in range(1, L + 1):
                 for j in range(sizes[l]):
                     out(f"a{l}_{j}[s] = h{l}_{j}")
@@ -519,14 +524,7 @@ def source_per_sample(sizes, acts, bias, loss_code, weighted):
             out("s = order[t]")
             for i in range(sizes[0]):
                 out(f"h0_{i} = x_rows[s, {i}]")
-            for l in range(L):
-                I, J = sizes[l], sizes[l + 1]
-                for j in range(J):
-                    expr = _dot([(f"w{l}_{i}_{j}", f"h{l}_{i}") for i in range(I)])
-                    if bias:
-                        expr += f" + b{l}_{j}"
-                    out(f"z{l}_{j} = {expr}")
-                    out(f"h{l + 1}_{j} = " + _activation_libm(acts[l], f"z{l}_{j}"))
+            _write_forward(out, sizes, acts, bias, _activation_libm)
             scale = {MSE: f"2.0 / {K}", HALF_MSE: f"1.0 / {K}", BCE: f"1.0 / {K}"}.get(loss_code, "1.0")
             out(f"scale = {scale}")
             if weighted:
