@@ -6,6 +6,12 @@ written for one sample: activations in one small flat vector indexed by unsigned
 libm exp for the scalar sigmoid, and each weight row updated right after it has been used
 to propagate the delta -- which reads it once and gives exactly the same numbers as
 computing the whole gradient first (the delta uses the row before its update).
+
+The back-propagated sum over a row is simd.row_dot (16 SIMD lanes); with the plain rule
+it is simd.row_dot_sgd, which updates the row in the same pass.  Wide layers are bound
+by the traffic over the weights (an 8 MB matrix at 1024 x 1024 sits in L3): two passes
+per sample (forward; back-propagate + update) instead of three took W4a at H=1024 from
+2.7 s to 0.75 s, and the 16 lanes replaced a chain of dependent adds.
 """
 import math
 
@@ -17,6 +23,7 @@ from .config import JIT
 from .losses import BCE, HALF_MSE, MSE
 from .optim import (ADAM, H_BETA1, H_BETA2, H_EPS, H_L2, H_MOMENTUM, I_NESTEROV, I_OPTIMIZER,
                     adam_scales, is_plain_sgd, l2_penalty)
+from .simd import row_dot, row_dot_sgd
 
 
 @njit(**JIT)
@@ -176,14 +183,14 @@ def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows
             wo = uint64(w_off[l])
             for i in range(n_in):
                 row = wo + i * n_out
-                if l > 0:
-                    # mul and add, not fma: this sum is one chain of dependent adds, and
-                    # fma's latency (4 cycles against 3) made wide layers 1.6x slower
-                    acc = params[row] * d[zo]
-                    for j in range(uint64(1), n_out):
-                        acc += params[row + j] * d[zo + j]
-                    d[ai + i] = acc * _derivative(h[ai + i], acts_codes[l - 1])
                 a = h[ai + i]
+                if plain and l > 0:  # back-propagate and update in one pass over the row
+                    acc = row_dot_sgd(params, row, d, zo, n_out, a, lr)
+                    d[ai + i] = acc * _derivative(a, acts_codes[l - 1])
+                    continue
+                if l > 0:
+                    acc = row_dot(params, row, d, zo, n_out)
+                    d[ai + i] = acc * _derivative(a, acts_codes[l - 1])
                 for j in range(n_out):
                     if plain:  # kept inline: as a call per weight it cost 10x
                         params[row + j] -= lr * (a * d[zo + j])

@@ -38,6 +38,7 @@ import threading
 from .activations import IDENTITY, RELU, SIGMOID, TANH
 from .config import BLAS_GRAD_FACTOR, BLAS_GRAD_MIN_WEIGHTS
 from .losses import BCE, HALF_MSE, MSE, SSE
+from .simd import LANES as ROW_LANES
 
 # Generated code grows with the number of parameters (one local per weight) and a
 # sample's units must fit in registers: beyond these sizes the general kernel is used.
@@ -82,10 +83,15 @@ MAX_PER_SAMPLE_PARAMS = 64
 
 
 def eligible_per_sample(sizes, acts, loss_code, plain_sgd, validating, dtype, n_params):
-    """Whether a per-sample (batch size 1) fit can run on a generated kernel."""
+    """Whether a per-sample (batch size 1) fit can run on a generated kernel.
+
+    The generated code sums each back-propagated row left to right, which is
+    simd.row_dot's order only for rows shorter than simd.LANES (sgd.py's order for
+    longer ones is the lanes' order, which the generated code does not write)."""
     return (plain_sgd and not validating and str(dtype) == "float64"
             and loss_code in LOSSES and all(a in ACTIVATIONS for a in acts)
-            and n_params <= MAX_PER_SAMPLE_PARAMS)
+            and n_params <= MAX_PER_SAMPLE_PARAMS
+            and all(width < ROW_LANES for width in sizes[2:]))
 
 
 def eligible(sizes, acts, loss_code, full_batch, validating, dtype, blas_layers):

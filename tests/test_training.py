@@ -31,6 +31,8 @@ SGD_CASES = {
     "sigmoid-sse": ([2, 4, 1], "sigmoid", "sse", True, 0.05),
     "tanh-mse-nobias": ([3, 5, 2], ["tanh", "identity"], "mse", False, 0.01),
     "relu-bce": ([3, 4, 1], ["relu", "sigmoid"], "bce", True, 0.1),
+    # rows of 20 and 37 back-propagated: kernels/simd.py's lanes and remainders
+    "wide-rows": ([3, 20, 37, 2], ["tanh", "sigmoid", "identity"], "mse", True, 0.01),
 }
 
 

@@ -122,6 +122,18 @@ def test_optimizer_matches_reference(opt, mode):
     assert rhist[-1] < 0.8 * rhist[0]  # not degenerate: it trains
 
 
+@pytest.mark.parametrize("opt", ["sgd", "momentum-l2", "adam-l2-betas"])
+def test_per_sample_optimizers_on_rows_wider_than_the_simd_lanes(opt):
+    """Per-sample SGD back-propagates rows of 20 and 37 units in kernels/simd.py's lanes
+    (fused with the update for the plain rule, then the optimizer's step otherwise)."""
+    kw, lr = OPTIMIZERS[opt]
+    m, hist, theta, rhist = fit_and_reference(
+        kw, lr, "per_sample", sizes=[3, 20, 37, 2], acts=["tanh", "sigmoid", "identity"])
+    assert_close(hist.loss, rhist, what=f"{opt} wide per-sample history")
+    assert_close(m.params, theta, what=f"{opt} wide per-sample params")
+    assert rhist[-1] < 0.9 * rhist[0]
+
+
 @pytest.mark.parametrize("mode", ["full", "minibatch"])
 def test_l2_without_biases_matches_reference(mode):
     kw = {"momentum": 0.9, "nesterov": True, "l2": 0.05}
