@@ -49,7 +49,7 @@ MAX_LAYER_PARAMS = 256
 MAX_FUSED_GRADS = 4
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 4  # part of the file name: bump when the generated code changes meaning
+VERSION = 5  # part of the file name: bump when the generated code changes meaning
 # FASTBP_SPECIALIZE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_SPECIALIZE", "1") != "0"
 # Compiling a generated kernel takes seconds the first time (Numba's disk cache keeps
@@ -153,10 +153,10 @@ def _dot(pairs):
     return expr
 
 
-def _write_forward(out, sizes, acts, bias, activation):
+def _write_forward(out, sizes, acts, bias):
     """One sample through every layer: z{l}_{j} (pre-activation) and h{l+1}_{j} from the
     inputs h0_*; each z one expression evaluated left to right, the general kernels'
-    order.  ``activation(code, z)``: the expression of the activation."""
+    order."""
     for l in range(len(sizes) - 1):
         I, J = sizes[l], sizes[l + 1]
         for j in range(J):
@@ -164,7 +164,7 @@ def _write_forward(out, sizes, acts, bias, activation):
             if bias:
                 expr += f" + b{l}_{j}"
             out(f"z{l}_{j} = {expr}")
-            out(f"h{l + 1}_{j} = " + activation(acts[l], f"z{l}_{j}"))
+            out(f"h{l + 1}_{j} = " + _activation(acts[l], f"z{l}_{j}"))
 
 
 def _derivative(code, d, a):
@@ -263,7 +263,7 @@ def _write_pass(out, sizes, acts, bias, loss_code, weighted):
         with out.block():
             for i in range(sizes[0]):
                 out(f"h0_{i} = a0_{i}[s]")
-            _write_forward(out, sizes, acts, bias, _activation)
+            _write_forward(out, sizes, acts, bias)
             for l in range(1, L + 1):
                 for j in range(sizes[l]):
                     out(f"a{l}_{j}[s] = h{l}_{j}")
@@ -464,13 +464,6 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
 """ + _RECORD_AND_GUARD
 
 
-def _activation_libm(code, z):
-    """sgd._activate: the per-sample kernel's activations (libm exp for the sigmoid)."""
-    if code == SIGMOID:
-        return f"sigmoid_libm({z})"
-    return _activation(code, z)
-
-
 def _derivative_factor(code, a):
     """sgd._derivative(a, code): the factor the per-sample kernel multiplies by."""
     if code == SIGMOID:
@@ -505,16 +498,10 @@ def source_per_sample(sizes, acts, bias, loss_code, weighted):
     out("from numba import njit")
     out("from fastbp.kernels.config import JIT")
     out("from fastbp.kernels.activations import fma")
-    out("from fastbp.kernels.sgd import _activate")
+    out("from fastbp.kernels.scalar import sigmoid")
     out("from fastbp.kernels.train import all_finite")
     out("from fastbp.kernels.optim import learning_rate")
     out("from fastbp.kernels.rng import permutation_into")
-    out()
-    out()
-    out("@njit(**JIT)")
-    out("def sigmoid_libm(z):")
-    with out.block():
-        out(f"return _activate(z, {SIGMOID})")
     out()
     out()
     out("@njit(**JIT)")
@@ -530,7 +517,7 @@ def source_per_sample(sizes, acts, bias, loss_code, weighted):
             out("s = order[t]")
             for i in range(sizes[0]):
                 out(f"h0_{i} = x_rows[s, {i}]")
-            _write_forward(out, sizes, acts, bias, _activation_libm)
+            _write_forward(out, sizes, acts, bias)
             scale = {MSE: f"2.0 / {K}", HALF_MSE: f"1.0 / {K}", BCE: f"1.0 / {K}"}.get(loss_code, "1.0")
             out(f"scale = {scale}")
             if weighted:
