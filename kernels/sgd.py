@@ -122,7 +122,25 @@ def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows
             a0 = h[ai]
             for j in range(n_out):
                 h[zo + j] = params[wo + j] * a0
-            for i in range(uint64(1), n_in):
+            i = uint64(1)
+            # four rows per pass over z (the same order per unit): a quarter of the loads
+            # and stores of z and of the loop overhead, W4a at H=16 10% faster
+            while i + uint64(4) <= n_in:
+                a1 = h[ai + i]
+                a2 = h[ai + i + uint64(1)]
+                a3 = h[ai + i + uint64(2)]
+                a4 = h[ai + i + uint64(3)]
+                r1 = wo + i * n_out
+                r2 = r1 + n_out
+                r3 = r2 + n_out
+                r4 = r3 + n_out
+                for j in range(n_out):
+                    z = fma(params[r1 + j], a1, h[zo + j])
+                    z = fma(params[r2 + j], a2, z)
+                    z = fma(params[r3 + j], a3, z)
+                    h[zo + j] = fma(params[r4 + j], a4, z)
+                i += uint64(4)
+            for i in range(i, n_in):
                 a = h[ai + i]
                 row = wo + i * n_out
                 for j in range(n_out):
