@@ -582,8 +582,8 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
     \"\"\"kernels.train.train for this architecture, batch size 1, the plain update rule,
     no validation data: the same arguments, results and return value.\"\"\"
     perm = ws[-1]
-    x_rows = np.ascontiguousarray(xt.T)
-    y_rows = np.ascontiguousarray(yt.T)
+    x_rows = xt.T  # views, as kernels.train.train
+    y_rows = yt.T
     guard = backup.shape[0] == params.shape[0]
     good_epochs = 0
     for e in range(epochs):
