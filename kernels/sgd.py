@@ -3,8 +3,8 @@
 With one sample per step the batch machinery (sample loops of length 1, slices, a
 gradient buffer) costs more than the arithmetic of a tutorial-sized net, so this path is
 written for one sample: activations in one small flat vector indexed by unsigned offsets,
-scalar.sigmoid (bit for bit the batch kernels' sigmoid; it vectorizes over a layer where
-libm's exp does not: W4a at H=64 went from 12 to 8.6 ms), and each weight row updated
+the sigmoid of VECTOR_SIGMOID_MIN_UNITS below (libm's exp for narrow layers, the batch
+kernels' vectorizable scalar.sigmoid for wide ones), and each weight row updated
 right after it has been used to propagate the delta -- which reads it once and gives
 exactly the same numbers as computing the whole gradient first (the delta uses the row
 before its update).
@@ -29,10 +29,26 @@ from .optim import (ADAM, H_BETA1, H_BETA2, H_EPS, H_L2, H_MOMENTUM, I_NESTEROV,
 from .simd import row_dot, row_dot_sgd
 
 
+# Layers of at least this many units take scalar.sigmoid, whose loop vectorizes (W4a,
+# H=64: 12 -> 8.6 ms); narrower ones libm's exp, whose latency is shorter than the
+# 13-step polynomial's when a sample's few units are one dependent chain (W2b, 6-2-1:
+# 24 ms with the polynomial, 17 ms with libm).
+VECTOR_SIGMOID_MIN_UNITS = 8
+
+
+@njit(**JIT)
+def sigmoid_libm(z):
+    """1 / (1 + exp(-z)) with libm's exp, overflow-free."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
 @njit(**JIT)
 def _activate(z, code):
     if code == SIGMOID:
-        return sigmoid(z)
+        return sigmoid_libm(z)
     if code == RELU:
         return z if z > 0 else 0.0
     if code == TANH:
@@ -154,7 +170,7 @@ def sgd_epoch(params, sizes, w_off, b_off, acts_codes, loss_code, x_rows, y_rows
                 # keep z for the stable loss: d holds it until the output delta is formed
                 for j in range(n_out):
                     d[zo + j] = h[zo + j]
-            if code == SIGMOID:  # its own loop, so that it vectorizes
+            if code == SIGMOID and n_out >= VECTOR_SIGMOID_MIN_UNITS:  # a loop that vectorizes
                 for j in range(n_out):
                     h[zo + j] = sigmoid(h[zo + j])
             else:

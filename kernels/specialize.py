@@ -38,6 +38,7 @@ import threading
 from .activations import IDENTITY, RELU, SIGMOID, TANH
 from .config import BLAS_GRAD_FACTOR, BLAS_GRAD_MIN_WEIGHTS
 from .losses import BCE, HALF_MSE, MSE, SSE
+from .sgd import VECTOR_SIGMOID_MIN_UNITS
 from .simd import LANES as ROW_LANES
 
 # Generated code grows with the number of parameters (one local per weight) and a
@@ -49,7 +50,7 @@ MAX_LAYER_PARAMS = 256
 MAX_FUSED_GRADS = 4
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 5  # part of the file name: bump when the generated code changes meaning
+VERSION = 6  # part of the file name: bump when the generated code changes meaning
 # FASTBP_SPECIALIZE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_SPECIALIZE", "1") != "0"
 # Compiling a generated kernel takes seconds the first time (Numba's disk cache keeps
@@ -153,10 +154,11 @@ def _dot(pairs):
     return expr
 
 
-def _write_forward(out, sizes, acts, bias):
+def _write_forward(out, sizes, acts, bias, activation=None):
     """One sample through every layer: z{l}_{j} (pre-activation) and h{l+1}_{j} from the
     inputs h0_*; each z one expression evaluated left to right, the general kernels'
-    order."""
+    order.  ``activation(code, z, width)``: the expression of the activation of a layer
+    of ``width`` units (default: _activation)."""
     for l in range(len(sizes) - 1):
         I, J = sizes[l], sizes[l + 1]
         for j in range(J):
@@ -164,7 +166,10 @@ def _write_forward(out, sizes, acts, bias):
             if bias:
                 expr += f" + b{l}_{j}"
             out(f"z{l}_{j} = {expr}")
-            out(f"h{l + 1}_{j} = " + _activation(acts[l], f"z{l}_{j}"))
+            if activation is None:
+                out(f"h{l + 1}_{j} = " + _activation(acts[l], f"z{l}_{j}"))
+            else:
+                out(f"h{l + 1}_{j} = " + activation(acts[l], f"z{l}_{j}", J))
 
 
 def _derivative(code, d, a):
@@ -464,6 +469,14 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
 """ + _RECORD_AND_GUARD
 
 
+def _activation_per_sample(code, z, width):
+    """sgd_epoch's activation for a layer of ``width`` units: libm's exp for the sigmoid
+    of narrow layers (sgd.VECTOR_SIGMOID_MIN_UNITS)."""
+    if code == SIGMOID and width < VECTOR_SIGMOID_MIN_UNITS:
+        return f"sigmoid_libm({z})"
+    return _activation(code, z)
+
+
 def _derivative_factor(code, a):
     """sgd._derivative(a, code): the factor the per-sample kernel multiplies by."""
     if code == SIGMOID:
@@ -499,6 +512,7 @@ def source_per_sample(sizes, acts, bias, loss_code, weighted):
     out("from fastbp.kernels.config import JIT")
     out("from fastbp.kernels.activations import fma")
     out("from fastbp.kernels.scalar import sigmoid")
+    out("from fastbp.kernels.sgd import sigmoid_libm")
     out("from fastbp.kernels.train import all_finite")
     out("from fastbp.kernels.optim import learning_rate")
     out("from fastbp.kernels.rng import permutation_into")
@@ -517,7 +531,7 @@ def source_per_sample(sizes, acts, bias, loss_code, weighted):
             out("s = order[t]")
             for i in range(sizes[0]):
                 out(f"h0_{i} = x_rows[s, {i}]")
-            _write_forward(out, sizes, acts, bias)
+            _write_forward(out, sizes, acts, bias, _activation_per_sample)
             scale = {MSE: f"2.0 / {K}", HALF_MSE: f"1.0 / {K}", BCE: f"1.0 / {K}"}.get(loss_code, "1.0")
             out(f"scale = {scale}")
             if weighted:

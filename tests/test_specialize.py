@@ -29,6 +29,9 @@ ARCHS = {
     "regression": ((1, 10, 1), ["relu", "identity"], "mse", True),
     "admissions": ((6, 2, 1), "sigmoid", "half_mse", False),
     "multi": ((3, 5, 2), ["tanh", "sigmoid"], "bce", True),
+    # a hidden layer wide enough for the per-sample kernels' vectorized sigmoid
+    # (sgd.VECTOR_SIGMOID_MIN_UNITS), an output layer narrow enough for libm's
+    "wide-sigmoid": ((2, 9, 3), "sigmoid", "mse", True),
 }
 
 
@@ -227,3 +230,17 @@ def test_ensemble_uses_the_generated_kernel_only_where_it_applies(generated):
     assert group(21, shuffle=True)._generated_kernel(model, 10, 21) is None
     assert group(21, batch=5)._generated_kernel(model, 10, 21) is None
     assert group(8)._generated_kernel(model, 10, 8) is None  # too few samples: lanes
+
+
+def test_per_sample_rows_of_the_simd_width_are_not_generated():
+    """The generated per-sample code sums back-propagated rows left to right, which is
+    kernels/simd.py's order only for rows shorter than its lanes."""
+    from fastbp.kernels.simd import LANES
+    codes = [K.SIGMOID] * 3
+    small = (1, 1, LANES - 1, 1)
+    wide = (1, 1, LANES, 1)
+    for sizes, expected in ((small, True), (wide, False)):
+        n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        assert n_params <= S.MAX_PER_SAMPLE_PARAMS
+        assert S.eligible_per_sample(sizes, codes, K.MSE, True, False, "float64",
+                                     n_params) is expected
