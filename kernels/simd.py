@@ -91,9 +91,9 @@ def _lanes_loop(w, wo, v, vo, m, extra, update):
 
 
 def _splat(builder, value, vec):
-    """<LANES x value>."""
+    """The vector type ``vec`` with ``value`` in every element."""
     out = ir.Constant(vec, None)
-    for k in range(LANES):
+    for k in range(vec.count):
         out = builder.insert_element(out, value, ir.Constant(ir.IntType(64), k))
     return out
 
