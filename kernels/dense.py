@@ -26,6 +26,7 @@ from numba import njit, uint64
 from .activations import (SOFTMAX, activate_inplace, fma, mul_derivative_inplace,
                           softmax_inplace)
 from .config import BLAS_GRAD_FACTOR, BLAS_GRAD_MIN_WEIGHTS, JIT
+from .simd import lanes4
 
 
 @njit(**JIT)
@@ -127,20 +128,14 @@ def dot4(x, xo, y, yo, n):
     """sum_s x[xo+s] * y[yo+s] for s < n, in four interleaved partial sums.
 
     A single running sum is one dependency chain (4 cycles per add); four chains run in
-    parallel and LLVM packs them into one vector.  The order is fixed -- lane s % 4, then
-    (l0 + l1) + (l2 + l3) -- so results are reproducible run to run.  x, y: 1-D arrays;
-    offsets and n are unsigned (uint64).
+    parallel.  The order is fixed -- lane s % 4 (fused multiply-adds in increasing s),
+    the tail s >= n - n % 4 into lane 0, then (l0 + l1) + (l2 + l3) -- so results are
+    reproducible run to run.  The lanes are one explicit <4 x double> vector
+    (simd.lanes4): LLVM's SLP vectorizer left them as four scalar chains.  x, y: 1-D
+    arrays; offsets and n are unsigned (uint64).
     """
     q = n - (n & uint64(3))
-    a0 = 0.0
-    a1 = 0.0
-    a2 = 0.0
-    a3 = 0.0
-    for s in range(uint64(0), q, uint64(4)):
-        a0 = fma(x[xo + s], y[yo + s], a0)
-        a1 = fma(x[xo + s + 1], y[yo + s + 1], a1)
-        a2 = fma(x[xo + s + 2], y[yo + s + 2], a2)
-        a3 = fma(x[xo + s + 3], y[yo + s + 3], a3)
+    a0, a1, a2, a3 = lanes4(x, xo, y, yo, q)
     for s in range(q, n):
         a0 = fma(x[xo + s], y[yo + s], a0)
     return (a0 + a1) + (a2 + a3)
@@ -150,15 +145,7 @@ def dot4(x, xo, y, yo, n):
 def sum4(x, xo, n):
     """sum_s x[xo+s] for s < n, in the lane order of dot4."""
     q = n - (n & uint64(3))
-    a0 = 0.0
-    a1 = 0.0
-    a2 = 0.0
-    a3 = 0.0
-    for s in range(uint64(0), q, uint64(4)):
-        a0 += x[xo + s]
-        a1 += x[xo + s + 1]
-        a2 += x[xo + s + 2]
-        a3 += x[xo + s + 3]
+    a0, a1, a2, a3 = lanes4(x, xo, None, uint64(0), q)
     for s in range(q, n):
         a0 += x[xo + s]
     return (a0 + a1) + (a2 + a3)

@@ -144,3 +144,68 @@ def row_dot_sgd(w, wo, v, vo, n, a, lr):
         acc += w[wo + j] * v[vo + j]
         w[wo + j] -= lr * (a * v[vo + j])
     return acc
+
+
+def _float_arrays(*arrays):
+    """1-D C-contiguous float32/float64 arrays, all of one dtype."""
+    return all(isinstance(t, types.Array) and t.dtype in _LLVM_FLOAT and t.ndim == 1
+               and t.layout == "C" for t in arrays) and len({t.dtype for t in arrays}) == 1
+
+
+def _base(builder, context, arr_type, arr, offset):
+    """Pointer to arr[offset] (computed once, before a loop)."""
+    return builder.gep(context.make_array(arr_type)(context, builder, arr).data, [offset])
+
+
+def _at(builder, base, j, vec):
+    """base + j as a pointer to a vector."""
+    return builder.bitcast(builder.gep(base, [j]), vec.as_pointer())
+
+
+@intrinsic
+def lanes4(typingctx, x, xo, y, yo, q):
+    """dense.dot4's four partial sums over s < q (q a multiple of 4) as one
+    <4 x double> vector: lane k = fma-sum of x[xo + s] * y[yo + s] over s = k mod 4, in
+    increasing s; y None gives the plain sums of x (dense.sum4).  Returns the 4 lanes.
+    float32 rows are summed in float64, as dot4 sums them (its lanes are float64)."""
+    sums = y is None or isinstance(y, types.NoneType)
+    arrays = (x,) if sums else (x, y)
+    if not _float_arrays(*arrays) or not all(isinstance(t, types.Integer)
+                                             for t in (xo, q)):
+        return None
+    dtype = x.dtype
+    result = types.UniTuple(types.float64, 4)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        vec = ir.VectorType(_LLVM_FLOAT[dtype][0](), 4)
+        dvec = ir.VectorType(ir.DoubleType(), 4)
+        vfma = cgutils.get_or_insert_function(builder.module,
+                                              ir.FunctionType(dvec, [dvec] * 3),
+                                              "llvm.fma.v4f64")
+        xo_ = context.cast(builder, args[1], signature.args[1], types.uint64)
+        q_ = context.cast(builder, args[4], signature.args[4], types.uint64)
+        x_base = _base(builder, context, signature.args[0], args[0], xo_)
+        if not sums:
+            yo_ = context.cast(builder, args[3], signature.args[3], types.uint64)
+            y_base = _base(builder, context, signature.args[2], args[2], yo_)
+        align = dtype.bitwidth // 8
+        acc = cgutils.alloca_once_value(builder, ir.Constant(dvec, None))
+
+        def load(base, j):
+            v = builder.load(_at(builder, base, j, vec), align=align)
+            return v if dtype == types.float64 else builder.fpext(v, dvec)
+
+        with cgutils.for_range_slice(builder, ir.Constant(i64, 0), q_,
+                                     ir.Constant(i64, 4)) as (j, _):
+            xv = load(x_base, j)
+            if sums:
+                builder.store(builder.fadd(builder.load(acc), xv), acc)
+            else:
+                builder.store(builder.call(vfma, [xv, load(y_base, j), builder.load(acc)]),
+                              acc)
+        total = builder.load(acc)
+        lanes = [builder.extract_element(total, ir.Constant(i64, k)) for k in range(4)]
+        return context.make_tuple(builder, result, lanes)
+
+    return result(x, xo, y, yo, q), codegen

@@ -13,8 +13,8 @@ source for its exact architecture and compiled once (``trainer``):
 - the forward pass of all layers is one loop over the samples, with every weight a named
   local, the units of a sample in registers and the sigmoid inlined (scalar.sigmoid), so
   LLVM vectorizes across samples;
-- the backward pass likewise; then the gradient, four entries per loop over the samples,
-  each summed in dense.dot4's four lanes;
+- the backward pass likewise; then the gradient, one dense.dot4 (four lanes in one
+  SIMD vector) per entry;
 - one generated module per architecture, loss and mode ("full", "plain" for the plain
   update rule, "per_sample" for batch size 1, see ``trainer``).
 
@@ -45,12 +45,9 @@ from .simd import LANES as ROW_LANES
 # sample's units must fit in registers: beyond these sizes the general kernel is used.
 MAX_UNITS = 32
 MAX_LAYER_PARAMS = 256
-# Gradient entries summed together in one loop over the samples (four lanes each, in
-# registers): four share the loop and the loads of their rows; 1, 2, 8 and 24 were slower.
-MAX_FUSED_GRADS = 4
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 6  # part of the file name: bump when the generated code changes meaning
+VERSION = 7  # part of the file name: bump when the generated code changes meaning
 # FASTBP_SPECIALIZE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_SPECIALIZE", "1") != "0"
 # Compiling a generated kernel takes seconds the first time (Numba's disk cache keeps
@@ -203,6 +200,7 @@ def source(sizes, acts, bias, loss_code, weighted, plain=False):
     out("from numba import njit, uint64")
     out("from fastbp.kernels.config import JIT")
     out("from fastbp.kernels.activations import fma")
+    out("from fastbp.kernels.dense import dot4, sum4")
     out("from fastbp.kernels.scalar import sigmoid")
     out("from fastbp.kernels.train import all_finite")
     out("from fastbp.kernels.optim import I_SAMPLE_MEAN, l2_penalty, learning_rate, update")
@@ -237,8 +235,10 @@ def _write_pass(out, sizes, acts, bias, loss_code, weighted):
     samples, and with P a multiple of the vector width no scalar remainder runs.
     Padded samples compute harmless finite values that no sum includes: the loss and
     the gradients run over the n real samples only, in the general kernels' order.
-    The gradient sums are scalar (LLVM does not vectorize the four-lane sums here),
-    four weights per loop so that the loads of a row are shared.
+    The gradient entries are dense.dot4 / dense.sum4 calls: their four lanes are one
+    explicit SIMD vector (simd.lanes4).  Written out here as four scalar lanes, four
+    entries per loop sharing their rows' loads, they stayed scalar: W3 took 88 ms
+    instead of 70, W1 50 instead of 46.
     """
     L = len(sizes) - 1
     K = sizes[-1]
@@ -276,25 +276,19 @@ def _write_pass(out, sizes, acts, bias, loss_code, weighted):
                 for j in range(K):
                     out(f"zo{j}[s] = z{L - 1}_{j}")
         # loss: losses.batch_loss, output by output, samples in order
-        # the loss (losses.batch_loss: output by output, samples in order).  With one
-        # output and a cheap loss it is summed inside the first gradient loop, which
-        # visits the samples in order too: there its chain of dependent adds overlaps
-        # the gradient sums instead of running alone (W3: 8% of the epoch)
-        fuse_loss = K == 1 and loss_code != BCE
         out("total = 0.0")
-        if not fuse_loss:
-            out("if recording:")
-            with out.block():
-                for j in range(K):
-                    out(f"for r{j} in range(n):")
-                    with out.block():
-                        if loss_code == BCE:
-                            z = f"zo{j}[r{j}]"
-                            e = f"max({z}, 0.0) - {z} * y{j}[r{j}] + math.log1p(math.exp(-abs({z})))"
-                        else:
-                            out(f"dv{j} = a{L}_{j}[r{j}] - y{j}[r{j}]")
-                            e = f"dv{j} * dv{j}"
-                        out(f"total += sw[r{j}] * ({e})" if weighted else f"total += {e}")
+        out("if recording:")
+        with out.block():
+            for j in range(K):
+                out(f"for r{j} in range(n):")
+                with out.block():
+                    if loss_code == BCE:
+                        z = f"zo{j}[r{j}]"
+                        e = f"max({z}, 0.0) - {z} * y{j}[r{j}] + math.log1p(math.exp(-abs({z})))"
+                    else:
+                        out(f"dv{j} = a{L}_{j}[r{j}] - y{j}[r{j}]")
+                        e = f"dv{j} * dv{j}"
+                    out(f"total += sw[r{j}] * ({e})" if weighted else f"total += {e}")
         # backward: losses.output_delta, then dense.backward's deltas
         combined = loss_code == BCE and acts[L - 1] == SIGMOID
         if loss_code in (BCE, HALF_MSE):
@@ -327,13 +321,11 @@ def _write_pass(out, sizes, acts, bias, loss_code, weighted):
             for l in range(1, L + 1):
                 for j in range(sizes[l]):
                     out(f"d{l}_{j}[u] = g{l}_{j}")
-        # gradients over the n real samples: dense.dot4 / dense.sum4's order -- lane
-        # s % 4, the tail into lane 0, then (l0 + l1) + (l2 + l3)
-        out("um = uint64(n - (n & 3))")
-        out("U0 = uint64(0); U1 = uint64(1); U2 = uint64(2); U3 = uint64(3)")
+        # gradients over the n real samples: dense.dot4 / dense.sum4 themselves
+        out("un = uint64(n)")
+        out("U0 = uint64(0)")
         for l in range(L):
-            loss_rows = (f"a{L}_0", "y0", weighted) if fuse_loss and l == 0 else None
-            _write_layer_grads(out, sizes, bias, w_off, b_off, l, loss_rows)
+            _write_layer_grads(out, sizes, bias, w_off, b_off, l)
         out("loss = 0.0")
         out("if recording:")
         with out.block():
@@ -346,48 +338,16 @@ def _write_pass(out, sizes, acts, bias, loss_code, weighted):
         out("return loss")
 
 
-def _write_loss_terms(out, loss_rows, index, tag):
-    """total += the squared error of the sample at ``index`` (see fuse_loss)."""
-    out_row, y_row, weighted = loss_rows
-    out(f"e{tag} = {out_row}[{index}] - {y_row}[{index}]")
-    out(f"total += sw[{index}] * (e{tag} * e{tag})" if weighted else f"total += e{tag} * e{tag}")
-
-
-def _write_layer_grads(out, sizes, bias, w_off, b_off, l, loss_rows=None):
+def _write_layer_grads(out, sizes, bias, w_off, b_off, l):
+    """Layer l's weight and bias gradients, one dense.dot4 / dense.sum4 call each (their
+    four lanes are one SIMD vector: simd.lanes4)."""
     I, J = sizes[l], sizes[l + 1]
-    pairs = [(f"a{l}_{i}", f"d{l + 1}_{j}", w_off[l] + i * J + j)
-             for i in range(I) for j in range(J)]
+    for i in range(I):
+        for j in range(J):
+            out(f"grad[{w_off[l] + i * J + j}] = dot4(a{l}_{i}, U0, d{l + 1}_{j}, U0, un)")
     if bias:
-        pairs += [(None, f"d{l + 1}_{j}", b_off[l] + j) for j in range(J)]
-    # every name is assigned in one place only: Numba's SSA pass is slow on names that
-    # are redefined many times (it was half of the compile time)
-    for start in range(0, len(pairs), MAX_FUSED_GRADS):
-        group = pairs[start:start + MAX_FUSED_GRADS]
-        tag = f"{l}_{start}"
-        c = [[f"c{tag}_{k}_{lane}" for lane in range(4)] for k in range(len(group))]
-        for k, _ in enumerate(group):
-            out("; ".join(f"{v} = 0.0" for v in c[k]))
-        out(f"for s{tag} in range(uint64(0), um, uint64(4)):")
-        with out.block():
-            for k, (x, d, _) in enumerate(group):
-                for lane in range(4):
-                    ix = f"s{tag} + U{lane}"
-                    v = c[k][lane]
-                    out(f"{v} += {d}[{ix}]" if x is None
-                        else f"{v} = fma({x}[{ix}], {d}[{ix}], {v})")
-            if loss_rows is not None and start == 0:
-                for lane in range(4):
-                    _write_loss_terms(out, loss_rows, f"s{tag} + U{lane}", f"{tag}_{lane}")
-        out(f"for t{tag} in range(um, uint64(n)):")
-        with out.block():
-            for k, (x, d, _) in enumerate(group):
-                ix = f"t{tag}"
-                v = c[k][0]
-                out(f"{v} += {d}[{ix}]" if x is None else f"{v} = fma({x}[{ix}], {d}[{ix}], {v})")
-            if loss_rows is not None and start == 0:
-                _write_loss_terms(out, loss_rows, f"t{tag}", f"{tag}_t")
-        for k, (_, _, p) in enumerate(group):
-            out(f"grad[{p}] = ({c[k][0]} + {c[k][1]}) + ({c[k][2]} + {c[k][3]})")
+        for j in range(J):
+            out(f"grad[{b_off[l] + j}] = sum4(d{l + 1}_{j}, U0, un)")
 
 
 # The end of both generated train loops: train.train's recording and divergence guard.

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from numba import njit, uint64
 
+from fastbp.kernels.activations import fma as llvm_fma
+from fastbp.kernels.dense import dot4, sum4
 from fastbp.kernels.simd import LANES, row_dot, row_dot_sgd
 
 
@@ -126,3 +128,54 @@ def test_row_dot_is_the_same_in_a_kernel_compiled_from_scratch():
         return row_dot(w, uint64(0), v, uint64(0), uint64(np.int32(n)))
 
     assert dot_int32(w, v, 300) == _dot(w, 0, v, 0, 300)
+
+
+# dense.dot4 / dense.sum4 (their lanes are simd.lanes4) against the four scalar lanes
+# they are defined by: the generated kernels and the general ones both call them now, so
+# only this test would see their order change.
+@njit
+def _scalar_dot4(x, xo, y, yo, n):
+    q = n - (n & 3)
+    a0 = a1 = a2 = a3 = 0.0
+    for s in range(0, q, 4):
+        a0 = llvm_fma(x[xo + s], y[yo + s], a0)
+        a1 = llvm_fma(x[xo + s + 1], y[yo + s + 1], a1)
+        a2 = llvm_fma(x[xo + s + 2], y[yo + s + 2], a2)
+        a3 = llvm_fma(x[xo + s + 3], y[yo + s + 3], a3)
+    for s in range(q, n):
+        a0 = llvm_fma(x[xo + s], y[yo + s], a0)
+    return (a0 + a1) + (a2 + a3)
+
+
+@njit
+def _scalar_sum4(x, xo, n):
+    q = n - (n & 3)
+    a0 = a1 = a2 = a3 = 0.0
+    for s in range(0, q, 4):
+        a0 += x[xo + s]
+        a1 += x[xo + s + 1]
+        a2 += x[xo + s + 2]
+        a3 += x[xo + s + 3]
+    for s in range(q, n):
+        a0 += x[xo + s]
+    return (a0 + a1) + (a2 + a3)
+
+
+@njit
+def _dot4(x, xo, y, yo, n):
+    return dot4(x, uint64(xo), y, uint64(yo), uint64(n))
+
+
+@njit
+def _sum4(x, xo, n):
+    return sum4(x, uint64(xo), uint64(n))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 8, 21, 100, 360, 1001])
+def test_dot4_and_sum4_keep_their_four_scalar_lanes_order(n, dtype):
+    rng = np.random.default_rng(300 + n)
+    x = (rng.standard_normal(n + 7) * 10.0 ** rng.integers(-6, 6, n + 7)).astype(dtype)
+    y = rng.standard_normal(n + 9).astype(dtype)
+    assert _dot4(x, 3, y, 5, n) == _scalar_dot4(x, 3, y, 5, n)
+    assert _sum4(x, 2, n) == _scalar_sum4(x, 2, n)
