@@ -37,6 +37,11 @@ print(json.dumps({"import": t1 - t0, "first_fit": t2 - t1, "total": t2 - t0}))
 def _child(cache_dir):
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
     env.pop("FASTBP_CACHE_DIR", None)
+    # "warm" means every cache a user's machine keeps, Python's bytecode included: an
+    # environment that turns it off (PYTHONDONTWRITEBYTECODE, as some sandboxes and CI
+    # images do) would add recompiling fastbp's and the generated kernel's source to
+    # every start (~30 ms here)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
                          text=True, timeout=550)
     if out.returncode:
