@@ -13,7 +13,7 @@ The back-propagated sum over a row is simd.row_dot (16 SIMD lanes); with the pla
 it is simd.row_dot_sgd, which updates the row in the same pass.  Wide layers are bound
 by the traffic over the weights (an 8 MB matrix at 1024 x 1024 sits in L3): two passes
 per sample (forward; back-propagate + update) instead of three took W4a at H=1024 from
-2.7 s to 0.75 s, and the 16 lanes replaced a chain of dependent adds.
+2.7 s to 0.8 s, and the 16 lanes replaced a chain of dependent adds.
 """
 import math
 
@@ -23,9 +23,9 @@ from numba import njit, uint64
 from .activations import IDENTITY, RELU, SIGMOID, TANH, fma
 from .config import JIT
 from .losses import BCE, HALF_MSE, MSE
-from .scalar import sigmoid
 from .optim import (ADAM, H_BETA1, H_BETA2, H_EPS, H_L2, H_MOMENTUM, I_NESTEROV, I_OPTIMIZER,
                     adam_scales, is_plain_sgd, l2_penalty)
+from .scalar import sigmoid
 from .simd import row_dot, row_dot_sgd
 
 
