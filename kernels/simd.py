@@ -12,6 +12,9 @@ The order (``row_dot``): lane k sums the products with j = k mod 16 of the first
 as a balanced pairwise tree ((l0 + l1) + (l2 + l3)) + ...; the remaining n mod 16
 terms are then added in order, each product rounded before its add.  A row shorter than
 16 is therefore the plain left-to-right sum.
+
+``lanes4`` does the same for dense.dot4 / dense.sum4, whose order (four lanes) all the
+batch kernels share: one <4 x double> vector instead of four scalar chains.
 """
 from llvmlite import ir
 from numba import njit, types, uint64
@@ -33,6 +36,30 @@ def _pairwise(builder, values):
 _LLVM_FLOAT = {types.float64: (ir.DoubleType, "f64"), types.float32: (ir.FloatType, "f32")}
 
 
+def _float_arrays(*arrays):
+    """1-D C-contiguous float32/float64 arrays, all of one dtype."""
+    return all(isinstance(t, types.Array) and t.dtype in _LLVM_FLOAT and t.ndim == 1
+               and t.layout == "C" for t in arrays) and len({t.dtype for t in arrays}) == 1
+
+
+def _base(builder, context, arr_type, arr, offset):
+    """Pointer to arr[offset] (computed once, before a loop)."""
+    return builder.gep(context.make_array(arr_type)(context, builder, arr).data, [offset])
+
+
+def _at(builder, base, j, vec):
+    """base + j as a pointer to a vector."""
+    return builder.bitcast(builder.gep(base, [j]), vec.as_pointer())
+
+
+def _splat(builder, value, vec):
+    """The vector type ``vec`` with ``value`` in every element."""
+    out = ir.Constant(vec, None)
+    for k in range(vec.count):
+        out = builder.insert_element(out, value, ir.Constant(ir.IntType(64), k))
+    return out
+
+
 def _lanes_loop(w, wo, v, vo, m, extra, update):
     """The intrinsic for one pass over w[wo:wo+m] against v[vo:vo+m] in LANES lanes:
     returns the lane sums combined pairwise; with ``update``, each block of w is also
@@ -41,9 +68,7 @@ def _lanes_loop(w, wo, v, vo, m, extra, update):
     w and v share a dtype (float32 or float64), the type of the sums.  The update follows
     Numba's typing of the scalar statement ``w[j] -= lr * (a * v[j])``: a * v in the
     arrays' dtype, the rest in float64 when lr is float64, rounded back on the store."""
-    ok = all(isinstance(t, types.Array) and t.dtype in _LLVM_FLOAT and t.ndim == 1
-             and t.layout == "C" for t in (w, v)) and w.dtype == v.dtype
-    ok = ok and all(isinstance(t, types.Integer) for t in (wo, vo, m))
+    ok = _float_arrays(w, v) and all(isinstance(t, types.Integer) for t in (wo, vo, m))
     ok = ok and all(isinstance(t, types.Float) for t in extra)
     if not ok:
         return None
@@ -55,25 +80,23 @@ def _lanes_loop(w, wo, v, vo, m, extra, update):
         make, suffix = _LLVM_FLOAT[dtype]
         vec = ir.VectorType(make(), LANES)
         wide_vec = ir.VectorType(_LLVM_FLOAT[wide][0](), LANES)
-        w_arr = context.make_array(signature.args[0])(context, builder, args[0])
-        v_arr = context.make_array(signature.args[2])(context, builder, args[2])
         wo_, vo_, m_ = (context.cast(builder, args[k], signature.args[k], types.uint64)
                         for k in (1, 3, 4))
         if update:
             a = _splat(builder, context.cast(builder, args[5], signature.args[5], dtype), vec)
             lr = _splat(builder, context.cast(builder, args[6], signature.args[6], wide),
                         wide_vec)
-        w_ptr = builder.gep(w_arr.data, [wo_])
-        v_ptr = builder.gep(v_arr.data, [vo_])
+        w_base = _base(builder, context, signature.args[0], args[0], wo_)
+        v_base = _base(builder, context, signature.args[2], args[2], vo_)
+        align = dtype.bitwidth // 8
         vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                               f"llvm.fma.v{LANES}{suffix}")
         acc = cgutils.alloca_once_value(builder, ir.Constant(vec, None))  # zeros
         with cgutils.for_range_slice(builder, ir.Constant(i64, 0), m_,
                                      ir.Constant(i64, LANES)) as (j, _):
-            wj = builder.bitcast(builder.gep(w_ptr, [j]), vec.as_pointer())
-            x = builder.load(wj, align=dtype.bitwidth // 8)
-            y = builder.load(builder.bitcast(builder.gep(v_ptr, [j]), vec.as_pointer()),
-                             align=dtype.bitwidth // 8)
+            wj = _at(builder, w_base, j, vec)
+            x = builder.load(wj, align=align)
+            y = builder.load(_at(builder, v_base, j, vec), align=align)
             builder.store(builder.call(vfma, [x, y, builder.load(acc)]), acc)
             if update:
                 step = builder.fmul(a, y)
@@ -82,20 +105,12 @@ def _lanes_loop(w, wo, v, vo, m, extra, update):
                 new = builder.fsub(x, builder.fmul(lr, step))
                 if wide != dtype:
                     new = builder.fptrunc(new, vec)
-                builder.store(new, wj, align=dtype.bitwidth // 8)
+                builder.store(new, wj, align=align)
         total = builder.load(acc)
         return _pairwise(builder, [builder.extract_element(total, ir.Constant(i64, k))
                                    for k in range(LANES)])
 
     return dtype(w, wo, v, vo, m, *extra), codegen
-
-
-def _splat(builder, value, vec):
-    """The vector type ``vec`` with ``value`` in every element."""
-    out = ir.Constant(vec, None)
-    for k in range(vec.count):
-        out = builder.insert_element(out, value, ir.Constant(ir.IntType(64), k))
-    return out
 
 
 @intrinsic
@@ -144,22 +159,6 @@ def row_dot_sgd(w, wo, v, vo, n, a, lr):
         acc += w[wo + j] * v[vo + j]
         w[wo + j] -= lr * (a * v[vo + j])
     return acc
-
-
-def _float_arrays(*arrays):
-    """1-D C-contiguous float32/float64 arrays, all of one dtype."""
-    return all(isinstance(t, types.Array) and t.dtype in _LLVM_FLOAT and t.ndim == 1
-               and t.layout == "C" for t in arrays) and len({t.dtype for t in arrays}) == 1
-
-
-def _base(builder, context, arr_type, arr, offset):
-    """Pointer to arr[offset] (computed once, before a loop)."""
-    return builder.gep(context.make_array(arr_type)(context, builder, arr).data, [offset])
-
-
-def _at(builder, base, j, vec):
-    """base + j as a pointer to a vector."""
-    return builder.bitcast(builder.gep(base, [j]), vec.as_pointer())
 
 
 @intrinsic
