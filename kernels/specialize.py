@@ -131,7 +131,8 @@ def _offsets(sizes, bias):
     return w_off, b_off
 
 
-def _activation(code, z):
+def _activation(code, z, width=None):
+    """The expression of activation ``code`` of ``z`` (the same for any layer width)."""
     if code == SIGMOID:
         return f"sigmoid({z})"
     if code == RELU:
@@ -151,11 +152,11 @@ def _dot(pairs):
     return expr
 
 
-def _write_forward(out, sizes, acts, bias, activation=None):
+def _write_forward(out, sizes, acts, bias, activation=_activation):
     """One sample through every layer: z{l}_{j} (pre-activation) and h{l+1}_{j} from the
     inputs h0_*; each z one expression evaluated left to right, the general kernels'
     order.  ``activation(code, z, width)``: the expression of the activation of a layer
-    of ``width`` units (default: _activation)."""
+    of ``width`` units."""
     for l in range(len(sizes) - 1):
         I, J = sizes[l], sizes[l + 1]
         for j in range(J):
@@ -163,10 +164,7 @@ def _write_forward(out, sizes, acts, bias, activation=None):
             if bias:
                 expr += f" + b{l}_{j}"
             out(f"z{l}_{j} = {expr}")
-            if activation is None:
-                out(f"h{l + 1}_{j} = " + _activation(acts[l], f"z{l}_{j}"))
-            else:
-                out(f"h{l + 1}_{j} = " + activation(acts[l], f"z{l}_{j}", J))
+            out(f"h{l + 1}_{j} = " + activation(acts[l], f"z{l}_{j}", J))
 
 
 def _derivative(code, d, a):
