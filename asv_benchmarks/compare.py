@@ -248,6 +248,8 @@ def main(argv=None):
     wls = {k: make_workload(k, args.quick) for k in keys}
     results = {k: {} for k in keys}
     load_before = load_average()
+    if args.in_process:
+        pin_to(pinned_cpus(args.threads))
     for engine in engines:
         if args.in_process:
             cells = {k: run_cell(engine, k, wls[k], args.repeat, budget, args.verbose, log=True,
@@ -290,9 +292,26 @@ def thread_env(n):
             env[var] = str(n)
         flags = env.get("XLA_FLAGS", "")
         if n == 1:
-            flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+            flags += " --xla_cpu_multi_thread_eigen=false"
         env["XLA_FLAGS"] = flags.strip()
     return env
+
+
+def pinned_cpus(n):
+    """The first n CPUs this process may run on, or None where affinity cannot be set.
+
+    The thread-count variables are not enough: JAX 0.10's XLA ignores them and ran W4b on
+    1.9 cores (CPU time / wall time) under ``--threads 1``.  An affinity mask binds every
+    engine alike, whatever its thread pools do.
+    """
+    if not n or not hasattr(os, "sched_setaffinity"):
+        return None
+    return set(sorted(os.sched_getaffinity(0))[:n])
+
+
+def pin_to(cpus):
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
 
 
 CELL_FIELDS = ("kind", "seconds", "times", "first", "build", "final_loss", "note", "extrapolated")
@@ -322,8 +341,9 @@ def run_worker(engine, keys, args, budget):
         cmd.append("--quick")
     if args.verbose:
         cmd.append("-v")
+    cpus = pinned_cpus(args.threads)
     proc = subprocess.run(cmd, env=thread_env(args.threads), stdout=subprocess.DEVNULL,
-                          stderr=None)
+                          stderr=None, preexec_fn=(lambda: pin_to(cpus)) if cpus else None)
     try:
         got = json.loads(Path(out).read_text() or "{}")
     except (OSError, ValueError):
@@ -362,7 +382,12 @@ def print_report(args, keys, engines, wls, results):
     print("\n### fastbp vs peers — seconds (median), float64\n")
     print(f"Machine: {args.machine or machine_line()}  ")
     print(f"Command: `{cmd.strip()}`  ")
-    thr = f"{args.threads} per engine" if args.threads else "libraries' defaults (all cores)"
+    if args.threads:
+        pinned = pinned_cpus(args.threads)
+        thr = f"{args.threads} per engine" + (
+            f", each pinned to {len(pinned)} CPU{'s' * (len(pinned) > 1)}" if pinned else "")
+    else:
+        thr = "libraries' defaults (all cores)"
     iso = "all engines in one process" if args.in_process else "one process per engine"
     lb, la = args.load
     load = "" if lb is None else f"; 1-min load average {lb:.2f} before, {la:.2f} after"
