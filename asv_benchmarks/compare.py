@@ -207,6 +207,21 @@ def machine_line():
     return f"{cpu}, {os.cpu_count()} cores; " + ", ".join(vers)
 
 
+def blas_line():
+    """numpy's BLAS as loaded here (fastbp's products go through it: kernels/blas.py), and
+    OPENBLAS_CORETYPE if the environment forces OpenBLAS's kernels: W4b's times depend on
+    it (a sandbox that set Haswell made W4b H=1024 0.55 s instead of 0.48 s on Zen 5)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    libs = [f"{i.get('internal_api')} {i.get('version')}, {i.get('architecture')} kernels"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    core = os.environ.get("OPENBLAS_CORETYPE")
+    forced = f" (OPENBLAS_CORETYPE={core} in the environment)" if core else ""
+    return "; ".join(libs) + forced if libs else None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workloads", default=",".join(DEFAULT_KEYS),
@@ -392,6 +407,9 @@ def print_report(args, keys, engines, wls, results):
     lb, la = args.load
     load = "" if lb is None else f"; 1-min load average {lb:.2f} before, {la:.2f} after"
     print(f"Threads: {thr}; {iso}{load}  ")
+    blas = blas_line()
+    if blas:
+        print(f"BLAS: {blas}  ")
     if args.quick:
         print("**--quick**: each run did 1/10–1/100 of the epochs (1/8 of the samples for W4); "
               "`~` marks times extrapolated linearly to the full workload.  ")
