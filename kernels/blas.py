@@ -160,14 +160,21 @@ def _extent(rows, cols, ld):
     return 0 if rows == 0 or cols == 0 else (rows - 1) * ld + cols
 
 
+@njit(**JIT)
+def _loops_on_pointers(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                       ldc):
+    """loops_gemm on the raw pointers a C caller passes (each wrapped over its extent)."""
+    ra, ca = (k, m) if trans_a == TRANS else (m, k)
+    rb, cb = (n, k) if trans_b == TRANS else (k, n)
+    loops_gemm(order, trans_a, trans_b, m, n, k, alpha, carray(a, _extent(ra, ca, lda)), lda,
+               carray(b, _extent(rb, cb, ldb)), ldb, beta, carray(c, _extent(m, n, ldc)), ldc)
+
+
 def _loops_cfunc(dtype):
     @cfunc(_signature(dtype), **JIT)
     def provider(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        ra, ca = (k, m) if trans_a == TRANS else (m, k)
-        rb, cb = (n, k) if trans_b == TRANS else (k, n)
-        loops_gemm(order, trans_a, trans_b, m, n, k, alpha,
-                   carray(a, _extent(ra, ca, lda)), lda, carray(b, _extent(rb, cb, ldb)), ldb,
-                   beta, carray(c, _extent(m, n, ldc)), ldc)
+        _loops_on_pointers(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                           ldc)
     return provider
 
 
@@ -189,9 +196,8 @@ def _numba_cfunc(dtype):
         ra, ca = (k, m) if trans_a == TRANS else (m, k)
         rb, cb = (n, k) if trans_b == TRANS else (k, n)
         if lda != ca or ldb != cb or ldc != n or m == 0 or n == 0 or k == 0:
-            loops_gemm(order, trans_a, trans_b, m, n, k, alpha,
-                       carray(a, _extent(ra, ca, lda)), lda, carray(b, _extent(rb, cb, ldb)),
-                       ldb, beta, carray(c, _extent(m, n, ldc)), ldc)
+            _loops_on_pointers(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta,
+                               c, ldc)
             return
         p = _product(trans_a, trans_b, m, n, k, carray(a, ra * ca), carray(b, rb * cb))
         out = carray(c, m * n)
