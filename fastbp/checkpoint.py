@@ -48,7 +48,7 @@ class Run:
     hyper: np.ndarray | None = None
     iconf: np.ndarray | None = None
     sw: np.ndarray | None = None         # sample weights, (n,) or empty
-    xv: np.ndarray | None = None         # validation set, feature-major (empty: none)
+    xv: np.ndarray | None = None         # validation set, one sample per column (empty: none)
     yv: np.ndarray | None = None
     swv: np.ndarray | None = None
     val_history: np.ndarray | None = None
@@ -94,8 +94,9 @@ class Run:
 
 
 def data_fingerprint(xt, yt):
-    """A digest of the training data as the kernels see them (model dtype, feature-major),
-    so that ``resume`` can tell whether it was given the data the run started with."""
+    """A digest of the training data as the kernels see them (model dtype; the bytes of
+    their feature-major copy, whatever their layout), so that ``resume`` can tell whether
+    it was given the data the run started with."""
     h = hashlib.blake2b(digest_size=16)
     for a in (xt, yt):
         a = np.ascontiguousarray(a)

@@ -175,7 +175,7 @@ class MLP:
     # ---- data -----------------------------------------------------------------------
     def _inputs(self, X):
         x = V.check_X(X, self.sizes[0], self.dtype)
-        return V.kernel_ready(x.T)
+        return V.kernel_columns(x)
 
     def _targets(self, y, n):
         if self.loss_name == "cross_entropy":
@@ -184,7 +184,7 @@ class MLP:
                 y = onehot
         t = V.check_y(y, n, self.sizes[-1], self.dtype)
         V.check_targets_for_loss(t, self.loss_name)
-        return V.kernel_ready(t.T)
+        return V.kernel_columns(t)
 
     @property
     def _keep_z(self):
@@ -208,11 +208,11 @@ class MLP:
         ws = K.make_workspace(self._layout.sizes_arr, self._layout.n_params,
                                   min(n, _EVAL_CAP), 0, self._params[:0], False)
         a_off, acts, _, _, _, _, bits, scale, _ = ws
-        out = np.empty((self.sizes[-1], n), dtype=self.dtype)
-        K.predict_into(self._params, *self._kernel_net(), xt, out, a_off, acts, bits, scale,
+        out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
+        K.predict_into(self._params, *self._kernel_net(), xt, out.T, a_off, acts, bits, scale,
                        K.BLAS_MIN_WORK)
         V.check_finite_output(out, "predict's output", self.dtype)
-        return np.ascontiguousarray(out.T)
+        return out
 
     def predict_proba(self, X):
         """Class probabilities, (n_samples, n_out): the outputs of a softmax or sigmoid
@@ -259,8 +259,9 @@ class MLP:
         X: (n_samples, sizes[0]) array-like (1-D when sizes[0] == 1); y: (n_samples,
         sizes[-1]), or 1-D when sizes[-1] == 1.  Both are converted once to the model
         dtype (float32 data for a float64 model and the reverse are converted; integers
-        too; booleans are taken as 0/1) and copied feature-major: the caller's arrays
-        are never written to (read-only, Fortran-ordered and strided arrays are fine).
+        too; booleans are taken as 0/1) and made C-contiguous (not copied when they
+        already are): the caller's arrays are never written to (read-only,
+        Fortran-ordered and strided arrays are fine; they are copied).
         Refused with ValueError / TypeError: NaN or infinity, values too large for the
         model dtype (e.g. 1e39 for float32), complex, string or object arrays, wrong
         shapes, arrays with more than 2 dimensions, empty data.
@@ -355,7 +356,7 @@ class MLP:
         return self._train(xt, yt, run, progress, on_divergence, seed=seed)
 
     def _validation_split(self, xt, yt, sw, validation_data, validation_fraction, seed):
-        """(xt, yt, sw) for training and (xv, yv, swv) for validation, feature-major."""
+        """(xt, yt, sw) for training and (xv, yv, swv) for validation, as kernel_columns."""
         empty = np.zeros((xt.shape[0], 0), dtype=self.dtype)
         none = (empty, np.zeros((yt.shape[0], 0), dtype=self.dtype),
                 np.zeros(0, dtype=self.dtype))
@@ -383,7 +384,7 @@ class MLP:
         key = seed if seed is not None else (self.seed if self.seed is not None else 0)
         order = np.random.default_rng(key).permutation(n)
         val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-        take = lambda a, idx: np.ascontiguousarray(a[:, idx])  # noqa: E731
+        take = lambda a, idx: V.kernel_columns(a.T[idx])  # noqa: E731
         sw_t = sw[train].copy() if sw.shape[0] else sw
         sw_v = sw[val].copy() if sw.shape[0] else sw
         return take(xt, train), take(yt, train), sw_t, take(xt, val), take(yt, val), sw_v
@@ -610,8 +611,7 @@ class MLP:
                                   self._params[:0], self._keep_z)
         with np.errstate(all="ignore"):
             for s in range(0, n, cap):
-                xb = np.ascontiguousarray(xt[:, s:s + cap])
-                yb = np.ascontiguousarray(yt[:, s:s + cap])
+                xb, yb = xt[:, s:s + cap], yt[:, s:s + cap]  # views, the layout of xt
                 loss = K.loss_and_gradient(self._params, *self._kernel_net(), self._loss_code,
                                            xb, yb, *_loss_workspace(ws), K.BLAS_MIN_WORK)
                 if not np.isfinite(loss):

@@ -11,6 +11,7 @@ from .losses import BCE, CROSS_ENTROPY, HALF_MSE, MSE, SSE, batch_loss, output_d
 from . import optim
 from .rng import next_u64, permutation_into, seed_state
 from .train import activation_offsets, all_finite, allocate_workspace, default_config, \
-    eval_loss, loss_and_gradient, make_workspace, predict_into, train, train_epochs, weighted_loss_and_gradient
+    eval_loss, gather_columns, loss_and_gradient, make_workspace, predict_into, \
+    scatter_columns, train, train_epochs, weighted_loss_and_gradient
 from .ensemble import predict_many, train_many
 from .lanes import LANES, eligible as lanes_eligible, train_blocks

@@ -86,24 +86,47 @@ def _load_weights(sw, start, nb, perm, shuffle, w_batch):
 
 
 @njit(**JIT)
+def gather_columns(src, start, nb, perm, shuffle, dst, d0):
+    """dst[d0 + i * nb + s] <- src[i, sample s of the batch] for every row i of src:
+    samples start .. start + nb - 1, through ``perm`` when shuffle.  The loop follows
+    src's memory order: sample by sample when a sample's values are adjacent (the
+    transposed view of sample-major data, what fit passes), row by row otherwise."""
+    rows = src.shape[0]
+    if src.strides[0] <= src.strides[1]:
+        for s in range(nb):
+            col = perm[start + s] if shuffle else start + s
+            for i in range(rows):
+                dst[d0 + i * nb + s] = src[i, col]
+    else:
+        for i in range(rows):
+            row = d0 + i * nb
+            if shuffle:
+                for s in range(nb):
+                    dst[row + s] = src[i, perm[start + s]]
+            else:
+                for s in range(nb):
+                    dst[row + s] = src[i, start + s]
+
+
+@njit(**JIT)
+def scatter_columns(src, s0, nb, dst, start):
+    """dst[i, start + s] <- src[s0 + i * nb + s] for s < nb and every row i of dst: the
+    reverse of gather_columns (no shuffling), in dst's memory order."""
+    rows = dst.shape[0]
+    if dst.strides[0] <= dst.strides[1]:
+        for s in range(nb):
+            for i in range(rows):
+                dst[i, start + s] = src[s0 + i * nb + s]
+    else:
+        for i in range(rows):
+            for s in range(nb):
+                dst[i, start + s] = src[s0 + i * nb + s]
+
+
+@njit(**JIT)
 def _load_batch(xt, yt, start, nb, perm, shuffle, acts, a0, y_batch):
-    n0 = xt.shape[0]
-    k = yt.shape[0]
-    for i in range(n0):
-        row = a0 + i * nb
-        if shuffle:
-            for s in range(nb):
-                acts[row + s] = xt[i, perm[start + s]]
-        else:
-            for s in range(nb):
-                acts[row + s] = xt[i, start + s]
-    for i in range(k):
-        if shuffle:
-            for s in range(nb):
-                y_batch[i * nb + s] = yt[i, perm[start + s]]
-        else:
-            for s in range(nb):
-                y_batch[i * nb + s] = yt[i, start + s]
+    gather_columns(xt, start, nb, perm, shuffle, acts, a0)
+    gather_columns(yt, start, nb, perm, shuffle, y_batch, 0)
 
 
 @njit(**JIT)
@@ -169,8 +192,9 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
           hyper, iconf, opt_state, opt_step, decay_mask, ws, w_batch, wsv, blas_min_work):
     """Train ``params`` in place for ``epochs`` epochs; the loop behind MLP.fit.
 
-    Data, FEATURE-major (transposed once by the caller): xt (n_in, n), yt (n_out, n), sw
-    (n,) sample weights or empty; xv, yv, swv: validation set (empty xv: none).
+    Data, one sample per COLUMN: xt (n_in, n), yt (n_out, n) -- MLP.fit passes the
+    transposed views of its sample-major rows (fastbp/_validation.py: kernel_columns),
+    any layout works; sw (n,) sample weights or empty; xv, yv, swv: validation set (empty xv: none).
     Epochs are numbered from ``epoch0`` (a run cut into chunks is the same run); epoch g
     is recorded in history[g // record_every] when g % record_every == 0: the mean of its
     batch losses (full batch: the loss before its update), plus the L2 penalty; and,
@@ -203,10 +227,11 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
         _load_batch(xt, yt, 0, n, perm, False, acts, 0, y_batch)
     # per-sample SGD has a faster path of its own, for the plain update rule
     per_sample = batch_size == 1 and loss_code != CROSS_ENTROPY
-    # sgd_epoch reads samples as rows: transposed views, not copies.  A copy (1.3 MB
-    # for W4a) per call made glibc hand the freed pages back to the OS and fault them in
-    # again at the next fit: 1 ms of a 3.3 ms W4a fit.  The strided reads cost nothing
-    # measurable, even for 784 inputs in shuffled order.
+    # sgd_epoch reads samples as rows: transposed views, not copies (a copy per call,
+    # 1.3 MB for W4a, made glibc hand the freed pages back to the OS and fault them in
+    # again at the next fit).  From MLP.fit xt is itself the transposed view of
+    # sample-major rows, so these rows are contiguous: strided reads, one cache line per
+    # input, cost W4a 7-9% of its kernel time at H=16.
     x_rows = xt.T
     y_rows = yt.T
     if per_sample and epochs > 0:
@@ -295,23 +320,21 @@ def train_epochs(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
 @njit(**JIT)
 def predict_into(params, sizes, w_off, b_off, acts_codes, xt, out, a_off, acts, bits, scale,
                  blas_min_work):
-    """out (n_out, n) <- network outputs for xt (n_in, n), in batches of the workspace cap."""
+    """out (n_out, n) <- network outputs for xt (n_in, n), in batches of the workspace cap.
+    Either may be a transposed view of sample-major rows (what MLP.predict passes)."""
     n = xt.shape[1]
     n0 = sizes[0]
     k = sizes[-1]
     n_layers = sizes.shape[0] - 1
     cap = (a_off[1] - a_off[0]) // n0
     out_off = a_off[n_layers]
+    perm_none = np.zeros(0, dtype=np.int64)
     for start in range(0, n, cap):
         nb = min(cap, n - start)
-        for i in range(n0):
-            for s in range(nb):
-                acts[i * nb + s] = xt[i, start + s]
+        gather_columns(xt, start, nb, perm_none, False, acts, 0)
         forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, nb, bits, scale,
                 acts[:0], blas_min_work)
-        for i in range(k):
-            for s in range(nb):
-                out[i, start + s] = acts[out_off + i * nb + s]
+        scatter_columns(acts, out_off, nb, out, start)
 
 
 @njit(**JIT)

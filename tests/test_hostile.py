@@ -34,6 +34,8 @@ def _all_entry_points(m, X, y):
     gw, gb = m.gradient(X, y)
     out += [np.concatenate([g.ravel() for g in gw + gb])]
     h = m.fit(X, y, epochs=4, lr=0.05, batch_size=5, shuffle=True, seed=1)
+    out += [h.loss, m.params.copy()]
+    h = m.fit(X, y, epochs=2, lr=0.05, batch_size=1, shuffle=True, seed=2)  # per-sample path
     return out + [h.loss, m.params.copy()]
 
 

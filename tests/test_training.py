@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import fastbp
+import fastbp.kernels as K
 import reference as R
 
 RTOL = 1e-9
@@ -481,3 +482,46 @@ def test_activation_string_or_list():
     assert a.activations == ("tanh", "tanh")
     b = fastbp.MLP([2, 3, 1], activation=["relu", "identity"], seed=0)
     assert b.activations == ("relu", "identity")
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("sample_major", [False, True])
+def test_gather_and_scatter_columns_follow_either_layout(shuffle, sample_major):
+    """The kernels take data one sample per column, either as a C array (k, n) or as the
+    transposed view of sample-major rows (what fit passes): both give the batch that
+    plain numpy indexing gives, and scatter_columns is its reverse."""
+    rng = np.random.default_rng(11)
+    rows = rng.normal(size=(23, 5))
+    src = rows.T if sample_major else np.ascontiguousarray(rows.T)
+    assert src.flags.f_contiguous == sample_major
+    perm = rng.permutation(23)
+    start, nb, d0 = 7, 9, 3
+    dst = np.full(d0 + 5 * nb + 2, np.nan)
+    K.gather_columns(src, start, nb, perm, shuffle, dst, d0)
+    cols = perm[start:start + nb] if shuffle else np.arange(start, start + nb)
+    np.testing.assert_array_equal(dst[d0:d0 + 5 * nb].reshape(5, nb), rows[cols].T)
+    assert np.isnan(dst[:d0]).all() and np.isnan(dst[d0 + 5 * nb:]).all()
+    out_rows = np.full((23, 5), np.nan)
+    out = out_rows.T if sample_major else np.full((5, 23), np.nan)
+    K.scatter_columns(dst, d0, nb, out, start)
+    np.testing.assert_array_equal(out[:, start:start + nb], rows[cols].T)
+    assert np.isnan(out[:, :start]).all() and np.isnan(out[:, start + nb:]).all()
+
+
+def test_fit_reads_c_contiguous_data_in_place_and_never_writes_it(make_problem):
+    """A C-contiguous float64 X is not copied (fit, predict and the kernels read it where
+    it is) and comes back unchanged, with the results of a private copy."""
+    X, y, _, _ = make_problem((3, 5, 2), n=30, seed=4)
+    X0, y0 = X.copy(), y.copy()
+    m = fastbp.MLP([3, 5, 2], activation="sigmoid", seed=1)
+    assert np.shares_memory(m._inputs(X), X)
+    ref = fastbp.MLP([3, 5, 2], activation="sigmoid", seed=1)
+    for batch_size in (1, 4, None):
+        h = m.fit(X, y, epochs=3, lr=0.1, batch_size=batch_size, shuffle=batch_size == 4)
+        h_ref = ref.fit(X0.copy(), y0.copy(), epochs=3, lr=0.1, batch_size=batch_size,
+                        shuffle=batch_size == 4)
+        np.testing.assert_array_equal(h.loss, h_ref.loss)
+    np.testing.assert_array_equal(m.params, ref.params)
+    np.testing.assert_array_equal(m.predict(X), ref.predict(X0.copy()))
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(y, y0)
