@@ -538,7 +538,7 @@ class MLP:
 
     def _train_kernel(self, n, batch, run):
         """The compiled training loop for this fit: one generated for the architecture
-        when the network is small, the fit full-batch or per-sample plain SGD, and long
+        when the network is small and the fit full-batch, or the fit per-sample, and long
         enough to pay for compiling it (kernels/specialize.py: the same results,
         faster), else the general kernels.train.train."""
         if not S.ENABLED:
@@ -548,9 +548,9 @@ class MLP:
         weighted = run.sw.shape[0] > 0
         plain = self._plain(run)
         if batch == 1:
-            ok = S.eligible_per_sample(lay.sizes, self._act_codes, self._loss_code, plain,
-                                       validating, self.dtype, lay.n_params)
-            mode = "per_sample"
+            mode = S.per_sample_mode(lay.sizes, self._act_codes, self._loss_code, plain,
+                                     validating, self.dtype, lay.n_params)
+            ok = mode is not None
         else:
             full = batch >= n and not run.shuffle
             blas = any(S.uses_blas(a, b, n, K.BLAS_MIN_WORK) for a, b in lay.shapes)

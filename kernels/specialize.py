@@ -18,6 +18,10 @@ source for its exact architecture and compiled once (``trainer``):
 - one generated module per architecture, loss and mode ("full", "plain" for the plain
   update rule, "per_sample" for batch size 1, see ``trainer``).
 
+Per-sample SGD of networks too large to unroll ("per_sample_loops") gets a lighter form:
+sgd.sgd_epoch itself, called with the architecture as constant tuples
+(``source_per_sample_loops``), so that LLVM knows the trip count of every loop.
+
 Every value is computed with the same operations in the same order as the general
 kernels (products summed over the inputs in their order, dense.dot4's four-lane sums,
 the sigmoid of activations.sigmoid_inplace), so the generated kernel's results equal the
@@ -67,7 +71,7 @@ def uses_blas(n_in, n_out, nb, blas_min_work):
                                      and work * BLAS_GRAD_FACTOR >= blas_min_work)
 
 
-MODES = ("full", "plain", "per_sample")
+MODES = ("full", "plain", "per_sample", "per_sample_loops")
 
 
 def loaded(sizes, acts, bias, loss_code, weighted, mode="full"):
@@ -90,6 +94,18 @@ def eligible_per_sample(sizes, acts, loss_code, plain_sgd, validating, dtype, n_
             and loss_code in LOSSES and all(a in ACTIVATIONS for a in acts)
             and n_params <= MAX_PER_SAMPLE_PARAMS
             and all(width < ROW_LANES for width in sizes[2:]))
+
+
+def per_sample_mode(sizes, acts, loss_code, plain_sgd, validating, dtype, n_params):
+    """The generated kernel a per-sample (batch size 1) fit can run on: "per_sample"
+    (every parameter in a register, the plain rule, small nets), "per_sample_loops"
+    (sgd.sgd_epoch with constant sizes, any rule), or None (the general kernel)."""
+    if eligible_per_sample(sizes, acts, loss_code, plain_sgd, validating, dtype, n_params):
+        return "per_sample"
+    if (not validating and str(dtype) == "float64" and loss_code in LOSSES
+            and all(a in ACTIVATIONS for a in acts)):
+        return "per_sample_loops"
+    return None
 
 
 def eligible(sizes, acts, loss_code, full_batch, validating, dtype, blas_layers):
@@ -349,6 +365,15 @@ def _write_layer_grads(out, sizes, bias, w_off, b_off, l):
 
 
 # The end of both generated train loops: train.train's recording and divergence guard.
+# The def line of every generated train: kernels.train.train's arguments, in its order.
+_TRAIN_DEF = """\
+@njit(**JIT)
+def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv, swv,
+          epochs, batch_size, shuffle, rng_state, epoch0, record_every,
+          history, val_history, backup, best_params, es_state,
+          hyper, iconf, opt_state, opt_step, decay_mask, ws, w_batch, wsv, blas_min_work):
+"""
+
 _RECORD_AND_GUARD = """\
         if recording:
             r = g // record_every
@@ -382,12 +407,7 @@ _PLAIN_UPDATE = """\
             params[p] -= lr * grad[p]
 """
 
-_TRAIN_TEMPLATE = """\
-@njit(**JIT)
-def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv, swv,
-          epochs, batch_size, shuffle, rng_state, epoch0, record_every,
-          history, val_history, backup, best_params, es_state,
-          hyper, iconf, opt_state, opt_step, decay_mask, ws, w_batch, wsv, blas_min_work):
+_TRAIN_TEMPLATE = _TRAIN_DEF + """\
     \"\"\"kernels.train.train for this architecture, full batch, no validation data: the
     same arguments, results and return value (ws is not used: this kernel keeps its own
     buffers, with rows padded to a multiple of PAD samples).\"\"\"
@@ -545,18 +565,15 @@ def source_per_sample(sizes, acts, bias, loss_code, weighted):
     return "\n".join(out.lines) + "\n"
 
 
-_PER_SAMPLE_TEMPLATE = """\
-@njit(**JIT)
-def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv, swv,
-          epochs, batch_size, shuffle, rng_state, epoch0, record_every,
-          history, val_history, backup, best_params, es_state,
-          hyper, iconf, opt_state, opt_step, decay_mask, ws, w_batch, wsv, blas_min_work):
-    \"\"\"kernels.train.train for this architecture, batch size 1, the plain update rule,
-    no validation data: the same arguments, results and return value.\"\"\"
+def _per_sample_train(doc, buffers, call):
+    """The generated per-sample train: kernels.train.train's epoch loop for batch size 1,
+    ``buffers`` (lines) before it and ``call`` (the epoch's sgd_epoch call) in it."""
+    return _TRAIN_DEF + f"""\
+    \"\"\"{doc}\"\"\"
     perm = ws[-1]
     x_rows = xt.T  # views, as kernels.train.train
     y_rows = yt.T
-    guard = backup.shape[0] == params.shape[0]
+{buffers}    guard = backup.shape[0] == params.shape[0]
     good_epochs = 0
     for e in range(epochs):
         g = epoch0 + e
@@ -564,8 +581,66 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
         lr = learning_rate(hyper, iconf, g)
         if shuffle:
             permutation_into(perm, rng_state)
-        epoch_loss = sgd_epoch(params, x_rows, y_rows, sw, lr, perm, recording)
+        epoch_loss = {call}
 """ + _RECORD_AND_GUARD
+
+
+_PER_SAMPLE_TEMPLATE = _per_sample_train(
+    "kernels.train.train for this architecture, batch size 1, the plain update rule,\n"
+    "    no validation data: the same arguments, results and return value.",
+    "", "sgd_epoch(params, x_rows, y_rows, sw, lr, perm, recording)")
+
+
+def source_per_sample_loops(sizes, acts, bias, loss_code, weighted):
+    """The generated module for per-sample SGD (batch size 1) of a network too large for
+    source_per_sample: sgd.sgd_epoch itself (sgd_epoch_inline), called with this
+    architecture's sizes, offsets, activations and loss as constant tuples.  LLVM then
+    knows every trip count; the code, and so every result, is the general kernel's.
+    Any update rule (the rule is read at run time, as sgd_epoch reads it)."""
+    sizes = tuple(int(s) for s in sizes)
+    acts = tuple(int(a) for a in acts)
+    w_off, b_off = _offsets(sizes, bias)
+    out = _Writer()
+    out(f'"""Generated by fastbp.kernels.specialize (version {VERSION}), per-sample SGD '
+        f'with constant sizes, for sizes={sizes}, acts={acts}, bias={bias}, '
+        f'loss={loss_code}, weighted={weighted}."""')
+    out("import numpy as np")
+    out("from numba import njit")
+    out("from fastbp.kernels.config import JIT")
+    out("from fastbp.kernels.sgd import sgd_epoch_inline")
+    out("from fastbp.kernels.train import all_finite")
+    out("from fastbp.kernels.optim import learning_rate")
+    out("from fastbp.kernels.rng import permutation_into")
+    out()
+    out(f"SIZES = {sizes}")
+    out(f"W_OFF = {tuple(w_off)}")
+    out(f"B_OFF = {tuple(b_off)}")
+    out(f"ACTS = {acts}")
+    out(f"LOSS = {int(loss_code)}")
+    out(f"UNITS = {sum(sizes)}")
+    out()
+    out()
+    out.lines += _PER_SAMPLE_LOOPS_TEMPLATE.splitlines()
+    return "\n".join(out.lines) + "\n"
+
+
+_PER_SAMPLE_LOOPS_TEMPLATE = """\
+@njit(**JIT)
+def sgd_epoch(params, x_rows, y_rows, sw, lr, order, h, d, recording, hyper, iconf,
+              opt_state, opt_step, decay_mask):
+    \"\"\"sgd.sgd_epoch for this architecture (a call of its own, as in kernels.train).\"\"\"
+    return sgd_epoch_inline(params, SIZES, W_OFF, B_OFF, ACTS, LOSS, x_rows, y_rows, sw, lr,
+                            order, h, d, recording, hyper, iconf, opt_state, opt_step,
+                            decay_mask)
+
+
+""" + _per_sample_train(
+    "kernels.train.train for this architecture, batch size 1, no validation data: the\n"
+    "    same arguments, results and return value.",
+    "    h = np.zeros(UNITS, dtype=params.dtype)\n"
+    "    d = np.zeros(UNITS, dtype=params.dtype)\n",
+    "sgd_epoch(params, x_rows, y_rows, sw, lr, perm, h, d, recording, hyper,\n"
+    "                               iconf, opt_state, opt_step, decay_mask)")
 
 
 def cache_dir():
@@ -604,7 +679,8 @@ def _key(sizes, acts, bias, loss_code, weighted, mode="full"):
 def trainer(sizes, acts, bias, loss_code, weighted, mode="full"):
     """The generated ``train`` for this architecture (compiled on first call, cached).
     mode: "full" (full batch, any optimizer), "plain" (full batch, the plain update
-    rule) or "per_sample" (batch size 1, the plain rule)."""
+    rule), "per_sample" (batch size 1, the plain rule) or "per_sample_loops" (batch
+    size 1, any optimizer)."""
     key = _key(sizes, acts, bias, loss_code, weighted, mode)
     fn = _loaded.get(key)
     if fn is not None:
@@ -614,6 +690,8 @@ def trainer(sizes, acts, bias, loss_code, weighted, mode="full"):
         if fn is None:
             if mode == "per_sample":
                 text = source_per_sample(*key[:5])
+            elif mode == "per_sample_loops":
+                text = source_per_sample_loops(*key[:5])
             else:
                 text = source(*key[:5], plain=mode == "plain")
             fn = _loaded[key] = _import(text).train

@@ -104,6 +104,53 @@ def test_per_sample_sgd_is_bit_identical(generated, monkeypatch, arch, options):
     _assert_identical(results)
 
 
+# Networks too large for the unrolled per-sample kernel: they get sgd.sgd_epoch with
+# constant sizes ("per_sample_loops"); rows of 17 and 33 units take the SIMD lanes and
+# their remainder, rows of 2 the scalar sums.
+LOOP_ARCHS = {
+    "loops-tanh": ((3, 20, 17, 2), ["tanh", "sigmoid", "identity"], "mse", True),
+    "loops-relu-bce": ((4, 33, 2), ["relu", "sigmoid"], "bce", False),
+}
+
+
+def _fit_loops_both(monkeypatch, arch, n, data_seed=0, **fit):
+    sizes, act, loss, bias = LOOP_ARCHS[arch]
+    model = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias)
+    assert S.per_sample_mode(sizes, model._act_codes, model._loss_code, True, False,
+                             "float64", model._layout.n_params) == "per_sample_loops"
+    monkeypatch.setitem(ARCHS, arch, LOOP_ARCHS[arch])
+    return _fit_both(monkeypatch, arch, n, data_seed, batch_size=1, **fit)
+
+
+@pytest.mark.parametrize("arch", sorted(LOOP_ARCHS))
+@pytest.mark.parametrize("options", [
+    dict(lr=0.05),
+    dict(lr=0.05, shuffle=True, seed=7, schedule="invscaling", record_every=3),
+    dict(optimizer="adam", lr=0.01, l2=1e-3, schedule="cosine"),
+    dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, schedule="step",
+         step_size=3),
+])
+def test_per_sample_loops_kernel_is_bit_identical(generated, monkeypatch, arch, options):
+    results = _fit_loops_both(monkeypatch, arch, 23, data_seed=8, epochs=12, **options)
+    _assert_identical(results)
+    sizes, act, loss, bias = LOOP_ARCHS[arch]
+    model = results[0][2]
+    start = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias, seed=8).params
+    assert not np.array_equal(model.params, start)  # it trained
+    assert S.loaded(sizes, model._act_codes, bias, model._loss_code, False,
+                    "per_sample_loops")  # and the generated kernel ran
+
+
+def test_per_sample_loops_kernel_with_weights_and_divergence(generated, monkeypatch):
+    w = np.random.default_rng(9).uniform(0.0, 2.0, size=21)
+    _assert_identical(_fit_loops_both(monkeypatch, "loops-tanh", 21, data_seed=9, epochs=6,
+                                      lr=0.1, shuffle=True, sample_weight=w))
+    results = _fit_loops_both(monkeypatch, "loops-relu-bce", 21, data_seed=9, epochs=300,
+                              lr=1e4, on_divergence="warn")
+    _assert_identical(results)
+    assert results[0][1].stopped == "diverged" and np.isfinite(results[0][0]).all()
+
+
 def test_per_sample_sgd_with_weights_is_bit_identical(generated, monkeypatch):
     w = np.random.default_rng(6).uniform(0.0, 2.0, size=17)
     _assert_identical(_fit_both(monkeypatch, "multi", 17, data_seed=6, epochs=15, lr=0.1,
@@ -143,7 +190,9 @@ def test_generated_kernel_is_used_only_where_it_applies(generated, monkeypatch):
     Run.hyper, Run.iconf = C.build(0.1, 10)
     assert model._train_kernel(21, 1, Run) is not K.train  # per-sample, plain SGD
     Run.hyper, Run.iconf = C.build(0.1, 10, momentum=0.9)
-    assert model._train_kernel(21, 1, Run) is K.train  # per-sample with momentum
+    # per-sample with momentum: not the unrolled kernel, sgd_epoch with constant sizes
+    assert model._train_kernel(21, 1, Run) is S.trainer(
+        sizes, model._act_codes, bias, model._loss_code, False, "per_sample_loops")
     Run.xv = np.zeros((2, 3))
     assert model._train_kernel(21, 21, Run) is K.train  # validation data
     Run.xv = np.zeros((2, 0))
