@@ -194,7 +194,8 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
 
     Data, one sample per COLUMN: xt (n_in, n), yt (n_out, n) -- MLP.fit passes the
     transposed views of its sample-major rows (fastbp/_validation.py: kernel_columns),
-    any layout works; sw (n,) sample weights or empty; xv, yv, swv: validation set (empty xv: none).
+    any layout works; sw (n,) sample weights or empty; xv, yv, swv: validation set
+    (empty xv: none).
     Epochs are numbered from ``epoch0`` (a run cut into chunks is the same run); epoch g
     is recorded in history[g // record_every] when g % record_every == 0: the mean of its
     batch losses (full batch: the loss before its update), plus the L2 penalty; and,
@@ -323,10 +324,8 @@ def predict_into(params, sizes, w_off, b_off, acts_codes, xt, out, a_off, acts, 
     """out (n_out, n) <- network outputs for xt (n_in, n), in batches of the workspace cap.
     Either may be a transposed view of sample-major rows (what MLP.predict passes)."""
     n = xt.shape[1]
-    n0 = sizes[0]
-    k = sizes[-1]
     n_layers = sizes.shape[0] - 1
-    cap = (a_off[1] - a_off[0]) // n0
+    cap = (a_off[1] - a_off[0]) // sizes[0]
     out_off = a_off[n_layers]
     perm_none = np.zeros(0, dtype=np.int64)
     for start in range(0, n, cap):
