@@ -364,7 +364,6 @@ def _write_layer_grads(out, sizes, bias, w_off, b_off, l):
             out(f"grad[{b_off[l] + j}] = sum4(d{l + 1}_{j}, U0, un)")
 
 
-# The end of both generated train loops: train.train's recording and divergence guard.
 # The def line of every generated train: kernels.train.train's arguments, in its order.
 _TRAIN_DEF = """\
 @njit(**JIT)
@@ -374,6 +373,7 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
           hyper, iconf, opt_state, opt_step, decay_mask, ws, w_batch, wsv, blas_min_work):
 """
 
+# The end of every generated train loop: train.train's recording and divergence guard.
 _RECORD_AND_GUARD = """\
         if recording:
             r = g // record_every
