@@ -93,10 +93,14 @@ def gather_columns(src, start, nb, perm, shuffle, dst, d0):
     transposed view of sample-major data, what fit passes), row by row otherwise."""
     rows = src.shape[0]
     if src.strides[0] <= src.strides[1]:
-        for s in range(nb):
-            col = perm[start + s] if shuffle else start + s
+        # blocks of 8 samples: each row of dst gets 8 adjacent values (a cache line) at
+        # a time.  Sample by sample, a batch of 4,096 wrote each sample's values 32 kB
+        # apart: predict on 10,000 x 784 took 1.6x as long.
+        for b in range(0, nb, 8):
             for i in range(rows):
-                dst[d0 + i * nb + s] = src[i, col]
+                row = d0 + i * nb
+                for s in range(b, min(b + 8, nb)):
+                    dst[row + s] = src[i, perm[start + s] if shuffle else start + s]
     else:
         for i in range(rows):
             row = d0 + i * nb

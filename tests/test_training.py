@@ -491,18 +491,18 @@ def test_gather_and_scatter_columns_follow_either_layout(shuffle, sample_major):
     transposed view of sample-major rows (what fit passes): both give the batch that
     plain numpy indexing gives, and scatter_columns is its reverse."""
     rng = np.random.default_rng(11)
-    rows = rng.normal(size=(23, 5))
+    rows = rng.normal(size=(41, 5))
     src = rows.T if sample_major else np.ascontiguousarray(rows.T)
     assert src.flags.f_contiguous == sample_major
-    perm = rng.permutation(23)
-    start, nb, d0 = 7, 9, 3
+    perm = rng.permutation(41)
+    start, nb, d0 = 7, 19, 3  # two blocks of 8 samples and a remainder
     dst = np.full(d0 + 5 * nb + 2, np.nan)
     K.gather_columns(src, start, nb, perm, shuffle, dst, d0)
     cols = perm[start:start + nb] if shuffle else np.arange(start, start + nb)
     np.testing.assert_array_equal(dst[d0:d0 + 5 * nb].reshape(5, nb), rows[cols].T)
     assert np.isnan(dst[:d0]).all() and np.isnan(dst[d0 + 5 * nb:]).all()
-    out_rows = np.full((23, 5), np.nan)
-    out = out_rows.T if sample_major else np.full((5, 23), np.nan)
+    out_rows = np.full((41, 5), np.nan)
+    out = out_rows.T if sample_major else np.full((5, 41), np.nan)
     K.scatter_columns(dst, d0, nb, out, start)
     np.testing.assert_array_equal(out[:, start:start + nb], rows[cols].T)
     assert np.isnan(out[:, :start]).all() and np.isnan(out[:, start + nb:]).all()
