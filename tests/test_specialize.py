@@ -237,6 +237,30 @@ def test_source_is_written_to_the_cache_folder_and_rewritten_when_altered(tmp_pa
         assert f.read() == text
 
 
+def test_generated_modules_follow_every_kernel_source(tmp_path, monkeypatch):
+    """Numba's cache checks only a function's own file, so each generated module carries
+    a digest of all kernels/*.py: a change to any of them (here: a copy of the package
+    with one byte of sgd.py altered) gives every generated module a new text, and so a
+    new file name and a fresh compilation."""
+    import shutil
+    digest = S.kernel_sources_digest()
+    args = ((3, 20, 17, 2), (3, 1, 0), True, 0, False)
+    for make in (S.source_per_sample_loops, S.source_per_sample):
+        assert make(*args).splitlines()[0] == f"# fastbp.kernels sources {digest}"
+    copy = tmp_path / "kernels"
+    shutil.copytree(os.path.dirname(S.__file__), copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    sgd = copy / "sgd.py"
+    sgd.write_text(sgd.read_text() + "\n# edited\n")
+    monkeypatch.setattr(S, "__file__", str(copy / "specialize.py"))
+    monkeypatch.setattr(S, "_sources_digest", None)
+    assert S.kernel_sources_digest() != digest
+    edited = S.source_per_sample_loops(*args)
+    monkeypatch.setattr(S, "_sources_digest", digest)
+    assert edited != S.source_per_sample_loops(*args)
+    assert edited.splitlines()[1:] == S.source_per_sample_loops(*args).splitlines()[1:]
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_ensemble_on_the_generated_kernel_equals_mlp_fit(generated, monkeypatch, n_jobs):
     """Ensemble.fit runs each model through the generated kernel on threads (full batch,
