@@ -261,7 +261,9 @@ class MLP:
         dtype (float32 data for a float64 model and the reverse are converted; integers
         too; booleans are taken as 0/1) and made C-contiguous (not copied when they
         already are): the caller's arrays are never written to (read-only,
-        Fortran-ordered and strided arrays are fine; they are copied).
+        Fortran-ordered and strided arrays are fine; they are copied).  Arrays used in
+        place are read throughout the fit: do not change them while it runs (from a
+        callback, say); a divergence's replay and resume() expect the same data.
         Refused with ValueError / TypeError: NaN or infinity, values too large for the
         model dtype (e.g. 1e39 for float32), complex, string or object arrays, wrong
         shapes, arrays with more than 2 dimensions, empty data.
