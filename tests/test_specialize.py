@@ -11,6 +11,7 @@ architectures and vary what is decided at run time (optimizers, schedules, weigh
 sample counts, recording).
 """
 import os
+import shutil
 import sys
 import warnings
 
@@ -240,12 +241,11 @@ def test_source_is_written_to_the_cache_folder_and_rewritten_when_altered(tmp_pa
 def test_generated_modules_follow_every_kernel_source(tmp_path, monkeypatch):
     """Numba's cache checks only a function's own file, so each generated module carries
     a digest of all kernels/*.py: a change to any of them (here: a copy of the package
-    with one byte of sgd.py altered) gives every generated module a new text, and so a
+    with a comment added to sgd.py) gives every generated module a new text, and so a
     new file name and a fresh compilation."""
-    import shutil
     digest = S.kernel_sources_digest()
     args = ((3, 20, 17, 2), (3, 1, 0), True, 0, False)
-    for make in (S.source_per_sample_loops, S.source_per_sample):
+    for make in (S.source, S.source_per_sample, S.source_per_sample_loops):
         assert make(*args).splitlines()[0] == f"# fastbp.kernels sources {digest}"
     copy = tmp_path / "kernels"
     shutil.copytree(os.path.dirname(S.__file__), copy,
