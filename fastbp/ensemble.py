@@ -337,7 +337,7 @@ class Ensemble:
         previous = numba.get_num_threads()
         numba.set_num_threads(self._threads(n_jobs))
         try:
-            K.predict_many(self.params, *self._net(), xt, out, min(n, 4096), K.BLAS_MIN_WORK)
+            K.predict_many(self.params, *self._net(), xt, out, min(n, 4096), K.PRODUCT_MIN_WORK)
         finally:
             numba.set_num_threads(previous)
         return np.ascontiguousarray(out.transpose(0, 2, 1))
@@ -362,7 +362,7 @@ class Ensemble:
             out[m] = K.loss_and_gradient(self.params[m], sizes, w_off, b_off, codes,
                                          self._proto._loss_code, xt[d], yt[d], grad, a_off,
                                          acts, deltas, z_out, y_batch, bits, scale, perm,
-                                         K.BLAS_MIN_WORK)
+                                         K.PRODUCT_MIN_WORK)
         return out
 
     def best(self, k=1, X=None, y=None):
@@ -463,13 +463,13 @@ class _Group:
         lanes = np.zeros(self.params.shape[0], dtype=bool)
         if self.params.shape[0] >= K.LANES and K.lanes_eligible(
                 sizes, codes, loss_code, n, self.batches, self.shuffle, self.xt.shape[0],
-                K.BLAS_MIN_WORK):
+                K.PRODUCT_MIN_WORK):
             # full blocks of models train together, SIMD across models (kernels/lanes.py:
             # bit-identical to the single-model kernel); the rest below as usual
             K.train_blocks(self.params, sizes, w_off, b_off, codes, loss_code, self.xt[0],
                            self.yt[0], epochs, self.lrs, self.batches, self.rng_states,
                            self.active, epoch0, record_every, self.history, keep_z,
-                           self.results, K.BLAS_MIN_WORK)
+                           self.results, K.PRODUCT_MIN_WORK)
             lanes = self.results[:, 0] >= 0
             lane_results = self.results.copy()
             self.active[lanes] = 0
@@ -477,7 +477,7 @@ class _Group:
             K.train_many(self.params, sizes, w_off, b_off, codes, loss_code, self.xt,
                          self.yt, epochs, self.lrs, self.batches, self.shuffle,
                          self.rng_states, self.active, epoch0, record_every, self.history,
-                         True, keep_z, self.results, K.BLAS_MIN_WORK)
+                         True, keep_z, self.results, K.PRODUCT_MIN_WORK)
         if lanes.any():
             self.results[lanes] = lane_results[lanes]
         results[sel] = self.results
@@ -496,9 +496,9 @@ class _Group:
         if (not S.ENABLED or self.shuffle or n < self.GENERATED_MIN_SAMPLES
                 or (self.batches < n).any()):
             return None
-        blas = any(S.uses_blas(a, b, n, K.BLAS_MIN_WORK) for a, b in lay.shapes)
+        products = any(S.uses_products(a, b, n, K.PRODUCT_MIN_WORK) for a, b in lay.shapes)
         if not S.eligible(lay.sizes, model._act_codes, model._loss_code, True, False,
-                          model.dtype, blas):
+                          model.dtype, products):
             return None
         arch = (lay.sizes, model._act_codes, lay.bias, model._loss_code, False, "plain")
         work = epochs * n * lay.n_params * int(self.active.sum())
@@ -529,7 +529,7 @@ class _Group:
                 self.rng_states[m], epoch0, record_every, self.history[m], empty,
                 self.params[m].copy(), empty, np.zeros(3), hyper, iconf,
                 np.zeros((2, 0)), np.zeros(1, dtype=np.int64), empty, ws, empty, ws,
-                K.BLAS_MIN_WORK)
+                K.PRODUCT_MIN_WORK)
             self.results[m] = (done, bad)
 
         if threads <= 1:

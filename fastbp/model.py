@@ -210,7 +210,7 @@ class MLP:
         a_off, acts, _, _, _, _, bits, scale, _ = ws
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
         K.predict_into(self._params, *self._kernel_net(), xt, out.T, a_off, acts, bits, scale,
-                       K.BLAS_MIN_WORK)
+                       K.PRODUCT_MIN_WORK)
         V.check_finite_output(out, "predict's output", self.dtype)
         return out
 
@@ -231,7 +231,7 @@ class MLP:
         sizes, w_off, b_off, codes = self._kernel_net()
         loss = K.loss_and_gradient(self._params, sizes, w_off, b_off, codes, self._loss_code,
                                    xt, yt, grad, a_off, acts, deltas, z_out, y_batch, bits,
-                                   scale, perm, K.BLAS_MIN_WORK)
+                                   scale, perm, K.PRODUCT_MIN_WORK)
         V.check_finite_output(np.array([loss]), "the loss", self.dtype)
         V.check_finite_output(grad, "the gradient", self.dtype)
         return float(loss), grad
@@ -536,7 +536,7 @@ class MLP:
                        run.record_every, history, val_history, backup, run.best_params,
                        es_state, run.hyper, run.iconf, opt_state, opt_step,
                        self._decay_mask(run), train_ws, w_batch, val_ws,
-                       K.BLAS_MIN_WORK)
+                       K.PRODUCT_MIN_WORK)
 
     def _train_kernel(self, n, batch, run):
         """The compiled training loop for this fit: one generated for the architecture
@@ -555,9 +555,9 @@ class MLP:
             ok = mode is not None
         else:
             full = batch >= n and not run.shuffle
-            blas = any(S.uses_blas(a, b, n, K.BLAS_MIN_WORK) for a, b in lay.shapes)
+            products = any(S.uses_products(a, b, n, K.PRODUCT_MIN_WORK) for a, b in lay.shapes)
             ok = S.eligible(lay.sizes, self._act_codes, self._loss_code, full, validating,
-                            self.dtype, blas)
+                            self.dtype, products)
             mode = "plain" if plain else "full"
         arch = (lay.sizes, self._act_codes, lay.bias, self._loss_code, weighted, mode)
         if not ok or (run.epochs * n * lay.n_params < S.MIN_WORK and not S.loaded(*arch)):
@@ -615,7 +615,7 @@ class MLP:
             for s in range(0, n, cap):
                 xb, yb = xt[:, s:s + cap], yt[:, s:s + cap]  # views, the layout of xt
                 loss = K.loss_and_gradient(self._params, *self._kernel_net(), self._loss_code,
-                                           xb, yb, *_loss_workspace(ws), K.BLAS_MIN_WORK)
+                                           xb, yb, *_loss_workspace(ws), K.PRODUCT_MIN_WORK)
                 if not np.isfinite(loss):
                     return False
         return True

@@ -3,9 +3,7 @@ numpy and numba, never fastbp.  See DESIGN.md for the flat parameter layout."""
 from .activations import IDENTITY, RELU, SIGMOID, SOFTMAX, TANH, activate_inplace, exp_into, \
     mul_derivative_inplace, sigmoid_inplace, softmax_inplace
 from . import blas
-from .config import BLAS_MIN_WORK as _BLAS_MIN_WORK, JIT
-# without any BLAS provider (blas.py) every layer keeps the kernels' own loops
-BLAS_MIN_WORK = _BLAS_MIN_WORK if blas.AVAILABLE else -1
+from .config import PRODUCT_MIN_WORK, JIT
 from .dense import backward, forward
 from .losses import BCE, CROSS_ENTROPY, HALF_MSE, MSE, SSE, batch_loss, output_delta
 from . import optim

@@ -1,31 +1,35 @@
-"""Matrix products of the wide layers: CBLAS ``gemm`` reached through one symbol per dtype.
+"""BLAS ``gemm`` for the largest products, reached through one symbol per dtype.
+
+Most products of the wide layers run on fastbp's own register tiles (tiles.py); a
+product goes to BLAS only when it is large and BLAS runs on several threads
+(dense._matmul, config.BLAS_THREADED_MIN_WORK), so it is spread over them.
 
 The kernels call ``gemm`` below, which compiles to a call of the C symbol
 ``fastbp_dgemm`` (``fastbp_sgemm`` for float32) with the ILP64 CBLAS signature, row-major
-only.  The symbol is bound when this module is imported, to the first provider found:
+only, and ``threads``, a call of ``fastbp_blas_threads``.  The symbols are bound when
+this module is imported, to the first provider found:
 
 1. ``numpy``: the OpenBLAS that numpy's wheels bundle (``scipy_cblas_dgemm64_`` in
    ``numpy.libs``; ``cblas_dgemm64_`` in numpy 1.x wheels).  It is always there with a
-   wheel install, and already loaded.
+   wheel install, and already loaded.  ``threads`` asks it for its current setting.
 2. ``numba``: Numba's ``np.dot`` (scipy's BLAS), wrapped in a cfunc of the same
    signature, where numpy has no bundled OpenBLAS (conda, distribution packages).
-3. ``loops``: plain loops in a cfunc, where neither is available; ``BLAS_MIN_WORK`` is -1
-   then, so the kernels keep their own loops and never call it.
+3. ``loops``: plain loops in a cfunc, where neither is available.
+With the last two ``threads`` says 1, so the kernels never call their gemm: it is there
+for the tests, and as the reference (loops_gemm).
 
 ``FASTBP_BLAS=numpy|numba|loops`` in the environment picks a provider instead (for
 tests, and to compare): importing fastbp fails with ImportError if that one is missing.
 
-Why not ``np.dot`` inside the kernels, as before: Numba types ``np.dot`` through
+Why not ``np.dot`` inside the kernels: Numba types ``np.dot`` through
 ``scipy.linalg.cython_blas``, and scipy is not a dependency of fastbp.  Without scipy
 every kernel holding an ``np.dot`` failed to compile ("scipy 0.16+ is required for linear
 algebra"): ``pip install -e . && fastbp demo xor`` trained, then stopped with that error.
-Speed is the same: W4b (batch 64, H = 16 to 1024) ran within noise of np.dot's times, one
-thread, on the development machine.
 
-A symbol, not a function pointer in a global: the kernels are cached on disk
+Symbols, not function pointers in globals: the kernels are cached on disk
 (``cache=True``), and a pointer baked into cached code would be stale in the next
-process.  The symbol is resolved by name when the cached code is loaded, after this
-module has bound it.
+process.  The symbols are resolved by name when the cached code is loaded, after this
+module has bound them.
 """
 import ctypes
 import os
@@ -44,6 +48,9 @@ NO_TRANS = 111
 TRANS = 112
 
 _SYMBOL = {types.float64: "fastbp_dgemm", types.float32: "fastbp_sgemm"}
+# int threads(void): how many threads the provider's gemm runs on (1 for all but numpy's
+# OpenBLAS, whose count can change while the process runs: asked at every call)
+_THREADS_SYMBOL = "fastbp_blas_threads"
 
 
 def _signature(dtype):
@@ -95,6 +102,23 @@ def _call_gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta
     return sig, codegen
 
 
+@intrinsic
+def _call_threads(typingctx):
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, []),
+                                            _THREADS_SYMBOL)
+        return builder.call(fn, [])
+
+    return types.int32(), codegen
+
+
+@njit(**JIT)
+def threads():
+    """The number of threads gemm runs on now (OpenBLAS: its current setting)."""
+    return _call_threads()
+
+
 @njit(**JIT)
 def gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """c <- alpha * op(a) @ op(b) + beta * c, row-major, as CBLAS's gemm.
@@ -112,8 +136,9 @@ def gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
 # Providers
 # ---------------------------------------------------------------------------------------
 def _numpy_openblas():
-    """(dgemm address, sgemm address, description) of numpy's bundled ILP64 OpenBLAS, or
-    None.  ILP64 only (the ``64_`` suffix): the symbols' integers are 64-bit."""
+    """(dgemm address, sgemm address, get_num_threads address, description, path) of
+    numpy's bundled ILP64 OpenBLAS, or None.  ILP64 only (the ``64_`` suffix): the symbols'
+    integers are 64-bit."""
     pkg = Path(np.__file__).resolve().parent
     found = []
     for folder, pattern in ((pkg.parent / "numpy.libs", "*openblas*"),
@@ -126,12 +151,15 @@ def _numpy_openblas():
         except OSError:
             continue
         for prefix in ("scipy_cblas_", "cblas_"):
+            names = (prefix + "dgemm64_", prefix + "sgemm64_",
+                     prefix.replace("cblas", "openblas") + "get_num_threads64_")
             try:
-                d, s = getattr(lib, prefix + "dgemm64_"), getattr(lib, prefix + "sgemm64_")
+                found = [getattr(lib, name) for name in names]
             except AttributeError:
                 continue
             address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
-            return address(d), address(s), f"numpy's OpenBLAS ({path.name}, {prefix}dgemm64_)"
+            return (*map(address, found),
+                    f"numpy's OpenBLAS ({path.name}, {prefix}dgemm64_)", path)
     return None
 
 
@@ -207,6 +235,13 @@ def _numba_cfunc(dtype):
     return provider
 
 
+def _one_thread_cfunc():
+    @cfunc(types.int32(), **JIT)
+    def one_thread():
+        return 1
+    return one_thread
+
+
 def _has_scipy_blas():
     try:
         import scipy.linalg.cython_blas  # noqa: F401
@@ -218,7 +253,8 @@ def _has_scipy_blas():
 def _bind():
     """Bind fastbp_dgemm / fastbp_sgemm to the first provider; returns its name and a
     description.  The cfuncs are kept on the module: their code must outlive the call."""
-    global _keep
+    global _keep, LIBRARY
+    _keep = {}
     wanted = os.environ.get("FASTBP_BLAS", "").strip().lower() or None
     if wanted not in (None, "numpy", "numba", "loops"):
         raise ImportError(f"FASTBP_BLAS={wanted!r}: expected numpy, numba or loops")
@@ -226,7 +262,9 @@ def _bind():
     if found is not None:
         binding.add_symbol(_SYMBOL[types.float64], found[0])
         binding.add_symbol(_SYMBOL[types.float32], found[1])
-        return "numpy", found[2]
+        binding.add_symbol(_THREADS_SYMBOL, found[2])
+        LIBRARY = found[4]
+        return "numpy", found[3]
     if wanted == "numpy":
         raise ImportError("FASTBP_BLAS=numpy, but numpy has no bundled ILP64 OpenBLAS here")
     scipy = wanted in (None, "numba") and _has_scipy_blas()
@@ -239,9 +277,11 @@ def _bind():
     _keep = {dt: make(dt) for dt in _SYMBOL}
     for dt, f in _keep.items():
         binding.add_symbol(_SYMBOL[dt], f.address)
+    _keep["threads"] = _one_thread_cfunc()
+    binding.add_symbol(_THREADS_SYMBOL, _keep["threads"].address)
     return name, text
 
 
 _keep = {}
+LIBRARY = None  # the path of numpy's OpenBLAS when it is the provider
 PROVIDER, DESCRIPTION = _bind()
-AVAILABLE = PROVIDER != "loops"

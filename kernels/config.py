@@ -7,11 +7,18 @@ plain-numpy references in the tests. Vectorization comes from the loop structure
 
 JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
-# A layer goes through BLAS (np.dot on contiguous 2-D views) when the work of one matrix
-# product, n_in * n_out * batch, reaches this many multiply-adds; below it, plain loops
-# win because BLAS call overhead dominates.
-BLAS_MIN_WORK = 32 * 32 * 64
-# The weight gradient goes through BLAS from 1/BLAS_GRAD_FACTOR of that work, for layers
-# of at least BLAS_GRAD_MIN_WEIGHTS weights (dense._use_blas_grad says why).
-BLAS_GRAD_FACTOR = 16
-BLAS_GRAD_MIN_WEIGHTS = 64
+# A layer's products (forward, weight gradient, back-propagation) go through the
+# matrix-product kernel (dense._matmul: register tiles, tiles.py, or BLAS) when the layer
+# has at least PRODUCT_MIN_WEIGHTS weights and one product, n_in * n_out * batch, at
+# least PRODUCT_MIN_WORK multiply-adds.  Smaller layers keep the plain loops: there the
+# tiles' edges and call overhead cost more than they save, and such layers are those of
+# the generated kernels (specialize.py), which repeat the loops' order exactly.
+# Measured (one thread, batch 64, W4b): 32-16-16-10 0.89 ms with tiles from 4096, 1.19
+# ms from 65536 (forward and back-propagation on loops); 32-64-64-10 2.59 vs 2.83 ms.
+PRODUCT_MIN_WORK = 16 * 16 * 16
+PRODUCT_MIN_WEIGHTS = 64
+# A product of at least this many multiply-adds goes to BLAS instead of the tiles when
+# BLAS runs on at least BLAS_MIN_THREADS threads: one thread of tiles beats OpenBLAS on
+# one or two (tiles.py), more threads win on large enough products.
+BLAS_THREADED_MIN_WORK = 1 << 24
+BLAS_MIN_THREADS = 4

@@ -11,9 +11,10 @@ Parameters: layer l's weights are a row-major (sizes[l], sizes[l+1]) block at
 ``w_off[l]``, its biases a block of sizes[l+1] at ``b_off[l]`` (-1 without biases);
 ``x @ W + b`` is the forward rule, as in the tutorials.
 
-Wide layers go through BLAS (blas.gemm on the contiguous blocks), narrow ones through
-loops, chosen per layer by the amount of work (config.BLAS_MIN_WORK); ``blas_min_work < 0``
-disables BLAS.
+Wide layers go through matrix products (_matmul: tiles.tile_gemm, fastbp's register-tiled
+gemm, or BLAS for the largest products when BLAS has several threads), narrow ones
+through loops, chosen per layer by the amount of work (config.PRODUCT_MIN_WORK);
+``product_min_work < 0`` keeps every layer on the loops.
 
 Index arithmetic in the sample loops is unsigned (uint64): for a signed index of unknown
 sign Numba adds a negative-index wraparound to every access, which kept LLVM from
@@ -24,46 +25,44 @@ from numba import njit, uint64
 
 from .activations import (SOFTMAX, activate_inplace, fma, mul_derivative_inplace,
                           softmax_inplace)
-from .blas import gemm
-from .config import BLAS_GRAD_FACTOR, BLAS_GRAD_MIN_WEIGHTS, JIT
+from . import blas
+from .config import BLAS_MIN_THREADS, BLAS_THREADED_MIN_WORK, JIT, PRODUCT_MIN_WEIGHTS
 from .simd import lanes4
+from .tiles import tile_gemm
 
 
 @njit(**JIT)
-def _use_blas(n_in, n_out, nb, blas_min_work):
-    """Whether the layer's forward and back-propagation products go through BLAS."""
-    return blas_min_work >= 0 and nb > 1 and n_in * n_out * nb >= blas_min_work
+def _matmul(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """c <- alpha * op(a) @ op(b) + beta * c (blas.gemm's contract): on the register
+    tiles, or on BLAS when the product is large and BLAS would spread it over several
+    threads (config.BLAS_THREADED_MIN_WORK)."""
+    if m * n * k >= BLAS_THREADED_MIN_WORK and blas.threads() >= BLAS_MIN_THREADS:
+        blas.gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    else:
+        tile_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
 
 @njit(**JIT)
-def _use_blas_grad(n_in, n_out, nb, blas_min_work):
-    """Whether the layer's weight gradient goes through BLAS: from 1/16 of the work of
-    _use_blas.  The loops of the forward and delta products vectorize across samples;
-    the gradient's sums over samples do not (dot4 keeps four scalar lanes), so BLAS
-    wins there much earlier: one epoch of 32-16-16-10 at batch 64 took 3.1 ms with the
-    loops and 1.2 ms with BLAS.  Layers of fewer than 64 weights keep the loops."""
-    return (blas_min_work >= 0 and nb > 1 and n_in * n_out >= BLAS_GRAD_MIN_WEIGHTS
-            and n_in * n_out * nb * BLAS_GRAD_FACTOR >= blas_min_work)
+def layer_uses_products(n_in, n_out, nb, product_min_work):
+    """Whether the layer's products go through _matmul rather than the loops
+    (config.PRODUCT_MIN_WORK).  The weight gradient gains most: the loops of the forward
+    and back-propagation vectorize across samples, the gradient's sums over samples do
+    not (dot4 keeps four scalar lanes).  The generated and lanes kernels, which repeat
+    the loops' order exactly, do not apply to a network with such a layer."""
+    return (product_min_work >= 0 and nb > 1 and n_in * n_out >= PRODUCT_MIN_WEIGHTS
+            and n_in * n_out * nb >= product_min_work)
 
 
 @njit(**JIT)
-def layer_uses_blas(n_in, n_out, nb, blas_min_work):
-    """Whether any product of the layer goes through BLAS (the generated and lanes
-    kernels, which repeat the loops' order exactly, do not apply then)."""
-    return _use_blas(n_in, n_out, nb, blas_min_work) or \
-        _use_blas_grad(n_in, n_out, nb, blas_min_work)
-
-
-@njit(**JIT)
-def _affine(params, wo, bo, n_in, n_out, a_in, z, nb, blas_min_work):
+def _affine(params, wo, bo, n_in, n_out, a_in, z, nb, product_min_work):
     """z (n_out rows of nb) <- a_in (n_in rows of nb) @ W + b.
 
     Index arithmetic is unsigned (see the module docstring); a_in and z are separate
     slices so LLVM can tell the rows apart.
     """
-    if _use_blas(n_in, n_out, nb, blas_min_work):
+    if layer_uses_products(n_in, n_out, nb, product_min_work):
         # z (n_out, nb) = W^T (W is n_in rows of n_out) @ a_in (n_in, nb)
-        gemm(True, False, n_out, nb, n_in, 1.0, params[wo:wo + n_in * n_out], n_out, a_in, nb,
+        _matmul(True, False, n_out, nb, n_in, 1.0, params[wo:wo + n_in * n_out], n_out, a_in, nb,
              0.0, z, nb)
     elif nb == 1:
         a0 = a_in[0]
@@ -100,7 +99,7 @@ def _affine(params, wo, bo, n_in, n_out, a_in, z, nb, blas_min_work):
 
 @njit(**JIT)
 def forward(params, sizes, w_off, b_off, acts, buf, a_off, nb, bits, scale, z_out,
-            blas_min_work):
+            product_min_work):
     """Forward pass of a batch whose inputs are already in buf's layer-0 block.
 
     buf:   flat activations buffer; layer l's block at a_off[l], sizes[l] rows of nb.
@@ -114,7 +113,7 @@ def forward(params, sizes, w_off, b_off, acts, buf, a_off, nb, bits, scale, z_ou
         n_out = sizes[l + 1]
         zo = a_off[l + 1]
         _affine(params, w_off[l], b_off[l], n_in, n_out, buf[a_off[l]:a_off[l] + n_in * nb],
-                buf[zo:zo + n_out * nb], nb, blas_min_work)
+                buf[zo:zo + n_out * nb], nb, product_min_work)
         if l == n_layers - 1 and z_out.shape[0] >= n_out * nb:
             for s in range(n_out * nb):
                 z_out[s] = buf[zo + s]
@@ -153,13 +152,13 @@ def sum4(x, xo, n):
 
 
 @njit(**JIT)
-def _weight_grad(a_in, delta, grad, go, n_in, n_out, nb, blas_min_work):
+def _weight_grad(a_in, delta, grad, go, n_in, n_out, nb, product_min_work):
     """grad[go:] (n_in, n_out) <- a_in @ delta^T: one dot4 over the samples per entry.
 
     a_in: n_in rows of nb, delta: n_out rows of nb.
     """
-    if _use_blas_grad(n_in, n_out, nb, blas_min_work):
-        gemm(False, True, n_in, n_out, nb, 1.0, a_in, nb, delta, nb, 0.0,
+    if layer_uses_products(n_in, n_out, nb, product_min_work):
+        _matmul(False, True, n_in, n_out, nb, 1.0, a_in, nb, delta, nb, 0.0,
              grad[go:go + n_in * n_out], n_out)
         return
     u_nb = uint64(nb)
@@ -172,10 +171,10 @@ def _weight_grad(a_in, delta, grad, go, n_in, n_out, nb, blas_min_work):
 
 
 @njit(**JIT)
-def _back_delta(params, wo, n_in, n_out, delta, delta_in, nb, blas_min_work):
+def _back_delta(params, wo, n_in, n_out, delta, delta_in, nb, product_min_work):
     """delta_in (n_in rows of nb) <- W (n_in, n_out) @ delta (n_out rows of nb)."""
-    if _use_blas(n_in, n_out, nb, blas_min_work):
-        gemm(False, False, n_in, nb, n_out, 1.0, params[wo:wo + n_in * n_out], n_out, delta,
+    if layer_uses_products(n_in, n_out, nb, product_min_work):
+        _matmul(False, False, n_in, nb, n_out, 1.0, params[wo:wo + n_in * n_out], n_out, delta,
              nb, 0.0, delta_in, nb)
         return
     u_nb = uint64(nb)
@@ -193,7 +192,7 @@ def _back_delta(params, wo, n_in, n_out, delta, delta_in, nb, blas_min_work):
 
 
 @njit(**JIT)
-def backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, grad, nb, blas_min_work):
+def backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, grad, nb, product_min_work):
     """Gradient of the batch loss into ``grad`` (same layout as params).
 
     On entry dbuf's output block (at a_off[-1]) holds dLoss/dz of the output layer
@@ -207,7 +206,7 @@ def backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, grad, nb, blas
         do = a_off[l + 1]
         a_in = buf[ai:ai + n_in * nb]
         delta = dbuf[do:do + n_out * nb]
-        _weight_grad(a_in, delta, grad, w_off[l], n_in, n_out, nb, blas_min_work)
+        _weight_grad(a_in, delta, grad, w_off[l], n_in, n_out, nb, product_min_work)
         bo = b_off[l]
         if bo >= 0:
             u_nb = uint64(nb)
@@ -215,5 +214,5 @@ def backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, grad, nb, blas
                 grad[bo + j] = sum4(delta, uint64(j) * u_nb, u_nb)
         if l > 0:
             delta_in = dbuf[ai:ai + n_in * nb]
-            _back_delta(params, w_off[l], n_in, n_out, delta, delta_in, nb, blas_min_work)
+            _back_delta(params, w_off[l], n_in, n_out, delta, delta_in, nb, product_min_work)
             mul_derivative_inplace(delta_in, a_in, acts[l - 1])

@@ -17,7 +17,7 @@ _PAR = dict(JIT, parallel=True)
 @njit(**_PAR)
 def train_many(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
                epochs, lrs, batch_sizes, shuffle, rng_states, active,
-               epoch0, record_every, history, guard, keep_z, results, blas_min_work):
+               epoch0, record_every, history, guard, keep_z, results, product_min_work):
     """Train every row m of ``params`` (n_models, n_params) with active[m] != 0.
 
     xt: (D, n_in, n), yt: (D, n_out, n) feature-major data; D is 1 (shared by all models)
@@ -41,13 +41,13 @@ def train_many(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
                                  xt[d], yt[d], epochs, lrs[m], batch_sizes[m], shuffle,
                                  rng_states[m], epoch0, record_every, history[m], backup,
                                  a_off, acts, deltas, grad, z_out, y_batch, bits, scale,
-                                 perm, blas_min_work)
+                                 perm, product_min_work)
         results[m, 0] = done
         results[m, 1] = bad
 
 
 @njit(**_PAR)
-def predict_many(params, sizes, w_off, b_off, acts_codes, xt, out, cap, blas_min_work):
+def predict_many(params, sizes, w_off, b_off, acts_codes, xt, out, cap, product_min_work):
     """out (n_models, n_out, n) <- each model's outputs; xt (D, n_in, n) as in train_many."""
     n_models = params.shape[0]
     for m in prange(n_models):
@@ -55,5 +55,5 @@ def predict_many(params, sizes, w_off, b_off, acts_codes, xt, out, cap, blas_min
         a_off, acts, _, _, _, _, bits, scale, _ = allocate_workspace(
             sizes, params.shape[1], cap, 0, params[m, :0], False)
         predict_into(params[m], sizes, w_off, b_off, acts_codes, xt[d], out[m], a_off, acts,
-                     bits, scale, blas_min_work)
+                     bits, scale, product_min_work)
 

@@ -11,7 +11,7 @@ alone; tests/test_ensemble.py checks it.
 
 Scope: shared data, full batch without shuffling, plain SGD (the Ensemble's update
 rule), losses mse / half_mse / sse, elementwise activations, layers small enough that the
-single-model kernel uses loops rather than BLAS (``eligible``).  The divergence guard is
+single-model kernel uses loops rather than matrix products (``eligible``).  The divergence guard is
 kept by falling back: a block in which any model meets a non-finite loss or parameter
 at a check is re-run from the start of the chunk by the single-model kernel, which then
 stops that model exactly where MLP.fit would.
@@ -21,7 +21,7 @@ from numba import njit, prange
 
 from .activations import SOFTMAX, activate_inplace, fma, mul_derivative_inplace
 from .config import JIT
-from .dense import layer_uses_blas
+from .dense import layer_uses_products
 from .losses import HALF_MSE, MSE, SSE
 from .train import all_finite, allocate_workspace, train_epochs
 
@@ -30,7 +30,7 @@ _PAR = dict(JIT, parallel=True)
 
 
 @njit(**JIT)
-def eligible(sizes, acts_codes, loss_code, n, batch_sizes, shuffle, n_data, blas_min_work):
+def eligible(sizes, acts_codes, loss_code, n, batch_sizes, shuffle, n_data, product_min_work):
     """Whether train_many may train this fit's full blocks of models in lanes."""
     if shuffle or n_data != 1 or not (loss_code == MSE or loss_code == HALF_MSE
                                       or loss_code == SSE):
@@ -39,7 +39,7 @@ def eligible(sizes, acts_codes, loss_code, n, batch_sizes, shuffle, n_data, blas
         if batch_sizes[m] < n:
             return False
     for l in range(sizes.shape[0] - 1):
-        if acts_codes[l] == SOFTMAX or layer_uses_blas(sizes[l], sizes[l + 1], n, blas_min_work):
+        if acts_codes[l] == SOFTMAX or layer_uses_products(sizes[l], sizes[l + 1], n, product_min_work):
             return False
     return True
 
@@ -238,7 +238,7 @@ def _train_block(params, m0, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
 @njit(**_PAR)
 def train_blocks(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, epochs, lrs,
                  batch_sizes, rng_states, active, epoch0, record_every, history, keep_z,
-                 results, blas_min_work):
+                 results, product_min_work):
     """train_many's lane path for the full blocks of active models (see the module
     docstring); models outside full blocks are left to the caller (``results[m, 0]``
     is -1 for them).  xt: (n_in, n), yt: (n_out, n) shared data."""
@@ -269,7 +269,7 @@ def train_blocks(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, epo
                                          loss_code, xt, yt, epochs, lrs[m], batch_sizes[m],
                                          False, rng_states[m], epoch0, record_every,
                                          history[m], backup, a_off, acts, deltas, grad,
-                                         z_out, y_batch, bits, scale, perm, blas_min_work)
+                                         z_out, y_batch, bits, scale, perm, product_min_work)
                 results[m, 0] = done
                 results[m, 1] = bad
             continue

@@ -40,7 +40,7 @@ import tempfile
 import threading
 
 from .activations import IDENTITY, RELU, SIGMOID, TANH
-from .config import BLAS_GRAD_FACTOR, BLAS_GRAD_MIN_WEIGHTS
+from .config import PRODUCT_MIN_WEIGHTS
 from .losses import BCE, HALF_MSE, MSE, SSE
 from .sgd import VECTOR_SIGMOID_MIN_UNITS
 from .simd import LANES as ROW_LANES
@@ -61,14 +61,11 @@ ENABLED = os.environ.get("FASTBP_SPECIALIZE", "1") != "0"
 MIN_WORK = 4_000_000
 
 
-def uses_blas(n_in, n_out, nb, blas_min_work):
-    """dense.layer_uses_blas, in Python: whether the general kernel sends any product
-    of this layer to BLAS."""
-    if blas_min_work < 0 or nb <= 1:
-        return False
-    work = n_in * n_out * nb
-    return work >= blas_min_work or (n_in * n_out >= BLAS_GRAD_MIN_WEIGHTS
-                                     and work * BLAS_GRAD_FACTOR >= blas_min_work)
+def uses_products(n_in, n_out, nb, product_min_work):
+    """dense.layer_uses_products, in Python: whether the general kernel sends this
+    layer's products to its matrix-product kernel instead of the loops."""
+    return (product_min_work >= 0 and nb > 1 and n_in * n_out >= PRODUCT_MIN_WEIGHTS
+            and n_in * n_out * nb >= product_min_work)
 
 
 MODES = ("full", "plain", "per_sample", "per_sample_loops")
@@ -108,9 +105,9 @@ def per_sample_mode(sizes, acts, loss_code, plain_sgd, validating, dtype, n_para
     return None
 
 
-def eligible(sizes, acts, loss_code, full_batch, validating, dtype, blas_layers):
+def eligible(sizes, acts, loss_code, full_batch, validating, dtype, product_layers):
     """Whether a full-batch fit can run on a generated kernel (see the module docstring)."""
-    return (full_batch and not validating and str(dtype) == "float64" and not blas_layers
+    return (full_batch and not validating and str(dtype) == "float64" and not product_layers
             and loss_code in LOSSES and all(a in ACTIVATIONS for a in acts)
             and max(sizes) <= MAX_UNITS
             and all(a * b + b <= MAX_LAYER_PARAMS for a, b in zip(sizes[:-1], sizes[1:])))
@@ -398,7 +395,7 @@ _TRAIN_DEF = """\
 def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv, swv,
           epochs, batch_size, shuffle, rng_state, epoch0, record_every,
           history, val_history, backup, best_params, es_state,
-          hyper, iconf, opt_state, opt_step, decay_mask, ws, w_batch, wsv, blas_min_work):
+          hyper, iconf, opt_state, opt_step, decay_mask, ws, w_batch, wsv, product_min_work):
 """
 
 # The end of every generated train loop: train.train's recording and divergence guard.

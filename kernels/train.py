@@ -136,7 +136,7 @@ def _load_batch(xt, yt, start, nb, perm, shuffle, acts, a0, y_batch):
 @njit(**JIT)
 def _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, lr, batch_size,
            shuffle, full, recording, ws, w_batch, hyper, iconf, opt_state, opt_step,
-           decay_mask, blas_min_work):
+           decay_mask, product_min_work):
     """One epoch of mini-batch (or full-batch) updates; returns the mean batch loss when
     ``recording`` (else 0).
 
@@ -162,14 +162,14 @@ def _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, lr, b
         # divided by its own size, so a short last batch gets batch_size / nb times l2
         l2_scale = batch_size / nb if sample_mean else 1.0
         forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, nb, bits, scale,
-                z_out, blas_min_work)
+                z_out, product_min_work)
         if recording:
             bl = batch_loss(acts, out_off, y_batch, z_out, wb, loss_code, k, nb)
             bl += l2_scale * l2_penalty(params, hyper, decay_mask)
             epoch_loss += nb * bl if sample_mean else bl
         output_delta(acts, out_off, y_batch, deltas, wb, loss_code, out_act, k, nb)
         backward(params, sizes, w_off, b_off, acts_codes, acts, a_off, deltas, grad, nb,
-                 blas_min_work)
+                 product_min_work)
         update(params, grad, lr, hyper, iconf, opt_state, opt_step, decay_mask, l2_scale)
         n_batches += 1
     return epoch_loss / n if sample_mean else epoch_loss / n_batches
@@ -177,7 +177,7 @@ def _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, lr, b
 
 @njit(**JIT)
 def eval_loss(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, ws,
-              blas_min_work):
+              product_min_work):
     """Loss of the model on a whole set held in one batch; ws from allocate_workspace with
     cap = n.  Loads the data every call (cheap next to the forward pass)."""
     a_off, acts, _, _, z_out, y_batch, bits, scale, perm = ws
@@ -185,7 +185,7 @@ def eval_loss(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, ws
     n_layers = sizes.shape[0] - 1
     _load_batch(xt, yt, 0, n, perm, False, acts, 0, y_batch)
     forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, n, bits, scale, z_out,
-            blas_min_work)
+            product_min_work)
     return batch_loss(acts, a_off[n_layers], y_batch, z_out, sw, loss_code, sizes[-1], n)
 
 
@@ -193,7 +193,7 @@ def eval_loss(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, ws
 def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv, swv,
           epochs, batch_size, shuffle, rng_state, epoch0, record_every,
           history, val_history, backup, best_params, es_state,
-          hyper, iconf, opt_state, opt_step, decay_mask, ws, w_batch, wsv, blas_min_work):
+          hyper, iconf, opt_state, opt_step, decay_mask, ws, w_batch, wsv, product_min_work):
     """Train ``params`` in place for ``epochs`` epochs; the loop behind MLP.fit.
 
     Data, one sample per COLUMN: xt (n_in, n), yt (n_out, n) -- MLP.fit passes the
@@ -259,7 +259,7 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
         else:
             epoch_loss = _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw,
                                 lr, batch_size, shuffle, full, recording, ws, w_batch, hyper,
-                                iconf, opt_state, opt_step, decay_mask, blas_min_work)
+                                iconf, opt_state, opt_step, decay_mask, product_min_work)
         if recording:
             r = g // record_every
             history[r] = epoch_loss
@@ -273,7 +273,7 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
                     return good_epochs, g, False
             if validating and finite:
                 vloss = eval_loss(params, sizes, w_off, b_off, acts_codes, loss_code, xv, yv,
-                                  swv, wsv, blas_min_work)
+                                  swv, wsv, product_min_work)
                 val_history[r] = vloss
                 if vloss < es_state[0] - hyper[H_MIN_DELTA]:
                     es_state[0] = vloss
@@ -308,7 +308,7 @@ def default_config(lr):
 def train_epochs(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
                  epochs, lr, batch_size, shuffle, rng_state,
                  epoch0, record_every, history, backup,
-                 a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm, blas_min_work):
+                 a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm, product_min_work):
     """Plain SGD at a constant learning rate (see ``train``); returns (epochs_done,
     bad_epoch).  The entry point of the Ensemble kernel."""
     hyper, iconf = default_config(lr)
@@ -318,13 +318,13 @@ def train_epochs(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt,
                          xt[:, :0], yt[:, :0], empty, epochs, batch_size, shuffle, rng_state,
                          epoch0, record_every, history, history[:0], backup, empty,
                          np.zeros(3), hyper, iconf, np.zeros((2, 0), dtype=params.dtype),
-                         np.zeros(1, dtype=np.int64), empty, ws, empty, ws, blas_min_work)
+                         np.zeros(1, dtype=np.int64), empty, ws, empty, ws, product_min_work)
     return done, bad
 
 
 @njit(**JIT)
 def predict_into(params, sizes, w_off, b_off, acts_codes, xt, out, a_off, acts, bits, scale,
-                 blas_min_work):
+                 product_min_work):
     """out (n_out, n) <- network outputs for xt (n_in, n), in batches of the workspace cap.
     Either may be a transposed view of sample-major rows (what MLP.predict passes)."""
     n = xt.shape[1]
@@ -336,14 +336,14 @@ def predict_into(params, sizes, w_off, b_off, acts_codes, xt, out, a_off, acts, 
         nb = min(cap, n - start)
         gather_columns(xt, start, nb, perm_none, False, acts, 0)
         forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, nb, bits, scale,
-                acts[:0], blas_min_work)
+                acts[:0], product_min_work)
         scatter_columns(acts, out_off, nb, out, start)
 
 
 @njit(**JIT)
 def weighted_loss_and_gradient(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw,
                                grad, a_off, acts, deltas, z_out, y_batch, bits, scale, perm,
-                               blas_min_work):
+                               product_min_work):
     """Loss of the whole set (xt, yt) (sample weights sw, or empty) and its gradient into
     ``grad``; returns the loss."""
     n = xt.shape[1]
@@ -352,18 +352,18 @@ def weighted_loss_and_gradient(params, sizes, w_off, b_off, acts_codes, loss_cod
     out_off = a_off[n_layers]
     _load_batch(xt, yt, 0, n, perm, False, acts, 0, y_batch)
     forward(params, sizes, w_off, b_off, acts_codes, acts, a_off, n, bits, scale, z_out,
-            blas_min_work)
+            product_min_work)
     loss = batch_loss(acts, out_off, y_batch, z_out, sw, loss_code, k, n)
     output_delta(acts, out_off, y_batch, deltas, sw, loss_code, acts_codes[n_layers - 1], k, n)
     backward(params, sizes, w_off, b_off, acts_codes, acts, a_off, deltas, grad, n,
-             blas_min_work)
+             product_min_work)
     return loss
 
 
 @njit(**JIT)
 def loss_and_gradient(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, grad,
-                      a_off, acts, deltas, z_out, y_batch, bits, scale, perm, blas_min_work):
+                      a_off, acts, deltas, z_out, y_batch, bits, scale, perm, product_min_work):
     """weighted_loss_and_gradient without sample weights."""
     return weighted_loss_and_gradient(params, sizes, w_off, b_off, acts_codes, loss_code, xt,
                                       yt, params[:0], grad, a_off, acts, deltas, z_out,
-                                      y_batch, bits, scale, perm, blas_min_work)
+                                      y_batch, bits, scale, perm, product_min_work)

@@ -108,7 +108,7 @@ def test_without_the_guard_the_same_run_ends_in_nan():
     with np.errstate(all="ignore"):
         ran, bad = K.train_epochs(m.params, *m._kernel_net(), m._loss_code, xt, yt, 200, 1e6,
                                   4, False, m._rng_state, 0, 1, hist, m.params[:0], *ws,
-                                  K.BLAS_MIN_WORK)
+                                  K.PRODUCT_MIN_WORK)
     assert (ran, bad) == (200, -1)
     assert not np.isfinite(m.params).all()
 

@@ -1,0 +1,158 @@
+"""kernels/tiles.py: fastbp's register-tiled gemm, and dense._matmul's choice between it
+and BLAS.
+
+The tiles promise more than the gemm contract: every element is the fused multiply-add
+chain over k in increasing order, so the result must equal, bit for bit, a scalar loop
+doing that recurrence, for every shape (full tiles, edge rows, masked edge columns).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fastbp.kernels import blas, tiles
+from fastbp.kernels.activations import fma
+from fastbp.kernels.dense import _matmul
+
+TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
+
+
+@njit(cache=True)
+def scalar_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, zero):
+    """The recurrence tiles.py documents, one element at a time (in c's dtype; zero is
+    0 of that dtype)."""
+    for i in range(m):
+        for j in range(n):
+            acc = zero
+            for p in range(k):
+                x = a[p * lda + i] if trans_a else a[i * lda + p]
+                y = b[j * ldb + p] if trans_b else b[p * ldb + j]
+                acc = fma(x, y, acc)
+            out = alpha * acc
+            c[i * ldc + j] = out if beta == 0 else out + beta * c[i * ldc + j]
+
+
+def _operands(rng, dtype, m, n, k, trans_a, trans_b, pad):
+    ra, ca = (k, m) if trans_a else (m, k)
+    rb, cb = (n, k) if trans_b else (k, n)
+    a = rng.standard_normal((ra, ca + pad)).astype(dtype)
+    b = rng.standard_normal((rb, cb + pad)).astype(dtype)
+    c = rng.standard_normal((m, n + pad)).astype(dtype)
+    return a, b, c
+
+
+def _edges(count, block):
+    """Sizes around a block: below it, on it, just past it, past two."""
+    return sorted({1, max(1, block - 1), block, block + 1, 2 * block + 3, count})
+
+
+def _shapes(dtype):
+    width = tiles.lanes(dtype)
+    rows = _edges(tiles.ROWS + 2, tiles.ROWS)
+    cols = _edges(width * tiles.VECS + width // 2, width) + [width * tiles.VECS + 1]
+    return [(m, n, k) for m in rows for n in cols for k in (0, 1, 9)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+def test_tiles_equal_the_scalar_recurrence_bit_for_bit(dtype, trans_a, trans_b):
+    rng = np.random.default_rng(11)
+    for m, n, k in _shapes(dtype):
+        for pad, alpha, beta in ((0, 1.0, 0.0), (3, -0.3, 1.0), (1, 0.7, 0.5)):
+            a, b, c = _operands(rng, dtype, m, n, k, trans_a, trans_b, pad)
+            if beta == 0:
+                c[:, :n][::2] = np.nan  # beta == 0: c is only written
+            want = c.copy()
+            scalar_gemm(trans_a, trans_b, m, n, k, dtype(alpha), a.ravel(), a.shape[1],
+                        b.ravel(), b.shape[1], dtype(beta), want.ravel(), want.shape[1],
+                        dtype(0))
+            got = c.copy()
+            tiles.tile_gemm(trans_a, trans_b, m, n, k, alpha, a.ravel(), a.shape[1],
+                            b.ravel(), b.shape[1], beta, got.ravel(), got.shape[1])
+            where = f"{dtype.__name__} {trans_a} {trans_b} m={m} n={n} k={k} beta={beta}"
+            assert not np.isnan(got[:, :n]).any(), where
+            assert np.array_equal(got, want), where  # padding included: left untouched
+
+
+def test_tiles_agree_with_numpy_on_a_wide_product():
+    """An independent reference for the recurrence itself (float64 rounding only)."""
+    rng = np.random.default_rng(2)
+    m, n, k = 203, 70, 517
+    a, b = rng.standard_normal((k, m)), rng.standard_normal((n, k))
+    c = np.empty((m, n))
+    tiles.tile_gemm(True, True, m, n, k, 1.0, a.ravel(), m, b.ravel(), k, 0.0, c.ravel(), n)
+    np.testing.assert_allclose(c, a.T @ b.T, rtol=1e-12, atol=1e-12 * np.sqrt(k))
+
+
+def test_tile_shape_fits_the_vector_registers():
+    """ROWS x VECS accumulators, VECS vectors of op(b) and one broadcast must fit in the
+    registers (32 with AVX-512, else 16): a tile that spills is several times slower."""
+    registers = 32 if tiles.VECTOR_BYTES == 64 else 16
+    assert tiles.ROWS * tiles.VECS + tiles.VECS + 1 <= registers
+    assert tiles.lanes(np.float64) * 8 == tiles.VECTOR_BYTES == tiles.lanes(np.float32) * 4
+
+
+_ROUTE = r"""
+import ctypes, json, sys, numpy as np
+from fastbp.kernels import blas, tiles
+if blas.PROVIDER == "numpy":  # the variable is capped at the CPU count, the call is not
+    lib = ctypes.CDLL(str(blas.LIBRARY))
+    setter = (getattr(lib, "scipy_openblas_set_num_threads64_", None)
+              or lib.openblas_set_num_threads64_)
+    setter(int(sys.argv[1]))
+from fastbp.kernels.dense import _matmul
+from fastbp.kernels.config import BLAS_THREADED_MIN_WORK
+rng = np.random.default_rng(5)
+out = {"threads": int(blas.threads()), "provider": blas.PROVIDER}
+for m, n, k in ((256, 256, 256), (64, 64, 64)):
+    a, b = rng.standard_normal(m * k), rng.standard_normal(k * n)
+    got, t, g = (np.empty(m * n) for _ in range(3))
+    _matmul(False, False, m, n, k, 1.0, a, k, b, n, 0.0, got, n)
+    tiles.tile_gemm(False, False, m, n, k, 1.0, a, k, b, n, 0.0, t, n)
+    blas.gemm(False, False, m, n, k, 1.0, a, k, b, n, 0.0, g, n)
+    out[f"{m}"] = {"big": m * n * k >= BLAS_THREADED_MIN_WORK,
+                   "tiles": bool(np.array_equal(got, t)), "blas": bool(np.array_equal(got, g)),
+                   "close": bool(np.allclose(got, (a.reshape(m, k) @ b.reshape(k, n)).ravel()))}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_matmul_uses_blas_only_for_large_products_on_several_threads(threads):
+    env = dict(os.environ)
+    env.pop("FASTBP_BLAS", None)
+    out = subprocess.run([sys.executable, "-c", _ROUTE, str(threads)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    if got["provider"] != "numpy":
+        pytest.skip("numpy bundles no OpenBLAS here: BLAS reports one thread")
+    assert got["threads"] == threads
+    big, small = got["256"], got["64"]
+    assert big["big"] and not small["big"]
+    assert small["tiles"] and small["close"]
+    assert big["close"]
+    if threads >= 4:
+        assert big["blas"]
+    else:
+        assert big["tiles"]
+
+
+def test_blas_threads_reports_the_providers_setting():
+    assert blas.threads() >= 1
+    if blas.PROVIDER != "numpy":
+        assert blas.threads() == 1
+
+
+def test_matmul_in_process_matches_tiles_below_the_threaded_size():
+    rng = np.random.default_rng(3)
+    m, n, k = 40, 33, 64
+    a, b = rng.standard_normal(k * m), rng.standard_normal(n * k)
+    got, want = np.empty(m * n), np.empty(m * n)
+    _matmul(True, True, m, n, k, -0.5, a, m, b, k, 0.0, got, n)
+    tiles.tile_gemm(True, True, m, n, k, -0.5, a, m, b, k, 0.0, want, n)
+    assert np.array_equal(got, want)
