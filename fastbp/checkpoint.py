@@ -56,6 +56,7 @@ class Run:
     best_params: np.ndarray | None = None
     callbacks: list | None = None
     chunk_seconds: float = 0.2
+    kernel: object = None  # the compiled training loop, chosen at the run's first call
 
     @classmethod
     def start(cls, epochs, lr, batch_size, shuffle, record_every, checkpoint=None,

@@ -502,7 +502,7 @@ class _Group:
             return None
         arch = (lay.sizes, model._act_codes, lay.bias, model._loss_code, False, "plain")
         work = epochs * n * lay.n_params * int(self.active.sum())
-        if work < S.MIN_WORK and not S.loaded(*arch):
+        if not S.worth_generating(work, *arch):
             return None
         return S.trainer(*arch)
 

@@ -530,13 +530,14 @@ class MLP:
         sizes, w_off, b_off, codes = self._kernel_net()
         train_ws, val_ws, w_batch = ws
         batch = xt.shape[1] if run.batch_size is None else run.batch_size
-        kernel = self._train_kernel(xt.shape[1], batch, run)
-        return kernel(params, sizes, w_off, b_off, codes, self._loss_code, xt, yt, run.sw,
-                       run.xv, run.yv, run.swv, epochs, batch, run.shuffle, rng, start,
-                       run.record_every, history, val_history, backup, run.best_params,
-                       es_state, run.hyper, run.iconf, opt_state, opt_step,
-                       self._decay_mask(run), train_ws, w_batch, val_ws,
-                       K.PRODUCT_MIN_WORK)
+        if run.kernel is None:  # chosen once a run: its work counts once (worth_generating)
+            run.kernel = self._train_kernel(xt.shape[1], batch, run)
+        return run.kernel(params, sizes, w_off, b_off, codes, self._loss_code, xt, yt, run.sw,
+                           run.xv, run.yv, run.swv, epochs, batch, run.shuffle, rng, start,
+                           run.record_every, history, val_history, backup, run.best_params,
+                           es_state, run.hyper, run.iconf, opt_state, opt_step,
+                           self._decay_mask(run), train_ws, w_batch, val_ws,
+                           K.PRODUCT_MIN_WORK)
 
     def _train_kernel(self, n, batch, run):
         """The compiled training loop for this fit: one generated for the architecture
@@ -560,7 +561,7 @@ class MLP:
                             self.dtype, products)
             mode = "plain" if plain else "full"
         arch = (lay.sizes, self._act_codes, lay.bias, self._loss_code, weighted, mode)
-        if not ok or (run.epochs * n * lay.n_params < S.MIN_WORK and not S.loaded(*arch)):
+        if not ok or not S.worth_generating(run.epochs * n * lay.n_params, *arch):
             return K.train
         return S.trainer(*arch)
 

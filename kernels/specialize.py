@@ -56,8 +56,9 @@ VERSION = 7  # part of the file name: bump when the generated code changes meani
 ENABLED = os.environ.get("FASTBP_SPECIALIZE", "1") != "0"
 # Compiling a generated kernel takes seconds the first time (Numba's disk cache keeps
 # it afterwards), so a fit uses one only when its work -- epochs x samples x parameters
-# -- reaches this, or when the kernel is already loaded in this process.  At this size
-# the general kernel takes about 10 ms (admissions, 1,000 epochs: 5e6).
+# -- reaches this, together with the work of the earlier fits of the same architecture
+# in this process (worth_generating), or when the kernel is already loaded.  At this
+# size the general kernel takes about 10 ms (admissions, 1,000 epochs: 5e6).
 MIN_WORK = 4_000_000
 
 
@@ -75,6 +76,24 @@ def loaded(sizes, acts, bias, loss_code, weighted, mode="full"):
     """Whether this architecture's generated kernel is already imported (and so costs
     no compilation)."""
     return _key(sizes, acts, bias, loss_code, weighted, mode) in _loaded
+
+
+def worth_generating(work, sizes, acts, bias, loss_code, weighted, mode="full"):
+    """Whether a fit of this much work should run on its architecture's generated kernel:
+    when that is already loaded, or when this fit and the earlier ones of the same
+    architecture that ran on the general kernel in this process reach MIN_WORK.  A loop
+    of short fits (one epoch at a time, a hyper-parameter search) thus compiles the kernel
+    once it has spent about as long as one long fit would, and runs the rest on it.  The
+    results do not depend on the choice: both kernels compute the same sums in the same
+    order (tests/test_specialize.py)."""
+    key = _key(sizes, acts, bias, loss_code, weighted, mode)
+    if key in _loaded:
+        return True
+    total = _work_seen.get(key, 0) + work
+    if total >= MIN_WORK:
+        return True
+    _work_seen[key] = total
+    return False
 
 
 # per-sample kernels keep every parameter in a register across the samples
@@ -691,6 +710,7 @@ def cache_dir():
 
 
 _loaded = {}
+_work_seen = {}  # architecture key -> work of its fits so far on the general kernel
 _lock = threading.Lock()
 
 

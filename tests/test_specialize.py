@@ -142,6 +142,31 @@ def test_per_sample_loops_kernel_is_bit_identical(generated, monkeypatch, arch, 
                     "per_sample_loops")  # and the generated kernel ran
 
 
+def test_short_fits_of_one_architecture_move_to_the_generated_kernel_together(monkeypatch):
+    """S.worth_generating: fits too short to pay for compiling count together; once the
+    architecture's work in this process reaches MIN_WORK its kernel is generated."""
+    monkeypatch.setattr(S, "ENABLED", True)
+    monkeypatch.setattr(S, "_loaded", {})
+    monkeypatch.setattr(S, "_work_seen", {})
+    sizes, act, loss, bias = ARCHS["admissions"]
+    X = np.random.default_rng(4).normal(size=(40, sizes[0]))
+    y = np.random.default_rng(5).uniform(0.1, 0.9, size=(40, sizes[-1]))
+    model = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias, seed=1)
+    work = 3 * 40 * model.params.size  # one fit of 3 epochs
+    monkeypatch.setattr(S, "MIN_WORK", 3 * work)
+    arch = (sizes, model._act_codes, bias, model._loss_code, False, "per_sample")
+    seen = []
+    for _ in range(4):
+        model.fit(X, y, epochs=3, lr=0.05, batch_size=1)
+        seen.append(S.loaded(*arch))
+    assert seen == [False, False, True, True]
+    # a different architecture keeps its own count
+    other = fastbp.MLP((6, 3, 1), activation=act, loss=loss, bias=bias, seed=1)
+    other.fit(X, y, epochs=3, lr=0.05, batch_size=1)
+    assert not S.loaded((6, 3, 1), other._act_codes, bias, other._loss_code, False,
+                        "per_sample")
+
+
 def test_per_sample_loops_kernel_with_weights_and_divergence(generated, monkeypatch):
     w = np.random.default_rng(9).uniform(0.0, 2.0, size=21)
     _assert_identical(_fit_loops_both(monkeypatch, "loops-tanh", 21, data_seed=9, epochs=6,
