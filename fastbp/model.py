@@ -413,8 +413,11 @@ class MLP:
         lay = self._layout
         batch = n if run.batch_size is None else run.batch_size
         history = run.history
-        ws = K.make_workspace(lay.sizes_arr, lay.n_params, batch, n, self._params[:0],
-                                  self._keep_z)
+        # the plain rule in float64 is applied inside the backward pass, which stores no
+        # gradient (kernels/train.py: fused_step): no gradient buffer then
+        fused = self._plain(run) and self.dtype == np.float64
+        ws = K.make_workspace(lay.sizes_arr, 0 if fused else lay.n_params, batch, n,
+                              self._params[:0], self._keep_z)
         ws = (ws, self._validation_workspace(run), np.zeros(batch, dtype=self.dtype))
         backup = np.empty_like(self._params)
         sizes, w_off, b_off, codes = self._kernel_net()

@@ -152,22 +152,31 @@ def sum4(x, xo, n):
 
 
 @njit(**JIT)
-def _weight_grad(a_in, delta, grad, go, n_in, n_out, nb, product_min_work):
-    """grad[go:] (n_in, n_out) <- a_in @ delta^T: one dot4 over the samples per entry.
+def _weight_grad(a_in, delta, out, go, n_in, n_out, nb, product_min_work, lr, descend):
+    """The layer's weight gradient g = a_in @ delta^T (n_in, n_out): written to
+    out[go:] or, with ``descend``, applied there as the plain SGD step out -= lr * g, each
+    entry of g rounded before its step (optim.update's numbers; the products round
+    -lr * g, the same value negated, then add).  One dot4 over the samples per entry.
 
     a_in: n_in rows of nb, delta: n_out rows of nb.
     """
+    block = out[go:go + n_in * n_out]
     if layer_uses_products(n_in, n_out, nb, product_min_work):
-        _matmul(False, True, n_in, n_out, nb, 1.0, a_in, nb, delta, nb, 0.0,
-             grad[go:go + n_in * n_out], n_out)
+        if descend:
+            _matmul(False, True, n_in, n_out, nb, -lr, a_in, nb, delta, nb, 1.0, block, n_out)
+        else:
+            _matmul(False, True, n_in, n_out, nb, 1.0, a_in, nb, delta, nb, 0.0, block, n_out)
         return
     u_nb = uint64(nb)
     u_out = uint64(n_out)
-    u_go = uint64(go)
     for i in range(uint64(n_in)):
-        row = u_go + i * u_out
+        row = i * u_out
         for j in range(u_out):
-            grad[row + j] = dot4(a_in, i * u_nb, delta, j * u_nb, u_nb)
+            g = dot4(a_in, i * u_nb, delta, j * u_nb, u_nb)
+            if descend:
+                block[row + j] -= lr * g
+            else:
+                block[row + j] = g
 
 
 @njit(**JIT)
@@ -192,12 +201,11 @@ def _back_delta(params, wo, n_in, n_out, delta, delta_in, nb, product_min_work):
 
 
 @njit(**JIT)
-def backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, grad, nb, product_min_work):
-    """Gradient of the batch loss into ``grad`` (same layout as params).
-
-    On entry dbuf's output block (at a_off[-1]) holds dLoss/dz of the output layer
-    (see losses.output_delta); dbuf has buf's layout and is overwritten.
-    """
+def _backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, out, nb, product_min_work,
+              lr, descend):
+    """backward; with ``descend`` each layer's gradient is applied to ``out`` (params) as
+    the plain SGD step instead of stored, once the layer's back-propagated delta (which
+    reads the weights before the step) is computed."""
     n_layers = sizes.shape[0] - 1
     for l in range(n_layers - 1, -1, -1):
         n_in = sizes[l]
@@ -206,13 +214,41 @@ def backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, grad, nb, prod
         do = a_off[l + 1]
         a_in = buf[ai:ai + n_in * nb]
         delta = dbuf[do:do + n_out * nb]
-        _weight_grad(a_in, delta, grad, w_off[l], n_in, n_out, nb, product_min_work)
+        if l > 0:
+            delta_in = dbuf[ai:ai + n_in * nb]
+            _back_delta(params, w_off[l], n_in, n_out, delta, delta_in, nb, product_min_work)
+        _weight_grad(a_in, delta, out, w_off[l], n_in, n_out, nb, product_min_work, lr,
+                     descend)
         bo = b_off[l]
         if bo >= 0:
             u_nb = uint64(nb)
             for j in range(n_out):
-                grad[bo + j] = sum4(delta, uint64(j) * u_nb, u_nb)
+                g = sum4(delta, uint64(j) * u_nb, u_nb)
+                if descend:
+                    out[bo + j] -= lr * g
+                else:
+                    out[bo + j] = g
         if l > 0:
-            delta_in = dbuf[ai:ai + n_in * nb]
-            _back_delta(params, w_off[l], n_in, n_out, delta, delta_in, nb, product_min_work)
-            mul_derivative_inplace(delta_in, a_in, acts[l - 1])
+            mul_derivative_inplace(dbuf[ai:ai + n_in * nb], a_in, acts[l - 1])
+
+
+@njit(**JIT)
+def backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, grad, nb, product_min_work):
+    """Gradient of the batch loss into ``grad`` (same layout as params).
+
+    On entry dbuf's output block (at a_off[-1]) holds dLoss/dz of the output layer
+    (see losses.output_delta); dbuf has buf's layout and is overwritten.
+    """
+    _backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, grad, nb,
+              product_min_work, 0.0, False)
+
+
+@njit(**JIT)
+def backward_sgd(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, lr, nb,
+                 product_min_work):
+    """backward and the plain SGD step params -= lr * gradient in one pass, the gradient
+    never stored: the same numbers as backward then optim.update's plain rule, with half
+    the memory traffic on wide layers (the step is the weight product's alpha = -lr,
+    beta = 1) and no gradient buffer."""
+    _backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, params, nb,
+              product_min_work, lr, True)

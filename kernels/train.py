@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 from .config import JIT
-from .dense import backward, forward
+from .dense import backward, backward_sgd, forward
 from .losses import CROSS_ENTROPY, batch_loss, output_delta
 from .optim import (H_MIN_DELTA, I_PATIENCE, I_RESTORE_BEST, I_SAMPLE_MEAN, I_STEP_SIZE,
                     H_BETA1, H_BETA2,
@@ -151,6 +151,12 @@ def _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, lr, b
     out_off = a_off[n_layers]
     out_act = acts_codes[n_layers - 1]
     sample_mean = iconf[I_SAMPLE_MEAN] != 0
+    # the plain rule is applied inside the backward pass (dense.backward_sgd: the same
+    # numbers, no gradient stored); float32 keeps the separate step, which computes
+    # w - lr * g in float64
+    fused_step = is_plain_sgd(hyper, iconf) and params.itemsize == 8
+    if not fused_step and grad.shape[0] != params.shape[0]:
+        raise ValueError("the workspace has no gradient buffer, which this update rule needs")
     epoch_loss = 0.0
     n_batches = 0
     for start in range(0, n, batch_size):
@@ -168,9 +174,13 @@ def _epoch(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, lr, b
             bl += l2_scale * l2_penalty(params, hyper, decay_mask)
             epoch_loss += nb * bl if sample_mean else bl
         output_delta(acts, out_off, y_batch, deltas, wb, loss_code, out_act, k, nb)
-        backward(params, sizes, w_off, b_off, acts_codes, acts, a_off, deltas, grad, nb,
-                 product_min_work)
-        update(params, grad, lr, hyper, iconf, opt_state, opt_step, decay_mask, l2_scale)
+        if fused_step:
+            backward_sgd(params, sizes, w_off, b_off, acts_codes, acts, a_off, deltas, lr, nb,
+                         product_min_work)
+        else:
+            backward(params, sizes, w_off, b_off, acts_codes, acts, a_off, deltas, grad, nb,
+                     product_min_work)
+            update(params, grad, lr, hyper, iconf, opt_state, opt_step, decay_mask, l2_scale)
         n_batches += 1
     return epoch_loss / n if sample_mean else epoch_loss / n_batches
 

@@ -525,3 +525,59 @@ def test_fit_reads_c_contiguous_data_in_place_and_never_writes_it(make_problem):
     np.testing.assert_array_equal(m.predict(X), ref.predict(X0.copy()))
     np.testing.assert_array_equal(X, X0)
     np.testing.assert_array_equal(y, y0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("product_min_work", [K.PRODUCT_MIN_WORK, -1])
+def test_fused_sgd_step_equals_backward_then_update(bias, product_min_work):
+    """dense.backward_sgd (the plain rule applied inside the backward pass, no gradient
+    stored) must give exactly backward + params -= lr * grad: with the default threshold
+    the 5x10 layer runs on the loops and the wider ones on the tiles (alpha = -lr,
+    beta = 1); with -1 every layer runs on the loops."""
+    from fastbp.kernels.dense import backward_sgd, layer_uses_products
+    sizes = [5, 10, 70, 3]
+    nb = 64
+    model = fastbp.MLP(sizes, activation=["tanh", "sigmoid", "identity"], bias=bias, seed=3)
+    uses = [layer_uses_products(a, b, nb, product_min_work) for a, b in
+            zip(sizes[:-1], sizes[1:])]
+    assert uses == ([False, True, True] if product_min_work >= 0 else [False] * 3)
+    sizes_arr, w_off, b_off, codes = model._kernel_net()
+    rng = np.random.default_rng(0)
+    ws = K.make_workspace(sizes_arr, model.params.size, nb, nb, model.params[:0], False)
+    a_off, acts, deltas = ws[0], ws[1], ws[2]
+    bits, scale = ws[6], ws[7]
+    acts[:sizes[0] * nb] = rng.standard_normal(sizes[0] * nb)
+    K.forward(model.params, sizes_arr, w_off, b_off, codes, acts, a_off, nb, bits, scale,
+              acts[:0], product_min_work)
+    out = a_off[len(sizes) - 1]
+    delta_out = rng.standard_normal(sizes[-1] * nb)
+    lr = 0.037
+
+    grad = np.zeros_like(model.params)
+    d1 = deltas.copy()
+    d1[out:out + delta_out.size] = delta_out
+    K.backward(model.params, sizes_arr, w_off, b_off, codes, acts, a_off, d1, grad, nb,
+               product_min_work)
+    want = model.params - lr * grad
+
+    got = model.params.copy()
+    d2 = deltas.copy()
+    d2[out:out + delta_out.size] = delta_out
+    backward_sgd(got, sizes_arr, w_off, b_off, codes, acts, a_off, d2, lr, nb,
+                 product_min_work)
+    assert np.array_equal(got, want)
+    assert np.array_equal(d1, d2)  # the back-propagated deltas read the weights before the step
+
+
+def test_wide_minibatch_fits_match_reference_in_both_dtypes(make_problem):
+    """A plain-SGD mini-batch fit of a net whose layers run on the tiles: float64 takes
+    the fused step (no gradient buffer), float32 the separate one; both follow the
+    reference."""
+    sizes, acts = [5, 40, 3], ["sigmoid", "identity"]
+    X, y, weights, biases = make_problem(sizes, n=96, loss="mse", seed=8)
+    rw, rb, rhist = R.train_minibatch(X, y, weights, biases, acts, "mse", 5, 0.05, 32)
+    for dtype, tol in (("float64", 1e-12), ("float32", 2e-4)):
+        m = fastbp.MLP.from_weights(weights, biases, activation=acts, loss="mse", dtype=dtype)
+        hist = m.fit(X.astype(dtype), y.astype(dtype), epochs=5, lr=0.05, batch_size=32)
+        np.testing.assert_allclose(hist.loss, rhist, rtol=tol)
+        np.testing.assert_allclose(m.params, R.flatten(rw, rb), rtol=tol, atol=tol)
