@@ -18,7 +18,10 @@ JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 PRODUCT_MIN_WORK = 16 * 16 * 16
 PRODUCT_MIN_WEIGHTS = 64
 # A product of at least this many multiply-adds goes to BLAS instead of the tiles when
-# BLAS runs on at least BLAS_MIN_THREADS threads: one thread of tiles beats OpenBLAS on
-# one or two (tiles.py), more threads win on large enough products.
-BLAS_THREADED_MIN_WORK = 1 << 24
+# BLAS runs on at least BLAS_MIN_THREADS threads, which then share it.  One thread of
+# tiles runs the products of a batch of 64 as fast as one of OpenBLAS (16-core Xeon,
+# AVX-512 kernels) or twice as fast (the development machine, Haswell kernels), but at
+# 64 x 256 x 256 four OpenBLAS threads took 173 us for the three products of a layer
+# against the tiles' 358 (two threads: 276; the device check in the stop 15 note).
+BLAS_THREADED_MIN_WORK = 1 << 22
 BLAS_MIN_THREADS = 4
