@@ -141,20 +141,25 @@ def _float_array(t):
 
 
 @intrinsic
-def _tile(typingctx, rows, vecs, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, k, alpha,
+def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, k, alpha,
           beta):
-    """One tile of ``rows`` (1..ROWS) rows by ``vecs`` (1..VECS) vectors, the last of
-    them holding only ``tail`` columns when 0 < tail < lanes; see _emit_tile.
-    a(i, p) = a[ao + i * a_si + p * a_sp]; b(p, j) = b[bo + p * ldb + j]; c(i, j) =
-    c[co + i * ldc + j].  a, b, c: 1-D arrays of one float dtype; no bounds checks."""
+    """One tile of ``rows`` (1..ROWS) rows: VECS full vectors when ``wide``, else one
+    vector holding its first ``tail`` columns (all of them when tail == 0), its loads
+    and stores masked; see _emit_tile.  a(i, p) = a[ao + i * a_si + p * a_sp]; b(p, j) =
+    b[bo + p * ldb + j]; c(i, j) = c[co + i * ldc + j].  a, b, c: 1-D arrays of one
+    float dtype; no bounds checks.
+
+    Two shapes per row count, not every rows x vectors: the code is compiled once per
+    dtype, and each shape is an unrolled loop (all 24 x 2 shapes took ~6 s to compile)."""
     arrays = (a, b, c)
-    ints = (rows, vecs, tail, ao, a_si, a_sp, bo, ldb, co, ldc, k)
+    ints = (rows, tail, ao, a_si, a_sp, bo, ldb, co, ldc, k)
     if not (all(_float_array(t) for t in arrays) and len({t.dtype for t in arrays}) == 1
             and all(isinstance(t, types.Integer) for t in ints)
+            and isinstance(wide, types.Boolean)
             and all(isinstance(t, types.Float) for t in (alpha, beta))):
         return None
     dtype = c.dtype
-    sig = types.void(rows, vecs, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, k, alpha,
+    sig = types.void(rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, k, alpha,
                      beta)
 
     def codegen(context, builder, signature, args):
@@ -165,23 +170,22 @@ def _tile(typingctx, rows, vecs, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc
             data = context.make_array(signature.args[i])(context, builder, args[i]).data
             return builder.gep(data, [int64(offset)])
 
-        rows_, vecs_, tail_ = int64(0), int64(1), int64(2)
+        i64 = ir.IntType(64)
+        rows_, tail_ = int64(0), int64(2)
+        width = ir.Constant(i64, lanes(dtype))
+        count = builder.select(builder.icmp_signed(">", tail_, ir.Constant(i64, 0)), tail_,
+                               width)
         common = dict(a_base=at(3, 4), a_si=int64(5), a_sp=int64(6), b_base=at(7, 8),
                       ldb=int64(9), c_base=at(10, 11), ldc=int64(12), k=int64(13),
                       alpha=context.cast(builder, args[14], signature.args[14], dtype),
                       beta=context.cast(builder, args[15], signature.args[15], dtype))
-        i64 = ir.IntType(64)
-        partial = builder.icmp_signed(">", tail_, ir.Constant(i64, 0))
         for r in range(1, ROWS + 1):
-            for v in range(1, VECS + 1):
-                match = builder.and_(builder.icmp_signed("==", rows_, ir.Constant(i64, r)),
-                                     builder.icmp_signed("==", vecs_, ir.Constant(i64, v)))
-                with builder.if_then(match):
-                    with builder.if_else(partial) as (masked, full):
-                        with masked:
-                            _emit_tile(context, builder, dtype, r, v, tail=tail_, **common)
-                        with full:
-                            _emit_tile(context, builder, dtype, r, v, **common)
+            with builder.if_then(builder.icmp_signed("==", rows_, ir.Constant(i64, r))):
+                with builder.if_else(args[1]) as (full, narrow):
+                    with full:
+                        _emit_tile(context, builder, dtype, r, VECS, **common)
+                    with narrow:
+                        _emit_tile(context, builder, dtype, r, 1, tail=count, **common)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -205,38 +209,44 @@ def _like(typingctx, c, x):
 
 
 @njit(**JIT)
+def _row_block(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, rows, j0, j1, k, alpha, beta,
+               width):
+    """Columns j0 .. j1 - 1 of ``rows`` rows: tiles of VECS vectors, then one vector at a
+    time, the last masked."""
+    step = VECS * width
+    j = j0
+    while j + step <= j1:
+        _tile(rows, True, 0, a, ao, a_si, a_sp, b, bo + j, ldb, c, co + j, ldc, k, alpha,
+              beta)
+        j += step
+    while j < j1:
+        tail = j1 - j if j1 - j < width else 0
+        _tile(rows, False, tail, a, ao, a_si, a_sp, b, bo + j, ldb, c, co + j, ldc, k,
+              alpha, beta)
+        j += width
+
+
+@njit(**JIT)
 def _panel(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha, beta, width):
     """c (m rows, cols columns) <- alpha * a @ b (+ beta * c), b's rows contiguous and
-    ldb apart: tiles of up to ROWS rows and VECS vectors, the last vector masked when
-    cols is not a multiple of the vector width."""
-    vecs_total = (cols + width - 1) // width
+    ldb apart, in tiles of up to ROWS rows."""
     if k * cols * c.itemsize <= ROWS_OUTER_MAX_BYTES:
         # rows outer: a block of rows of op(a) is read from memory once for all of its
         # tiles across the columns while op(b) (one batch of activations or deltas)
         # stays in L2; the forward product, whose op(a) is the weights read down their
         # columns, went from 76 to 85 GFLOP/s at 1024 x 1024 (batch 64)
         for i0 in range(0, m, ROWS):
-            for j0 in range(0, vecs_total, VECS):
-                _one_tile(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha,
-                          beta, width, i0, j0, vecs_total)
+            _row_block(a, ao + i0 * a_si, a_si, a_sp, b, bo, ldb, c, co + i0 * ldc, ldc,
+                       min(ROWS, m - i0), 0, cols, k, alpha, beta, width)
     else:
         # columns outer: op(b) is too large for L2, so each column panel (k x VECS
         # vectors) is kept there while every row block passes over it
-        for j0 in range(0, vecs_total, VECS):
+        step = VECS * width
+        for j0 in range(0, cols, step):
             for i0 in range(0, m, ROWS):
-                _one_tile(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha,
-                          beta, width, i0, j0, vecs_total)
-
-
-@njit(**JIT, inline="always")
-def _one_tile(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha, beta, width, i0,
-              j0, vecs_total):
-    """The tile at row i0 and vector column j0 of _panel's product."""
-    vecs = min(VECS, vecs_total - j0)
-    tail = cols - (j0 + vecs - 1) * width
-    tail = 0 if tail >= width else tail
-    _tile(min(ROWS, m - i0), vecs, tail, a, ao + i0 * a_si, a_si, a_sp, b, bo + j0 * width,
-          ldb, c, co + i0 * ldc + j0 * width, ldc, k, alpha, beta)
+                _row_block(a, ao + i0 * a_si, a_si, a_sp, b, bo, ldb, c, co + i0 * ldc,
+                           ldc, min(ROWS, m - i0), j0, min(j0 + step, cols), k, alpha, beta,
+                           width)
 
 
 # the panel of op(b) that tile_gemm packs with trans_b lives in its stack frame up to this
