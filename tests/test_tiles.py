@@ -78,6 +78,21 @@ def test_tiles_equal_the_scalar_recurrence_bit_for_bit(dtype, trans_a, trans_b):
             assert np.array_equal(got, want), where  # padding included: left untouched
 
 
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_tiles_over_a_large_op_b_keep_the_recurrence(trans_a):
+    """op(b) beyond tiles.ROWS_OUTER_MAX_BYTES: the column panels run outermost."""
+    rng = np.random.default_rng(4)
+    m, n, k = 13, 70, 1100
+    assert k * n * 8 > tiles.ROWS_OUTER_MAX_BYTES
+    a, b, c = _operands(rng, np.float64, m, n, k, trans_a, False, 1)
+    want, got = c.copy(), c.copy()
+    scalar_gemm(trans_a, False, m, n, k, 0.5, a.ravel(), a.shape[1], b.ravel(), b.shape[1],
+                1.0, want.ravel(), want.shape[1], 0.0)
+    tiles.tile_gemm(trans_a, False, m, n, k, 0.5, a.ravel(), a.shape[1], b.ravel(),
+                    b.shape[1], 1.0, got.ravel(), got.shape[1])
+    assert np.array_equal(got, want)
+
+
 def test_tiles_agree_with_numpy_on_a_wide_product():
     """An independent reference for the recurrence itself (float64 rounding only)."""
     rng = np.random.default_rng(2)
