@@ -36,6 +36,9 @@ def _matmul(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """c <- alpha * op(a) @ op(b) + beta * c (blas.gemm's contract): on the register
     tiles, or on BLAS when the product is large and BLAS would spread it over several
     threads (config.BLAS_THREADED_MIN_WORK)."""
+    # bool(): the call sites pass literal flags, and Numba would compile one copy of each
+    # gemm per combination (three of tile_gemm, whose tiles take seconds to compile)
+    trans_a, trans_b = bool(trans_a), bool(trans_b)
     if m * n * k >= BLAS_THREADED_MIN_WORK and blas.threads() >= BLAS_MIN_THREADS:
         blas.gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
     else:
@@ -239,8 +242,9 @@ def backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, grad, nb, prod
     On entry dbuf's output block (at a_off[-1]) holds dLoss/dz of the output layer
     (see losses.output_delta); dbuf has buf's layout and is overwritten.
     """
+    # bool(): a literal flag would make Numba compile _backward twice (see _matmul)
     _backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, grad, nb,
-              product_min_work, 0.0, False)
+              product_min_work, 0.0, bool(False))
 
 
 @njit(**JIT)
@@ -251,4 +255,4 @@ def backward_sgd(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, lr, nb,
     the memory traffic on wide layers (the step is the weight product's alpha = -lr,
     beta = 1) and no gradient buffer."""
     _backward(params, sizes, w_off, b_off, acts, buf, a_off, dbuf, params, nb,
-              product_min_work, lr, True)
+              product_min_work, lr, bool(True))

@@ -45,6 +45,8 @@ def _vector_bytes():
 
 VECTOR_BYTES = _vector_bytes()
 ROWS, VECS = (6, 4) if VECTOR_BYTES == 64 else (4, 3)
+# the row counts a tile can have: a block's last rows are cut into these (5 = 3 + 1 + 1)
+ROW_COUNTS = (ROWS, ROWS // 2, 1)
 # _panel runs row blocks outermost while op(b) is at most this large (it then stays in a
 # 1 MB L2, as on the development machine), column panels outermost beyond (batch 256,
 # 1024 x 1024, here: 18.2 ms for the three products against 19.9 rows outermost).
@@ -143,14 +145,15 @@ def _float_array(t):
 @intrinsic
 def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, k, alpha,
           beta):
-    """One tile of ``rows`` (1..ROWS) rows: VECS full vectors when ``wide``, else one
+    """One tile of ``rows`` (one of ROW_COUNTS) rows: VECS full vectors when ``wide``, else one
     vector holding its first ``tail`` columns (all of them when tail == 0), its loads
     and stores masked; see _emit_tile.  a(i, p) = a[ao + i * a_si + p * a_sp]; b(p, j) =
     b[bo + p * ldb + j]; c(i, j) = c[co + i * ldc + j].  a, b, c: 1-D arrays of one
     float dtype; no bounds checks.
 
-    Two shapes per row count, not every rows x vectors: the code is compiled once per
-    dtype, and each shape is an unrolled loop (all 24 x 2 shapes took ~6 s to compile)."""
+    Few shapes, not every rows x vectors: each is an unrolled loop, and Numba optimizes
+    the tiles again in every kernel that calls them (a first fit compiles a dozen):
+    24 x 2 shapes took 12 s to compile for one dtype, 6 x 2 3 s.)"""
     arrays = (a, b, c)
     ints = (rows, tail, ao, a_si, a_sp, bo, ldb, co, ldc, k)
     if not (all(_float_array(t) for t in arrays) and len({t.dtype for t in arrays}) == 1
@@ -179,7 +182,7 @@ def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc
                       ldb=int64(9), c_base=at(10, 11), ldc=int64(12), k=int64(13),
                       alpha=context.cast(builder, args[14], signature.args[14], dtype),
                       beta=context.cast(builder, args[15], signature.args[15], dtype))
-        for r in range(1, ROWS + 1):
+        for r in ROW_COUNTS:
             with builder.if_then(builder.icmp_signed("==", rows_, ir.Constant(i64, r))):
                 with builder.if_else(args[1]) as (full, narrow):
                     with full:
@@ -211,8 +214,20 @@ def _like(typingctx, c, x):
 @njit(**JIT)
 def _row_block(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, rows, j0, j1, k, alpha, beta,
                width):
-    """Columns j0 .. j1 - 1 of ``rows`` rows: tiles of VECS vectors, then one vector at a
-    time, the last masked."""
+    """Columns j0 .. j1 - 1 of ``rows`` (1..ROWS) rows, cut into blocks of ROW_COUNTS."""
+    i = 0
+    while i < rows:
+        r = ROWS if rows - i >= ROWS else (ROWS // 2 if rows - i >= ROWS // 2 else 1)
+        _rows_of_tiles(a, ao + i * a_si, a_si, a_sp, b, bo, ldb, c, co + i * ldc, ldc, r, j0,
+                       j1, k, alpha, beta, width)
+        i += r
+
+
+@njit(**JIT)
+def _rows_of_tiles(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, rows, j0, j1, k, alpha, beta,
+                   width):
+    """Columns j0 .. j1 - 1 of ``rows`` (one of ROW_COUNTS) rows: tiles of VECS vectors,
+    then one vector at a time, the last masked."""
     step = VECS * width
     j = j0
     while j + step <= j1:
