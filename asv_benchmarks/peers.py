@@ -75,9 +75,8 @@ def _fastbp_single(wl):
         return ([np.array(W) for W in m.weights],
                 None if m.biases is None else [np.array(b) for b in m.biases])
 
-    def warmup():  # compiles every kernel this workload uses; tiny run
-        small = wl.tiny()
-        common.fastbp_fit(common.fastbp_model(small), small)
+    def warmup():  # compiles every kernel this workload's runs use; tiny run
+        common.fastbp_warm_up(wl)
 
     run.warmup = warmup
     return run
@@ -123,7 +122,8 @@ def fastbp_w5(wl, n_jobs=None):
 
         def warmup():
             small = wl.tiny()
-            _ensemble_fit(fastbp_ensemble(small), small, n_jobs)
+            with common.steady_state_kernels():
+                _ensemble_fit(fastbp_ensemble(small), small, n_jobs)
 
         run.warmup = warmup
         import numba
@@ -142,7 +142,8 @@ def fastbp_w5(wl, n_jobs=None):
     def warmup():
         small = wl.tiny()
         Ws, bs = small.model(0)
-        common.fastbp_fit(common.fastbp_model(small, Ws, bs), small)
+        with common.steady_state_kernels():
+            common.fastbp_fit(common.fastbp_model(small, Ws, bs), small)
 
     run.warmup = warmup
     return _with_note(run, "Python loop over MLP.fit (no fastbp.Ensemble)")

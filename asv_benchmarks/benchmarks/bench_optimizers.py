@@ -23,8 +23,7 @@ class Optimizers(Benchmark):
     def setup(self, key, opt):
         common.import_fastbp()
         self.wl = common.WORKLOADS[key]()
-        tiny = self.wl.tiny()
-        common.fastbp_fit(common.fastbp_model(tiny), tiny, on_divergence="warn", **OPTIONS[opt])  # compile
+        common.fastbp_warm_up(self.wl, on_divergence="warn", **OPTIONS[opt])  # compile
 
     def time_fit(self, key, opt):
         common.fastbp_fit(common.fastbp_model(self.wl), self.wl, on_divergence="warn", **OPTIONS[opt])

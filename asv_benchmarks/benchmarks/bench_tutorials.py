@@ -18,8 +18,7 @@ class Tutorials(Benchmark):
     def setup(self, key):
         common.import_fastbp()
         self.wl = common.WORKLOADS[key]()
-        tiny = self.wl.tiny()
-        common.fastbp_fit(common.fastbp_model(tiny), tiny)  # compile / load the cache
+        common.fastbp_warm_up(self.wl)  # compile / load the cache
 
     def _fit(self):
         m = common.fastbp_model(self.wl)

@@ -20,8 +20,7 @@ class Width(Benchmark):
     def setup(self, H, batch_size):
         common.import_fastbp()
         self.wl = common.w4(H, batch_size, N_SAMPLES)
-        tiny = self.wl.tiny()
-        common.fastbp_fit(common.fastbp_model(tiny), tiny)
+        common.fastbp_warm_up(self.wl)
 
     def _fit(self):
         m = common.fastbp_model(self.wl)
@@ -58,9 +57,7 @@ def status(field):
             return int(line.split()[1]) * 1024
     raise RuntimeError(field)
 
-tiny = common.w4(H, B, 2 * B).tiny()
-common.fastbp_fit(common.fastbp_model(tiny), tiny)   # compile outside the measurement
-del tiny
+common.fastbp_warm_up(common.w4(H, B, 2 * B))   # compile outside the measurement
 wl = common.w4(H, B, N)
 m = common.fastbp_model(wl)
 wl.weights = wl.biases = None                    # drop the workload's copy of the start point
