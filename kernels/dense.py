@@ -65,8 +65,8 @@ def _affine(params, wo, bo, n_in, n_out, a_in, z, nb, product_min_work):
     """
     if layer_uses_products(n_in, n_out, nb, product_min_work):
         # z (n_out, nb) = W^T (W is n_in rows of n_out) @ a_in (n_in, nb)
-        _matmul(True, False, n_out, nb, n_in, 1.0, params[wo:wo + n_in * n_out], n_out, a_in, nb,
-             0.0, z, nb)
+        _matmul(True, False, n_out, nb, n_in, 1.0, params[wo:wo + n_in * n_out], n_out,
+                a_in, nb, 0.0, z, nb)
     elif nb == 1:
         a0 = a_in[0]
         for j in range(n_out):
@@ -186,8 +186,8 @@ def _weight_grad(a_in, delta, out, go, n_in, n_out, nb, product_min_work, lr, de
 def _back_delta(params, wo, n_in, n_out, delta, delta_in, nb, product_min_work):
     """delta_in (n_in rows of nb) <- W (n_in, n_out) @ delta (n_out rows of nb)."""
     if layer_uses_products(n_in, n_out, nb, product_min_work):
-        _matmul(False, False, n_in, nb, n_out, 1.0, params[wo:wo + n_in * n_out], n_out, delta,
-             nb, 0.0, delta_in, nb)
+        _matmul(False, False, n_in, nb, n_out, 1.0, params[wo:wo + n_in * n_out], n_out,
+                delta, nb, 0.0, delta_in, nb)
         return
     u_nb = uint64(nb)
     for i in range(n_in):
