@@ -74,7 +74,7 @@ def _emit_tile(context, builder, dtype, rows, vecs, a_base, a_si, a_sp, b_base, 
     """The loop of one rows x vecs tile: c (rows, vecs * lanes) <- alpha * sum_p
     a(i, p) b(p, :) (+ beta * c).  Pointers and int64 strides, all in elements.
 
-    tail (an int64 value, 1 .. lanes - 1, or None): the last vector holds only that many
+    tail (an int64 value, 1 .. lanes, or None): the last vector holds only that many
     columns; its loads and stores are masked, so nothing past them is read or written."""
     i64 = ir.IntType(64)
     make, suffix = _LLVM_FLOAT[dtype]

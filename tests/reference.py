@@ -549,3 +549,17 @@ def train_controlled(X, y, weights, biases, activation, loss_name, epochs, lr,
         hist[e] = np.mean(records)
     weights, biases = unflatten(theta, sizes, bias)
     return weights, biases, hist, state
+
+
+def gemm_operands(rng, dtype, m, n, k, trans_a, trans_b, pad):
+    """Operands of a row-major gemm (tests of kernels/blas.py and kernels/tiles.py): a, b,
+    c with leading dimensions ``pad`` wider than their rows, plus op(a), op(b) in
+    float64."""
+    ra, ca = (k, m) if trans_a else (m, k)
+    rb, cb = (n, k) if trans_b else (k, n)
+    a = rng.standard_normal((ra, ca + pad)).astype(dtype)
+    b = rng.standard_normal((rb, cb + pad)).astype(dtype)
+    c = rng.standard_normal((m, n + pad)).astype(dtype)
+    op_a = a[:, :ca].T if trans_a else a[:, :ca]
+    op_b = b[:, :cb].T if trans_b else b[:, :cb]
+    return a, b, c, op_a.astype(np.float64), op_b.astype(np.float64)

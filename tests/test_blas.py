@@ -10,22 +10,11 @@ import numpy as np
 import pytest
 from numba import types
 
+import reference as R
 from fastbp.kernels import blas
 
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
-
-
-def _operands(rng, dtype, m, n, k, trans_a, trans_b, pad):
-    """a, b, c with leading dimensions ``pad`` wider than their rows, plus op(a), op(b)."""
-    ra, ca = (k, m) if trans_a else (m, k)
-    rb, cb = (n, k) if trans_b else (k, n)
-    a = rng.standard_normal((ra, ca + pad)).astype(dtype)
-    b = rng.standard_normal((rb, cb + pad)).astype(dtype)
-    c = rng.standard_normal((m, n + pad)).astype(dtype)
-    op_a = a[:, :ca].T if trans_a else a[:, :ca]
-    op_b = b[:, :cb].T if trans_b else b[:, :cb]
-    return a, b, c, op_a.astype(np.float64), op_b.astype(np.float64)
 
 
 def _expected(op_a, op_b, c, n, alpha, beta):
@@ -40,7 +29,7 @@ def _expected(op_a, op_b, c, n, alpha, beta):
 def test_gemm_computes_alpha_op_a_op_b_plus_beta_c(dtype, trans_a, trans_b, pad, beta):
     rng = np.random.default_rng(7)
     m, n, k = 37, 19, 65  # not multiples of any register block
-    a, b, c, op_a, op_b = _operands(rng, dtype, m, n, k, trans_a, trans_b, pad)
+    a, b, c, op_a, op_b = R.gemm_operands(rng, dtype, m, n, k, trans_a, trans_b, pad)
     want = _expected(op_a, op_b, c, n, -0.75, beta)
     padding = c[:, n:].copy()
     out = c.ravel()  # a view: gemm writes into c
@@ -77,7 +66,7 @@ def test_fallback_providers_follow_the_cblas_contract(make, dtype):
     for trans_a, trans_b in TRANSPOSES:
         for pad in (0, 2):   # padded rows: the np.dot provider falls back to its loops
             for beta in (0.0, 2.0):
-                a, b, c, op_a, op_b = _operands(rng, dtype, m, n, k, trans_a, trans_b, pad)
+                a, b, c, op_a, op_b = R.gemm_operands(rng, dtype, m, n, k, trans_a, trans_b, pad)
                 want = _expected(op_a, op_b, c, n, 0.5, beta)
                 ta = blas.TRANS if trans_a else blas.NO_TRANS
                 tb = blas.TRANS if trans_b else blas.NO_TRANS

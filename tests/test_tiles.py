@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from numba import njit
 
+import reference as R
 from fastbp.kernels import blas, tiles
 from fastbp.kernels.activations import fma
 from fastbp.kernels.dense import _matmul
@@ -36,15 +37,6 @@ def scalar_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 
             c[i * ldc + j] = out if beta == 0 else out + beta * c[i * ldc + j]
 
 
-def _operands(rng, dtype, m, n, k, trans_a, trans_b, pad):
-    ra, ca = (k, m) if trans_a else (m, k)
-    rb, cb = (n, k) if trans_b else (k, n)
-    a = rng.standard_normal((ra, ca + pad)).astype(dtype)
-    b = rng.standard_normal((rb, cb + pad)).astype(dtype)
-    c = rng.standard_normal((m, n + pad)).astype(dtype)
-    return a, b, c
-
-
 def _edges(count, block):
     """Sizes around a block: below it, on it, just past it, past two."""
     return sorted({1, max(1, block - 1), block, block + 1, 2 * block + 3, count})
@@ -63,7 +55,7 @@ def test_tiles_equal_the_scalar_recurrence_bit_for_bit(dtype, trans_a, trans_b):
     rng = np.random.default_rng(11)
     for m, n, k in _shapes(dtype):
         for pad, alpha, beta in ((0, 1.0, 0.0), (3, -0.3, 1.0), (1, 0.7, 0.5)):
-            a, b, c = _operands(rng, dtype, m, n, k, trans_a, trans_b, pad)
+            a, b, c, _, _ = R.gemm_operands(rng, dtype, m, n, k, trans_a, trans_b, pad)
             if beta == 0:
                 c[:, :n][::2] = np.nan  # beta == 0: c is only written
             want = c.copy()
@@ -84,7 +76,7 @@ def test_tiles_over_a_large_op_b_keep_the_recurrence(trans_a):
     rng = np.random.default_rng(4)
     m, n, k = 13, 70, 1100
     assert k * n * 8 > tiles.ROWS_OUTER_MAX_BYTES
-    a, b, c = _operands(rng, np.float64, m, n, k, trans_a, False, 1)
+    a, b, c, _, _ = R.gemm_operands(rng, np.float64, m, n, k, trans_a, False, 1)
     want, got = c.copy(), c.copy()
     scalar_gemm(trans_a, False, m, n, k, 0.5, a.ravel(), a.shape[1], b.ravel(), b.shape[1],
                 1.0, want.ravel(), want.shape[1], 0.0)
