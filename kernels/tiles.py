@@ -142,21 +142,43 @@ def _float_array(t):
     return isinstance(t, types.Array) and t.ndim == 1 and t.dtype in _LLVM_FLOAT
 
 
+def _float_pointer(t):
+    return isinstance(t, types.CPointer) and t.dtype in _LLVM_FLOAT
+
+
+@intrinsic
+def _data(typingctx, arr):
+    """The address of the 1-D array arr's first element, as a typed pointer.
+
+    The tile drivers below pass pointers, not arrays: Numba reference-counts an array
+    at every call of a function it does not inline (an atomic increment and decrement
+    per array argument), and _row_block alone runs once per tile row: these atomics were
+    13% of W4b's time at H = 16 (perf; NRT_incref / NRT_decref).  The arrays stay alive
+    in tile_gemm, which holds them for the whole product."""
+    if not _float_array(arr):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return context.make_array(signature.args[0])(context, builder, args[0]).data
+
+    return types.CPointer(arr.dtype)(arr), codegen
+
+
 @intrinsic
 def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, k, alpha,
           beta):
     """One tile of ``rows`` (one of ROW_COUNTS) rows: VECS full vectors when ``wide``, else one
     vector holding its first ``tail`` columns (all of them when tail == 0), its loads
     and stores masked; see _emit_tile.  a(i, p) = a[ao + i * a_si + p * a_sp]; b(p, j) =
-    b[bo + p * ldb + j]; c(i, j) = c[co + i * ldc + j].  a, b, c: 1-D arrays of one
-    float dtype; no bounds checks.
+    b[bo + p * ldb + j]; c(i, j) = c[co + i * ldc + j].  a, b, c: pointers (_data) to
+    one float dtype; no bounds checks.
 
     Few shapes, not every rows x vectors: each is an unrolled loop, and Numba optimizes
     the tiles again in every kernel that calls them (a first fit compiles a dozen):
     24 x 2 shapes took 12 s to compile for one dtype, 6 x 2 3 s.)"""
     arrays = (a, b, c)
     ints = (rows, tail, ao, a_si, a_sp, bo, ldb, co, ldc, k)
-    if not (all(_float_array(t) for t in arrays) and len({t.dtype for t in arrays}) == 1
+    if not (all(_float_pointer(t) for t in arrays) and len({t.dtype for t in arrays}) == 1
             and all(isinstance(t, types.Integer) for t in ints)
             and isinstance(wide, types.Boolean)
             and all(isinstance(t, types.Float) for t in (alpha, beta))):
@@ -170,8 +192,7 @@ def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc
             return context.cast(builder, args[i], signature.args[i], types.int64)
 
         def at(i, offset):
-            data = context.make_array(signature.args[i])(context, builder, args[i]).data
-            return builder.gep(data, [int64(offset)])
+            return builder.gep(args[i], [int64(offset)])
 
         i64 = ir.IntType(64)
         rows_, tail_ = int64(0), int64(2)
@@ -244,8 +265,9 @@ def _rows_of_tiles(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, rows, j0, j1, k, a
 @njit(**JIT)
 def _panel(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha, beta, width):
     """c (m rows, cols columns) <- alpha * a @ b (+ beta * c), b's rows contiguous and
-    ldb apart, in tiles of up to ROWS rows."""
-    if k * cols * c.itemsize <= ROWS_OUTER_MAX_BYTES:
+    ldb apart, in tiles of up to ROWS rows; a, b, c pointers (_data), width the lanes
+    of a vector of their dtype."""
+    if k * cols * (VECTOR_BYTES // width) <= ROWS_OUTER_MAX_BYTES:
         # rows outer: a block of rows of op(a) is read from memory once for all of its
         # tiles across the columns while op(b) (one batch of activations or deltas)
         # stays in L2; the forward product, whose op(a) is the weights read down their
@@ -310,7 +332,8 @@ def tile_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     a_si, a_sp = (1, lda) if trans_a else (lda, 1)
     width = _lanes_of(c)
     if not trans_b:
-        _panel(a, 0, a_si, a_sp, b, 0, ldb, c, 0, ldc, m, n, k, alpha, beta, width)
+        _panel(_data(a), 0, a_si, a_sp, _data(b), 0, ldb, _data(c), 0, ldc, m, n, k, alpha,
+               beta, width)
         return
     step = VECS * width
     panel = _stack_panel(c)
@@ -322,4 +345,5 @@ def tile_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
             row = p * step
             for j in range(cols):
                 panel[row + j] = b[(j0 + j) * ldb + p]
-        _panel(a, 0, a_si, a_sp, panel, 0, step, c, j0, ldc, m, cols, k, alpha, beta, width)
+        _panel(_data(a), 0, a_si, a_sp, _data(panel), 0, step, _data(c), j0, ldc, m, cols, k,
+               alpha, beta, width)
