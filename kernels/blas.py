@@ -63,15 +63,17 @@ def _signature(dtype):
 # ---------------------------------------------------------------------------------------
 # The call the kernels compile
 # ---------------------------------------------------------------------------------------
-def _float_array(t):
-    return isinstance(t, types.Array) and t.ndim == 1 and t.dtype in _SYMBOL
+def _float_operand(t):
+    """A 1-D float array or a typed pointer (pointers.address) to one."""
+    return ((isinstance(t, types.Array) and t.ndim == 1 or isinstance(t, types.CPointer))
+            and t.dtype in _SYMBOL)
 
 
 @intrinsic
 def _call_gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     arrays = (a, b, c)
     ints = (trans_a, trans_b, m, n, k, lda, ldb, ldc)
-    if not (all(_float_array(t) for t in arrays) and len({t.dtype for t in arrays}) == 1
+    if not (all(_float_operand(t) for t in arrays) and len({t.dtype for t in arrays}) == 1
             and all(isinstance(t, types.Integer) for t in ints)
             and all(isinstance(t, types.Float) for t in (alpha, beta))):
         return None
@@ -90,6 +92,8 @@ def _call_gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta
             return context.cast(builder, args[i], signature.args[i], to)
 
         def data(i):
+            if isinstance(signature.args[i], types.CPointer):
+                return args[i]
             return context.make_array(signature.args[i])(context, builder, args[i]).data
 
         builder.call(fn, [ir.Constant(i32, ROW_MAJOR), cast(0, types.int32),
@@ -125,7 +129,8 @@ def gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
 
     op(a) is (m, k): a holds it with row stride lda, transposed when trans_a (a is then
     k rows of stride lda); likewise b for op(b) (k, n); c is m rows of stride ldc.  a, b,
-    c: 1-D arrays of one float dtype whose data start at the matrices' first elements.
+    c: 1-D arrays of one float dtype whose data start at the matrices' first elements,
+    or typed pointers to those elements (pointers.address).
     With beta == 0, c is only written (NaN in it does not propagate).
     """
     _call_gemm(TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, m, n, k,

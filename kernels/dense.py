@@ -28,21 +28,22 @@ from .activations import (SOFTMAX, activate_inplace, fma, mul_derivative_inplace
 from . import blas
 from .config import BLAS_MIN_THREADS, BLAS_THREADED_MIN_WORK, JIT, PRODUCT_MIN_WEIGHTS
 from .simd import lanes4
-from .tiles import tile_gemm
+from .pointers import address
+from .tiles import gemm_at
 
 
 @njit(**JIT)
 def _matmul(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    """c <- alpha * op(a) @ op(b) + beta * c (blas.gemm's contract): on the register
-    tiles, or on BLAS when the product is large and BLAS would spread it over several
-    threads (config.BLAS_THREADED_MIN_WORK)."""
+    """c <- alpha * op(a) @ op(b) + beta * c (blas.gemm's contract, a, b, c pointers:
+    pointers.address): on the register tiles, or on BLAS when the product is large and
+    BLAS would spread it over several threads (config.BLAS_THREADED_MIN_WORK)."""
     # bool(): the call sites pass literal flags, and Numba would compile one copy of each
     # gemm per combination (three of tile_gemm, whose tiles take seconds to compile)
     trans_a, trans_b = bool(trans_a), bool(trans_b)
     if m * n * k >= BLAS_THREADED_MIN_WORK and blas.threads() >= BLAS_MIN_THREADS:
         blas.gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
     else:
-        tile_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
 
 @njit(**JIT)
@@ -65,8 +66,8 @@ def _affine(params, wo, bo, n_in, n_out, a_in, z, nb, product_min_work):
     """
     if layer_uses_products(n_in, n_out, nb, product_min_work):
         # z (n_out, nb) = W^T (W is n_in rows of n_out) @ a_in (n_in, nb)
-        _matmul(True, False, n_out, nb, n_in, 1.0, params[wo:wo + n_in * n_out], n_out,
-                a_in, nb, 0.0, z, nb)
+        _matmul(True, False, n_out, nb, n_in, 1.0, address(params, wo), n_out,
+                address(a_in, 0), nb, 0.0, address(z, 0), nb)
     elif nb == 1:
         a0 = a_in[0]
         for j in range(n_out):
@@ -163,13 +164,12 @@ def _weight_grad(a_in, delta, out, go, n_in, n_out, nb, product_min_work, lr, de
 
     a_in: n_in rows of nb, delta: n_out rows of nb.
     """
-    block = out[go:go + n_in * n_out]
     if layer_uses_products(n_in, n_out, nb, product_min_work):
-        if descend:
-            _matmul(False, True, n_in, n_out, nb, -lr, a_in, nb, delta, nb, 1.0, block, n_out)
-        else:
-            _matmul(False, True, n_in, n_out, nb, 1.0, a_in, nb, delta, nb, 0.0, block, n_out)
+        alpha, beta = (-lr, 1.0) if descend else (1.0, 0.0)
+        _matmul(False, True, n_in, n_out, nb, alpha, address(a_in, 0), nb, address(delta, 0),
+                nb, beta, address(out, go), n_out)
         return
+    block = out[go:go + n_in * n_out]
     u_nb = uint64(nb)
     u_out = uint64(n_out)
     for i in range(uint64(n_in)):
@@ -186,8 +186,8 @@ def _weight_grad(a_in, delta, out, go, n_in, n_out, nb, product_min_work, lr, de
 def _back_delta(params, wo, n_in, n_out, delta, delta_in, nb, product_min_work):
     """delta_in (n_in rows of nb) <- W (n_in, n_out) @ delta (n_out rows of nb)."""
     if layer_uses_products(n_in, n_out, nb, product_min_work):
-        _matmul(False, False, n_in, nb, n_out, 1.0, params[wo:wo + n_in * n_out], n_out,
-                delta, nb, 0.0, delta_in, nb)
+        _matmul(False, False, n_in, nb, n_out, 1.0, address(params, wo), n_out,
+                address(delta, 0), nb, 0.0, address(delta_in, 0), nb)
         return
     u_nb = uint64(nb)
     for i in range(n_in):

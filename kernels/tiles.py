@@ -28,9 +28,10 @@ import numpy as np
 from llvmlite import binding, ir
 from numba import config as numba_config, njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .config import JIT
+from .pointers import address, is_float_array, is_float_pointer, scratch
 
 
 def _vector_bytes():
@@ -138,47 +139,21 @@ def _emit_tile(context, builder, dtype, rows, vecs, a_base, a_si, a_sp, b_base, 
             store(builder.select(beta_zero, scaled, with_c), ptr, v)
 
 
-def _float_array(t):
-    return isinstance(t, types.Array) and t.ndim == 1 and t.dtype in _LLVM_FLOAT
-
-
-def _float_pointer(t):
-    return isinstance(t, types.CPointer) and t.dtype in _LLVM_FLOAT
-
-
-@intrinsic
-def _data(typingctx, arr):
-    """The address of the 1-D array arr's first element, as a typed pointer.
-
-    The tile drivers below pass pointers, not arrays: Numba reference-counts an array
-    at every call of a function it does not inline (an atomic increment and decrement
-    per array argument), and _row_block alone runs once per tile row: these atomics were
-    13% of W4b's time at H = 16 (perf; NRT_incref / NRT_decref).  The arrays stay alive
-    in tile_gemm, which holds them for the whole product."""
-    if not _float_array(arr):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return context.make_array(signature.args[0])(context, builder, args[0]).data
-
-    return types.CPointer(arr.dtype)(arr), codegen
-
-
 @intrinsic
 def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, k, alpha,
           beta):
     """One tile of ``rows`` (one of ROW_COUNTS) rows: VECS full vectors when ``wide``, else one
     vector holding its first ``tail`` columns (all of them when tail == 0), its loads
     and stores masked; see _emit_tile.  a(i, p) = a[ao + i * a_si + p * a_sp]; b(p, j) =
-    b[bo + p * ldb + j]; c(i, j) = c[co + i * ldc + j].  a, b, c: pointers (_data) to
-    one float dtype; no bounds checks.
+    b[bo + p * ldb + j]; c(i, j) = c[co + i * ldc + j].  a, b, c: pointers
+    (pointers.address) to one float dtype; no bounds checks.
 
     Few shapes, not every rows x vectors: each is an unrolled loop, and Numba optimizes
     the tiles again in every kernel that calls them (a first fit compiles a dozen):
     24 x 2 shapes took 12 s to compile for one dtype, 6 x 2 3 s.)"""
     arrays = (a, b, c)
     ints = (rows, tail, ao, a_si, a_sp, bo, ldb, co, ldc, k)
-    if not (all(_float_pointer(t) for t in arrays) and len({t.dtype for t in arrays}) == 1
+    if not (all(is_float_pointer(t) for t in arrays) and len({t.dtype for t in arrays}) == 1
             and all(isinstance(t, types.Integer) for t in ints)
             and isinstance(wide, types.Boolean)
             and all(isinstance(t, types.Float) for t in (alpha, beta))):
@@ -215,15 +190,24 @@ def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc
     return sig, codegen
 
 
-@njit(**JIT)
 def _lanes_of(c):
-    return VECTOR_BYTES // c.itemsize
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_lanes_of)
+def _lanes_of_typed(c):
+    """Elements of c's dtype (c a float array or pointer) per vector: a constant."""
+    if not (is_float_array(c) or is_float_pointer(c)):
+        return None
+    width = lanes(c.dtype)
+    return lambda c: width
 
 
 @intrinsic
 def _like(typingctx, c, x):
-    """x converted to the dtype of the array c."""
-    if not (_float_array(c) and isinstance(x, (types.Float, types.Integer))):
+    """x converted to the dtype of c (a float array or pointer)."""
+    if not ((is_float_array(c) or is_float_pointer(c))
+            and isinstance(x, (types.Float, types.Integer))):
         return None
 
     def codegen(context, builder, signature, args):
@@ -265,8 +249,8 @@ def _rows_of_tiles(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, rows, j0, j1, k, a
 @njit(**JIT)
 def _panel(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha, beta, width):
     """c (m rows, cols columns) <- alpha * a @ b (+ beta * c), b's rows contiguous and
-    ldb apart, in tiles of up to ROWS rows; a, b, c pointers (_data), width the lanes
-    of a vector of their dtype."""
+    ldb apart, in tiles of up to ROWS rows; a, b, c pointers, width the lanes of a
+    vector of their dtype."""
     if k * cols * (VECTOR_BYTES // width) <= ROWS_OUTER_MAX_BYTES:
         # rows outer: a block of rows of op(a) is read from memory once for all of its
         # tiles across the columns while op(b) (one batch of activations or deltas)
@@ -294,9 +278,10 @@ PANEL_STACK_BYTES = 32 * 1024
 
 @intrinsic
 def _stack_panel(typingctx, like):
-    """A 1-D array of PANEL_STACK_BYTES bytes of like's dtype in the stack frame of the
-    function it is compiled into (no allocation; valid until that function returns)."""
-    if not _float_array(like):
+    """A 1-D array of PANEL_STACK_BYTES bytes of the dtype of like (a float array or
+    pointer) in the stack frame of the function it is compiled into (no allocation;
+    valid until that function returns)."""
+    if not (is_float_array(like) or is_float_pointer(like)):
         return None
     dtype = like.dtype
     array_type = types.Array(dtype, 1, "C")
@@ -319,7 +304,15 @@ def _stack_panel(typingctx, like):
 def tile_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """c <- alpha * op(a) @ op(b) + beta * c, row-major: blas.gemm's contract and
     arguments (a, b, c 1-D arrays of one float dtype starting at the matrices' first
-    elements), in the order the module docstring fixes.
+    elements), in the order the module docstring fixes.  See gemm_at."""
+    gemm_at(trans_a, trans_b, m, n, k, alpha, address(a, 0), lda, address(b, 0), ldb, beta,
+            address(c, 0), ldc)
+
+
+@njit(**JIT)
+def gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """tile_gemm on pointers (pointers.address) to the matrices' first elements: what
+    the per-batch path calls (no reference counting).
 
     op(b) must have contiguous rows for the tiles: with trans_b its columns are first
     copied, a panel of VECS vectors at a time, into a small buffer (k x VECS vectors, on
@@ -332,18 +325,17 @@ def tile_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     a_si, a_sp = (1, lda) if trans_a else (lda, 1)
     width = _lanes_of(c)
     if not trans_b:
-        _panel(_data(a), 0, a_si, a_sp, _data(b), 0, ldb, _data(c), 0, ldc, m, n, k, alpha,
-               beta, width)
+        _panel(a, 0, a_si, a_sp, b, 0, ldb, c, 0, ldc, m, n, k, alpha, beta, width)
         return
     step = VECS * width
     panel = _stack_panel(c)
     if k * step > panel.shape[0]:
-        panel = np.empty(k * step, dtype=c.dtype)
+        panel = scratch(c, k * step)
     for j0 in range(0, n, step):
         cols = min(step, n - j0)
         for p in range(k):
             row = p * step
             for j in range(cols):
                 panel[row + j] = b[(j0 + j) * ldb + p]
-        _panel(_data(a), 0, a_si, a_sp, _data(panel), 0, step, _data(c), j0, ldc, m, cols, k,
-               alpha, beta, width)
+        _panel(a, 0, a_si, a_sp, address(panel, 0), 0, step, c, j0, ldc, m, cols, k, alpha,
+               beta, width)

@@ -18,6 +18,7 @@ import reference as R
 from fastbp.kernels import blas, tiles
 from fastbp.kernels.activations import fma
 from fastbp.kernels.dense import _matmul
+from fastbp.kernels.pointers import address
 
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
 
@@ -111,14 +112,20 @@ if blas.PROVIDER == "numpy":  # the variable is capped at the CPU count, the cal
     setter = (getattr(lib, "scipy_openblas_set_num_threads64_", None)
               or lib.openblas_set_num_threads64_)
     setter(int(sys.argv[1]))
+from numba import njit
 from fastbp.kernels.dense import _matmul
+from fastbp.kernels.pointers import address
 from fastbp.kernels.config import BLAS_THREADED_MIN_WORK
+@njit
+def matmul(m, n, k, a, b, c):
+    _matmul(False, False, m, n, k, 1.0, address(a, 0), k, address(b, 0), n, 0.0,
+            address(c, 0), n)
 rng = np.random.default_rng(5)
 out = {"threads": int(blas.threads()), "provider": blas.PROVIDER}
 for m, n, k in ((256, 256, 256), (64, 64, 64)):
     a, b = rng.standard_normal(m * k), rng.standard_normal(k * n)
     got, t, g = (np.empty(m * n) for _ in range(3))
-    _matmul(False, False, m, n, k, 1.0, a, k, b, n, 0.0, got, n)
+    matmul(m, n, k, a, b, got)
     tiles.tile_gemm(False, False, m, n, k, 1.0, a, k, b, n, 0.0, t, n)
     blas.gemm(False, False, m, n, k, 1.0, a, k, b, n, 0.0, g, n)
     out[f"{m}"] = {"big": m * n * k >= BLAS_THREADED_MIN_WORK,
@@ -155,11 +162,17 @@ def test_blas_threads_reports_the_providers_setting():
         assert blas.threads() == 1
 
 
+@njit
+def _matmul_arrays(m, n, k, a, b, c):
+    _matmul(True, True, m, n, k, -0.5, address(a, 0), m, address(b, 0), k, 0.0,
+            address(c, 0), n)
+
+
 def test_matmul_in_process_matches_tiles_below_the_threaded_size():
     rng = np.random.default_rng(3)
     m, n, k = 40, 33, 64
     a, b = rng.standard_normal(k * m), rng.standard_normal(n * k)
     got, want = np.empty(m * n), np.empty(m * n)
-    _matmul(True, True, m, n, k, -0.5, a, m, b, k, 0.0, got, n)
+    _matmul_arrays(m, n, k, a, b, got)
     tiles.tile_gemm(True, True, m, n, k, -0.5, a, m, b, k, 0.0, want, n)
     assert np.array_equal(got, want)
