@@ -2,6 +2,7 @@
 expected and what was given.  Arrays are converted (never modified in place) to the
 model dtype and made contiguous, once (copied only when they are not already)."""
 import datetime
+import math
 import numbers
 import os
 import re
@@ -102,8 +103,11 @@ def as_float_array(a, name, dtype):
         raise TypeError(f"{name} has dtype {arr.dtype}; expected a numeric array "
                         f"(convert it with np.asarray(..., dtype=float))")
     # bools are taken as 0/1 and integers converted: both are exact in float64.
-    with np.errstate(over="ignore"):
-        out = arr.astype(dtype, copy=False)
+    if arr.dtype == dtype:
+        out = arr  # errstate costs 2 us a call; fit and from_weights convert 2-6 arrays
+    else:
+        with np.errstate(over="ignore"):
+            out = arr.astype(dtype, copy=False)
     if out.size and not np.isfinite(out).all():
         if np.isfinite(arr).all():
             raise ValueError(f"{name} has values too large for {np.dtype(dtype).name} "
@@ -205,10 +209,10 @@ def check_positive_int(value, name, minimum=1):
 
 
 def check_lr(lr):
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+    if type(lr) is not float and (isinstance(lr, bool) or not isinstance(lr, numbers.Real)):
         raise TypeError(f"lr must be a number, got {lr!r}")
     lr = float(lr)
-    if not np.isfinite(lr) or lr <= 0:
+    if not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     return lr
 

@@ -581,3 +581,33 @@ def test_wide_minibatch_fits_match_reference_in_both_dtypes(make_problem):
         hist = m.fit(X.astype(dtype), y.astype(dtype), epochs=5, lr=0.05, batch_size=32)
         np.testing.assert_allclose(hist.loss, rhist, rtol=tol)
         np.testing.assert_allclose(m.params, R.flatten(rw, rb), rtol=tol, atol=tol)
+
+
+def test_the_loading_call_runs_once_per_kernel_and_argument_kinds(make_problem, monkeypatch):
+    """fit first calls the kernel for no epochs (compiling or loading it, so that
+    history.seconds measures training only); a later fit of the same kind skips that
+    call, and a fit with other argument types (validation data, float32) makes it."""
+    from fastbp import model as model_module
+    monkeypatch.setattr(model_module, "_KERNELS_RUN", set())
+    X, y, W, b = make_problem([3, 5, 2], n=12)
+    calls = []
+    original = fastbp.MLP._kernel_train
+
+    def spy(self, xt, yt, run, epochs, *rest):
+        calls.append(epochs)
+        return original(self, xt, yt, run, epochs, *rest)
+
+    monkeypatch.setattr(fastbp.MLP, "_kernel_train", spy)
+    m = fastbp.MLP.from_weights(W, b)
+    for _ in range(2):
+        m.fit(X, y, epochs=2, lr=0.1)
+    assert calls == [0, 2, 2]
+    del calls[:]
+    m2 = fastbp.MLP.from_weights(W, b, dtype="float32")
+    for _ in range(2):
+        m2.fit(X, y, epochs=2, lr=0.1, validation_data=(X[:3], y[:3]), batch_size=5)
+    assert calls == [0, 2, 2]
+    m3 = fastbp.MLP.from_weights(W, b)
+    m3.fit(X, y, epochs=4, lr=0.1)
+    assert calls[3:] == [4]
+    assert np.array_equal(m3.params, m.params)  # two fits of 2 epochs, one of 4: the same
