@@ -486,23 +486,27 @@ def test_activation_string_or_list():
 
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("sample_major", [False, True])
-def test_gather_and_scatter_columns_follow_either_layout(shuffle, sample_major):
+@pytest.mark.parametrize("k, nb", [(5, 19), (70, 67)])
+def test_gather_and_scatter_columns_follow_either_layout(shuffle, sample_major, k, nb):
     """The kernels take data one sample per column, either as a C array (k, n) or as the
     transposed view of sample-major rows (what fit passes): both give the batch that
-    plain numpy indexing gives, and scatter_columns is its reverse."""
+    plain numpy indexing gives, and scatter_columns is its reverse.  70 x 67 values are
+    more than train.GATHER_L1_BYTES: the sample-major gather goes by blocks of 8 samples
+    (two blocks of 8 and a remainder in 19)."""
     rng = np.random.default_rng(11)
-    rows = rng.normal(size=(41, 5))
+    n = nb + 22
+    rows = rng.normal(size=(n, k))
     src = rows.T if sample_major else np.ascontiguousarray(rows.T)
     assert src.flags.f_contiguous == sample_major
-    perm = rng.permutation(41)
-    start, nb, d0 = 7, 19, 3  # two blocks of 8 samples and a remainder
-    dst = np.full(d0 + 5 * nb + 2, np.nan)
+    perm = rng.permutation(n)
+    start, d0 = 7, 3
+    dst = np.full(d0 + k * nb + 2, np.nan)
     K.gather_columns(src, start, nb, perm, shuffle, dst, d0)
     cols = perm[start:start + nb] if shuffle else np.arange(start, start + nb)
-    np.testing.assert_array_equal(dst[d0:d0 + 5 * nb].reshape(5, nb), rows[cols].T)
-    assert np.isnan(dst[:d0]).all() and np.isnan(dst[d0 + 5 * nb:]).all()
-    out_rows = np.full((41, 5), np.nan)
-    out = out_rows.T if sample_major else np.full((5, 41), np.nan)
+    np.testing.assert_array_equal(dst[d0:d0 + k * nb].reshape(k, nb), rows[cols].T)
+    assert np.isnan(dst[:d0]).all() and np.isnan(dst[d0 + k * nb:]).all()
+    out_rows = np.full((n, k), np.nan)
+    out = out_rows.T if sample_major else np.full((k, n), np.nan)
     K.scatter_columns(dst, d0, nb, out, start)
     np.testing.assert_array_equal(out[:, start:start + nb], rows[cols].T)
     assert np.isnan(out[:, :start]).all() and np.isnan(out[:, start + nb:]).all()
