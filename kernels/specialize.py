@@ -425,7 +425,8 @@ _RECORD_AND_GUARD = """\
             finite = (epoch_loss - epoch_loss == 0) and all_finite(params)
             if guard:
                 if finite:
-                    copy_into(backup, params)
+                    if e + 1 < epochs:
+                        copy_into(backup, params)
                     good_epochs = e + 1
                 else:
                     copy_into(params, backup)

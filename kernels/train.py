@@ -239,8 +239,10 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
 
     Divergence guard: at each recorded epoch, and at the end, the loss and the parameters
     are checked; while finite they are copied to ``backup`` (len(params); len 0 turns the
-    guard off).  On a non-finite value params are restored from ``backup``, which holds the
-    state after the last good check, and the loop stops.
+    guard off), except after the call's last epoch.  On a non-finite value params are
+    restored from ``backup``, which holds the state after the last good check (the
+    caller fills it with the starting state), and the loop stops.  So a call with no
+    recorded epoch before its last never writes ``backup`` (MLP._run relies on it).
 
     hyper, iconf, opt_state, opt_step, decay_mask: see optim.py.  ws: the workspace
     tuple of allocate_workspace for batches of batch_size; w_batch: (batch_size,) scratch
@@ -294,7 +296,8 @@ def train(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, sw, xv, yv
             finite = (epoch_loss - epoch_loss == 0) and all_finite(params)
             if guard:
                 if finite:
-                    backup[:] = params
+                    if e + 1 < epochs:  # the last epoch's state needs no copy: it is final
+                        backup[:] = params
                     good_epochs = e + 1
                 else:
                     params[:] = backup

@@ -67,15 +67,24 @@ MODES = [
 ]
 
 
+@pytest.mark.parametrize("chunk_seconds", [0.2, 1e-9], ids=["chunks", "one-epoch-chunks"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("mode", MODES, ids=lambda d: "-".join(map(str, d.values())))
-def test_diverged_model_holds_a_state_the_run_had(mode, dtype):
+def test_diverged_model_holds_a_state_the_run_had(mode, dtype, chunk_seconds):
     """After divergence the parameters (and the shuffling stream) are exactly those of
-    the same run stopped after ``history.epochs`` epochs, and training can go on."""
+    the same run stopped after ``history.epochs`` epochs, and training can go on.
+    Chunks of one epoch keep each chunk's start in the guard's buffer rather than in a
+    copy (MLP._run), which the replays of the rewind must not lose."""
+    if (chunk_seconds < 1e-6 and mode["record_every"] > 1 and mode["batch_size"] is None
+            and dtype == "float32"):
+        pytest.xfail("known limit: the loss overflows float32 two epochs before the next "
+                     "record while the parameters stay finite; with one-epoch chunks the "
+                     "rewind keeps only the last two chunk starts, and both give an "
+                     "infinite loss (MLP._rewind)")
     X, y = _problem()
     m = _relu_net(dtype)
     with pytest.raises(fastbp.DivergenceError) as info:
-        m.fit(X, y, epochs=300, lr=1e4, seed=3, **mode)
+        m.fit(X, y, epochs=300, lr=1e4, seed=3, chunk_seconds=chunk_seconds, **mode)
     h = info.value.history
     ref = _relu_net(dtype)
     if h.epochs:

@@ -44,7 +44,9 @@ class Width(Benchmark):
 # Measured in a child process: (X, y and the parameters, plus the growth of resident
 # memory from just before fit to its peak during fit) over what the job needs at least:
 # X, y, the parameters and one batch of activations of every layer (float64).  RSS is
-# page-granular and the allocator may reuse freed memory, so small sizes read low.
+# page-granular, so small sizes read low; glibc's malloc_trim first returns the pages of
+# freed memory (the warm-up's and the workload's copy of the weights), which fit would
+# otherwise reuse without RSS growing.
 _MEM_CHILD = r"""
 import gc, json, os, sys, numpy as np
 sys.path.insert(0, {root!r})
@@ -62,6 +64,11 @@ wl = common.w4(H, B, N)
 m = common.fastbp_model(wl)
 wl.weights = wl.biases = None                    # drop the workload's copy of the start point
 gc.collect()
+try:  # hand the pages of freed memory back: else fit may reuse them unseen (RSS flat)
+    import ctypes
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+except (OSError, AttributeError):  # not glibc
+    pass
 before = status("VmRSS:")
 with open("/proc/self/clear_refs", "w") as f:    # reset the peak (VmHWM) to now
     f.write("5")
