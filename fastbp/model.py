@@ -454,6 +454,7 @@ class MLP:
             while run.done < run.epochs:
                 if saver is not None:
                     chunk = saver.cap(chunk)
+                snapshots = snapshots[:1]  # the oldest goes before anything is copied
                 if snapshots and snapshots[0][1] is backup:  # about to be overwritten
                     snapshots[0] = _with_params(snapshots[0], backup.copy())
                 backup[...] = self._params
@@ -462,7 +463,7 @@ class MLP:
                 # and the snapshot need not copy the parameters -- a fit of one chunk
                 # then holds one copy of them, not two (W4b at H = 1024: 8.7 MB less)
                 shared = not _records_before_last(run.done, chunk, run.record_every)
-                snapshots = [self._snapshot(run, backup if shared else None)] + snapshots[:1]
+                snapshots = [self._snapshot(run, backup if shared else None)] + snapshots
                 t0 = time.perf_counter()
                 ran, bad, early = self._kernel_train(
                     xt, yt, run, chunk, run.done, self._params, self._rng_state,

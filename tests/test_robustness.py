@@ -143,6 +143,30 @@ def test_divergence_with_sparse_records():
     assert len(h.loss) == math.ceil(h.epochs / 50)
 
 
+@pytest.mark.parametrize("epochs, chunk_seconds, copies", [
+    (1, 0.2, 1),     # one chunk: its snapshot is the guard's buffer itself
+    (4, 1e-9, 2),    # one-epoch chunks: the guard's buffer and the last chunk's start
+])
+def test_the_divergence_guard_keeps_few_copies_of_the_parameters(epochs, chunk_seconds,
+                                                                 copies):
+    """Peak numpy memory of a fit, counted by tracemalloc (numpy reports its arrays to
+    it), in units of the parameter vector: the guard's buffer and the chunk-start
+    snapshots share storage where the kernel cannot overwrite it (MLP._run)."""
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    X, y = rng.random((64, 8)), rng.random((64, 2))
+    m = fastbp.MLP([8, 600, 600, 2], seed=0)  # 2.9 MB of parameters, 0.3 of batch buffers
+    m.fit(X, y, epochs=1, lr=0.01, batch_size=16)  # the kernel, loaded outside the count
+    tracemalloc.start()
+    try:
+        m.fit(X, y, epochs=epochs, lr=0.01, batch_size=16, chunk_seconds=chunk_seconds)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    used = peak / m.params.nbytes
+    assert copies <= used < copies + 0.3, used
+
+
 def test_divergence_error_is_a_floating_point_error():
     assert issubclass(fastbp.DivergenceError, FloatingPointError)
 
