@@ -167,6 +167,17 @@ def test_the_divergence_guard_keeps_few_copies_of_the_parameters(epochs, chunk_s
     assert copies <= used < copies + 0.3, used
 
 
+def test_records_before_the_last_epoch_of_a_chunk():
+    """Whether the guard may write its buffer during a kernel call (epochs done .. done +
+    chunk - 1, recorded where epoch % record_every == 0, the last excepted)."""
+    from fastbp.model import _records_before_last
+    for done in range(12):
+        for chunk in range(1, 8):
+            for every in range(1, 6):
+                want = any(g % every == 0 for g in range(done, done + chunk - 1))
+                assert _records_before_last(done, chunk, every) == want, (done, chunk, every)
+
+
 def test_divergence_error_is_a_floating_point_error():
     assert issubclass(fastbp.DivergenceError, FloatingPointError)
 
