@@ -434,6 +434,11 @@ class MLP:
         bar = make_bar(run.epochs - run.done) if progress else None
         stopped, bad = None, -1
         snapshots = []  # (epoch, params, rng state) at the starts of the last two chunks
+        # full batch: the latest chunk start whose loss a record showed finite (the loss of
+        # a full-batch epoch is that of its starting state), kept for the rewind when it
+        # is older than both snapshots (chunks shorter than record_every)
+        anchor = None
+        full_batch = batch >= n and not run.shuffle
         chunk = first_chunk(run.epochs - run.done, 3 * n * lay.n_params, run.chunk_seconds)
         seconds0 = run.seconds
         # A call of no epochs first: it compiles the kernel, or loads it from Numba's
@@ -456,7 +461,10 @@ class MLP:
                     chunk = saver.cap(chunk)
                 snapshots = snapshots[:1]  # the oldest goes before anything is copied
                 if snapshots and snapshots[0][1] is backup:  # about to be overwritten
-                    snapshots[0] = _with_params(snapshots[0], backup.copy())
+                    shared_one = snapshots[0]
+                    snapshots[0] = _with_params(shared_one, backup.copy())
+                    if anchor is shared_one:
+                        anchor = snapshots[0]
                 backup[...] = self._params
                 # the kernel writes backup only at a recorded epoch before the chunk's last
                 # (train.train): without one, backup keeps this chunk's start for a replay
@@ -470,12 +478,16 @@ class MLP:
                     self._opt_state, self._opt_step, run.es_state, history, run.val_history,
                     backup, ws)
                 seconds = time.perf_counter() - t0
+                if full_batch and ran > 0 and run.done % run.record_every == 0:
+                    anchor = snapshots[0]  # its epoch was recorded, with a finite loss
                 run.done += ran
                 if early:
                     stopped = "early_stopping"
                 if bad >= 0:
                     stopped = "diverged"
-                    self._rewind(xt, yt, run, batch, ws, backup, snapshots)
+                    kept = snapshots + ([anchor] if anchor is not None and all(
+                        anchor is not s for s in snapshots) else [])
+                    self._rewind(xt, yt, run, batch, ws, backup, kept)
                 run.seconds = seconds0 + (time.perf_counter() - t_start)
                 if bar is not None and ran:
                     bar.update(ran, history[(run.done - 1) // run.record_every]
@@ -512,9 +524,11 @@ class MLP:
         The kernel's guard restores the parameters of its last good check, which are
         finite but, in full-batch mode, may already overflow the loss (a full-batch
         epoch's loss is that of the parameters before its update).  The candidates are
-        that state, the epoch before it and the starts of the last two chunks; earlier
-        states are rebuilt by replaying the run from a chunk-start snapshot (bit-identical,
-        the shuffling stream included).  If none has a finite loss, the guard's state stays.
+        that state, the epoch before it, the starts of the last two chunks and, in
+        full-batch mode, the latest chunk start whose loss a record showed finite
+        (``snapshots``, newest first); earlier states are rebuilt by replaying the run
+        from a chunk-start snapshot (bit-identical, the shuffling stream included).  If
+        none has a finite loss, the guard's state stays.
         """
         sizes, w_off, b_off, codes = self._kernel_net()
         # the replays below use backup as their guard's buffer: a snapshot kept in it first

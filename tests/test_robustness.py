@@ -74,13 +74,9 @@ def test_diverged_model_holds_a_state_the_run_had(mode, dtype, chunk_seconds):
     """After divergence the parameters (and the shuffling stream) are exactly those of
     the same run stopped after ``history.epochs`` epochs, and training can go on.
     Chunks of one epoch keep each chunk's start in the guard's buffer rather than in a
-    copy (MLP._run), which the replays of the rewind must not lose."""
-    if (chunk_seconds < 1e-6 and mode["record_every"] > 1 and mode["batch_size"] is None
-            and dtype == "float32"):
-        pytest.xfail("known limit: the loss overflows float32 two epochs before the next "
-                     "record while the parameters stay finite; with one-epoch chunks the "
-                     "rewind keeps only the last two chunk starts, and both give an "
-                     "infinite loss (MLP._rewind)")
+    copy (MLP._run), which the replays of the rewind must not lose; full batch with
+    record_every 3 and one-epoch chunks needs the rewind's anchor (the loss overflows
+    float32 two epochs before the next record, past both kept chunk starts)."""
     X, y = _problem()
     m = _relu_net(dtype)
     with pytest.raises(fastbp.DivergenceError) as info:
