@@ -485,8 +485,8 @@ class MLP:
                     stopped = "early_stopping"
                 if bad >= 0:
                     stopped = "diverged"
-                    kept = snapshots + ([anchor] if anchor is not None and all(
-                        anchor is not s for s in snapshots) else [])
+                    older = anchor is not None and not any(anchor is s for s in snapshots)
+                    kept = snapshots + [anchor] if older else snapshots
                     self._rewind(xt, yt, run, batch, ws, backup, kept)
                 run.seconds = seconds0 + (time.perf_counter() - t_start)
                 if bar is not None and ran:

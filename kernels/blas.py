@@ -42,6 +42,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .config import JIT
+from .pointers import is_float_operand
 
 ROW_MAJOR = 101
 NO_TRANS = 111
@@ -63,17 +64,11 @@ def _signature(dtype):
 # ---------------------------------------------------------------------------------------
 # The call the kernels compile
 # ---------------------------------------------------------------------------------------
-def _float_operand(t):
-    """A 1-D float array or a typed pointer (pointers.address) to one."""
-    return ((isinstance(t, types.Array) and t.ndim == 1 or isinstance(t, types.CPointer))
-            and t.dtype in _SYMBOL)
-
-
 @intrinsic
 def _call_gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     arrays = (a, b, c)
     ints = (trans_a, trans_b, m, n, k, lda, ldb, ldc)
-    if not (all(_float_operand(t) for t in arrays) and len({t.dtype for t in arrays}) == 1
+    if not (all(is_float_operand(t) for t in arrays) and len({t.dtype for t in arrays}) == 1
             and all(isinstance(t, types.Integer) for t in ints)
             and all(isinstance(t, types.Float) for t in (alpha, beta))):
         return None

@@ -25,6 +25,11 @@ def is_float_pointer(t):
     return isinstance(t, types.CPointer) and t.dtype in FLOATS
 
 
+def is_float_operand(t):
+    """A 1-D float array or a typed pointer to floats: what the products accept."""
+    return is_float_array(t) or is_float_pointer(t)
+
+
 @intrinsic
 def address(typingctx, arr, offset):
     """A typed pointer (CPointer) to arr[offset]; arr a 1-D float array, offset an
@@ -48,7 +53,7 @@ def scratch(like, n):
 
 @overload(scratch)
 def _scratch(like, n):
-    if not (is_float_array(like) or is_float_pointer(like)):
+    if not is_float_operand(like):
         return None
     dtype = as_dtype(like.dtype)
     return lambda like, n: np.empty(n, dtype)

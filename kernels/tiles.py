@@ -31,7 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .config import JIT
-from .pointers import address, is_float_array, is_float_pointer, scratch
+from .pointers import address, is_float_operand, is_float_pointer, scratch
 
 
 def _vector_bytes():
@@ -197,7 +197,7 @@ def _lanes_of(c):
 @overload(_lanes_of)
 def _lanes_of_typed(c):
     """Elements of c's dtype (c a float array or pointer) per vector: a constant."""
-    if not (is_float_array(c) or is_float_pointer(c)):
+    if not is_float_operand(c):
         return None
     width = lanes(c.dtype)
     return lambda c: width
@@ -206,8 +206,7 @@ def _lanes_of_typed(c):
 @intrinsic
 def _like(typingctx, c, x):
     """x converted to the dtype of c (a float array or pointer)."""
-    if not ((is_float_array(c) or is_float_pointer(c))
-            and isinstance(x, (types.Float, types.Integer))):
+    if not (is_float_operand(c) and isinstance(x, (types.Float, types.Integer))):
         return None
 
     def codegen(context, builder, signature, args):
@@ -281,7 +280,7 @@ def _stack_panel(typingctx, like):
     """A 1-D array of PANEL_STACK_BYTES bytes of the dtype of like (a float array or
     pointer) in the stack frame of the function it is compiled into (no allocation;
     valid until that function returns)."""
-    if not (is_float_array(like) or is_float_pointer(like)):
+    if not is_float_operand(like):
         return None
     dtype = like.dtype
     array_type = types.Array(dtype, 1, "C")
