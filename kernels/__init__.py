@@ -1,5 +1,6 @@
 """fastbp.kernels: Numba-compiled building blocks. Arrays in, arrays out; imports only
 numpy and numba, never fastbp.  See DESIGN.md for the flat parameter layout."""
+from . import startup  # first: before anything sets up Numba's CPU target
 from .activations import IDENTITY, RELU, SIGMOID, SOFTMAX, TANH, activate_inplace, exp_into, \
     mul_derivative_inplace, sigmoid_inplace, softmax_inplace
 from . import blas
