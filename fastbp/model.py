@@ -9,6 +9,7 @@ from . import _validation as V
 from . import kernels as K
 from .kernels import optim as O
 from .kernels import specialize as S
+from ._divergence import ChunkBound
 from ._chunks import first_chunk, next_chunk, sigint_deferred, warn_interrupted
 from . import _config as C
 from ._codes import ACTIVATIONS, LOSSES
@@ -428,8 +429,9 @@ class MLP:
         ws = K.make_workspace(lay.sizes_arr, 0 if fused else lay.n_params, batch, n,
                               self._params[:0], self._keep_z)
         ws = (ws, self._validation_workspace(run), np.zeros(batch, dtype=self.dtype))
-        backup = np.empty_like(self._params)
-        sizes, w_off, b_off, codes = self._kernel_net()
+        backup = None  # the guard's copy of the parameters, made by the first guarded chunk
+        # a chunk this proves safe runs unguarded, without copying the parameters
+        bound = ChunkBound.for_fit(self, run, xt, yt, batch)
         saver = Saver(self, run, xt, yt) if run.checkpoint is not None else None
         bar = make_bar(run.epochs - run.done) if progress else None
         stopped, bad = None, -1
@@ -459,26 +461,21 @@ class MLP:
             while run.done < run.epochs:
                 if saver is not None:
                     chunk = saver.cap(chunk)
-                snapshots = snapshots[:1]  # the oldest goes before anything is copied
-                if snapshots and snapshots[0][1] is backup:  # about to be overwritten
-                    shared_one = snapshots[0]
-                    snapshots[0] = _with_params(shared_one, backup.copy())
-                    if anchor is shared_one:
-                        anchor = snapshots[0]
-                backup[...] = self._params
-                # the kernel writes backup only at a recorded epoch before the chunk's last
-                # (train.train): without one, backup keeps this chunk's start for a replay
-                # and the snapshot need not copy the parameters -- a fit of one chunk
-                # then holds one copy of them, not two (W4b at H = 1024: 8.7 MB less)
-                shared = not _records_before_last(run.done, chunk, run.record_every)
-                snapshots = [self._snapshot(run, backup if shared else None)] + snapshots
+                safe = bound is not None and bound.cannot_diverge(self._params, run.hyper, chunk)
+                if safe:  # unguarded, nothing copied: no rewind ever needs this chunk's start
+                    guard_buffer = self._params[:0]
+                else:
+                    if backup is None:
+                        backup = np.empty_like(self._params)
+                    anchor = self._guard_chunk(run, chunk, backup, snapshots, anchor)
+                    guard_buffer = backup
                 t0 = time.perf_counter()
                 ran, bad, early = self._kernel_train(
                     xt, yt, run, chunk, run.done, self._params, self._rng_state,
                     self._opt_state, self._opt_step, run.es_state, history, run.val_history,
-                    backup, ws)
+                    guard_buffer, ws)
                 seconds = time.perf_counter() - t0
-                if full_batch and ran > 0 and run.done % run.record_every == 0:
+                if not safe and full_batch and ran > 0 and run.done % run.record_every == 0:
                     anchor = snapshots[0]  # its epoch was recorded, with a finite loss
                 run.done += ran
                 if early:
@@ -516,6 +513,25 @@ class MLP:
         elif stopped == "diverged":
             self._diverged(xt, yt, run, bad, hist, on_divergence)
         return hist
+
+    def _guard_chunk(self, run, chunk, backup, snapshots, anchor):
+        """Before a guarded chunk: backup <- the parameters, and this chunk's start
+        becomes the newest of the (at most two) ``snapshots`` (updated in place); returns
+        the anchor, which follows a snapshot that moves out of backup."""
+        del snapshots[1:]  # the oldest goes before anything is copied
+        if snapshots and snapshots[0][1] is backup:  # about to be overwritten
+            shared_one = snapshots[0]
+            snapshots[0] = _with_params(shared_one, backup.copy())
+            if anchor is shared_one:
+                anchor = snapshots[0]
+        backup[...] = self._params
+        # the kernel writes backup only at a recorded epoch before the chunk's last
+        # (train.train): without one, backup keeps this chunk's start for a replay and
+        # the snapshot need not copy the parameters -- a guarded fit of one chunk then
+        # holds one copy of them, not two
+        shared = not _records_before_last(run.done, chunk, run.record_every)
+        snapshots.insert(0, self._snapshot(run, backup if shared else None))
+        return anchor
 
     def _rewind(self, xt, yt, run, batch, ws, backup, snapshots):
         """After divergence: leave the model at the latest state of the run whose loss on

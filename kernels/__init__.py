@@ -4,6 +4,7 @@ from . import startup  # first: before anything sets up Numba's CPU target
 from .activations import IDENTITY, RELU, SIGMOID, SOFTMAX, TANH, activate_inplace, exp_into, \
     mul_derivative_inplace, sigmoid_inplace, softmax_inplace
 from . import blas
+from .bounds import layer_norms
 from .config import PRODUCT_MIN_WORK, JIT
 from .dense import backward, forward
 from .losses import BCE, CROSS_ENTROPY, HALF_MSE, MSE, SSE, batch_loss, output_delta

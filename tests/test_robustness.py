@@ -144,11 +144,15 @@ def test_divergence_with_sparse_records():
     (4, 1e-9, 2),    # one-epoch chunks: the guard's buffer and the last chunk's start
 ])
 def test_the_divergence_guard_keeps_few_copies_of_the_parameters(epochs, chunk_seconds,
-                                                                 copies):
+                                                                 copies, monkeypatch):
     """Peak numpy memory of a fit, counted by tracemalloc (numpy reports its arrays to
     it), in units of the parameter vector: the guard's buffer and the chunk-start
-    snapshots share storage where the kernel cannot overwrite it (MLP._run)."""
+    snapshots share storage where the kernel cannot overwrite it (MLP._run).  Chunks
+    run guarded here; those proved unable to diverge copy nothing
+    (test_divergence_bound.py)."""
     import tracemalloc
+    from fastbp import _divergence
+    monkeypatch.setattr(_divergence.ChunkBound, "cannot_diverge", lambda self, *a: False)
     rng = np.random.default_rng(0)
     X, y = rng.random((64, 8)), rng.random((64, 2))
     m = fastbp.MLP([8, 600, 600, 2], seed=0)  # 2.9 MB of parameters, 0.3 of batch buffers

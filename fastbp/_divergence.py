@@ -1,0 +1,167 @@
+"""Whether a chunk of training can diverge at all: a bound proved before it runs.
+
+The divergence guard (kernels/train.py: train) copies the parameters so that it can put
+back the last finite ones.  For a wide network that copy is most of what a fit adds to
+memory (W4b at H=1024: 8.7 MB, 0.78 of data + parameters + one batch of activations).
+When ``ChunkBound.cannot_diverge`` proves that no value computed in the next chunk -- a
+pre-activation, activation, delta, parameter or loss -- can leave the finite range, the
+chunk runs with the guard off and no copy: the guard could not have fired, so the
+results are the same bits.  When the proof fails (large weights, a large learning rate,
+a run on its way to diverge) the chunk runs guarded, as before.
+
+The proof covers the plain update rule (SGD, no momentum, no L2) and every activation and
+loss but a softmax outside cross_entropy.  Per layer l (weights W of (n_in, n_out),
+biases b) keep three bounds: R >= max_j sum_i |W_ij|, C >= max_i sum_j |W_ij|,
+B >= max |b|.  Given them, with |x| <= X and |y| <= Y over the training data, sample
+weights <= S, k outputs and batches of at most nb samples:
+
+    forward    Z_l = R_l A_{l-1} + B_l,  A_0 = X;  A_l = 1 (sigmoid, tanh, softmax) or Z_l
+    output     D_L = (A_L + Y) scale f'_L S   (scale as in kernels/losses.py: output_delta;
+               sigmoid+bce, softmax+cross_entropy: (1 + Y) scale S)
+    backward   D_l = C_{l+1} D_{l+1} f'_l     (f' <= 1/4 for sigmoid, <= 1 otherwise)
+    one step   |dW_ij| <= lr nb D_l A_{l-1},  |db_j| <= lr nb D_l
+so a step raises R by at most n_in |dW|, C by n_out |dW|, B by |db|; lr is the schedule's
+largest (the first: every schedule decays).  Every bound grows with R, C and B, so the
+sequence R_{s+1} = R_s + n_in dW(R_s, C_s, B_s) (and the same for C, B), started from
+the parameters' norms, bounds the norms of every state of the chunk (induction over the
+steps).  The chunk is safe when, along it, every bound and the loss summed over an
+epoch stay below LIMIT: the dtype's largest value / 10^6 (rounding makes computed
+values exceed these real-number bounds by a factor (1 + eps)^k, k the length of a sum,
+far less than that margin).  The bounds are loose -- worst-case signs, every weight
+moving the most it can -- but they need only stay below 10^302: over W4b's epoch at
+H=1024 (64 steps of sigmoid layers) the first layer's C goes from 150 to 2.1e5.  Layers
+without a saturating activation (relu, identity) compound: their bounds grow by a power
+of themselves each step, so long chunks of such networks stay guarded.
+"""
+import math
+
+import numpy as np
+
+from . import kernels as K
+from .kernels import optim as O
+
+# Attempted only where the copy it saves is this large: for a small network the copy is
+# cheaper than the proof (~50 us of Python), and memory is not an issue.
+MIN_BYTES = 1 << 20
+# the bound is followed step by step: beyond this many steps a chunk stays guarded
+MAX_STEPS = 100_000
+_MARGIN = 1e6
+
+_SATURATING = (K.SIGMOID, K.TANH, K.SOFTMAX)
+_DERIVATIVE = {K.SIGMOID: 0.25, K.TANH: 1.0, K.RELU: 1.0, K.IDENTITY: 1.0}
+
+
+class ChunkBound:
+    """The fixed part of the proof for one fit: network, data and options."""
+
+    def __init__(self, layout, act_codes, loss_code, dtype, xt, yt, sw, batch):
+        self.layout = layout
+        self.acts = [int(a) for a in act_codes]
+        self.loss = int(loss_code)
+        self.limit = float(np.finfo(dtype).max) / _MARGIN
+        self.x = _max_abs(xt)
+        self.y = _max_abs(yt)
+        self.s = _max_abs(sw) if sw.shape[0] else 1.0
+        n = xt.shape[1]
+        self.n = n
+        self.nb = min(batch, n)
+        self.steps_per_epoch = -(-n // self.nb)
+        self.norms = np.empty((layout.n_layers, 4))
+
+    @classmethod
+    def for_fit(cls, model, run, xt, yt, batch):
+        """A ChunkBound where the proof applies and is worth its cost, else None."""
+        lay = model._layout
+        if lay.n_params * model.dtype.itemsize < MIN_BYTES or not model._plain(run):
+            return None
+        last = int(model._act_codes[-1])
+        combined = (model._loss_code == K.BCE and last == K.SIGMOID) or \
+            (model._loss_code == K.CROSS_ENTROPY and last == K.SOFTMAX)
+        hidden_ok = all(int(a) in _DERIVATIVE for a in model._act_codes[:-1])
+        if not hidden_ok or not (combined or last in _DERIVATIVE):
+            return None
+        return cls(lay, model._act_codes, model._loss_code, model.dtype, xt, yt, run.sw, batch)
+
+    def cannot_diverge(self, params, hyper, epochs):
+        """True when training ``epochs`` epochs from ``params`` provably keeps every value
+        finite (the plain rule at learning rate at most hyper[H_LR])."""
+        steps = epochs * self.steps_per_epoch
+        return steps <= MAX_STEPS and self.walk(params, abs(float(hyper[O.H_LR])), steps)
+
+    def walk(self, params, lr, steps, record=None):
+        """Follow the bounds along ``steps`` steps from ``params``: True if they stay in
+        range.  ``record`` (a list) receives, for each state (before each step, and after
+        the last), per layer [R, C, B] and the bounds (max |z|, max |dW|, max |db|) of the
+        step from it, and the loss bound (for the tests)."""
+        sizes, w_off, b_off = self.layout.sizes_arr, self.layout.w_off, self.layout.b_off
+        K.layer_norms(params, sizes, w_off, b_off, self.norms)
+        if not np.all(np.isfinite(self.norms)):
+            return False
+        norms = [[float(r), float(c), float(b)] for r, c, b, _ in self.norms]
+        for _ in range(steps + 1):
+            step = self._step_bounds(norms, lr)
+            if step is None:
+                return False
+            moves, z, loss = step
+            if record is not None:
+                record.append(([list(n) for n in norms], z, moves, loss))
+            for (dw, db), (n_in, n_out), layer in zip(moves, self.layout.shapes, norms):
+                layer[0] += n_in * dw
+                layer[1] += n_out * dw
+                layer[2] += db
+        return True
+
+    def _step_bounds(self, norms, lr):
+        """(per layer (max |dW|, max |db|), per layer max |z|, loss bound) of one step from
+        a state with norms under ``norms``; None if a value of the forward or backward
+        pass, or the loss, could reach LIMIT."""
+        limit = self.limit
+        a = [self.x]  # a[l]: bound of layer l's input
+        z = []
+        for (r, _, b), code in zip(norms, self.acts):
+            z.append(r * a[-1] + b)
+            a.append(1.0 if code in _SATURATING else z[-1])
+        k = self.layout.sizes[-1]
+        loss = self._loss_bound(z[-1], a[-1], k)
+        if not (max(z) < limit and loss < limit):
+            return None
+        d = self._output_delta(a[-1], k)
+        deltas = [d]
+        for layer in range(len(norms) - 1, 0, -1):
+            d = norms[layer][1] * d * _DERIVATIVE[self.acts[layer - 1]]
+            deltas.append(d)
+        deltas.reverse()
+        moves = []
+        for d, a_in in zip(deltas, a):
+            dw, db = lr * self.nb * d * a_in, lr * self.nb * d
+            # a last batch of fewer samples has deltas up to nb times larger (the loss
+            # divides by its size), its step no larger
+            if not (d * self.nb < limit and dw < limit):
+                return None
+            moves.append((dw, db))
+        return moves, z, loss
+
+    def _output_delta(self, a_out, k):
+        """Bound of dLoss/dz at the output (kernels/losses.py: output_delta)."""
+        last, nb = self.acts[-1], self.nb
+        if (self.loss == K.BCE and last == K.SIGMOID) or \
+                (self.loss == K.CROSS_ENTROPY and last == K.SOFTMAX):
+            scale = 1.0 / (nb if self.loss == K.CROSS_ENTROPY else k * nb)
+            return (1.0 + self.y) * scale * self.s
+        scale = {K.MSE: 2.0 / (k * nb), K.HALF_MSE: 1.0 / (k * nb)}.get(self.loss, 1.0)
+        return (a_out + self.y) * scale * _DERIVATIVE[last] * self.s
+
+    def _loss_bound(self, z_out, a_out, k):
+        """Bound of the summed loss of an epoch (every sample's terms, all outputs)."""
+        if self.loss == K.BCE:  # max(z, 0) - z y + log1p(exp(-|z|))
+            term = z_out * (1.0 + self.y) + 1.0
+        elif self.loss == K.CROSS_ENTROPY:  # y (logsumexp(z) - z), per output
+            term = self.y * (2.0 * z_out + math.log(k) + 1.0)
+        else:
+            term = (a_out + self.y) * (a_out + self.y)  # inf, not OverflowError, past range
+        return term * k * self.n * self.s
+
+
+def _max_abs(a):
+    """max |a| without a temporary the size of ``a``."""
+    return float(max(np.max(a), -np.min(a))) if a.size else 0.0
