@@ -152,14 +152,15 @@ class ChunkBound:
         return (a_out + self.y) * scale * _DERIVATIVE[last] * self.s
 
     def _loss_bound(self, z_out, a_out, k):
-        """Bound of the summed loss of an epoch (every sample's terms, all outputs)."""
+        """Bound of an epoch's loss: every sample's terms, all outputs, times nb (an sse
+        batch loss is a sum, and epoch_loss="sample_mean" weighs it by the batch size)."""
         if self.loss == K.BCE:  # max(z, 0) - z y + log1p(exp(-|z|))
             term = z_out * (1.0 + self.y) + 1.0
         elif self.loss == K.CROSS_ENTROPY:  # y (logsumexp(z) - z), per output
             term = self.y * (2.0 * z_out + math.log(k) + 1.0)
         else:
             term = (a_out + self.y) * (a_out + self.y)  # inf, not OverflowError, past range
-        return term * k * self.n * self.s
+        return term * k * self.n * self.s * self.nb
 
 
 def _max_abs(a):

@@ -14,7 +14,9 @@ then replaces ``_HAVE_BLAS`` by an object whose truth value runs Numba's own
 ``if not _HAVE_BLAS`` (at typing time), so code that needs it gets the same answer as
 before, at the moment it needs it; nothing else changes.  It does nothing where the
 import has already happened (scipy.linalg or numba.np.arraymath already loaded) or where
-Numba no longer has these names; ``FASTBP_EAGER_SCIPY=1`` turns it off.
+Numba no longer has these names; ``FASTBP_EAGER_SCIPY=1`` turns it off.  It runs once,
+when fastbp.kernels is first imported; a thread importing scipy.linalg during that import
+would see an ImportError.
 """
 import os
 import sys
