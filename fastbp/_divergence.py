@@ -24,10 +24,12 @@ so a step raises R by at most n_in |dW|, C by n_out |dW|, B by |db|; lr is the s
 largest (the first: every schedule decays).  Every bound grows with R, C and B, so the
 sequence R_{s+1} = R_s + n_in dW(R_s, C_s, B_s) (and the same for C, B), started from
 the parameters' norms, bounds the norms of every state of the chunk (induction over the
-steps).  The chunk is safe when, along it, every bound and the loss summed over an
-epoch stay below LIMIT: the dtype's largest value / 10^6 (rounding makes computed
-values exceed these real-number bounds by a factor (1 + eps)^k, k the length of a sum,
-far less than that margin).  The bounds are loose -- worst-case signs, every weight
+steps).  The chunk is safe when, along it, every bound stays below LIMIT, the dtype's
+largest value / 10^6: the norms, Z, nb D (a last, smaller batch), the gradient nb D A
+before lr scales it and the step after, one loss term before its sample weight scales
+it and the loss summed over an epoch (rounding makes computed values exceed these
+real-number bounds by a factor (1 + eps)^k, k the length of a sum, far less than that
+margin).  The bounds are loose -- worst-case signs, every weight
 moving the most it can -- but they need only stay below 10^302: over W4b's epoch at
 H=1024 (64 steps of sigmoid layers) the first layer's C goes from 150 to 2.1e5.  Layers
 without a saturating activation (relu, identity) compound: their bounds grow by a power
@@ -113,17 +115,20 @@ class ChunkBound:
 
     def _step_bounds(self, norms, lr):
         """(per layer (max |dW|, max |db|), per layer max |z|, loss bound) of one step from
-        a state with norms under ``norms``; None if a value of the forward or backward
-        pass, or the loss, could reach LIMIT."""
+        a state with norms under ``norms``; None if a parameter, a value of the forward or
+        backward pass, a gradient or the loss could reach LIMIT.  Every test is written
+        ``value < limit``, which a NaN fails."""
         limit = self.limit
+        if not all(v < limit for layer in norms for v in layer):
+            return None
         a = [self.x]  # a[l]: bound of layer l's input
         z = []
         for (r, _, b), code in zip(norms, self.acts):
             z.append(r * a[-1] + b)
             a.append(1.0 if code in _SATURATING else z[-1])
         k = self.layout.sizes[-1]
-        loss = self._loss_bound(z[-1], a[-1], k)
-        if not (max(z) < limit and loss < limit):
+        term, loss = self._loss_bound(z[-1], a[-1], k)
+        if not (all(v < limit for v in z) and term < limit and loss < limit):
             return None
         d = self._output_delta(a[-1], k)
         deltas = [d]
@@ -133,10 +138,12 @@ class ChunkBound:
         deltas.reverse()
         moves = []
         for d, a_in in zip(deltas, a):
-            dw, db = lr * self.nb * d * a_in, lr * self.nb * d
+            # the kernels form the gradient (a sum over the batch) before scaling it by lr
+            grad = self.nb * d * a_in
+            dw, db = lr * grad, lr * self.nb * d
             # a last batch of fewer samples has deltas up to nb times larger (the loss
             # divides by its size), its step no larger
-            if not (d * self.nb < limit and dw < limit):
+            if not (d * self.nb < limit and grad < limit and dw < limit):
                 return None
             moves.append((dw, db))
         return moves, z, loss
@@ -152,15 +159,17 @@ class ChunkBound:
         return (a_out + self.y) * scale * _DERIVATIVE[last] * self.s
 
     def _loss_bound(self, z_out, a_out, k):
-        """Bound of an epoch's loss: every sample's terms, all outputs, times nb (an sse
-        batch loss is a sum, and epoch_loss="sample_mean" weighs it by the batch size)."""
+        """(bound of one sample's loss term for one output, before its sample weight --
+        the kernels compute it in the model dtype --, bound of an epoch's loss: every
+        term, times nb, as an sse batch loss is a sum and epoch_loss="sample_mean" weighs
+        batch losses by their size)."""
         if self.loss == K.BCE:  # max(z, 0) - z y + log1p(exp(-|z|))
             term = z_out * (1.0 + self.y) + 1.0
         elif self.loss == K.CROSS_ENTROPY:  # y (logsumexp(z) - z), per output
             term = self.y * (2.0 * z_out + math.log(k) + 1.0)
         else:
             term = (a_out + self.y) * (a_out + self.y)  # inf, not OverflowError, past range
-        return term * k * self.n * self.s * self.nb
+        return term, term * k * self.n * max(self.s, 1.0) * self.nb
 
 
 def _max_abs(a):

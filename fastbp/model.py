@@ -441,6 +441,7 @@ class MLP:
         # is older than both snapshots (chunks shorter than record_every)
         anchor = None
         full_batch = batch >= n and not run.shuffle
+        safe = False  # whether the last chunk ran unguarded (ChunkBound proved it safe)
         chunk = first_chunk(run.epochs - run.done, 3 * n * lay.n_params, run.chunk_seconds)
         seconds0 = run.seconds
         # A call of no epochs first: it compiles the kernel, or loads it from Numba's
@@ -461,6 +462,7 @@ class MLP:
             while run.done < run.epochs:
                 if saver is not None:
                     chunk = saver.cap(chunk)
+                proved_before = safe
                 safe = bound is not None and bound.cannot_diverge(self._params, run.hyper, chunk)
                 if safe:  # unguarded, nothing copied: no rewind ever needs this chunk's start
                     guard_buffer = self._params[:0]
@@ -469,6 +471,8 @@ class MLP:
                         backup = np.empty_like(self._params)
                     anchor = self._guard_chunk(run, chunk, backup, snapshots, anchor)
                     guard_buffer = backup
+                    if full_batch and proved_before:
+                        anchor = snapshots[0]  # the end of a proved chunk: a finite loss
                 t0 = time.perf_counter()
                 ran, bad, early = self._kernel_train(
                     xt, yt, run, chunk, run.done, self._params, self._rng_state,

@@ -132,6 +132,43 @@ def test_walk_refuses_what_could_overflow():
     assert not f32.walk(np.full(lay.n_params, 1e15), 1e-30, 1)  # float32's range is smaller
 
 
+def test_walk_checks_what_the_kernels_compute_before_scaling():
+    """The gradient is summed before lr scales it, and a loss term squared in the model
+    dtype before its sample weight scales it: both must be in range themselves."""
+    lay = Layout([1, 1, 1], True)                       # W0, b0, W1, b1
+    X, y = np.array([[1e10]]), np.array([[0.0]])
+    bound = D.ChunkBound(lay, [K.SIGMOID, K.SIGMOID], K.BCE, np.float64, X.T, y.T,
+                         np.empty(0), 1)
+    assert bound.walk(np.array([0.0, 0.0, 1.0, 0.0]), 1e-20, 3)
+    # delta 1e300 x input 1e10 overflows, though lr = 1e-20 would bring the step back
+    assert not bound.walk(np.array([0.0, 0.0, 1e300, 0.0]), 1e-20, 3)
+
+    lay = Layout([1, 1], True)
+    X, y = np.ones((4, 1)), np.zeros((4, 1))
+    tiny_weights = np.full(4, 1e-30)
+    f32 = D.ChunkBound(lay, [K.IDENTITY], K.MSE, np.float32, X.T, y.T, tiny_weights, 4)
+    assert f32.walk(np.array([0.0, 1e10]), 0.1, 2)      # (1e10)^2 fits float32's range
+    assert not f32.walk(np.array([0.0, 1e20]), 0.1, 2)  # (1e20)^2 does not, weight or not
+
+
+def test_full_batch_rewind_after_proved_chunks_keeps_a_finite_loss(prove_everything,
+                                                                   tmp_path):
+    """Full batch, records every 4 epochs: a diverging run whose first chunks were proved
+    (no snapshots) still ends on parameters whose training loss is finite -- the start
+    of its first guarded chunk, the end of a proved one, is kept for the rewind."""
+    X, y = np.array([[1.0]]), np.array([[0.0]])
+    m = MLP([1, 1], activation="identity", loss="mse")
+    m.params[:] = [1.0, 0.0]
+    with pytest.warns(RuntimeWarning):
+        h = m.fit(X, y, epochs=8, lr=1e60, record_every=4, on_divergence="warn",
+                  checkpoint=str(tmp_path / "run.npz"), checkpoint_every=1)  # 1-epoch chunks
+    assert prove_everything[:2] == [True, True] and False in prove_everything
+    assert np.all(np.isfinite(m.params))
+    out = m.params[0] * X[0, 0] + m.params[1]
+    assert np.isfinite(out * out)
+    assert 1 <= h.epochs < 8 and len(h.loss) == 1
+
+
 def _data(n=48, n_in=6, n_out=3, seed=0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, n_in)), rng.random((n, n_out))
@@ -208,16 +245,19 @@ def test_plain_rule_only_and_large_networks_only():
         assert bound_for(big, lr=0.1, **opts) is None, opts
 
 
-def test_diverging_run_ends_the_same_with_the_proof(prove_everything, monkeypatch):
-    """A run that blows up: the chunks still provably safe run unguarded, the later ones
-    guarded, and the model, history and error are those of a run guarded throughout."""
+def test_diverging_run_ends_the_same_with_the_proof(prove_everything, monkeypatch,
+                                                    tmp_path):
+    """A mini-batch run that blows up: the chunks still provably safe run unguarded, the
+    later ones guarded, and the model, history and error are those of a run guarded
+    throughout.  (Chunks of one epoch: checkpoint_every=1.)"""
     X, y = _data(n=32, n_in=4, n_out=1, seed=2)
     X = X * 3.0
 
     def run():
         m = MLP([4, 16, 16, 1], activation=["tanh", "tanh", "identity"], seed=1)
         with pytest.raises(fastbp.DivergenceError) as err:
-            m.fit(X, y, epochs=400, lr=0.2, batch_size=4, chunk_seconds=1e-4)
+            m.fit(X, y, epochs=400, lr=0.2, batch_size=4, checkpoint=str(tmp_path / "c.npz"),
+                  checkpoint_every=1)
         return m.params.copy(), np.array(err.value.history.loss), err.value
 
     params, loss, err = run()
