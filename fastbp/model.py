@@ -579,7 +579,7 @@ class MLP:
             if found is None:
                 found = state  # the guard's state: the fallback
             self._params[...] = params
-            if self._finite_loss(xt, yt):
+            if self._finite_loss(xt, yt, run.sw):
                 found = state
                 break
         run.done, params, rng, opt_state, opt_step = found
@@ -677,9 +677,11 @@ class MLP:
         hist = self._history(run, None)
         return any(cb(run.done, hist, self) is False for cb in run.callbacks)
 
-    def _finite_loss(self, xt, yt):
-        """Whether the loss on (xt, yt) at the current parameters is finite (evaluated in
-        blocks of _EVAL_CAP samples, so memory stays small for large data)."""
+    def _finite_loss(self, xt, yt, sw):
+        """Whether the loss on (xt, yt) with sample weights sw (or none: empty) at the
+        current parameters is finite -- the loss the history records, weighted as they
+        are (with weights below 1 a record can be finite where the unweighted sum is
+        not).  Evaluated in blocks of _EVAL_CAP samples, so memory stays small."""
         n = xt.shape[1]
         cap = min(n, _EVAL_CAP)
         ws = K.make_workspace(self._layout.sizes_arr, self._layout.n_params, cap, cap,
@@ -687,14 +689,15 @@ class MLP:
         with np.errstate(all="ignore"):
             for s in range(0, n, cap):
                 xb, yb = xt[:, s:s + cap], yt[:, s:s + cap]  # views, the layout of xt
-                loss = K.loss_and_gradient(self._params, *self._kernel_net(), self._loss_code,
-                                           xb, yb, *_loss_workspace(ws), K.PRODUCT_MIN_WORK)
+                loss = K.weighted_loss_and_gradient(
+                    self._params, *self._kernel_net(), self._loss_code, xb, yb,
+                    sw[s:s + cap], *_loss_workspace(ws), K.PRODUCT_MIN_WORK)
                 if not np.isfinite(loss):
                     return False
         return True
 
     def _diverged(self, xt, yt, run, bad, hist, on_divergence):
-        if run.done == 0 and not self._finite_loss(xt, yt):
+        if run.done == 0 and not self._finite_loss(xt, yt, run.sw):
             cause = (f"the loss is not finite even at the starting parameters: the data "
                      f"(max |X| = {np.abs(xt).max():.3g}, max |y| = {np.abs(yt).max():.3g}) "
                      f"are too large for {self.dtype.name}; scale them down")

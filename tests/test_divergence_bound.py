@@ -169,6 +169,27 @@ def test_full_batch_rewind_after_proved_chunks_keeps_a_finite_loss(prove_everyth
     assert 1 <= h.epochs < 8 and len(h.loss) == 1
 
 
+@pytest.mark.parametrize("proved", [True, False])
+def test_rewind_judges_the_weighted_loss_the_records_show(prove_everything, monkeypatch,
+                                                          tmp_path, proved):
+    """Sample weights 1e-3: a record (weighted) can be finite where the unweighted loss
+    overflows; the rewind must judge states by the weighted loss, or it finds no
+    candidate and keeps the guard's state, whose loss is infinite either way."""
+    if not proved:
+        _never_proved(monkeypatch)
+    n = 1000
+    X, y, sw = np.ones((n, 1)), np.zeros((n, 1)), np.full(n, 1e-3)
+    m = MLP([1, 1], activation="identity", loss="mse")
+    m.params[:] = [1.0, 0.0]
+    with pytest.warns(RuntimeWarning):
+        h = m.fit(X, y, epochs=12, lr=5.623413251903491e+40, record_every=4, sample_weight=sw,
+                  on_divergence="warn", checkpoint=str(tmp_path / "run.npz"), checkpoint_every=1)
+    assert h.stopped == "diverged" and h.epochs < 12
+    out = m.params[0] + m.params[1]
+    with np.errstate(over="ignore"):
+        assert np.isfinite(np.sum(sw * out * out) / n)   # mse of the kept state, weighted
+
+
 def _data(n=48, n_in=6, n_out=3, seed=0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, n_in)), rng.random((n, n_out))
