@@ -77,10 +77,8 @@ class ChunkBound:
         if lay.n_params * model.dtype.itemsize < MIN_BYTES or not model._plain(run):
             return None
         last = int(model._act_codes[-1])
-        combined = (model._loss_code == K.BCE and last == K.SIGMOID) or \
-            (model._loss_code == K.CROSS_ENTROPY and last == K.SOFTMAX)
         hidden_ok = all(int(a) in _DERIVATIVE for a in model._act_codes[:-1])
-        if not hidden_ok or not (combined or last in _DERIVATIVE):
+        if not hidden_ok or not (_combined(model._loss_code, last) or last in _DERIVATIVE):
             return None
         return cls(lay, model._act_codes, model._loss_code, model.dtype, xt, yt, run.sw, batch)
 
@@ -151,8 +149,7 @@ class ChunkBound:
     def _output_delta(self, a_out, k):
         """Bound of dLoss/dz at the output (kernels/losses.py: output_delta)."""
         last, nb = self.acts[-1], self.nb
-        if (self.loss == K.BCE and last == K.SIGMOID) or \
-                (self.loss == K.CROSS_ENTROPY and last == K.SOFTMAX):
+        if _combined(self.loss, last):
             scale = 1.0 / (nb if self.loss == K.CROSS_ENTROPY else k * nb)
             return (1.0 + self.y) * scale * self.s
         scale = {K.MSE: 2.0 / (k * nb), K.HALF_MSE: 1.0 / (k * nb)}.get(self.loss, 1.0)
@@ -170,6 +167,12 @@ class ChunkBound:
         else:
             term = (a_out + self.y) * (a_out + self.y)  # inf, not OverflowError, past range
         return term, term * k * self.n * max(self.s, 1.0) * self.nb
+
+
+def _combined(loss, last):
+    """Whether the output delta is p - y (sigmoid + bce, softmax + cross_entropy), no f'."""
+    return (loss == K.BCE and last == K.SIGMOID) or \
+        (loss == K.CROSS_ENTROPY and last == K.SOFTMAX)
 
 
 def _max_abs(a):
