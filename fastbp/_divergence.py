@@ -43,7 +43,7 @@ from . import kernels as K
 from .kernels import optim as O
 
 # Attempted only where the copy it saves is this large: for a small network the copy is
-# cheaper than the proof (~50 us of Python), and memory is not an issue.
+# cheaper than the proof (~0.1 ms of Python), and memory is not an issue.
 MIN_BYTES = 1 << 20
 # the bound is followed step by step: beyond this many steps a chunk stays guarded
 MAX_STEPS = 100_000

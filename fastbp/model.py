@@ -722,7 +722,9 @@ class MLP:
 
 def _all_finite(a, block=1 << 16):
     """np.isfinite(a).all() for a 1-D array, a block at a time: no temporary as large as
-    a (1 MB of booleans for W4b's parameters at H = 1024, counted in its peak memory)."""
+    a (1 MB of booleans for W4b's parameters at H = 1024, counted in its peak memory).
+    Not the kernel K.all_finite: fit would load one more compiled function in every
+    process's first fit (the cold start)."""
     return all(np.isfinite(a[i:i + block]).all() for i in range(0, a.shape[0], block))
 
 

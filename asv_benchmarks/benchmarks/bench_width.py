@@ -75,7 +75,6 @@ m = common.fastbp_model(wl)
 wl.weights = wl.biases = None                    # drop the workload's copy of the start point
 gc.collect()
 try:  # hand the pages of freed memory back: else fit may reuse them unseen (RSS flat)
-    import ctypes
     ctypes.CDLL("libc.so.6").malloc_trim(0)
 except (OSError, AttributeError):  # not glibc
     pass
