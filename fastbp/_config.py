@@ -1,4 +1,4 @@
-"""Training options -> the two arrays the kernels read (kernels/optim.py: hyper, iconf).
+"""fit's training options -> the named structures the kernels read (kernels/options.py).
 
 The one place where fit's keyword arguments are checked and encoded; MLP.fit, Ensemble
 and the scikit-learn wrappers all go through it.
@@ -6,14 +6,13 @@ and the scikit-learn wrappers all go through it.
 import math
 import numbers
 
-import numpy as np
-
 from . import _validation as V
-from .kernels import optim as O
+from .kernels import options as O
+from .kernels import rules as R
 
-OPTIMIZERS = {"sgd": O.SGD, "adam": O.ADAM}
-SCHEDULES = {"constant": O.CONSTANT, "invscaling": O.INVSCALING, "step": O.STEP,
-             "cosine": O.COSINE}
+OPTIMIZERS = {"sgd": R.SGD, "adam": R.ADAM}
+SCHEDULES = {"constant": R.CONSTANT, "invscaling": R.INVSCALING, "step": R.STEP,
+             "cosine": R.COSINE}
 
 
 def _real(value, name, low=None, high=None, low_open=False, high_open=False):
@@ -36,47 +35,34 @@ def build(lr, epochs, optimizer="sgd", momentum=0.0, nesterov=False, beta1=0.9,
           beta2=0.999, eps=1e-8, l2=0.0, schedule="constant", power_t=0.5, step_size=1,
           step_factor=0.5, lr_min=0.0, patience=0, min_delta=0.0, restore_best=False,
           epoch_loss="batch_mean"):
-    """Checked (hyper, iconf) arrays for one fit."""
+    """Checked (options.Rule, options.Stop) for one fit."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of "
                          f"{', '.join(map(repr, OPTIMIZERS))}")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; expected one of "
                          f"{', '.join(map(repr, SCHEDULES))}")
-    hyper = np.zeros(O.N_HYPER)
-    iconf = np.zeros(O.N_ICONF, dtype=np.int64)
-    hyper[O.H_LR] = V.check_lr(lr)
-    hyper[O.H_MOMENTUM] = _real(momentum, "momentum", 0.0, 1.0, high_open=True)
-    if nesterov and hyper[O.H_MOMENTUM] == 0.0:
+    lr = V.check_lr(lr)
+    momentum = _real(momentum, "momentum", 0.0, 1.0, high_open=True)
+    if nesterov and momentum == 0.0:
         raise ValueError("nesterov=True needs momentum > 0")
-    if optimizer == "adam" and hyper[O.H_MOMENTUM] != 0.0:
+    if optimizer == "adam" and momentum != 0.0:
         raise ValueError("momentum applies to optimizer='sgd'; Adam uses beta1 and beta2")
-    hyper[O.H_BETA1] = _real(beta1, "beta1", 0.0, 1.0, high_open=True)
-    hyper[O.H_BETA2] = _real(beta2, "beta2", 0.0, 1.0, high_open=True)
-    hyper[O.H_EPS] = _real(eps, "eps", 0.0, low_open=True)
-    hyper[O.H_L2] = _real(l2, "l2", 0.0)
-    hyper[O.H_POWER] = _real(power_t, "power_t", 0.0)
-    hyper[O.H_STEP_FACTOR] = _real(step_factor, "step_factor", 0.0, 1.0, low_open=True)
-    hyper[O.H_LR_MIN] = _real(lr_min, "lr_min", 0.0)
-    if schedule == "cosine" and hyper[O.H_LR_MIN] > hyper[O.H_LR]:
+    beta1 = _real(beta1, "beta1", 0.0, 1.0, high_open=True)
+    beta2 = _real(beta2, "beta2", 0.0, 1.0, high_open=True)
+    eps = _real(eps, "eps", 0.0, low_open=True)
+    l2 = _real(l2, "l2", 0.0)
+    power = _real(power_t, "power_t", 0.0)
+    step_factor = _real(step_factor, "step_factor", 0.0, 1.0, low_open=True)
+    lr_min = _real(lr_min, "lr_min", 0.0)
+    if schedule == "cosine" and lr_min > lr:
         raise ValueError(f"lr_min ({lr_min}) must not exceed lr ({lr})")
-    hyper[O.H_MIN_DELTA] = _real(min_delta, "min_delta", 0.0)
-    iconf[O.I_OPTIMIZER] = OPTIMIZERS[optimizer]
-    iconf[O.I_NESTEROV] = bool(nesterov)
-    iconf[O.I_SCHEDULE] = SCHEDULES[schedule]
-    iconf[O.I_STEP_SIZE] = V.check_positive_int(step_size, "step_size")
-    iconf[O.I_TOTAL_EPOCHS] = epochs
-    iconf[O.I_PATIENCE] = V.check_positive_int(patience, "patience", minimum=0)
-    iconf[O.I_RESTORE_BEST] = bool(restore_best)
+    min_delta = _real(min_delta, "min_delta", 0.0)
+    step_size = V.check_positive_int(step_size, "step_size")
+    patience = V.check_positive_int(patience, "patience", minimum=0)
     if epoch_loss not in ("batch_mean", "sample_mean"):
         raise ValueError(f"epoch_loss must be 'batch_mean' or 'sample_mean', got {epoch_loss!r}")
-    iconf[O.I_SAMPLE_MEAN] = epoch_loss == "sample_mean"
-    return hyper, iconf
-
-
-def decay_mask(layout, dtype):
-    """1 on weights, 0 on biases: what L2 decays."""
-    mask = np.zeros(layout.n_params, dtype=dtype)
-    for off, (a, b) in zip(layout.w_off, layout.shapes):
-        mask[off:off + a * b] = 1
-    return mask
+    rule = O.Rule(OPTIMIZERS[optimizer], lr, momentum, bool(nesterov), beta1, beta2, eps, l2,
+                  SCHEDULES[schedule], power, step_size, step_factor, lr_min, int(epochs),
+                  epoch_loss == "sample_mean")
+    return rule, O.Stop(patience, min_delta, bool(restore_best))

@@ -39,8 +39,9 @@ import math
 
 import numpy as np
 
-from . import kernels as K
-from .kernels import optim as O
+from .kernels import options as O
+from .kernels import rules as K
+from .kernels.bounds import layer_norms
 
 # Attempted only where the copy it saves is this large: for a small network the copy is
 # cheaper than the proof (~0.1 ms of Python), and memory is not an issue.
@@ -56,37 +57,38 @@ _DERIVATIVE = {K.SIGMOID: 0.25, K.TANH: 1.0, K.RELU: 1.0, K.IDENTITY: 1.0}
 class ChunkBound:
     """The fixed part of the proof for one fit: network, data and options."""
 
-    def __init__(self, layout, act_codes, loss_code, dtype, xt, yt, sw, batch):
+    def __init__(self, layout, act_codes, loss_code, dtype, x, y, sw, batch):
         self.layout = layout
         self.acts = [int(a) for a in act_codes]
         self.loss = int(loss_code)
         self.limit = float(np.finfo(dtype).max) / _MARGIN
-        self.x = _max_abs(xt)
-        self.y = _max_abs(yt)
+        self.x = _max_abs(x)
+        self.y = _max_abs(y)
         self.s = _max_abs(sw) if sw.shape[0] else 1.0
-        n = xt.shape[1]
+        n = x.shape[0]
         self.n = n
         self.nb = min(batch, n)
         self.steps_per_epoch = -(-n // self.nb)
         self.norms = np.empty((layout.n_layers, 4))
 
     @classmethod
-    def for_fit(cls, model, run, xt, yt, batch):
-        """A ChunkBound where the proof applies and is worth its cost, else None."""
+    def for_fit(cls, model, run, x, y, batch):
+        """A ChunkBound where the proof applies and is worth its cost, else None; x, y
+        the training data, sample-major."""
         lay = model._layout
-        if lay.n_params * model.dtype.itemsize < MIN_BYTES or not model._plain(run):
+        if lay.n_params * model.dtype.itemsize < MIN_BYTES or not O.is_plain(run.rule):
             return None
         last = int(model._act_codes[-1])
         hidden_ok = all(int(a) in _DERIVATIVE for a in model._act_codes[:-1])
         if not hidden_ok or not (_combined(model._loss_code, last) or last in _DERIVATIVE):
             return None
-        return cls(lay, model._act_codes, model._loss_code, model.dtype, xt, yt, run.sw, batch)
+        return cls(lay, model._act_codes, model._loss_code, model.dtype, x, y, run.sw, batch)
 
-    def cannot_diverge(self, params, hyper, epochs):
+    def cannot_diverge(self, params, lr, epochs):
         """True when training ``epochs`` epochs from ``params`` provably keeps every value
-        finite (the plain rule at learning rate at most hyper[H_LR])."""
+        finite (the plain rule at learning rate at most lr)."""
         steps = epochs * self.steps_per_epoch
-        return steps <= MAX_STEPS and self.walk(params, abs(float(hyper[O.H_LR])), steps)
+        return steps <= MAX_STEPS and self.walk(params, abs(float(lr)), steps)
 
     def walk(self, params, lr, steps, record=None):
         """Follow the bounds along ``steps`` steps from ``params``: True if they stay in
@@ -94,7 +96,7 @@ class ChunkBound:
         the last), per layer [R, C, B] and the bounds (max |z|, max |dW|, max |db|) of the
         step from it, and the loss bound (for the tests)."""
         sizes, w_off, b_off = self.layout.sizes_arr, self.layout.w_off, self.layout.b_off
-        K.layer_norms(params, sizes, w_off, b_off, self.norms)
+        layer_norms(params, sizes, w_off, b_off, self.norms)
         if not np.all(np.isfinite(self.norms)):
             return False
         norms = [[float(r), float(c), float(b)] for r, c, b, _ in self.norms]
@@ -148,11 +150,10 @@ class ChunkBound:
 
     def _output_delta(self, a_out, k):
         """Bound of dLoss/dz at the output (kernels/losses.py: output_delta)."""
-        last, nb = self.acts[-1], self.nb
+        last = self.acts[-1]
+        scale = K.delta_scale(self.loss, last, k, self.nb)
         if _combined(self.loss, last):
-            scale = 1.0 / (nb if self.loss == K.CROSS_ENTROPY else k * nb)
             return (1.0 + self.y) * scale * self.s
-        scale = {K.MSE: 2.0 / (k * nb), K.HALF_MSE: 1.0 / (k * nb)}.get(self.loss, 1.0)
         return (a_out + self.y) * scale * _DERIVATIVE[last] * self.s
 
     def _loss_bound(self, z_out, a_out, k):
@@ -171,8 +172,7 @@ class ChunkBound:
 
 def _combined(loss, last):
     """Whether the output delta is p - y (sigmoid + bce, softmax + cross_entropy), no f'."""
-    return (loss == K.BCE and last == K.SIGMOID) or \
-        (loss == K.CROSS_ENTROPY and last == K.SOFTMAX)
+    return K.is_combined(loss, last)
 
 
 def _max_abs(a):

@@ -16,99 +16,41 @@ import hashlib
 import os
 import time
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 
 from . import _validation as V
+from ._run import Run
+from .history import Records
 from .io import (CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, FORMAT, atomic_savez,
                  model_arrays, model_from_archive, open_archive)
+from .kernels import options as O
+
+# Format 1 stored the training options as two arrays read by index (the kernels' old
+# ``hyper`` / ``iconf``): their layout, to read such files.
+_V1_HYPER = ("lr", "momentum", "beta1", "beta2", "eps", "l2", "power", "step_factor",
+             "lr_min", "min_delta")
+_V1_ICONF = ("optimizer", "nesterov", "schedule", "step_size", "total_epochs", "patience",
+             "restore_best", "sample_mean")
 
 
-@dataclass
-class Run:
-    """The state of one training run (one ``fit`` call, continued by ``resume``).
-
-    history is the full-length record buffer, ceil(epochs / record_every) float64, of
-    which the first ceil(done / record_every) entries are filled.
-    """
-    epochs: int
-    lr: float
-    batch_size: int | None  # None: full batch
-    shuffle: bool
-    record_every: int
-    history: np.ndarray
-    done: int = 0
-    seconds: float = 0.0
-    checkpoint: str | None = None
-    every: tuple | None = None  # ("epochs", int) or ("seconds", float)
-    data_n: int = 0
-    data_key: str | None = None
-    # training controls (see MLP.fit and kernels/optim.py); set_controls fills them
-    hyper: np.ndarray | None = None
-    iconf: np.ndarray | None = None
-    sw: np.ndarray | None = None         # sample weights, (n,) or empty
-    xv: np.ndarray | None = None         # validation set, one sample per column (empty: none)
-    yv: np.ndarray | None = None
-    swv: np.ndarray | None = None
-    val_history: np.ndarray | None = None
-    es_state: np.ndarray | None = None   # [best val loss, records without gain, best epoch]
-    best_params: np.ndarray | None = None
-    callbacks: list | None = None
-    chunk_seconds: float = 0.2
-    kernel: object = None  # the compiled training loop, chosen at the run's first call
-
-    @classmethod
-    def start(cls, epochs, lr, batch_size, shuffle, record_every, checkpoint=None,
-              every=None):
-        history = np.full(-(-epochs // record_every), np.nan)
-        return cls(epochs, lr, batch_size, bool(shuffle), record_every, history,
-                   checkpoint=checkpoint, every=every)
-
-    def set_controls(self, hyper, iconf, sw, xv, yv, swv, params, callbacks=None,
-                     chunk_seconds=0.2):
-        self.hyper, self.iconf = hyper, iconf
-        self.sw, self.xv, self.yv, self.swv = sw, xv, yv, swv
-        self.val_history = np.full_like(self.history, np.nan)
-        self.es_state = np.array([np.inf, 0.0, -1.0])
-        self.best_params = params.copy() if self.restore_best else params[:0].copy()
-        self.callbacks = callbacks or []
-        self.chunk_seconds = chunk_seconds
-
-    def default_controls(self, model, n_features, n_outputs):
-        """Plain SGD at a constant lr, no validation (runs from format-1 checkpoints)."""
-        from . import _config as C
-        hyper, iconf = C.build(self.lr, self.epochs)
-        dt = model.dtype
-        self.set_controls(hyper, iconf, np.zeros(0, dt), np.zeros((n_features, 0), dt),
-                          np.zeros((n_outputs, 0), dt), np.zeros(0, dt), model.params)
-
-    @property
-    def restore_best(self):
-        from .kernels import optim as O
-        return self.iconf is not None and bool(self.iconf[O.I_RESTORE_BEST])
-
-    @property
-    def n_records(self):
-        """Records of the epochs done (epochs 0, k, 2k, ... below ``done``)."""
-        return -(-self.done // self.record_every)
-
-
-def data_fingerprint(xt, yt):
-    """A digest of the training data as the kernels see them (model dtype; the bytes of
-    their feature-major copy, whatever their layout), so that ``resume`` can tell whether
-    it was given the data the run started with."""
+def data_fingerprint(x, y):
+    """A digest of the training data as the kernels see them (model dtype, sample-major
+    rows), so that ``resume`` can tell whether it was given the data the run started
+    with.  Hashed one sample per column, the layout format 1 checkpoints hashed."""
     h = hashlib.blake2b(digest_size=16)
-    for a in (xt, yt):
-        a = np.ascontiguousarray(a)
+    for a in (x, y):
+        a = np.ascontiguousarray(a.T)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))
     return h.hexdigest()
 
 
 def checkpoint_arrays(model, run):
+    """Every field of a checkpoint, by name (format 2)."""
     kind, value = run.every
-    return dict(
+    loss, val = run.records.view()
+    arrays = dict(
         format=np.array(CHECKPOINT_FORMAT),
         format_version=np.array(CHECKPOINT_FORMAT_VERSION),
         **model_arrays(model),
@@ -118,18 +60,24 @@ def checkpoint_arrays(model, run):
         batch_size=np.array(-1 if run.batch_size is None else run.batch_size, dtype=np.int64),
         shuffle=np.array(run.shuffle),
         record_every=np.array(run.record_every, dtype=np.int64),
-        history=run.history[:run.n_records].copy(),
+        history=loss,
+        history_stride=np.array(run.records.stride, dtype=np.int64),
         seconds=np.array(run.seconds, dtype=np.float64),
         every_kind=np.array(kind),
         every_value=np.array(value, dtype=np.float64),
         data_n=np.array(run.data_n, dtype=np.int64),
         data_key=np.array(run.data_key or ""),
-        hyper=run.hyper, iconf=run.iconf, sample_weight=run.sw, xv=run.xv, yv=run.yv,
-        swv=run.swv, val_history=run.val_history[:run.n_records].copy(),
-        es_state=run.es_state, best_params=run.best_params,
+        sample_weight=run.sw,
+        es_best_loss=run.best_loss.copy(), es_bad_checks=run.bad_checks.copy(),
+        es_best_epoch=run.best_epoch.copy(), best_params=run.best_params,
         opt_state=model._opt_state, opt_step=model._opt_step,
         opt_kind=np.array(model._opt_kind or ""),
     )
+    arrays.update({f"rule_{k}": np.array(v) for k, v in run.rule._asdict().items()})
+    arrays.update({f"stop_{k}": np.array(v) for k, v in run.stop._asdict().items()})
+    if run.val is not None:
+        arrays.update(val_x=run.val.x, val_y=run.val.y, val_w=run.val.w, val_history=val)
+    return arrays
 
 
 def write_checkpoint(path, model, run):
@@ -163,51 +111,128 @@ def read_checkpoint(path):
                            f"{data_n} samples")
         if kind not in ("epochs", "seconds") or not value > 0:
             raise ar.error(f"inconsistent checkpoint_every: {kind} {value}")
-        run = Run.start(epochs, lr, None if batch_size == -1 else batch_size, shuffle,
-                        record_every)
+        files = set(ar._npz.files)
+        if ar.version >= 2:
+            rule, stop, sw, val = _read_options(ar, model)
+        elif "hyper" in files:  # format 1 with the training controls
+            rule, stop, sw, val = _read_options_v1(ar, model)
+        else:  # the first format 1 files: plain SGD at a constant lr, no validation
+            from ._config import build
+            rule, stop = build(lr, epochs)
+            sw, val = np.zeros(0, model.dtype), None
+        run = Run(epochs, lr, None if batch_size == -1 else batch_size, shuffle,
+                  record_every, rule, stop, sw, val)
         run.done = done
-        hist = ar.vector("history", "f", length=run.n_records)
+        stride = ar.integer("history_stride") if "history_stride" in files else 1
+        if stride < 1 or stride & (stride - 1):
+            raise ar.error(f"inconsistent history stride {stride}")
+        kept = -(-run.n_records // stride)
+        hist = ar.vector("history", "f", length=kept)
         if not np.isfinite(hist).all():
             raise ar.error("the loss history contains NaN or infinity")
-        run.history[:run.n_records] = hist
+        val_hist = None
+        if val is not None and "val_history" in files:
+            val_hist = ar.array("val_history").astype(np.float64)[:kept]
+            val_hist = np.concatenate([val_hist, np.full(kept - val_hist.shape[0], np.nan)])
+        run.records = _records(run, hist, val_hist, stride)
         run.seconds = max(seconds, 0.0)
         run.every = (kind, int(value) if kind == "epochs" else value)
         run.data_n = data_n
         run.data_key = data_key
-        n_in, n_out = model.sizes[0], model.sizes[-1]
-        run.default_controls(model, n_in, n_out)
-        if "hyper" in ar._npz.files:  # format 2: the training controls and optimizer state
-            _read_controls(ar, model, run)
+        _read_state(ar, model, run, files)
     return model, run
 
 
-def _read_controls(ar, model, run):
-    from .kernels import optim as O
+def _records(run, loss, val, stride):
+    records = Records(validating=run.val is not None)
+    records.stride = stride
+    records.count = loss.shape[0]
+    records.next_r = run.n_records
+    records._grow(max(records.count, 1))
+    records.loss[:records.count] = loss
+    if records.val is not None and val is not None:
+        records.val[:records.count] = val
+    return records
+
+
+def _read_options(ar, model):
+    """Format 2: the options by name."""
+    try:
+        rule = O.Rule(**{k: ar.array(f"rule_{k}").item() for k in O.Rule._fields})
+        stop = O.Stop(**{k: ar.array(f"stop_{k}").item() for k in O.Stop._fields})
+    except (ValueError, TypeError) as exc:
+        raise ar.error(f"invalid training options: {exc}") from None
+    dt = model.dtype
+    sw = ar.array("sample_weight").astype(dt)
+    val = None
+    if "val_x" in ar._npz.files:
+        xv = np.ascontiguousarray(ar.array("val_x").astype(dt))
+        yv = np.ascontiguousarray(ar.array("val_y").astype(dt))
+        n_in, n_out = model.sizes[0], model.sizes[-1]
+        if xv.ndim != 2 or yv.ndim != 2 or xv.shape[1] != n_in or \
+                yv.shape != (xv.shape[0], n_out):
+            raise ar.error("the validation set has inconsistent shapes")
+        val = O.Data(xv, yv, ar.array("val_w").astype(dt))
+    return _checked(ar, rule), stop, sw, val
+
+
+def _read_options_v1(ar, model):
+    """Format 1: hyper / iconf arrays read by index, the validation set feature-major."""
     hyper = ar.array("hyper").astype(np.float64)
     iconf = ar.array("iconf").astype(np.int64)
-    if hyper.shape != (O.N_HYPER,) or iconf.shape != (O.N_ICONF,):
+    if hyper.shape != (len(_V1_HYPER),) or iconf.shape != (len(_V1_ICONF),):
         raise ar.error("training settings (hyper, iconf) have the wrong shape")
+    h = dict(zip(_V1_HYPER, hyper.tolist()))
+    i = dict(zip(_V1_ICONF, iconf.tolist()))
+    rule = O.Rule(int(i["optimizer"]), h["lr"], h["momentum"], bool(i["nesterov"]),
+                  h["beta1"], h["beta2"], h["eps"], h["l2"], int(i["schedule"]), h["power"],
+                  int(i["step_size"]), h["step_factor"], h["lr_min"], int(i["total_epochs"]),
+                  bool(i["sample_mean"]))
+    stop = O.Stop(int(i["patience"]), h["min_delta"], bool(i["restore_best"]))
     dt = model.dtype
-    n_in, n_out, n_p = model.sizes[0], model.sizes[-1], model._layout.n_params
     xv = ar.array("xv").astype(dt)
     yv = ar.array("yv").astype(dt)
+    n_in, n_out = model.sizes[0], model.sizes[-1]
     if xv.ndim != 2 or yv.ndim != 2 or xv.shape[0] != n_in or yv.shape != (n_out, xv.shape[1]):
         raise ar.error("the validation set has inconsistent shapes")
-    run.set_controls(hyper, iconf, ar.array("sample_weight").astype(dt),
-                     np.ascontiguousarray(xv), np.ascontiguousarray(yv),
-                     ar.array("swv").astype(dt), model.params)
-    val = ar.array("val_history").astype(np.float64)
-    run.val_history[:val.shape[0]] = val[:run.val_history.shape[0]]
-    run.es_state[:] = ar.array("es_state").astype(np.float64)
-    best = ar.array("best_params").astype(dt)
-    if best.shape[0] == n_p:
+    val = None
+    if xv.shape[1]:
+        val = O.Data(np.ascontiguousarray(xv.T), np.ascontiguousarray(yv.T),
+                     ar.array("swv").astype(dt))
+    return _checked(ar, rule), stop, ar.array("sample_weight").astype(dt), val
+
+
+def _checked(ar, rule):
+    if not (rule.lr > 0 and rule.step_size >= 1 and rule.eps > 0):
+        raise ar.error(f"inconsistent training options: {rule}")
+    return rule
+
+
+def _read_state(ar, model, run, files):
+    """The early-stopping record and the optimizer state."""
+    dt = model.dtype
+    n_p = model._layout.n_params
+    if "es_best_loss" in files:
+        run.best_loss[:] = ar.array("es_best_loss").astype(np.float64).reshape(1)
+        run.bad_checks[:] = ar.array("es_bad_checks").astype(np.int64).reshape(1)
+        run.best_epoch[:] = ar.array("es_best_epoch").astype(np.int64).reshape(1)
+    elif "es_state" in files:  # format 1: [best loss, checks, best epoch] as floats
+        es = ar.array("es_state").astype(np.float64)
+        run.best_loss[0], run.bad_checks[0], run.best_epoch[0] = es[0], int(es[1]), int(es[2])
+    best = ar.array("best_params").astype(dt) if "best_params" in files else np.zeros(0, dt)
+    if not run.stop.restore_best:
+        run.best_params = model._params[:0].copy()
+    elif best.shape[0] == n_p:
         run.best_params = best.copy()
-    opt_state = ar.array("opt_state").astype(dt)
-    if opt_state.shape != (2, n_p):
-        raise ar.error("the optimizer state has the wrong shape")
-    model._opt_state = np.ascontiguousarray(opt_state)
-    model._opt_step = ar.array("opt_step").astype(np.int64).reshape(1).copy()
-    model._opt_kind = ar.text("opt_kind") or None
+    else:
+        run.best_params = model._params.copy()
+    if "opt_state" in files:
+        opt_state = ar.array("opt_state").astype(dt)
+        if opt_state.shape != (2, n_p):
+            raise ar.error("the optimizer state has the wrong shape")
+        model._opt_state = np.ascontiguousarray(opt_state)
+        model._opt_step = ar.array("opt_step").astype(np.int64).reshape(1).copy()
+        model._opt_kind = ar.text("opt_kind") or None
 
 
 class Saver:
@@ -219,13 +244,13 @@ class Saver:
     write (disk full, ...) warns and training goes on: the next one may succeed.
     """
 
-    def __init__(self, model, run, xt, yt):
+    def __init__(self, model, run, x, y):
         self.model = model
         self.run = run
         self.kind, self.value = run.every
         if run.data_key is None:
-            run.data_n = xt.shape[1]
-            run.data_key = data_fingerprint(xt, yt)
+            run.data_n = x.shape[0]
+            run.data_key = data_fingerprint(x, y)
         self.last_epoch = run.done
         self.last_time = time.monotonic()
         self.written = 0
@@ -281,20 +306,22 @@ def resume(path, X, y, progress=False, on_divergence="raise"):
     """
     on_divergence = V.check_on_divergence(on_divergence)
     path = os.fspath(path)
+    from ._driver import sigint_deferred
     model, run = read_checkpoint(path)
-    xt = model._inputs(X)
-    n = xt.shape[1]
-    yt = model._targets(y, n)
+    x = model._inputs(X)
+    n = x.shape[0]
+    y = model._targets(y, n)
     if n != run.data_n:
         raise ValueError(f"X has {n} samples but the run in {path} was trained on "
                          f"{run.data_n}; resume needs the same X and y")
-    if data_fingerprint(xt, yt) != run.data_key:
+    if data_fingerprint(x, y) != run.data_key:
         raise ValueError(f"X and y are not the data the run in {path} was started with "
                          f"(their fingerprint differs); resume needs the same X and y, in "
                          f"the same order.  To train the saved model on other data, use "
                          f"fastbp.load({path!r}).fit(...)")
     run.checkpoint = path
     start = run.done
-    hist = model._train(xt, yt, run, progress, on_divergence)
+    with sigint_deferred() as interrupted:
+        hist = model._train(x, y, run, progress, on_divergence, interrupted)
     hist.extra["resumed_at"] = start
     return model, hist

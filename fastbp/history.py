@@ -1,25 +1,35 @@
-"""What a training run reports."""
+"""What a training run reports, and the bounded store its loss records go to."""
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# A run keeps at most this many loss records: a fit of 10**10 epochs must not need
+# 80 GB for its history (see Records).
+RECORDS_CAP = 1 << 20
 
 
 @dataclass
 class History:
     """Loss history of one ``fit``.
 
-    loss:         (n_records,) float64; record r is epoch r * record_every of this fit
-                  (full batch: the loss before that epoch's update; SGD and mini-batch:
-                  the mean of the batch losses seen during that epoch).
+    loss:         (n_records,) float64 (an Ensemble's: (n_models, n_records)); record r
+                  is epoch ``epochs_recorded[r]`` of this fit (full batch: the loss
+                  before that epoch's update; SGD and mini-batch: the mean of the batch
+                  losses seen during that epoch).
     epochs:       epochs actually run (less than asked if training was interrupted or
                   diverged).
-    record_every: epochs between records.
-    seconds:      wall time of the training loop.
+    record_every: epochs between records asked for.
+    seconds:      wall time of the training loop (compilation not included).
     stopped:      None, or why training ended early ("interrupted", "callback", "diverged",
                   "early_stopping").
     val_loss:     with validation data, (n_records,) validation loss after each recorded
                   epoch (NaN where not evaluated); else None.
     best_epoch:   with validation data, the epoch of the best validation loss; else None.
+    compile_seconds: time spent compiling (or loading from Numba's cache) the kernels
+                  this fit ran on, before training; 0 when they were already loaded.
+    kernel:       the training kernel that ran (fastbp/_dispatch.py names it).
+    stride:       records kept: every ``stride``-th record of every ``record_every``
+                  epochs (1 until a run reaches RECORDS_CAP records, see Records).
     extra:        more about the run; ``fastbp.resume`` sets extra["resumed_at"], the epoch
                   its checkpoint had reached (its History covers the whole run).
     """
@@ -31,11 +41,100 @@ class History:
     extra: dict = field(default_factory=dict)
     val_loss: np.ndarray | None = None
     best_epoch: int | None = None
+    compile_seconds: float = 0.0
+    kernel: str | None = None
+    stride: int = 1
 
     @property
     def epochs_recorded(self):
         """The epoch number (within this fit) of each record."""
-        return np.arange(self.loss.shape[0]) * self.record_every
+        return np.arange(self.loss.shape[-1]) * (self.record_every * self.stride)
 
     def __len__(self):
-        return self.loss.shape[0]
+        return self.loss.shape[-1]
+
+
+class Records:
+    """The loss records of a run (one row per model), in memory bounded by RECORDS_CAP.
+
+    Record r is the loss of epoch r * record_every.  Every record is kept until a run
+    reaches ``cap`` of them; then every other one is dropped (the stride doubles) and
+    from then on only every stride-th record is kept, so a run of any length keeps
+    between cap / 2 and cap evenly spaced records, always starting at epoch 0.  The
+    arrays grow as records come (a short fit allocates little).
+    """
+
+    def __init__(self, rows=None, validating=False, cap=RECORDS_CAP):
+        self.rows = rows            # None: one model (1-D arrays)
+        self.cap = int(cap)
+        self.stride = 1
+        self.count = 0              # records kept
+        self.next_r = 0             # the run's next record number
+        shape = (0,) if rows is None else (rows, 0)
+        self.loss = np.full(shape, np.nan)
+        self.val = np.full(shape, np.nan) if validating else None
+
+    def _grow(self, need):
+        size = self.loss.shape[-1]
+        if need <= size:
+            return
+        new = min(self.cap, max(need, 2 * size, 16))
+        for name in ("loss", "val"):
+            old = getattr(self, name)
+            if old is None:
+                continue
+            grown = np.full(old.shape[:-1] + (new,), np.nan)
+            grown[..., :self.count] = old[..., :self.count]
+            setattr(self, name, grown)
+
+    def extend(self, r_start, loss, val=None):
+        """Add the records r_start, r_start + 1, ... (``loss`` (..., k), ``val`` alike);
+        r_start must be the next record of the run."""
+        k = loss.shape[-1]
+        if r_start != self.next_r:
+            raise ValueError(f"record {r_start} comes after record {self.next_r - 1}")
+        r = np.arange(r_start, r_start + k)
+        while True:
+            keep = np.flatnonzero(r % self.stride == 0)
+            if self.count + keep.size <= self.cap:
+                break
+            self._thin()
+        self._grow(self.count + keep.size)
+        self.loss[..., self.count:self.count + keep.size] = loss[..., keep]
+        if self.val is not None and val is not None:
+            self.val[..., self.count:self.count + keep.size] = val[..., keep]
+        self.count += keep.size
+        self.next_r = r_start + k
+
+    def _thin(self):
+        """Drop every other kept record (those of odd multiples of the stride)."""
+        kept = (self.count + 1) // 2
+        for arr in (self.loss, self.val):
+            if arr is not None:
+                arr[..., :kept] = arr[..., 0:self.count:2]
+                arr[..., kept:] = np.nan
+        self.count = kept
+        self.stride *= 2
+
+    def truncate(self, n_records):
+        """Forget the run's records from record ``n_records`` on (a rewind)."""
+        n_records = min(n_records, self.next_r)
+        self.count = -(-n_records // self.stride)
+        for arr in (self.loss, self.val):
+            if arr is not None:
+                arr[..., self.count:] = np.nan
+        self.next_r = n_records
+
+    def record_number(self, i):
+        """The run's record number of kept record i."""
+        return i * self.stride
+
+    def last(self):
+        """The latest kept loss (per row), or None."""
+        return None if self.count == 0 else self.loss[..., self.count - 1]
+
+    def view(self):
+        """(loss, val) of the kept records: copies."""
+        loss = self.loss[..., :self.count].copy()
+        val = None if self.val is None else self.val[..., :self.count].copy()
+        return loss, val

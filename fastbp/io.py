@@ -25,7 +25,7 @@ from .errors import ModelFileError
 FORMAT = "fastbp-mlp"
 FORMAT_VERSION = 1
 CHECKPOINT_FORMAT = "fastbp-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2
 # the newest version of each format this fastbp reads
 _READS = {FORMAT: FORMAT_VERSION, CHECKPOINT_FORMAT: CHECKPOINT_FORMAT_VERSION}
 

@@ -1,36 +1,23 @@
-"""The MLP model object: validation, buffers and reporting around the fused kernels."""
+"""The MLP model object: validation, buffers and reporting around the compiled kernels."""
 import threading
-import time
 import warnings
 
 import numpy as np
 
-from . import _validation as V
-from . import kernels as K
-from .kernels import optim as O
-from .kernels import specialize as S
-from ._divergence import ChunkBound
-from ._chunks import first_chunk, next_chunk, sigint_deferred, warn_interrupted
 from . import _config as C
+from . import _dispatch as D
+from . import _validation as V
 from ._codes import ACTIVATIONS, LOSSES
+from ._driver import drive, sigint_deferred, warn_interrupted
+from ._fit import EVAL_CAP, SingleFit
 from ._init import initial_params
 from ._layout import Layout
-from ._progress import make_bar
-from .checkpoint import Run, Saver
+from ._run import Run
 from .errors import DivergenceError
 from .history import History
-
-# predict / loss / gradient process at most this many samples per kernel batch
-_EVAL_CAP = 4096
-# (kernel, dtype, kinds of the data arrays) of the training calls made in this process:
-# what Numba has compiled or loaded for (see MLP._run)
-_KERNELS_RUN = set()
-
-
-def _array_kind(a):
-    """What Numba's type of an array depends on besides its dtype."""
-    f = a.flags
-    return a.ndim, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned
+from .kernels import loops as L
+from .kernels import options as O
+from .kernels.rng import seed_state
 
 
 class MLP:
@@ -65,7 +52,7 @@ class MLP:
         init = V.check_init(init)
         self.seed = V.check_seed(seed)
         self._params = initial_params(self._layout, init, self.seed, self.dtype)
-        self._rng_state = K.seed_state(self.seed)
+        self._rng_state = seed_state(self.seed)
 
     def _configure(self, sizes, activation, loss, bias, dtype):
         self._layout = Layout(sizes, bias)
@@ -140,7 +127,7 @@ class MLP:
             for view, b in zip(self._layout.bias_views(params), bs):
                 view[...] = b
         self._params = params
-        self._rng_state = K.seed_state(None)
+        self._rng_state = seed_state(None)
         return self
 
     # ---- parameters -----------------------------------------------------------------
@@ -184,8 +171,8 @@ class MLP:
 
     # ---- data -----------------------------------------------------------------------
     def _inputs(self, X):
-        x = V.check_X(X, self.sizes[0], self.dtype)
-        return V.kernel_columns(x)
+        """X as the kernels take it: (n, sizes[0]) C-contiguous in the model dtype."""
+        return V.kernel_ready(V.check_X(X, self.sizes[0], self.dtype))
 
     def _targets(self, y, n):
         if self.loss_name == "cross_entropy":
@@ -194,16 +181,17 @@ class MLP:
                 y = onehot
         t = V.check_y(y, n, self.sizes[-1], self.dtype)
         V.check_targets_for_loss(t, self.loss_name)
-        return V.kernel_columns(t)
+        return V.kernel_ready(t)
 
     @property
     def _keep_z(self):
         """Whether the kernels must keep the output pre-activations (stable log losses)."""
         return self.loss_name in ("bce", "cross_entropy")
 
-    def _kernel_net(self):
-        lay = self._layout
-        return lay.sizes_arr, lay.w_off, lay.b_off, self._act_codes
+    def _net(self, n):
+        """The kernels' Net for a pass over batches of up to n samples."""
+        return D.make_net(self._layout, self._act_codes, self._loss_code, self.dtype,
+                          D.eval_gemm(self, n))
 
     # ---- evaluation -----------------------------------------------------------------
     def predict(self, X):
@@ -213,14 +201,13 @@ class MLP:
         never written to).  Raises FloatingPointError if an output overflows the model
         dtype (inputs or parameters too large) rather than returning infinities.
         """
-        xt = self._inputs(X)
-        n = xt.shape[1]
-        ws = K.make_workspace(self._layout.sizes_arr, self._layout.n_params,
-                                  min(n, _EVAL_CAP), 0, self._params[:0], False)
-        a_off, acts, _, _, _, _, bits, scale, _ = ws
+        x = self._inputs(X)
+        n = x.shape[0]
+        cap = min(n, EVAL_CAP)
+        lay = self._layout
+        work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False)
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
-        K.predict_into(self._params, *self._kernel_net(), xt, out.T, a_off, acts, bits, scale,
-                       K.PRODUCT_MIN_WORK)
+        L.predict(self._params, self._net(cap), x, out, work)
         V.check_finite_output(out, "predict's output", self.dtype)
         return out
 
@@ -233,18 +220,22 @@ class MLP:
         return self.predict(X)
 
     def _loss_and_grad(self, X, y):
-        xt = self._inputs(X)
-        yt = self._targets(y, xt.shape[1])
-        n = xt.shape[1]
-        a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm = K.make_workspace(
-            self._layout.sizes_arr, self._layout.n_params, n, n, self._params[:0], True)
-        sizes, w_off, b_off, codes = self._kernel_net()
-        loss = K.loss_and_gradient(self._params, sizes, w_off, b_off, codes, self._loss_code,
-                                   xt, yt, grad, a_off, acts, deltas, z_out, y_batch, bits,
-                                   scale, perm, K.PRODUCT_MIN_WORK)
+        x = self._inputs(X)
+        t = self._targets(y, x.shape[0])
+        loss, grad = self._kernel_loss_and_grad(x, t, np.zeros(0, dtype=self.dtype))
         V.check_finite_output(np.array([loss]), "the loss", self.dtype)
         V.check_finite_output(grad, "the gradient", self.dtype)
         return float(loss), grad
+
+    def _kernel_loss_and_grad(self, x, t, sw):
+        """The loss of (x, t) with sample weights sw (or empty) and its gradient, all in
+        one batch (the kernels' sample-major arrays)."""
+        n = x.shape[0]
+        lay = self._layout
+        work = O.make_work(lay.sizes_arr, 0, n, n, self.dtype, True)
+        grad = np.zeros(lay.n_params, dtype=self.dtype)
+        loss = L.loss_and_gradient(self._params, self._net(n), O.Data(x, t, sw), grad, work)
+        return loss, grad
 
     def loss(self, X, y):
         """The model's loss on (X, y), as a Python float (FloatingPointError if it
@@ -334,44 +325,42 @@ class MLP:
         Another fit of the same model while one runs (from another thread) is refused
         with RuntimeError.
         """
-        xt = self._inputs(X)
-        n = xt.shape[1]
-        yt = self._targets(y, n)
-        epochs = V.check_positive_int(epochs, "epochs")
-        lr = V.check_lr(lr)
-        record_every = V.check_positive_int(record_every, "record_every")
-        seed = V.check_seed(seed)
-        on_divergence = V.check_on_divergence(on_divergence)
-        path, every = V.check_checkpoint(checkpoint, checkpoint_every)
-        hyper, iconf = C.build(lr, epochs, optimizer, momentum, nesterov, beta1, beta2, eps,
-                               l2, schedule, power_t, step_size, step_factor, lr_min,
-                               patience, min_delta, restore_best, epoch_loss)
-        sw = V.check_sample_weight(sample_weight, n, self.dtype)
-        xt, yt, sw, xv, yv, swv = self._validation_split(
-            xt, yt, sw, validation_data, validation_fraction, seed)
-        n = xt.shape[1]
-        V.check_batch_size(batch_size, n)
-        if (patience or restore_best) and xv.shape[1] == 0:
-            raise ValueError("patience and restore_best need validation data: pass "
-                             "validation_data=(Xv, yv) or validation_fraction")
-        callbacks = _check_callbacks(callbacks)
-        if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) \
-                or not chunk_seconds > 0:
-            raise ValueError(f"chunk_seconds must be a number > 0, got {chunk_seconds!r}")
-        if self._opt_kind not in (None, optimizer):
-            self.reset_optimizer()  # another optimizer's state means nothing to this one
-        self._opt_kind = optimizer
-        run = Run.start(epochs, lr, None if batch_size is None else int(batch_size),
-                        shuffle, record_every, path, every)
-        run.set_controls(hyper, iconf, sw, xv, yv, swv, self._params,
-                         callbacks=callbacks, chunk_seconds=float(chunk_seconds))
-        return self._train(xt, yt, run, progress, on_divergence, seed=seed)
+        with sigint_deferred() as interrupted:
+            x = self._inputs(X)
+            n = x.shape[0]
+            y = self._targets(y, n)
+            epochs = V.check_positive_int(epochs, "epochs")
+            lr = V.check_lr(lr)
+            record_every = V.check_positive_int(record_every, "record_every")
+            seed = V.check_seed(seed)
+            on_divergence = V.check_on_divergence(on_divergence)
+            path, every = V.check_checkpoint(checkpoint, checkpoint_every)
+            rule, stop = C.build(lr, epochs, optimizer, momentum, nesterov, beta1, beta2, eps,
+                                 l2, schedule, power_t, step_size, step_factor, lr_min,
+                                 patience, min_delta, restore_best, epoch_loss)
+            sw = V.check_sample_weight(sample_weight, n, self.dtype)
+            x, y, sw, val = self._validation_split(x, y, sw, validation_data,
+                                                   validation_fraction, seed)
+            n = x.shape[0]
+            V.check_batch_size(batch_size, n)
+            if (patience or restore_best) and val is None:
+                raise ValueError("patience and restore_best need validation data: pass "
+                                 "validation_data=(Xv, yv) or validation_fraction")
+            callbacks = _check_callbacks(callbacks)
+            if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) \
+                    or not chunk_seconds > 0:
+                raise ValueError(f"chunk_seconds must be a number > 0, got {chunk_seconds!r}")
+            run = Run(epochs, lr, None if batch_size is None else int(batch_size),
+                      bool(shuffle), record_every, rule, stop, sw, val, checkpoint=path,
+                      every=every, callbacks=callbacks, chunk_seconds=float(chunk_seconds))
+            run.best_params = (self._params.copy() if stop.restore_best
+                               else self._params[:0].copy())
+            return self._train(x, y, run, progress, on_divergence, interrupted, seed=seed,
+                               optimizer=optimizer)
 
-    def _validation_split(self, xt, yt, sw, validation_data, validation_fraction, seed):
-        """(xt, yt, sw) for training and (xv, yv, swv) for validation, as kernel_columns."""
-        empty = np.zeros((xt.shape[0], 0), dtype=self.dtype)
-        none = (empty, np.zeros((yt.shape[0], 0), dtype=self.dtype),
-                np.zeros(0, dtype=self.dtype))
+    def _validation_split(self, x, y, sw, validation_data, validation_fraction, seed):
+        """(x, y, sw) for training and the validation set (options.Data, or None), all
+        as the kernels take them."""
         if validation_data is not None and validation_fraction is not None:
             raise ValueError("give validation_data or validation_fraction, not both")
         if validation_data is not None:
@@ -380,14 +369,14 @@ class MLP:
             except (TypeError, ValueError):
                 raise TypeError("validation_data must be a pair (X_val, y_val)") from None
             xv = self._inputs(xv_raw)
-            yv = self._targets(yv_raw, xv.shape[1])
-            return xt, yt, sw, xv, yv, none[2]
+            yv = self._targets(yv_raw, xv.shape[0])
+            return x, y, sw, O.Data(xv, yv, np.zeros(0, dtype=self.dtype))
         if validation_fraction is None:
-            return (xt, yt, sw) + none
+            return x, y, sw, None
         f = validation_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
             raise ValueError(f"validation_fraction must be a number in (0, 1), got {f!r}")
-        n = xt.shape[1]
+        n = x.shape[0]
         n_val = int(round(f * n))
         if n_val < 1 or n_val >= n:
             raise ValueError(f"validation_fraction={f} of {n} samples leaves "
@@ -396,13 +385,15 @@ class MLP:
         key = seed if seed is not None else (self.seed if self.seed is not None else 0)
         order = np.random.default_rng(key).permutation(n)
         val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-        take = lambda a, idx: V.kernel_columns(a.T[idx])  # noqa: E731
         sw_t = sw[train].copy() if sw.shape[0] else sw
         sw_v = sw[val].copy() if sw.shape[0] else sw
-        return take(xt, train), take(yt, train), sw_t, take(xt, val), take(yt, val), sw_v
+        return (V.kernel_ready(x[train]), V.kernel_ready(y[train]), sw_t,
+                O.Data(V.kernel_ready(x[val]), V.kernel_ready(y[val]), sw_v))
 
-    def _train(self, xt, yt, run, progress, on_divergence, seed=None):
-        """``_run`` holding the model's training lock (one fit at a time per model)."""
+    def _train(self, x, y, run, progress, on_divergence, interrupted, seed=None,
+               optimizer=None):
+        """Run ``run`` to its end holding the model's training lock (one fit at a time
+        per model); the run's History."""
         if not self._fit_lock.acquire(blocking=False):
             raise RuntimeError("this model is already being trained (fit is running in "
                                "another thread); train a copy instead")
@@ -411,295 +402,47 @@ class MLP:
                 raise ValueError("the model's parameters contain NaN or infinity (written "
                                  "through params, weights or biases?); set finite values "
                                  "before training")
+            if optimizer is not None:
+                if self._opt_kind not in (None, optimizer):
+                    self.reset_optimizer()  # another optimizer's state means nothing here
+                self._opt_kind = optimizer
             if seed is not None:  # in place: an Ensemble's member shares this array
-                self._rng_state[:] = K.seed_state(seed)
-            return self._run(xt, yt, run, progress, on_divergence)
+                self._rng_state[:] = seed_state(seed)
+            job = SingleFit(self, x, y, run)
+            outcome = drive(job, interrupted, progress, chunk_seconds=run.chunk_seconds)
+            run.seconds += outcome.seconds
+            run.compile_seconds += outcome.compile_seconds
+            stopped = outcome.stopped
+            job.finish()  # the last checkpoint, still deferring Ctrl-C
         finally:
             self._fit_lock.release()
-
-    def _run(self, xt, yt, run, progress, on_divergence):
-        """Train from epoch ``run.done`` to ``run.epochs`` in chunks; the run's History."""
-        n = xt.shape[1]
-        lay = self._layout
-        batch = n if run.batch_size is None else run.batch_size
-        history = run.history
-        # the plain rule in float64 is applied inside the backward pass, which stores no
-        # gradient (kernels/train.py: fused_step): no gradient buffer then
-        fused = self._plain(run) and self.dtype == np.float64
-        ws = K.make_workspace(lay.sizes_arr, 0 if fused else lay.n_params, batch, n,
-                              self._params[:0], self._keep_z)
-        ws = (ws, self._validation_workspace(run), np.zeros(batch, dtype=self.dtype))
-        backup = None  # the guard's copy of the parameters, made by the first guarded chunk
-        # a chunk this proves safe runs unguarded, without copying the parameters
-        bound = ChunkBound.for_fit(self, run, xt, yt, batch)
-        saver = Saver(self, run, xt, yt) if run.checkpoint is not None else None
-        bar = make_bar(run.epochs - run.done) if progress else None
-        stopped, bad = None, -1
-        snapshots = []  # (epoch, params, rng state) at the starts of the last two chunks
-        # full batch: the latest chunk start whose loss a record showed finite (the loss of
-        # a full-batch epoch is that of its starting state), kept for the rewind when it
-        # is older than both snapshots (chunks shorter than record_every)
-        anchor = None
-        full_batch = batch >= n and not run.shuffle
-        safe = False  # whether the last chunk ran unguarded (ChunkBound proved it safe)
-        chunk = first_chunk(run.epochs - run.done, 3 * n * lay.n_params, run.chunk_seconds)
-        seconds0 = run.seconds
-        # A call of no epochs first: it compiles the kernel, or loads it from Numba's
-        # cache, so that history.seconds (and the chunk sizing) measure training only.
-        # Skipped once the kernel has run on arguments of these types in this process
-        # (a short fit's Python overhead is ~0.1 ms; the dispatch costs 6 us of it).
-        if run.kernel is None:  # chosen once a run: its work counts once (worth_generating)
-            run.kernel = self._train_kernel(n, batch, run)
-        signature = (run.kernel, self.dtype) + tuple(
-            _array_kind(a) for a in (xt, yt, run.sw, run.xv, run.yv, run.swv))
-        if signature not in _KERNELS_RUN:
-            self._kernel_train(xt, yt, run, 0, run.done, self._params, self._rng_state,
-                               self._opt_state, self._opt_step, run.es_state, history,
-                               run.val_history, self._params[:0], ws)
-            _KERNELS_RUN.add(signature)
-        t_start = time.perf_counter()
-        with sigint_deferred() as interrupted:
-            while run.done < run.epochs:
-                if saver is not None:
-                    chunk = saver.cap(chunk)
-                proved_before = safe
-                safe = bound is not None and bound.cannot_diverge(self._params, run.hyper, chunk)
-                if safe:  # unguarded, nothing copied: no rewind ever needs this chunk's start
-                    guard_buffer = self._params[:0]
-                else:
-                    if backup is None:
-                        backup = np.empty_like(self._params)
-                    anchor = self._guard_chunk(run, chunk, backup, snapshots, anchor)
-                    guard_buffer = backup
-                    if full_batch and proved_before:
-                        anchor = snapshots[0]  # the end of a proved chunk: a finite loss
-                t0 = time.perf_counter()
-                ran, bad, early = self._kernel_train(
-                    xt, yt, run, chunk, run.done, self._params, self._rng_state,
-                    self._opt_state, self._opt_step, run.es_state, history, run.val_history,
-                    guard_buffer, ws)
-                seconds = time.perf_counter() - t0
-                if not safe and full_batch and ran > 0 and run.done % run.record_every == 0:
-                    anchor = snapshots[0]  # its epoch was recorded, with a finite loss
-                run.done += ran
-                if early:
-                    stopped = "early_stopping"
-                if bad >= 0:
-                    stopped = "diverged"
-                    older = anchor is not None and not any(anchor is s for s in snapshots)
-                    kept = snapshots + [anchor] if older else snapshots
-                    self._rewind(xt, yt, run, batch, ws, backup, kept)
-                run.seconds = seconds0 + (time.perf_counter() - t_start)
-                if bar is not None and ran:
-                    bar.update(ran, history[(run.done - 1) // run.record_every]
-                               if run.done else None)
-                if stopped:
-                    break
-                if saver is not None and saver.due():
-                    saver.write()
-                if interrupted[0]:
-                    stopped = "interrupted"
-                    break
-                if run.callbacks and self._callbacks_stop(run):
-                    stopped = "callback"
-                    break
-                chunk = next_chunk(ran, seconds, run.epochs - run.done, run.chunk_seconds)
-            history[run.n_records:] = np.nan  # records past a divergence, if any
-            if saver is not None:  # still deferring Ctrl-C: the last write is not cut short
-                saver.write()
-        if bar is not None:
-            bar.close()
-        if run.restore_best and np.isfinite(run.es_state[0]) and stopped != "diverged":
+        if run.stop.restore_best and np.isfinite(run.best_loss[0]) and stopped != "diverged":
             self._params[...] = run.best_params
-        hist = self._history(run, stopped)
+        hist = job.history(stopped)
         if stopped == "interrupted":
             warn_interrupted(run.done, run.epochs, run.checkpoint, stacklevel=4)
         elif stopped == "diverged":
-            self._diverged(xt, yt, run, bad, hist, on_divergence)
+            self._diverged(x, y, run, job.bad, hist, on_divergence)
         return hist
 
-    def _guard_chunk(self, run, chunk, backup, snapshots, anchor):
-        """Before a guarded chunk: backup <- the parameters, and this chunk's start
-        becomes the newest of the (at most two) ``snapshots`` (updated in place); returns
-        the anchor, which follows a snapshot that moves out of backup."""
-        del snapshots[1:]  # the oldest goes before anything is copied
-        if snapshots and snapshots[0][1] is backup:  # about to be overwritten
-            shared_one = snapshots[0]
-            snapshots[0] = _with_params(shared_one, backup.copy())
-            if anchor is shared_one:
-                anchor = snapshots[0]
-        backup[...] = self._params
-        # the kernel writes backup only at a recorded epoch before the chunk's last
-        # (train.train): without one, backup keeps this chunk's start for a replay and
-        # the snapshot need not copy the parameters -- a guarded fit of one chunk then
-        # holds one copy of them, not two
-        shared = not _records_before_last(run.done, chunk, run.record_every)
-        snapshots.insert(0, self._snapshot(run, backup if shared else None))
-        return anchor
-
-    def _rewind(self, xt, yt, run, batch, ws, backup, snapshots):
-        """After divergence: leave the model at the latest state of the run whose loss on
-        the training data is finite; sets run.done to its epoch.
-
-        The kernel's guard restores the parameters of its last good check, which are
-        finite but, in full-batch mode, may already overflow the loss (a full-batch
-        epoch's loss is that of the parameters before its update).  The candidates are
-        that state, the epoch before it, the starts of the last two chunks and, in
-        full-batch mode, the latest chunk start whose loss a record showed finite
-        (``snapshots``, newest first); earlier states are rebuilt by replaying the run
-        from a chunk-start snapshot (bit-identical, the shuffling stream included).  If
-        none has a finite loss, the guard's state stays.
-        """
-        sizes, w_off, b_off, codes = self._kernel_net()
-        # the replays below use backup as their guard's buffer: a snapshot kept in it first
-        # becomes a copy (it still holds its chunk's start: see _run)
-        snapshots = [_with_params(s, s[1].copy()) if s[1] is backup else s for s in snapshots]
-        guarded = self._params.copy()
-        perm = ws[0][-1]
-        found = None
-        for epoch in sorted({run.done, run.done - 1} | {s[0] for s in snapshots},
-                            reverse=True):
-            base = next((s for s in snapshots if s[0] <= epoch), None)
-            if base is None:
-                continue
-            start, params, rng, opt_state, opt_step, es_state = (
-                base[0], *(a.copy() for a in base[1:]))
-            if epoch == run.done:
-                params = guarded.copy()
-                if run.shuffle:  # the kernel drew permutations past the restored epoch
-                    rng = _replay_shuffles(rng, epoch - start, perm)
-            elif epoch > start:
-                ran, bad, _ = self._kernel_train(
-                    xt, yt, run, epoch - start, start, params, rng, opt_state, opt_step,
-                    es_state, np.empty_like(run.history), np.empty_like(run.val_history),
-                    backup, ws)
-                if bad >= 0 or ran != epoch - start:
-                    continue
-            state = (epoch, params, rng, opt_state, opt_step)
-            if found is None:
-                found = state  # the guard's state: the fallback
-            self._params[...] = params
-            if self._finite_loss(xt, yt, run.sw):
-                found = state
-                break
-        run.done, params, rng, opt_state, opt_step = found
-        self._params[...] = params
-        self._rng_state[:] = rng
-        self._opt_state[...] = opt_state
-        self._opt_step[...] = opt_step
-
-    def _kernel_train(self, xt, yt, run, epochs, start, params, rng, opt_state, opt_step,
-                      es_state, history, val_history, backup, ws):
-        """One call of the fused loop (kernels/train.py: train) for ``epochs`` epochs from
-        epoch ``start`` of ``run``; (epochs_done, bad_epoch, early_stopped)."""
-        sizes, w_off, b_off, codes = self._kernel_net()
-        train_ws, val_ws, w_batch = ws
-        batch = xt.shape[1] if run.batch_size is None else run.batch_size
-        return run.kernel(params, sizes, w_off, b_off, codes, self._loss_code, xt, yt, run.sw,
-                           run.xv, run.yv, run.swv, epochs, batch, run.shuffle, rng, start,
-                           run.record_every, history, val_history, backup, run.best_params,
-                           es_state, run.hyper, run.iconf, opt_state, opt_step,
-                           self._decay_mask(run), train_ws, w_batch, val_ws,
-                           K.PRODUCT_MIN_WORK)
-
-    def _train_kernel(self, n, batch, run):
-        """The compiled training loop for this fit: one generated for the architecture
-        when the network is small and the fit full-batch, or the fit per-sample, and long
-        enough to pay for compiling it (kernels/specialize.py: the same results,
-        faster), else the general kernels.train.train."""
-        if not S.ENABLED:
-            return K.train
-        lay = self._layout
-        validating = run.xv.shape[1] > 0
-        weighted = run.sw.shape[0] > 0
-        plain = self._plain(run)
-        if batch == 1:
-            mode = S.per_sample_mode(lay.sizes, self._act_codes, self._loss_code, plain,
-                                     validating, self.dtype, lay.n_params)
-            ok = mode is not None
-        else:
-            full = batch >= n and not run.shuffle
-            products = any(S.uses_products(a, b, n, K.PRODUCT_MIN_WORK) for a, b in lay.shapes)
-            ok = S.eligible(lay.sizes, self._act_codes, self._loss_code, full, validating,
-                            self.dtype, products)
-            mode = "plain" if plain else "full"
-        arch = (lay.sizes, self._act_codes, lay.bias, self._loss_code, weighted, mode)
-        if not ok or not S.worth_generating(run.epochs * n * lay.n_params, *arch):
-            return K.train
-        return S.trainer(*arch)
-
-    def _decay_mask(self, run):
-        """1 on weights, 0 on biases where L2 applies; empty without L2 (the kernels read
-        it only when l2 > 0: a mask as large as the parameters costs memory)."""
-        if run.hyper[O.H_L2] == 0.0:
-            return self._params[:0]
-        return C.decay_mask(self._layout, self.dtype)
-
-    @staticmethod
-    def _plain(run):
-        """Whether the fit uses the plain update rule (no optimizer state, no L2)."""
-        return (run.iconf[O.I_OPTIMIZER] == O.SGD and run.hyper[O.H_MOMENTUM] == 0.0
-                and run.hyper[O.H_L2] == 0.0)
-
-    def _snapshot(self, run, params=None):
-        """What a replay after divergence starts from (see _rewind).  The plain rule
-        never touches the optimizer state, so it is not copied then (it is as large as
-        two parameter vectors).  ``params``: an array already holding the parameters,
-        kept instead of a copy."""
-        opt_state = self._opt_state if self._plain(run) else self._opt_state.copy()
-        params = self._params.copy() if params is None else params
-        return (run.done, params, self._rng_state.copy(), opt_state, self._opt_step.copy(),
-                run.es_state.copy())
-
-    def _validation_workspace(self, run):
-        """The buffers of eval_loss (a forward pass over the validation set: no gradient).
-        Without validation data the kernel never touches them: one small set per model."""
-        nv = run.xv.shape[1]
-        lay = self._layout
-        if nv == 0:
-            key = (self.dtype, self._keep_z)
-            if getattr(self, "_idle_val_ws", (None,))[0] != key:
-                self._idle_val_ws = (key, K.make_workspace(lay.sizes_arr, 0, 1, 1,
-                                                           self._params[:0], self._keep_z))
-            return self._idle_val_ws[1]
-        return K.make_workspace(lay.sizes_arr, 0, nv, nv, self._params[:0], self._keep_z)
-
-    def _history(self, run, stopped):
-        n = run.n_records
-        val = run.val_history[:n].copy() if run.xv.shape[1] else None
-        best = int(run.es_state[2]) if run.xv.shape[1] and run.es_state[2] >= 0 else None
-        return History(loss=run.history[:n].copy(), epochs=run.done,
-                       record_every=run.record_every, seconds=run.seconds, stopped=stopped,
-                       val_loss=val, best_epoch=best)
-
-    def _callbacks_stop(self, run):
-        """Call the run's callbacks with (epoch, history so far, model); True to stop."""
-        hist = self._history(run, None)
-        return any(cb(run.done, hist, self) is False for cb in run.callbacks)
-
-    def _finite_loss(self, xt, yt, sw):
-        """Whether the loss on (xt, yt) with sample weights sw (or none: empty) at the
+    def _finite_loss(self, x, y, sw):
+        """Whether the loss on (x, y) with sample weights sw (or none: empty) at the
         current parameters is finite -- the loss the history records, weighted as they
         are (with weights below 1 a record can be finite where the unweighted sum is
-        not).  Evaluated in blocks of _EVAL_CAP samples, so memory stays small."""
-        n = xt.shape[1]
-        cap = min(n, _EVAL_CAP)
-        ws = K.make_workspace(self._layout.sizes_arr, self._layout.n_params, cap, cap,
-                                  self._params[:0], self._keep_z)
+        not).  Evaluated in blocks of EVAL_CAP samples, so memory stays small."""
+        n = x.shape[0]
         with np.errstate(all="ignore"):
-            for s in range(0, n, cap):
-                xb, yb = xt[:, s:s + cap], yt[:, s:s + cap]  # views, the layout of xt
-                loss = K.weighted_loss_and_gradient(
-                    self._params, *self._kernel_net(), self._loss_code, xb, yb,
-                    sw[s:s + cap], *_loss_workspace(ws), K.PRODUCT_MIN_WORK)
+            for s in range(0, n, EVAL_CAP):
+                loss, _ = self._kernel_loss_and_grad(x[s:s + EVAL_CAP], y[s:s + EVAL_CAP],
+                                                     sw[s:s + EVAL_CAP])
                 if not np.isfinite(loss):
                     return False
         return True
 
-    def _diverged(self, xt, yt, run, bad, hist, on_divergence):
-        if run.done == 0 and not self._finite_loss(xt, yt, run.sw):
+    def _diverged(self, x, y, run, bad, hist, on_divergence):
+        if run.done == 0 and not self._finite_loss(x, y, run.sw):
             cause = (f"the loss is not finite even at the starting parameters: the data "
-                     f"(max |X| = {np.abs(xt).max():.3g}, max |y| = {np.abs(yt).max():.3g}) "
+                     f"(max |X| = {np.abs(x).max():.3g}, max |y| = {np.abs(y).max():.3g}) "
                      f"are too large for {self.dtype.name}; scale them down")
         else:
             cause = f"try a smaller learning rate than lr={run.lr:g}"
@@ -712,13 +455,11 @@ class MLP:
         if on_divergence == "raise":
             raise DivergenceError(msg, epoch=bad, history=hist, model=self)
         warnings.warn(msg, RuntimeWarning, stacklevel=5)  # the caller of fit/resume
-
     # ---- files ----------------------------------------------------------------------
     def save(self, path):
         """Write parameters and architecture to one .npz file (no pickle)."""
         from .io import save_model
         save_model(self, path)
-
 
 def _all_finite(a, block=1 << 16):
     """np.isfinite(a).all() for a 1-D array, a block at a time: no temporary as large as
@@ -726,33 +467,6 @@ def _all_finite(a, block=1 << 16):
     Not the kernel K.all_finite: fit would load one more compiled function in every
     process's first fit (the cold start)."""
     return all(np.isfinite(a[i:i + block]).all() for i in range(0, a.shape[0], block))
-
-
-def _records_before_last(done, chunk, record_every):
-    """Whether a kernel call of ``chunk`` epochs from epoch ``done`` records an epoch
-    before its last (where the divergence guard copies the parameters to backup)."""
-    first = -(-done // record_every) * record_every
-    return first < done + chunk - 1
-
-
-def _with_params(snapshot, params):
-    return (snapshot[0], params) + tuple(snapshot[2:])
-
-
-def _loss_workspace(ws):
-    """allocate_workspace's buffers in loss_and_gradient's argument order."""
-    a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm = ws
-    return grad, a_off, acts, deltas, z_out, y_batch, bits, scale, perm
-
-
-def _replay_shuffles(state, epochs, perm):
-    """The generator state after ``epochs`` shuffled epochs from ``state`` (the kernel
-    draws one permutation per epoch)."""
-    state = state.copy()
-    for _ in range(epochs):
-        K.permutation_into(perm, state)
-    return state
-
 
 def _check_callbacks(callbacks):
     if callbacks is None:

@@ -6,6 +6,10 @@ plain-numpy references in the tests. Vectorization comes from the loop structure
 """
 
 JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
+# Functions only ever called from other kernels: no CPython wrapper (the code that boxes
+# and unboxes their arguments for Python callers), which is most of what Numba generates
+# and compiles for a small function.
+INNER = dict(JIT, no_cpython_wrapper=True)
 
 # A layer's products (forward, weight gradient, back-propagation) go through the
 # matrix-product kernel (dense._matmul: register tiles, tiles.py, or BLAS) when the layer

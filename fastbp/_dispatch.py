@@ -1,0 +1,211 @@
+"""Which compiled kernel runs a fit: the one place that decides.
+
+For every fit (MLP, Ensemble, the scikit-learn wrappers) the dispatcher picks
+
+- the training loop: a general entry for the fit's mode (full batch, mini-batch,
+  per-sample), update rule and validation (kernels/loops.py), or a kernel generated
+  for the network's exact architecture (kernels/generate.py), which runs small
+  networks several times faster but is one more compilation;
+- the matrix-product unit of the wide layers (kernels/gemm.py): the register tiles, or
+  the plain recurrence, which computes the same numbers slower but compiles in a
+  fraction of the time.
+
+The choice never changes results -- every candidate computes the same numbers in the
+same order (tests/test_goldens.py, tests/test_generate.py) -- only how long the user
+waits.  It weighs what a kernel costs to compile (nothing once it is compiled in this
+process or cached on disk) against what it saves on this fit's work, counting the work
+of earlier fits of the same kind in this process, so that a loop of short fits
+switches to the faster kernel once it has spent about a compilation's time.
+
+Compiled kernels are remembered twice: in this process (``_loaded``), and on disk by
+a marker file per kernel in fastbp's cache folder, written after the kernel was first
+compiled and stamped with the kernels' sources, Numba's version and the CPU -- the
+facts Numba's own cache depends on.
+"""
+import hashlib
+import os
+import sys
+import threading
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from .kernels import gemm as G
+from .kernels import loops as L
+from .kernels import options as O
+from .kernels import rules as R
+from .kernels.config import PRODUCT_MIN_WEIGHTS, PRODUCT_MIN_WORK
+from .kernels.generate import cache_dir, kernel_sources_digest
+
+# Seconds to compile each kind of kernel on the 2-core development machine (one CPU,
+# empty cache; asv_benchmarks/benchmarks/bench_cold_start.py measures them), and how
+# much faster the faster candidate runs.  A faster kernel is compiled when the work it
+# would save reaches its compile time.
+TILES_COMPILE_SECONDS = 3.0
+RECURRENCE_SECONDS_PER_MADD = 2.5e-10  # the recurrence gemm, per multiply-add
+TILES_SECONDS_PER_MADD = 2.5e-11       # the register tiles (batch 64, H >= 64)
+GENERATED_COMPILE_SECONDS = 3.0
+# the general full-batch loop takes ~this per multiply-add of a small network (XOR: 21
+# samples x 37 parameters x 3 products per epoch), a generated kernel ~5x less
+GENERAL_SECONDS_PER_MADD = 1.5e-9
+GENERATED_SPEEDUP = 5.0
+
+_lock = threading.Lock()
+_loaded = set()     # kernel keys compiled or loaded in this process
+_work_seen = {}     # kernel key -> work of the fits that could have used it, so far
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What runs a fit: ``kernel`` (the compiled training entry), its ``name`` (for
+    History and the compile announcement), ``key`` (for the registry) and the gemm unit
+    ("tiles", "recurrence" or None when no layer uses products)."""
+    kernel: object
+    name: str
+    key: tuple
+    gemm: str | None
+    mode: str
+    rule: str
+
+
+# ----------------------------------------------------------------------- the registry
+def _marker(key):
+    stamp = "|".join(map(str, (key, kernel_sources_digest(), numba.__version__,
+                               numba.config.CPU_NAME or "host", sys.platform)))
+    return os.path.join(cache_dir(), "compiled",
+                        hashlib.sha256(stamp.encode()).hexdigest()[:24])
+
+
+def is_compiled(key):
+    """Whether the kernel ``key`` is compiled in this process or, as far as fastbp knows,
+    cached on disk (then it only loads: a fraction of a second)."""
+    if key in _loaded or numba.config.DISABLE_JIT:
+        return True
+    return os.path.exists(_marker(key))
+
+
+def is_loaded(key):
+    """Whether the kernel ``key`` has run in this process (nothing left to load)."""
+    return key in _loaded
+
+
+def mark_compiled(key):
+    """Record that the kernel ``key`` now exists compiled (in this process and on disk)."""
+    with _lock:
+        if key in _loaded:
+            return
+        _loaded.add(key)
+    path = _marker(key)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(repr(key) + "\n")
+    except OSError:  # a read-only cache: the next process compiles (or loads) again
+        pass
+
+
+def _worth(key, seconds_saved, compile_seconds):
+    """Whether to use the faster kernel ``key``: compiled already, or this fit and the
+    earlier ones that could have used it save at least its compile time."""
+    if is_compiled(key):
+        return True
+    with _lock:
+        total = _work_seen.get(key, 0.0) + seconds_saved
+        if total >= compile_seconds:
+            return True
+        _work_seen[key] = total
+    return False
+
+
+# ---------------------------------------------------------------------- matrix products
+def product_layers(sizes, nb_max, product_min_work=PRODUCT_MIN_WORK):
+    """The layers whose products can go to gemm with batches of up to nb_max samples
+    (kernels/batch.py: uses_products), and the multiply-adds of their products per
+    sample (forward, back-propagated delta, weight gradient)."""
+    layers, madds = [], 0
+    for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if (product_min_work >= 0 and nb_max > 1 and a * b >= PRODUCT_MIN_WEIGHTS
+                and a * b * nb_max >= product_min_work):
+            layers.append(l)
+            madds += (3 if l > 0 else 2) * a * b
+    return layers, madds
+
+
+def choose_gemm(sizes, dtype, nb_max, samples_seen):
+    """The gemm unit for a fit whose batches hold up to nb_max samples and that runs
+    ``samples_seen`` samples through the network in all: None when no layer uses
+    products, the tiles when they are compiled or save their compile time, else the
+    recurrence (the same numbers)."""
+    layers, madds = product_layers(sizes, nb_max)
+    if not layers:
+        return None
+    saved = samples_seen * madds * (RECURRENCE_SECONDS_PER_MADD - TILES_SECONDS_PER_MADD)
+    key = ("gemm", "tiles", np.dtype(dtype).name)
+    return "tiles" if _worth(key, saved, TILES_COMPILE_SECONDS) else "recurrence"
+
+
+def gemm_address(kind, dtype):
+    """The address of the gemm unit ``kind`` (0 for None), compiled on first use."""
+    if kind is None:
+        return 0
+    address = G.unit_address(kind, dtype)
+    mark_compiled(("gemm", kind, np.dtype(dtype).name))
+    return address
+
+
+def make_net(layout, act_codes, loss_code, dtype, gemm):
+    """The kernels' Net for a model, with the gemm unit ``gemm`` (None: no products).
+    BLAS takes the largest products when numpy's OpenBLAS runs them on enough threads
+    (config.BLAS_THREADED_MIN_WORK)."""
+    from .kernels.config import BLAS_MIN_THREADS, BLAS_THREADED_MIN_WORK
+    blas = 0
+    if gemm is not None and G.blas_threads() >= BLAS_MIN_THREADS:
+        blas = G.blas()[0][np.dtype(dtype)]
+    return O.Net(layout.sizes_arr, layout.w_off, layout.b_off, act_codes, int(loss_code),
+                 PRODUCT_MIN_WORK, gemm_address(gemm, dtype), blas, BLAS_THREADED_MIN_WORK)
+
+
+# --------------------------------------------------------------------- training loops
+def fit_mode(n, batch, shuffle, loss_code):
+    """"full", "mini" or "sample" (kernels/loops.py) for a fit of n samples."""
+    if batch >= n and not shuffle:
+        return "full"
+    if batch == 1 and loss_code != R.CROSS_ENTROPY:
+        return "sample"
+    return "mini"
+
+
+def rule_kind(rule, dtype, mode):
+    """"fused", "plain" or "stateful" (kernels/loops.py)."""
+    if not O.is_plain(rule):
+        return "stateful"
+    # the plain step inside the backward pass rounds like the separate step only in
+    # float64 (float32 computes w - lr * g in float64 in the separate step)
+    if mode != "sample" and np.dtype(dtype) == np.float64:
+        return "fused"
+    return "plain"
+
+
+_MODE_NAMES = {"full": "full-batch", "mini": "mini-batch", "sample": "per-sample"}
+_RULE_NAMES = {"fused": "plain SGD", "plain": "plain SGD", "stateful": "momentum/Adam/L2"}
+
+
+def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0):
+    """The Plan of one MLP fit (or one model of an Ensemble) of ``epochs`` epochs over n
+    samples in batches of ``batch``."""
+    layout = model._layout
+    dtype = model.dtype
+    mode = fit_mode(n, batch, shuffle, model._loss_code)
+    kind = rule_kind(rule, dtype, mode)
+    nb_max = max(min(batch, n) if mode != "sample" else 1, n_val if validating else 0)
+    gemm = choose_gemm(layout.sizes, dtype, nb_max, epochs * n + (epochs * n_val))
+    key = ("train", mode, kind, bool(validating), np.dtype(dtype).name)
+    name = f"{_MODE_NAMES[mode]} {_RULE_NAMES[kind]}" + (
+        ", validating" if validating else "") + f" ({np.dtype(dtype).name})"
+    return Plan(L.trainer(mode, kind, validating), name, key, gemm, mode, kind)
+
+
+def eval_gemm(model, n):
+    """The gemm unit of a forward pass (predict, loss, gradient) over n samples."""
+    return choose_gemm(model._layout.sizes, model.dtype, n, n)

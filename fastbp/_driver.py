@@ -1,0 +1,151 @@
+"""The chunk driver: how every training run (MLP, Ensemble, CUDA, the scikit-learn
+wrappers) goes from its first epoch to its last.
+
+The kernels run many epochs per call; Python comes back between chunks sized to take
+about ``chunk_seconds`` each, to draw the progress bar, write checkpoints, call
+callbacks and notice Ctrl-C.  Chunking never changes results: epochs are numbered
+within the run and the shuffling stream's state lives in an array the kernel updates.
+
+A run is a *job* (an object with the methods ``drive`` calls, below); the driver owns
+the loop: compile first (announced when slow, timed apart from training), then chunks
+until the job is done, stops or is interrupted.  What a chunk means -- one model with
+its divergence guard, many models, a GPU launch -- is the job's business.
+
+Job methods:
+    pending()            names of kernels the job still has to compile (announced)
+    prepare()            compile or load them
+    work_per_epoch()     multiply-adds of one epoch (sizes the first chunk)
+    remaining()          epochs still to run
+    cap(epochs)          the next chunk's length, cut where the job needs a boundary
+                         (a checkpoint epoch, a point where scikit-learn could stop)
+    run_chunk(epochs)    run them; (epochs run, reason to stop or None)
+    after_chunk()        checkpoints, callbacks; a reason to stop or None
+    last_loss()          for the progress bar
+"""
+import signal
+import sys
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+
+from ._progress import make_bar
+
+CHUNK_SECONDS = 0.2
+_FIRST_CHUNK_WORK = 2e6  # multiply-adds in the first, timing chunk (~1-10 ms)
+# the longest chunk, in epochs: bounds the records buffer a chunk fills
+MAX_CHUNK_EPOCHS = 1 << 20
+
+
+def first_chunk(epochs, work_per_epoch, target=CHUNK_SECONDS):
+    """Epochs for the first chunk, from the work of an epoch (multiply-adds), aiming well
+    under ``target`` seconds: the chunks after it are sized from its measured speed."""
+    budget = _FIRST_CHUNK_WORK * min(1.0, target / CHUNK_SECONDS)
+    return max(1, min(epochs, MAX_CHUNK_EPOCHS, int(budget // max(work_per_epoch, 1))))
+
+
+def next_chunk(done, seconds, remaining, target=CHUNK_SECONDS):
+    """Epochs for the next chunk from the speed of the last one."""
+    if done <= 0:
+        return max(1, min(remaining, 1))
+    per_epoch = max(seconds, 1e-7) / done
+    return max(1, min(remaining, MAX_CHUNK_EPOCHS, int(target / per_epoch)))
+
+
+@contextmanager
+def sigint_deferred():
+    """Turn Ctrl-C into a flag checked between chunks (main thread only).
+
+    Yields a one-element list whose item becomes True when SIGINT arrives.  Off the main
+    thread Python cannot install handlers; Ctrl-C then behaves as usual.
+    """
+    flag = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag[0] = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # e.g. embedded interpreters
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def warn_interrupted(done, total, checkpoint=None, stacklevel=2):
+    """The warning of a run stopped by Ctrl-C; ``stacklevel`` as if the caller warned."""
+    msg = (f"training interrupted (Ctrl-C) after {done} of {total} epochs; "
+           f"the model holds the parameters after epoch {done}")
+    if checkpoint is not None:
+        msg += f"; fastbp.resume({checkpoint!r}, X, y) continues the run"
+    warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel + 1)
+
+
+def announce(names):
+    """One line on stderr before a compilation the user will notice."""
+    what = " and ".join(names)
+    sys.stderr.write(f"fastbp: compiling {what} for this machine (a few seconds, once: "
+                     f"cached on disk for later runs)\n")
+    sys.stderr.flush()
+
+
+class Outcome:
+    """What drive reports: why the run stopped (None: it finished), the seconds spent
+    training and compiling."""
+
+    def __init__(self):
+        self.stopped = None
+        self.seconds = 0.0
+        self.compile_seconds = 0.0
+
+
+def drive(job, interrupted, progress=False, desc="fit", chunk_seconds=CHUNK_SECONDS):
+    """Run ``job`` (see the module docstring) until it is done, stops or Ctrl-C sets
+    ``interrupted[0]`` (from sigint_deferred, entered by the caller before any setup).
+    Returns an Outcome."""
+    out = Outcome()
+    if interrupted[0]:
+        out.stopped = "interrupted"
+        return out
+    pending = job.pending()
+    if pending:
+        announce(pending)
+    t0 = time.perf_counter()
+    job.prepare()
+    out.compile_seconds = time.perf_counter() - t0
+    if interrupted[0]:
+        out.stopped = "interrupted"
+        return out
+    bar = make_bar(job.remaining(), desc) if progress else None
+    chunk = first_chunk(job.remaining(), job.work_per_epoch(), chunk_seconds)
+    t_start = time.perf_counter()
+    try:
+        while job.remaining() > 0:
+            chunk = job.cap(min(chunk, job.remaining()))
+            t0 = time.perf_counter()
+            ran, stopped = job.run_chunk(chunk)
+            seconds = time.perf_counter() - t0
+            if bar is not None and ran:
+                bar.update(ran, job.last_loss())
+            if stopped:
+                out.stopped = stopped
+                break
+            reason = job.after_chunk()
+            if interrupted[0]:
+                out.stopped = "interrupted"
+                break
+            if reason:
+                out.stopped = reason
+                break
+            chunk = next_chunk(ran, seconds, job.remaining(), chunk_seconds)
+    finally:
+        out.seconds = time.perf_counter() - t_start
+        if bar is not None:
+            bar.close()
+    return out

@@ -1,0 +1,273 @@
+"""One model's training run as a job of the chunk driver (fastbp/_driver.py), with the
+divergence guard: what MLP.fit and fastbp.resume run.
+
+Divergence: the kernel checks the loss and the parameters at every recorded epoch and
+at the end of a chunk, and on a NaN or infinity puts back the parameters of its last
+good check (its ``backup``) and stops.  A full-batch epoch's loss is that of the
+parameters before its update, so that state may still give an infinite loss; the
+rewind (``_rewind``) then looks further back, replaying chunks from snapshots taken at
+their starts (the replay is bit-identical: the same kernel, the same shuffling stream).
+
+A chunk that ChunkBound (fastbp/_divergence.py) proves unable to diverge runs with the
+guard off and no copy of the parameters: the guard could not have fired, so the
+results are the same bits.
+"""
+import numpy as np
+
+from . import _dispatch as D
+from ._divergence import ChunkBound
+from .checkpoint import Saver
+from .history import History
+from .kernels import options as O
+
+# predict / loss / gradient process at most this many samples per kernel batch
+EVAL_CAP = 4096
+
+
+class SingleFit:
+    """The job of one MLP's run (see fastbp/_driver.py for the job protocol)."""
+
+    def __init__(self, model, x, y, run):
+        self.model = model
+        self.x, self.y = x, y
+        self.run = run
+        n = x.shape[0]
+        self.n = n
+        self.batch = n if run.batch_size is None else run.batch_size
+        n_val = 0 if run.val is None else run.val.x.shape[0]
+        self.plan = D.plan_fit(model, n, self.batch, run.shuffle, run.rule, run.validating,
+                               run.epochs - run.done, n_val)
+        run.kernel_name = self.plan.name
+        self.data = O.Data(x, y, run.sw)
+        self.loop = O.Loop(self.batch, run.shuffle, run.record_every)
+        lay = model._layout
+        self.work = O.make_work(lay.sizes_arr, lay.n_params, self.batch, n, model.dtype,
+                                model._keep_z, per_sample=self.plan.mode == "sample",
+                                gradient=self.plan.rule != "fused")
+        self.val_work = None if run.val is None else O.make_work(
+            lay.sizes_arr, 0, n_val, n_val, model.dtype, model._keep_z)
+        self.net = None  # made in prepare (it compiles the gemm unit)
+        self.backup = None  # the guard's copy of the parameters, made by a guarded chunk
+        # a chunk this proves safe runs unguarded, without copying the parameters
+        self.bound = ChunkBound.for_fit(model, run, x, y, self.batch)
+        self.saver = Saver(model, run, x, y) if run.checkpoint is not None else None
+        self.snapshots = []  # (epoch, params, rng, moments, step, es) at chunk starts
+        # full batch: the latest chunk start whose loss a record showed finite (the loss
+        # of a full-batch epoch is that of its starting state), kept for the rewind
+        # when it is older than both snapshots (chunks shorter than record_every)
+        self.anchor = None
+        self.full_batch = self.plan.mode == "full"
+        self.safe = False  # whether the last chunk ran unguarded
+        self.bad = -1
+
+    # ---- the job protocol ----------------------------------------------------------
+    def pending(self):
+        names = []
+        if not D.is_compiled(self.plan.key):
+            names.append(f"the {self.plan.name} training kernel")
+        if self.plan.gemm == "tiles" and not D.is_compiled(("gemm", "tiles",
+                                                             self.model.dtype.name)):
+            names.append("the matrix-product tiles")
+        return names
+
+    def prepare(self):
+        model = self.model
+        self.net = D.make_net(model._layout, model._act_codes, model._loss_code,
+                              model.dtype, self.plan.gemm)
+        if not D.is_loaded(self.plan.key):
+            # a call of no epochs compiles the kernel or loads it from Numba's cache,
+            # so that History.seconds and the chunk sizing measure training only
+            self._call(0, self.run.done, model._params, self.run.state(model),
+                       np.empty(0), np.empty(0) if self.run.validating else None,
+                       model._params[:0])
+            D.mark_compiled(self.plan.key)
+
+    def work_per_epoch(self):
+        return 3 * self.n * self.model._layout.n_params
+
+    def remaining(self):
+        return self.run.epochs - self.run.done
+
+    def cap(self, chunk):
+        return self.saver.cap(chunk) if self.saver is not None else chunk
+
+    def run_chunk(self, chunk):
+        run, model = self.run, self.model
+        proved_before = self.safe
+        self.safe = self.bound is not None and self.bound.cannot_diverge(
+            model._params, run.rule.lr, chunk)
+        if self.safe:  # unguarded, nothing copied: no rewind ever needs this chunk's start
+            guard_buffer = model._params[:0]
+        else:
+            if self.backup is None:
+                self.backup = np.empty_like(model._params)
+            self._guard_chunk(chunk)
+            guard_buffer = self.backup
+            if self.full_batch and proved_before:
+                self.anchor = self.snapshots[0]  # the end of a proved chunk: a finite loss
+        start = run.done
+        history, val_history = self._record_buffers(start, chunk)
+        ran, bad, early = self._call(chunk, start, model._params, run.state(model), history,
+                                     val_history, guard_buffer)
+        if not self.safe and self.full_batch and ran > 0 and start % run.record_every == 0:
+            self.anchor = self.snapshots[0]  # its epoch was recorded, with a finite loss
+        reached = ran if bad < 0 else bad - start + 1
+        k = -(-(start + reached) // run.record_every) - -(-start // run.record_every)
+        run.records.extend(-(-start // run.record_every), history[:k],
+                           None if val_history is None else val_history[:k])
+        run.done += ran
+        if bad >= 0:
+            self.bad = bad
+            older = self.anchor is not None and not any(self.anchor is s
+                                                         for s in self.snapshots)
+            self._rewind(self.snapshots + [self.anchor] if older else self.snapshots)
+            run.records.truncate(run.n_records)
+            return ran, "diverged"
+        return ran, "early_stopping" if early else None
+
+    def after_chunk(self):
+        if self.saver is not None and self.saver.due():
+            self.saver.write()
+        return None
+
+    def callbacks(self):
+        run = self.run
+        if not run.callbacks:
+            return None
+        hist = self.history(None)
+        if any(cb(run.done, hist, self.model) is False for cb in run.callbacks):
+            return "callback"
+        return None
+
+    def last_loss(self):
+        last = self.run.records.last()
+        return None if last is None else float(last)
+
+    def finish(self):
+        """After the last chunk: the final checkpoint."""
+        if self.saver is not None:
+            self.saver.write()
+
+    # ---- pieces ------------------------------------------------------------------------
+    def history(self, stopped):
+        run = self.run
+        loss, val = run.records.view()
+        best = int(run.best_epoch[0]) if run.validating and run.best_epoch[0] >= 0 else None
+        return History(loss=loss, epochs=run.done, record_every=run.record_every,
+                       seconds=run.seconds, stopped=stopped, val_loss=val, best_epoch=best,
+                       compile_seconds=run.compile_seconds, kernel=run.kernel_name,
+                       stride=run.records.stride)
+
+    def _record_buffers(self, start, chunk):
+        re = self.run.record_every
+        k = -(-(start + chunk) // re) - -(-start // re)
+        history = np.full(k, np.nan)
+        return history, (np.full(k, np.nan) if self.run.validating else None)
+
+    def _call(self, epochs, start, params, state, history, val_history, backup):
+        """One call of the training kernel for ``epochs`` epochs from epoch ``start``;
+        (epochs_done, bad_epoch, early_stopped)."""
+        run = self.run
+        ran, bad, early = self.plan.kernel(params, self.net, self.data, run.val, self.loop,
+                                           run.rule, run.stop, state, self.work,
+                                           self.val_work, history, val_history, backup,
+                                           start, epochs)
+        return int(ran), int(bad), bool(early)
+
+    def _guard_chunk(self, chunk):
+        """Before a guarded chunk: backup <- the parameters, and this chunk's start
+        becomes the newest of the (at most two) snapshots; the anchor follows a snapshot
+        that moves out of backup."""
+        snapshots, backup, run = self.snapshots, self.backup, self.run
+        del snapshots[1:]  # the oldest goes before anything is copied
+        if snapshots and snapshots[0][1] is backup:  # about to be overwritten
+            shared_one = snapshots[0]
+            snapshots[0] = _with_params(shared_one, backup.copy())
+            if self.anchor is shared_one:
+                self.anchor = snapshots[0]
+        backup[...] = self.model._params
+        # the kernel writes backup only at a recorded epoch before the chunk's last: without
+        # one, backup keeps this chunk's start for a replay and the snapshot need not copy
+        # the parameters -- a guarded fit of one chunk then holds one copy of them, not two
+        shared = not _records_before_last(run.done, chunk, run.record_every)
+        snapshots.insert(0, self._snapshot(backup if shared else None))
+
+    def _snapshot(self, params=None):
+        """What a replay after divergence starts from.  The plain rule never touches the
+        optimizer state, so it is not copied then (it is as large as two parameter
+        vectors).  ``params``: an array already holding the parameters, kept instead of a
+        copy."""
+        model, run = self.model, self.run
+        moments = model._opt_state if O.is_plain(run.rule) else model._opt_state.copy()
+        params = model._params.copy() if params is None else params
+        es = (run.best_loss.copy(), run.bad_checks.copy(), run.best_epoch.copy())
+        return (run.done, params, model._rng_state.copy(), moments, model._opt_step.copy(),
+                es)
+
+    def _rewind(self, snapshots):
+        """After divergence: leave the model at the latest state of the run whose loss on
+        the training data is finite; sets run.done to its epoch.
+
+        The candidates are the guard's state, the epoch before it, the starts of the last
+        two chunks and, in full-batch mode, the latest chunk start whose loss a record
+        showed finite (``snapshots``, newest first); earlier states are rebuilt by
+        replaying the run from a chunk-start snapshot.  If none has a finite loss, the
+        guard's state stays."""
+        model, run, backup = self.model, self.run, self.backup
+        # the replays use backup as their guard's buffer: a snapshot kept in it first
+        # becomes a copy (it still holds its chunk's start)
+        snapshots = [_with_params(s, s[1].copy()) if s[1] is backup else s for s in snapshots]
+        guarded = model._params.copy()
+        found = None
+        for epoch in sorted({run.done, run.done - 1} | {s[0] for s in snapshots},
+                            reverse=True):
+            base = next((s for s in snapshots if s[0] <= epoch), None)
+            if base is None:
+                continue
+            start, params, rng, moments, step = base[0], *(a.copy() for a in base[1:5])
+            es = tuple(a.copy() for a in base[5])
+            if epoch == run.done:
+                params = guarded.copy()
+                if run.shuffle:  # the kernel drew permutations past the restored epoch
+                    rng = _replay_shuffles(rng, epoch - start, self.work.perm)
+            elif epoch > start:
+                state = O.State(rng, moments, step, *es, run.best_params)
+                history, val_history = self._record_buffers(start, epoch - start)
+                ran, bad, _ = self._call(epoch - start, start, params, state, history,
+                                         val_history, backup)
+                if bad >= 0 or ran != epoch - start:
+                    continue
+            candidate = (epoch, params, rng, moments, step)
+            if found is None:
+                found = candidate  # the guard's state: the fallback
+            model._params[...] = params
+            if model._finite_loss(self.x, self.y, run.sw):
+                found = candidate
+                break
+        run.done, params, rng, moments, step = found
+        model._params[...] = params
+        model._rng_state[:] = rng
+        model._opt_state[...] = moments
+        model._opt_step[...] = step
+
+
+def _records_before_last(done, chunk, record_every):
+    """Whether a kernel call of ``chunk`` epochs from epoch ``done`` records an epoch
+    before its last (where the divergence guard copies the parameters to backup)."""
+    first = -(-done // record_every) * record_every
+    return first < done + chunk - 1
+
+
+def _with_params(snapshot, params):
+    return (snapshot[0], params) + tuple(snapshot[2:])
+
+
+def _replay_shuffles(state, epochs, perm):
+    """The generator state after ``epochs`` shuffled epochs from ``state`` (the kernel
+    draws one permutation per epoch)."""
+    from .kernels.rng import permutation_into
+    state = state.copy()
+    for _ in range(epochs):
+        permutation_into(perm, state)
+    return state
+

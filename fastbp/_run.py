@@ -1,0 +1,66 @@
+"""The state of one training run of one model: one ``fit`` call, continued by ``resume``."""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .history import Records
+from .kernels import options as O
+
+
+@dataclass
+class Run:
+    """Settings and progress of one run.
+
+    ``done`` epochs of ``epochs`` have run; their loss records are in ``records``
+    (bounded: history.Records).  ``rule`` and ``stop`` are the kernels' options
+    (kernels/options.py); ``best_loss``, ``bad_checks``, ``best_epoch`` and
+    ``best_params`` the early-stopping record, kept from chunk to chunk.
+    """
+    epochs: int
+    lr: float
+    batch_size: int | None  # None: full batch
+    shuffle: bool
+    record_every: int
+    rule: O.Rule
+    stop: O.Stop
+    sw: np.ndarray                       # sample weights, (n,) or (0,)
+    val: O.Data | None                   # validation set, or None
+    records: Records = None
+    done: int = 0
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+    kernel_name: str | None = None
+    checkpoint: str | None = None
+    every: tuple | None = None  # ("epochs", int) or ("seconds", float)
+    data_n: int = 0
+    data_key: str | None = None
+    callbacks: list = field(default_factory=list)
+    chunk_seconds: float = 0.2
+    best_loss: np.ndarray = field(default_factory=lambda: np.full(1, np.inf))
+    bad_checks: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    best_epoch: np.ndarray = field(default_factory=lambda: np.full(1, -1, dtype=np.int64))
+    best_params: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.records is None:
+            self.records = Records(validating=self.val is not None)
+
+    @property
+    def validating(self):
+        return self.val is not None
+
+    @property
+    def n_records(self):
+        """Records of the epochs done (epochs 0, k, 2k, ... below ``done``)."""
+        return -(-self.done // self.record_every)
+
+    def state(self, model):
+        """The kernels' State of this run of ``model``: the model's shuffling stream and
+        optimizer state, this run's early-stopping record (views, not copies)."""
+        return O.State(model._rng_state, model._opt_state, model._opt_step, self.best_loss,
+                       self.bad_checks, self.best_epoch, self.best_params)
+
+    def early_stopping_state(self):
+        """[best validation loss, records without improvement, best epoch]: what a
+        checkpoint stores."""
+        return float(self.best_loss[0]), int(self.bad_checks[0]), int(self.best_epoch[0])

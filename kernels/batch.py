@@ -1,0 +1,319 @@
+"""A batch of samples through the network: forward, loss, backward and update, on rows.
+
+Layout: the activations of a batch of ``nb`` samples are kept FEATURE-major, one
+contiguous row of nb values per unit: layer l's block in the flat buffer ``acts`` starts
+at ``a_off[l]`` (options.activation_offsets) and holds sizes[l] rows of nb values.  The
+innermost loops therefore run over samples: they vectorize (SIMD) while every dot
+product is still summed over the inputs in their natural order, so no sum is
+reassociated (PERF-NOTES.md).  With nb == 1 the forward loops run over units instead.
+
+Wide layers go through matrix products (gemm.py, chosen per layer and batch by
+``uses_products``), narrow ones through loops.  The forward and back-propagated
+products compute the same chains either way; the weight gradient of the loops is
+rules.dot4's four-lane sum, that of the products one chain (gemm.py) -- which is why the
+choice depends on sizes only, never on what happens to be compiled.
+
+Index arithmetic in the sample loops is unsigned (uint64): for a signed index of unknown
+sign Numba adds a negative-index wraparound to every access, which kept LLVM from
+vectorizing (a 4x4 layer over 100 samples: 900 ns signed, 200 ns unsigned).  All operands
+of such an index must be uint64: mixing uint64 and int64 makes Numba compute in float64.
+
+"""
+import numpy as np
+from numba import njit, uint64
+
+from . import gemm
+from .config import INNER, JIT, PRODUCT_MIN_WEIGHTS
+
+LEAF = dict(INNER, inline="always")  # small helpers inlined into the passes that call them
+from .gemm import address
+from .intrinsics import fma
+import math
+
+from .rules import (BCE, CROSS_ENTROPY, RELU, SIGMOID, SOFTMAX, TANH, cross_entropy_column,
+                    delta_scale, dot4, is_combined, loss_of_sum, loss_term, output_delta,
+                    plain_step, relu, relu_back, sigmoid, sigmoid_back, softmax_column, sum4,
+                    tanh_back)
+
+@njit(**LEAF)
+def uses_products(n_in, n_out, nb, product_min_work):
+    """Whether a layer's products go through gemm rather than the loops: at least
+    PRODUCT_MIN_WEIGHTS weights and one product, n_in * n_out * nb, of at least
+    product_min_work multiply-adds (config.PRODUCT_MIN_WORK; -1: never)."""
+    return (product_min_work >= 0 and nb > 1 and n_in * n_out >= PRODUCT_MIN_WEIGHTS
+            and n_in * n_out * nb >= product_min_work)
+
+
+@njit(**LEAF)
+def _matmul(net, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """c <- alpha * op(a) @ op(b) + beta * c (gemm.call's contract): on BLAS when the
+    product is large enough for its threads to share (net.blas_min_work), else on the
+    fit's gemm unit."""
+    if net.blas != 0 and m * n * k >= net.blas_min_work:
+        gemm.call(net.blas, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    else:
+        gemm.call(net.gemm, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+# ----------------------------------------------------------------------- rows of rules
+@njit(**LEAF)
+def activate_rows(z, code):
+    """z[s] <- f(z[s]) for activation ``code`` (rules.activate) over a block of rows:
+    one loop per activation, so each loop is branch-free and vectorizes."""
+    if code == SIGMOID:
+        for s in range(z.shape[0]):
+            z[s] = sigmoid(z[s])
+    elif code == RELU:
+        for s in range(z.shape[0]):
+            z[s] = relu(z[s])
+    elif code == TANH:
+        for s in range(z.shape[0]):
+            z[s] = math.tanh(z[s])
+
+
+@njit(**LEAF)
+def derivative_rows(delta, a, code):
+    """delta[s] <- delta[s] * f'(z[s]) (rules.times_derivative) over a block of rows."""
+    if code == SIGMOID:
+        for s in range(delta.shape[0]):
+            delta[s] = sigmoid_back(delta[s], a[s])
+    elif code == RELU:
+        for s in range(delta.shape[0]):
+            delta[s] = relu_back(delta[s], a[s])
+    elif code == TANH:
+        for s in range(delta.shape[0]):
+            delta[s] = tanh_back(delta[s], a[s])
+
+
+# ---------------------------------------------------------------------------- forward
+@njit(**LEAF)
+def affine(params, net, wo, bo, n_in, n_out, a_in, z, nb):
+    """z (n_out rows of nb) <- a_in (n_in rows of nb) @ W + b: each z the fused
+    multiply-add chain over the inputs in order from the first product, then + b."""
+    if uses_products(n_in, n_out, nb, net.product_min_work):
+        # z (n_out, nb) = W^T (W is n_in rows of n_out) @ a_in (n_in, nb)
+        _matmul(net, True, False, n_out, nb, n_in, 1.0, address(params, wo), n_out,
+                address(a_in, 0), nb, 0.0, address(z, 0), nb)
+    elif nb == 1:
+        a0 = a_in[0]
+        for j in range(n_out):
+            z[j] = params[wo + j] * a0
+        for i in range(1, n_in):
+            a = a_in[i]
+            row = wo + i * n_out
+            for j in range(n_out):
+                z[j] = fma(params[row + j], a, z[j])
+    else:
+        u_nb = uint64(nb)
+        for j in range(n_out):
+            w0 = params[wo + j]
+            zj = uint64(j) * u_nb
+            for s in range(u_nb):
+                z[zj + s] = w0 * a_in[s]
+        for i in range(1, n_in):
+            ar = uint64(i) * u_nb
+            row = wo + i * n_out
+            for j in range(n_out):
+                wij = params[row + j]
+                zj = uint64(j) * u_nb
+                for s in range(u_nb):
+                    z[zj + s] = fma(wij, a_in[ar + s], z[zj + s])
+    if bo >= 0:
+        u_nb = uint64(nb)
+        for j in range(n_out):
+            bj = params[bo + j]
+            zj = uint64(j) * u_nb
+            for s in range(u_nb):
+                z[zj + s] += bj
+
+
+@njit(**INNER)
+def forward(params, net, acts, a_off, nb, z_out):
+    """Forward pass of a batch whose inputs are already in acts' layer-0 block.
+    z_out receives the output layer's pre-activation (bce, cross_entropy need it) when
+    it is long enough; pass an empty array to skip the copy."""
+    sizes = net.sizes
+    n_layers = sizes.shape[0] - 1
+    for l in range(n_layers):
+        n_in = sizes[l]
+        n_out = sizes[l + 1]
+        zo = a_off[l + 1]
+        z = acts[zo:zo + n_out * nb]
+        affine(params, net, net.w_off[l], net.b_off[l], n_in, n_out,
+               acts[a_off[l]:a_off[l] + n_in * nb], z, nb)
+        if l == n_layers - 1 and z_out.shape[0] >= n_out * nb:
+            for s in range(n_out * nb):
+                z_out[s] = z[s]
+        if net.acts[l] == SOFTMAX:
+            u_nb = uint64(nb)
+            for s in range(u_nb):
+                softmax_column(z, s, u_nb, n_out)
+        else:
+            activate_rows(z, net.acts[l])
+
+
+# ------------------------------------------------------------------------ loss, delta
+@njit(**INNER)
+def batch_loss(acts, oo, y, z, w, code, k, nb):
+    """Loss of one batch (float64): outputs at acts[oo:] and targets y, k rows of nb;
+    z the output pre-activations (bce, cross_entropy); w the sample weights or empty."""
+    total = 0.0
+    uo = uint64(oo)  # unsigned offsets keep the loops vectorizable (module docstring)
+    u_nb = uint64(nb)
+    weighted = w.shape[0] > 0
+    if code == CROSS_ENTROPY:
+        for s in range(u_nb):
+            ls = cross_entropy_column(z, y, s, u_nb, k)
+            total += w[s] * ls if weighted else ls
+        return loss_of_sum(total, code, k, nb)
+    bce = code == BCE
+    for j in range(uint64(k)):
+        row = j * u_nb
+        for s in range(u_nb):
+            zs = z[row + s] if bce else 0.0
+            e = loss_term(acts[uo + row + s], y[row + s], zs, code)
+            total += w[s] * e if weighted else e
+    return loss_of_sum(total, code, k, nb)
+
+
+@njit(**INNER)
+def output_deltas(acts, oo, y, deltas, w, loss, act, k, nb):
+    """deltas[oo:] (k rows of nb) <- dLoss/dz of the output layer, times the sample
+    weights."""
+    uo = uint64(oo)
+    u_nb = uint64(nb)
+    scale = delta_scale(loss, act, k, nb)
+    combined = is_combined(loss, act)
+    for s in range(uint64(k * nb)):
+        deltas[uo + s] = output_delta(acts[uo + s], y[s], scale, act, combined)
+    if w.shape[0] > 0:
+        for j in range(uint64(k)):
+            row = uo + j * u_nb
+            for s in range(u_nb):
+                deltas[row + s] *= w[s]
+
+
+# --------------------------------------------------------------------------- backward
+@njit(**LEAF)
+def _weight_grad(net, a_in, delta, out, go, n_in, n_out, nb, lr, descend):
+    """The layer's weight gradient g = a_in @ delta^T (n_in, n_out): written to out[go:]
+    or, with ``descend``, applied there as the plain step out - lr * g (the products
+    round -lr * g, the same value negated, then add: the same numbers).
+    a_in: n_in rows of nb, delta: n_out rows of nb."""
+    if uses_products(n_in, n_out, nb, net.product_min_work):
+        alpha, beta = (-lr, 1.0) if descend else (1.0, 0.0)
+        _matmul(net, False, True, n_in, n_out, nb, alpha, address(a_in, 0), nb,
+                address(delta, 0), nb, beta, address(out, go), n_out)
+        return
+    block = out[go:go + n_in * n_out]
+    u_nb = uint64(nb)
+    u_out = uint64(n_out)
+    for i in range(uint64(n_in)):
+        row = i * u_out
+        for j in range(u_out):
+            g = dot4(a_in, i * u_nb, delta, j * u_nb, u_nb)
+            if descend:
+                block[row + j] = plain_step(block[row + j], g, lr)
+            else:
+                block[row + j] = g
+
+
+@njit(**LEAF)
+def _back_delta(params, net, wo, n_in, n_out, delta, delta_in, nb):
+    """delta_in (n_in rows of nb) <- W (n_in, n_out) @ delta (n_out rows of nb)."""
+    if uses_products(n_in, n_out, nb, net.product_min_work):
+        _matmul(net, False, False, n_in, nb, n_out, 1.0, address(params, wo), n_out,
+                address(delta, 0), nb, 0.0, address(delta_in, 0), nb)
+        return
+    u_nb = uint64(nb)
+    for i in range(n_in):
+        row = wo + i * n_out
+        dr = uint64(i) * u_nb
+        w0 = params[row]
+        for s in range(u_nb):
+            delta_in[dr + s] = w0 * delta[s]
+        for j in range(1, n_out):
+            wij = params[row + j]
+            dj = uint64(j) * u_nb
+            for s in range(u_nb):
+                delta_in[dr + s] = fma(wij, delta[dj + s], delta_in[dr + s])
+
+
+@njit(**INNER)
+def backward(params, net, acts, a_off, deltas, out, nb, lr, descend):
+    """Gradient of the batch loss into ``out`` (params' layout); with ``descend`` (the
+    plain rule) each layer's gradient is instead applied to ``out`` = params as the
+    plain step, once the layer's back-propagated delta (which reads the weights before
+    the step) is computed: no gradient stored, half the memory traffic on wide layers.
+
+    On entry deltas' output block holds dLoss/dz of the output layer (output_deltas);
+    deltas has acts' layout and is overwritten."""
+    sizes = net.sizes
+    n_layers = sizes.shape[0] - 1
+    for l in range(n_layers - 1, -1, -1):
+        n_in = sizes[l]
+        n_out = sizes[l + 1]
+        ai = a_off[l]
+        do = a_off[l + 1]
+        a_in = acts[ai:ai + n_in * nb]
+        delta = deltas[do:do + n_out * nb]
+        if l > 0:
+            _back_delta(params, net, net.w_off[l], n_in, n_out, delta,
+                        deltas[ai:ai + n_in * nb], nb)
+        _weight_grad(net, a_in, delta, out, net.w_off[l], n_in, n_out, nb, lr, descend)
+        bo = net.b_off[l]
+        if bo >= 0:
+            u_nb = uint64(nb)
+            for j in range(n_out):
+                g = sum4(delta, uint64(j) * u_nb, u_nb)
+                if descend:
+                    out[bo + j] = plain_step(out[bo + j], g, lr)
+                else:
+                    out[bo + j] = g
+        if l > 0:
+            derivative_rows(deltas[ai:ai + n_in * nb], a_in, net.acts[l - 1])
+
+
+# ----------------------------------------------------------------------- data loading
+# gather goes sample by sample while the batch's block of the buffer is at most this
+# large (an L1 data cache); beyond, the buffer's rows are far apart and it goes by
+# blocks of 8 samples, each row getting 8 adjacent values (a cache line) at a time
+GATHER_L1_BYTES = 32 * 1024
+
+
+@njit(**INNER)
+def gather(src, start, nb, perm, shuffle, dst, d0):
+    """dst[d0 + i * nb + s] <- src[j, i] for the batch's samples j (perm[start + s] when
+    shuffling, else start + s), s < nb, every column i of the sample-major src."""
+    cols = src.shape[1]
+    if cols * nb * src.itemsize <= GATHER_L1_BYTES:
+        u_cols, u_nb, u_d0, u_start = uint64(cols), uint64(nb), uint64(d0), uint64(start)
+        for s in range(u_nb):
+            j = uint64(perm[u_start + s]) if shuffle else u_start + s
+            for i in range(u_cols):
+                dst[u_d0 + i * u_nb + s] = src[j, i]
+    else:
+        for b in range(0, nb, 8):
+            for i in range(cols):
+                row = d0 + i * nb
+                for s in range(b, min(b + 8, nb)):
+                    dst[row + s] = src[perm[start + s] if shuffle else start + s, i]
+
+
+@njit(**INNER)
+def scatter(src, s0, nb, dst, start):
+    """dst[start + s, i] <- src[s0 + i * nb + s]: the reverse of gather (no shuffle)."""
+    for s in range(nb):
+        for i in range(dst.shape[1]):
+            dst[start + s, i] = src[s0 + i * nb + s]
+
+
+@njit(**INNER)
+def load_weights(sw, start, nb, perm, shuffle, w_batch):
+    """The batch's sample weights (w_batch[:nb]), or an empty array without weights."""
+    if sw.shape[0] == 0:
+        return w_batch[:0]
+    for s in range(nb):
+        w_batch[s] = sw[perm[start + s]] if shuffle else sw[start + s]
+    return w_batch[:nb]
+

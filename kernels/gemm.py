@@ -1,0 +1,305 @@
+"""Matrix products of the wide layers, as separately compiled units called by address.
+
+A layer's three products (forward, back-propagated delta, weight gradient) go through
+one gemm with the row-major CBLAS contract: c <- alpha * op(a) @ op(b) + beta * c.
+Three implementations share that C signature (``SIGNATURE``):
+
+- ``recurrence``: plain loops, vectorized across the columns of c.  Cheap to compile.
+- ``tiles`` (tiles.py): register tiles in LLVM vector code, 2-10x faster on wide layers,
+  but a few seconds to compile, once per dtype and machine.
+- numpy's bundled OpenBLAS, for the largest products when BLAS runs on several threads.
+
+The first two give the same bits: every element is the fused multiply-add chain over
+p = 0, 1, ..., k-1 from 0, then alpha * sum (+ beta * c when beta != 0), whatever the
+blocking.  So which one a fit uses is a matter of speed only, and the dispatcher
+(fastbp/_dispatch.py) picks the recurrence when compiling the tiles would cost more
+than they save.
+
+The training kernels call ``call(address, ...)``: an indirect call through an address
+they receive as an argument.  The unit's code is therefore not compiled again into each
+kernel that uses it (Numba would otherwise link and re-optimize it into every caller),
+and a kernel cached on disk holds no address: the caller passes the current one.
+Under ``NUMBA_DISABLE_JIT=1`` the "address" is the Python function itself.
+"""
+import ctypes
+import threading
+from pathlib import Path
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, cfunc, config as numba_config, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from .config import JIT
+from .intrinsics import fma
+
+ROW_MAJOR = 101
+NO_TRANS = 111
+TRANS = 112
+
+
+def _signature(dtype):
+    ptr = types.CPointer(dtype)
+    i32, i64 = types.int32, types.int64
+    return types.void(i32, i32, i32, i64, i64, i64, dtype, ptr, i64, ptr, i64, dtype, ptr,
+                      i64)
+
+
+SIGNATURE = {np.dtype(np.float64): _signature(types.float64),
+             np.dtype(np.float32): _signature(types.float32)}
+
+
+# ------------------------------------------------------------------------- the call
+def address(arr, offset):
+    """A pointer to arr[offset] (arr a 1-D float array; offset not checked).  The caller
+    must hold arr while the pointer is in use.  In Python: the view arr[offset:]."""
+    return arr[int(offset):]
+
+
+@intrinsic
+def _address(typingctx, arr, offset):
+    if not (isinstance(arr, types.Array) and arr.ndim == 1
+            and arr.dtype in (types.float64, types.float32)
+            and isinstance(offset, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        return builder.gep(data, [index])
+
+    return types.CPointer(arr.dtype)(arr, offset), codegen
+
+
+@overload(address)
+def _address_compiled(arr, offset):
+    return lambda arr, offset: _address(arr, offset)
+
+
+def call(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """c <- alpha * op(a) @ op(b) + beta * c through the gemm ``unit`` (an address from
+    ``unit_address``); a, b, c pointers (``address``) to the matrices' first elements,
+    trans_a / trans_b booleans.  In Python, ``unit`` is a Python gemm taking views."""
+    unit(ROW_MAJOR, TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, m, n, k,
+         alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+@intrinsic
+def _call(typingctx, unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    pointers = (a, b, c)
+    if not (isinstance(unit, types.Integer)
+            and all(isinstance(t, types.CPointer) for t in pointers)
+            and len({t.dtype for t in pointers}) == 1
+            and c.dtype in (types.float64, types.float32)):
+        return None
+    dtype = c.dtype
+    sig = types.void(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        lt = context.get_value_type
+        i32, i64, fp = lt(types.int32), lt(types.int64), lt(dtype)
+        fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, fp,
+                                               fp.as_pointer(), i64, fp.as_pointer(), i64,
+                                               fp, fp.as_pointer(), i64])
+        fn = builder.inttoptr(context.cast(builder, args[0], signature.args[0], types.int64),
+                              fnty.as_pointer())
+
+        def cast(i, to):
+            return context.cast(builder, args[i], signature.args[i], to)
+
+        def trans(i):
+            flag = context.cast(builder, args[i], signature.args[i], types.boolean)
+            return builder.select(flag, ir.Constant(i32, TRANS), ir.Constant(i32, NO_TRANS))
+
+        builder.call(fn, [ir.Constant(i32, ROW_MAJOR), trans(1), trans(2),
+                          cast(3, types.int64), cast(4, types.int64), cast(5, types.int64),
+                          cast(6, dtype), args[7], cast(8, types.int64), args[9],
+                          cast(10, types.int64), cast(11, dtype), args[12],
+                          cast(13, types.int64)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@overload(call)
+def _call_compiled(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    def impl(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        _call(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    return impl
+
+
+# ------------------------------------------------------------------ the recurrence
+@njit(**JIT)
+def recurrence(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """The gemm contract in loops, each element of c the fused multiply-add chain over
+    p = 0..k-1 from 0 in c's dtype, then alpha * sum (+ beta * c[i, j] when beta != 0),
+    alpha and beta rounded to c's dtype: the tiles' numbers.  a, b, c: 1-D arrays of one
+    float dtype starting at the matrices' first elements.  The loop over j is innermost,
+    so it vectorizes when op(b) has contiguous rows; each element's chain is unchanged by
+    that order."""
+    alpha = cast_like(c, alpha)
+    beta = cast_like(c, beta)
+    acc = np.empty(n, dtype=c.dtype)
+    for i in range(m):
+        acc[:] = 0
+        for p in range(k):
+            x = a[p * lda + i] if trans_a == TRANS else a[i * lda + p]
+            if trans_b == TRANS:
+                for j in range(n):
+                    acc[j] = fma(x, b[j * ldb + p], acc[j])
+            else:
+                row = p * ldb
+                for j in range(n):
+                    acc[j] = fma(x, b[row + j], acc[j])
+        out = i * ldc
+        if beta == 0:
+            for j in range(n):
+                c[out + j] = alpha * acc[j]
+        else:
+            for j in range(n):
+                c[out + j] = alpha * acc[j] + beta * c[out + j]
+
+
+@njit(**JIT)
+def _extent(rows, cols, ld):
+    """Elements spanned by ``rows`` rows of stride ld, the last ``cols`` long."""
+    return 0 if rows == 0 or cols == 0 else (rows - 1) * ld + cols
+
+
+@njit(**JIT)
+def _recurrence_on_pointers(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta,
+                            c, ldc):
+    ra, ca = (k, m) if trans_a == TRANS else (m, k)
+    rb, cb = (n, k) if trans_b == TRANS else (k, n)
+    recurrence(order, trans_a, trans_b, m, n, k, alpha, carray(a, _extent(ra, ca, lda)), lda,
+               carray(b, _extent(rb, cb, ldb)), ldb, beta, carray(c, _extent(m, n, ldc)),
+               ldc)
+
+
+# --------------------------------------------------------------------------- units
+def _recurrence_unit(dtype):
+    @cfunc(SIGNATURE[dtype], **JIT)
+    def recurrence_unit(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                        ldc):
+        _recurrence_on_pointers(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
+                                beta, c, ldc)
+    return recurrence_unit
+
+
+def _tiles_unit(dtype):
+    from .tiles import gemm_at
+
+    @cfunc(SIGNATURE[dtype], **JIT)
+    def tiles_unit(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        gemm_at(trans_a == TRANS, trans_b == TRANS, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                ldc)
+    return tiles_unit
+
+
+def _python_recurrence(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                       ldc):
+    recurrence(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+UNITS = ("recurrence", "tiles")
+_units = {}  # (kind, dtype) -> compiled cfunc, kept alive: its code must outlive its use
+_lock = threading.Lock()
+
+
+def unit_address(kind, dtype):
+    """The address of the gemm unit ``kind`` ("recurrence" or "tiles") for ``dtype``,
+    compiled (or loaded from Numba's cache) on first use.  Under NUMBA_DISABLE_JIT, the
+    Python recurrence itself (tiles and recurrence give the same numbers)."""
+    if kind not in UNITS:
+        raise ValueError(f"unknown gemm unit {kind!r}; expected one of {UNITS}")
+    dtype = np.dtype(dtype)
+    if numba_config.DISABLE_JIT:
+        return _python_recurrence
+    key = (kind, dtype)
+    with _lock:
+        if key not in _units:
+            make = _tiles_unit if kind == "tiles" else _recurrence_unit
+            _units[key] = make(dtype)
+        return _units[key].address
+
+
+def is_loaded(kind, dtype):
+    """Whether ``unit_address(kind, dtype)`` would return at once (no compilation or
+    cache load)."""
+    return numba_config.DISABLE_JIT or (kind, np.dtype(dtype)) in _units
+
+
+# ---------------------------------------------------------------------------- BLAS
+def _numpy_openblas():
+    """(dgemm address, sgemm address, get_num_threads function, path) of numpy's bundled
+    ILP64 OpenBLAS, or None.  ILP64 only (the ``64_`` suffix): its integers are 64-bit,
+    as SIGNATURE's."""
+    pkg = Path(np.__file__).resolve().parent
+    found = []
+    for folder in (pkg.parent / "numpy.libs", pkg / ".dylibs", pkg / ".libs"):
+        if folder.is_dir():
+            found += sorted(folder.glob("*openblas*"))
+    for path in found:
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:
+            continue
+        for prefix in ("scipy_cblas_", "cblas_"):
+            names = (prefix + "dgemm64_", prefix + "sgemm64_",
+                     prefix.replace("cblas", "openblas") + "get_num_threads64_")
+            try:
+                dgemm, sgemm, threads = (getattr(lib, name) for name in names)
+            except AttributeError:
+                continue
+            threads.restype = ctypes.c_int
+            threads.argtypes = []
+            address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+            return address(dgemm), address(sgemm), threads, path
+    return None
+
+
+_blas = None
+_blas_looked = False
+
+
+def blas():
+    """numpy's OpenBLAS as (address per dtype, get_num_threads), or None where numpy
+    bundles none (conda, distribution packages) or under NUMBA_DISABLE_JIT."""
+    global _blas, _blas_looked
+    if not _blas_looked:
+        found = None if numba_config.DISABLE_JIT else _numpy_openblas()
+        if found is not None:
+            _blas = ({np.dtype(np.float64): found[0], np.dtype(np.float32): found[1]},
+                     found[2])
+        _blas_looked = True
+    return _blas
+
+
+def blas_threads():
+    """How many threads numpy's OpenBLAS would run a product on now (0: no BLAS)."""
+    found = blas()
+    return 0 if found is None else int(found[1]())
+
+
+# ---------------------------------------------------------------- dtype of operands
+def cast_like(arr, x):
+    """x converted to arr's dtype."""
+    return arr.dtype.type(x)
+
+
+@intrinsic
+def _cast_like(typingctx, arr, x):
+    if not (isinstance(arr, types.Array) and isinstance(x, (types.Float, types.Integer))):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[1], signature.args[1], arr.dtype)
+
+    return arr.dtype(arr, x), codegen
+
+
+@overload(cast_like)
+def _cast_like_compiled(arr, x):
+    return lambda arr, x: _cast_like(arr, x)
+

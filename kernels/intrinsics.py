@@ -1,0 +1,296 @@
+"""The few operations Numba cannot express without LLVM, each with its plain-Python meaning.
+
+Every function here is an ordinary Python function (what runs under
+``NUMBA_DISABLE_JIT=1``, in coverage and in pdb) with an ``@overload`` that compiles it
+to one LLVM instruction or vector loop:
+
+- ``fma(a, b, c)``: a * b + c rounded once (llvm.fma).  Numba contracts nothing
+  without fastmath, so this is the only way to get one; with a correctly rounded
+  software fma where the CPU has none, results do not depend on the CPU.
+- ``float64_from_bits(i)``: the float64 whose IEEE-754 bits are the int64 ``i`` (a
+  bitcast): exp builds its 2**k from exponent bits in a register, so its loops vectorize.
+- ``lanes4(x, xo, y, yo, q)``: the four partial sums of rules.dot4 as one
+  <4 x double> vector (LLVM's SLP vectorizer left four scalar chains scalar).
+- ``lanes_dot(w, wo, v, vo, m)`` / ``lanes_dot_step(...)``: a dot product in LANES
+  lanes (one <16 x float> vector), and the same fused with the plain SGD step of w.
+
+Without fastmath LLVM may not reorder a sum, so ``acc += w[j] * v[j]`` stays one scalar
+chain.  The lane functions fix another order, written here and nowhere else: it is the
+same on every machine, and the Python meanings below compute exactly it.
+"""
+import math
+import struct
+from fractions import Fraction
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+LANES = 16  # lanes of lanes_dot: two AVX-512 registers of float64, four AVX2 ones
+
+_LLVM_FLOAT = {types.float64: (ir.DoubleType, "f64"), types.float32: (ir.FloatType, "f32")}
+
+
+# ------------------------------------------------------------------------------- fma
+def fma(a, b, c):
+    """a * b + c with one rounding (float32 when all three are float32, else float64)."""
+    single = all(isinstance(v, np.float32) for v in (a, b, c))
+    fa, fb, fc = float(a), float(b), float(c)
+    if not all(math.isfinite(v) for v in (fa, fb, fc)):
+        exact = fa * fb + fc  # the IEEE special cases: inf and nan propagate alike
+        return np.float32(exact) if single else exact
+    exact = Fraction(fa) * Fraction(fb) + Fraction(fc)
+    if single:
+        return _round_to_float32(exact)
+    return float(exact)  # int / int true division rounds correctly
+
+
+def _round_to_float32(exact):
+    """The float32 nearest the rational ``exact`` (ties to even), without the double
+    rounding of float64 first."""
+    near = np.float32(float(exact))
+    if not np.isfinite(near) or Fraction(float(near)) == exact:
+        return near
+    below, above = (np.nextafter(near, np.float32(-np.inf)), near) \
+        if Fraction(float(near)) > exact else (near, np.nextafter(near, np.float32(np.inf)))
+    d_below = exact - Fraction(float(below))
+    d_above = Fraction(float(above)) - exact
+    if d_below != d_above:
+        return below if d_below < d_above else above
+    return below if int(below.view(np.int32)) % 2 == 0 else above
+
+
+@intrinsic
+def _llvm_fma(typingctx, a, b, c):
+    if not all(isinstance(t, types.Float) for t in (a, b, c)):
+        return None
+    single = a == b == c == types.float32
+    ty = types.float32 if single else types.float64
+
+    def codegen(context, builder, signature, args):
+        llty, suffix = (ir.FloatType(), "f32") if single else (ir.DoubleType(), "f64")
+        fn = cgutils.get_or_insert_function(builder.module,
+                                            ir.FunctionType(llty, [llty] * 3),
+                                            f"llvm.fma.{suffix}")
+        vals = [context.cast(builder, v, t, ty) for v, t in zip(args, signature.args)]
+        return builder.call(fn, vals)
+
+    return ty(a, b, c), codegen
+
+
+@overload(fma)
+def _fma_compiled(a, b, c):
+    if all(isinstance(t, types.Float) for t in (a, b, c)):
+        return lambda a, b, c: _llvm_fma(a, b, c)
+    return None
+
+
+# --------------------------------------------------------------------- float64 from bits
+def float64_from_bits(bits):
+    """The float64 whose IEEE-754 bit pattern is the int64 ``bits``."""
+    return struct.unpack("<d", struct.pack("<q", int(bits)))[0]
+
+
+@intrinsic
+def _bitcast_f64(typingctx, bits):
+    if bits != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+@overload(float64_from_bits)
+def _float64_from_bits_compiled(bits):
+    if bits == types.int64:
+        return lambda bits: _bitcast_f64(bits)
+    return None
+
+
+# ---------------------------------------------------------------------------- lanes4
+def lanes4(x, xo, y, yo, q):
+    """The four partial sums of rules.dot4 over s < q (q a multiple of 4): lane k is the
+    fused multiply-add chain of x[xo + s] * y[yo + s] over s = k mod 4, in increasing s,
+    from 0; ``y`` None: the plain sums of x.  Lanes are float64 whatever x's dtype."""
+    acc = [0.0, 0.0, 0.0, 0.0]
+    for s in range(int(q)):
+        xv = float(x[int(xo) + s])
+        if y is None:
+            acc[s % 4] = acc[s % 4] + xv
+        else:
+            acc[s % 4] = fma(xv, float(y[int(yo) + s]), acc[s % 4])
+    return acc[0], acc[1], acc[2], acc[3]
+
+
+def _float_arrays(*arrays):
+    """1-D C-contiguous float32/float64 arrays, all of one dtype."""
+    return all(isinstance(t, types.Array) and t.dtype in _LLVM_FLOAT and t.ndim == 1
+               and t.layout == "C" for t in arrays) and len({t.dtype for t in arrays}) == 1
+
+
+def _base(builder, context, arr_type, arr, offset):
+    """Pointer to arr[offset] (computed once, before a loop)."""
+    return builder.gep(context.make_array(arr_type)(context, builder, arr).data, [offset])
+
+
+def _at(builder, base, j, vec):
+    """base + j as a pointer to a vector."""
+    return builder.bitcast(builder.gep(base, [j]), vec.as_pointer())
+
+
+@intrinsic
+def _lanes4(typingctx, x, xo, y, yo, q):
+    sums = isinstance(y, types.NoneType)
+    arrays = (x,) if sums else (x, y)
+    if not _float_arrays(*arrays) or not all(isinstance(t, types.Integer) for t in (xo, q)):
+        return None
+    dtype = x.dtype
+    result = types.UniTuple(types.float64, 4)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        vec = ir.VectorType(_LLVM_FLOAT[dtype][0](), 4)
+        dvec = ir.VectorType(ir.DoubleType(), 4)
+        vfma = cgutils.get_or_insert_function(builder.module,
+                                              ir.FunctionType(dvec, [dvec] * 3),
+                                              "llvm.fma.v4f64")
+        xo_ = context.cast(builder, args[1], signature.args[1], types.uint64)
+        q_ = context.cast(builder, args[4], signature.args[4], types.uint64)
+        x_base = _base(builder, context, signature.args[0], args[0], xo_)
+        if not sums:
+            yo_ = context.cast(builder, args[3], signature.args[3], types.uint64)
+            y_base = _base(builder, context, signature.args[2], args[2], yo_)
+        align = dtype.bitwidth // 8
+        acc = cgutils.alloca_once_value(builder, ir.Constant(dvec, None))
+
+        def load(base, j):
+            v = builder.load(_at(builder, base, j, vec), align=align)
+            return v if dtype == types.float64 else builder.fpext(v, dvec)
+
+        with cgutils.for_range_slice(builder, ir.Constant(i64, 0), q_,
+                                     ir.Constant(i64, 4)) as (j, _):
+            xv = load(x_base, j)
+            if sums:
+                builder.store(builder.fadd(builder.load(acc), xv), acc)
+            else:
+                builder.store(builder.call(vfma, [xv, load(y_base, j), builder.load(acc)]),
+                              acc)
+        total = builder.load(acc)
+        lanes = [builder.extract_element(total, ir.Constant(i64, k)) for k in range(4)]
+        return context.make_tuple(builder, result, lanes)
+
+    return result(x, xo, y, yo, q), codegen
+
+
+@overload(lanes4)
+def _lanes4_compiled(x, xo, y, yo, q):
+    return lambda x, xo, y, yo, q: _lanes4(x, xo, y, yo, q)
+
+
+# ------------------------------------------------------------------- lanes_dot(_step)
+def lanes_dot(w, wo, v, vo, m):
+    """sum of w[wo + j] * v[vo + j] for j < m (m a multiple of LANES): lane k is the
+    fused multiply-add chain over j = k mod LANES from 0, the lanes then added as a
+    balanced pairwise tree ((l0 + l1) + (l2 + l3)) + ....  w, v: one float dtype, the
+    type of the sums."""
+    single = w.dtype == np.float32
+    acc = [np.float32(0) if single else 0.0] * LANES
+    for j in range(int(m)):
+        acc[j % LANES] = fma(w[int(wo) + j], v[int(vo) + j], acc[j % LANES])
+    while len(acc) > 1:
+        acc = [acc[i] + acc[i + 1] for i in range(0, len(acc), 2)]
+    return acc[0]
+
+
+def lanes_dot_step(w, wo, v, vo, m, a, lr):
+    """lanes_dot with the values before the update, and w[wo + j] -= lr * (a * v[vo + j])
+    for every j < m once that term has been read (Numba's typing of that statement: a * v
+    in the arrays' dtype, the rest in float64 when lr is float64, rounded on the store)."""
+    total = lanes_dot(w, wo, v, vo, m)
+    for j in range(int(m)):
+        step = w.dtype.type(a) * v[int(vo) + j]
+        w[int(wo) + j] = w[int(wo) + j] - lr * step
+    return total
+
+
+def _pairwise(builder, values):
+    while len(values) > 1:
+        values = [builder.fadd(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+    return values[0]
+
+
+def _splat(builder, value, vec):
+    out = ir.Constant(vec, None)
+    for k in range(vec.count):
+        out = builder.insert_element(out, value, ir.Constant(ir.IntType(64), k))
+    return out
+
+
+def _lanes_loop(w, wo, v, vo, m, extra, update):
+    ok = _float_arrays(w, v) and all(isinstance(t, types.Integer) for t in (wo, vo, m))
+    ok = ok and all(isinstance(t, types.Float) for t in extra)
+    if not ok:
+        return None
+    dtype = w.dtype
+    wide = types.float64 if any(t == types.float64 for t in extra[1:]) else dtype
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        make, suffix = _LLVM_FLOAT[dtype]
+        vec = ir.VectorType(make(), LANES)
+        wide_vec = ir.VectorType(_LLVM_FLOAT[wide][0](), LANES)
+        wo_, vo_, m_ = (context.cast(builder, args[k], signature.args[k], types.uint64)
+                        for k in (1, 3, 4))
+        if update:
+            a = _splat(builder, context.cast(builder, args[5], signature.args[5], dtype), vec)
+            lr = _splat(builder, context.cast(builder, args[6], signature.args[6], wide),
+                        wide_vec)
+        w_base = _base(builder, context, signature.args[0], args[0], wo_)
+        v_base = _base(builder, context, signature.args[2], args[2], vo_)
+        align = dtype.bitwidth // 8
+        vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                              f"llvm.fma.v{LANES}{suffix}")
+        acc = cgutils.alloca_once_value(builder, ir.Constant(vec, None))  # zeros
+        with cgutils.for_range_slice(builder, ir.Constant(i64, 0), m_,
+                                     ir.Constant(i64, LANES)) as (j, _):
+            wj = _at(builder, w_base, j, vec)
+            x = builder.load(wj, align=align)
+            y = builder.load(_at(builder, v_base, j, vec), align=align)
+            builder.store(builder.call(vfma, [x, y, builder.load(acc)]), acc)
+            if update:
+                step = builder.fmul(a, y)
+                if wide != dtype:
+                    step, x = builder.fpext(step, wide_vec), builder.fpext(x, wide_vec)
+                new = builder.fsub(x, builder.fmul(lr, step))
+                if wide != dtype:
+                    new = builder.fptrunc(new, vec)
+                builder.store(new, wj, align=align)
+        total = builder.load(acc)
+        return _pairwise(builder, [builder.extract_element(total, ir.Constant(i64, k))
+                                   for k in range(LANES)])
+
+    return dtype(w, wo, v, vo, m, *extra), codegen
+
+
+@intrinsic
+def _lanes_dot(typingctx, w, wo, v, vo, m):
+    return _lanes_loop(w, wo, v, vo, m, (), update=False)
+
+
+@intrinsic
+def _lanes_dot_step(typingctx, w, wo, v, vo, m, a, lr):
+    return _lanes_loop(w, wo, v, vo, m, (a, lr), update=True)
+
+
+@overload(lanes_dot)
+def _lanes_dot_compiled(w, wo, v, vo, m):
+    return lambda w, wo, v, vo, m: _lanes_dot(w, wo, v, vo, m)
+
+
+@overload(lanes_dot_step)
+def _lanes_dot_step_compiled(w, wo, v, vo, m, a, lr):
+    return lambda w, wo, v, vo, m, a, lr: _lanes_dot_step(w, wo, v, vo, m, a, lr)

@@ -1,0 +1,299 @@
+"""The training loops: every epoch, batch and update of a chunk of a run in one call.
+
+``trainer(mode, rule, validating)`` returns the compiled entry for one kind of fit:
+
+    mode        FULL (full batch, no shuffle: the data are loaded once), MINI
+                (mini-batches, or a full batch drawn in shuffled order) or SAMPLE
+                (per-sample SGD, sample.py; not for cross_entropy, whose softmax output
+                takes the batch path with batches of one)
+    rule        FUSED (the plain rule applied inside the backward pass: float64),
+                PLAIN (the plain rule as a separate step: float32) or STATEFUL
+                (momentum, Nesterov, Adam, any rule with L2)
+    validating  whether a validation set is evaluated at each record (early stopping)
+
+Each entry is a closure over its three constants, so Numba prunes the branches of the
+other kinds before it types anything: a fit compiles only the code its kind of fit
+runs (the old single entry compiled every mode, rule and the validation for every fit,
+30-60 s).  Entries and the functions they call are compiled on first use and cached
+on disk.  Bodies with compile-time flags are inlined at Numba's level
+(``inline="always"``) so their flags can be pruned; they call ordinary compiled
+functions (inlining whole call trees at Numba's level cost minutes).
+
+Every entry takes the same arguments (``_make_trainer``) and returns (epochs_done,
+bad_epoch, early_stopped).
+"""
+import numpy as np
+from numba import njit
+
+from .batch import (batch_loss, backward, forward, gather, load_weights, output_deltas,
+                    scatter)
+from .config import INNER, JIT
+from .rng import permutation_into
+from .rules import (ADAM, adam_scales, l2_penalty, learning_rate, plain_step,
+                    stateful_step)
+from .sample import sample_epoch_plain, sample_epoch_stateful
+
+FULL = 0
+MINI = 1
+SAMPLE = 2
+MODES = {"full": FULL, "mini": MINI, "sample": SAMPLE}
+
+FUSED = 0
+PLAIN = 1
+STATEFUL = 2
+RULES = {"fused": FUSED, "plain": PLAIN, "stateful": STATEFUL}
+
+
+@njit(**INNER)
+def all_finite(x):
+    for i in range(x.shape[0]):
+        v = x[i]
+        if not (v - v == 0):  # False for nan and +-inf
+            return False
+    return True
+
+
+@njit(**INNER)
+def copy_into(dst, src):
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
+
+
+@njit(**INNER)
+def stateful_update(params, grad, lr, net, rule, state, l2_scale):
+    """One step of a rule with state over the whole parameter vector (gradient in
+    ``grad``): rules.stateful_step for every weight (decayed by l2 * l2_scale) and bias."""
+    l2 = rule.l2 * l2_scale
+    state.step[0] += 1
+    c1 = 1.0
+    c2 = 1.0
+    if rule.optimizer == ADAM:
+        c1, c2 = adam_scales(rule.beta1, rule.beta2, state.step[0])
+    sizes = net.sizes
+    for l in range(sizes.shape[0] - 1):
+        wo = net.w_off[l]
+        for p in range(wo, wo + sizes[l] * sizes[l + 1]):
+            stateful_step(params, state.moments, p, grad[p], lr, rule, c1, c2, l2)
+        bo = net.b_off[l]
+        if bo >= 0:
+            for p in range(bo, bo + sizes[l + 1]):
+                stateful_step(params, state.moments, p, grad[p], lr, rule, c1, c2, 0.0)
+
+
+@njit(**dict(JIT, inline="always"))
+def _batch_epoch(RULE, params, net, data, loop, rule, state, work, lr, full, recording):
+    """One epoch of mini-batch (or full-batch) updates; returns the mean batch loss when
+    ``recording`` (else 0).  RULE: FUSED, PLAIN or STATEFUL (a compile-time constant)."""
+    x, y, sw = data
+    acts, deltas, a_off = work.acts, work.deltas, work.a_off
+    n = x.shape[0]
+    batch_size = loop.batch_size
+    shuffle = loop.shuffle
+    n_layers = net.sizes.shape[0] - 1
+    k = net.sizes[n_layers]
+    out_off = a_off[n_layers]
+    out_act = net.acts[n_layers - 1]
+    epoch_loss = 0.0
+    n_batches = 0
+    for start in range(0, n, batch_size):
+        nb = min(batch_size, n - start)
+        if not full:
+            gather(x, start, nb, work.perm, shuffle, acts, 0)
+            gather(y, start, nb, work.perm, shuffle, work.y_batch, 0)
+        wb = load_weights(sw, start, nb, work.perm, shuffle, work.w_batch)
+        # scikit-learn's convention (epoch_loss="sample_mean"): the L2 term of a batch is
+        # divided by its own size, so a short last batch gets batch_size / nb times l2
+        l2_scale = batch_size / nb if rule.sample_mean else 1.0
+        forward(params, net, acts, a_off, nb, work.z_out)
+        if recording:
+            bl = batch_loss(acts, out_off, work.y_batch, work.z_out, wb, net.loss, k, nb)
+            bl += l2_scale * l2_penalty(params, net, rule.l2)
+            epoch_loss += nb * bl if rule.sample_mean else bl
+        output_deltas(acts, out_off, work.y_batch, deltas, wb, net.loss, out_act, k, nb)
+        if RULE == FUSED:
+            backward(params, net, acts, a_off, deltas, params, nb, lr, True)
+        else:
+            backward(params, net, acts, a_off, deltas, work.grad, nb, 0.0, False)
+            if RULE == PLAIN:
+                for p in range(params.shape[0]):
+                    params[p] = plain_step(params[p], work.grad[p], lr)
+            else:
+                stateful_update(params, work.grad, lr, net, rule, state, l2_scale)
+        n_batches += 1
+    return epoch_loss / n if rule.sample_mean else epoch_loss / n_batches
+
+
+@njit(**dict(INNER, inline="always"))
+def batch_epoch_fused(params, net, data, loop, rule, state, work, lr, full, recording):
+    return _batch_epoch(FUSED, params, net, data, loop, rule, state, work, lr, full,
+                        recording)
+
+
+@njit(**dict(INNER, inline="always"))
+def batch_epoch_plain(params, net, data, loop, rule, state, work, lr, full, recording):
+    return _batch_epoch(PLAIN, params, net, data, loop, rule, state, work, lr, full,
+                        recording)
+
+
+@njit(**dict(INNER, inline="always"))
+def batch_epoch_stateful(params, net, data, loop, rule, state, work, lr, full, recording):
+    return _batch_epoch(STATEFUL, params, net, data, loop, rule, state, work, lr, full,
+                        recording)
+
+
+@njit(**INNER)
+def evaluate(params, net, data, work):
+    """The loss of the whole set ``data``, held in one batch (work for cap = n)."""
+    n = data.x.shape[0]
+    n_layers = net.sizes.shape[0] - 1
+    gather(data.x, 0, n, work.perm, False, work.acts, 0)
+    gather(data.y, 0, n, work.perm, False, work.y_batch, 0)
+    forward(params, net, work.acts, work.a_off, n, work.z_out)
+    return batch_loss(work.acts, work.a_off[n_layers], work.y_batch, work.z_out, data.w,
+                      net.loss, net.sizes[n_layers], n)
+
+
+def _make_trainer(MODE, RULE, VALIDATING):
+    """The entry for one kind of fit; MODE, RULE and VALIDATING are constants of the
+    closure, so every ``if`` on them is decided before Numba types the function."""
+
+    @njit(**JIT)
+    def train(params, net, data, val, loop, rule, stop, state, work, val_work, history,
+              val_history, backup, epoch0, epochs):
+        """Train ``params`` in place for ``epochs`` epochs, numbered from ``epoch0`` (a run
+        cut into chunks is the same run).
+
+        data, val: options.Data (val empty when not VALIDATING); loop, rule, stop,
+        state, work: options.Loop, Rule, Stop, State, Work (val_work: a Work with cap
+        len(val)).
+
+        Records: epoch g is recorded when g % record_every == 0, as this chunk's record
+        (g // record_every) - ceil(epoch0 / record_every) in ``history``: the mean of
+        its batch losses (full batch: the loss before its update) plus the L2 term;
+        with validation data, the validation loss after the epoch in ``val_history``.
+
+        Early stopping (stop.patience > 0): state.best_loss / bad_checks / best_epoch
+        are kept across chunks; with stop.restore_best the best parameters are copied
+        to state.best_params.
+
+        Divergence guard: at each recorded epoch, and at the end, the loss and the
+        parameters are checked; while finite they are copied to ``backup`` (len(params);
+        len 0 turns the guard off), except after the call's last epoch.  On a
+        non-finite value params are restored from ``backup`` -- the state after the last
+        good check; the caller fills it with the starting state -- and the loop stops.
+        So a call with no recorded epoch before its last never writes ``backup``.
+
+        Returns (epochs_done, bad_epoch, early_stopped): bad_epoch is the epoch whose
+        check failed, or -1; epochs_done counts the epochs whose updates the parameters
+        contain.
+        """
+        n = data.x.shape[0]
+        record_every = loop.record_every
+        r0 = (epoch0 + record_every - 1) // record_every
+        guard = backup.shape[0] == params.shape[0]
+        restore_best = stop.restore_best and state.best_params.shape[0] == params.shape[0]
+        full = False
+        if MODE == FULL:
+            full = True
+            gather(data.x, 0, n, work.perm, False, work.acts, 0)
+            gather(data.y, 0, n, work.perm, False, work.y_batch, 0)
+        good_epochs = 0
+        for e in range(epochs):
+            g = epoch0 + e
+            recording = g % record_every == 0
+            lr = learning_rate(rule, g)
+            if loop.shuffle:
+                permutation_into(work.perm, state.rng)
+            if MODE == SAMPLE:
+                if RULE == STATEFUL:
+                    epoch_loss = sample_epoch_stateful(params, net, data.x, data.y, data.w,
+                                                       lr, work.perm, work.h, work.d,
+                                                       recording, rule, state)
+                else:
+                    epoch_loss = sample_epoch_plain(params, net, data.x, data.y, data.w, lr,
+                                                    work.perm, work.h, work.d, recording,
+                                                    rule, state)
+            elif RULE == FUSED:
+                epoch_loss = batch_epoch_fused(params, net, data, loop, rule, state, work,
+                                               lr, full, recording)
+            elif RULE == PLAIN:
+                epoch_loss = batch_epoch_plain(params, net, data, loop, rule, state, work,
+                                               lr, full, recording)
+            else:
+                epoch_loss = batch_epoch_stateful(params, net, data, loop, rule, state,
+                                                  work, lr, full, recording)
+            if recording:
+                r = g // record_every - r0
+                history[r] = epoch_loss
+                finite = (epoch_loss - epoch_loss == 0) and all_finite(params)
+                if guard:
+                    if finite:
+                        if e + 1 < epochs:  # the last epoch's state needs no copy
+                            copy_into(backup, params)
+                        good_epochs = e + 1
+                    else:
+                        copy_into(params, backup)
+                        return good_epochs, g, False
+                if VALIDATING:
+                    if finite:
+                        vloss = evaluate(params, net, val, val_work)
+                        val_history[r] = vloss
+                        if vloss < state.best_loss[0] - stop.min_delta:
+                            state.best_loss[0] = vloss
+                            state.bad_checks[0] = 0
+                            state.best_epoch[0] = g
+                            if restore_best:
+                                copy_into(state.best_params, params)
+                        else:
+                            state.bad_checks[0] += 1
+                            if stop.patience > 0 and state.bad_checks[0] >= stop.patience:
+                                return e + 1, -1, True
+        if guard and not all_finite(params):
+            copy_into(params, backup)
+            return good_epochs, epoch0 + epochs - 1, False
+        return epochs, -1, False
+
+    return train
+
+
+_trainers = {}
+
+
+def trainer(mode, rule, validating):
+    """The entry for one kind of fit (see the module docstring): mode "full", "mini" or
+    "sample", rule "fused", "plain" or "stateful", validating a bool."""
+    key = (MODES[mode], RULES[rule], bool(validating))
+    fn = _trainers.get(key)
+    if fn is None:
+        fn = _trainers.setdefault(key, _make_trainer(*key))
+    return fn
+
+
+@njit(**JIT)
+def predict(params, net, x, out, work):
+    """out (n, n_out) <- the network's outputs for x (n, n_in), in batches of the
+    work's capacity."""
+    n = x.shape[0]
+    n_layers = net.sizes.shape[0] - 1
+    cap = work.w_batch.shape[0]
+    out_off = work.a_off[n_layers]
+    for start in range(0, n, cap):
+        nb = min(cap, n - start)
+        gather(x, start, nb, work.perm, False, work.acts, 0)
+        forward(params, net, work.acts, work.a_off, nb, work.z_out[:0])
+        scatter(work.acts, out_off, nb, out, start)
+
+
+@njit(**JIT)
+def loss_and_gradient(params, net, data, grad, work):
+    """The loss of the whole set ``data`` (one batch: work for cap = n) and its gradient
+    into ``grad``; returns the loss."""
+    n = data.x.shape[0]
+    n_layers = net.sizes.shape[0] - 1
+    k = net.sizes[n_layers]
+    out_off = work.a_off[n_layers]
+    loss = evaluate(params, net, data, work)
+    output_deltas(work.acts, out_off, work.y_batch, work.deltas, data.w, net.loss,
+                  net.acts[n_layers - 1], k, n)
+    backward(params, net, work.acts, work.a_off, work.deltas, grad, n, 0.0, False)
+    return loss

@@ -1,0 +1,143 @@
+"""The named structures the training kernels take (Numba types namedtuples field by
+field: a kernel reads ``rule.lr``, never ``hyper[0]``).
+
+Read-only, per fit:
+    Net   the architecture: sizes, weight and bias offsets in the flat parameter
+          vector, activation codes, loss code, and the matrix products' settings.
+    Data  one data set, one sample per row: x (n, n_in), y (n, n_out), w (n,) sample
+          weights or empty; all C-contiguous in the model dtype.
+    Loop  batch size, shuffling, records.
+    Rule  the update rule and its learning-rate schedule (rules.py).
+    Stop  early stopping on validation data.
+Updated in place by the kernels, carried from one chunk of epochs to the next:
+    State the shuffling stream, the optimizer's moments and step count, and the early
+          stopping record.
+    Work  the buffers of a fit (allocated once by ``make_work``).
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from . import rules as R
+
+
+class Net(NamedTuple):
+    sizes: np.ndarray    # int64 (L + 1,): units per layer, inputs first
+    w_off: np.ndarray    # int64 (L,): layer l's (sizes[l], sizes[l+1]) weights, row-major
+    b_off: np.ndarray    # int64 (L,): its sizes[l+1] biases, -1 without biases
+    acts: np.ndarray     # int64 (L,): activation codes (rules.py)
+    loss: int            # loss code (rules.py)
+    product_min_work: int  # layers at least this big use gemm (batch.uses_products); -1 never
+    gemm: int            # address of the gemm unit (gemm.py); 0 where no layer uses it
+    blas: int            # address of BLAS's gemm for the largest products; 0: none
+    blas_min_work: int   # products of at least this many multiply-adds go to BLAS
+
+
+class Data(NamedTuple):
+    x: np.ndarray  # (n, n_in)
+    y: np.ndarray  # (n, n_out)
+    w: np.ndarray  # (n,) sample weights, or (0,): none
+
+
+class Loop(NamedTuple):
+    batch_size: int      # samples per update (>= n: full batch)
+    shuffle: bool        # reorder the samples every epoch (the State's stream)
+    record_every: int    # epochs between loss records
+
+
+class Rule(NamedTuple):
+    optimizer: int        # rules.SGD or rules.ADAM
+    lr: float
+    momentum: float
+    nesterov: bool
+    beta1: float
+    beta2: float
+    eps: float
+    l2: float             # weight decay on weights, not biases
+    schedule: int         # rules.CONSTANT, INVSCALING, STEP or COSINE
+    power: float          # invscaling: lr / (1 + epoch) ** power
+    step_size: int        # step: lr * step_factor ** (epoch // step_size)
+    step_factor: float
+    lr_min: float         # cosine: from lr down to lr_min over total_epochs
+    total_epochs: int
+    sample_mean: bool     # epoch loss: batch losses weighted by size; L2 / batch size
+
+
+class Stop(NamedTuple):
+    patience: int         # records without improvement before stopping; 0: never stop
+    min_delta: float      # improvement needed to reset the count
+    restore_best: bool    # keep the best record's parameters in State.best_params
+
+
+class State(NamedTuple):
+    rng: np.ndarray          # int64 (2,): the shuffling stream (rng.py)
+    moments: np.ndarray      # (2, n_params): velocity / Adam's m, Adam's v
+    step: np.ndarray         # int64 (1,): updates so far (Adam's t)
+    best_loss: np.ndarray    # float64 (1,): best validation loss so far
+    bad_checks: np.ndarray   # int64 (1,): records since it improved
+    best_epoch: np.ndarray   # int64 (1,): its epoch (-1: none)
+    best_params: np.ndarray  # (n_params,) when Stop.restore_best, else (0,)
+
+
+class Work(NamedTuple):
+    a_off: np.ndarray    # int64 (L + 2,): layer l's block of acts / deltas starts at a_off[l]
+    acts: np.ndarray     # activations, feature-major: layer l's sizes[l] rows of cap samples
+    deltas: np.ndarray   # the same layout, dLoss/dz
+    grad: np.ndarray     # (n_params,), or (0,) where the step is fused into backward
+    z_out: np.ndarray    # output pre-activations (bce, cross_entropy), or (0,)
+    y_batch: np.ndarray  # the batch's targets, feature-major
+    w_batch: np.ndarray  # the batch's sample weights
+    perm: np.ndarray     # int64 (n,): the epoch's sample order
+    h: np.ndarray        # per-sample activations, sum(sizes)
+    d: np.ndarray        # per-sample deltas, sum(sizes)
+
+
+def plain_rule(lr, epochs=1):
+    """Plain SGD at a constant learning rate."""
+    return Rule(R.SGD, float(lr), 0.0, False, 0.9, 0.999, 1e-8, 0.0, R.CONSTANT, 0.5, 1, 0.5,
+                0.0, int(epochs), False)
+
+
+NO_STOP = Stop(0, 0.0, False)
+
+
+def is_plain(rule):
+    """Whether the rule is plain SGD: no optimizer state, no L2."""
+    return rule.optimizer == R.SGD and rule.momentum == 0.0 and rule.l2 == 0.0
+
+
+def new_state(n_params, dtype, rng, restore_best=False):
+    """A fresh State around the generator state ``rng`` (kept, not copied)."""
+    return State(rng, np.zeros((2, n_params), dtype=dtype), np.zeros(1, dtype=np.int64),
+                 np.full(1, np.inf), np.zeros(1, dtype=np.int64), np.full(1, -1, np.int64),
+                 np.zeros(n_params if restore_best else 0, dtype=dtype))
+
+
+def activation_offsets(sizes, cap):
+    """Offsets of each layer's block (sizes[l] rows of cap samples) in a flat buffer."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    off = np.zeros(sizes.shape[0] + 1, dtype=np.int64)
+    off[1:] = np.cumsum(sizes * cap)
+    return off
+
+
+def make_work(sizes, n_params, cap, n_samples, dtype, keep_z, per_sample=False,
+              gradient=True):
+    """The buffers of a fit (or an evaluation) in batches of up to ``cap`` samples.
+
+    ``gradient``: whether a gradient buffer is needed (the fused plain step needs none);
+    ``keep_z``: the output pre-activations (bce, cross_entropy); ``per_sample``: the
+    per-sample path's unit vectors instead of the batch rows."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    dtype = np.dtype(dtype)
+    k = int(sizes[-1])
+    units = int(sizes.sum())
+    rows = 0 if per_sample else units * cap
+    empty = np.zeros(0, dtype)
+    return Work(activation_offsets(sizes, cap), np.zeros(rows, dtype), np.zeros(rows, dtype),
+                np.zeros(n_params if gradient else 0, dtype),
+                np.zeros(k * cap if keep_z and not per_sample else 0, dtype),
+                np.zeros(0 if per_sample else k * cap, dtype), np.zeros(cap, dtype),
+                np.arange(n_samples, dtype=np.int64),
+                np.zeros(units, dtype) if per_sample else empty,
+                np.zeros(units, dtype) if per_sample else empty)

@@ -1,0 +1,412 @@
+"""The math of backpropagation, each rule written once.
+
+Every kernel -- full batch, mini-batch, per-sample, the lanes across models, the
+kernels generated for one architecture, the CUDA kernel -- computes its activations,
+derivatives, losses, output deltas, sums and updates by calling these functions (the
+generated ones call them by name from their source).  They are scalar and
+dtype-generic: float32 operands compute in float32 where Numba types them so, and in
+float64 where a float64 constant or learning rate enters (as Numba types ``x * 1.0``).
+
+Conventions (DESIGN.md), for a batch of N samples and K outputs, sample weights w_s
+(all 1 without weights):
+    mse           = sum_s w_s sum_k (out - y)^2 / (N K)
+    half_mse      = mse / 2                              (scikit-learn's squared error)
+    sse           = 1/2 sum_s w_s sum_k (out - y)^2      (the tutorials' E; no mean)
+    bce           = -sum_s w_s sum_k [y log p + (1-y) log(1-p)] / (N K),  p = sigmoid(z)
+    cross_entropy = -sum_s w_s sum_k y log p / N,        p = softmax(z) over the K outputs
+bce and cross_entropy are computed from the pre-activation z (log-sum-exp forms), exact
+where p saturates; with a sigmoid / softmax output their delta is w_s (p - y) / (N K)
+and w_s (p - y) / N ("combined").  Weights scale each sample's share and the mean still
+divides by N, so per-sample SGD sees them too.
+
+Derivatives are written in terms of the activation OUTPUT a = f(z) (all four functions
+allow it), so the forward pass keeps only outputs.
+
+Each rule is inlined into the kernel that calls it (Numba's ``inline="always"``), and
+callable from Python too (tests, fastbp/_divergence.py).
+"""
+import math
+
+import numpy as np
+from numba import njit, uint64
+
+from .config import JIT
+# inlined at Numba's level wherever a kernel calls them: no compilation of their own
+RULE = dict(JIT, inline="always")
+from .intrinsics import LANES, float64_from_bits, fma, lanes4, lanes_dot, lanes_dot_step
+
+
+IDENTITY = 0
+SIGMOID = 1
+RELU = 2
+TANH = 3
+SOFTMAX = 4  # output layer only, with the cross_entropy loss
+
+MSE = 0
+HALF_MSE = 1
+SSE = 2
+BCE = 3
+CROSS_ENTROPY = 4
+
+SGD = 0
+ADAM = 1
+
+CONSTANT = 0
+INVSCALING = 1
+STEP = 2
+COSINE = 3
+
+# ------------------------------------------------------------------------- activations
+# exp(x) = 2**k * exp(r), x = k ln2 + r, |r| <= ln2/2.  ln2 is split in a high part with
+# trailing zero bits (k * LN2_HI is exact) and a low correction (Cody-Waite reduction).
+LN2_HI = 6.93147180369123816490e-01
+LN2_LO = 1.90821492927058770002e-10
+INV_LN2 = 1.44269504088896338700e00
+# Below this exp underflows to subnormals; clamping keeps 2**k a normal number.
+EXP_MIN_ARG = -708.0
+
+
+@njit(**RULE)
+def exp_reduced(r):
+    """exp(r) for |r| <= ln2/2: Taylor polynomial of degree 13 (truncation < 1e-17), Horner
+    with fused multiply-adds (half the instructions and one rounding per step)."""
+    p = fma(1.0 / 6227020800.0, r, 1.0 / 479001600.0)
+    p = fma(p, r, 1.0 / 39916800.0)
+    p = fma(p, r, 1.0 / 3628800.0)
+    p = fma(p, r, 1.0 / 362880.0)
+    p = fma(p, r, 1.0 / 40320.0)
+    p = fma(p, r, 1.0 / 5040.0)
+    p = fma(p, r, 1.0 / 720.0)
+    p = fma(p, r, 1.0 / 120.0)
+    p = fma(p, r, 1.0 / 24.0)
+    p = fma(p, r, 1.0 / 6.0)
+    p = fma(p, r, 0.5)
+    p = fma(p, r, 1.0)
+    return fma(p, r, 1.0)
+
+
+@njit(**RULE)
+def sigmoid(z):
+    """1 / (1 + exp(-z)), overflow-free, within 2 ULP, computed in float64.
+
+    exp is taken only of -|z| <= 0 (clamped to EXP_MIN_ARG), by exp_reduced and a power
+    of two built from its exponent bits: libm's exp is a call LLVM cannot vectorize,
+    this is not (a loop of sigmoids over samples runs in SIMD), and it was half the
+    training time of the tutorial nets with libm (PERF-NOTES.md)."""
+    xs = max(-abs(np.float64(z)), EXP_MIN_ARG)
+    k = math.floor(xs * INV_LN2 + 0.5)
+    r = (xs - k * LN2_HI) - k * LN2_LO
+    e = exp_reduced(r) * float64_from_bits((np.int64(k) + 1023) << 52)
+    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+
+
+@njit(**RULE)
+def sigmoid_libm(z):
+    """1 / (1 + exp(-z)) with libm's exp, overflow-free.  Its latency is shorter than the
+    13-step polynomial's, which wins when a sample's few units form one dependent chain
+    (per-sample SGD of narrow layers: NARROW_UNITS)."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+# Per-sample layers narrower than this take sigmoid_libm, wider ones the vectorizable
+# sigmoid (measured: per-sample SGD of the admissions 6-2-1 net 24 ms with the
+# polynomial, 17 ms with libm; 32-64-64-10 12 ms with libm, 8.6 ms with the polynomial).
+NARROW_UNITS = 8
+
+
+@njit(**RULE)
+def relu(z):
+    return z if z > 0 else 0.0
+
+
+@njit(**RULE)
+def activate(z, code):
+    """f(z) for activation ``code`` (elementwise; softmax is softmax_column)."""
+    if code == SIGMOID:
+        return sigmoid(z)
+    if code == RELU:
+        return relu(z)
+    if code == TANH:
+        return math.tanh(z)
+    return z
+
+
+@njit(**RULE)
+def activate_narrow(z, code):
+    """activate, with sigmoid_libm for the sigmoid (see NARROW_UNITS)."""
+    if code == SIGMOID:
+        return sigmoid_libm(z)
+    return activate(z, code)
+
+
+# d * f'(z) with f' written in terms of the output a = f(z), one function per activation
+@njit(**RULE)
+def sigmoid_back(d, a):
+    return d * (a * (1.0 - a))
+
+
+@njit(**RULE)
+def relu_back(d, a):
+    """d where a > 0, else 0: a selection, not a product (no -0.0, no inf * 0)."""
+    return d if a > 0 else 0.0
+
+
+@njit(**RULE)
+def tanh_back(d, a):
+    return d * (1.0 - a * a)
+
+
+@njit(**RULE)
+def times_derivative(d, a, code):
+    """d * f'(z) for activation ``code``, from the output a = f(z)."""
+    if code == SIGMOID:
+        return sigmoid_back(d, a)
+    if code == RELU:
+        return relu_back(d, a)
+    if code == TANH:
+        return tanh_back(d, a)
+    return d
+
+
+# ------------------------------------------------------------------------------ losses
+@njit(**RULE)
+def loss_term(out, y, z, code):
+    """What one output of one sample adds to the loss sum before normalization (and
+    before its sample weight): (out - y)^2, or for bce the cross-entropy of p = sigmoid(z)
+    from z, -[y log p + (1-y) log(1-p)] = max(z, 0) - z y + log(1 + exp(-|z|))."""
+    if code == BCE:
+        return max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
+    d = out - y
+    return d * d
+
+
+@njit(**RULE)
+def loss_of_sum(total, code, k, nb):
+    """The loss of a batch of nb samples and k outputs from the sum of its (weighted)
+    loss terms (cross_entropy: of its per-sample terms)."""
+    if code == SSE:
+        return 0.5 * total
+    if code == HALF_MSE:
+        return 0.5 * total / (k * nb)
+    if code == CROSS_ENTROPY:
+        return total / nb
+    return total / (k * nb)  # MSE, BCE
+
+
+@njit(**RULE)
+def is_combined(loss, act):
+    """Whether the output delta is p - y (scaled), without f': sigmoid + bce, softmax +
+    cross_entropy."""
+    return (loss == BCE and act == SIGMOID) or (loss == CROSS_ENTROPY and act == SOFTMAX)
+
+
+@njit(**RULE)
+def delta_scale(loss, act, k, nb):
+    """dLoss/dout = (out - y) * delta_scale for the output layer (times f' unless
+    is_combined), for a batch of nb samples and k outputs."""
+    if is_combined(loss, act):
+        return 1.0 / (nb if loss == CROSS_ENTROPY else k * nb)
+    if loss == MSE:
+        return 2.0 / (k * nb)
+    if loss == HALF_MSE:
+        return 1.0 / (k * nb)
+    return 1.0  # SSE
+
+
+@njit(**RULE)
+def output_delta(out, y, scale, act, combined):
+    """dLoss/dz of one output of one sample (before its sample weight multiplies it)."""
+    d = (out - y) * scale
+    if combined:
+        return d
+    return times_derivative(d, out, act)
+
+
+@njit(**RULE)
+def softmax_column(z, base, stride, k):
+    """Softmax over the k values z[base + j * stride], in place; the largest is
+    subtracted before exp, so no input overflows."""
+    zmax = z[base]
+    for j in range(uint64(1), uint64(k)):
+        zmax = max(zmax, z[base + j * stride])
+    total = 0.0
+    for j in range(uint64(k)):
+        e = math.exp(z[base + j * stride] - zmax)
+        z[base + j * stride] = e
+        total += e
+    for j in range(uint64(k)):
+        z[base + j * stride] = z[base + j * stride] / total
+
+
+@njit(**RULE)
+def cross_entropy_column(z, y, base, stride, k):
+    """-sum_j y_j log softmax(z)_j of one sample, from z (log-sum-exp: exact where p
+    saturates); z, y: k values at base + j * stride."""
+    zmax = z[base]
+    for j in range(uint64(1), uint64(k)):
+        zmax = max(zmax, z[base + j * stride])
+    acc = 0.0
+    for j in range(uint64(k)):
+        acc += math.exp(z[base + j * stride] - zmax)
+    lse = zmax + math.log(acc)
+    total = 0.0
+    for j in range(uint64(k)):
+        total += y[base + j * stride] * (lse - z[base + j * stride])
+    return total
+
+
+# -------------------------------------------------------------------------------- sums
+@njit(**RULE)
+def dot4(x, xo, y, yo, n):
+    """sum_s x[xo+s] * y[yo+s] for s < n (the gradient of a weight over a batch), in four
+    interleaved partial sums: lane s % 4 (fused multiply-adds in increasing s), the tail
+    s >= n - n % 4 into lane 0, then (l0 + l1) + (l2 + l3).  Four chains run in parallel
+    where one running sum waits 4 cycles per add.  Offsets and n unsigned (uint64)."""
+    q = n - (n & uint64(3))
+    a0, a1, a2, a3 = lanes4(x, xo, y, yo, q)
+    for s in range(q, n):
+        a0 = fma(x[xo + s], y[yo + s], a0)
+    return (a0 + a1) + (a2 + a3)
+
+
+@njit(**RULE)
+def sum4(x, xo, n):
+    """sum_s x[xo+s] for s < n (the gradient of a bias), in dot4's lane order."""
+    q = n - (n & uint64(3))
+    a0, a1, a2, a3 = lanes4(x, xo, None, uint64(0), q)
+    for s in range(q, n):
+        a0 += x[xo + s]
+    return (a0 + a1) + (a2 + a3)
+
+
+# ------------------------------------------------------------------------------ updates
+@njit(**RULE)
+def plain_step(p, g, lr):
+    """The plain SGD step p - lr * g."""
+    return p - lr * g
+
+
+@njit(**RULE)
+def momentum_step(p, g, v, lr, mu, nesterov):
+    """Momentum SGD in scikit-learn's form: v <- mu v - lr g, then p + v, or with
+    Nesterov p + mu v - lr g.  With a constant lr it equals PyTorch's to rounding.
+    Returns (p, v)."""
+    v = mu * v - lr * g
+    if nesterov:
+        return p + (mu * v - lr * g), v
+    return p + v, v
+
+
+@njit(**RULE)
+def adam_scales(beta1, beta2, t):
+    """Adam's bias corrections 1 / (1 - beta1^t), 1 / (1 - beta2^t) for step t >= 1."""
+    return 1.0 / (1.0 - beta1 ** t), 1.0 / (1.0 - beta2 ** t)
+
+
+@njit(**RULE)
+def adam_step(p, g, m, v, lr, beta1, beta2, eps, c1, c2):
+    """Adam as in the paper, with the bias corrections c1, c2 of adam_scales:
+    m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2; p <- p - lr (m c1) / (sqrt(v c2) + eps).
+    Returns (p, m, v)."""
+    m = beta1 * m + (1.0 - beta1) * g
+    v = beta2 * v + (1.0 - beta2) * g * g
+    return p - lr * (m * c1) / (math.sqrt(v * c2) + eps), m, v
+
+
+@njit(**RULE)
+def with_l2(g, p, l2):
+    """The gradient of a weight with L2 decay: g + l2 * p (biases are not decayed)."""
+    return g + l2 * p
+
+
+@njit(**RULE)
+def learning_rate(rule, epoch):
+    """The learning rate of epoch ``epoch`` (counted from the start of the fit) under the
+    schedule of ``rule`` (options.Rule)."""
+    lr = rule.lr
+    if rule.schedule == INVSCALING:
+        return lr / (1.0 + epoch) ** rule.power
+    if rule.schedule == STEP:
+        return lr * rule.step_factor ** (epoch // rule.step_size)
+    if rule.schedule == COSINE:
+        total = max(rule.total_epochs, 1)
+        lo = rule.lr_min
+        return lo + 0.5 * (lr - lo) * (1.0 + math.cos(math.pi * epoch / total))
+    return lr
+
+
+@njit(**RULE)
+def stateful_step(params, moments, i, g, lr, rule, c1, c2, decay):
+    """Parameter i's step under a rule with state (momentum, Nesterov, Adam; any rule
+    with L2): ``decay`` is the L2 factor for a weight, 0 for a bias; c1, c2 Adam's
+    corrections for this step (adam_scales).  moments (2, n_params): the velocity or
+    Adam's m in row 0, Adam's v in row 1."""
+    if decay != 0.0:
+        g = with_l2(g, params[i], decay)
+    if rule.optimizer == ADAM:
+        p, m, v = adam_step(params[i], g, moments[0, i], moments[1, i], lr, rule.beta1,
+                            rule.beta2, rule.eps, c1, c2)
+        moments[0, i] = m
+        moments[1, i] = v
+        params[i] = p
+    else:
+        p, v = momentum_step(params[i], g, moments[0, i], lr, rule.momentum, rule.nesterov)
+        moments[0, i] = v
+        params[i] = p
+
+
+@njit(**RULE)
+def l2_penalty(params, net, l2):
+    """(l2 / 2) * the sum of the squared weights (biases are not decayed): what L2 adds
+    to a recorded loss.  Each square in the parameters' dtype, summed in float64."""
+    if l2 == 0.0:
+        return 0.0
+    total = 0.0
+    sizes = net.sizes
+    for l in range(sizes.shape[0] - 1):
+        wo = net.w_off[l]
+        for p in range(wo, wo + sizes[l] * sizes[l + 1]):
+            total += params[p] * params[p]
+    return 0.5 * l2 * total
+
+
+_LANE_MASK = ~(LANES - 1) & 0xFFFFFFFFFFFFFFFF  # n rounded down to a multiple of LANES
+
+
+@njit(**RULE)
+def row_dot(w, wo, v, vo, n):
+    """sum_j w[wo + j] * v[vo + j] for j < n (n >= 1; the back-propagated sum of one
+    row in per-sample SGD): the first LANES * (n // LANES) terms in intrinsics.lanes_dot's
+    order, then the rest added in order, each product rounded before its add (a row
+    shorter than LANES is the plain left-to-right sum).  wo, vo, n: uint64."""
+    m = n & uint64(_LANE_MASK)
+    if m == 0:
+        acc = w[wo] * v[vo]
+        start = uint64(1)
+    else:
+        acc = lanes_dot(w, wo, v, vo, m)
+        start = m
+    for j in range(start, n):
+        acc += w[wo + j] * v[vo + j]
+    return acc
+
+
+@njit(**RULE)
+def row_dot_step(w, wo, v, vo, n, a, lr):
+    """row_dot(w, wo, v, vo, n) of the values before the update, and the plain step
+    w[wo + j] <- w[wo + j] - lr * (a * v[vo + j]) of every j: one pass over the row."""
+    m = n & uint64(_LANE_MASK)
+    if m == 0:
+        acc = w[wo] * v[vo]
+        w[wo] = plain_step(w[wo], a * v[vo], lr)
+        start = uint64(1)
+    else:
+        acc = lanes_dot_step(w, wo, v, vo, m, a, lr)
+        start = m
+    for j in range(start, n):
+        acc += w[wo + j] * v[vo + j]
+        w[wo + j] = plain_step(w[wo + j], a * v[vo + j], lr)
+    return acc
