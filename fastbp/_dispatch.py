@@ -32,6 +32,7 @@ import numba
 import numpy as np
 
 from .kernels import gemm as G
+from .kernels import generate as GEN
 from .kernels import loops as L
 from .kernels import options as O
 from .kernels import rules as R
@@ -45,11 +46,19 @@ from .kernels.generate import cache_dir, kernel_sources_digest
 TILES_COMPILE_SECONDS = 3.0
 RECURRENCE_SECONDS_PER_MADD = 2.5e-10  # the recurrence gemm, per multiply-add
 TILES_SECONDS_PER_MADD = 2.5e-11       # the register tiles (batch 64, H >= 64)
-GENERATED_COMPILE_SECONDS = 3.0
-# the general full-batch loop takes ~this per multiply-add of a small network (XOR: 21
-# samples x 37 parameters x 3 products per epoch), a generated kernel ~5x less
+GENERAL_COMPILE_SECONDS = 4.0   # a general training entry (loops.py)
+GENERATED_COMPILE_SECONDS = 3.0  # a kernel generated for one architecture
+# the general entries take ~this per multiply-add of a small network (XOR: 21 samples x
+# 37 parameters x 3 products per epoch), a generated kernel ~GENERATED_SPEEDUP x less
 GENERAL_SECONDS_PER_MADD = 1.5e-9
 GENERATED_SPEEDUP = 5.0
+
+# "auto": weigh compile time against work (above); "fastest": always the fastest kernel
+# (benchmarks, which time the steady state); "general": never a generated kernel or the
+# tiles (tests comparing paths).  FASTBP_KERNELS sets it at import.
+POLICY = os.environ.get("FASTBP_KERNELS", "auto")
+if POLICY not in ("auto", "fastest", "general"):
+    raise ImportError(f"FASTBP_KERNELS={POLICY!r}: expected auto, fastest or general")
 
 _lock = threading.Lock()
 _loaded = set()     # kernel keys compiled or loaded in this process
@@ -59,14 +68,18 @@ _work_seen = {}     # kernel key -> work of the fits that could have used it, so
 @dataclass(frozen=True)
 class Plan:
     """What runs a fit: ``kernel`` (the compiled training entry), its ``name`` (for
-    History and the compile announcement), ``key`` (for the registry) and the gemm unit
-    ("tiles", "recurrence" or None when no layer uses products)."""
+    History and the compile announcement), ``key`` (for the registry), the gemm unit
+    ("tiles", "recurrence" or None when no layer uses products), the fit's mode and rule
+    kind (kernels/loops.py), ``cap``, the samples per batch its Work must hold, and
+    ``gradient``, whether it needs a gradient buffer."""
     kernel: object
     name: str
     key: tuple
     gemm: str | None
     mode: str
     rule: str
+    cap: int
+    gradient: bool
 
 
 # ----------------------------------------------------------------------- the registry
@@ -108,6 +121,8 @@ def mark_compiled(key):
 def _worth(key, seconds_saved, compile_seconds):
     """Whether to use the faster kernel ``key``: compiled already, or this fit and the
     earlier ones that could have used it save at least its compile time."""
+    if POLICY != "auto":
+        return POLICY == "fastest"
     if is_compiled(key):
         return True
     with _lock:
@@ -191,19 +206,53 @@ _MODE_NAMES = {"full": "full-batch", "mini": "mini-batch", "sample": "per-sample
 _RULE_NAMES = {"fused": "plain SGD", "plain": "plain SGD", "stateful": "momentum/Adam/L2"}
 
 
-def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0):
+def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weighted=False):
     """The Plan of one MLP fit (or one model of an Ensemble) of ``epochs`` epochs over n
-    samples in batches of ``batch``."""
+    samples in batches of ``batch``; ``weighted``: with sample weights."""
     layout = model._layout
-    dtype = model.dtype
+    dtype = np.dtype(model.dtype)
     mode = fit_mode(n, batch, shuffle, model._loss_code)
     kind = rule_kind(rule, dtype, mode)
-    nb_max = max(min(batch, n) if mode != "sample" else 1, n_val if validating else 0)
-    gemm = choose_gemm(layout.sizes, dtype, nb_max, epochs * n + (epochs * n_val))
-    key = ("train", mode, kind, bool(validating), np.dtype(dtype).name)
-    name = f"{_MODE_NAMES[mode]} {_RULE_NAMES[kind]}" + (
-        ", validating" if validating else "") + f" ({np.dtype(dtype).name})"
-    return Plan(L.trainer(mode, kind, validating), name, key, gemm, mode, kind)
+    cap = min(batch, n)
+    nb_max = max(cap if mode != "sample" else 1, n_val if validating else 0)
+    gemm = choose_gemm(layout.sizes, dtype, nb_max, epochs * (n + n_val))
+    name = (f"{_MODE_NAMES[mode]} {_RULE_NAMES[kind]}" + (", validating" if validating else "")
+            + f" ({dtype.name})")
+    general_key = ("train", mode, kind, bool(validating), dtype.name)
+    general = Plan(L.trainer(mode, kind, validating), name, general_key, gemm, mode, kind, cap,
+                   mode != "sample" and kind != "fused")
+    generated = GEN.kind_for(layout.sizes, model._act_codes, model._loss_code, mode, kind,
+                             validating, dtype, n, PRODUCT_MIN_WORK)
+    if generated is None:
+        return general
+    gen_rule = "stateful" if kind == "stateful" else "plain"
+    arch = (layout.sizes, model._act_codes, layout.bias, model._loss_code, bool(weighted),
+            gen_rule)
+    key = GEN.key(generated, *arch)
+    saved = (3.0 * epochs * n * layout.n_params * GENERAL_SECONDS_PER_MADD
+             * (1.0 - 1.0 / GENERATED_SPEEDUP))
+    # compiling the generated kernel instead of a general entry not compiled yet costs
+    # only the difference
+    extra = GENERATED_COMPILE_SECONDS - (
+        0.0 if is_compiled(general_key) else GENERAL_COMPILE_SECONDS)
+    if not _worth(key, saved, extra):
+        return general
+    return Plan(GEN.trainer(generated, *arch),
+                f"{name}, generated for {'-'.join(map(str, layout.sizes))}", key, gemm,
+                mode, kind, GEN.padded(cap) if generated == "full" else cap,
+                generated == "full")
+
+
+# Below this many samples a generated kernel's rows (padded to 8) are mostly padding and
+# the lanes (SIMD across models) train an ensemble faster; above, one model at a time
+# on a generated kernel is faster (XOR, 21 samples: 0.6 against 1.0 us per epoch).
+GENERATED_OVER_LANES_SAMPLES = 16
+
+
+def use_lanes(plan, n):
+    """Whether an ensemble eligible for the lanes (kernels/lanes.py) should use them,
+    given the Plan its models would run on one at a time."""
+    return not (plan.key[0] == "generated" and n >= GENERATED_OVER_LANES_SAMPLES)
 
 
 def eval_gemm(model, n):

@@ -36,14 +36,14 @@ class SingleFit:
         self.batch = n if run.batch_size is None else run.batch_size
         n_val = 0 if run.val is None else run.val.x.shape[0]
         self.plan = D.plan_fit(model, n, self.batch, run.shuffle, run.rule, run.validating,
-                               run.epochs - run.done, n_val)
+                               run.epochs - run.done, n_val, weighted=run.sw.shape[0] > 0)
         run.kernel_name = self.plan.name
         self.data = O.Data(x, y, run.sw)
         self.loop = O.Loop(self.batch, run.shuffle, run.record_every)
         lay = model._layout
-        self.work = O.make_work(lay.sizes_arr, lay.n_params, self.batch, n, model.dtype,
+        self.work = O.make_work(lay.sizes_arr, lay.n_params, self.plan.cap, n, model.dtype,
                                 model._keep_z, per_sample=self.plan.mode == "sample",
-                                gradient=self.plan.rule != "fused")
+                                gradient=self.plan.gradient)
         self.val_work = None if run.val is None else O.make_work(
             lay.sizes_arr, 0, n_val, n_val, model.dtype, model._keep_z)
         self.net = None  # made in prepare (it compiles the gemm unit)

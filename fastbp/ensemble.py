@@ -1,20 +1,22 @@
 """Many small models trained at once, one row of a 2-D parameter array each."""
-import time
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
+from . import _dispatch as D
 from . import _validation as V
-from . import _config as C
-from . import kernels as K
-from .kernels import specialize as S
-from ._chunks import first_chunk, next_chunk, sigint_deferred, warn_interrupted
+from ._driver import drive, sigint_deferred, warn_interrupted
+from ._fit import EVAL_CAP
 from ._init import initial_params
-from ._progress import make_bar
+from ._many import ManyFit
 from .errors import DivergenceError
 from .history import History
+from .kernels import loops as L
+from .kernels import options as O
+from .kernels.rng import seed_state
 from .model import MLP
 
 
@@ -81,7 +83,7 @@ class Ensemble:
         for m in range(n_models):
             self.params[m] = initial_params(lay, self.inits[m], self.seeds[m],
                                             self._proto.dtype)
-            self._rng_states[m] = K.seed_state(self.seeds[m])
+            self._rng_states[m] = seed_state(self.seeds[m])
         self.diverged = np.zeros(n_models, dtype=bool)
         self.history = None
 
@@ -133,7 +135,8 @@ class Ensemble:
 
     # ---- data -------------------------------------------------------------------------
     def _data(self, X, y=None):
-        """Feature-major (D, n_in, n) inputs and (D, n_out, n) targets, D = 1 or n_models.
+        """(D, n, n_in) inputs and (D, n, n_out) targets, C-contiguous in the model dtype,
+        D = 1 (shared) or n_models.
 
         X: (n, n_in) shared, or (n_models, n, n_in) one set per model.  y: (n, n_out) or
         (n,) shared, or (n_models, n, n_out) -- or (n_models, n) for one output -- per model.
@@ -152,10 +155,10 @@ class Ensemble:
             raise ValueError(f"X must be 2-D (n_samples, {n_in}), or 3-D (n_models, "
                              f"n_samples, {n_in}) with one data set per model, got shape "
                              f"{x.shape}")
-        xt = np.stack([np.ascontiguousarray(a.T) for a in xs])
+        xt = np.ascontiguousarray(np.stack(xs))
         if y is None:
             return xt, None
-        n = xt.shape[2]
+        n = xt.shape[1]
         t = V.as_float_array(y, "y", p.dtype)
         # (n_models, n) is per-model targets of a one-output net; it can only be confused
         # with a shared (n, 1) when n_models == n == 1, where both mean the same.
@@ -180,15 +183,12 @@ class Ensemble:
             names = ["y"]
         for a, name in zip(ts, names):
             V.check_targets_for_loss(a, p.loss_name, name)
-        yt = np.stack([np.ascontiguousarray(a.T) for a in ts])
+        yt = np.ascontiguousarray(np.stack(ts))
         if xt.shape[0] != yt.shape[0]:  # one shared, one per model: broadcast the shared one
             d = max(xt.shape[0], yt.shape[0])
             xt = np.ascontiguousarray(np.broadcast_to(xt, (d,) + xt.shape[1:]))
             yt = np.ascontiguousarray(np.broadcast_to(yt, (d,) + yt.shape[1:]))
         return xt, yt
-
-    def _net(self):
-        return self._proto._kernel_net()
 
     # ---- training -------------------------------------------------------------------------
     def fit(self, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, seed=None,
@@ -221,9 +221,8 @@ class Ensemble:
             from ._cuda import fit_cuda
             return fit_cuda(self, X, y, epochs, lr, batch_size, shuffle, seed, record_every,
                             progress=progress, on_divergence=on_divergence)
-        p = self._proto
         xt, yt = self._data(X, y)
-        n = xt.shape[2]
+        n = xt.shape[1]
         n_models = self.n_models
         epochs = V.check_positive_int(epochs, "epochs")
         lrs = np.array(_per_model(lr, n_models, "lr", V.check_lr), dtype=np.float64)
@@ -245,58 +244,40 @@ class Ensemble:
         if seeds is not None:
             for m, s in enumerate(seeds):
                 if s is not None:
-                    self._rng_states[m] = K.seed_state(s)
-
-        n_rec = -(-epochs // record_every)
-        history = np.full((n_models, n_rec), np.nan)
+                    self._rng_states[m] = seed_state(s)
         start = (self.params.copy(), self._rng_states.copy())  # for _rerun_alone
-        groups = _Group.split(self, shuffles, xt, yt, lrs, batches, history)
-        done_per_model = np.zeros(n_models, dtype=np.int64)
-        bad_epoch = np.full(n_models, -1, dtype=np.int64)
-        active = np.ones(n_models, dtype=np.int64)
-        results = np.zeros((n_models, 2), dtype=np.int64)
-        sizes, w_off, b_off, codes = self._net()
-        keep_z = p._keep_z
-        bar = make_bar(epochs, "ensemble") if progress else None
-        done, stopped = 0, None
-        chunk = first_chunk(epochs, 3 * n * p._layout.n_params * n_models / threads)
-        previous_threads = numba.get_num_threads()
-        numba.set_num_threads(threads)
-        t_start = time.perf_counter()
-        try:
-            with sigint_deferred() as interrupted:
-                while done < epochs and active.any():
-                    t0 = time.perf_counter()
-                    for g in groups:
-                        g.train(p, sizes, w_off, b_off, codes, chunk, active, done,
-                                record_every, keep_z, results, threads)
-                    seconds = time.perf_counter() - t0
-                    done = account_chunk(results, active, done_per_model, bad_epoch,
-                                         history, bar, done, chunk, record_every)
-                    if interrupted[0]:
-                        stopped = "interrupted"
-                        break
-                    chunk = next_chunk(chunk, seconds, epochs - done)
-        finally:
-            numba.set_num_threads(previous_threads)
-            for g in groups:
-                g.write_back(self, history)
-            if bar is not None:
-                bar.close()
-        self.diverged = bad_epoch >= 0
+        job = ManyFit(self, xt, yt, epochs, lrs, batches, shuffles, record_every, threads)
+        with sigint_deferred() as interrupted:
+            outcome = drive(job, interrupted, progress, desc="ensemble")
+        return self._finish(job, outcome, start, xt, yt, lrs, batches, shuffles,
+                            on_divergence, device="cpu")
+
+    def _finish(self, job, outcome, start, xt, yt, lrs, batches, shuffles, on_divergence,
+                device):
+        """The History of a fit on either device, and its diverged models: each trained
+        again alone by MLP.fit (see _rerun_alone)."""
+        self.diverged = job.bad_epoch >= 0
+        history, _ = job.records.view()
+        done_per_model = job.done_per_model
         for m in np.flatnonzero(self.diverged):
             done_per_model[m] = self._rerun_alone(
-                m, start, xt, yt, history[m], epochs, lrs[m], batches[m], shuffles[m],
-                record_every)
-        n_kept = -(-min(done, epochs) // record_every) if stopped else n_rec
-        hist = History(loss=history[:, :n_kept].copy(), epochs=int(done_per_model.max()),
-                       record_every=record_every, seconds=time.perf_counter() - t_start,
-                       stopped=stopped, extra={"epochs_per_model": done_per_model,
-                                               "diverged_epoch": bad_epoch})
+                m, start, xt, yt, history[m], job.epochs, lrs[m], batches[m], shuffles[m],
+                job.record_every)
+        stopped = outcome.stopped
+        if stopped:
+            history = history[:, :-(-min(job.done, job.epochs) // job.record_every)]
+        extra = {"epochs_per_model": done_per_model, "diverged_epoch": job.bad_epoch}
+        if device != "cpu":
+            extra["device"] = device
+        hist = History(loss=history, epochs=int(done_per_model.max()),
+                       record_every=job.record_every, seconds=outcome.seconds,
+                       stopped=stopped, extra=extra,
+                       compile_seconds=outcome.compile_seconds,
+                       kernel=getattr(job, "kernel_name", None), stride=job.records.stride)
         self.history = hist
         if stopped == "interrupted":
-            warn_interrupted(done, epochs)
-        report_divergence(self.diverged, on_divergence, hist, stacklevel=3)
+            warn_interrupted(job.done, job.epochs, stacklevel=4)
+        report_divergence(self.diverged, on_divergence, hist, stacklevel=4)
         return hist
 
     def _rerun_alone(self, m, start, xt, yt, history_row, epochs, lr, batch, shuffle,
@@ -311,7 +292,7 @@ class Ensemble:
         d = m if xt.shape[0] > 1 else 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            h = self[m].fit(xt[d].T, yt[d].T, epochs=epochs, lr=float(lr),
+            h = self[m].fit(xt[d], yt[d], epochs=epochs, lr=float(lr),
                             batch_size=int(batch), shuffle=bool(shuffle),
                             record_every=record_every, on_divergence="warn")
         history_row[:] = np.nan
@@ -332,15 +313,22 @@ class Ensemble:
 
         X: (n, n_in) shared, or (n_models, n, n_in) one set per model."""
         xt, _ = self._data(X)
-        n = xt.shape[2]
-        out = np.empty((self.n_models, self.sizes[-1], n), dtype=self.dtype)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(self._threads(n_jobs))
-        try:
-            K.predict_many(self.params, *self._net(), xt, out, min(n, 4096), K.PRODUCT_MIN_WORK)
-        finally:
-            numba.set_num_threads(previous)
-        return np.ascontiguousarray(out.transpose(0, 2, 1))
+        n = xt.shape[1]
+        p = self._proto
+        cap = min(n, EVAL_CAP)
+        lay = p._layout
+        net = p._net(cap)
+        out = np.empty((self.n_models, n, self.sizes[-1]), dtype=self.dtype)
+        local = threading.local()
+
+        def one(m):
+            work = getattr(local, "work", None)
+            if work is None:
+                work = local.work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False)
+            L.predict(self.params[m], net, xt[m if xt.shape[0] > 1 else 0], out[m], work)
+
+        _each(one, self.n_models, self._threads(n_jobs))
+        return out
 
     def predict_mean(self, X, n_jobs=None):
         """The ensemble's average output, shape (n_samples, n_out)."""
@@ -350,19 +338,12 @@ class Ensemble:
         """Each model's loss on (X, y) (shared or per-model 3-D data): (n_models,) float64,
         entry m equal to ``ensemble[m].loss`` on model m's data."""
         xt, yt = self._data(X, y)
-        n = xt.shape[2]
-        lay = self._proto._layout
-        # one workspace, reused model after model (MLP.loss allocates the same one)
-        ws = K.make_workspace(lay.sizes_arr, lay.n_params, n, n, self.params[0, :0], True)
-        a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm = ws
-        sizes, w_off, b_off, codes = self._net()
+        p = self._proto
         out = np.empty(self.n_models)
         for m in range(self.n_models):
             d = m if xt.shape[0] > 1 else 0
-            out[m] = K.loss_and_gradient(self.params[m], sizes, w_off, b_off, codes,
-                                         self._proto._loss_code, xt[d], yt[d], grad, a_off,
-                                         acts, deltas, z_out, y_batch, bits, scale, perm,
-                                         K.PRODUCT_MIN_WORK)
+            out[m], _ = self[m]._kernel_loss_and_grad(xt[d], yt[d],
+                                                      np.zeros(0, dtype=self.dtype))
         return out
 
     def best(self, k=1, X=None, y=None):
@@ -403,144 +384,11 @@ def report_divergence(diverged, on_divergence, hist, stacklevel):
     warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel)
 
 
-def account_chunk(results, active, done_per_model, bad_epoch, history, bar, done, chunk,
-                  record_every):
-    """Book one chunk of ``chunk`` epochs from epoch ``done`` (CPU or GPU kernel alike):
-    results[m] = (epochs done, bad epoch or -1) for the active models; a model whose
-    guard failed is deactivated.  Updates the progress bar; returns the new ``done``."""
-    ran = active == 1
-    done_per_model += np.where(ran, results[:, 0], 0)
-    bad = ran & (results[:, 1] >= 0)
-    bad_epoch[bad] = results[bad, 1]
-    active[bad] = 0
-    done += chunk
-    if bar is not None:
-        rec = history[:, (done - 1) // record_every]
-        bar.update(chunk, float(np.nanmean(rec)) if np.isfinite(rec).any() else None)
-    return done
-
-
-class _Group:
-    """Models trained by one kernel call.  The kernel takes one shuffle flag for all the
-    models it trains, so a fit that mixes shuffled and unshuffled models runs two groups,
-    each on its own copies of the rows (written back when the fit ends).  With one flag
-    for all -- the usual case -- the single group works on the ensemble's arrays."""
-
-    def __init__(self, idx, shuffle, params, rng_states, xt, yt, lrs, batches, history):
-        self.idx, self.shuffle = idx, shuffle
-        self.params, self.rng_states = params, rng_states
-        self.xt, self.yt, self.lrs, self.batches, self.history = xt, yt, lrs, batches, history
-        n = params.shape[0]
-        self.active = np.ones(n, dtype=np.int64)
-        self.results = np.zeros((n, 2), dtype=np.int64)
-
-    @classmethod
-    def split(cls, ens, shuffles, xt, yt, lrs, batches, history):
-        if shuffles.all() or not shuffles.any():
-            return [cls(None, bool(shuffles[0]), ens.params, ens._rng_states, xt, yt, lrs,
-                        batches, history)]
-        groups = []
-        for flag in (False, True):
-            idx = np.flatnonzero(shuffles == flag)
-            per = xt.shape[0] > 1
-            groups.append(cls(idx, flag, ens.params[idx], ens._rng_states[idx],
-                              xt[idx] if per else xt, yt[idx] if per else yt, lrs[idx],
-                              batches[idx], history[idx]))
-        return groups
-
-    def train(self, model, sizes, w_off, b_off, codes, epochs, active, epoch0,
-              record_every, keep_z, results, threads):
-        sel = slice(None) if self.idx is None else self.idx
-        self.active[:] = active[sel]
-        loss_code = model._loss_code
-        n = self.xt.shape[2]
-        kernel = self._generated_kernel(model, epochs, n)
-        if kernel is not None:
-            self._train_generated(kernel, model, sizes, w_off, b_off, codes, epochs, epoch0,
-                                  record_every, keep_z, threads)
-            results[sel] = self.results
-            return
-        lanes = np.zeros(self.params.shape[0], dtype=bool)
-        if self.params.shape[0] >= K.LANES and K.lanes_eligible(
-                sizes, codes, loss_code, n, self.batches, self.shuffle, self.xt.shape[0],
-                K.PRODUCT_MIN_WORK):
-            # full blocks of models train together, SIMD across models (kernels/lanes.py:
-            # bit-identical to the single-model kernel); the rest below as usual
-            K.train_blocks(self.params, sizes, w_off, b_off, codes, loss_code, self.xt[0],
-                           self.yt[0], epochs, self.lrs, self.batches, self.rng_states,
-                           self.active, epoch0, record_every, self.history, keep_z,
-                           self.results, K.PRODUCT_MIN_WORK)
-            lanes = self.results[:, 0] >= 0
-            lane_results = self.results.copy()
-            self.active[lanes] = 0
-        if not lanes.all():
-            K.train_many(self.params, sizes, w_off, b_off, codes, loss_code, self.xt,
-                         self.yt, epochs, self.lrs, self.batches, self.shuffle,
-                         self.rng_states, self.active, epoch0, record_every, self.history,
-                         True, keep_z, self.results, K.PRODUCT_MIN_WORK)
-        if lanes.any():
-            self.results[lanes] = lane_results[lanes]
-        results[sel] = self.results
-
-    # Below this many samples the generated kernel's rows (padded to 8) are mostly
-    # padding and the lanes kernel (SIMD across models) does better.
-    GENERATED_MIN_SAMPLES = 16
-
-    def _generated_kernel(self, model, epochs, n):
-        """The kernel generated for the architecture (kernels/specialize.py) when every
-        model of the group trains full-batch on it and the chunk pays for compiling it:
-        one model per call, models in parallel on threads.  It runs a model faster than
-        the lanes kernel runs it in a block of 8 (XOR: 0.6 against 1.0 us per epoch),
-        with the same results.  None otherwise."""
-        lay = model._layout
-        if (not S.ENABLED or self.shuffle or n < self.GENERATED_MIN_SAMPLES
-                or (self.batches < n).any()):
-            return None
-        products = any(S.uses_products(a, b, n, K.PRODUCT_MIN_WORK) for a, b in lay.shapes)
-        if not S.eligible(lay.sizes, model._act_codes, model._loss_code, True, False,
-                          model.dtype, products):
-            return None
-        arch = (lay.sizes, model._act_codes, lay.bias, model._loss_code, False, "plain")
-        work = epochs * n * lay.n_params * int(self.active.sum())
-        if not S.worth_generating(work, *arch):
-            return None
-        return S.trainer(*arch)
-
-    def _train_generated(self, kernel, model, sizes, w_off, b_off, codes, epochs, epoch0,
-                         record_every, keep_z, threads):
-        """Each active model through ``kernel`` (the single-model training loop, with
-        MLP.fit's arguments and plain SGD at the model's rate), ``threads`` at a time:
-        the kernel releases the GIL."""
-        lay = model._layout
-        empty = self.params[0, :0]
-        ws = K.make_workspace(lay.sizes_arr, lay.n_params, 1, 1, empty, keep_z)
-        xv = np.zeros((self.xt.shape[1], 0))
-        yv = np.zeros((self.yt.shape[1], 0))
-
-        def one(m):
-            if not self.active[m]:
-                self.results[m] = (0, -1)
-                return
-            d = m if self.xt.shape[0] > 1 else 0
-            hyper, iconf = C.build(float(self.lrs[m]), epochs)
-            done, bad, _ = kernel(
-                self.params[m], sizes, w_off, b_off, codes, model._loss_code, self.xt[d],
-                self.yt[d], empty, xv, yv, empty, epochs, int(self.batches[m]), False,
-                self.rng_states[m], epoch0, record_every, self.history[m], empty,
-                self.params[m].copy(), empty, np.zeros(3), hyper, iconf,
-                np.zeros((2, 0)), np.zeros(1, dtype=np.int64), empty, ws, empty, ws,
-                K.PRODUCT_MIN_WORK)
-            self.results[m] = (done, bad)
-
-        if threads <= 1:
-            for m in range(self.params.shape[0]):
-                one(m)
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(one, range(self.params.shape[0])))
-
-    def write_back(self, ens, history):
-        if self.idx is not None:
-            ens.params[self.idx] = self.params
-            ens._rng_states[self.idx] = self.rng_states
-            history[self.idx] = self.history
+def _each(fn, count, threads):
+    """fn(i) for i < count on ``threads`` threads (the kernels release the GIL)."""
+    if threads <= 1 or count <= 1:
+        for i in range(count):
+            fn(i)
+        return
+    with ThreadPoolExecutor(min(threads, count)) as pool:
+        list(pool.map(fn, range(count)))

@@ -1,17 +1,24 @@
-"""fastbp.kernels: Numba-compiled building blocks. Arrays in, arrays out; imports only
-numpy and numba, never fastbp.  See DESIGN.md for the flat parameter layout."""
-from . import startup  # first: before anything sets up Numba's CPU target
-from .activations import IDENTITY, RELU, SIGMOID, SOFTMAX, TANH, activate_inplace, exp_into, \
-    mul_derivative_inplace, sigmoid_inplace, softmax_inplace
-from . import blas
-from .bounds import layer_norms
+"""fastbp.kernels: the compiled core.  Arrays and named structures in, arrays out; imports
+only numpy, numba and llvmlite, never fastbp.  See DESIGN.md for the flat parameter
+layout.
+
+    rules.py     the math, each rule written once (activations, losses, deltas, sums,
+                 updates); every kernel calls it
+    options.py   the named structures the kernels take (Net, Data, Loop, Rule, Stop,
+                 State, Work)
+    batch.py     a batch through the network: forward, loss, backward, on rows
+    sample.py    per-sample SGD, one update per sample fused into the backward pass
+    loops.py     the training entries, one per kind of fit; predict; loss and gradient
+    generate.py  kernels generated for one small architecture
+    lanes.py     many models at once, in SIMD lanes across models
+    gemm.py      the matrix products of wide layers, as units called by address
+    tiles.py     the register-tiled gemm unit
+    intrinsics.py  fma, bit casts and SIMD sums, each with its plain-Python meaning
+    rng.py       the counter-based shuffling stream
+    bounds.py    weight norms for the proof that a chunk cannot diverge
+    cuda.py      the GPU kernel (imported only when asked for)
+"""
+from .rules import (BCE, CROSS_ENTROPY, HALF_MSE, IDENTITY, MSE, RELU, SIGMOID, SOFTMAX,
+                    SSE, TANH)
 from .config import PRODUCT_MIN_WORK, JIT
-from .dense import backward, forward
-from .losses import BCE, CROSS_ENTROPY, HALF_MSE, MSE, SSE, batch_loss, output_delta
-from . import optim
-from .rng import next_u64, permutation_into, seed_state
-from .train import activation_offsets, all_finite, allocate_workspace, default_config, \
-    eval_loss, gather_columns, loss_and_gradient, make_workspace, predict_into, \
-    scatter_columns, train, train_epochs, weighted_loss_and_gradient
-from .ensemble import predict_many, train_many
-from .lanes import LANES, eligible as lanes_eligible, train_blocks
+from .rng import permutation_into, seed_state

@@ -4,44 +4,39 @@ Models are taken in blocks of LANES and held lane-minor: a block's parameters as
 (n_params, LANES), its activations as (units, samples, LANES), so the innermost loop of
 every operation runs over the models of the block and vectorizes, even where a single
 model's rows are short (the XOR net has 21 samples and layers of 4 units).  Each lane
-performs exactly the operations of the single-model kernels (train.train_epochs ->
-dense.py, losses.py), in the same order -- the same products, the same four-lane sums,
-the same elementwise activations -- so every model is bit-identical to training it
+performs exactly the operations of the single-model full-batch entry (loops.py,
+batch.py) with the same rules, in the same order -- the same products, the same
+four-lane sums, the same activations -- so every model is bit-identical to training it
 alone; tests/test_ensemble.py checks it.
 
-Scope: shared data, full batch without shuffling, plain SGD (the Ensemble's update
-rule), losses mse / half_mse / sse, elementwise activations, layers small enough that the
-single-model kernel uses loops rather than matrix products (``eligible``).  The divergence guard is
-kept by falling back: a block in which any model meets a non-finite loss or parameter
-at a check is re-run from the start of the chunk by the single-model kernel, which then
-stops that model exactly where MLP.fit would.
+Scope (``eligible``): shared data, full batch without shuffling, the plain rule (the
+Ensemble's), losses mse / half_mse / sse, elementwise activations, layers small enough
+that the single-model entry uses loops rather than matrix products.  The divergence
+guard is kept by falling back: a block in which any model meets a non-finite loss or
+parameter at a check returns False, its parameters untouched, and the caller trains
+its models again from the chunk's start with the single-model entry, which then stops
+each where MLP.fit would.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .activations import SOFTMAX, activate_inplace, fma, mul_derivative_inplace
+from .batch import activate_rows, derivative_rows, uses_products
 from .config import JIT
-from .dense import layer_uses_products
-from .losses import HALF_MSE, MSE, SSE
-from .train import all_finite, allocate_workspace, train_epochs
+from .intrinsics import fma
+from .loops import all_finite
+from .rules import (HALF_MSE, MSE, SOFTMAX, SSE, delta_scale, loss_of_sum, loss_term,
+                    output_delta, plain_step)
 
 LANES = 8
-_PAR = dict(JIT, parallel=True)
 
 
-@njit(**JIT)
-def eligible(sizes, acts_codes, loss_code, n, batch_sizes, shuffle, n_data, product_min_work):
-    """Whether train_many may train this fit's full blocks of models in lanes."""
-    if shuffle or n_data != 1 or not (loss_code == MSE or loss_code == HALF_MSE
-                                      or loss_code == SSE):
+def eligible(sizes, acts, loss, n, full_batch, shared_data, product_min_work):
+    """Whether the lanes may train this fit's full blocks of models."""
+    if not (full_batch and shared_data and loss in (MSE, HALF_MSE, SSE)):
         return False
-    for m in range(batch_sizes.shape[0]):
-        if batch_sizes[m] < n:
-            return False
-    for l in range(sizes.shape[0] - 1):
-        if acts_codes[l] == SOFTMAX or layer_uses_products(sizes[l], sizes[l + 1], n, product_min_work):
-            return False
-    return True
+    return not any(a == SOFTMAX for a in acts) and not any(
+        uses_products.py_func(a, b, n, product_min_work)
+        for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 @njit(**JIT)
@@ -68,7 +63,7 @@ def _add_rows(z, w):
 
 @njit(**JIT)
 def _dot4_lanes(x, y, nb, out, part):
-    """out[q] = dense.dot4 of lane q's rows x, y (nb samples): the same four partial
+    """out[q] = rules.dot4 of lane q's rows x, y (nb samples): the same four partial
     sums, lane s % 4, combined as (l0 + l1) + (l2 + l3)."""
     q4 = nb - (nb & 3)
     for r in range(4):
@@ -88,7 +83,7 @@ def _dot4_lanes(x, y, nb, out, part):
 
 @njit(**JIT)
 def _sum4_lanes(x, nb, out, part):
-    """dense.sum4 per lane."""
+    """rules.sum4 per lane."""
     q4 = nb - (nb & 3)
     for r in range(4):
         for q in range(LANES):
@@ -106,173 +101,118 @@ def _sum4_lanes(x, nb, out, part):
 
 
 @njit(**JIT)
-def _epoch_lanes(P, G, sizes, w_off, b_off, acts_codes, loss_code, A, D, a_off, Y, nb,
-                 lr, bits, scale, part, out, loss, recording):
+def _epoch_lanes(P, G, net, A, D, a_off, Y, nb, lr, part, out, loss, recording):
     """One full-batch epoch of a block; loss[q] <- lane q's loss (before the update)."""
+    sizes = net.sizes
     n_layers = sizes.shape[0] - 1
     row = nb * LANES
-    for l in range(n_layers):  # forward, as dense._affine (nb > 1) + activate_inplace
+    for l in range(n_layers):  # forward, as batch.affine (nb > 1) and activate_rows
         n_in = sizes[l]
         n_out = sizes[l + 1]
         ai = a_off[l]
         zo = a_off[l + 1]
+        wo = net.w_off[l]
         for j in range(n_out):
             z = A[zo + j * row:zo + (j + 1) * row]
-            _mul_rows(z, P[w_off[l] + j], A[ai:ai + row])
+            _mul_rows(z, P[wo + j], A[ai:ai + row])
             for i in range(1, n_in):
-                _fma_rows(z, P[w_off[l] + i * n_out + j], A[ai + i * row:ai + (i + 1) * row])
-        if b_off[l] >= 0:
+                _fma_rows(z, P[wo + i * n_out + j], A[ai + i * row:ai + (i + 1) * row])
+        if net.b_off[l] >= 0:
             for j in range(n_out):
-                _add_rows(A[zo + j * row:zo + (j + 1) * row], P[b_off[l] + j])
-        activate_inplace(A[zo:zo + n_out * row], acts_codes[l], bits, scale)
+                _add_rows(A[zo + j * row:zo + (j + 1) * row], P[net.b_off[l] + j])
+        activate_rows(A[zo:zo + n_out * row], net.acts[l])
     k = sizes[-1]
     oo = a_off[n_layers]
     count = k * nb
-    if recording:  # losses.batch_loss: rows j, then samples, one running sum per lane
+    if recording:  # batch.batch_loss: rows j, then samples, one running sum per lane
         for q in range(LANES):
             loss[q] = 0.0
         for t in range(count):
             for q in range(LANES):
-                d = A[oo + t * LANES + q] - Y[t * LANES + q]
-                loss[q] += d * d
+                loss[q] += loss_term(A[oo + t * LANES + q], Y[t * LANES + q], 0.0, net.loss)
         for q in range(LANES):
-            if loss_code == SSE:
-                loss[q] = 0.5 * loss[q]
-            elif loss_code == HALF_MSE:
-                loss[q] = 0.5 * loss[q] / count
-            else:
-                loss[q] = loss[q] / count
-    if loss_code == MSE:  # losses.output_delta
-        sc = 2.0 / count
-    elif loss_code == HALF_MSE:
-        sc = 1.0 / count
-    else:
-        sc = 1.0
-    for t in range(count * LANES):
-        D[oo + t] = (A[oo + t] - Y[t]) * sc
-    mul_derivative_inplace(D[oo:oo + count * LANES], A[oo:oo + count * LANES],
-                           acts_codes[n_layers - 1])
-    for l in range(n_layers - 1, -1, -1):  # dense.backward
+            loss[q] = loss_of_sum(loss[q], net.loss, k, nb)
+    out_act = net.acts[n_layers - 1]
+    scale = delta_scale(net.loss, out_act, k, nb)
+    for t in range(count * LANES):  # batch.output_deltas
+        D[oo + t] = output_delta(A[oo + t], Y[t], scale, out_act, False)
+    for l in range(n_layers - 1, -1, -1):  # batch.backward
         n_in = sizes[l]
         n_out = sizes[l + 1]
         ai = a_off[l]
         do = a_off[l + 1]
-        wo = w_off[l]
+        wo = net.w_off[l]
         for i in range(n_in):
             for j in range(n_out):
                 _dot4_lanes(A[ai + i * row:ai + (i + 1) * row],
                             D[do + j * row:do + (j + 1) * row], nb, out, part)
                 for q in range(LANES):
                     G[wo + i * n_out + j, q] = out[q]
-        if b_off[l] >= 0:
+        if net.b_off[l] >= 0:
             for j in range(n_out):
                 _sum4_lanes(D[do + j * row:do + (j + 1) * row], nb, out, part)
                 for q in range(LANES):
-                    G[b_off[l] + j, q] = out[q]
+                    G[net.b_off[l] + j, q] = out[q]
         if l > 0:
             for i in range(n_in):
                 d_in = D[ai + i * row:ai + (i + 1) * row]
                 _mul_rows(d_in, P[wo + i * n_out], D[do:do + row])
                 for j in range(1, n_out):
                     _fma_rows(d_in, P[wo + i * n_out + j], D[do + j * row:do + (j + 1) * row])
-            mul_derivative_inplace(D[ai:ai + n_in * row], A[ai:ai + n_in * row],
-                                   acts_codes[l - 1])
-    for p in range(P.shape[0]):  # optim.update, plain SGD
+            derivative_rows(D[ai:ai + n_in * row], A[ai:ai + n_in * row], net.acts[l - 1])
+    for p in range(P.shape[0]):  # the plain rule
         for q in range(LANES):
-            P[p, q] -= lr[q] * G[p, q]
+            P[p, q] = plain_step(P[p, q], G[p, q], lr[q])
 
 
 @njit(**JIT)
-def _train_block(params, m0, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, epochs,
-                 lrs, epoch0, record_every, history):
-    """Train models m0 .. m0+LANES-1 in lanes; False if a guard check failed (then
-    params and history of the block are untouched past what the caller restores)."""
+def train_block(params, m0, net, x, y, epochs, lrs, epoch0, record_every, history):
+    """Train models m0 .. m0+LANES-1 of ``params`` (n_models, n_params) in lanes on the
+    shared data x (n, n_in), y (n, n_out), plain SGD at rates lrs[m]; records into
+    history[m, r] (this chunk's records, as loops.py numbers them).  Returns False if a
+    guard check failed: then the block's parameters are left as they were."""
     n_params = params.shape[1]
-    nb = xt.shape[1]
+    nb = x.shape[0]
+    sizes = net.sizes
     n_units = sizes.shape[0]
     a_off = np.zeros(n_units + 1, dtype=np.int64)
     for l in range(n_units):
         a_off[l + 1] = a_off[l] + sizes[l] * nb * LANES
-    A = np.zeros(a_off[-1])
-    D = np.zeros(a_off[-1])
-    P = np.empty((n_params, LANES))
-    G = np.empty((n_params, LANES))
-    Y = np.empty(yt.shape[0] * nb * LANES)
+    A = np.zeros(a_off[-1], dtype=params.dtype)
+    D = np.zeros(a_off[-1], dtype=params.dtype)
+    P = np.empty((n_params, LANES), dtype=params.dtype)
+    G = np.empty((n_params, LANES), dtype=params.dtype)
+    Y = np.empty(y.shape[1] * nb * LANES, dtype=params.dtype)
     part = np.empty((4, LANES))
     loss = np.zeros(LANES)
     out = np.empty(LANES)
-    bits = np.zeros(sizes.max() * nb * LANES, dtype=np.int64)
-    scale = bits.view(np.float64)
     lr = np.empty(LANES)
+    r0 = (epoch0 + record_every - 1) // record_every
     for q in range(LANES):
         lr[q] = lrs[m0 + q]
         for p in range(n_params):
             P[p, q] = params[m0 + q, p]
-    for i in range(xt.shape[0]):
+    for i in range(x.shape[1]):
         for s in range(nb):
             for q in range(LANES):
-                A[(i * nb + s) * LANES + q] = xt[i, s]
-    for t in range(yt.shape[0]):
+                A[(i * nb + s) * LANES + q] = x[s, i]
+    for t in range(y.shape[1]):
         for s in range(nb):
             for q in range(LANES):
-                Y[(t * nb + s) * LANES + q] = yt[t, s]
+                Y[(t * nb + s) * LANES + q] = y[s, t]
     for e in range(epochs):
         g = epoch0 + e
         recording = g % record_every == 0
-        _epoch_lanes(P, G, sizes, w_off, b_off, acts_codes, loss_code, A, D, a_off, Y, nb,
-                     lr, bits, scale, part, out, loss, recording)
+        _epoch_lanes(P, G, net, A, D, a_off, Y, nb, lr, part, out, loss, recording)
         if recording:
-            # train_epochs' guard: a non-finite loss or parameter at a check
+            # the single-model guard: a non-finite loss or parameter at a check
             if not (all_finite(loss) and all_finite(P.reshape(-1))):
                 return False
             for q in range(LANES):
-                history[m0 + q, g // record_every] = loss[q]
+                history[m0 + q, g // record_every - r0] = loss[q]
     if not all_finite(P.reshape(-1)):
         return False
     for q in range(LANES):
         for p in range(n_params):
             params[m0 + q, p] = P[p, q]
     return True
-
-
-@njit(**_PAR)
-def train_blocks(params, sizes, w_off, b_off, acts_codes, loss_code, xt, yt, epochs, lrs,
-                 batch_sizes, rng_states, active, epoch0, record_every, history, keep_z,
-                 results, product_min_work):
-    """train_many's lane path for the full blocks of active models (see the module
-    docstring); models outside full blocks are left to the caller (``results[m, 0]``
-    is -1 for them).  xt: (n_in, n), yt: (n_out, n) shared data."""
-    n_models = params.shape[0]
-    n_blocks = n_models // LANES
-    for m in range(n_models):
-        results[m, 0] = -1
-        results[m, 1] = -1
-    for b in prange(n_blocks):
-        m0 = b * LANES
-        full = True
-        for q in range(LANES):
-            if active[m0 + q] == 0:
-                full = False
-        if not full:
-            continue
-        if not _train_block(params, m0, sizes, w_off, b_off, acts_codes, loss_code, xt,
-                            yt, epochs, lrs, epoch0, record_every, history):
-            # a guard check failed somewhere in the block: the single-model kernel
-            # re-runs each model from the chunk's start and stops it where MLP.fit would
-            n = xt.shape[1]
-            for q in range(LANES):
-                m = m0 + q
-                a_off, acts, deltas, grad, z_out, y_batch, bits, scale, perm = \
-                    allocate_workspace(sizes, params.shape[1], n, n, params[m, :0], keep_z)
-                backup = params[m].copy()
-                done, bad = train_epochs(params[m], sizes, w_off, b_off, acts_codes,
-                                         loss_code, xt, yt, epochs, lrs[m], batch_sizes[m],
-                                         False, rng_states[m], epoch0, record_every,
-                                         history[m], backup, a_off, acts, deltas, grad,
-                                         z_out, y_batch, bits, scale, perm, product_min_work)
-                results[m, 0] = done
-                results[m, 1] = bad
-            continue
-        for q in range(LANES):
-            results[m0 + q, 0] = epochs
-            results[m0 + q, 1] = -1

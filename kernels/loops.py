@@ -153,6 +153,57 @@ def evaluate(params, net, data, work):
                       net.loss, net.sizes[n_layers], n)
 
 
+GOING_ON = 0
+DIVERGED = 1
+STOPPED_EARLY = 2
+
+
+@njit(**dict(INNER, inline="always"))
+def after_record(VALIDATING, params, net, val, stop, state, val_work, history, val_history,
+                 backup, epoch_loss, e, g, epochs, r0, record_every, guard, restore_best,
+                 good_epochs):
+    """The bookkeeping of a recorded epoch g (the e-th of this chunk), shared by every
+    training entry, the generated ones included: the record, the divergence guard, and
+    with VALIDATING (a compile-time constant) the validation loss and early stopping.
+    Returns (good_epochs, GOING_ON / DIVERGED / STOPPED_EARLY)."""
+    r = g // record_every - r0
+    history[r] = epoch_loss
+    finite = (epoch_loss - epoch_loss == 0) and all_finite(params)
+    if guard:
+        if finite:
+            if e + 1 < epochs:  # the last epoch's state needs no copy: it is final
+                copy_into(backup, params)
+            good_epochs = e + 1
+        else:
+            copy_into(params, backup)
+            return good_epochs, DIVERGED
+    if VALIDATING:
+        if finite:
+            vloss = evaluate(params, net, val, val_work)
+            val_history[r] = vloss
+            if vloss < state.best_loss[0] - stop.min_delta:
+                state.best_loss[0] = vloss
+                state.bad_checks[0] = 0
+                state.best_epoch[0] = g
+                if restore_best:
+                    copy_into(state.best_params, params)
+            else:
+                state.bad_checks[0] += 1
+                if stop.patience > 0 and state.bad_checks[0] >= stop.patience:
+                    return good_epochs, STOPPED_EARLY
+    return good_epochs, GOING_ON
+
+
+@njit(**dict(INNER, inline="always"))
+def end_of_chunk(params, backup, guard, good_epochs, epoch0, epochs):
+    """The guard's last check, after a chunk's last epoch: (epochs_done, bad_epoch,
+    early_stopped) as every training entry returns them."""
+    if guard and not all_finite(params):
+        copy_into(params, backup)
+        return good_epochs, epoch0 + epochs - 1, False
+    return epochs, -1, False
+
+
 def _make_trainer(MODE, RULE, VALIDATING):
     """The entry for one kind of fit; MODE, RULE and VALIDATING are constants of the
     closure, so every ``if`` on them is decided before Numba types the function."""
@@ -223,35 +274,15 @@ def _make_trainer(MODE, RULE, VALIDATING):
                 epoch_loss = batch_epoch_stateful(params, net, data, loop, rule, state,
                                                   work, lr, full, recording)
             if recording:
-                r = g // record_every - r0
-                history[r] = epoch_loss
-                finite = (epoch_loss - epoch_loss == 0) and all_finite(params)
-                if guard:
-                    if finite:
-                        if e + 1 < epochs:  # the last epoch's state needs no copy
-                            copy_into(backup, params)
-                        good_epochs = e + 1
-                    else:
-                        copy_into(params, backup)
-                        return good_epochs, g, False
-                if VALIDATING:
-                    if finite:
-                        vloss = evaluate(params, net, val, val_work)
-                        val_history[r] = vloss
-                        if vloss < state.best_loss[0] - stop.min_delta:
-                            state.best_loss[0] = vloss
-                            state.bad_checks[0] = 0
-                            state.best_epoch[0] = g
-                            if restore_best:
-                                copy_into(state.best_params, params)
-                        else:
-                            state.bad_checks[0] += 1
-                            if stop.patience > 0 and state.bad_checks[0] >= stop.patience:
-                                return e + 1, -1, True
-        if guard and not all_finite(params):
-            copy_into(params, backup)
-            return good_epochs, epoch0 + epochs - 1, False
-        return epochs, -1, False
+                good_epochs, status = after_record(
+                    VALIDATING, params, net, val, stop, state, val_work, history,
+                    val_history, backup, epoch_loss, e, g, epochs, r0, record_every, guard,
+                    restore_best, good_epochs)
+                if status == DIVERGED:
+                    return good_epochs, g, False
+                if status == STOPPED_EARLY:
+                    return e + 1, -1, True
+        return end_of_chunk(params, backup, guard, good_epochs, epoch0, epochs)
 
     return train
 

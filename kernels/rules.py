@@ -22,8 +22,8 @@ divides by N, so per-sample SGD sees them too.
 Derivatives are written in terms of the activation OUTPUT a = f(z) (all four functions
 allow it), so the forward pass keeps only outputs.
 
-Each rule is inlined into the kernel that calls it (Numba's ``inline="always"``), and
-callable from Python too (tests, fastbp/_divergence.py).
+Each rule is an ordinary compiled function, callable from Python too (the tests,
+fastbp/_divergence.py).
 """
 import math
 
@@ -31,8 +31,11 @@ import numpy as np
 from numba import njit, uint64
 
 from .config import JIT
-# inlined at Numba's level wherever a kernel calls them: no compilation of their own
-RULE = dict(JIT, inline="always")
+# Each rule is compiled once per argument types (and cached on disk) and LLVM inlines
+# it where it is called.  Inlining at Numba's level instead (inline="always") retypes
+# the rule at every call site: slower to compile with the generated kernels' hundreds
+# of calls, and no faster to run.
+RULE = JIT
 from .intrinsics import LANES, float64_from_bits, fma, lanes4, lanes_dot, lanes_dot_step
 
 

@@ -1,0 +1,199 @@
+"""An Ensemble's fit on the CPU as a job of the chunk driver (fastbp/_driver.py).
+
+Every chunk trains each active model for the chunk's epochs with the single-model
+training entry the dispatcher picks for it (the same kernel ``MLP.fit`` would run, on
+the model's own row of parameters, shuffling stream and buffers), so each model is
+bit-identical to training it alone, whatever the number of threads.  Models are
+spread over Python threads: the kernels release the GIL.  Where the lanes apply
+(kernels/lanes.py: full blocks of 8 models, full batch, shared data), a block trains
+in SIMD lanes across its models, with the same results.
+
+A model whose guard fails is deactivated; when the fit ends, Ensemble.fit trains it
+again alone with MLP.fit, which leaves it exactly where MLP.fit leaves a diverged model.
+"""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import _dispatch as D
+from .history import Records
+from .kernels import lanes as LN
+from .kernels import options as O
+
+
+class ManyFit:
+    """The job of one Ensemble.fit on the CPU (see fastbp/_driver.py)."""
+
+    def __init__(self, ens, x, y, epochs, lrs, batches, shuffles, record_every, threads):
+        self.ens = ens
+        self.proto = ens._proto
+        self.x, self.y = x, y  # (D, n, n_in), (D, n, n_out): D = 1 shared, or n_models
+        self.epochs = epochs
+        self.done = 0
+        self.lrs, self.batches, self.shuffles = lrs, batches, shuffles
+        self.record_every = record_every
+        self.threads = threads
+        n_models = ens.n_models
+        self.n = x.shape[1]
+        self.active = np.ones(n_models, dtype=bool)
+        self.done_per_model = np.zeros(n_models, dtype=np.int64)
+        self.bad_epoch = np.full(n_models, -1, dtype=np.int64)
+        self.records = Records(rows=n_models)
+        self._local = threading.local()
+        # one Plan per distinct (batch size, shuffle): the models that share one share it
+        self.plans = {}
+        for b, s in set(zip(batches.tolist(), shuffles.tolist())):
+            rule = O.plain_rule(1.0, epochs)
+            self.plans[(b, s)] = D.plan_fit(self.proto, self.n, b, s, rule, False,
+                                            epochs * n_models)
+        dtype = self.proto.dtype
+        lay = self.proto._layout
+        self.lanes = n_models >= LN.LANES and LN.eligible(
+            lay.sizes, self.proto._act_codes, self.proto._loss_code, self.n,
+            bool((batches >= self.n).all() and not shuffles.any()), x.shape[0] == 1,
+            D.PRODUCT_MIN_WORK) and D.use_lanes(next(iter(self.plans.values())), self.n)
+        self.nets = {}
+        self.dtype = dtype
+        self.no_weights = np.zeros(0, dtype=dtype)
+
+    # ---- the job protocol ----------------------------------------------------------
+    def pending(self):
+        names = []
+        if self.lanes and not D.is_compiled(self._lanes_key()):
+            names.append("the ensemble lanes kernel")
+        if self._singles_at_start():
+            for plan in self.plans.values():
+                if not D.is_compiled(plan.key):
+                    names.append(f"the {plan.name} training kernel")
+        return names
+
+    def prepare(self):
+        for key, plan in self.plans.items():
+            self.nets[plan.gemm] = D.make_net(self.proto._layout, self.proto._act_codes,
+                                              self.proto._loss_code, self.dtype, plan.gemm)
+        if self.lanes:
+            self._train_block(0, 0, 0, np.empty((self.ens.n_models, 0)))
+            D.mark_compiled(self._lanes_key())
+        if not self._singles_at_start():
+            return  # the single-model kernels compile only if a block ever fails
+        for (b, s), plan in self.plans.items():
+            if not D.is_loaded(plan.key):
+                m = int(np.flatnonzero((self.batches == b) & (self.shuffles == s))[0])
+                self._train_one(m, 0, 0, np.empty((self.ens.n_models, 0)))
+                D.mark_compiled(plan.key)
+
+    def work_per_epoch(self):
+        return 3 * self.n * self.proto._layout.n_params * self.ens.n_models / self.threads
+
+    def remaining(self):
+        return self.epochs - self.done if self.active.any() else 0
+
+    def cap(self, chunk):
+        return chunk
+
+    def run_chunk(self, chunk):
+        start = self.done
+        re = self.record_every
+        r0 = -(-start // re)
+        k = -(-(start + chunk) // re) - r0
+        history = np.full((self.ens.n_models, k), np.nan)
+        results = np.zeros((self.ens.n_models, 2), dtype=np.int64)
+        tasks = []
+        singles = list(np.flatnonzero(self.active))
+        if self.lanes:
+            blocks = [m0 for m0 in range(0, self.ens.n_models - LN.LANES + 1, LN.LANES)
+                      if self.active[m0:m0 + LN.LANES].all()]
+            in_blocks = {m for m0 in blocks for m in range(m0, m0 + LN.LANES)}
+            singles = [m for m in singles if m not in in_blocks]
+            tasks += [("block", m0) for m0 in blocks]
+        tasks += [("one", m) for m in singles]
+
+        def run(task):
+            what, m = task
+            if what == "block":
+                if self._train_block(m, chunk, start, history):
+                    results[m:m + LN.LANES] = (chunk, -1)
+                    return
+                # a guard check failed in the block: each model alone, from the start
+                for q in range(m, m + LN.LANES):
+                    results[q] = self._train_one(q, chunk, start, history)
+            else:
+                results[m] = self._train_one(m, chunk, start, history)
+
+        if self.threads <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                run(task)
+        else:
+            with ThreadPoolExecutor(min(self.threads, len(tasks))) as pool:
+                list(pool.map(run, tasks))
+        ran = self.active.copy()
+        self.done_per_model += np.where(ran, results[:, 0], 0)
+        bad = ran & (results[:, 1] >= 0)
+        self.bad_epoch[bad] = results[bad, 1]
+        self.active[bad] = False
+        self.records.extend(r0, history)
+        self.done += chunk
+        return chunk, None
+
+    def after_chunk(self):
+        return None
+
+    def callbacks(self):
+        return None
+
+    def last_loss(self):
+        last = self.records.last()
+        if last is None or not np.isfinite(last).any():
+            return None
+        return float(np.nanmean(last))
+
+    # ---- pieces ------------------------------------------------------------------------
+    def _lanes_key(self):
+        return ("lanes", self.dtype.name)
+
+    def _singles_at_start(self):
+        """Whether some models train one at a time from the start (no lanes, or models
+        beyond the last full block)."""
+        return not self.lanes or self.ens.n_models % LN.LANES != 0
+
+    def _work(self, plan):
+        """This thread's buffers for ``plan`` (one set per thread, reused model after
+        model)."""
+        cache = getattr(self._local, "work", None)
+        if cache is None:
+            cache = self._local.work = {}
+        work = cache.get(plan.key)
+        if work is None:
+            lay = self.proto._layout
+            work = cache[plan.key] = O.make_work(
+                lay.sizes_arr, lay.n_params, plan.cap, self.n, self.dtype,
+                self.proto._keep_z, per_sample=plan.mode == "sample", gradient=plan.gradient)
+        return work
+
+    def _train_one(self, m, chunk, start, history):
+        """Model m for ``chunk`` epochs from epoch ``start`` with its single-model kernel;
+        (epochs done, bad epoch)."""
+        ens = self.ens
+        b, s = int(self.batches[m]), bool(self.shuffles[m])
+        plan = self.plans[(b, s)]
+        if plan.gemm not in self.nets:
+            self.nets[plan.gemm] = D.make_net(self.proto._layout, self.proto._act_codes,
+                                              self.proto._loss_code, self.dtype, plan.gemm)
+        d = m if self.x.shape[0] > 1 else 0
+        data = O.Data(self.x[d], self.y[d], self.no_weights)
+        params = ens.params[m]
+        state = O.new_state(0, self.dtype, ens._rng_states[m])
+        backup = params.copy()
+        done, bad, _ = plan.kernel(params, self.nets[plan.gemm], data, None,
+                                   O.Loop(b, s, self.record_every),
+                                   O.plain_rule(float(self.lrs[m]), self.epochs),
+                                   O.NO_STOP, state, self._work(plan), None, history[m],
+                                   None, backup, start, chunk)
+        return int(done), int(bad)
+
+    def _train_block(self, m0, chunk, start, history):
+        ens = self.ens
+        return LN.train_block(ens.params, m0, self.nets[next(iter(self.plans.values())).gemm],
+                              self.x[0], self.y[0], chunk, self.lrs, start,
+                              self.record_every, history)

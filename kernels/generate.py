@@ -1,0 +1,566 @@
+"""Training kernels generated for one small architecture.
+
+The general entries (loops.py) take the layer sizes as arrays: every layer is a loop
+nest whose trip counts LLVM learns only at run time, and the activations go through
+memory between one input and the next.  For small networks -- the tutorials' nets,
+most uses of this library -- the time goes there, not into floating-point work.  So
+for a network whose layers are all narrow, the training loop is written out as Python
+source for its exact architecture and compiled once:
+
+- "full" (full batch): the forward pass of all layers is one loop over the samples,
+  every weight a named local, the units of a sample in registers, so LLVM vectorizes
+  across samples; the backward pass likewise; then the gradient, rules.dot4 per entry.
+- "sample" (per-sample SGD, the plain rule): every parameter a local (a register)
+  across the samples of an epoch, each updated as sample.py updates it.
+- "sample_loops" (per-sample SGD of networks too large for "sample", any rule):
+  sample.py's epoch itself, inlined with the architecture as constant tuples, so that
+  LLVM knows every trip count.
+
+The generated source calls the rules (rules.py) by name -- activations, derivatives,
+loss terms, deltas, updates, sums -- and the training loop's bookkeeping
+(loops.after_record), so every value is computed with the same operations in the same
+order as the general entries: the results are the same bits (tests/test_generate.py).
+Every generated module's ``train`` has the general entries' arguments and results.
+
+The source goes to a file in fastbp's cache folder (``cache_dir``) and is imported
+from there, so Numba's on-disk cache keeps the compiled code between processes like
+any other kernel.
+"""
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+
+from .config import PRODUCT_MIN_WEIGHTS
+from .intrinsics import LANES as ROW_LANES
+from .rules import (BCE, CROSS_ENTROPY, HALF_MSE, IDENTITY, MSE, NARROW_UNITS, RELU, SIGMOID,
+                    SSE, TANH)
+
+# Generated code grows with the number of parameters (one local per weight) and a
+# sample's units must fit in registers: beyond these sizes the general entries run.
+MAX_UNITS = 32
+MAX_LAYER_PARAMS = 256
+# per-sample kernels keep every parameter in a register across the samples
+MAX_SAMPLE_PARAMS = 64
+ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
+LOSSES = (MSE, HALF_MSE, SSE, BCE)
+VERSION = 8  # part of the module name: bump when the generated code changes meaning
+# FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
+ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
+# Rows are padded to a multiple of this many samples (one AVX-512 vector of float64):
+# the vectorized sample loops then never run a scalar remainder, which was most of the
+# time for the 21 XOR samples.
+PAD = 8
+KINDS = ("full", "sample", "sample_loops")
+
+
+def padded(n):
+    """The row length of a generated full-batch kernel for n samples."""
+    return (n + PAD - 1) // PAD * PAD
+
+
+# ------------------------------------------------------------------------- eligibility
+def uses_products(n_in, n_out, nb, product_min_work):
+    """batch.uses_products, in Python."""
+    return (product_min_work >= 0 and nb > 1 and n_in * n_out >= PRODUCT_MIN_WEIGHTS
+            and n_in * n_out * nb >= product_min_work)
+
+
+def kind_for(sizes, acts, loss, mode, rule, validating, dtype, n, product_min_work):
+    """The generated kernel a fit could run on ("full", "sample", "sample_loops"), or
+    None: full-batch fits of narrow networks without validation (float64), and
+    per-sample fits without validation.  ``mode`` and ``rule`` as loops.py names them."""
+    if not ENABLED or validating or str(dtype) != "float64" or loss not in LOSSES \
+            or not all(a in ACTIVATIONS for a in acts):
+        return None
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    if mode == "full":
+        if any(uses_products(a, b, n, product_min_work) for a, b in pairs):
+            return None
+        if max(sizes) <= MAX_UNITS and all(a * b + b <= MAX_LAYER_PARAMS for a, b in pairs):
+            return "full"
+        return None
+    if mode == "sample":
+        n_params = sum(a * b + b for a, b in pairs)
+        # the generated rows sum left to right: sample.py's order (rules.row_dot) only
+        # for rows shorter than its lanes
+        if rule != "stateful" and n_params <= MAX_SAMPLE_PARAMS and \
+                all(width < ROW_LANES for width in sizes[2:]):
+            return "sample"
+        return "sample_loops"
+    return None
+
+
+# ------------------------------------------------------------------------ the writer
+class _Writer:
+    def __init__(self):
+        self.lines = [f"# fastbp.kernels sources {kernel_sources_digest()}"]
+        self.depth = 0
+
+    def __call__(self, text=""):
+        self.lines.append("    " * self.depth + text if text else "")
+
+    def block(self):
+        writer = self
+
+        class _Indent:
+            def __enter__(self):
+                writer.depth += 1
+
+            def __exit__(self, *exc):
+                writer.depth -= 1
+
+        return _Indent()
+
+    def text(self):
+        return "\n".join(self.lines) + "\n"
+
+
+def _offsets(sizes, bias):
+    w_off, b_off, pos = [], [], 0
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        w_off.append(pos)
+        pos += a * b
+        b_off.append(pos if bias else -1)
+        pos += b if bias else 0
+    return w_off, b_off
+
+
+def _dot(pairs):
+    """sum of a * b over pairs, in order, as the general kernels compute it: the first
+    product, then one fused multiply-add per further pair."""
+    (a, b), rest = pairs[0], pairs[1:]
+    expr = f"{a} * {b}"
+    for a, b in rest:
+        expr = f"fma({a}, {b}, {expr})"
+    return expr
+
+
+def _activation(code, z, width):
+    return f"activate({z}, {code})"
+
+
+def _activation_narrow(code, z, width):
+    """sample.py's activation for a layer of ``width`` units (rules.NARROW_UNITS)."""
+    if code == SIGMOID and width >= NARROW_UNITS:
+        return f"activate({z}, {code})"
+    return f"activate_narrow({z}, {code})"
+
+
+def _write_forward(out, sizes, acts, bias, activation):
+    """One sample through every layer: z{l}_{j} (pre-activation) and h{l+1}_{j} from the
+    inputs h0_*; each z one expression evaluated left to right, the general order."""
+    for l in range(len(sizes) - 1):
+        I, J = sizes[l], sizes[l + 1]
+        for j in range(J):
+            expr = _dot([(f"w{l}_{i}_{j}", f"h{l}_{i}") for i in range(I)])
+            if bias:
+                expr += f" + b{l}_{j}"
+            out(f"z{l}_{j} = {expr}")
+            out(f"h{l + 1}_{j} = " + activation(acts[l], f"z{l}_{j}", J))
+
+
+_HEADER = """\
+import math
+import numpy as np
+from numba import njit, uint64
+from fastbp.kernels.config import INNER, JIT
+from fastbp.kernels.intrinsics import fma
+from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, end_of_chunk,
+                                  stateful_update)
+from fastbp.kernels.rng import permutation_into
+from fastbp.kernels.rules import (activate, activate_narrow, delta_scale, dot4,
+                                  l2_penalty, learning_rate, loss_of_sum, loss_term,
+                                  output_delta, plain_step, sum4, times_derivative)
+from fastbp.kernels.sample import sample_epoch_body
+"""
+
+# The training loop of every generated kernel: the general entries' loop (loops.py) with
+# the epoch written for one architecture; {setup} and {epoch} are the kind's.
+_TRAIN = """\
+@njit(**JIT)
+def train(params, net, data, val, loop, rule, stop, state, work, val_work, history,
+          val_history, backup, epoch0, epochs):
+    \"\"\"kernels.loops' training entry for this architecture (its arguments, results
+    and numbers).\"\"\"
+    n = data.x.shape[0]
+    record_every = loop.record_every
+    r0 = (epoch0 + record_every - 1) // record_every
+    guard = backup.shape[0] == params.shape[0]
+{setup}    good_epochs = 0
+    for e in range(epochs):
+        g = epoch0 + e
+        recording = g % record_every == 0
+        lr = learning_rate(rule, g)
+        if loop.shuffle:
+            permutation_into(work.perm, state.rng)
+{epoch}        if recording:
+            good_epochs, status = after_record(False, params, net, val, stop, state,
+                                               val_work, history, val_history, backup,
+                                               epoch_loss, e, g, epochs, r0,
+                                               record_every, guard, False, good_epochs)
+            if status == DIVERGED:
+                return good_epochs, g, False
+    return end_of_chunk(params, backup, guard, good_epochs, epoch0, epochs)
+"""
+
+
+# ------------------------------------------------------------------------- full batch
+def source_full(sizes, acts, bias, loss, weighted, rule):
+    """The module of a full-batch kernel: ``epoch_pass`` (forward, loss, backward and
+    gradient of the whole batch) and ``train``; ``rule`` "plain" or "stateful"."""
+    sizes, acts = tuple(map(int, sizes)), tuple(map(int, acts))
+    out = _Writer()
+    out(f'"""Generated by fastbp.kernels.generate (version {VERSION}): full batch, '
+        f'sizes={sizes}, acts={acts}, bias={bias}, loss={loss}, weighted={weighted}, '
+        f'rule={rule}."""')
+    out.lines += _HEADER.splitlines()
+    out()
+    out()
+    _write_pass(out, sizes, acts, bias, loss, weighted)
+    out()
+    out()
+    setup = """\
+    # rows of P samples, n rounded up to a multiple of PAD, the padding's values 0
+    P = work.w_batch.shape[0]
+    for i in range(data.x.shape[1]):
+        for s in range(n):
+            work.acts[i * P + s] = data.x[s, i]
+    for j in range(data.y.shape[1]):
+        for s in range(n):
+            work.y_batch[j * P + s] = data.y[s, j]
+    sw = work.w_batch[:P if data.w.shape[0] > 0 else 0]
+    for s in range(data.w.shape[0]):
+        sw[s] = data.w[s]
+    l2_scale = loop.batch_size / n if rule.sample_mean else 1.0
+"""
+    update = ("        for p in range(params.shape[0]):\n"
+              "            params[p] = plain_step(params[p], work.grad[p], lr)\n"
+              if rule == "plain" else
+              "        stateful_update(params, work.grad, lr, net, rule, state, l2_scale)\n")
+    l2 = ("" if rule == "plain" else
+          "            bl += l2_scale * l2_penalty(params, net, rule.l2)\n")
+    epoch = ("        bl = epoch_pass(params, work.acts, work.deltas, work.grad, work.y_batch,\n"
+             "                        work.z_out, sw, n, P, recording)\n"
+             "        epoch_loss = 0.0\n"
+             "        if recording:  # as loops' batch epoch with one batch\n"
+             + l2 +
+             "            epoch_loss = (n * bl) / n if rule.sample_mean else bl\n"
+             + update)
+    out.lines += _TRAIN.format(setup=setup, epoch=epoch).splitlines()
+    return out.text()
+
+
+def _rows(out, name, buf, base, count):
+    """Locals name0, name1, ...: rows base, base + 1, ... of P samples of buf."""
+    for i in range(count):
+        out(f"{name}{i} = {buf}[{base + i} * P:{base + i + 1} * P]")
+
+
+def _write_pass(out, sizes, acts, bias, loss, weighted):
+    """epoch_pass: forward, loss, backward and gradient of one full batch.
+
+    The forward and backward passes are one loop each over the P samples, through all
+    layers, with the units of a sample in registers; LLVM vectorizes them across
+    samples, and with P a multiple of the vector width no scalar remainder runs.
+    Padded samples compute harmless finite values that no sum includes: the loss and
+    the gradients run over the n real samples only, in the general kernels' order.
+    """
+    L = len(sizes) - 1
+    K = sizes[-1]
+    w_off, b_off = _offsets(sizes, bias)
+    a_base = [sum(sizes[:l]) for l in range(L + 1)]
+    out("@njit(**INNER)")
+    out("def epoch_pass(params, acts, deltas, grad, y, z_out, sw, n, P, recording):")
+    with out.block():
+        out('"""Gradient of the loss of samples [0, n) into grad; returns the loss when')
+        out('recording (else 0).  acts, deltas: per layer, sizes[l] rows of P samples."""')
+        for l in range(L):
+            I, J = sizes[l], sizes[l + 1]
+            for i in range(I):
+                out("; ".join(f"w{l}_{i}_{j} = params[{w_off[l] + i * J + j}]"
+                              for j in range(J)))
+            if bias:
+                out("; ".join(f"b{l}_{j} = params[{b_off[l] + j}]" for j in range(J)))
+        for l in range(L + 1):
+            _rows(out, f"a{l}_", "acts", a_base[l], sizes[l])
+            if l > 0:
+                _rows(out, f"d{l}_", "deltas", a_base[l], sizes[l])
+        _rows(out, "y", "y", 0, K)
+        if loss == BCE:
+            _rows(out, "zo", "z_out", 0, K)
+        # forward
+        out("for s in range(P):")
+        with out.block():
+            for i in range(sizes[0]):
+                out(f"h0_{i} = a0_{i}[s]")
+            _write_forward(out, sizes, acts, bias, _activation)
+            for l in range(1, L + 1):
+                for j in range(sizes[l]):
+                    out(f"a{l}_{j}[s] = h{l}_{j}")
+            if loss == BCE:
+                for j in range(K):
+                    out(f"zo{j}[s] = z{L - 1}_{j}")
+        # loss: batch.batch_loss's order, output by output, samples in order
+        out("total = 0.0")
+        out("if recording:")
+        with out.block():
+            for j in range(K):
+                out(f"for r in range(n):")
+                with out.block():
+                    z = f"zo{j}[r]" if loss == BCE else "0.0"
+                    e = f"loss_term(a{L}_{j}[r], y{j}[r], {z}, {loss})"
+                    out(f"total += sw[r] * {e}" if weighted else f"total += {e}")
+        # backward: batch.output_deltas, then batch.backward's deltas
+        out(f"scale = delta_scale({loss}, {acts[L - 1]}, {K}, n)")
+        combined = loss == BCE and acts[L - 1] == SIGMOID
+        out("for u in range(P):")
+        with out.block():
+            for l in range(1, L + 1):
+                for j in range(sizes[l]):
+                    out(f"v{l}_{j} = a{l}_{j}[u]")
+            for j in range(K):
+                g = f"output_delta(v{L}_{j}, y{j}[u], scale, {acts[L - 1]}, {combined})"
+                if weighted:
+                    g = f"{g} * sw[u]"
+                out(f"g{L}_{j} = {g}")
+            for l in range(L - 1, 0, -1):
+                I, J = sizes[l], sizes[l + 1]
+                for i in range(I):
+                    chain = _dot([(f"w{l}_{i}_{j}", f"g{l + 1}_{j}") for j in range(J)])
+                    out(f"g{l}_{i} = times_derivative({chain}, v{l}_{i}, {acts[l - 1]})")
+            for l in range(1, L + 1):
+                for j in range(sizes[l]):
+                    out(f"d{l}_{j}[u] = g{l}_{j}")
+        # gradients over the n real samples, batch.backward's sums (rules.dot4 / sum4)
+        out("un = uint64(n)")
+        out("U0 = uint64(0)")
+        for l in range(L):
+            I, J = sizes[l], sizes[l + 1]
+            for i in range(I):
+                for j in range(J):
+                    out(f"grad[{w_off[l] + i * J + j}] = dot4(a{l}_{i}, U0, d{l + 1}_{j}, U0, un)")
+            if bias:
+                for j in range(J):
+                    out(f"grad[{b_off[l] + j}] = sum4(d{l + 1}_{j}, U0, un)")
+        out(f"return loss_of_sum(total, {loss}, {K}, n) if recording else 0.0")
+
+
+# ------------------------------------------------------------------------- per sample
+def source_sample(sizes, acts, bias, loss, weighted):
+    """The module of a per-sample kernel with the plain rule: sample.py's epoch written
+    out for one architecture, the parameters held in locals (registers) across the
+    samples of an epoch, each updated as sample.py updates it."""
+    sizes, acts = tuple(map(int, sizes)), tuple(map(int, acts))
+    L = len(sizes) - 1
+    K = sizes[-1]
+    w_off, b_off = _offsets(sizes, bias)
+    names = []  # (local name, parameter index)
+    for l in range(L):
+        I, J = sizes[l], sizes[l + 1]
+        names += [(f"w{l}_{i}_{j}", w_off[l] + i * J + j) for i in range(I) for j in range(J)]
+        if bias:
+            names += [(f"b{l}_{j}", b_off[l] + j) for j in range(J)]
+    out = _Writer()
+    out(f'"""Generated by fastbp.kernels.generate (version {VERSION}): per-sample SGD, '
+        f'sizes={sizes}, acts={acts}, bias={bias}, loss={loss}, weighted={weighted}."""')
+    out.lines += _HEADER.splitlines()
+    out()
+    out()
+    out("@njit(**INNER)")
+    out("def sample_epoch(params, x, y, sw, lr, order, recording):")
+    with out.block():
+        out('"""sample.py\'s epoch with the plain rule; returns the mean sample loss when')
+        out('recording (else 0)."""')
+        for name, p in names:
+            out(f"{name} = params[{p}]")
+        out(f"scale = delta_scale({loss}, {acts[L - 1]}, {K}, 1)")
+        out("total = 0.0")
+        out("for t in range(order.shape[0]):")
+        with out.block():
+            out("s = order[t]")
+            for i in range(sizes[0]):
+                out(f"h0_{i} = x[s, {i}]")
+            _write_forward(out, sizes, acts, bias, _activation_narrow)
+            if weighted:
+                out("ws = sw[s]")
+            out("sample_loss = 0.0")
+            combined = loss == BCE and acts[L - 1] == SIGMOID
+            for j in range(K):
+                out(f"t{j} = y[s, {j}]")
+                out("if recording:")
+                with out.block():
+                    z = f"z{L - 1}_{j}" if loss == BCE else "0.0"
+                    out(f"sample_loss += loss_term(h{L}_{j}, t{j}, {z}, {loss})")
+                g = f"output_delta(h{L}_{j}, t{j}, scale, {acts[L - 1]}, {combined})"
+                if weighted:
+                    g = f"{g} * ws"
+                out(f"g{L}_{j} = {g}")
+            out("if recording:")
+            with out.block():
+                if weighted:
+                    out("sample_loss *= ws")
+                out(f"total += loss_of_sum(sample_loss, {loss}, {K}, 1)")
+            # backward: the deltas of layer l use its weight rows before their update
+            for l in range(L - 1, -1, -1):
+                I, J = sizes[l], sizes[l + 1]
+                for i in range(I):
+                    if l > 0:
+                        # rules.row_dot of a row shorter than its lanes: left to right,
+                        # each product rounded before its add
+                        acc = " + ".join(f"w{l}_{i}_{j} * g{l + 1}_{j}" for j in range(J))
+                        out(f"g{l}_{i} = times_derivative({acc}, h{l}_{i}, {acts[l - 1]})")
+                    for j in range(J):
+                        out(f"w{l}_{i}_{j} = plain_step(w{l}_{i}_{j}, h{l}_{i} * g{l + 1}_{j}, lr)")
+                if bias:
+                    for j in range(J):
+                        out(f"b{l}_{j} = plain_step(b{l}_{j}, g{l + 1}_{j}, lr)")
+        for name, p in names:
+            out(f"params[{p}] = {name}")
+        out("return total / order.shape[0]")
+    out()
+    out()
+    epoch = ("        epoch_loss = sample_epoch(params, data.x, data.y, data.w, lr, work.perm,\n"
+             "                                  recording)\n")
+    out.lines += _TRAIN.format(setup="", epoch=epoch).splitlines()
+    return out.text()
+
+
+def source_sample_loops(sizes, acts, bias, loss, weighted, rule):
+    """The module of a per-sample kernel for a network too large for source_sample:
+    sample.py's epoch itself (sample_epoch_body, inlined), called with this
+    architecture's sizes, offsets, activations and loss as constant tuples.  LLVM then
+    knows every trip count; the code, and so every result, is the general kernel's."""
+    sizes, acts = tuple(map(int, sizes)), tuple(map(int, acts))
+    w_off, b_off = _offsets(sizes, bias)
+    out = _Writer()
+    out(f'"""Generated by fastbp.kernels.generate (version {VERSION}): per-sample SGD with '
+        f'constant sizes, sizes={sizes}, acts={acts}, bias={bias}, loss={loss}, '
+        f'weighted={weighted}, rule={rule}."""')
+    out.lines += _HEADER.splitlines()
+    out()
+    out(f"SIZES = {sizes}")
+    out(f"W_OFF = {tuple(w_off)}")
+    out(f"B_OFF = {tuple(b_off)}")
+    out(f"ACTS = {acts}")
+    out(f"LOSS = {int(loss)}")
+    out(f"PLAIN = {rule != 'stateful'}")
+    out()
+    out()
+    out("@njit(**INNER)")
+    out("def sample_epoch(params, net, x, y, sw, lr, order, h, d, recording, rule, state):")
+    with out.block():
+        out("return sample_epoch_body(PLAIN, params, SIZES, W_OFF, B_OFF, ACTS, LOSS, net, x,")
+        out("                         y, sw, lr, order, h, d, recording, rule, state)")
+    out()
+    out()
+    epoch = ("        epoch_loss = sample_epoch(params, net, data.x, data.y, data.w, lr,\n"
+             "                                  work.perm, work.h, work.d, recording, rule,\n"
+             "                                  state)\n")
+    out.lines += _TRAIN.format(setup="", epoch=epoch).splitlines()
+    return out.text()
+
+
+# ------------------------------------------------------------------------------ cache
+_sources_digest = None
+
+
+def kernel_sources_digest():
+    """A digest of every kernels/*.py file, written into each generated module (and so
+    into its file name).  Numba's cache checks only a function's own source file, and a
+    generated kernel's compiled code holds the code of what it calls from these files:
+    after an upgrade, or an edit, of any of them the generated modules get new names and
+    compile afresh instead of running stale code."""
+    global _sources_digest
+    if _sources_digest is None:
+        h = hashlib.sha256()
+        folder = os.path.dirname(os.path.abspath(__file__))
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    h.update(name.encode() + b"\0" + f.read())
+        _sources_digest = h.hexdigest()[:20]
+    return _sources_digest
+
+
+def cache_dir():
+    """Where generated modules (and fastbp's markers of compiled kernels) are written:
+    $FASTBP_CACHE_DIR, else $NUMBA_CACHE_DIR/fastbp, else ~/.cache/fastbp (XDG), else a
+    folder in the system's temporary directory."""
+    candidates = []
+    if os.environ.get("FASTBP_CACHE_DIR"):
+        candidates.append(os.environ["FASTBP_CACHE_DIR"])
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        candidates.append(os.path.join(os.environ["NUMBA_CACHE_DIR"], "fastbp"))
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    candidates.append(os.path.join(xdg, "fastbp"))
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    candidates.append(os.path.join(tempfile.gettempdir(), f"fastbp-{user}"))
+    for path in candidates:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(path, os.W_OK):
+            return path
+    return tempfile.mkdtemp(prefix="fastbp-cache-")
+
+
+_loaded = {}
+_lock = threading.Lock()
+
+
+def key(kind, sizes, acts, bias, loss, weighted, rule):
+    """What identifies a generated kernel (the dispatcher's registry uses it too)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return ("generated", kind, tuple(int(s) for s in sizes), tuple(int(a) for a in acts),
+            bool(bias), int(loss), bool(weighted), rule)
+
+
+def trainer(kind, sizes, acts, bias, loss, weighted, rule):
+    """The generated ``train`` for this architecture (compiled on its first call, cached
+    on disk).  kind: "full", "sample" or "sample_loops"; rule: "plain" or "stateful"."""
+    k = key(kind, sizes, acts, bias, loss, weighted, rule)
+    fn = _loaded.get(k)
+    if fn is not None:
+        return fn
+    with _lock:
+        fn = _loaded.get(k)
+        if fn is None:
+            args = k[2:7]
+            if kind == "full":
+                text = source_full(*args, rule)
+            elif kind == "sample":
+                text = source_sample(*args)
+            else:
+                text = source_sample_loops(*args, rule)
+            fn = _loaded[k] = _import(text).train
+    return fn
+
+
+def _import(text):
+    digest = hashlib.sha256(text.encode()).hexdigest()[:20]
+    name = f"fastbp_generated_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = os.path.join(cache_dir(), "generated")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name + ".py")
+    try:
+        with open(path, encoding="utf-8") as f:
+            current = f.read()
+    except OSError:
+        current = None
+    if current != text:  # absent, or not what we would write: (re)write it atomically
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
