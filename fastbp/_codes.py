@@ -1,5 +1,5 @@
 """The one table that maps activation, loss and init names to what the kernels use."""
-from . import kernels as K
+from .kernels import rules as K
 
 ACTIVATIONS = {
     "identity": K.IDENTITY,

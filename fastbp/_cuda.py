@@ -7,16 +7,13 @@ float32 computes in float32 on the GPU).  numba-cuda is an optional dependency:
 ``pip install "fastbp[cuda]"``.
 """
 import importlib.util
-import time
 
 import numpy as np
 
 from . import _validation as V
-from . import kernels as K
-from ._chunks import next_chunk, sigint_deferred, warn_interrupted
-from .ensemble import account_chunk, report_divergence
-from ._progress import make_bar
-from .history import History
+from ._driver import drive, sigint_deferred
+from .history import Records
+from .kernels.rng import seed_state
 
 INSTALL_HINT = 'pip install "fastbp[cuda]"  (installs numba-cuda)'
 
@@ -92,14 +89,14 @@ def fit_cuda(ensemble, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, 
     # the size limit first: a clear error even on a machine without a GPU
     KC.check_supported(p.sizes, p.bias)
     xt, yt = ens._data(X, y)
-    n = xt.shape[2]
+    n = xt.shape[1]
     n_models = ens.n_models
     epochs = V.check_positive_int(epochs, "epochs")
     lrs = np.array(E._per_model(lr, n_models, "lr", V.check_lr), dtype=np.float64)
     batches = np.array(E._per_model(batch_size, n_models, "batch_size",
                                     lambda b: V.check_batch_size(b, n)), dtype=np.int64)
-    check_shuffle = getattr(E, "_check_shuffle", bool)
-    shuffles = np.array(E._per_model(shuffle, n_models, "shuffle", check_shuffle), dtype=bool)
+    shuffles = np.array(E._per_model(shuffle, n_models, "shuffle", E._check_shuffle),
+                        dtype=bool)
     record_every = V.check_positive_int(record_every, "record_every")
     if on_divergence not in ("raise", "warn", "ignore"):
         raise ValueError(f"on_divergence must be 'raise', 'warn' or 'ignore', "
@@ -114,96 +111,131 @@ def fit_cuda(ensemble, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, 
     if seeds is not None:
         for m, s in enumerate(seeds):
             if s is not None:
-                ens._rng_states[m] = K.seed_state(s)
+                ens._rng_states[m] = seed_state(s)
+    start = (ens.params.copy(), ens._rng_states.copy())  # for Ensemble._rerun_alone
+    job = CudaFit(cuda, KC, ens, xt, yt, epochs, lrs, batches, shuffles, record_every)
+    try:
+        with sigint_deferred() as interrupted:
+            outcome = drive(job, interrupted, progress, desc="ensemble (cuda)",
+                            chunk_seconds=CHUNK_SECONDS)
+    finally:
+        job.copy_back()  # the device holds the state after the last launch
+    # as MLP.fit: a diverged model's history ends with the epochs its parameters hold
+    return ens._finish(job, outcome, start, xt, yt, lrs, batches, shuffles, on_divergence,
+                       device="cuda")
 
-    sizes, _, _, codes = ens._net()
-    per_model = xt.shape[0] > 1
-    kernel = KC.get_kernel(sizes, p.bias, codes, p._loss_code, p.dtype, per_model)
 
-    # device arrays, model index fastest (coalesced)
-    d_x = cuda.to_device(np.ascontiguousarray(xt.transpose(2, 1, 0)))
-    d_y = cuda.to_device(np.ascontiguousarray(yt.transpose(2, 1, 0)))
-    d_p = cuda.to_device(np.ascontiguousarray(ens.params.T))
-    d_rng = cuda.to_device(np.ascontiguousarray(ens._rng_states.T))
-    d_lr = cuda.to_device(lrs)
-    d_bs = cuda.to_device(batches)
-    d_sh = cuda.to_device(shuffles.astype(np.int64))
-    d_res = cuda.to_device(np.zeros((2, n_models), dtype=np.int64))
-    # models per launch: bounded by the shuffle scratch (int32 permutations)
-    per_launch = n_models
-    if shuffles.any():
-        per_launch = max(1, min(n_models, _SCRATCH_BYTES // (4 * n)))
-    d_perm = cuda.device_array((n, per_launch) if shuffles.any() else (1, 1), dtype=np.int32)
-    # records per launch: bounded by the history block
-    max_rec = max(1, _SCRATCH_BYTES // (8 * per_launch))
-    n_rec = -(-epochs // record_every)
-    d_hist = cuda.device_array(per_launch * min(max_rec, n_rec), dtype=np.float64)
-    sm = _sm_count(cuda)
+class CudaFit:
+    """Ensemble.fit on the GPU as a job of the chunk driver (fastbp/_driver.py): a chunk
+    is one launch per block of models (kernels/cuda.py)."""
 
-    history = np.full((n_models, n_rec), np.nan)
-    done_per_model = np.zeros(n_models, dtype=np.int64)
-    bad_epoch = np.full(n_models, -1, dtype=np.int64)
-    active = np.ones(n_models, dtype=np.int64)
+    def __init__(self, cuda, KC, ens, xt, yt, epochs, lrs, batches, shuffles, record_every):
+        p = ens._proto
+        self.cuda, self.KC, self.ens = cuda, KC, ens
+        self.epochs = epochs
+        self.done = 0
+        self.record_every = record_every
+        n_models = ens.n_models
+        self.n_models = n_models
+        n = xt.shape[1]
+        self.n = n
+        self.work = 3.0 * n * p._layout.n_params * n_models
+        self.active = np.ones(n_models, dtype=np.int64)
+        self.done_per_model = np.zeros(n_models, dtype=np.int64)
+        self.bad_epoch = np.full(n_models, -1, dtype=np.int64)
+        self.records = Records(rows=n_models)
+        self.kernel_name = "cuda, one thread per model"
+        per_model = xt.shape[0] > 1
+        self.kernel = KC.get_kernel(p.sizes, p.bias, p._act_codes, p._loss_code, p.dtype,
+                                    per_model)
+        # device arrays, model index fastest (coalesced)
+        self.d_x = cuda.to_device(np.ascontiguousarray(xt.transpose(1, 2, 0)))
+        self.d_y = cuda.to_device(np.ascontiguousarray(yt.transpose(1, 2, 0)))
+        self.d_p = cuda.to_device(np.ascontiguousarray(ens.params.T))
+        self.d_rng = cuda.to_device(np.ascontiguousarray(ens._rng_states.T))
+        self.d_lr = cuda.to_device(lrs)
+        self.d_bs = cuda.to_device(batches)
+        self.d_sh = cuda.to_device(shuffles.astype(np.int64))
+        self.d_res = cuda.to_device(np.zeros((2, n_models), dtype=np.int64))
+        # models per launch: bounded by the shuffle scratch (int32 permutations)
+        self.per_launch = n_models
+        if shuffles.any():
+            self.per_launch = max(1, min(n_models, _SCRATCH_BYTES // (4 * n)))
+        self.d_perm = cuda.device_array((n, self.per_launch) if shuffles.any() else (1, 1),
+                                        dtype=np.int32)
+        # records per launch: bounded by the history block
+        self.max_rec = max(1, _SCRATCH_BYTES // (8 * self.per_launch))
+        self.d_hist = cuda.device_array(self.per_launch * min(self.max_rec,
+                                                              -(-epochs // record_every)),
+                                        dtype=np.float64)
+        self.sm = _sm_count(cuda)
 
-    def run(epoch0, chunk):
-        """Epochs [epoch0, epoch0 + chunk) of every active model; returns results (M, 2)."""
-        d_active = cuda.to_device(active)
-        r_lo = -(-epoch0 // record_every)
-        r_hi = -(-(epoch0 + chunk) // record_every)
-        rec = r_hi - r_lo
+    def pending(self):
+        return []  # numba-cuda compiles at the first launch: prepare times it
+
+    def prepare(self):
+        self._launch(0, 0)  # compiles the kernel on first use, outside the timed launches
+        self.cuda.synchronize()
+
+    def work_per_epoch(self):
+        return self.work * 1e4 / _FIRST_LAUNCH_WORK  # first launch: ~_FIRST_LAUNCH_WORK
+
+    def remaining(self):
+        return self.epochs - self.done if self.active.any() else 0
+
+    def cap(self, chunk):
+        return min(chunk, self.max_rec * self.record_every)
+
+    def run_chunk(self, chunk):
+        start = self.done
+        r0 = -(-start // self.record_every)
+        history, results = self._launch(start, chunk)
+        ran = self.active == 1
+        self.done_per_model += np.where(ran, results[:, 0], 0)
+        bad = ran & (results[:, 1] >= 0)
+        self.bad_epoch[bad] = results[bad, 1]
+        self.active[bad] = 0
+        self.records.extend(r0, history)
+        self.done += chunk
+        return chunk, None
+
+    def after_chunk(self):
+        return None
+
+    def callbacks(self):
+        return None
+
+    def last_loss(self):
+        last = self.records.last()
+        if last is None or not np.isfinite(last).any():
+            return None
+        return float(np.nanmean(last))
+
+    def copy_back(self):
+        self.ens.params[...] = self.d_p.copy_to_host().T
+        self.ens._rng_states[...] = self.d_rng.copy_to_host().T
+
+    def _launch(self, epoch0, chunk):
+        """Epochs [epoch0, epoch0 + chunk) of every active model; (this chunk's records
+        (n_models, k), results (n_models, 2))."""
+        cuda, KC = self.cuda, self.KC
+        d_active = cuda.to_device(self.active)
+        re = self.record_every
+        r_lo = -(-epoch0 // re)
+        rec = -(-(epoch0 + chunk) // re) - r_lo
+        history = np.full((self.n_models, rec), np.nan)
         blocks = []
-        for m0 in range(0, n_models, per_launch):
-            cnt = min(per_launch, n_models - m0)
+        for m0 in range(0, self.n_models, self.per_launch):
+            cnt = min(self.per_launch, self.n_models - m0)
             # with no record in the launch, a (1, 1) dummy the kernel never writes
-            h = d_hist[:cnt * rec].reshape((cnt, rec)) if rec else d_hist[:1].reshape((1, 1))
-            KC.launch(kernel, cnt, (d_p, h, d_rng, d_lr, d_bs, d_sh, d_active, d_res, d_x,
-                                    d_y, d_perm, n, chunk, epoch0, record_every, r_lo, rec,
-                                    m0, cnt), sm_count=sm)
+            h = (self.d_hist[:cnt * rec].reshape((cnt, rec)) if rec
+                 else self.d_hist[:1].reshape((1, 1)))
+            KC.launch(self.kernel, cnt, (self.d_p, h, self.d_rng, self.d_lr, self.d_bs,
+                                         self.d_sh, d_active, self.d_res, self.d_x, self.d_y,
+                                         self.d_perm, self.n, chunk, epoch0, re, r_lo, rec,
+                                         m0, cnt), sm_count=self.sm)
             if rec:
                 blocks.append((m0, cnt, h.copy_to_host()))
         for m0, cnt, block in blocks:
-            history[m0:m0 + cnt, r_lo:r_hi] = block
-        return d_res.copy_to_host().T
-
-    bar = make_bar(epochs, "ensemble (cuda)") if progress else None
-    done, stopped = 0, None
-    t_start = time.perf_counter()
-    try:
-        with sigint_deferred() as interrupted:
-            run(0, 0)  # compiles the kernel on first use, outside the timed launches
-            cuda.synchronize()
-            t_start = time.perf_counter()  # History.seconds: training, not compiling
-            work = 3.0 * n * p._layout.n_params * n_models
-            chunk = max(1, min(epochs, int(_FIRST_LAUNCH_WORK // max(work, 1.0))))
-            chunk = min(chunk, max_rec * record_every)
-            while done < epochs and active.any():
-                t0 = time.perf_counter()
-                results = run(done, chunk)
-                seconds = time.perf_counter() - t0
-                done = account_chunk(results, active, done_per_model, bad_epoch, history,
-                                     bar, done, chunk, record_every)
-                if interrupted[0]:
-                    stopped = "interrupted"
-                    break
-                chunk = next_chunk(chunk, seconds, epochs - done, target=CHUNK_SECONDS)
-                chunk = min(chunk, max_rec * record_every)
-        # the device holds the state after the last launch (all epochs, or up to Ctrl-C)
-        ens.params[...] = d_p.copy_to_host().T
-        ens._rng_states[...] = d_rng.copy_to_host().T
-    finally:
-        if bar is not None:
-            bar.close()
-    ens.diverged = bad_epoch >= 0
-    # as MLP.fit: a diverged model's history ends with the epochs its parameters hold
-    for m in np.flatnonzero(ens.diverged):
-        history[m, -(-done_per_model[m] // record_every):] = np.nan
-    n_kept = -(-min(done, epochs) // record_every) if stopped else n_rec
-    hist = History(loss=history[:, :n_kept].copy(), epochs=int(done_per_model.max()),
-                   record_every=record_every, seconds=time.perf_counter() - t_start,
-                   stopped=stopped, extra={"epochs_per_model": done_per_model,
-                                           "diverged_epoch": bad_epoch, "device": "cuda"})
-    ens.history = hist
-    if stopped == "interrupted":
-        warn_interrupted(done, epochs, stacklevel=3)
-    report_divergence(ens.diverged, on_divergence, hist, stacklevel=4)
-    return hist
+            history[m0:m0 + cnt] = block
+        return history, self.d_res.copy_to_host().T

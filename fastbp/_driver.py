@@ -19,7 +19,8 @@ Job methods:
     cap(epochs)          the next chunk's length, cut where the job needs a boundary
                          (a checkpoint epoch, a point where scikit-learn could stop)
     run_chunk(epochs)    run them; (epochs run, reason to stop or None)
-    after_chunk()        checkpoints, callbacks; a reason to stop or None
+    after_chunk()        checkpoints; a reason to stop or None
+    callbacks()          the user's callbacks (after Ctrl-C is checked); "callback" to stop
     last_loss()          for the progress bar
 """
 import signal
@@ -136,10 +137,11 @@ def drive(job, interrupted, progress=False, desc="fit", chunk_seconds=CHUNK_SECO
             if stopped:
                 out.stopped = stopped
                 break
-            reason = job.after_chunk()
+            reason = job.after_chunk()  # checkpoints
             if interrupted[0]:
                 out.stopped = "interrupted"
                 break
+            reason = reason or job.callbacks()
             if reason:
                 out.stopped = reason
                 break

@@ -145,13 +145,7 @@ def read_checkpoint(path):
 
 def _records(run, loss, val, stride):
     records = Records(validating=run.val is not None)
-    records.stride = stride
-    records.count = loss.shape[0]
-    records.next_r = run.n_records
-    records._grow(max(records.count, 1))
-    records.loss[:records.count] = loss
-    if records.val is not None and val is not None:
-        records.val[:records.count] = val
+    records.restore(loss, val, stride, run.n_records)
     return records
 
 

@@ -254,15 +254,19 @@ class Ensemble:
 
     def _finish(self, job, outcome, start, xt, yt, lrs, batches, shuffles, on_divergence,
                 device):
-        """The History of a fit on either device, and its diverged models: each trained
-        again alone by MLP.fit (see _rerun_alone)."""
+        """The History of a fit on either device, and its diverged models: on the CPU each
+        is trained again alone by MLP.fit (see _rerun_alone); the GPU kernel replays a
+        diverged model's good epochs itself, and its history ends with them."""
         self.diverged = job.bad_epoch >= 0
         history, _ = job.records.view()
         done_per_model = job.done_per_model
         for m in np.flatnonzero(self.diverged):
-            done_per_model[m] = self._rerun_alone(
-                m, start, xt, yt, history[m], job.epochs, lrs[m], batches[m], shuffles[m],
-                job.record_every)
+            if device == "cpu":
+                done_per_model[m] = self._rerun_alone(
+                    m, start, xt, yt, history[m], job.epochs, lrs[m], batches[m],
+                    shuffles[m], job.record_every)
+            else:
+                history[m, -(-done_per_model[m] // job.record_every):] = np.nan
         stopped = outcome.stopped
         if stopped:
             history = history[:, :-(-min(job.done, job.epochs) // job.record_every)]

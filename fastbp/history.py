@@ -116,6 +116,16 @@ class Records:
         self.count = kept
         self.stride *= 2
 
+    def restore(self, loss, val, stride, next_r):
+        """Start from kept records read back from a checkpoint (``val`` may be None)."""
+        self._grow(loss.shape[-1])
+        self.stride = stride
+        self.count = loss.shape[-1]
+        self.next_r = next_r
+        self.loss[..., :self.count] = loss
+        if self.val is not None and val is not None:
+            self.val[..., :self.count] = val
+
     def truncate(self, n_records):
         """Forget the run's records from record ``n_records`` on (a rewind)."""
         n_records = min(n_records, self.next_r)

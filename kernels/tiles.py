@@ -1,12 +1,12 @@
 """Matrix products of the wide layers in register tiles: fastbp's own gemm.
 
-``tile_gemm`` has the CBLAS gemm contract of blas.gemm (row-major, c <- alpha * op(a) @
+``tile_gemm`` has the CBLAS gemm contract of gemm.py's units (row-major, c <- alpha * op(a) @
 op(b) + beta * c) and computes it with a register-tiled loop written as LLVM vector IR:
 a tile of ROWS rows by VECS vectors of c stays in vector registers while the sum runs
 over k; each step broadcasts ROWS values of op(a) and loads VECS vectors of a row of
 op(b), then does ROWS * VECS fused multiply-adds.
 
-Why not BLAS (blas.py) for these products: the layers of a small network are small
+Why not BLAS for these products: the layers of a small network are small
 matrices -- 64 samples by 16 to 1024 units -- where BLAS spends much of its time
 packing panels and picking kernels, and the OpenBLAS a wheel bundles may run an older
 kernel than the CPU has (here OPENBLAS_CORETYPE=Haswell: 256-bit vectors on an AVX-512
@@ -31,7 +31,34 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .config import JIT
-from .pointers import address, is_float_operand, is_float_pointer, scratch
+from .gemm import address
+from numba.np.numpy_support import as_dtype
+
+FLOATS = (types.float64, types.float32)
+
+
+def is_float_pointer(t):
+    return isinstance(t, types.CPointer) and t.dtype in FLOATS
+
+
+def is_float_operand(t):
+    """A 1-D float array or a typed pointer to floats: what the products accept."""
+    return (isinstance(t, types.Array) and t.ndim == 1 and t.dtype in FLOATS) or \
+        is_float_pointer(t)
+
+
+def scratch(like, n):
+    """A new 1-D array of n elements of the dtype ``like`` (an array or a pointer)
+    points to (compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(scratch)
+def _scratch(like, n):
+    if not is_float_operand(like):
+        return None
+    dtype = as_dtype(like.dtype)
+    return lambda like, n: np.empty(n, dtype)
 
 
 def _vector_bytes():
@@ -146,7 +173,7 @@ def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc
     vector holding its first ``tail`` columns (all of them when tail == 0), its loads
     and stores masked; see _emit_tile.  a(i, p) = a[ao + i * a_si + p * a_sp]; b(p, j) =
     b[bo + p * ldb + j]; c(i, j) = c[co + i * ldc + j].  a, b, c: pointers
-    (pointers.address) to one float dtype; no bounds checks.
+    (gemm.address) to one float dtype; no bounds checks.
 
     Few shapes, not every rows x vectors: each is an unrolled loop, and Numba optimizes
     the tiles again in every kernel that calls them (a first fit compiles a dozen):
@@ -301,7 +328,7 @@ def _stack_panel(typingctx, like):
 
 @njit(**JIT)
 def tile_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    """c <- alpha * op(a) @ op(b) + beta * c, row-major: blas.gemm's contract and
+    """c <- alpha * op(a) @ op(b) + beta * c, row-major: gemm.py's contract and
     arguments (a, b, c 1-D arrays of one float dtype starting at the matrices' first
     elements), in the order the module docstring fixes.  See gemm_at."""
     gemm_at(trans_a, trans_b, m, n, k, alpha, address(a, 0), lda, address(b, 0), ldb, beta,
@@ -310,7 +337,7 @@ def tile_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
 
 @njit(**JIT)
 def gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    """tile_gemm on pointers (pointers.address) to the matrices' first elements: what
+    """tile_gemm on pointers (gemm.address) to the matrices' first elements: what
     the per-batch path calls (no reference counting).
 
     op(b) must have contiguous rows for the tiles: with trans_b its columns are first

@@ -95,10 +95,15 @@ def test_checkpoint_contents(tmp_path):
               checkpoint=tmp_path / "run.npz", checkpoint_every=10)
     with np.load(tmp_path / "run.npz", allow_pickle=False) as z:
         assert str(z["format"]) == "fastbp-checkpoint"
-        assert int(z["format_version"]) == 1
+        assert int(z["format_version"]) == 2
         assert int(z["run_epoch"]) == 25 and int(z["run_epochs"]) == 25
         assert float(z["lr"]) == 0.05 and int(z["batch_size"]) == 4
         assert bool(z["shuffle"]) and int(z["record_every"]) == 3
+        # the training options are stored by name, not as arrays read by index
+        assert float(z["rule_lr"]) == 0.05 and int(z["rule_optimizer"]) == 0
+        assert float(z["rule_momentum"]) == 0.0 and not bool(z["rule_nesterov"])
+        assert int(z["stop_patience"]) == 0 and not bool(z["stop_restore_best"])
+        assert int(z["history_stride"]) == 1 and float(z["es_best_loss"][0]) == np.inf
         np.testing.assert_array_equal(z["history"], h.loss)
         np.testing.assert_array_equal(z["params"], m.params)
         np.testing.assert_array_equal(z["rng_state"], m._rng_state)
@@ -245,7 +250,7 @@ def test_future_checkpoint_version(tmp_path):
     _model().fit(X, y, epochs=5, checkpoint=tmp_path / "run.npz")
     with np.load(tmp_path / "run.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    arrays["format_version"] = np.array(2)
+    arrays["format_version"] = np.array(3)
     with open(tmp_path / "run.npz", "wb") as fh:
         np.savez(fh, **arrays)
     with pytest.raises(fastbp.ModelFileError, match="newer fastbp.*fastbp-checkpoint"):
@@ -350,3 +355,43 @@ def test_sigkill_between_checkpoints_then_resume(tmp_path):
     np.testing.assert_array_equal(m.params, ref.params)
     np.testing.assert_array_equal(h.loss, h_ref.loss)
     assert h.epochs == epochs
+
+
+def test_format_1_checkpoints_still_resume(tmp_path):
+    """A checkpoint written before the options had names (format 1: hyper / iconf arrays
+    read by index, the validation set one sample per column, es_state as floats) resumes
+    to the same bits as the run done in one piece."""
+    X, y = _problem()
+    Xv, yv = _problem(seed=5)
+    kw = dict(epochs=30, lr=0.05, batch_size=4, shuffle=True, seed=2, momentum=0.9,
+              validation_data=(Xv, yv), patience=50, restore_best=True)
+    ref = _model()
+    h_ref = ref.fit(X, y, **kw)
+    path = tmp_path / "run.npz"
+    _model().fit(X, y, checkpoint=path, checkpoint_every=10, **dict(kw, epochs=30))
+    # the run's checkpoint at epoch 10, rewritten in format 1
+    m = _model()
+    m.fit(X, y, checkpoint=path, checkpoint_every=10, callbacks=lambda e, h, mm: e < 10,
+          **kw)
+    with np.load(path, allow_pickle=False) as z:
+        a = {k: z[k] for k in z.files}
+    assert int(a["run_epoch"]) == 10
+    hyper = [a["rule_" + k] for k in ("lr", "momentum", "beta1", "beta2", "eps", "l2",
+                                      "power", "step_factor", "lr_min")] + [a["stop_min_delta"]]
+    iconf = [a["rule_" + k] for k in ("optimizer", "nesterov", "schedule", "step_size",
+                                      "total_epochs")] + [a["stop_patience"],
+                                                          a["stop_restore_best"],
+                                                          a["rule_sample_mean"]]
+    v1 = {k: v for k, v in a.items() if not k.startswith(("rule_", "stop_", "es_", "val_"))}
+    v1.update(format_version=np.array(1), hyper=np.array(hyper, dtype=np.float64),
+              iconf=np.array(iconf, dtype=np.int64), xv=a["val_x"].T, yv=a["val_y"].T,
+              swv=a["val_w"], val_history=a["val_history"],
+              es_state=np.array([a["es_best_loss"][0], a["es_bad_checks"][0],
+                                 a["es_best_epoch"][0]], dtype=np.float64))
+    del v1["history_stride"]
+    with open(path, "wb") as fh:
+        np.savez(fh, **v1)
+    m2, h = fastbp.resume(path, X, y)
+    np.testing.assert_array_equal(m2.params, ref.params)
+    np.testing.assert_array_equal(h.loss, h_ref.loss)
+    np.testing.assert_array_equal(h.val_loss, h_ref.val_loss)
