@@ -218,7 +218,7 @@ def run_admissions(settings, progress, plot, out, data=None):
 
     t0 = time.perf_counter()
     adm = datasets.admissions(data)
-    src = "the 40-row excerpt printed in the tutorial" if data is None else str(data)
+    src = "the tutorial's UCLA admissions data" if data is None else str(data)
     out(f"== fastbp demo admissions: seed 004, {src} "
         f"({len(adm.y_train)} training rows, {len(adm.y_test)} test rows)")
     out(f"== 6-2-1 sigmoid without biases, loss half_mse, full-batch gradient descent, "

@@ -117,7 +117,7 @@ def build_parser():
                       help="xor | linear | regression | admissions | all")
     demo.add_argument("--data", metavar="PATH",
                       help="admissions CSV (columns admit, gre, gpa, rank); "
-                           "default: the tutorial's 40-row excerpt")
+                           "default: the tutorial's 400-row UCLA file, shipped with fastbp")
     demo.add_argument("--epochs", type=_positive_int, help="epochs (default: the tutorial's)")
     demo.add_argument("--lr", type=_positive_float, help="learning rate (default: the tutorial's)")
     demo.add_argument("--seed", type=int, help="seed of the initial weights (and of the linear data)")

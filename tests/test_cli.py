@@ -14,7 +14,7 @@ import fastbp
 from fastbp import datasets
 from fastbp.cli import main
 
-FULL_ADMISSIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "admissions.csv"
+ADMISSIONS = Path(datasets.__file__).resolve().parent / "data" / "ucla_binary.csv"
 EPOCH_LINE = re.compile(r"^epoch (\d+) loss: (\d+\.\d{6})$")
 
 
@@ -113,13 +113,14 @@ def test_demo_regression_summary(capsys):
     assert "R^2" in out
 
 
-def test_demo_admissions_excerpt(capsys):
+def test_demo_admissions_out_of_the_box_is_the_tutorials_run(capsys):
     rc, out, _ = run(capsys, "demo", "admissions", "--no-progress")
     assert rc == 0
-    assert "36 training rows, 4 test rows" in out
+    assert "360 training rows, 40 test rows" in out
     losses = [l for l in out.splitlines() if l.startswith("Train loss:  ")]
     assert len(losses) == 10  # every epochs / 10
-    assert re.search(r"^Prediction accuracy: \d\.\d{3}$", out, re.M)
+    # the tutorial's figure, from the packaged data with no --data
+    assert re.search(r"^Prediction accuracy: 0\.775$", out, re.M)
 
 
 def test_demo_admissions_loss_lines_are_training_mse(capsys):
@@ -140,16 +141,16 @@ def test_demo_admissions_loss_lines_are_training_mse(capsys):
     npt.assert_allclose(printed, values[::5], rtol=1e-12)
 
 
-def test_demo_admissions_full_file(capsys):
-    if not FULL_ADMISSIONS.is_file():
-        pytest.skip(f"no {FULL_ADMISSIONS}")
-    rc, out, _ = run(capsys, "demo", "admissions", "--data", str(FULL_ADMISSIONS), "--epochs", "100",
+def test_demo_admissions_data_reads_any_file(capsys, tmp_path):
+    head = tmp_path / "head.csv"
+    head.write_text("\n".join(ADMISSIONS.read_text().splitlines()[:121]) + "\n")
+    rc, out, _ = run(capsys, "demo", "admissions", "--data", str(head), "--epochs", "100",
                      "--no-progress")
     assert rc == 0
-    assert "360 training rows, 40 test rows" in out
+    assert f"{head} (108 training rows, 12 test rows)" in out
     acc = float(re.search(r"^Prediction accuracy: (\d\.\d{3})$", out, re.M).group(1))
     # the same run through the API, from the tutorial's initial weights
-    a = datasets.admissions(FULL_ADMISSIONS)
+    a = datasets.admissions(head)
     rs = np.random.RandomState(21)
     w_ih = rs.normal(scale=6 ** -0.5, size=(6, 2))
     w_ho = rs.normal(scale=6 ** -0.5, size=2)
