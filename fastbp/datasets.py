@@ -158,6 +158,20 @@ def _read_numeric_csv(path, columns=None):
         non-numeric or non-finite cell, or no data rows. Rows are counted from 1
         after the header; the file line is given too.
     """
+    names, data, _ = _read_csv(path, columns)
+    return names, data
+
+
+def _read_csv(path, columns=None, text_column=None):
+    """``_read_numeric_csv``, with one column read as text instead of numbers.
+
+    ``text_column`` (a name, or None) is left out of the numeric columns (with
+    ``columns=None``: every other column is numeric) and returned as a list of its
+    stripped cells, one per row; an empty cell there is a DataError too. A missing
+    ``text_column`` raises a DataError listing the header.
+
+    Returns ``(names, data, texts)``; ``texts`` is None without ``text_column``.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -174,8 +188,9 @@ def _read_numeric_csv(path, columns=None):
         raise DataError(f"{path}: empty file, expected a header row")
     header_line, header = numbered[0]
     header = [h.strip() for h in header]
+    if text_column is not None and text_column not in header:
+        raise DataError(f"{path}: no column {text_column!r} (columns: {', '.join(header)})")
     if columns is None:
-        wanted = list(header)
         seen = set()
         for name in header:
             if name == "":
@@ -183,6 +198,7 @@ def _read_numeric_csv(path, columns=None):
             if name in seen:
                 raise DataError(f"{path}: line {header_line}: column {name!r} appears twice")
             seen.add(name)
+        wanted = [name for name in header if name != text_column]
     else:
         wanted = list(columns)
         missing = [c for c in wanted if c not in header]
@@ -196,6 +212,8 @@ def _read_numeric_csv(path, columns=None):
     if not rows:
         raise DataError(f"{path}: no data rows after the header")
     data = np.empty((len(rows), len(wanted)), dtype=np.float64)
+    texts = None if text_column is None else []
+    t = None if text_column is None else header.index(text_column)
     for r, (line, row) in enumerate(rows):
         where = f"{path}: row {r + 1} (line {line})"
         for j, (name, k) in enumerate(zip(wanted, index)):
@@ -209,7 +227,12 @@ def _read_numeric_csv(path, columns=None):
             if not math.isfinite(value):
                 raise DataError(f"{where}, column {name!r}: {cell!r} is not a finite number")
             data[r, j] = value
-    return wanted, data
+        if t is not None:
+            cell = row[t].strip() if t < len(row) else ""
+            if not cell:
+                raise DataError(f"{where}, column {text_column!r}: missing value")
+            texts.append(cell)
+    return wanted, data, texts
 
 
 # --------------------------------------------------------------------------- seed 004
