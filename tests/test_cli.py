@@ -12,11 +12,12 @@ import numpy.testing as npt
 import pytest
 
 import fastbp
-from fastbp import datasets
+from fastbp import _demos, datasets
 from fastbp.cli import main
 
 ADMISSIONS = Path(datasets.__file__).resolve().parent / "data" / "ucla_binary.csv"
-EPOCH_LINE = re.compile(r"^epoch (\d+) loss: (\d+\.\d{6})$")
+# the loss the header names (sse), then the tutorial's own figure, labelled
+EPOCH_LINE = re.compile(r"^epoch (\d+) loss \(sse\): (\S+)  \[tutorial's mse: (\d+\.\d{6})\]$")
 
 
 def run(capsys, *argv):
@@ -78,17 +79,21 @@ def test_demo_xor_prints_the_tutorials_report(capsys):
     assert lines.index(w01) < first_epoch < next(i for i, l in enumerate(lines) if l.startswith("Final"))
 
 
-def test_demo_xor_loss_is_the_tutorials_mean_squared_error(capsys):
+def test_demo_xor_prints_the_loss_its_header_names(capsys):
     rc, out, _ = run(capsys, "demo", "xor", "--epochs", "1000", "--seed", "4", "--no-progress")
     assert rc == 0
+    assert ", loss sse, " in out.splitlines()[1]
     X, y = datasets.xor_easy()
     m = fastbp.MLP([2, 4, 4, 1], activation="sigmoid", loss="sse", init="uniform", seed=4)
     init = [w.copy() for w in m.weights]
     hist = m.fit(X, y, epochs=1000, lr=0.1)
-    printed = {int(g.group(1)): g.group(2) for g in map(EPOCH_LINE.match, out.splitlines()) if g}
+    printed = {int(g.group(1)): g.groups()[1:] for g in map(EPOCH_LINE.match, out.splitlines()) if g}
     assert printed
-    for epoch, text in printed.items():
-        assert text == "%f" % (2.0 * hist.loss[epoch] / 21)
+    for epoch, (sse, mse) in printed.items():
+        assert sse == f"{hist.loss[epoch]:.6g}"  # the History, in the header's loss
+        assert mse == "%f" % (2.0 * hist.loss[epoch] / 21)  # the tutorial's figure
+    # the last value, as the loss plot ends
+    assert f"Last recorded loss (sse), epoch 999: {hist.loss[-1]:.6g}  [tutorial's mse: " in out
     first = next(l for l in out.splitlines() if l.startswith("Initial hidden weights 01:"))
     assert first == " ".join(["Initial hidden weights 01:"] + [str(r) for r in init[0]])
     final = next(l for l in out.splitlines() if l.startswith("Final output biases:"))
@@ -106,11 +111,18 @@ def test_demo_regression_summary(capsys):
     pytest.importorskip("sklearn")
     rc, out, _ = run(capsys, "demo", "regression", "--epochs", "300", "--no-progress")
     assert rc == 0
-    assert "(100, 1)\n(100, 1)\n" in out
-    m = re.search(r"Loss \(MSE\): first ([\d.]+), last ([\d.]+) \(epoch 299\), min ([\d.]+)", out)
+    assert "(100, 1)" not in out  # no stray prints
+    assert ", loss mse, " in out.splitlines()[1]
+    m = re.search(r"Loss \(MSE\): first ([\d.]+), last ([\d.]+) \(epoch 299\), min ([\d.]+) "
+                  r"\(epoch (\d+)\), after training ([\d.]+)", out)
     assert m, out
-    first, last, low = map(float, m.groups())
-    assert low <= min(first, last) and last < first
+    X, Y = datasets.regression()
+    model = fastbp.MLP([1, 10, 1], activation=["relu", "identity"], loss="mse", init="uniform", seed=3)
+    hist = model.fit(X, Y, epochs=300, lr=0.01)
+    first, last, low, low_epoch, after = m.groups()
+    assert first == f"{hist.loss[0]:.6f}" and last == f"{hist.loss[-1]:.6f}"
+    assert low == f"{hist.loss.min():.6f}" and int(low_epoch) == int(np.argmin(hist.loss))
+    assert after == f"{model.loss(X, Y):.6f}"
     assert "R^2" in out
 
 
@@ -118,28 +130,31 @@ def test_demo_admissions_out_of_the_box_is_the_tutorials_run(capsys):
     rc, out, _ = run(capsys, "demo", "admissions", "--no-progress")
     assert rc == 0
     assert "360 training rows, 40 test rows" in out
-    losses = [l for l in out.splitlines() if l.startswith("Train loss:  ")]
+    losses = [l for l in out.splitlines() if l.startswith("Train loss (half_mse) after ")]
     assert len(losses) == 10  # every epochs / 10
     # the tutorial's figure, from the packaged data with no --data
     assert re.search(r"^Prediction accuracy: 0\.775$", out, re.M)
 
 
-def test_demo_admissions_loss_lines_are_training_mse(capsys):
+def test_demo_admissions_loss_lines_are_the_headers_half_mse(capsys):
     rc, out, _ = run(capsys, "demo", "admissions", "--epochs", "50", "--no-progress")
     assert rc == 0
+    assert ", loss half_mse, " in out.splitlines()[1]
     a = datasets.admissions()
-    # the tutorial's initial weights: np.random.seed(21), then normal draws
-    rs = np.random.RandomState(21)
-    w_ih = rs.normal(scale=6 ** -0.5, size=(6, 2))
-    w_ho = rs.normal(scale=6 ** -0.5, size=2)
-    m = fastbp.MLP.from_weights([w_ih, w_ho.reshape(2, 1)], None, "sigmoid", "half_mse")
-    values = []
-    for _ in range(50):
-        m.fit(a.X_train, a.y_train, epochs=1, lr=0.007)
-        values.append(2 * m.loss(a.X_train, a.y_train))
-    printed = [float(l.split()[2]) for l in out.splitlines() if l.startswith("Train loss:")]
-    # After epochs 0, 5, ..., 45: the loss after that epoch's update.
-    npt.assert_allclose(printed, values[::5], rtol=1e-12)
+    # the tutorial's initial weights (np.random.seed(21), then normal draws), as the demo
+    # makes them
+    m = _demos.tutorial_admissions_model(6, 21)
+    hist = m.fit(a.X_train, a.y_train, epochs=50, lr=0.007)
+    line = re.compile(r"^Train loss \(half_mse\) after (\d+) epochs?: (\S+)  "
+                      r"\[tutorial's train loss \(mse\): (\S+)\]$")
+    printed = [g.groups() for g in map(line.match, out.splitlines()) if g]
+    # after 1, 6, ..., 46 epochs (the tutorial: after epochs 0, 5, ..., 45 counted from 0)
+    assert [int(p[0]) for p in printed] == list(range(1, 50, 5))
+    for epochs, half_mse, mse in printed:
+        assert half_mse == f"{hist.loss[int(epochs)]:.6g}"
+        assert float(mse) == 2.0 * hist.loss[int(epochs)]
+    assert (f"Last recorded loss (half_mse), epoch 49: {hist.loss[-1]:.6g}  "
+            f"[tutorial's train loss (mse): {2.0 * hist.loss[-1]}]") in out
 
 
 def test_demo_admissions_data_reads_any_file(capsys, tmp_path):
@@ -161,14 +176,49 @@ def test_demo_admissions_data_reads_any_file(capsys, tmp_path):
     assert acc == pytest.approx(expected, abs=5e-4)
 
 
-def test_demo_plots(capsys, tmp_path):
+def test_demo_plots(capsys, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
+    from fastbp import plot
+
+    curves = {}
+    real = plot.loss_curve
+
+    def spy(history, *args, **kwargs):
+        fig = real(history, *args, **kwargs)
+        curves[kwargs["title"]] = (fig.axes[0], history)
+        return fig
+
+    monkeypatch.setattr(plot, "loss_curve", spy)
     d = tmp_path / "plots"
-    rc, out, _ = run(capsys, "demo", "xor", "--epochs", "300", "--plot", str(d), "--no-progress")
+    rc, out, _ = run(capsys, "demo", "xor", "--epochs", "12000", "--plot", str(d), "--no-progress")
     assert rc == 0
     for name in ("xor_loss.png", "xor_decision_boundary.png"):
         assert (d / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert str(d / name) in out
+    (ax, hist), = curves.values()
+    assert "(sse)" in ax.get_title()
+    assert ax.get_yscale() == "log"  # 4.3 down to ~0.03: more than a decade
+    # the plot ends at the loss printed last
+    assert ax.lines[0].get_ydata()[-1] == hist.loss[-1]
+    assert f"Last recorded loss (sse), epoch 11,999: {hist.loss[-1]:.6g}" in out
+
+
+def test_demo_regression_loss_plot_is_logarithmic(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("sklearn")
+    from fastbp import plot
+
+    axes = []
+    real = plot.loss_curve
+    monkeypatch.setattr(plot, "loss_curve",
+                        lambda *a, **k: axes.append(real(*a, **k).axes[0]) or axes[-1].figure)
+    rc, out, _ = run(capsys, "demo", "regression", "--epochs", "3000", "--plot", str(tmp_path),
+                     "--no-progress")
+    assert rc == 0
+    (ax,) = axes
+    y = ax.lines[0].get_ydata()
+    assert y.max() / y.min() > 10 and ax.get_yscale() == "log"
+    assert "(mse)" in ax.get_title()
 
 
 def test_demo_all(capsys):
@@ -541,6 +591,7 @@ def test_python_dash_m_fastbp_demo_xor():
     lines = proc.stdout.splitlines()
     assert lines[2].startswith("Initial hidden weights 01: [")
     assert sum(bool(EPOCH_LINE.match(l)) for l in lines) == 18
+    assert "(100, 1)" not in proc.stdout
     assert any(l.startswith("Final output biases: [") for l in lines)
     assert re.search(r"^Training: 2,000 epochs in [\d.]+ s \([\d,]+ epochs/s\)$", proc.stdout, re.M)
     assert "Traceback" not in proc.stderr
