@@ -4,7 +4,6 @@ import pickle
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 import fastbp  # noqa: E402
 from fastbp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
-ADMISSIONS_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "admissions.csv"
 TOL = 1e-9  # parity with scikit-learn: max |difference| of any weight or bias
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -281,9 +279,7 @@ def test_convergence_warning_like_sklearn():
 
 @pytest.fixture
 def admissions():
-    if not ADMISSIONS_CSV.is_file():
-        pytest.skip(f"admissions data not found at {ADMISSIONS_CSV}")
-    return fastbp.datasets.admissions(ADMISSIONS_CSV)
+    return fastbp.datasets.admissions()
 
 
 def test_grid_search_on_admissions(admissions):
