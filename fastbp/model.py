@@ -1,10 +1,10 @@
 """The MLP model object: validation, buffers and reporting around the fused kernels."""
-import threading
 import time
 import warnings
 
 import numpy as np
 
+from . import _pickling
 from . import _validation as V
 from . import kernels as K
 from .kernels import optim as O
@@ -74,7 +74,7 @@ class MLP:
         self.dtype = V.check_dtype(dtype)
         self._act_codes = np.array([ACTIVATIONS[a] for a in self.activations], dtype=np.int64)
         self._loss_code = LOSSES[self.loss_name]
-        self._fit_lock = threading.Lock()
+        self._fit_lock = _pickling.FitLock()
         self.reset_optimizer()
 
     def reset_optimizer(self):
@@ -712,6 +712,23 @@ class MLP:
         if on_divergence == "raise":
             raise DivergenceError(msg, epoch=bad, history=hist, model=self)
         warnings.warn(msg, RuntimeWarning, stacklevel=5)  # the caller of fit/resume
+
+    # ---- copies and pickles ---------------------------------------------------------
+    # Left out of pickles and copies (fastbp/_pickling.py): the lock that guards fit (a
+    # fresh one is made on load) and per-process caches of buffers (rebuilt on demand).
+    _TRANSIENT = ("_fit_lock", "_idle_val_ws")
+
+    def __getstate__(self):
+        """Everything the model is -- architecture, parameters, optimizer state and
+        shuffling stream -- copied while no fit writes it, so a copy that goes on
+        training ends bit-identical to the original going on training.  RuntimeError if
+        another thread is training this model (a callback of the fit may copy it)."""
+        return _pickling.snapshot(self)
+
+    def __setstate__(self, state):
+        _pickling.restore(self, state)
+
+    __copy__ = _pickling.independent_copy  # parameters are never shared by a copy
 
     # ---- files ----------------------------------------------------------------------
     def save(self, path):
