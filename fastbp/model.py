@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 
 from . import _pickling
+from . import export
 from . import _validation as V
 from . import kernels as K
 from .kernels import optim as O
@@ -735,6 +736,36 @@ class MLP:
         """Write parameters and architecture to one .npz file (no pickle)."""
         from .io import save_model
         save_model(self, path)
+
+    # ---- other libraries (fastbp/export.py; each imported only when called) ----------
+    def to_torch(self):
+        """A ``torch.nn.Sequential`` of ``Linear`` and activation modules, in the model's
+        dtype, whose forward pass equals ``predict`` (parameters copied)."""
+        return export.to_torch(self)
+
+    @classmethod
+    def from_torch(cls, seq, loss=None):
+        """The MLP of a ``torch.nn.Sequential`` of ``Linear`` layers each followed by at
+        most one of Sigmoid, ReLU, Tanh, Softmax (output), Identity; anything else is
+        refused naming the module.  ``loss`` None: "cross_entropy" after a Softmax,
+        else "mse"."""
+        return export.from_torch(cls, seq, loss)
+
+    def to_onnx(self, path):
+        """Write the network as an ONNX graph (Gemm or MatMul, then the activation nodes)
+        to ``path``; input "X" (N, sizes[0]), output "Y", both in the model's dtype."""
+        return export.to_onnx(self, path)
+
+    def to_sklearn(self, classes=None):
+        """A fitted scikit-learn ``MLPRegressor`` / ``MLPClassifier`` predicting what this
+        model predicts; ValueError saying what when scikit-learn cannot represent it."""
+        return export.to_sklearn(self, classes)
+
+    @classmethod
+    def from_sklearn(cls, est):
+        """The MLP of a fitted scikit-learn (or fastbp.sklearn) MLPRegressor /
+        MLPClassifier."""
+        return export.from_sklearn(cls, est)
 
 
 def _all_finite(a, block=1 << 16):
