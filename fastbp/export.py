@@ -183,7 +183,8 @@ def to_onnx(model, path):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
+                               f"{os.urandom(4).hex()}.tmp")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
