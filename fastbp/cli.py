@@ -207,6 +207,16 @@ def build_parser():
     predict.add_argument("--out", metavar="PREDS.csv",
                          help="write here instead of to stdout (never over an input file)")
     predict.set_defaults(func=_cmd_predict)
+
+    export = sub.add_parser(
+        "export", help="convert a saved model to ONNX",
+        description="Write a model saved by 'fastbp train --save' (or MLP.save) as an ONNX "
+                    "graph (needs onnx: pip install \"fastbp[onnx]\"). The graph takes the "
+                    "model's inputs as they are: apply the --standardize statistics of "
+                    "MODEL.npz.json before it, if training used them.")
+    export.add_argument("model", metavar="MODEL.npz")
+    export.add_argument("out", metavar="MODEL.onnx")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 
@@ -560,6 +570,32 @@ def _cmd_predict(args):
         print(f"Wrote {pred.shape[0]} predictions to {args.out}")
     else:
         write(sys.stdout)
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _cmd_export(args):
+    import fastbp
+
+    src, out = Path(args.model), Path(args.out)
+    if not src.is_file():
+        raise CLIError(f"{args.model}: no such model file")
+    if out.suffix.lower() != ".onnx":
+        raise CLIError(f"{args.out}: the output name must end in .onnx (ONNX is the one "
+                       f"export format)")
+    if out.exists() and out.samefile(src):
+        raise CLIError(f"{args.out}: is the input model file; give another output name")
+    if out.is_dir():
+        raise CLIError(f"{args.out}: is a folder; give a file name ending in .onnx")
+    folder = out.resolve().parent
+    if not folder.is_dir():
+        raise CLIError(f"{args.out}: the folder {folder} does not exist")
+    model = fastbp.load(src)
+    model.to_onnx(out)
+    print(f"Wrote {out} (ONNX opset {fastbp.export.ONNX_OPSET}, "
+          f"{'-'.join(map(str, model.sizes))}, {model.dtype.name}; input X, output Y)")
     return 0
 
 

@@ -1,9 +1,10 @@
 """The MLP model object: validation, buffers and reporting around the compiled kernels."""
-import threading
 import warnings
 
 import numpy as np
 
+from . import _pickling
+from . import export
 from . import _config as C
 from . import _dispatch as D
 from . import _validation as V
@@ -61,7 +62,7 @@ class MLP:
         self.dtype = V.check_dtype(dtype)
         self._act_codes = np.array([ACTIVATIONS[a] for a in self.activations], dtype=np.int64)
         self._loss_code = LOSSES[self.loss_name]
-        self._fit_lock = threading.Lock()
+        self._fit_lock = _pickling.FitLock()
         self.reset_optimizer()
 
     def reset_optimizer(self):
@@ -455,11 +456,60 @@ class MLP:
         if on_divergence == "raise":
             raise DivergenceError(msg, epoch=bad, history=hist, model=self)
         warnings.warn(msg, RuntimeWarning, stacklevel=5)  # the caller of fit/resume
+
+    # ---- copies and pickles ---------------------------------------------------------
+    # Left out of pickles and copies (fastbp/_pickling.py): the lock that guards fit (a
+    # fresh one is made on load) (no per-process caches to leave out).
+    _TRANSIENT = ("_fit_lock",)
+
+    def __getstate__(self):
+        """Everything the model is -- architecture, parameters, optimizer state and
+        shuffling stream -- copied while no fit writes it, so a copy that goes on
+        training ends bit-identical to the original going on training.  RuntimeError if
+        another thread is training this model (a callback of the fit may copy it)."""
+        return _pickling.snapshot(self)
+
+    def __setstate__(self, state):
+        _pickling.restore(self, state)
+
+    __copy__ = _pickling.independent_copy  # parameters are never shared by a copy
+
     # ---- files ----------------------------------------------------------------------
     def save(self, path):
         """Write parameters and architecture to one .npz file (no pickle)."""
         from .io import save_model
         save_model(self, path)
+
+    # ---- other libraries (fastbp/export.py; each imported only when called) ----------
+    def to_torch(self):
+        """A ``torch.nn.Sequential`` of ``Linear`` and activation modules, in the model's
+        dtype, whose forward pass equals ``predict`` (parameters copied)."""
+        return export.to_torch(self)
+
+    @classmethod
+    def from_torch(cls, seq, loss=None):
+        """The MLP of a ``torch.nn.Sequential`` of ``Linear`` layers each followed by at
+        most one of Sigmoid, ReLU, Tanh, Softmax (output), Identity; anything else is
+        refused naming the module.  ``loss`` None: "cross_entropy" after a Softmax,
+        else "mse"."""
+        return export.from_torch(cls, seq, loss)
+
+    def to_onnx(self, path):
+        """Write the network as an ONNX graph (Gemm or MatMul, then the activation nodes)
+        to ``path``; input "X" (N, sizes[0]), output "Y", both in the model's dtype."""
+        return export.to_onnx(self, path)
+
+    def to_sklearn(self, classes=None):
+        """A fitted scikit-learn ``MLPRegressor`` / ``MLPClassifier`` predicting what this
+        model predicts; ValueError saying what when scikit-learn cannot represent it."""
+        return export.to_sklearn(self, classes)
+
+    @classmethod
+    def from_sklearn(cls, est):
+        """The MLP of a fitted scikit-learn (or fastbp.sklearn) MLPRegressor /
+        MLPClassifier."""
+        return export.from_sklearn(cls, est)
+
 
 def _all_finite(a, block=1 << 16):
     """np.isfinite(a).all() for a 1-D array, a block at a time: no temporary as large as

@@ -46,6 +46,7 @@ silently ignored setting):
 
 Only this module imports scikit-learn (``pip install "fastbp[sklearn]"``).
 """
+import copy
 import numbers
 import warnings
 
@@ -480,25 +481,20 @@ class _BaseMLP(BaseEstimator):
             return np.nan
         return score_function(y, y_pred, sample_weight=sample_weight)
 
-    # ---- pickling: fastbp.MLP holds a lock; keep its architecture and parameters --------
+    # ---- pickling: the fastbp.MLP travels whole (its own __getstate__: parameters,
+    # ---- optimizer state, shuffling stream); coefs_ / intercepts_ are views of its
+    # ---- parameters, so they are left out and pointed at the loaded model again -------
     def __getstate__(self):
+        if "_model" in self.__dict__:
+            self._network()  # coefs_ / intercepts_ the user replaced go into the model
         state = dict(super().__getstate__())
-        model = state.pop("_model", None)
-        if model is not None:
-            for key in ("coefs_", "intercepts_", "_views"):
-                state.pop(key, None)
-            net = {"sizes": list(model.sizes), "activations": list(model.activations),
-                   "loss": model.loss_name, "dtype": model.dtype.name,
-                   "params": model.params.copy()}
-            opt = getattr(model, "optimizer_state", None)
-            if opt is not None:
-                net["optimizer_state"] = opt
-            state["_fastbp_network"] = net
+        for key in ("coefs_", "intercepts_", "_views"):
+            state.pop(key, None)
         return state
 
     def __setstate__(self, state):
         state = dict(state)
-        net = state.pop("_fastbp_network", None)
+        net = state.pop("_fastbp_network", None)  # pickles of earlier fastbp wrappers
         super().__setstate__(state)
         if net is not None:
             sizes = net["sizes"]
@@ -510,7 +506,13 @@ class _BaseMLP(BaseEstimator):
             if "optimizer_state" in net:
                 _set_optimizer_state(model, net["optimizer_state"])
             self._model = model
+        if "_model" in self.__dict__:
             self._point_views()
+
+    def __copy__(self):
+        # a shallow copy would share the network (and its fit lock) with the original:
+        # training one would change both
+        return copy.deepcopy(self)
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "_model")
