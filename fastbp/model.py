@@ -264,7 +264,8 @@ class MLP:
             beta1=0.9, beta2=0.999, eps=1e-8, l2=0.0, schedule="constant", power_t=0.5,
             step_size=1, step_factor=0.5, lr_min=0.0, validation_data=None,
             validation_fraction=None, patience=0, min_delta=0.0, restore_best=False,
-            sample_weight=None, callbacks=None, chunk_seconds=0.2, epoch_loss="batch_mean"):
+            sample_weight=None, callbacks=None, chunk_seconds=0.2, epoch_loss="batch_mean",
+            tol=None, max_fun=None):
         """Train in place by backpropagation; returns a History.
 
         X: (n_samples, sizes[0]) array-like (1-D when sizes[0] == 1); y: (n_samples,
@@ -332,9 +333,34 @@ class MLP:
         term of each batch by the batch's size (scikit-learn's conventions; they differ
         only when the batch size does not divide the number of samples).
 
+        ``optimizer="lbfgs"``: full-batch L-BFGS (SciPy's L-BFGS-B, ``pip install
+        "fastbp[lbfgs]"``) on the loss plus ``l2``'s penalty (weighted by
+        ``sample_weight``), each evaluation one compiled pass over the whole set.
+        ``epochs`` is its maximum number of iterations; it also stops after ``max_fun``
+        evaluations of the loss (default 15000; checked at the end of an iteration) or
+        when it converges: every gradient component <= ``tol`` (default 1e-4) or a
+        relative decrease of the loss below SciPy's ftol (scikit-learn's settings).  The
+        History has one record per iteration, the loss after it (``epochs``: the
+        iterations run); ``stopped`` is None (all ``epochs`` ran), "converged",
+        "max_fun", "line_search" (SciPy could not find a better point), "interrupted" or
+        "diverged" (the loss or gradient is not finite at the start; the parameters stay);
+        ``extra`` holds SciPy's message, status and number of evaluations.  Keywords that
+        mean nothing to it (lr, batch_size, shuffle, momentum, schedule, validation,
+        callbacks, checkpoints, record_every, ...) must keep their defaults (ValueError).
+        ``tol`` and ``max_fun`` apply only to it.
+
         Another fit of the same model while one runs (from another thread) is refused
         with RuntimeError.
         """
+        if optimizer == "lbfgs":
+            arguments = dict(locals())  # fit's arguments, before any other name is bound
+            from ._lbfgs import fit as fit_lbfgs
+            return fit_lbfgs(self, arguments)
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd', 'adam' or 'lbfgs', got {optimizer!r}")
+        if tol is not None or max_fun is not None:
+            raise ValueError(f"tol and max_fun apply to optimizer='lbfgs' only, got "
+                             f"tol={tol!r}, max_fun={max_fun!r} with optimizer={optimizer!r}")
         xt = self._inputs(X)
         n = xt.shape[1]
         yt = self._targets(y, n)
