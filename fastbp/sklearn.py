@@ -12,8 +12,10 @@ learning-rate schedules.  With ``solver='sgd'``, ``shuffle=False`` and the same
 (``max_iter``, ``max_fun``, ``gtol=tol``), objective (L2 as ``alpha / (2 sum of sample
 weights)``) and ConvergenceWarning, each evaluation of the loss and gradient one compiled
 pass over the data (fastbp/_lbfgs.py); from the same weights the result equals
-scikit-learn's to 1e-10.  scikit-learn's own test_mlp.py passes with only its import
-changed (tests/test_sklearn_upstream.py), but for sparse X and loss='poisson'.
+scikit-learn's to 1e-10 over the first ~10-20 iterations, after which rounding-level
+differences in the loss (~1e-16) grow, as L-BFGS amplifies them.  scikit-learn's own
+test_mlp.py passes with only its import changed (tests/test_sklearn_upstream.py), but
+for sparse X and loss='poisson'.
 
 What differs from scikit-learn (each is an error or a documented difference, never a
 silently ignored setting):
@@ -26,6 +28,10 @@ silently ignored setting):
   and the likely cause; with it the remaining epochs are booked as scikit-learn books
   them (NaN loss and validation score) and the best weights are restored, with a
   RuntimeWarning.
+- The log-loss is computed from the logits, exactly; scikit-learn clips probabilities to
+  [eps, 1 - eps] (not in its gradient).  The two differ where a true class gets a
+  probability below 2.2e-16 -- for lbfgs, a line search probing such a point then takes
+  another step.
 - ``_optimizer`` (private in scikit-learn) is a read-only view giving
   ``learning_rate`` and ``learning_rate_init``; the state itself lives in the fastbp
   model.  ``_loss_grad_lbfgs`` (private too) computes scikit-learn's L-BFGS objective.
