@@ -1,4 +1,5 @@
 """The MLP model object: validation, buffers and reporting around the compiled kernels."""
+import math
 import warnings
 
 import numpy as np
@@ -255,7 +256,8 @@ class MLP:
             beta1=0.9, beta2=0.999, eps=1e-8, l2=0.0, schedule="constant", power_t=0.5,
             step_size=1, step_factor=0.5, lr_min=0.0, validation_data=None,
             validation_fraction=None, patience=0, min_delta=0.0, restore_best=False,
-            sample_weight=None, callbacks=None, chunk_seconds=0.2, epoch_loss="batch_mean"):
+            sample_weight=None, callbacks=None, chunk_seconds=0.2, epoch_loss="batch_mean",
+            tol=None, max_fun=None):
         """Train in place by backpropagation; returns a History.
 
         X: (n_samples, sizes[0]) array-like (1-D when sizes[0] == 1); y: (n_samples,
@@ -323,9 +325,34 @@ class MLP:
         term of each batch by the batch's size (scikit-learn's conventions; they differ
         only when the batch size does not divide the number of samples).
 
+        ``optimizer="lbfgs"``: full-batch L-BFGS (SciPy's L-BFGS-B, ``pip install
+        "fastbp[lbfgs]"``) on the loss plus ``l2``'s penalty (weighted by
+        ``sample_weight``), each evaluation one compiled pass over the whole set.
+        ``epochs`` is its maximum number of iterations; it also stops after ``max_fun``
+        evaluations of the loss (default 15000; checked at the end of an iteration) or
+        when it converges: every gradient component <= ``tol`` (default 1e-4) or a
+        relative decrease of the loss below SciPy's ftol (scikit-learn's settings).  The
+        History has one record per iteration, the loss after it (``epochs``: the
+        iterations run); ``stopped`` is None (all ``epochs`` ran), "converged",
+        "max_fun", "line_search" (SciPy could not find a better point), "interrupted" or
+        "diverged" (the loss or gradient is not finite at the start; the parameters stay);
+        ``extra`` holds SciPy's message, status and number of evaluations.  Keywords that
+        mean nothing to it (lr, batch_size, shuffle, momentum, schedule, validation,
+        callbacks, checkpoints, record_every, ...) must keep their defaults (ValueError).
+        ``tol`` and ``max_fun`` apply only to it.
+
         Another fit of the same model while one runs (from another thread) is refused
         with RuntimeError.
         """
+        if optimizer == "lbfgs":
+            arguments = dict(locals())  # fit's arguments, before any other name is bound
+            from ._lbfgs import fit as fit_lbfgs
+            return fit_lbfgs(self, arguments)
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd', 'adam' or 'lbfgs', got {optimizer!r}")
+        if tol is not None or max_fun is not None:
+            raise ValueError(f"tol and max_fun apply to optimizer='lbfgs' only, got "
+                             f"tol={tol!r}, max_fun={max_fun!r} with optimizer={optimizer!r}")
         with sigint_deferred() as interrupted:
             x = self._inputs(X)
             n = x.shape[0]
@@ -441,16 +468,14 @@ class MLP:
         return True
 
     def _diverged(self, x, y, run, bad, hist, on_divergence):
-        if run.done == 0 and not self._finite_loss(x, y, run.sw):
-            cause = (f"the loss is not finite even at the starting parameters: the data "
-                     f"(max |X| = {np.abs(x).max():.3g}, max |y| = {np.abs(y).max():.3g}) "
-                     f"are too large for {self.dtype.name}; scale them down")
-        else:
-            cause = f"try a smaller learning rate than lr={run.lr:g}"
-        msg = (f"training diverged at epoch {bad} (counted from 0) of {run.epochs}: a NaN "
-               f"or infinite loss or parameter. The model keeps the last parameters of the "
-               f"run with a finite loss, those after {run.done} epochs, and the history "
-               f"ends there; {cause}")
+        start_finite = run.done > 0 or self._finite_loss(x, y, run.sw)
+        cause = divergence_cause(self.dtype, float(np.abs(x).max()), float(np.abs(y).max()),
+                                 start_finite, f"too large a learning rate: try a smaller "
+                                               f"learning rate than lr={run.lr:g}")
+        msg = (f"training diverged at epoch {bad} (counted from 0) of this run's "
+               f"{run.epochs}: a NaN or infinite loss or parameter. The model keeps the last "
+               f"parameters of the run with a finite loss, those after {run.done} epochs, "
+               f"and the history ends there; likely cause: {cause}")
         if run.checkpoint is not None:
             msg += f" (checkpoint {run.checkpoint!r} holds that state)"
         if on_divergence == "raise":
@@ -509,6 +534,29 @@ class MLP:
         """The MLP of a fitted scikit-learn (or fastbp.sklearn) MLPRegressor /
         MLPClassifier."""
         return export.from_sklearn(cls, est)
+
+
+def divergence_cause(dtype, x_max, y_max, start_finite, lr_hint):
+    """The likely cause of a divergence, for its message.  The data are blamed only when
+    they are huge for the dtype: beyond sqrt(max) / 1e4 (1.3e150 in float64, 1.8e15 in
+    float32) their squares and sums of products overflow.  Otherwise a loss that is
+    not finite at the starting parameters blames those parameters, and anything else
+    the learning rate (``lr_hint`` says what to try)."""
+    huge = math.sqrt(np.finfo(dtype).max) * 1e-4
+    data = f"max |X| = {x_max:.3g}, max |y| = {y_max:.3g}"
+    name = np.dtype(dtype).name
+    if max(x_max, y_max) > huge:
+        where = ("" if start_finite else
+                 "the loss is not finite even at the starting parameters: ")
+        return (f"{where}the data ({data}) are too large for {name} (their products and "
+                f"squares overflow); scale them down")
+    if not start_finite:
+        return (f"the starting parameters: the loss is not finite there although the data "
+                f"are moderate ({data}); set smaller parameters (an earlier run with too "
+                f"large a learning rate can leave them huge yet finite)")
+    if max(x_max, y_max) > 1e4:
+        return f"{lr_hint}, or scale the data down ({data})"
+    return lr_hint
 
 
 def _all_finite(a, block=1 << 16):
