@@ -163,10 +163,11 @@ class ManyFit:
         cache = getattr(self._local, "work", None)
         if cache is None:
             cache = self._local.work = {}
-        work = cache.get(plan.key)
+        key = (plan.key, plan.cap)  # plans of one kernel may differ in batch size
+        work = cache.get(key)
         if work is None:
             lay = self.proto._layout
-            work = cache[plan.key] = O.make_work(
+            work = cache[key] = O.make_work(
                 lay.sizes_arr, lay.n_params, plan.cap, self.n, self.dtype,
                 self.proto._keep_z, per_sample=plan.mode == "sample", gradient=plan.gradient)
         return work
