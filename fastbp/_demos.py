@@ -4,16 +4,23 @@ Each demo builds the tutorial's network with the tutorial's settings, trains it 
 fastbp and prints what the tutorial prints, then the wall time and the training
 speed. Nothing here does numerics beyond formatting the model's own results.
 
+Every loss a demo prints is the loss its header names, read from the fit's ``History``
+(``hist.loss[r]``: the loss before epoch ``r``'s update, i.e. after ``r`` epochs) or
+from ``model.loss`` after training, so it agrees with the loss plot. Where the tutorial
+printed another measure, that figure follows in brackets, labelled as the tutorial's.
+
 - seed 000 (``xor``, ``linear``): 2-4-4-1 sigmoid net, U[0, 1) init, the textbook loss
   E = 1/2 sum (out - y)^2 (``loss="sse"``), full-batch gradient descent, lr 0.1,
-  100,000 epochs. Prints the initial weights and biases, ``epoch %d loss: %f`` where
-  the loss is the tutorial's ``np.mean(np.square(y - out))`` (= 2 E / (N K)), and the
-  final weights and biases, in the tutorial's format.
+  100,000 epochs. Prints the initial weights and biases, ``epoch %d loss (sse): ...``
+  on the tutorial's schedule with the tutorial's ``np.mean(np.square(y - out))``
+  (= 2 E / (N K)) beside it, the final weights and biases in the tutorial's format, and
+  the last recorded loss.
 - seed 004 (``admissions``): 6-2-1 sigmoid net without biases, N(0, 1/sqrt(6)) init,
   loss 1/2 mean (out - y)^2 (``half_mse``: the tutorial's update divides the summed
   gradient by the number of records), full batch, lr 0.007, 1,000 epochs. Prints
-  ``Train loss:`` (the mean squared error on the training set, after that epoch's
-  update) every epochs/10 epochs and ``Prediction accuracy:`` on the test split.
+  ``Train loss (half_mse)`` after every epochs/10 epochs (the tutorial's schedule,
+  with its figure, the mean squared error = 2 x half_mse, beside it) and ``Prediction
+  accuracy:`` on the test split.
 - seed 001 (``regression``): 1-10-1 net, relu then identity, U[0, 1) init (the
   tutorial's ``np.random.rand``), MSE, full batch, lr 0.01. The tutorial prints the
   loss at each of its 50 steps; run for 100,000 epochs that is a summary of the curve
@@ -86,6 +93,11 @@ def _report_speed(out, hist, epochs, fit_wall, wall):
         out(f"Note: training stopped early ({hist.stopped}) after {ran:,} of {epochs:,} epochs")
 
 
+def _g(value):
+    """A loss as printed: six significant digits, whatever its size."""
+    return f"{value:.6g}"
+
+
 def _print_params(out, when, model):
     n = len(model.weights)
     for layer in range(n):
@@ -137,19 +149,24 @@ def run_seed000(name, settings, progress, plot, out):
     fit_wall = time.perf_counter() - f0
 
     n, k = y.shape
-    # The tutorial prints np.mean(np.square(y - out)) = 2 E / (N K), computed before
-    # epoch i's update, at i % 5000 == 0 and i > 5000 (100,000 epochs: 10000 ... 95000).
-    mse = 2.0 * np.asarray(hist.loss, dtype=np.float64) / (n * k)
+    # The tutorial prints at i % 5000 == 0 and i > 5000 (100,000 epochs: 10000 ...
+    # 95000) its np.mean(np.square(y - out)) = 2 E / (N K), computed before epoch i's
+    # update: record i of the History, in sse, shown first.
+    loss = np.asarray(hist.loss, dtype=np.float64)
     every = int(getattr(hist, "record_every", 1) or 1)
     interval = max(1, settings.epochs // 20)
-    for r, value in enumerate(mse):
+    for r, value in enumerate(loss):
         i = r * every
         if i % interval == 0 and i > interval:
-            out("epoch %d loss: %f" % (i, value))
+            out("epoch %d loss (sse): %s  [tutorial's mse: %f]"
+                % (i, _g(value), 2.0 * value / (n * k)))
     _print_params(out, "Final", model)
     pred = np.asarray(model.predict(X)).reshape(n, k)
     acc = np.mean((pred > 0.5) == (y > 0.5))
-    out(f"Accuracy: {acc:.3f} ({int(round(acc * n))}/{n} points), final loss {2.0 * model.loss(X, y) / (n * k):.6f}")
+    out(f"Accuracy: {acc:.3f} ({int(round(acc * n))}/{n} points)")
+    last = (len(loss) - 1) * every
+    out(f"Last recorded loss (sse), epoch {last:,}: {_g(loss[-1])}  "
+        f"[tutorial's mse: {2.0 * loss[-1] / (n * k):f}]")
     d = _plot_dir(plot)
     if d is not None:
         from . import plot as fplot
@@ -171,8 +188,6 @@ def run_regression(settings, progress, plot, out):
     out(f"== fastbp demo regression: seed 001, make_regression(100, n_features=1, noise=10, random_state=3)")
     out(f"== 1-10-1 relu/identity, loss mse, full-batch gradient descent, lr {settings.lr:g}, "
         f"{settings.epochs:,} epochs, init uniform seed {settings.seed}")
-    out(str(X.shape))
-    out(str(Y.shape))
     model = fastbp.MLP([1, 10, 1], activation=["relu", "identity"], loss="mse", init="uniform",
                        seed=settings.seed)
     f0 = time.perf_counter()
@@ -218,7 +233,7 @@ def run_admissions(settings, progress, plot, out, data=None):
 
     t0 = time.perf_counter()
     adm = datasets.admissions(data)
-    src = "the 40-row excerpt printed in the tutorial" if data is None else str(data)
+    src = "the tutorial's UCLA admissions data" if data is None else str(data)
     out(f"== fastbp demo admissions: seed 004, {src} "
         f"({len(adm.y_train)} training rows, {len(adm.y_test)} test rows)")
     out(f"== 6-2-1 sigmoid without biases, loss half_mse, full-batch gradient descent, "
@@ -228,23 +243,27 @@ def run_admissions(settings, progress, plot, out, data=None):
     f0 = time.perf_counter()
     hist = _fit(model, adm.X_train, adm.y_train, progress, epochs=settings.epochs, lr=settings.lr)
     fit_wall = time.perf_counter() - f0
-    # The tutorial prints the training MSE (= 2 x half_mse) after epoch e's update at
-    # e % (epochs / 10) == 0; record e + 1 is the loss before epoch e + 1, i.e. after e.
-    mse = 2.0 * np.asarray(hist.loss, dtype=np.float64)
+    # The tutorial prints its training MSE (= 2 x half_mse) after epoch e's update at
+    # e % (epochs / 10) == 0 (e from 0); record e + 1 is the loss before epoch e + 1's
+    # update, i.e. after e + 1 epochs.
+    losses = np.asarray(hist.loss, dtype=np.float64)
     every = int(getattr(hist, "record_every", 1) or 1)
-    final = 2.0 * float(model.loss(adm.X_train, adm.y_train))
+    final = float(model.loss(adm.X_train, adm.y_train))
     interval = max(1, settings.epochs // 10)
     last = None
     for e in range(0, _epochs_run(hist, settings.epochs), interval):
         r, rem = divmod(e + 1, every)
         if rem:
             continue
-        loss = float(mse[r]) if r < len(mse) else final
+        loss = float(losses[r]) if r < len(losses) else final
+        line = (f"Train loss (half_mse) after {e + 1:,} epoch{'s' if e else ''}: {_g(loss)}"
+                f"  [tutorial's train loss (mse): {2.0 * loss}]")
         if last is not None and last < loss:
-            out(f"Train loss:  {loss}   WARNING - Loss Increasing")
-        else:
-            out(f"Train loss:  {loss}")
+            line += "   WARNING - Loss Increasing"
+        out(line)
         last = loss
+    out(f"Last recorded loss (half_mse), epoch {(len(losses) - 1) * every:,}: "
+        f"{_g(losses[-1])}  [tutorial's train loss (mse): {2.0 * losses[-1]}]")
     pred = np.asarray(model.predict(adm.X_test)).reshape(-1) > 0.5
     accuracy = np.mean(pred == (adm.y_test > 0.5))
     out("Prediction accuracy: {:.3f}".format(accuracy))

@@ -4,18 +4,41 @@ Subcommands::
 
     fastbp demo xor|linear|regression|admissions|all [--data PATH] [--epochs N] [--lr X]
                 [--seed S] [--plot DIR] [--no-progress]
-    fastbp train DATA.csv --target COL [--layers 8,8] [--activation relu]
-                [--output-activation sigmoid] [--loss bce] [--epochs N] [--lr X]
-                [--batch-size B] [--standardize] [--test-fraction F] [--seed S]
-                [--save model.npz] [--no-progress]
+    fastbp train DATA.csv --target COL [--task auto|classify|regress] [--layers 8,8]
+                [--activation relu] [--output-activation sigmoid] [--loss bce]
+                [--epochs N] [--lr X] [--batch-size B] [--standardize]
+                [--test-fraction F] [--seed S] [--save model.npz] [--no-progress]
     fastbp predict model.npz DATA.csv [--out preds.csv]
+
+``train`` classifies or regresses the target column (``--task``, default ``auto``):
+
+- 0/1 targets: one sigmoid output, loss bce (two classes, 0 and 1);
+- text labels, or integer labels with 2 to 20 distinct values (other than just 0/1):
+  one softmax output per class, loss cross_entropy;
+- anything else: regression, identity output, loss mse.
+
+``--task classify`` takes integer or text labels with any number of classes;
+``--task regress`` fits numbers, integer or not. Classification reports the accuracy
+on the held-out rows, regression R^2.
 
 ``train --save model.npz`` writes the model with ``MLP.save`` and, beside it,
 ``model.npz.json``: the feature columns, the target column, the standardization (mean
-and std per feature) and the task. ``predict`` reads that file when it is there and
-then takes the named columns from DATA.csv (in any order, other columns ignored) and
-standardizes them the same way. Without it (a model saved from Python), ``predict``
-uses the first ``sizes[0]`` columns of DATA.csv, as they are.
+and std per feature), the task and, for classification, the class labels in output
+order (``"classes"``: integers or strings, as in the data). ``predict`` reads that file
+when it is there and then takes the named columns from DATA.csv (in any order, other
+columns ignored) and standardizes them the same way. Without it (a model saved from
+Python), ``predict`` uses the first ``sizes[0]`` columns of DATA.csv, as they are.
+
+``predict`` writes a CSV with a header row. A regression model: one column named after
+the target (``TARGET``; ``TARGET_0``, ``TARGET_1``, ... for several outputs;
+``prediction`` without the metadata file). A classifier: ``TARGET``, the predicted class
+label exactly as written in the training data, then ``TARGET_prob_LABEL`` for each class
+in the metadata's order, its predicted probability.
+
+No command writes over one of its inputs: an output path (``--save`` and its ``.json``,
+``--out``, the ``--plot`` figures) that is the same file as an input (compared as files,
+links included) is refused, and the output's folder is checked before any training.
+Files are written whole or not at all (temporary file, then rename).
 
 Errors in the input (a missing file, an unknown column, a cell that is not a number,
 a bad option) print one line ``fastbp: error: ...`` on stderr and give exit status 2.
@@ -25,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -35,6 +59,7 @@ import numpy as np
 
 from . import _demos, datasets
 from .datasets import DataError
+from .io import atomic_write, check_writable
 
 PROG = "fastbp"
 
@@ -85,20 +110,25 @@ def _fraction(text):
 
 def _layers(text):
     text = text.strip()
-    if text in ("", "none", "0"):
+    if text == "none":
         return []
     try:
         sizes = [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected hidden layer sizes like 8,8, got {text!r}") from None
+            f"expected hidden layer sizes like 8,8 (or none), got {text!r}") from None
     if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"layer sizes must be >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"layer sizes must be >= 1, got {text!r} ('none' for no hidden layer)")
     return sizes
 
 
 _ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh")
-_LOSSES = ("mse", "half_mse", "sse", "bce")
+_OUTPUT_ACTIVATIONS = _ACTIVATIONS + ("softmax",)
+_LOSSES = ("mse", "half_mse", "sse", "bce", "cross_entropy")
+# --task auto takes integer targets with at most this many distinct values for class
+# labels; more look like a count or a measurement (use --task classify for those)
+MAX_AUTO_CLASSES = 20
 
 
 def build_parser():
@@ -117,7 +147,7 @@ def build_parser():
                       help="xor | linear | regression | admissions | all")
     demo.add_argument("--data", metavar="PATH",
                       help="admissions CSV (columns admit, gre, gpa, rank); "
-                           "default: the tutorial's 40-row excerpt")
+                           "default: the tutorial's 400-row UCLA file, shipped with fastbp")
     demo.add_argument("--epochs", type=_positive_int, help="epochs (default: the tutorial's)")
     demo.add_argument("--lr", type=_positive_float, help="learning rate (default: the tutorial's)")
     demo.add_argument("--seed", type=int, help="seed of the initial weights (and of the linear data)")
@@ -127,19 +157,28 @@ def build_parser():
 
     train = sub.add_parser(
         "train", help="train on a numeric CSV file",
-        description="Train an MLP on a CSV file of numbers (header row required) and "
-                    "report the final loss and the accuracy (0/1 targets with a sigmoid "
-                    "output) or R^2 on a held-out split.")
+        description="Train an MLP on a CSV file (header row required; features are "
+                    "numbers, the target numbers or class labels) and report the final "
+                    "loss and, on a held-out split, the accuracy (classification) or "
+                    "R^2 (regression). Classification: 0/1 targets train one sigmoid "
+                    "output with bce; text labels, or 2 to 20 distinct integers, one "
+                    "softmax output per class with cross_entropy.")
     train.add_argument("data", metavar="DATA.csv")
     train.add_argument("--target", required=True, metavar="COL", help="the column to predict")
+    train.add_argument("--task", choices=("auto", "classify", "regress"), default="auto",
+                       help="auto (default): classify 0/1, text or 2-20 distinct integer "
+                            "labels, else regress; classify: integer or text labels, any "
+                            "number of classes; regress: numbers")
     train.add_argument("--layers", type=_layers, default=[8, 8], metavar="N,N",
-                       help="hidden layer sizes (default 8,8)")
+                       help="hidden layer sizes, each >= 1 (default 8,8; none: no hidden layer)")
     train.add_argument("--activation", choices=_ACTIVATIONS, default="relu",
                        help="hidden activation (default relu)")
-    train.add_argument("--output-activation", choices=_ACTIVATIONS, default=None,
-                       help="default: sigmoid when the target is 0/1, else identity")
+    train.add_argument("--output-activation", choices=_OUTPUT_ACTIVATIONS, default=None,
+                       help="default: sigmoid for 0/1 targets, softmax for more classes, "
+                            "else identity")
     train.add_argument("--loss", choices=_LOSSES, default=None,
-                       help="default: bce with a sigmoid output and targets in [0, 1], else mse")
+                       help="default: bce with a sigmoid output and targets in [0, 1], "
+                            "cross_entropy with softmax, else mse")
     train.add_argument("--epochs", type=_positive_int, default=1000, help="default 1000")
     train.add_argument("--lr", type=_positive_float, default=0.01, help="default 0.01")
     train.add_argument("--batch-size", type=_positive_int, default=None, metavar="B",
@@ -149,22 +188,76 @@ def build_parser():
     train.add_argument("--test-fraction", type=_fraction, default=0.2, metavar="F",
                        help="fraction of rows held out for the report (default 0.2; 0: none)")
     train.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffling (default 0)")
-    train.add_argument("--save", metavar="MODEL.npz", help="save the trained model (and MODEL.npz.json)")
+    train.add_argument("--save", metavar="MODEL.npz",
+                       help="save the trained model (and MODEL.npz.json: columns, "
+                            "standardization, task, class labels)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
 
     predict = sub.add_parser(
         "predict", help="predict with a saved model",
         description="Predict each row of DATA.csv with a model saved by 'fastbp train --save' "
-                    "(or MLP.save) and write the predictions as CSV.")
+                    "(or MLP.save) and write the predictions as CSV. Columns: regression, "
+                    "TARGET (the predicted value); classification, TARGET (the predicted "
+                    "class label, as written in the training data) then TARGET_prob_LABEL "
+                    "(the probability of each class). TARGET is the trained target "
+                    "column's name ('prediction' for a model without its .json file).")
     predict.add_argument("model", metavar="MODEL.npz")
     predict.add_argument("data", metavar="DATA.csv")
-    predict.add_argument("--out", metavar="PREDS.csv", help="write here instead of to stdout")
+    predict.add_argument("--out", metavar="PREDS.csv",
+                         help="write here instead of to stdout (never over an input file)")
     predict.set_defaults(func=_cmd_predict)
+
+    export = sub.add_parser(
+        "export", help="convert a saved model to ONNX",
+        description="Write a model saved by 'fastbp train --save' (or MLP.save) as an ONNX "
+                    "graph (needs onnx: pip install \"fastbp[onnx]\"). The graph takes the "
+                    "model's inputs as they are: apply the --standardize statistics of "
+                    "MODEL.npz.json before it, if training used them.")
+    export.add_argument("model", metavar="MODEL.npz")
+    export.add_argument("out", metavar="MODEL.onnx")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 
+# --------------------------------------------------------------------------- outputs
+
+
+def _same_file(a, b):
+    """Whether paths ``a`` and ``b`` name one file (links and hard links included)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # one of them does not exist: they cannot be one file
+        return False
+
+
+def _check_output(path, inputs, what):
+    """Refuse an output ``path`` that would replace one of ``inputs`` or cannot be
+    written; called before any work, so a long run is never lost at the end."""
+    for source in inputs:
+        if source is not None and _same_file(path, source):
+            same = "" if os.path.abspath(path) == os.path.abspath(source) else f" ({source})"
+            raise CLIError(f"{what} {path} is an input file{same}; refusing to overwrite "
+                           f"it, choose another path")
+    try:
+        check_writable(path)
+    except OSError as exc:
+        raise CLIError(f"{what}: {exc}") from None
+
+
+def _write_text(path, text):
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
 # --------------------------------------------------------------------------- demo
+
+
+def _plot_names(names):
+    figures = {"xor": ("xor_loss.png", "xor_decision_boundary.png"),
+               "linear": ("linear_loss.png", "linear_decision_boundary.png"),
+               "regression": ("regression_loss.png", "regression_fit.png"),
+               "admissions": ("admissions_loss.png",)}
+    return [f for name in names for f in figures[name]]
 
 
 def _cmd_demo(args):
@@ -173,11 +266,23 @@ def _cmd_demo(args):
         raise CLIError("--data is for the admissions demo")
     if args.data is not None and not Path(args.data).exists():
         raise CLIError(f"{args.data}: no such file")
+    if args.data is not None and Path(args.data).is_dir():
+        raise CLIError(f"{args.data}: is a directory, not a CSV file")
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise CLIError('--plot needs matplotlib: pip install "fastbp[plot]"') from None
+        folder = Path(args.plot)
+        if folder.exists() and not folder.is_dir():
+            raise CLIError(f"--plot {args.plot}: not a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CLIError(f"--plot {args.plot}: cannot create the folder "
+                           f"({exc.strerror or exc})") from None
+        for figure in _plot_names(names):
+            _check_output(folder / figure, [args.data], "--plot figure")
     for i, name in enumerate(names):
         d = _demos.DEFAULTS[name]
         settings = _demos.DemoSettings(
@@ -207,30 +312,112 @@ def _split(n, fraction, seed):
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
+def _as_numbers(texts):
+    """The cells as float64, or None with the first one that is not a finite number."""
+    values = np.empty(len(texts))
+    for i, cell in enumerate(texts):
+        try:
+            v = float(cell)
+        except ValueError:
+            return None, i
+        if not np.isfinite(v):
+            return None, i
+        values[i] = v
+    return values, None
+
+
+def _target(texts, task, path, name):
+    """What the target column holds, from its cells and ``--task``.
+
+    Returns ``(kind, y, classes)``: kind "regress" (y: (n, 1) float64, classes None),
+    "binary" (0/1 targets, y: (n, 1) float64, classes [0, 1]) or "classes" (y: (n,)
+    int64 indices into ``classes``, the sorted distinct labels: ints, or strings when
+    any label is not a number).
+    """
+    values, bad = _as_numbers(texts)
+    if values is None and task == "auto" and any(_as_numbers([t])[0] is not None for t in texts):
+        # text among numbers is more likely a typo than class labels: the reader's own
+        # message names the first bad cell's row and line
+        try:
+            datasets._read_numeric_csv(path, [name])
+        except DataError as exc:
+            raise DataError(f"{exc} (--task classify takes the column as text labels)") from None
+    if task == "regress":
+        if values is None:
+            raise CLIError(f"{path}: row {bad + 1}, column {name!r}: {texts[bad]!r} is not a "
+                           f"number; --task regress needs numbers (class labels: --task classify)")
+        return "regress", values.reshape(-1, 1), None
+    if values is not None:
+        integer = bool(np.all(values == np.round(values)))
+        distinct = np.unique(values)
+        if task == "auto":
+            if np.all((values == 0) | (values == 1)):
+                return "binary", values.reshape(-1, 1), [0, 1]
+            if not (integer and 2 <= distinct.size <= MAX_AUTO_CLASSES):
+                return "regress", values.reshape(-1, 1), None
+        elif not integer:
+            i = int(np.flatnonzero(values != np.round(values))[0])
+            raise CLIError(f"{path}: row {i + 1}, column {name!r}: {texts[i]!r} is not a class "
+                           f"label; --task classify needs integer or text labels")
+        elif np.all((values == 0) | (values == 1)) and distinct.size == 2:
+            return "binary", values.reshape(-1, 1), [0, 1]
+        classes = [int(v) for v in distinct]
+        index = np.searchsorted(distinct, values).astype(np.int64)
+    else:
+        classes = sorted(set(texts))
+        lookup = {label: k for k, label in enumerate(classes)}
+        index = np.array([lookup[t] for t in texts], dtype=np.int64)
+    if len(classes) < 2:
+        raise CLIError(f"{path}: column {name!r} holds one class ({classes[0]!r}); "
+                       f"classification needs at least 2")
+    return "classes", index, classes
+
+
+def _labels_text(classes, limit=10):
+    shown = ", ".join(str(c) for c in classes[:limit])
+    return shown + (f", ... ({len(classes)} in all)" if len(classes) > limit else "")
+
+
 def _cmd_train(args):
     import fastbp
 
-    names, table = datasets._read_numeric_csv(args.data)
-    if args.target not in names:
-        raise CLIError(f"{args.data}: no column {args.target!r} (columns: {', '.join(names)})")
-    t = names.index(args.target)
-    features = [c for c in names if c != args.target]
+    if args.save:
+        _check_output(args.save, [args.data], "--save")
+        _check_output(_meta_path(args.save), [args.data], "--save")
+    names, X, texts = datasets._read_csv(args.data, text_column=args.target)
+    features = names
     if not features:
         raise CLIError(f"{args.data}: no feature columns besides the target {args.target!r}")
-    X = np.ascontiguousarray(np.delete(table, t, axis=1))
-    y = np.ascontiguousarray(table[:, t:t + 1])
     n = X.shape[0]
     if args.test_fraction > 0 and n < 2:
         raise CLIError(f"{args.data}: {n} row(s); a held-out split needs at least 2 (or --test-fraction 0)")
+    kind, y, classes = _target(texts, args.task, args.data, args.target)
 
-    binary = bool(np.all((y == 0) | (y == 1)))
-    out_act = args.output_activation or ("sigmoid" if binary else "identity")
-    in_unit = bool(np.all((y >= 0) & (y <= 1)))
-    loss = args.loss or ("bce" if out_act == "sigmoid" and in_unit else "mse")
-    classification = binary and out_act == "sigmoid"
+    if kind == "classes":
+        for option, value, wanted in (("--output-activation", args.output_activation, "softmax"),
+                                      ("--loss", args.loss, "cross_entropy")):
+            if value is not None and value != wanted:
+                raise CLIError(f"{option} {value}: {len(classes)} classes train a softmax output "
+                               f"with cross_entropy (--task regress fits the labels as numbers)")
+        out_act, loss = "softmax", "cross_entropy"
+        n_out = len(classes)
+        targets = np.eye(n_out)[y]  # one-hot rows
+    else:
+        default_act = "sigmoid" if kind == "binary" else "identity"
+        out_act = args.output_activation or default_act
+        in_unit = bool(np.all((y >= 0) & (y <= 1)))
+        loss = args.loss or ("bce" if out_act == "sigmoid" and in_unit else "mse")
+        n_out = 1
+        targets = y
+        if kind == "binary" and out_act != "sigmoid":
+            if args.task == "classify":
+                raise CLIError(f"--output-activation {out_act}: 0/1 classification trains a "
+                               f"sigmoid output")
+            kind, classes = "regress", None  # the user asked for a numeric fit of 0/1
+    classification = kind != "regress"
 
     train_idx, test_idx = _split(n, args.test_fraction, args.seed)
-    Xtr, ytr = X[train_idx], y[train_idx]
+    Xtr, ytr = X[train_idx], targets[train_idx]
     if args.standardize:
         mean = Xtr.mean(axis=0)
         std = Xtr.std(axis=0)
@@ -240,12 +427,18 @@ def _cmd_train(args):
         std = np.ones(X.shape[1])
     Xs = (X - mean) / std
 
-    sizes = [X.shape[1], *args.layers, 1]
+    sizes = [X.shape[1], *args.layers, n_out]
     acts = [args.activation] * len(args.layers) + [out_act]
     init = "he" if args.activation == "relu" and args.layers else "xavier"
     model = fastbp.MLP(sizes, activation=acts, loss=loss, init=init, seed=args.seed)
+    if kind == "binary":
+        what = "0/1 classification"
+    elif kind == "classes":
+        what = f"classification, {len(classes)} classes: {_labels_text(classes)}"
+    else:
+        what = "regression"
     print(f"Data: {args.data}, {n} rows, {len(features)} features, target {args.target!r}"
-          f" ({'0/1 classification' if classification else 'regression'})")
+          f" ({what})")
     print(f"Model: {'-'.join(map(str, sizes))}, {args.activation} hidden, {out_act} output, "
           f"loss {loss}, init {init}, seed {args.seed}")
     fit_kwargs = dict(epochs=args.epochs, lr=args.lr)
@@ -262,12 +455,16 @@ def _cmd_train(args):
     print(f"Final training loss ({loss}): {model.loss(Xs[train_idx], ytr):.6g}")
 
     eval_idx, which = (test_idx, "Test") if len(test_idx) else (train_idx, "Training")
-    pred = np.asarray(model.predict(Xs[eval_idx]), dtype=np.float64).reshape(-1, 1)
-    truth = y[eval_idx]
-    if classification:
+    pred = np.asarray(model.predict(Xs[eval_idx]), dtype=np.float64).reshape(len(eval_idx), -1)
+    if kind == "classes":
+        correct = int(np.sum(np.argmax(pred, axis=1) == y[eval_idx]))
+        print(f"{which} accuracy: {correct / len(eval_idx):.3f} ({correct}/{len(eval_idx)} rows)")
+    elif kind == "binary":
+        truth = y[eval_idx]
         correct = int(np.sum((pred > 0.5) == (truth > 0.5)))
         print(f"{which} accuracy: {correct / len(eval_idx):.3f} ({correct}/{len(eval_idx)} rows)")
     else:
+        truth = y[eval_idx]
         ss_tot = float(np.sum((truth - truth.mean()) ** 2))
         ss_res = float(np.sum((truth - pred) ** 2))
         r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
@@ -282,9 +479,12 @@ def _cmd_train(args):
             "target": args.target,
             "mean": mean.tolist(),
             "std": std.tolist(),
+            "task": "classify" if classification else "regress",
             "classification": classification,
         }
-        _meta_path(path).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        if classification:
+            meta["classes"] = classes
+        _write_text(_meta_path(path), json.dumps(meta, indent=1) + "\n")
         print(f"Saved: {path} (and {_meta_path(path).name})")
     return 0
 
@@ -292,7 +492,7 @@ def _cmd_train(args):
 # --------------------------------------------------------------------------- predict
 
 
-def _load_meta(model_path):
+def _load_meta(model_path, n_out):
     mp = _meta_path(model_path)
     if not mp.is_file():
         return None
@@ -303,23 +503,38 @@ def _load_meta(model_path):
         std = np.asarray(meta["std"], dtype=np.float64)
         if mean.shape != (len(features),) or std.shape != (len(features),):
             raise ValueError("feature/mean/std lengths differ")
-    except (ValueError, KeyError, TypeError) as exc:
+        classification = bool(meta.get("classification", False))
+        classes = meta.get("classes")
+        if classification and classes is None:
+            classes = [0, 1]  # written before class lists were stored: 0/1 targets
+        if classes is not None:
+            if not (isinstance(classes, list) and all(
+                    isinstance(c, (int, str)) and not isinstance(c, bool) for c in classes)):
+                raise ValueError("'classes' must be a list of integers or strings")
+            if len(classes) != max(n_out, 2) or (n_out == 1 and classes != [0, 1]):
+                raise ValueError(f"{len(classes)} classes for a model of {n_out} outputs")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CLIError(f"{mp}: not a valid fastbp train metadata file ({exc})") from None
     return {"features": features, "mean": mean, "std": std,
             "target": str(meta.get("target", "prediction")),
-            "classification": bool(meta.get("classification", False))}
+            "classes": classes if classification else None}
 
 
 def _cmd_predict(args):
     import fastbp
 
-    if not Path(args.model).is_file():
+    model_path = Path(args.model)
+    if model_path.is_dir():
+        raise CLIError(f"{args.model}: is a directory, not a model file")
+    if not model_path.is_file():
         raise CLIError(f"{args.model}: no such model file")
     if not Path(args.data).exists():
         raise CLIError(f"{args.data}: no such file")
+    if args.out:
+        _check_output(args.out, [args.model, _meta_path(args.model), args.data], "--out")
     model = fastbp.load(args.model)
-    n_in = int(model.sizes[0])
-    meta = _load_meta(args.model)
+    n_in, n_out = int(model.sizes[0]), int(model.sizes[-1])
+    meta = _load_meta(args.model, n_out)
     if meta is not None:
         if len(meta["features"]) != n_in:
             raise CLIError(f"{_meta_path(args.model)}: lists {len(meta['features'])} features, "
@@ -332,28 +547,55 @@ def _cmd_predict(args):
             raise CLIError(f"{args.data}: {X.shape[1]} columns, the model takes {n_in} inputs")
         X = np.ascontiguousarray(X[:, :n_in])
     pred = np.asarray(model.predict(X), dtype=np.float64).reshape(X.shape[0], -1)
-    k = pred.shape[1]
     base = meta["target"] if meta is not None else "prediction"
-    header = [base] if k == 1 else [f"{base}_{j}" for j in range(k)]
-    classify = meta is not None and meta["classification"] and k == 1
-    if classify:
-        header.append(f"{base}_class")
+    classes = meta["classes"] if meta is not None else None
+    if classes is not None:
+        # a sigmoid output is the probability of class 1
+        proba = np.column_stack([1.0 - pred[:, 0], pred[:, 0]]) if n_out == 1 else pred
+        header = [base] + [f"{base}_prob_{c}" for c in classes]
+        rows = ([str(classes[int(np.argmax(p))])] + [repr(float(v)) for v in p] for p in proba)
+    else:
+        header = [base] if n_out == 1 else [f"{base}_{j}" for j in range(n_out)]
+        rows = ([repr(float(v)) for v in p] for p in pred)
 
     def write(fh):
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(header)
-        for row in pred:
-            cells = [repr(float(v)) for v in row]
-            if classify:
-                cells.append(str(int(row[0] > 0.5)))
-            w.writerow(cells)
+        w.writerows(rows)
 
     if args.out:
-        with open(args.out, "w", newline="", encoding="utf-8") as fh:
-            write(fh)
+        text = io.StringIO()
+        write(text)
+        _write_text(args.out, text.getvalue())
         print(f"Wrote {pred.shape[0]} predictions to {args.out}")
     else:
         write(sys.stdout)
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _cmd_export(args):
+    import fastbp
+
+    src, out = Path(args.model), Path(args.out)
+    if not src.is_file():
+        raise CLIError(f"{args.model}: no such model file")
+    if out.suffix.lower() != ".onnx":
+        raise CLIError(f"{args.out}: the output name must end in .onnx (ONNX is the one "
+                       f"export format)")
+    if out.exists() and out.samefile(src):
+        raise CLIError(f"{args.out}: is the input model file; give another output name")
+    if out.is_dir():
+        raise CLIError(f"{args.out}: is a folder; give a file name ending in .onnx")
+    folder = out.resolve().parent
+    if not folder.is_dir():
+        raise CLIError(f"{args.out}: the folder {folder} does not exist")
+    model = fastbp.load(src)
+    model.to_onnx(out)
+    print(f"Wrote {out} (ONNX opset {fastbp.export.ONNX_OPSET}, "
+          f"{'-'.join(map(str, model.sizes))}, {model.dtype.name}; input X, output Y)")
     return 0
 
 

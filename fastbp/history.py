@@ -15,13 +15,14 @@ class History:
     loss:         (n_records,) float64 (an Ensemble's: (n_models, n_records)); record r
                   is epoch ``epochs_recorded[r]`` of this fit (full batch: the loss
                   before that epoch's update; SGD and mini-batch: the mean of the batch
-                  losses seen during that epoch).
+                  losses seen during that epoch; L-BFGS: the
+                  loss after iteration r + 1, so the last record is the final loss).
     epochs:       epochs actually run (less than asked if training was interrupted or
-                  diverged).
+                  diverged); for L-BFGS, its iterations.
     record_every: epochs between records asked for.
     seconds:      wall time of the training loop (compilation not included).
     stopped:      None, or why training ended early ("interrupted", "callback", "diverged",
-                  "early_stopping").
+                  "early_stopping"; L-BFGS also "converged", "max_fun", "line_search").
     val_loss:     with validation data, (n_records,) validation loss after each recorded
                   epoch (NaN where not evaluated); else None.
     best_epoch:   with validation data, the epoch of the best validation loss; else None.
@@ -31,7 +32,8 @@ class History:
     stride:       records kept: every ``stride``-th record of every ``record_every``
                   epochs (1 until a run reaches RECORDS_CAP records, see Records).
     extra:        more about the run; ``fastbp.resume`` sets extra["resumed_at"], the epoch
-                  its checkpoint had reached (its History covers the whole run).
+                  its checkpoint had reached (its History covers the whole run); L-BFGS
+                  sets "optimizer", and SciPy's "nfev", "status" and "message".
     """
     loss: np.ndarray
     epochs: int

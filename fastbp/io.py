@@ -38,34 +38,73 @@ _READ_ERRORS = (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, M
 
 
 # ---- writing ---------------------------------------------------------------------------
+def check_writable(path):
+    """Raise, naming ``path``, when a file cannot be written there: its folder is missing,
+    is not a folder or is not writable, or ``path`` is itself a folder.  Cheap enough to
+    call before a long run, so that the run's result is not lost at the end."""
+    path = os.fspath(path)
+    shown = os.path.dirname(path) or "."
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(folder):
+        raise FileNotFoundError(f"folder {shown!r} does not exist (saving {path!r})")
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"{shown!r} is not a folder (saving {path!r})")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a folder; give a file name to save to")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"folder {shown!r} is not writable (saving {path!r})")
+
+
 def atomic_savez(path, arrays):
     """Write ``arrays`` (name -> array) to the .npz file ``path``, all or nothing.
 
     The archive goes to a temporary file in the same folder, is flushed and fsynced, and
     replaces ``path`` with ``os.replace`` (atomic on POSIX and Windows): a crash at any
     moment leaves either the old file or the new one, never a partial file.  The name is
-    used as given (no ".npz" is appended).
+    used as given (no ".npz" is appended).  Errors name ``path``, never the temporary
+    file: ``FileNotFoundError`` when its folder does not exist, ``IsADirectoryError``
+    when ``path`` is a folder, ``PermissionError`` / ``OSError`` otherwise.
     """
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+
+def atomic_write(path, write):
+    """Call ``write(fh)`` on a binary file that replaces ``path`` once complete (see
+    ``atomic_savez``: temporary file in the same folder, fsync, ``os.replace``)."""
     path = os.fspath(path)
+    check_writable(path)
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
                                f"{os.urandom(4).hex()}.tmp")
-    # os.open (not mkstemp) so the file gets the usual umask-based permissions
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                 0o666)
+    try:
+        # os.open (not mkstemp) so the file gets the usual umask-based permissions
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o666)
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from None
         raise
     _fsync_folder(folder)
+
+
+def _naming(exc, path):
+    """``exc`` (about the temporary file) as the same kind of error about ``path``."""
+    reason = exc.strerror or str(exc)
+    err = type(exc)(f"cannot write {path!r}: {reason}")
+    err.errno = exc.errno
+    return err
 
 
 def _fsync_folder(folder):

@@ -1,9 +1,11 @@
 """The MLP model object: validation, buffers and reporting around the compiled kernels."""
-import threading
+import math
 import warnings
 
 import numpy as np
 
+from . import _pickling
+from . import export
 from . import _config as C
 from . import _dispatch as D
 from . import _validation as V
@@ -61,7 +63,7 @@ class MLP:
         self.dtype = V.check_dtype(dtype)
         self._act_codes = np.array([ACTIVATIONS[a] for a in self.activations], dtype=np.int64)
         self._loss_code = LOSSES[self.loss_name]
-        self._fit_lock = threading.Lock()
+        self._fit_lock = _pickling.FitLock()
         self.reset_optimizer()
 
     def reset_optimizer(self):
@@ -254,7 +256,8 @@ class MLP:
             beta1=0.9, beta2=0.999, eps=1e-8, l2=0.0, schedule="constant", power_t=0.5,
             step_size=1, step_factor=0.5, lr_min=0.0, validation_data=None,
             validation_fraction=None, patience=0, min_delta=0.0, restore_best=False,
-            sample_weight=None, callbacks=None, chunk_seconds=0.2, epoch_loss="batch_mean"):
+            sample_weight=None, callbacks=None, chunk_seconds=0.2, epoch_loss="batch_mean",
+            tol=None, max_fun=None):
         """Train in place by backpropagation; returns a History.
 
         X: (n_samples, sizes[0]) array-like (1-D when sizes[0] == 1); y: (n_samples,
@@ -322,9 +325,34 @@ class MLP:
         term of each batch by the batch's size (scikit-learn's conventions; they differ
         only when the batch size does not divide the number of samples).
 
+        ``optimizer="lbfgs"``: full-batch L-BFGS (SciPy's L-BFGS-B, ``pip install
+        "fastbp[lbfgs]"``) on the loss plus ``l2``'s penalty (weighted by
+        ``sample_weight``), each evaluation one compiled pass over the whole set.
+        ``epochs`` is its maximum number of iterations; it also stops after ``max_fun``
+        evaluations of the loss (default 15000; checked at the end of an iteration) or
+        when it converges: every gradient component <= ``tol`` (default 1e-4) or a
+        relative decrease of the loss below SciPy's ftol (scikit-learn's settings).  The
+        History has one record per iteration, the loss after it (``epochs``: the
+        iterations run); ``stopped`` is None (all ``epochs`` ran), "converged",
+        "max_fun", "line_search" (SciPy could not find a better point), "interrupted" or
+        "diverged" (the loss or gradient is not finite at the start; the parameters stay);
+        ``extra`` holds SciPy's message, status and number of evaluations.  Keywords that
+        mean nothing to it (lr, batch_size, shuffle, momentum, schedule, validation,
+        callbacks, checkpoints, record_every, ...) must keep their defaults (ValueError).
+        ``tol`` and ``max_fun`` apply only to it.
+
         Another fit of the same model while one runs (from another thread) is refused
         with RuntimeError.
         """
+        if optimizer == "lbfgs":
+            arguments = dict(locals())  # fit's arguments, before any other name is bound
+            from ._lbfgs import fit as fit_lbfgs
+            return fit_lbfgs(self, arguments)
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd', 'adam' or 'lbfgs', got {optimizer!r}")
+        if tol is not None or max_fun is not None:
+            raise ValueError(f"tol and max_fun apply to optimizer='lbfgs' only, got "
+                             f"tol={tol!r}, max_fun={max_fun!r} with optimizer={optimizer!r}")
         with sigint_deferred() as interrupted:
             x = self._inputs(X)
             n = x.shape[0]
@@ -440,26 +468,96 @@ class MLP:
         return True
 
     def _diverged(self, x, y, run, bad, hist, on_divergence):
-        if run.done == 0 and not self._finite_loss(x, y, run.sw):
-            cause = (f"the loss is not finite even at the starting parameters: the data "
-                     f"(max |X| = {np.abs(x).max():.3g}, max |y| = {np.abs(y).max():.3g}) "
-                     f"are too large for {self.dtype.name}; scale them down")
-        else:
-            cause = f"try a smaller learning rate than lr={run.lr:g}"
-        msg = (f"training diverged at epoch {bad} (counted from 0) of {run.epochs}: a NaN "
-               f"or infinite loss or parameter. The model keeps the last parameters of the "
-               f"run with a finite loss, those after {run.done} epochs, and the history "
-               f"ends there; {cause}")
+        start_finite = run.done > 0 or self._finite_loss(x, y, run.sw)
+        cause = divergence_cause(self.dtype, float(np.abs(x).max()), float(np.abs(y).max()),
+                                 start_finite, f"too large a learning rate: try a smaller "
+                                               f"learning rate than lr={run.lr:g}")
+        msg = (f"training diverged at epoch {bad} (counted from 0) of this run's "
+               f"{run.epochs}: a NaN or infinite loss or parameter. The model keeps the last "
+               f"parameters of the run with a finite loss, those after {run.done} epochs, "
+               f"and the history ends there; likely cause: {cause}")
         if run.checkpoint is not None:
             msg += f" (checkpoint {run.checkpoint!r} holds that state)"
         if on_divergence == "raise":
             raise DivergenceError(msg, epoch=bad, history=hist, model=self)
         warnings.warn(msg, RuntimeWarning, stacklevel=5)  # the caller of fit/resume
+
+    # ---- copies and pickles ---------------------------------------------------------
+    # Left out of pickles and copies (fastbp/_pickling.py): the lock that guards fit (a
+    # fresh one is made on load) (no per-process caches to leave out).
+    _TRANSIENT = ("_fit_lock",)
+
+    def __getstate__(self):
+        """Everything the model is -- architecture, parameters, optimizer state and
+        shuffling stream -- copied while no fit writes it, so a copy that goes on
+        training ends bit-identical to the original going on training.  RuntimeError if
+        another thread is training this model (a callback of the fit may copy it)."""
+        return _pickling.snapshot(self)
+
+    def __setstate__(self, state):
+        _pickling.restore(self, state)
+
+    __copy__ = _pickling.independent_copy  # parameters are never shared by a copy
+
     # ---- files ----------------------------------------------------------------------
     def save(self, path):
         """Write parameters and architecture to one .npz file (no pickle)."""
         from .io import save_model
         save_model(self, path)
+
+    # ---- other libraries (fastbp/export.py; each imported only when called) ----------
+    def to_torch(self):
+        """A ``torch.nn.Sequential`` of ``Linear`` and activation modules, in the model's
+        dtype, whose forward pass equals ``predict`` (parameters copied)."""
+        return export.to_torch(self)
+
+    @classmethod
+    def from_torch(cls, seq, loss=None):
+        """The MLP of a ``torch.nn.Sequential`` of ``Linear`` layers each followed by at
+        most one of Sigmoid, ReLU, Tanh, Softmax (output), Identity; anything else is
+        refused naming the module.  ``loss`` None: "cross_entropy" after a Softmax,
+        else "mse"."""
+        return export.from_torch(cls, seq, loss)
+
+    def to_onnx(self, path):
+        """Write the network as an ONNX graph (Gemm or MatMul, then the activation nodes)
+        to ``path``; input "X" (N, sizes[0]), output "Y", both in the model's dtype."""
+        return export.to_onnx(self, path)
+
+    def to_sklearn(self, classes=None):
+        """A fitted scikit-learn ``MLPRegressor`` / ``MLPClassifier`` predicting what this
+        model predicts; ValueError saying what when scikit-learn cannot represent it."""
+        return export.to_sklearn(self, classes)
+
+    @classmethod
+    def from_sklearn(cls, est):
+        """The MLP of a fitted scikit-learn (or fastbp.sklearn) MLPRegressor /
+        MLPClassifier."""
+        return export.from_sklearn(cls, est)
+
+
+def divergence_cause(dtype, x_max, y_max, start_finite, lr_hint):
+    """The likely cause of a divergence, for its message.  The data are blamed only when
+    they are huge for the dtype: beyond sqrt(max) / 1e4 (1.3e150 in float64, 1.8e15 in
+    float32) their squares and sums of products overflow.  Otherwise a loss that is
+    not finite at the starting parameters blames those parameters, and anything else
+    the learning rate (``lr_hint`` says what to try)."""
+    huge = math.sqrt(np.finfo(dtype).max) * 1e-4
+    data = f"max |X| = {x_max:.3g}, max |y| = {y_max:.3g}"
+    name = np.dtype(dtype).name
+    if max(x_max, y_max) > huge:
+        where = ("" if start_finite else
+                 "the loss is not finite even at the starting parameters: ")
+        return (f"{where}the data ({data}) are too large for {name} (their products and "
+                f"squares overflow); scale them down")
+    if not start_finite:
+        return (f"the starting parameters: the loss is not finite there although the data "
+                f"are moderate ({data}); set smaller parameters (an earlier run with too "
+                f"large a learning rate can leave them huge yet finite)")
+    if max(x_max, y_max) > 1e4:
+        return f"{lr_hint}, or scale the data down ({data})"
+    return lr_hint
+
 
 def _all_finite(a, block=1 << 16):
     """np.isfinite(a).all() for a 1-D array, a block at a time: no temporary as large as

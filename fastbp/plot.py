@@ -68,8 +68,9 @@ def loss_curve(history, ax=None, path=None, *, logy=None, title="Training loss",
     path : str or Path, optional
         Save the figure there as PNG (parent folders are created).
     logy : bool or None
-        Logarithmic loss axis; None chooses it when the positive losses span more
-        than two decades.
+        Logarithmic loss axis; None chooses it when the positive losses span a
+        decade or more (largest / smallest >= 10): on a linear axis such a curve is
+        flat after its first drop.
     title, label : str or None
         Axes title; legend label for the curve.
     figsize : (float, float), dpi : int
@@ -89,7 +90,7 @@ def loss_curve(history, ax=None, path=None, *, logy=None, title="Training loss",
     ax.plot(epochs, loss, color="tab:blue", label=label)
     if logy is None:
         pos = loss[np.isfinite(loss) & (loss > 0)]
-        logy = pos.size > 1 and pos.max() / pos.min() > 100.0
+        logy = pos.size > 1 and pos.max() / pos.min() >= 10.0
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")

@@ -1,25 +1,43 @@
 """scikit-learn estimators on ``fastbp.MLP``: ``MLPRegressor`` and ``MLPClassifier``.
 
-Drop-in replacements for ``sklearn.neural_network.MLPRegressor`` / ``MLPClassifier``
-with the stochastic solvers ('sgd', 'adam'): same parameters, same fitted attributes,
-same training loop -- the initial weights are drawn exactly as scikit-learn draws them
-(Glorot uniform from ``random_state``), the updates are scikit-learn's, and so are the
-stopping rules (``tol`` / ``n_iter_no_change`` on the training loss, or on the
-validation score with ``early_stopping``) and the learning-rate schedules.  With
-``solver='sgd'``, ``shuffle=False`` and the same ``random_state`` the weights after N
-epochs equal scikit-learn's to rounding (tested to 1e-9).  The epochs themselves run in
-fastbp's compiled kernels, several per call.
+Drop-in replacements for ``sklearn.neural_network.MLPRegressor`` / ``MLPClassifier``:
+same parameters, same fitted attributes, same training loop -- the initial weights are
+drawn exactly as scikit-learn draws them (Glorot uniform from ``random_state``), the
+updates are scikit-learn's, and so are the stopping rules (``tol`` / ``n_iter_no_change``
+on the training loss, or on the validation score with ``early_stopping``) and the
+learning-rate schedules.  With ``solver='sgd'``, ``shuffle=False`` and the same
+``random_state`` the weights after N epochs equal scikit-learn's to rounding (tested to
+1e-9).  The epochs themselves run in fastbp's compiled kernels, several per call.
+``solver='lbfgs'`` is scikit-learn's too: SciPy's L-BFGS-B with scikit-learn's options
+(``max_iter``, ``max_fun``, ``gtol=tol``), objective (L2 as ``alpha / (2 sum of sample
+weights)``) and ConvergenceWarning, each evaluation of the loss and gradient one compiled
+pass over the data (fastbp/_lbfgs.py); from the same weights the result equals
+scikit-learn's to 1e-10 over the first ~10-20 iterations, after which rounding-level
+differences in the loss (~1e-16) grow, as L-BFGS amplifies them.  scikit-learn's own
+test_mlp.py passes with only its import changed (tests/test_sklearn_upstream.py), but
+for sparse X and loss='poisson'.
 
 What differs from scikit-learn (each is an error or a documented difference, never a
 silently ignored setting):
 
-- ``solver='lbfgs'`` and ``loss='poisson'`` are not available (ValueError);
-  ``momentum=1`` neither (fastbp needs momentum < 1).  Sparse X is refused (TypeError):
-  convert it with ``.toarray()``.  ``max_fun`` is accepted and unused (it is an lbfgs
-  setting; scikit-learn ignores it for sgd and adam too).
+- ``loss='poisson'`` is not available (ValueError); ``momentum=1`` neither (fastbp needs
+  momentum < 1).  Sparse X is refused (TypeError): convert it with ``.toarray()``.
+  ``max_fun`` applies to lbfgs only (scikit-learn ignores it for sgd and adam too).
+- A fit that diverges (NaN or infinite weights) stops there rather than iterating on
+  NaN: without ``early_stopping`` it raises scikit-learn's ValueError, naming the epoch
+  and the likely cause; with it the remaining epochs are booked as scikit-learn books
+  them (NaN loss and validation score) and the best weights are restored, with a
+  RuntimeWarning.
+- The log-loss is computed from the logits, exactly; scikit-learn clips probabilities to
+  [eps, 1 - eps] (not in its gradient).  The two differ where a true class gets a
+  probability below 2.2e-16 -- for lbfgs, a line search probing such a point then takes
+  another step.
+- ``_optimizer`` (private in scikit-learn) is a read-only view giving
+  ``learning_rate`` and ``learning_rate_init``; the state itself lives in the fastbp
+  model.  ``_loss_grad_lbfgs`` (private too) computes scikit-learn's L-BFGS objective.
 - ``shuffle=True`` draws its permutations from fastbp's stream (seeded from
   ``random_state``), not from numpy's: the run is reproducible but not scikit-learn's.
-- ``alpha`` becomes fastbp's ``l2 = alpha / batch_size``, and the fits run with
+- sgd / adam: ``alpha`` becomes fastbp's ``l2 = alpha / batch_size``, and the fits run with
   ``epoch_loss="sample_mean"``: each batch's L2 term is divided by its own size and
   ``loss_curve_`` weights the batch losses by batch size, as scikit-learn does, also when
   the batch size does not divide the number of samples.
@@ -31,14 +49,15 @@ silently ignored setting):
   into scikit-learn).
 - ``sample_weight``: weights are rescaled to mean 1 over the training set; each batch's
   gradient is then sum(w g) / batch_size, where scikit-learn divides by the batch's
-  sum of weights.  Identical for full batches (scikit-learn's semantics exactly),
-  equal in expectation for mini-batches.
+  sum of weights.  Identical for full batches and lbfgs (scikit-learn's semantics
+  exactly), equal in expectation for mini-batches.
 - Multi-output regression and multi-label classification: fastbp's losses average over
   the outputs too while scikit-learn's gradient sums over them; the wrapper compensates
-  exactly (learning rate x n_outputs for sgd, eps / n_outputs for adam, l2 / n_outputs).
-  The multi-label ``loss_`` is scikit-learn's (summed over labels).  For multi-output
-  regression with ``alpha > 0`` the L2 term in ``loss_`` is scikit-learn's divided by
-  n_outputs (the weights still match; with alpha = 0 ``loss_`` is scikit-learn's).
+  exactly (learning rate x n_outputs for sgd, eps / n_outputs for adam, l2 / n_outputs,
+  scaled loss and gradient for lbfgs).  The multi-label ``loss_`` is scikit-learn's
+  (summed over labels).  For multi-output regression with sgd / adam and ``alpha > 0``
+  the L2 term in ``loss_`` is scikit-learn's divided by n_outputs (the weights still
+  match; with alpha = 0, or with lbfgs, ``loss_`` is scikit-learn's).
 - ``verbose`` shows a progress bar (tqdm when installed) with the loss, and prints the
   reason training stopped.
 - ``dtype``: None computes in X's precision like scikit-learn (float32 X -> float32,
@@ -46,6 +65,7 @@ silently ignored setting):
 
 Only this module imports scikit-learn (``pip install "fastbp[sklearn]"``).
 """
+import copy
 import numbers
 import warnings
 
@@ -58,7 +78,9 @@ try:
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelBinarizer
     from sklearn.utils import check_random_state, column_or_1d
+    from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import type_of_target, unique_labels
+    from sklearn.utils.optimize import _check_optimize_result
     from sklearn.utils.validation import check_is_fitted
 except ImportError as exc:  # pragma: no cover - exercised only without scikit-learn
     raise ImportError(
@@ -70,15 +92,18 @@ try:  # scikit-learn >= 1.6
 except ImportError:  # pragma: no cover - older scikit-learn
     _sk_validate_data = None
 
+from . import _lbfgs
+from . import _validation as V
 from .errors import DivergenceError
-from .model import MLP
+from .model import MLP, divergence_cause
 from ._progress import make_bar
 
 __all__ = ["MLPRegressor", "MLPClassifier"]
 
 # scikit-learn's hidden activation names -> fastbp's
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
-_SOLVERS = ("sgd", "adam")
+_SOLVERS = ("lbfgs", "sgd", "adam")
+_STOCHASTIC_SOLVERS = ("sgd", "adam")
 _LEARNING_RATES = ("constant", "invscaling", "adaptive")
 
 
@@ -135,10 +160,7 @@ class _BaseMLP(BaseEstimator):
         sizes = _hidden_sizes(self.hidden_layer_sizes)
         _need(self.activation in _ACTIVATIONS, "activation",
               f"one of {sorted(_ACTIVATIONS)}", self.activation)
-        if self.solver == "lbfgs":
-            raise ValueError("solver='lbfgs' is not available in fastbp (its kernels train "
-                             "by stochastic gradient steps); use solver='sgd' or 'adam'")
-        _need(self.solver in _SOLVERS, "solver", "'sgd' or 'adam'", self.solver)
+        _need(self.solver in _SOLVERS, "solver", "'lbfgs', 'sgd' or 'adam'", self.solver)
         _need(_is_real(self.alpha) and self.alpha >= 0, "alpha", "a number >= 0", self.alpha)
         _need(self.batch_size == "auto" if isinstance(self.batch_size, str)
               else _is_int(self.batch_size) and self.batch_size >= 1,
@@ -198,30 +220,90 @@ class _BaseMLP(BaseEstimator):
         return (np.float64, np.float32) if d is None else d
 
     # ---- the network ------------------------------------------------------------------
-    def _network(self):
-        """The fastbp model, with ``coefs_`` / ``intercepts_`` written into it if they were
-        replaced by other arrays (scikit-learn lets users assign them)."""
+    def _network(self, dtype=None):
+        """The fastbp model, holding the current ``coefs_`` / ``intercepts_``.
+
+        scikit-learn lets users assign them, as whole lists or item by item, in any
+        order: arrays that are not the model's views are written into it (all checked
+        first, then all written) and the attributes become views again.  An estimator
+        whose fitted attributes were set by hand, with no model yet (scikit-learn's own
+        test_fit builds one that way), gets a model made from them, in ``dtype`` (None:
+        the dtype parameter, else the arrays' precision).
+        """
+        if "_model" not in self.__dict__:
+            return self._model_from_attributes(dtype)
         m = self._model
+        writes = []
         for attr, views in (("coefs_", m.weights), ("intercepts_", m.biases)):
             arrays = getattr(self, attr)
-            if any(a is not v for a, v in zip(arrays, getattr(self, "_views")[attr])):
-                if len(arrays) != len(views):
-                    raise ValueError(f"{attr} has {len(arrays)} arrays, the network "
-                                     f"{len(views)} layers")
-                for l, (a, v) in enumerate(zip(arrays, views)):
-                    a = np.asarray(a)
-                    if a.shape != v.shape:
-                        raise ValueError(f"{attr}[{l}] has shape {a.shape}, expected "
-                                         f"{v.shape}")
-                    v[...] = a
-                self._point_views()
+            known = self._views[attr]
+            if len(arrays) == len(known) and all(a is v for a, v in zip(arrays, known)):
+                continue
+            if len(arrays) != len(views):
+                raise ValueError(f"{attr} has {len(arrays)} arrays, the network "
+                                 f"{len(views)} layers")
+            for l, (a, v) in enumerate(zip(arrays, views)):
+                a = np.array(a, dtype=m.dtype)  # a copy: a may be a view of the model
+                if a.shape != v.shape:
+                    raise ValueError(f"{attr}[{l}] has shape {a.shape}, expected "
+                                     f"{v.shape}")
+                writes.append((v, a))
+        for v, a in writes:
+            v[...] = a
+        if writes:
+            self._point_views()
         return m
+
+    def _model_from_attributes(self, dtype):
+        coefs = [np.asarray(c) for c in self.coefs_]
+        intercepts = [np.asarray(b) for b in self.intercepts_]
+        if dtype is None:
+            dtype = self._dtype()
+        if dtype is None:
+            single = all(a.dtype == np.float32 for a in coefs + intercepts)
+            dtype = np.float32 if single else np.float64
+        if not hasattr(self, "n_outputs_"):
+            self.n_outputs_ = coefs[-1].shape[1] if coefs[-1].ndim == 2 else 1
+        if not hasattr(self, "n_layers_"):
+            self.n_layers_ = len(coefs) + 1
+        if not hasattr(self, "out_activation_"):
+            self.out_activation_ = self._output_activation()
+        for name in ("n_iter_", "t_"):
+            if not hasattr(self, name):
+                setattr(self, name, 0)
+        acts, loss = self._fastbp_output()
+        hidden = [_ACTIVATIONS[self.activation]] * (len(coefs) - 1)
+        self._model = MLP.from_weights(coefs, intercepts, activation=hidden + [acts],
+                                       loss=loss, dtype=np.dtype(dtype).name)
+        self._point_views()
+        return self._model
 
     def _point_views(self):
         m = self._model
         self.coefs_ = m.weights
         self.intercepts_ = m.biases
         self._views = {"coefs_": list(self.coefs_), "intercepts_": list(self.intercepts_)}
+
+    def _stochastic_state(self, reset):
+        """scikit-learn's bookkeeping of the sgd / adam epoch loop: new on a first fit
+        (``reset``), else kept, and made where missing (a warm start after lbfgs, or
+        attributes set by hand)."""
+        state = {"loss_curve_": [], "_no_improvement_count": 0}
+        if self.early_stopping:
+            state.update(validation_scores_=[], best_validation_score_=-np.inf,
+                         best_loss_=None)
+        else:
+            state.update(best_loss_=np.inf, validation_scores_=None,
+                         best_validation_score_=None)
+        for name, value in state.items():
+            if reset or not hasattr(self, name):
+                setattr(self, name, value)
+        if reset or not hasattr(self, "_best_params"):
+            self._best_params = self._model.params.copy()
+        # continuing with early stopping needs somewhere to keep scores (warm start)
+        if self.early_stopping and self.validation_scores_ is None:
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
 
     def _initialize(self, n_outputs, layer_units, dtype, rs):
         """First fit: scikit-learn's initial weights (same draws from ``rs``) in a new
@@ -242,17 +324,8 @@ class _BaseMLP(BaseEstimator):
         self._model = MLP.from_weights(weights, biases, activation=hidden + [acts],
                                        loss=loss, dtype=np.dtype(dtype).name)
         self._point_views()
-        self._best_params = self._model.params.copy()
-        self.loss_curve_ = []
-        self._no_improvement_count = 0
-        if self.early_stopping:
-            self.validation_scores_ = []
-            self.best_validation_score_ = -np.inf
-            self.best_loss_ = None
-        else:
-            self.best_loss_ = np.inf
-            self.validation_scores_ = None
-            self.best_validation_score_ = None
+        if self.solver in _STOCHASTIC_SOLVERS:  # lbfgs fits have no loss_curve_ etc.
+            self._stochastic_state(reset=True)
 
     def _check_architecture(self, sizes, n_features, n_outputs):
         """warm_start / partial_fit continue the fitted network: it must be the one the
@@ -281,24 +354,98 @@ class _BaseMLP(BaseEstimator):
         rs = check_random_state(self.random_state)
         if first_pass:
             self._initialize(Y.shape[1], [n_features] + sizes + [Y.shape[1]], X.dtype, rs)
-        else:
+        model = self._network(X.dtype)
+        if not first_pass:
             self._check_architecture(sizes, n_features, Y.shape[1])
-        model = self._network()
+        if self.solver == "lbfgs":
+            self._run_lbfgs(model, X, Y, sw)
+            return self
+        self._stochastic_state(reset=False)
         if not incremental or not hasattr(self, "_lr"):
             # scikit-learn makes a new optimizer here: fresh velocities / moments
             model.reset_optimizer()
-            self._lr = float(self.learning_rate_init)
+            self._lr = self._lr_init = float(self.learning_rate_init)
         val = None
         if self.early_stopping:
             X, Y, sw, val = self._split_validation(X, Y, sw, rs)
         Y = Y.astype(model.dtype, copy=False)
-        try:
-            self._run(model, X, Y, sw, val, incremental, rs)
-        except DivergenceError as exc:
-            raise ValueError("Solver produced non-finite parameter weights. The input data "
-                             "may contain large values and need to be preprocessed "
-                             f"(fastbp: {exc})") from exc
+        self._run(model, X, Y, sw, val, incremental, rs)
         return self
+
+    # ---- L-BFGS -------------------------------------------------------------------------
+    def _lbfgs_problem(self, model, X, Y, sw):
+        """(xt, yt, sample weights, objective options) of scikit-learn's L-BFGS objective:
+        the loss with sample weights w is sum(w * loss) / sum(w) (fastbp divides by n:
+        the weights are rescaled to mean 1), L2 is alpha / (2 sum(w)) * sum ||W||^2, and
+        over k outputs the loss is scaled as scikit-learn sums (see the module notes)
+        while the gradient is always k times fastbp's, as scikit-learn's _backprop
+        computes it (for squared error that is k times the gradient of its loss)."""
+        n = X.shape[0]
+        xt = model._inputs(X)
+        yt = model._targets(np.asarray(Y, dtype=model.dtype), n)
+        w_sum = float(n) if sw is None else float(np.sum(sw))
+        w = None if sw is None else np.asarray(sw, dtype=np.float64) * (n / w_sum)
+        sw_kernel = V.check_sample_weight(w, n, model.dtype)
+        options = dict(l2=float(self.alpha) / w_sum, loss_scale=self._loss_scale(),
+                       grad_scale=float(self._sum_outputs()))
+        return xt, yt, sw_kernel, options
+
+    def _run_lbfgs(self, model, X, Y, sw):
+        """scikit-learn's _fit_lbfgs on fastbp's compiled loss and gradient."""
+        xt, yt, sw_kernel, options = self._lbfgs_problem(model, X, Y, sw)
+        iprint = 1 if (self.verbose is True or self.verbose >= 1) else -1
+        run = _lbfgs.train(model, xt, yt, sw_kernel, max_iter=self.max_iter,
+                           max_fun=self.max_fun, tol=float(self.tol),
+                           progress=bool(self.verbose), iprint=iprint,
+                           bar_desc=type(self).__name__, **options)
+        if run.stopped == "diverged":
+            raise ValueError("Solver produced non-finite parameter weights. The input data "
+                             "may contain large values and need to be preprocessed. "
+                             f"(fastbp: {run.divergence_message(model, xt, yt)})")
+        if run.stopped == "interrupted":
+            warnings.warn("Training interrupted by user.")
+            self.n_iter_ = run.iterations
+            self.loss_ = run.losses[-1] if run.losses else np.nan
+            return
+        self.n_iter_ = _check_optimize_result("lbfgs", run.result, self.max_iter)
+        self.loss_ = float(run.result.fun)
+
+    def _loss_grad_lbfgs(self, packed_coef_inter, X, y, sample_weight, *buffers):
+        """scikit-learn's private L-BFGS objective, for code that calls it (scikit-learn's
+        own test_gradient does): like scikit-learn's, it writes ``packed_coef_inter``
+        (scikit-learn's packing: every coefs_ raveled, then every intercepts_) into the
+        network and returns (loss, gradient) in that packing, here from the compiled
+        kernels; ``y`` is the encoded target (n_samples, n_outputs); the buffers that
+        scikit-learn passes are not needed."""
+        model = self._network()
+        order = _sklearn_order(model._layout)
+        params = np.empty(model.params.shape, dtype=np.float64)
+        params[order] = packed_coef_inter
+        model.params = params
+        X = np.asarray(X, dtype=model.dtype)
+        Y = np.asarray(y, dtype=model.dtype)
+        Y = Y.reshape(-1, 1) if Y.ndim == 1 else Y
+        sw = None if sample_weight is None else np.asarray(sample_weight)
+        xt, yt, sw_kernel, options = self._lbfgs_problem(model, X, Y, sw)
+        loss, grad = _lbfgs.Objective(model, xt, yt, sw_kernel, **options)(params)
+        return loss, grad[order]
+
+    def _check_solver(self):
+        """partial_fit exists for the stochastic solvers only (scikit-learn's rule)."""
+        if self.solver not in _STOCHASTIC_SOLVERS:
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
+                                 f"{self.solver} is not stochastic.")
+        return True
+
+    @property
+    def _optimizer(self):
+        """Read-only: what scikit-learn's private ``_optimizer`` reports of the sgd / adam
+        state (its own tests read ``_optimizer.learning_rate``).  Present once a fit with
+        a stochastic solver has made an optimizer, as in scikit-learn."""
+        if "_lr" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute "
+                                 f"'_optimizer'")
+        return _OptimizerView(self)
 
     def _split_validation(self, X, Y, sw, rs):
         """scikit-learn's split (same call, same random state, so the same rows)."""
@@ -370,9 +517,14 @@ class _BaseMLP(BaseEstimator):
                     chunk = min(chunk, max(1, int(self.n_iter_no_change) + 1
                                            - self._no_improvement_count))
                 lr = (self._lr if sgd else float(self.learning_rate_init)) * lr_scale
-                hist = model.fit(X, Y, epochs=chunk, lr=lr, batch_size=batch,
-                                 shuffle=bool(self.shuffle), seed=seed,
-                                 epoch_loss="sample_mean", **kw)
+                start = self.n_iter_
+                diverged = None
+                try:
+                    hist = model.fit(X, Y, epochs=chunk, lr=lr, batch_size=batch,
+                                     shuffle=bool(self.shuffle), seed=seed,
+                                     epoch_loss="sample_mean", **kw)
+                except DivergenceError as exc:
+                    hist, diverged = exc.history, exc
                 seed = None  # later chunks continue the same shuffling stream
                 for rec in hist.loss:
                     stopped = self._end_epoch(float(rec) * loss_scale, n, val, sgd)
@@ -380,7 +532,11 @@ class _BaseMLP(BaseEstimator):
                         break
                 if bar is not None:
                     bar.update(len(hist.loss), getattr(self, "loss_", None))
-                if hist.epochs < chunk:  # interrupted (Ctrl-C): fastbp already warned
+                if diverged is not None and not stopped:
+                    stopped = self._diverged(model, X, Y, start + diverged.epoch,
+                                             start == 0 and hist.epochs == 0, val, n, sgd,
+                                             total, incremental)
+                elif hist.epochs < chunk:  # interrupted (Ctrl-C): fastbp already warned
                     break
         finally:
             if bar is not None:
@@ -392,15 +548,46 @@ class _BaseMLP(BaseEstimator):
                           "optimization hasn't converged yet." % self.max_iter,
                           ConvergenceWarning)
 
-    def _end_epoch(self, loss, n, val, sgd):
-        """scikit-learn's bookkeeping after one epoch; True when training stops."""
+    def _diverged(self, model, X, Y, epoch, at_start, val, n, sgd, total, incremental):
+        """After a NaN or infinity in ``epoch`` (of this fit, from 0).  scikit-learn keeps
+        iterating on non-finite weights: without early stopping its fit then fails
+        (ValueError), with it every later epoch scores NaN and the best weights seen are
+        restored.  fastbp stopped at the divergence (the model holds the last finite
+        parameters): it raises the same error, or books the remaining epochs as
+        scikit-learn's NaN epochs.  Returns False (for _run's loop)."""
+        start_finite = True
+        if at_start:  # the model is back at this fit's starting parameters
+            try:
+                start_finite = bool(np.isfinite(model.loss(X, Y)))
+            except FloatingPointError:
+                start_finite = False
+        cause = divergence_cause(
+            model.dtype, float(np.abs(X).max()), float(np.abs(Y).max()), start_finite,
+            f"too large a learning rate: try a smaller learning_rate_init than "
+            f"{self.learning_rate_init:g}")
+        where = ("in this partial_fit call's epoch" if incremental else
+                 f"at epoch {epoch} (counted from 0) of this fit (max_iter={self.max_iter})")
+        msg = f"fastbp: training diverged {where}; likely cause: {cause}"
+        if not self.early_stopping:
+            raise ValueError("Solver produced non-finite parameter weights. The input data "
+                             f"may contain large values and need to be preprocessed. ({msg})")
+        warnings.warn(f"{msg}. As scikit-learn does, the remaining epochs score NaN and "
+                      f"the best weights are restored.", RuntimeWarning, stacklevel=5)
+        while self.n_iter_ < total:
+            if self._end_epoch(np.nan, n, val, sgd, score=np.nan):
+                break
+        return False
+
+    def _end_epoch(self, loss, n, val, sgd, score=None):
+        """scikit-learn's bookkeeping after one epoch; True when training stops.
+        ``score``: the validation score when known (NaN after a divergence)."""
         self.n_iter_ += 1
         self.loss_ = loss
         self.t_ += n
         self.loss_curve_.append(loss)
         if self.verbose and self.verbose > 1:
             print("Iteration %d, loss = %.8f" % (self.n_iter_, loss))
-        self._update_no_improvement_count(val)
+        self._update_no_improvement_count(val, score)
         if sgd and self.learning_rate == "invscaling":
             self._lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
         if self._no_improvement_count <= self.n_iter_no_change:
@@ -420,9 +607,10 @@ class _BaseMLP(BaseEstimator):
             print(msg + " Stopping.")
         return True
 
-    def _update_no_improvement_count(self, val):
+    def _update_no_improvement_count(self, val, score=None):
         if val is not None:
-            score = self._validation_score(*val)
+            if score is None:
+                score = self._validation_score(*val)
             self.validation_scores_.append(score)
             if self.verbose and self.verbose > 1:
                 print("Validation score: %f" % score)
@@ -466,9 +654,10 @@ class _BaseMLP(BaseEstimator):
     def _forward(self, X, check_input=True):
         """Network outputs (n_samples, n_outputs_) in the model's dtype."""
         check_is_fitted(self)
+        model = self._network()
         if check_input:
-            X = _validate_data(self, X, reset=False, dtype=self._model.dtype.type)
-        return self._network().predict(X)
+            X = _validate_data(self, X, reset=False, dtype=model.dtype.type)
+        return model.predict(X)
 
     def _score_with_function(self, X, y, sample_weight, score_function):
         try:
@@ -480,25 +669,20 @@ class _BaseMLP(BaseEstimator):
             return np.nan
         return score_function(y, y_pred, sample_weight=sample_weight)
 
-    # ---- pickling: fastbp.MLP holds a lock; keep its architecture and parameters --------
+    # ---- pickling: the fastbp.MLP travels whole (its own __getstate__: parameters,
+    # ---- optimizer state, shuffling stream); coefs_ / intercepts_ are views of its
+    # ---- parameters, so they are left out and pointed at the loaded model again -------
     def __getstate__(self):
+        if "_model" in self.__dict__:
+            self._network()  # coefs_ / intercepts_ assigned since: into the parameters
         state = dict(super().__getstate__())
-        model = state.pop("_model", None)
-        if model is not None:
-            for key in ("coefs_", "intercepts_", "_views"):
-                state.pop(key, None)
-            net = {"sizes": list(model.sizes), "activations": list(model.activations),
-                   "loss": model.loss_name, "dtype": model.dtype.name,
-                   "params": model.params.copy()}
-            opt = getattr(model, "optimizer_state", None)
-            if opt is not None:
-                net["optimizer_state"] = opt
-            state["_fastbp_network"] = net
+        for key in ("coefs_", "intercepts_", "_views"):
+            state.pop(key, None)
         return state
 
     def __setstate__(self, state):
         state = dict(state)
-        net = state.pop("_fastbp_network", None)
+        net = state.pop("_fastbp_network", None)  # pickles of earlier fastbp wrappers
         super().__setstate__(state)
         if net is not None:
             sizes = net["sizes"]
@@ -510,10 +694,56 @@ class _BaseMLP(BaseEstimator):
             if "optimizer_state" in net:
                 _set_optimizer_state(model, net["optimizer_state"])
             self._model = model
+        if "_model" in self.__dict__:
             self._point_views()
 
+    def __copy__(self):
+        # a shallow copy would share the network (and its fit lock) with the original:
+        # training one would change both
+        return copy.deepcopy(self)
+
     def __sklearn_is_fitted__(self):
-        return hasattr(self, "_model")
+        return "_model" in self.__dict__ or hasattr(self, "coefs_")
+
+
+class _OptimizerView:
+    """What scikit-learn's SGDOptimizer / AdamOptimizer report as ``learning_rate`` and
+    ``learning_rate_init``, read from the estimator's state (fastbp keeps the optimizer
+    in its model).  Read-only: setting an attribute raises AttributeError."""
+
+    __slots__ = ("_est",)
+
+    def __init__(self, est):
+        object.__setattr__(self, "_est", est)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("_optimizer is a read-only view in fastbp: the optimizer "
+                             "state lives in the fastbp model")
+
+    @property
+    def learning_rate_init(self):
+        return self._est._lr_init
+
+    @property
+    def learning_rate(self):
+        """sgd: the current rate (invscaling / adaptive change it after each epoch);
+        adam: scikit-learn's bias-corrected step size after t updates."""
+        est = self._est
+        if est.solver != "adam":
+            return est._lr
+        t = int(est._model._opt_step[0])
+        if t == 0:
+            return est._lr_init
+        return (est._lr_init * np.sqrt(1 - float(est.beta_2) ** t)
+                / (1 - float(est.beta_1) ** t))
+
+
+def _sklearn_order(layout):
+    """Indices into fastbp's flat parameters of scikit-learn's packed vector: every
+    weight block (row-major, as both store it), then every bias block."""
+    weights = [np.arange(o, o + a * b) for o, (a, b) in zip(layout.w_off, layout.shapes)]
+    biases = [np.arange(o, o + b) for o, (_, b) in zip(layout.b_off, layout.shapes)]
+    return np.concatenate(weights + biases)
 
 
 def _set_optimizer_state(model, state):
@@ -645,6 +875,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _score(self, X, y, sample_weight=None):
         return self._score_with_function(X, y, sample_weight, r2_score)
 
+    @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing the fitted network (or starting one)."""
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
@@ -732,8 +963,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
                 raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` "
                                  f"has {self.classes_}. 'y' has {classes}.")
-        Y = self._label_binarizer.transform(y)
-        return X, np.asarray(Y, dtype=np.float64)
+        # bool, as scikit-learn's: the stratified split names the classes of these
+        # labels in its errors ('True', not '1.0')
+        Y = self._label_binarizer.transform(y).astype(bool)
+        return X, Y
 
     def _score_outputs(self, Y, out, sw):
         """accuracy_score of the predicted labels (``predict``'s thresholds) against the
@@ -759,6 +992,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _score(self, X, y, sample_weight=None):
         return self._score_with_function(X, y, sample_weight, accuracy_score)
 
+    @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y).  ``classes`` (all the labels) is needed on the first
         call, unless y is a multi-label indicator matrix."""

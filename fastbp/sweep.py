@@ -106,13 +106,26 @@ def _run_part(arch, settings, X, y, fit_kw, n_jobs):
 class SweepResult:
     """What ``fastbp.sweep`` returns.
 
-    rows:      list of dicts, one per grid point (= model ``i`` of ``ensemble``): "model"
-               (the index), the settings (lr, seed, init, batch_size, shuffle),
-               "final_loss" (the trained model's loss on the training data, as
-               ``MLP.loss``), "best_loss" and "best_epoch" (the lowest recorded training
-               loss and its epoch, from the history) and "diverged".
+    rows:      list of dicts, one per grid point (= model ``i`` of ``ensemble``), with:
+
+               - "model": the index ``i``;
+               - "lr", "seed", "init", "batch_size", "shuffle": the point's settings;
+               - "final_loss": the trained model's loss on the training data
+                 (``MLP.loss(X, y)``), i.e. the loss after its last epoch;
+               - "best_loss", "best_epoch": the lowest training loss seen, and after
+                 how many epochs it was seen. The candidates are the history's records
+                 (record ``r`` is epoch ``e = r * record_every``; full batch: the loss of
+                 the parameters after ``e`` epochs, as ``MLP.loss``; SGD and mini-batch:
+                 the mean of the batch losses seen during epoch ``e``) and the final
+                 loss, at ``best_epoch`` = the number of epochs run. So ``best_loss <=
+                 final_loss`` on every row that did not diverge, and ``best_epoch ==
+                 epochs`` means the trained model itself is the best. A diverged model's
+                 final parameters come from a rewind, not from a known epoch: its best is
+                 taken over the finite records only (NaN and -1 when there are none);
+               - "diverged": whether the model's training diverged.
     ensemble:  the trained Ensemble (``ensemble[i]`` is grid point i's model).
-    history:   History with ``loss`` (n_points, n_records).
+    history:   History with ``loss`` (n_points, n_records); ``extra["epochs_per_model"]``
+               the epochs each model ran.
     """
 
     def __init__(self, settings, ensemble, history, X, y):
@@ -121,6 +134,7 @@ class SweepResult:
         self.history = history
         final = ensemble.loss(X, y)
         loss = history.loss
+        ran = history.extra.get("epochs_per_model")
         self.rows = []
         for m, s in enumerate(settings):
             h = loss[m]
@@ -130,9 +144,18 @@ class SweepResult:
                 best, best_epoch = float(h[r]), r * history.record_every
             else:
                 best, best_epoch = float("nan"), -1
-            self.rows.append({"model": m, **s, "final_loss": float(final[m]),
+            diverged = bool(ensemble.diverged[m])
+            last = float(final[m])
+            # The records end before the last epoch's update (full batch: record r is the
+            # state after r * record_every epochs), so the trained model's own loss is
+            # one more candidate; without it the last epoch's progress would be missing
+            # and best_loss could exceed final_loss.
+            if not diverged and np.isfinite(last) and not last >= best:
+                best = last
+                best_epoch = int(ran[m]) if ran is not None else int(history.epochs)
+            self.rows.append({"model": m, **s, "final_loss": last,
                               "best_loss": best, "best_epoch": best_epoch,
-                              "diverged": bool(ensemble.diverged[m])})
+                              "diverged": diverged})
 
     def __len__(self):
         return len(self.rows)
@@ -181,7 +204,10 @@ def sweep(param_grid, X, y, sizes, activation="sigmoid", loss="mse", epochs=1, l
     the same name.  ``seed`` seeds a model's initial parameters and its shuffling stream,
     as ``MLP(seed=...)``; None (the default) draws one seed for the whole sweep, shown in
     the rows.  Each row is what ``MLP(sizes, activation, loss, init, bias, dtype,
-    seed).fit(X, y, epochs, lr, batch_size, shuffle, record_every=record_every)`` gives.
+    seed).fit(X, y, epochs, lr, batch_size, shuffle, record_every=record_every)`` gives:
+    its settings, "final_loss" (the trained model's training loss), "best_loss" and
+    "best_epoch" (the lowest training loss among the records and the final one, and
+    when; ``best_loss <= final_loss``) and "diverged" -- see ``SweepResult``.
 
     X: (n, sizes[0]); y: (n, sizes[-1]) or 1-D; shared by every model.
     n_jobs: threads per ensemble (default: all cores; on a cluster, each worker's threads).

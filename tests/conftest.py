@@ -1,4 +1,4 @@
-"""Shared fixtures: random problems, tutorial data, the admissions csv.
+"""Shared fixtures: random problems, tutorial data, the admissions csv (packaged).
 
 The package is imported as installed (``pip install -e .``); nothing here touches
 sys.path. ``reference`` (tests/reference.py) is importable because pytest puts the
@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ADMISSIONS_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "admissions.csv"
+import fastbp.datasets
+
+# the tutorial's 400-row admissions table, as shipped in the package
+ADMISSIONS_CSV = Path(fastbp.datasets.__file__).resolve().parent / "data" / "ucla_binary.csv"
 
 
 # ------------------------------------------------------------ random problems
@@ -80,6 +83,5 @@ def linear_data():
 
 @pytest.fixture
 def admissions_path():
-    if not ADMISSIONS_CSV.is_file():
-        pytest.skip(f"admissions data not found at {ADMISSIONS_CSV}")
+    assert ADMISSIONS_CSV.is_file(), f"the packaged admissions data is missing: {ADMISSIONS_CSV}"
     return ADMISSIONS_CSV

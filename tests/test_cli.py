@@ -1,6 +1,7 @@
 """The fastbp command: main(argv) in-process, and one run through ``python -m fastbp``."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,11 +12,12 @@ import numpy.testing as npt
 import pytest
 
 import fastbp
-from fastbp import datasets
+from fastbp import _demos, datasets
 from fastbp.cli import main
 
-FULL_ADMISSIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "admissions.csv"
-EPOCH_LINE = re.compile(r"^epoch (\d+) loss: (\d+\.\d{6})$")
+ADMISSIONS = Path(datasets.__file__).resolve().parent / "data" / "ucla_binary.csv"
+# the loss the header names (sse), then the tutorial's own figure, labelled
+EPOCH_LINE = re.compile(r"^epoch (\d+) loss \(sse\): (\S+)  \[tutorial's mse: (\d+\.\d{6})\]$")
 
 
 def run(capsys, *argv):
@@ -77,17 +79,21 @@ def test_demo_xor_prints_the_tutorials_report(capsys):
     assert lines.index(w01) < first_epoch < next(i for i, l in enumerate(lines) if l.startswith("Final"))
 
 
-def test_demo_xor_loss_is_the_tutorials_mean_squared_error(capsys):
+def test_demo_xor_prints_the_loss_its_header_names(capsys):
     rc, out, _ = run(capsys, "demo", "xor", "--epochs", "1000", "--seed", "4", "--no-progress")
     assert rc == 0
+    assert ", loss sse, " in out.splitlines()[1]
     X, y = datasets.xor_easy()
     m = fastbp.MLP([2, 4, 4, 1], activation="sigmoid", loss="sse", init="uniform", seed=4)
     init = [w.copy() for w in m.weights]
     hist = m.fit(X, y, epochs=1000, lr=0.1)
-    printed = {int(g.group(1)): g.group(2) for g in map(EPOCH_LINE.match, out.splitlines()) if g}
+    printed = {int(g.group(1)): g.groups()[1:] for g in map(EPOCH_LINE.match, out.splitlines()) if g}
     assert printed
-    for epoch, text in printed.items():
-        assert text == "%f" % (2.0 * hist.loss[epoch] / 21)
+    for epoch, (sse, mse) in printed.items():
+        assert sse == f"{hist.loss[epoch]:.6g}"  # the History, in the header's loss
+        assert mse == "%f" % (2.0 * hist.loss[epoch] / 21)  # the tutorial's figure
+    # the last value, as the loss plot ends
+    assert f"Last recorded loss (sse), epoch 999: {hist.loss[-1]:.6g}  [tutorial's mse: " in out
     first = next(l for l in out.splitlines() if l.startswith("Initial hidden weights 01:"))
     assert first == " ".join(["Initial hidden weights 01:"] + [str(r) for r in init[0]])
     final = next(l for l in out.splitlines() if l.startswith("Final output biases:"))
@@ -105,51 +111,62 @@ def test_demo_regression_summary(capsys):
     pytest.importorskip("sklearn")
     rc, out, _ = run(capsys, "demo", "regression", "--epochs", "300", "--no-progress")
     assert rc == 0
-    assert "(100, 1)\n(100, 1)\n" in out
-    m = re.search(r"Loss \(MSE\): first ([\d.]+), last ([\d.]+) \(epoch 299\), min ([\d.]+)", out)
+    assert "(100, 1)" not in out  # no stray prints
+    assert ", loss mse, " in out.splitlines()[1]
+    m = re.search(r"Loss \(MSE\): first ([\d.]+), last ([\d.]+) \(epoch 299\), min ([\d.]+) "
+                  r"\(epoch (\d+)\), after training ([\d.]+)", out)
     assert m, out
-    first, last, low = map(float, m.groups())
-    assert low <= min(first, last) and last < first
+    X, Y = datasets.regression()
+    model = fastbp.MLP([1, 10, 1], activation=["relu", "identity"], loss="mse", init="uniform", seed=3)
+    hist = model.fit(X, Y, epochs=300, lr=0.01)
+    first, last, low, low_epoch, after = m.groups()
+    assert first == f"{hist.loss[0]:.6f}" and last == f"{hist.loss[-1]:.6f}"
+    assert low == f"{hist.loss.min():.6f}" and int(low_epoch) == int(np.argmin(hist.loss))
+    assert after == f"{model.loss(X, Y):.6f}"
     assert "R^2" in out
 
 
-def test_demo_admissions_excerpt(capsys):
+def test_demo_admissions_out_of_the_box_is_the_tutorials_run(capsys):
     rc, out, _ = run(capsys, "demo", "admissions", "--no-progress")
     assert rc == 0
-    assert "36 training rows, 4 test rows" in out
-    losses = [l for l in out.splitlines() if l.startswith("Train loss:  ")]
+    assert "360 training rows, 40 test rows" in out
+    losses = [l for l in out.splitlines() if l.startswith("Train loss (half_mse) after ")]
     assert len(losses) == 10  # every epochs / 10
-    assert re.search(r"^Prediction accuracy: \d\.\d{3}$", out, re.M)
+    # the tutorial's figure, from the packaged data with no --data
+    assert re.search(r"^Prediction accuracy: 0\.775$", out, re.M)
 
 
-def test_demo_admissions_loss_lines_are_training_mse(capsys):
+def test_demo_admissions_loss_lines_are_the_headers_half_mse(capsys):
     rc, out, _ = run(capsys, "demo", "admissions", "--epochs", "50", "--no-progress")
     assert rc == 0
+    assert ", loss half_mse, " in out.splitlines()[1]
     a = datasets.admissions()
-    # the tutorial's initial weights: np.random.seed(21), then normal draws
-    rs = np.random.RandomState(21)
-    w_ih = rs.normal(scale=6 ** -0.5, size=(6, 2))
-    w_ho = rs.normal(scale=6 ** -0.5, size=2)
-    m = fastbp.MLP.from_weights([w_ih, w_ho.reshape(2, 1)], None, "sigmoid", "half_mse")
-    values = []
-    for _ in range(50):
-        m.fit(a.X_train, a.y_train, epochs=1, lr=0.007)
-        values.append(2 * m.loss(a.X_train, a.y_train))
-    printed = [float(l.split()[2]) for l in out.splitlines() if l.startswith("Train loss:")]
-    # After epochs 0, 5, ..., 45: the loss after that epoch's update.
-    npt.assert_allclose(printed, values[::5], rtol=1e-12)
+    # the tutorial's initial weights (np.random.seed(21), then normal draws), as the demo
+    # makes them
+    m = _demos.tutorial_admissions_model(6, 21)
+    hist = m.fit(a.X_train, a.y_train, epochs=50, lr=0.007)
+    line = re.compile(r"^Train loss \(half_mse\) after (\d+) epochs?: (\S+)  "
+                      r"\[tutorial's train loss \(mse\): (\S+)\]$")
+    printed = [g.groups() for g in map(line.match, out.splitlines()) if g]
+    # after 1, 6, ..., 46 epochs (the tutorial: after epochs 0, 5, ..., 45 counted from 0)
+    assert [int(p[0]) for p in printed] == list(range(1, 50, 5))
+    for epochs, half_mse, mse in printed:
+        assert half_mse == f"{hist.loss[int(epochs)]:.6g}"
+        assert float(mse) == 2.0 * hist.loss[int(epochs)]
+    assert (f"Last recorded loss (half_mse), epoch 49: {hist.loss[-1]:.6g}  "
+            f"[tutorial's train loss (mse): {2.0 * hist.loss[-1]}]") in out
 
 
-def test_demo_admissions_full_file(capsys):
-    if not FULL_ADMISSIONS.is_file():
-        pytest.skip(f"no {FULL_ADMISSIONS}")
-    rc, out, _ = run(capsys, "demo", "admissions", "--data", str(FULL_ADMISSIONS), "--epochs", "100",
+def test_demo_admissions_data_reads_any_file(capsys, tmp_path):
+    head = tmp_path / "head.csv"
+    head.write_text("\n".join(ADMISSIONS.read_text().splitlines()[:121]) + "\n")
+    rc, out, _ = run(capsys, "demo", "admissions", "--data", str(head), "--epochs", "100",
                      "--no-progress")
     assert rc == 0
-    assert "360 training rows, 40 test rows" in out
+    assert f"{head} (108 training rows, 12 test rows)" in out
     acc = float(re.search(r"^Prediction accuracy: (\d\.\d{3})$", out, re.M).group(1))
     # the same run through the API, from the tutorial's initial weights
-    a = datasets.admissions(FULL_ADMISSIONS)
+    a = datasets.admissions(head)
     rs = np.random.RandomState(21)
     w_ih = rs.normal(scale=6 ** -0.5, size=(6, 2))
     w_ho = rs.normal(scale=6 ** -0.5, size=2)
@@ -159,14 +176,49 @@ def test_demo_admissions_full_file(capsys):
     assert acc == pytest.approx(expected, abs=5e-4)
 
 
-def test_demo_plots(capsys, tmp_path):
+def test_demo_plots(capsys, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
+    from fastbp import plot
+
+    curves = {}
+    real = plot.loss_curve
+
+    def spy(history, *args, **kwargs):
+        fig = real(history, *args, **kwargs)
+        curves[kwargs["title"]] = (fig.axes[0], history)
+        return fig
+
+    monkeypatch.setattr(plot, "loss_curve", spy)
     d = tmp_path / "plots"
-    rc, out, _ = run(capsys, "demo", "xor", "--epochs", "300", "--plot", str(d), "--no-progress")
+    rc, out, _ = run(capsys, "demo", "xor", "--epochs", "12000", "--plot", str(d), "--no-progress")
     assert rc == 0
     for name in ("xor_loss.png", "xor_decision_boundary.png"):
         assert (d / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert str(d / name) in out
+    (ax, hist), = curves.values()
+    assert "(sse)" in ax.get_title()
+    assert ax.get_yscale() == "log"  # 4.3 down to ~0.03: more than a decade
+    # the plot ends at the loss printed last
+    assert ax.lines[0].get_ydata()[-1] == hist.loss[-1]
+    assert f"Last recorded loss (sse), epoch 11,999: {hist.loss[-1]:.6g}" in out
+
+
+def test_demo_regression_loss_plot_is_logarithmic(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("sklearn")
+    from fastbp import plot
+
+    axes = []
+    real = plot.loss_curve
+    monkeypatch.setattr(plot, "loss_curve",
+                        lambda *a, **k: axes.append(real(*a, **k).axes[0]) or axes[-1].figure)
+    rc, out, _ = run(capsys, "demo", "regression", "--epochs", "3000", "--plot", str(tmp_path),
+                     "--no-progress")
+    assert rc == 0
+    (ax,) = axes
+    y = ax.lines[0].get_ydata()
+    assert y.max() / y.min() > 10 and ax.get_yscale() == "log"
+    assert "(mse)" in ax.get_title()
 
 
 def test_demo_all(capsys):
@@ -245,13 +297,16 @@ def test_train_classification_save_and_predict(capsys, tmp_path, csv_files):
     assert rc == 0, err
     assert "Wrote 120 predictions" in out
     rows = preds.read_text().splitlines()
-    assert rows[0] == "label,label_class" and len(rows) == 121
-    got = np.array([float(r.split(",")[0]) for r in rows[1:]])
-    cls_col = np.array([int(r.split(",")[1]) for r in rows[1:]])
+    assert rows[0] == "label,label_prob_0,label_prob_1" and len(rows) == 121
+    cls_col = np.array([int(r.split(",")[0]) for r in rows[1:]])
+    p0 = np.array([float(r.split(",")[1]) for r in rows[1:]])
+    got = np.array([float(r.split(",")[2]) for r in rows[1:]])
     m = fastbp.load(model_path)
     Xs = (X - np.array(meta["mean"])) / np.array(meta["std"])
     npt.assert_allclose(got, m.predict(Xs)[:, 0], rtol=1e-15)
+    npt.assert_allclose(p0, 1.0 - got, rtol=1e-15)
     npt.assert_array_equal(cls_col, got > 0.5)
+    assert meta["classes"] == [0, 1] and meta["task"] == "classify"
 
     # Columns are found by name: reordered, with the target missing, predictions agree.
     shuffled = tmp_path / "shuffled.csv"
@@ -259,8 +314,8 @@ def test_train_classification_save_and_predict(capsys, tmp_path, csv_files):
     rc, out, _ = run(capsys, "predict", str(model_path), str(shuffled))
     assert rc == 0
     lines = out.splitlines()
-    assert lines[0] == "label,label_class"
-    npt.assert_allclose([float(l.split(",")[0]) for l in lines[1:]], got, rtol=1e-15)
+    assert lines[0] == "label,label_prob_0,label_prob_1"
+    npt.assert_allclose([float(l.split(",")[2]) for l in lines[1:]], got, rtol=1e-15)
 
 
 def test_train_regression_reports_r2(capsys, csv_files):
@@ -305,6 +360,10 @@ def test_predict_model_saved_from_python_uses_first_columns(capsys, tmp_path):
     (["--target", "nope"], ["no column 'nope'", "columns: x1, x2, x3, y"]),
     (["--target", "y", "--layers", "8,x"], ["--layers", "8,x"]),
     (["--target", "y", "--layers", "8,0"], ["--layers", ">= 1"]),
+    (["--target", "y", "--layers", "0"], ["--layers", ">= 1", "'0'"]),
+    (["--target", "y", "--layers", ""], ["--layers", "''"]),
+    (["--target", "y", "--task", "sort"], ["--task", "invalid choice"]),
+    (["--target", "y", "--task", "classify"], ["'y'", "not a class label", "--task classify"]),
     (["--target", "y", "--test-fraction", "1.5"], ["--test-fraction", "[0, 1)"]),
     (["--target", "y", "--epochs", "-5"], ["--epochs"]),
     (["--target", "y", "--batch-size", "0"], ["--batch-size"]),
@@ -336,6 +395,10 @@ def test_predict_errors(capsys, tmp_path, csv_files):
                "--save", str(model_path), "--no-progress")[0] == 0
     assert_usage_error(*run(capsys, "predict", str(tmp_path / "none.npz"), str(cls)),
                        "none.npz", "no such model file")
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert_usage_error(*run(capsys, "predict", str(folder), str(cls)),
+                       "a_folder", "is a directory, not a model file")
     assert_usage_error(*run(capsys, "predict", str(model_path), str(tmp_path / "none.csv")),
                        "none.csv", "no such file")
     assert_usage_error(*run(capsys, "predict", str(model_path), str(reg)),
@@ -343,6 +406,179 @@ def test_predict_errors(capsys, tmp_path, csv_files):
     assert_usage_error(*run(capsys, "predict", str(cls), str(cls)), "cls.csv")
     (tmp_path / "m.npz.json").write_text("{not json")
     assert_usage_error(*run(capsys, "predict", str(model_path), str(cls)), "m.npz.json")
+
+
+# ------------------------------------------------------------------ classes
+
+
+@pytest.fixture
+def wine_csv(tmp_path):
+    """scikit-learn's wine data as a CSV: 13 features, 3 cultivars named by text."""
+    sk = pytest.importorskip("sklearn.datasets")
+    d = sk.load_wine()
+    names = [n.replace("/", "_") for n in d.feature_names]
+    path = tmp_path / "wine.csv"
+    path.write_text(",".join(names + ["cultivar"]) + "\n" + "".join(
+        ",".join(repr(float(v)) for v in row) + f",{d.target_names[t]}\n"
+        for row, t in zip(d.data, d.target)))
+    return path, d
+
+
+def test_train_wine_text_labels_classifies_and_predict_gives_them_back(capsys, tmp_path, wine_csv):
+    path, d = wine_csv
+    model_path = tmp_path / "wine.npz"
+    rc, out, err = run(capsys, "train", str(path), "--target", "cultivar", "--layers", "16",
+                       "--standardize", "--save", str(model_path), "--no-progress")
+    assert rc == 0, err
+    assert "classification, 3 classes: class_0, class_1, class_2" in out
+    assert "13-16-3, relu hidden, softmax output, loss cross_entropy" in out
+    acc = re.search(r"^Test accuracy: (\d\.\d{3}) \((\d+)/36 rows\)$", out, re.M)
+    assert acc and float(acc.group(1)) >= 0.9, out
+    meta = json.loads((tmp_path / "wine.npz.json").read_text())
+    assert meta["classes"] == ["class_0", "class_1", "class_2"]
+    assert meta["task"] == "classify"
+
+    preds = tmp_path / "preds.csv"
+    assert run(capsys, "predict", str(model_path), str(path), "--out", str(preds))[0] == 0
+    rows = preds.read_text().splitlines()
+    assert rows[0] == ("cultivar,cultivar_prob_class_0,cultivar_prob_class_1,"
+                       "cultivar_prob_class_2")
+    labels = [r.split(",")[0] for r in rows[1:]]
+    proba = np.array([[float(v) for v in r.split(",")[1:]] for r in rows[1:]])
+    assert set(labels) <= set(d.target_names)  # the same strings come back
+    npt.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    npt.assert_array_equal(labels, d.target_names[np.argmax(proba, axis=1)])
+    m = fastbp.load(model_path)
+    Xs = (d.data - np.array(meta["mean"])) / np.array(meta["std"])
+    npt.assert_allclose(proba, m.predict(Xs), rtol=1e-15)
+    # nearly all of the training data is classified right
+    assert np.mean(np.array(labels) == d.target_names[d.target]) >= 0.9
+
+
+def test_train_integer_labels_classify_and_come_back_as_integers(capsys, tmp_path):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(90, 2))
+    label = np.digitize(X[:, 0], [-0.5, 0.5]) * 10 + 7  # 7, 17, 27: not 0-based
+    data = tmp_path / "three.csv"
+    data.write_text("u,v,k\n" + "".join(f"{_row(*r)},{t}\n" for r, t in zip(X, label)))
+    model_path = tmp_path / "m.npz"
+    rc, out, err = run(capsys, "train", str(data), "--target", "k", "--layers", "8",
+                       "--lr", "0.1", "--save", str(model_path), "--no-progress")
+    assert rc == 0, err
+    assert "classification, 3 classes: 7, 17, 27" in out and "Test accuracy" in out
+    assert json.loads((tmp_path / "m.npz.json").read_text())["classes"] == [7, 17, 27]
+    rc, out, _ = run(capsys, "predict", str(model_path), str(data))
+    lines = out.splitlines()
+    assert lines[0] == "k,k_prob_7,k_prob_17,k_prob_27"
+    assert {l.split(",")[0] for l in lines[1:]} <= {"7", "17", "27"}
+    # --task regress fits the same labels as numbers
+    rc, out, _ = run(capsys, "train", str(data), "--target", "k", "--task", "regress",
+                     "--epochs", "5", "--no-progress")
+    assert rc == 0 and "(regression)" in out and "identity output, loss mse" in out
+
+
+def test_train_auto_task_keeps_many_integers_as_regression(capsys, tmp_path):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(60, 2))
+    counts = np.round(50 + 20 * X[:, 0]).astype(int)  # ~40 distinct integers
+    data = tmp_path / "counts.csv"
+    data.write_text("a,b,n\n" + "".join(f"{_row(*r)},{c}\n" for r, c in zip(X, counts)))
+    rc, out, _ = run(capsys, "train", str(data), "--target", "n", "--epochs", "5", "--no-progress")
+    assert rc == 0 and "(regression)" in out
+    rc, out, _ = run(capsys, "train", str(data), "--target", "n", "--task", "classify",
+                     "--epochs", "5", "--no-progress")
+    assert rc == 0 and f"classification, {len(set(counts))} classes" in out
+
+
+def test_train_class_errors(capsys, tmp_path):
+    text = tmp_path / "text.csv"
+    text.write_text("a,y\n1,cat\n2,dog\n3,cat\n4,dog\n")
+    assert_usage_error(*run(capsys, "train", str(text), "--target", "y", "--task", "regress"),
+                       "text.csv", "'cat'", "not a number", "--task regress")
+    assert_usage_error(*run(capsys, "train", str(text), "--target", "y", "--loss", "mse"),
+                       "--loss mse", "2 classes", "cross_entropy")
+    one = tmp_path / "one.csv"
+    one.write_text("a,y\n1,cat\n2,cat\n")
+    assert_usage_error(*run(capsys, "train", str(one), "--target", "y"), "one class", "'cat'")
+
+
+# ------------------------------------------------------------------ outputs never replace inputs
+
+
+@pytest.fixture
+def trained(capsys, tmp_path, csv_files):
+    cls = csv_files[0]
+    model_path = tmp_path / "m.npz"
+    assert run(capsys, "train", str(cls), "--target", "label", "--epochs", "5",
+               "--save", str(model_path), "--no-progress")[0] == 0
+    return cls, model_path
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_train_refuses_to_save_over_its_data(capsys, tmp_path, csv_files):
+    cls = csv_files[0]
+    before = _snapshot(tmp_path)
+    for target in (cls, tmp_path / "." / "cls.csv", Path(str(cls) + ".json")):
+        if target.name.endswith(".json"):
+            # the metadata beside the model would be the data file
+            data = tmp_path / "m.npz.json"
+            data.write_bytes(cls.read_bytes())
+            before = _snapshot(tmp_path)
+            argv = ["train", str(data), "--target", "label", "--save", str(tmp_path / "m.npz")]
+        else:
+            argv = ["train", str(cls), "--target", "label", "--save", str(target)]
+        rc, out, err = run(capsys, *argv, "--no-progress")
+        assert_usage_error(rc, out, err, "--save", "is an input file", "refusing to overwrite")
+        assert "Training" not in out
+        assert _snapshot(tmp_path) == before
+
+
+def test_predict_refuses_to_write_over_its_inputs(capsys, tmp_path, trained):
+    cls, model_path = trained
+    link = tmp_path / "link.csv"
+    link.symlink_to(cls)
+    hard = tmp_path / "hard.npz"
+    os.link(model_path, hard)
+    before = _snapshot(tmp_path)
+    for out_path in (cls, model_path, Path(str(model_path) + ".json"), link, hard):
+        rc, out, err = run(capsys, "predict", str(model_path), str(cls), "--out", str(out_path))
+        assert_usage_error(rc, out, err, f"--out {out_path}", "is an input file")
+        assert _snapshot(tmp_path) == before
+    # the same file by another spelling of its path
+    rc, out, err = run(capsys, "predict", str(model_path), str(cls), "--out",
+                       str(tmp_path / ".." / tmp_path.name / "cls.csv"))
+    assert_usage_error(rc, out, err, "is an input file")
+    assert _snapshot(tmp_path) == before
+
+
+def test_outputs_in_a_missing_folder_fail_before_any_work(capsys, tmp_path, trained, monkeypatch):
+    cls, model_path = trained
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run(capsys, "train", "cls.csv", "--target", "label", "--save",
+                       "nodir/model.npz", "--no-progress")
+    assert_usage_error(rc, out, err, "folder 'nodir' does not exist (saving 'nodir/model.npz')")
+    assert out == "" and ".tmp" not in err
+    rc, out, err = run(capsys, "predict", "m.npz", "cls.csv", "--out", "nodir/p.csv")
+    assert_usage_error(rc, out, err, "folder 'nodir' does not exist (saving 'nodir/p.csv')")
+    (tmp_path / "adir").mkdir()
+    rc, out, err = run(capsys, "predict", "m.npz", "cls.csv", "--out", "adir")
+    assert_usage_error(rc, out, err, "'adir' is a folder")
+    assert not (tmp_path / "nodir").exists()
+
+
+def test_demo_refuses_a_figure_over_its_data(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    data = tmp_path / "admissions_loss.png"
+    data.write_bytes(ADMISSIONS.read_bytes())
+    rc, out, err = run(capsys, "demo", "admissions", "--data", str(data), "--plot", str(tmp_path),
+                       "--no-progress")
+    assert_usage_error(rc, out, err, "--plot figure", "is an input file")
+    assert data.read_bytes() == ADMISSIONS.read_bytes()
+    (tmp_path / "f").write_text("x")
+    assert_usage_error(*run(capsys, "demo", "xor", "--plot", str(tmp_path / "f")), "not a folder")
 
 
 # ------------------------------------------------------------------ as a program
@@ -355,6 +591,7 @@ def test_python_dash_m_fastbp_demo_xor():
     lines = proc.stdout.splitlines()
     assert lines[2].startswith("Initial hidden weights 01: [")
     assert sum(bool(EPOCH_LINE.match(l)) for l in lines) == 18
+    assert "(100, 1)" not in proc.stdout
     assert any(l.startswith("Final output biases: [") for l in lines)
     assert re.search(r"^Training: 2,000 epochs in [\d.]+ s \([\d,]+ epochs/s\)$", proc.stdout, re.M)
     assert "Traceback" not in proc.stderr

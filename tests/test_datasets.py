@@ -1,5 +1,6 @@
 """fastbp.datasets: the tutorials' data, exactly as the tutorials make it."""
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -9,16 +10,10 @@ import pytest
 from fastbp import datasets
 from fastbp.datasets import DataError
 
-FULL_ADMISSIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "admissions.csv"
-EXCERPT = Path(datasets.__file__).resolve().parent / "data" / "admissions_excerpt.csv"
+PACKAGED = Path(datasets.__file__).resolve().parent / "data" / "ucla_binary.csv"
+# sha256 of the public UCLA admissions table (400 rows) the tutorial reads
+UCLA_SHA256 = "2f5dcda0e455631215709575cc2eede4e5fb4e94cda9c37dab54e26d79dcf8c2"
 FEATURES = ("gre", "gpa", "rank_1", "rank_2", "rank_3", "rank_4")
-
-
-@pytest.fixture
-def full_admissions():
-    if not FULL_ADMISSIONS.is_file():
-        pytest.skip(f"full admissions file not found at {FULL_ADMISSIONS}")
-    return FULL_ADMISSIONS
 
 
 # ------------------------------------------------------------------ seed 000
@@ -121,55 +116,62 @@ def _assert_matches_pandas(result, path):
     npt.assert_array_equal(result.y_test, targets_test.to_numpy(dtype=np.float64))
 
 
-def test_admissions_excerpt_shapes_and_names():
+def test_admissions_default_shapes_and_names():
     a = datasets.admissions()
     X_train, y_train, X_test, y_test, names = a  # a plain tuple too
-    assert X_train.shape == (36, 6) and X_test.shape == (4, 6)
-    assert y_train.shape == (36,) and y_test.shape == (4,)
+    assert X_train.shape == (360, 6) and X_test.shape == (40, 6)
+    assert y_train.shape == (360,) and y_test.shape == (40,)
     for arr in (X_train, y_train, X_test, y_test):
         assert arr.dtype == np.float64 and arr.flags.c_contiguous
     assert names == FEATURES
     # Every row has exactly one rank dummy; targets are 0/1.
     npt.assert_array_equal(np.vstack([X_train, X_test])[:, 2:].sum(axis=1), 1.0)
     assert set(np.concatenate([y_train, y_test])) <= {0.0, 1.0}
-    # gre/gpa standardized over all 40 rows with the sample std.
+    # gre/gpa standardized over all 400 rows with the sample std.
     both = np.vstack([X_train, X_test])[:, :2]
     npt.assert_allclose(both.mean(axis=0), 0.0, atol=1e-12)
     npt.assert_allclose(both.std(axis=0, ddof=1), 1.0, rtol=1e-12)
 
 
-def test_admissions_excerpt_matches_pandas_data_prep():
-    _assert_matches_pandas(datasets.admissions(), EXCERPT)
+def test_admissions_default_matches_pandas_data_prep():
+    _assert_matches_pandas(datasets.admissions(), PACKAGED)
 
 
-def test_admissions_full_file_matches_pandas_data_prep(full_admissions):
-    a = datasets.admissions(full_admissions)
-    assert a.X_train.shape == (360, 6) and a.X_test.shape == (40, 6)
-    _assert_matches_pandas(a, full_admissions)
+def test_admissions_path_reads_that_file(tmp_path):
+    # the first 40 rows (the excerpt the tutorial prints): 36 training rows, 4 test rows
+    p = tmp_path / "head.csv"
+    p.write_text("\n".join(PACKAGED.read_text().splitlines()[:41]) + "\n")
+    a = datasets.admissions(p)
+    assert a.X_train.shape == (36, 6) and a.X_test.shape == (4, 6)
+    _assert_matches_pandas(a, p)
 
 
-def test_admissions_split_is_the_tutorials_seeded_choice(full_admissions):
+def test_admissions_split_is_the_tutorials_seeded_choice():
     # Train rows in np.random.choice order, test rows in file order.
-    raw = np.loadtxt(full_admissions, delimiter=",", skiprows=1)
+    raw = np.loadtxt(PACKAGED, delimiter=",", skiprows=1)
     np.random.seed(21)
     sample = np.random.choice(np.arange(400), size=360, replace=False)
     rest = np.setdiff1d(np.arange(400), sample)
-    a = datasets.admissions(full_admissions)
+    a = datasets.admissions()
     npt.assert_array_equal(a.y_train, raw[sample, 0])
     npt.assert_array_equal(a.y_test, raw[rest, 0])
     npt.assert_array_equal(np.argmax(a.X_train[:, 2:], axis=1) + 1, raw[sample, 3])
 
 
-def test_excerpt_is_the_tutorials_40_rows():
-    lines = EXCERPT.read_text().splitlines()
+def test_packaged_file_is_the_ucla_table():
+    data = PACKAGED.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == UCLA_SHA256
+    lines = data.decode().splitlines()
     assert lines[0] == "admit,gre,gpa,rank"
-    assert len(lines) == 41
-    assert lines[1] == "0,380,3.61,3" and lines[-1] == "1,520,2.68,3"
+    assert len(lines) == 401
+    assert lines[1] == "0,380,3.61,3" and lines[40] == "1,520,2.68,3"
 
 
-def test_excerpt_is_the_head_of_the_full_file(full_admissions):
-    full = full_admissions.read_text().splitlines()
-    assert EXCERPT.read_text().splitlines() == [line.strip() for line in full[:41]]
+def test_packaged_file_is_in_the_package_data():
+    # pyproject ships data/*.csv: the file must match that pattern to reach a wheel
+    assert PACKAGED.parent.name == "data" and PACKAGED.suffix == ".csv"
+    toml = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert 'fastbp = ["data/*.csv"]' in toml
 
 
 def test_admissions_leaves_global_random_state_alone():
@@ -181,7 +183,7 @@ def test_admissions_leaves_global_random_state_alone():
 
 
 def test_admissions_any_column_order_extra_columns_ignored(tmp_path):
-    rows = EXCERPT.read_text().splitlines()[1:]
+    rows = PACKAGED.read_text().splitlines()[1:]
     p = tmp_path / "shuffled.csv"
     out = ["name,rank,gpa,extra,admit,gre"]
     for i, row in enumerate(rows):
@@ -195,7 +197,7 @@ def test_admissions_any_column_order_extra_columns_ignored(tmp_path):
 
 
 def test_admissions_accepts_crlf_and_blank_lines(tmp_path):
-    rows = EXCERPT.read_text().splitlines()
+    rows = PACKAGED.read_text().splitlines()
     p = tmp_path / "crlf.csv"
     p.write_bytes(("\r\n".join(rows[:10] + [""] + rows[10:]) + "\r\n\r\n").encode())
     got, ref = datasets.admissions(p), datasets.admissions()

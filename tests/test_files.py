@@ -88,6 +88,33 @@ def test_save_is_atomic(tmp_path, model, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
 
 
+def test_save_errors_name_the_users_path_not_a_temporary_file(tmp_path, model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as err:
+        model.save("nodir/model.npz")
+    assert str(err.value) == "folder 'nodir' does not exist (saving 'nodir/model.npz')"
+    (tmp_path / "plain").write_text("a file, not a folder")
+    with pytest.raises(NotADirectoryError, match="'plain' is not a folder"):
+        model.save("plain/model.npz")
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(IsADirectoryError, match="'sub' is a folder"):
+        model.save("sub")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "sub"]
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
+def test_save_failure_while_writing_names_the_users_path(tmp_path, model, monkeypatch):
+    def failing_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError) as err:
+        model.save(tmp_path / "m.npz")
+    assert str(tmp_path / "m.npz") in str(err.value) and "No space left" in str(err.value)
+    assert ".tmp" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_save_uses_the_name_as_given(tmp_path, model):
     model.save(tmp_path / "model.bin")
     assert (tmp_path / "model.bin").is_file()

@@ -43,7 +43,7 @@ def test_loss_curve_from_history(tmp_path):
     fig = plot.loss_curve(h, path=out, figsize=(4, 3), dpi=50)
     _check_png(out, 200, 150)
     ax = fig.axes[0]
-    assert ax.get_yscale() == "log"  # spans > 2 decades
+    assert ax.get_yscale() == "log"  # spans decades
     x = ax.lines[0].get_xdata()
     assert x[0] == 0 and x[-1] == 4990  # epochs, not record numbers
 
@@ -53,6 +53,15 @@ def test_loss_curve_from_array_linear_scale(tmp_path):
                           figsize=(5, 4), title=None, label="train")
     _check_png(tmp_path / "sub" / "l.png", 200, 160)
     assert fig.axes[0].get_yscale() == "linear"
+
+
+@pytest.mark.parametrize("high, scale", [(9.9, "linear"), (10.0, "log"), (11.7, "log")])
+def test_loss_curve_log_axis_from_one_decade(high, scale):
+    # 11.7: the regression tutorial's curve (914 down to 78), flat on a linear axis
+    loss = np.geomspace(high, 1.0, 200)
+    assert plot.loss_curve(loss).axes[0].get_yscale() == scale
+    assert plot.loss_curve(loss, logy=False).axes[0].get_yscale() == "linear"
+    assert plot.loss_curve(loss[:1] * 0 + 2.0, logy=True).axes[0].get_yscale() == "log"
 
 
 def test_loss_curve_without_path_writes_nothing(tmp_path):

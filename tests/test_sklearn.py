@@ -1,10 +1,11 @@
 """fastbp.sklearn: scikit-learn's estimator checks, trajectory parity with scikit-learn's
-own MLP, and the meta-estimators (Pipeline, GridSearchCV, cross_val_score, pickling)."""
+own MLP (sgd, adam, lbfgs), the meta-estimators (Pipeline, GridSearchCV, cross_val_score,
+pickling), and the details scikit-learn's users rely on (assigning coefs_ / intercepts_,
+estimators built from their attributes, divergence, partial_fit's availability)."""
 import pickle
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 import fastbp  # noqa: E402
 from fastbp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
-ADMISSIONS_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "admissions.csv"
 TOL = 1e-9  # parity with scikit-learn: max |difference| of any weight or bias
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -41,7 +41,9 @@ def _expected_failed(estimator):
 
 
 # scikit-learn's own suite runs its MLPs with max_iter=100; so do we (default (100,) units)
-@parametrize_with_checks([MLPRegressor(max_iter=100), MLPClassifier(max_iter=100)],
+@parametrize_with_checks([MLPRegressor(max_iter=100), MLPClassifier(max_iter=100),
+                          MLPRegressor(solver="lbfgs", max_iter=100),
+                          MLPClassifier(solver="lbfgs", max_iter=100)],
                          expected_failed_checks=_expected_failed)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
@@ -281,9 +283,7 @@ def test_convergence_warning_like_sklearn():
 
 @pytest.fixture
 def admissions():
-    if not ADMISSIONS_CSV.is_file():
-        pytest.skip(f"admissions data not found at {ADMISSIONS_CSV}")
-    return fastbp.datasets.admissions(ADMISSIONS_CSV)
+    return fastbp.datasets.admissions()
 
 
 def test_grid_search_on_admissions(admissions):
@@ -382,8 +382,7 @@ def test_verbose_shows_progress(capsys):
 
 
 @pytest.mark.parametrize("params, match", [
-    (dict(solver="lbfgs"), "lbfgs.*not available"),
-    (dict(solver="newton"), "solver must be 'sgd' or 'adam'"),
+    (dict(solver="newton"), "solver must be 'lbfgs', 'sgd' or 'adam'"),
     (dict(solver="sgd", momentum=1.0), "momentum=1"),
     (dict(activation="softplus"), "activation must be one of"),
     (dict(learning_rate="cyclic"), "learning_rate must be one of"),
@@ -455,3 +454,366 @@ def test_import_error_names_the_extra():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert 'pip install "fastbp[sklearn]"' in out
+
+
+# ------------------------------------------------------------------------------ lbfgs
+
+LBFGS = dict(hidden_layer_sizes=(7, 5), solver="lbfgs", alpha=1e-3, max_iter=10, tol=0.0,
+             random_state=3)
+LBFGS_TOL = 1e-10  # over 10 iterations; further on the two part by rounding
+KINDS = ["regression", "binary", "multi-class", "multi-label", "multi-output"]
+
+
+def _assert_same_lbfgs(ref, got):
+    assert _max_weight_diff(ref, got) <= LBFGS_TOL
+    assert got.n_iter_ == ref.n_iter_
+    assert got.loss_ == pytest.approx(ref.loss_, rel=LBFGS_TOL)
+
+
+@pytest.mark.parametrize("kind, activation", [
+    (kind, activation) for kind in KINDS for activation in ["identity", "logistic", "tanh",
+                                                             "relu"]
+    # here the 6th line search probes a point where a class probability is below 2.2e-16:
+    # scikit-learn's clipped log-loss and fastbp's exact one differ there (next test)
+    if (kind, activation) != ("multi-class", "relu")])
+def test_lbfgs_equals_sklearn(kind, activation):
+    ref, got = _fit_both(kind, activation=activation, **LBFGS)
+    assert ref.n_iter_ == 10
+    _assert_same_lbfgs(ref, got)
+
+
+def test_lbfgs_log_loss_is_exact_where_sklearns_is_clipped():
+    """scikit-learn clips probabilities to [eps, 1 - eps] in its log-loss (not in its
+    gradient); fastbp computes the loss from the logits, exactly.  The two objectives
+    differ only where a probability of a true class is below eps = 2.2e-16."""
+    from scipy.special import log_softmax
+    from sklearn.preprocessing import LabelBinarizer
+    X, y = _targets("multi-class")
+    params = dict(LBFGS, activation="relu", max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref, got = skn.MLPClassifier(**params).fit(X, y), MLPClassifier(**params).fit(X, y)
+    Y = LabelBinarizer().fit_transform(y)
+    theta = 30 * np.hstack([a.ravel() for a in ref.coefs_ + ref.intercepts_])
+    f_ref, g_ref = ref._loss_grad_lbfgs(theta, X, Y, None,
+                                        *_sk_buffers(X, [X.shape[1], 7, 5, Y.shape[1]]))
+    f_got, g_got = got._loss_grad_lbfgs(theta, X, Y, None)
+    np.testing.assert_allclose(g_got, g_ref, rtol=1e-10, atol=1e-14)
+    a = X
+    for W, b in zip(ref.coefs_[:-1], ref.intercepts_[:-1]):
+        a = np.maximum(a @ W + b, 0)
+    log_p = log_softmax(a @ ref.coefs_[-1] + ref.intercepts_[-1], axis=1)
+    assert log_p[Y == 1].min() < np.log(np.finfo(float).eps)  # saturated: clipped there
+    penalty = 0.5 * LBFGS["alpha"] * sum((W ** 2).sum() for W in ref.coefs_) / len(y)
+    exact = -log_p[Y == 1].mean() + penalty
+    clipped = -np.maximum(log_p[Y == 1], np.log(np.finfo(float).eps)).mean() + penalty
+    assert f_got == pytest.approx(exact, rel=1e-12)
+    assert f_ref == pytest.approx(clipped, rel=1e-12) and f_ref < f_got
+
+
+@pytest.mark.parametrize("kind", ["regression", "binary", "multi-class", "multi-output"])
+def test_lbfgs_sample_weight_equals_sklearn(kind):
+    X, y = _targets(kind)
+    w = np.random.default_rng(1).uniform(0.1, 3.0, size=len(y))
+    sk_cls, fb_cls = _pair(kind)
+    params = dict(LBFGS, activation="tanh", alpha=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = sk_cls(**params).fit(X, y, sample_weight=w)
+        got = fb_cls(**params).fit(X, y, sample_weight=w)
+    _assert_same_lbfgs(ref, got)
+
+
+def _tutorial_sets():
+    X, y = fastbp.datasets.xor_easy()
+    sets = [("xor", X, y.ravel())]
+    a = fastbp.datasets.admissions(ADMISSIONS_CSV if ADMISSIONS_CSV.is_file() else None)
+    sets.append(("admissions", np.vstack([a.X_train, a.X_test]),
+                 np.concatenate([a.y_train, a.y_test]).ravel()))
+    return sets
+
+
+@pytest.mark.parametrize("estimator", ["MLPClassifier", "MLPRegressor"])
+@pytest.mark.parametrize("name, X, y", _tutorial_sets())
+def test_lbfgs_on_the_tutorials_data_equals_sklearn(name, X, y, estimator):
+    params = dict(LBFGS, hidden_layer_sizes=(8,), activation="logistic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = getattr(skn, estimator)(**params).fit(X, y)
+        got = getattr(sys.modules["fastbp.sklearn"], estimator)(**params).fit(X, y)
+    _assert_same_lbfgs(ref, got)
+
+
+def _warnings_of(est, X, y):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(X, y)
+    return [(w.category, str(w.message)) for w in caught]
+
+
+@pytest.mark.parametrize("params, warned", [
+    (dict(max_iter=5), True),  # iterations: the message suggests raising max_iter
+    (dict(max_iter=150, max_fun=8), True),  # evaluations
+    (dict(max_iter=500, tol=1e-2), False),  # converged: no warning
+], ids=["max_iter", "max_fun", "converged"])
+def test_lbfgs_convergence_warning_is_sklearns(params, warned):
+    X, y = _targets("multi-class")
+    params = dict(LBFGS, activation="tanh", **params)
+    want = _warnings_of(skn.MLPClassifier(**params), X, y)
+    got = _warnings_of(MLPClassifier(**params), X, y)
+    assert got == want
+    assert bool(want) == warned
+
+
+def _sk_buffers(X, units):
+    """The activations, deltas and gradient buffers scikit-learn's _loss_grad_lbfgs takes."""
+    return ([X] + [np.empty((len(X), u)) for u in units[1:]],
+            [np.empty((len(X), u)) for u in units[1:]],
+            [np.empty((a, b)) for a, b in zip(units[:-1], units[1:])],
+            [np.empty(b) for b in units[1:]])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lbfgs_loss_grad_equals_sklearns(kind):
+    """scikit-learn's private objective, as scikit-learn's own test_gradient calls it."""
+    from sklearn.preprocessing import LabelBinarizer
+    X, y = _targets(kind)
+    sk_cls, fb_cls = _pair(kind)
+    params = dict(LBFGS, activation="tanh", max_iter=1, alpha=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref, got = sk_cls(**params).fit(X, y), fb_cls(**params).fit(X, y)
+    Y = y.reshape(len(y), -1) if kind in ("regression", "multi-output") else \
+        LabelBinarizer().fit_transform(y)
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        theta = np.hstack([a.ravel() for a in ref.coefs_ + ref.intercepts_])
+        theta = theta + rng.normal(0, 0.3, theta.shape)
+        buffers = _sk_buffers(X, [X.shape[1], 7, 5, Y.shape[1]])
+        f_ref, g_ref = ref._loss_grad_lbfgs(theta, X, Y, None, *buffers)
+        f_got, g_got = got._loss_grad_lbfgs(theta, X, Y, None, *buffers)
+        assert f_got == pytest.approx(f_ref, rel=1e-14)
+        np.testing.assert_allclose(g_got, g_ref, rtol=1e-12, atol=1e-15)
+        # like scikit-learn's, it leaves the network at theta
+        np.testing.assert_array_equal(
+            np.hstack([a.ravel() for a in got.coefs_ + got.intercepts_]), theta)
+
+
+def test_lbfgs_warm_start_equals_sklearn():
+    X, y = _targets("binary")
+    params = dict(LBFGS, activation="relu", max_iter=4, warm_start=True)
+    ref, got = skn.MLPClassifier(**params), MLPClassifier(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for est in (ref, got):
+            est.fit(X, y)
+            est.fit(X, y)
+    _assert_same_lbfgs(ref, got)
+    assert got.n_iter_ == 4
+
+
+@pytest.mark.parametrize("kind", ["regression", "multi-class"])
+def test_lbfgs_fitted_attributes_are_sklearns(kind):
+    ref, got = _fit_both(kind, activation="tanh", **dict(LBFGS, early_stopping=True))
+    public = lambda est: {a for a in vars(est) if a.endswith("_") and not a.startswith("_")}  # noqa: E731
+    assert public(got) == public(ref)  # no loss_curve_, validation_scores_, best_loss_
+    assert not hasattr(got, "_optimizer") and not hasattr(ref, "_optimizer")
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_partial_fit_is_absent_for_lbfgs(cls):
+    assert not hasattr(cls(solver="lbfgs"), "partial_fit")
+    assert hasattr(cls(solver="sgd"), "partial_fit") and hasattr(cls(), "partial_fit")
+    est = cls(solver="sgd").set_params(solver="lbfgs")
+    with pytest.raises(AttributeError, match="has no attribute 'partial_fit'") as info:
+        est.partial_fit
+    assert str(info.value.__cause__) == ("partial_fit is only available for stochastic "
+                                         "optimizers. lbfgs is not stochastic.")
+
+
+# ------------------------------------------------------------ coefs_ and intercepts_
+
+def _assign(est, new_coefs, new_intercepts, order):
+    if order == "coefs, then intercepts":
+        est.coefs_ = [c.copy() for c in new_coefs]
+        est.intercepts_ = [b.copy() for b in new_intercepts]
+    elif order == "intercepts, then coefs":
+        est.intercepts_ = [b.copy() for b in new_intercepts]
+        est.coefs_ = [c.copy() for c in new_coefs]
+    elif order == "items":
+        for l in range(len(new_coefs)):
+            est.coefs_[l] = new_coefs[l].copy()
+            est.intercepts_[l] = new_intercepts[l].copy()
+    elif order == "items, intercepts first, last layer first":
+        for l in reversed(range(len(new_coefs))):
+            est.intercepts_[l] = new_intercepts[l].copy()
+        for l in reversed(range(len(new_coefs))):
+            est.coefs_[l] = new_coefs[l].copy()
+    elif order == "list of coefs, items of intercepts":
+        est.intercepts_[1] = new_intercepts[1].copy()
+        est.coefs_ = [c.copy() for c in new_coefs]
+        est.intercepts_[0] = new_intercepts[0].copy()
+        est.intercepts_[2] = new_intercepts[2].copy()
+
+
+@pytest.mark.parametrize("order", [
+    "coefs, then intercepts", "intercepts, then coefs", "items",
+    "items, intercepts first, last layer first", "list of coefs, items of intercepts"])
+def test_assigned_coefs_and_intercepts_are_used_in_any_order(order):
+    X, y = _targets("multi-class")
+    ref, got = _fit_both("multi-class", activation="tanh", **PLAIN_SGD)
+    rng = np.random.default_rng(7)
+    new_coefs = [rng.normal(size=c.shape) for c in ref.coefs_]
+    new_intercepts = [rng.normal(size=b.shape) for b in ref.intercepts_]
+    for est in (ref, got):
+        _assign(est, new_coefs, new_intercepts, order)
+    np.testing.assert_allclose(got.predict_proba(X), ref.predict_proba(X), rtol=1e-12,
+                               atol=1e-15)
+    for a, b in zip(got.coefs_ + got.intercepts_, new_coefs + new_intercepts):
+        np.testing.assert_array_equal(a, b)
+    # the assignment survives pickling, and training continues from it
+    _assign(got, [c + 1 for c in new_coefs], [b - 1 for b in new_intercepts], order)
+    copy = pickle.loads(pickle.dumps(got))
+    np.testing.assert_array_equal(copy.predict_proba(X), got.predict_proba(X))
+    _assign(ref, [c + 1 for c in new_coefs], [b - 1 for b in new_intercepts], order)
+    for est in (ref, got):
+        est.partial_fit(X, y)
+    assert _max_weight_diff(ref, got) <= TOL
+
+
+def test_assigned_arrays_of_the_wrong_shape_are_refused_and_nothing_is_written():
+    X, y = _targets("regression")
+    est = MLPRegressor(**PLAIN_SGD).fit(X, y)
+    params = est._model.params.copy()
+    intercepts = est.intercepts_
+    est.intercepts_ = [np.zeros_like(b) for b in est.intercepts_]
+    est.coefs_ = [np.zeros((2, 2))] + est.coefs_[1:]
+    with pytest.raises(ValueError, match=r"coefs_\[0\] has shape \(2, 2\), expected \(4, 7\)"):
+        est.predict(X)
+    np.testing.assert_array_equal(est._model.params, params)  # intercepts_ not written
+    est.coefs_, est.intercepts_ = est._views["coefs_"], intercepts
+    assert np.isfinite(est.predict(X)).all()
+
+
+def _hand_built(cls):
+    """scikit-learn's test_fit: a fitted estimator made from its attributes."""
+    mlp = cls(solver="sgd", learning_rate_init=0.1, alpha=0.1, activation="logistic",
+              random_state=1, max_iter=1, hidden_layer_sizes=2, momentum=0)
+    mlp.coefs_ = [np.array([[0.1, 0.2], [0.3, 0.1], [0.5, 0]]), np.array([[0.1], [0.2]])]
+    mlp.intercepts_ = [np.array([0.1, 0.1]), np.array([1.0])]
+    mlp.n_outputs_, mlp.n_features_in_, mlp.n_iter_, mlp.n_layers_ = 1, 3, 0, 3
+    mlp.out_activation_ = "logistic"
+    mlp.t_ = 0
+    mlp.best_loss_ = np.inf
+    mlp.loss_curve_ = []
+    mlp._no_improvement_count = 0
+    return mlp
+
+
+def test_estimator_built_from_its_attributes_trains_like_sklearns():
+    X = np.array([[0.6, 0.8, 0.7], [0.2, 0.1, 0.9]])
+    y = np.array([0, 1])
+    ref, got = _hand_built(skn.MLPClassifier), _hand_built(MLPClassifier)
+    for est in (ref, got):
+        est.partial_fit(X, y, classes=[0, 1])
+        est.partial_fit(X, y)
+    _assert_same_run(ref, got)
+    np.testing.assert_allclose(got.predict_proba(X), ref.predict_proba(X), rtol=1e-12)
+    assert got.coefs_[0].dtype == np.float64
+
+
+def test_estimator_built_from_its_attributes_predicts():
+    est = _hand_built(MLPRegressor)
+    est.out_activation_ = "identity"
+    X = np.array([[0.6, 0.8, 0.7]])
+    h = 1 / (1 + np.exp(-(X @ est.coefs_[0] + est.intercepts_[0])))
+    np.testing.assert_allclose(est.predict(X), h @ est.coefs_[1][:, 0] + 1.0, rtol=1e-14)
+
+
+# ------------------------------------------------------------------------- divergence
+
+def _diverging(**kw):
+    from sklearn.datasets import load_iris
+    X, y = load_iris(return_X_y=True)
+    params = dict(hidden_layer_sizes=100, activation="identity", solver="sgd",
+                  learning_rate_init=1, shuffle=True, max_iter=20, random_state=0)
+    return MLPRegressor(**dict(params, **kw)), X, y
+
+
+def test_divergence_with_early_stopping_ends_as_sklearn_does():
+    est, X, y = _diverging(early_stopping=True, n_iter_no_change=10)
+    with pytest.warns(RuntimeWarning, match=r"diverged at epoch (\d+) \(counted from 0\) of "
+                                            r"this fit \(max_iter=20\); likely cause: too "
+                                            r"large a learning rate: try a smaller "
+                                            r"learning_rate_init than 1"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X, y)
+    scores = est.validation_scores_
+    assert est.n_iter_ == 20 and len(scores) == 20 and len(est.loss_curve_) == 20
+    assert isinstance(scores[-1], float) and np.isnan(scores[-1])
+    # scores are NaN once the outputs overflow, and stay so; the loss from the
+    # divergence on
+    first_nan = int(np.argmax(np.isnan(scores)))
+    assert np.isfinite(scores[:first_nan]).all() and np.isnan(scores[first_nan:]).all()
+    assert np.isnan(est.loss_curve_[-1])
+    assert est.best_validation_score_ == max(scores[:first_nan])
+    # the best weights are back
+    assert all(np.isfinite(a).all() for a in est.coefs_ + est.intercepts_)
+    np.testing.assert_array_equal(est._model.params, est._best_params)
+    assert np.isfinite(est.predict(X)).all()
+
+
+def test_divergence_without_early_stopping_names_the_fits_epoch_and_the_learning_rate():
+    est, X, y = _diverging()
+    with pytest.raises(ValueError, match="non-finite parameter weights") as info:
+        est.fit(X, y)
+    msg = str(info.value)
+    assert "diverged at epoch " in msg and "of this fit (max_iter=20)" in msg
+    assert "smaller learning_rate_init than 1" in msg
+    assert "too large for float64" not in msg and "scale" not in msg
+
+
+def test_divergence_on_huge_data_blames_the_data():
+    X, y = _targets("regression")
+    with pytest.raises(ValueError, match=r"non-finite parameter weights.*data \(max \|X\| "
+                                         r"= .*e\+200.*too large for float64"):
+        MLPRegressor(**PLAIN_SGD).fit(X * 1e200, y)
+    with pytest.raises(ValueError, match=r"non-finite parameter weights.*L-BFGS cannot "
+                                         r"start.*too large for float64"):
+        MLPRegressor(**LBFGS).fit(X * 1e200, y)
+
+
+# ------------------------------------------------------------- scikit-learn's details
+
+def test_stratified_split_error_names_the_labels_as_sklearn():
+    X, y = [[1, 2], [2, 3], [3, 4], [4, 5]], [0, 0, 0, 1]
+    errors = []
+    for cls in (skn.MLPClassifier, MLPClassifier):
+        with pytest.raises(ValueError) as info:
+            cls(early_stopping=True).fit(X, y)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1] and "['True']" in errors[1]
+
+
+@pytest.mark.parametrize("solver, learning_rate", [
+    ("sgd", "constant"), ("sgd", "invscaling"), ("sgd", "adaptive"), ("adam", "constant")])
+def test_optimizer_view_reports_sklearns_learning_rate(solver, learning_rate):
+    X, y = _targets("binary")
+    params = dict(PLAIN_SGD, solver=solver, learning_rate=learning_rate, power_t=0.25,
+                  warm_start=True, max_iter=7, tol=1e-2, n_iter_no_change=1)
+    ref, got = skn.MLPClassifier(**params), MLPClassifier(**params)
+    assert not hasattr(got, "_optimizer")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for est in (ref, got):
+            est.fit(X, y)
+            est.fit(X, y)
+            est.partial_fit(X, y)
+    assert got._optimizer.learning_rate == pytest.approx(ref._optimizer.learning_rate,
+                                                         rel=1e-12)
+    assert got._optimizer.learning_rate_init == ref._optimizer.learning_rate_init
+    if learning_rate != "constant":
+        assert got._optimizer.learning_rate != got.learning_rate_init
+    with pytest.raises(AttributeError, match="read-only"):
+        got._optimizer.learning_rate = 1.0

@@ -42,8 +42,12 @@ def assert_rows_match_alone(res, X, y, epochs, record_every=1):
         if not row["diverged"]:
             assert row["final_loss"] == model.loss(X, y)
             finite = np.where(np.isfinite(h.loss), h.loss, np.inf)
-            assert row["best_loss"] == finite.min()
-            assert row["best_epoch"] == int(np.argmin(finite)) * record_every
+            if finite.min() <= row["final_loss"]:
+                assert row["best_loss"] == finite.min()
+                assert row["best_epoch"] == int(np.argmin(finite)) * record_every
+            else:  # the trained model itself is the best seen
+                assert row["best_loss"] == row["final_loss"]
+                assert row["best_epoch"] == epochs
 
 
 # -------------------------------------------------------------------- the grid
@@ -141,6 +145,64 @@ def test_diverged_rows_and_best(data):
     assert [r["model"] for r in res.best(3, by="best_loss")][-1] == 1
     with pytest.raises(ValueError, match="by must be"):
         res.best(by="lr")
+
+
+def _random_grid(rng, n):
+    """A random grid over every sweepable key, and random run settings."""
+    grid = {"lr": list(np.round(10.0 ** rng.uniform(-3, 0.5, size=rng.integers(1, 4)), 4)),
+            "seed": [int(v) for v in rng.integers(0, 1000, size=rng.integers(1, 3))],
+            "init": list(rng.choice(["uniform", "normal", "xavier"], size=rng.integers(1, 3),
+                                    replace=False))}
+    if rng.random() < 0.5:
+        grid["batch_size"] = [None, int(rng.integers(1, n + 1))]
+        grid["shuffle"] = [False, True]
+    run = dict(epochs=int(rng.integers(3, 40)), record_every=int(rng.integers(1, 6)))
+    return grid, run
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_best_loss_never_exceeds_final_loss_on_random_sweeps(case):
+    rng = np.random.default_rng(100 + case)
+    n = int(rng.integers(4, 20))
+    X, y = rng.normal(size=(n, 3)), rng.normal(size=(n, 2))
+    grid, run = _random_grid(rng, n)
+    res = fastbp.sweep(grid, X, y, **ARCH, **run)
+    every, epochs = run["record_every"], run["epochs"]
+    checked_alone = False
+    for row in res.rows:
+        if row["diverged"]:
+            continue
+        h = res.history.loss[row["model"]]
+        assert row["best_loss"] <= row["final_loss"], row
+        # best_epoch says where best_loss was seen: a record, or the end of training
+        if row["best_epoch"] == epochs:
+            assert row["best_loss"] == row["final_loss"]
+        else:
+            assert row["best_epoch"] % every == 0 and row["best_epoch"] < epochs
+            assert row["best_loss"] == h[row["best_epoch"] // every]
+        candidates = np.append(h[np.isfinite(h)], row["final_loss"])
+        assert row["best_loss"] == candidates.min()
+        if row["batch_size"] is None and not checked_alone:
+            # full batch: best_loss is the loss of the parameters after best_epoch epochs
+            model = fastbp.MLP(SIZES, activation=ARCH["activation"], loss=ARCH["loss"],
+                               init=row["init"], seed=row["seed"])
+            if row["best_epoch"]:
+                model.fit(X, y, epochs=row["best_epoch"], lr=row["lr"])
+            assert model.loss(X, y) == row["best_loss"]
+            checked_alone = True
+
+
+def test_readme_sweep_rows_agree():
+    # the README's example, shortened: full batch, the loss still falling at the end, so
+    # every row's best is its trained model (before, best_loss was the loss one epoch
+    # earlier and exceeded final_loss on 23 of 24 rows)
+    X, y = fastbp.datasets.xor_easy()
+    res = fastbp.sweep({"lr": [0.01, 0.1, 1.0], "seed": range(4)}, X, y,
+                       sizes=[2, 4, 4, 1], loss="sse", epochs=500)
+    for row in res.rows:
+        assert row["best_loss"] <= row["final_loss"]
+        assert (row["best_epoch"] == 500) == (row["best_loss"] == row["final_loss"])
+    assert sum(row["best_epoch"] == 500 for row in res.rows) >= 10
 
 
 def test_to_pandas(data):

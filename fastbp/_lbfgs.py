@@ -1,0 +1,397 @@
+"""Full-batch L-BFGS: SciPy's L-BFGS-B over the compiled loss and gradient.
+
+``MLP.fit(..., optimizer="lbfgs")`` and ``fastbp.sklearn``'s ``solver="lbfgs"`` both come
+here.  SciPy drives the iterations (it is an optional dependency, imported when a fit
+asks for L-BFGS); every evaluation of the objective is one call of the compiled
+``kernels.loops.loss_and_gradient`` over the whole training set, into buffers
+allocated once per fit.  The parameters SciPy proposes are handed to the kernel as they
+are (float64 models) or cast into one preallocated vector (float32 models): nothing is
+validated or allocated per evaluation except the gradient SciPy keeps.
+
+The objective, in terms of the model's loss L (fastbp's definition, sample weights
+included) and its gradient g:
+
+    f(p)  = loss_scale * L(p) + (l2 / 2) * sum of the squared weights (not biases)
+    df/dp = grad_scale * g(p) + l2 * weights (0 on biases)
+
+``MLP.fit`` uses loss_scale = grad_scale = 1.  scikit-learn's MLPs define their L-BFGS
+objective with sums over outputs where fastbp's losses average, and for squared error
+with a gradient k times that of the loss it reports (k outputs); the wrapper reproduces
+that through the two scales (fastbp/sklearn.py).
+"""
+import inspect
+import math
+import time
+import warnings
+
+import numpy as np
+
+from . import _config as C
+from . import _validation as V
+from . import _dispatch as D
+from .kernels import loops as L
+from .kernels import options as O
+from ._progress import make_bar
+from .errors import DivergenceError
+from .history import History
+
+# what MLP.fit's L-BFGS path reads; every other keyword must keep its default
+_USED = {"self", "X", "y", "epochs", "progress", "on_divergence", "optimizer", "l2",
+         "sample_weight", "tol", "max_fun"}
+TOL = 1e-4  # scikit-learn's defaults
+MAX_FUN = 15000
+
+
+def scipy_minimize():
+    """scipy.optimize.minimize, or an ImportError that says how to get it."""
+    try:
+        from scipy.optimize import minimize
+    except ImportError as exc:
+        raise ImportError(
+            'optimizer="lbfgs" (solver="lbfgs") needs SciPy, which is not installed; '
+            'install it with pip install "fastbp[lbfgs]" (or pip install scipy)') from exc
+    return minimize
+
+
+def _scipy_version():
+    import scipy
+    return tuple(int(p) for p in scipy.__version__.split(".")[:2] if p.isdigit())
+
+
+class StartNotFinite(Exception):
+    """The loss or gradient at the starting parameters is not finite: SciPy's line
+    search cannot start from there (with f = inf it even accepts every step)."""
+
+
+class Objective:
+    """f(x) -> (loss, gradient) for SciPy, with the buffers of one fit.
+
+    model: the fastbp.MLP (its parameters are not touched); x (n, n_in), y (n, n_out):
+    the data as the kernels take them (fastbp/_validation.py: kernel_ready); sw (n,)
+    sample weights in the model dtype or empty.  The first call raises StartNotFinite
+    if its loss or gradient is not finite.  This runs once per evaluation, and on the
+    tutorials' networks the kernel takes microseconds (XOR: ~4 us, the whole call ~6),
+    so it makes no checks and no allocation beyond the gradient it returns.
+    """
+
+    def __init__(self, model, x, y, sw, l2=0.0, loss_scale=1.0, grad_scale=1.0):
+        lay = model._layout
+        n = x.shape[0]
+        self.grad = np.zeros(lay.n_params, dtype=model.dtype)
+        self.work = O.make_work(lay.sizes_arr, 0, n, n, model.dtype, True)
+        self.net = model._net(n)
+        self.data = O.Data(x, y, sw)
+        # float64 models read SciPy's x directly; float32 ones a cast copy of it
+        self.cast = None if model.dtype == np.float64 else np.empty(lay.n_params, model.dtype)
+        self.l2 = float(l2)
+        # 1 on weights, 0 on biases: what L2 penalizes (scikit-learn: coefs_ only)
+        self.mask = None
+        if self.l2 != 0.0:
+            self.mask = np.zeros(lay.n_params)
+            for w in lay.weight_views(self.mask):
+                w[...] = 1.0
+        self.loss_scale = float(loss_scale)
+        self.grad_scale = float(grad_scale)
+        self.first = True
+
+    def __call__(self, x):
+        params = x
+        if self.cast is not None:
+            self.cast[...] = x
+            params = self.cast
+        f = L.loss_and_gradient(params, self.net, self.data, self.grad, self.work)
+        f *= self.loss_scale
+        # a new array each call: SciPy keeps the gradient it was given
+        if self.grad_scale == 1.0:
+            g = self.grad.astype(np.float64)
+        else:
+            g = np.multiply(self.grad, self.grad_scale, dtype=np.float64)
+        if self.mask is not None:
+            w = x * self.mask
+            f += 0.5 * self.l2 * float(np.dot(w, w))
+            w *= self.l2
+            g += w
+        if self.first:
+            self.first = False
+            if not (math.isfinite(f) and np.isfinite(g).all()):
+                raise StartNotFinite
+        return f, g
+
+
+def minimize(objective, x0, max_iter, max_fun, tol, on_iteration=None, iprint=-1,
+             via_scipy_minimize=False):
+    """SciPy's L-BFGS-B from x0 with scikit-learn's options (maxiter, maxfun, gtol = tol;
+    ftol SciPy's default).  ``objective(x)`` returns (loss, gradient);
+    ``on_iteration(x, f)`` is called after each iteration with SciPy's current iterate
+    (copy x to keep it).  Returns an OptimizeResult (x, fun, nit, nfev, status, message).
+
+    With SciPy >= 1.15 this drives SciPy's L-BFGS-B routine (``_lbfgsb.setulb``)
+    directly, with the loop ``scipy.optimize.minimize`` runs around it, step for step:
+    the results are bit-identical (tests/test_lbfgs.py checks it), and an evaluation
+    costs ~12 us on the XOR network instead of ~33 us, most of which was minimize's
+    bookkeeping (copying and comparing x, wrapping the function).  Older SciPy, a
+    routine whose signature changed, or ``via_scipy_minimize`` go through
+    ``scipy.optimize.minimize(method="L-BFGS-B")`` itself.
+    """
+    if not via_scipy_minimize and _scipy_version() >= (1, 15):
+        try:
+            return _setulb_loop(objective, x0, max_iter, max_fun, tol, on_iteration)
+        except _SetulbChanged:
+            pass
+    scipy_min = scipy_minimize()
+    options = {"maxfun": int(max_fun), "maxiter": int(max_iter), "gtol": float(tol)}
+    if _scipy_version() < (1, 15):  # later versions deprecate iprint (and print nothing)
+        options["iprint"] = iprint
+    callback = None
+    if on_iteration is not None:
+        def callback(intermediate_result):
+            on_iteration(intermediate_result.x, float(intermediate_result.fun))
+    # The loss and the gradient as two functions, the gradient the one computed with the
+    # loss: SciPy asks for both at each point, the loss first.  jac=True would wrap the
+    # objective in SciPy's memoizer, which compares and copies x twice more.
+    last = {}
+
+    def loss(x):
+        f, last["g"] = objective(x)
+        return f
+
+    def gradient(x):
+        return last["g"]
+
+    return scipy_min(loss, np.array(x0, dtype=np.float64), method="L-BFGS-B",
+                     jac=gradient, options=options, callback=callback)
+
+
+class _SetulbChanged(Exception):
+    """SciPy's L-BFGS-B routine does not take the arguments of SciPy 1.15-1.17."""
+
+
+_FTOL = 2.2204460492503131e-09  # minimize's default for L-BFGS-B (scikit-learn's too)
+_MAXCOR = 10
+_MAXLS = 20
+
+
+def _setulb_loop(objective, x0, max_iter, max_fun, tol, on_iteration):
+    """scipy.optimize._lbfgsb_py._minimize_lbfgsb without bounds, as in SciPy 1.15-1.17:
+    the same routine, the same arrays, the same stopping rules.  Like its
+    ScalarFunction, a point equal to the last one evaluated is not evaluated again
+    (that decides the count max_fun limits)."""
+    from scipy.optimize import OptimizeResult
+    try:
+        from scipy.optimize import _lbfgsb
+        from scipy.optimize._lbfgsb_py import status_messages, task_messages
+    except ImportError as exc:
+        raise _SetulbChanged from exc
+    x = np.array(x0, dtype=np.float64).ravel()
+    n = x.shape[0]
+    m = _MAXCOR
+    nbd = np.zeros(n, np.int32)  # no bounds
+    low = np.zeros(n, np.float64)
+    up = np.zeros(n, np.float64)
+    f = np.array(0.0, dtype=np.float64)
+    g = np.zeros((n,), dtype=np.float64)
+    wa = np.zeros(2 * m * n + 5 * n + 11 * m * m + 8 * m, np.float64)
+    iwa = np.zeros(3 * n, dtype=np.int32)
+    task = np.zeros(2, dtype=np.int32)
+    ln_task = np.zeros(2, dtype=np.int32)
+    lsave = np.zeros(4, dtype=np.int32)
+    isave = np.zeros(44, dtype=np.int32)
+    dsave = np.zeros(29, dtype=np.float64)
+    factr = _FTOL / np.finfo(float).eps
+    pgtol = float(tol)
+    # minimize's ScalarFunction evaluates x0 when it is made, before the routine starts
+    x_seen = x.copy()
+    f_seen, g_seen = objective(x_seen)
+    nfev = 1
+    iterations = 0
+    first = True
+    while True:
+        g = g.astype(np.float64)  # a copy, as minimize passes: the routine writes to it
+        try:
+            _lbfgsb.setulb(m, x, low, up, nbd, f, g, factr, pgtol, wa, iwa, task, lsave,
+                           isave, dsave, _MAXLS, ln_task)
+        except TypeError as exc:
+            if first:
+                raise _SetulbChanged from exc
+            raise
+        first = False
+        if task[0] == 3:  # the routine wants f and g at x
+            if not np.array_equal(x, x_seen):
+                x_seen = x.copy()
+                f_seen, g_seen = objective(x_seen)
+                nfev += 1
+            f, g = f_seen, g_seen
+        elif task[0] == 1:  # a new iterate
+            iterations += 1
+            if on_iteration is not None:
+                on_iteration(x, float(f))
+            if iterations >= max_iter:
+                task[0], task[1] = 5, 504
+            elif nfev > max_fun:
+                task[0], task[1] = 5, 502
+        else:
+            break
+    if task[0] == 4:
+        status = 0
+    elif nfev > max_fun or iterations >= max_iter:
+        status = 1
+    else:
+        status = 2
+    message = status_messages[task[0]] + ": " + task_messages[task[1]]
+    return OptimizeResult(fun=f, jac=g, nfev=nfev, njev=nfev, nit=iterations,
+                          status=status, message=message, x=x, success=status == 0)
+
+
+# ---- MLP.fit(optimizer="lbfgs") ---------------------------------------------------------
+
+def _is_default(value, default):
+    if value is default:
+        return True
+    if isinstance(value, (bool, int, float, str)) and type(value) is type(default):
+        return value == default
+    return False
+
+
+def check_unused(fit_function, arguments):
+    """ValueError naming the first fit keyword that L-BFGS cannot honour (anything but
+    its default: batches, shuffling, learning rates, schedules, momentum, validation,
+    callbacks, checkpoints, record_every, chunk sizes)."""
+    defaults = {p.name: p.default for p in inspect.signature(fit_function).parameters.values()}
+    for name, value in arguments.items():
+        if name in _USED or _is_default(value, defaults[name]):
+            continue
+        raise ValueError(
+            f"{name}={value!r} does not apply to optimizer='lbfgs' (full-batch L-BFGS over "
+            f"the whole training set, one record per iteration); leave {name} at its "
+            f"default {defaults[name]!r}.  L-BFGS takes epochs (its maximum number of "
+            f"iterations), tol, max_fun, l2, sample_weight, progress and on_divergence")
+
+
+def _check_tol_max_fun(tol, max_fun):
+    tol = TOL if tol is None else tol
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    max_fun = V.check_positive_int(MAX_FUN if max_fun is None else max_fun, "max_fun")
+    return float(tol), max_fun
+
+
+def fit(model, arguments):
+    """MLP.fit with optimizer="lbfgs"; ``arguments`` are fit's (its locals()).
+
+    Stops after ``epochs`` iterations, ``max_fun`` evaluations of the loss (checked at
+    the end of an iteration, as SciPy does), or when SciPy's L-BFGS-B converges: the
+    largest gradient component <= ``tol``, or a relative decrease of the loss below
+    SciPy's ftol.  The History has one record per iteration (the loss after it).
+    """
+    check_unused(type(model).fit, arguments)
+    scipy_minimize()  # the ImportError first, before any work
+    a = arguments
+    xt = model._inputs(a["X"])
+    n = xt.shape[0]
+    yt = model._targets(a["y"], n)
+    epochs = V.check_positive_int(a["epochs"], "epochs")
+    on_divergence = V.check_on_divergence(a["on_divergence"])
+    l2 = C._real(a["l2"], "l2", 0.0)
+    tol, max_fun = _check_tol_max_fun(a["tol"], a["max_fun"])
+    sw = V.check_sample_weight(a["sample_weight"], n, model.dtype)
+    if not model._fit_lock.acquire(blocking=False):
+        raise RuntimeError("this model is already being trained (fit is running in "
+                           "another thread); train a copy instead")
+    try:
+        if not np.isfinite(model.params).all():
+            raise ValueError("the model's parameters contain NaN or infinity (written "
+                             "through params, weights or biases?); set finite values "
+                             "before training")
+        # momentum or Adam moments from an earlier fit describe other parameters
+        model.reset_optimizer()
+        run = train(model, xt, yt, sw, max_iter=epochs, max_fun=max_fun, tol=tol, l2=l2,
+                    progress=bool(a["progress"]))
+    finally:
+        model._fit_lock.release()
+    hist = run.history()
+    if run.stopped == "interrupted":
+        from ._driver import warn_interrupted
+        warn_interrupted(run.iterations, epochs, stacklevel=3)
+    elif run.stopped == "diverged":
+        msg = run.divergence_message(model, xt, yt)
+        if on_divergence == "raise":
+            raise DivergenceError(msg, epoch=0, history=hist, model=model)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    return hist
+
+
+class Run:
+    """What one L-BFGS fit did: records, SciPy's result, why it stopped."""
+
+    def __init__(self):
+        self.losses = []  # the loss after each iteration
+        self.last_x = None  # the latest iterate (a copy), for Ctrl-C
+        self.result = None
+        self.stopped = None
+        self.seconds = 0.0
+
+    @property
+    def iterations(self):
+        return len(self.losses)
+
+    def history(self):
+        extra = {"optimizer": "lbfgs"}
+        if self.result is not None:
+            extra.update(nfev=int(self.result.nfev), status=int(self.result.status),
+                         message=str(self.result.message))
+        return History(loss=np.array(self.losses, dtype=np.float64),
+                       epochs=self.iterations, record_every=1, seconds=self.seconds,
+                       stopped=self.stopped, extra=extra)
+
+    @staticmethod
+    def divergence_message(model, xt, yt):
+        from .model import divergence_cause
+        cause = divergence_cause(model.dtype, float(np.abs(xt).max()),
+                                 float(np.abs(yt).max()), start_finite=False, lr_hint="")
+        return (f"L-BFGS cannot start: the loss or its gradient is NaN or infinite at the "
+                f"starting parameters (iteration 0). The model keeps them; likely cause: "
+                f"{cause}")
+
+
+def train(model, xt, yt, sw, max_iter, max_fun, tol, l2, loss_scale=1.0, grad_scale=1.0,
+          progress=False, iprint=-1, bar_desc="fit"):
+    """Run L-BFGS-B on the model's parameters, which end at SciPy's final iterate (after
+    Ctrl-C: the last completed iteration's; when the start is not finite: unchanged).
+    Returns the Run."""
+    objective = Objective(model, xt, yt, sw, l2, loss_scale, grad_scale)
+    run = Run()
+    bar = make_bar(max_iter, desc=bar_desc) if progress else None
+
+    def on_iteration(x, f):
+        run.losses.append(f)
+        if run.last_x is None:
+            run.last_x = np.empty_like(x)
+        run.last_x[...] = x
+        if bar is not None:
+            bar.update(1, f)
+
+    t0 = time.perf_counter()
+    try:
+        run.result = minimize(objective, model.params, max_iter, max_fun, tol, on_iteration,
+                              iprint)
+    except StartNotFinite:
+        run.stopped = "diverged"
+    except KeyboardInterrupt:
+        run.stopped = "interrupted"
+        if run.last_x is not None:
+            model.params = run.last_x
+    finally:
+        run.seconds = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+    res = run.result
+    if res is not None:
+        if res.status == 0:
+            run.stopped = "converged"
+        elif res.status == 1 and run.iterations < max_iter:
+            run.stopped = "max_fun"
+        elif res.status not in (0, 1):
+            run.stopped = "line_search"
+        model.params = res.x
+    return run

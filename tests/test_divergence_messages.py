@@ -1,0 +1,59 @@
+"""What a divergence message blames: the learning rate when the data are moderate, the
+data only when they are huge for the dtype, the starting parameters when the loss is not
+finite there although the data are moderate.  The epoch is that of the run."""
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp.model import divergence_cause
+
+X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]) * 7.9
+Y = np.array([0.0, 1.0, 1.0, 0.0])
+
+
+def _net(**kw):
+    return fastbp.MLP([2, 8, 1], activation=["relu", "identity"], seed=0, **kw)
+
+
+def _message(m, X, y, **kw):
+    with pytest.raises(fastbp.DivergenceError) as info:
+        m.fit(X, y, **kw)
+    return info.value, str(info.value)
+
+
+def test_moderate_data_and_a_large_learning_rate_blame_the_learning_rate():
+    e, msg = _message(_net(), X, Y, epochs=300, lr=1e3)
+    assert e.epoch > 0  # not at the start: the parameters grew
+    assert f"diverged at epoch {e.epoch} (counted from 0) of this run's 300" in msg
+    assert "likely cause: too large a learning rate: try a smaller learning rate than " \
+           "lr=1000" in msg
+    assert "data" not in msg.split("likely cause")[1]
+
+
+def test_epoch_counts_within_the_whole_fit_not_a_chunk():
+    # chunk_seconds tiny: many chunks; the epoch is still the fit's
+    e, msg = _message(_net(), X, Y, epochs=300, lr=30.0, chunk_seconds=1e-6)
+    assert e.epoch > 1 and f"at epoch {e.epoch} (counted from 0) of this run's 300" in msg
+
+
+def test_huge_data_are_blamed():
+    _, msg = _message(_net(), X * 1e160, Y, epochs=5, lr=0.01)
+    assert "likely cause: the loss is not finite even at the starting parameters: the " \
+           "data (max |X| = 7.9e+160" in msg
+    assert "too large for float64" in msg and "learning rate" not in msg
+
+
+def test_huge_starting_parameters_with_moderate_data_are_blamed():
+    m = fastbp.MLP([2, 8, 1], activation="identity", init=1e120)
+    _, msg = _message(m, X, Y, epochs=5, lr=0.01)
+    assert "likely cause: the starting parameters: the loss is not finite there although " \
+           "the data are moderate (max |X| = 7.9" in msg
+    assert "too large for float64" not in msg
+
+
+@pytest.mark.parametrize("dtype, huge", [("float64", 1.4e150), ("float32", 1.9e15)])
+def test_what_counts_as_huge(dtype, huge):
+    assert "scale them down" in divergence_cause(np.dtype(dtype), huge, 1.0, True, "lr")
+    assert divergence_cause(np.dtype(dtype), huge / 2, 1.0, True, "lr") == \
+        "lr, or scale the data down (max |X| = %.3g, max |y| = 1)" % (huge / 2)
+    assert divergence_cause(np.dtype(dtype), 100.0, 1.0, True, "lr") == "lr"
