@@ -35,7 +35,7 @@ def eligible(sizes, acts, loss, n, full_batch, shared_data, product_min_work):
     if not (full_batch and shared_data and loss in (MSE, HALF_MSE, SSE)):
         return False
     return not any(a == SOFTMAX for a in acts) and not any(
-        uses_products.py_func(a, b, n, product_min_work)
+        getattr(uses_products, "py_func", uses_products)(a, b, n, product_min_work)
         for a, b in zip(sizes[:-1], sizes[1:]))
 
 
