@@ -130,60 +130,54 @@ def _call_compiled(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta,
 
 
 # ------------------------------------------------------------------ the recurrence
-@njit(**JIT)
 def recurrence(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """The gemm contract in loops, each element of c the fused multiply-add chain over
     p = 0..k-1 from 0 in c's dtype, then alpha * sum (+ beta * c[i, j] when beta != 0),
-    alpha and beta rounded to c's dtype: the tiles' numbers.  a, b, c: 1-D arrays of one
-    float dtype starting at the matrices' first elements.  The loop over j is innermost,
-    so it vectorizes when op(b) has contiguous rows; each element's chain is unchanged by
-    that order."""
+    alpha and beta rounded to c's dtype: the tiles' numbers.  a, b, c: 1-D arrays (or,
+    compiled, pointers) of one float dtype starting at the matrices' first elements.
+    The loop over j is innermost, so it vectorizes when op(b) has contiguous rows; each
+    element's chain is unchanged by that order.  Its accumulators are c's row itself,
+    or, when beta != 0 (c's old values are needed at the end), a scratch row."""
     alpha = cast_like(c, alpha)
     beta = cast_like(c, beta)
-    acc = np.empty(n, dtype=c.dtype)
+    acc = c if beta == 0 else np.empty(n * m, dtype=c.dtype)
     for i in range(m):
-        acc[:] = 0
+        row_acc = i * (ldc if beta == 0 else n)
+        for j in range(n):
+            acc[row_acc + j] = 0
         for p in range(k):
             x = a[p * lda + i] if trans_a == TRANS else a[i * lda + p]
             if trans_b == TRANS:
                 for j in range(n):
-                    acc[j] = fma(x, b[j * ldb + p], acc[j])
+                    acc[row_acc + j] = fma(x, b[j * ldb + p], acc[row_acc + j])
             else:
                 row = p * ldb
                 for j in range(n):
-                    acc[j] = fma(x, b[row + j], acc[j])
+                    acc[row_acc + j] = fma(x, b[row + j], acc[row_acc + j])
         out = i * ldc
         if beta == 0:
             for j in range(n):
-                c[out + j] = alpha * acc[j]
+                c[out + j] = alpha * acc[row_acc + j]
         else:
             for j in range(n):
-                c[out + j] = alpha * acc[j] + beta * c[out + j]
+                c[out + j] = alpha * acc[row_acc + j] + beta * c[out + j]
 
 
-@njit(**JIT)
-def _extent(rows, cols, ld):
-    """Elements spanned by ``rows`` rows of stride ld, the last ``cols`` long."""
-    return 0 if rows == 0 or cols == 0 else (rows - 1) * ld + cols
-
-
-@njit(**JIT)
-def _recurrence_on_pointers(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta,
-                            c, ldc):
-    ra, ca = (k, m) if trans_a == TRANS else (m, k)
-    rb, cb = (n, k) if trans_b == TRANS else (k, n)
-    recurrence(order, trans_a, trans_b, m, n, k, alpha, carray(a, _extent(ra, ca, lda)), lda,
-               carray(b, _extent(rb, cb, ldb)), ldb, beta, carray(c, _extent(m, n, ldc)),
-               ldc)
-
-
-# --------------------------------------------------------------------------- units
 def _recurrence_unit(dtype):
+    """The recurrence compiled alone, with the units' C signature: one function (its
+    code is the whole unit, compiled in well under a second)."""
+    run = njit(**dict(JIT, inline="always"))(recurrence)
+
     @cfunc(SIGNATURE[dtype], **JIT)
     def recurrence_unit(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
                         ldc):
-        _recurrence_on_pointers(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
-                                beta, c, ldc)
+        ra, ca = (k, m) if trans_a == TRANS else (m, k)
+        rb, cb = (n, k) if trans_b == TRANS else (k, n)
+        a_len = 0 if ra == 0 or ca == 0 else (ra - 1) * lda + ca
+        b_len = 0 if rb == 0 or cb == 0 else (rb - 1) * ldb + cb
+        c_len = 0 if m == 0 or n == 0 else (m - 1) * ldc + n
+        run(order, trans_a, trans_b, m, n, k, alpha, carray(a, a_len), lda,
+            carray(b, b_len), ldb, beta, carray(c, c_len), ldc)
     return recurrence_unit
 
 
@@ -199,6 +193,7 @@ def _tiles_unit(dtype):
 
 def _python_recurrence(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
                        ldc):
+    """The recurrence on the views ``address`` makes in Python (NUMBA_DISABLE_JIT)."""
     recurrence(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
 

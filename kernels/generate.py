@@ -46,7 +46,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 8  # part of the module name: bump when the generated code changes meaning
+VERSION = 9  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of this many samples (one AVX-512 vector of float64):
@@ -171,10 +171,21 @@ from fastbp.kernels.intrinsics import fma
 from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, end_of_chunk,
                                   stateful_update)
 from fastbp.kernels.rng import permutation_into
-from fastbp.kernels.rules import (activate, activate_narrow, delta_scale, dot4,
-                                  l2_penalty, learning_rate, loss_of_sum, loss_term,
-                                  output_delta, plain_step, sum4, times_derivative)
+from fastbp.kernels import rules
+from fastbp.kernels.rules import l2_penalty, learning_rate
 from fastbp.kernels.sample import sample_epoch_body
+
+# the rules this module calls at many places: called, not inlined (rules.called)
+activate = rules.called(rules.activate)
+activate_narrow = rules.called(rules.activate_narrow)
+delta_scale = rules.called(rules.delta_scale)
+dot4 = rules.called(rules.dot4)
+loss_of_sum = rules.called(rules.loss_of_sum)
+loss_term = rules.called(rules.loss_term)
+output_delta = rules.called(rules.output_delta)
+plain_step = rules.called(rules.plain_step)
+sum4 = rules.called(rules.sum4)
+times_derivative = rules.called(rules.times_derivative)
 """
 
 # The training loop of every generated kernel: the general entries' loop (loops.py) with
@@ -194,9 +205,7 @@ def train(params, net, data, val, loop, rule, stop, state, work, val_work, histo
         g = epoch0 + e
         recording = g % record_every == 0
         lr = learning_rate(rule, g)
-        if loop.shuffle:
-            permutation_into(work.perm, state.rng)
-{epoch}        if recording:
+{shuffle}{epoch}        if recording:
             good_epochs, status = after_record(False, params, net, val, stop, state,
                                                val_work, history, val_history, backup,
                                                epoch_loss, e, g, epochs, r0,
@@ -249,8 +258,14 @@ def source_full(sizes, acts, bias, loss, weighted, rule):
              + l2 +
              "            epoch_loss = (n * bl) / n if rule.sample_mean else bl\n"
              + update)
-    out.lines += _TRAIN.format(setup=setup, epoch=epoch).splitlines()
+    out.lines += _TRAIN.format(setup=setup, shuffle="", epoch=epoch).splitlines()
     return out.text()
+
+
+_SHUFFLE = """\
+        if loop.shuffle:
+            permutation_into(work.perm, state.rng)
+"""
 
 
 def _rows(out, name, buf, base, count):
@@ -424,7 +439,7 @@ def source_sample(sizes, acts, bias, loss, weighted):
     out()
     epoch = ("        epoch_loss = sample_epoch(params, data.x, data.y, data.w, lr, work.perm,\n"
              "                                  recording)\n")
-    out.lines += _TRAIN.format(setup="", epoch=epoch).splitlines()
+    out.lines += _TRAIN.format(setup="", shuffle=_SHUFFLE, epoch=epoch).splitlines()
     return out.text()
 
 
@@ -459,7 +474,7 @@ def source_sample_loops(sizes, acts, bias, loss, weighted, rule):
     epoch = ("        epoch_loss = sample_epoch(params, net, data.x, data.y, data.w, lr,\n"
              "                                  work.perm, work.h, work.d, recording, rule,\n"
              "                                  state)\n")
-    out.lines += _TRAIN.format(setup="", epoch=epoch).splitlines()
+    out.lines += _TRAIN.format(setup="", shuffle=_SHUFFLE, epoch=epoch).splitlines()
     return out.text()
 
 
