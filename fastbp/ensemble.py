@@ -237,33 +237,33 @@ class Ensemble:
             from ._cuda import fit_cuda
             return fit_cuda(self, X, y, epochs, lr, batch_size, shuffle, seed, record_every,
                             progress=progress, on_divergence=on_divergence)
-        xt, yt = self._data(X, y)
-        n = xt.shape[1]
-        n_models = self.n_models
-        epochs = V.check_positive_int(epochs, "epochs")
-        lrs = np.array(_per_model(lr, n_models, "lr", V.check_lr), dtype=np.float64)
-        batches = np.array(_per_model(batch_size, n_models, "batch_size",
-                                      lambda b: V.check_batch_size(b, n)), dtype=np.int64)
-        shuffles = np.array(_per_model(shuffle, n_models, "shuffle", _check_shuffle),
-                            dtype=bool)
-        record_every = V.check_positive_int(record_every, "record_every")
-        if on_divergence not in ("raise", "warn", "ignore"):
-            raise ValueError(f"on_divergence must be 'raise', 'warn' or 'ignore', "
-                             f"got {on_divergence!r}")
-        seeds = None if seed is None else _per_model(seed, n_models, "seed", V.check_seed)
-        threads = self._threads(n_jobs)
-        bad_rows = np.flatnonzero(~np.isfinite(self.params).all(axis=1))
-        if bad_rows.size:
-            raise ValueError(f"the parameters of models {bad_rows[:10].tolist()} contain NaN "
-                             f"or infinity (written through params?); set finite values "
-                             f"before training")
-        if seeds is not None:
-            for m, s in enumerate(seeds):
-                if s is not None:
-                    self._rng_states[m] = seed_state(s)
-        start = (self.params.copy(), self._rng_states.copy())  # for _rerun_alone
-        job = ManyFit(self, xt, yt, epochs, lrs, batches, shuffles, record_every, threads)
-        with sigint_deferred() as interrupted:
+        with sigint_deferred() as interrupted:  # Ctrl-C from here on: the History so far
+            xt, yt = self._data(X, y)
+            n = xt.shape[1]
+            n_models = self.n_models
+            epochs = V.check_positive_int(epochs, "epochs")
+            lrs = np.array(_per_model(lr, n_models, "lr", V.check_lr), dtype=np.float64)
+            batches = np.array(_per_model(batch_size, n_models, "batch_size",
+                                          lambda b: V.check_batch_size(b, n)), dtype=np.int64)
+            shuffles = np.array(_per_model(shuffle, n_models, "shuffle", _check_shuffle),
+                                dtype=bool)
+            record_every = V.check_positive_int(record_every, "record_every")
+            if on_divergence not in ("raise", "warn", "ignore"):
+                raise ValueError(f"on_divergence must be 'raise', 'warn' or 'ignore', "
+                                 f"got {on_divergence!r}")
+            seeds = None if seed is None else _per_model(seed, n_models, "seed", V.check_seed)
+            threads = self._threads(n_jobs)
+            bad_rows = np.flatnonzero(~np.isfinite(self.params).all(axis=1))
+            if bad_rows.size:
+                raise ValueError(f"the parameters of models {bad_rows[:10].tolist()} contain NaN "
+                                 f"or infinity (written through params?); set finite values "
+                                 f"before training")
+            if seeds is not None:
+                for m, s in enumerate(seeds):
+                    if s is not None:
+                        self._rng_states[m] = seed_state(s)
+            start = (self.params.copy(), self._rng_states.copy())  # for _rerun_alone
+            job = ManyFit(self, xt, yt, epochs, lrs, batches, shuffles, record_every, threads)
             outcome = drive(job, interrupted, progress, desc="ensemble")
         return self._finish(job, outcome, start, xt, yt, lrs, batches, shuffles,
                             on_divergence, device="cpu")

@@ -66,9 +66,9 @@ class Records:
     arrays grow as records come (a short fit allocates little).
     """
 
-    def __init__(self, rows=None, validating=False, cap=RECORDS_CAP):
+    def __init__(self, rows=None, validating=False, cap=None):
         self.rows = rows            # None: one model (1-D arrays)
-        self.cap = int(cap)
+        self.cap = int(RECORDS_CAP if cap is None else cap)
         self.stride = 1
         self.count = 0              # records kept
         self.next_r = 0             # the run's next record number

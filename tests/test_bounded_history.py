@@ -1,0 +1,113 @@
+"""Long runs in bounded memory: a fit's loss records never outgrow history.RECORDS_CAP
+(every record up to it, then evenly thinned), a fit of any epoch count starts at once,
+and Ctrl-C at any moment of fit -- setup and compilation included -- returns the
+History so far."""
+import os
+import signal
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import history as H
+
+
+def _problem(n=16, seed=0):
+    r = np.random.default_rng(seed)
+    return r.normal(size=(n, 3)), r.normal(size=(n, 2))
+
+
+def _model(seed=1):
+    return fastbp.MLP([3, 5, 2], activation=["tanh", "identity"], init="normal", seed=seed)
+
+
+@pytest.mark.parametrize("cap", [4, 7, 64])
+def test_records_keep_every_stride_th_record_within_the_cap(cap):
+    rec = H.Records(cap=cap)
+    values = np.arange(1000, dtype=float)
+    r = 0
+    for k in (1, 3, 10, 2, 17, 100, 5, 300, 562):  # uneven chunks
+        rec.extend(r, values[r:r + k])
+        r += k
+    assert r == 1000 and rec.next_r == 1000
+    loss, _ = rec.view()
+    assert rec.count == loss.shape[0] <= cap
+    assert rec.count > cap // 2 or rec.stride == 1
+    # record i is the run's record i * stride: evenly spaced from the first
+    np.testing.assert_array_equal(loss, values[::rec.stride][:rec.count])
+    assert rec.count == -(-1000 // rec.stride)
+
+
+def test_a_long_fit_keeps_thinned_records_of_its_full_resolution_history(monkeypatch):
+    X, y = _problem()
+    full = _model().fit(X, y, epochs=300, lr=0.05)
+    monkeypatch.setattr(H, "RECORDS_CAP", 32)
+    thin = _model().fit(X, y, epochs=300, lr=0.05)
+    assert len(thin.loss) <= 32 and thin.stride > 1
+    np.testing.assert_array_equal(thin.epochs_recorded, np.arange(len(thin.loss)) * thin.stride)
+    np.testing.assert_array_equal(thin.loss, full.loss[::thin.stride])
+
+
+def test_thinned_history_survives_a_checkpoint_and_resume(tmp_path, monkeypatch):
+    X, y = _problem()
+    monkeypatch.setattr(H, "RECORDS_CAP", 16)
+    ref = _model().fit(X, y, epochs=200, lr=0.05, record_every=2)
+    path = tmp_path / "run.npz"
+    _model().fit(X, y, epochs=200, lr=0.05, record_every=2, checkpoint=path,
+                 checkpoint_every=70, callbacks=lambda e, h, m: e < 70)
+    m, h = fastbp.resume(path, X, y)
+    assert h.stride == ref.stride and h.epochs == 200
+    np.testing.assert_array_equal(h.loss, ref.loss)
+
+
+def test_ten_billion_epochs_start_at_once_in_bounded_memory():
+    """A fit asked for 10**10 epochs allocates no per-epoch history up front: stopped by
+    a callback after its first chunk, it used about what a 100-epoch fit uses."""
+    X, y = _problem()
+    small = _model()
+    small.fit(X, y, epochs=3, lr=0.01)  # compile outside the measurement
+
+    def peak(epochs):
+        m = _model()
+        tracemalloc.start()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            h = m.fit(X, y, epochs=epochs, lr=0.01, callbacks=lambda e, h, mm: False)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top, h
+
+    base, h100 = peak(100)
+    big, h = peak(10 ** 10)
+    assert h.stopped == "callback" and 0 < h.epochs < 10 ** 10
+    assert big - base < 100 * 2 ** 20, f"{(big - base) / 2 ** 20:.1f} MB more than 100 epochs"
+
+
+def _interrupt_during(monkeypatch, target, name):
+    """Make ``target.name`` send this process SIGINT when called (then go on)."""
+    original = getattr(target, name)
+
+    def interrupting(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, interrupting)
+
+
+@pytest.mark.parametrize("moment", ["validation", "compilation"])
+def test_ctrl_c_during_setup_returns_the_history_so_far(monkeypatch, moment):
+    X, y = _problem()
+    if moment == "validation":
+        from fastbp import _validation
+        _interrupt_during(monkeypatch, _validation, "check_sample_weight")
+    else:
+        from fastbp import _fit
+        _interrupt_during(monkeypatch, _fit.SingleFit, "prepare")
+    m = _model()
+    before = m.params.copy()
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        h = m.fit(X, y, epochs=10 ** 9, lr=0.01)
+    assert h.stopped == "interrupted" and h.epochs == 0 and len(h.loss) == 0
+    np.testing.assert_array_equal(m.params, before)
