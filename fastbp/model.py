@@ -1,6 +1,7 @@
 """The MLP model object: validation, buffers and reporting around the compiled kernels."""
 import math
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -437,11 +438,15 @@ class MLP:
             if seed is not None:  # in place: an Ensemble's member shares this array
                 self._rng_state[:] = seed_state(seed)
             job = SingleFit(self, x, y, run)
-            outcome = drive(job, interrupted, progress, chunk_seconds=run.chunk_seconds)
+            if self._job_wrap is not None:  # a caller's own epoch loop around this one's
+                job = self._job_wrap(job)
+            outcome = drive(job, interrupted, progress, desc=getattr(job, "desc", "fit"),
+                            chunk_seconds=run.chunk_seconds)
             run.seconds += outcome.seconds
             run.compile_seconds += outcome.compile_seconds
             stopped = outcome.stopped
             job.finish()  # the last checkpoint, still deferring Ctrl-C
+            job = getattr(job, "inner", job)
         finally:
             self._fit_lock.release()
         if run.stop.restore_best and np.isfinite(run.best_loss[0]) and stopped != "diverged":
@@ -452,6 +457,20 @@ class MLP:
         elif stopped == "diverged":
             self._diverged(x, y, run, job.bad, hist, on_divergence)
         return hist
+
+    _job_wrap = None  # see wrapped_fits
+
+    @contextmanager
+    def wrapped_fits(self, wrap):
+        """Within the block, each fit's job (fastbp/_fit.py: SingleFit) runs wrapped:
+        ``wrap(job)`` returns the job the chunk driver runs, with the wrapped one as its
+        ``inner``.  How the scikit-learn wrappers run scikit-learn's epoch loop on the
+        driver (fastbp/sklearn.py)."""
+        self._job_wrap = wrap
+        try:
+            yield
+        finally:
+            self._job_wrap = None
 
     def _finite_loss(self, x, y, sw):
         """Whether the loss on (x, y) with sample weights sw (or none: empty) at the
@@ -485,7 +504,7 @@ class MLP:
     # ---- copies and pickles ---------------------------------------------------------
     # Left out of pickles and copies (fastbp/_pickling.py): the lock that guards fit (a
     # fresh one is made on load) (no per-process caches to leave out).
-    _TRANSIENT = ("_fit_lock",)
+    _TRANSIENT = ("_fit_lock", "_job_wrap")
 
     def __getstate__(self):
         """Everything the model is -- architecture, parameters, optimizer state and

@@ -489,61 +489,24 @@ class _BaseMLP(BaseEstimator):
         return batch, kw, k
 
     def _run(self, model, X, Y, sw, val, incremental, rs):
-        """scikit-learn's epoch loop (``_fit_stochastic``), several epochs per fastbp call.
-
-        A call never runs past an epoch where scikit-learn could stop or change its
-        learning rate: stopping needs n_iter_no_change + 1 - (current count) more epochs
-        without improvement, so a chunk is at most that long and the stopping epoch is
-        always a chunk's last.  Validation scores (early_stopping) and invscaling's
-        per-epoch learning rate take one epoch per call.
-        """
+        """scikit-learn's epoch loop (``_fit_stochastic``) on fastbp's chunk driver: one
+        fastbp run of max_iter epochs (one for partial_fit), its chunks cut where
+        scikit-learn could stop or change its learning rate (_EpochLoop)."""
         n = X.shape[0]
         batch, kw, k = self._fit_options(n, sw)
-        sgd = self.solver == "sgd"
-        lr_scale = k if sgd else 1.0
-        loss_scale = self._loss_scale()
-        per_epoch = self.early_stopping or (sgd and self.learning_rate == "invscaling")
         total = 1 if incremental else self.max_iter
         seed = int(rs.randint(np.iinfo(np.int32).max)) if self.shuffle else None
-        bar = make_bar(total, desc=type(self).__name__) if self.verbose else None
         self.n_iter_ = 0
-        stopped = False
+        loop = _EpochLoop(self, model, X, Y, val, n, k, total, incremental)
         try:
-            while self.n_iter_ < total and not stopped:
-                chunk = total - self.n_iter_
-                if per_epoch:
-                    chunk = 1
-                elif np.isfinite(self.n_iter_no_change):
-                    chunk = min(chunk, max(1, int(self.n_iter_no_change) + 1
-                                           - self._no_improvement_count))
-                lr = (self._lr if sgd else float(self.learning_rate_init)) * lr_scale
-                start = self.n_iter_
-                diverged = None
-                try:
-                    hist = model.fit(X, Y, epochs=chunk, lr=lr, batch_size=batch,
-                                     shuffle=bool(self.shuffle), seed=seed,
-                                     epoch_loss="sample_mean", **kw)
-                except DivergenceError as exc:
-                    hist, diverged = exc.history, exc
-                seed = None  # later chunks continue the same shuffling stream
-                for rec in hist.loss:
-                    stopped = self._end_epoch(float(rec) * loss_scale, n, val, sgd)
-                    if stopped:
-                        break
-                if bar is not None:
-                    bar.update(len(hist.loss), getattr(self, "loss_", None))
-                if diverged is not None and not stopped:
-                    stopped = self._diverged(model, X, Y, start + diverged.epoch,
-                                             start == 0 and hist.epochs == 0, val, n, sgd,
-                                             total, incremental)
-                elif hist.epochs < chunk:  # interrupted (Ctrl-C): fastbp already warned
-                    break
+            with model.wrapped_fits(loop.wrap):
+                model.fit(X, Y, epochs=total, lr=loop.lr(), batch_size=batch,
+                          shuffle=bool(self.shuffle), seed=seed, epoch_loss="sample_mean",
+                          progress=bool(self.verbose), **kw)
         finally:
-            if bar is not None:
-                bar.close()
             if self.early_stopping:  # scikit-learn ends on the best validation score
                 model.params = self._best_params
-        if not stopped and not incremental and self.n_iter_ == self.max_iter:
+        if not loop.stopped and not incremental and self.n_iter_ == self.max_iter:
             warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
                           "optimization hasn't converged yet." % self.max_iter,
                           ConvergenceWarning)
@@ -1043,3 +1006,86 @@ def _partial_fit_first_call(clf, classes):
         clf.classes_ = classes
         return True
     return False
+
+
+class _EpochLoop:
+    """scikit-learn's epoch bookkeeping around an MLP's job of the chunk driver
+    (fastbp/_driver.py): the driver runs this job, which runs the MLP's.
+
+    A chunk never runs past an epoch where scikit-learn could stop or change its
+    learning rate: stopping needs n_iter_no_change + 1 - (current count) more epochs
+    without improvement, so a chunk is at most that long and the stopping epoch is
+    always a chunk's last.  Validation scores (early_stopping) and invscaling's
+    per-epoch learning rate take one epoch per chunk.  After each chunk, scikit-learn's
+    bookkeeping (_end_epoch) runs on its records, epoch by epoch."""
+
+    def __init__(self, est, model, X, Y, val, n, k, total, incremental):
+        self.est, self.model, self.X, self.Y = est, model, X, Y
+        self.val, self.n, self.total, self.incremental = val, n, total, incremental
+        self.sgd = est.solver == "sgd"
+        self.lr_scale = k if self.sgd else 1.0
+        self.loss_scale = est._loss_scale()
+        self.per_epoch = est.early_stopping or (self.sgd and est.learning_rate == "invscaling")
+        self.stopped = False
+        self.inner = None
+        self.desc = type(est).__name__
+
+    def lr(self):
+        """The learning rate of the next chunk (adaptive and invscaling change it)."""
+        est = self.est
+        return (est._lr if self.sgd else float(est.learning_rate_init)) * self.lr_scale
+
+    def wrap(self, job):
+        self.inner = job
+        return self
+
+    # ---- the job protocol: the MLP's, but for these ----------------------------------
+    def pending(self):
+        return self.inner.pending()
+
+    def prepare(self):
+        self.inner.prepare()
+
+    def work_per_epoch(self):
+        return self.inner.work_per_epoch()
+
+    def remaining(self):
+        return 0 if self.stopped else self.inner.remaining()
+
+    def last_loss(self):
+        return getattr(self.est, "loss_", None)
+
+    def after_chunk(self):
+        return self.inner.after_chunk()
+
+    def callbacks(self):
+        return None
+
+    def finish(self):
+        self.inner.finish()
+
+    def cap(self, chunk):
+        est = self.est
+        if self.per_epoch:
+            return 1
+        if np.isfinite(est.n_iter_no_change):
+            return min(chunk, max(1, int(est.n_iter_no_change) + 1
+                                  - est._no_improvement_count))
+        return chunk
+
+    def run_chunk(self, chunk):
+        inner, est = self.inner, self.est
+        run = inner.run
+        run.rule = run.rule._replace(lr=self.lr())
+        first = run.records.count
+        ran, stopped = inner.run_chunk(chunk)
+        for rec in run.records.loss[first:run.records.count]:
+            if est._end_epoch(float(rec) * self.loss_scale, self.n, self.val, self.sgd):
+                self.stopped = True
+                return ran, "scikit-learn"
+        if stopped == "diverged":
+            self.stopped = True
+            est._diverged(self.model, self.X, self.Y, inner.bad, run.done == 0, self.val,
+                          self.n, self.sgd, self.total, self.incremental)
+            return ran, "scikit-learn"
+        return ran, stopped
