@@ -35,8 +35,8 @@ import threading
 
 from .config import PRODUCT_MIN_WEIGHTS
 from .intrinsics import LANES as ROW_LANES
-from .rules import (BCE, CROSS_ENTROPY, HALF_MSE, IDENTITY, MSE, NARROW_UNITS, RELU, SIGMOID,
-                    SSE, TANH)
+from .rules import (ACTIVATION_FUNCTIONS, BCE, DERIVATIVE_FUNCTIONS, HALF_MSE, IDENTITY, MSE,
+                    NARROW_ACTIVATION_FUNCTIONS, NARROW_UNITS, RELU, SIGMOID, SSE, TANH)
 
 # Generated code grows with the number of parameters (one local per weight) and a
 # sample's units must fit in registers: beyond these sizes the general entries run.
@@ -46,7 +46,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 9  # part of the module name: bump when the generated code changes meaning
+VERSION = 10  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of this many samples (one AVX-512 vector of float64):
@@ -139,14 +139,29 @@ def _dot(pairs):
 
 
 def _activation(code, z, width):
-    return f"activate({z}, {code})"
+    """f(z) for activation ``code``: its own rule (rules.ACTIVATION_FUNCTIONS)."""
+    name = ACTIVATION_FUNCTIONS[code]
+    return z if name is None else f"{name}({z})"
 
 
 def _activation_narrow(code, z, width):
     """sample.py's activation for a layer of ``width`` units (rules.NARROW_UNITS)."""
-    if code == SIGMOID and width >= NARROW_UNITS:
-        return f"activate({z}, {code})"
-    return f"activate_narrow({z}, {code})"
+    if width >= NARROW_UNITS:
+        return _activation(code, z, width)
+    name = NARROW_ACTIVATION_FUNCTIONS[code]
+    return z if name is None else f"{name}({z})"
+
+
+def _output_delta(code, combined, out, y):
+    """rules.output_delta with the activation known: the output error, times f'."""
+    error = f"output_error({out}, {y}, scale)"
+    return error if combined else _times_derivative(code, error, out)
+
+
+def _times_derivative(code, d, a):
+    """d * f'(z) from a = f(z) for activation ``code``: its own rule."""
+    name = DERIVATIVE_FUNCTIONS[code]
+    return d if name is None else f"{name}({d}, {a})"
 
 
 def _write_forward(out, sizes, acts, bias, activation):
@@ -176,16 +191,20 @@ from fastbp.kernels.rules import l2_penalty, learning_rate
 from fastbp.kernels.sample import sample_epoch_body
 
 # the rules this module calls at many places: called, not inlined (rules.called)
-activate = rules.called(rules.activate)
-activate_narrow = rules.called(rules.activate_narrow)
+sigmoid = rules.called(rules.sigmoid)
+sigmoid_libm = rules.called(rules.sigmoid_libm)
+relu = rules.called(rules.relu)
+tanh = rules.called(rules.tanh)
+sigmoid_back = rules.called(rules.sigmoid_back)
+relu_back = rules.called(rules.relu_back)
+tanh_back = rules.called(rules.tanh_back)
 delta_scale = rules.called(rules.delta_scale)
 dot4 = rules.called(rules.dot4)
 loss_of_sum = rules.called(rules.loss_of_sum)
 loss_term = rules.called(rules.loss_term)
-output_delta = rules.called(rules.output_delta)
+output_error = rules.called(rules.output_error)
 plain_step = rules.called(rules.plain_step)
 sum4 = rules.called(rules.sum4)
-times_derivative = rules.called(rules.times_derivative)
 """
 
 # The training loop of every generated kernel: the general entries' loop (loops.py) with
@@ -337,7 +356,7 @@ def _write_pass(out, sizes, acts, bias, loss, weighted):
                 for j in range(sizes[l]):
                     out(f"v{l}_{j} = a{l}_{j}[u]")
             for j in range(K):
-                g = f"output_delta(v{L}_{j}, y{j}[u], scale, {acts[L - 1]}, {combined})"
+                g = _output_delta(acts[L - 1], combined, f"v{L}_{j}", f"y{j}[u]")
                 if weighted:
                     g = f"{g} * sw[u]"
                 out(f"g{L}_{j} = {g}")
@@ -345,7 +364,7 @@ def _write_pass(out, sizes, acts, bias, loss, weighted):
                 I, J = sizes[l], sizes[l + 1]
                 for i in range(I):
                     chain = _dot([(f"w{l}_{i}_{j}", f"g{l + 1}_{j}") for j in range(J)])
-                    out(f"g{l}_{i} = times_derivative({chain}, v{l}_{i}, {acts[l - 1]})")
+                    out(f"g{l}_{i} = " + _times_derivative(acts[l - 1], chain, f"v{l}_{i}"))
             for l in range(1, L + 1):
                 for j in range(sizes[l]):
                     out(f"d{l}_{j}[u] = g{l}_{j}")
@@ -409,7 +428,7 @@ def source_sample(sizes, acts, bias, loss, weighted):
                 with out.block():
                     z = f"z{L - 1}_{j}" if loss == BCE else "0.0"
                     out(f"sample_loss += loss_term(h{L}_{j}, t{j}, {z}, {loss})")
-                g = f"output_delta(h{L}_{j}, t{j}, scale, {acts[L - 1]}, {combined})"
+                g = _output_delta(acts[L - 1], combined, f"h{L}_{j}", f"t{j}")
                 if weighted:
                     g = f"{g} * ws"
                 out(f"g{L}_{j} = {g}")
@@ -426,7 +445,8 @@ def source_sample(sizes, acts, bias, loss, weighted):
                         # rules.row_dot of a row shorter than its lanes: left to right,
                         # each product rounded before its add
                         acc = " + ".join(f"w{l}_{i}_{j} * g{l + 1}_{j}" for j in range(J))
-                        out(f"g{l}_{i} = times_derivative({acc}, h{l}_{i}, {acts[l - 1]})")
+                        out(f"g{l}_{i} = " + _times_derivative(acts[l - 1], f"({acc})",
+                                                               f"h{l}_{i}"))
                     for j in range(J):
                         out(f"w{l}_{i}_{j} = plain_step(w{l}_{i}_{j}, h{l}_{i} * g{l + 1}_{j}, lr)")
                 if bias:

@@ -132,7 +132,7 @@ def activate(z, code):
     if code == RELU:
         return relu(z)
     if code == TANH:
-        return math.tanh(z)
+        return tanh(z)
     return z
 
 
@@ -171,6 +171,19 @@ def times_derivative(d, a, code):
     if code == TANH:
         return tanh_back(d, a)
     return d
+
+
+# Each activation's own functions, for code that knows the activation when it is written
+# (the generated kernels): f(z), and d * f'(z) from the output a = f(z).  None: identity.
+ACTIVATION_FUNCTIONS = {SIGMOID: "sigmoid", RELU: "relu", TANH: "tanh", IDENTITY: None}
+NARROW_ACTIVATION_FUNCTIONS = {**ACTIVATION_FUNCTIONS, SIGMOID: "sigmoid_libm"}
+DERIVATIVE_FUNCTIONS = {SIGMOID: "sigmoid_back", RELU: "relu_back", TANH: "tanh_back",
+                        IDENTITY: None}
+
+
+@njit(**RULE)
+def tanh(z):
+    return math.tanh(z)
 
 
 # ------------------------------------------------------------------------------ losses
@@ -219,9 +232,16 @@ def delta_scale(loss, act, k, nb):
 
 
 @njit(**RULE)
+def output_error(out, y, scale):
+    """dLoss/dout of one output of one sample: (out - y) * delta_scale."""
+    return (out - y) * scale
+
+
+@njit(**RULE)
 def output_delta(out, y, scale, act, combined):
-    """dLoss/dz of one output of one sample (before its sample weight multiplies it)."""
-    d = (out - y) * scale
+    """dLoss/dz of one output of one sample (before its sample weight multiplies it): the
+    output error, times f'(z) unless is_combined."""
+    d = output_error(out, y, scale)
     if combined:
         return d
     return times_derivative(d, out, act)

@@ -397,18 +397,19 @@ def fastbp_fit(model, wl, **kw):
 
 
 class steady_state_kernels:
-    """Within this block every fit that can run on a generated kernel does, however
-    short (specialize.MIN_WORK lifted).  A warm-up on a workload's tiny copy then
-    compiles (or loads from disk) the kernel that the full-size runs use once they are
-    under way; without it the first timed run would compile it."""
+    """Within this block every fit runs on the fastest kernel the dispatcher has for it
+    (fastbp/_dispatch.py, POLICY "fastest": generated kernels and the register tiles),
+    however short.  A warm-up on a workload's tiny copy then compiles (or loads from
+    disk) the kernel that the full-size runs use once they are under way; without it
+    the first timed run would compile it."""
 
     def __enter__(self):
-        from fastbp.kernels import specialize
-        self._specialize, self._saved = specialize, specialize.MIN_WORK
-        specialize.MIN_WORK = 0
+        from fastbp import _dispatch
+        self._dispatch, self._saved = _dispatch, _dispatch.POLICY
+        _dispatch.POLICY = "fastest"
 
     def __exit__(self, *exc):
-        self._specialize.MIN_WORK = self._saved
+        self._dispatch.POLICY = self._saved
 
 
 def fastbp_warm_up(wl, **kw):
