@@ -60,14 +60,14 @@ def fma(a, b, c):
 def _round_to_float32(exact):
     """The float32 nearest the rational ``exact`` (ties to even), without the double
     rounding of float64 first."""
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # overflow to inf is a result here, not an error
         near = np.float32(float(exact))
-    if not np.isfinite(near):  # decided below, against the largest float32
-        near = np.float32(math.copysign(np.finfo(np.float32).max, near))
-    if Fraction(float(near)) == exact:
-        return near
-    below, above = (np.nextafter(near, np.float32(-np.inf)), near) \
-        if Fraction(float(near)) > exact else (near, np.nextafter(near, np.float32(np.inf)))
+        if not np.isfinite(near):  # decided below, against the largest float32
+            near = np.float32(math.copysign(np.finfo(np.float32).max, near))
+        if Fraction(float(near)) == exact:
+            return near
+        below, above = (np.nextafter(near, np.float32(-np.inf)), near) \
+            if Fraction(float(near)) > exact else (near, np.nextafter(near, np.float32(np.inf)))
     d_below = exact - _value(below)
     d_above = _value(above) - exact
     if d_below != d_above:
