@@ -222,7 +222,7 @@ def sweep(param_grid, X, y, sizes, activation="sigmoid", loss="mse", epochs=1, l
                          f"(n_samples, n_features), got shape {np.shape(X)}")
     # validates the architecture and the data before anything is trained or sent
     probe = Ensemble(n_models=1, init=0.0, seed=0, **arch)
-    xt, _ = probe._data(X, y)
+    xt, _ = probe._data(X, y)  # (1, n, n_in): sample-major
     X = V.as_float_array(X, "X", probe.dtype)
     y = V.as_float_array(y, "y", probe.dtype)
     fit_kw = dict(epochs=V.check_positive_int(epochs, "epochs"),
@@ -230,7 +230,7 @@ def sweep(param_grid, X, y, sizes, activation="sigmoid", loss="mse", epochs=1, l
     if seed is None and not all("seed" in p and p["seed"] is not None for p in points):
         seed = _fresh_seed()
     defaults = dict(lr=lr, seed=seed, init=init, batch_size=batch_size, shuffle=shuffle)
-    settings = _settings(points, defaults, xt.shape[2])
+    settings = _settings(points, defaults, xt.shape[1])
     threads = None if n_jobs is None else Ensemble._threads(n_jobs)
     if client is None:
         if parts is not None:

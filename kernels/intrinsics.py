@@ -39,27 +39,48 @@ def fma(a, b, c):
     single = all(isinstance(v, np.float32) for v in (a, b, c))
     fa, fb, fc = float(a), float(b), float(c)
     if not all(math.isfinite(v) for v in (fa, fb, fc)):
-        exact = fa * fb + fc  # the IEEE special cases: inf and nan propagate alike
+        # the IEEE special cases: a product of finite a, b is exact (never inf), so an
+        # infinite or NaN c is the result; otherwise inf and nan propagate alike
+        exact = fc if math.isfinite(fa) and math.isfinite(fb) else fa * fb + fc
         return np.float32(exact) if single else exact
     exact = Fraction(fa) * Fraction(fb) + Fraction(fc)
+    if exact == 0:  # IEEE's sign: -0 only for a zero product and c both negative
+        negative = fc == 0 and math.copysign(1.0, fa) * math.copysign(1.0, fb) < 0 \
+            and math.copysign(1.0, fc) < 0
+        zero = -0.0 if negative else 0.0
+        return np.float32(zero) if single else zero
     if single:
         return _round_to_float32(exact)
-    return float(exact)  # int / int true division rounds correctly
+    try:
+        return float(exact)  # int / int true division rounds correctly
+    except OverflowError:  # rounds beyond the largest float64
+        return math.inf if exact > 0 else -math.inf
 
 
 def _round_to_float32(exact):
     """The float32 nearest the rational ``exact`` (ties to even), without the double
     rounding of float64 first."""
-    near = np.float32(float(exact))
-    if not np.isfinite(near) or Fraction(float(near)) == exact:
-        return near
-    below, above = (np.nextafter(near, np.float32(-np.inf)), near) \
-        if Fraction(float(near)) > exact else (near, np.nextafter(near, np.float32(np.inf)))
-    d_below = exact - Fraction(float(below))
-    d_above = Fraction(float(above)) - exact
+    with np.errstate(over="ignore"):  # overflow to inf is a result here, not an error
+        near = np.float32(float(exact))
+        if not np.isfinite(near):  # decided below, against the largest float32
+            near = np.float32(math.copysign(np.finfo(np.float32).max, near))
+        if Fraction(float(near)) == exact:
+            return near
+        below, above = (np.nextafter(near, np.float32(-np.inf)), near) \
+            if Fraction(float(near)) > exact else (near, np.nextafter(near, np.float32(np.inf)))
+    d_below = exact - _value(below)
+    d_above = _value(above) - exact
     if d_below != d_above:
         return below if d_below < d_above else above
     return below if int(below.view(np.int32)) % 2 == 0 else above
+
+
+def _value(x):
+    """A float32 as a rational; +-inf as +-2**128, where the rounding to nearest puts it
+    (IEEE rounds as if the exponent had no bound, then overflows)."""
+    if np.isfinite(x):
+        return Fraction(float(x))
+    return Fraction(2 ** 128) if x > 0 else -Fraction(2 ** 128)
 
 
 @intrinsic
@@ -211,9 +232,11 @@ def lanes_dot_step(w, wo, v, vo, m, a, lr):
     for every j < m once that term has been read (Numba's typing of that statement: a * v
     in the arrays' dtype, the rest in float64 when lr is float64, rounded on the store)."""
     total = lanes_dot(w, wo, v, vo, m)
+    # Numba types a Python float as float64; NumPy would keep np.float32 * float in float32
+    wide = np.float64 if isinstance(lr, float) else w.dtype.type
     for j in range(int(m)):
         step = w.dtype.type(a) * v[int(vo) + j]
-        w[int(wo) + j] = w[int(wo) + j] - lr * step
+        w[int(wo) + j] = wide(w[int(wo) + j]) - wide(lr) * wide(step)
     return total
 
 

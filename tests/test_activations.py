@@ -1,4 +1,5 @@
-"""The vectorizable exp and sigmoid against libm and a higher-precision reference.
+"""The vectorizable exp and sigmoid (kernels/rules.py) against libm and a higher-precision
+reference, and the row loops (kernels/batch.py) against the scalar rules.
 
 Issue 9 asks for an exp within 2 ULP of libm; the sigmoid built on it is checked against
 1 / (1 + exp(-z)) evaluated in long double where the platform has one.
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastbp.kernels.activations import exp_into, fma, sigmoid_inplace
-from fastbp.kernels.scalar import float64_from_bits, sigmoid
+from fastbp.kernels import batch as B
+from fastbp.kernels import rules as R
+from fastbp.kernels.intrinsics import float64_from_bits, fma
 
 RNG = np.random.default_rng(0)
 ARGS = np.concatenate([
@@ -25,47 +27,96 @@ def _ulps(got, ref):
     return np.abs(got - ref) / np.spacing(np.abs(ref))
 
 
+@njit
+def _exp_of_nonpositive(x):
+    """exp(x) for x <= 0 as rules.sigmoid builds it (its docstring): Cody-Waite reduction
+    with rules' constants, rules.exp_reduced, and 2**k from its exponent bits."""
+    out = np.empty_like(x)
+    for i in range(x.size):
+        xs = max(x[i], R.EXP_MIN_ARG)
+        k = math.floor(xs * R.INV_LN2 + 0.5)
+        r = (xs - k * R.LN2_HI) - k * R.LN2_LO
+        out[i] = R.exp_reduced(r) * float64_from_bits((np.int64(k) + 1023) << 52)
+    return out
+
+
 def test_exp_is_within_one_ulp_of_libm():
-    out = np.empty_like(ARGS)
-    exp_into(ARGS, out, np.zeros(ARGS.size, dtype=np.int64))
-    ref = np.array([math.exp(v) for v in ARGS])
-    assert _ulps(out, ref).max() <= 1.0
+    """The sigmoid's exp, over the arguments it takes: -|z| clamped to EXP_MIN_ARG."""
+    x = -np.abs(ARGS)
+    x = x[x >= R.EXP_MIN_ARG]
+    ref = np.array([math.exp(v) for v in x])
+    assert _ulps(_exp_of_nonpositive(x), ref).max() <= 1.0
+
+
+@njit
+def _sigmoids(z):
+    out = np.empty_like(z)
+    for i in range(z.size):
+        out[i] = R.sigmoid(z[i])
+    return out
 
 
 @pytest.mark.skipif(np.finfo(np.longdouble).nmant <= 52,
                     reason="no long double wider than float64 on this platform")
 def test_sigmoid_is_within_two_ulp_of_a_long_double_reference():
-    z = ARGS.copy()
-    bits = np.zeros(z.size, dtype=np.int64)
-    sigmoid_inplace(z, bits, bits.view(np.float64))
     wide = ARGS.astype(np.longdouble)
     ref = (1 / (1 + np.exp(-wide))).astype(np.float64)
-    assert _ulps(z, ref).max() <= 2.0
+    assert _ulps(_sigmoids(ARGS), ref).max() <= 2.0
+    # libm's variant (per-sample layers narrower than rules.NARROW_UNITS) as well
+    libm = np.array([R.sigmoid_libm(v) for v in ARGS])
+    assert _ulps(libm, ref).max() <= 2.0
+
+
+@njit
+def _activate_rows(z, code):
+    B.activate_rows(z, code)
+
+
+@njit
+def _derivative_rows(delta, a, code):
+    B.derivative_rows(delta, a, code)
 
 
 def test_sigmoid_saturates_without_overflow():
     z = np.array([-1e308, -800.0, 800.0, 1e308, np.inf, -np.inf])
-    bits = np.zeros(z.size, dtype=np.int64)
-    with np.errstate(all="raise"):
-        sigmoid_inplace(z, bits, bits.view(np.float64))
-    assert np.all(z[:2] < 1e-300) and np.all(z[:2] >= 0)
-    assert np.all(z[2:4] == 1.0) and z[4] == 1.0 and z[5] < 1e-300
+    for sig in (_sigmoids(z), np.array([R.sigmoid_libm(v) for v in z])):
+        assert np.all(sig[:2] < 1e-300) and np.all(sig[:2] >= 0)
+        assert np.all(sig[2:4] == 1.0) and sig[4] == 1.0 and sig[5] < 1e-300
+    rows = z.copy()
+    _activate_rows(rows, R.SIGMOID)
+    np.testing.assert_array_equal(rows, _sigmoids(z))
 
 
 @njit
-def _scalar_sigmoids(z):
+def _scalar_activations(z, code):
     out = np.empty_like(z)
     for i in range(z.size):
-        out[i] = sigmoid(z[i])
+        out[i] = R.activate(z[i], code)
     return out
 
 
-def test_scalar_sigmoid_equals_the_row_sigmoid_bit_for_bit():
-    """The generated kernels' sigmoid (kernels/scalar.py) must be the general kernels'."""
-    z = ARGS.copy()
-    bits = np.zeros(z.size, dtype=np.int64)
-    sigmoid_inplace(z, bits, bits.view(np.float64))
-    np.testing.assert_array_equal(_scalar_sigmoids(ARGS), z)
+@njit
+def _scalar_derivatives(d, a, code):
+    out = np.empty_like(d)
+    for i in range(d.size):
+        out[i] = R.times_derivative(d[i], a[i], code)
+    return out
+
+
+@pytest.mark.parametrize("code", [R.IDENTITY, R.SIGMOID, R.RELU, R.TANH])
+def test_scalar_rules_equal_the_row_loops_bit_for_bit(code):
+    """The generated kernels and the per-sample path call rules.activate /
+    times_derivative one value at a time, the batch passes batch.activate_rows /
+    derivative_rows over vectorized rows: the same numbers."""
+    rows = ARGS.copy()
+    _activate_rows(rows, code)
+    np.testing.assert_array_equal(_scalar_activations(ARGS, code), rows)
+    if code == R.SIGMOID:
+        np.testing.assert_array_equal(rows, _sigmoids(ARGS))
+    d = RNG.normal(size=ARGS.size)
+    back = d.copy()
+    _derivative_rows(back, rows, code)
+    np.testing.assert_array_equal(_scalar_derivatives(d, rows, code), back)
 
 
 @njit

@@ -12,6 +12,7 @@ from fastbp import _config as C
 from fastbp import _divergence as D
 from fastbp import kernels as K
 from fastbp._layout import Layout
+from fastbp.kernels.bounds import layer_norms
 from fastbp.model import MLP
 
 CODES = {"identity": K.IDENTITY, "sigmoid": K.SIGMOID, "relu": K.RELU, "tanh": K.TANH,
@@ -27,7 +28,7 @@ def test_layer_norms_against_numpy(bias, dtype):
     rng = np.random.default_rng(1)
     params = rng.normal(size=lay.n_params).astype(dtype)
     out = np.empty((lay.n_layers, 4))
-    K.layer_norms(params, lay.sizes_arr, lay.w_off, lay.b_off, out)
+    layer_norms(params, lay.sizes_arr, lay.w_off, lay.b_off, out)
     ws = lay.weight_views(params.astype(np.float64))
     bs = lay.bias_views(params.astype(np.float64)) if bias else [np.zeros(1)] * 3
     for l, (W, b) in enumerate(zip(ws, bs)):
@@ -37,7 +38,7 @@ def test_layer_norms_against_numpy(bias, dtype):
     for bad in (np.nan, np.inf, -np.inf):
         spoiled = params.copy()
         spoiled[lay.w_off[1] + 4] = bad
-        K.layer_norms(spoiled, lay.sizes_arr, lay.w_off, lay.b_off, out)
+        layer_norms(spoiled, lay.sizes_arr, lay.w_off, lay.b_off, out)
         assert not np.isfinite(out[1, 3]) and np.all(np.isfinite(out[[0, 2], 3]))
 
 
@@ -80,7 +81,7 @@ def test_bounds_hold_along_reference_training(case):
     lay = Layout(sizes, bias)
     epochs = 3
     bound = D.ChunkBound(lay, [CODES[a] for a in acts], LOSS_CODES[loss], np.float64,
-                         X.T, y.T, np.empty(0) if sw is None else sw, batch)
+                         X, y, np.empty(0) if sw is None else sw, batch)
     record = []
     assert bound.walk(R.flatten(weights, biases), lr, epochs * bound.steps_per_epoch, record)
     assert len(record) == epochs * bound.steps_per_epoch + 1
@@ -117,7 +118,7 @@ def test_bounds_hold_along_reference_training(case):
 def test_walk_refuses_what_could_overflow():
     lay = Layout([2, 3, 1], True)
     X, y = np.ones((4, 2)), np.ones((4, 1))
-    bound = D.ChunkBound(lay, [K.RELU, K.IDENTITY], K.MSE, np.float64, X.T, y.T,
+    bound = D.ChunkBound(lay, [K.RELU, K.IDENTITY], K.MSE, np.float64, X, y,
                          np.empty(0), 4)
     params = np.full(lay.n_params, 0.5)
     assert bound.walk(params, 0.01, 10)
@@ -126,7 +127,7 @@ def test_walk_refuses_what_could_overflow():
     spoiled = params.copy()
     spoiled[3] = np.nan
     assert not bound.walk(spoiled, 0.01, 1)
-    f32 = D.ChunkBound(lay, [K.RELU, K.IDENTITY], K.MSE, np.float32, X.T, y.T,
+    f32 = D.ChunkBound(lay, [K.RELU, K.IDENTITY], K.MSE, np.float32, X, y,
                        np.empty(0), 4)
     assert bound.walk(np.full(lay.n_params, 1e15), 1e-30, 1)
     assert not f32.walk(np.full(lay.n_params, 1e15), 1e-30, 1)  # float32's range is smaller
@@ -137,7 +138,7 @@ def test_walk_checks_what_the_kernels_compute_before_scaling():
     dtype before its sample weight scales it: both must be in range themselves."""
     lay = Layout([1, 1, 1], True)                       # W0, b0, W1, b1
     X, y = np.array([[1e10]]), np.array([[0.0]])
-    bound = D.ChunkBound(lay, [K.SIGMOID, K.SIGMOID], K.BCE, np.float64, X.T, y.T,
+    bound = D.ChunkBound(lay, [K.SIGMOID, K.SIGMOID], K.BCE, np.float64, X, y,
                          np.empty(0), 1)
     assert bound.walk(np.array([0.0, 0.0, 1.0, 0.0]), 1e-20, 3)
     # delta 1e300 x input 1e10 overflows, though lr = 1e-20 would bring the step back
@@ -146,7 +147,7 @@ def test_walk_checks_what_the_kernels_compute_before_scaling():
     lay = Layout([1, 1], True)
     X, y = np.ones((4, 1)), np.zeros((4, 1))
     tiny_weights = np.full(4, 1e-30)
-    f32 = D.ChunkBound(lay, [K.IDENTITY], K.MSE, np.float32, X.T, y.T, tiny_weights, 4)
+    f32 = D.ChunkBound(lay, [K.IDENTITY], K.MSE, np.float32, X, y, tiny_weights, 4)
     assert f32.walk(np.array([0.0, 1e10]), 0.1, 2)      # (1e10)^2 fits float32's range
     assert not f32.walk(np.array([0.0, 1e20]), 0.1, 2)  # (1e20)^2 does not, weight or not
 
@@ -249,15 +250,14 @@ def test_unguarded_chunks_give_the_same_bits(opts, prove_everything, monkeypatch
 def test_plain_rule_only_and_large_networks_only():
     X, y = _data()
     m = MLP([6, 9, 3], activation="sigmoid")
-    xt, yt = X.T, y.T
 
-    class Run:
+    class Run:  # the fields for_fit reads (fastbp/_run.py)
         sw = np.empty(0)
 
     def bound_for(model, lr, **opts):
         run = Run()
-        run.hyper, run.iconf = C.build(lr, 10, **opts)
-        return D.ChunkBound.for_fit(model, run, xt, yt, 8)
+        run.rule, _ = C.build(lr, 10, **opts)
+        return D.ChunkBound.for_fit(model, run, X, y, 8)
 
     assert bound_for(m, lr=0.1) is None                    # too small to be worth it
     big = MLP([6, 400, 400, 3], activation="sigmoid")      # 1.3 MB of float64 parameters

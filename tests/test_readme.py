@@ -14,9 +14,10 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```$", re.S | re.M)
 NEEDS = re.compile(r"^# needs: (.+)$")
-# what a block may need, and the module that shows it is installed
-EXTRAS = {"scikit-learn": "sklearn", "pandas": "pandas", "matplotlib": "matplotlib",
-          "tqdm": "tqdm", "dask": "distributed"}
+# what a block may need, and the modules that show it is installed
+EXTRAS = {"scikit-learn": ("sklearn",), "pandas": ("pandas",), "matplotlib": ("matplotlib",),
+          "tqdm": ("tqdm",), "dask": ("distributed",), "torch": ("torch",),
+          "onnx": ("onnx", "onnxruntime")}
 GPU = "CUDA GPU"
 
 
@@ -40,7 +41,8 @@ def missing(what):
     if what not in EXTRAS:
         raise AssertionError(f"README: '# needs: {what}' is not a known extra or {GPU!r}; "
                              f"known: {', '.join(EXTRAS)}")
-    return None if importlib.util.find_spec(EXTRAS[what]) else f"{what} is not installed"
+    found = all(importlib.util.find_spec(module) for module in EXTRAS[what])
+    return None if found else f"{what} is not installed"
 
 
 def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
@@ -85,7 +87,7 @@ def test_needs_names_only_known_things():
     assert needs("# needs: CUDA GPU, pandas\n") == [GPU, "pandas"]
     assert needs("x = 1  # needs: pandas\n") == []
     with pytest.raises(AssertionError, match="not a known extra"):
-        missing("torch")
+        missing("sklearn")  # the extra is called scikit-learn
 
 
 def test_readme_transcript_is_what_the_demo_prints():

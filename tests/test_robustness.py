@@ -24,6 +24,9 @@ import pytest
 
 import fastbp
 import fastbp.kernels as K
+from fastbp import _dispatch as D
+from fastbp import model as model_module
+from fastbp.kernels import options as O
 
 XOR_X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
 XOR_Y = np.array([0.0, 1.0, 1.0, 0.0])
@@ -74,7 +77,7 @@ def test_diverged_model_holds_a_state_the_run_had(mode, dtype, chunk_seconds):
     """After divergence the parameters (and the shuffling stream) are exactly those of
     the same run stopped after ``history.epochs`` epochs, and training can go on.
     Chunks of one epoch keep each chunk's start in the guard's buffer rather than in a
-    copy (MLP._run), which the replays of the rewind must not lose; full batch with
+    copy (SingleFit), which the replays of the rewind must not lose; full batch with
     record_every 3 and one-epoch chunks needs the rewind's anchor (the loss overflows
     float32 two epochs before the next record, past both kept chunk starts)."""
     X, y = _problem()
@@ -104,17 +107,23 @@ def test_diverged_model_holds_a_state_the_run_had(mode, dtype, chunk_seconds):
 
 
 def test_without_the_guard_the_same_run_ends_in_nan():
-    """The kernel with an empty backup (guard off) really does produce NaN here."""
+    """The kernel fit would run, with an empty backup (guard off), really does produce
+    NaN here."""
     m = _relu_net()
     lay = m._layout
-    xt, yt = m._inputs(XOR_X), m._targets(XOR_Y, 4)
+    x, y = m._inputs(XOR_X), m._targets(XOR_Y, 4)
+    rule = O.plain_rule(1e6, 200)
+    plan = D.plan_fit(m, 4, 4, False, rule, False, 200)
+    net = D.make_net(lay, m._act_codes, m._loss_code, m.dtype, plan.gemm)
+    work = O.make_work(lay.sizes_arr, lay.n_params, plan.cap, 4, m.dtype, m._keep_z,
+                       per_sample=plan.mode == "sample", gradient=plan.gradient)
     hist = np.full(200, np.nan)
-    ws = K.allocate_workspace(lay.sizes_arr, lay.n_params, 4, 4, m.params[:0], False)
     with np.errstate(all="ignore"):
-        ran, bad = K.train_epochs(m.params, *m._kernel_net(), m._loss_code, xt, yt, 200, 1e6,
-                                  4, False, m._rng_state, 0, 1, hist, m.params[:0], *ws,
-                                  K.PRODUCT_MIN_WORK)
-    assert (ran, bad) == (200, -1)
+        result = plan.kernel(m.params, net, O.Data(x, y, np.zeros(0)), None,
+                             O.Loop(4, False, 1), rule, O.NO_STOP,
+                             O.new_state(lay.n_params, m.dtype, m._rng_state), work, None,
+                             hist, None, m.params[:0], 0, 200)
+    assert result == (200, -1, False)
     assert not np.isfinite(m.params).all()
 
 
@@ -147,7 +156,7 @@ def test_the_divergence_guard_keeps_few_copies_of_the_parameters(epochs, chunk_s
                                                                  copies, monkeypatch):
     """Peak numpy memory of a fit, counted by tracemalloc (numpy reports its arrays to
     it), in units of the parameter vector: the guard's buffer and the chunk-start
-    snapshots share storage where the kernel cannot overwrite it (MLP._run).  Chunks
+    snapshots share storage where the kernel cannot overwrite it (SingleFit).  Chunks
     run guarded here; those proved unable to diverge copy nothing
     (test_divergence_bound.py)."""
     import tracemalloc
@@ -170,7 +179,7 @@ def test_the_divergence_guard_keeps_few_copies_of_the_parameters(epochs, chunk_s
 def test_records_before_the_last_epoch_of_a_chunk():
     """Whether the guard may write its buffer during a kernel call (epochs done .. done +
     chunk - 1, recorded where epoch % record_every == 0, the last excepted)."""
-    from fastbp.model import _records_before_last
+    from fastbp._fit import _records_before_last
     for done in range(12):
         for chunk in range(1, 8):
             for every in range(1, 6):
@@ -192,7 +201,7 @@ CHILD = textwrap.dedent("""
     y = np.array([0.0, 1.0, 1.0, 0.0])
     m = fastbp.MLP([2, 4, 4, 1], activation="sigmoid", loss="sse", seed=0)
     # load (or compile) the kernels the long fit uses: a fit this long runs on the kernel
-    # generated for its architecture (kernels/specialize.py)
+    # generated for its architecture (kernels/generate.py)
     fastbp.MLP([2, 4, 4, 1], activation="sigmoid", loss="sse").fit(X, y, epochs=30_000)
     print("ready", flush=True)
     with warnings.catch_warnings(record=True) as caught:
@@ -285,14 +294,14 @@ def test_second_fit_of_the_same_model_is_refused(monkeypatch):
     X, y = _problem()
     m = fastbp.MLP([2, 6, 1], activation=["tanh", "identity"], init="normal", seed=1)
     started, release = threading.Event(), threading.Event()
-    real_run = m._run
+    real_drive = model_module.drive
 
-    def slow_run(*args, **kw):
+    def slow_drive(*args, **kw):  # runs holding the model's training lock
         started.set()
         release.wait(10)
-        return real_run(*args, **kw)
+        return real_drive(*args, **kw)
 
-    monkeypatch.setattr(m, "_run", slow_run)
+    monkeypatch.setattr(model_module, "drive", slow_drive)
     result = {}
     t = threading.Thread(target=lambda: result.update(h=m.fit(X, y, epochs=20, lr=0.01)))
     t.start()

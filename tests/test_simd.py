@@ -1,6 +1,9 @@
-"""kernels/simd.py: the lane-wise row dot product against an exact model of its order.
+"""The lane-wise sums: kernels/intrinsics.py (lanes_dot, lanes_dot_step, lanes4) and the
+rules built on them (rules.row_dot, row_dot_step, dot4, sum4), against exact models of
+their order; and every intrinsic's plain-Python meaning (what runs under
+NUMBA_DISABLE_JIT) against its compiled version, bit for bit.
 
-The reference below evaluates the order the module documents with exact rational
+The reference below evaluates the order the modules document with exact rational
 arithmetic, rounding to float64 exactly where the kernel rounds (each fused
 multiply-add once, each add and product once), so the kernel must match it bit for bit
 on every CPU.
@@ -12,9 +15,9 @@ import numpy as np
 import pytest
 from numba import njit, uint64
 
-from fastbp.kernels.activations import fma as llvm_fma
-from fastbp.kernels.dense import dot4, sum4
-from fastbp.kernels.simd import LANES, row_dot, row_dot_sgd
+from fastbp.kernels import intrinsics as I
+from fastbp.kernels.intrinsics import LANES
+from fastbp.kernels.rules import dot4, row_dot, row_dot_step, sum4
 
 
 def _round(exact, dtype):
@@ -62,8 +65,8 @@ def _dot(w, wo, v, vo, n):
 
 
 @njit
-def _dot_sgd(w, wo, v, vo, n, a, lr):
-    return row_dot_sgd(w, uint64(wo), v, uint64(vo), uint64(n), a, lr)
+def _dot_step(w, wo, v, vo, n, a, lr):
+    return row_dot_step(w, uint64(wo), v, uint64(vo), uint64(n), a, lr)
 
 
 LENGTHS = [1, 2, 7, LANES - 1, LANES, LANES + 1, 2 * LANES, 3 * LANES + 5, 100, 1024]
@@ -90,29 +93,29 @@ def test_row_dot_is_accurate(n):
 
 
 @pytest.mark.parametrize("n", LENGTHS)
-def test_row_dot_sgd_returns_the_dot_before_updating_the_row(n):
+def test_row_dot_step_returns_the_dot_before_updating_the_row(n):
     rng = np.random.default_rng(200 + n)
     w = rng.standard_normal(n + 9)
     v = rng.standard_normal(n + 2)
     before = w.copy()
     a, lr = 0.37, 0.05
-    got = _dot_sgd(w, 4, v, 2, n, a, lr)
+    got = _dot_step(w, 4, v, 2, n, a, lr)
     assert got == _dot(before, 4, v, 2, n)
     expected = before.copy()
     expected[4:4 + n] -= lr * (a * v[2:2 + n])  # the scalar update's own rounding
     np.testing.assert_array_equal(w, expected)  # and nothing outside the row moved
 
 
-def test_row_dot_sgd_in_float32_rounds_like_the_scalar_statement():
+def test_row_dot_step_in_float32_rounds_like_the_scalar_statement():
     """float32 rows with a float64 lr: a * v in float32, the rest in float64, rounded
-    back to float32 on the store (Numba's typing of ``w[j] -= lr * (a * v[j])``)."""
+    back to float32 on the store (Numba's typing of ``w[j] - lr * (a * v[j])``)."""
     rng = np.random.default_rng(9)
     n = 3 * LANES + 3
     w = rng.standard_normal(n).astype(np.float32)
     v = rng.standard_normal(n).astype(np.float32)
     before = w.copy()
     a, lr = np.float32(0.37), 0.0123456789
-    got = _dot_sgd(w, 0, v, 0, n, a, lr)
+    got = _dot_step(w, 0, v, 0, n, a, lr)
     assert got == _dot(before, 0, v, 0, n)
     expected = (before.astype(np.float64) - lr * (a * v).astype(np.float64)).astype(np.float32)
     np.testing.assert_array_equal(w, expected)
@@ -130,20 +133,20 @@ def test_row_dot_is_the_same_in_a_kernel_compiled_from_scratch():
     assert dot_int32(w, v, 300) == _dot(w, 0, v, 0, 300)
 
 
-# dense.dot4 / dense.sum4 (their lanes are simd.lanes4) against the four scalar lanes
-# they are defined by: the generated kernels and the general ones both call them now, so
-# only this test would see their order change.
+# rules.dot4 / rules.sum4 (their lanes are intrinsics.lanes4) against the four scalar
+# lanes they are defined by: the generated kernels, the lanes across models and the batch
+# passes all call them, so only this test would see their order change.
 @njit
 def _scalar_dot4(x, xo, y, yo, n):
     q = n - (n & 3)
     a0 = a1 = a2 = a3 = 0.0
     for s in range(0, q, 4):
-        a0 = llvm_fma(x[xo + s], y[yo + s], a0)
-        a1 = llvm_fma(x[xo + s + 1], y[yo + s + 1], a1)
-        a2 = llvm_fma(x[xo + s + 2], y[yo + s + 2], a2)
-        a3 = llvm_fma(x[xo + s + 3], y[yo + s + 3], a3)
+        a0 = I.fma(x[xo + s], y[yo + s], a0)
+        a1 = I.fma(x[xo + s + 1], y[yo + s + 1], a1)
+        a2 = I.fma(x[xo + s + 2], y[yo + s + 2], a2)
+        a3 = I.fma(x[xo + s + 3], y[yo + s + 3], a3)
     for s in range(q, n):
-        a0 = llvm_fma(x[xo + s], y[yo + s], a0)
+        a0 = I.fma(x[xo + s], y[yo + s], a0)
     return (a0 + a1) + (a2 + a3)
 
 
@@ -179,3 +182,118 @@ def test_dot4_and_sum4_keep_their_four_scalar_lanes_order(n, dtype):
     y = rng.standard_normal(n + 9).astype(dtype)
     assert _dot4(x, 3, y, 5, n) == _scalar_dot4(x, 3, y, 5, n)
     assert _sum4(x, 2, n) == _scalar_sum4(x, 2, n)
+
+
+# ------------------------------------------------ Python meanings against compiled code
+def _bits(x):
+    """The IEEE bits of a float (float32 or float64), to compare -0.0 too; any NaN is
+    "nan" (IEEE leaves the sign and payload of a computed NaN to the CPU)."""
+    x = np.asarray(x)
+    if np.isnan(x):
+        return (x.dtype, "nan")
+    return (x.dtype, x.view(np.int32 if x.dtype == np.float32 else np.int64).item())
+
+
+@njit
+def _fma_compiled(a, b, c):
+    return I.fma(a, b, c)
+
+
+def _fma_operands(dtype, rng):
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, np.finfo(dtype).max,
+               np.finfo(dtype).tiny, np.finfo(dtype).tiny / 8, 1.0 + np.finfo(dtype).eps]
+    values = np.concatenate([rng.standard_normal(30) * 10.0 ** rng.integers(-30, 30, 30),
+                             special, np.negative(special)]).astype(dtype)
+    triples = [tuple(rng.choice(values, 3)) for _ in range(400)]
+    a = dtype(1.0 + 2.0 ** -12)  # products that round alone: the fused rounding shows
+    triples += [(a, dtype(1.0) - (a - dtype(1.0)), dtype(-1.0)),
+                (np.finfo(dtype).max, dtype(2.0), dtype(-np.inf)),  # exact product finite
+                (np.finfo(dtype).max, dtype(2.0), dtype(0.0))]      # rounds to inf
+    return triples
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fma_python_meaning_equals_the_compiled_fma(dtype):
+    rng = np.random.default_rng(40)
+    for a, b, c in _fma_operands(dtype, rng):
+        with np.errstate(all="ignore"):
+            want = _fma_compiled(a, b, c)
+            got = I.fma(a, b, c)
+        assert _bits(dtype(got)) == _bits(dtype(want)), (a, b, c, got, want)
+    # mixed precisions compute in float64, as compiled
+    x32, x64 = np.float32(0.1), 1.0 / 3.0
+    assert _bits(np.float64(I.fma(x32, x64, x32))) == _bits(_fma_compiled(x32, x64, x32))
+
+
+@njit
+def _from_bits_compiled(b):
+    return I.float64_from_bits(b)
+
+
+def test_float64_from_bits_python_meaning_equals_the_compiled_cast():
+    rng = np.random.default_rng(41)
+    patterns = list(rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, 500,
+                                 dtype=np.int64))
+    patterns += [np.int64(v) for v in (0, 1, 1023 << 52, -(1 << 63), 0x7FF0000000000000,
+                                       0x000FFFFFFFFFFFFF, 0x7FF8000000000000,
+                                       0x7FF0000000000001, 0x7FF8000000000123)]
+    for p in patterns:  # every pattern, NaN payloads included, comes back as it went in
+        got, want = I.float64_from_bits(p), _from_bits_compiled(p)
+        assert int(np.float64(got).view(np.int64)) == int(np.float64(want).view(np.int64)) \
+            == int(p)
+
+
+@njit
+def _lanes4_compiled(x, xo, y, yo, q):
+    return I.lanes4(x, xo, y, yo, q)
+
+
+@njit
+def _sums4_compiled(x, xo, q):
+    return I.lanes4(x, xo, None, 0, q)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("q", [0, 4, 8, 36, 400])
+def test_lanes4_python_meaning_equals_the_compiled_lanes(dtype, q):
+    rng = np.random.default_rng(500 + q)
+    x = (rng.standard_normal(q + 5) * 10.0 ** rng.integers(-6, 6, q + 5)).astype(dtype)
+    y = rng.standard_normal(q + 3).astype(dtype)
+    want = _lanes4_compiled(x, 5 % (x.size - q + 1), y, 3, q)
+    got = I.lanes4(x, 5 % (x.size - q + 1), y, 3, q)
+    assert [_bits(np.float64(v)) for v in got] == [_bits(np.float64(v)) for v in want]
+    want = _sums4_compiled(x, 1, q)
+    got = I.lanes4(x, 1, None, 0, q)
+    assert [_bits(np.float64(v)) for v in got] == [_bits(np.float64(v)) for v in want]
+
+
+@njit
+def _lanes_dot_compiled(w, wo, v, vo, m):
+    return I.lanes_dot(w, wo, v, vo, m)
+
+
+@njit
+def _lanes_dot_step_compiled(w, wo, v, vo, m, a, lr):
+    return I.lanes_dot_step(w, wo, v, vo, m, a, lr)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("m", [0, LANES, 3 * LANES, 64 * LANES])
+def test_lanes_dot_python_meaning_equals_the_compiled_lanes(dtype, m):
+    rng = np.random.default_rng(600 + m)
+    w = (rng.standard_normal(m + 7) * np.exp(rng.uniform(-20, 20, m + 7))).astype(dtype)
+    v = rng.standard_normal(m + 2).astype(dtype)
+    got, want = I.lanes_dot(w, 7, v, 2, m), _lanes_dot_compiled(w, 7, v, 2, m)
+    assert _bits(dtype(got)) == _bits(dtype(want))
+    assert type(got) in (float, dtype) and dtype(want) == want  # summed in the dtype
+    # lr a float64 (Python float or numpy's) or the arrays' dtype, a any float
+    for a, lr in ((0.37, 0.0123456789), (dtype(-1.7), np.float64(0.3)),
+                  (dtype(0.9), dtype(0.05))):
+        w_py, w_c = w.copy(), w.copy()
+        got = I.lanes_dot_step(w_py, 7, v, 2, m, a, lr)
+        want = _lanes_dot_step_compiled(w_c, 7, v, 2, m, a, lr)
+        assert _bits(dtype(got)) == _bits(dtype(want)) == _bits(dtype(I.lanes_dot(w, 7, v,
+                                                                                 2, m)))
+        np.testing.assert_array_equal(w_py.view(f"i{w.itemsize}"), w_c.view(f"i{w.itemsize}"),
+                                      err_msg=f"a={a!r} lr={lr!r}")
+        np.testing.assert_array_equal(w_py[:7], w[:7])  # nothing before the row moved

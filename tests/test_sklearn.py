@@ -527,7 +527,7 @@ def test_lbfgs_sample_weight_equals_sklearn(kind):
 def _tutorial_sets():
     X, y = fastbp.datasets.xor_easy()
     sets = [("xor", X, y.ravel())]
-    a = fastbp.datasets.admissions()
+    a = fastbp.datasets.admissions()  # the packaged 400-row table (conftest.ADMISSIONS_CSV)
     sets.append(("admissions", np.vstack([a.X_train, a.X_test]),
                  np.concatenate([a.y_train, a.y_test]).ravel()))
     return sets

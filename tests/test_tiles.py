@@ -1,5 +1,5 @@
-"""kernels/tiles.py: fastbp's register-tiled gemm, and dense._matmul's choice between it
-and BLAS.
+"""kernels/tiles.py: fastbp's register-tiled gemm, and batch._matmul's choice between it
+and BLAS (the Net's blas address, set by the dispatcher when BLAS runs on enough threads).
 
 The tiles promise more than the gemm contract: every element is the fused multiply-add
 chain over k in increasing order, so the result must equal, bit for bit, a scalar loop
@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 from numba import njit
 
+import fastbp
 import reference as R
-from fastbp.kernels import blas, tiles
-from fastbp.kernels.activations import fma
-from fastbp.kernels.dense import _matmul
-from fastbp.kernels.pointers import address
+from fastbp import _dispatch as D
+from fastbp.kernels import tiles
+from fastbp.kernels.batch import _matmul
+from fastbp.kernels.config import BLAS_THREADED_MIN_WORK
+from fastbp.kernels.gemm import address
+from fastbp.kernels.intrinsics import fma
 
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
 
@@ -106,29 +109,35 @@ def test_tile_shape_fits_the_vector_registers():
 
 _ROUTE = r"""
 import ctypes, json, sys, numpy as np
-from fastbp.kernels import blas, tiles
-if blas.PROVIDER == "numpy":  # the variable is capped at the CPU count, the call is not
-    lib = ctypes.CDLL(str(blas.LIBRARY))
+from numba import njit
+import fastbp
+from fastbp import _dispatch as D
+from fastbp.kernels import gemm as G, tiles
+from fastbp.kernels.batch import _matmul
+from fastbp.kernels.gemm import address
+found = G._numpy_openblas()
+if found is not None:  # the variable is capped at the CPU count, the call is not
+    lib = ctypes.CDLL(str(found[3]))
     setter = (getattr(lib, "scipy_openblas_set_num_threads64_", None)
               or lib.openblas_set_num_threads64_)
     setter(int(sys.argv[1]))
-from numba import njit
-from fastbp.kernels.dense import _matmul
-from fastbp.kernels.pointers import address
-from fastbp.kernels.config import BLAS_THREADED_MIN_WORK
 @njit
-def matmul(m, n, k, a, b, c):
-    _matmul(False, False, m, n, k, 1.0, address(a, 0), k, address(b, 0), n, 0.0,
+def matmul(net, m, n, k, a, b, c):
+    _matmul(net, False, False, m, n, k, 1.0, address(a, 0), k, address(b, 0), n, 0.0,
             address(c, 0), n)
+# the Net of a model whose wide layers use products, as fit makes it
+model = fastbp.MLP([256, 256, 1])
+net = D.make_net(model._layout, model._act_codes, model._loss_code, model.dtype, "tiles")
 rng = np.random.default_rng(5)
-out = {"threads": int(blas.threads()), "provider": blas.PROVIDER}
+out = {"threads": G.blas_threads(), "bundled": found is not None, "blas": net.blas != 0}
 for m, n, k in ((256, 256, 256), (64, 64, 64)):
     a, b = rng.standard_normal(m * k), rng.standard_normal(k * n)
     got, t, g = (np.empty(m * n) for _ in range(3))
-    matmul(m, n, k, a, b, got)
+    matmul(net, m, n, k, a, b, got)
     tiles.tile_gemm(False, False, m, n, k, 1.0, a, k, b, n, 0.0, t, n)
-    blas.gemm(False, False, m, n, k, 1.0, a, k, b, n, 0.0, g, n)
-    out[f"{m}"] = {"big": m * n * k >= BLAS_THREADED_MIN_WORK,
+    if found is not None:
+        matmul(net._replace(blas=found[0], blas_min_work=0), m, n, k, a, b, g)
+    out[f"{m}"] = {"big": m * n * k >= net.blas_min_work,
                    "tiles": bool(np.array_equal(got, t)), "blas": bool(np.array_equal(got, g)),
                    "close": bool(np.allclose(got, (a.reshape(m, k) @ b.reshape(k, n)).ravel()))}
 print(json.dumps(out))
@@ -138,14 +147,15 @@ print(json.dumps(out))
 @pytest.mark.parametrize("threads", [1, 4])
 def test_matmul_uses_blas_only_for_large_products_on_several_threads(threads):
     env = dict(os.environ)
-    env.pop("FASTBP_BLAS", None)
+    env.pop("FASTBP_KERNELS", None)
     out = subprocess.run([sys.executable, "-c", _ROUTE, str(threads)], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    if got["provider"] != "numpy":
-        pytest.skip("numpy bundles no OpenBLAS here: BLAS reports one thread")
+    if not got["bundled"]:
+        pytest.skip("numpy bundles no OpenBLAS here: the Net never gets BLAS")
     assert got["threads"] == threads
+    assert got["blas"] == (threads >= 4)  # make_net: BLAS_MIN_THREADS
     big, small = got["256"], got["64"]
     assert big["big"] and not small["big"]
     assert small["tiles"] and small["close"]
@@ -156,23 +166,20 @@ def test_matmul_uses_blas_only_for_large_products_on_several_threads(threads):
         assert big["tiles"]
 
 
-def test_blas_threads_reports_the_providers_setting():
-    assert blas.threads() >= 1
-    if blas.PROVIDER != "numpy":
-        assert blas.threads() == 1
-
-
 @njit
-def _matmul_arrays(m, n, k, a, b, c):
-    _matmul(True, True, m, n, k, -0.5, address(a, 0), m, address(b, 0), k, 0.0,
+def _matmul_arrays(net, m, n, k, a, b, c):
+    _matmul(net, True, True, m, n, k, -0.5, address(a, 0), m, address(b, 0), k, 0.0,
             address(c, 0), n)
 
 
 def test_matmul_in_process_matches_tiles_below_the_threaded_size():
     rng = np.random.default_rng(3)
     m, n, k = 40, 33, 64
+    assert m * n * k < BLAS_THREADED_MIN_WORK
+    model = fastbp.MLP([64, 64, 1])
+    net = D.make_net(model._layout, model._act_codes, model._loss_code, model.dtype, "tiles")
     a, b = rng.standard_normal(k * m), rng.standard_normal(n * k)
     got, want = np.empty(m * n), np.empty(m * n)
-    _matmul_arrays(m, n, k, a, b, got)
+    _matmul_arrays(net, m, n, k, a, b, got)
     tiles.tile_gemm(True, True, m, n, k, -0.5, a, m, b, k, 0.0, want, n)
     assert np.array_equal(got, want)

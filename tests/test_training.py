@@ -3,10 +3,17 @@
 
 import numpy as np
 import pytest
+from numba import njit
 
 import fastbp
 import fastbp.kernels as K
 import reference as R
+from fastbp import _dispatch as D
+from fastbp._fit import SingleFit
+from fastbp.kernels import batch as B
+from fastbp.kernels import loops as L
+from fastbp.kernels import options as O
+from fastbp.kernels import rules as Rules
 
 RTOL = 1e-9
 
@@ -32,7 +39,7 @@ SGD_CASES = {
     "sigmoid-sse": ([2, 4, 1], "sigmoid", "sse", True, 0.05),
     "tanh-mse-nobias": ([3, 5, 2], ["tanh", "identity"], "mse", False, 0.01),
     "relu-bce": ([3, 4, 1], ["relu", "sigmoid"], "bce", True, 0.1),
-    # rows of 20 and 37 back-propagated: kernels/simd.py's lanes and remainders
+    # rows of 20 and 37 back-propagated: rules.row_dot's lanes and remainders
     "wide-rows": ([3, 20, 37, 2], ["tanh", "sigmoid", "identity"], "mse", True, 0.01),
 }
 
@@ -484,32 +491,39 @@ def test_activation_string_or_list():
     assert b.activations == ("relu", "identity")
 
 
+@njit
+def _gather(src, start, nb, perm, shuffle, dst, d0):
+    B.gather(src, start, nb, perm, shuffle, dst, d0)
+
+
+@njit
+def _scatter(src, s0, nb, dst, start):
+    B.scatter(src, s0, nb, dst, start)
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
-@pytest.mark.parametrize("sample_major", [False, True])
 @pytest.mark.parametrize("k, nb", [(5, 19), (70, 67)])
-def test_gather_and_scatter_columns_follow_either_layout(shuffle, sample_major, k, nb):
-    """The kernels take data one sample per column, either as a C array (k, n) or as the
-    transposed view of sample-major rows (what fit passes): both give the batch that
-    plain numpy indexing gives, and scatter_columns is its reverse.  70 x 67 values are
-    more than train.GATHER_L1_BYTES: the sample-major gather goes by blocks of 8 samples
-    (two blocks of 8 and a remainder in 19)."""
+def test_gather_and_scatter_rows_of_sample_major_data(shuffle, k, nb):
+    """The kernels take data one sample per row, (n, k) C-contiguous (what fit passes),
+    and batch.gather lays a batch out feature-major: the batch that plain numpy indexing
+    gives, transposed; batch.scatter is its reverse.  70 x 67 values are more than
+    batch.GATHER_L1_BYTES: the gather goes by blocks of 8 samples (two blocks of 8 and a
+    remainder in 19)."""
+    assert (5 * 19 * 8 <= B.GATHER_L1_BYTES) and (70 * 67 * 8 > B.GATHER_L1_BYTES)
     rng = np.random.default_rng(11)
     n = nb + 22
     rows = rng.normal(size=(n, k))
-    src = rows.T if sample_major else np.ascontiguousarray(rows.T)
-    assert src.flags.f_contiguous == sample_major
     perm = rng.permutation(n)
     start, d0 = 7, 3
     dst = np.full(d0 + k * nb + 2, np.nan)
-    K.gather_columns(src, start, nb, perm, shuffle, dst, d0)
-    cols = perm[start:start + nb] if shuffle else np.arange(start, start + nb)
-    np.testing.assert_array_equal(dst[d0:d0 + k * nb].reshape(k, nb), rows[cols].T)
+    _gather(rows, start, nb, perm, shuffle, dst, d0)
+    picked = perm[start:start + nb] if shuffle else np.arange(start, start + nb)
+    np.testing.assert_array_equal(dst[d0:d0 + k * nb].reshape(k, nb), rows[picked].T)
     assert np.isnan(dst[:d0]).all() and np.isnan(dst[d0 + k * nb:]).all()
-    out_rows = np.full((n, k), np.nan)
-    out = out_rows.T if sample_major else np.full((k, n), np.nan)
-    K.scatter_columns(dst, d0, nb, out, start)
-    np.testing.assert_array_equal(out[:, start:start + nb], rows[cols].T)
-    assert np.isnan(out[:, :start]).all() and np.isnan(out[:, start + nb:]).all()
+    out = np.full((n, k), np.nan)
+    _scatter(dst, d0, nb, out, start)
+    np.testing.assert_array_equal(out[start:start + nb], rows[picked])
+    assert np.isnan(out[:start]).all() and np.isnan(out[start + nb:]).all()
 
 
 def test_fit_reads_c_contiguous_data_in_place_and_never_writes_it(make_problem):
@@ -531,28 +545,36 @@ def test_fit_reads_c_contiguous_data_in_place_and_never_writes_it(make_problem):
     np.testing.assert_array_equal(y, y0)
 
 
+@njit
+def _forward(params, net, acts, a_off, nb):
+    B.forward(params, net, acts, a_off, nb, acts[:0])
+
+
+@njit
+def _backward(params, net, acts, a_off, deltas, out, nb, lr, descend):
+    B.backward(params, net, acts, a_off, deltas, out, nb, lr, descend)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("product_min_work", [K.PRODUCT_MIN_WORK, -1])
 def test_fused_sgd_step_equals_backward_then_update(bias, product_min_work):
-    """dense.backward_sgd (the plain rule applied inside the backward pass, no gradient
-    stored) must give exactly backward + params -= lr * grad: with the default threshold
-    the 5x10 layer runs on the loops and the wider ones on the tiles (alpha = -lr,
-    beta = 1); with -1 every layer runs on the loops."""
-    from fastbp.kernels.dense import backward_sgd, layer_uses_products
+    """batch.backward with ``descend`` (the plain rule applied inside the backward pass,
+    no gradient stored) must give exactly backward + rules.plain_step: with the default
+    threshold the 5x10 layer runs on the loops and the wider ones on the tiles (alpha =
+    -lr, beta = 1); with -1 every layer runs on the loops."""
     sizes = [5, 10, 70, 3]
     nb = 64
     model = fastbp.MLP(sizes, activation=["tanh", "sigmoid", "identity"], bias=bias, seed=3)
-    uses = [layer_uses_products(a, b, nb, product_min_work) for a, b in
+    uses = [B.uses_products.py_func(a, b, nb, product_min_work) for a, b in
             zip(sizes[:-1], sizes[1:])]
     assert uses == ([False, True, True] if product_min_work >= 0 else [False] * 3)
-    sizes_arr, w_off, b_off, codes = model._kernel_net()
+    net = D.make_net(model._layout, model._act_codes, model._loss_code, model.dtype, "tiles")
+    net = net._replace(product_min_work=product_min_work, blas=0)  # the tiles, not BLAS
     rng = np.random.default_rng(0)
-    ws = K.make_workspace(sizes_arr, model.params.size, nb, nb, model.params[:0], False)
-    a_off, acts, deltas = ws[0], ws[1], ws[2]
-    bits, scale = ws[6], ws[7]
+    work = O.make_work(model._layout.sizes_arr, model.params.size, nb, nb, model.dtype, False)
+    a_off, acts, deltas = work.a_off, work.acts, work.deltas
     acts[:sizes[0] * nb] = rng.standard_normal(sizes[0] * nb)
-    K.forward(model.params, sizes_arr, w_off, b_off, codes, acts, a_off, nb, bits, scale,
-              acts[:0], product_min_work)
+    _forward(model.params, net, acts, a_off, nb)
     out = a_off[len(sizes) - 1]
     delta_out = rng.standard_normal(sizes[-1] * nb)
     lr = 0.037
@@ -560,17 +582,46 @@ def test_fused_sgd_step_equals_backward_then_update(bias, product_min_work):
     grad = np.zeros_like(model.params)
     d1 = deltas.copy()
     d1[out:out + delta_out.size] = delta_out
-    K.backward(model.params, sizes_arr, w_off, b_off, codes, acts, a_off, d1, grad, nb,
-               product_min_work)
-    want = model.params - lr * grad
+    _backward(model.params, net, acts, a_off, d1, grad, nb, 0.0, False)
+    want = np.array([Rules.plain_step(p, g, lr) for p, g in zip(model.params, grad)])
+    np.testing.assert_array_equal(want, model.params - lr * grad)
 
     got = model.params.copy()
     d2 = deltas.copy()
     d2[out:out + delta_out.size] = delta_out
-    backward_sgd(got, sizes_arr, w_off, b_off, codes, acts, a_off, d2, lr, nb,
-                 product_min_work)
+    _backward(got, net, acts, a_off, d2, got, nb, lr, True)
     assert np.array_equal(got, want)
     assert np.array_equal(d1, d2)  # the back-propagated deltas read the weights before the step
+
+
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_fused_and_plain_entries_train_alike_in_float64(batch_size, make_problem):
+    """loops.trainer's "fused" entry (what float64 plain-SGD fits run) and its "plain"
+    one (a separate step after backward: what float32 runs) give the same float64 bits,
+    records included."""
+    sizes = [5, 10, 70, 3]
+    X, y, weights, biases = make_problem(sizes, n=48, seed=2)
+    model = fastbp.MLP.from_weights(weights, biases, activation=["tanh", "sigmoid",
+                                                                 "identity"])
+    n, batch = X.shape[0], batch_size or X.shape[0]
+    mode = "full" if batch_size is None else "mini"
+    net = D.make_net(model._layout, model._act_codes, model._loss_code, model.dtype, "tiles")
+    data = O.Data(model._inputs(X), model._targets(y, n), np.zeros(0))
+    results = []
+    for kind in ("fused", "plain"):
+        params = model.params.copy()
+        work = O.make_work(model._layout.sizes_arr, params.size, batch, n, model.dtype,
+                           False, gradient=kind != "fused")
+        history = np.full(6, np.nan)
+        done = L.trainer(mode, kind, False)(
+            params, net, data, None, O.Loop(batch, False, 1), O.plain_rule(0.05, 6),
+            O.NO_STOP, O.new_state(0, model.dtype, np.zeros(2, np.int64)), work, None,
+            history, None, params[:0], 0, 6)
+        assert done == (6, -1, False)
+        results.append((params, history))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert not np.array_equal(results[0][0], model.params)  # it trained
 
 
 def test_wide_minibatch_fits_match_reference_in_both_dtypes(make_problem):
@@ -588,20 +639,20 @@ def test_wide_minibatch_fits_match_reference_in_both_dtypes(make_problem):
 
 
 def test_the_loading_call_runs_once_per_kernel_and_argument_kinds(make_problem, monkeypatch):
-    """fit first calls the kernel for no epochs (compiling or loading it, so that
-    history.seconds measures training only); a later fit of the same kind skips that
-    call, and a fit with other argument types (validation data, float32) makes it."""
-    from fastbp import model as model_module
-    monkeypatch.setattr(model_module, "_KERNELS_RUN", set())
+    """fit first calls the kernel for no epochs (SingleFit.prepare: compiling or loading
+    it, so that history.seconds measures training only); a later fit of the same kind
+    skips that call (the dispatcher's registry: is_loaded), and a fit of another kind
+    (validation data, float32) makes it."""
+    monkeypatch.setattr(D, "_loaded", set())
     X, y, W, b = make_problem([3, 5, 2], n=12)
     calls = []
-    original = fastbp.MLP._kernel_train
+    original = SingleFit._call
 
-    def spy(self, xt, yt, run, epochs, *rest):
+    def spy(self, epochs, *rest):
         calls.append(epochs)
-        return original(self, xt, yt, run, epochs, *rest)
+        return original(self, epochs, *rest)
 
-    monkeypatch.setattr(fastbp.MLP, "_kernel_train", spy)
+    monkeypatch.setattr(SingleFit, "_call", spy)
     m = fastbp.MLP.from_weights(W, b)
     for _ in range(2):
         m.fit(X, y, epochs=2, lr=0.1)

@@ -1,15 +1,18 @@
-"""Generated kernels (kernels/specialize.py) against the general kernel: bit for bit.
+"""Generated kernels (kernels/generate.py) against the general entries: bit for bit.
 
-Every fit here runs twice from the same start, once on the architecture's generated
-kernel and once on the general kernels.train.train, and must give identical parameters,
-histories and stopping reasons -- the generated kernel repeats the general kernel's
-operations in the same order, so anything short of equality is a bug.  The general
-kernel itself is checked against the numpy reference elsewhere (test_training.py).
+Every fit here runs twice from the same start through MLP.fit, once with the
+dispatcher's policy "fastest" (the architecture's generated kernel wherever one applies)
+and once with "general" (the general entries of kernels/loops.py, never a generated
+kernel), and must give identical parameters, histories and stopping reasons -- the
+generated kernel calls the same rules in the same order, so anything short of equality
+is a bug.  The general entries themselves are checked against the numpy reference
+elsewhere (test_training.py).
 
-Each architecture compiles a kernel of its own (seconds), so the cases share a few
+Each architecture compiles kernels of its own (seconds), so the cases share a few
 architectures and vary what is decided at run time (optimizers, schedules, weights,
 sample counts, recording).
 """
+import hashlib
 import os
 import shutil
 import sys
@@ -19,9 +22,13 @@ import numpy as np
 import pytest
 
 import fastbp
+import fastbp.kernels as K
 from fastbp import _config as C
-from fastbp import kernels as K
-from fastbp.kernels import specialize as S
+from fastbp import _dispatch as D
+from fastbp._many import ManyFit
+from fastbp.kernels import generate as GEN
+from fastbp.kernels import lanes as LN
+from fastbp.kernels.intrinsics import LANES as ROW_LANES
 
 # (sizes, activation, loss, bias): a few architectures, covering every activation, the
 # generated losses, with and without biases, one and several outputs
@@ -31,31 +38,34 @@ ARCHS = {
     "admissions": ((6, 2, 1), "sigmoid", "half_mse", False),
     "multi": ((3, 5, 2), ["tanh", "sigmoid"], "bce", True),
     # a hidden layer wide enough for the per-sample kernels' vectorized sigmoid
-    # (sgd.VECTOR_SIGMOID_MIN_UNITS), an output layer narrow enough for libm's
+    # (rules.NARROW_UNITS), an output layer narrow enough for libm's
     "wide-sigmoid": ((2, 9, 3), "sigmoid", "mse", True),
 }
 
 
 @pytest.fixture
 def generated(monkeypatch):
-    """Generated kernels for every eligible fit, however short."""
-    monkeypatch.setattr(S, "ENABLED", True)
-    monkeypatch.setattr(S, "MIN_WORK", 0)
+    """Generated kernels switched on (FASTBP_GENERATE=0 turns them off)."""
+    monkeypatch.setattr(GEN, "ENABLED", True)
 
 
 def _fit_both(monkeypatch, arch, n, data_seed=0, **fit):
+    """The fit on the generated kernel, then on the general entry: [(params, history,
+    model)] in that order; the first must really have run a generated kernel."""
     sizes, act, loss, bias = ARCHS[arch]
     rng = np.random.default_rng(data_seed)
     X = rng.normal(size=(n, sizes[0]))
     y = rng.uniform(0.05, 0.95, size=(n, sizes[-1]))
     results = []
-    for enabled in (True, False):
-        monkeypatch.setattr(S, "ENABLED", enabled)
+    for policy in ("fastest", "general"):
+        monkeypatch.setattr(D, "POLICY", policy)
         model = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias, seed=data_seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             hist = model.fit(X, y, **fit)
         results.append((model.params.copy(), hist, model))
+    assert "generated for" in results[0][1].kernel, results[0][1].kernel
+    assert "generated" not in results[1][1].kernel, results[1][1].kernel
     return results
 
 
@@ -105,8 +115,8 @@ def test_per_sample_sgd_is_bit_identical(generated, monkeypatch, arch, options):
     _assert_identical(results)
 
 
-# Networks too large for the unrolled per-sample kernel: they get sgd.sgd_epoch with
-# constant sizes ("per_sample_loops"); rows of 17 and 33 units take the SIMD lanes and
+# Networks too large for the unrolled per-sample kernel: they get sample.py's epoch with
+# constant sizes ("sample_loops"); rows of 17 and 33 units take the SIMD lanes and
 # their remainder, rows of 2 the scalar sums.
 LOOP_ARCHS = {
     "loops-tanh": ((3, 20, 17, 2), ["tanh", "sigmoid", "identity"], "mse", True),
@@ -117,8 +127,8 @@ LOOP_ARCHS = {
 def _fit_loops_both(monkeypatch, arch, n, data_seed=0, **fit):
     sizes, act, loss, bias = LOOP_ARCHS[arch]
     model = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias)
-    assert S.per_sample_mode(sizes, model._act_codes, model._loss_code, True, False,
-                             "float64", model._layout.n_params) == "per_sample_loops"
+    assert GEN.kind_for(sizes, model._act_codes, model._loss_code, "sample", "plain", False,
+                        "float64", n, K.PRODUCT_MIN_WORK) == "sample_loops"
     monkeypatch.setitem(ARCHS, arch, LOOP_ARCHS[arch])
     return _fit_both(monkeypatch, arch, n, data_seed, batch_size=1, **fit)
 
@@ -138,33 +148,50 @@ def test_per_sample_loops_kernel_is_bit_identical(generated, monkeypatch, arch, 
     model = results[0][2]
     start = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias, seed=8).params
     assert not np.array_equal(model.params, start)  # it trained
-    assert S.loaded(sizes, model._act_codes, bias, model._loss_code, False,
-                    "per_sample_loops")  # and the generated kernel ran
+    rule = "stateful" if "optimizer" in options else "plain"
+    key = GEN.key("sample_loops", sizes, model._act_codes, bias, model._loss_code, False,
+                  rule)
+    assert D.is_loaded(key)  # and the generated kernel ran
 
 
-def test_short_fits_of_one_architecture_move_to_the_generated_kernel_together(monkeypatch):
-    """S.worth_generating: fits too short to pay for compiling count together; once the
-    architecture's work in this process reaches MIN_WORK its kernel is generated."""
-    monkeypatch.setattr(S, "ENABLED", True)
-    monkeypatch.setattr(S, "_loaded", {})
-    monkeypatch.setattr(S, "_work_seen", {})
+def _isolated_registry(monkeypatch, tmp_path):
+    """The dispatcher's registry as in a fresh process with an empty cache: nothing
+    compiled, no work seen (the kernels themselves still load from Numba's cache)."""
+    monkeypatch.setattr(D, "_loaded", set())
+    monkeypatch.setattr(D, "_work_seen", {})
+    monkeypatch.setattr(D, "_marker", lambda key: str(
+        tmp_path / "compiled" / hashlib.sha256(repr(key).encode()).hexdigest()))
+
+
+def test_short_fits_of_one_architecture_move_to_the_generated_kernel_together(
+        monkeypatch, tmp_path):
+    """_dispatch._worth: fits too short to pay for compiling count together; once the
+    work they would have saved reaches the compile time, the architecture's kernel is
+    generated."""
+    monkeypatch.setattr(GEN, "ENABLED", True)
+    monkeypatch.setattr(D, "POLICY", "auto")
+    _isolated_registry(monkeypatch, tmp_path)
+    monkeypatch.setattr(D, "GENERAL_COMPILE_SECONDS", 0.0)  # the generated costs its own
     sizes, act, loss, bias = ARCHS["admissions"]
     X = np.random.default_rng(4).normal(size=(40, sizes[0]))
     y = np.random.default_rng(5).uniform(0.1, 0.9, size=(40, sizes[-1]))
     model = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias, seed=1)
-    work = 3 * 40 * model.params.size  # one fit of 3 epochs
-    monkeypatch.setattr(S, "MIN_WORK", 3 * work)
-    arch = (sizes, model._act_codes, bias, model._loss_code, False, "per_sample")
+    key = GEN.key("sample", sizes, model._act_codes, bias, model._loss_code, False, "plain")
     seen = []
-    for _ in range(4):
-        model.fit(X, y, epochs=3, lr=0.05, batch_size=1)
-        seen.append(S.loaded(*arch))
+    for i in range(4):
+        h = model.fit(X, y, epochs=3, lr=0.05, batch_size=1)
+        seen.append("generated for" in h.kernel)
+        if i == 0:  # compiling now costs what 2.5 such fits save
+            saved = D._work_seen[key]
+            monkeypatch.setattr(D, "GENERATED_COMPILE_SECONDS", 2.5 * saved)
     assert seen == [False, False, True, True]
+    assert D.is_loaded(key)
     # a different architecture keeps its own count
     other = fastbp.MLP((6, 3, 1), activation=act, loss=loss, bias=bias, seed=1)
-    other.fit(X, y, epochs=3, lr=0.05, batch_size=1)
-    assert not S.loaded((6, 3, 1), other._act_codes, bias, other._loss_code, False,
-                        "per_sample")
+    h = other.fit(X, y, epochs=3, lr=0.05, batch_size=1)
+    assert "generated" not in h.kernel
+    assert not D.is_loaded(GEN.key("sample", (6, 3, 1), other._act_codes, bias,
+                                   other._loss_code, False, "plain"))
 
 
 def test_per_sample_loops_kernel_with_weights_and_divergence(generated, monkeypatch):
@@ -192,64 +219,62 @@ def test_divergence_is_handled_identically(generated, monkeypatch, batch_size):
     assert np.isfinite(results[0][0]).all()
 
 
+def _planned(model, n, batch, shuffle=False, validating=False, epochs=10, **rule):
+    """(generated kind or None, the plan's rule kind) of a fit, as the dispatcher plans it."""
+    plan = D.plan_fit(model, n, batch, shuffle, C.build(0.1, epochs, **rule)[0], validating,
+                      epochs)
+    return (plan.key[1] if plan.key[0] == "generated" else None), plan.rule
+
+
 def test_generated_kernel_is_used_only_where_it_applies(generated, monkeypatch):
+    monkeypatch.setattr(D, "POLICY", "fastest")
     sizes, act, loss, bias = ARCHS["xor"]
     model = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias, seed=0)
-
-    class Run:  # the fields _train_kernel reads
-        epochs = 10
-        shuffle = False
-        sw = np.zeros(0)
-        xv = np.zeros((2, 0))
-        hyper, iconf = C.build(0.1, 10)
-
-    plain = model._train_kernel(21, 21, Run)
-    assert plain is not K.train
-    Run.hyper, Run.iconf = C.build(0.1, 10, optimizer="adam")
-    general = model._train_kernel(21, 21, Run)  # any optimizer: calls optim.update
-    assert general is not K.train and general is not plain
-    Run.hyper, Run.iconf = C.build(0.1, 10)
-    Run.shuffle = True
-    assert model._train_kernel(21, 21, Run) is K.train  # shuffled: batches differ
-    Run.shuffle = False
-    assert model._train_kernel(21, 4, Run) is K.train  # mini-batch
-    Run.hyper, Run.iconf = C.build(0.1, 10)
-    assert model._train_kernel(21, 1, Run) is not K.train  # per-sample, plain SGD
-    Run.hyper, Run.iconf = C.build(0.1, 10, momentum=0.9)
-    # per-sample with momentum: not the unrolled kernel, sgd_epoch with constant sizes
-    assert model._train_kernel(21, 1, Run) is S.trainer(
-        sizes, model._act_codes, bias, model._loss_code, False, "per_sample_loops")
-    Run.xv = np.zeros((2, 3))
-    assert model._train_kernel(21, 21, Run) is K.train  # validation data
-    Run.xv = np.zeros((2, 0))
+    assert _planned(model, 21, 21) == ("full", "fused")
+    assert _planned(model, 21, 21, optimizer="adam") == ("full", "stateful")
+    assert _planned(model, 21, 21, shuffle=True) == (None, "fused")  # batches differ
+    assert _planned(model, 21, 4) == (None, "fused")                 # mini-batch
+    assert _planned(model, 21, 1) == ("sample", "plain")             # per-sample, plain
+    # per-sample with momentum: not the unrolled kernel, sample.py's with constant sizes
+    assert _planned(model, 21, 1, momentum=0.9) == ("sample_loops", "stateful")
+    assert _planned(model, 21, 21, validating=True) == (None, "fused")  # validation data
     wide = fastbp.MLP([2, 64, 1], seed=0)
-    assert wide._train_kernel(21, 21, Run) is K.train  # too wide
+    assert _planned(wide, 21, 21)[0] is None  # too wide
     f32 = fastbp.MLP(sizes, activation=act, loss=loss, dtype="float32", seed=0)
-    assert f32._train_kernel(21, 21, Run) is K.train
+    assert _planned(f32, 21, 21)[0] is None
+    soft = fastbp.MLP([2, 4, 3], activation=["tanh", "softmax"], loss="cross_entropy")
+    assert _planned(soft, 21, 21)[0] is None  # a loss the generator does not write
+    # a layer whose products go to gemm at this batch: the loops' order is not its order
+    gemm_net = fastbp.MLP([7, 30, 1], seed=0)
+    assert 7 * 30 * 19 < K.PRODUCT_MIN_WORK <= 7 * 30 * 20
+    assert _planned(gemm_net, 19, 19)[0] == "full"
+    assert _planned(gemm_net, 20, 20)[0] is None
+    monkeypatch.setattr(GEN, "ENABLED", False)  # what FASTBP_GENERATE=0 sets at import
+    assert _planned(model, 21, 21)[0] is None
 
 
-def test_short_fits_do_not_compile_a_kernel(monkeypatch):
-    monkeypatch.setattr(S, "ENABLED", True)
+def test_short_fits_do_not_compile_a_kernel(monkeypatch, tmp_path):
+    monkeypatch.setattr(GEN, "ENABLED", True)
+    _isolated_registry(monkeypatch, tmp_path)
     model = fastbp.MLP([2, 7, 1], seed=0)  # an architecture no other test uses
-
-    class Run:
-        epochs = 10
-        shuffle = False
-        sw = np.zeros(0)
-        xv = np.zeros((2, 0))
-        hyper, iconf = C.build(0.1, 10)
-
-    assert model._train_kernel(21, 21, Run) is K.train
-    Run.epochs = S.MIN_WORK  # long enough to pay for compiling (compiled at first call)
-    assert model._train_kernel(21, 21, Run) is not K.train
+    monkeypatch.setattr(D, "POLICY", "general")
+    general = D.plan_fit(model, 21, 21, False, C.build(0.1, 10)[0], False, 10)
+    monkeypatch.setattr(D, "POLICY", "auto")
+    # nothing compiled yet: the generated kernel costs less to compile than the general
+    # entry, whatever the fit's length
+    assert _planned(model, 21, 21, epochs=10)[0] == "full"
+    D._loaded.add(general.key)  # the general entry compiled: a short fit stays there
+    assert _planned(model, 21, 21, epochs=10)[0] is None
+    # long enough to pay for compiling (compiled at its first call)
+    assert _planned(model, 21, 21, epochs=10 ** 7)[0] == "full"
 
 
 def test_source_is_written_to_the_cache_folder_and_rewritten_when_altered(tmp_path,
                                                                           monkeypatch):
     monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
-    text = S.source((2, 3, 1), (1, 1), True, 0, False)
+    text = GEN.source_full((2, 3, 1), (1, 1), True, 0, False, "plain")
     assert "def train(" in text and "def epoch_pass(" in text
-    module = S._import(text)
+    module = GEN._import(text)
     path = module.__file__
     assert os.path.dirname(path) == os.path.join(str(tmp_path), "generated")
     with open(path, encoding="utf-8") as f:
@@ -258,7 +283,7 @@ def test_source_is_written_to_the_cache_folder_and_rewritten_when_altered(tmp_pa
     with open(path, "w", encoding="utf-8") as f:
         f.write("raise RuntimeError('not ours')\n")
     del sys.modules[module.__name__]
-    again = S._import(text)
+    again = GEN._import(text)
     with open(again.__file__, encoding="utf-8") as f:
         assert f.read() == text
 
@@ -266,79 +291,89 @@ def test_source_is_written_to_the_cache_folder_and_rewritten_when_altered(tmp_pa
 def test_generated_modules_follow_every_kernel_source(tmp_path, monkeypatch):
     """Numba's cache checks only a function's own file, so each generated module carries
     a digest of all kernels/*.py: a change to any of them (here: a copy of the package
-    with a comment added to sgd.py) gives every generated module a new text, and so a
+    with a comment added to sample.py) gives every generated module a new text, and so a
     new file name and a fresh compilation."""
-    digest = S.kernel_sources_digest()
+    digest = GEN.kernel_sources_digest()
     args = ((3, 20, 17, 2), (3, 1, 0), True, 0, False)
-    for make in (S.source, S.source_per_sample, S.source_per_sample_loops):
-        assert make(*args).splitlines()[0] == f"# fastbp.kernels sources {digest}"
+    for text in (GEN.source_full(*args, "plain"), GEN.source_sample(*args),
+                 GEN.source_sample_loops(*args, "stateful")):
+        assert text.splitlines()[0] == f"# fastbp.kernels sources {digest}"
     copy = tmp_path / "kernels"
-    shutil.copytree(os.path.dirname(S.__file__), copy,
+    shutil.copytree(os.path.dirname(GEN.__file__), copy,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    sgd = copy / "sgd.py"
-    sgd.write_text(sgd.read_text() + "\n# edited\n")
-    monkeypatch.setattr(S, "__file__", str(copy / "specialize.py"))
-    monkeypatch.setattr(S, "_sources_digest", None)
-    assert S.kernel_sources_digest() != digest
-    edited = S.source_per_sample_loops(*args)
-    monkeypatch.setattr(S, "_sources_digest", digest)
-    assert edited != S.source_per_sample_loops(*args)
-    assert edited.splitlines()[1:] == S.source_per_sample_loops(*args).splitlines()[1:]
+    sample = copy / "sample.py"
+    sample.write_text(sample.read_text() + "\n# edited\n")
+    monkeypatch.setattr(GEN, "__file__", str(copy / "generate.py"))
+    monkeypatch.setattr(GEN, "_sources_digest", None)
+    assert GEN.kernel_sources_digest() != digest
+    edited = GEN.source_sample_loops(*args, "plain")
+    monkeypatch.setattr(GEN, "_sources_digest", digest)
+    assert edited != GEN.source_sample_loops(*args, "plain")
+    assert edited.splitlines()[1:] == GEN.source_sample_loops(*args, "plain").splitlines()[1:]
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_ensemble_on_the_generated_kernel_equals_mlp_fit(generated, monkeypatch, n_jobs):
     """Ensemble.fit runs each model through the generated kernel on threads (full batch,
-    n >= 16); every model must equal MLP.fit alone -- including a diverging one."""
+    n >= 16); every model must equal MLP.fit alone on the general entry -- including a
+    diverging one."""
     sizes, act, loss, bias = ARCHS["regression"]
     rng = np.random.default_rng(8)
     X = rng.normal(size=(24, 1))
     y = rng.uniform(0.05, 0.95, size=(24, 1))
     lrs = [0.01, 0.05, 0.1, 50.0, 0.02]  # the fourth diverges
+    monkeypatch.setattr(D, "POLICY", "fastest")
     ens = fastbp.Ensemble(sizes, len(lrs), activation=act, loss=loss, bias=bias, seed=3)
     start = ens.params.copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hist = ens.fit(X, y, epochs=300, lr=lrs, record_every=7, n_jobs=n_jobs)
     assert ens.diverged.tolist() == [False, False, False, True, False]
-    monkeypatch.setattr(S, "ENABLED", False)
+    key = GEN.key("full", sizes, ens[0]._act_codes, bias, ens[0]._loss_code, False, "plain")
+    assert D.is_loaded(key)
+    monkeypatch.setattr(D, "POLICY", "general")
     for m, lr in enumerate(lrs):
         alone = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias)
         alone.params = start[m]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             h = alone.fit(X, y, epochs=300, lr=lr, record_every=7, on_divergence="warn")
+        assert "generated" not in h.kernel
         np.testing.assert_array_equal(ens.params[m], alone.params)
         np.testing.assert_array_equal(hist.loss[m, :len(h.loss)], h.loss)
 
 
-def test_ensemble_uses_the_generated_kernel_only_where_it_applies(generated):
-    from fastbp.ensemble import _Group
+def test_ensemble_uses_the_generated_kernel_only_where_it_applies(generated, monkeypatch):
+    """An Ensemble's job (fastbp/_many.py) plans each model's kernel as MLP.fit does, and
+    trains full blocks of models in the lanes instead where the data are too few for a
+    generated kernel's padded rows."""
+    monkeypatch.setattr(D, "POLICY", "fastest")
     sizes, act, loss, bias = ARCHS["xor"]
-    ens = fastbp.Ensemble(sizes, 3, activation=act, loss=loss, bias=bias, seed=0)
-    model = ens[0]
+    ens = fastbp.Ensemble(sizes, LN.LANES, activation=act, loss=loss, bias=bias, seed=0)
 
-    def group(n, shuffle=False, batch=None):
-        xt = np.zeros((1, 2, n))
-        batches = np.full(3, n if batch is None else batch)
-        return _Group(None, shuffle, ens.params, ens._rng_states, xt, xt[:, :1],
-                      np.full(3, 0.1), batches, np.zeros((3, 1)))
+    def job(n, shuffle=False, batch=None):
+        xt, yt = ens._data(np.zeros((n, sizes[0])), np.zeros((n, sizes[-1])))
+        batches = np.full(ens.n_models, n if batch is None else batch)
+        fit = ManyFit(ens, xt, yt, 10, np.full(ens.n_models, 0.1), batches,
+                      np.full(ens.n_models, shuffle), 1, 1)
+        (plan,) = fit.plans.values()
+        return (plan.key[1] if plan.key[0] == "generated" else None), fit.lanes
 
-    assert group(21)._generated_kernel(model, 10, 21) is not None
-    assert group(21, shuffle=True)._generated_kernel(model, 10, 21) is None
-    assert group(21, batch=5)._generated_kernel(model, 10, 21) is None
-    assert group(8)._generated_kernel(model, 10, 8) is None  # too few samples: lanes
+    assert job(21) == ("full", False)
+    assert job(21, shuffle=True) == (None, False)
+    assert job(21, batch=5) == (None, False)
+    assert job(8) == ("full", True)  # too few samples: the lanes
 
 
-def test_per_sample_rows_of_the_simd_width_are_not_generated():
+def test_per_sample_rows_of_the_simd_width_are_not_generated(generated):
     """The generated per-sample code sums back-propagated rows left to right, which is
-    kernels/simd.py's order only for rows shorter than its lanes."""
-    from fastbp.kernels.simd import LANES
+    rules.row_dot's order only for rows shorter than its lanes: a wider network runs
+    sample.py's own epoch instead ("sample_loops")."""
     codes = [K.SIGMOID] * 3
-    small = (1, 1, LANES - 1, 1)
-    wide = (1, 1, LANES, 1)
-    for sizes, expected in ((small, True), (wide, False)):
+    small = (1, 1, ROW_LANES - 1, 1)
+    wide = (1, 1, ROW_LANES, 1)
+    for sizes, expected in ((small, "sample"), (wide, "sample_loops")):
         n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-        assert n_params <= S.MAX_PER_SAMPLE_PARAMS
-        assert S.eligible_per_sample(sizes, codes, K.MSE, True, False, "float64",
-                                     n_params) is expected
+        assert n_params <= GEN.MAX_SAMPLE_PARAMS
+        assert GEN.kind_for(sizes, codes, K.MSE, "sample", "plain", False, "float64", 21,
+                            K.PRODUCT_MIN_WORK) == expected
