@@ -63,8 +63,8 @@ import warnings
 
 import numpy as np
 
-from .activations import IDENTITY, RELU, SIGMOID, SOFTMAX, TANH
-from .losses import BCE, CROSS_ENTROPY, HALF_MSE, MSE, SSE
+from .rules import (BCE, CROSS_ENTROPY, HALF_MSE, IDENTITY, MSE, RELU, SIGMOID, SOFTMAX, SSE,
+                    TANH)
 
 # Largest model (parameters per network) the kernel accepts: one thread per model keeps
 # ~2 x MAX_PARAMS values in local memory (16 KiB in float64, reserved for every resident
