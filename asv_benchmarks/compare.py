@@ -208,7 +208,7 @@ def machine_line():
 
 
 def blas_line():
-    """numpy's BLAS as loaded here (fastbp's products go through it: kernels/blas.py), and
+    """numpy's BLAS as loaded here (fastbp's largest products can go through it: kernels/gemm.py), and
     OPENBLAS_CORETYPE if the environment forces OpenBLAS's kernels: W4b's times depend on
     it (a sandbox that set Haswell made W4b H=1024 0.55 s instead of 0.48 s on Zen 5)."""
     try:

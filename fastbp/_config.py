@@ -17,7 +17,7 @@ SCHEDULES = {"constant": R.CONSTANT, "invscaling": R.INVSCALING, "step": R.STEP,
 
 def _real(value, name, low=None, high=None, low_open=False, high_open=False):
     # type() first: the numbers.Real check goes through the ABC machinery, and fit makes
-    # nine of these checks (math.isfinite likewise: np.isfinite on a scalar is 25x slower)
+    # nine of these checks (math.isfinite likewise: np.isfinite on a scalar is far slower)
     if type(value) is not float and (isinstance(value, bool)
                                      or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a number, got {value!r}")

@@ -245,7 +245,7 @@ def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weight
 
 # Below this many samples a generated kernel's rows (padded to 8) are mostly padding and
 # the lanes (SIMD across models) train an ensemble faster; above, one model at a time
-# on a generated kernel is faster (XOR, 21 samples: 0.6 against 1.0 us per epoch).
+# on a generated kernel is faster (the XOR net's 21 samples).
 GENERATED_OVER_LANES_SAMPLES = 16
 
 

@@ -1,6 +1,6 @@
 """Whether a chunk of training can diverge at all: a bound proved before it runs.
 
-The divergence guard (kernels/train.py: train) copies the parameters so that it can put
+The divergence guard (kernels/loops.py: after_record) copies the parameters so that it can put
 back the last finite ones.  For a wide network that copy is most of what a fit adds to
 memory (W4b at H=1024: 8.7 MB, 0.78 of data + parameters + one batch of activations).
 When ``ChunkBound.cannot_diverge`` proves that no value computed in the next chunk -- a
@@ -16,7 +16,7 @@ B >= max |b|.  Given them, with |x| <= X and |y| <= Y over the training data, sa
 weights <= S, k outputs and batches of at most nb samples:
 
     forward    Z_l = R_l A_{l-1} + B_l,  A_0 = X;  A_l = 1 (sigmoid, tanh, softmax) or Z_l
-    output     D_L = (A_L + Y) scale f'_L S   (scale as in kernels/losses.py: output_delta;
+    output     D_L = (A_L + Y) scale f'_L S   (scale as in kernels/rules.py: delta_scale;
                sigmoid+bce, softmax+cross_entropy: (1 + Y) scale S)
     backward   D_l = C_{l+1} D_{l+1} f'_l     (f' <= 1/4 for sigmoid, <= 1 otherwise)
     one step   |dW_ij| <= lr nb D_l A_{l-1},  |db_j| <= lr nb D_l
@@ -149,7 +149,7 @@ class ChunkBound:
         return moves, z, loss
 
     def _output_delta(self, a_out, k):
-        """Bound of dLoss/dz at the output (kernels/losses.py: output_delta)."""
+        """Bound of dLoss/dz at the output (kernels/rules.py: output_delta)."""
         last = self.acts[-1]
         scale = K.delta_scale(self.loss, last, k, self.nb)
         if _combined(self.loss, last):

@@ -104,7 +104,7 @@ def as_float_array(a, name, dtype):
                         f"(convert it with np.asarray(..., dtype=float))")
     # bools are taken as 0/1 and integers converted: both are exact in float64.
     if arr.dtype == dtype:
-        out = arr  # errstate costs 2 us a call; fit and from_weights convert 2-6 arrays
+        out = arr  # errstate costs more than the check; fit converts several arrays
     else:
         with np.errstate(over="ignore"):
             out = arr.astype(dtype, copy=False)
@@ -121,15 +121,6 @@ def kernel_ready(a):
     the kernels are compiled for.  (Read-only or unaligned arrays would make Numba compile
     another specialization; the kernels never write their data arguments anyway.)"""
     return np.require(a, requirements=["C", "A", "W"])
-
-
-def kernel_columns(rows):
-    """Sample-major data (n_samples, k) as the kernels take it: the (k, n_samples) view
-    of the kernel_ready rows, one sample per column.  No copy when ``rows`` already is
-    C-contiguous, aligned and writeable in the model dtype: the usual case costs nothing,
-    and per-sample SGD reads each sample's values from one cache line instead of k (a
-    transposed copy cost W4a 0.1 ms to make and 7-9% of its kernel time to read)."""
-    return kernel_ready(rows).T
 
 
 def check_X(X, n_features, dtype, name="X"):

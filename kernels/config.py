@@ -12,20 +12,18 @@ JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 INNER = dict(JIT, no_cpython_wrapper=True)
 
 # A layer's products (forward, weight gradient, back-propagation) go through the
-# matrix-product kernel (dense._matmul: register tiles, tiles.py, or BLAS) when the layer
+# matrix products (batch._matmul: the gemm unit of gemm.py, or BLAS) when the layer
 # has at least PRODUCT_MIN_WEIGHTS weights and one product, n_in * n_out * batch, at
 # least PRODUCT_MIN_WORK multiply-adds.  Smaller layers keep the plain loops: there the
 # tiles' edges and call overhead cost more than they save, and such layers are those of
-# the generated kernels (specialize.py), which repeat the loops' order exactly.
-# Measured (one thread, batch 64, W4b): 32-16-16-10 0.89 ms with tiles from 4096, 1.19
-# ms from 65536 (forward and back-propagation on loops); 32-64-64-10 2.59 vs 2.83 ms.
+# the generated kernels (generate.py), which repeat the loops' order exactly.  The
+# threshold is the one W4b (batch 64) ran fastest with at H = 16 and 64.
 PRODUCT_MIN_WORK = 16 * 16 * 16
 PRODUCT_MIN_WEIGHTS = 64
 # A product of at least this many multiply-adds goes to BLAS instead of the tiles when
 # BLAS runs on at least BLAS_MIN_THREADS threads, which then share it.  One thread of
-# tiles runs the products of a batch of 64 as fast as one of OpenBLAS (16-core Xeon,
-# AVX-512 kernels) or twice as fast (the development machine, Haswell kernels), but at
-# 64 x 256 x 256 four OpenBLAS threads took 173 us for the three products of a layer
-# against the tiles' 358 (two threads: 276; the device check in the stop 15 note).
+# tiles runs the products of a batch of 64 at least as fast as one of OpenBLAS, but four
+# OpenBLAS threads beat one of tiles on a 64 x 256 x 256 layer (two threads do not, by
+# enough to pay for their synchronization), measured on a 16-core Xeon.
 BLAS_THREADED_MIN_WORK = 1 << 22
 BLAS_MIN_THREADS = 4

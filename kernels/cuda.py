@@ -2,7 +2,7 @@
 
 Imported only by ``fastbp._cuda`` (``kernels/__init__.py`` does not import it), and
 ``numba.cuda`` itself only inside functions, so ``import fastbp.kernels`` never needs
-CUDA.  Semantics are those of ``train.train_epochs`` run by ``ensemble.train_many``:
+CUDA.  Semantics are those of the CPU Ensemble's single-model entries (loops.py):
 full batch, per-sample SGD and mini-batch SGD from one loop, the counter-based
 splitmix64 shuffle (Fisher-Yates from the identity every epoch), the loss history
 (full batch: the loss before the update; SGD: the mean of the epoch's batch losses) and
@@ -25,7 +25,7 @@ Samples are processed one at a time and their gradients accumulated over the bat
 there is no per-batch buffer and no limit on the batch size; every dot product is summed
 in the CPU's order (over the inputs, then the bias).  Differences from the CPU, all at
 the level of rounding (float64 results agree to ~1e-13 relative in the tests): the CPU
-sums each gradient entry over the samples in four interleaved lanes (kernels/dense.py),
+sums each gradient entry over the samples in four interleaved lanes (rules.dot4),
 the GPU in one running sum; ``math.exp`` (libdevice) instead of the CPU's vectorizable
 exp; the GPU compiler contracts a*b+c into fused multiply-adds (NVVM's default; the CPU
 rounds twice); with several outputs the batch loss is summed sample by sample instead of
@@ -340,7 +340,7 @@ def _body(sizes, bias, act_codes, loss_code, per_model, target, unroll):
     emit.indent()
     emit("idx = PERM[t, tid] if shuffle else t")
     loop(0, sizes[0], lambda i: emit(f"A0[{i}] = X[idx, {i}, {dm}]"))
-    # forward: z_j = w[0,j] a_0 + w[1,j] a_1 + ... + b_j, in that order (dense._affine)
+    # forward: z_j = w[0,j] a_0 + w[1,j] a_1 + ... + b_j, in that order (batch.affine)
     for l in range(L):
         n_in, n_out, wo, bo, code = sizes[l], sizes[l + 1], w_off[l], b_off[l], act_codes[l]
         src, dst = f"A{l}", f"A{l + 1}"
@@ -401,7 +401,7 @@ def _body(sizes, bias, act_codes, loss_code, per_model, target, unroll):
             d = _times_derivative(out_act, d, f"{out}[{j}]")
         emit(f"D{L}[{j}] = {d}")
     loop(0, K, out_delta)
-    # backward (dense.backward), gradients accumulated over the batch in sample order
+    # backward (batch.backward), gradients accumulated over the batch in sample order
     for l in range(L - 1, -1, -1):
         n_in, n_out, wo, bo = sizes[l], sizes[l + 1], w_off[l], b_off[l]
 

@@ -5,7 +5,7 @@ one gemm with the row-major CBLAS contract: c <- alpha * op(a) @ op(b) + beta * 
 Three implementations share that C signature (``SIGNATURE``):
 
 - ``recurrence``: plain loops, vectorized across the columns of c.  Cheap to compile.
-- ``tiles`` (tiles.py): register tiles in LLVM vector code, 2-10x faster on wide layers,
+- ``tiles`` (tiles.py): register tiles in LLVM vector code, several times faster on wide layers,
   but a few seconds to compile, once per dtype and machine.
 - numpy's bundled OpenBLAS, for the largest products when BLAS runs on several threads.
 
@@ -137,12 +137,12 @@ def recurrence(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
     compiled, pointers) of one float dtype starting at the matrices' first elements.
     The loop over j is innermost, so it vectorizes when op(b) has contiguous rows; each
     element's chain is unchanged by that order.  Its accumulators are c's row itself,
-    or, when beta != 0 (c's old values are needed at the end), a scratch row."""
+    or, when beta != 0 (c's old values are needed at the end), one scratch row."""
     alpha = cast_like(c, alpha)
     beta = cast_like(c, beta)
-    acc = c if beta == 0 else np.empty(n * m, dtype=c.dtype)
+    acc = c if beta == 0 else np.empty(n, dtype=c.dtype)
     for i in range(m):
-        row_acc = i * (ldc if beta == 0 else n)
+        row_acc = i * ldc if beta == 0 else 0
         for j in range(n):
             acc[row_acc + j] = 0
         for p in range(k):

@@ -14,7 +14,7 @@
 Each entry is a closure over its three constants, so Numba prunes the branches of the
 other kinds before it types anything: a fit compiles only the code its kind of fit
 runs (the old single entry compiled every mode, rule and the validation for every fit,
-30-60 s).  Entries and the functions they call are compiled on first use and cached
+for tens of seconds).  Entries and the functions they call are compiled on first use and cached
 on disk.  Bodies with compile-time flags are inlined at Numba's level
 (``inline="always"``) so their flags can be pruned; they call ordinary compiled
 functions (inlining whole call trees at Numba's level cost minutes).

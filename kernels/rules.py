@@ -32,8 +32,9 @@ from numba import njit, uint64
 
 from .config import JIT
 # Each rule is inlined at Numba's level into the function that calls it: compiled as a
-# function of its own, every small rule cost 0.1-0.4 s of a first fit (a mini-batch fit
-# compiled 47 functions in 12 s, 27 in 8 s with the rules inlined).
+# function of its own, every small rule added a noticeable part of a second to a first
+# fit (a mini-batch fit compiled 47 functions instead of 27, and took half as long
+# again).
 RULE = dict(JIT, inline="always")
 from .intrinsics import LANES, float64_from_bits, fma, lanes4, lanes_dot, lanes_dot_step
 
@@ -114,8 +115,8 @@ def sigmoid_libm(z):
 
 
 # Per-sample layers narrower than this take sigmoid_libm, wider ones the vectorizable
-# sigmoid (measured: per-sample SGD of the admissions 6-2-1 net 24 ms with the
-# polynomial, 17 ms with libm; 32-64-64-10 12 ms with libm, 8.6 ms with the polynomial).
+# sigmoid: the faster choice on either side (W2b, the admissions 6-2-1 net, runs faster
+# with libm; W4a at H = 64 with the polynomial).
 NARROW_UNITS = 8
 
 
@@ -440,8 +441,8 @@ _called = {}
 def called(rule):
     """``rule`` compiled as a function of its own, called rather than inlined: for code
     that calls a rule at many places (the generated kernels, one call per unit), where
-    Numba's inlining at every call would cost far more to compile (the XOR kernel: 12 s
-    inlined, 3 s called).  The same definition, so the same numbers."""
+    Numba's inlining at every call would cost far more to compile (the XOR kernel
+    several times as long).  The same definition, so the same numbers."""
     fn = _called.get(rule)
     if fn is None:
         fn = _called.setdefault(rule, njit(**JIT)(getattr(rule, "py_func", rule)))

@@ -9,9 +9,9 @@ delta uses the row before its update).
 
 The back-propagated sum over a row is rules.row_dot (16 SIMD lanes); with the plain rule
 rules.row_dot_step, which updates the row in the same pass.  Wide layers are bound by
-the traffic over the weights (an 8 MB matrix at 1024 x 1024 sits in L3): two passes per
-sample (forward; back-propagate + update) instead of three took W4a at H=1024 from 2.7 s
-to 0.8 s.
+the traffic over the weights (a 1024 x 1024 matrix sits in L3, not L2): two passes per
+sample (forward; back-propagate + update) instead of three more than halves W4a's time
+at H=1024 (asv_benchmarks: Width).
 """
 from numba import njit, uint64
 
@@ -80,7 +80,7 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
                 h[zo + j] = params[wo + j] * a0
             i = uint64(1)
             # four rows per pass over z (the same chain per unit): a quarter of the loads
-            # and stores of z and of the loop overhead, W4a at H=16 10% faster
+            # and stores of z and of the loop overhead (measurably faster on W4a, H=16)
             while i + uint64(4) <= n_in:
                 a1 = h[ai + i]
                 a2 = h[ai + i + uint64(1)]

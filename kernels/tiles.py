@@ -10,8 +10,8 @@ Why not BLAS for these products: the layers of a small network are small
 matrices -- 64 samples by 16 to 1024 units -- where BLAS spends much of its time
 packing panels and picking kernels, and the OpenBLAS a wheel bundles may run an older
 kernel than the CPU has (here OPENBLAS_CORETYPE=Haswell: 256-bit vectors on an AVX-512
-machine).  One thread, batch 64, 2-core AMD EPYC (Zen 5), GFLOP/s of tiles vs OpenBLAS:
-H x H layer, H = 64: ~108 vs 49; H = 256: 88-120 vs 55; H = 1024: 81-121 vs 55.
+machine).  One thread, batch 64, the tiles run these products at about twice the
+speed of that OpenBLAS (asv_benchmarks: Width, compare.py W4b).
 
 The order of every sum is fixed: c[i, j] is the fused multiply-add chain over p = 0,
 1, ..., k - 1 starting from 0, then alpha * sum (+ beta * c[i, j] when beta != 0).  It
@@ -77,7 +77,7 @@ ROWS, VECS = (6, 4) if VECTOR_BYTES == 64 else (4, 3)
 ROW_COUNTS = (ROWS, ROWS // 2, 1)
 # _panel runs row blocks outermost while op(b) is at most this large (it then stays in a
 # 1 MB L2, as on the development machine), column panels outermost beyond (batch 256,
-# 1024 x 1024, here: 18.2 ms for the three products against 19.9 rows outermost).
+# 1024 x 1024 is faster this way round).
 ROWS_OUTER_MAX_BYTES = 512 * 1024
 
 _LLVM_FLOAT = {types.float64: (ir.DoubleType, "f64"), types.float32: (ir.FloatType, "f32")}
@@ -177,7 +177,7 @@ def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc
 
     Few shapes, not every rows x vectors: each is an unrolled loop, and Numba optimizes
     the tiles again in every kernel that calls them (a first fit compiles a dozen):
-    24 x 2 shapes took 12 s to compile for one dtype, 6 x 2 3 s.)"""
+    24 x 2 shapes took four times as long to compile as these 6 x 2.)"""
     arrays = (a, b, c)
     ints = (rows, tail, ao, a_si, a_sp, bo, ldb, co, ldc, k)
     if not (all(is_float_pointer(t) for t in arrays) and len({t.dtype for t in arrays}) == 1
@@ -281,7 +281,7 @@ def _panel(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha, beta, w
         # rows outer: a block of rows of op(a) is read from memory once for all of its
         # tiles across the columns while op(b) (one batch of activations or deltas)
         # stays in L2; the forward product, whose op(a) is the weights read down their
-        # columns, went from 76 to 85 GFLOP/s at 1024 x 1024 (batch 64)
+        # columns, is faster this way at 1024 x 1024 (batch 64)
         for i0 in range(0, m, ROWS):
             _row_block(a, ao + i0 * a_si, a_si, a_sp, b, bo, ldb, c, co + i0 * ldc, ldc,
                        min(ROWS, m - i0), 0, cols, k, alpha, beta, width)
@@ -298,7 +298,7 @@ def _panel(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha, beta, w
 
 # the panel of op(b) that tile_gemm packs with trans_b lives in its stack frame up to this
 # size (k <= 128 samples at batch 64: every weight gradient of a mini-batch fit); a heap
-# allocation for each product cost W4b 0.1 ms an epoch at H = 16 (12%)
+# allocation for each product was a tenth of W4b's epoch at H = 16
 PANEL_STACK_BYTES = 32 * 1024
 
 

@@ -552,7 +552,7 @@ def train_controlled(X, y, weights, biases, activation, loss_name, epochs, lr,
 
 
 def gemm_operands(rng, dtype, m, n, k, trans_a, trans_b, pad):
-    """Operands of a row-major gemm (tests of kernels/blas.py and kernels/tiles.py): a, b,
+    """Operands of a row-major gemm (tests of kernels/gemm.py and kernels/tiles.py): a, b,
     c with leading dimensions ``pad`` wider than their rows, plus op(a), op(b) in
     float64."""
     ra, ca = (k, m) if trans_a else (m, k)

@@ -124,7 +124,7 @@ def test_optimizer_matches_reference(opt, mode):
 
 @pytest.mark.parametrize("opt", ["sgd", "momentum-l2", "adam-l2-betas"])
 def test_per_sample_optimizers_on_rows_wider_than_the_simd_lanes(opt):
-    """Per-sample SGD back-propagates rows of 20 and 37 units in kernels/simd.py's lanes
+    """Per-sample SGD back-propagates rows of 20 and 37 units in rules.row_dot's lanes
     (fused with the update for the plain rule, then the optimizer's step otherwise)."""
     kw, lr = OPTIMIZERS[opt]
     m, hist, theta, rhist = fit_and_reference(
