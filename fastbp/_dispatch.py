@@ -62,6 +62,7 @@ if POLICY not in ("auto", "fastest", "general"):
 
 _lock = threading.Lock()
 _loaded = set()     # kernel keys compiled or loaded in this process
+_on_disk = set()    # kernel keys whose marker this process has seen
 _work_seen = {}     # kernel key -> work of the fits that could have used it, so far
 
 
@@ -80,6 +81,7 @@ class Plan:
     rule: str
     cap: int
     gradient: bool
+    could_generate: bool = False  # a generated kernel exists for this fit (not chosen)
 
 
 # ----------------------------------------------------------------------- the registry
@@ -93,9 +95,12 @@ def _marker(key):
 def is_compiled(key):
     """Whether the kernel ``key`` is compiled in this process or, as far as fastbp knows,
     cached on disk (then it only loads: a fraction of a second)."""
-    if key in _loaded or numba.config.DISABLE_JIT:
+    if key in _loaded or key in _on_disk or numba.config.DISABLE_JIT:
         return True
-    return os.path.exists(_marker(key))
+    if os.path.exists(_marker(key)):
+        _on_disk.add(key)  # a fit of a second is not held up by a file system call
+        return True
+    return False
 
 
 def is_loaded(key):
@@ -206,9 +211,26 @@ _MODE_NAMES = {"full": "full-batch", "mini": "mini-batch", "sample": "per-sample
 _RULE_NAMES = {"fused": "plain SGD", "plain": "plain SGD", "stateful": "momentum/Adam/L2"}
 
 
+_plans = {}  # settled plans: the fastest kernels there are, compiled: nothing to weigh
+
+
 def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weighted=False):
     """The Plan of one MLP fit (or one model of an Ensemble) of ``epochs`` epochs over n
     samples in batches of ``batch``; ``weighted``: with sample weights."""
+    memo = (model._layout.sizes, model._layout.bias, tuple(model._act_codes.tolist()),
+            model._loss_code, model.dtype.char, n, batch, bool(shuffle), O.is_plain(rule),
+            bool(validating), n_val, bool(weighted), POLICY, GEN.ENABLED)
+    plan = _plans.get(memo)
+    if plan is None:
+        plan = _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighted)
+        if plan.key in _loaded and plan.gemm in (None, "tiles") and (
+                plan.gemm is None or ("gemm", "tiles", np.dtype(model.dtype).name) in _loaded
+        ) and (plan.key[0] == "generated" or not plan.could_generate):
+            _plans[memo] = plan
+    return plan
+
+
+def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighted):
     layout = model._layout
     dtype = np.dtype(model.dtype)
     mode = fit_mode(n, batch, shuffle, model._loss_code)
@@ -236,7 +258,8 @@ def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weight
     extra = GENERATED_COMPILE_SECONDS - (
         0.0 if is_compiled(general_key) else GENERAL_COMPILE_SECONDS)
     if not _worth(key, saved, extra):
-        return general
+        return Plan(general.kernel, name, general_key, gemm, mode, kind, cap, general.gradient,
+                    True)
     return Plan(GEN.trainer(generated, *arch),
                 f"{name}, generated for {'-'.join(map(str, layout.sizes))}", key, gemm,
                 mode, kind, GEN.padded(cap) if generated == "full" else cap,

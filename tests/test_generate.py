@@ -158,6 +158,8 @@ def _isolated_registry(monkeypatch, tmp_path):
     """The dispatcher's registry as in a fresh process with an empty cache: nothing
     compiled, no work seen (the kernels themselves still load from Numba's cache)."""
     monkeypatch.setattr(D, "_loaded", set())
+    monkeypatch.setattr(D, "_on_disk", set())
+    monkeypatch.setattr(D, "_plans", {})
     monkeypatch.setattr(D, "_work_seen", {})
     monkeypatch.setattr(D, "_marker", lambda key: str(
         tmp_path / "compiled" / hashlib.sha256(repr(key).encode()).hexdigest()))
