@@ -95,6 +95,14 @@ class Records:
         k = loss.shape[-1]
         if r_start != self.next_r:
             raise ValueError(f"record {r_start} comes after record {self.next_r - 1}")
+        if self.stride == 1 and self.count + k <= self.cap:  # every record kept
+            self._grow(self.count + k)
+            self.loss[..., self.count:self.count + k] = loss
+            if self.val is not None and val is not None:
+                self.val[..., self.count:self.count + k] = val
+            self.count += k
+            self.next_r = r_start + k
+            return
         r = np.arange(r_start, r_start + k)
         while True:
             keep = np.flatnonzero(r % self.stride == 0)
