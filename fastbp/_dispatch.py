@@ -125,17 +125,46 @@ def mark_compiled(key):
 
 def _worth(key, seconds_saved, compile_seconds):
     """Whether to use the faster kernel ``key``: compiled already, or this fit and the
-    earlier ones that could have used it save at least its compile time."""
+    earlier ones that could have used it -- in this process and in earlier ones on this
+    machine (counted in fastbp's cache folder) -- save at least its compile time.  So a
+    script run again and again moves to the faster kernel once its runs have spent
+    about a compilation's time without it."""
     if POLICY != "auto":
         return POLICY == "fastest"
     if is_compiled(key):
         return True
     with _lock:
-        total = _work_seen.get(key, 0.0) + seconds_saved
+        if key not in _work_seen:
+            _work_seen[key] = _read_work(key)
+        total = _work_seen[key] + seconds_saved
         if total >= compile_seconds:
             return True
         _work_seen[key] = total
+    _write_work(key, total)
     return False
+
+
+def _work_file(key):
+    return _marker(key) + ".work"
+
+
+def _read_work(key):
+    try:
+        with open(_work_file(key), encoding="utf-8") as fh:
+            value = float(fh.read())
+    except (OSError, ValueError):
+        return 0.0
+    return value if value >= 0 else 0.0  # nan and negatives count nothing
+
+
+def _write_work(key, seconds):
+    path = _work_file(key)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(repr(float(seconds)))
+    except OSError:  # a read-only cache: the count stays in this process
+        pass
 
 
 # ---------------------------------------------------------------------- matrix products

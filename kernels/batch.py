@@ -26,7 +26,7 @@ from . import gemm
 from .config import INNER, JIT, PRODUCT_MIN_WEIGHTS
 
 LEAF = dict(INNER, inline="always")  # small helpers inlined into the passes that call them
-from .gemm import address
+from .intrinsics import address
 from .intrinsics import fma
 import math
 

@@ -32,7 +32,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .config import JIT
-from .intrinsics import fma
+from . import tiles
+from .intrinsics import address, fma
 
 ROW_MAJOR = 101
 NO_TRANS = 111
@@ -51,32 +52,6 @@ SIGNATURE = {np.dtype(np.float64): _signature(types.float64),
 
 
 # ------------------------------------------------------------------------- the call
-def address(arr, offset):
-    """A pointer to arr[offset] (arr a 1-D float array; offset not checked).  The caller
-    must hold arr while the pointer is in use.  In Python: the view arr[offset:]."""
-    return arr[int(offset):]
-
-
-@intrinsic
-def _address(typingctx, arr, offset):
-    if not (isinstance(arr, types.Array) and arr.ndim == 1
-            and arr.dtype in (types.float64, types.float32)
-            and isinstance(offset, types.Integer)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        index = context.cast(builder, args[1], signature.args[1], types.intp)
-        return builder.gep(data, [index])
-
-    return types.CPointer(arr.dtype)(arr, offset), codegen
-
-
-@overload(address)
-def _address_compiled(arr, offset):
-    return lambda arr, offset: _address(arr, offset)
-
-
 def call(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """c <- alpha * op(a) @ op(b) + beta * c through the gemm ``unit`` (an address from
     ``unit_address``); a, b, c pointers (``address``) to the matrices' first elements,
@@ -163,10 +138,14 @@ def recurrence(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
                 c[out + j] = alpha * acc[row_acc + j] + beta * c[out + j]
 
 
+# the recurrence inlined into its unit (one compiled function); module-level, so the unit
+# refers to globals only and Numba caches it (a closure over a function would not be)
+_recurrence_inline = njit(**dict(JIT, inline="always"))(recurrence)
+
+
 def _recurrence_unit(dtype):
     """The recurrence compiled alone, with the units' C signature: one function (its
     code is the whole unit, compiled in well under a second)."""
-    run = njit(**dict(JIT, inline="always"))(recurrence)
 
     @cfunc(SIGNATURE[dtype], **JIT)
     def recurrence_unit(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
@@ -176,18 +155,16 @@ def _recurrence_unit(dtype):
         a_len = 0 if ra == 0 or ca == 0 else (ra - 1) * lda + ca
         b_len = 0 if rb == 0 or cb == 0 else (rb - 1) * ldb + cb
         c_len = 0 if m == 0 or n == 0 else (m - 1) * ldc + n
-        run(order, trans_a, trans_b, m, n, k, alpha, carray(a, a_len), lda,
-            carray(b, b_len), ldb, beta, carray(c, c_len), ldc)
+        _recurrence_inline(order, trans_a, trans_b, m, n, k, alpha, carray(a, a_len), lda,
+                           carray(b, b_len), ldb, beta, carray(c, c_len), ldc)
     return recurrence_unit
 
 
 def _tiles_unit(dtype):
-    from .tiles import gemm_at
-
     @cfunc(SIGNATURE[dtype], **JIT)
     def tiles_unit(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        gemm_at(trans_a == TRANS, trans_b == TRANS, m, n, k, alpha, a, lda, b, ldb, beta, c,
-                ldc)
+        tiles.gemm_at(trans_a == TRANS, trans_b == TRANS, m, n, k, alpha, a, lda, b, ldb,
+                      beta, c, ldc)
     return tiles_unit
 
 

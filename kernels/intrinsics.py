@@ -13,6 +13,7 @@ to one LLVM instruction or vector loop:
   <4 x double> vector (LLVM's SLP vectorizer left four scalar chains scalar).
 - ``lanes_dot(w, wo, v, vo, m)`` / ``lanes_dot_step(...)``: a dot product in LANES
   lanes (one <16 x float> vector), and the same fused with the plain SGD step of w.
+- ``address(arr, offset)``: a typed pointer to arr[offset] (the gemm units' operands).
 
 Without fastmath LLVM may not reorder a sum, so ``acc += w[j] * v[j]`` stays one scalar
 chain.  The lane functions fix another order, written here and nowhere else: it is the
@@ -317,3 +318,30 @@ def _lanes_dot_compiled(w, wo, v, vo, m):
 @overload(lanes_dot_step)
 def _lanes_dot_step_compiled(w, wo, v, vo, m, a, lr):
     return lambda w, wo, v, vo, m, a, lr: _lanes_dot_step(w, wo, v, vo, m, a, lr)
+
+
+# ------------------------------------------------------------------------ address
+def address(arr, offset):
+    """A pointer to arr[offset] (arr a 1-D float array; offset not checked).  The caller
+    must hold arr while the pointer is in use.  In Python: the view arr[offset:]."""
+    return arr[int(offset):]
+
+
+@intrinsic
+def _address(typingctx, arr, offset):
+    if not (isinstance(arr, types.Array) and arr.ndim == 1
+            and arr.dtype in (types.float64, types.float32)
+            and isinstance(offset, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        return builder.gep(data, [index])
+
+    return types.CPointer(arr.dtype)(arr, offset), codegen
+
+
+@overload(address)
+def _address_compiled(arr, offset):
+    return lambda arr, offset: _address(arr, offset)

@@ -31,7 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .config import JIT
-from .gemm import address
+from .intrinsics import address
 from numba.np.numpy_support import as_dtype
 
 FLOATS = (types.float64, types.float32)
@@ -173,7 +173,7 @@ def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc
     vector holding its first ``tail`` columns (all of them when tail == 0), its loads
     and stores masked; see _emit_tile.  a(i, p) = a[ao + i * a_si + p * a_sp]; b(p, j) =
     b[bo + p * ldb + j]; c(i, j) = c[co + i * ldc + j].  a, b, c: pointers
-    (gemm.address) to one float dtype; no bounds checks.
+    (intrinsics.address) to one float dtype; no bounds checks.
 
     Few shapes, not every rows x vectors: each is an unrolled loop, and Numba optimizes
     the tiles again in every kernel that calls them (a first fit compiles a dozen):
@@ -337,7 +337,7 @@ def tile_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
 
 @njit(**JIT)
 def gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    """tile_gemm on pointers (gemm.address) to the matrices' first elements: what
+    """tile_gemm on pointers (intrinsics.address) to the matrices' first elements: what
     the per-batch path calls (no reference counting).
 
     op(b) must have contiguous rows for the tiles: with trans_b its columns are first

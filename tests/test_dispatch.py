@@ -1,0 +1,65 @@
+"""The dispatcher's bookkeeping (fastbp/_dispatch.py): what it knows is compiled, and the
+work that counts toward compiling a faster kernel, within a process and across them."""
+import hashlib
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _dispatch as D
+
+
+@pytest.fixture
+def fresh_process(monkeypatch, tmp_path):
+    """The dispatcher as a new process sees it, with its markers in tmp_path; calling
+    the fixture again starts another 'process' on the same folder."""
+    monkeypatch.setattr(D, "POLICY", "auto")
+    monkeypatch.setattr(D, "_marker", lambda key: str(
+        tmp_path / "compiled" / hashlib.sha256(repr(key).encode()).hexdigest()))
+
+    def start():
+        monkeypatch.setattr(D, "_loaded", set())
+        monkeypatch.setattr(D, "_on_disk", set())
+        monkeypatch.setattr(D, "_plans", {})
+        monkeypatch.setattr(D, "_work_seen", {})
+    start()
+    return start
+
+
+def test_work_toward_a_faster_kernel_counts_across_processes(fresh_process):
+    key = ("gemm", "tiles", "float64")
+    assert not D._worth(key, 1.0, 2.5)
+    fresh_process()  # the next run of the script
+    assert not D._worth(key, 1.0, 2.5)
+    fresh_process()
+    assert D._worth(key, 1.0, 2.5)  # 3 s saved in all: worth its 2.5 s compile
+
+
+def test_a_compiled_kernel_is_known_to_the_next_process(fresh_process):
+    key = ("train", "mini", "fused", False, "float64")
+    assert not D.is_compiled(key)
+    D.mark_compiled(key)
+    fresh_process()
+    assert D.is_compiled(key) and not D.is_loaded(key)
+
+
+def test_the_tiles_are_chosen_once_enough_product_work_was_seen(fresh_process):
+    sizes = (32, 64, 64, 10)
+    assert D.choose_gemm(sizes, np.float64, 64, 1) == "recurrence"
+    assert D.choose_gemm(sizes, np.float64, 64, 10 ** 12) == "tiles"
+    assert D.choose_gemm((2, 4, 4, 1), np.float64, 21, 10 ** 12) is None  # no products
+
+
+def test_a_settled_plan_is_reused_and_an_unsettled_one_is_not(fresh_process, monkeypatch):
+    from fastbp import _config
+    m = fastbp.MLP([3, 5, 2], seed=0)
+    rule, _ = _config.build(0.1, 10)
+    plan = D.plan_fit(m, 20, 20, False, rule, False, 10)
+    assert not D._plans  # nothing compiled yet: it may still change
+    D.mark_compiled(plan.key)
+    again = D.plan_fit(m, 20, 20, False, rule, False, 10)
+    assert again.key == plan.key
+    if plan.could_generate:  # the general entry: a generated kernel may yet be worth it
+        assert not D._plans
+    else:  # the fastest there is, compiled: settled, not weighed again
+        assert D.plan_fit(m, 20, 20, False, rule, False, 10) is again
