@@ -271,7 +271,7 @@ def _cast_like(typingctx, arr, x):
     return arr.dtype(arr, x), codegen
 
 
-@overload(cast_like)
+@overload(cast_like, inline="always")
 def _cast_like_compiled(arr, x):
     return lambda arr, x: _cast_like(arr, x)
 

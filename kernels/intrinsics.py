@@ -208,7 +208,7 @@ def _lanes4(typingctx, x, xo, y, yo, q):
     return result(x, xo, y, yo, q), codegen
 
 
-@overload(lanes4)
+@overload(lanes4, inline="always")  # no call: Numba would reference-count the arrays
 def _lanes4_compiled(x, xo, y, yo, q):
     return lambda x, xo, y, yo, q: _lanes4(x, xo, y, yo, q)
 
@@ -310,12 +310,12 @@ def _lanes_dot_step(typingctx, w, wo, v, vo, m, a, lr):
     return _lanes_loop(w, wo, v, vo, m, (a, lr), update=True)
 
 
-@overload(lanes_dot)
+@overload(lanes_dot, inline="always")
 def _lanes_dot_compiled(w, wo, v, vo, m):
     return lambda w, wo, v, vo, m: _lanes_dot(w, wo, v, vo, m)
 
 
-@overload(lanes_dot_step)
+@overload(lanes_dot_step, inline="always")
 def _lanes_dot_step_compiled(w, wo, v, vo, m, a, lr):
     return lambda w, wo, v, vo, m, a, lr: _lanes_dot_step(w, wo, v, vo, m, a, lr)
 
@@ -342,6 +342,6 @@ def _address(typingctx, arr, offset):
     return types.CPointer(arr.dtype)(arr, offset), codegen
 
 
-@overload(address)
+@overload(address, inline="always")
 def _address_compiled(arr, offset):
     return lambda arr, offset: _address(arr, offset)
