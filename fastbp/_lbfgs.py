@@ -295,10 +295,7 @@ def fit(model, arguments):
     l2 = C._real(a["l2"], "l2", 0.0)
     tol, max_fun = _check_tol_max_fun(a["tol"], a["max_fun"])
     sw = V.check_sample_weight(a["sample_weight"], n, model.dtype)
-    if not model._fit_lock.acquire(blocking=False):
-        raise RuntimeError("this model is already being trained (fit is running in "
-                           "another thread); train a copy instead")
-    try:
+    with model._fit_lock.fitting("model"):
         if not np.isfinite(model.params).all():
             raise ValueError("the model's parameters contain NaN or infinity (written "
                              "through params, weights or biases?); set finite values "
@@ -307,8 +304,6 @@ def fit(model, arguments):
         model.reset_optimizer()
         run = train(model, xt, yt, sw, max_iter=epochs, max_fun=max_fun, tol=tol, l2=l2,
                     progress=bool(a["progress"]))
-    finally:
-        model._fit_lock.release()
     hist = run.history()
     if run.stopped == "interrupted":
         from ._driver import warn_interrupted

@@ -7,6 +7,7 @@ are rebuilt on demand.  Nothing else is special-cased, so attributes added to a 
 later travel without changes here.  A pickle holds numpy arrays, strings, numbers and
 fastbp classes by name: no compiled code, no cache paths.
 """
+import contextlib
 import copy
 import functools
 import threading
@@ -15,40 +16,45 @@ import numpy as np
 
 
 class FitLock:
-    """A ``threading.Lock`` that knows which thread holds it.
+    """The guard of a model's ``fit``, which knows which thread is fitting.
 
-    ``fit`` takes it without blocking (a second fit of the same model is refused); a
-    pickle or copy taken from the thread that holds it -- a callback of that fit, which
-    runs between chunks of epochs -- sees a consistent state and may proceed, while
-    one taken from any other thread cannot know whether a kernel is writing the
-    parameters at that moment (the kernels release the GIL).
+    ``fitting()`` holds the model for one fit: a second fit while one runs (from any
+    thread) is refused.  ``still()`` holds it while a pickle or copy reads the state: it
+    is refused when another thread is fitting, since that thread's kernel may be writing
+    the parameters at that moment (the kernels release the GIL); from the fitting
+    thread itself -- a callback of the fit, which runs between chunks of epochs -- the
+    state is consistent and the copy proceeds.  A fit that starts while a copy is being
+    read waits for that copy (a moment), rather than being refused as if another fit ran.
     """
 
-    __slots__ = ("_lock", "owner")
+    __slots__ = ("_mutex", "owner")
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self.owner = None
+        self._mutex = threading.Lock()  # held while a fit starts, or a copy is read
+        self.owner = None  # the thread whose fit holds the model, or None
 
-    def acquire(self, blocking=True, timeout=-1):
-        got = self._lock.acquire(blocking, timeout)
-        if got:
+    @contextlib.contextmanager
+    def fitting(self, name):
+        with self._mutex:
+            if self.owner is not None:
+                raise RuntimeError(f"this {name} is already being trained (fit is running "
+                                   f"in another thread); train a copy instead")
             self.owner = threading.get_ident()
-        return got
-
-    def release(self):
-        self.owner = None
-        self._lock.release()
+        try:
+            yield
+        finally:
+            self.owner = None
 
     def locked(self):
-        return self._lock.locked()
+        """Whether a fit holds the model."""
+        return self.owner is not None
 
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
+    @contextlib.contextmanager
+    def still(self, name):
+        with self._mutex:
+            if self.owner not in (None, threading.get_ident()):
+                raise RuntimeError(BUSY.format(name=name))
+            yield
 
     def __reduce__(self):
         # a lock never travels: objects holding one drop it from their state (below)
@@ -61,20 +67,16 @@ BUSY = ("the {name} is being trained in another thread; pickle or copy it after 
 
 
 def snapshot(obj):
-    """``obj.__dict__`` without ``obj._TRANSIENT``, its arrays copied while ``obj``'s
-    fit lock is held, so that no training step can write them halfway through.
+    """``obj.__dict__`` without ``obj._TRANSIENT``, its arrays copied while no fit can
+    write them (under ``obj``'s fit lock).
 
     RuntimeError when another thread is training ``obj``.
     """
     lock = obj.__dict__.get("_fit_lock")
-    if lock is None or getattr(lock, "owner", None) == threading.get_ident():
-        return _state(obj)  # no lock, or asked between this thread's own chunks
-    if not lock.acquire(blocking=False):
-        raise RuntimeError(BUSY.format(name=type(obj).__name__))
-    try:
+    if lock is None:
         return _state(obj)
-    finally:
-        lock.release()
+    with lock.still(type(obj).__name__):
+        return _state(obj)
 
 
 def _state(obj):
@@ -105,11 +107,6 @@ def exclusive(fit):
     a pickle taken meanwhile from another thread is refused by ``snapshot``."""
     @functools.wraps(fit)
     def guarded(self, *args, **kwargs):
-        if not self._fit_lock.acquire(blocking=False):
-            raise RuntimeError(f"this {type(self).__name__} is already being trained (fit "
-                               f"is running in another thread); train a copy instead")
-        try:
+        with self._fit_lock.fitting(type(self).__name__):
             return fit(self, *args, **kwargs)
-        finally:
-            self._fit_lock.release()
     return guarded

@@ -129,6 +129,9 @@ class Ensemble:
         model.seed = self.seeds[m]
         model._params = self.params[m]
         model._rng_state = self._rng_states[m]
+        # one guard for the shared memory: the member cannot be fitted, pickled or
+        # copied while the ensemble fits (nor the ensemble while the member does)
+        model._fit_lock = self._fit_lock
         return model
 
     # ---- copies and pickles (fastbp/_pickling.py, as MLP's) ----------------------------
@@ -310,9 +313,12 @@ class Ensemble:
         self.params[m] = start[0][m]
         self._rng_states[m] = start[1][m]
         d = m if xt.shape[0] > 1 else 0
+        member = self[m]
+        # this thread's ensemble fit holds the shared guard: the rerun gets its own
+        member._fit_lock = _pickling.FitLock()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            h = self[m].fit(xt[d], yt[d], epochs=epochs, lr=float(lr),
+            h = member.fit(xt[d], yt[d], epochs=epochs, lr=float(lr),
                             batch_size=int(batch), shuffle=bool(shuffle),
                             record_every=record_every, on_divergence="warn")
         history_row[:] = np.nan

@@ -423,10 +423,7 @@ class MLP:
                optimizer=None):
         """Run ``run`` to its end holding the model's training lock (one fit at a time
         per model); the run's History."""
-        if not self._fit_lock.acquire(blocking=False):
-            raise RuntimeError("this model is already being trained (fit is running in "
-                               "another thread); train a copy instead")
-        try:
+        with self._fit_lock.fitting("model"):
             if not _all_finite(self._params):
                 raise ValueError("the model's parameters contain NaN or infinity (written "
                                  "through params, weights or biases?); set finite values "
@@ -447,8 +444,6 @@ class MLP:
             stopped = outcome.stopped
             job.finish()  # the last checkpoint, still deferring Ctrl-C
             job = getattr(job, "inner", job)
-        finally:
-            self._fit_lock.release()
         if run.stop.restore_best and np.isfinite(run.best_loss[0]) and stopped != "diverged":
             self._params[...] = run.best_params
         hist = job.history(stopped)

@@ -249,7 +249,7 @@ def test_an_ensemble_being_trained_in_another_thread_refuses_pickles_and_fits():
     held, done = threading.Event(), threading.Event()
 
     def hold():  # what Ensemble.fit does for its whole run
-        with e._fit_lock:
+        with e._fit_lock.fitting("Ensemble"):
             held.set()
             done.wait(60)
 
@@ -261,10 +261,34 @@ def test_an_ensemble_being_trained_in_another_thread_refuses_pickles_and_fits():
             pickle.dumps(e)
         with pytest.raises(RuntimeError, match="Ensemble is already being trained"):
             e.fit(X, y, epochs=1)
+        # a member shares the ensemble's parameters, so it shares its guard: no fit of
+        # it and no copy of it (which could catch half an update) while the ensemble fits
+        member = e[1]
+        with pytest.raises(RuntimeError, match="being trained in another thread"):
+            pickle.dumps(member)
+        with pytest.raises(RuntimeError, match="already being trained"):
+            member.fit(X, y, epochs=1)
     finally:
         done.set()
         t.join(60)
     assert pickle.loads(pickle.dumps(e)).params.tobytes() == e.params.tobytes()
+    assert pickle.loads(pickle.dumps(e[1])).params.tobytes() == e.params[1].tobytes()
+
+
+def test_a_fit_that_starts_while_a_copy_is_read_waits_for_it_instead_of_failing():
+    X, y = _data()
+    m = _trained()
+    reference = copy.deepcopy(m)
+    results = []
+    with m._fit_lock.still("MLP"):  # a pickle in another thread, in the middle of its copy
+        worker = threading.Thread(target=lambda: results.append(m.fit(X, y, **_fit_kw())))
+        worker.start()
+        worker.join(0.3)
+        assert worker.is_alive() and not results  # waiting for the copy, not refused
+    worker.join(60)
+    assert len(results) == 1 and results[0].stopped is None
+    reference.fit(X, y, **_fit_kw())
+    _assert_same_model(m, reference)
 
 
 # ---- History ---------------------------------------------------------------------------
