@@ -277,18 +277,21 @@ class Ensemble:
         is trained again alone by MLP.fit (see _rerun_alone); the GPU kernel replays a
         diverged model's good epochs itself, and its history ends with them."""
         self.diverged = job.bad_epoch >= 0
-        history, _ = job.records.view()
+        records = job.records
+        history, _ = records.view()
         done_per_model = job.done_per_model
         for m in np.flatnonzero(self.diverged):
             if device == "cpu":
                 done_per_model[m] = self._rerun_alone(
                     m, start, xt, yt, history[m], job.epochs, lrs[m], batches[m],
-                    shuffles[m], job.record_every)
+                    shuffles[m], job.record_every, records.stride)
             else:
-                history[m, -(-done_per_model[m] // job.record_every):] = np.nan
+                bad = records.kept_of(-(-done_per_model[m] // job.record_every))
+                history[m, bad:] = np.nan
         stopped = outcome.stopped
         if stopped:
-            history = history[:, :-(-min(job.done, job.epochs) // job.record_every)]
+            history = history[:, :records.kept_of(-(-min(job.done, job.epochs)
+                                                   // job.record_every))]
         extra = {"epochs_per_model": done_per_model, "diverged_epoch": job.bad_epoch}
         if device != "cpu":
             extra["device"] = device
@@ -304,7 +307,7 @@ class Ensemble:
         return hist
 
     def _rerun_alone(self, m, start, xt, yt, history_row, epochs, lr, batch, shuffle,
-                     record_every):
+                     record_every, stride):
         """Model m diverged: train it again from its state at the start of the fit with
         ``MLP.fit`` itself, so that it ends exactly where MLP.fit leaves a diverged model
         (which parameters it keeps, its history, its shuffling stream) -- MLP.fit does
@@ -321,8 +324,14 @@ class Ensemble:
             h = member.fit(xt[d], yt[d], epochs=epochs, lr=float(lr),
                             batch_size=int(batch), shuffle=bool(shuffle),
                             record_every=record_every, on_divergence="warn")
+        # the rerun's records, at this fit's recorded epochs (a long fit keeps every
+        # stride-th record, and the rerun, shorter, may keep more of them)
         history_row[:] = np.nan
-        history_row[:len(h.loss)] = h.loss
+        wanted = np.arange(history_row.shape[0]) * (record_every * stride)
+        have = h.epochs_recorded
+        at = np.minimum(np.searchsorted(have, wanted), have.shape[0] - 1)
+        found = have[at] == wanted if have.shape[0] else np.zeros(wanted.shape, bool)
+        history_row[found] = h.loss[at[found]]
         return h.epochs
 
     @staticmethod

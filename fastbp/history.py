@@ -139,11 +139,15 @@ class Records:
     def truncate(self, n_records):
         """Forget the run's records from record ``n_records`` on (a rewind)."""
         n_records = min(n_records, self.next_r)
-        self.count = -(-n_records // self.stride)
+        self.count = self.kept_of(n_records)
         for arr in (self.loss, self.val):
             if arr is not None:
                 arr[..., self.count:] = np.nan
         self.next_r = n_records
+
+    def kept_of(self, n_records):
+        """How many kept records the run's first ``n_records`` records are."""
+        return -(-n_records // self.stride)
 
     def record_number(self, i):
         """The run's record number of kept record i."""

@@ -43,16 +43,16 @@ def check_writable(path):
     is not a folder or is not writable, or ``path`` is itself a folder.  Cheap enough to
     call before a long run, so that the run's result is not lost at the end."""
     path = os.fspath(path)
-    shown = os.path.dirname(path) or "."
-    folder = os.path.dirname(os.path.abspath(path))
+    # the folder as given, not normalized: "missing/../m.npz" needs "missing" too
+    folder = os.path.dirname(path) or "."
     if not os.path.exists(folder):
-        raise FileNotFoundError(f"folder {shown!r} does not exist (saving {path!r})")
+        raise FileNotFoundError(f"folder {folder!r} does not exist (saving {path!r})")
     if not os.path.isdir(folder):
-        raise NotADirectoryError(f"{shown!r} is not a folder (saving {path!r})")
+        raise NotADirectoryError(f"{folder!r} is not a folder (saving {path!r})")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path!r} is a folder; give a file name to save to")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"folder {shown!r} is not writable (saving {path!r})")
+        raise PermissionError(f"folder {folder!r} is not writable (saving {path!r})")
 
 
 def atomic_savez(path, arrays):

@@ -61,8 +61,8 @@ def loss_curve(history, ax=None, path=None, *, logy=None, title="Training loss",
     Parameters
     ----------
     history : History or array-like
-        A ``History`` from ``MLP.fit`` (its ``.loss`` is plotted, one point per
-        ``.record_every`` epochs) or a 1-D array of losses, one per epoch.
+        A ``History`` from ``MLP.fit`` (its ``.loss`` is plotted against
+        ``.epochs_recorded``) or a 1-D array of losses, one per epoch.
     ax : matplotlib Axes, optional
         Draw here instead of on a new figure.
     path : str or Path, optional
@@ -84,8 +84,9 @@ def loss_curve(history, ax=None, path=None, *, logy=None, title="Training loss",
     loss = np.asarray(loss, dtype=np.float64).ravel()
     if loss.size == 0:
         raise ValueError("history has no recorded loss values")
-    every = int(getattr(history, "record_every", 1) or 1)
-    epochs = np.arange(loss.size) * every
+    epochs = np.asarray(getattr(history, "epochs_recorded", ()))  # thinned in long runs
+    if epochs.size != loss.size:  # a plain array of losses: one per epoch
+        epochs = np.arange(loss.size)
     fig, ax = _figure_and_axes(ax, figsize, dpi)
     ax.plot(epochs, loss, color="tab:blue", label=label)
     if logy is None:

@@ -114,7 +114,8 @@ class SweepResult:
                  (``MLP.loss(X, y)``), i.e. the loss after its last epoch;
                - "best_loss", "best_epoch": the lowest training loss seen, and after
                  how many epochs it was seen. The candidates are the history's records
-                 (record ``r`` is epoch ``e = r * record_every``; full batch: the loss of
+                 (record ``r`` is epoch ``e = history.epochs_recorded[r]``, which is
+                 ``r * record_every`` unless a long run thinned them; full batch: the loss of
                  the parameters after ``e`` epochs, as ``MLP.loss``; SGD and mini-batch:
                  the mean of the batch losses seen during epoch ``e``) and the final
                  loss, at ``best_epoch`` = the number of epochs run. So ``best_loss <=
@@ -141,13 +142,13 @@ class SweepResult:
             finite = np.isfinite(h)
             if finite.any():
                 r = int(np.argmin(np.where(finite, h, np.inf)))
-                best, best_epoch = float(h[r]), r * history.record_every
+                best, best_epoch = float(h[r]), int(history.epochs_recorded[r])
             else:
                 best, best_epoch = float("nan"), -1
             diverged = bool(ensemble.diverged[m])
             last = float(final[m])
             # The records end before the last epoch's update (full batch: record r is the
-            # state after r * record_every epochs), so the trained model's own loss is
+            # state after epochs_recorded[r] epochs), so the trained model's own loss is
             # one more candidate; without it the last epoch's progress would be missing
             # and best_loss could exceed final_loss.
             if not diverged and np.isfinite(last) and not last >= best:

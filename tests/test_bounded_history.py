@@ -111,3 +111,62 @@ def test_ctrl_c_during_setup_returns_the_history_so_far(monkeypatch, moment):
         h = m.fit(X, y, epochs=10 ** 9, lr=0.01)
     assert h.stopped == "interrupted" and h.epochs == 0 and len(h.loss) == 0
     np.testing.assert_array_equal(m.params, before)
+
+
+@pytest.mark.parametrize("cap", [32, 64, 200])
+def test_a_thinned_ensemble_history_keeps_a_diverged_models_records_at_its_epochs(cap):
+    # an ensemble retrains a diverged model alone (MLP.fit), whose shorter run thins its
+    # records less: they must land at the ensemble's recorded epochs
+    r = np.random.default_rng(0)
+    X, y = r.normal(size=(20, 3)), r.normal(size=(20, 1))
+    lrs = np.array([0.3, 0.6, 0.9, 1.2, 1.5])
+
+    def fit():
+        e = fastbp.Ensemble([3, 8, 1], n_models=len(lrs), activation=["tanh", "identity"],
+                            loss="mse", init="normal", seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return e, e.fit(X, y, epochs=300, lr=lrs)
+
+    full_e, full = fit()
+    assert full_e.diverged.any() and not full_e.diverged.all()
+    old_cap = H.RECORDS_CAP
+    H.RECORDS_CAP = cap
+    try:
+        e, thin = fit()
+    finally:
+        H.RECORDS_CAP = old_cap
+    assert thin.stride > 1 and thin.loss.shape[1] <= cap
+    np.testing.assert_array_equal(e.diverged, full_e.diverged)
+    np.testing.assert_array_equal(thin.loss, full.loss[:, thin.epochs_recorded])
+
+
+def test_a_thinned_sweep_names_the_epoch_of_its_best_record(monkeypatch):
+    from fastbp.sweep import sweep
+    X, y = _problem()
+    monkeypatch.setattr(H, "RECORDS_CAP", 16)
+    res = sweep({"lr": [0.05, 0.5, 1.0]}, X, y, [3, 5, 2], epochs=200,
+                activation=["tanh", "identity"], init="normal", seed=1)
+    assert res.history.stride > 1
+    # lr 1.0 oscillates: its best is a record in the middle of the run
+    assert 0 < res.rows[2]["best_epoch"] < 200
+    for row, h in zip(res, res.history.loss):
+        r = int(np.nanargmin(h))
+        if row["best_loss"] == h[r]:
+            assert row["best_epoch"] == res.history.epochs_recorded[r]
+        else:  # the trained model itself was better than every record
+            assert row["best_epoch"] == 200
+
+
+def test_a_thinned_history_is_plotted_at_its_recorded_epochs(monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    from fastbp.plot import loss_curve
+    X, y = _problem()
+    monkeypatch.setattr(H, "RECORDS_CAP", 16)
+    h = _model().fit(X, y, epochs=200, lr=0.05)
+    fig = loss_curve(h)
+    line = fig.axes[0].lines[0]
+    np.testing.assert_array_equal(line.get_xdata(), h.epochs_recorded)
+    assert line.get_xdata()[-1] > len(h.loss)  # thinned: not one point per epoch

@@ -566,6 +566,11 @@ def test_outputs_in_a_missing_folder_fail_before_any_work(capsys, tmp_path, trai
     assert out == "" and ".tmp" not in err
     rc, out, err = run(capsys, "predict", "m.npz", "cls.csv", "--out", "nodir/p.csv")
     assert_usage_error(rc, out, err, "folder 'nodir' does not exist (saving 'nodir/p.csv')")
+    # a path through the missing folder fails too, before training, as the OS would
+    rc, out, err = run(capsys, "train", "cls.csv", "--target", "label", "--save",
+                       "nodir/../m2.npz", "--no-progress")
+    assert_usage_error(rc, out, err, "folder 'nodir/..' does not exist")
+    assert out == "" and not (tmp_path / "m2.npz").exists()
     (tmp_path / "adir").mkdir()
     rc, out, err = run(capsys, "predict", "m.npz", "cls.csv", "--out", "adir")
     assert_usage_error(rc, out, err, "'adir' is a folder")

@@ -17,7 +17,7 @@ NEEDS = re.compile(r"^# needs: (.+)$")
 # what a block may need, and the modules that show it is installed
 EXTRAS = {"scikit-learn": ("sklearn",), "pandas": ("pandas",), "matplotlib": ("matplotlib",),
           "tqdm": ("tqdm",), "dask": ("distributed",), "torch": ("torch",),
-          "onnx": ("onnx", "onnxruntime")}
+          "onnx": ("onnx", "onnxruntime"), "scipy": ("scipy",)}
 GPU = "CUDA GPU"
 
 
@@ -71,6 +71,7 @@ def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
 USES = [(re.compile(r"fastbp\.sklearn|^\s*(from|import) sklearn\b", re.M), "scikit-learn"),
         (re.compile(r"\.to_pandas\(|^\s*(from|import) pandas\b", re.M), "pandas"),
         (re.compile(r"fastbp\.plot|^\s*(from|import) matplotlib\b", re.M), "matplotlib"),
+        (re.compile(r"optimizer=\"lbfgs\""), "scipy"),
         (re.compile(r"device=\"cuda\""), GPU)]
 
 
