@@ -306,7 +306,10 @@ def _write_pass(out, sizes, acts, bias, loss, weighted):
     K = sizes[-1]
     w_off, b_off = _offsets(sizes, bias)
     a_base = [sum(sizes[:l]) for l in range(L + 1)]
-    out("@njit(**INNER)")
+    # inlined into train, its one caller, at Numba's level: compiled once, inside train,
+    # instead of once alone and again where LLVM links it into train (a first fit of
+    # the XOR net compiles ~0.5 s sooner)
+    out("@njit(**dict(INNER, inline=\"always\"))")
     out("def epoch_pass(params, acts, deltas, grad, y, z_out, sw, n, P, recording):")
     with out.block():
         out('"""Gradient of the loss of samples [0, n) into grad; returns the loss when')
