@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""fastbp against its peers, side by side, on the workloads of issue 9.
+"""fastbp against its peers, side by side, on workloads W1-W5.
 
     python compare.py                     # everything, full size (10-15 minutes on 2 cores)
     python compare.py --quick             # 10-100x less work, times extrapolated

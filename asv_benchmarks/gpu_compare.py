@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""fastbp on the GPU (``Ensemble.fit(device="cuda")``, issue 8) against its peers, one run.
+"""fastbp on the GPU (``Ensemble.fit(device="cuda")``) against its peers, one run.
 
 Run from the repository root on a machine with an NVIDIA GPU:
 

@@ -86,7 +86,7 @@ fastbp_w1 = fastbp_w2a = fastbp_w2b = fastbp_w3 = fastbp_w4a = fastbp_w4b = _fas
 
 
 def fastbp_ensemble(wl):
-    """fastbp.Ensemble (issue 4) holding the workload's initial parameters, or None."""
+    """fastbp.Ensemble holding the workload's initial parameters, or None."""
     fastbp = common.import_fastbp()
     Ens = getattr(fastbp, "Ensemble", None)
     if Ens is None:

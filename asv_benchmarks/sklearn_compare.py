@@ -3,7 +3,7 @@
 
     python asv_benchmarks/sklearn_compare.py [--repeat 3] [--data ../shared/data/admissions.csv]
 
-Workloads (issue 7):
+Workloads:
   (a) admissions data (360 x 6, prepared by fastbp.datasets.admissions), 1000 epochs;
   (b) a 64-64 network on 4,096 synthetic samples (20 features), 50 epochs.
 Both estimators get identical parameters; ``n_iter_no_change`` = max_iter so that both

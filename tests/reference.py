@@ -324,7 +324,7 @@ def train_sgd(X, y, weights, biases, activation, loss_name, epochs, lr, orders=N
 
 
 # ========================================================== training controls
-# (issue 5: optimizers, L2, schedules, softmax / cross_entropy, sample weights)
+# (the training controls: optimizers, L2, schedules, softmax / cross_entropy, sample weights)
 #
 # Everything below works on the flat parameter vector ``theta`` (the layout of
 # ``flatten``) and follows docs/API-NOTES.md, "Training controls":
@@ -508,7 +508,7 @@ def train_controlled(X, y, weights, biases, activation, loss_name, epochs, lr,
                      beta1=0.9, beta2=0.999, eps=1e-8, l2=0.0, schedule="constant",
                      power_t=0.5, step_size=1, step_factor=0.5, lr_min=0.0,
                      sample_weight=None, state=None):
-    """Training with every issue-5 control, unshuffled; batches are consecutive slices.
+    """Training with every training control, unshuffled; batches are consecutive slices.
 
     batch_size None: full batch. Each batch: record (batch loss + L2 penalty) at the
     parameters before the update, gradient (+ l2 * W on weights), optimizer step.

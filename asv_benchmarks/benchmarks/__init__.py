@@ -1,1 +1,1 @@
-"""asv benchmarks for fastbp: the workloads of issue 9 (see common.py)."""
+"""asv benchmarks for fastbp: workloads W1-W5 (see common.py)."""

@@ -72,7 +72,7 @@ class ColdStart(Benchmark):
 
     def track_first_fit_seconds(self, cache):
         """``import fastbp`` + first fit, timed inside the child (no interpreter start);
-        issue 9's targets: <= 0.5 s warm, <= 5 s empty."""
+        targets: <= 0.5 s warm, <= 5 s empty."""
         return _child(self._dir(cache))["total"]
 
     track_first_fit_seconds.unit = "seconds"

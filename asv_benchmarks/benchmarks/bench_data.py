@@ -1,6 +1,6 @@
 """Moving data in and out of the kernels: ``predict`` and one epoch on wide inputs.
 
-The issue-9 workloads have at most 32 inputs, where the way a batch is gathered from X
+The benchmark workloads have at most 32 inputs, where the way a batch is gathered from X
 hardly shows.  With 784 inputs (MNIST's shape, random data) it does: gathering a large
 batch in the wrong order once made predict 1.6x slower, and no other benchmark noticed.
 The ``fast`` profile uses 2,000 samples.

@@ -1,5 +1,5 @@
 """W5 as compare.py runs it: 256 independent W1 (xor 2-4-4-1) networks x 10,000 epochs
-on all cores -- fastbp.Ensemble (issue 4), or, at commits before it existed, a Python
+on all cores -- fastbp.Ensemble, or, at commits before it existed, a Python
 loop over MLP.fit (so the history covers both).  The ``fast`` profile: 32 models x
 2,000 epochs.
 

@@ -91,7 +91,7 @@ print(json.dumps({{"used": held + max(0, peak - before), "need": need, "thp_off"
 
 class WidthMemory(Benchmark):
     """Peak memory of one W4 epoch above the process baseline, over data + params +
-    one batch of activations (issue 9's target: at most 1.2 for batch 64, H=1024)."""
+    one batch of activations (target: at most 1.2 for batch 64, H=1024)."""
     param_names = ["H", "batch_size"]
     params = [[64, 1024], [1, 64]]
     repeat = 1

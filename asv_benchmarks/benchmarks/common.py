@@ -17,7 +17,7 @@ The math (identical in every engine, see ``docs/API-NOTES.md``):
   the batch losses of the epoch.
 
 Profiles (environment variable ``FASTBP_BENCH_PROFILE``): ``regular`` (default,
-the sizes of issue 9) and ``fast`` (fewer epochs / samples / models, for CI
+the workloads' full sizes) and ``fast`` (fewer epochs / samples / models, for CI
 and ``asv run --quick``).  Keep one profile per results history.
 """
 

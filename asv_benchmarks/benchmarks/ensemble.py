@@ -5,7 +5,7 @@
 - ``MLPLoop.time_fit``: the same models trained one after another by MLP.fit in a
   Python loop (the whole loop, nothing extrapolated);
 - ``JaxVmap.time_fit``: JAX jit + vmap + lax.scan (skipped without jax);
-- ``Ensemble.track_*``: the ratios of issue 4, timed in one process one after the
+- ``Ensemble.track_*``: the many-model speed-ups, timed in one process one after the
   other -- 1 thread over 2 threads (goal >= 1.8 on 2 cores), the Python loop over the
   ensemble (goal >= 1 with 1 thread, ~2 with 2), JAX over the ensemble (goal > 1);
 - ``Sweep.time_sweep``: fastbp.sweep over a 16 lr x 16 seed grid of the same networks
