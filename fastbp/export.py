@@ -84,7 +84,7 @@ def from_torch(cls, seq, loss=None):
     mods = list(_flatten(seq, nn, "seq"))
     kinds = {getattr(nn, v): k for k, v in _TORCH_MODULES.items()}
     weights, biases, acts = [], [], []
-    for name, mod in mods:
+    for i, (name, mod) in enumerate(mods):
         if type(mod) is nn.Linear:
             if acts and acts[-1] is None:
                 acts[-1] = "identity"  # Linear after Linear
@@ -103,6 +103,9 @@ def from_torch(cls, seq, loss=None):
         if kind == "softmax" and mod.dim not in (-1, 1):
             raise ValueError(f"{name} ({mod!r}) is a softmax over dim={mod.dim}; fastbp's "
                              f"softmax is over the features (dim=-1 or 1)")
+        if kind == "softmax" and any(type(m) is nn.Linear for _, m in mods[i + 1:]):
+            raise ValueError(f"{name} ({mod!r}) is a softmax between layers; fastbp "
+                             f"applies softmax only to the output layer")
         acts[-1] = kind
     if not weights:
         raise ValueError("the Sequential has no Linear layer")

@@ -447,6 +447,10 @@ class MLP:
         if run.stop.restore_best and np.isfinite(run.best_loss[0]) and stopped != "diverged":
             self._params[...] = run.best_params
         hist = job.history(stopped)
+        if stopped is None and interrupted[0]:
+            # Ctrl-C after the last chunk (the final checkpoint, this bookkeeping): the
+            # run is complete, but the user asked to stop, so it is said as for any other
+            stopped = hist.stopped = "interrupted"
         if stopped == "interrupted":
             warn_interrupted(run.done, run.epochs, run.checkpoint, stacklevel=4)
         elif stopped == "diverged":

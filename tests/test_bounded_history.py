@@ -113,6 +113,20 @@ def test_ctrl_c_during_setup_returns_the_history_so_far(monkeypatch, moment):
     np.testing.assert_array_equal(m.params, before)
 
 
+@pytest.mark.parametrize("moment", ["finish", "history"])
+def test_ctrl_c_after_the_last_chunk_is_said_not_swallowed(monkeypatch, moment):
+    from fastbp import _fit
+    X, y = _problem()
+    expected = _model().fit(X, y, epochs=50, lr=0.01)
+    _interrupt_during(monkeypatch, _fit.SingleFit, moment)
+    m = _model()
+    with pytest.warns(RuntimeWarning, match="interrupted.*after 50 of 50 epochs"):
+        h = m.fit(X, y, epochs=50, lr=0.01)
+    # the run was complete: its result stands, and the History says Ctrl-C came
+    assert h.stopped == "interrupted" and h.epochs == 50
+    np.testing.assert_array_equal(h.loss, expected.loss)
+
+
 @pytest.mark.parametrize("cap", [32, 64, 200])
 def test_a_thinned_ensemble_history_keeps_a_diverged_models_records_at_its_epochs(cap):
     # an ensemble retrains a diverged model alone (MLP.fit), whose shorter run thins its

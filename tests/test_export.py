@@ -94,6 +94,8 @@ def test_from_torch_reads_a_hand_built_sequential():
      r"seq\[0\] \(Sigmoid.*does not follow a Linear"),
     (lambda nn: nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2), nn.Softmax(dim=0)),
      r"seq\[2\].*softmax over dim=0"),
+    (lambda nn: nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1), nn.Linear(4, 2)),
+     r"seq\[1\] \(Softmax.*softmax between layers"),
     (lambda nn: nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1, bias=False)),
      r"seq\[2\] without bias beside Linear layers with biases"),
     (lambda nn: nn.Sequential(nn.Linear(3, 4).half(), nn.Linear(4, 1).half()),
