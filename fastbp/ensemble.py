@@ -324,14 +324,12 @@ class Ensemble:
             h = member.fit(xt[d], yt[d], epochs=epochs, lr=float(lr),
                             batch_size=int(batch), shuffle=bool(shuffle),
                             record_every=record_every, on_divergence="warn")
-        # the rerun's records, at this fit's recorded epochs (a long fit keeps every
-        # stride-th record, and the rerun, shorter, may keep more of them)
+        # the rerun's records at this fit's recorded epochs: a long fit keeps every
+        # stride-th record, and the rerun, no longer, thins no more (strides are powers
+        # of two), so this fit keeps every (stride / h.stride)-th of the rerun's records
+        kept = h.loss[::stride // h.stride][:history_row.shape[0]]
         history_row[:] = np.nan
-        wanted = np.arange(history_row.shape[0]) * (record_every * stride)
-        have = h.epochs_recorded
-        at = np.minimum(np.searchsorted(have, wanted), have.shape[0] - 1)
-        found = have[at] == wanted if have.shape[0] else np.zeros(wanted.shape, bool)
-        history_row[found] = h.loss[at[found]]
+        history_row[:kept.shape[0]] = kept
         return h.epochs
 
     @staticmethod
