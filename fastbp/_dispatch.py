@@ -278,7 +278,7 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
         return general
     gen_rule = "stateful" if kind == "stateful" else "plain"
     arch = (layout.sizes, model._act_codes, layout.bias, model._loss_code, bool(weighted),
-            gen_rule)
+            gen_rule, dtype.name)
     key = GEN.key(generated, *arch)
     saved = (3.0 * epochs * n * layout.n_params * GENERAL_SECONDS_PER_MADD
              * (1.0 - 1.0 / GENERATED_SPEEDUP))
@@ -291,7 +291,7 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
                     True)
     return Plan(GEN.trainer(generated, *arch),
                 f"{name}, generated for {'-'.join(map(str, layout.sizes))}", key, gemm,
-                mode, kind, GEN.padded(cap) if generated == "full" else cap,
+                mode, kind, GEN.padded(cap, dtype) if generated == "full" else cap,
                 generated == "full")
 
 

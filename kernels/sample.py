@@ -13,6 +13,7 @@ the traffic over the weights (a 1024 x 1024 matrix sits in L3, not L2): two pass
 sample (forward; back-propagate + update) instead of three more than halves W4a's time
 at H=1024 (asv_benchmarks: Width).
 """
+import numpy as np
 from numba import njit, uint64
 
 from .config import INNER, JIT
@@ -123,7 +124,10 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
             out = h[out_off + j]
             target = y[s, j]
             if recording:
-                zj = d[out_off + j] if loss == BCE else 0.0
+                # z in float64 whether or not ``loss`` is a constant (a generated
+                # kernel's): Numba would otherwise keep a float32 z where the branch
+                # is pruned and widen it where both alternatives are typed
+                zj = np.float64(d[out_off + j]) if loss == BCE else 0.0
                 sample_loss += loss_term(out, target, zj, loss)
             d[out_off + j] = output_delta(out, target, scale, out_act, combined)
             if weighted:

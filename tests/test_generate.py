@@ -49,7 +49,7 @@ def generated(monkeypatch):
     monkeypatch.setattr(GEN, "ENABLED", True)
 
 
-def _fit_both(monkeypatch, arch, n, data_seed=0, **fit):
+def _fit_both(monkeypatch, arch, n, data_seed=0, dtype="float64", **fit):
     """The fit on the generated kernel, then on the general entry: [(params, history,
     model)] in that order; the first must really have run a generated kernel."""
     sizes, act, loss, bias = ARCHS[arch]
@@ -59,12 +59,14 @@ def _fit_both(monkeypatch, arch, n, data_seed=0, **fit):
     results = []
     for policy in ("fastest", "general"):
         monkeypatch.setattr(D, "POLICY", policy)
-        model = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias, seed=data_seed)
+        model = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias, seed=data_seed,
+                           dtype=dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             hist = model.fit(X, y, **fit)
         results.append((model.params.copy(), hist, model))
     assert "generated for" in results[0][1].kernel, results[0][1].kernel
+    assert f"({dtype})" in results[0][1].kernel, results[0][1].kernel
     assert "generated" not in results[1][1].kernel, results[1][1].kernel
     return results
 
@@ -115,6 +117,49 @@ def test_per_sample_sgd_is_bit_identical(generated, monkeypatch, arch, options):
     _assert_identical(results)
 
 
+# float32: the generated code keeps in locals what the general kernels store in float32
+# arrays, and rounds each value where they store it (generate._Rounding).  One case per
+# way a value reaches a local: activations (sigmoid, tanh, relu; libm's and the
+# polynomial's sigmoid), output deltas (mse/sse/half_mse, bce combined), sample weights,
+# the plain steps of per-sample SGD, the stateful rules' separate update.
+F32_CASES = [
+    ("xor", dict(epochs=60, lr=0.3), 21),
+    ("multi", dict(epochs=60, lr=0.3), 21),
+    ("regression", dict(epochs=60, lr=0.05), 5),
+    ("multi", dict(epochs=40, lr=0.2, sample_weight=np.linspace(0.1, 2.0, 11)), 11),
+    ("regression", dict(epochs=50, optimizer="adam", lr=0.05, l2=1e-3, schedule="cosine"),
+     13),
+    ("admissions", dict(epochs=20, lr=0.05, batch_size=1), 19),
+    ("wide-sigmoid", dict(epochs=20, lr=0.05, batch_size=1, shuffle=True, seed=7), 19),
+    ("multi", dict(epochs=20, lr=0.05, batch_size=1,
+                   sample_weight=np.linspace(0.1, 2.0, 11)), 11),
+]
+
+
+@pytest.mark.parametrize("arch, options, n", F32_CASES,
+                         ids=[f"{a}-{i}" for i, (a, _, _) in enumerate(F32_CASES)])
+def test_float32_is_bit_identical(generated, monkeypatch, arch, options, n):
+    results = _fit_both(monkeypatch, arch, n, data_seed=4, dtype="float32", **options)
+    _assert_identical(results)
+    assert results[0][0].dtype == np.float32
+    sizes, act, loss, bias = ARCHS[arch]
+    start = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias, seed=4,
+                       dtype="float32").params
+    assert not np.array_equal(results[0][0], start)  # it trained
+
+
+def test_float32_kernels_round_where_the_general_kernels_store():
+    """The float32 source differs from the float64 one only by those roundings."""
+    f64 = GEN.source_sample((6, 2, 1), (1, 1), False, 1, True)
+    f32 = GEN.source_sample((6, 2, 1), (1, 1), False, 1, True, "float32")
+    assert "T(" not in f64 and "T = np.float32" in f32
+    assert "h1_0 = T(sigmoid_libm(z0_0))" in f32
+    assert "w0_0_0 = T(plain_step(w0_0_0, h0_0 * g1_0, lr))" in f32
+    assert "g2_0 = T(sigmoid_back(output_error(h2_0, t0, scale), h2_0)) * ws" in f32
+    assert f32.replace("T(", "(").count("\n") == f64.count("\n") + 1
+    assert GEN.padded(21, "float64") == 24 and GEN.padded(21, "float32") == 32
+
+
 # Networks too large for the unrolled per-sample kernel: they get sample.py's epoch with
 # constant sizes ("sample_loops"); rows of 17 and 33 units take the SIMD lanes and
 # their remainder, rows of 2 the scalar sums.
@@ -152,6 +197,13 @@ def test_per_sample_loops_kernel_is_bit_identical(generated, monkeypatch, arch, 
     key = GEN.key("sample_loops", sizes, model._act_codes, bias, model._loss_code, False,
                   rule)
     assert D.is_loaded(key)  # and the generated kernel ran
+
+
+def test_per_sample_loops_kernel_in_float32_is_bit_identical(generated, monkeypatch):
+    results = _fit_loops_both(monkeypatch, "loops-relu-bce", 23, data_seed=8, epochs=12,
+                              lr=0.05, dtype="float32")
+    _assert_identical(results)
+    assert results[0][0].dtype == np.float32
 
 
 def _isolated_registry(monkeypatch, tmp_path):
@@ -243,7 +295,7 @@ def test_generated_kernel_is_used_only_where_it_applies(generated, monkeypatch):
     wide = fastbp.MLP([2, 64, 1], seed=0)
     assert _planned(wide, 21, 21)[0] is None  # too wide
     f32 = fastbp.MLP(sizes, activation=act, loss=loss, dtype="float32", seed=0)
-    assert _planned(f32, 21, 21)[0] is None
+    assert _planned(f32, 21, 21) == ("full", "plain")  # float32 rounds its own steps
     soft = fastbp.MLP([2, 4, 3], activation=["tanh", "softmax"], loss="cross_entropy")
     assert _planned(soft, 21, 21)[0] is None  # a loss the generator does not write
     # a layer whose products go to gemm at this batch: the loops' order is not its order
