@@ -27,7 +27,7 @@ from .config import INNER, JIT, PRODUCT_MIN_WEIGHTS
 
 LEAF = dict(INNER, inline="always")  # small helpers inlined into the passes that call them
 from .intrinsics import address
-from .intrinsics import fma
+from .intrinsics import fma, like
 import math
 
 from .rules import (BCE, CROSS_ENTROPY, RELU, SIGMOID, SOFTMAX, TANH, cross_entropy_column,
@@ -182,7 +182,7 @@ def output_deltas(acts, oo, y, deltas, w, loss, act, k, nb):
     weights."""
     uo = uint64(oo)
     u_nb = uint64(nb)
-    scale = delta_scale(loss, act, k, nb)
+    scale = like(delta_scale(loss, act, k, nb), acts)  # in the model's dtype
     combined = is_combined(loss, act)
     for s in range(uint64(k * nb)):
         deltas[uo + s] = output_delta(acts[uo + s], y[s], scale, act, combined)

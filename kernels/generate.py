@@ -208,7 +208,7 @@ import math
 import numpy as np
 from numba import njit, uint64
 from fastbp.kernels.config import INNER, JIT
-from fastbp.kernels.intrinsics import fma
+from fastbp.kernels.intrinsics import fma, like
 from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, end_of_chunk,
                                   stateful_update)
 from fastbp.kernels.rng import permutation_into
@@ -249,7 +249,7 @@ def train(params, net, data, val, loop, rule, stop, state, work, val_work, histo
     for e in range(epochs):
         g = epoch0 + e
         recording = g % record_every == 0
-        lr = learning_rate(rule, g)
+        lr = like(learning_rate(rule, g), params)
 {shuffle}{epoch}        if recording:
             good_epochs, status = after_record(False, params, net, val, stop, state,
                                                val_work, history, val_history, backup,
@@ -378,7 +378,7 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
                     e = f"loss_term(a{L}_{j}[r], y{j}[r], {z}, {loss})"
                     out(f"total += sw[r] * {e}" if weighted else f"total += {e}")
         # backward: batch.output_deltas, then batch.backward's deltas
-        out(f"scale = delta_scale({loss}, {acts[L - 1]}, {K}, n)")
+        out("scale = " + rounding.stored(f"delta_scale({loss}, {acts[L - 1]}, {K}, n)"))
         combined = loss == BCE and acts[L - 1] == SIGMOID
         out("for u in range(P):")
         with out.block():
@@ -444,7 +444,7 @@ def source_sample(sizes, acts, bias, loss, weighted, dtype="float64"):
         out('recording (else 0)."""')
         for name, p in names:
             out(f"{name} = params[{p}]")
-        out(f"scale = delta_scale({loss}, {acts[L - 1]}, {K}, 1)")
+        out("scale = " + rounding.stored(f"delta_scale({loss}, {acts[L - 1]}, {K}, 1)"))
         out("total = 0.0")
         out("for t in range(order.shape[0]):")
         with out.block():

@@ -7,10 +7,13 @@ to one LLVM instruction or vector loop:
 - ``fma(a, b, c)``: a * b + c rounded once (llvm.fma).  Numba contracts nothing
   without fastmath, so this is the only way to get one; with a correctly rounded
   software fma where the CPU has none, results do not depend on the CPU.
-- ``float64_from_bits(i)``: the float64 whose IEEE-754 bits are the int64 ``i`` (a
-  bitcast): exp builds its 2**k from exponent bits in a register, so its loops vectorize.
-- ``lanes4(x, xo, y, yo, q)``: the four partial sums of rules.dot4 as one
-  <4 x double> vector (LLVM's SLP vectorizer left four scalar chains scalar).
+- ``float64_from_bits(i)`` / ``float32_from_bits(i)``: the float whose IEEE-754 bits
+  are the integer ``i`` (a bitcast): exp builds its 2**k from exponent bits in a
+  register, so its loops vectorize.
+- ``like(value, x)``: ``value`` in x's float type, so that a rule's constant keeps a
+  float32 model's arithmetic in float32 (not an LLVM operation: a typed conversion).
+- ``lanes4(x, xo, y, yo, q)``: the four partial sums of rules.dot4 as one <4 x double>
+  (or <4 x float>) vector (LLVM's SLP vectorizer left four scalar chains scalar).
 - ``lanes_dot(w, wo, v, vo, m)`` / ``lanes_dot_step(...)``: a dot product in LANES
   lanes (one <16 x float> vector), and the same fused with the plain SGD step of w.
 - ``address(arr, offset)``: a typed pointer to arr[offset] (the gemm units' operands).
@@ -109,7 +112,7 @@ def _fma_compiled(a, b, c):
     return None
 
 
-# --------------------------------------------------------------------- float64 from bits
+# ------------------------------------------------------------- floats from their bits
 def float64_from_bits(bits):
     """The float64 whose IEEE-754 bit pattern is the int64 ``bits``."""
     return struct.unpack("<d", struct.pack("<q", int(bits)))[0]
@@ -133,18 +136,63 @@ def _float64_from_bits_compiled(bits):
     return None
 
 
+def float32_from_bits(bits):
+    """The float32 whose IEEE-754 bit pattern is the int32 ``bits``."""
+    # a view, not struct: struct widens to a Python float, which quiets a signalling NaN
+    return np.int32(bits).view(np.float32)
+
+
+@intrinsic
+def _bitcast_f32(typingctx, bits):
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@overload(float32_from_bits)
+def _float32_from_bits_compiled(bits):
+    if bits == types.int32:
+        return lambda bits: _bitcast_f32(bits)
+    return None
+
+
+# ------------------------------------------------------------------------------ like
+def like(value, x):
+    """``value`` in the float type of ``x`` (a float, or an array of floats): float32
+    for float32, else float64.  The rules write their constants and scales through it,
+    so a float32 model computes in float32 where a bare float64 constant would widen
+    the arithmetic to float64 (Numba types ``x * 1.0`` as float64)."""
+    single = getattr(x, "dtype", None) == np.float32 or isinstance(x, np.float32)
+    return np.float32(value) if single else float(value)
+
+
+@overload(like)
+def _like_compiled(value, x):
+    t = x.dtype if isinstance(x, types.Array) else x
+    if t == types.float32:
+        return lambda value, x: np.float32(value)
+    return lambda value, x: np.float64(value)
+
+
 # ---------------------------------------------------------------------------- lanes4
 def lanes4(x, xo, y, yo, q):
     """The four partial sums of rules.dot4 over s < q (q a multiple of 4): lane k is the
     fused multiply-add chain of x[xo + s] * y[yo + s] over s = k mod 4, in increasing s,
-    from 0; ``y`` None: the plain sums of x.  Lanes are float64 whatever x's dtype."""
-    acc = [0.0, 0.0, 0.0, 0.0]
+    from 0; ``y`` None: the plain sums of x.  Lanes are of x's dtype (float32 sums in
+    float32: a float32 model does not widen its gradients)."""
+    single = x.dtype == np.float32
+    acc = [np.float32(0.0) if single else 0.0] * 4
     for s in range(int(q)):
-        xv = float(x[int(xo) + s])
+        xv = x[int(xo) + s] if single else float(x[int(xo) + s])
         if y is None:
             acc[s % 4] = acc[s % 4] + xv
         else:
-            acc[s % 4] = fma(xv, float(y[int(yo) + s]), acc[s % 4])
+            yv = y[int(yo) + s] if single else float(y[int(yo) + s])
+            acc[s % 4] = fma(xv, yv, acc[s % 4])
     return acc[0], acc[1], acc[2], acc[3]
 
 
@@ -171,15 +219,15 @@ def _lanes4(typingctx, x, xo, y, yo, q):
     if not _float_arrays(*arrays) or not all(isinstance(t, types.Integer) for t in (xo, q)):
         return None
     dtype = x.dtype
-    result = types.UniTuple(types.float64, 4)
+    result = types.UniTuple(dtype, 4)
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
-        vec = ir.VectorType(_LLVM_FLOAT[dtype][0](), 4)
-        dvec = ir.VectorType(ir.DoubleType(), 4)
+        make, suffix = _LLVM_FLOAT[dtype]
+        vec = ir.VectorType(make(), 4)
         vfma = cgutils.get_or_insert_function(builder.module,
-                                              ir.FunctionType(dvec, [dvec] * 3),
-                                              "llvm.fma.v4f64")
+                                              ir.FunctionType(vec, [vec] * 3),
+                                              f"llvm.fma.v4{suffix}")
         xo_ = context.cast(builder, args[1], signature.args[1], types.uint64)
         q_ = context.cast(builder, args[4], signature.args[4], types.uint64)
         x_base = _base(builder, context, signature.args[0], args[0], xo_)
@@ -187,11 +235,10 @@ def _lanes4(typingctx, x, xo, y, yo, q):
             yo_ = context.cast(builder, args[3], signature.args[3], types.uint64)
             y_base = _base(builder, context, signature.args[2], args[2], yo_)
         align = dtype.bitwidth // 8
-        acc = cgutils.alloca_once_value(builder, ir.Constant(dvec, None))
+        acc = cgutils.alloca_once_value(builder, ir.Constant(vec, None))
 
         def load(base, j):
-            v = builder.load(_at(builder, base, j, vec), align=align)
-            return v if dtype == types.float64 else builder.fpext(v, dvec)
+            return builder.load(_at(builder, base, j, vec), align=align)
 
         with cgutils.for_range_slice(builder, ir.Constant(i64, 0), q_,
                                      ir.Constant(i64, 4)) as (j, _):

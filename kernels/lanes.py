@@ -22,7 +22,7 @@ from numba import njit
 
 from .batch import activate_rows, derivative_rows, uses_products
 from .config import JIT
-from .intrinsics import fma
+from .intrinsics import fma, like
 from .loops import all_finite
 from .rules import (HALF_MSE, MSE, SOFTMAX, SSE, delta_scale, loss_of_sum, loss_term,
                     output_delta, plain_step)
@@ -133,7 +133,7 @@ def _epoch_lanes(P, G, net, A, D, a_off, Y, nb, lr, part, out, loss, recording):
         for q in range(LANES):
             loss[q] = loss_of_sum(loss[q], net.loss, k, nb)
     out_act = net.acts[n_layers - 1]
-    scale = delta_scale(net.loss, out_act, k, nb)
+    scale = like(delta_scale(net.loss, out_act, k, nb), A)
     for t in range(count * LANES):  # batch.output_deltas
         D[oo + t] = output_delta(A[oo + t], Y[t], scale, out_act, False)
     for l in range(n_layers - 1, -1, -1):  # batch.backward
@@ -183,10 +183,10 @@ def train_block(params, m0, net, x, y, epochs, lrs, epoch0, record_every, histor
     P = np.empty((n_params, LANES), dtype=params.dtype)
     G = np.empty((n_params, LANES), dtype=params.dtype)
     Y = np.empty(y.shape[1] * nb * LANES, dtype=params.dtype)
-    part = np.empty((4, LANES))
+    part = np.empty((4, LANES), dtype=params.dtype)  # rules.dot4's lanes: the dtype's
     loss = np.zeros(LANES)
-    out = np.empty(LANES)
-    lr = np.empty(LANES)
+    out = np.empty(LANES, dtype=params.dtype)
+    lr = np.empty(LANES, dtype=params.dtype)  # the single-model entry's like(lr, params)
     r0 = (epoch0 + record_every - 1) // record_every
     for q in range(LANES):
         lr[q] = lrs[m0 + q]

@@ -28,6 +28,7 @@ from numba import njit
 from .batch import (batch_loss, backward, forward, gather, load_weights, output_deltas,
                     scatter)
 from .config import INNER, JIT
+from .intrinsics import like
 from .rng import permutation_into
 from .rules import (ADAM, adam_scales, l2_penalty, learning_rate, plain_step,
                     stateful_step)
@@ -252,7 +253,7 @@ def _make_trainer(MODE, RULE, VALIDATING):
         for e in range(epochs):
             g = epoch0 + e
             recording = g % record_every == 0
-            lr = learning_rate(rule, g)
+            lr = like(learning_rate(rule, g), params)  # the step in the model's dtype
             if loop.shuffle:
                 permutation_into(work.perm, state.rng)
             if MODE == SAMPLE:

@@ -4,8 +4,12 @@ Every kernel -- full batch, mini-batch, per-sample, the lanes across models, the
 kernels generated for one architecture, the CUDA kernel -- computes its activations,
 derivatives, losses, output deltas, sums and updates by calling these functions (the
 generated ones call them by name from their source).  They are scalar and
-dtype-generic: float32 operands compute in float32 where Numba types them so, and in
-float64 where a float64 constant or learning rate enters (as Numba types ``x * 1.0``).
+dtype-generic: a float32 model computes in float32 -- constants enter through
+intrinsics.like, the sigmoid has a float32 exp (sigmoid32), the learning rate and the
+delta scale are rounded to float32 once per epoch -- because Numba types ``x * 1.0``
+as float64, and a float64 step would halve the SIMD lanes and add conversions.  Loss
+values are summed in float64 in either dtype (they are reported, not trained on), and
+the stateful rules (momentum, Adam) keep their float64 hyperparameters.
 
 Conventions (DESIGN.md), for a batch of N samples and K outputs, sample weights w_s
 (all 1 without weights):
@@ -28,7 +32,8 @@ tests, fastbp/_divergence.py).
 import math
 
 import numpy as np
-from numba import njit, uint64
+from numba import config, njit, types, uint64
+from numba.extending import overload
 
 from .config import JIT
 # Each rule is inlined at Numba's level into the function that calls it: compiled as a
@@ -36,7 +41,8 @@ from .config import JIT
 # fit (a mini-batch fit compiled 47 functions instead of 27, and took half as long
 # again).
 RULE = dict(JIT, inline="always")
-from .intrinsics import LANES, float64_from_bits, fma, lanes4, lanes_dot, lanes_dot_step
+from .intrinsics import (LANES, float32_from_bits, float64_from_bits, fma, lanes4, lanes_dot,
+                         lanes_dot_step, like)
 
 
 IDENTITY = 0
@@ -88,8 +94,53 @@ def exp_reduced(r):
     return fma(p, r, 1.0)
 
 
+# float32: the same reduction with ln2 split for float32 (LN2_HI_32 has 12 trailing
+# zero bits), Cephes' minimax polynomial for expf (within 1 ULP on |r| <= ln2/2), and a
+# clamp that keeps 2**k a normal float32.
+LN2_HI_32 = 0.693359375
+LN2_LO_32 = -2.12194440e-4
+EXP_MIN_ARG_32 = -87.33  # exp of it is just above the smallest normal float32
+
+
 @njit(**RULE)
+def exp_reduced32(r):
+    """exp(r) for |r| <= ln2/2 in float32: 1 + r + r^2 P(r), P of degree 5 (Cephes)."""
+    p = fma(np.float32(1.9875691500e-4), r, np.float32(1.3981999507e-3))
+    p = fma(p, r, np.float32(8.3334519073e-3))
+    p = fma(p, r, np.float32(4.1665795894e-2))
+    p = fma(p, r, np.float32(1.6666665459e-1))
+    p = fma(p, r, np.float32(5.0000001201e-1))
+    return fma(p, r * r, r) + np.float32(1.0)
+
+
+@njit(**RULE)
+def sigmoid32(z):
+    """sigmoid of a float32, computed in float32 (twice the lanes of float64): as
+    sigmoid64, with exp_reduced32."""
+    xs = max(-abs(z), np.float32(EXP_MIN_ARG_32))
+    k = np.floor(xs * np.float32(INV_LN2) + np.float32(0.5))
+    r = (xs - k * np.float32(LN2_HI_32)) - k * np.float32(LN2_LO_32)
+    e = exp_reduced32(r) * float32_from_bits(np.int32((np.int32(k) + np.int32(127)) << 23))
+    one = np.float32(1.0)
+    return one / (one + e) if z >= 0 else e / (one + e)
+
+
 def sigmoid(z):
+    """1 / (1 + exp(-z)) in z's precision: sigmoid32 for a float32, else sigmoid64."""
+    if isinstance(z, np.float32):
+        return sigmoid32(z)
+    return sigmoid64(z)
+
+
+@overload(sigmoid)
+def _sigmoid_typed(z):
+    if z == types.float32:
+        return lambda z: sigmoid32(z)
+    return lambda z: sigmoid64(z)
+
+
+@njit(**RULE)
+def sigmoid64(z):
     """1 / (1 + exp(-z)), overflow-free, within 2 ULP, computed in float64.
 
     exp is taken only of -|z| <= 0 (clamped to EXP_MIN_ARG), by exp_reduced and a power
@@ -108,10 +159,11 @@ def sigmoid_libm(z):
     """1 / (1 + exp(-z)) with libm's exp, overflow-free.  Its latency is shorter than the
     13-step polynomial's, which wins when a sample's few units form one dependent chain
     (per-sample SGD of narrow layers: NARROW_UNITS)."""
+    one = like(1.0, z)
     if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
+        return one / (one + math.exp(-z))
     e = math.exp(z)
-    return e / (1.0 + e)
+    return e / (one + e)
 
 
 # Per-sample layers narrower than this take sigmoid_libm, wider ones the vectorizable
@@ -122,7 +174,7 @@ NARROW_UNITS = 8
 
 @njit(**RULE)
 def relu(z):
-    return z if z > 0 else 0.0
+    return z if z > 0 else like(0.0, z)
 
 
 @njit(**RULE)
@@ -148,18 +200,18 @@ def activate_narrow(z, code):
 # d * f'(z) with f' written in terms of the output a = f(z), one function per activation
 @njit(**RULE)
 def sigmoid_back(d, a):
-    return d * (a * (1.0 - a))
+    return d * (a * (like(1.0, a) - a))
 
 
 @njit(**RULE)
 def relu_back(d, a):
     """d where a > 0, else 0: a selection, not a product (no -0.0, no inf * 0)."""
-    return d if a > 0 else 0.0
+    return d if a > 0 else like(0.0, d)
 
 
 @njit(**RULE)
 def tanh_back(d, a):
-    return d * (1.0 - a * a)
+    return d * (like(1.0, a) - a * a)
 
 
 @njit(**RULE)
@@ -192,11 +244,14 @@ def tanh(z):
 def loss_term(out, y, z, code):
     """What one output of one sample adds to the loss sum before normalization (and
     before its sample weight): (out - y)^2, or for bce the cross-entropy of p = sigmoid(z)
-    from z, -[y log p + (1-y) log(1-p)] = max(z, 0) - z y + log(1 + exp(-|z|))."""
+    from z, -[y log p + (1-y) log(1-p)] = max(z, 0) - z y + log(1 + exp(-|z|)).
+    A float64 in either dtype: losses are summed in float64 (the square is the model's
+    dtype's, widened; Numba's typing unifies the two branches so, and the Python
+    meaning must not let a float32 make the running sum float32)."""
     if code == BCE:
         return max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
     d = out - y
-    return d * d
+    return np.float64(d * d)
 
 
 @njit(**RULE)
@@ -445,5 +500,14 @@ def called(rule):
     several times as long).  The same definition, so the same numbers."""
     fn = _called.get(rule)
     if fn is None:
-        fn = _called.setdefault(rule, njit(**JIT)(getattr(rule, "py_func", rule)))
+        if config.DISABLE_JIT:  # the rules are plain Python functions: nothing to compile
+            return rule
+        if hasattr(rule, "py_func"):
+            fn = njit(**JIT)(rule.py_func)
+        else:  # a rule chosen by its argument's type (an overload): a call of it
+            fn = njit(**JIT)(_TYPED_RULE_CALLS[rule.__name__])
+        fn = _called.setdefault(rule, fn)
     return fn
+
+
+_TYPED_RULE_CALLS = {"sigmoid": lambda z: sigmoid(z)}

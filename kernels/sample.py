@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, uint64
 
 from .config import INNER, JIT
-from .intrinsics import fma
+from .intrinsics import fma, like
 from .rules import (ADAM, BCE, NARROW_UNITS, SIGMOID, activate, activate_narrow,
                     adam_scales, delta_scale, is_combined, l2_penalty, loss_of_sum,
                     loss_term, output_delta, plain_step, row_dot, row_dot_step,
@@ -50,7 +50,7 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
     for l in range(n_layers):
         out_off += uint64(sizes[l])
     out_act = acts[n_layers - 1]
-    scale = delta_scale(loss, out_act, k, 1)
+    scale = like(delta_scale(loss, out_act, k, 1), h)  # in the model's dtype
     combined = is_combined(loss, out_act)
     total = 0.0
     weighted = sw.shape[0] > 0

@@ -139,7 +139,7 @@ def test_row_dot_is_the_same_in_a_kernel_compiled_from_scratch():
 @njit
 def _scalar_dot4(x, xo, y, yo, n):
     q = n - (n & 3)
-    a0 = a1 = a2 = a3 = 0.0
+    a0 = a1 = a2 = a3 = I.like(0.0, x)  # sums in x's dtype
     for s in range(0, q, 4):
         a0 = I.fma(x[xo + s], y[yo + s], a0)
         a1 = I.fma(x[xo + s + 1], y[yo + s + 1], a1)
@@ -153,7 +153,7 @@ def _scalar_dot4(x, xo, y, yo, n):
 @njit
 def _scalar_sum4(x, xo, n):
     q = n - (n & 3)
-    a0 = a1 = a2 = a3 = 0.0
+    a0 = a1 = a2 = a3 = I.like(0.0, x)  # sums in x's dtype
     for s in range(0, q, 4):
         a0 += x[xo + s]
         a1 += x[xo + s + 1]
@@ -241,6 +241,41 @@ def test_float64_from_bits_python_meaning_equals_the_compiled_cast():
         got, want = I.float64_from_bits(p), _from_bits_compiled(p)
         assert int(np.float64(got).view(np.int64)) == int(np.float64(want).view(np.int64)) \
             == int(p)
+
+
+@njit
+def _from_bits32_compiled(b):
+    out = np.empty(1, np.float32)  # returned unboxed: a Python float would quiet an sNaN
+    out[0] = I.float32_from_bits(b)
+    return out[0:1].view(np.int32)[0]
+
+
+def test_float32_from_bits_python_meaning_equals_the_compiled_cast():
+    rng = np.random.default_rng(42)
+    patterns = list(rng.integers(np.iinfo(np.int32).min, np.iinfo(np.int32).max, 500,
+                                 dtype=np.int32))
+    patterns += [np.int32(v) for v in (0, 1, 127 << 23, -(1 << 31), 0x7F800000,
+                                       0x007FFFFF, 0x7FC00000, 0x7F800001)]
+    for p in patterns:
+        got, want = I.float32_from_bits(p), _from_bits32_compiled(p)
+        assert isinstance(got, np.float32)
+        assert int(got.view(np.int32)) == int(want) == int(p)
+
+
+@njit
+def _like_compiled(value, x):
+    return I.like(value, x)
+
+
+@pytest.mark.parametrize("x", [np.zeros(2, np.float32), np.float32(1.5),
+                               np.zeros(2), 1.5, np.float64(2.5)])
+def test_like_gives_the_value_in_the_float_type_of_its_argument(x):
+    single = np.asarray(x).dtype == np.float32
+    want = np.float32(0.1) if single else 0.1
+    got = I.like(0.1, x)
+    assert type(got) is type(want) and got == want
+    # compiled: the value rounds to float32 exactly where the Python meaning does
+    assert _like_compiled(0.1, x) == want
 
 
 @njit

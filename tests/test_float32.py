@@ -1,0 +1,140 @@
+"""float32 as a first-class dtype: a float32 model computes in float32 (the kernels'
+own bit-level checks are in test_generate.py, test_simd.py and test_activations.py);
+here its results against the float64 reference, the tutorials' networks trained in
+float32, and reproducibility.
+
+The tolerance of a float32 forward pass or gradient against the float64 reference
+from the same float32 weights and data: 8 float32 ULP (8 * 2**-23 ~ 9.5e-7) of the
+value's rounding scale (reference.forward_magnitude / gradient_magnitude: the sum of
+the absolute values of the terms, which is what rounding errors scale with where
+terms cancel).  The cases below stay within 0.8 ULP of it.
+"""
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import datasets
+from fastbp._demos import tutorial_admissions_model
+
+import reference as R
+
+TOLERANCE_ULPS = 8
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _as32(arrays):
+    return None if arrays is None else [a.astype(np.float32) for a in arrays]
+
+
+def _assert_within(got, want, scale, what):
+    err = np.abs(np.asarray(got, dtype=np.float64) - want)
+    bound = TOLERANCE_ULPS * EPS32 * np.maximum(scale, np.abs(want))
+    worst = np.max(err / bound)
+    assert worst <= 1.0, f"{what}: {worst:.2f} x the float32 tolerance"
+
+
+CASES = [
+    ([3, 7, 5, 2], "sigmoid", "mse", True),
+    ([4, 9, 1], ["relu", "identity"], "sse", True),
+    ([5, 6, 6, 3], ["tanh", "tanh", "sigmoid"], "bce", True),
+    ([6, 2, 1], "sigmoid", "half_mse", False),
+    ([2, 17, 1], ["relu", "sigmoid"], "bce", True),
+]
+
+
+@pytest.mark.parametrize("sizes,activation,loss,bias", CASES)
+def test_float32_forward_and_gradient_agree_with_float64_to_float32_rounding(
+        sizes, activation, loss, bias, make_problem):
+    X, y, weights, biases = make_problem(sizes, n=23, loss=loss, bias=bias, seed=len(sizes))
+    w32, b32 = _as32(weights), _as32(biases)
+    X32, y32 = X.astype(np.float32), y.astype(np.float32)
+    m = fastbp.MLP.from_weights(w32, b32, activation=activation, loss=loss, dtype="float32")
+    # the reference in float64, from exactly the float32 model's numbers
+    w64 = [w.astype(np.float64) for w in w32]
+    b64 = None if b32 is None else [b.astype(np.float64) for b in b32]
+    X64, y64 = X32.astype(np.float64), y32.astype(np.float64)
+
+    pred = m.predict(X32)
+    assert pred.dtype == np.float32
+    _assert_within(pred.reshape(-1, sizes[-1]), R.predict(X64, w64, b64, activation),
+                   R.forward_magnitude(X64, w64, b64), "predict")
+
+    dW, db = m.gradient(X32, y32)
+    assert all(g.dtype == np.float32 for g in dW)
+    rW, rb = R.gradient(X64, y64, w64, b64, activation, loss)
+    mW, mb = R.gradient_magnitude(X64, y64, w64, b64, activation, loss)
+    for l, (g, r, s) in enumerate(zip(dW, rW, mW)):
+        _assert_within(g, r, s, f"weight gradient {l}")
+    for l, (g, r, s) in enumerate(zip(db or [], rb or [], mb or [])):
+        _assert_within(g, r, s, f"bias gradient {l}")
+
+
+def test_xor_tutorial_net_in_float32_classifies_every_point():
+    """Seed 000's 2-4-4-1 sigmoid net, sse, lr 0.1, 100,000 epochs (fastbp demo xor)."""
+    X, y = datasets.xor_easy()
+    m = fastbp.MLP([2, 4, 4, 1], activation="sigmoid", loss="sse", init="uniform", seed=0,
+                   dtype="float32")
+    hist = m.fit(X, y, epochs=100_000, lr=0.1)
+    assert "float32" in hist.kernel
+    assert np.all((m.predict(X).ravel() > 0.5) == (y.ravel() > 0.5))
+    assert hist.loss[-1] < 1e-3 * hist.loss[0]
+
+
+def test_admissions_tutorial_net_in_float32_reaches_the_tutorials_accuracy():
+    """Seed 004's 6-2-1 net from the tutorial's initial weights, lr 0.007, 1,000 epochs:
+    test accuracy 0.775 in float64 and in float32, the weights within float32 rounding
+    of float64's."""
+    adm = datasets.admissions()
+    m64 = tutorial_admissions_model(adm.X_train.shape[1], seed=21)
+    m32 = fastbp.MLP.from_weights(m64.weights, None, activation="sigmoid", loss="half_mse",
+                                  dtype="float32")
+    accuracy = []
+    for m in (m64, m32):
+        m.fit(adm.X_train, adm.y_train, epochs=1000, lr=0.007)
+        pred = m.predict(adm.X_test).ravel() > 0.5
+        accuracy.append(np.mean(pred == (adm.y_test > 0.5)))
+    assert accuracy == [0.775, 0.775]
+    assert m32.params.dtype == np.float32
+    np.testing.assert_allclose(m32.params, m64.params, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 8])
+def test_float32_fit_is_bit_reproducible_run_to_run(batch_size, make_problem):
+    X, y, _, _ = make_problem([3, 6, 2], n=40, seed=5)
+    runs = []
+    for _ in range(2):
+        m = fastbp.MLP([3, 6, 2], activation="tanh", loss="mse", seed=3, dtype="float32")
+        h = m.fit(X, y, epochs=25, lr=0.05, batch_size=batch_size, shuffle=True)
+        runs.append((m.params.copy(), h.loss.copy()))
+    assert runs[0][0].dtype == np.float32
+    assert runs[0][0].tobytes() == runs[1][0].tobytes()
+    assert runs[0][1].tobytes() == runs[1][1].tobytes()
+
+
+def test_float32_ensemble_is_bit_identical_across_thread_counts(make_problem):
+    X, y, _, _ = make_problem([3, 8, 2], n=20, seed=7)
+    runs = []
+    for jobs in (1, 2, None):
+        ens = fastbp.Ensemble([3, 8, 2], 5, activation="sigmoid", loss="half_mse", seed=1,
+                              dtype="float32")
+        h = ens.fit(X, y, epochs=20, lr=0.3, batch_size=4, shuffle=True, n_jobs=jobs)
+        runs.append((ens.params.copy(), h.loss.copy()))
+    assert runs[0][0].dtype == np.float32
+    for params, loss in runs[1:]:
+        assert params.tobytes() == runs[0][0].tobytes()
+        assert loss.tobytes() == runs[0][1].tobytes()
+
+
+def test_float64_data_into_a_float32_model_is_converted_once_not_modified(make_problem):
+    """float64 data train a float32 model exactly as the same data given in float32 (the
+    conversion happens once, before the loop), and the caller's arrays are left as
+    they were."""
+    X, y, _, _ = make_problem([3, 5, 1], n=30, seed=9)
+    X0, y0 = X.copy(), y.copy()
+    params = []
+    for Xi, yi in ((X, y), (X.astype(np.float32), y.astype(np.float32))):
+        m = fastbp.MLP([3, 5, 1], activation="sigmoid", loss="mse", seed=2, dtype="float32")
+        m.fit(Xi, yi, epochs=15, lr=0.2, batch_size=7)
+        params.append(m.params.copy())
+    assert params[0].tobytes() == params[1].tobytes()
+    assert X.dtype == np.float64 and np.array_equal(X, X0) and np.array_equal(y, y0)
