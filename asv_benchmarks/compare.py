@@ -6,8 +6,9 @@
     python compare.py --threads 1         # one thread per engine: steadier on a busy machine
     python compare.py --workloads W1,W2a,W4b --repeat 5
     python compare.py --engines fastbp,numpy,jax --json out.json
+    python compare.py --dtype float32     # every engine in float32 (the C loop: double only)
 
-Every engine trains the same float64 network from the same initial parameters
+Every engine trains the same network, in float64 (or --dtype), from the same initial parameters
 (see benchmarks/common.py); peers are in peers.py.  Each cell is the median
 wall time of ``--repeat`` runs (fewer when a run is slow), after a warm-up call
 for JIT engines, so compile time is excluded (it is listed separately).
@@ -230,6 +231,8 @@ def main(argv=None):
     ap.add_argument("--engines", default=",".join(peers.ENGINES),
                     help=f"comma list from {','.join(peers.ENGINES)}")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per cell (median)")
+    ap.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                    help="the dtype of the data, the parameters and every engine's arithmetic")
     ap.add_argument("--budget", type=float, default=None,
                     help="stop repeating a cell after this many seconds (default 20, 5 with --quick)")
     ap.add_argument("--quick", action="store_true",
@@ -260,7 +263,7 @@ def main(argv=None):
             raise SystemExit(f"unknown engine {e!r}; choose from {', '.join(peers.ENGINES)}")
     budget = args.budget if args.budget is not None else (5.0 if args.quick else 20.0)
 
-    wls = {k: make_workload(k, args.quick) for k in keys}
+    wls = {k: make_workload(k, args.quick, args.dtype) for k in keys}
     results = {k: {} for k in keys}
     load_before = load_average()
     if args.in_process:
@@ -280,6 +283,7 @@ def main(argv=None):
     if args.json:
         out = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
                "machine": args.machine or machine_line(), "quick": args.quick,
+               "dtype": args.dtype,
                "threads": args.threads, "load_average": args.load,
                "results": {k: {e: cell_to_dict(c) for e, c in row.items()}
                            for k, row in results.items()}}
@@ -287,8 +291,8 @@ def main(argv=None):
 
 
 
-def make_workload(key, quick):
-    wl = FULL[key]()
+def make_workload(key, quick, dtype="float64"):
+    wl = FULL[key]().in_dtype(dtype)
     return wl.scaled(QUICK_FACTOR[peers.family(key)]) if quick else wl
 
 
@@ -351,7 +355,7 @@ def run_worker(engine, keys, args, budget):
     os.close(fd)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", engine, "--_out", out,
            "--workloads", ",".join(keys), "--repeat", str(args.repeat), "--budget", str(budget),
-           "--max-run", str(args.max_run)]
+           "--max-run", str(args.max_run), "--dtype", args.dtype]
     if args.quick:
         cmd.append("--quick")
     if args.verbose:
@@ -384,7 +388,7 @@ def worker(args):
     keys = expand_keys(args.workloads)
     done = {}
     for k in keys:
-        c = run_cell(engine, k, make_workload(k, args.quick), args.repeat, args.budget,
+        c = run_cell(engine, k, make_workload(k, args.quick, args.dtype), args.repeat, args.budget,
                      args.verbose, log=True, max_run=None if args.quick else args.max_run)
         done[k] = cell_to_dict(c)
         Path(args._out).write_text(json.dumps(done))  # after every cell: survives a crash
@@ -394,7 +398,7 @@ def worker(args):
 def print_report(args, keys, engines, wls, results):
     peers_ = [e for e in engines if e != "fastbp"]
     cmd = "python compare.py " + " ".join(a for a in sys.argv[1:])
-    print("\n### fastbp vs peers — seconds (median), float64\n")
+    print(f"\n### fastbp vs peers — seconds (median), {args.dtype}\n")
     print(f"Machine: {args.machine or machine_line()}  ")
     print(f"Command: `{cmd.strip()}`  ")
     if args.threads:

@@ -14,7 +14,8 @@ cannot run here, and :class:`NotApplicable` when the engine has no such network
 (e.g. scikit-learn has no bias-free nets).  ``run.note`` (optional) says how the
 engine's version differs ("similar net", thread count, ...).
 
-All arithmetic is float64, the math of ``benchmarks/common.py``'s docstring.
+All arithmetic is in the workload's dtype (float64, or float32 with compare.py --dtype
+float32), the math of ``benchmarks/common.py``'s docstring.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def family(key):
 
 
 def _copy_params(wl):
-    Ws = [np.array(W, dtype=np.float64) for W in wl.weights]
-    bs = None if wl.biases is None else [np.array(b, dtype=np.float64) for b in wl.biases]
+    Ws = [np.array(W, dtype=wl.dtype) for W in wl.weights]
+    bs = None if wl.biases is None else [np.array(b, dtype=wl.dtype) for b in wl.biases]
     return Ws, bs
 
 
@@ -92,7 +93,7 @@ def fastbp_ensemble(wl):
     if Ens is None:
         return None
     ens = Ens(list(wl.sizes), wl.n_models, activation=list(wl.activations), loss=wl.loss,
-              bias=wl.bias, dtype="float64", seed=0)
+              bias=wl.bias, dtype=wl.dtype, seed=0)
     flat = np.stack([common.flat_params(*wl.model(m)) for m in range(wl.n_models)])
     if np.shape(getattr(ens, "params", None)) != flat.shape:
         raise RuntimeError(f"Ensemble.params is not (n_models, n_params) = {flat.shape}")
@@ -179,7 +180,7 @@ def _np_dact(name):
     if name == "sigmoid":
         return lambda a: a * (1.0 - a)
     if name == "relu":
-        return lambda a: np.where(a > 0, 1.0, 0.0)
+        return lambda a: (a > 0).astype(a.dtype)
     if name == "tanh":
         return lambda a: 1.0 - a * a
     return None  # identity: multiply by 1
@@ -267,8 +268,8 @@ def _numpy_per_sample(wl, accumulate):
         Ws, bs = _copy_params(wl)
         for e in range(wl.epochs):
             if accumulate:
-                dWs = [np.zeros(W.shape) for W in Ws]
-                dbs = [np.zeros(b.shape) for b in bs] if bias else None
+                dWs = [np.zeros_like(W) for W in Ws]
+                dbs = [np.zeros_like(b) for b in bs] if bias else None
             for x, t in zip(wl.X, wl.y):
                 outs = [x]
                 for l in range(L):
@@ -344,7 +345,8 @@ def _torch_act_module(torch, name):
 def _torch_model(torch, wl, Ws, bs):
     layers = []
     for l, W in enumerate(Ws):
-        lin = torch.nn.Linear(W.shape[0], W.shape[1], bias=bs is not None, dtype=torch.float64)
+        lin = torch.nn.Linear(W.shape[0], W.shape[1], bias=bs is not None,
+                              dtype=getattr(torch, wl.dtype))
         with torch.no_grad():
             lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(W.T)))
             if bs is not None:
@@ -518,10 +520,11 @@ def torch_compile_w5(wl):
 # =============================================================================
 # JAX: jit + lax.scan over epochs (and over samples / batches), vmap for W5
 # =============================================================================
-def _jax():
+def _jax(wl):
     try:
         import jax
-        jax.config.update("jax_enable_x64", True)
+        # float64 needs x64 mode; without it JAX computes in float32, its default
+        jax.config.update("jax_enable_x64", wl.dtype == "float64")
         import jax.numpy as jnp
         from jax import lax
     except Exception as exc:
@@ -583,7 +586,7 @@ def _jax_out(params, bias):
 
 
 def jax_w1(wl):
-    jax, jnp, lax = _jax()
+    jax, jnp, lax = _jax(wl)
     train = jax.jit(_jax_trainer(wl, jax, jnp, lax))
     p0 = _jax_params(wl, jnp, wl.weights, wl.biases)
     X, y = jnp.asarray(wl.X), jnp.asarray(wl.y)
@@ -600,7 +603,7 @@ jax_w2a = jax_w2b = jax_w3 = jax_w4a = jax_w4b = jax_w1
 
 
 def jax_w5(wl):
-    jax, jnp, lax = _jax()
+    jax, jnp, lax = _jax(wl)
     train = jax.jit(jax.vmap(_jax_trainer(wl, jax, jnp, lax), in_axes=(0, None, None)))
     p0 = _jax_params(wl, jnp, wl.weights, wl.biases)
     X, y = jnp.asarray(wl.X), jnp.asarray(wl.y)
@@ -869,6 +872,8 @@ def _ptr(a, ctype=ctypes.c_double):
 
 
 def _c_args(wl):
+    if wl.dtype != "float64":
+        raise NotApplicable("the C loop is written in double")
     sizes = np.array(wl.sizes, dtype=np.intc)
     acts = np.array([_ACT_CODE[a] for a in wl.activations], dtype=np.intc)
     X = np.ascontiguousarray(wl.X, dtype=np.float64)

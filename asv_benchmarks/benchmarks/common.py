@@ -3,7 +3,8 @@
 A :class:`Workload` fixes everything a training run needs -- architecture,
 activations, loss, learning rate, epochs, batching, data and the *initial
 parameters* -- so that every engine (fastbp, NumPy, PyTorch, JAX, C, ...)
-starts from the same weights and does the same float64 arithmetic.
+starts from the same weights and does the same arithmetic, in float64 (or in
+float32: :meth:`Workload.in_dtype`).
 
 The math (identical in every engine, see ``docs/API-NOTES.md``):
 
@@ -194,12 +195,13 @@ def init_normal(sizes, bias, rng):
 
 
 def flat_params(weights, biases):
-    """fastbp's flat layout: W0 (row-major), b0, W1, b1, ... as one 1-D float64 array."""
+    """fastbp's flat layout: W0 (row-major), b0, W1, b1, ... as one 1-D array (of the
+    parameters' dtype)."""
     parts = []
     for l, W in enumerate(weights):
-        parts.append(np.asarray(W, dtype=np.float64).ravel())
+        parts.append(np.asarray(W).ravel())
         if biases is not None:
-            parts.append(np.asarray(biases[l], dtype=np.float64).ravel())
+            parts.append(np.asarray(biases[l]).ravel())
     return np.concatenate(parts)
 
 
@@ -224,6 +226,7 @@ class Workload:
     record_every: int = 1
     scale: float = 1.0          # full-size time / this run's time (extrapolation factor)
     unit: str = "epochs"        # what `scale` scaled: epochs or samples
+    dtype: str = "float64"      # of X, y and the initial parameters: what every engine trains in
 
     @property
     def bias(self):
@@ -243,6 +246,19 @@ class Workload:
         Ws = [W[m] for W in self.weights]
         bs = None if self.biases is None else [b[m] for b in self.biases]
         return Ws, bs
+
+    def in_dtype(self, dtype):
+        """A copy whose data and initial parameters are ``dtype`` ("float64" or "float32"):
+        every engine converts nothing and trains in that dtype."""
+        if dtype == self.dtype:
+            return self
+
+        def cast(a):
+            return np.ascontiguousarray(a, dtype=dtype)
+        return dataclasses.replace(
+            self, dtype=dtype, X=cast(self.X), y=cast(self.y),
+            weights=[cast(W) for W in self.weights],
+            biases=None if self.biases is None else [cast(b) for b in self.biases])
 
     def scaled(self, factor):
         """A copy that does 1/factor of the work (epochs, or samples for 1-epoch runs)."""
@@ -388,7 +404,8 @@ def fastbp_model(wl, weights=None, biases=None):
     biases = wl.biases if biases is None else biases
     return fastbp.MLP.from_weights([np.array(W) for W in weights],
                                    None if biases is None else [np.array(b) for b in biases],
-                                   activation=list(wl.activations), loss=wl.loss)
+                                   activation=list(wl.activations), loss=wl.loss,
+                                   dtype=wl.dtype)
 
 
 def fastbp_fit(model, wl, **kw):
