@@ -225,15 +225,14 @@ def fit_mode(n, batch, shuffle, loss_code):
     return "mini"
 
 
-def rule_kind(rule, dtype, mode):
-    """"fused", "plain" or "stateful" (kernels/loops.py)."""
+def rule_kind(rule, mode):
+    """"fused", "plain" or "stateful" (kernels/loops.py).  Batched plain SGD takes the
+    step inside the backward pass ("fused": no gradient buffer, one pass less over the
+    parameters per batch); it rounds as the separate step does, in either dtype (the
+    learning rate is in the model's dtype, kernels/loops.py)."""
     if not O.is_plain(rule):
         return "stateful"
-    # the plain step inside the backward pass rounds like the separate step only in
-    # float64 (float32 computes w - lr * g in float64 in the separate step)
-    if mode != "sample" and np.dtype(dtype) == np.float64:
-        return "fused"
-    return "plain"
+    return "fused" if mode != "sample" else "plain"
 
 
 _MODE_NAMES = {"full": "full-batch", "mini": "mini-batch", "sample": "per-sample"}
@@ -263,7 +262,7 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
     layout = model._layout
     dtype = np.dtype(model.dtype)
     mode = fit_mode(n, batch, shuffle, model._loss_code)
-    kind = rule_kind(rule, dtype, mode)
+    kind = rule_kind(rule, mode)
     cap = min(batch, n)
     nb_max = max(cap if mode != "sample" else 1, n_val if validating else 0)
     gemm = choose_gemm(layout.sizes, dtype, nb_max, epochs * (n + n_val))

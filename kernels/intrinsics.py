@@ -12,8 +12,9 @@ to one LLVM instruction or vector loop:
   register, so its loops vectorize.
 - ``like(value, x)``: ``value`` in x's float type, so that a rule's constant keeps a
   float32 model's arithmetic in float32 (not an LLVM operation: a typed conversion).
-- ``lanes4(x, xo, y, yo, q)``: the four partial sums of rules.dot4 as one <4 x double>
-  (or <4 x float>) vector (LLVM's SLP vectorizer left four scalar chains scalar).
+- ``lanes4(x, xo, y, yo, q)``: the four partial sums of rules.dot4 from one 256-bit
+  vector of chains, <4 x double> or <8 x float> (``sum_width``; LLVM's SLP vectorizer
+  left four scalar chains scalar).
 - ``lanes_dot(w, wo, v, vo, m)`` / ``lanes_dot_step(...)``: a dot product in LANES
   lanes (one <16 x float> vector), and the same fused with the plain SGD step of w.
 - ``address(arr, offset)``: a typed pointer to arr[offset] (the gemm units' operands).
@@ -179,20 +180,37 @@ def _like_compiled(value, x):
 
 
 # ---------------------------------------------------------------------------- lanes4
+def sum_width(x):
+    """How many interleaved chains lanes4 runs for x's dtype: one 256-bit vector, 4
+    float64 or 8 float32 (a float32 sum runs half as many steps as a float64 one)."""
+    return 8 if x.dtype == np.float32 else 4
+
+
+@overload(sum_width)
+def _sum_width_compiled(x):
+    width = 8 if x.dtype == types.float32 else 4
+    return lambda x: width
+
+
 def lanes4(x, xo, y, yo, q):
-    """The four partial sums of rules.dot4 over s < q (q a multiple of 4): lane k is the
-    fused multiply-add chain of x[xo + s] * y[yo + s] over s = k mod 4, in increasing s,
-    from 0; ``y`` None: the plain sums of x.  Lanes are of x's dtype (float32 sums in
-    float32: a float32 model does not widen its gradients)."""
+    """The four partial sums of rules.dot4 over s < q (q a multiple of sum_width(x)):
+    chain k is the fused multiply-add chain of x[xo + s] * y[yo + s] over
+    s = k mod sum_width(x), in increasing s, from 0; ``y`` None: the plain sums of x.
+    float64: the four chains are the four sums; float32: eight chains, and sum k is
+    chain k + chain k + 4.  In x's dtype (float32 sums in float32: a float32 model does
+    not widen its gradients)."""
     single = x.dtype == np.float32
-    acc = [np.float32(0.0) if single else 0.0] * 4
+    width = sum_width(x)
+    acc = [np.float32(0.0) if single else 0.0] * width
     for s in range(int(q)):
         xv = x[int(xo) + s] if single else float(x[int(xo) + s])
         if y is None:
-            acc[s % 4] = acc[s % 4] + xv
+            acc[s % width] = acc[s % width] + xv
         else:
             yv = y[int(yo) + s] if single else float(y[int(yo) + s])
-            acc[s % 4] = fma(xv, yv, acc[s % 4])
+            acc[s % width] = fma(xv, yv, acc[s % width])
+    if width == 8:
+        acc = [acc[k] + acc[k + 4] for k in range(4)]
     return acc[0], acc[1], acc[2], acc[3]
 
 
@@ -221,13 +239,15 @@ def _lanes4(typingctx, x, xo, y, yo, q):
     dtype = x.dtype
     result = types.UniTuple(dtype, 4)
 
+    width = 8 if dtype == types.float32 else 4  # sum_width
+
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
         make, suffix = _LLVM_FLOAT[dtype]
-        vec = ir.VectorType(make(), 4)
+        vec = ir.VectorType(make(), width)
         vfma = cgutils.get_or_insert_function(builder.module,
                                               ir.FunctionType(vec, [vec] * 3),
-                                              f"llvm.fma.v4{suffix}")
+                                              f"llvm.fma.v{width}{suffix}")
         xo_ = context.cast(builder, args[1], signature.args[1], types.uint64)
         q_ = context.cast(builder, args[4], signature.args[4], types.uint64)
         x_base = _base(builder, context, signature.args[0], args[0], xo_)
@@ -241,7 +261,7 @@ def _lanes4(typingctx, x, xo, y, yo, q):
             return builder.load(_at(builder, base, j, vec), align=align)
 
         with cgutils.for_range_slice(builder, ir.Constant(i64, 0), q_,
-                                     ir.Constant(i64, 4)) as (j, _):
+                                     ir.Constant(i64, width)) as (j, _):
             xv = load(x_base, j)
             if sums:
                 builder.store(builder.fadd(builder.load(acc), xv), acc)
@@ -249,7 +269,9 @@ def _lanes4(typingctx, x, xo, y, yo, q):
                 builder.store(builder.call(vfma, [xv, load(y_base, j), builder.load(acc)]),
                               acc)
         total = builder.load(acc)
-        lanes = [builder.extract_element(total, ir.Constant(i64, k)) for k in range(4)]
+        lanes = [builder.extract_element(total, ir.Constant(i64, k)) for k in range(width)]
+        if width == 8:  # sum k = chain k + chain k + 4
+            lanes = [builder.fadd(lanes[k], lanes[k + 4]) for k in range(4)]
         return context.make_tuple(builder, result, lanes)
 
     return result(x, xo, y, yo, q), codegen

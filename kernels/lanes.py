@@ -22,7 +22,7 @@ from numba import njit
 
 from .batch import activate_rows, derivative_rows, uses_products
 from .config import JIT
-from .intrinsics import fma, like
+from .intrinsics import fma, like, sum_width
 from .loops import all_finite
 from .rules import (HALF_MSE, MSE, SOFTMAX, SSE, delta_scale, loss_of_sum, loss_term,
                     output_delta, plain_step)
@@ -63,18 +63,21 @@ def _add_rows(z, w):
 
 @njit(**JIT)
 def _dot4_lanes(x, y, nb, out, part):
-    """out[q] = rules.dot4 of lane q's rows x, y (nb samples): the same four partial
-    sums, lane s % 4, combined as (l0 + l1) + (l2 + l3)."""
-    q4 = nb - (nb & 3)
-    for r in range(4):
+    """out[q] = rules.dot4 of lane q's rows x, y (nb samples): the same chains, s % w
+    for w = sum_width (part: w rows), folded to four sums, the tail into sum 0, combined
+    as (l0 + l1) + (l2 + l3)."""
+    w = sum_width(x)
+    qw = nb - nb % w
+    for r in range(w):
         for q in range(LANES):
             part[r, q] = 0.0
-    for s in range(0, q4, 4):
-        for r in range(4):
+    for s in range(0, qw, w):
+        for r in range(w):
             b = (s + r) * LANES
             for q in range(LANES):
                 part[r, q] = fma(x[b + q], y[b + q], part[r, q])
-    for s in range(q4, nb):
+    _fold(part, w)
+    for s in range(qw, nb):
         for q in range(LANES):
             part[0, q] = fma(x[s * LANES + q], y[s * LANES + q], part[0, q])
     for q in range(LANES):
@@ -84,20 +87,32 @@ def _dot4_lanes(x, y, nb, out, part):
 @njit(**JIT)
 def _sum4_lanes(x, nb, out, part):
     """rules.sum4 per lane."""
-    q4 = nb - (nb & 3)
-    for r in range(4):
+    w = sum_width(x)
+    qw = nb - nb % w
+    for r in range(w):
         for q in range(LANES):
             part[r, q] = 0.0
-    for s in range(0, q4, 4):
-        for r in range(4):
+    for s in range(0, qw, w):
+        for r in range(w):
             b = (s + r) * LANES
             for q in range(LANES):
                 part[r, q] += x[b + q]
-    for s in range(q4, nb):
+    _fold(part, w)
+    for s in range(qw, nb):
         for q in range(LANES):
             part[0, q] += x[s * LANES + q]
     for q in range(LANES):
         out[q] = (part[0, q] + part[1, q]) + (part[2, q] + part[3, q])
+
+
+@njit(**JIT)
+def _fold(part, w):
+    """intrinsics.lanes4's fold of eight chains to four sums: sum k = chain k + chain
+    k + 4 (float32; float64 has four chains)."""
+    if w == 8:
+        for r in range(4):
+            for q in range(LANES):
+                part[r, q] = part[r, q] + part[r + 4, q]
 
 
 @njit(**JIT)
@@ -183,7 +198,7 @@ def train_block(params, m0, net, x, y, epochs, lrs, epoch0, record_every, histor
     P = np.empty((n_params, LANES), dtype=params.dtype)
     G = np.empty((n_params, LANES), dtype=params.dtype)
     Y = np.empty(y.shape[1] * nb * LANES, dtype=params.dtype)
-    part = np.empty((4, LANES), dtype=params.dtype)  # rules.dot4's lanes: the dtype's
+    part = np.empty((8, LANES), dtype=params.dtype)  # rules.dot4's chains (sum_width)
     loss = np.zeros(LANES)
     out = np.empty(LANES, dtype=params.dtype)
     lr = np.empty(LANES, dtype=params.dtype)  # the single-model entry's like(lr, params)

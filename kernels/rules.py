@@ -42,7 +42,7 @@ from .config import JIT
 # again).
 RULE = dict(JIT, inline="always")
 from .intrinsics import (LANES, float32_from_bits, float64_from_bits, fma, lanes4, lanes_dot,
-                         lanes_dot_step, like)
+                         lanes_dot_step, like, sum_width)
 
 
 IDENTITY = 0
@@ -339,11 +339,13 @@ def cross_entropy_column(z, y, base, stride, k):
 # -------------------------------------------------------------------------------- sums
 @njit(**RULE)
 def dot4(x, xo, y, yo, n):
-    """sum_s x[xo+s] * y[yo+s] for s < n (the gradient of a weight over a batch), in four
-    interleaved partial sums: lane s % 4 (fused multiply-adds in increasing s), the tail
-    s >= n - n % 4 into lane 0, then (l0 + l1) + (l2 + l3).  Four chains run in parallel
-    where one running sum waits 4 cycles per add.  Offsets and n unsigned (uint64)."""
-    q = n - (n & uint64(3))
+    """sum_s x[xo+s] * y[yo+s] for s < n (the gradient of a weight over a batch), in
+    interleaved chains, one 256-bit vector of them (intrinsics.sum_width: 4 in float64,
+    8 in float32): chain s % width (fused multiply-adds in increasing s), the float32
+    chains folded to four sums (k + k + 4), the tail s >= n - n % width into sum 0,
+    then (l0 + l1) + (l2 + l3).  The chains run in parallel where one running sum waits
+    4 cycles per add.  Offsets and n unsigned (uint64)."""
+    q = n - n % uint64(sum_width(x))
     a0, a1, a2, a3 = lanes4(x, xo, y, yo, q)
     for s in range(q, n):
         a0 = fma(x[xo + s], y[yo + s], a0)
@@ -353,7 +355,7 @@ def dot4(x, xo, y, yo, n):
 @njit(**RULE)
 def sum4(x, xo, n):
     """sum_s x[xo+s] for s < n (the gradient of a bias), in dot4's lane order."""
-    q = n - (n & uint64(3))
+    q = n - n % uint64(sum_width(x))
     a0, a1, a2, a3 = lanes4(x, xo, None, uint64(0), q)
     for s in range(q, n):
         a0 += x[xo + s]

@@ -295,7 +295,7 @@ def test_generated_kernel_is_used_only_where_it_applies(generated, monkeypatch):
     wide = fastbp.MLP([2, 64, 1], seed=0)
     assert _planned(wide, 21, 21)[0] is None  # too wide
     f32 = fastbp.MLP(sizes, activation=act, loss=loss, dtype="float32", seed=0)
-    assert _planned(f32, 21, 21) == ("full", "plain")  # float32 rounds its own steps
+    assert _planned(f32, 21, 21) == ("full", "fused")  # float32 steps as float64 does
     soft = fastbp.MLP([2, 4, 3], activation=["tanh", "softmax"], loss="cross_entropy")
     assert _planned(soft, 21, 21)[0] is None  # a loss the generator does not write
     # a layer whose products go to gemm at this batch: the loops' order is not its order

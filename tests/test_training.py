@@ -594,15 +594,15 @@ def test_fused_sgd_step_equals_backward_then_update(bias, product_min_work):
     assert np.array_equal(d1, d2)  # the back-propagated deltas read the weights before the step
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("batch_size", [None, 16])
-def test_fused_and_plain_entries_train_alike_in_float64(batch_size, make_problem):
-    """loops.trainer's "fused" entry (what float64 plain-SGD fits run) and its "plain"
-    one (a separate step after backward: what float32 runs) give the same float64 bits,
-    records included."""
+def test_fused_and_plain_entries_train_alike(batch_size, dtype, make_problem):
+    """loops.trainer's "fused" entry (the step inside the backward pass) and its "plain"
+    one (a separate step after backward) give the same bits, records included."""
     sizes = [5, 10, 70, 3]
     X, y, weights, biases = make_problem(sizes, n=48, seed=2)
     model = fastbp.MLP.from_weights(weights, biases, activation=["tanh", "sigmoid",
-                                                                 "identity"])
+                                                                 "identity"], dtype=dtype)
     n, batch = X.shape[0], batch_size or X.shape[0]
     mode = "full" if batch_size is None else "mini"
     net = D.make_net(model._layout, model._act_codes, model._loss_code, model.dtype, "tiles")
@@ -625,9 +625,8 @@ def test_fused_and_plain_entries_train_alike_in_float64(batch_size, make_problem
 
 
 def test_wide_minibatch_fits_match_reference_in_both_dtypes(make_problem):
-    """A plain-SGD mini-batch fit of a net whose layers run on the tiles: float64 takes
-    the fused step (no gradient buffer), float32 the separate one; both follow the
-    reference."""
+    """A plain-SGD mini-batch fit of a net whose layers run on the tiles (the fused step,
+    no gradient buffer) follows the reference in both dtypes."""
     sizes, acts = [5, 40, 3], ["sigmoid", "identity"]
     X, y, weights, biases = make_problem(sizes, n=96, loss="mse", seed=8)
     rw, rb, rhist = R.train_minibatch(X, y, weights, biases, acts, "mse", 5, 0.05, 32)
