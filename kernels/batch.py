@@ -10,7 +10,7 @@ reassociated (PERF-NOTES.md).  With nb == 1 the forward loops run over units ins
 Wide layers go through matrix products (gemm.py, chosen per layer and batch by
 ``uses_products``), narrow ones through loops.  The forward and back-propagated
 products compute the same chains either way; the weight gradient of the loops is
-rules.dot4's four-lane sum, that of the products one chain (gemm.py) -- which is why the
+rules.dot4's interleaved chains, that of the products one chain (gemm.py) -- which is why the
 choice depends on sizes only, never on what happens to be compiled.
 
 Index arithmetic in the sample loops is unsigned (uint64): for a signed index of unknown
