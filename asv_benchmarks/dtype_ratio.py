@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""fastbp's float32 time over its float64 time on every compare.py workload, measured
+side by side in one process: each workload's two fits alternate, ``--repeat`` times
+each, after a warm-up that compiles both; the medians and their ratio (below 1:
+float32 faster).  Data and initial parameters are the workload's, cast once before
+timing (Workload.in_dtype), so both dtypes train the same network.
+
+    NUMBA_NUM_THREADS=1 taskset -c 1 python dtype_ratio.py   # every workload, one CPU
+    python dtype_ratio.py --workloads W1,W4b --repeat 5
+"""
+import argparse
+import statistics
+import time
+
+import compare  # noqa: F401  (puts benchmarks/ on the path)
+from compare import DEFAULT_KEYS, expand_keys, make_workload
+import peers
+
+DTYPES = ("float64", "float32")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workloads", default=",".join(DEFAULT_KEYS))
+    ap.add_argument("--repeat", type=int, default=5, help="timed runs per dtype (median)")
+    ap.add_argument("--quick", action="store_true", help="compare.py's --quick sizes")
+    args = ap.parse_args(argv)
+    print("| workload | float64 (s) | float32 (s) | float32 / float64 |")
+    print("|---|---|---|---|")
+    for key in expand_keys(args.workloads):
+        runs = {}
+        for dtype in DTYPES:
+            wl = make_workload(key, args.quick, dtype)
+            run = peers.build("fastbp", wl, key)
+            (getattr(run, "warmup", None) or run)()
+            runs[dtype] = (run, wl.scale)
+        times = {dtype: [] for dtype in DTYPES}
+        for _ in range(args.repeat):
+            for dtype in DTYPES:  # alternating: drift of the machine hits both alike
+                run, scale = runs[dtype]
+                t0 = time.perf_counter()
+                run()
+                times[dtype].append((time.perf_counter() - t0) * scale)
+        t64, t32 = (statistics.median(times[d]) for d in DTYPES)
+        print(f"| {key.replace('_', ' H=')} | {t64:.3g} | {t32:.3g} | {t32 / t64:.2f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
