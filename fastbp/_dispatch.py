@@ -228,8 +228,10 @@ def fit_mode(n, batch, shuffle, loss_code):
 def rule_kind(rule, mode):
     """"fused", "plain" or "stateful" (kernels/loops.py).  Batched plain SGD takes the
     step inside the backward pass ("fused": no gradient buffer, one pass less over the
-    parameters per batch); it rounds as the separate step does, in either dtype (the
-    learning rate is in the model's dtype, kernels/loops.py)."""
+    parameters per batch); on the loops and the tiles it rounds as the separate step
+    does, in either dtype (the learning rate is in the model's dtype, kernels/loops.py).
+    Products large enough for BLAS may round the step with the sum, as BLAS's gemm
+    does: those results depend on the BLAS anyway."""
     if not O.is_plain(rule):
         return "stateful"
     return "fused" if mode != "sample" else "plain"

@@ -56,6 +56,19 @@ class ManyFit:
         self.nets = {}
         self.dtype = dtype
         self.no_weights = np.zeros(0, dtype=dtype)
+        self.kernel_name = self._kernel_name(n_models)
+
+    def _kernel_name(self, n_models):
+        """What History.kernel says: the lanes, and the kernels of the models outside
+        their full blocks, or each plan's kernel."""
+        singles = sorted({plan.name for plan in self.plans.values()})
+        if not self.lanes:
+            return "; ".join(singles)
+        name = f"lanes across models, {LN.LANES} per block ({np.dtype(self.dtype).name})"
+        rest = n_models % LN.LANES
+        if rest:
+            name += f"; the last {rest}: " + "; ".join(singles)
+        return name
 
     # ---- the job protocol ----------------------------------------------------------
     def pending(self):

@@ -170,7 +170,7 @@ def batch_loss(acts, oo, y, z, w, code, k, nb):
     for j in range(uint64(k)):
         row = j * u_nb
         for s in range(u_nb):
-            zs = z[row + s] if bce else 0.0
+            zs = np.float64(z[row + s]) if bce else 0.0  # float64 either way, as compiled
             e = loss_term(acts[uo + row + s], y[row + s], zs, code)
             total += w[s] * e if weighted else e
     return loss_of_sum(total, code, k, nb)

@@ -143,8 +143,9 @@ def _dot(pairs):
 class _Rounding:
     """Where the generated code rounds to the model's dtype.  The general kernels keep
     activations, deltas and parameters in arrays of the dtype, so each value is rounded
-    to it when stored, while a rule may compute in float64 (rules.py: a float64 constant
-    or learning rate makes it so).  The generated code keeps the same values in locals;
+    to it when stored, while a rule may compute in float64 where a float64 operand
+    enters (a sample weight; the loss, summed in float64).  The generated code keeps the
+    same values in locals;
     in float32 ``stored`` rounds each where the general kernels store it, and ``wide``
     widens a float32 value where the general kernels pass it on as float64 (a
     conditional with a float64 alternative: Numba unifies the two types), so both give

@@ -6,7 +6,7 @@ every operation runs over the models of the block and vectorizes, even where a s
 model's rows are short (the XOR net has 21 samples and layers of 4 units).  Each lane
 performs exactly the operations of the single-model full-batch entry (loops.py,
 batch.py) with the same rules, in the same order -- the same products, the same
-four-lane sums, the same activations -- so every model is bit-identical to training it
+interleaved sums (rules.dot4), the same activations -- so every model is bit-identical to training it
 alone; tests/test_ensemble.py checks it.
 
 Scope (``eligible``): shared data, full batch without shuffling, the plain rule (the

@@ -6,9 +6,10 @@
                 (mini-batches, or a full batch drawn in shuffled order) or SAMPLE
                 (per-sample SGD, sample.py; not for cross_entropy, whose softmax output
                 takes the batch path with batches of one)
-    rule        FUSED (the plain rule applied inside the backward pass: float64),
-                PLAIN (the plain rule as a separate step: float32) or STATEFUL
-                (momentum, Nesterov, Adam, any rule with L2)
+    rule        FUSED (the plain rule applied inside the backward pass: batched plain
+                SGD), PLAIN (the plain rule as a separate step: per-sample SGD; for
+                batches it gives the same bits as FUSED, tests/test_training.py) or
+                STATEFUL (momentum, Nesterov, Adam, any rule with L2)
     validating  whether a validation set is evaluated at each record (early stopping)
 
 Each entry is a closure over its three constants, so Numba prunes the branches of the

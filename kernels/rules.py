@@ -444,7 +444,7 @@ def l2_penalty(params, net, l2):
     to a recorded loss.  Each square in the parameters' dtype, summed in float64."""
     if l2 == 0.0:
         return 0.0
-    total = 0.0
+    total = np.float64(0.0)  # not 0.0: in Python a float32 square would make it float32
     sizes = net.sizes
     for l in range(sizes.shape[0] - 1):
         wo = net.w_off[l]

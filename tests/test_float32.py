@@ -118,6 +118,7 @@ def test_float32_ensemble_is_bit_identical_across_thread_counts(make_problem):
         ens = fastbp.Ensemble([3, 8, 2], 5, activation="sigmoid", loss="half_mse", seed=1,
                               dtype="float32")
         h = ens.fit(X, y, epochs=20, lr=0.3, batch_size=4, shuffle=True, n_jobs=jobs)
+        assert h.kernel == "mini-batch plain SGD (float32)"  # what each model ran
         runs.append((ens.params.copy(), h.loss.copy()))
     assert runs[0][0].dtype == np.float32
     for params, loss in runs[1:]:
@@ -138,3 +139,24 @@ def test_float64_data_into_a_float32_model_is_converted_once_not_modified(make_p
         params.append(m.params.copy())
     assert params[0].tobytes() == params[1].tobytes()
     assert X.dtype == np.float64 and np.array_equal(X, X0) and np.array_equal(y, y0)
+
+
+@pytest.mark.parametrize("n", [13, 9])
+def test_float32_lanes_across_models_equal_each_model_alone(n, monkeypatch):
+    """The lanes (SIMD across models, kernels/lanes.py) sum in rules.dot4's float32 order:
+    eight chains folded to four, the tail, (l0 + l1) + (l2 + l3).  n = 13 has one
+    vector of chains and a tail; 9 a tail of one."""
+    rng = np.random.default_rng(n)
+    X = rng.uniform(size=(n, 2))
+    y = (X[:, :1] > X[:, 1:]).astype(float)
+    ens = fastbp.Ensemble([2, 4, 4, 1], 17, "sigmoid", loss="mse", init="xavier", seed=5,
+                          dtype="float32")
+    lrs = np.linspace(0.05, 0.5, 17)
+    hist = ens.fit(X, y, epochs=40, lr=lrs, record_every=2, n_jobs=1)
+    assert "lanes" in hist.kernel
+    for m in range(17):
+        one = fastbp.MLP([2, 4, 4, 1], "sigmoid", loss="mse", init="xavier",
+                         seed=ens.seeds[m], dtype="float32")
+        h = one.fit(X, y, epochs=40, lr=lrs[m], record_every=2)
+        assert one.params.tobytes() == ens.params[m].tobytes()
+        assert h.loss.tobytes() == hist.loss[m].tobytes()
