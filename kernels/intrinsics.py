@@ -119,45 +119,39 @@ def float64_from_bits(bits):
     return struct.unpack("<d", struct.pack("<q", int(bits)))[0]
 
 
-@intrinsic
-def _bitcast_f64(typingctx, bits):
-    if bits != types.int64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return types.float64(types.int64), codegen
-
-
-@overload(float64_from_bits)
-def _float64_from_bits_compiled(bits):
-    if bits == types.int64:
-        return lambda bits: _bitcast_f64(bits)
-    return None
-
-
 def float32_from_bits(bits):
     """The float32 whose IEEE-754 bit pattern is the int32 ``bits``."""
     # a view, not struct: struct widens to a Python float, which quiets a signalling NaN
     return np.int32(bits).view(np.float32)
 
 
+_FLOAT_OF_BITS = {types.int64: (types.float64, ir.DoubleType),
+                  types.int32: (types.float32, ir.FloatType)}
+
+
 @intrinsic
-def _bitcast_f32(typingctx, bits):
-    if bits != types.int32:
+def _bitcast_to_float(typingctx, bits):
+    if bits not in _FLOAT_OF_BITS:
         return None
+    result, llvm_type = _FLOAT_OF_BITS[bits]
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
+        return builder.bitcast(args[0], llvm_type())
 
-    return types.float32(types.int32), codegen
+    return result(bits), codegen
+
+
+@overload(float64_from_bits)
+def _float64_from_bits_compiled(bits):
+    if bits == types.int64:
+        return lambda bits: _bitcast_to_float(bits)
+    return None
 
 
 @overload(float32_from_bits)
 def _float32_from_bits_compiled(bits):
     if bits == types.int32:
-        return lambda bits: _bitcast_f32(bits)
+        return lambda bits: _bitcast_to_float(bits)
     return None
 
 

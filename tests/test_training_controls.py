@@ -1,4 +1,4 @@
-"""Issue 5, training controls: optimizers, L2, learning-rate schedules, softmax +
+"""Training controls: optimizers, L2, learning-rate schedules, softmax +
 cross_entropy, validation and early stopping, sample weights, callbacks, bad arguments.
 
 Trajectories are compared with tests/reference.py (plain numpy, float64) at 1e-9

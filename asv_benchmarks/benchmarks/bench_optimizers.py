@@ -1,4 +1,4 @@
-"""Issue 5: the per-epoch cost of the training controls next to plain SGD.
+"""The per-epoch cost of the training controls next to plain SGD.
 
 W1 (XOR, full batch) and W2a/W2b (admissions, full batch / per-sample) with plain SGD,
 momentum SGD, Adam, and Adam + L2 + a cosine schedule; all inside the compiled loop.

@@ -1,4 +1,4 @@
-"""Issue 4, many models at once: W5 = 256 XOR networks (2-4-4-1 sigmoid, sse, lr 0.1,
+"""Many models at once: W5 = 256 XOR networks (2-4-4-1 sigmoid, sse, lr 0.1,
 21 points, full batch) x 10,000 epochs (``fast`` profile: 32 x 2,000).
 
 - ``Ensemble.time_fit``: fastbp.Ensemble with n_jobs 1 and 2;

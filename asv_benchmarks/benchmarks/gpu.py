@@ -1,4 +1,4 @@
-"""Issue 8, the GPU: ``Ensemble.fit(device="cuda")`` on 1,024 and 65,536 XOR networks
+"""The GPU: ``Ensemble.fit(device="cuda")`` on 1,024 and 65,536 XOR networks
 (2-4-4-1 sigmoid, the 21 points of tutorial 000, full batch, sse, lr 0.1), float64 and
 float32, 2,000 epochs (``fast`` profile: 200).
 
