@@ -5,11 +5,12 @@ kernels generated for one architecture, the CUDA kernel -- computes its activati
 derivatives, losses, output deltas, sums and updates by calling these functions (the
 generated ones call them by name from their source).  They are scalar and
 dtype-generic: a float32 model computes in float32 -- constants enter through
-intrinsics.like, the sigmoid has a float32 exp (sigmoid32), the learning rate and the
-delta scale are rounded to float32 once per epoch -- because Numba types ``x * 1.0``
-as float64, and a float64 step would halve the SIMD lanes and add conversions.  Loss
-values are summed in float64 in either dtype (they are reported, not trained on), and
-the stateful rules (momentum, Adam) keep their float64 hyperparameters.
+intrinsics.like, the sigmoid has a float32 exp (sigmoid32), the learning rate (once per
+epoch) and the delta scale (once per batch) are rounded to float32 -- because Numba
+types ``x * 1.0`` as float64, and a float64 step would halve the SIMD lanes and add
+conversions.  Loss values are summed in float64 in either dtype (they are reported, not
+trained on), and the stateful steps (momentum, Adam) compute with their float64 beta,
+eps and bias corrections, the result rounded to float32 as it is stored.
 
 Conventions (DESIGN.md), for a batch of N samples and K outputs, sample weights w_s
 (all 1 without weights):
