@@ -12,9 +12,8 @@ import argparse
 import statistics
 import time
 
-import compare  # noqa: F401  (puts benchmarks/ on the path)
-from compare import DEFAULT_KEYS, expand_keys, make_workload
-import peers
+from compare import DEFAULT_KEYS, expand_keys, make_workload  # also puts benchmarks/ on the path
+import peers  # noqa: E402
 
 DTYPES = ("float64", "float32")
 
