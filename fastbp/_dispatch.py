@@ -37,6 +37,7 @@ from .kernels import loops as L
 from .kernels import options as O
 from .kernels import rules as R
 from .kernels.config import PRODUCT_MIN_WEIGHTS, PRODUCT_MIN_WORK
+from .kernels import pool as P
 from .kernels.generate import cache_dir, kernel_sources_digest
 
 # Seconds to compile each kind of kernel on the 2-core development machine (one CPU,
@@ -46,6 +47,9 @@ from .kernels.generate import cache_dir, kernel_sources_digest
 TILES_COMPILE_SECONDS = 3.0
 RECURRENCE_SECONDS_PER_MADD = 2.5e-10  # the recurrence gemm, per multiply-add
 TILES_SECONDS_PER_MADD = 2.5e-11       # the register tiles (batch 64, H >= 64)
+# the products shared among threads (kernels/pool.py): the pooled unit and the worker
+POOL_COMPILE_SECONDS = 1.0
+POOL_EFFICIENCY = 0.9  # of the ideal 1/threads of the products' time (2 threads, H >= 256)
 GENERAL_COMPILE_SECONDS = 4.0   # a general training entry (loops.py)
 GENERATED_COMPILE_SECONDS = 3.0  # a kernel generated for one architecture
 # the general entries take ~this per multiply-add of a small network (XOR: 21 samples x
@@ -82,6 +86,7 @@ class Plan:
     cap: int
     gradient: bool
     could_generate: bool = False  # a generated kernel exists for this fit (not chosen)
+    threads: int = 1  # that share the products (kernels/pool.py)
 
 
 # ----------------------------------------------------------------------- the registry
@@ -181,6 +186,21 @@ def product_layers(sizes, nb_max, product_min_work=PRODUCT_MIN_WORK):
     return layers, madds
 
 
+def product_threads(sizes, dtype, nb_max, samples_seen, threads):
+    """How many threads share the products of a fit like choose_gemm's (1: none): all
+    ``threads`` when some product is large enough to share (pool.SPLIT_MIN_WORK
+    multiply-adds; smaller ones stay on the calling thread, where the threads cost more
+    than they save) and the pool is compiled or saves its compile time."""
+    layers, madds = product_layers(sizes, nb_max)
+    if threads <= 1 or not P.AVAILABLE or not any(
+            sizes[l] * sizes[l + 1] * nb_max >= P.SPLIT_MIN_WORK for l in layers):
+        return 1
+    saved = (samples_seen * madds * TILES_SECONDS_PER_MADD
+             * (1.0 - 1.0 / (threads * POOL_EFFICIENCY)))
+    return threads if _worth(("gemm", "pooled", np.dtype(dtype).name), saved,
+                             POOL_COMPILE_SECONDS) else 1
+
+
 def choose_gemm(sizes, dtype, nb_max, samples_seen):
     """The gemm unit for a fit whose batches hold up to nb_max samples and that runs
     ``samples_seen`` samples through the network in all: None when no layer uses
@@ -203,16 +223,31 @@ def gemm_address(kind, dtype):
     return address
 
 
-def make_net(layout, act_codes, loss_code, dtype, gemm):
-    """The kernels' Net for a model, with the gemm unit ``gemm`` (None: no products).
-    BLAS takes the largest products when numpy's OpenBLAS runs them on enough threads
+def share_products(gemm, dtype, threads):
+    """The ProductThreads (fastbp/_threads.py) that share a fit's products, computed by
+    the gemm unit ``gemm``, among ``threads`` threads; None for one thread or no
+    products.  Compiles the pooled unit and the workers on first use."""
+    from ._threads import ProductThreads
+    if gemm is None or threads <= 1:
+        return None
+    shared = ProductThreads(threads, gemm_address(gemm, dtype), np.dtype(dtype))
+    mark_compiled(("gemm", "pooled", np.dtype(dtype).name))
+    return shared
+
+
+def make_net(layout, act_codes, loss_code, dtype, gemm, shared=None):
+    """The kernels' Net for a model, with the gemm unit ``gemm`` (None: no products),
+    its products shared by the threads ``shared`` (share_products) when given.  BLAS
+    takes the largest products when numpy's OpenBLAS runs them on enough threads
     (config.BLAS_THREADED_MIN_WORK)."""
     from .kernels.config import BLAS_MIN_THREADS, BLAS_THREADED_MIN_WORK
     blas = 0
     if gemm is not None and G.blas_threads() >= BLAS_MIN_THREADS:
         blas = G.blas()[0][np.dtype(dtype)]
+    unit = gemm_address(gemm, dtype) if shared is None else P.unit_address(dtype)
     return O.Net(layout.sizes_arr, layout.w_off, layout.b_off, act_codes, int(loss_code),
-                 PRODUCT_MIN_WORK, gemm_address(gemm, dtype), blas, BLAS_THREADED_MIN_WORK)
+                 PRODUCT_MIN_WORK, unit, blas, BLAS_THREADED_MIN_WORK,
+                 0 if shared is None else shared.address)
 
 
 # --------------------------------------------------------------------- training loops
@@ -244,23 +279,27 @@ _RULE_NAMES = {"fused": "plain SGD", "plain": "plain SGD", "stateful": "momentum
 _plans = {}  # settled plans: the fastest kernels there are, compiled: nothing to weigh
 
 
-def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weighted=False):
+def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weighted=False,
+             threads=1):
     """The Plan of one MLP fit (or one model of an Ensemble) of ``epochs`` epochs over n
-    samples in batches of ``batch``; ``weighted``: with sample weights."""
+    samples in batches of ``batch``; ``weighted``: with sample weights; ``threads``: the
+    threads its products may use."""
     memo = (model._layout.sizes, model._layout.bias, tuple(model._act_codes.tolist()),
             model._loss_code, model.dtype.char, n, batch, bool(shuffle), O.is_plain(rule),
-            bool(validating), n_val, bool(weighted), POLICY, GEN.ENABLED)
+            bool(validating), n_val, bool(weighted), POLICY, GEN.ENABLED, threads)
     plan = _plans.get(memo)
     if plan is None:
-        plan = _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighted)
+        plan = _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighted,
+                         threads)
         if plan.key in _loaded and plan.gemm in (None, "tiles") and (
                 plan.gemm is None or ("gemm", "tiles", np.dtype(model.dtype).name) in _loaded
-        ) and (plan.key[0] == "generated" or not plan.could_generate):
+        ) and (plan.key[0] == "generated" or not plan.could_generate) and (
+                plan.threads == threads or ("gemm", "pooled", model.dtype.name) in _loaded):
             _plans[memo] = plan
     return plan
 
 
-def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighted):
+def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighted, threads):
     layout = model._layout
     dtype = np.dtype(model.dtype)
     mode = fit_mode(n, batch, shuffle, model._loss_code)
@@ -268,11 +307,14 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
     cap = min(batch, n)
     nb_max = max(cap if mode != "sample" else 1, n_val if validating else 0)
     gemm = choose_gemm(layout.sizes, dtype, nb_max, epochs * (n + n_val))
+    threads = 1 if gemm is None else product_threads(layout.sizes, dtype, nb_max,
+                                                     epochs * (n + n_val), threads)
     name = (f"{_MODE_NAMES[mode]} {_RULE_NAMES[kind]}" + (", validating" if validating else "")
-            + f" ({dtype.name})")
+            + f" ({dtype.name}" + (f", products on {threads} threads)" if threads > 1
+                                   else ")"))
     general_key = ("train", mode, kind, bool(validating), dtype.name)
     general = Plan(L.trainer(mode, kind, validating), name, general_key, gemm, mode, kind, cap,
-                   mode != "sample" and kind != "fused")
+                   mode != "sample" and kind != "fused", threads=threads)
     generated = GEN.kind_for(layout.sizes, model._act_codes, model._loss_code, mode, kind,
                              validating, dtype, n, PRODUCT_MIN_WORK)
     if generated is None:
@@ -289,11 +331,11 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
         0.0 if is_compiled(general_key) else GENERAL_COMPILE_SECONDS)
     if not _worth(key, saved, extra):
         return Plan(general.kernel, name, general_key, gemm, mode, kind, cap, general.gradient,
-                    True)
+                    True, threads)
     return Plan(GEN.trainer(generated, *arch),
                 f"{name}, generated for {'-'.join(map(str, layout.sizes))}", key, gemm,
                 mode, kind, GEN.padded(cap, dtype) if generated == "full" else cap,
-                generated == "full")
+                generated == "full", threads=threads)
 
 
 # Below this many samples a generated kernel's rows (padded to 8) are mostly padding and
@@ -308,6 +350,12 @@ def use_lanes(plan, n):
     return not (plan.key[0] == "generated" and n >= GENERATED_OVER_LANES_SAMPLES)
 
 
-def eval_gemm(model, n):
-    """The gemm unit of a forward pass (predict, loss, gradient) over n samples."""
-    return choose_gemm(model._layout.sizes, model.dtype, n, n)
+def eval_gemm(model, n, passes=1):
+    """The gemm unit of ``passes`` forward passes (predict, loss, gradient) over n
+    samples."""
+    return choose_gemm(model._layout.sizes, model.dtype, n, n * passes)
+
+
+def eval_threads(model, n, threads, passes=1):
+    """The threads that share the products of ``passes`` such passes (1: none)."""
+    return product_threads(model._layout.sizes, model.dtype, n, n * passes, threads)

@@ -12,6 +12,8 @@ A chunk that ChunkBound (fastbp/_divergence.py) proves unable to diverge runs wi
 guard off and no copy of the parameters: the guard could not have fired, so the
 results are the same bits.
 """
+from contextlib import nullcontext
+
 import numpy as np
 
 from . import _dispatch as D
@@ -36,7 +38,8 @@ class SingleFit:
         self.batch = n if run.batch_size is None else run.batch_size
         n_val = 0 if run.val is None else run.val.x.shape[0]
         self.plan = D.plan_fit(model, n, self.batch, run.shuffle, run.rule, run.validating,
-                               run.epochs - run.done, n_val, weighted=run.sw.shape[0] > 0)
+                               run.epochs - run.done, n_val, weighted=run.sw.shape[0] > 0,
+                               threads=run.threads)
         run.kernel_name = self.plan.name
         self.data = O.Data(x, y, run.sw)
         self.loop = O.Loop(self.batch, run.shuffle, run.record_every)
@@ -47,6 +50,7 @@ class SingleFit:
         self.val_work = None if run.val is None else O.make_work(
             lay.sizes_arr, 0, n_val, n_val, model.dtype, model._keep_z)
         self.net = None  # made in prepare (it compiles the gemm unit)
+        self.shared = None  # the threads sharing its products (fastbp/_threads.py)
         self.backup = None  # the guard's copy of the parameters, made by a guarded chunk
         # a chunk this proves safe runs unguarded, without copying the parameters
         self.bound = ChunkBound.for_fit(model, run, x, y, self.batch)
@@ -65,15 +69,18 @@ class SingleFit:
         names = []
         if not D.is_compiled(self.plan.key):
             names.append(f"the {self.plan.name} training kernel")
-        if self.plan.gemm == "tiles" and not D.is_compiled(("gemm", "tiles",
-                                                             self.model.dtype.name)):
+        dtype = self.model.dtype.name
+        if self.plan.gemm == "tiles" and not D.is_compiled(("gemm", "tiles", dtype)):
             names.append("the matrix-product tiles")
+        if self.plan.threads > 1 and not D.is_compiled(("gemm", "pooled", dtype)):
+            names.append("the threads' share of the products")
         return names
 
     def prepare(self):
         model = self.model
+        self.shared = D.share_products(self.plan.gemm, model.dtype, self.plan.threads)
         self.net = D.make_net(model._layout, model._act_codes, model._loss_code,
-                              model.dtype, self.plan.gemm)
+                              model.dtype, self.plan.gemm, self.shared)
         if not D.is_loaded(self.plan.key):
             # a call of no epochs compiles the kernel or loads it from Numba's cache,
             # so that History.seconds and the chunk sizing measure training only
@@ -168,10 +175,11 @@ class SingleFit:
         """One call of the training kernel for ``epochs`` epochs from epoch ``start``;
         (epochs_done, bad_epoch, early_stopped)."""
         run = self.run
-        ran, bad, early = self.plan.kernel(params, self.net, self.data, run.val, self.loop,
-                                           run.rule, run.stop, state, self.work,
-                                           self.val_work, history, val_history, backup,
-                                           start, epochs)
+        with nullcontext() if self.shared is None else self.shared.running():
+            ran, bad, early = self.plan.kernel(params, self.net, self.data, run.val,
+                                               self.loop, run.rule, run.stop, state,
+                                               self.work, self.val_work, history,
+                                               val_history, backup, start, epochs)
         return int(ran), int(bad), bool(early)
 
     def _guard_chunk(self, chunk):

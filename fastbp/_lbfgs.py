@@ -29,6 +29,7 @@ import numpy as np
 from . import _config as C
 from . import _validation as V
 from . import _dispatch as D
+from . import _threads as T
 from .kernels import loops as L
 from .kernels import options as O
 from ._progress import make_bar
@@ -37,9 +38,10 @@ from .history import History
 
 # what MLP.fit's L-BFGS path reads; every other keyword must keep its default
 _USED = {"self", "X", "y", "epochs", "progress", "on_divergence", "optimizer", "l2",
-         "sample_weight", "tol", "max_fun"}
+         "sample_weight", "tol", "max_fun", "n_jobs"}
 TOL = 1e-4  # scikit-learn's defaults
 MAX_FUN = 15000
+EXPECTED_EVALUATIONS = 100  # of the loss and gradient in a fit, to weigh compile time
 
 
 def scipy_minimize():
@@ -74,12 +76,18 @@ class Objective:
     so it makes no checks and no allocation beyond the gradient it returns.
     """
 
-    def __init__(self, model, x, y, sw, l2=0.0, loss_scale=1.0, grad_scale=1.0):
+    def __init__(self, model, x, y, sw, l2=0.0, loss_scale=1.0, grad_scale=1.0, threads=1):
         lay = model._layout
         n = x.shape[0]
         self.grad = np.zeros(lay.n_params, dtype=model.dtype)
         self.work = O.make_work(lay.sizes_arr, 0, n, n, model.dtype, True)
-        self.net = model._net(n)
+        # the wide layers' products on ``threads`` threads (the same bits), counting on
+        # the ~100 evaluations of a typical fit to pay for the compilations
+        gemm = D.eval_gemm(model, n, passes=EXPECTED_EVALUATIONS)
+        threads = D.eval_threads(model, n, threads, passes=EXPECTED_EVALUATIONS)
+        self.shared = D.share_products(gemm, model.dtype, threads)
+        self.net = D.make_net(lay, model._act_codes, model._loss_code, model.dtype, gemm,
+                              self.shared)
         self.data = O.Data(x, y, sw)
         # float64 models read SciPy's x directly; float32 ones a cast copy of it
         self.cast = None if model.dtype == np.float64 else np.empty(lay.n_params, model.dtype)
@@ -99,7 +107,11 @@ class Objective:
         if self.cast is not None:
             self.cast[...] = x
             params = self.cast
-        f = L.loss_and_gradient(params, self.net, self.data, self.grad, self.work)
+        if self.shared is None:
+            f = L.loss_and_gradient(params, self.net, self.data, self.grad, self.work)
+        else:
+            with self.shared.running():
+                f = L.loss_and_gradient(params, self.net, self.data, self.grad, self.work)
         f *= self.loss_scale
         # a new array each call: SciPy keeps the gradient it was given
         if self.grad_scale == 1.0:
@@ -295,6 +307,7 @@ def fit(model, arguments):
     l2 = C._real(a["l2"], "l2", 0.0)
     tol, max_fun = _check_tol_max_fun(a["tol"], a["max_fun"])
     sw = V.check_sample_weight(a["sample_weight"], n, model.dtype)
+    threads = T.resolve(a["n_jobs"])
     with model._fit_lock.fitting("model"):
         if not np.isfinite(model.params).all():
             raise ValueError("the model's parameters contain NaN or infinity (written "
@@ -303,7 +316,7 @@ def fit(model, arguments):
         # momentum or Adam moments from an earlier fit describe other parameters
         model.reset_optimizer()
         run = train(model, xt, yt, sw, max_iter=epochs, max_fun=max_fun, tol=tol, l2=l2,
-                    progress=bool(a["progress"]))
+                    progress=bool(a["progress"]), threads=threads)
     hist = run.history()
     if run.stopped == "interrupted":
         from ._driver import warn_interrupted
@@ -350,11 +363,13 @@ class Run:
 
 
 def train(model, xt, yt, sw, max_iter, max_fun, tol, l2, loss_scale=1.0, grad_scale=1.0,
-          progress=False, iprint=-1, bar_desc="fit"):
+          progress=False, iprint=-1, bar_desc="fit", threads=None):
     """Run L-BFGS-B on the model's parameters, which end at SciPy's final iterate (after
     Ctrl-C: the last completed iteration's; when the start is not finite: unchanged).
-    Returns the Run."""
-    objective = Objective(model, xt, yt, sw, l2, loss_scale, grad_scale)
+    ``threads``: for the wide layers' products (None: every core allowed).  Returns
+    the Run."""
+    threads = T.available() if threads is None else threads
+    objective = Objective(model, xt, yt, sw, l2, loss_scale, grad_scale, threads)
     run = Run()
     bar = make_bar(max_iter, desc=bar_desc) if progress else None
 

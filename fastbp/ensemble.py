@@ -7,6 +7,7 @@ import numba
 import numpy as np
 
 from . import _dispatch as D
+from . import _threads as T
 from . import _pickling
 from . import _validation as V
 from ._driver import drive, sigint_deferred, warn_interrupted
@@ -334,11 +335,7 @@ class Ensemble:
 
     @staticmethod
     def _threads(n_jobs):
-        cores = numba.config.NUMBA_NUM_THREADS
-        if n_jobs is None or (not isinstance(n_jobs, bool) and n_jobs == -1):
-            return cores
-        n_jobs = V.check_positive_int(n_jobs, "n_jobs")
-        return min(n_jobs, cores)
+        return T.resolve(n_jobs)
 
     # ---- evaluation ---------------------------------------------------------------------
     def predict(self, X, n_jobs=None):

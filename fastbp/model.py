@@ -9,6 +9,7 @@ from . import _pickling
 from . import export
 from . import _config as C
 from . import _dispatch as D
+from . import _threads as T
 from . import _validation as V
 from ._codes import ACTIVATIONS, LOSSES
 from ._driver import drive, sigint_deferred, warn_interrupted
@@ -258,7 +259,7 @@ class MLP:
             step_size=1, step_factor=0.5, lr_min=0.0, validation_data=None,
             validation_fraction=None, patience=0, min_delta=0.0, restore_best=False,
             sample_weight=None, callbacks=None, chunk_seconds=0.2, epoch_loss="batch_mean",
-            tol=None, max_fun=None):
+            tol=None, max_fun=None, n_jobs=None):
         """Train in place by backpropagation; returns a History.
 
         X: (n_samples, sizes[0]) array-like (1-D when sizes[0] == 1); y: (n_samples,
@@ -342,6 +343,11 @@ class MLP:
         callbacks, checkpoints, record_every, ...) must keep their defaults (ValueError).
         ``tol`` and ``max_fun`` apply only to it.
 
+        ``n_jobs``: the threads the products of wide layers may share (None or -1: every
+        core this process may run on, at most NUMBA_NUM_THREADS).  Products of fewer than
+        64 x 64 x 64 multiply-adds stay on one thread, so small networks run on one core
+        whatever n_jobs; the results are the same bits at any number of threads.
+
         Another fit of the same model while one runs (from another thread) is refused
         with RuntimeError.
         """
@@ -375,13 +381,15 @@ class MLP:
             if (patience or restore_best) and val is None:
                 raise ValueError("patience and restore_best need validation data: pass "
                                  "validation_data=(Xv, yv) or validation_fraction")
+            threads = T.resolve(n_jobs)
             callbacks = _check_callbacks(callbacks)
             if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) \
                     or not chunk_seconds > 0:
                 raise ValueError(f"chunk_seconds must be a number > 0, got {chunk_seconds!r}")
             run = Run(epochs, lr, None if batch_size is None else int(batch_size),
                       bool(shuffle), record_every, rule, stop, sw, val, checkpoint=path,
-                      every=every, callbacks=callbacks, chunk_seconds=float(chunk_seconds))
+                      every=every, callbacks=callbacks, chunk_seconds=float(chunk_seconds),
+                      threads=threads)
             run.best_params = (self._params.copy() if stop.restore_best
                                else self._params[:0].copy())
             return self._train(x, y, run, progress, on_divergence, interrupted, seed=seed,

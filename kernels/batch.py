@@ -48,9 +48,12 @@ def uses_products(n_in, n_out, nb, product_min_work):
 def _matmul(net, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """c <- alpha * op(a) @ op(b) + beta * c (gemm.call's contract): on BLAS when the
     product is large enough for its threads to share (net.blas_min_work), else on the
-    fit's gemm unit."""
+    fit's gemm unit (the pooled unit, with the pool's address, on several threads)."""
     if net.blas != 0 and m * n * k >= net.blas_min_work:
         gemm.call(net.blas, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    elif net.pool != 0:
+        gemm.call_pooled(net.gemm, net.pool, trans_a, trans_b, m, n, k, alpha, a, lda, b,
+                         ldb, beta, c, ldc)
     else:
         gemm.call(net.gemm, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 

@@ -60,23 +60,55 @@ def call(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
          alpha, a, lda, b, ldb, beta, c, ldc)
 
 
-@intrinsic
-def _call(typingctx, unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+def call_pooled(unit, pool, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                ldc):
+    """``call`` of the pooled unit (pool.py) ``unit``, sharing the product with the
+    threads of the pool whose state is at address ``pool`` (compiled code only)."""
+    raise NotImplementedError("compiled code only: threads need the compiled kernels")
+
+
+def _call_typer(unit, pool, a, b, c):
     pointers = (a, b, c)
-    if not (isinstance(unit, types.Integer)
+    return (isinstance(unit, types.Integer) and (pool is None or isinstance(pool, types.Integer))
             and all(isinstance(t, types.CPointer) for t in pointers)
             and len({t.dtype for t in pointers}) == 1
-            and c.dtype in (types.float64, types.float32)):
-        return None
-    dtype = c.dtype
-    sig = types.void(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+            and c.dtype in (types.float64, types.float32))
 
-    def codegen(context, builder, signature, args):
+
+@intrinsic
+def _call(typingctx, unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    if not _call_typer(unit, None, a, b, c):
+        return None
+    sig = types.void(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    return sig, _call_codegen(c.dtype, pooled=False)
+
+
+@intrinsic
+def _call_pooled(typingctx, unit, pool, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
+                 beta, c, ldc):
+    if not _call_typer(unit, pool, a, b, c):
+        return None
+    sig = types.void(unit, pool, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                     ldc)
+    return sig, _call_codegen(c.dtype, pooled=True)
+
+
+def _call_codegen(dtype, pooled):
+    """The indirect call of a unit: args (unit, [pool,] trans_a, trans_b, m, n, k, alpha,
+    a, lda, b, ldb, beta, c, ldc), the pooled unit's pool address passed last."""
+
+    def codegen(context, builder, signature, all_args):
         lt = context.get_value_type
         i32, i64, fp = lt(types.int32), lt(types.int64), lt(dtype)
+        extra = []
+        args, arg_types = list(all_args), list(signature.args)
+        if pooled:
+            extra = [context.cast(builder, args[1], arg_types[1], types.int64)]
+            del args[1], arg_types[1]
+        signature = types.void(*arg_types)
         fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, fp,
                                                fp.as_pointer(), i64, fp.as_pointer(), i64,
-                                               fp, fp.as_pointer(), i64])
+                                               fp, fp.as_pointer(), i64] + [i64] * len(extra))
         fn = builder.inttoptr(context.cast(builder, args[0], signature.args[0], types.int64),
                               fnty.as_pointer())
 
@@ -91,16 +123,25 @@ def _call(typingctx, unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, bet
                           cast(3, types.int64), cast(4, types.int64), cast(5, types.int64),
                           cast(6, dtype), args[7], cast(8, types.int64), args[9],
                           cast(10, types.int64), cast(11, dtype), args[12],
-                          cast(13, types.int64)])
+                          cast(13, types.int64)] + extra)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
 
 
 @overload(call)
 def _call_compiled(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     def impl(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         _call(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    return impl
+
+
+@overload(call_pooled)
+def _call_pooled_compiled(unit, pool, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta,
+                          c, ldc):
+    def impl(unit, pool, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        _call_pooled(unit, pool, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                     ldc)
     return impl
 
 

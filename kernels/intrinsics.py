@@ -385,20 +385,25 @@ def _lanes_dot_step_compiled(w, wo, v, vo, m, a, lr):
 
 # ------------------------------------------------------------------------ address
 def address(arr, offset):
-    """A pointer to arr[offset] (arr a 1-D float array; offset not checked).  The caller
-    must hold arr while the pointer is in use.  In Python: the view arr[offset:]."""
+    """A pointer to arr[offset] (arr a 1-D float array, or a pointer to floats: then the
+    pointer ``offset`` elements on; offset not checked).  The caller must hold arr while
+    the pointer is in use.  In Python: the view arr[offset:]."""
     return arr[int(offset):]
 
 
 @intrinsic
 def _address(typingctx, arr, offset):
-    if not (isinstance(arr, types.Array) and arr.ndim == 1
-            and arr.dtype in (types.float64, types.float32)
-            and isinstance(offset, types.Integer)):
+    floats = (types.float64, types.float32)
+    is_array = isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype in floats
+    is_pointer = isinstance(arr, types.CPointer) and arr.dtype in floats
+    if not ((is_array or is_pointer) and isinstance(offset, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        if is_pointer:
+            data = args[0]
+        else:
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
         index = context.cast(builder, args[1], signature.args[1], types.intp)
         return builder.gep(data, [index])
 

@@ -31,6 +31,8 @@ class Net(NamedTuple):
     gemm: int            # address of the gemm unit (gemm.py); 0 where no layer uses it
     blas: int            # address of BLAS's gemm for the largest products; 0: none
     blas_min_work: int   # products of at least this many multiply-adds go to BLAS
+    pool: int            # address of a thread pool's state (pool.py; gemm is then the
+                         # pooled unit); 0: one thread
 
 
 class Data(NamedTuple):

@@ -217,12 +217,12 @@ def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc
     return sig, codegen
 
 
-def _lanes_of(c):
+def lanes_of(c):
     raise NotImplementedError("compiled code only")
 
 
-@overload(_lanes_of)
-def _lanes_of_typed(c):
+@overload(lanes_of)
+def lanes_of_compiled(c):
     """Elements of c's dtype (c a float array or pointer) per vector: a constant."""
     if not is_float_operand(c):
         return None
@@ -349,7 +349,7 @@ def gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     if m <= 0 or n <= 0:
         return
     a_si, a_sp = (1, lda) if trans_a else (lda, 1)
-    width = _lanes_of(c)
+    width = lanes_of(c)
     if not trans_b:
         _panel(a, 0, a_si, a_sp, b, 0, ldb, c, 0, ldc, m, n, k, alpha, beta, width)
         return
@@ -365,3 +365,5 @@ def gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
                 panel[row + j] = b[(j0 + j) * ldb + p]
         _panel(a, 0, a_si, a_sp, address(panel, 0), 0, step, c, j0, ldc, m, cols, k, alpha,
                beta, width)
+
+

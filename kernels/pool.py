@@ -1,0 +1,363 @@
+"""Threads sharing one model's wide-layer products, bit for bit.
+
+A fit on several threads runs its training kernel on the calling thread as usual; its
+gemm unit is then the *pooled* unit (``unit_address``), which cuts each large product
+into pieces and shares them with worker threads (``worker``, one per extra thread,
+started by fastbp/_threads.py for the length of a kernel call).  The pieces are whole
+tiles of the product (rows of c in tiles.ROWS, or columns in panels of tiles.VECS
+vectors), each computed by the fit's own single-thread unit, and every element of c is
+the same chain whoever computes it (tiles.py): the results are the same bits at any
+number of threads.
+
+Why not Numba's ``parallel=True``: a product takes tens of microseconds, and between
+two products the pool's threads go to sleep (libgomp spins only briefly when it thinks
+the machine is busy, and the fallback "workqueue" pool always sleeps); waking them
+cost more than the product saved (W4b at H = 256: two threads slower than one).  Here
+the workers spin on a shared sequence number while the kernel runs, and a product's
+start costs a few hundred nanoseconds.  They yield the CPU (sched_yield) every
+YIELD_EVERY spins, so an oversubscribed machine still progresses.
+
+The shared state is one int64 array (``new_state``): the job's sequence number, the
+count of pieces done and the stop flag each on its own cache line, then the job.
+"""
+import ctypes
+import threading
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, cfunc, config as numba_config, njit, types
+from numba.extending import intrinsic, overload
+
+from . import gemm, tiles
+from .config import INNER, JIT
+from .intrinsics import address
+
+# the state's slots: SEQ, DONE, STOP one cache line apart; the job after them
+SEQ, DONE, STOP = 0, 8, 16
+PARTS, UNIT, YIELD, TA, TB, M, N, K, A, LDA, B, LDB, C, LDC, ALPHA, BETA = range(24, 40)
+STATE_LEN = 40
+YIELD_EVERY = 4096
+# products of fewer multiply-adds run on the calling thread alone: W4b at H = 64 (64 x 64
+# x 64 products) took longer on two threads than on one, H = 128 0.8 of the time
+SPLIT_MIN_WORK = 32 * 256 * 64
+
+
+# ------------------------------------------------------------- atomics and pointers
+def atomic_load(arr, i):
+    """arr[i] (an int64 array), read atomically (sequentially consistent)."""
+    return arr[i]
+
+
+def atomic_store(arr, i, value):
+    """arr[i] = value, written atomically (sequentially consistent)."""
+    arr[i] = value
+
+
+def atomic_add(arr, i, value):
+    """arr[i] += value atomically; returns the old value."""
+    old = arr[i]
+    arr[i] += value
+    return old
+
+
+def _int_slot(builder, context, arr_type, arr, index, index_type):
+    data = context.make_array(arr_type)(context, builder, arr).data
+    return builder.gep(data, [context.cast(builder, index, index_type, types.intp)])
+
+
+def _is_int64_array(t):
+    return isinstance(t, types.Array) and t.ndim == 1 and t.dtype == types.int64
+
+
+@intrinsic
+def _atomic_load(typingctx, arr, i):
+    if not (_is_int64_array(arr) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _int_slot(builder, context, signature.args[0], args[0], args[1],
+                        signature.args[1])
+        return builder.load_atomic(ptr, "seq_cst", 8)
+
+    return types.int64(arr, i), codegen
+
+
+@intrinsic
+def _atomic_store(typingctx, arr, i, value):
+    if not (_is_int64_array(arr) and isinstance(i, types.Integer)
+            and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _int_slot(builder, context, signature.args[0], args[0], args[1],
+                        signature.args[1])
+        v = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store_atomic(v, ptr, "seq_cst", 8)
+        return context.get_dummy_value()
+
+    return types.void(arr, i, value), codegen
+
+
+@intrinsic
+def _atomic_add(typingctx, arr, i, value):
+    if not (_is_int64_array(arr) and isinstance(i, types.Integer)
+            and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _int_slot(builder, context, signature.args[0], args[0], args[1],
+                        signature.args[1])
+        v = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", ptr, v, "seq_cst")
+
+    return types.int64(arr, i, value), codegen
+
+
+@overload(atomic_load, inline="always")
+def _atomic_load_compiled(arr, i):
+    return lambda arr, i: _atomic_load(arr, i)
+
+
+@overload(atomic_store, inline="always")
+def _atomic_store_compiled(arr, i, value):
+    return lambda arr, i, value: _atomic_store(arr, i, value)
+
+
+@overload(atomic_add, inline="always")
+def _atomic_add_compiled(arr, i, value):
+    return lambda arr, i, value: _atomic_add(arr, i, value)
+
+
+@intrinsic
+def _as_int(typingctx, ptr):
+    """The address a typed pointer holds, as an int64."""
+    if not isinstance(ptr, types.CPointer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.ptrtoint(args[0], ir.IntType(64))
+
+    return types.int64(ptr), codegen
+
+
+@intrinsic
+def _as_pointer(typingctx, value, like):
+    """The int64 ``value`` as a pointer to elements of like's dtype (an array or
+    pointer)."""
+    if not (isinstance(value, types.Integer)
+            and isinstance(like, (types.Array, types.CPointer))):
+        return None
+    result = types.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(result))
+
+    return result(value, like), codegen
+
+
+@intrinsic
+def _bits_of(typingctx, x):
+    """The IEEE-754 bits of a float64 as an int64."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(x), codegen
+
+
+@intrinsic
+def _float_of(typingctx, bits):
+    if bits != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(bits), codegen
+
+
+@intrinsic
+def _call_void(typingctx, fn):
+    """Call the C function ``void f(void)`` (int) at address fn."""
+    if not isinstance(fn, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.VoidType(), [])
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [])
+        return context.get_dummy_value()
+
+    return types.void(fn), codegen
+
+
+_INT64 = np.zeros(0, dtype=np.int64)  # the type of the state's carray
+
+
+# --------------------------------------------------------------------- the pieces
+@njit(**INNER)
+def _piece(t, parts, m, n, trans_b, step):
+    """Piece t of ``parts`` of an (m, n) product: (along rows, first, end), rows in
+    whole tiles of ROWS or columns in whole panels of ``step``; empty when first >= end.
+    Along the columns with trans_b (then each piece packs only the panels of op(b) it
+    reads, tiles.gemm_at), and wherever columns give more pieces."""
+    row_tiles = (m + tiles.ROWS - 1) // tiles.ROWS
+    col_panels = (n + step - 1) // step
+    by_rows = row_tiles >= col_panels and not (trans_b and col_panels > 1)
+    blocks = row_tiles if by_rows else col_panels
+    first = t * blocks // parts
+    end = (t + 1) * blocks // parts
+    if by_rows:
+        return True, first * tiles.ROWS, min(m, end * tiles.ROWS)
+    return False, first * step, min(n, end * step)
+
+
+@njit(**INNER)
+def _run_piece(unit, t, parts, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+               ldc):
+    by_rows, first, end = _piece(t, parts, m, n, trans_b, tiles.VECS * tiles.lanes_of(c))
+    if first >= end:
+        return
+    if by_rows:
+        gemm.call(unit, trans_a, trans_b, end - first, n, k, alpha,
+                  address(a, first if trans_a else first * lda), lda, b, ldb, beta,
+                  address(c, first * ldc), ldc)
+    else:
+        gemm.call(unit, trans_a, trans_b, m, end - first, k, alpha, a, lda,
+                  address(b, first * ldb if trans_b else first), ldb, beta,
+                  address(c, first), ldc)
+
+
+@njit(**INNER)
+def _wait(state, slot, value, yield_fn):
+    """Spin until state[slot] == value, yielding the CPU every YIELD_EVERY spins."""
+    spins = 0
+    while _atomic_load(state, slot) != value:
+        spins += 1
+        if spins % YIELD_EVERY == 0:
+            _call_void(yield_fn)
+
+
+# --------------------------------------------------------------------- the workers
+@njit(**JIT)
+def worker(state, t, like):
+    """Piece t of every product posted to ``state`` until its stop flag is set; like:
+    an array of the products' dtype.  Runs on its own thread, without the GIL."""
+    seen = 0
+    spins = 0
+    while True:
+        seq = _atomic_load(state, SEQ)
+        if seq != seen:
+            seen = seq
+            spins = 0
+            _run_piece(state[UNIT], t, state[PARTS], state[TA] != 0, state[TB] != 0,
+                       state[M], state[N], state[K], _float_of(state[ALPHA]),
+                       _as_pointer(state[A], like), state[LDA], _as_pointer(state[B], like),
+                       state[LDB], _float_of(state[BETA]), _as_pointer(state[C], like),
+                       state[LDC])
+            _atomic_add(state, DONE, 1)
+        elif _atomic_load(state, STOP) != 0:
+            return
+        else:
+            spins += 1
+            if spins % YIELD_EVERY == 0:
+                _call_void(state[YIELD])
+
+
+# ------------------------------------------------------------------ the pooled unit
+def _pooled_unit(dtype):
+    signature = types.void(*gemm.SIGNATURE[dtype].args, types.int64)
+
+    @cfunc(signature, **JIT)
+    def pooled_unit(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                    pool):
+        state = carray(_as_pointer(pool, _INT64), STATE_LEN)
+        parts = _atomic_load(state, PARTS)
+        ta, tb = trans_a == gemm.TRANS, trans_b == gemm.TRANS
+        unit = state[UNIT]
+        if parts <= 1 or m * n * k < SPLIT_MIN_WORK:
+            gemm.call(unit, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+            return
+        state[TA], state[TB] = ta, tb
+        state[M], state[N], state[K] = m, n, k
+        state[A], state[LDA] = _as_int(a), lda
+        state[B], state[LDB] = _as_int(b), ldb
+        state[C], state[LDC] = _as_int(c), ldc
+        state[ALPHA], state[BETA] = _bits_of(np.float64(alpha)), _bits_of(np.float64(beta))
+        seq = _atomic_load(state, SEQ) + 1
+        _atomic_store(state, SEQ, seq)  # posts the job: the workers start on their pieces
+        _run_piece(unit, 0, parts, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        _wait(state, DONE, seq * (parts - 1), state[YIELD])
+
+    return pooled_unit
+
+
+_units = {}  # dtype -> compiled cfunc, kept alive: its code must outlive its use
+_lock = threading.Lock()
+
+
+def unit_address(dtype):
+    """The address of the pooled unit for ``dtype`` (compiled or loaded on first use)."""
+    dtype = np.dtype(dtype)
+    with _lock:
+        if dtype not in _units:
+            _units[dtype] = _pooled_unit(dtype)
+        return _units[dtype].address
+
+
+def _yield_address():
+    """The address of the C function that gives up the CPU (sched_yield, or Windows'
+    SwitchToThread), or 0 where there is none."""
+    for lib, name in ((None, "sched_yield"), ("kernel32", "SwitchToThread")):
+        try:
+            fn = getattr(ctypes.CDLL(lib) if lib is None else ctypes.WinDLL(lib), name)
+        except (AttributeError, OSError):
+            continue
+        return ctypes.cast(fn, ctypes.c_void_p).value or 0
+    return 0
+
+
+YIELD_ADDRESS = _yield_address()
+# threads need the compiled kernels and a way to yield the CPU while they wait
+AVAILABLE = YIELD_ADDRESS != 0 and not numba_config.DISABLE_JIT
+
+
+def new_state(unit):
+    """A pool's state, its products computed piece by piece by the gemm unit at address
+    ``unit``; no threads (PARTS 1) until ``start``."""
+    state = np.zeros(STATE_LEN, dtype=np.int64)
+    state[PARTS] = 1
+    state[UNIT] = unit
+    state[YIELD] = YIELD_ADDRESS
+    return state
+
+
+def load_worker(dtype):
+    """Compile ``worker`` for ``dtype`` (or load it from Numba's cache) now, rather than
+    in the first worker thread, inside a timed kernel call."""
+    state = new_state(0)
+    state[STOP] = 1
+    worker(state, 1, np.zeros(0, dtype=dtype))  # returns at once: stopped, no job
+
+
+def start(state, threads, dtype):
+    """Start threads - 1 workers on ``state`` (Python threads running ``worker``); the
+    pooled unit then shares its products among ``threads`` threads.  Returns them, for
+    ``stop``.  Only between calls of the kernels that use the state."""
+    state[SEQ] = state[DONE] = state[STOP] = 0
+    state[PARTS] = threads
+    like = np.zeros(0, dtype=dtype)
+    workers = [threading.Thread(target=worker, args=(state, t, like), daemon=True,
+                                name=f"fastbp-product-{t}") for t in range(1, threads)]
+    for w in workers:
+        w.start()
+    return workers
+
+
+def stop(state, workers):
+    """Stop the workers ``start`` returned (after the kernel call that used them)."""
+    state[PARTS] = 1
+    state[STOP] = 1
+    for w in workers:
+        w.join()

@@ -1,0 +1,189 @@
+"""One model on several threads (kernels/pool.py, fastbp/_threads.py): the same bits as
+on one thread, for the shared products and for whole fits at 1, 2 and 3 threads."""
+import threading
+
+import numba
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _dispatch as D
+from fastbp import _threads as T
+from fastbp.kernels import gemm as G
+from fastbp.kernels import pool as P
+from numba import njit
+
+pytestmark = pytest.mark.skipif(not P.AVAILABLE, reason="threads need the compiled kernels")
+
+
+@njit(nogil=True, cache=True)
+def _product(unit, pool, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    if pool == 0:
+        G.call(unit, trans_a, trans_b, m, n, k, alpha, G.address(a, 0), lda,
+               G.address(b, 0), ldb, beta, G.address(c, 0), ldc)
+    else:
+        G.call_pooled(unit, pool, trans_a, trans_b, m, n, k, alpha, G.address(a, 0), lda,
+                      G.address(b, 0), ldb, beta, G.address(c, 0), ldc)
+
+
+SHAPES = [  # (m, n, k, trans_a, trans_b): the products of a batch, and odd edges
+    (256, 64, 256, True, False),    # forward, cut along the rows
+    (256, 256, 64, False, True),    # weight gradient, along the columns
+    (256, 64, 160, False, False),   # back-propagated delta
+    (37, 700, 41, False, False),    # more column panels than row tiles
+    (1001, 9, 67, True, True),      # a masked last vector in every row
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_pooled_products_equal_one_thread(dtype, shape, beta):
+    m, n, k, ta, tb = shape
+    rng = np.random.default_rng(m * n + k)
+    a = rng.standard_normal(m * k).astype(dtype)
+    b = rng.standard_normal(n * k).astype(dtype)
+    c0 = rng.standard_normal(m * n).astype(dtype)
+    lda, ldb = (m if ta else k), (k if tb else n)
+    tiles = G.unit_address("tiles", dtype)
+    expected = c0.copy()
+    _product(tiles, 0, ta, tb, m, n, k, 0.37, a, lda, b, ldb, beta, expected, n)
+    # the product in plain numpy: the tiles are what the other tests pin to the bit
+    ref = 0.37 * ((a.reshape(k, m).T if ta else a.reshape(m, k)).astype(np.float64)
+                  @ (b.reshape(n, k).T if tb else b.reshape(k, n)).astype(np.float64))
+    ref += beta * c0.reshape(m, n)
+    tol = 1e-10 if dtype == np.float64 else 1e-3
+    np.testing.assert_allclose(expected.reshape(m, n), ref, rtol=tol, atol=tol)
+    pooled = P.unit_address(dtype)
+    state = P.new_state(tiles)
+    for threads in (1, 2, 3):
+        c = c0.copy()
+        workers = P.start(state, threads, dtype)
+        try:
+            _product(pooled, state.ctypes.data, ta, tb, m, n, k, 0.37, a, lda, b, ldb, beta,
+                     c, n)
+            _product(pooled, state.ctypes.data, ta, tb, m, n, k, 0.37, a, lda, b, ldb, beta,
+                     c0.copy(), n)  # a second job through the same workers
+        finally:
+            P.stop(state, workers)
+        assert np.array_equal(c, expected), threads
+        assert state[P.DONE] == 2 * (threads - 1)  # each worker did its piece of both
+
+
+def test_pieces_cover_the_product_once():
+    """Every row tile or column panel of c belongs to exactly one piece."""
+    for m, n, parts, trans_b in [(256, 64, 2, False), (37, 700, 3, False),
+                                 (1001, 9, 5, True), (6, 33, 4, True), (5, 5, 3, False)]:
+        step = 32
+        covered = np.zeros((m, n), dtype=int)
+        for t in range(parts):
+            by_rows, first, end = P._piece.py_func(t, parts, m, n, trans_b, step)
+            if by_rows:
+                covered[first:end, :] += 1
+            else:
+                covered[:, first:end] += 1
+        assert (covered == 1).all(), (m, n, parts, trans_b)
+
+
+@pytest.fixture
+def three_threads(monkeypatch):
+    """n_jobs up to 3 honoured on a machine of fewer cores (NUMBA_NUM_THREADS caps it),
+    and the threads used however short the fit (the "auto" policy would wait until the
+    fits have saved the pool's compile time)."""
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 3)
+    monkeypatch.setattr(D, "POLICY", "fastest")
+
+
+def _wide_data(dtype=np.float64, n=300):
+    rng = np.random.default_rng(5)
+    return (rng.standard_normal((n, 12)).astype(dtype),
+            rng.random((n, 3)).astype(dtype))
+
+
+FITS = {
+    "sgd": dict(epochs=3, lr=0.05, batch_size=64, shuffle=True, seed=2),
+    "adam_validation": dict(epochs=3, lr=0.001, batch_size=50, optimizer="adam", l2=1e-3,
+                            validation_fraction=0.2, seed=3),
+    "full_batch": dict(epochs=4, lr=0.1),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("fit", sorted(FITS))
+def test_fit_is_the_same_bits_at_1_2_and_3_threads(three_threads, dtype, fit):
+    X, Y = _wide_data(dtype)
+    results = []
+    for n_jobs in (1, 2, 3):
+        m = fastbp.MLP([12, 160, 160, 3], activation=["relu", "sigmoid", "sigmoid"],
+                       loss="mse", seed=7, dtype=dtype)
+        h = m.fit(X, Y, n_jobs=n_jobs, chunk_seconds=0.001, **FITS[fit])
+        results.append((m.params.copy(), np.asarray(h.loss)))
+        if n_jobs > 1:
+            assert f"products on {n_jobs} threads" in h.kernel
+        else:
+            assert "threads" not in h.kernel
+    for params, loss in results[1:]:
+        assert np.array_equal(params, results[0][0])
+        assert np.array_equal(loss, results[0][1])
+
+
+def test_small_networks_stay_on_one_thread(three_threads):
+    rng = np.random.default_rng(0)
+    X, Y = rng.random((64, 2)), rng.random((64, 1))
+    h = fastbp.MLP([2, 16, 16, 1], seed=0).fit(X, Y, epochs=2, batch_size=16, n_jobs=3)
+    assert "threads" not in h.kernel
+    assert D.product_threads([2, 16, 16, 1], np.float64, 16, 10 ** 9, 3) == 1
+    assert D.product_threads([32, 64, 64, 10], np.float64, 64, 10 ** 9, 3) == 1
+    assert D.product_threads([12, 160, 160, 3], np.float64, 64, 10 ** 9, 3) == 3
+
+
+def test_lbfgs_is_the_same_bits_on_threads(three_threads):
+    pytest.importorskip("scipy")
+    X, Y = _wide_data()
+    out = []
+    for n_jobs in (1, 3):
+        m = fastbp.MLP([12, 160, 160, 3], seed=4)
+        m.fit(X, Y, epochs=5, optimizer="lbfgs", n_jobs=n_jobs)
+        out.append(m.params.copy())
+    assert np.array_equal(out[0], out[1])
+
+
+def test_concurrent_threaded_fits(three_threads):
+    """Two models fitting at once from two Python threads, each sharing its products."""
+    X, Y = _wide_data()
+    alone = fastbp.MLP([12, 160, 160, 3], seed=9)
+    alone.fit(X, Y, epochs=2, batch_size=64, n_jobs=1)
+    models = [fastbp.MLP([12, 160, 160, 3], seed=9) for _ in range(2)]
+    errors = []
+
+    def fit(m):
+        try:
+            m.fit(X, Y, epochs=2, batch_size=64, n_jobs=2, chunk_seconds=0.001)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=fit, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    for m in models:
+        assert np.array_equal(m.params, alone.params)
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                        ("2", TypeError), (True, TypeError)])
+def test_bad_n_jobs(bad, error):
+    X, Y = _wide_data(n=20)
+    with pytest.raises(error, match="n_jobs"):
+        fastbp.MLP([12, 4, 3]).fit(X, Y, n_jobs=bad)
+
+
+def test_default_threads_follow_affinity_and_numba(monkeypatch):
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
+    assert T.resolve(None) == 1 and T.resolve(-1) == 1 and T.resolve(4) == 1
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 64)
+    monkeypatch.setattr(T.os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    assert T.resolve(None) == 2
+    assert T.resolve(5) == 5
