@@ -25,21 +25,36 @@ import threading
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, cfunc, config as numba_config, njit, types
+from numba import carray, cfunc, config as numba_config, njit, types, uint64
 from numba.extending import intrinsic, overload
 
 from . import gemm, tiles
 from .config import INNER, JIT
-from .intrinsics import address
+from .intrinsics import address, like as like_value
+from .sample_units import backward_rows, forward_units
 
-# the state's slots: SEQ, DONE, STOP one cache line apart; the job after them
+# the state's slots: SEQ, DONE, STOP one cache line apart; the job after them, a
+# product's (TA .. BETA) or a per-sample layer's (PARAMS .. LR)
 SEQ, DONE, STOP = 0, 8, 16
-PARTS, UNIT, YIELD, TA, TB, M, N, K, A, LDA, B, LDB, C, LDC, ALPHA, BETA = range(24, 40)
-STATE_LEN = 40
+PARTS, UNIT, YIELD, KIND = range(24, 28)
+TA, TB, M, N, K, A, LDA, B, LDB, C, LDC, ALPHA, BETA = range(28, 41)
+(PARAMS, PARAMS_LEN, H, D, H_LEN, WO, BO, HAS_BIAS, AI, ZO, N_IN, N_OUT, CODE, FLAG,
+ LR) = range(41, 56)
+STATE_LEN = 56
+PRODUCT, FORWARD, BACKWARD = 0, 1, 2  # the kinds of job
 YIELD_EVERY = 4096
 # products of fewer multiply-adds run on the calling thread alone: W4b at H = 64 (64 x 64
 # x 64 products) took longer on two threads than on one, H = 128 0.8 of the time
 SPLIT_MIN_WORK = 32 * 256 * 64
+# per-sample layers of fewer weights run on the calling thread alone.  A layer's forward
+# pass is shared by columns of its weights, the back-propagation by rows (each unit's
+# chain fixes that), so each thread's rows were last written by the other: where the
+# weights would stay in one core's caches that traffic costs more than the threads
+# save (W4a at H = 256 and 512 ran slower on two threads), not at H = 1024 (8 MB)
+SAMPLE_SPLIT_MIN_WEIGHTS = 1024 * 1024
+# a per-sample layer's units (rows) are shared in blocks of this many, so that two
+# threads' pieces of the activations (deltas) rarely share a cache line
+UNIT_BLOCK = 16
 
 
 # ------------------------------------------------------------- atomics and pointers
@@ -239,11 +254,93 @@ def _wait(state, slot, value, yield_fn):
             _call_void(yield_fn)
 
 
+# ------------------------------------------------------------ per-sample layers
+@njit(**INNER)
+def _units(t, parts, n):
+    """Piece t of ``parts`` of n units (uint64 first, end), in whole UNIT_BLOCKs."""
+    blocks = (n + uint64(UNIT_BLOCK - 1)) // uint64(UNIT_BLOCK)
+    first = uint64(t) * blocks // uint64(parts) * uint64(UNIT_BLOCK)
+    end = uint64(t + 1) * blocks // uint64(parts) * uint64(UNIT_BLOCK)
+    return min(first, n), min(end, n)
+
+
+@njit(**INNER)
+def _post_layer(state, kind, params, h, d, wo, ai, zo, n_in, n_out, code, flag):
+    """Write a per-sample layer's job into ``state`` and post it; its sequence number."""
+    state[KIND] = kind
+    state[PARAMS], state[PARAMS_LEN] = _as_int(address(params, 0)), params.shape[0]
+    state[H], state[D], state[H_LEN] = (_as_int(address(h, 0)), _as_int(address(d, 0)),
+                                        h.shape[0])
+    state[WO], state[AI], state[ZO] = wo, ai, zo
+    state[N_IN], state[N_OUT], state[CODE], state[FLAG] = n_in, n_out, code, flag
+    seq = _atomic_load(state, SEQ) + 1
+    _atomic_store(state, SEQ, seq)
+    return seq
+
+
+@njit(**INNER)
+def _state_of(pool):
+    return carray(_as_pointer(pool, _INT64), STATE_LEN)
+
+
+@njit(**INNER)
+def share_forward(pool, params, wo, bo, has_bias, h, d, ai, zo, n_in, n_out, code, keep_z):
+    """sample_units.forward_units over the whole layer, its units shared among the
+    threads of the pool at address ``pool`` (all of them on this one when it has none)."""
+    state = _state_of(pool)
+    parts = _atomic_load(state, PARTS)
+    first, end = uint64(0), n_out
+    if parts > 1:
+        state[BO], state[HAS_BIAS] = bo, has_bias
+        seq = _post_layer(state, FORWARD, params, h, d, wo, ai, zo, n_in, n_out, code,
+                          keep_z)
+        first, end = _units(0, parts, n_out)
+    forward_units(params, wo, bo, has_bias, h, d, ai, zo, n_in, n_out, first, end, code,
+                  keep_z)
+    if parts > 1:
+        _wait(state, DONE, seq * (parts - 1), state[YIELD])
+
+
+@njit(**INNER)
+def share_backward(pool, params, wo, n_out, h, d, ai, zo, n_in, lr, propagate, prev_code):
+    """sample_units.backward_rows over all n_in rows, shared as share_forward shares."""
+    state = _state_of(pool)
+    parts = _atomic_load(state, PARTS)
+    first, end = uint64(0), n_in
+    if parts > 1:
+        state[LR] = _bits_of(np.float64(lr))
+        seq = _post_layer(state, BACKWARD, params, h, d, wo, ai, zo, n_in, n_out,
+                          prev_code, propagate)
+        first, end = _units(0, parts, n_in)
+    backward_rows(params, wo, n_out, h, d, ai, zo, first, end, lr, propagate, prev_code)
+    if parts > 1:
+        _wait(state, DONE, seq * (parts - 1), state[YIELD])
+
+
+@njit(**INNER)
+def _layer_piece(state, t, like):
+    """Piece t of the per-sample layer job in ``state``."""
+    parts = state[PARTS]
+    params = carray(_as_pointer(state[PARAMS], like), state[PARAMS_LEN])
+    h = carray(_as_pointer(state[H], like), state[H_LEN])
+    d = carray(_as_pointer(state[D], like), state[H_LEN])
+    wo, ai, zo = uint64(state[WO]), uint64(state[AI]), uint64(state[ZO])
+    n_in, n_out = uint64(state[N_IN]), uint64(state[N_OUT])
+    if state[KIND] == FORWARD:
+        first, end = _units(t, parts, n_out)
+        forward_units(params, wo, uint64(state[BO]), state[HAS_BIAS] != 0, h, d, ai, zo,
+                      n_in, n_out, first, end, state[CODE], state[FLAG] != 0)
+    else:
+        first, end = _units(t, parts, n_in)
+        backward_rows(params, wo, n_out, h, d, ai, zo, first, end,
+                      like_value(_float_of(state[LR]), like), state[FLAG] != 0, state[CODE])
+
+
 # --------------------------------------------------------------------- the workers
 @njit(**JIT)
 def worker(state, t, like):
-    """Piece t of every product posted to ``state`` until its stop flag is set; like:
-    an array of the products' dtype.  Runs on its own thread, without the GIL."""
+    """Piece t of every job posted to ``state`` until its stop flag is set; like: an
+    array of the model's dtype.  Runs on its own thread, without the GIL."""
     seen = 0
     spins = 0
     while True:
@@ -251,11 +348,14 @@ def worker(state, t, like):
         if seq != seen:
             seen = seq
             spins = 0
-            _run_piece(state[UNIT], t, state[PARTS], state[TA] != 0, state[TB] != 0,
-                       state[M], state[N], state[K], _float_of(state[ALPHA]),
-                       _as_pointer(state[A], like), state[LDA], _as_pointer(state[B], like),
-                       state[LDB], _float_of(state[BETA]), _as_pointer(state[C], like),
-                       state[LDC])
+            if state[KIND] == PRODUCT:
+                _run_piece(state[UNIT], t, state[PARTS], state[TA] != 0, state[TB] != 0,
+                           state[M], state[N], state[K], _float_of(state[ALPHA]),
+                           _as_pointer(state[A], like), state[LDA],
+                           _as_pointer(state[B], like), state[LDB], _float_of(state[BETA]),
+                           _as_pointer(state[C], like), state[LDC])
+            else:
+                _layer_piece(state, t, like)
             _atomic_add(state, DONE, 1)
         elif _atomic_load(state, STOP) != 0:
             return
@@ -279,6 +379,7 @@ def _pooled_unit(dtype):
         if parts <= 1 or m * n * k < SPLIT_MIN_WORK:
             gemm.call(unit, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
             return
+        state[KIND] = PRODUCT
         state[TA], state[TB] = ta, tb
         state[M], state[N], state[K] = m, n, k
         state[A], state[LDA] = _as_int(a), lda
@@ -293,7 +394,7 @@ def _pooled_unit(dtype):
     return pooled_unit
 
 
-_units = {}  # dtype -> compiled cfunc, kept alive: its code must outlive its use
+_compiled = {}  # dtype -> compiled cfunc, kept alive: its code must outlive its use
 _lock = threading.Lock()
 
 
@@ -301,9 +402,9 @@ def unit_address(dtype):
     """The address of the pooled unit for ``dtype`` (compiled or loaded on first use)."""
     dtype = np.dtype(dtype)
     with _lock:
-        if dtype not in _units:
-            _units[dtype] = _pooled_unit(dtype)
-        return _units[dtype].address
+        if dtype not in _compiled:
+            _compiled[dtype] = _pooled_unit(dtype)
+        return _compiled[dtype].address
 
 
 def _yield_address():

@@ -17,17 +17,18 @@ import numpy as np
 from numba import njit, uint64
 
 from .config import INNER, JIT
-from .intrinsics import fma, like
-from .rules import (ADAM, BCE, NARROW_UNITS, SIGMOID, activate, activate_narrow,
-                    adam_scales, delta_scale, is_combined, l2_penalty, loss_of_sum,
-                    loss_term, output_delta, plain_step, row_dot, row_dot_step,
-                    stateful_step, times_derivative)
+from .intrinsics import like
+from .pool import SAMPLE_SPLIT_MIN_WEIGHTS, share_backward, share_forward
+from .rules import (ADAM, BCE, adam_scales, delta_scale, is_combined, l2_penalty,
+                    loss_of_sum, loss_term, output_delta, plain_step, row_dot, stateful_step,
+                    times_derivative)
+from .sample_units import backward_rows, forward_units
 
 
 
 @njit(**dict(JIT, inline="always"))
-def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y, sw, lr,
-                      order, h, d, recording, rule, state):
+def sample_epoch_body(PLAIN, SHARED, params, sizes, w_off, b_off, acts, loss, net, x, y, sw,
+                      lr, order, h, d, recording, rule, state):
     """One epoch of per-sample SGD over the samples in ``order``; returns the mean sample
     loss when ``recording`` (else 0).
 
@@ -38,7 +39,9 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
     compile-time constant (the body is inlined, Numba's ``inline="always"``, and the
     other rule's branches are pruned before typing); otherwise rule and state
     (options.Rule / State) drive rules.stateful_step, one parameter at a time as each is
-    reached.
+    reached.  SHARED (a constant too): with the plain rule, layers of at least
+    pool.SAMPLE_SPLIT_MIN_WEIGHTS weights are shared among the threads of the pool at
+    net.pool, when there is one (the same bits: sample_units.py).
     h, d: flat per-unit buffers of sum(sizes) for the activations and deltas (layer l
     starts at sum(sizes[:l])).  Softmax outputs are not handled here (the dispatcher
     sends cross_entropy to the batch path).
@@ -59,6 +62,7 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
     c1 = 1.0
     c2 = 1.0
     moments = state.moments
+    pooled = net.pool != 0
     n = order.shape[0]
     for t in range(n):
         s = order[t]
@@ -76,47 +80,17 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
             n_out = uint64(sizes[l + 1])
             zo = ai + n_in
             wo = uint64(w_off[l])
-            a0 = h[ai]
-            for j in range(n_out):
-                h[zo + j] = params[wo + j] * a0
-            i = uint64(1)
-            # four rows per pass over z (the same chain per unit): a quarter of the loads
-            # and stores of z and of the loop overhead (measurably faster on W4a, H=16)
-            while i + uint64(4) <= n_in:
-                a1 = h[ai + i]
-                a2 = h[ai + i + uint64(1)]
-                a3 = h[ai + i + uint64(2)]
-                a4 = h[ai + i + uint64(3)]
-                r1 = wo + i * n_out
-                r2 = r1 + n_out
-                r3 = r2 + n_out
-                r4 = r3 + n_out
-                for j in range(n_out):
-                    z = fma(params[r1 + j], a1, h[zo + j])
-                    z = fma(params[r2 + j], a2, z)
-                    z = fma(params[r3 + j], a3, z)
-                    h[zo + j] = fma(params[r4 + j], a4, z)
-                i += uint64(4)
-            for i in range(i, n_in):
-                a = h[ai + i]
-                row = wo + i * n_out
-                for j in range(n_out):
-                    h[zo + j] = fma(params[row + j], a, h[zo + j])
-            if b_off[l] >= 0:
-                bo = uint64(b_off[l])
-                for j in range(n_out):
-                    h[zo + j] += params[bo + j]
-            code = acts[l]
-            if loss == BCE and l == n_layers - 1:
-                # keep z for the stable loss: d holds it until the output delta is formed
-                for j in range(n_out):
-                    d[zo + j] = h[zo + j]
-            if code == SIGMOID and n_out >= NARROW_UNITS:  # a loop that vectorizes
-                for j in range(n_out):
-                    h[zo + j] = activate(h[zo + j], SIGMOID)
+            has_bias = b_off[l] >= 0
+            bo = uint64(b_off[l]) if has_bias else uint64(0)
+            # the output layer keeps z for the stable loss (BCE): d holds it until the
+            # output delta is formed
+            keep_z = loss == BCE and l == n_layers - 1
+            if SHARED and pooled and n_in * n_out >= SAMPLE_SPLIT_MIN_WEIGHTS:
+                share_forward(net.pool, params, wo, bo, has_bias, h, d, ai, zo, n_in, n_out,
+                              acts[l], keep_z)
             else:
-                for j in range(n_out):
-                    h[zo + j] = activate_narrow(h[zo + j], code)
+                forward_units(params, wo, bo, has_bias, h, d, ai, zo, n_in, n_out, uint64(0),
+                              n_out, acts[l], keep_z)
             ai = zo
         # loss and output delta
         sample_loss = 0.0
@@ -145,20 +119,21 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
             n_out = uint64(sizes[l + 1])
             ai = zo - n_in
             wo = uint64(w_off[l])
-            for i in range(n_in):
-                row = wo + i * n_out
-                a = h[ai + i]
-                if PLAIN:
-                    if l > 0:  # back-propagate and update in one pass over the row
-                        acc = row_dot_step(params, row, d, zo, n_out, a, lr)
-                        d[ai + i] = times_derivative(acc, a, acts[l - 1])
-                    else:
-                        for j in range(n_out):
-                            params[row + j] = plain_step(params[row + j], a * d[zo + j], lr)
+            prev_code = acts[l - 1]  # (the last layer's for l == 0: not read then)
+            if PLAIN:
+                if SHARED and pooled and n_in * n_out >= SAMPLE_SPLIT_MIN_WEIGHTS:
+                    share_backward(net.pool, params, wo, n_out, h, d, ai, zo, n_in, lr, l > 0,
+                                   prev_code)
                 else:
+                    backward_rows(params, wo, n_out, h, d, ai, zo, uint64(0), n_in, lr, l > 0,
+                                  prev_code)
+            else:
+                for i in range(n_in):
+                    row = wo + i * n_out
+                    a = h[ai + i]
                     if l > 0:
                         acc = row_dot(params, row, d, zo, n_out)
-                        d[ai + i] = times_derivative(acc, a, acts[l - 1])
+                        d[ai + i] = times_derivative(acc, a, prev_code)
                     for j in range(n_out):
                         stateful_step(params, moments, row + j, a * d[zo + j], lr, rule, c1,
                                       c2, l2)
@@ -177,13 +152,13 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
 @njit(**INNER)
 def sample_epoch_plain(params, net, x, y, sw, lr, order, h, d, recording, rule, state):
     """sample_epoch_body with the plain rule, for any network (arrays of sizes)."""
-    return sample_epoch_body(True, params, net.sizes, net.w_off, net.b_off, net.acts,
+    return sample_epoch_body(True, True, params, net.sizes, net.w_off, net.b_off, net.acts,
                              net.loss, net, x, y, sw, lr, order, h, d, recording, rule, state)
 
 
 @njit(**INNER)
 def sample_epoch_stateful(params, net, x, y, sw, lr, order, h, d, recording, rule, state):
     """sample_epoch_body with a rule that has state (or L2)."""
-    return sample_epoch_body(False, params, net.sizes, net.w_off, net.b_off, net.acts,
+    return sample_epoch_body(False, False, params, net.sizes, net.w_off, net.b_off, net.acts,
                              net.loss, net, x, y, sw, lr, order, h, d, recording, rule,
                              state)
