@@ -24,16 +24,12 @@ from numba import njit, uint64
 
 from . import gemm
 from .config import INNER, JIT, PRODUCT_MIN_WEIGHTS
-
-LEAF = dict(INNER, inline="always")  # small helpers inlined into the passes that call them
-from .intrinsics import address
-from .intrinsics import fma, like
-import math
-
-from .rules import (BCE, CROSS_ENTROPY, RELU, SIGMOID, SOFTMAX, TANH, cross_entropy_column,
-                    delta_scale, dot4, is_combined, loss_of_sum, loss_term, output_delta,
-                    plain_step, relu, relu_back, sigmoid, sigmoid_back, softmax_column, sum4,
-                    tanh_back)
+from .intrinsics import address, fma, like
+from .pool import LAYER_DELTA, LAYER_FORWARD, LAYER_WEIGHTS, SPLIT_MIN_WORK, share_layer
+from .rows import LEAF, activate_rows, add_bias, bias_gradient, derivative_rows
+from .rules import (BCE, CROSS_ENTROPY, SOFTMAX, cross_entropy_column, delta_scale, dot4,
+                    is_combined, loss_of_sum, loss_term, output_delta, plain_step,
+                    softmax_column)
 
 @njit(**LEAF)
 def uses_products(n_in, n_out, nb, product_min_work):
@@ -56,36 +52,6 @@ def _matmul(net, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
                          ldb, beta, c, ldc)
     else:
         gemm.call(net.gemm, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-
-
-# ----------------------------------------------------------------------- rows of rules
-@njit(**LEAF)
-def activate_rows(z, code):
-    """z[s] <- f(z[s]) for activation ``code`` (rules.activate) over a block of rows:
-    one loop per activation, so each loop is branch-free and vectorizes."""
-    if code == SIGMOID:
-        for s in range(z.shape[0]):
-            z[s] = sigmoid(z[s])
-    elif code == RELU:
-        for s in range(z.shape[0]):
-            z[s] = relu(z[s])
-    elif code == TANH:
-        for s in range(z.shape[0]):
-            z[s] = math.tanh(z[s])
-
-
-@njit(**LEAF)
-def derivative_rows(delta, a, code):
-    """delta[s] <- delta[s] * f'(z[s]) (rules.times_derivative) over a block of rows."""
-    if code == SIGMOID:
-        for s in range(delta.shape[0]):
-            delta[s] = sigmoid_back(delta[s], a[s])
-    elif code == RELU:
-        for s in range(delta.shape[0]):
-            delta[s] = relu_back(delta[s], a[s])
-    elif code == TANH:
-        for s in range(delta.shape[0]):
-            delta[s] = tanh_back(delta[s], a[s])
 
 
 # ---------------------------------------------------------------------------- forward
@@ -122,12 +88,17 @@ def affine(params, net, wo, bo, n_in, n_out, a_in, z, nb):
                 for s in range(u_nb):
                     z[zj + s] = fma(wij, a_in[ar + s], z[zj + s])
     if bo >= 0:
-        u_nb = uint64(nb)
-        for j in range(n_out):
-            bj = params[bo + j]
-            zj = uint64(j) * u_nb
-            for s in range(u_nb):
-                z[zj + s] += bj
+        add_bias(z, params, bo, 0, n_out, 0, nb, nb)
+
+
+@njit(**LEAF)
+def _shared(net, n_in, n_out, nb):
+    """Whether a layer's products and element-wise steps go to the fit's thread pool
+    (pool.share_layer): a pool, products, at least pool.SPLIT_MIN_WORK multiply-adds, and
+    none of them large enough for BLAS."""
+    work = n_in * n_out * nb
+    return (net.pool != 0 and uses_products(n_in, n_out, nb, net.product_min_work)
+            and work >= SPLIT_MIN_WORK and not (net.blas != 0 and work >= net.blas_min_work))
 
 
 @njit(**INNER)
@@ -142,17 +113,26 @@ def forward(params, net, acts, a_off, nb, z_out):
         n_out = sizes[l + 1]
         zo = a_off[l + 1]
         z = acts[zo:zo + n_out * nb]
-        affine(params, net, net.w_off[l], net.b_off[l], n_in, n_out,
-               acts[a_off[l]:a_off[l] + n_in * nb], z, nb)
-        if l == n_layers - 1 and z_out.shape[0] >= n_out * nb:
+        a_in = acts[a_off[l]:a_off[l] + n_in * nb]
+        code = net.acts[l]
+        keep_z = l == n_layers - 1 and z_out.shape[0] >= n_out * nb
+        if _shared(net, n_in, n_out, nb) and not keep_z and code != SOFTMAX:
+            bo = net.b_off[l]
+            share_layer(net.pool, LAYER_FORWARD, True, False, n_out, nb, n_in, 1.0,
+                        address(params, net.w_off[l]), n_out, address(a_in, 0), nb, 0.0,
+                        address(z, 0), nb, code, address(params, max(bo, 0)),
+                        address(z, 0), nb, 0.0, bo >= 0, False)
+            continue
+        affine(params, net, net.w_off[l], net.b_off[l], n_in, n_out, a_in, z, nb)
+        if keep_z:
             for s in range(n_out * nb):
                 z_out[s] = z[s]
-        if net.acts[l] == SOFTMAX:
+        if code == SOFTMAX:
             u_nb = uint64(nb)
             for s in range(u_nb):
                 softmax_column(z, s, u_nb, n_out)
         else:
-            activate_rows(z, net.acts[l])
+            activate_rows(z, code)
 
 
 # ------------------------------------------------------------------------ loss, delta
@@ -260,21 +240,30 @@ def backward(params, net, acts, a_off, deltas, out, nb, lr, descend):
         do = a_off[l + 1]
         a_in = acts[ai:ai + n_in * nb]
         delta = deltas[do:do + n_out * nb]
-        if l > 0:
-            _back_delta(params, net, net.w_off[l], n_in, n_out, delta,
-                        deltas[ai:ai + n_in * nb], nb)
-        _weight_grad(net, a_in, delta, out, net.w_off[l], n_in, n_out, nb, lr, descend)
+        delta_in = deltas[ai:ai + n_in * nb]
+        wo = net.w_off[l]
         bo = net.b_off[l]
-        if bo >= 0:
-            u_nb = uint64(nb)
-            for j in range(n_out):
-                g = sum4(delta, uint64(j) * u_nb, u_nb)
-                if descend:
-                    out[bo + j] = plain_step(out[bo + j], g, lr)
-                else:
-                    out[bo + j] = g
+        if _shared(net, n_in, n_out, nb):
+            # with the pool: the delta below (and its derivative), then the weights (and
+            # biases), each job's element-wise steps on the units of its product's piece
+            if l > 0:
+                share_layer(net.pool, LAYER_DELTA, False, False, n_in, nb, n_out, 1.0,
+                            address(params, wo), n_out, address(delta, 0), nb, 0.0,
+                            address(delta_in, 0), nb, net.acts[l - 1], address(delta_in, 0),
+                            address(a_in, 0), nb, lr, False, False)
+            alpha, beta = (-lr, 1.0) if descend else (1.0, 0.0)
+            share_layer(net.pool, LAYER_WEIGHTS, False, True, n_in, n_out, nb, alpha,
+                        address(a_in, 0), nb, address(delta, 0), nb, beta, address(out, wo),
+                        n_out, 0, address(out, max(bo, 0)), address(delta, 0), nb, lr,
+                        bo >= 0, descend)
+            continue
         if l > 0:
-            derivative_rows(deltas[ai:ai + n_in * nb], a_in, net.acts[l - 1])
+            _back_delta(params, net, wo, n_in, n_out, delta, delta_in, nb)
+        _weight_grad(net, a_in, delta, out, wo, n_in, n_out, nb, lr, descend)
+        if bo >= 0:
+            bias_gradient(out, bo, delta, 0, n_out, nb, lr, descend)
+        if l > 0:
+            derivative_rows(delta_in, a_in, net.acts[l - 1])
 
 
 # ----------------------------------------------------------------------- data loading

@@ -1,26 +1,36 @@
-"""Threads sharing one model's wide-layer products, bit for bit.
+"""Threads sharing one model's layers, bit for bit.
 
-A fit on several threads runs its training kernel on the calling thread as usual; its
-gemm unit is then the *pooled* unit (``unit_address``), which cuts each large product
-into pieces and shares them with worker threads (``worker``, one per extra thread,
-started by fastbp/_threads.py for the length of a kernel call).  The pieces are whole
-tiles of the product (rows of c in tiles.ROWS, or columns in panels of tiles.VECS
-vectors), each computed by the fit's own single-thread unit, and every element of c is
-the same chain whoever computes it (tiles.py): the results are the same bits at any
-number of threads.
+A fit on several threads runs its training kernel on the calling thread as usual, and
+hands each large layer step to the pool: the step is cut into pieces, the calling
+thread computes the first and worker threads (``worker``, one per extra thread, started
+by fastbp/_threads.py for the length of a kernel call) the others.  The jobs:
+
+- a product (the pooled gemm unit, ``unit_address``), cut into whole tiles (rows of c
+  in tiles.ROWS, or columns in panels of tiles.VECS vectors), each computed by the fit's
+  own single-thread unit;
+- a batch layer's step (``share_layer``, batch.py): its product, then the element-wise
+  steps (bias, activation, derivative, bias gradient) of the same units, while they are
+  in the cache of the thread that computed them;
+- a per-sample layer's forward pass or back-propagation (``share_forward``,
+  ``share_backward``, sample.py), cut into units (rows).
+
+Every element is the same chain whoever computes it (tiles.py, sample_units.py,
+rows.py): the results are the same bits at any number of threads.
 
 Why not Numba's ``parallel=True``: a product takes tens of microseconds, and between
 two products the pool's threads go to sleep (libgomp spins only briefly when it thinks
 the machine is busy, and the fallback "workqueue" pool always sleeps); waking them
 cost more than the product saved (W4b at H = 256: two threads slower than one).  Here
-the workers spin on a shared sequence number while the kernel runs, and a product's
-start costs a few hundred nanoseconds.  They yield the CPU (sched_yield) every
-YIELD_EVERY spins, so an oversubscribed machine still progresses.
+the workers spin on a shared sequence number while the kernel runs, and a job's start
+costs a few hundred nanoseconds.  They yield the CPU (sched_yield) every YIELD_EVERY
+spins, so an oversubscribed machine still progresses, and each is pinned to a CPU other
+than the calling thread's (``_worker_cpus``).
 
 The shared state is one int64 array (``new_state``): the job's sequence number, the
 count of pieces done and the stop flag each on its own cache line, then the job.
 """
 import ctypes
+import os
 import threading
 
 import numpy as np
@@ -31,6 +41,7 @@ from numba.extending import intrinsic, overload
 from . import gemm, tiles
 from .config import INNER, JIT
 from .intrinsics import address, like as like_value
+from .rows import activate_rows, add_bias, bias_gradient, derivative_rows
 from .sample_units import backward_rows, forward_units
 
 # the state's slots: SEQ, DONE, STOP one cache line apart; the job after them, a
@@ -40,11 +51,15 @@ PARTS, UNIT, YIELD, KIND = range(24, 28)
 TA, TB, M, N, K, A, LDA, B, LDB, C, LDC, ALPHA, BETA = range(28, 41)
 (PARAMS, PARAMS_LEN, H, D, H_LEN, WO, BO, HAS_BIAS, AI, ZO, N_IN, N_OUT, CODE, FLAG,
  LR) = range(41, 56)
-STATE_LEN = 56
-PRODUCT, FORWARD, BACKWARD = 0, 1, 2  # the kinds of job
+EXTRA, AUX, NB, DESCEND = range(56, 60)  # a batch layer's: with CODE, HAS_BIAS and LR
+STATE_LEN = 60
+# the kinds of job: a product; a per-sample layer's forward, backward; a batch layer's
+# forward (product, bias, activation), back-propagated delta (product, derivative),
+# weight gradient or step (product, bias)
+PRODUCT, FORWARD, BACKWARD, LAYER_FORWARD, LAYER_DELTA, LAYER_WEIGHTS = range(6)
 YIELD_EVERY = 4096
-# products of fewer multiply-adds run on the calling thread alone: W4b at H = 64 (64 x 64
-# x 64 products) took longer on two threads than on one, H = 128 0.8 of the time
+# products of fewer multiply-adds run on the calling thread alone: on two threads W4b at
+# H = 64 (64 x 64 x 64 products) gained nothing, H = 128 took 0.8 of the time
 SPLIT_MIN_WORK = 32 * 256 * 64
 # per-sample layers of fewer weights run on the calling thread alone.  A layer's forward
 # pass is shared by columns of its weights, the back-propagation by rows (each unit's
@@ -231,9 +246,10 @@ def _piece(t, parts, m, n, trans_b, step):
 @njit(**INNER)
 def _run_piece(unit, t, parts, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
                ldc):
+    """Piece t of ``parts`` of the product (_piece); returns the piece."""
     by_rows, first, end = _piece(t, parts, m, n, trans_b, tiles.VECS * tiles.lanes_of(c))
     if first >= end:
-        return
+        return by_rows, first, end
     if by_rows:
         gemm.call(unit, trans_a, trans_b, end - first, n, k, alpha,
                   address(a, first if trans_a else first * lda), lda, b, ldb, beta,
@@ -242,6 +258,78 @@ def _run_piece(unit, t, parts, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
         gemm.call(unit, trans_a, trans_b, m, end - first, k, alpha, a, lda,
                   address(b, first * ldb if trans_b else first), ldb, beta,
                   address(c, first), ldc)
+    return by_rows, first, end
+
+
+# ----------------------------------------------------------------- batch layers
+@njit(**INNER)
+def _batch_piece(kind, unit, t, parts, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
+                 beta, c, ldc, code, extra, aux, nb, lr, has_bias, descend):
+    """Piece t of ``parts`` of a batch layer's job (share_layer): its piece of the
+    product, then the element-wise steps of the same units (or samples):
+
+    LAYER_FORWARD  c = z (units' rows of nb): + the biases at ``extra``, activation code
+    LAYER_DELTA    c = the delta of the layer below: times the derivative (code) at the
+                   activations ``aux``
+    LAYER_WEIGHTS  c = the weights (gradient): the bias gradient (or plain step, with
+                   descend) of its columns' units into ``extra``, from the deltas ``aux``
+    """
+    by_rows, first, end = _run_piece(unit, t, parts, trans_a, trans_b, m, n, k, alpha, a,
+                                     lda, b, ldb, beta, c, ldc)
+    if first >= end:
+        if kind == LAYER_WEIGHTS and by_rows and t == 0 and has_bias:
+            pass  # piece 0 owns the biases of a product cut along its rows: below
+        else:
+            return
+    r0, r1, c0, c1 = (first, end, 0, n) if by_rows else (0, m, first, end)
+    if kind == LAYER_WEIGHTS:
+        if has_bias:
+            if by_rows:  # every piece holds every unit: piece 0 takes the biases
+                c0, c1 = (0, n) if t == 0 else (0, 0)
+            bias_gradient(carray(extra, n), 0, carray(aux, n * nb), c0, c1, nb, lr, descend)
+        return
+    block = carray(c, m * ldc)
+    if kind == LAYER_FORWARD and has_bias:
+        add_bias(block, carray(extra, m), 0, r0, r1, c0, c1, ldc)
+    ain = carray(aux, m * ldc)
+    for r in range(r0, r1):
+        if by_rows and r > r0:
+            break  # whole rows: one call over the contiguous block
+        lo, hi = (r0 * ldc, r1 * ldc) if by_rows else (r * ldc + c0, r * ldc + c1)
+        if kind == LAYER_FORWARD:
+            activate_rows(block[lo:hi], code)
+        else:
+            derivative_rows(block[lo:hi], ain[lo:hi], code)
+
+
+@njit(**INNER)
+def share_layer(pool, kind, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                code, extra, aux, nb, lr, has_bias, descend):
+    """A batch layer's job (_batch_piece) over the whole layer, shared among the threads
+    of the pool at address ``pool`` when it has several and the product is at least
+    SPLIT_MIN_WORK multiply-adds (else all on this thread, the same numbers).  a, b, c,
+    extra, aux: pointers."""
+    state = _state_of(pool)
+    parts = _atomic_load(state, PARTS)
+    unit = state[UNIT]
+    if parts <= 1 or m * n * k < SPLIT_MIN_WORK:
+        _batch_piece(kind, unit, 0, 1, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
+                     beta, c, ldc, code, extra, aux, nb, lr, has_bias, descend)
+        return
+    state[TA], state[TB] = trans_a, trans_b
+    state[M], state[N], state[K] = m, n, k
+    state[A], state[LDA] = _as_int(a), lda
+    state[B], state[LDB] = _as_int(b), ldb
+    state[C], state[LDC] = _as_int(c), ldc
+    state[ALPHA], state[BETA] = _bits_of(np.float64(alpha)), _bits_of(np.float64(beta))
+    state[CODE], state[EXTRA], state[AUX], state[NB] = code, _as_int(extra), _as_int(aux), nb
+    state[LR], state[HAS_BIAS], state[DESCEND] = _bits_of(np.float64(lr)), has_bias, descend
+    state[KIND] = kind
+    seq = _atomic_load(state, SEQ) + 1
+    _atomic_store(state, SEQ, seq)
+    _batch_piece(kind, unit, 0, parts, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
+                 beta, c, ldc, code, extra, aux, nb, lr, has_bias, descend)
+    _wait(state, DONE, seq * (parts - 1), state[YIELD])
 
 
 @njit(**INNER)
@@ -348,14 +436,26 @@ def worker(state, t, like):
         if seq != seen:
             seen = seq
             spins = 0
-            if state[KIND] == PRODUCT:
+            kind = state[KIND]
+            if kind == PRODUCT:
                 _run_piece(state[UNIT], t, state[PARTS], state[TA] != 0, state[TB] != 0,
                            state[M], state[N], state[K], _float_of(state[ALPHA]),
                            _as_pointer(state[A], like), state[LDA],
                            _as_pointer(state[B], like), state[LDB], _float_of(state[BETA]),
                            _as_pointer(state[C], like), state[LDC])
-            else:
+            elif kind == FORWARD or kind == BACKWARD:
                 _layer_piece(state, t, like)
+            else:
+                _batch_piece(kind, state[UNIT], t, state[PARTS], state[TA] != 0,
+                             state[TB] != 0, state[M], state[N], state[K],
+                             like_value(_float_of(state[ALPHA]), like),
+                             _as_pointer(state[A], like), state[LDA],
+                             _as_pointer(state[B], like), state[LDB],
+                             like_value(_float_of(state[BETA]), like),
+                             _as_pointer(state[C], like), state[LDC], state[CODE],
+                             _as_pointer(state[EXTRA], like), _as_pointer(state[AUX], like),
+                             state[NB], like_value(_float_of(state[LR]), like),
+                             state[HAS_BIAS] != 0, state[DESCEND] != 0)
             _atomic_add(state, DONE, 1)
         elif _atomic_load(state, STOP) != 0:
             return
@@ -442,6 +542,38 @@ def load_worker(dtype):
     worker(state, 1, np.zeros(0, dtype=dtype))  # returns at once: stopped, no job
 
 
+try:
+    _sched_getcpu = ctypes.CDLL(None, use_errno=True).sched_getcpu
+except (AttributeError, OSError):  # not glibc / not Linux
+    _sched_getcpu = None
+
+
+def _worker_cpus(threads):
+    """The CPU each of threads - 1 workers is pinned to (None: not pinned): the CPUs this
+    process may run on other than the calling thread's, one each, where there are enough.
+    Left to itself, Linux here kept a worker and the calling thread on one CPU for whole
+    kernel calls while the other idled (W4b, H = 256: twice the time), since both are
+    always runnable -- the worker spins."""
+    none = [None] * (threads - 1)
+    if _sched_getcpu is None or not hasattr(os, "sched_getaffinity"):
+        return none
+    here = _sched_getcpu()
+    others = sorted(c for c in os.sched_getaffinity(0) if c != here)
+    if here < 0 or len(others) < threads - 1:
+        return none
+    return others[:threads - 1]
+
+
+def _work(state, t, like, cpu):
+    """A worker thread: pinned to ``cpu`` (unless None), then ``worker`` until stopped."""
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {cpu})  # 0: this thread alone
+        except OSError:
+            pass
+    worker(state, t, like)
+
+
 def start(state, threads, dtype):
     """Start threads - 1 workers on ``state`` (Python threads running ``worker``); the
     pooled unit then shares its products among ``threads`` threads.  Returns them, for
@@ -449,8 +581,10 @@ def start(state, threads, dtype):
     state[SEQ] = state[DONE] = state[STOP] = 0
     state[PARTS] = threads
     like = np.zeros(0, dtype=dtype)
-    workers = [threading.Thread(target=worker, args=(state, t, like), daemon=True,
-                                name=f"fastbp-product-{t}") for t in range(1, threads)]
+    cpus = _worker_cpus(threads)
+    workers = [threading.Thread(target=_work, args=(state, t, like, cpus[t - 1]),
+                                daemon=True, name=f"fastbp-product-{t}")
+               for t in range(1, threads)]
     for w in workers:
         w.start()
     return workers
