@@ -45,8 +45,8 @@ class ProductThreads:
 
     @contextmanager
     def running(self):
-        workers = P.start(self.state, self.threads, self.dtype)
+        started = P.start(self.state, self.threads, self.dtype)
         try:
             yield
         finally:
-            P.stop(self.state, workers)
+            P.stop(self.state, started)

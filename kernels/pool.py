@@ -548,51 +548,66 @@ except (AttributeError, OSError):  # not glibc / not Linux
     _sched_getcpu = None
 
 
-def _worker_cpus(threads):
-    """The CPU each of threads - 1 workers is pinned to (None: not pinned): the CPUs this
-    process may run on other than the calling thread's, one each, where there are enough.
-    Left to itself, Linux here kept a worker and the calling thread on one CPU for whole
-    kernel calls while the other idled (W4b, H = 256: twice the time), since both are
-    always runnable -- the worker spins."""
-    none = [None] * (threads - 1)
-    if _sched_getcpu is None or not hasattr(os, "sched_getaffinity"):
-        return none
+def _placement(threads):
+    """(the calling thread's CPU, the CPU of each of threads - 1 workers), all distinct
+    CPUs this process may run on; None where there are not enough or the CPU is unknown.
+
+    The threads are pinned there for the length of a kernel call.  Left to itself, Linux
+    here often kept a worker and the calling thread on one CPU for whole calls while the
+    other idled -- both are always runnable, since they spin -- and a fit took up to 4
+    times as long as on one thread (W4a, W4b)."""
+    if _sched_getcpu is None or not hasattr(os, "sched_setaffinity"):
+        return None
     here = _sched_getcpu()
     others = sorted(c for c in os.sched_getaffinity(0) if c != here)
     if here < 0 or len(others) < threads - 1:
-        return none
-    return others[:threads - 1]
+        return None
+    return here, others[:threads - 1]
+
+
+def _pin(cpus):
+    """Pin the calling thread to ``cpus``; its affinity before (None: unchanged)."""
+    try:
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, cpus)  # 0: this thread alone
+        return before
+    except OSError:
+        return None
 
 
 def _work(state, t, like, cpu):
     """A worker thread: pinned to ``cpu`` (unless None), then ``worker`` until stopped."""
     if cpu is not None:
-        try:
-            os.sched_setaffinity(0, {cpu})  # 0: this thread alone
-        except OSError:
-            pass
+        _pin({cpu})
     worker(state, t, like)
 
 
 def start(state, threads, dtype):
     """Start threads - 1 workers on ``state`` (Python threads running ``worker``); the
-    pooled unit then shares its products among ``threads`` threads.  Returns them, for
-    ``stop``.  Only between calls of the kernels that use the state."""
+    pooled unit then shares its products among ``threads`` threads.  Returns what
+    ``stop`` takes.  Only between calls of the kernels that use the state, from the
+    thread that calls them (pinned to its CPU until ``stop``)."""
     state[SEQ] = state[DONE] = state[STOP] = 0
     state[PARTS] = threads
     like = np.zeros(0, dtype=dtype)
-    cpus = _worker_cpus(threads)
+    placement = _placement(threads)
+    cpus = [None] * (threads - 1) if placement is None else placement[1]
+    saved = None if placement is None else _pin({placement[0]})
     workers = [threading.Thread(target=_work, args=(state, t, like, cpus[t - 1]),
                                 daemon=True, name=f"fastbp-product-{t}")
                for t in range(1, threads)]
     for w in workers:
         w.start()
-    return workers
+    return workers, saved
 
 
-def stop(state, workers):
-    """Stop the workers ``start`` returned (after the kernel call that used them)."""
+def stop(state, started):
+    """Stop the workers ``start`` started (after the kernel call that used them) and
+    give the calling thread back its CPUs."""
+    workers, saved = started
     state[PARTS] = 1
     state[STOP] = 1
     for w in workers:
         w.join()
+    if saved is not None:
+        _pin(saved)

@@ -58,14 +58,14 @@ def test_pooled_products_equal_one_thread(dtype, shape, beta):
     state = P.new_state(tiles)
     for threads in (1, 2, 3):
         c = c0.copy()
-        workers = P.start(state, threads, dtype)
+        started = P.start(state, threads, dtype)
         try:
             _product(pooled, state.ctypes.data, ta, tb, m, n, k, 0.37, a, lda, b, ldb, beta,
                      c, n)
             _product(pooled, state.ctypes.data, ta, tb, m, n, k, 0.37, a, lda, b, ldb, beta,
                      c0.copy(), n)  # a second job through the same workers
         finally:
-            P.stop(state, workers)
+            P.stop(state, started)
         assert np.array_equal(c, expected), threads
         assert state[P.DONE] == 2 * (threads - 1)  # each worker did its piece of both
 
