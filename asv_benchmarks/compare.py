@@ -7,6 +7,8 @@
     python compare.py --workloads W1,W2a,W4b --repeat 5
     python compare.py --engines fastbp,numpy,jax --json out.json
     python compare.py --dtype float32     # every engine in float32 (the C loop: double only)
+    python compare.py --threads 2 --engines fastbp,fastbp.1,jax,torch --workloads W4
+                                          # every engine on 2 threads, and fastbp on 1
 
 Every engine trains the same network, in float64 (or --dtype), from the same initial parameters
 (see benchmarks/common.py); peers are in peers.py.  Each cell is the median
@@ -53,7 +55,7 @@ QUICK_FACTOR = {"W1": 100, "W2a": 10, "W2b": 10, "W2a_long": 100, "W3": 100, "W4
                 "W4b": 8, "W5": 10}
 LABEL = {"fastbp": "fastbp", "numpy": "NumPy (tutorial)", "c": "C (gcc -O3, scalar)",
          "jax": "JAX jit+scan", "torch": "PyTorch eager", "torch.compile": "torch.compile",
-         "sklearn": "scikit-learn"}
+         "sklearn": "scikit-learn", "fastbp.1": "fastbp, 1 thread"}
 
 
 def expand_keys(spec):
@@ -229,7 +231,9 @@ def main(argv=None):
                     help="comma list: W1,W2a,W2b,W3,W4a_16..W4b_1024,W5 (or W2, W4, W4a, W4b); "
                          "W2a_long = W2a with 100,000 epochs")
     ap.add_argument("--engines", default=",".join(peers.ENGINES),
-                    help=f"comma list from {','.join(peers.ENGINES)}")
+                    help=f"comma list from {','.join(peers.ENGINES + peers.EXTRA_ENGINES)} "
+                         f"(fastbp.1: fastbp with n_jobs=1, for the gain of fastbp's threads "
+                         f"under --threads N)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per cell (median)")
     ap.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                     help="the dtype of the data, the parameters and every engine's arithmetic")
@@ -259,8 +263,9 @@ def main(argv=None):
     keys = expand_keys(args.workloads)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     for e in engines:
-        if e not in peers.ENGINES:
-            raise SystemExit(f"unknown engine {e!r}; choose from {', '.join(peers.ENGINES)}")
+        if e not in peers.ENGINES + peers.EXTRA_ENGINES:
+            raise SystemExit(f"unknown engine {e!r}; choose from "
+                             f"{', '.join(peers.ENGINES + peers.EXTRA_ENGINES)}")
     budget = args.budget if args.budget is not None else (5.0 if args.quick else 20.0)
 
     wls = {k: make_workload(k, args.quick, args.dtype) for k in keys}
@@ -396,7 +401,7 @@ def worker(args):
 
 
 def print_report(args, keys, engines, wls, results):
-    peers_ = [e for e in engines if e != "fastbp"]
+    peers_ = [e for e in engines if e not in ("fastbp",) + peers.EXTRA_ENGINES]
     cmd = "python compare.py " + " ".join(a for a in sys.argv[1:])
     print(f"\n### fastbp vs peers — seconds (median), {args.dtype}\n")
     print(f"Machine: {args.machine or machine_line()}  ")
@@ -450,6 +455,16 @@ def print_report(args, keys, engines, wls, results):
             else:
                 row += ["", ""]
             print("| " + " | ".join(row) + " |")
+
+    if "fastbp" in engines and "fastbp.1" in engines:
+        print("\n### fastbp's threads: time on 1 thread / time on the threads it was given\n")
+        print("| workload | gain |")
+        print("|---|---|")
+        for key in keys:
+            fb, one = results[key]["fastbp"], results[key]["fastbp.1"]
+            gain = (f"{one.seconds / fb.seconds:.3g}" if fb.kind == "ok" and one.kind == "ok"
+                    and fb.seconds else "")
+            print(f"| {key.replace('_', ' H=')} | {gain} |")
 
     print("\n### final training loss (same math ⇒ same numbers; W5: mean over models)\n")
     head = ["workload"] + [LABEL.get(e, e) for e in engines]

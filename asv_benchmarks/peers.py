@@ -44,6 +44,9 @@ class NotApplicable(Exception):
 
 
 ENGINES = ("fastbp", "numpy", "c", "jax", "torch", "torch.compile", "sklearn")
+# not in the default set: fastbp held to one thread (n_jobs=1), beside fastbp on the
+# threads it is given (compare.py --threads N), for the gain of its threads
+EXTRA_ENGINES = ("fastbp.1",)
 FAMILIES = ("W1", "W2a", "W2b", "W3", "W4a", "W4b", "W5")
 
 
@@ -66,24 +69,30 @@ def _with_note(run, note):
 # =============================================================================
 # fastbp
 # =============================================================================
-def _fastbp_single(wl):
+def _fastbp_single(wl, **kw):
     common.import_fastbp()
     common.fastbp_model(wl)  # fail early on an API mismatch
 
     def run():
         m = common.fastbp_model(wl)
-        common.fastbp_fit(m, wl)
+        common.fastbp_fit(m, wl, **kw)
         return ([np.array(W) for W in m.weights],
                 None if m.biases is None else [np.array(b) for b in m.biases])
 
-    def warmup():  # compiles every kernel this workload's runs use; tiny run
-        common.fastbp_warm_up(wl)
+    def warmup():  # compiles every kernel this workload's runs use (threads too); tiny run
+        common.fastbp_warm_up(wl, **kw)
 
     run.warmup = warmup
     return run
 
 
+def _fastbp_one_thread(wl):
+    return _fastbp_single(wl, n_jobs=1)
+
+
 fastbp_w1 = fastbp_w2a = fastbp_w2b = fastbp_w3 = fastbp_w4a = fastbp_w4b = _fastbp_single
+fastbp_1_w1 = fastbp_1_w2a = fastbp_1_w2b = fastbp_1_w3 = fastbp_1_w4a = fastbp_1_w4b = \
+    _fastbp_one_thread
 
 
 def fastbp_ensemble(wl):

@@ -201,20 +201,6 @@ def product_threads(sizes, dtype, nb_max, samples_seen, threads):
                              POOL_COMPILE_SECONDS) else 1
 
 
-def sample_threads(sizes, dtype, kind, samples_seen, threads):
-    """How many threads share the layers of a per-sample fit (1: none): all ``threads``
-    for plain SGD with a layer of at least pool.SAMPLE_SPLIT_MIN_WEIGHTS weights, once
-    the pool is compiled or saves its compile time."""
-    weights = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
-    if threads <= 1 or kind != "plain" or not P.AVAILABLE or max(
-            weights) < P.SAMPLE_SPLIT_MIN_WEIGHTS:
-        return 1
-    saved = (samples_seen * 2 * sum(weights) * TILES_SECONDS_PER_MADD
-             * (1.0 - 1.0 / (threads * POOL_EFFICIENCY)))
-    return threads if _worth(("gemm", "pooled", np.dtype(dtype).name), saved,
-                             POOL_COMPILE_SECONDS) else 1
-
-
 def choose_gemm(sizes, dtype, nb_max, samples_seen):
     """The gemm unit for a fit whose batches hold up to nb_max samples and that runs
     ``samples_seen`` samples through the network in all: None when no layer uses
@@ -239,11 +225,10 @@ def gemm_address(kind, dtype):
 
 def share_products(gemm, dtype, threads):
     """The ProductThreads (fastbp/_threads.py) that share a fit's products, computed by
-    the gemm unit ``gemm`` (None: a per-sample fit's layers, no products), among
-    ``threads`` threads; None for one thread.  Compiles the pooled unit and the workers
-    on first use."""
+    the gemm unit ``gemm``, among ``threads`` threads; None for one thread or no
+    products.  Compiles the pooled unit and the workers on first use."""
     from ._threads import ProductThreads
-    if threads <= 1:
+    if gemm is None or threads <= 1:
         return None
     shared = ProductThreads(threads, gemm_address(gemm, dtype), np.dtype(dtype))
     mark_compiled(("gemm", "pooled", np.dtype(dtype).name))
@@ -322,11 +307,8 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
     cap = min(batch, n)
     nb_max = max(cap if mode != "sample" else 1, n_val if validating else 0)
     gemm = choose_gemm(layout.sizes, dtype, nb_max, epochs * (n + n_val))
-    if mode == "sample":
-        threads = sample_threads(layout.sizes, dtype, kind, epochs * n, threads)
-    else:
-        threads = 1 if gemm is None else product_threads(layout.sizes, dtype, nb_max,
-                                                         epochs * (n + n_val), threads)
+    threads = 1 if gemm is None or mode == "sample" else product_threads(
+        layout.sizes, dtype, nb_max, epochs * (n + n_val), threads)
     name = (f"{_MODE_NAMES[mode]} {_RULE_NAMES[kind]}" + (", validating" if validating else "")
             + f" ({dtype.name}" + (f", on {threads} threads)" if threads > 1
                                    else ")"))

@@ -1,6 +1,6 @@
 """How many threads a fit may use, and the threads that share one model's products.
 
-One model's fit shares its wide layers' products among threads (kernels/pool.py); an
+One model's batched fit shares its wide layers among threads (kernels/pool.py); an
 Ensemble runs its models on Python threads.  Both take ``n_jobs``: None or -1 for
 every core this process may run on (its CPU affinity, at most NUMBA_NUM_THREADS), else
 that many threads.

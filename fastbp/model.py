@@ -343,10 +343,12 @@ class MLP:
         callbacks, checkpoints, record_every, ...) must keep their defaults (ValueError).
         ``tol`` and ``max_fun`` apply only to it.
 
-        ``n_jobs``: the threads the products of wide layers may share (None or -1: every
-        core this process may run on, at most NUMBA_NUM_THREADS).  Products of fewer than
-        64 x 64 x 64 multiply-adds stay on one thread, so small networks run on one core
-        whatever n_jobs; the results are the same bits at any number of threads.
+        ``n_jobs``: the threads the wide layers of a batched fit (full batch, mini-batch,
+        L-BFGS) may share (None or -1: every core this process may run on, at most
+        NUMBA_NUM_THREADS).  Layers whose products have fewer than 32 x 256 x 64
+        multiply-adds stay on one thread, so small networks run on one core whatever
+        n_jobs, and so does per-sample SGD (batch_size=1).  The results are the same bits
+        at any number of threads.
 
         Another fit of the same model while one runs (from another thread) is refused
         with RuntimeError.

@@ -11,11 +11,14 @@ by fastbp/_threads.py for the length of a kernel call) the others.  The jobs:
 - a batch layer's step (``share_layer``, batch.py): its product, then the element-wise
   steps (bias, activation, derivative, bias gradient) of the same units, while they are
   in the cache of the thread that computed them;
-- a per-sample layer's forward pass or back-propagation (``share_forward``,
-  ``share_backward``, sample.py), cut into units (rows).
+Every element is the same chain whoever computes it (tiles.py, rows.py): the results
+are the same bits at any number of threads.
 
-Every element is the same chain whoever computes it (tiles.py, sample_units.py,
-rows.py): the results are the same bits at any number of threads.
+Per-sample SGD stays on one thread.  Sharing its layers was tried (forward pass by units,
+back-propagation by rows: the only cuts that keep every chain) and measured from 1.4x
+faster to 4x slower on two threads for W4a at H = 1024, from run to run: each thread's
+rows of the weights were last written by the other, so 8 MB of cache lines crossed
+between the cores every sample.
 
 Why not Numba's ``parallel=True``: a product takes tens of microseconds, and between
 two products the pool's threads go to sleep (libgomp spins only briefly when it thinks
@@ -35,41 +38,28 @@ import threading
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, cfunc, config as numba_config, njit, types, uint64
+from numba import carray, cfunc, config as numba_config, njit, types
 from numba.extending import intrinsic, overload
 
 from . import gemm, tiles
 from .config import INNER, JIT
 from .intrinsics import address, like as like_value
 from .rows import activate_rows, add_bias, bias_gradient, derivative_rows
-from .sample_units import backward_rows, forward_units
 
-# the state's slots: SEQ, DONE, STOP one cache line apart; the job after them, a
-# product's (TA .. BETA) or a per-sample layer's (PARAMS .. LR)
+# the state's slots: SEQ, DONE, STOP one cache line apart; the job after them: a
+# product's (TA .. BETA), and a batch layer's element-wise steps' (CODE .. DESCEND)
 SEQ, DONE, STOP = 0, 8, 16
 PARTS, UNIT, YIELD, KIND = range(24, 28)
 TA, TB, M, N, K, A, LDA, B, LDB, C, LDC, ALPHA, BETA = range(28, 41)
-(PARAMS, PARAMS_LEN, H, D, H_LEN, WO, BO, HAS_BIAS, AI, ZO, N_IN, N_OUT, CODE, FLAG,
- LR) = range(41, 56)
-EXTRA, AUX, NB, DESCEND = range(56, 60)  # a batch layer's: with CODE, HAS_BIAS and LR
-STATE_LEN = 60
-# the kinds of job: a product; a per-sample layer's forward, backward; a batch layer's
-# forward (product, bias, activation), back-propagated delta (product, derivative),
-# weight gradient or step (product, bias)
-PRODUCT, FORWARD, BACKWARD, LAYER_FORWARD, LAYER_DELTA, LAYER_WEIGHTS = range(6)
+CODE, EXTRA, AUX, NB, LR, HAS_BIAS, DESCEND = range(41, 48)
+STATE_LEN = 48
+# the kinds of job: a product; a batch layer's forward (product, bias, activation),
+# back-propagated delta (product, derivative), weight gradient or step (product, bias)
+PRODUCT, LAYER_FORWARD, LAYER_DELTA, LAYER_WEIGHTS = range(4)
 YIELD_EVERY = 4096
 # products of fewer multiply-adds run on the calling thread alone: on two threads W4b at
 # H = 64 (64 x 64 x 64 products) gained nothing, H = 128 took 0.8 of the time
 SPLIT_MIN_WORK = 32 * 256 * 64
-# per-sample layers of fewer weights run on the calling thread alone.  A layer's forward
-# pass is shared by columns of its weights, the back-propagation by rows (each unit's
-# chain fixes that), so each thread's rows were last written by the other: where the
-# weights would stay in one core's caches that traffic costs more than the threads
-# save (W4a at H = 256 and 512 ran slower on two threads), not at H = 1024 (8 MB)
-SAMPLE_SPLIT_MIN_WEIGHTS = 1024 * 1024
-# a per-sample layer's units (rows) are shared in blocks of this many, so that two
-# threads' pieces of the activations (deltas) rarely share a cache line
-UNIT_BLOCK = 16
 
 
 # ------------------------------------------------------------- atomics and pointers
@@ -263,6 +253,12 @@ def _run_piece(unit, t, parts, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
 
 # ----------------------------------------------------------------- batch layers
 @njit(**INNER)
+def _state_of(pool):
+    """The state array at address ``pool``."""
+    return carray(_as_pointer(pool, _INT64), STATE_LEN)
+
+
+@njit(**INNER)
 def _batch_piece(kind, unit, t, parts, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
                  beta, c, ldc, code, extra, aux, nb, lr, has_bias, descend):
     """Piece t of ``parts`` of a batch layer's job (share_layer): its piece of the
@@ -342,88 +338,6 @@ def _wait(state, slot, value, yield_fn):
             _call_void(yield_fn)
 
 
-# ------------------------------------------------------------ per-sample layers
-@njit(**INNER)
-def _units(t, parts, n):
-    """Piece t of ``parts`` of n units (uint64 first, end), in whole UNIT_BLOCKs."""
-    blocks = (n + uint64(UNIT_BLOCK - 1)) // uint64(UNIT_BLOCK)
-    first = uint64(t) * blocks // uint64(parts) * uint64(UNIT_BLOCK)
-    end = uint64(t + 1) * blocks // uint64(parts) * uint64(UNIT_BLOCK)
-    return min(first, n), min(end, n)
-
-
-@njit(**INNER)
-def _post_layer(state, kind, params, h, d, wo, ai, zo, n_in, n_out, code, flag):
-    """Write a per-sample layer's job into ``state`` and post it; its sequence number."""
-    state[KIND] = kind
-    state[PARAMS], state[PARAMS_LEN] = _as_int(address(params, 0)), params.shape[0]
-    state[H], state[D], state[H_LEN] = (_as_int(address(h, 0)), _as_int(address(d, 0)),
-                                        h.shape[0])
-    state[WO], state[AI], state[ZO] = wo, ai, zo
-    state[N_IN], state[N_OUT], state[CODE], state[FLAG] = n_in, n_out, code, flag
-    seq = _atomic_load(state, SEQ) + 1
-    _atomic_store(state, SEQ, seq)
-    return seq
-
-
-@njit(**INNER)
-def _state_of(pool):
-    return carray(_as_pointer(pool, _INT64), STATE_LEN)
-
-
-@njit(**INNER)
-def share_forward(pool, params, wo, bo, has_bias, h, d, ai, zo, n_in, n_out, code, keep_z):
-    """sample_units.forward_units over the whole layer, its units shared among the
-    threads of the pool at address ``pool`` (all of them on this one when it has none)."""
-    state = _state_of(pool)
-    parts = _atomic_load(state, PARTS)
-    first, end = uint64(0), n_out
-    if parts > 1:
-        state[BO], state[HAS_BIAS] = bo, has_bias
-        seq = _post_layer(state, FORWARD, params, h, d, wo, ai, zo, n_in, n_out, code,
-                          keep_z)
-        first, end = _units(0, parts, n_out)
-    forward_units(params, wo, bo, has_bias, h, d, ai, zo, n_in, n_out, first, end, code,
-                  keep_z)
-    if parts > 1:
-        _wait(state, DONE, seq * (parts - 1), state[YIELD])
-
-
-@njit(**INNER)
-def share_backward(pool, params, wo, n_out, h, d, ai, zo, n_in, lr, propagate, prev_code):
-    """sample_units.backward_rows over all n_in rows, shared as share_forward shares."""
-    state = _state_of(pool)
-    parts = _atomic_load(state, PARTS)
-    first, end = uint64(0), n_in
-    if parts > 1:
-        state[LR] = _bits_of(np.float64(lr))
-        seq = _post_layer(state, BACKWARD, params, h, d, wo, ai, zo, n_in, n_out,
-                          prev_code, propagate)
-        first, end = _units(0, parts, n_in)
-    backward_rows(params, wo, n_out, h, d, ai, zo, first, end, lr, propagate, prev_code)
-    if parts > 1:
-        _wait(state, DONE, seq * (parts - 1), state[YIELD])
-
-
-@njit(**INNER)
-def _layer_piece(state, t, like):
-    """Piece t of the per-sample layer job in ``state``."""
-    parts = state[PARTS]
-    params = carray(_as_pointer(state[PARAMS], like), state[PARAMS_LEN])
-    h = carray(_as_pointer(state[H], like), state[H_LEN])
-    d = carray(_as_pointer(state[D], like), state[H_LEN])
-    wo, ai, zo = uint64(state[WO]), uint64(state[AI]), uint64(state[ZO])
-    n_in, n_out = uint64(state[N_IN]), uint64(state[N_OUT])
-    if state[KIND] == FORWARD:
-        first, end = _units(t, parts, n_out)
-        forward_units(params, wo, uint64(state[BO]), state[HAS_BIAS] != 0, h, d, ai, zo,
-                      n_in, n_out, first, end, state[CODE], state[FLAG] != 0)
-    else:
-        first, end = _units(t, parts, n_in)
-        backward_rows(params, wo, n_out, h, d, ai, zo, first, end,
-                      like_value(_float_of(state[LR]), like), state[FLAG] != 0, state[CODE])
-
-
 # --------------------------------------------------------------------- the workers
 @njit(**JIT)
 def worker(state, t, like):
@@ -443,8 +357,6 @@ def worker(state, t, like):
                            _as_pointer(state[A], like), state[LDA],
                            _as_pointer(state[B], like), state[LDB], _float_of(state[BETA]),
                            _as_pointer(state[C], like), state[LDC])
-            elif kind == FORWARD or kind == BACKWARD:
-                _layer_piece(state, t, like)
             else:
                 _batch_piece(kind, state[UNIT], t, state[PARTS], state[TA] != 0,
                              state[TB] != 0, state[M], state[N], state[K],
@@ -472,7 +384,7 @@ def _pooled_unit(dtype):
     @cfunc(signature, **JIT)
     def pooled_unit(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
                     pool):
-        state = carray(_as_pointer(pool, _INT64), STATE_LEN)
+        state = _state_of(pool)
         parts = _atomic_load(state, PARTS)
         ta, tb = trans_a == gemm.TRANS, trans_b == gemm.TRANS
         unit = state[UNIT]

@@ -18,7 +18,6 @@ from numba import njit, uint64
 
 from .config import INNER, JIT
 from .intrinsics import like
-from .pool import SAMPLE_SPLIT_MIN_WEIGHTS, share_backward, share_forward
 from .rules import (ADAM, BCE, adam_scales, delta_scale, is_combined, l2_penalty,
                     loss_of_sum, loss_term, output_delta, plain_step, row_dot, stateful_step,
                     times_derivative)
@@ -27,8 +26,8 @@ from .sample_units import backward_rows, forward_units
 
 
 @njit(**dict(JIT, inline="always"))
-def sample_epoch_body(PLAIN, SHARED, params, sizes, w_off, b_off, acts, loss, net, x, y, sw,
-                      lr, order, h, d, recording, rule, state):
+def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y, sw, lr,
+                      order, h, d, recording, rule, state):
     """One epoch of per-sample SGD over the samples in ``order``; returns the mean sample
     loss when ``recording`` (else 0).
 
@@ -39,9 +38,7 @@ def sample_epoch_body(PLAIN, SHARED, params, sizes, w_off, b_off, acts, loss, ne
     compile-time constant (the body is inlined, Numba's ``inline="always"``, and the
     other rule's branches are pruned before typing); otherwise rule and state
     (options.Rule / State) drive rules.stateful_step, one parameter at a time as each is
-    reached.  SHARED (a constant too): with the plain rule, layers of at least
-    pool.SAMPLE_SPLIT_MIN_WEIGHTS weights are shared among the threads of the pool at
-    net.pool, when there is one (the same bits: sample_units.py).
+    reached.
     h, d: flat per-unit buffers of sum(sizes) for the activations and deltas (layer l
     starts at sum(sizes[:l])).  Softmax outputs are not handled here (the dispatcher
     sends cross_entropy to the batch path).
@@ -62,7 +59,6 @@ def sample_epoch_body(PLAIN, SHARED, params, sizes, w_off, b_off, acts, loss, ne
     c1 = 1.0
     c2 = 1.0
     moments = state.moments
-    pooled = net.pool != 0
     n = order.shape[0]
     for t in range(n):
         s = order[t]
@@ -85,12 +81,8 @@ def sample_epoch_body(PLAIN, SHARED, params, sizes, w_off, b_off, acts, loss, ne
             # the output layer keeps z for the stable loss (BCE): d holds it until the
             # output delta is formed
             keep_z = loss == BCE and l == n_layers - 1
-            if SHARED and pooled and n_in * n_out >= SAMPLE_SPLIT_MIN_WEIGHTS:
-                share_forward(net.pool, params, wo, bo, has_bias, h, d, ai, zo, n_in, n_out,
-                              acts[l], keep_z)
-            else:
-                forward_units(params, wo, bo, has_bias, h, d, ai, zo, n_in, n_out, uint64(0),
-                              n_out, acts[l], keep_z)
+            forward_units(params, wo, bo, has_bias, h, d, ai, zo, n_in, n_out, uint64(0),
+                          n_out, acts[l], keep_z)
             ai = zo
         # loss and output delta
         sample_loss = 0.0
@@ -121,12 +113,8 @@ def sample_epoch_body(PLAIN, SHARED, params, sizes, w_off, b_off, acts, loss, ne
             wo = uint64(w_off[l])
             prev_code = acts[l - 1]  # (the last layer's for l == 0: not read then)
             if PLAIN:
-                if SHARED and pooled and n_in * n_out >= SAMPLE_SPLIT_MIN_WEIGHTS:
-                    share_backward(net.pool, params, wo, n_out, h, d, ai, zo, n_in, lr, l > 0,
-                                   prev_code)
-                else:
-                    backward_rows(params, wo, n_out, h, d, ai, zo, uint64(0), n_in, lr, l > 0,
-                                  prev_code)
+                backward_rows(params, wo, n_out, h, d, ai, zo, uint64(0), n_in, lr, l > 0,
+                              prev_code)
             else:
                 for i in range(n_in):
                     row = wo + i * n_out
@@ -152,13 +140,13 @@ def sample_epoch_body(PLAIN, SHARED, params, sizes, w_off, b_off, acts, loss, ne
 @njit(**INNER)
 def sample_epoch_plain(params, net, x, y, sw, lr, order, h, d, recording, rule, state):
     """sample_epoch_body with the plain rule, for any network (arrays of sizes)."""
-    return sample_epoch_body(True, True, params, net.sizes, net.w_off, net.b_off, net.acts,
+    return sample_epoch_body(True, params, net.sizes, net.w_off, net.b_off, net.acts,
                              net.loss, net, x, y, sw, lr, order, h, d, recording, rule, state)
 
 
 @njit(**INNER)
 def sample_epoch_stateful(params, net, x, y, sw, lr, order, h, d, recording, rule, state):
     """sample_epoch_body with a rule that has state (or L2)."""
-    return sample_epoch_body(False, False, params, net.sizes, net.w_off, net.b_off, net.acts,
+    return sample_epoch_body(False, params, net.sizes, net.w_off, net.b_off, net.acts,
                              net.loss, net, x, y, sw, lr, order, h, d, recording, rule,
                              state)

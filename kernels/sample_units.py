@@ -1,10 +1,11 @@
 """One sample's layer, a range of its units at a time: the loops of per-sample SGD
-(sample.py) that threads can share (pool.py).
+(sample.py).
 
 ``forward_units`` computes units j0 .. j1 - 1 of a layer's output, ``backward_rows``
 back-propagates through and updates rows i0 .. i1 - 1 of its weights.  Each unit's
-chain (and each row's) is the same whatever the range, so a layer computed in pieces
-on several threads gives the bits of one call over the whole layer.
+chain (and each row's) is the same whatever the range.  sample.py calls them over whole
+layers; the ranges are what an attempt at sharing a layer among threads used (pool.py
+says why it was dropped), and cost nothing measurable.
 """
 from numba import njit, uint64
 

@@ -189,19 +189,9 @@ def test_default_threads_follow_affinity_and_numba(monkeypatch):
     assert T.resolve(5) == 5
 
 
-def test_per_sample_fit_is_the_same_bits_on_threads(three_threads):
-    """Per-sample SGD shares layers of a million weights (pool.SAMPLE_SPLIT_MIN_WEIGHTS):
-    the forward pass by units, the back-propagation and update by rows."""
+def test_per_sample_fits_stay_on_one_thread(three_threads):
+    """Per-sample SGD is not shared among threads (pool.py says why)."""
     rng = np.random.default_rng(1)
-    X, Y = rng.standard_normal((24, 5)), rng.random((24, 2))
-    results = []
-    for n_jobs in (1, 2, 3):
-        m = fastbp.MLP([5, 1024, 1024, 2], activation=["sigmoid", "relu", "sigmoid"],
-                       loss="bce", seed=3)
-        h = m.fit(X, Y, epochs=2, lr=0.01, batch_size=1, shuffle=True, seed=4, n_jobs=n_jobs,
-                  chunk_seconds=0.001)
-        assert ("threads" in h.kernel) == (n_jobs > 1)
-        results.append((m.params.copy(), np.asarray(h.loss)))
-    for params, loss in results[1:]:
-        assert np.array_equal(params, results[0][0])
-        assert np.array_equal(loss, results[0][1])
+    X, Y = rng.standard_normal((8, 12)), rng.random((8, 3))
+    h = fastbp.MLP([12, 160, 160, 3], seed=3).fit(X, Y, epochs=1, batch_size=1, n_jobs=3)
+    assert "threads" not in h.kernel
