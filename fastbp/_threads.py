@@ -40,7 +40,7 @@ class ProductThreads:
         self.threads = threads
         self.dtype = dtype
         P.load_worker(dtype)
-        self.state = P.new_state(unit)
+        self.state = P.new_state(unit, dtype)
         self.address = self.state.ctypes.data
 
     @contextmanager

@@ -25,7 +25,7 @@ from numba import njit, uint64
 from . import gemm
 from .config import INNER, JIT, PRODUCT_MIN_WEIGHTS
 from .intrinsics import address, fma, like
-from .pool import LAYER_DELTA, LAYER_FORWARD, LAYER_WEIGHTS, SPLIT_MIN_WORK, share_layer
+from .pool import LAYER_DELTA, LAYER_FORWARD, LAYER_WEIGHTS, SPLIT_MIN_WORK, call_layer
 from .rows import LEAF, activate_rows, add_bias, bias_gradient, derivative_rows
 from .rules import (BCE, CROSS_ENTROPY, SOFTMAX, cross_entropy_column, delta_scale, dot4,
                     is_combined, loss_of_sum, loss_term, output_delta, plain_step,
@@ -94,7 +94,7 @@ def affine(params, net, wo, bo, n_in, n_out, a_in, z, nb):
 @njit(**LEAF)
 def _shared(net, n_in, n_out, nb):
     """Whether a layer's products and element-wise steps go to the fit's thread pool
-    (pool.share_layer): a pool, products, at least pool.SPLIT_MIN_WORK multiply-adds, and
+    (pool.call_layer): a pool, products, at least pool.SPLIT_MIN_WORK multiply-adds, and
     none of them large enough for BLAS."""
     work = n_in * n_out * nb
     return (net.pool != 0 and uses_products(n_in, n_out, nb, net.product_min_work)
@@ -118,10 +118,10 @@ def forward(params, net, acts, a_off, nb, z_out):
         keep_z = l == n_layers - 1 and z_out.shape[0] >= n_out * nb
         if _shared(net, n_in, n_out, nb) and not keep_z and code != SOFTMAX:
             bo = net.b_off[l]
-            share_layer(net.pool, LAYER_FORWARD, True, False, n_out, nb, n_in, 1.0,
-                        address(params, net.w_off[l]), n_out, address(a_in, 0), nb, 0.0,
-                        address(z, 0), nb, code, address(params, max(bo, 0)),
-                        address(z, 0), nb, 0.0, bo >= 0, False)
+            call_layer(net.pool, LAYER_FORWARD, True, False, n_out, nb, n_in, 1.0,
+                       address(params, net.w_off[l]), n_out, address(a_in, 0), nb, 0.0,
+                       address(z, 0), nb, code, address(params, max(bo, 0)),
+                       address(z, 0), nb, 0.0, bo >= 0, False)
             continue
         affine(params, net, net.w_off[l], net.b_off[l], n_in, n_out, a_in, z, nb)
         if keep_z:
@@ -247,15 +247,15 @@ def backward(params, net, acts, a_off, deltas, out, nb, lr, descend):
             # with the pool: the delta below (and its derivative), then the weights (and
             # biases), each job's element-wise steps on the units of its product's piece
             if l > 0:
-                share_layer(net.pool, LAYER_DELTA, False, False, n_in, nb, n_out, 1.0,
-                            address(params, wo), n_out, address(delta, 0), nb, 0.0,
-                            address(delta_in, 0), nb, net.acts[l - 1], address(delta_in, 0),
-                            address(a_in, 0), nb, lr, False, False)
+                call_layer(net.pool, LAYER_DELTA, False, False, n_in, nb, n_out, 1.0,
+                           address(params, wo), n_out, address(delta, 0), nb, 0.0,
+                           address(delta_in, 0), nb, net.acts[l - 1], address(delta_in, 0),
+                           address(a_in, 0), nb, np.float64(lr), False, False)
             alpha, beta = (-lr, 1.0) if descend else (1.0, 0.0)
-            share_layer(net.pool, LAYER_WEIGHTS, False, True, n_in, n_out, nb, alpha,
-                        address(a_in, 0), nb, address(delta, 0), nb, beta, address(out, wo),
-                        n_out, 0, address(out, max(bo, 0)), address(delta, 0), nb, lr,
-                        bo >= 0, descend)
+            call_layer(net.pool, LAYER_WEIGHTS, False, True, n_in, n_out, nb,
+                       np.float64(alpha), address(a_in, 0), nb, address(delta, 0), nb,
+                       np.float64(beta), address(out, wo), n_out, 0, address(out, max(bo, 0)),
+                       address(delta, 0), nb, np.float64(lr), bo >= 0, descend)
             continue
         if l > 0:
             _back_delta(params, net, wo, n_in, n_out, delta, delta_in, nb)

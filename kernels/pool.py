@@ -49,10 +49,10 @@ from .rows import activate_rows, add_bias, bias_gradient, derivative_rows
 # the state's slots: SEQ, DONE, STOP one cache line apart; the job after them: a
 # product's (TA .. BETA), and a batch layer's element-wise steps' (CODE .. DESCEND)
 SEQ, DONE, STOP = 0, 8, 16
-PARTS, UNIT, YIELD, KIND = range(24, 28)
-TA, TB, M, N, K, A, LDA, B, LDB, C, LDC, ALPHA, BETA = range(28, 41)
-CODE, EXTRA, AUX, NB, LR, HAS_BIAS, DESCEND = range(41, 48)
-STATE_LEN = 48
+PARTS, UNIT, YIELD, KIND, LAYER_FN = range(24, 29)
+TA, TB, M, N, K, A, LDA, B, LDB, C, LDC, ALPHA, BETA = range(29, 42)
+CODE, EXTRA, AUX, NB, LR, HAS_BIAS, DESCEND = range(42, 49)
+STATE_LEN = 49
 # the kinds of job: a product; a batch layer's forward (product, bias, activation),
 # back-propagated delta (product, derivative), weight gradient or step (product, bias)
 PRODUCT, LAYER_FORWARD, LAYER_DELTA, LAYER_WEIGHTS = range(4)
@@ -328,6 +328,58 @@ def share_layer(pool, kind, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, be
     _wait(state, DONE, seq * (parts - 1), state[YIELD])
 
 
+@intrinsic
+def _call_c(typingctx, fn, args):
+    """Call the C function ``void f(...)`` at address fn (an int) with the values of the
+    tuple ``args``: integers and booleans as int64, floats and pointers as they are."""
+    if not (isinstance(fn, types.Integer) and isinstance(args, types.BaseTuple)):
+        return None
+    if not all(isinstance(t, (types.Integer, types.Boolean, types.Float, types.CPointer))
+               for t in args.types):
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        values, llvm_types = [], []
+        for i, t in enumerate(args.types):
+            v = builder.extract_value(llargs[1], i)
+            if isinstance(t, (types.Integer, types.Boolean)):
+                v = context.cast(builder, v, t, types.int64)
+            values.append(v)
+            llvm_types.append(v.type)
+        fnty = ir.FunctionType(ir.VoidType(), llvm_types)
+        address = context.cast(builder, llargs[0], signature.args[0], types.int64)
+        builder.call(builder.inttoptr(address, fnty.as_pointer()), values)
+        return context.get_dummy_value()
+
+    return types.void(fn, args), codegen
+
+
+@njit(**INNER)
+def call_layer(pool, kind, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+               code, extra, aux, nb, lr, has_bias, descend):
+    """share_layer through the layer unit of the pool at address ``pool`` (its address
+    is in the pool's state): the training kernels call this, so share_layer's code is
+    compiled once, with the pool, not again into every kernel (several seconds each)."""
+    _call_c(_state_of(pool)[LAYER_FN],
+            (pool, kind, trans_a, trans_b, m, n, k, tiles.like_of(c, alpha), a, lda, b, ldb,
+             tiles.like_of(c, beta), c, ldc, code, extra, aux, nb, tiles.like_of(c, lr),
+             has_bias, descend))
+
+
+def _layer_unit(dtype):
+    fp = gemm.SIGNATURE[dtype].args[6]
+    ptr, i64 = types.CPointer(fp), types.int64
+    signature = types.void(i64, i64, i64, i64, i64, i64, i64, fp, ptr, i64, ptr, i64, fp, ptr,
+                           i64, i64, ptr, ptr, i64, fp, i64, i64)
+
+    @cfunc(signature, **JIT)
+    def layer_unit(pool, kind, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                   ldc, code, extra, aux, nb, lr, has_bias, descend):
+        share_layer(pool, kind, trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb,
+                    beta, c, ldc, code, extra, aux, nb, lr, has_bias != 0, descend != 0)
+    return layer_unit
+
+
 @njit(**INNER)
 def _wait(state, slot, value, yield_fn):
     """Spin until state[slot] == value, yielding the CPU every YIELD_EVERY spins."""
@@ -406,17 +458,26 @@ def _pooled_unit(dtype):
     return pooled_unit
 
 
-_compiled = {}  # dtype -> compiled cfunc, kept alive: its code must outlive its use
+_compiled = {}  # (kind, dtype) -> compiled cfunc, kept alive: its code must outlive its use
 _lock = threading.Lock()
+
+
+def _address(kind, make, dtype):
+    dtype = np.dtype(dtype)
+    with _lock:
+        if (kind, dtype) not in _compiled:
+            _compiled[kind, dtype] = make(dtype)
+        return _compiled[kind, dtype].address
 
 
 def unit_address(dtype):
     """The address of the pooled unit for ``dtype`` (compiled or loaded on first use)."""
-    dtype = np.dtype(dtype)
-    with _lock:
-        if dtype not in _compiled:
-            _compiled[dtype] = _pooled_unit(dtype)
-        return _compiled[dtype].address
+    return _address("unit", _pooled_unit, dtype)
+
+
+def layer_address(dtype):
+    """The address of the layer unit (share_layer) for ``dtype``."""
+    return _address("layer", _layer_unit, dtype)
 
 
 def _yield_address():
@@ -436,12 +497,14 @@ YIELD_ADDRESS = _yield_address()
 AVAILABLE = YIELD_ADDRESS != 0 and not numba_config.DISABLE_JIT
 
 
-def new_state(unit):
+def new_state(unit, dtype):
     """A pool's state, its products computed piece by piece by the gemm unit at address
-    ``unit``; no threads (PARTS 1) until ``start``."""
+    ``unit``, its layers' jobs by the layer unit of ``dtype``; no threads (PARTS 1)
+    until ``start``."""
     state = np.zeros(STATE_LEN, dtype=np.int64)
     state[PARTS] = 1
     state[UNIT] = unit
+    state[LAYER_FN] = layer_address(dtype)
     state[YIELD] = YIELD_ADDRESS
     return state
 
@@ -449,7 +512,7 @@ def new_state(unit):
 def load_worker(dtype):
     """Compile ``worker`` for ``dtype`` (or load it from Numba's cache) now, rather than
     in the first worker thread, inside a timed kernel call."""
-    state = new_state(0)
+    state = np.zeros(STATE_LEN, dtype=np.int64)
     state[STOP] = 1
     worker(state, 1, np.zeros(0, dtype=dtype))  # returns at once: stopped, no job
 

@@ -230,6 +230,16 @@ def lanes_of_compiled(c):
     return lambda c: width
 
 
+def like_of(c, x):
+    """x in the dtype of c (a float array or pointer; compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(like_of, inline="always")
+def _like_of_compiled(c, x):
+    return lambda c, x: _like(c, x)
+
+
 @intrinsic
 def _like(typingctx, c, x):
     """x converted to the dtype of c (a float array or pointer)."""

@@ -55,7 +55,7 @@ def test_pooled_products_equal_one_thread(dtype, shape, beta):
     tol = 1e-10 if dtype == np.float64 else 1e-3
     np.testing.assert_allclose(expected.reshape(m, n), ref, rtol=tol, atol=tol)
     pooled = P.unit_address(dtype)
-    state = P.new_state(tiles)
+    state = P.new_state(tiles, dtype)
     for threads in (1, 2, 3):
         c = c0.copy()
         started = P.start(state, threads, dtype)
