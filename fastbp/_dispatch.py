@@ -284,6 +284,8 @@ def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weight
     """The Plan of one MLP fit (or one model of an Ensemble) of ``epochs`` epochs over n
     samples in batches of ``batch``; ``weighted``: with sample weights; ``threads``: the
     threads its products may use."""
+    if threads > 1 and not _could_share(model, n, batch, shuffle, n_val if validating else 0):
+        threads = 1  # one plan (and one memo) whatever n_jobs asks for
     memo = (model._layout.sizes, model._layout.bias, tuple(model._act_codes.tolist()),
             model._loss_code, model.dtype.char, n, batch, bool(shuffle), O.is_plain(rule),
             bool(validating), n_val, bool(weighted), POLICY, GEN.ENABLED, threads)
@@ -297,6 +299,17 @@ def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weight
                 plan.threads == threads or ("gemm", "pooled", model.dtype.name) in _loaded):
             _plans[memo] = plan
     return plan
+
+
+def _could_share(model, n, batch, shuffle, n_val):
+    """Whether a fit like plan_fit's has a product large enough for threads to share
+    (without asking whether the pool is worth compiling)."""
+    if fit_mode(n, batch, shuffle, model._loss_code) == "sample":
+        return False
+    sizes = model._layout.sizes
+    nb_max = max(min(batch, n), n_val)
+    layers, _ = product_layers(sizes, nb_max)
+    return any(sizes[l] * sizes[l + 1] * nb_max >= P.SPLIT_MIN_WORK for l in layers)
 
 
 def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighted, threads):
