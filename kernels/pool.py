@@ -15,15 +15,15 @@ Every element is the same chain whoever computes it (tiles.py, rows.py): the res
 are the same bits at any number of threads.
 
 Per-sample SGD stays on one thread.  Sharing its layers was tried (forward pass by units,
-back-propagation by rows: the only cuts that keep every chain) and measured from 1.4x
-faster to 4x slower on two threads for W4a at H = 1024, from run to run: each thread's
-rows of the weights were last written by the other, so 8 MB of cache lines crossed
-between the cores every sample.
+back-propagation by rows: the only cuts that keep every chain) and W4a at H = 1024 ran
+anywhere from faster to several times slower on two threads, from run to run: each
+thread's rows of the weights were last written by the other, so the whole weight matrix
+crossed between the cores every sample.
 
 Why not Numba's ``parallel=True``: a product takes tens of microseconds, and between
 two products the pool's threads go to sleep (libgomp spins only briefly when it thinks
 the machine is busy, and the fallback "workqueue" pool always sleeps); waking them
-cost more than the product saved (W4b at H = 256: two threads slower than one).  Here
+cost more than the product saved (W4b at H = 256 ran no faster on two threads).  Here
 the workers spin on a shared sequence number while the kernel runs, and a job's start
 costs a few hundred nanoseconds.  They yield the CPU (sched_yield) every YIELD_EVERY
 spins, so an oversubscribed machine still progresses, and each is pinned to a CPU other
@@ -57,8 +57,9 @@ STATE_LEN = 49
 # back-propagated delta (product, derivative), weight gradient or step (product, bias)
 PRODUCT, LAYER_FORWARD, LAYER_DELTA, LAYER_WEIGHTS = range(4)
 YIELD_EVERY = 4096
-# products of fewer multiply-adds run on the calling thread alone: on two threads W4b at
-# H = 64 (64 x 64 x 64 products) gained nothing, H = 128 took 0.8 of the time
+# products of fewer multiply-adds run on the calling thread alone: below, the threads'
+# start and the exchange of the layer's rows between the cores cost about what they save
+# (W4b at H = 64 gained nothing on two threads; asv_benchmarks: bench_threads)
 SPLIT_MIN_WORK = 32 * 256 * 64
 
 
@@ -529,8 +530,8 @@ def _placement(threads):
 
     The threads are pinned there for the length of a kernel call.  Left to itself, Linux
     here often kept a worker and the calling thread on one CPU for whole calls while the
-    other idled -- both are always runnable, since they spin -- and a fit took up to 4
-    times as long as on one thread (W4a, W4b)."""
+    other idled -- both are always runnable, since they spin -- and a fit took several
+    times as long as on one thread."""
     if _sched_getcpu is None or not hasattr(os, "sched_setaffinity"):
         return None
     here = _sched_getcpu()

@@ -14,8 +14,9 @@ from .intrinsics import fma
 from .rules import (NARROW_UNITS, SIGMOID, activate, activate_narrow, plain_step,
                     row_dot_step, times_derivative)
 
-# Called, not inlined (inline="always"): Numba's inlining made the per-sample entry
-# take 3.4 s longer to compile, and the calls run as fast (W4a, H = 16 .. 256)
+# Called, not inlined (inline="always"): Numba's inlining made the per-sample entry take
+# seconds longer to compile (asv_benchmarks: bench_cold_start), and the calls run as fast
+# (bench_width)
 
 
 @njit(**INNER)
