@@ -3,10 +3,8 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 
-from . import _dispatch as D
 from . import _threads as T
 from . import _pickling
 from . import _validation as V

@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, uint64
 
 from . import gemm
-from .config import INNER, JIT, PRODUCT_MIN_WEIGHTS
+from .config import INNER, PRODUCT_MIN_WEIGHTS
 from .intrinsics import address, fma, like
 from .pool import LAYER_DELTA, LAYER_FORWARD, LAYER_WEIGHTS, SPLIT_MIN_WORK, call_layer
 from .rows import LEAF, activate_rows, add_bias, bias_gradient, derivative_rows

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, config as numba_config, njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .config import JIT

@@ -39,7 +39,7 @@ import threading
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, config as numba_config, njit, types
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from . import gemm, tiles
 from .config import INNER, JIT
@@ -64,30 +64,22 @@ SPLIT_MIN_WORK = 32 * 256 * 64
 
 
 # ------------------------------------------------------------- atomics and pointers
-def atomic_load(arr, i):
-    """arr[i] (an int64 array), read atomically (sequentially consistent)."""
-    return arr[i]
-
-
-def atomic_store(arr, i, value):
-    """arr[i] = value, written atomically (sequentially consistent)."""
-    arr[i] = value
-
-
-def atomic_add(arr, i, value):
-    """arr[i] += value atomically; returns the old value."""
-    old = arr[i]
-    arr[i] += value
-    return old
-
-
-def _int_slot(builder, context, arr_type, arr, index, index_type):
-    data = context.make_array(arr_type)(context, builder, arr).data
-    return builder.gep(data, [context.cast(builder, index, index_type, types.intp)])
-
-
+# LLVM's atomic instructions on one int64 slot of a 1-D int64 array, sequentially
+# consistent: the only order the workers and the kernel's thread share.  The pool runs
+# compiled code only (never under NUMBA_DISABLE_JIT), so these have no Python meaning.
 def _is_int64_array(t):
     return isinstance(t, types.Array) and t.ndim == 1 and t.dtype == types.int64
+
+
+def _slot(context, builder, signature, args):
+    """The pointer to arr[i] of an intrinsic's (arr, i, ...) arguments."""
+    data = context.make_array(signature.args[0])(context, builder, args[0]).data
+    return builder.gep(data, [context.cast(builder, args[1], signature.args[1], types.intp)])
+
+
+def _value(context, builder, signature, args):
+    """The intrinsic's third argument, as an int64."""
+    return context.cast(builder, args[2], signature.args[2], types.int64)
 
 
 @intrinsic
@@ -96,9 +88,7 @@ def _atomic_load(typingctx, arr, i):
         return None
 
     def codegen(context, builder, signature, args):
-        ptr = _int_slot(builder, context, signature.args[0], args[0], args[1],
-                        signature.args[1])
-        return builder.load_atomic(ptr, "seq_cst", 8)
+        return builder.load_atomic(_slot(context, builder, signature, args), "seq_cst", 8)
 
     return types.int64(arr, i), codegen
 
@@ -110,10 +100,8 @@ def _atomic_store(typingctx, arr, i, value):
         return None
 
     def codegen(context, builder, signature, args):
-        ptr = _int_slot(builder, context, signature.args[0], args[0], args[1],
-                        signature.args[1])
-        v = context.cast(builder, args[2], signature.args[2], types.int64)
-        builder.store_atomic(v, ptr, "seq_cst", 8)
+        builder.store_atomic(_value(context, builder, signature, args),
+                             _slot(context, builder, signature, args), "seq_cst", 8)
         return context.get_dummy_value()
 
     return types.void(arr, i, value), codegen
@@ -121,32 +109,16 @@ def _atomic_store(typingctx, arr, i, value):
 
 @intrinsic
 def _atomic_add(typingctx, arr, i, value):
+    """arr[i] += value; the old value."""
     if not (_is_int64_array(arr) and isinstance(i, types.Integer)
             and isinstance(value, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
-        ptr = _int_slot(builder, context, signature.args[0], args[0], args[1],
-                        signature.args[1])
-        v = context.cast(builder, args[2], signature.args[2], types.int64)
-        return builder.atomic_rmw("add", ptr, v, "seq_cst")
+        return builder.atomic_rmw("add", _slot(context, builder, signature, args),
+                                  _value(context, builder, signature, args), "seq_cst")
 
     return types.int64(arr, i, value), codegen
-
-
-@overload(atomic_load, inline="always")
-def _atomic_load_compiled(arr, i):
-    return lambda arr, i: _atomic_load(arr, i)
-
-
-@overload(atomic_store, inline="always")
-def _atomic_store_compiled(arr, i, value):
-    return lambda arr, i, value: _atomic_store(arr, i, value)
-
-
-@overload(atomic_add, inline="always")
-def _atomic_add_compiled(arr, i, value):
-    return lambda arr, i, value: _atomic_add(arr, i, value)
 
 
 @intrinsic
@@ -197,20 +169,6 @@ def _float_of(typingctx, bits):
         return builder.bitcast(args[0], ir.DoubleType())
 
     return types.float64(bits), codegen
-
-
-@intrinsic
-def _call_void(typingctx, fn):
-    """Call the C function ``void f(void)`` (int) at address fn."""
-    if not isinstance(fn, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        fnty = ir.FunctionType(ir.VoidType(), [])
-        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [])
-        return context.get_dummy_value()
-
-    return types.void(fn), codegen
 
 
 _INT64 = np.zeros(0, dtype=np.int64)  # the type of the state's carray
@@ -388,7 +346,7 @@ def _wait(state, slot, value, yield_fn):
     while _atomic_load(state, slot) != value:
         spins += 1
         if spins % YIELD_EVERY == 0:
-            _call_void(yield_fn)
+            _call_c(yield_fn, ())
 
 
 # --------------------------------------------------------------------- the workers
@@ -427,7 +385,7 @@ def worker(state, t, like):
         else:
             spins += 1
             if spins % YIELD_EVERY == 0:
-                _call_void(state[YIELD])
+                _call_c(state[YIELD], ())
 
 
 # ------------------------------------------------------------------ the pooled unit
