@@ -220,9 +220,10 @@ def _state_of(pool):
 @njit(**INNER)
 def _batch_piece(kind, unit, t, parts, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
                  beta, c, ldc, code, extra, aux, nb, lr, has_bias, descend):
-    """Piece t of ``parts`` of a batch layer's job (share_layer): its piece of the
-    product, then the element-wise steps of the same units (or samples):
+    """Piece t of ``parts`` of a job (share_layer): its piece of the product, then for a
+    batch layer's job the element-wise steps of the same units (or samples):
 
+    PRODUCT        the product alone (the pooled gemm unit's job)
     LAYER_FORWARD  c = z (units' rows of nb): + the biases at ``extra``, activation code
     LAYER_DELTA    c = the delta of the layer below: times the derivative (code) at the
                    activations ``aux``
@@ -231,6 +232,8 @@ def _batch_piece(kind, unit, t, parts, trans_a, trans_b, m, n, k, alpha, a, lda,
     """
     by_rows, first, end = _run_piece(unit, t, parts, trans_a, trans_b, m, n, k, alpha, a,
                                      lda, b, ldb, beta, c, ldc)
+    if kind == PRODUCT:
+        return
     if first >= end:
         if kind == LAYER_WEIGHTS and by_rows and t == 0 and has_bias:
             pass  # piece 0 owns the biases of a product cut along its rows: below
@@ -260,10 +263,10 @@ def _batch_piece(kind, unit, t, parts, trans_a, trans_b, m, n, k, alpha, a, lda,
 @njit(**INNER)
 def share_layer(pool, kind, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
                 code, extra, aux, nb, lr, has_bias, descend):
-    """A batch layer's job (_batch_piece) over the whole layer, shared among the threads
-    of the pool at address ``pool`` when it has several and the product is at least
+    """A job (_batch_piece) over the whole product or layer, shared among the threads of
+    the pool at address ``pool`` when it has several and the product is at least
     SPLIT_MIN_WORK multiply-adds (else all on this thread, the same numbers).  a, b, c,
-    extra, aux: pointers."""
+    extra, aux: pointers (extra, aux unread for a PRODUCT)."""
     state = _state_of(pool)
     parts = _atomic_load(state, PARTS)
     unit = state[UNIT]
@@ -361,24 +364,16 @@ def worker(state, t, like):
         if seq != seen:
             seen = seq
             spins = 0
-            kind = state[KIND]
-            if kind == PRODUCT:
-                _run_piece(state[UNIT], t, state[PARTS], state[TA] != 0, state[TB] != 0,
-                           state[M], state[N], state[K], _float_of(state[ALPHA]),
-                           _as_pointer(state[A], like), state[LDA],
-                           _as_pointer(state[B], like), state[LDB], _float_of(state[BETA]),
-                           _as_pointer(state[C], like), state[LDC])
-            else:
-                _batch_piece(kind, state[UNIT], t, state[PARTS], state[TA] != 0,
-                             state[TB] != 0, state[M], state[N], state[K],
-                             like_value(_float_of(state[ALPHA]), like),
-                             _as_pointer(state[A], like), state[LDA],
-                             _as_pointer(state[B], like), state[LDB],
-                             like_value(_float_of(state[BETA]), like),
-                             _as_pointer(state[C], like), state[LDC], state[CODE],
-                             _as_pointer(state[EXTRA], like), _as_pointer(state[AUX], like),
-                             state[NB], like_value(_float_of(state[LR]), like),
-                             state[HAS_BIAS] != 0, state[DESCEND] != 0)
+            _batch_piece(state[KIND], state[UNIT], t, state[PARTS], state[TA] != 0,
+                         state[TB] != 0, state[M], state[N], state[K],
+                         like_value(_float_of(state[ALPHA]), like),
+                         _as_pointer(state[A], like), state[LDA],
+                         _as_pointer(state[B], like), state[LDB],
+                         like_value(_float_of(state[BETA]), like),
+                         _as_pointer(state[C], like), state[LDC], state[CODE],
+                         _as_pointer(state[EXTRA], like), _as_pointer(state[AUX], like),
+                         state[NB], like_value(_float_of(state[LR]), like),
+                         state[HAS_BIAS] != 0, state[DESCEND] != 0)
             _atomic_add(state, DONE, 1)
         elif _atomic_load(state, STOP) != 0:
             return
@@ -395,24 +390,8 @@ def _pooled_unit(dtype):
     @cfunc(signature, **JIT)
     def pooled_unit(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
                     pool):
-        state = _state_of(pool)
-        parts = _atomic_load(state, PARTS)
-        ta, tb = trans_a == gemm.TRANS, trans_b == gemm.TRANS
-        unit = state[UNIT]
-        if parts <= 1 or m * n * k < SPLIT_MIN_WORK:
-            gemm.call(unit, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-            return
-        state[KIND] = PRODUCT
-        state[TA], state[TB] = ta, tb
-        state[M], state[N], state[K] = m, n, k
-        state[A], state[LDA] = _as_int(a), lda
-        state[B], state[LDB] = _as_int(b), ldb
-        state[C], state[LDC] = _as_int(c), ldc
-        state[ALPHA], state[BETA] = _bits_of(np.float64(alpha)), _bits_of(np.float64(beta))
-        seq = _atomic_load(state, SEQ) + 1
-        _atomic_store(state, SEQ, seq)  # posts the job: the workers start on their pieces
-        _run_piece(unit, 0, parts, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-        _wait(state, DONE, seq * (parts - 1), state[YIELD])
+        share_layer(pool, PRODUCT, trans_a == gemm.TRANS, trans_b == gemm.TRANS, m, n, k,
+                    alpha, a, lda, b, ldb, beta, c, ldc, 0, c, c, 0, alpha, False, False)
 
     return pooled_unit
 
