@@ -188,14 +188,20 @@ def product_layers(sizes, nb_max, product_min_work=PRODUCT_MIN_WORK):
     return layers, madds
 
 
+def _shareable(sizes, nb_max):
+    """Whether a product of some layer, in batches of nb_max samples, reaches
+    pool.SPLIT_MIN_WORK multiply-adds (smaller ones stay on the calling thread, where the
+    threads cost more than they save); the multiply-adds of the products per sample."""
+    layers, madds = product_layers(sizes, nb_max)
+    return any(sizes[l] * sizes[l + 1] * nb_max >= P.SPLIT_MIN_WORK for l in layers), madds
+
+
 def product_threads(sizes, dtype, nb_max, samples_seen, threads):
     """How many threads share the products of a fit like choose_gemm's (1: none): all
-    ``threads`` when some product is large enough to share (pool.SPLIT_MIN_WORK
-    multiply-adds; smaller ones stay on the calling thread, where the threads cost more
-    than they save) and the pool is compiled or saves its compile time."""
-    layers, madds = product_layers(sizes, nb_max)
-    if threads <= 1 or not P.AVAILABLE or not any(
-            sizes[l] * sizes[l + 1] * nb_max >= P.SPLIT_MIN_WORK for l in layers):
+    ``threads`` when some product is large enough to share (_shareable) and the pool is
+    compiled or saves its compile time."""
+    shareable, madds = _shareable(sizes, nb_max)
+    if threads <= 1 or not P.AVAILABLE or not shareable:
         return 1
     saved = (samples_seen * madds * TILES_SECONDS_PER_MADD
              * (1.0 - 1.0 / (threads * POOL_EFFICIENCY)))
@@ -308,10 +314,7 @@ def _could_share(model, n, batch, shuffle, n_val):
     (without asking whether the pool is worth compiling)."""
     if fit_mode(n, batch, shuffle, model._loss_code) == "sample":
         return False
-    sizes = model._layout.sizes
-    nb_max = max(min(batch, n), n_val)
-    layers, _ = product_layers(sizes, nb_max)
-    return any(sizes[l] * sizes[l + 1] * nb_max >= P.SPLIT_MIN_WORK for l in layers)
+    return _shareable(model._layout.sizes, max(min(batch, n), n_val))[0]
 
 
 def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighted, threads):

@@ -20,10 +20,11 @@ each where MLP.fit would.
 import numpy as np
 from numba import njit
 
-from .batch import activate_rows, derivative_rows, uses_products
+from .batch import uses_products
 from .config import JIT
 from .intrinsics import fma, like, sum_width
 from .loops import all_finite
+from .rows import activate_rows, derivative_rows
 from .rules import (HALF_MSE, MSE, SOFTMAX, SSE, delta_scale, loss_of_sum, loss_term,
                     output_delta, plain_step)
 
