@@ -7,6 +7,7 @@ ACTIVATIONS = {
     "relu": K.RELU,
     "tanh": K.TANH,
     "softmax": K.SOFTMAX,   # output layer only, with the cross_entropy loss
+    "exp": K.EXP,           # output layer only, with the poisson loss
 }
 
 LOSSES = {
@@ -15,6 +16,7 @@ LOSSES = {
     "sse": K.SSE,
     "bce": K.BCE,
     "cross_entropy": K.CROSS_ENTROPY,
+    "poisson": K.POISSON,
 }
 
 INITS = ("uniform", "normal", "xavier", "he")

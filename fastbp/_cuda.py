@@ -87,7 +87,7 @@ def fit_cuda(ensemble, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, 
     ens = ensemble
     p = ens._proto
     # the size limit first: a clear error even on a machine without a GPU
-    KC.check_supported(p.sizes, p.bias)
+    KC.check_supported(p.sizes, p.bias, p._loss_code)
     xt, yt = ens._data(X, y)
     n = xt.shape[1]
     n_models = ens.n_models

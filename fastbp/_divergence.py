@@ -79,6 +79,8 @@ class ChunkBound:
         if lay.n_params * model.dtype.itemsize < MIN_BYTES or not O.is_plain(run.rule):
             return None
         last = int(model._act_codes[-1])
+        if last == K.EXP:  # an exp output's bound is the exp of a bound: soon useless
+            return None
         hidden_ok = all(int(a) in _DERIVATIVE for a in model._act_codes[:-1])
         if not hidden_ok or not (_combined(model._loss_code, last) or last in _DERIVATIVE):
             return None

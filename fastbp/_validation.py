@@ -60,9 +60,13 @@ def check_loss(loss, activations):
     if "softmax" in activations[:-1]:
         raise ValueError("activation 'softmax' is only allowed in the output layer (the "
                          "last of the activations)")
-    if (loss == "cross_entropy") != (activations[-1] == "softmax"):
-        raise ValueError(f"loss 'cross_entropy' and a 'softmax' output go together; got "
-                         f"loss {loss!r} with output activation {activations[-1]!r}")
+    if "exp" in activations[:-1]:
+        raise ValueError("activation 'exp' is only allowed in the output layer (the last "
+                         "of the activations), with the loss 'poisson'")
+    for paired_loss, output in (("cross_entropy", "softmax"), ("poisson", "exp")):
+        if (loss == paired_loss) != (activations[-1] == output):
+            raise ValueError(f"loss {paired_loss!r} and a {output!r} output go together; "
+                             f"got loss {loss!r} with output activation {activations[-1]!r}")
     return loss
 
 
@@ -159,6 +163,9 @@ def check_targets_for_loss(t, loss, name="y"):
     if loss in ("bce", "cross_entropy") and ((t < 0).any() or (t > 1).any()):
         raise ValueError(f"loss {loss!r} needs targets in [0, 1]; {name} has values in "
                          f"[{t.min():.6g}, {t.max():.6g}]")
+    if loss == "poisson" and (t < 0).any():
+        raise ValueError(f"loss 'poisson' needs targets >= 0 (counts or rates); {name} has "
+                         f"values down to {t.min():.6g}")
 
 
 def class_labels_to_onehot(y, n_classes, name="y"):

@@ -124,8 +124,8 @@ def _layers(text):
 
 
 _ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh")
-_OUTPUT_ACTIVATIONS = _ACTIVATIONS + ("softmax",)
-_LOSSES = ("mse", "half_mse", "sse", "bce", "cross_entropy")
+_OUTPUT_ACTIVATIONS = _ACTIVATIONS + ("softmax", "exp")
+_LOSSES = ("mse", "half_mse", "sse", "bce", "cross_entropy", "poisson")
 # --task auto takes integer targets with at most this many distinct values for class
 # labels; more look like a count or a measurement (use --task classify for those)
 MAX_AUTO_CLASSES = 20
@@ -175,7 +175,7 @@ def build_parser():
                        help="hidden activation (default relu)")
     train.add_argument("--output-activation", choices=_OUTPUT_ACTIVATIONS, default=None,
                        help="default: sigmoid for 0/1 targets, softmax for more classes, "
-                            "else identity")
+                            "exp with --loss poisson, else identity")
     train.add_argument("--loss", choices=_LOSSES, default=None,
                        help="default: bce with a sigmoid output and targets in [0, 1], "
                             "cross_entropy with softmax, else mse")
@@ -404,7 +404,7 @@ def _cmd_train(args):
         targets = np.eye(n_out)[y]  # one-hot rows
     else:
         default_act = "sigmoid" if kind == "binary" else "identity"
-        out_act = args.output_activation or default_act
+        out_act = args.output_activation or ("exp" if args.loss == "poisson" else default_act)
         in_unit = bool(np.all((y >= 0) & (y <= 1)))
         loss = args.loss or ("bce" if out_act == "sigmoid" and in_unit else "mse")
         n_out = 1

@@ -21,7 +21,8 @@ import numpy as np
 
 # fastbp activation name -> (torch.nn class name, ONNX operator); identity is no module
 _TORCH_MODULES = {"sigmoid": "Sigmoid", "relu": "ReLU", "tanh": "Tanh", "softmax": "Softmax"}
-_ONNX_OPS = {"sigmoid": "Sigmoid", "relu": "Relu", "tanh": "Tanh", "softmax": "Softmax"}
+_ONNX_OPS = {"sigmoid": "Sigmoid", "relu": "Relu", "tanh": "Tanh", "softmax": "Softmax",
+             "exp": "Exp"}
 # fastbp hidden activation <-> scikit-learn's name for it
 _SKLEARN_HIDDEN = {"identity": "identity", "sigmoid": "logistic", "tanh": "tanh",
                    "relu": "relu"}
@@ -39,6 +40,26 @@ def _require(module, extra, what):
     except ImportError:
         raise ImportError(f"{what} needs {module.split('.')[0]}, which is not installed; "
                           f"pip install \"fastbp[{extra}]\"") from None
+
+
+def _torch_exp(nn):
+    """torch.nn has no exp module (the output of a poisson model): ``TorchExp``, made
+    once torch is imported, and a name of this module, so that it pickles."""
+    cls = globals().get("TorchExp")
+    if cls is None:
+        def forward(self, x):
+            return x.exp()
+        cls = type("TorchExp", (nn.Module,), {"forward": forward, "__module__": __name__,
+                                              "__doc__": "exp(x), element-wise"})
+        globals()["TorchExp"] = cls
+    return cls
+
+
+def __getattr__(name):
+    # TorchExp on first use, e.g. by pickle loading a module in a new process
+    if name == "TorchExp":
+        return _torch_exp(_require("torch", "torch", "fastbp.export.TorchExp").nn)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _layers(model):
@@ -64,6 +85,8 @@ def to_torch(model):
         modules.append(lin)
         if act == "softmax":
             modules.append(nn.Softmax(dim=-1))
+        elif act == "exp":
+            modules.append(_torch_exp(nn)())
         elif act != "identity":
             modules.append(getattr(nn, _TORCH_MODULES[act])())
     return nn.Sequential(*modules)
@@ -72,10 +95,11 @@ def to_torch(model):
 def from_torch(cls, seq, loss=None):
     """An MLP (``cls``) equal to ``seq``: a ``torch.nn.Sequential`` (nested ones are
     flattened) of ``Linear`` layers, each followed by at most one of ``Sigmoid``,
-    ``ReLU``, ``Tanh``, ``Softmax`` (last, over the features) or ``Identity``.  All
-    Linear layers have biases, or none has.  Parameters float64 or float32 (the model's
-    dtype), on any device.  ``loss``: the fastbp loss name; None means "cross_entropy"
-    after a Softmax, else "mse"."""
+    ``ReLU``, ``Tanh``, ``Softmax`` (last, over the features), ``TorchExp`` (last: what
+    to_torch makes of an exp output) or ``Identity``.  All Linear layers have biases, or
+    none has.  Parameters float64 or float32 (the model's dtype), on any device.
+    ``loss``: the fastbp loss name; None means "cross_entropy" after a Softmax,
+    "poisson" after an exp, else "mse"."""
     torch = _require("torch", "torch", "MLP.from_torch")
     nn = torch.nn
     if not isinstance(seq, nn.Sequential):
@@ -83,6 +107,7 @@ def from_torch(cls, seq, loss=None):
                         f"{type(seq).__name__}")
     mods = list(_flatten(seq, nn, "seq"))
     kinds = {getattr(nn, v): k for k, v in _TORCH_MODULES.items()}
+    kinds[_torch_exp(nn)] = "exp"
     weights, biases, acts = [], [], []
     for i, (name, mod) in enumerate(mods):
         if type(mod) is nn.Linear:
@@ -123,7 +148,7 @@ def from_torch(cls, seq, loss=None):
                          f"needs all float64 or all float32 (convert with seq.double() or "
                          f"seq.float())")
     if loss is None:
-        loss = "cross_entropy" if acts[-1] == "softmax" else "mse"
+        loss = {"softmax": "cross_entropy", "exp": "poisson"}.get(acts[-1], "mse")
     return cls.from_weights(weights, biases if has_bias[0] else None, activation=acts,
                             loss=loss, dtype=dtypes[0])
 
@@ -202,7 +227,7 @@ def to_onnx(model, path):
 # ---- scikit-learn ----------------------------------------------------------------------
 def to_sklearn(model, classes=None):
     """A fitted ``sklearn.neural_network.MLPRegressor`` (identity output, loss "mse" or
-    "half_mse") or ``MLPClassifier`` (sigmoid output with "bce": binary for one output,
+    "half_mse"; exp output, "poisson") or ``MLPClassifier`` (sigmoid output with "bce": binary for one output,
     multi-label for more; softmax with "cross_entropy": multi-class) whose ``predict``
     (and ``predict_proba``) equal the model's.  ``classes``: the class labels of a
     classifier, one per output (two for a binary one); default 0, 1, ...
@@ -230,6 +255,9 @@ def to_sklearn(model, classes=None):
     if out == "identity" and loss in ("mse", "half_mse"):
         est = nn.MLPRegressor()
         est.out_activation_ = "identity"
+    elif (out, loss) == ("exp", "poisson"):
+        est = nn.MLPRegressor(loss="poisson")
+        est.out_activation_ = "exp"
     elif (out, loss) in (("sigmoid", "bce"), ("softmax", "cross_entropy")):
         est = nn.MLPClassifier()
         est.out_activation_ = "logistic" if out == "sigmoid" else "softmax"
@@ -257,11 +285,11 @@ def to_sklearn(model, classes=None):
         raise ValueError(
             f"scikit-learn cannot represent an output layer {out!r} trained with loss "
             f"{loss!r}: MLPRegressor has an identity output (squared error: fastbp's "
-            f"'half_mse' or 'mse'), MLPClassifier a sigmoid output with 'bce' or a "
+            f"'half_mse' or 'mse') or an exp output ('poisson'), MLPClassifier a sigmoid output with 'bce' or a "
             f"softmax output with 'cross_entropy'")
-    if classes is not None and est.out_activation_ == "identity":
-        raise ValueError("classes is for a classifier; this model is a regressor "
-                         "(identity output)")
+    if classes is not None and est.out_activation_ in ("identity", "exp"):
+        raise ValueError(f"classes is for a classifier; this model is a regressor "
+                         f"({est.out_activation_} output)")
     est.set_params(hidden_layer_sizes=tuple(model.sizes[1:-1]),
                    activation=_SKLEARN_HIDDEN[hidden[0]] if hidden else "identity")
     est.coefs_ = [w.copy() for w in model.weights]
@@ -286,8 +314,8 @@ def to_sklearn(model, classes=None):
 def from_sklearn(cls, est):
     """An MLP (``cls``) equal to a fitted scikit-learn ``MLPRegressor`` /
     ``MLPClassifier`` or one of fastbp.sklearn's: same weights, biases and activations;
-    loss "half_mse" (scikit-learn's squared error) for a regressor, "bce" after a
-    logistic output, "cross_entropy" after a softmax; the dtype of ``coefs_``.
+    loss "half_mse" (scikit-learn's squared error) for a regressor, "poisson" after its
+    exp output (loss='poisson'), "bce" after a logistic output, "cross_entropy" after a softmax; the dtype of ``coefs_``.
     The class labels stay with the estimator (outputs are in ``est.classes_`` order)."""
     if not (hasattr(est, "hidden_layer_sizes") and hasattr(est, "activation")):
         raise TypeError(f"from_sklearn needs a scikit-learn MLPRegressor or MLPClassifier "
@@ -300,7 +328,8 @@ def from_sklearn(cls, est):
         raise ValueError(f"activation {est.activation!r} of the {type(est).__name__} has "
                          f"no fastbp equivalent")
     out = {"identity": ("identity", "half_mse"), "logistic": ("sigmoid", "bce"),
-           "softmax": ("softmax", "cross_entropy")}.get(est.out_activation_)
+           "softmax": ("softmax", "cross_entropy"),
+           "exp": ("exp", "poisson")}.get(est.out_activation_)
     if out is None:
         raise ValueError(f"output activation {est.out_activation_!r} of the "
                          f"{type(est).__name__} (loss={getattr(est, 'loss', None)!r}) has "

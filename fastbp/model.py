@@ -190,7 +190,7 @@ class MLP:
     @property
     def _keep_z(self):
         """Whether the kernels must keep the output pre-activations (stable log losses)."""
-        return self.loss_name in ("bce", "cross_entropy")
+        return self.loss_name in ("bce", "cross_entropy", "poisson")
 
     def _net(self, n):
         """The kernels' Net for a pass over batches of up to n samples."""

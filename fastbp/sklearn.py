@@ -15,13 +15,15 @@ pass over the data (fastbp/_lbfgs.py); from the same weights the result equals
 scikit-learn's to 1e-10 over the first ~10-20 iterations, after which rounding-level
 differences in the loss (~1e-16) grow, as L-BFGS amplifies them.  scikit-learn's own
 test_mlp.py passes with only its import changed (tests/test_sklearn_upstream.py), but
-for sparse X and loss='poisson'.
+for sparse X.  ``loss='poisson'`` is scikit-learn's: an exp output and the half Poisson
+deviance (fastbp's "poisson" loss), for every solver.
 
 What differs from scikit-learn (each is an error or a documented difference, never a
 silently ignored setting):
 
-- ``loss='poisson'`` is not available (ValueError); ``momentum=1`` neither (fastbp needs
-  momentum < 1).  Sparse X is refused (TypeError): convert it with ``.toarray()``.
+- ``momentum=1`` is not available (fastbp needs momentum < 1).  Sparse X is refused
+  (TypeError): convert it with ``.toarray()``.  With ``loss='poisson'`` negative targets
+  are refused (ValueError); scikit-learn's loss is NaN there.
   ``max_fun`` applies to lbfgs only (scikit-learn ignores it for sgd and adam too).
 - A fit that diverges (NaN or infinite weights) stops there rather than iterating on
   NaN: without ``early_stopping`` it raises scikit-learn's ValueError, naming the epoch
@@ -749,7 +751,8 @@ _PARAMS_DOC = """
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor trained by fastbp; minimizes scikit-learn's
-    squared error (half the mean of squares) with an identity output.
+    squared error (half the mean of squares) with an identity output, or with
+    ``loss='poisson'`` its half Poisson deviance with an exp output (log link; y >= 0).
     """
 
     _is_classifier = False
@@ -788,23 +791,27 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.dtype = dtype
 
     def _check_params(self):
-        if self.loss == "poisson":
-            raise ValueError("loss='poisson' is not available in fastbp; use "
-                             "loss='squared_error'")
-        _need(self.loss == "squared_error", "loss", "'squared_error'", self.loss)
+        _need(self.loss in ("squared_error", "poisson"), "loss",
+              "'squared_error' or 'poisson'", self.loss)
         return super()._check_params()
 
     def _output_activation(self):
-        return "identity"
+        return "exp" if self.loss == "poisson" else "identity"
 
     def _fastbp_output(self):
+        if self.loss == "poisson":
+            return "exp", "poisson"
         return "identity", "half_mse"
 
     def _sum_outputs(self):
-        return self.n_outputs_
+        # scikit-learn's gradient sums over the outputs; half_mse averages over them,
+        # poisson (as scikit-learn's poisson_loss) sums
+        return 1 if self.loss == "poisson" else self.n_outputs_
 
     def _loss_scale(self):
-        return 1.0  # half_mse is scikit-learn's squared_loss (mean over outputs too)
+        # half_mse is scikit-learn's squared_loss (mean over outputs too), poisson its
+        # poisson_loss
+        return 1.0
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = _validate_data(self, X, y, reset=reset, multi_output=True, y_numeric=True,

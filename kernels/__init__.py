@@ -18,7 +18,7 @@ layout.
     bounds.py    weight norms for the proof that a chunk cannot diverge
     cuda.py      the GPU kernel (imported only when asked for)
 """
-from .rules import (BCE, CROSS_ENTROPY, HALF_MSE, IDENTITY, MSE, RELU, SIGMOID, SOFTMAX,
-                    SSE, TANH)
+from .rules import (BCE, CROSS_ENTROPY, EXP, HALF_MSE, IDENTITY, MSE, POISSON, RELU, SIGMOID,
+                    SOFTMAX, SSE, TANH)
 from .config import PRODUCT_MIN_WORK, JIT
 from .rng import permutation_into, seed_state

@@ -27,8 +27,8 @@ from .config import INNER, PRODUCT_MIN_WEIGHTS
 from .intrinsics import address, fma, like
 from .pool import LAYER_DELTA, LAYER_FORWARD, LAYER_WEIGHTS, SPLIT_MIN_WORK, call_layer
 from .rows import LEAF, activate_rows, add_bias, bias_gradient, derivative_rows
-from .rules import (BCE, CROSS_ENTROPY, SOFTMAX, cross_entropy_column, delta_scale, dot4,
-                    is_combined, loss_of_sum, loss_term, output_delta, plain_step,
+from .rules import (CROSS_ENTROPY, SOFTMAX, cross_entropy_column, delta_scale, dot4,
+                    is_combined, loss_of_sum, loss_uses_z, loss_term, output_delta, plain_step,
                     softmax_column)
 
 @njit(**LEAF)
@@ -104,7 +104,7 @@ def _shared(net, n_in, n_out, nb):
 @njit(**INNER)
 def forward(params, net, acts, a_off, nb, z_out):
     """Forward pass of a batch whose inputs are already in acts' layer-0 block.
-    z_out receives the output layer's pre-activation (bce, cross_entropy need it) when
+    z_out receives the output layer's pre-activation (bce, cross_entropy, poisson need it) when
     it is long enough; pass an empty array to skip the copy."""
     sizes = net.sizes
     n_layers = sizes.shape[0] - 1
@@ -139,7 +139,7 @@ def forward(params, net, acts, a_off, nb, z_out):
 @njit(**INNER)
 def batch_loss(acts, oo, y, z, w, code, k, nb):
     """Loss of one batch (float64): outputs at acts[oo:] and targets y, k rows of nb;
-    z the output pre-activations (bce, cross_entropy); w the sample weights or empty."""
+    z the output pre-activations (bce, cross_entropy, poisson); w the sample weights or empty."""
     total = 0.0
     uo = uint64(oo)  # unsigned offsets keep the loops vectorizable (module docstring)
     u_nb = uint64(nb)
@@ -149,11 +149,11 @@ def batch_loss(acts, oo, y, z, w, code, k, nb):
             ls = cross_entropy_column(z, y, s, u_nb, k)
             total += w[s] * ls if weighted else ls
         return loss_of_sum(total, code, k, nb)
-    bce = code == BCE
+    from_z = loss_uses_z(code)
     for j in range(uint64(k)):
         row = j * u_nb
         for s in range(u_nb):
-            zs = np.float64(z[row + s]) if bce else 0.0  # float64 either way, as compiled
+            zs = np.float64(z[row + s]) if from_z else 0.0  # float64 either way, as compiled
             e = loss_term(acts[uo + row + s], y[row + s], zs, code)
             total += w[s] * e if weighted else e
     return loss_of_sum(total, code, k, nb)

@@ -94,8 +94,12 @@ def n_params_of(sizes, bias):
     return sum(a * b + (b if bias else 0) for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def check_supported(sizes, bias):
-    """ValueError when a model is too large for the one-thread-per-model kernel."""
+def check_supported(sizes, bias, loss_code):
+    """ValueError when a model is too large for the one-thread-per-model kernel, or its
+    loss is one the kernel does not generate."""
+    if int(loss_code) not in _LOSS_NAMES:
+        raise ValueError(f"device='cuda' trains the losses {sorted(_LOSS_NAMES.values())}; "
+                         f"use device='cpu' for this model's loss")
     p = n_params_of(sizes, bias)
     if p > MAX_PARAMS:
         raise ValueError(
@@ -553,7 +557,7 @@ def get_kernel(sizes, bias, act_codes, loss_code, dtype, per_model, target="cuda
                unroll=None):
     """The kernel for this architecture (compiled lazily, at its first launch), cached."""
     spec = _spec(sizes, bias, act_codes, loss_code, dtype, per_model)
-    check_supported(spec[0], spec[1])
+    check_supported(spec[0], spec[1], spec[3])
     if unroll is None:
         unroll = unrolled(spec[0], spec[1])
     key = spec + (target, bool(unroll))

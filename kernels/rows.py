@@ -10,8 +10,8 @@ import math
 from numba import njit, uint64
 
 from .config import INNER
-from .rules import (RELU, SIGMOID, TANH, plain_step, relu, relu_back, sigmoid, sigmoid_back,
-                    sum4, tanh_back)
+from .rules import (EXP, RELU, SIGMOID, TANH, exp_output, plain_step, relu, relu_back,
+                    sigmoid, sigmoid_back, sum4, tanh_back)
 
 LEAF = dict(INNER, inline="always")  # small helpers inlined into the passes that call them
 
@@ -29,6 +29,9 @@ def activate_rows(z, code):
     elif code == TANH:
         for s in range(z.shape[0]):
             z[s] = math.tanh(z[s])
+    elif code == EXP:
+        for s in range(z.shape[0]):
+            z[s] = exp_output(z[s])
 
 
 @njit(**LEAF)

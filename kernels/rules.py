@@ -19,9 +19,12 @@ Conventions (DESIGN.md), for a batch of N samples and K outputs, sample weights 
     sse           = 1/2 sum_s w_s sum_k (out - y)^2      (the tutorials' E; no mean)
     bce           = -sum_s w_s sum_k [y log p + (1-y) log(1-p)] / (N K),  p = sigmoid(z)
     cross_entropy = -sum_s w_s sum_k y log p / N,        p = softmax(z) over the K outputs
+    poisson       = sum_s w_s sum_k [y log(y / p) - y + p] / N,  p = exp(z)
+                                                   (scikit-learn's half Poisson deviance)
 bce and cross_entropy are computed from the pre-activation z (log-sum-exp forms), exact
-where p saturates; with a sigmoid / softmax output their delta is w_s (p - y) / (N K)
-and w_s (p - y) / N ("combined").  Weights scale each sample's share and the mean still
+where p saturates, and poisson from z too (log p = z, also where p underflows); with a
+sigmoid / softmax / exp output their delta is w_s (p - y) / (N K), w_s (p - y) / N and
+w_s (p - y) / N ("combined").  Weights scale each sample's share and the mean still
 divides by N, so per-sample SGD sees them too.
 
 Derivatives are written in terms of the activation OUTPUT a = f(z) (all four functions
@@ -51,12 +54,14 @@ SIGMOID = 1
 RELU = 2
 TANH = 3
 SOFTMAX = 4  # output layer only, with the cross_entropy loss
+EXP = 5      # output layer only, with the poisson loss (its log link)
 
 MSE = 0
 HALF_MSE = 1
 SSE = 2
 BCE = 3
 CROSS_ENTROPY = 4
+POISSON = 5
 
 SGD = 0
 ADAM = 1
@@ -187,6 +192,8 @@ def activate(z, code):
         return relu(z)
     if code == TANH:
         return tanh(z)
+    if code == EXP:
+        return exp_output(z)
     return z
 
 
@@ -224,6 +231,8 @@ def times_derivative(d, a, code):
         return relu_back(d, a)
     if code == TANH:
         return tanh_back(d, a)
+    if code == EXP:
+        return d * a  # exp' = exp
     return d
 
 
@@ -240,6 +249,14 @@ def tanh(z):
     return math.tanh(z)
 
 
+@njit(**RULE)
+def exp_output(z):
+    """The exp output layer (poisson's log link): libm's exp, in z's precision.  It is
+    one layer of a few units, so the vectorizable polynomial of the sigmoid would not
+    pay; exp(z) overflows to inf past ~709 (float32: ~88), which the guard reports."""
+    return math.exp(z)
+
+
 # ------------------------------------------------------------------------------ losses
 @njit(**RULE)
 def loss_term(out, y, z, code):
@@ -248,11 +265,24 @@ def loss_term(out, y, z, code):
     from z, -[y log p + (1-y) log(1-p)] = max(z, 0) - z y + log(1 + exp(-|z|)).
     A float64 in either dtype: losses are summed in float64 (the square is the model's
     dtype's, widened; Numba's typing unifies the two branches so, and the Python
-    meaning must not let a float32 make the running sum float32)."""
+    meaning must not let a float32 make the running sum float32).  poisson:
+    y log(y / p) - y + p with log p = z, the y log y part 0 where y = 0."""
     if code == BCE:
         return max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
+    if code == POISSON:
+        yw = np.float64(y)
+        term = np.float64(out) - yw
+        if yw > 0.0:
+            term += yw * (math.log(yw) - z)
+        return term
     d = out - y
     return np.float64(d * d)
+
+
+@njit(**RULE)
+def loss_uses_z(code):
+    """Whether loss_term reads the output pre-activation z (bce, poisson)."""
+    return code == BCE or code == POISSON
 
 
 @njit(**RULE)
@@ -263,7 +293,7 @@ def loss_of_sum(total, code, k, nb):
         return 0.5 * total
     if code == HALF_MSE:
         return 0.5 * total / (k * nb)
-    if code == CROSS_ENTROPY:
+    if code == CROSS_ENTROPY or code == POISSON:
         return total / nb
     return total / (k * nb)  # MSE, BCE
 
@@ -271,8 +301,9 @@ def loss_of_sum(total, code, k, nb):
 @njit(**RULE)
 def is_combined(loss, act):
     """Whether the output delta is p - y (scaled), without f': sigmoid + bce, softmax +
-    cross_entropy."""
-    return (loss == BCE and act == SIGMOID) or (loss == CROSS_ENTROPY and act == SOFTMAX)
+    cross_entropy, exp + poisson (each loss with its canonical link)."""
+    return ((loss == BCE and act == SIGMOID) or (loss == CROSS_ENTROPY and act == SOFTMAX)
+            or (loss == POISSON and act == EXP))
 
 
 @njit(**RULE)
@@ -280,7 +311,7 @@ def delta_scale(loss, act, k, nb):
     """dLoss/dout = (out - y) * delta_scale for the output layer (times f' unless
     is_combined), for a batch of nb samples and k outputs."""
     if is_combined(loss, act):
-        return 1.0 / (nb if loss == CROSS_ENTROPY else k * nb)
+        return 1.0 / (k * nb if loss == BCE else nb)
     if loss == MSE:
         return 2.0 / (k * nb)
     if loss == HALF_MSE:

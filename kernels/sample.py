@@ -18,8 +18,8 @@ from numba import njit, uint64
 
 from .config import INNER, JIT
 from .intrinsics import like
-from .rules import (ADAM, BCE, adam_scales, delta_scale, is_combined, l2_penalty,
-                    loss_of_sum, loss_term, output_delta, plain_step, row_dot, stateful_step,
+from .rules import (ADAM, adam_scales, delta_scale, is_combined, l2_penalty, loss_of_sum,
+                    loss_term, loss_uses_z, output_delta, plain_step, row_dot, stateful_step,
                     times_derivative)
 from .sample_units import backward_rows, forward_units
 
@@ -78,9 +78,9 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
             wo = uint64(w_off[l])
             has_bias = b_off[l] >= 0
             bo = uint64(b_off[l]) if has_bias else uint64(0)
-            # the output layer keeps z for the stable loss (BCE): d holds it until the
+            # the output layer keeps z for the stable loss (bce, poisson): d holds it until the
             # output delta is formed
-            keep_z = loss == BCE and l == n_layers - 1
+            keep_z = loss_uses_z(loss) and l == n_layers - 1
             forward_units(params, wo, bo, has_bias, h, d, ai, zo, n_in, n_out, uint64(0),
                           n_out, acts[l], keep_z)
             ai = zo
@@ -93,7 +93,7 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
                 # z in float64 whether or not ``loss`` is a constant (a generated
                 # kernel's): Numba would otherwise keep a float32 z where the branch
                 # is pruned and widen it where both alternatives are typed
-                zj = np.float64(d[out_off + j]) if loss == BCE else 0.0
+                zj = np.float64(d[out_off + j]) if loss_uses_z(loss) else 0.0
                 sample_loss += loss_term(out, target, zj, loss)
             d[out_off + j] = output_delta(out, target, scale, out_act, combined)
             if weighted:

@@ -340,8 +340,10 @@ def train_sgd(X, y, weights, biases, activation, loss_name, epochs, lr, orders=N
 #   sample weights w_s multiply each sample's loss term and gradient; means still
 #   divide by N (the batch's sample count).
 #   cross_entropy = -sum_s w_s sum_k y log softmax(z) / N (softmax output only).
+#   poisson = sum_s w_s sum_k [xlogy(y, y / p) - y + p] / N, p = exp(z) (exp output only;
+#   scikit-learn's half Poisson deviance).
 
-EXT_LOSSES = LOSSES + ("cross_entropy",)
+EXT_LOSSES = LOSSES + ("cross_entropy", "poisson")
 
 
 def softmax(z):
@@ -365,9 +367,11 @@ def one_hot(labels, k):
 
 
 def activate_ext(name, z):
-    """activate() plus "softmax" (over each sample's outputs)."""
+    """activate() plus "softmax" (over each sample's outputs) and "exp"."""
     if name == "softmax":
         return softmax(z)
+    if name == "exp":
+        return np.exp(z)
     return activate(name, z)
 
 
@@ -410,6 +414,11 @@ def weighted_loss(X, y, weights, biases, activation, loss_name, sample_weight=No
         if acts[-1] != "softmax":
             raise ValueError("cross_entropy needs a softmax output")
         return float(-np.sum(w * y * log_softmax(z)) / n)
+    if loss_name == "poisson":
+        if acts[-1] != "exp":
+            raise ValueError("poisson needs an exp output")
+        ylogy = np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0)), 0.0)
+        return float(np.sum(w * (ylogy - y * z - y + out)) / n)
     if loss_name == "bce":
         if acts[-1] != "sigmoid":
             raise ValueError("bce needs a sigmoid output")
@@ -436,6 +445,8 @@ def weighted_gradient(X, y, weights, biases, activation, loss_name, sample_weigh
     if loss_name == "cross_entropy":
         if acts[-1] != "softmax":
             raise ValueError("cross_entropy needs a softmax output")
+        delta = w * (out - y) / n
+    elif loss_name == "poisson":  # d/dz of exp(z) - y z
         delta = w * (out - y) / n
     elif loss_name == "bce":
         delta = w * (out - y) / (n * k)

@@ -333,6 +333,32 @@ def test_train_regression_reports_r2(capsys, csv_files):
     assert r2 and float(r2.group(1)) > 0.9
 
 
+def test_train_poisson_counts(capsys, tmp_path):
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(150, 2))
+    counts = rng.poisson(np.exp(0.8 * X[:, 0] - 0.4 * X[:, 1] + 0.5))
+    data = tmp_path / "counts.csv"
+    data.write_text("x1,x2,n\n" + "".join(f"{_row(*r)},{c}\n" for r, c in zip(X, counts)))
+    model_path = tmp_path / "counts.npz"
+    rc, out, err = run(capsys, "train", str(data), "--target", "n", "--task", "regress",
+                       "--loss", "poisson", "--layers", "none", "--epochs", "400",
+                       "--lr", "0.1", "--test-fraction", "0", "--no-progress",
+                       "--save", str(model_path))
+    assert rc == 0, err
+    assert "exp output, loss poisson" in out
+    m = fastbp.load(model_path)
+    assert m.activations == ("exp",) and m.loss_name == "poisson"
+    # one exp layer over standardized inputs is a Poisson GLM: the rates it learned
+    # follow the ones the counts were drawn from
+    meta = json.loads((tmp_path / "counts.npz.json").read_text())
+    Xs = (X - np.array(meta["mean"])) / np.array(meta["std"])
+    rate = np.exp(0.8 * X[:, 0] - 0.4 * X[:, 1] + 0.5)
+    assert np.corrcoef(m.predict(Xs)[:, 0], rate)[0, 1] > 0.95
+    rc, _, err = run(capsys, "train", str(data), "--target", "n", "--task", "regress",
+                     "--loss", "poisson", "--output-activation", "identity", "--no-progress")
+    assert rc != 0 and "'poisson' and a 'exp' output go together" in err
+
+
 def test_train_without_test_split_reports_on_training_rows(capsys, csv_files):
     _, reg, *_ = csv_files
     rc, out, _ = run(capsys, "train", str(reg), "--target", "y", "--layers", "none",

@@ -333,6 +333,13 @@ def test_too_large_model_names_the_limit():
         ens.fit(X, y, device="cuda")
 
 
+def test_poisson_is_refused_on_the_gpu_by_name():
+    ens = fastbp.Ensemble([2, 3, 1], 2, activation=["tanh", "exp"], loss="poisson", seed=0)
+    X, y = _data("reg")
+    with pytest.raises(ValueError, match=r"device='cuda' trains the losses .*'sse'.*cpu"):
+        ens.fit(X, np.abs(y), device="cuda")
+
+
 def test_importing_fastbp_does_not_import_cuda():
     code = ("import sys, fastbp, fastbp.kernels\n"
             "print(any(m == 'numba.cuda' or m.startswith('numba.cuda.') for m in sys.modules),"

@@ -3,6 +3,7 @@ command line) and a scikit-learn estimator, each computing what ``predict`` comp
 and read back; what a target cannot represent is refused naming it.  Each library's
 tests skip when it is not installed.  No training here: parameters are set at random
 (weights large enough that every activation works in its non-linear range)."""
+import pickle
 import re
 import subprocess
 import sys
@@ -23,6 +24,7 @@ NETS = {
     "multi-label": (["relu", "relu"], "sigmoid", "bce", 3),
     "multi-class": (["tanh", "tanh"], "softmax", "cross_entropy", 4),
     "no-bias": (["relu", "identity"], "sigmoid", "mse", 1),
+    "poisson": (["tanh", "relu"], "exp", "poisson", 2),
 }
 
 
@@ -54,7 +56,7 @@ def test_to_torch_computes_predict_and_reads_back(net, dtype):
     assert isinstance(seq, torch.nn.Sequential)
     kinds = [type(mod).__name__ for mod in seq]
     assert kinds.count("Linear") == 3 and set(kinds) <= {"Linear", "Sigmoid", "ReLU",
-                                                          "Tanh", "Softmax"}
+                                                          "Tanh", "Softmax", "TorchExp"}
     assert all(p.dtype == getattr(torch, dtype) for p in seq.parameters())
     X = _X(dtype)
     with torch.no_grad():
@@ -63,6 +65,11 @@ def test_to_torch_computes_predict_and_reads_back(net, dtype):
     back = fastbp.MLP.from_torch(seq, loss=m.loss_name)
     assert back.params.tobytes() == m.params.tobytes()
     assert (back.activations, back.bias, back.dtype) == (m.activations, m.bias, m.dtype)
+    if m.activations[-1] == "exp":  # what from_torch infers after it, and it pickles
+        assert fastbp.MLP.from_torch(seq).loss_name == "poisson"
+        again = pickle.loads(pickle.dumps(seq))
+        with torch.no_grad():
+            np.testing.assert_array_equal(again(torch.from_numpy(X)).numpy(), out)
     # copies: the model and the module share nothing
     with torch.no_grad():
         seq[0].weight.zero_()
@@ -136,7 +143,7 @@ def test_onnx_graph_is_valid_and_runs_like_predict(net, dtype, tmp_path):
     ops = [n.op_type for n in proto.graph.node]
     linear = "Gemm" if m.bias else "MatMul"
     acts = {"sigmoid": ["Sigmoid"], "relu": ["Relu"], "tanh": ["Tanh"],
-            "softmax": ["Softmax"], "identity": []}
+            "softmax": ["Softmax"], "exp": ["Exp"], "identity": []}
     assert ops == sum(([linear] + acts[a] for a in m.activations), [])
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     X = _X(dtype)
@@ -186,13 +193,14 @@ def _sk_net(net, dtype="float64"):
     """A network of ``net``'s shape with one hidden activation, as scikit-learn's are."""
     m = _model(net, dtype)
     hidden = {"regression": "relu", "binary": "sigmoid", "multi-label": "tanh",
-              "multi-class": "identity"}[net]
+              "multi-class": "identity", "poisson": "tanh"}[net]
     return fastbp.MLP.from_weights(m.weights, m.biases, activation=[hidden] * 2
                                    + [m.activations[-1]], loss=m.loss_name, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("net", ["regression", "binary", "multi-label", "multi-class"])
+@pytest.mark.parametrize("net", ["regression", "binary", "multi-label", "multi-class",
+                                 "poisson"])
 def test_to_sklearn_predicts_what_the_model_predicts(net, dtype):
     pytest.importorskip("sklearn")
     from sklearn.neural_network import MLPClassifier, MLPRegressor
@@ -202,8 +210,9 @@ def test_to_sklearn_predicts_what_the_model_predicts(net, dtype):
     check_is_fitted(est)
     X = _X(dtype)
     p = m.predict(X)
-    if net == "regression":
+    if net in ("regression", "poisson"):
         assert type(est) is MLPRegressor
+        assert est.loss == ("poisson" if net == "poisson" else "squared_error")
         _close(est.predict(X), p, dtype)
     else:
         assert type(est) is MLPClassifier
@@ -285,5 +294,6 @@ def test_from_sklearn_reads_sklearn_and_fastbp_estimators():
                           random_state=0)
     with pytest.warns(ConvergenceWarning):
         poisson.fit(X, np.exp(y))
-    with pytest.raises(ValueError, match="output activation 'exp'.*loss='poisson'"):
-        fastbp.MLP.from_sklearn(poisson)
+    m = fastbp.MLP.from_sklearn(poisson)
+    assert m.activations[-1] == "exp" and m.loss_name == "poisson"
+    _close(m.predict(X)[:, 0], poisson.predict(X), "float64")

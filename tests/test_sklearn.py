@@ -424,10 +424,57 @@ def test_divergence_is_scikit_learns_error():
         MLPRegressor(**dict(PLAIN_SGD, learning_rate_init=1e6)).fit(1e3 * X, 1e3 * y)
 
 
-def test_poisson_and_sparse_are_refused():
+def _counts(k=1, seed=4):
+    """X and Poisson counts drawn with a log link (zeros among them), k outputs."""
+    X, _ = _data()
+    rng = np.random.default_rng(seed)
+    rate = np.exp(0.5 * X[:, :k] - 0.3 * X[:, k:2 * k] + 0.2)
+    Y = rng.poisson(rate).astype(np.float64)
+    return X, Y[:, 0] if k == 1 else Y
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("solver, extra", [
+    ("sgd", dict(batch_size=20)),
+    ("sgd", dict(batch_size="auto", alpha=0.1, weighted=True)),
+    ("lbfgs", dict(alpha=1e-3)),
+    ("lbfgs", dict(alpha=0.1, weighted=True)),
+])
+def test_poisson_equals_sklearn(solver, extra, k):
+    """loss='poisson': scikit-learn's exp output and half Poisson deviance, summed over
+    the outputs; sgd weights (shuffle=False) and lbfgs iterates equal scikit-learn's."""
+    X, Y = _counts(k)
+    extra = dict(extra)
+    w = np.random.default_rng(5).uniform(0.2, 2.0, len(Y)) if extra.pop("weighted", 0) \
+        else None
+    if solver == "sgd":
+        params = dict(PLAIN_SGD, learning_rate_init=0.01, **extra)
+    else:
+        params = dict(LBFGS, activation="tanh", **extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = skn.MLPRegressor(loss="poisson", **params).fit(X, Y, sample_weight=w)
+        got = MLPRegressor(loss="poisson", **params).fit(X, Y, sample_weight=w)
+    assert got.out_activation_ == ref.out_activation_ == "exp"
+    if solver == "sgd":
+        _assert_same_run(ref, got)
+    else:
+        _assert_same_lbfgs(ref, got)
+    np.testing.assert_allclose(got.predict(X), ref.predict(X), rtol=1e-9)
+    assert got.score(X, Y) == pytest.approx(ref.score(X, Y), rel=1e-9)
+
+
+def test_poisson_refuses_negative_targets():
+    X, y = _counts()
+    y[3] = -1.0
+    with pytest.raises(ValueError, match="poisson.*targets >= 0"):
+        MLPRegressor(loss="poisson", max_iter=2).fit(X, y)
+    with pytest.raises(ValueError, match="loss"):
+        MLPRegressor(loss="gamma").fit(X, y)
+
+
+def test_sparse_is_refused():
     X, y = _targets("regression")
-    with pytest.raises(ValueError, match="poisson"):
-        MLPRegressor(loss="poisson").fit(X, np.abs(y))
     sparse = pytest.importorskip("scipy.sparse")
     with pytest.raises(TypeError, match="dense"):
         MLPRegressor().fit(sparse.csr_matrix(X), y)

@@ -26,7 +26,6 @@ FASTBP_IMPORT = "from fastbp.sklearn import MLPClassifier, MLPRegressor"
 EXPECTED_FAILURES = {
     "test_sparse_matrices": "sparse X (CSR) is refused: the first layer does not read "
                             "sparse rows yet",
-    "test_mlp_vs_poisson_glm_equivalent": "loss='poisson' is not available yet",
 }
 
 # Upstream tests that read or set scikit-learn's private optimizer state, with the

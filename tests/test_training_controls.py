@@ -52,6 +52,8 @@ def problem(sizes, n, loss="mse", bias=True, seed=0, scale=1.0):
         y = r.integers(0, k, size=n)
     elif loss == "bce":
         y = r.uniform(0.05, 0.95, size=(n, k))
+    elif loss == "poisson":  # counts, zeros among them
+        y = r.poisson(1.5, size=(n, k)).astype(np.float64)
     else:
         y = r.normal(0.0, 1.0, size=(n, k))
     weights = [r.normal(0.0, scale / np.sqrt(a), size=(a, b))
@@ -67,6 +69,7 @@ def model_from(weights, biases, acts, loss):
 # The architectures shared by most tests (Numba compiles once per dtype, not per shape).
 REG = ([3, 6, 2], ["tanh", "identity"], "mse")
 SOFT = ([4, 6, 3], ["tanh", "softmax"], "cross_entropy")
+POIS = ([3, 5, 2], ["tanh", "exp"], "poisson")
 
 # batch modes: name -> (batch_size, n samples, epochs); ~300 updates each
 MODES = {
@@ -442,6 +445,75 @@ def test_softmax_cross_entropy_gradient_central_differences(bias):
     assert_bit_identical(R.flatten(gW2, gb2), analytic, "gradient one-hot vs labels")
 
 
+# ------------------------------------------------------- exp + poisson (log link)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_poisson_gradient_central_differences(bias):
+    sizes, acts, loss = POIS
+    X, y, W, b = problem(sizes, 13, loss, bias=bias, seed=21)
+    assert (y == 0).any() and (y > 1).any()  # the y log y term's both branches
+    m = model_from(W, b, acts, loss)
+    gW, gb = m.gradient(X, y)
+    analytic = R.flatten(gW, gb)
+    theta0 = m.params.copy()
+
+    def f(theta):
+        m.params = theta
+        return m.loss(X, y)
+
+    numeric = R.numerical_gradient(f, theta0, h=1e-6)
+    m.params = theta0
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+    rW, rb = R.weighted_gradient(X, y, W, b, acts, loss)
+    assert_close(analytic, R.flatten(rW, rb), rtol=1e-12)
+    assert rel_err(m.loss(X, y), R.weighted_loss(X, y, W, b, acts, loss)) < 1e-13
+    # scikit-learn's own expression of the loss, at the model's outputs
+    out = m.predict(X)
+    ylogy = np.where(y > 0, y * np.log(np.where(y > 0, y / out, 1.0)), 0.0)
+    assert rel_err(m.loss(X, y), float(np.mean((ylogy - y + out).sum(axis=1)))) < 1e-13
+
+
+@pytest.mark.parametrize("mode", ["full", "minibatch", "per_sample"])
+@pytest.mark.parametrize("opt", ["sgd", "nesterov-l2", "adam"])
+def test_poisson_training_matches_reference(opt, mode):
+    kw, lr = OPTIMIZERS[opt]
+    sizes, acts, loss = POIS
+    m, hist, theta, rhist = fit_and_reference(kw, lr, mode, sizes, acts, loss, seed=22)
+    assert_close(hist.loss, rhist, what="history")
+    assert_close(m.params, theta, what="params")
+    assert rhist[-1] < rhist[0]  # it trains
+
+
+def test_poisson_needs_counts_and_its_exp_output():
+    sizes, acts, loss = POIS
+    X, y, W, b = problem(sizes, 10, loss, seed=23)
+    m = model_from(W, b, acts, loss)
+    y_neg = y.copy()
+    y_neg[4, 1] = -1.0
+    with pytest.raises(ValueError, match="poisson.*targets >= 0"):
+        m.fit(X, y_neg, epochs=1, lr=0.1)
+    with pytest.raises(ValueError, match="'poisson' and a 'exp' output go together"):
+        fastbp.MLP(sizes, activation=["tanh", "identity"], loss="poisson")
+    with pytest.raises(ValueError, match="'poisson' and a 'exp' output go together"):
+        fastbp.MLP(sizes, activation=["tanh", "exp"], loss="mse")
+    with pytest.raises(ValueError, match="'exp' is only allowed in the output layer"):
+        fastbp.MLP([3, 4, 4, 2], activation=["exp", "tanh", "exp"], loss="poisson")
+
+
+def test_poisson_overflow_is_reported_not_nan():
+    sizes, acts, loss = POIS
+    X, y, W, b = problem(sizes, 10, loss, seed=24)
+    b[-1][:] = 800.0  # exp(800) overflows float64
+    m = model_from(W, b, acts, loss)
+    with pytest.raises(FloatingPointError, match="overflow"):
+        m.predict(X)
+    before = m.params.copy()
+    with pytest.raises(fastbp.DivergenceError, match="the starting parameters"):
+        m.fit(X, y, epochs=3, lr=0.1)
+    assert_bit_identical(m.params, before, "params after a refused fit")
+
+
 @pytest.mark.parametrize("batch_size,epochs", [(None, 60), (4, 15), (1, 5)])
 def test_integer_labels_equal_one_hot(batch_size, epochs):
     sizes, acts, loss = SOFT
@@ -715,6 +787,7 @@ WEIGHT_LOSSES = {
     "sse": (REG[0], ["tanh", "identity"]),
     "bce": (REG[0], ["tanh", "sigmoid"]),
     "cross_entropy": (SOFT[0], SOFT[1]),
+    "poisson": (POIS[0], POIS[1]),
 }
 
 
