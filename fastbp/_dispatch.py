@@ -288,19 +288,23 @@ _plans = {}  # settled plans: the fastest kernels there are, compiled: nothing t
 
 
 def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weighted=False,
-             threads=1):
+             threads=1, sparse=False):
     """The Plan of one MLP fit (or one model of an Ensemble) of ``epochs`` epochs over n
     samples in batches of ``batch``; ``weighted``: with sample weights; ``threads``: the
-    threads its products may use."""
-    if threads > 1 and not _could_share(model, n, batch, shuffle, n_val if validating else 0):
+    threads its products may use; ``sparse``: the inputs are sparse rows (their first
+    layer is kernels/sparse.py's, in the mini-batch entries: batches of one and full
+    batches included)."""
+    if threads > 1 and not _could_share(model, n, batch, shuffle,
+                                        n_val if validating else 0, sparse):
         threads = 1  # one plan (and one memo) whatever n_jobs asks for
     memo = (model._layout.sizes, model._layout.bias, tuple(model._act_codes.tolist()),
             model._loss_code, model.dtype.char, n, batch, bool(shuffle), O.is_plain(rule),
-            bool(validating), n_val, bool(weighted), POLICY, GEN.ENABLED, threads)
+            bool(validating), n_val, bool(weighted), POLICY, GEN.ENABLED, threads,
+            bool(sparse))
     plan = _plans.get(memo)
     if plan is None:
         plan = _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighted,
-                         threads)
+                         threads, sparse)
         if plan.key in _loaded and plan.gemm in (None, "tiles") and (
                 plan.gemm is None or ("gemm", "tiles", np.dtype(model.dtype).name) in _loaded
         ) and (plan.key[0] == "generated" or not plan.could_generate) and (
@@ -309,30 +313,41 @@ def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weight
     return plan
 
 
-def _could_share(model, n, batch, shuffle, n_val):
+def _could_share(model, n, batch, shuffle, n_val, sparse=False):
     """Whether a fit like plan_fit's has a product large enough for threads to share
     (without asking whether the pool is worth compiling)."""
-    if fit_mode(n, batch, shuffle, model._loss_code) == "sample":
+    if not sparse and fit_mode(n, batch, shuffle, model._loss_code) == "sample":
         return False
-    return _shareable(model._layout.sizes, max(min(batch, n), n_val))[0]
+    return _shareable(product_sizes(model._layout.sizes, sparse), max(min(batch, n), n_val))[0]
 
 
-def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighted, threads):
+def product_sizes(sizes, sparse):
+    """The layer sizes whose products may go to gemm: all, or with sparse inputs all but
+    the first layer (kernels/sparse.py reads its rows)."""
+    return tuple(sizes[1:]) if sparse else tuple(sizes)
+
+
+def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighted, threads,
+              sparse=False):
     layout = model._layout
     dtype = np.dtype(model.dtype)
-    mode = fit_mode(n, batch, shuffle, model._loss_code)
+    mode = "mini" if sparse else fit_mode(n, batch, shuffle, model._loss_code)
     kind = rule_kind(rule, mode)
     cap = min(batch, n)
     nb_max = max(cap if mode != "sample" else 1, n_val if validating else 0)
-    gemm = choose_gemm(layout.sizes, dtype, nb_max, epochs * (n + n_val))
+    sizes = product_sizes(layout.sizes, sparse)
+    gemm = choose_gemm(sizes, dtype, nb_max, epochs * (n + n_val))
     threads = 1 if gemm is None or mode == "sample" else product_threads(
-        layout.sizes, dtype, nb_max, epochs * (n + n_val), threads)
+        sizes, dtype, nb_max, epochs * (n + n_val), threads)
     name = (f"{_MODE_NAMES[mode]} {_RULE_NAMES[kind]}" + (", validating" if validating else "")
-            + f" ({dtype.name}" + (f", on {threads} threads)" if threads > 1
-                                   else ")"))
-    general_key = ("train", mode, kind, bool(validating), dtype.name)
-    general = Plan(L.trainer(mode, kind, validating), name, general_key, gemm, mode, kind, cap,
+            + f" ({dtype.name}" + (", sparse inputs" if sparse else "")
+            + (f", on {threads} threads)" if threads > 1 else ")"))
+    general_key = ("train", mode, kind, bool(validating), dtype.name) + (
+        ("sparse",) if sparse else ())
+    general = Plan(L.trainer(mode, kind, validating, sparse), name, general_key, gemm, mode, kind, cap,
                    mode != "sample" and kind != "fused", threads=threads)
+    if sparse:
+        return general  # the generated kernels read dense rows
     generated = GEN.kind_for(layout.sizes, model._act_codes, model._loss_code, mode, kind,
                              validating, dtype, n, PRODUCT_MIN_WORK)
     if generated is None:
@@ -368,12 +383,14 @@ def use_lanes(plan, n):
     return not (plan.key[0] == "generated" and n >= GENERATED_OVER_LANES_SAMPLES)
 
 
-def eval_gemm(model, n, passes=1):
+def eval_gemm(model, n, passes=1, sparse=False):
     """The gemm unit of ``passes`` forward passes (predict, loss, gradient) over n
-    samples."""
-    return choose_gemm(model._layout.sizes, model.dtype, n, n * passes)
+    samples (``sparse``: sparse inputs)."""
+    return choose_gemm(product_sizes(model._layout.sizes, sparse), model.dtype, n,
+                       n * passes)
 
 
-def eval_threads(model, n, threads, passes=1):
+def eval_threads(model, n, threads, passes=1, sparse=False):
     """The threads that share the products of ``passes`` such passes (1: none)."""
-    return product_threads(model._layout.sizes, model.dtype, n, n * passes, threads)
+    return product_threads(product_sizes(model._layout.sizes, sparse), model.dtype, n,
+                           n * passes, threads)

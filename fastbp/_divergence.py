@@ -42,6 +42,7 @@ import numpy as np
 from .kernels import options as O
 from .kernels import rules as K
 from .kernels.bounds import layer_norms
+from ._sparse import max_abs as max_abs_inputs
 
 # Attempted only where the copy it saves is this large: for a small network the copy is
 # cheaper than the proof (~0.1 ms of Python), and memory is not an issue.
@@ -62,7 +63,7 @@ class ChunkBound:
         self.acts = [int(a) for a in act_codes]
         self.loss = int(loss_code)
         self.limit = float(np.finfo(dtype).max) / _MARGIN
-        self.x = _max_abs(x)
+        self.x = max_abs_inputs(x)
         self.y = _max_abs(y)
         self.s = _max_abs(sw) if sw.shape[0] else 1.0
         n = x.shape[0]

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from . import _dispatch as D
+from . import _sparse as S
 from ._divergence import ChunkBound
 from .checkpoint import Saver
 from .history import History
@@ -39,16 +40,18 @@ class SingleFit:
         n_val = 0 if run.val is None else run.val.x.shape[0]
         self.plan = D.plan_fit(model, n, self.batch, run.shuffle, run.rule, run.validating,
                                run.epochs - run.done, n_val, weighted=run.sw.shape[0] > 0,
-                               threads=run.threads)
+                               threads=run.threads, sparse=isinstance(x, S.Rows))
         run.kernel_name = self.plan.name
-        self.data = O.Data(x, y, run.sw)
+        self.data = O.Data(model._kernel_inputs(x, descend=self.plan.rule == "fused"), y,
+                           run.sw)
         self.loop = O.Loop(self.batch, run.shuffle, run.record_every)
         lay = model._layout
         self.work = O.make_work(lay.sizes_arr, lay.n_params, self.plan.cap, n, model.dtype,
                                 model._keep_z, per_sample=self.plan.mode == "sample",
-                                gradient=self.plan.gradient)
+                                gradient=self.plan.gradient, sparse=isinstance(x, S.Rows))
         self.val_work = None if run.val is None else O.make_work(
-            lay.sizes_arr, 0, n_val, n_val, model.dtype, model._keep_z)
+            lay.sizes_arr, 0, n_val, n_val, model.dtype, model._keep_z,
+            sparse=isinstance(run.val.x, O.SparseRows))
         self.net = None  # made in prepare (it compiles the gemm unit)
         self.shared = None  # the threads sharing its products (fastbp/_threads.py)
         self.backup = None  # the guard's copy of the parameters, made by a guarded chunk

@@ -33,6 +33,7 @@ from . import _threads as T
 from .kernels import loops as L
 from .kernels import options as O
 from ._progress import make_bar
+from ._sparse import Rows, max_abs as max_abs_inputs
 from .errors import DivergenceError
 from .history import History
 
@@ -80,15 +81,19 @@ class Objective:
         lay = model._layout
         n = x.shape[0]
         self.grad = np.zeros(lay.n_params, dtype=model.dtype)
-        self.work = O.make_work(lay.sizes_arr, 0, n, n, model.dtype, True)
+        self.work = O.make_work(lay.sizes_arr, 0, n, n, model.dtype, True,
+                                sparse=isinstance(x, Rows))
         # the wide layers' products on ``threads`` threads (the same bits), counting on
         # the ~100 evaluations of a typical fit to pay for the compilations
-        gemm = D.eval_gemm(model, n, passes=EXPECTED_EVALUATIONS)
-        threads = D.eval_threads(model, n, threads, passes=EXPECTED_EVALUATIONS)
+        sparse = isinstance(x, Rows)
+        gemm = D.eval_gemm(model, n, passes=EXPECTED_EVALUATIONS, sparse=sparse)
+        threads = D.eval_threads(model, n, threads, passes=EXPECTED_EVALUATIONS,
+                                 sparse=sparse)
         self.shared = D.share_products(gemm, model.dtype, threads)
         self.net = D.make_net(lay, model._act_codes, model._loss_code, model.dtype, gemm,
                               self.shared)
-        self.data = O.Data(x, y, sw)
+        self.data = O.Data(model._kernel_inputs(x), y, sw)
+        self.entry = L.loss_and_gradient_rows if sparse else L.loss_and_gradient
         # float64 models read SciPy's x directly; float32 ones a cast copy of it
         self.cast = None if model.dtype == np.float64 else np.empty(lay.n_params, model.dtype)
         self.l2 = float(l2)
@@ -108,10 +113,10 @@ class Objective:
             self.cast[...] = x
             params = self.cast
         if self.shared is None:
-            f = L.loss_and_gradient(params, self.net, self.data, self.grad, self.work)
+            f = self.entry(params, self.net, self.data, self.grad, self.work)
         else:
             with self.shared.running():
-                f = L.loss_and_gradient(params, self.net, self.data, self.grad, self.work)
+                f = self.entry(params, self.net, self.data, self.grad, self.work)
         f *= self.loss_scale
         # a new array each call: SciPy keeps the gradient it was given
         if self.grad_scale == 1.0:
@@ -355,7 +360,7 @@ class Run:
     @staticmethod
     def divergence_message(model, xt, yt):
         from .model import divergence_cause
-        cause = divergence_cause(model.dtype, float(np.abs(xt).max()),
+        cause = divergence_cause(model.dtype, max_abs_inputs(xt),
                                  float(np.abs(yt).max()), start_finite=False, lr_hint="")
         return (f"L-BFGS cannot start: the loss or its gradient is NaN or infinite at the "
                 f"starting parameters (iteration 0). The model keeps them; likely cause: "

@@ -96,6 +96,10 @@ def as_float_array(a, name, dtype):
     """``a`` as a float ndarray of ``dtype``; rejects what has no faithful float value."""
     if isinstance(a, (str, bytes)):
         raise TypeError(f"{name} must be a numeric array, got a string")
+    if type(a).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{name} is a scipy.sparse matrix; it must be a dense array here "
+                        f"(an MLP's fit, predict, loss and gradient take a sparse X, "
+                        f"nothing else does): convert it with {name}.toarray()")
     try:
         arr = np.asarray(a)
     except Exception as exc:  # ragged lists and the like

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _validation as V
 from ._run import Run
+from ._sparse import Rows
 from .history import Records
 from .io import (CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, FORMAT, atomic_savez,
                  model_arrays, model_from_archive, open_archive)
@@ -39,7 +40,11 @@ def data_fingerprint(x, y):
     rows), so that ``resume`` can tell whether it was given the data the run started
     with.  Hashed one sample per column, the layout format 1 checkpoints hashed."""
     h = hashlib.blake2b(digest_size=16)
-    for a in (x, y):
+    arrays = (x, y)
+    if isinstance(x, Rows):  # sparse rows: their CSR arrays
+        h.update(b"csr")
+        arrays = x.fingerprint_arrays() + (y,)
+    for a in arrays:
         a = np.ascontiguousarray(a.T)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))
@@ -76,7 +81,12 @@ def checkpoint_arrays(model, run):
     arrays.update({f"rule_{k}": np.array(v) for k, v in run.rule._asdict().items()})
     arrays.update({f"stop_{k}": np.array(v) for k, v in run.stop._asdict().items()})
     if run.val is not None:
-        arrays.update(val_x=run.val.x, val_y=run.val.y, val_w=run.val.w, val_history=val)
+        arrays.update(val_y=run.val.y, val_w=run.val.w, val_history=val)
+        if isinstance(run.val.x, O.SparseRows):
+            arrays.update(val_x_indptr=run.val.x.indptr, val_x_indices=run.val.x.indices,
+                          val_x_values=run.val.x.values)
+        else:
+            arrays.update(val_x=run.val.x)
     return arrays
 
 
@@ -159,13 +169,26 @@ def _read_options(ar, model):
     dt = model.dtype
     sw = ar.array("sample_weight").astype(dt)
     val = None
+    n_in, n_out = model.sizes[0], model.sizes[-1]
     if "val_x" in ar._npz.files:
         xv = np.ascontiguousarray(ar.array("val_x").astype(dt))
         yv = np.ascontiguousarray(ar.array("val_y").astype(dt))
-        n_in, n_out = model.sizes[0], model.sizes[-1]
         if xv.ndim != 2 or yv.ndim != 2 or xv.shape[1] != n_in or \
                 yv.shape != (xv.shape[0], n_out):
             raise ar.error("the validation set has inconsistent shapes")
+        val = O.Data(xv, yv, ar.array("val_w").astype(dt))
+    elif "val_x_indptr" in ar._npz.files:  # sparse validation rows
+        indptr = ar.array("val_x_indptr").astype(np.int64)
+        indices = ar.array("val_x_indices").astype(np.int64)
+        values = np.ascontiguousarray(ar.array("val_x_values").astype(dt))
+        yv = np.ascontiguousarray(ar.array("val_y").astype(dt))
+        if indptr.ndim != 1 or indptr.shape[0] < 2 or indptr[0] != 0 or \
+                np.any(np.diff(indptr) < 0) or indptr[-1] != indices.shape[0] or \
+                values.shape != indices.shape or (indices.size and (
+                    indices.min() < 0 or indices.max() >= n_in)) or \
+                yv.shape != (indptr.shape[0] - 1, n_out):
+            raise ar.error("the sparse validation set is inconsistent")
+        xv = Rows(indptr, indices, values, n_in).for_kernels(model.sizes[1])
         val = O.Data(xv, yv, ar.array("val_w").astype(dt))
     return _checked(ar, rule), stop, sw, val
 

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import _pickling
+from . import _sparse as S
 from . import export
 from . import _config as C
 from . import _dispatch as D
@@ -175,8 +176,15 @@ class MLP:
 
     # ---- data -----------------------------------------------------------------------
     def _inputs(self, X):
-        """X as the kernels take it: (n, sizes[0]) C-contiguous in the model dtype."""
+        """X as the kernels take it: (n, sizes[0]) C-contiguous in the model dtype, or
+        for a scipy.sparse X its rows (fastbp/_sparse.py: Rows)."""
+        if S.is_sparse(X):
+            return S.sparse_rows(X, self.sizes[0], self.dtype)
         return V.kernel_ready(V.check_X(X, self.sizes[0], self.dtype))
+
+    def _kernel_inputs(self, x, descend=False):
+        """x (from _inputs) as options.Data holds it (sparse rows with their scratch)."""
+        return S.for_kernels(x, self.sizes[1], descend)
 
     def _targets(self, y, n):
         if self.loss_name == "cross_entropy":
@@ -192,10 +200,11 @@ class MLP:
         """Whether the kernels must keep the output pre-activations (stable log losses)."""
         return self.loss_name in ("bce", "cross_entropy", "poisson")
 
-    def _net(self, n):
-        """The kernels' Net for a pass over batches of up to n samples."""
+    def _net(self, n, sparse=False):
+        """The kernels' Net for a pass over batches of up to n samples (of sparse
+        rows)."""
         return D.make_net(self._layout, self._act_codes, self._loss_code, self.dtype,
-                          D.eval_gemm(self, n))
+                          D.eval_gemm(self, n, sparse=sparse))
 
     # ---- evaluation -----------------------------------------------------------------
     def predict(self, X):
@@ -209,9 +218,12 @@ class MLP:
         n = x.shape[0]
         cap = min(n, EVAL_CAP)
         lay = self._layout
-        work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False)
+        work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False,
+                           sparse=isinstance(x, S.Rows))
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
-        L.predict(self._params, self._net(cap), x, out, work)
+        sparse = isinstance(x, S.Rows)
+        entry = L.predict_rows if sparse else L.predict
+        entry(self._params, self._net(cap, sparse), self._kernel_inputs(x), out, work)
         V.check_finite_output(out, "predict's output", self.dtype)
         return out
 
@@ -236,9 +248,13 @@ class MLP:
         one batch (the kernels' sample-major arrays)."""
         n = x.shape[0]
         lay = self._layout
-        work = O.make_work(lay.sizes_arr, 0, n, n, self.dtype, True)
+        work = O.make_work(lay.sizes_arr, 0, n, n, self.dtype, True,
+                           sparse=isinstance(x, S.Rows))
         grad = np.zeros(lay.n_params, dtype=self.dtype)
-        loss = L.loss_and_gradient(self._params, self._net(n), O.Data(x, t, sw), grad, work)
+        sparse = isinstance(x, S.Rows)
+        entry = L.loss_and_gradient_rows if sparse else L.loss_and_gradient
+        loss = entry(self._params, self._net(n, sparse), O.Data(self._kernel_inputs(x), t, sw),
+                     grad, work)
         return loss, grad
 
     def loss(self, X, y):
@@ -407,9 +423,11 @@ class MLP:
                 xv_raw, yv_raw = validation_data
             except (TypeError, ValueError):
                 raise TypeError("validation_data must be a pair (X_val, y_val)") from None
-            xv = self._inputs(xv_raw)
+            # the validation inputs take the training inputs' form (one compiled entry)
+            xv = S.like(self._inputs(xv_raw), x)
             yv = self._targets(yv_raw, xv.shape[0])
-            return x, y, sw, O.Data(xv, yv, np.zeros(0, dtype=self.dtype))
+            return x, y, sw, O.Data(self._kernel_inputs(xv), yv,
+                                    np.zeros(0, dtype=self.dtype))
         if validation_fraction is None:
             return x, y, sw, None
         f = validation_fraction
@@ -426,8 +444,8 @@ class MLP:
         val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
         sw_t = sw[train].copy() if sw.shape[0] else sw
         sw_v = sw[val].copy() if sw.shape[0] else sw
-        return (V.kernel_ready(x[train]), V.kernel_ready(y[train]), sw_t,
-                O.Data(V.kernel_ready(x[val]), V.kernel_ready(y[val]), sw_v))
+        return (_rows_of(x, train), V.kernel_ready(y[train]), sw_t,
+                O.Data(self._kernel_inputs(_rows_of(x, val)), V.kernel_ready(y[val]), sw_v))
 
     def _train(self, x, y, run, progress, on_divergence, interrupted, seed=None,
                optimizer=None):
@@ -497,7 +515,7 @@ class MLP:
 
     def _diverged(self, x, y, run, bad, hist, on_divergence):
         start_finite = run.done > 0 or self._finite_loss(x, y, run.sw)
-        cause = divergence_cause(self.dtype, float(np.abs(x).max()), float(np.abs(y).max()),
+        cause = divergence_cause(self.dtype, S.max_abs(x), float(np.abs(y).max()),
                                  start_finite, f"too large a learning rate: try a smaller "
                                                f"learning rate than lr={run.lr:g}")
         msg = (f"training diverged at epoch {bad} (counted from 0) of this run's "
@@ -585,6 +603,11 @@ def divergence_cause(dtype, x_max, y_max, start_finite, lr_hint):
     if max(x_max, y_max) > 1e4:
         return f"{lr_hint}, or scale the data down ({data})"
     return lr_hint
+
+
+def _rows_of(x, rows):
+    """The samples ``rows`` of the inputs x (dense or sparse), as the kernels take them."""
+    return x[rows] if isinstance(x, S.Rows) else V.kernel_ready(x[rows])
 
 
 def _all_finite(a, block=1 << 16):

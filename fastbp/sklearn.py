@@ -14,16 +14,16 @@ weights)``) and ConvergenceWarning, each evaluation of the loss and gradient one
 pass over the data (fastbp/_lbfgs.py); from the same weights the result equals
 scikit-learn's to 1e-10 over the first ~10-20 iterations, after which rounding-level
 differences in the loss (~1e-16) grow, as L-BFGS amplifies them.  scikit-learn's own
-test_mlp.py passes with only its import changed (tests/test_sklearn_upstream.py), but
-for sparse X.  ``loss='poisson'`` is scikit-learn's: an exp output and the half Poisson
+test_mlp.py passes with only its import changed (tests/test_sklearn_upstream.py).
+Sparse X (CSR, CSC) is read as it is, never made dense: the first layer reads its rows
+(fastbp/_sparse.py, kernels/sparse.py).  ``loss='poisson'`` is scikit-learn's: an exp output and the half Poisson
 deviance (fastbp's "poisson" loss), for every solver.
 
 What differs from scikit-learn (each is an error or a documented difference, never a
 silently ignored setting):
 
-- ``momentum=1`` is not available (fastbp needs momentum < 1).  Sparse X is refused
-  (TypeError): convert it with ``.toarray()``.  With ``loss='poisson'`` negative targets
-  are refused (ValueError); scikit-learn's loss is NaN there.
+- ``momentum=1`` is not available (fastbp needs momentum < 1).  With ``loss='poisson'``
+  negative targets are refused (ValueError); scikit-learn's loss is NaN there.
   ``max_fun`` applies to lbfgs only (scikit-learn ignores it for sgd and adam too).
 - A fit that diverges (NaN or infinite weights) stops there rather than iterating on
   NaN: without ``early_stopping`` it raises scikit-learn's ValueError, naming the epoch
@@ -107,6 +107,11 @@ _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "
 _SOLVERS = ("lbfgs", "sgd", "adam")
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
 _LEARNING_RATES = ("constant", "invscaling", "adaptive")
+
+
+# sparse X as scikit-learn's MLPs take it (CSR and CSC; other formats are converted to
+# CSR by scikit-learn's checks); the first layer reads the rows directly (fastbp/_sparse.py)
+_SPARSE = ["csr", "csc"]
 
 
 def _validate_data(est, X, y="no_validation", reset=True, **kw):
@@ -432,6 +437,11 @@ class _BaseMLP(BaseEstimator):
         loss, grad = _lbfgs.Objective(model, xt, yt, sw_kernel, **options)(params)
         return loss, grad[order]
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # CSR / CSC X, read as it is (fastbp/_sparse.py)
+        return tags
+
     def _check_solver(self):
         """partial_fit exists for the stochastic solvers only (scikit-learn's rule)."""
         if self.solver not in _STOCHASTIC_SOLVERS:
@@ -621,7 +631,8 @@ class _BaseMLP(BaseEstimator):
         check_is_fitted(self)
         model = self._network()
         if check_input:
-            X = _validate_data(self, X, reset=False, dtype=model.dtype.type)
+            X = _validate_data(self, X, reset=False, accept_sparse=_SPARSE,
+                               dtype=model.dtype.type)
         return model.predict(X)
 
     def _score_with_function(self, X, y, sample_weight, score_function):
@@ -814,7 +825,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return 1.0
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = _validate_data(self, X, y, reset=reset, multi_output=True, y_numeric=True,
+        X, y = _validate_data(self, X, y, reset=reset, accept_sparse=_SPARSE,
+                              multi_output=True, y_numeric=True,
                               dtype=self._input_dtype(reset))
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
@@ -914,8 +926,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return float(self._sum_outputs())
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = _validate_data(self, X, y, reset=reset, multi_output=True,
-                              dtype=self._input_dtype(reset))
+        X, y = _validate_data(self, X, y, reset=reset, accept_sparse=_SPARSE,
+                              multi_output=True, dtype=self._input_dtype(reset))
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):

@@ -102,10 +102,11 @@ def _shared(net, n_in, n_out, nb):
 
 
 @njit(**INNER)
-def forward(params, net, acts, a_off, nb, z_out):
-    """Forward pass of a batch whose inputs are already in acts' layer-0 block.
-    z_out receives the output layer's pre-activation (bce, cross_entropy, poisson need it) when
-    it is long enough; pass an empty array to skip the copy."""
+def forward(params, net, acts, a_off, nb, z_out, z0_ready):
+    """Forward pass of a batch whose inputs are already in acts' layer-0 block -- or,
+    with ``z0_ready``, whose first layer's z is already in its block (sparse inputs,
+    sparse.py).  z_out receives the output layer's pre-activation (bce, cross_entropy,
+    poisson need it) when it is long enough; pass an empty array to skip the copy."""
     sizes = net.sizes
     n_layers = sizes.shape[0] - 1
     for l in range(n_layers):
@@ -116,14 +117,17 @@ def forward(params, net, acts, a_off, nb, z_out):
         a_in = acts[a_off[l]:a_off[l] + n_in * nb]
         code = net.acts[l]
         keep_z = l == n_layers - 1 and z_out.shape[0] >= n_out * nb
-        if _shared(net, n_in, n_out, nb) and not keep_z and code != SOFTMAX:
+        first_ready = z0_ready and l == 0
+        if _shared(net, n_in, n_out, nb) and not keep_z and code != SOFTMAX \
+                and not first_ready:
             bo = net.b_off[l]
             call_layer(net.pool, LAYER_FORWARD, True, False, n_out, nb, n_in, 1.0,
                        address(params, net.w_off[l]), n_out, address(a_in, 0), nb, 0.0,
                        address(z, 0), nb, code, address(params, max(bo, 0)),
                        address(z, 0), nb, 0.0, bo >= 0, False)
             continue
-        affine(params, net, net.w_off[l], net.b_off[l], n_in, n_out, a_in, z, nb)
+        if not first_ready:
+            affine(params, net, net.w_off[l], net.b_off[l], n_in, n_out, a_in, z, nb)
         if keep_z:
             for s in range(n_out * nb):
                 z_out[s] = z[s]
@@ -223,17 +227,19 @@ def _back_delta(params, net, wo, n_in, n_out, delta, delta_in, nb):
 
 
 @njit(**INNER)
-def backward(params, net, acts, a_off, deltas, out, nb, lr, descend):
+def backward(params, net, acts, a_off, deltas, out, nb, lr, descend, input_layer):
     """Gradient of the batch loss into ``out`` (params' layout); with ``descend`` (the
     plain rule) each layer's gradient is instead applied to ``out`` = params as the
     plain step, once the layer's back-propagated delta (which reads the weights before
     the step) is computed: no gradient stored, half the memory traffic on wide layers.
 
     On entry deltas' output block holds dLoss/dz of the output layer (output_deltas);
-    deltas has acts' layout and is overwritten."""
+    deltas has acts' layout and is overwritten.  Without ``input_layer`` the pass stops
+    before layer 0's gradient (sparse inputs: sparse.py computes it)."""
     sizes = net.sizes
     n_layers = sizes.shape[0] - 1
-    for l in range(n_layers - 1, -1, -1):
+    last = 0 if input_layer else 1
+    for l in range(n_layers - 1, last - 1, -1):
         n_in = sizes[l]
         n_out = sizes[l + 1]
         ai = a_off[l]

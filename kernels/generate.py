@@ -252,7 +252,7 @@ def train(params, net, data, val, loop, rule, stop, state, work, val_work, histo
         recording = g % record_every == 0
         lr = like(learning_rate(rule, g), params)
 {shuffle}{epoch}        if recording:
-            good_epochs, status = after_record(False, params, net, val, stop, state,
+            good_epochs, status = after_record(False, False, params, net, val, stop, state,
                                                val_work, history, val_history, backup,
                                                epoch_loss, e, g, epochs, r0,
                                                record_every, guard, False, good_epochs)

@@ -1,6 +1,7 @@
 """The training loops: every epoch, batch and update of a chunk of a run in one call.
 
-``trainer(mode, rule, validating)`` returns the compiled entry for one kind of fit:
+``trainer(mode, rule, validating, sparse)`` returns the compiled entry for one kind of
+fit:
 
     mode        FULL (full batch, no shuffle: the data are loaded once), MINI
                 (mini-batches, or a full batch drawn in shuffled order) or SAMPLE
@@ -11,8 +12,10 @@
                 batches it gives the same bits as FUSED, tests/test_training.py) or
                 STATEFUL (momentum, Nesterov, Adam, any rule with L2)
     validating  whether a validation set is evaluated at each record (early stopping)
+    sparse      whether the inputs (training and validation) are options.SparseRows,
+                whose first layer sparse.py computes (MINI mode only)
 
-Each entry is a closure over its three constants, so Numba prunes the branches of the
+Each entry is a closure over its four constants, so Numba prunes the branches of the
 other kinds before it types anything: a fit compiles only the code its kind of fit
 runs (the old single entry compiled every mode, rule and the validation for every fit,
 for tens of seconds).  Entries and the functions they call are compiled on first use and cached
@@ -34,6 +37,7 @@ from .rng import permutation_into
 from .rules import (ADAM, adam_scales, l2_penalty, learning_rate, plain_step,
                     stateful_step)
 from .sample import sample_epoch_plain, sample_epoch_stateful
+from .sparse import sparse_first_gradient, sparse_first_z
 
 FULL = 0
 MINI = 1
@@ -83,9 +87,11 @@ def stateful_update(params, grad, lr, net, rule, state, l2_scale):
 
 
 @njit(**dict(JIT, inline="always"))
-def _batch_epoch(RULE, params, net, data, loop, rule, state, work, lr, full, recording):
+def _batch_epoch(RULE, SPARSE, params, net, data, loop, rule, state, work, lr, full,
+                 recording):
     """One epoch of mini-batch (or full-batch) updates; returns the mean batch loss when
-    ``recording`` (else 0).  RULE: FUSED, PLAIN or STATEFUL (a compile-time constant)."""
+    ``recording`` (else 0).  RULE: FUSED, PLAIN or STATEFUL; SPARSE: whether data.x is
+    SparseRows (compile-time constants)."""
     x, y, sw = data
     acts, deltas, a_off = work.acts, work.deltas, work.a_off
     n = x.shape[0]
@@ -99,23 +105,33 @@ def _batch_epoch(RULE, params, net, data, loop, rule, state, work, lr, full, rec
     n_batches = 0
     for start in range(0, n, batch_size):
         nb = min(batch_size, n - start)
-        if not full:
+        if SPARSE:  # the first layer's z from the rows, into layer 1's block
+            sparse_first_z(params, net, x, start, nb, work.perm, shuffle, acts, a_off)
+        elif not full:  # (full: the inputs were gathered once, for the whole run)
             gather(x, start, nb, work.perm, shuffle, acts, 0)
+        if not full:
             gather(y, start, nb, work.perm, shuffle, work.y_batch, 0)
         wb = load_weights(sw, start, nb, work.perm, shuffle, work.w_batch)
         # scikit-learn's convention (epoch_loss="sample_mean"): the L2 term of a batch is
         # divided by its own size, so a short last batch gets batch_size / nb times l2
         l2_scale = batch_size / nb if rule.sample_mean else 1.0
-        forward(params, net, acts, a_off, nb, work.z_out)
+        forward(params, net, acts, a_off, nb, work.z_out, SPARSE)
         if recording:
             bl = batch_loss(acts, out_off, work.y_batch, work.z_out, wb, net.loss, k, nb)
             bl += l2_scale * l2_penalty(params, net, rule.l2)
             epoch_loss += nb * bl if rule.sample_mean else bl
         output_deltas(acts, out_off, work.y_batch, deltas, wb, net.loss, out_act, k, nb)
         if RULE == FUSED:
-            backward(params, net, acts, a_off, deltas, params, nb, lr, True)
+            backward(params, net, acts, a_off, deltas, params, nb, lr, True, not SPARSE)
+            if SPARSE:
+                sparse_first_gradient(net, x, start, nb, work.perm, shuffle, deltas, a_off,
+                                      params, lr, True)
         else:
-            backward(params, net, acts, a_off, deltas, work.grad, nb, 0.0, False)
+            backward(params, net, acts, a_off, deltas, work.grad, nb, 0.0, False,
+                     not SPARSE)
+            if SPARSE:
+                sparse_first_gradient(net, x, start, nb, work.perm, shuffle, deltas, a_off,
+                                      work.grad, lr, False)
             if RULE == PLAIN:
                 for p in range(params.shape[0]):
                     params[p] = plain_step(params[p], work.grad[p], lr)
@@ -126,33 +142,58 @@ def _batch_epoch(RULE, params, net, data, loop, rule, state, work, lr, full, rec
 
 
 @njit(**dict(INNER, inline="always"))
-def batch_epoch_fused(params, net, data, loop, rule, state, work, lr, full, recording):
-    return _batch_epoch(FUSED, params, net, data, loop, rule, state, work, lr, full,
+def batch_epoch_fused(SPARSE, params, net, data, loop, rule, state, work, lr, full,
+                      recording):
+    return _batch_epoch(FUSED, SPARSE, params, net, data, loop, rule, state, work, lr, full,
                         recording)
 
 
 @njit(**dict(INNER, inline="always"))
-def batch_epoch_plain(params, net, data, loop, rule, state, work, lr, full, recording):
-    return _batch_epoch(PLAIN, params, net, data, loop, rule, state, work, lr, full,
+def batch_epoch_plain(SPARSE, params, net, data, loop, rule, state, work, lr, full,
+                      recording):
+    return _batch_epoch(PLAIN, SPARSE, params, net, data, loop, rule, state, work, lr, full,
                         recording)
 
 
 @njit(**dict(INNER, inline="always"))
-def batch_epoch_stateful(params, net, data, loop, rule, state, work, lr, full, recording):
-    return _batch_epoch(STATEFUL, params, net, data, loop, rule, state, work, lr, full,
-                        recording)
+def batch_epoch_stateful(SPARSE, params, net, data, loop, rule, state, work, lr, full,
+                         recording):
+    return _batch_epoch(STATEFUL, SPARSE, params, net, data, loop, rule, state, work, lr,
+                        full, recording)
+
+
+@njit(**dict(INNER, inline="always"))
+def _inputs_forward(SPARSE, params, net, x, start, nb, work, z_out):
+    """The forward pass of the samples start <= s < start + nb of x (dense rows, or with
+    SPARSE SparseRows), in order."""
+    if SPARSE:
+        sparse_first_z(params, net, x, start, nb, work.perm, False, work.acts, work.a_off)
+    else:
+        gather(x, start, nb, work.perm, False, work.acts, 0)
+    forward(params, net, work.acts, work.a_off, nb, z_out, SPARSE)
+
+
+@njit(**dict(INNER, inline="always"))
+def _evaluate(SPARSE, params, net, data, work):
+    n = data.x.shape[0]
+    n_layers = net.sizes.shape[0] - 1
+    _inputs_forward(SPARSE, params, net, data.x, 0, n, work, work.z_out)
+    gather(data.y, 0, n, work.perm, False, work.y_batch, 0)
+    return batch_loss(work.acts, work.a_off[n_layers], work.y_batch, work.z_out, data.w,
+                      net.loss, net.sizes[n_layers], n)
 
 
 @njit(**INNER)
 def evaluate(params, net, data, work):
-    """The loss of the whole set ``data``, held in one batch (work for cap = n)."""
-    n = data.x.shape[0]
-    n_layers = net.sizes.shape[0] - 1
-    gather(data.x, 0, n, work.perm, False, work.acts, 0)
-    gather(data.y, 0, n, work.perm, False, work.y_batch, 0)
-    forward(params, net, work.acts, work.a_off, n, work.z_out)
-    return batch_loss(work.acts, work.a_off[n_layers], work.y_batch, work.z_out, data.w,
-                      net.loss, net.sizes[n_layers], n)
+    """The loss of the whole set ``data`` (dense rows), held in one batch (work for
+    cap = n)."""
+    return _evaluate(False, params, net, data, work)
+
+
+@njit(**INNER)
+def evaluate_rows(params, net, data, work):
+    """evaluate of a set of SparseRows."""
+    return _evaluate(True, params, net, data, work)
 
 
 GOING_ON = 0
@@ -161,12 +202,13 @@ STOPPED_EARLY = 2
 
 
 @njit(**dict(INNER, inline="always"))
-def after_record(VALIDATING, params, net, val, stop, state, val_work, history, val_history,
-                 backup, epoch_loss, e, g, epochs, r0, record_every, guard, restore_best,
-                 good_epochs):
+def after_record(VALIDATING, SPARSE, params, net, val, stop, state, val_work, history,
+                 val_history, backup, epoch_loss, e, g, epochs, r0, record_every, guard,
+                 restore_best, good_epochs):
     """The bookkeeping of a recorded epoch g (the e-th of this chunk), shared by every
     training entry, the generated ones included: the record, the divergence guard, and
-    with VALIDATING (a compile-time constant) the validation loss and early stopping.
+    with VALIDATING (a compile-time constant) the validation loss and early stopping
+    (SPARSE: the validation inputs are SparseRows).
     Returns (good_epochs, GOING_ON / DIVERGED / STOPPED_EARLY)."""
     r = g // record_every - r0
     history[r] = epoch_loss
@@ -181,7 +223,10 @@ def after_record(VALIDATING, params, net, val, stop, state, val_work, history, v
             return good_epochs, DIVERGED
     if VALIDATING:
         if finite:
-            vloss = evaluate(params, net, val, val_work)
+            if SPARSE:
+                vloss = evaluate_rows(params, net, val, val_work)
+            else:
+                vloss = evaluate(params, net, val, val_work)
             val_history[r] = vloss
             if vloss < state.best_loss[0] - stop.min_delta:
                 state.best_loss[0] = vloss
@@ -206,9 +251,9 @@ def end_of_chunk(params, backup, guard, good_epochs, epoch0, epochs):
     return epochs, -1, False
 
 
-def _make_trainer(MODE, RULE, VALIDATING):
-    """The entry for one kind of fit; MODE, RULE and VALIDATING are constants of the
-    closure, so every ``if`` on them is decided before Numba types the function."""
+def _make_trainer(MODE, RULE, VALIDATING, SPARSE):
+    """The entry for one kind of fit; MODE, RULE, VALIDATING and SPARSE are constants of
+    the closure, so every ``if`` on them is decided before Numba types the function."""
 
     @njit(**JIT)
     def train(params, net, data, val, loop, rule, stop, state, work, val_work, history,
@@ -267,17 +312,17 @@ def _make_trainer(MODE, RULE, VALIDATING):
                                                     work.perm, work.h, work.d, recording,
                                                     rule, state)
             elif RULE == FUSED:
-                epoch_loss = batch_epoch_fused(params, net, data, loop, rule, state, work,
-                                               lr, full, recording)
+                epoch_loss = batch_epoch_fused(SPARSE, params, net, data, loop, rule, state,
+                                               work, lr, full, recording)
             elif RULE == PLAIN:
-                epoch_loss = batch_epoch_plain(params, net, data, loop, rule, state, work,
-                                               lr, full, recording)
+                epoch_loss = batch_epoch_plain(SPARSE, params, net, data, loop, rule, state,
+                                               work, lr, full, recording)
             else:
-                epoch_loss = batch_epoch_stateful(params, net, data, loop, rule, state,
-                                                  work, lr, full, recording)
+                epoch_loss = batch_epoch_stateful(SPARSE, params, net, data, loop, rule,
+                                                  state, work, lr, full, recording)
             if recording:
                 good_epochs, status = after_record(
-                    VALIDATING, params, net, val, stop, state, val_work, history,
+                    VALIDATING, SPARSE, params, net, val, stop, state, val_work, history,
                     val_history, backup, epoch_loss, e, g, epochs, r0, record_every, guard,
                     restore_best, good_epochs)
                 if status == DIVERGED:
@@ -292,41 +337,69 @@ def _make_trainer(MODE, RULE, VALIDATING):
 _trainers = {}
 
 
-def trainer(mode, rule, validating):
+def trainer(mode, rule, validating, sparse=False):
     """The entry for one kind of fit (see the module docstring): mode "full", "mini" or
-    "sample", rule "fused", "plain" or "stateful", validating a bool."""
-    key = (MODES[mode], RULES[rule], bool(validating))
+    "sample", rule "fused", "plain" or "stateful", validating and sparse bools (sparse:
+    "mini" only)."""
+    if sparse and mode != "mini":
+        raise ValueError(f"sparse inputs train in the mini-batch entries, not {mode!r}")
+    key = (MODES[mode], RULES[rule], bool(validating), bool(sparse))
     fn = _trainers.get(key)
     if fn is None:
         fn = _trainers.setdefault(key, _make_trainer(*key))
     return fn
 
 
-@njit(**JIT)
-def predict(params, net, x, out, work):
-    """out (n, n_out) <- the network's outputs for x (n, n_in), in batches of the
-    work's capacity."""
+@njit(**dict(INNER, inline="always"))
+def _predict(SPARSE, params, net, x, out, work):
     n = x.shape[0]
     n_layers = net.sizes.shape[0] - 1
     cap = work.w_batch.shape[0]
     out_off = work.a_off[n_layers]
     for start in range(0, n, cap):
         nb = min(cap, n - start)
-        gather(x, start, nb, work.perm, False, work.acts, 0)
-        forward(params, net, work.acts, work.a_off, nb, work.z_out[:0])
+        _inputs_forward(SPARSE, params, net, x, start, nb, work, work.z_out[:0])
         scatter(work.acts, out_off, nb, out, start)
+
+
+@njit(**JIT)
+def predict(params, net, x, out, work):
+    """out (n, n_out) <- the network's outputs for x (n, n_in), in batches of the
+    work's capacity."""
+    _predict(False, params, net, x, out, work)
+
+
+@njit(**JIT)
+def predict_rows(params, net, x, out, work):
+    """predict of SparseRows x."""
+    _predict(True, params, net, x, out, work)
+
+
+@njit(**dict(INNER, inline="always"))
+def _loss_and_gradient(SPARSE, params, net, data, grad, work):
+    n = data.x.shape[0]
+    n_layers = net.sizes.shape[0] - 1
+    k = net.sizes[n_layers]
+    out_off = work.a_off[n_layers]
+    loss = _evaluate(SPARSE, params, net, data, work)
+    output_deltas(work.acts, out_off, work.y_batch, work.deltas, data.w, net.loss,
+                  net.acts[n_layers - 1], k, n)
+    backward(params, net, work.acts, work.a_off, work.deltas, grad, n, 0.0, False,
+             not SPARSE)
+    if SPARSE:
+        sparse_first_gradient(net, data.x, 0, n, work.perm, False, work.deltas, work.a_off,
+                              grad, like(0.0, params), False)
+    return loss
 
 
 @njit(**JIT)
 def loss_and_gradient(params, net, data, grad, work):
     """The loss of the whole set ``data`` (one batch: work for cap = n) and its gradient
     into ``grad``; returns the loss."""
-    n = data.x.shape[0]
-    n_layers = net.sizes.shape[0] - 1
-    k = net.sizes[n_layers]
-    out_off = work.a_off[n_layers]
-    loss = evaluate(params, net, data, work)
-    output_deltas(work.acts, out_off, work.y_batch, work.deltas, data.w, net.loss,
-                  net.acts[n_layers - 1], k, n)
-    backward(params, net, work.acts, work.a_off, work.deltas, grad, n, 0.0, False)
-    return loss
+    return _loss_and_gradient(False, params, net, data, grad, work)
+
+
+@njit(**JIT)
+def loss_and_gradient_rows(params, net, data, grad, work):
+    """loss_and_gradient of a set of SparseRows."""
+    return _loss_and_gradient(True, params, net, data, grad, work)

@@ -4,8 +4,10 @@ field: a kernel reads ``rule.lr``, never ``hyper[0]``).
 Read-only, per fit:
     Net   the architecture: sizes, weight and bias offsets in the flat parameter
           vector, activation codes, loss code, and the matrix products' settings.
-    Data  one data set, one sample per row: x (n, n_in), y (n, n_out), w (n,) sample
-          weights or empty; all C-contiguous in the model dtype.
+    Data  one data set, one sample per row: x (n, n_in) or SparseRows, y (n, n_out),
+          w (n,) sample weights or empty; all C-contiguous in the model dtype.
+    SparseRows  a CSR matrix of samples, read by the first layer directly (sparse.py),
+          with that layer's scratch.
     Loop  batch size, shuffling, records.
     Rule  the update rule and its learning-rate schedule (rules.py).
     Stop  early stopping on validation data.
@@ -36,9 +38,38 @@ class Net(NamedTuple):
 
 
 class Data(NamedTuple):
-    x: np.ndarray  # (n, n_in)
+    x: np.ndarray  # (n, n_in), or a SparseRows
     y: np.ndarray  # (n, n_out)
     w: np.ndarray  # (n,) sample weights, or (0,): none
+
+
+class SparseRows(NamedTuple):
+    indptr: np.ndarray   # int64 (n + 1,): row r's entries are [indptr[r], indptr[r + 1])
+    indices: np.ndarray  # int64 (nnz,): their columns, increasing within a row
+    values: np.ndarray   # (nnz,) in the model dtype
+    shape: tuple         # (n, n_in), as an array's
+    # the first layer's scratch: one sample's sums or deltas (sizes[1],); for the plain
+    # step, the gradient rows a batch touches (n_in * sizes[1],), which batch last
+    # touched each row and which rows it touched (n_in,), and the batch count (1,);
+    # empty where only the forward pass runs
+    column: np.ndarray
+    grad: np.ndarray
+    row_mark: np.ndarray
+    touched: np.ndarray
+    stamp: np.ndarray
+
+
+def sparse_rows(indptr, indices, values, n_in, n_out, descend):
+    """SparseRows around CSR arrays (int64, int64, the model dtype; kept, not copied),
+    with scratch for a first layer of n_out units: for the plain step inside the
+    backward pass (``descend``), else only for the forward pass and the gradient."""
+    dtype = values.dtype
+    n_rows = indptr.shape[0] - 1
+    rows = n_in if descend else 0
+    return SparseRows(indptr, indices, values, (n_rows, n_in), np.zeros(n_out, dtype),
+                      np.zeros(n_in * n_out if descend else 0, dtype),
+                      np.zeros(rows, np.int64), np.zeros(rows, np.int64),
+                      np.zeros(1, np.int64))
 
 
 class Loop(NamedTuple):
@@ -124,19 +155,24 @@ def activation_offsets(sizes, cap):
 
 
 def make_work(sizes, n_params, cap, n_samples, dtype, keep_z, per_sample=False,
-              gradient=True):
+              gradient=True, sparse=False):
     """The buffers of a fit (or an evaluation) in batches of up to ``cap`` samples.
 
     ``gradient``: whether a gradient buffer is needed (the fused plain step needs none);
-    ``keep_z``: the output pre-activations (bce, cross_entropy); ``per_sample``: the
-    per-sample path's unit vectors instead of the batch rows."""
+    ``keep_z``: the output pre-activations (bce, cross_entropy, poisson); ``per_sample``:
+    the per-sample path's unit vectors instead of the batch rows; ``sparse``: the inputs
+    are SparseRows, which the first layer reads where they are (the layer-0 block of
+    the batch rows is empty: dense, it would be the size of cap rows of the data)."""
     sizes = np.asarray(sizes, dtype=np.int64)
     dtype = np.dtype(dtype)
     k = int(sizes[-1])
+    blocks = sizes.copy()
+    if sparse:
+        blocks[0] = 0
     units = int(sizes.sum())
-    rows = 0 if per_sample else units * cap
+    rows = 0 if per_sample else int(blocks.sum()) * cap
     empty = np.zeros(0, dtype)
-    return Work(activation_offsets(sizes, cap), np.zeros(rows, dtype), np.zeros(rows, dtype),
+    return Work(activation_offsets(blocks, cap), np.zeros(rows, dtype), np.zeros(rows, dtype),
                 np.zeros(n_params if gradient else 0, dtype),
                 np.zeros(k * cap if keep_z and not per_sample else 0, dtype),
                 np.zeros(0 if per_sample else k * cap, dtype), np.zeros(cap, dtype),

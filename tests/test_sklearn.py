@@ -2,6 +2,7 @@
 own MLP (sgd, adam, lbfgs), the meta-estimators (Pipeline, GridSearchCV, cross_val_score,
 pickling), and the details scikit-learn's users rely on (assigning coefs_ / intercepts_,
 estimators built from their attributes, divergence, partial_fit's availability)."""
+import copy
 import pickle
 import subprocess
 import sys
@@ -473,13 +474,6 @@ def test_poisson_refuses_negative_targets():
         MLPRegressor(loss="gamma").fit(X, y)
 
 
-def test_sparse_is_refused():
-    X, y = _targets("regression")
-    sparse = pytest.importorskip("scipy.sparse")
-    with pytest.raises(TypeError, match="dense"):
-        MLPRegressor().fit(sparse.csr_matrix(X), y)
-
-
 def test_partial_fit_refuses_early_stopping():
     X, y = _targets("regression")
     with pytest.raises(ValueError, match="early_stopping"):
@@ -864,3 +858,48 @@ def test_optimizer_view_reports_sklearns_learning_rate(solver, learning_rate):
         assert got._optimizer.learning_rate != got.learning_rate_init
     with pytest.raises(AttributeError, match="read-only"):
         got._optimizer.learning_rate = 1.0
+
+
+# ------------------------------------------------------------------------- sparse X
+
+@pytest.mark.parametrize("kind, params", [
+    ("regression", PLAIN_SGD),
+    ("multi-class", dict(PLAIN_SGD, solver="adam", alpha=1e-3)),
+    ("binary", dict(LBFGS, activation="tanh")),
+    ("multi-output", dict(PLAIN_SGD, early_stopping=True, validation_fraction=0.2)),
+])
+def test_sparse_X_trains_as_dense_X(kind, params):
+    """CSR and CSC X: fit, partial_fit, predict, predict_proba and score read the sparse
+    rows (never a dense copy) and give what the dense X gives."""
+    sparse = pytest.importorskip("scipy.sparse")
+    X, y = _targets(kind)
+    X = X * (np.random.default_rng(2).random(X.shape) < 0.4)  # mostly zeros
+    cls = _pair(kind)[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        dense = cls(**params).fit(X, y)
+        for fmt in (sparse.csr_matrix, sparse.csc_array):
+            got = cls(**params).fit(fmt(X), y)
+            assert _max_weight_diff(dense, got) <= 1e-12
+            np.testing.assert_allclose(got.predict(fmt(X)), dense.predict(X), rtol=1e-12)
+            assert got.score(fmt(X), y) == pytest.approx(dense.score(X, y), rel=1e-12)
+            if kind in ("binary", "multi-class"):
+                np.testing.assert_allclose(got.predict_proba(fmt(X)),
+                                           dense.predict_proba(X), rtol=1e-12, atol=1e-15)
+            if params["solver"] != "lbfgs" and not params.get("early_stopping"):
+                dense_more = copy.deepcopy(dense).partial_fit(X, y)
+                got.partial_fit(fmt(X), y)
+                assert _max_weight_diff(dense_more, got) <= 1e-12
+
+
+def test_sparse_X_equals_sklearns_fit_on_it():
+    """scikit-learn's own sgd run on the same CSR matrix: the weights agree as on dense
+    data."""
+    sparse = pytest.importorskip("scipy.sparse")
+    X, y = _targets("regression")
+    Xs = sparse.csr_matrix(X * (np.random.default_rng(3).random(X.shape) < 0.3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = skn.MLPRegressor(**PLAIN_SGD).fit(Xs, y)
+        got = MLPRegressor(**PLAIN_SGD).fit(Xs, y)
+    _assert_same_run(ref, got)

@@ -21,12 +21,9 @@ pytest.importorskip("sklearn")
 UPSTREAM_IMPORT = "from sklearn.neural_network import MLPClassifier, MLPRegressor"
 FASTBP_IMPORT = "from fastbp.sklearn import MLPClassifier, MLPRegressor"
 
-# Upstream tests that need what fastbp does not do yet.  Strict: once one passes, its
-# test here fails, so that the entry is removed.
-EXPECTED_FAILURES = {
-    "test_sparse_matrices": "sparse X (CSR) is refused: the first layer does not read "
-                            "sparse rows yet",
-}
+# Upstream tests that need what fastbp does not do yet (none today).  Strict: once one
+# passes, its test here fails, so that the entry is removed.
+EXPECTED_FAILURES = {}
 
 # Upstream tests that read or set scikit-learn's private optimizer state, with the
 # reason each is not run.  None today: fastbp.sklearn's read-only ``_optimizer`` gives

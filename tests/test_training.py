@@ -547,12 +547,12 @@ def test_fit_reads_c_contiguous_data_in_place_and_never_writes_it(make_problem):
 
 @njit
 def _forward(params, net, acts, a_off, nb):
-    B.forward(params, net, acts, a_off, nb, acts[:0])
+    B.forward(params, net, acts, a_off, nb, acts[:0], False)
 
 
 @njit
 def _backward(params, net, acts, a_off, deltas, out, nb, lr, descend):
-    B.backward(params, net, acts, a_off, deltas, out, nb, lr, descend)
+    B.backward(params, net, acts, a_off, deltas, out, nb, lr, descend, True)
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -1,0 +1,144 @@
+"""Sparse inputs: scipy.sparse matrices and arrays as the kernels read them.
+
+``MLP.fit``, ``predict``, ``loss`` and ``gradient`` take a CSR or CSC matrix (or any
+scipy.sparse format, converted to CSR) wherever they take X.  Its rows go to the first
+layer as they are (kernels/sparse.py): nothing of the size of the dense matrix is ever
+made.  scipy is imported only when such an input arrives.
+"""
+import numpy as np
+
+from .kernels import options as O
+
+
+def is_sparse(X):
+    """Whether X is a scipy.sparse matrix or array (scipy imported only if X may be)."""
+    if not type(X).__module__.startswith("scipy.sparse"):
+        return False
+    import scipy.sparse
+    return scipy.sparse.issparse(X)
+
+
+class Rows:
+    """Samples in CSR form as the kernels read them: each row's column indices
+    increasing and distinct, int64 indices, values in the model dtype.  Behaves as the
+    dense (n, n_in) array for what fastbp does with one: ``shape``, ``len``, selecting
+    rows (``rows[a:b]``, ``rows[index_array]``), ``max_abs``."""
+
+    __slots__ = ("indptr", "indices", "values", "shape")
+    ndim = 2
+
+    def __init__(self, indptr, indices, values, n_cols):
+        self.indptr, self.indices, self.values = indptr, indices, values
+        self.shape = (indptr.shape[0] - 1, int(n_cols))
+
+    def __len__(self):
+        return self.shape[0]
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    def __getitem__(self, rows):
+        """The rows ``rows`` (a slice, or an array of row numbers), in that order."""
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(self.shape[0])
+            if step == 1:
+                lo, hi = self.indptr[start], self.indptr[max(stop, start)]
+                return Rows(self.indptr[start:max(stop, start) + 1] - lo,
+                            self.indices[lo:hi], self.values[lo:hi], self.shape[1])
+            rows = np.arange(start, stop, step)
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.indptr[rows + 1] - self.indptr[rows]
+        indptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        # each kept entry's place in the source: its row's start plus its rank in the row
+        starts = np.repeat(self.indptr[rows] - indptr[:-1], lengths)
+        take = starts + np.arange(indptr[-1], dtype=np.int64)
+        return Rows(indptr, self.indices[take], self.values[take], self.shape[1])
+
+    def max_abs(self):
+        """max |x| over the matrix (0 where no entry is stored)."""
+        v = self.values
+        return float(max(np.max(v), -np.min(v), 0.0)) if v.size else 0.0
+
+    def for_kernels(self, n_out, descend=False):
+        """options.SparseRows with scratch for a first layer of n_out units
+        (``descend``: for the plain step inside the backward pass)."""
+        return O.sparse_rows(self.indptr, self.indices, self.values, self.shape[1], n_out,
+                             descend)
+
+    def fingerprint_arrays(self):
+        """The arrays that say which data these are (checkpoint.data_fingerprint)."""
+        return self.indptr, self.indices, self.values
+
+    def toarray(self):
+        """The dense (n, n_in) array (tests and small data only)."""
+        out = np.zeros(self.shape, dtype=self.values.dtype)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
+        out[rows, self.indices] = self.values
+        return out
+
+
+def sparse_rows(X, n_features, dtype, name="X"):
+    """A scipy.sparse X as Rows, validated (two dimensions, n_features columns, at least
+    one row, real finite values).  The user's matrix is never written: a copy is made
+    where its rows must be sorted or their duplicates summed, or its arrays converted."""
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, {n_features}), got shape "
+                         f"{X.shape}")
+    kind = X.dtype.kind
+    if kind == "c":
+        raise TypeError(f"{name} has complex values (dtype {X.dtype}); expected real numbers")
+    if kind not in "biuf":
+        raise TypeError(f"{name} has dtype {X.dtype}; expected a numeric sparse matrix")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 samples)")
+    if X.shape[1] != n_features:
+        raise ValueError(f"{name} has {X.shape[1]} features but the model expects "
+                         f"sizes[0] = {n_features}")
+    csr = X.tocsr()  # a new matrix unless X is CSR
+    if not csr.has_canonical_format:
+        csr = csr.copy() if csr is X else csr
+        csr.sum_duplicates()  # sorts each row's indices too
+    with np.errstate(over="ignore"):
+        values = csr.data.astype(dtype, copy=False)
+    if values.size and not np.isfinite(values).all():
+        if np.isfinite(csr.data).all():
+            raise ValueError(f"{name} has values too large for {np.dtype(dtype).name} "
+                             f"(max |value| {np.abs(csr.data).max():.3g})")
+        raise ValueError(f"{name} contains NaN or infinity")
+    return Rows(np.ascontiguousarray(csr.indptr, dtype=np.int64),
+                np.ascontiguousarray(csr.indices, dtype=np.int64),
+                np.ascontiguousarray(values), n_features)
+
+
+def rows_of_dense(a):
+    """Rows holding the nonzero values of a dense (n, n_in) array, row by row."""
+    mask = a != 0
+    indptr = np.zeros(a.shape[0] + 1, dtype=np.int64)
+    np.cumsum(mask.sum(axis=1), out=indptr[1:])
+    indices = np.nonzero(mask)[1].astype(np.int64)
+    return Rows(indptr, indices, np.ascontiguousarray(a[mask]), a.shape[1])
+
+
+def like(xv, x):
+    """Validation inputs xv in the form of the training inputs x (dense or Rows), so that
+    one compiled entry reads both."""
+    if isinstance(x, Rows) and not isinstance(xv, Rows):
+        return rows_of_dense(xv)
+    if isinstance(xv, Rows) and not isinstance(x, Rows):
+        return np.require(xv.toarray(), requirements=["C", "A", "W"])
+    return xv
+
+
+def for_kernels(x, n_out, descend=False):
+    """The inputs as options.Data takes them: a dense array as it is, Rows as
+    options.SparseRows (see Rows.for_kernels)."""
+    return x.for_kernels(n_out, descend) if isinstance(x, Rows) else x
+
+
+def max_abs(x):
+    """max |x| of dense or sparse inputs."""
+    if isinstance(x, Rows):
+        return x.max_abs()
+    return float(max(np.max(x), -np.min(x))) if x.size else 0.0
