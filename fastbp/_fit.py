@@ -63,7 +63,9 @@ class SingleFit:
         # of a full-batch epoch is that of its starting state), kept for the rewind
         # when it is older than both snapshots (chunks shorter than record_every)
         self.anchor = None
-        self.full_batch = self.plan.mode == "full"
+        # full batch (also sparse inputs', which run in the mini-batch entries): an
+        # epoch's loss is that of its starting state
+        self.full_batch = self.batch >= n and not run.shuffle
         self.safe = False  # whether the last chunk ran unguarded
         self.bad = -1
 

@@ -47,7 +47,16 @@ class Rows:
                 return Rows(self.indptr[start:max(stop, start) + 1] - lo,
                             self.indices[lo:hi], self.values[lo:hi], self.shape[1])
             rows = np.arange(start, stop, step)
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (self.shape[0],):
+                raise IndexError(f"a boolean mask of {rows.shape} for {self.shape[0]} rows")
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64)
+        if rows.size and (rows.min() < -self.shape[0] or rows.max() >= self.shape[0]):
+            raise IndexError(f"row numbers in [{rows.min()}, {rows.max()}] for "
+                             f"{self.shape[0]} rows")
+        rows = np.where(rows < 0, rows + self.shape[0], rows)
         lengths = self.indptr[rows + 1] - self.indptr[rows]
         indptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
@@ -97,6 +106,7 @@ def sparse_rows(X, n_features, dtype, name="X"):
         raise ValueError(f"{name} has {X.shape[1]} features but the model expects "
                          f"sizes[0] = {n_features}")
     csr = X.tocsr()  # a new matrix unless X is CSR
+    _check_structure(csr, name)
     if not csr.has_canonical_format:
         csr = csr.copy() if csr is X else csr
         csr.sum_duplicates()  # sorts each row's indices too
@@ -129,6 +139,21 @@ def like(xv, x):
     if isinstance(xv, Rows) and not isinstance(x, Rows):
         return np.require(xv.toarray(), requirements=["C", "A", "W"])
     return xv
+
+
+def _check_structure(csr, name):
+    """ValueError unless csr's index arrays describe its shape: scipy builds a matrix from
+    arrays without checking them, and the kernels index the weights by these numbers."""
+    indptr, indices = csr.indptr, csr.indices
+    n_rows, n_cols = csr.shape
+    if indptr.shape != (n_rows + 1,) or indptr[0] != 0 or \
+            indptr[-1] != indices.shape[0] or np.any(np.diff(indptr) < 0) or \
+            csr.data.shape != indices.shape:
+        raise ValueError(f"{name} is a malformed sparse matrix: its row pointers (indptr) "
+                         f"do not describe {n_rows} rows of its {indices.shape[0]} entries")
+    if indices.size and (indices.min() < 0 or indices.max() >= n_cols):
+        raise ValueError(f"{name} is a malformed sparse matrix: column indices in "
+                         f"[{indices.min()}, {indices.max()}], outside [0, {n_cols - 1}]")
 
 
 def for_kernels(x, n_out, descend=False):

@@ -98,8 +98,9 @@ def as_float_array(a, name, dtype):
         raise TypeError(f"{name} must be a numeric array, got a string")
     if type(a).__module__.startswith("scipy.sparse"):
         raise TypeError(f"{name} is a scipy.sparse matrix; it must be a dense array here "
-                        f"(an MLP's fit, predict, loss and gradient take a sparse X, "
-                        f"nothing else does): convert it with {name}.toarray()")
+                        f"(only the inputs X of a single MLP -- fit, predict, loss, "
+                        f"gradient, validation_data, resume, fastbp.sklearn -- may be "
+                        f"sparse): convert it with {name}.toarray()")
     try:
         arr = np.asarray(a)
     except Exception as exc:  # ragged lists and the like

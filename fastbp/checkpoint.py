@@ -334,7 +334,8 @@ def resume(path, X, y, progress=False, on_divergence="raise"):
     if data_fingerprint(x, y) != run.data_key:
         raise ValueError(f"X and y are not the data the run in {path} was started with "
                          f"(their fingerprint differs); resume needs the same X and y, in "
-                         f"the same order.  To train the saved model on other data, use "
+                         f"the same order and the same form (a sparse X and its dense "
+                         f"array differ here).  To train the saved model on other data, use "
                          f"fastbp.load({path!r}).fit(...)")
     run.checkpoint = path
     start = run.done

@@ -391,7 +391,10 @@ def _cmd_train(args):
     n = X.shape[0]
     if args.test_fraction > 0 and n < 2:
         raise CLIError(f"{args.data}: {n} row(s); a held-out split needs at least 2 (or --test-fraction 0)")
-    kind, y, classes = _target(texts, args.task, args.data, args.target)
+    task = args.task
+    if task == "auto" and (args.loss == "poisson" or args.output_activation == "exp"):
+        task = "regress"  # counts: few distinct integers, but numbers to fit, not classes
+    kind, y, classes = _target(texts, task, args.data, args.target)
 
     if kind == "classes":
         for option, value, wanted in (("--output-activation", args.output_activation, "softmax"),

@@ -15,8 +15,8 @@ pass over the data (fastbp/_lbfgs.py); from the same weights the result equals
 scikit-learn's to 1e-10 over the first ~10-20 iterations, after which rounding-level
 differences in the loss (~1e-16) grow, as L-BFGS amplifies them.  scikit-learn's own
 test_mlp.py passes with only its import changed (tests/test_sklearn_upstream.py).
-Sparse X (CSR, CSC) is read as it is, never made dense: the first layer reads its rows
-(fastbp/_sparse.py, kernels/sparse.py).  ``loss='poisson'`` is scikit-learn's: an exp output and the half Poisson
+Sparse X (CSR as it is; CSC and other formats converted to CSR) is never made dense:
+the first layer reads its rows (fastbp/_sparse.py, kernels/sparse.py).  ``loss='poisson'`` is scikit-learn's: an exp output and the half Poisson
 deviance (fastbp's "poisson" loss), for every solver.
 
 What differs from scikit-learn (each is an error or a documented difference, never a
@@ -95,6 +95,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
     _sk_validate_data = None
 
 from . import _lbfgs
+from . import _sparse
 from . import _validation as V
 from .errors import DivergenceError
 from .model import MLP, divergence_cause
@@ -429,7 +430,8 @@ class _BaseMLP(BaseEstimator):
         params = np.empty(model.params.shape, dtype=np.float64)
         params[order] = packed_coef_inter
         model.params = params
-        X = np.asarray(X, dtype=model.dtype)
+        if not _sparse.is_sparse(X):
+            X = np.asarray(X, dtype=model.dtype)
         Y = np.asarray(y, dtype=model.dtype)
         Y = Y.reshape(-1, 1) if Y.ndim == 1 else Y
         sw = None if sample_weight is None else np.asarray(sample_weight)
@@ -439,7 +441,7 @@ class _BaseMLP(BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True  # CSR / CSC X, read as it is (fastbp/_sparse.py)
+        tags.input_tags.sparse = True  # CSR / CSC X, never made dense (fastbp/_sparse.py)
         return tags
 
     def _check_solver(self):
@@ -537,7 +539,7 @@ class _BaseMLP(BaseEstimator):
             except FloatingPointError:
                 start_finite = False
         cause = divergence_cause(
-            model.dtype, float(np.abs(X).max()), float(np.abs(Y).max()), start_finite,
+            model.dtype, float(abs(X).max()), float(np.abs(Y).max()), start_finite,
             f"too large a learning rate: try a smaller learning_rate_init than "
             f"{self.learning_rate_init:g}")
         where = ("in this partial_fit call's epoch" if incremental else

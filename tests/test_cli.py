@@ -340,7 +340,7 @@ def test_train_poisson_counts(capsys, tmp_path):
     data = tmp_path / "counts.csv"
     data.write_text("x1,x2,n\n" + "".join(f"{_row(*r)},{c}\n" for r, c in zip(X, counts)))
     model_path = tmp_path / "counts.npz"
-    rc, out, err = run(capsys, "train", str(data), "--target", "n", "--task", "regress",
+    rc, out, err = run(capsys, "train", str(data), "--target", "n",  # counts: regression
                        "--loss", "poisson", "--layers", "none", "--epochs", "400",
                        "--lr", "0.1", "--test-fraction", "0", "--no-progress",
                        "--save", str(model_path))

@@ -158,6 +158,8 @@ def test_checkpoint_and_resume_with_sparse_data(tmp_path):
     np.testing.assert_array_equal(model.params, whole.params)
     with pytest.raises(ValueError, match="fingerprint"):
         fastbp.resume(str(path), sp.csr_matrix(2.0 * X), y)
+    with pytest.raises(ValueError, match="same form"):
+        fastbp.resume(str(path), X, y)
 
 
 def test_lbfgs_on_sparse_data_equals_dense():
@@ -188,6 +190,11 @@ def test_divergence_on_sparse_data_names_the_learning_rate():
     (lambda X: sp.csr_matrix(np.where(X != 0, np.nan, 0.0)), ValueError, "NaN"),
     (lambda X: sp.csr_matrix(np.where(X != 0, 1e300, 0.0)), ValueError,
      "too large for float32"),
+    # scipy builds these from the arrays unchecked: the kernels would index out of W
+    (lambda X: sp.csr_matrix((np.ones(3), np.array([0, 1, 30]), np.array([0, 1, 3] + [3] * 38)),
+                             shape=(40, 30)), ValueError, r"column indices in \[0, 30\]"),
+    (lambda X: sp.csr_matrix((np.ones(3), np.array([0, -2, 5]), np.array([0, 1, 3] + [3] * 38)),
+                             shape=(40, 30)), ValueError, r"column indices in \[-2, 5\]"),
 ])
 def test_bad_sparse_input_is_refused_by_name(make, exc, message):
     X, y = _data()
@@ -208,8 +215,13 @@ def test_rows_select_like_the_dense_array():
     rows = Rows(*(np.asarray(a, dtype=t) for a, t in (
         (sp.csr_matrix(X).indptr, np.int64), (sp.csr_matrix(X).indices, np.int64),
         (sp.csr_matrix(X).data, np.float64))), X.shape[1])
-    for pick in (slice(3, 17), slice(None, None, 3), slice(20, 5), np.array([9, 0, 5, 9])):
+    mask = np.arange(len(X)) % 3 == 1
+    for pick in (slice(3, 17), slice(None, None, 3), slice(20, 5), np.array([9, 0, 5, 9]),
+                 np.array([-1, 2, -40]), mask, np.array([], dtype=np.int64)):
         np.testing.assert_array_equal(rows[pick].toarray(), X[pick])
+    for bad in (np.array([40]), np.array([-41]), mask[:-1]):
+        with pytest.raises(IndexError):
+            rows[bad]
     assert rows.max_abs() == np.abs(X).max()
 
 
