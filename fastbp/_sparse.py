@@ -7,6 +7,7 @@ made.  scipy is imported only when such an input arrives.
 """
 import numpy as np
 
+from ._validation import check_samples_shape
 from .kernels import options as O
 
 
@@ -92,19 +93,12 @@ def sparse_rows(X, n_features, dtype, name="X"):
     """A scipy.sparse X as Rows, validated (two dimensions, n_features columns, at least
     one row, real finite values).  The user's matrix is never written: a copy is made
     where its rows must be sorted or their duplicates summed, or its arrays converted."""
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_samples, {n_features}), got shape "
-                         f"{X.shape}")
+    check_samples_shape(X.shape, n_features, name)
     kind = X.dtype.kind
     if kind == "c":
         raise TypeError(f"{name} has complex values (dtype {X.dtype}); expected real numbers")
     if kind not in "biuf":
         raise TypeError(f"{name} has dtype {X.dtype}; expected a numeric sparse matrix")
-    if X.shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 samples)")
-    if X.shape[1] != n_features:
-        raise ValueError(f"{name} has {X.shape[1]} features but the model expects "
-                         f"sizes[0] = {n_features}")
     csr = X.tocsr()  # a new matrix unless X is CSR
     _check_structure(csr, name)
     if not csr.has_canonical_format:

@@ -136,14 +136,20 @@ def check_X(X, n_features, dtype, name="X"):
     x = as_float_array(X, name, dtype)
     if x.ndim == 1 and n_features == 1:
         x = x.reshape(-1, 1)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_samples, {n_features}), got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 samples)")
-    if x.shape[1] != n_features:
-        raise ValueError(f"{name} has {x.shape[1]} features but the model expects "
-                         f"sizes[0] = {n_features}")
+    check_samples_shape(x.shape, n_features, name)
     return x
+
+
+def check_samples_shape(shape, n_features, name="X"):
+    """ValueError unless ``shape`` is (n_samples >= 1, n_features): inputs, dense or
+    sparse."""
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, {n_features}), got shape {shape}")
+    if shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 samples)")
+    if shape[1] != n_features:
+        raise ValueError(f"{name} has {shape[1]} features but the model expects "
+                         f"sizes[0] = {n_features}")
 
 
 def check_y(y, n_samples, n_outputs, dtype, name="y"):
