@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, cfunc, config as numba_config, njit, types
+from numba import carray, cfunc, config as numba_config, njit, types, uint64
 from numba.extending import intrinsic, overload
 
 from .config import JIT
@@ -150,31 +150,40 @@ def recurrence(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
     p = 0..k-1 from 0 in c's dtype, then alpha * sum (+ beta * c[i, j] when beta != 0),
     alpha and beta rounded to c's dtype: the tiles' numbers.  a, b, c: 1-D arrays (or,
     compiled, pointers) of one float dtype starting at the matrices' first elements.
-    The loop over j is innermost, so it vectorizes when op(b) has contiguous rows; each
-    element's chain is unchanged by that order.  Its accumulators are c's row itself,
-    or, when beta != 0 (c's old values are needed at the end), one scratch row."""
+
+    The loop over j is innermost and reads a row of op(b), so it vectorizes; each
+    element's chain is unchanged by that order.  A transposed b is first copied into
+    rows (n * k values: a fraction of the m * n * k multiply-adds).  Its accumulators
+    are c's row itself, or, when beta != 0 (c's old values are needed at the end), one
+    scratch row.  Indices are unsigned, as in batch.py: with signed ones Numba's
+    negative-index wraparound kept the loops from vectorizing (10-25x slower)."""
     alpha = cast_like(c, alpha)
     beta = cast_like(c, beta)
+    um, un, uk = uint64(m), uint64(n), uint64(k)
+    ulda, uldc = uint64(lda), uint64(ldc)
+    rows, uldr = b, uint64(ldb)
+    if trans_b == TRANS:  # op(b)'s rows, contiguous: p-th row at rows[p * n]
+        rows, uldr = np.empty(k * n, dtype=c.dtype), un
+        for j in range(un):
+            col = j * uint64(ldb)
+            for p in range(uk):
+                rows[p * un + j] = b[col + p]
     acc = c if beta == 0 else np.empty(n, dtype=c.dtype)
-    for i in range(m):
-        row_acc = i * ldc if beta == 0 else 0
-        for j in range(n):
+    for i in range(um):
+        row_acc = i * uldc if beta == 0 else uint64(0)
+        for j in range(un):
             acc[row_acc + j] = 0
-        for p in range(k):
-            x = a[p * lda + i] if trans_a == TRANS else a[i * lda + p]
-            if trans_b == TRANS:
-                for j in range(n):
-                    acc[row_acc + j] = fma(x, b[j * ldb + p], acc[row_acc + j])
-            else:
-                row = p * ldb
-                for j in range(n):
-                    acc[row_acc + j] = fma(x, b[row + j], acc[row_acc + j])
-        out = i * ldc
+        for p in range(uk):
+            x = a[p * ulda + i] if trans_a == TRANS else a[i * ulda + p]
+            row = p * uldr
+            for j in range(un):
+                acc[row_acc + j] = fma(x, rows[row + j], acc[row_acc + j])
+        out = i * uldc
         if beta == 0:
-            for j in range(n):
+            for j in range(un):
                 c[out + j] = alpha * acc[row_acc + j]
         else:
-            for j in range(n):
+            for j in range(un):
                 c[out + j] = alpha * acc[row_acc + j] + beta * c[out + j]
 
 
