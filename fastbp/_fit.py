@@ -14,6 +14,7 @@ results are the same bits.
 """
 from contextlib import nullcontext
 
+import numba
 import numpy as np
 
 from . import _dispatch as D
@@ -180,11 +181,12 @@ class SingleFit:
         """One call of the training kernel for ``epochs`` epochs from epoch ``start``;
         (epochs_done, bad_epoch, early_stopped)."""
         run = self.run
+        args = (params, self.net, self.data, run.val, self.loop, run.rule, run.stop, state,
+                self.work, self.val_work, history, val_history, backup, start, epochs)
+        if numba.config.DISABLE_JIT:  # the kernels as Python: scalars typed as compiled
+            args = tuple(O.as_compiled(a) for a in args)
         with nullcontext() if self.shared is None else self.shared.running():
-            ran, bad, early = self.plan.kernel(params, self.net, self.data, run.val,
-                                               self.loop, run.rule, run.stop, state,
-                                               self.work, self.val_work, history,
-                                               val_history, backup, start, epochs)
+            ran, bad, early = self.plan.kernel(*args)
         return int(ran), int(bad), bool(early)
 
     def _guard_chunk(self, chunk):

@@ -18,11 +18,16 @@ to one LLVM instruction or vector loop:
 - ``lanes_dot(w, wo, v, vo, m)`` / ``lanes_dot_step(...)``: a dot product in LANES
   lanes (one <16 x float> vector), and the same fused with the plain SGD step of w.
 - ``address(arr, offset)``: a typed pointer to arr[offset] (the gemm units' operands).
+- ``exp(x)`` / ``tanh(x)``: libm's function in x's precision.  Compiled, Numba calls
+  expf / tanhf for a float32; so does their Python meaning, through ctypes: the float64
+  result rounded to float32 differs in the last bit (for one tanh in seven).
 
 Without fastmath LLVM may not reorder a sum, so ``acc += w[j] * v[j]`` stays one scalar
 chain.  The lane functions fix another order, written here and nowhere else: it is the
 same on every machine, and the Python meanings below compute exactly it.
 """
+import ctypes
+import ctypes.util
 import math
 import struct
 from fractions import Fraction
@@ -413,3 +418,46 @@ def _address(typingctx, arr, offset):
 @overload(address, inline="always")
 def _address_compiled(arr, offset):
     return lambda arr, offset: _address(arr, offset)
+
+
+# ------------------------------------------------------------------ libm, in x's precision
+def _libm_float32(name):
+    """libm's float32 function ``name`` through ctypes (None where no libm is found: then
+    the Python meaning rounds the float64 result, which may differ in the last bit)."""
+    path = ctypes.util.find_library("m")
+    try:
+        fn = getattr(ctypes.CDLL(path), name)
+    except (OSError, AttributeError, TypeError):
+        return None
+    fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
+    return fn
+
+
+_EXPF = _libm_float32("expf")
+_TANHF = _libm_float32("tanhf")
+
+
+def _in_precision(x, float64_fn, float32_fn):
+    if isinstance(x, np.float32):
+        return np.float32(float32_fn(float(x)) if float32_fn else float64_fn(float(x)))
+    return float64_fn(x)
+
+
+def exp(x):
+    """e**x in x's precision: libm's expf for a float32, exp otherwise."""
+    return _in_precision(x, math.exp, _EXPF)
+
+
+def tanh(x):
+    """tanh(x) in x's precision: libm's tanhf for a float32, tanh otherwise."""
+    return _in_precision(x, math.tanh, _TANHF)
+
+
+@overload(exp, inline="always")
+def _exp_compiled(x):
+    return lambda x: math.exp(x)
+
+
+@overload(tanh, inline="always")
+def _tanh_compiled(x):
+    return lambda x: math.tanh(x)

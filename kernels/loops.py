@@ -83,7 +83,7 @@ def stateful_update(params, grad, lr, net, rule, state, l2_scale):
         bo = net.b_off[l]
         if bo >= 0:
             for p in range(bo, bo + sizes[l + 1]):
-                stateful_step(params, state.moments, p, grad[p], lr, rule, c1, c2, 0.0)
+                stateful_step(params, state.moments, p, grad[p], lr, rule, c1, c2, None)
 
 
 @njit(**dict(JIT, inline="always"))

@@ -125,6 +125,23 @@ class Work(NamedTuple):
     d: np.ndarray        # per-sample deltas, sum(sizes)
 
 
+def as_compiled(value):
+    """``value`` with its Python floats and ints -- in namedtuples, at any depth -- as the
+    NumPy float64 and int64 that Numba compiles them as.  For the kernels' Python
+    meaning (NUMBA_DISABLE_JIT): NumPy 2 treats a Python scalar as "weak", so there
+    ``0.9 * v`` of a float32 v is a float32, where compiled it is a float64, and a
+    momentum or Adam step would round differently."""
+    if isinstance(value, bool) or isinstance(value, np.generic):
+        return value
+    if isinstance(value, float):
+        return np.float64(value)
+    if isinstance(value, int):
+        return np.int64(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(as_compiled(v) for v in value))
+    return value
+
+
 def plain_rule(lr, epochs=1):
     """Plain SGD at a constant learning rate."""
     return Rule(R.SGD, float(lr), 0.0, False, 0.9, 0.999, 1e-8, 0.0, R.CONSTANT, 0.5, 1, 0.5,

@@ -5,13 +5,12 @@ These apply the rules (rules.py) to a range of those rows -- or of their columns
 and are called over the whole block by batch.py and the lanes, and over one thread's
 piece of it by pool.py, which gives the same numbers: every element is computed alone.
 """
-import math
 
 from numba import njit, uint64
 
 from .config import INNER
 from .rules import (EXP, RELU, SIGMOID, TANH, exp_output, plain_step, relu, relu_back,
-                    sigmoid, sigmoid_back, sum4, tanh_back)
+                    sigmoid, sigmoid_back, sum4, tanh, tanh_back)
 
 LEAF = dict(INNER, inline="always")  # small helpers inlined into the passes that call them
 
@@ -28,7 +27,7 @@ def activate_rows(z, code):
             z[s] = relu(z[s])
     elif code == TANH:
         for s in range(z.shape[0]):
-            z[s] = math.tanh(z[s])
+            z[s] = tanh(z[s])
     elif code == EXP:
         for s in range(z.shape[0]):
             z[s] = exp_output(z[s])

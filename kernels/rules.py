@@ -45,8 +45,8 @@ from .config import JIT
 # fit (a mini-batch fit compiled 47 functions instead of 27, and took half as long
 # again).
 RULE = dict(JIT, inline="always")
-from .intrinsics import (LANES, float32_from_bits, float64_from_bits, fma, lanes4, lanes_dot,
-                         lanes_dot_step, like, sum_width)
+from .intrinsics import (LANES, exp, float32_from_bits, float64_from_bits, fma, lanes4,
+                         lanes_dot, lanes_dot_step, like, sum_width, tanh as tanh_of)
 
 
 IDENTITY = 0
@@ -167,8 +167,8 @@ def sigmoid_libm(z):
     (per-sample SGD of narrow layers: NARROW_UNITS)."""
     one = like(1.0, z)
     if z >= 0:
-        return one / (one + math.exp(-z))
-    e = math.exp(z)
+        return one / (one + exp(-z))
+    e = exp(z)
     return e / (one + e)
 
 
@@ -246,7 +246,7 @@ DERIVATIVE_FUNCTIONS = {SIGMOID: "sigmoid_back", RELU: "relu_back", TANH: "tanh_
 
 @njit(**RULE)
 def tanh(z):
-    return math.tanh(z)
+    return tanh_of(z)
 
 
 @njit(**RULE)
@@ -254,7 +254,7 @@ def exp_output(z):
     """The exp output layer (poisson's log link): libm's exp, in z's precision.  It is
     one layer of a few units, so the vectorizable polynomial of the sigmoid would not
     pay; exp(z) overflows to inf past ~709 (float32: ~88), which the guard reports."""
-    return math.exp(z)
+    return exp(z)
 
 
 # ------------------------------------------------------------------------------ losses
@@ -352,9 +352,9 @@ def softmax_column(z, base, stride, k):
         zmax = max(zmax, z[base + j * stride])
     total = 0.0
     for j in range(uint64(k)):
-        e = math.exp(z[base + j * stride] - zmax)
+        e = exp(z[base + j * stride] - zmax)
         z[base + j * stride] = e
-        total += e
+        total += np.float64(e)  # a float64 sum, in Python too (NumPy 2 would keep float32)
     for j in range(uint64(k)):
         z[base + j * stride] = z[base + j * stride] / total
 
@@ -368,8 +368,8 @@ def cross_entropy_column(z, y, base, stride, k):
         zmax = max(zmax, z[base + j * stride])
     acc = 0.0
     for j in range(uint64(k)):
-        acc += math.exp(z[base + j * stride] - zmax)
-    lse = zmax + math.log(acc)
+        acc += np.float64(exp(z[base + j * stride] - zmax))
+    lse = np.float64(zmax) + math.log(acc)  # float64, in Python too
     total = 0.0
     for j in range(uint64(k)):
         total += y[base + j * stride] * (lse - z[base + j * stride])
@@ -421,9 +421,27 @@ def momentum_step(p, g, v, lr, mu, nesterov):
 
 
 @njit(**RULE)
+def int_power(x, n):
+    """x ** n (float64) for an integer n >= 0, computed as Numba computes ``**`` with an
+    integer exponent: binary powering, libm's pow beyond 65,536.  Written out so that
+    the Python meaning (NUMBA_DISABLE_JIT) gives the compiled bits: Python's ``**``
+    calls pow, which rounds differently."""
+    if n > 0x10000:
+        return math.pow(x, float(n))
+    r = 1.0
+    a = np.float64(x)
+    while n != 0:
+        if n & 1:
+            r *= a
+        n >>= 1
+        a *= a
+    return r
+
+
+@njit(**RULE)
 def adam_scales(beta1, beta2, t):
     """Adam's bias corrections 1 / (1 - beta1^t), 1 / (1 - beta2^t) for step t >= 1."""
-    return 1.0 / (1.0 - beta1 ** t), 1.0 / (1.0 - beta2 ** t)
+    return 1.0 / (1.0 - int_power(beta1, t)), 1.0 / (1.0 - int_power(beta2, t))
 
 
 @njit(**RULE)
@@ -450,7 +468,7 @@ def learning_rate(rule, epoch):
     if rule.schedule == INVSCALING:
         return lr / (1.0 + epoch) ** rule.power
     if rule.schedule == STEP:
-        return lr * rule.step_factor ** (epoch // rule.step_size)
+        return lr * int_power(rule.step_factor, epoch // rule.step_size)
     if rule.schedule == COSINE:
         total = max(rule.total_epochs, 1)
         lo = rule.lr_min
@@ -461,11 +479,16 @@ def learning_rate(rule, epoch):
 @njit(**RULE)
 def stateful_step(params, moments, i, g, lr, rule, c1, c2, decay):
     """Parameter i's step under a rule with state (momentum, Nesterov, Adam; any rule
-    with L2): ``decay`` is the L2 factor for a weight, 0 for a bias; c1, c2 Adam's
+    with L2): ``decay`` is the L2 factor for a weight, None for a bias; c1, c2 Adam's
     corrections for this step (adam_scales).  moments (2, n_params): the velocity or
     Adam's m in row 0, Adam's v in row 1."""
-    if decay != 0.0:
-        g = with_l2(g, params[i], decay)
+    if decay is not None:
+        # a weight's gradient is a float64: compiled, Numba unifies g with with_l2's
+        # float64; a bias's (decay None: the branch is pruned) keeps the model's dtype.
+        # Written out so that the Python meaning rounds alike.
+        g = np.float64(g)
+        if decay != 0.0:
+            g = with_l2(g, params[i], decay)
     if rule.optimizer == ADAM:
         p, m, v = adam_step(params[i], g, moments[0, i], moments[1, i], lr, rule.beta1,
                             rule.beta2, rule.eps, c1, c2)

@@ -132,7 +132,7 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
                         params[bo + j] = plain_step(params[bo + j], d[zo + j], lr)
                     else:
                         stateful_step(params, moments, bo + j, d[zo + j], lr, rule, c1, c2,
-                                      0.0)
+                                      None)
             zo = ai
     return total / n
 

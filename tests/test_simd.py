@@ -17,7 +17,7 @@ from numba import njit, uint64
 
 from fastbp.kernels import intrinsics as I
 from fastbp.kernels.intrinsics import LANES
-from fastbp.kernels.rules import dot4, row_dot, row_dot_step, sum4
+from fastbp.kernels.rules import dot4, int_power, row_dot, row_dot_step, sum4
 
 
 def _round(exact, dtype):
@@ -269,6 +269,56 @@ def test_float32_from_bits_python_meaning_equals_the_compiled_cast():
         got, want = I.float32_from_bits(p), _from_bits32_compiled(p)
         assert isinstance(got, np.float32)
         assert int(got.view(np.int32)) == int(want) == int(p)
+
+
+@njit
+def _libm_compiled(x, out):
+    for i in range(x.shape[0]):
+        out[0, i] = I.exp(x[i])
+        out[1, i] = I.tanh(x[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_exp_and_tanh_python_meanings_equal_the_compiled_libm_calls(dtype):
+    # compiled, a float32 calls expf / tanhf; the float64 result rounded to float32
+    # differs in the last bit for about one tanh in seven, so the Python meaning calls
+    # them too (softmax and tanh layers of float32 models under NUMBA_DISABLE_JIT)
+    rng = np.random.default_rng(43)
+    x = np.concatenate([rng.standard_normal(3000) * 4, [0.0, -0.0, 88.5, -104.0, 1e-30]])
+    x = x.astype(dtype)
+    want = np.empty((2, x.shape[0]), dtype)
+    _libm_compiled(x, want)
+    got = np.array([[I.exp(v) for v in x], [I.tanh(v) for v in x]])
+    assert got.dtype == dtype
+    with np.errstate(over="ignore"):
+        assert np.array_equal(got, want)
+
+
+@njit
+def _int_power_compiled(x, n):
+    return x ** n, int_power(x, n)
+
+
+def test_int_power_python_meaning_equals_numbas_power_with_an_integer_exponent():
+    # Adam's bias corrections and the step schedule: Python's ** calls pow, which rounds
+    # differently from Numba's binary powering (and from its pow beyond 65,536)
+    rng = np.random.default_rng(44)
+    for x in list(rng.random(50)) + [0.9, 0.999, 0.5, 1.0 - 1e-12]:
+        for n in (0, 1, 2, 3, 7, 10, 1000, 65_536, 65_537, 200_000):
+            star, ours = _int_power_compiled(x, n)
+            assert int_power.py_func(x, np.int64(n)) == star == ours, (x, n)
+    assert any(float(x) ** n != _int_power_compiled(x, n)[0]
+               for x in rng.random(200) for n in (5, 11, 37))  # the test can tell
+
+
+def test_options_as_compiled_types_python_scalars_as_numba_does():
+    from fastbp.kernels import options as O
+    rule = O.plain_rule(0.1)
+    typed = O.as_compiled(O.Loop(4, True, 1)), O.as_compiled(rule)
+    assert type(typed[0].batch_size) is np.int64 and typed[0].shuffle is True
+    assert type(typed[1].lr) is np.float64 and typed[1].lr == 0.1
+    # the weak Python float would keep a float32 product in float32; Numba's float64 not
+    assert (typed[1].momentum * np.float32(1.0)).dtype == np.float64
 
 
 @njit
