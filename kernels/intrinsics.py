@@ -18,8 +18,9 @@ to one LLVM instruction or vector loop:
 - ``lanes_dot(w, wo, v, vo, m)`` / ``lanes_dot_step(...)``: a dot product in LANES
   lanes (one <16 x float> vector), and the same fused with the plain SGD step of w.
 - ``address(arr, offset)``: a typed pointer to arr[offset] (the gemm units' operands).
-- ``exp(x)`` / ``tanh(x)``: libm's function in x's precision.  Compiled, Numba calls
-  expf / tanhf for a float32; so does their Python meaning, through ctypes: the float64
+- ``exp(x)`` / ``tanh(x)``: libm's function in x's precision.  Compiled, these are
+  math.exp / math.tanh, for which Numba calls expf / tanhf on a float32; their Python
+  meanings (python_exp / python_tanh) call those too, through ctypes: the float64
   result rounded to float32 differs in the last bit (for one tanh in seven).
 
 Without fastmath LLVM may not reorder a sum, so ``acc += w[j] * v[j]`` stays one scalar
@@ -28,13 +29,14 @@ same on every machine, and the Python meanings below compute exactly it.
 """
 import ctypes
 import ctypes.util
+import functools
 import math
 import struct
 from fractions import Fraction
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import config, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
@@ -421,43 +423,37 @@ def _address_compiled(arr, offset):
 
 
 # ------------------------------------------------------------------ libm, in x's precision
+@functools.cache
 def _libm_float32(name):
-    """libm's float32 function ``name`` through ctypes (None where no libm is found: then
-    the Python meaning rounds the float64 result, which may differ in the last bit)."""
-    path = ctypes.util.find_library("m")
+    """libm's float32 function ``name`` through ctypes, found on first use (None where no
+    libm is found: then the Python meaning rounds the float64 result, which may differ
+    in the last bit)."""
     try:
-        fn = getattr(ctypes.CDLL(path), name)
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("m")), name)
     except (OSError, AttributeError, TypeError):
         return None
     fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
     return fn
 
 
-_EXPF = _libm_float32("expf")
-_TANHF = _libm_float32("tanhf")
-
-
-def _in_precision(x, float64_fn, float32_fn):
+def _in_precision(x, float64_fn, float32_name):
     if isinstance(x, np.float32):
+        float32_fn = _libm_float32(float32_name)
         return np.float32(float32_fn(float(x)) if float32_fn else float64_fn(float(x)))
     return float64_fn(x)
 
 
-def exp(x):
-    """e**x in x's precision: libm's expf for a float32, exp otherwise."""
-    return _in_precision(x, math.exp, _EXPF)
+def python_exp(x):
+    """e**x in x's precision, as compiled: libm's expf for a float32, exp otherwise."""
+    return _in_precision(x, math.exp, "expf")
 
 
-def tanh(x):
-    """tanh(x) in x's precision: libm's tanhf for a float32, tanh otherwise."""
-    return _in_precision(x, math.tanh, _TANHF)
+def python_tanh(x):
+    """tanh(x) in x's precision, as compiled: libm's tanhf for a float32, tanh otherwise."""
+    return _in_precision(x, math.tanh, "tanhf")
 
 
-@overload(exp, inline="always")
-def _exp_compiled(x):
-    return lambda x: math.exp(x)
-
-
-@overload(tanh, inline="always")
-def _tanh_compiled(x):
-    return lambda x: math.tanh(x)
+# Compiled, the kernels call math.exp / math.tanh themselves: an @overload would be
+# inlined at each call site, which made a per-sample first fit 0.3-0.5 s slower to compile.
+exp = python_exp if config.DISABLE_JIT else math.exp
+tanh = python_tanh if config.DISABLE_JIT else math.tanh

@@ -420,12 +420,11 @@ def momentum_step(p, g, v, lr, mu, nesterov):
     return p + v, v
 
 
-@njit(**RULE)
-def int_power(x, n):
-    """x ** n (float64) for an integer n >= 0, computed as Numba computes ``**`` with an
-    integer exponent: binary powering, libm's pow beyond 65,536.  Written out so that
-    the Python meaning (NUMBA_DISABLE_JIT) gives the compiled bits: Python's ``**``
-    calls pow, which rounds differently."""
+def python_int_power(x, n):
+    """x ** n (float64) for an integer n >= 0 as Numba computes ``**`` with an integer
+    exponent -- binary powering, libm's pow beyond 65,536 -- for the Python meaning
+    (NUMBA_DISABLE_JIT) of int_power: Python's ``**`` calls pow, which rounds
+    differently."""
     if n > 0x10000:
         return math.pow(x, float(n))
     r = 1.0
@@ -436,6 +435,16 @@ def int_power(x, n):
         n >>= 1
         a *= a
     return r
+
+
+@njit(**RULE)
+def _compiled_int_power(x, n):
+    return x ** n
+
+
+# Compiled, Numba's own ``**`` (written out, the loop made the Adam first fits slower to
+# compile); as Python, the same algorithm
+int_power = python_int_power if config.DISABLE_JIT else _compiled_int_power
 
 
 @njit(**RULE)
