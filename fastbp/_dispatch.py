@@ -339,8 +339,10 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
     gemm = choose_gemm(sizes, dtype, nb_max, epochs * (n + n_val))
     threads = 1 if gemm is None or mode == "sample" else product_threads(
         sizes, dtype, nb_max, epochs * (n + n_val), threads)
+    # the recurrence is named: it is what explains slower epochs until the tiles pay
     name = (f"{_MODE_NAMES[mode]} {_RULE_NAMES[kind]}" + (", validating" if validating else "")
             + f" ({dtype.name}" + (", sparse inputs" if sparse else "")
+            + (", products on the recurrence" if gemm == "recurrence" else "")
             + (f", on {threads} threads)" if threads > 1 else ")"))
     general_key = ("train", mode, kind, bool(validating), dtype.name) + (
         ("sparse",) if sparse else ())

@@ -150,6 +150,7 @@ X, y = rng.random((192, 40)), rng.random((192, 3))
 m = fastbp.MLP({sizes}, activation=["sigmoid", "identity"], seed=2)
 h = m.fit(X, y, epochs=4, lr=0.05, batch_size=64)
 print(json.dumps({{"gemm": _dispatch.choose_gemm(m._layout.sizes, m.dtype, 64, 4 * 192),
+                  "kernel": h.kernel,
                   "scipy": "scipy" in sys.modules,
                   "loss": [float(v) for v in h.loss], "out": m.predict(X[:4]).tolist()}}))
 """
@@ -190,6 +191,9 @@ def test_both_units_train_the_same_network(monkeypatch):
     general = _fit_here("general", monkeypatch)
     fastest = _fit_here("fastest", monkeypatch)
     assert (general["gemm"], fastest["gemm"]) == ("recurrence", "tiles")
+    # History names the slower unit (what explains slower epochs until the tiles pay)
+    assert general["kernel"] == "mini-batch plain SGD (float64, products on the recurrence)"
+    assert fastest["kernel"] == "mini-batch plain SGD (float64)"
     assert general["loss"] == fastest["loss"] and general["out"] == fastest["out"]
     ref = fastbp.MLP(_SIZES, activation=["sigmoid", "identity"], seed=2)
     rng = np.random.default_rng(0)
