@@ -41,6 +41,30 @@ class Width(Benchmark):
     track_speedup_vs_numpy.unit = "x"
 
 
+
+class GemmUnits(Benchmark):
+    """One W4b epoch (batch 64) with each matrix-product unit: the recurrence, which a fit
+    runs until the tiles are worth compiling (every first fit on an empty cache), and
+    the register tiles (kernels/gemm.py).  Same bits either way; this is the price of
+    waiting for the tiles."""
+    param_names = ["H", "unit"]
+    params = [[64, 256], ["recurrence", "tiles"]]
+
+    def setup(self, H, unit):
+        common.import_fastbp()
+        from fastbp import _dispatch
+        self._dispatch, self._saved = _dispatch, _dispatch.POLICY
+        # "general" never picks the tiles, "fastest" always does (fastbp/_dispatch.py)
+        _dispatch.POLICY = "general" if unit == "recurrence" else "fastest"
+        self.wl = common.w4(H, 64, N_SAMPLES)
+        common.fastbp_fit(common.fastbp_model(self.wl.tiny()), self.wl.tiny())
+
+    def teardown(self, H, unit):
+        self._dispatch.POLICY = self._saved
+
+    def time_epoch(self, H, unit):
+        common.fastbp_fit(common.fastbp_model(self.wl), self.wl)
+
 # Measured in a child process: (X, y and the parameters, plus the growth of resident
 # memory from just before fit to its peak during fit) over what the job needs at least:
 # X, y, the parameters and one batch of activations of every layer (float64).  RSS is
