@@ -28,6 +28,12 @@ LOSSES = ("mse", "half_mse", "sse", "bce")
 # ----------------------------------------------------------------- activations
 
 
+def python_of(kernel):
+    """The Python function of a compiled kernel (``py_func``), or the kernel itself under
+    NUMBA_DISABLE_JIT, where it is that function."""
+    return getattr(kernel, "py_func", kernel)
+
+
 def activate(name, z):
     """f(z) for one of ACTIVATIONS; z is any float64 array."""
     if name == "identity":

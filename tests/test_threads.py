@@ -13,6 +13,8 @@ from fastbp.kernels import gemm as G
 from fastbp.kernels import pool as P
 from numba import njit
 
+from reference import python_of
+
 pytestmark = pytest.mark.skipif(not P.AVAILABLE, reason="threads need the compiled kernels")
 
 
@@ -77,7 +79,7 @@ def test_pieces_cover_the_product_once():
         step = 32
         covered = np.zeros((m, n), dtype=int)
         for t in range(parts):
-            by_rows, first, end = P._piece.py_func(t, parts, m, n, trans_b, step)
+            by_rows, first, end = python_of(P._piece)(t, parts, m, n, trans_b, step)
             if by_rows:
                 covered[first:end, :] += 1
             else:

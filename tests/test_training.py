@@ -565,7 +565,7 @@ def test_fused_sgd_step_equals_backward_then_update(bias, product_min_work):
     sizes = [5, 10, 70, 3]
     nb = 64
     model = fastbp.MLP(sizes, activation=["tanh", "sigmoid", "identity"], bias=bias, seed=3)
-    uses = [B.uses_products.py_func(a, b, nb, product_min_work) for a, b in
+    uses = [R.python_of(B.uses_products)(a, b, nb, product_min_work) for a, b in
             zip(sizes[:-1], sizes[1:])]
     assert uses == ([False, True, True] if product_min_work >= 0 else [False] * 3)
     net = D.make_net(model._layout, model._act_codes, model._loss_code, model.dtype, "tiles")
