@@ -93,8 +93,10 @@ class Plan:
 
 # ----------------------------------------------------------------------- the registry
 def _marker(key):
+    # Numba keeps its cache per CPU name and features (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES)
+    features = (numba.config.CPU_FEATURES,) if numba.config.CPU_FEATURES else ()
     stamp = "|".join(map(str, (key, kernel_sources_digest(), numba.__version__,
-                               numba.config.CPU_NAME or "host", sys.platform)))
+                               numba.config.CPU_NAME or "host", sys.platform) + features))
     return os.path.join(cache_dir(), "compiled",
                         hashlib.sha256(stamp.encode()).hexdigest()[:24])
 

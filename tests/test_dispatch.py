@@ -43,6 +43,19 @@ def test_a_compiled_kernel_is_known_to_the_next_process(fresh_process):
     assert D.is_compiled(key) and not D.is_loaded(key)
 
 
+def test_the_marker_follows_numbas_cpu_features(monkeypatch):
+    """Numba keeps its cache per CPU name and features (NUMBA_CPU_FEATURES): kernels
+    compiled for other features are not known to be compiled for these."""
+    import numba
+    key = ("train", "mini", "fused", False, "float64")
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
+    default = D._marker(key)
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,-prefer-256-bit")
+    wide = D._marker(key)
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2")
+    assert len({default, wide, D._marker(key)}) == 3
+
+
 def test_the_tiles_are_chosen_once_enough_product_work_was_seen(fresh_process):
     sizes = (32, 64, 64, 10)
     assert D.choose_gemm(sizes, np.float64, 64, 1) == "recurrence"
