@@ -35,6 +35,7 @@ from .kernels import gemm as G
 from .kernels import generate as GEN
 from .kernels import loops as L
 from .kernels import options as O
+from .kernels import passes as PS
 from .kernels import rules as R
 from .kernels.config import PRODUCT_MIN_WEIGHTS, PRODUCT_MIN_WORK
 from .kernels import pool as P
@@ -89,6 +90,7 @@ class Plan:
     gradient: bool
     could_generate: bool = False  # a generated kernel exists for this fit (not chosen)
     threads: int = 1  # that share the products (kernels/pool.py)
+    passes: bool = False  # it calls the batch passes (kernels/passes.py)
 
 
 # ----------------------------------------------------------------------- the registry
@@ -245,6 +247,15 @@ def share_products(gemm, dtype, threads):
     return shared
 
 
+def batch_passes(dtype):
+    """The batch passes for ``dtype`` (kernels/passes.py), compiled on first use: what
+    a Work carries for the kernels that call them (Plan.passes; predictions,
+    evaluations and gradients)."""
+    passes = PS.for_dtype(dtype)
+    mark_compiled(("passes", np.dtype(dtype).name))
+    return passes
+
+
 def make_net(layout, act_codes, loss_code, dtype, gemm, shared=None):
     """The kernels' Net for a model, with the gemm unit ``gemm`` (None: no products),
     its products shared by the threads ``shared`` (share_products) when given.  BLAS
@@ -255,7 +266,11 @@ def make_net(layout, act_codes, loss_code, dtype, gemm, shared=None):
     if gemm is not None and G.blas_threads() >= BLAS_MIN_THREADS:
         blas = G.blas()[0][np.dtype(dtype)]
     unit = gemm_address(gemm, dtype) if shared is None else P.unit_address(dtype)
-    return O.Net(layout.sizes_arr, layout.w_off, layout.b_off, act_codes, int(loss_code),
+    # writable copies where a model's arrays came read-only (unpickled from a read-only
+    # memory map): the batch passes are compiled for a Net of writable arrays
+    sizes_arr, w_off, b_off, act_codes = (np.require(a, np.int64, ["C", "W"]) for a in (
+        layout.sizes_arr, layout.w_off, layout.b_off, act_codes))
+    return O.Net(sizes_arr, w_off, b_off, act_codes, int(loss_code),
                  PRODUCT_MIN_WORK, unit, blas, BLAS_THREADED_MIN_WORK,
                  0 if shared is None else shared.address)
 
@@ -349,7 +364,8 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
     general_key = ("train", mode, kind, bool(validating), dtype.name) + (
         ("sparse",) if sparse else ())
     general = Plan(L.trainer(mode, kind, validating, sparse), name, general_key, gemm, mode, kind, cap,
-                   mode != "sample" and kind != "fused", threads=threads)
+                   mode != "sample" and kind != "fused", threads=threads,
+                   passes=mode != "sample" or bool(validating))
     if sparse:
         return general  # the generated kernels read dense rows
     generated = GEN.kind_for(layout.sizes, model._act_codes, model._loss_code, mode, kind,
@@ -368,7 +384,7 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
         0.0 if is_compiled(general_key) else GENERAL_COMPILE_SECONDS)
     if not _worth(key, saved, extra):
         return Plan(general.kernel, name, general_key, gemm, mode, kind, cap, general.gradient,
-                    True, threads)
+                    True, threads, general.passes)
     return Plan(GEN.trainer(generated, *arch),
                 f"{name}, generated for {'-'.join(map(str, layout.sizes))}", key, gemm,
                 mode, kind, GEN.padded(cap, dtype) if generated == "full" else cap,

@@ -80,6 +80,8 @@ class SingleFit:
             names.append("the matrix-product tiles")
         if self.plan.threads > 1 and not D.is_compiled(("gemm", "pooled", dtype)):
             names.append("the threads' share of the products")
+        if self.plan.passes and not D.is_compiled(("passes", dtype)):
+            names.append("the batch passes")
         return names
 
     def prepare(self):
@@ -87,6 +89,12 @@ class SingleFit:
         self.shared = D.share_products(self.plan.gemm, model.dtype, self.plan.threads)
         self.net = D.make_net(model._layout, model._act_codes, model._loss_code,
                               model.dtype, self.plan.gemm, self.shared)
+        if self.plan.passes:  # the evaluations always call them, the batch entries too
+            passes = D.batch_passes(model.dtype)
+            if self.plan.mode != "sample":
+                self.work = self.work._replace(passes=passes)
+            if self.val_work is not None:
+                self.val_work = self.val_work._replace(passes=passes)
         if not D.is_loaded(self.plan.key):
             # a call of no epochs compiles the kernel or loads it from Numba's cache,
             # so that History.seconds and the chunk sizing measure training only

@@ -82,7 +82,7 @@ class Objective:
         n = x.shape[0]
         self.grad = np.zeros(lay.n_params, dtype=model.dtype)
         self.work = O.make_work(lay.sizes_arr, 0, n, n, model.dtype, True,
-                                sparse=isinstance(x, Rows))
+                                sparse=isinstance(x, Rows), passes=D.batch_passes(model.dtype))
         # the wide layers' products on ``threads`` threads (the same bits), counting on
         # the ~100 evaluations of a typical fit to pay for the compilations
         sparse = isinstance(x, Rows)

@@ -79,6 +79,9 @@ class ManyFit:
             for plan in self.plans.values():
                 if not D.is_compiled(plan.key):
                     names.append(f"the {plan.name} training kernel")
+            if any(plan.passes for plan in self.plans.values()) \
+                    and not D.is_compiled(("passes", self.dtype.name)):
+                names.append("the batch passes")
         return names
 
     def prepare(self):
@@ -180,9 +183,11 @@ class ManyFit:
         work = cache.get(key)
         if work is None:
             lay = self.proto._layout
+            batch = plan.passes and plan.mode != "sample"
             work = cache[key] = O.make_work(
                 lay.sizes_arr, lay.n_params, plan.cap, self.n, self.dtype,
-                self.proto._keep_z, per_sample=plan.mode == "sample", gradient=plan.gradient)
+                self.proto._keep_z, per_sample=plan.mode == "sample", gradient=plan.gradient,
+                passes=D.batch_passes(self.dtype) if batch else None)
         return work
 
     def _train_one(self, m, chunk, start, history):

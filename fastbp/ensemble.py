@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import _dispatch as D
 from . import _threads as T
 from . import _pickling
 from . import _validation as V
@@ -346,13 +347,15 @@ class Ensemble:
         cap = min(n, EVAL_CAP)
         lay = p._layout
         net = p._net(cap)
+        passes = D.batch_passes(self.dtype)
         out = np.empty((self.n_models, n, self.sizes[-1]), dtype=self.dtype)
         local = threading.local()
 
         def one(m):
             work = getattr(local, "work", None)
             if work is None:
-                work = local.work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False)
+                work = local.work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False,
+                                                passes=passes)
             L.predict(self.params[m], net, xt[m if xt.shape[0] > 1 else 0], out[m], work)
 
         _each(one, self.n_models, self._threads(n_jobs))

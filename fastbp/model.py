@@ -219,7 +219,7 @@ class MLP:
         cap = min(n, EVAL_CAP)
         lay = self._layout
         work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False,
-                           sparse=isinstance(x, S.Rows))
+                           sparse=isinstance(x, S.Rows), passes=D.batch_passes(self.dtype))
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
         sparse = isinstance(x, S.Rows)
         entry = L.predict_rows if sparse else L.predict
@@ -249,7 +249,7 @@ class MLP:
         n = x.shape[0]
         lay = self._layout
         work = O.make_work(lay.sizes_arr, 0, n, n, self.dtype, True,
-                           sparse=isinstance(x, S.Rows))
+                           sparse=isinstance(x, S.Rows), passes=D.batch_passes(self.dtype))
         grad = np.zeros(lay.n_params, dtype=self.dtype)
         sparse = isinstance(x, S.Rows)
         entry = L.loss_and_gradient_rows if sparse else L.loss_and_gradient

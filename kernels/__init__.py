@@ -7,6 +7,7 @@ layout.
     options.py   the named structures the kernels take (Net, Data, Loop, Rule, Stop,
                  State, Work)
     batch.py     a batch through the network: forward, loss, backward, on rows
+    passes.py    batch.py's passes compiled once per dtype, called by address
     sample.py    per-sample SGD, one update per sample fused into the backward pass
     loops.py     the training entries, one per kind of fit; predict; loss and gradient
     generate.py  kernels generated for one small architecture

@@ -29,10 +29,10 @@ bad_epoch, early_stopped).
 import numpy as np
 from numba import njit
 
-from .batch import (batch_loss, backward, forward, gather, load_weights, output_deltas,
-                    scatter)
+from .batch import gather, load_weights, scatter
 from .config import INNER, JIT
 from .intrinsics import like
+from .passes import BACKWARD, BATCH_LOSS, FORWARD, OUTPUT_DELTAS, call as call_pass
 from .rng import permutation_into
 from .rules import (ADAM, adam_scales, l2_penalty, learning_rate, plain_step,
                     stateful_step)
@@ -115,20 +115,24 @@ def _batch_epoch(RULE, SPARSE, params, net, data, loop, rule, state, work, lr, f
         # scikit-learn's convention (epoch_loss="sample_mean"): the L2 term of a batch is
         # divided by its own size, so a short last batch gets batch_size / nb times l2
         l2_scale = batch_size / nb if rule.sample_mean else 1.0
-        forward(params, net, acts, a_off, nb, work.z_out, SPARSE)
+        passes = work.passes  # the batch passes' addresses (passes.py)
+        call_pass(passes[FORWARD], FORWARD, (params, net, acts, a_off, nb, work.z_out, SPARSE))
         if recording:
-            bl = batch_loss(acts, out_off, work.y_batch, work.z_out, wb, net.loss, k, nb)
+            bl = call_pass(passes[BATCH_LOSS], BATCH_LOSS,
+                           (acts, out_off, work.y_batch, work.z_out, wb, net.loss, k, nb))
             bl += l2_scale * l2_penalty(params, net, rule.l2)
             epoch_loss += nb * bl if rule.sample_mean else bl
-        output_deltas(acts, out_off, work.y_batch, deltas, wb, net.loss, out_act, k, nb)
+        call_pass(passes[OUTPUT_DELTAS], OUTPUT_DELTAS,
+                  (acts, out_off, work.y_batch, deltas, wb, net.loss, out_act, k, nb))
         if RULE == FUSED:
-            backward(params, net, acts, a_off, deltas, params, nb, lr, True, not SPARSE)
+            call_pass(passes[BACKWARD], BACKWARD,
+                      (params, net, acts, a_off, deltas, params, nb, lr, True, not SPARSE))
             if SPARSE:
                 sparse_first_gradient(net, x, start, nb, work.perm, shuffle, deltas, a_off,
                                       params, lr, True)
         else:
-            backward(params, net, acts, a_off, deltas, work.grad, nb, 0.0, False,
-                     not SPARSE)
+            call_pass(passes[BACKWARD], BACKWARD, (params, net, acts, a_off, deltas, work.grad,
+                                                  nb, like(0.0, params), False, not SPARSE))
             if SPARSE:
                 sparse_first_gradient(net, x, start, nb, work.perm, shuffle, deltas, a_off,
                                       work.grad, lr, False)
@@ -170,7 +174,8 @@ def _inputs_forward(SPARSE, params, net, x, start, nb, work, z_out):
         sparse_first_z(params, net, x, start, nb, work.perm, False, work.acts, work.a_off)
     else:
         gather(x, start, nb, work.perm, False, work.acts, 0)
-    forward(params, net, work.acts, work.a_off, nb, z_out, SPARSE)
+    call_pass(work.passes[FORWARD], FORWARD,
+              (params, net, work.acts, work.a_off, nb, z_out, SPARSE))
 
 
 @njit(**dict(INNER, inline="always"))
@@ -179,8 +184,9 @@ def _evaluate(SPARSE, params, net, data, work):
     n_layers = net.sizes.shape[0] - 1
     _inputs_forward(SPARSE, params, net, data.x, 0, n, work, work.z_out)
     gather(data.y, 0, n, work.perm, False, work.y_batch, 0)
-    return batch_loss(work.acts, work.a_off[n_layers], work.y_batch, work.z_out, data.w,
-                      net.loss, net.sizes[n_layers], n)
+    return call_pass(work.passes[BATCH_LOSS], BATCH_LOSS,
+                     (work.acts, work.a_off[n_layers], work.y_batch, work.z_out, data.w,
+                      net.loss, net.sizes[n_layers], n))
 
 
 @njit(**INNER)
@@ -382,10 +388,12 @@ def _loss_and_gradient(SPARSE, params, net, data, grad, work):
     k = net.sizes[n_layers]
     out_off = work.a_off[n_layers]
     loss = _evaluate(SPARSE, params, net, data, work)
-    output_deltas(work.acts, out_off, work.y_batch, work.deltas, data.w, net.loss,
-                  net.acts[n_layers - 1], k, n)
-    backward(params, net, work.acts, work.a_off, work.deltas, grad, n, 0.0, False,
-             not SPARSE)
+    call_pass(work.passes[OUTPUT_DELTAS], OUTPUT_DELTAS,
+              (work.acts, out_off, work.y_batch, work.deltas, data.w, net.loss,
+               net.acts[n_layers - 1], k, n))
+    call_pass(work.passes[BACKWARD], BACKWARD,
+              (params, net, work.acts, work.a_off, work.deltas, grad, n, like(0.0, params),
+               False, not SPARSE))
     if SPARSE:
         sparse_first_gradient(net, data.x, 0, n, work.perm, False, work.deltas, work.a_off,
                               grad, like(0.0, params), False)

@@ -123,6 +123,8 @@ class Work(NamedTuple):
     perm: np.ndarray     # int64 (n,): the epoch's sample order
     h: np.ndarray        # per-sample activations, sum(sizes)
     d: np.ndarray        # per-sample deltas, sum(sizes)
+    passes: object = None  # int64 (4,): the batch passes' addresses (passes.for_dtype),
+                           # for the kernels that call them; None elsewhere
 
 
 def as_compiled(value):
@@ -172,14 +174,15 @@ def activation_offsets(sizes, cap):
 
 
 def make_work(sizes, n_params, cap, n_samples, dtype, keep_z, per_sample=False,
-              gradient=True, sparse=False):
+              gradient=True, sparse=False, passes=None):
     """The buffers of a fit (or an evaluation) in batches of up to ``cap`` samples.
 
     ``gradient``: whether a gradient buffer is needed (the fused plain step needs none);
     ``keep_z``: the output pre-activations (bce, cross_entropy, poisson); ``per_sample``:
     the per-sample path's unit vectors instead of the batch rows; ``sparse``: the inputs
     are SparseRows, which the first layer reads where they are (the layer-0 block of
-    the batch rows is empty: dense, it would be the size of cap rows of the data)."""
+    the batch rows is empty: dense, it would be the size of cap rows of the data);
+    ``passes``: the batch passes (passes.for_dtype) for kernels that call them."""
     sizes = np.asarray(sizes, dtype=np.int64)
     dtype = np.dtype(dtype)
     k = int(sizes[-1])
@@ -195,4 +198,4 @@ def make_work(sizes, n_params, cap, n_samples, dtype, keep_z, per_sample=False,
                 np.zeros(0 if per_sample else k * cap, dtype), np.zeros(cap, dtype),
                 np.arange(n_samples, dtype=np.int64),
                 np.zeros(units, dtype) if per_sample else empty,
-                np.zeros(units, dtype) if per_sample else empty)
+                np.zeros(units, dtype) if per_sample else empty, passes)

@@ -116,7 +116,8 @@ def test_without_the_guard_the_same_run_ends_in_nan():
     plan = D.plan_fit(m, 4, 4, False, rule, False, 200)
     net = D.make_net(lay, m._act_codes, m._loss_code, m.dtype, plan.gemm)
     work = O.make_work(lay.sizes_arr, lay.n_params, plan.cap, 4, m.dtype, m._keep_z,
-                       per_sample=plan.mode == "sample", gradient=plan.gradient)
+                       per_sample=plan.mode == "sample", gradient=plan.gradient,
+                       passes=D.batch_passes(m.dtype) if plan.passes else None)
     hist = np.full(200, np.nan)
     with np.errstate(all="ignore"):
         result = plan.kernel(m.params, net, O.Data(x, y, np.zeros(0)), None,

@@ -611,7 +611,7 @@ def test_fused_and_plain_entries_train_alike(batch_size, dtype, make_problem):
     for kind in ("fused", "plain"):
         params = model.params.copy()
         work = O.make_work(model._layout.sizes_arr, params.size, batch, n, model.dtype,
-                           False, gradient=kind != "fused")
+                           False, gradient=kind != "fused", passes=D.batch_passes(model.dtype))
         history = np.full(6, np.nan)
         done = L.trainer(mode, kind, False)(
             params, net, data, None, O.Loop(batch, False, 1), O.plain_rule(0.05, 6),

@@ -1,0 +1,132 @@
+"""The batch passes (batch.py: forward, loss, output deltas, backward), compiled once per
+dtype and called by address.
+
+Numba compiles a called function into its caller again: it links the callee's code into
+the caller's module, then optimizes and compiles it there to machine code.  Every
+training entry (loops.py) held its own copy of the four passes, most of its code, and a
+fit's first compile spent over a second on that copy.  Here each pass is compiled once
+per dtype as a C-callable function (``cfunc``) of the same arrays and Net, cached on
+disk like the kernels, and the kernels call it through its address (``call``), which
+their Work carries (``Work.passes``, from ``for_dtype``): an entry holds a call, not a
+copy.  The code is batch.py's own, so the numbers are the same bits.
+
+A Work carries the addresses as integers, not the cfunc objects: Numba would type such
+objects in Python at every kernel call (about 50 microseconds each time).
+Under ``NUMBA_DISABLE_JIT=1`` the Work carries batch.py's Python functions instead, and
+``call`` calls them.
+"""
+import threading
+import types as pytypes
+from typing import NamedTuple
+
+import numpy as np
+from llvmlite import ir
+from numba import cfunc, config as numba_config, typeof, types
+from numba.extending import intrinsic
+
+from . import batch
+from .config import JIT
+from .options import Net
+
+
+class Passes(NamedTuple):
+    forward: object        # batch.forward
+    backward: object       # batch.backward
+    output_deltas: object  # batch.output_deltas
+    batch_loss: object     # batch.batch_loss
+
+
+FORWARD, BACKWARD, OUTPUT_DELTAS, BATCH_LOSS = range(4)
+
+
+def _signatures(dtype):
+    """The passes' signatures for a model of ``dtype`` (a numpy dtype).  What they only
+    read may be read-only (a model's parameters and sample weights can be: unpickled
+    from a read-only memory map); a Net's arrays are always writable (make_net)."""
+    fp = typeof(np.zeros(1, dtype)).dtype
+    a, offsets = types.Array(fp, 1, "C"), types.Array(types.int64, 1, "C")
+    read = types.Array(fp, 1, "C", readonly=True)
+    i64, flag = types.int64, types.boolean
+    index = np.zeros(1, np.int64)
+    net = typeof(Net(index, index, index, index, 0, 0, 0, 0, 0, 0))
+    return Passes(
+        forward=types.void(read, net, a, offsets, i64, a, flag),
+        backward=types.void(read, net, a, offsets, a, a, i64, fp, flag, flag),
+        output_deltas=types.void(a, i64, a, a, read, i64, i64, i64, i64),
+        batch_loss=types.float64(a, i64, a, a, read, i64, i64, i64))
+
+
+# ------------------------------------------------------------------------- the call
+def _python_call(unit, which, args):
+    return unit(*args)
+
+
+@intrinsic
+def _call(typingctx, unit, which, args):
+    """Call the pass ``which`` (a constant: FORWARD ...) compiled for the dtype of the
+    first of ``args`` at the address ``unit``, with ``args`` converted to its signature."""
+    if not (isinstance(unit, types.Integer) and isinstance(which, types.IntegerLiteral)
+            and isinstance(args, types.BaseTuple) and len(args.types) > 0
+            and isinstance(args.types[0], types.Array)
+            and args.types[0].dtype in (types.float64, types.float32)):
+        return None
+    declared = _signatures(np.dtype(str(args.types[0].dtype)))[which.literal_value]
+    if len(declared.args) != len(args.types) or any(
+            typingctx.can_convert(have, want) is None
+            for have, want in zip(args.types, declared.args)):
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        # a cfunc takes every argument as Numba's value of its type (arrays and
+        # namedtuples as their structs), as Numba's own first-class function calls pass them
+        values = [context.cast(builder, builder.extract_value(llargs[2], i), have, want)
+                  for i, (have, want) in enumerate(zip(args.types, declared.args))]
+        void = declared.return_type == types.void
+        returns = ir.VoidType() if void else context.get_value_type(declared.return_type)
+        fnty = ir.FunctionType(returns, [context.get_value_type(t) for t in declared.args])
+        address = context.cast(builder, llargs[0], signature.args[0], types.int64)
+        result = builder.call(builder.inttoptr(address, fnty.as_pointer()), values)
+        return context.get_dummy_value() if void else result
+
+    return declared.return_type(unit, which, args), codegen
+
+
+# call(unit, which, args): what the kernels call -- unit is Work.passes[which]
+call = _python_call if numba_config.DISABLE_JIT else _call
+
+
+# ---------------------------------------------------------------------------- units
+def _unit_function(name):
+    """batch.py's function ``name`` under a name of its own (``forward_unit``...): Numba
+    names its cache files after the function, and batch.py's compiled function (the
+    tests call it) keeps its own."""
+    fn = getattr(batch, name).py_func
+    unit = pytypes.FunctionType(fn.__code__, fn.__globals__, f"{name}_unit", fn.__defaults__,
+                                fn.__closure__)
+    unit.__qualname__ = unit.__name__
+    unit.__doc__ = fn.__doc__
+    return unit
+
+
+_compiled = {}  # dtype -> Passes of cfuncs, kept alive: their code must outlive its use
+_lock = threading.Lock()
+
+
+def for_dtype(dtype):
+    """What a Work carries for a model of ``dtype`` (Work.passes): the passes' addresses,
+    an int64 array indexed by FORWARD ... BATCH_LOSS, compiled (or loaded from Numba's
+    cache) on first use; under NUMBA_DISABLE_JIT, batch.py's Python functions."""
+    dtype = np.dtype(dtype)
+    if numba_config.DISABLE_JIT:
+        return Passes(batch.forward, batch.backward, batch.output_deltas, batch.batch_loss)
+    with _lock:
+        if dtype not in _compiled:
+            _compiled[dtype] = Passes(*(
+                cfunc(signature, **JIT)(_unit_function(name))
+                for name, signature in zip(Passes._fields, _signatures(dtype))))
+        return np.array([unit.address for unit in _compiled[dtype]], np.int64)
+
+
+def is_loaded(dtype):
+    """Whether ``for_dtype(dtype)`` would return at once."""
+    return numba_config.DISABLE_JIT or np.dtype(dtype) in _compiled
