@@ -247,13 +247,24 @@ def share_products(gemm, dtype, threads):
     return shared
 
 
-def batch_passes(dtype):
-    """The batch passes for ``dtype`` (kernels/passes.py), compiled on first use: what
-    a Work carries for the kernels that call them (Plan.passes; predictions,
-    evaluations and gradients)."""
-    passes = PS.for_dtype(dtype)
-    mark_compiled(("passes", np.dtype(dtype).name))
+def batch_passes(dtype, needed=PS.ALL):
+    """The batch passes for ``dtype`` (kernels/passes.py), the ``needed`` ones compiled
+    on first use: what a Work carries for the kernels that call them (Plan.passes: a
+    fit's batches need them all; predictions PS.PREDICT, evaluations PS.EVALUATE)."""
+    passes = PS.for_dtype(dtype, needed)
+    for which in needed:
+        mark_compiled(passes_key(dtype, which))
     return passes
+
+
+def passes_key(dtype, which):
+    """The registry's key of one batch pass."""
+    return ("pass", PS.Passes._fields[which], np.dtype(dtype).name)
+
+
+def passes_compiled(dtype, needed=PS.ALL):
+    """Whether the ``needed`` batch passes are compiled (or cached on disk)."""
+    return all(is_compiled(passes_key(dtype, which)) for which in needed)
 
 
 def make_net(layout, act_codes, loss_code, dtype, gemm, shared=None):

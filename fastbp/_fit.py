@@ -23,6 +23,7 @@ from ._divergence import ChunkBound
 from .checkpoint import Saver
 from .history import History
 from .kernels import options as O
+from .kernels import passes as PS
 
 # predict / loss / gradient process at most this many samples per kernel batch
 EVAL_CAP = 4096
@@ -80,7 +81,7 @@ class SingleFit:
             names.append("the matrix-product tiles")
         if self.plan.threads > 1 and not D.is_compiled(("gemm", "pooled", dtype)):
             names.append("the threads' share of the products")
-        if self.plan.passes and not D.is_compiled(("passes", dtype)):
+        if self.plan.passes and not D.passes_compiled(dtype, self._passes_needed()):
             names.append("the batch passes")
         return names
 
@@ -89,8 +90,8 @@ class SingleFit:
         self.shared = D.share_products(self.plan.gemm, model.dtype, self.plan.threads)
         self.net = D.make_net(model._layout, model._act_codes, model._loss_code,
                               model.dtype, self.plan.gemm, self.shared)
-        if self.plan.passes:  # the evaluations always call them, the batch entries too
-            passes = D.batch_passes(model.dtype)
+        if self.plan.passes:  # the batch entries call them, and the validation loss
+            passes = D.batch_passes(model.dtype, self._passes_needed())
             if self.plan.mode != "sample":
                 self.work = self.work._replace(passes=passes)
             if self.val_work is not None:
@@ -102,6 +103,10 @@ class SingleFit:
                        np.empty(0), np.empty(0) if self.run.validating else None,
                        model._params[:0])
             D.mark_compiled(self.plan.key)
+
+    def _passes_needed(self):
+        """The batch passes this fit's kernel calls (with Plan.passes)."""
+        return PS.EVALUATE if self.plan.mode == "sample" else PS.ALL
 
     def work_per_epoch(self):
         return 3 * self.n * self.model._layout.n_params

@@ -80,7 +80,7 @@ class ManyFit:
                 if not D.is_compiled(plan.key):
                     names.append(f"the {plan.name} training kernel")
             if any(plan.passes for plan in self.plans.values()) \
-                    and not D.is_compiled(("passes", self.dtype.name)):
+                    and not D.passes_compiled(self.dtype):
                 names.append("the batch passes")
         return names
 

@@ -17,6 +17,7 @@ from .errors import DivergenceError
 from .history import History
 from .kernels import loops as L
 from .kernels import options as O
+from .kernels import passes as PS
 from .kernels.rng import seed_state
 from .model import MLP
 
@@ -347,7 +348,7 @@ class Ensemble:
         cap = min(n, EVAL_CAP)
         lay = p._layout
         net = p._net(cap)
-        passes = D.batch_passes(self.dtype)
+        passes = D.batch_passes(self.dtype, PS.PREDICT)
         out = np.empty((self.n_models, n, self.sizes[-1]), dtype=self.dtype)
         local = threading.local()
 

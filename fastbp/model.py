@@ -22,6 +22,7 @@ from .errors import DivergenceError
 from .history import History
 from .kernels import loops as L
 from .kernels import options as O
+from .kernels import passes as PS
 from .kernels.rng import seed_state
 
 
@@ -219,7 +220,8 @@ class MLP:
         cap = min(n, EVAL_CAP)
         lay = self._layout
         work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False,
-                           sparse=isinstance(x, S.Rows), passes=D.batch_passes(self.dtype))
+                           sparse=isinstance(x, S.Rows),
+                           passes=D.batch_passes(self.dtype, PS.PREDICT))
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
         sparse = isinstance(x, S.Rows)
         entry = L.predict_rows if sparse else L.predict

@@ -37,6 +37,10 @@ class Passes(NamedTuple):
 
 
 FORWARD, BACKWARD, OUTPUT_DELTAS, BATCH_LOSS = range(4)
+# what each kind of kernel calls: a fit's batches, an evaluation (validation loss), predict
+ALL = (FORWARD, BACKWARD, OUTPUT_DELTAS, BATCH_LOSS)
+EVALUATE = (FORWARD, BATCH_LOSS)
+PREDICT = (FORWARD,)
 
 
 def _signatures(dtype):
@@ -108,25 +112,29 @@ def _unit_function(name):
     return unit
 
 
-_compiled = {}  # dtype -> Passes of cfuncs, kept alive: their code must outlive its use
+_compiled = {}  # (dtype, pass) -> its cfunc, kept alive: its code must outlive its use
 _lock = threading.Lock()
 
 
-def for_dtype(dtype):
+def for_dtype(dtype, needed=ALL):
     """What a Work carries for a model of ``dtype`` (Work.passes): the passes' addresses,
-    an int64 array indexed by FORWARD ... BATCH_LOSS, compiled (or loaded from Numba's
-    cache) on first use; under NUMBA_DISABLE_JIT, batch.py's Python functions."""
+    an int64 array indexed by FORWARD ... BATCH_LOSS, the ``needed`` ones compiled (or
+    loaded from Numba's cache) on first use -- a pass not yet compiled is 0, and its
+    kernel must not call it (predict calls only the forward pass).  Under
+    NUMBA_DISABLE_JIT, batch.py's Python functions."""
     dtype = np.dtype(dtype)
     if numba_config.DISABLE_JIT:
         return Passes(batch.forward, batch.backward, batch.output_deltas, batch.batch_loss)
     with _lock:
-        if dtype not in _compiled:
-            _compiled[dtype] = Passes(*(
-                cfunc(signature, **JIT)(_unit_function(name))
-                for name, signature in zip(Passes._fields, _signatures(dtype))))
-        return np.array([unit.address for unit in _compiled[dtype]], np.int64)
+        for which in needed:
+            if (dtype, which) not in _compiled:
+                _compiled[dtype, which] = cfunc(_signatures(dtype)[which], **JIT)(
+                    _unit_function(Passes._fields[which]))
+        return np.array([_compiled[dtype, which].address if (dtype, which) in _compiled
+                         else 0 for which in ALL], np.int64)
 
 
-def is_loaded(dtype):
-    """Whether ``for_dtype(dtype)`` would return at once."""
-    return numba_config.DISABLE_JIT or np.dtype(dtype) in _compiled
+def is_loaded(dtype, needed=ALL):
+    """Whether ``for_dtype(dtype, needed)`` would return at once."""
+    return numba_config.DISABLE_JIT or all((np.dtype(dtype), which) in _compiled
+                                           for which in needed)

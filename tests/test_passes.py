@@ -26,9 +26,11 @@ from fastbp.kernels import loops as L
 rng = np.random.default_rng(0)
 X, y = rng.normal(size=(40, 5)), rng.random((40, 2))
 m = fastbp.MLP([5, 70, 2], seed=0)
-m.fit(X, y, epochs=2, lr=0.1, batch_size=8, shuffle=True)
 m.predict(X)
-defined = {}
+from fastbp.kernels import passes as PS
+after_predict = [bool(a) for a in PS.for_dtype(np.float64, ())]
+m.fit(X, y, epochs=2, lr=0.1, batch_size=8, shuffle=True)
+defined = {"compiled after predict": after_predict}
 for name, entry in (("train", L.trainer("mini", "fused", False)), ("predict", L.predict)):
     defined[name] = [n for text in entry.inspect_llvm().values()
                      for n in re.findall(r'^define [^@]*@"?([^"(]+)', text, re.M)]
@@ -46,6 +48,8 @@ def test_entries_call_the_passes_and_hold_none_of_their_code(tmp_path):
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     defined = json.loads(done.stdout.strip().splitlines()[-1])
+    # predict compiled the forward pass alone (a pass is compiled where it is needed)
+    assert defined.pop("compiled after predict") == [True, False, False, False]
     for entry, names in defined.items():
         text = " ".join(names)
         assert entry in text  # the entry itself is there...
