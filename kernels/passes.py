@@ -3,15 +3,15 @@ dtype and called by address.
 
 Numba compiles a called function into its caller again: it links the callee's code into
 the caller's module, then optimizes and compiles it there to machine code.  Every
-training entry (loops.py) held its own copy of the four passes, most of its code, and a
-fit's first compile spent over a second on that copy.  Here each pass is compiled once
+training entry (loops.py) held its own copy of the four passes, most of its code, and
+that copy was much of a first fit's compile time (asv: FirstFit).  Here each pass is compiled once
 per dtype as a C-callable function (``cfunc``) of the same arrays and Net, cached on
 disk like the kernels, and the kernels call it through its address (``call``), which
 their Work carries (``Work.passes``, from ``for_dtype``): an entry holds a call, not a
 copy.  The code is batch.py's own, so the numbers are the same bits.
 
-A Work carries the addresses as integers, not the cfunc objects: Numba would type such
-objects in Python at every kernel call (about 50 microseconds each time).
+A Work carries the addresses as integers, not the cfunc objects: Numba would type and
+unbox such objects in Python at every kernel call, which costs more than a small fit.
 Under ``NUMBA_DISABLE_JIT=1`` the Work carries batch.py's Python functions instead, and
 ``call`` calls them.
 """
