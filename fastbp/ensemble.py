@@ -370,7 +370,6 @@ class Ensemble:
         """Each model's loss on (X, y) (shared or per-model 3-D data): (n_models,) float64,
         entry m equal to ``ensemble[m].loss`` on model m's data."""
         xt, yt = self._data(X, y)
-        p = self._proto
         out = np.empty(self.n_models)
         for m in range(self.n_models):
             d = m if xt.shape[0] > 1 else 0

@@ -19,7 +19,6 @@ from ._init import initial_params
 from ._layout import Layout
 from ._run import Run
 from .errors import DivergenceError
-from .history import History
 from .kernels import loops as L
 from .kernels import options as O
 from .kernels import passes as PS

@@ -97,9 +97,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
 from . import _lbfgs
 from . import _sparse
 from . import _validation as V
-from .errors import DivergenceError
 from .model import MLP, divergence_cause
-from ._progress import make_bar
 
 __all__ = ["MLPRegressor", "MLPClassifier"]
 
