@@ -88,8 +88,11 @@ def _state(obj):
 
 
 def restore(obj, state):
-    """Inverse of ``snapshot``: the state, and a fresh fit lock."""
-    obj.__dict__.update(state)
+    """Inverse of ``snapshot``: the state, and a fresh fit lock.  A model owns its
+    arrays and trains them in place, so read-only ones (from a read-only memory map:
+    joblib.load(..., mmap_mode="r")) are copied; writeable ones are taken as they are."""
+    obj.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) and not v.flags.writeable
+                             else v) for k, v in state.items()})
     obj._fit_lock = FitLock()
 
 

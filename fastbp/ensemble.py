@@ -257,6 +257,9 @@ class Ensemble:
                                  f"got {on_divergence!r}")
             seeds = None if seed is None else _per_model(seed, n_models, "seed", V.check_seed)
             threads = self._threads(n_jobs)
+            if not self.params.flags.writeable:
+                raise ValueError("the ensemble's parameters are read-only (params.flags."
+                                 "writeable is False); train a copy: copy.deepcopy(ensemble)")
             bad_rows = np.flatnonzero(~np.isfinite(self.params).all(axis=1))
             if bad_rows.size:
                 raise ValueError(f"the parameters of models {bad_rows[:10].tolist()} contain NaN "

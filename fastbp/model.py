@@ -453,6 +453,10 @@ class MLP:
         """Run ``run`` to its end holding the model's training lock (one fit at a time
         per model); the run's History."""
         with self._fit_lock.fitting("model"):
+            if not self._params.flags.writeable:
+                raise ValueError("the model's parameters are read-only (params."
+                                 "flags.writeable is False); train a copy: "
+                                 "copy.deepcopy(model)")
             if not _all_finite(self._params):
                 raise ValueError("the model's parameters contain NaN or infinity (written "
                                  "through params, weights or biases?); set finite values "

@@ -220,6 +220,45 @@ def test_an_ensemble_copy_that_goes_on_fitting_equals_the_original():
     assert hc.loss.tobytes() == h.loss.tobytes()
 
 
+@pytest.mark.parametrize("kind", ["mlp", "ensemble"])
+def test_a_model_loaded_from_a_read_only_memory_map_trains_and_leaves_the_file(tmp_path, kind):
+    """joblib.load(..., mmap_mode="r") hands the model read-only arrays: it predicts,
+    and it trains (on copies: the file is never written) exactly as the original."""
+    joblib = pytest.importorskip("joblib")
+    X, y = _data()
+    kw = dict(epochs=2, lr=0.05, batch_size=6, shuffle=True)
+    if kind == "mlp":
+        m = _trained()
+        kw.update(OPTIMIZERS["adam"])
+    else:
+        m = fastbp.Ensemble([3, 4, 2], n_models=3, activation="tanh", loss="mse",
+                            init="xavier", seed=2)
+        m.fit(X, y, **kw)
+    path = tmp_path / "model.joblib"
+    joblib.dump(m, path)
+    on_disk = path.read_bytes()
+    loaded = joblib.load(path, mmap_mode="r")
+    assert loaded.params.flags.writeable
+    np.testing.assert_array_equal(loaded.predict(X), m.predict(X))
+    h, hl = m.fit(X, y, **kw), loaded.fit(X, y, **kw)
+    assert loaded.params.tobytes() == m.params.tobytes()
+    assert hl.loss.tobytes() == h.loss.tobytes()
+    assert path.read_bytes() == on_disk
+
+
+@pytest.mark.parametrize("kind", ["mlp", "ensemble"])
+def test_training_read_only_parameters_is_refused_and_names_them(kind):
+    X, y = _data()
+    m = (fastbp.MLP([3, 4, 2], seed=0) if kind == "mlp"
+         else fastbp.Ensemble([3, 4, 2], n_models=2, seed=0))
+    before = m.params.copy()
+    m.params.flags.writeable = False
+    with pytest.raises(ValueError, match="parameters are read-only"):
+        m.fit(X, y, epochs=1, lr=0.1)
+    assert m.params.tobytes() == before.tobytes()
+    copy.deepcopy(m).fit(X, y, epochs=1, lr=0.1)  # the remedy the message gives
+
+
 def test_a_pickled_member_is_an_independent_mlp():
     X, y = _data()
     e = fastbp.Ensemble([3, 5, 2], n_models=3, activation=["tanh", "identity"], loss="mse",
