@@ -39,6 +39,7 @@ from .kernels import passes as PS
 from .kernels import rules as R
 from .kernels.config import PRODUCT_MIN_WEIGHTS, PRODUCT_MIN_WORK
 from .kernels import pool as P
+from .kernels import sample_share as SS
 from .kernels.generate import cache_dir, kernel_sources_digest
 
 # Seconds to compile each kind of kernel on the 2-core development machine (one CPU,
@@ -51,8 +52,12 @@ TILES_SECONDS_PER_MADD = 3.0e-11       # the register tiles (batch 64, H = 64 an
 # the layers shared among threads (kernels/pool.py): the pooled unit, the layer unit and
 # the workers to compile (asv_benchmarks: bench_cold_start), and the share of the ideal
 # 1/threads of the products' time they reach (bench_threads)
-POOL_COMPILE_SECONDS = 5.0
+POOL_COMPILE_SECONDS = 2.5
 POOL_EFFICIENCY = 0.9
+# per-sample SGD's wide layers shared among threads (kernels/sample_share.py): its units
+# and the workers to compile, and the time per multiply-add they share (W4a, H = 1024)
+SAMPLE_SHARE_COMPILE_SECONDS = 3.0
+SAMPLE_SECONDS_PER_MADD = 2.0e-10
 GENERAL_COMPILE_SECONDS = 4.0   # a general training entry (loops.py)
 GENERATED_COMPILE_SECONDS = 3.0  # a kernel generated for one architecture
 # the general entries take ~this per multiply-add of a small network (XOR: 21 samples x
@@ -213,6 +218,41 @@ def product_threads(sizes, dtype, nb_max, samples_seen, threads):
                              POOL_COMPILE_SECONDS) else 1
 
 
+def _sample_shared(sizes, threads):
+    """The weights of each layer of a per-sample fit that ``threads`` threads share."""
+    shares = getattr(SS.layer_shares, "py_func", SS.layer_shares)
+    return [a * b for a, b in zip(sizes[:-1], sizes[1:]) if shares(threads, a, b)]
+
+
+def sample_threads(sizes, dtype, samples_seen, threads):
+    """How many threads share the wide layers of a per-sample fit of plain SGD (1: none):
+    all ``threads`` when some layer is wide enough (sample_share.layer_shares) and the
+    units are compiled or save their compile time."""
+    shared = _sample_shared(sizes, threads) if threads > 1 and P.AVAILABLE else []
+    if not shared:
+        return 1
+    saved = (samples_seen * 3 * sum(shared) * SAMPLE_SECONDS_PER_MADD
+             * (1.0 - 1.0 / (threads * POOL_EFFICIENCY)))
+    # the threads run on the general per-sample entry: its compile counts too, if due
+    general = ("train", "sample", "plain", False, np.dtype(dtype).name)
+    extra = 0.0 if is_compiled(general) else GENERAL_COMPILE_SECONDS
+    return threads if _worth(("sample", "shared", np.dtype(dtype).name), saved,
+                             SAMPLE_SHARE_COMPILE_SECONDS + extra) else 1
+
+
+def share_samples(layout, dtype, threads):
+    """The ProductThreads (fastbp/_threads.py) that share the wide layers of a per-sample
+    fit among ``threads`` threads; None for one thread.  Compiles the units and the
+    workers on first use."""
+    from ._threads import ProductThreads
+    if threads <= 1:
+        return None
+    shared = ProductThreads(threads, 0, np.dtype(dtype),
+                            per_sample=(layout.n_params, max(layout.sizes[:-1])))
+    mark_compiled(("sample", "shared", np.dtype(dtype).name))
+    return shared
+
+
 def choose_gemm(sizes, dtype, nb_max, samples_seen):
     """The gemm unit for a fit whose batches hold up to nb_max samples and that runs
     ``samples_seen`` samples through the network in all: None when no layer uses
@@ -336,7 +376,8 @@ def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weight
         if plan.key in _loaded and plan.gemm in (None, "tiles") and (
                 plan.gemm is None or ("gemm", "tiles", np.dtype(model.dtype).name) in _loaded
         ) and (plan.key[0] == "generated" or not plan.could_generate) and (
-                plan.threads == threads or ("gemm", "pooled", model.dtype.name) in _loaded):
+                plan.threads == threads or ("gemm", "pooled", model.dtype.name) in _loaded
+                or ("sample", "shared", model.dtype.name) in _loaded):
             _plans[memo] = plan
     return plan
 
@@ -345,7 +386,7 @@ def _could_share(model, n, batch, shuffle, n_val, sparse=False):
     """Whether a fit like plan_fit's has a product large enough for threads to share
     (without asking whether the pool is worth compiling)."""
     if not sparse and fit_mode(n, batch, shuffle, model._loss_code) == "sample":
-        return False
+        return bool(_sample_shared(model._layout.sizes, 2))
     return _shareable(product_sizes(model._layout.sizes, sparse), max(min(batch, n), n_val))[0]
 
 
@@ -365,8 +406,13 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
     nb_max = max(cap if mode != "sample" else 1, n_val if validating else 0)
     sizes = product_sizes(layout.sizes, sparse)
     gemm = choose_gemm(sizes, dtype, nb_max, epochs * (n + n_val))
-    threads = 1 if gemm is None or mode == "sample" else product_threads(
-        sizes, dtype, nb_max, epochs * (n + n_val), threads)
+    if mode == "sample":
+        threads = 1 if kind != "plain" else sample_threads(layout.sizes, dtype, epochs * n,
+                                                            threads)
+    elif gemm is None:
+        threads = 1
+    else:
+        threads = product_threads(sizes, dtype, nb_max, epochs * (n + n_val), threads)
     # the recurrence is named: it is what explains slower epochs until the tiles pay
     name = (f"{_MODE_NAMES[mode]} {_RULE_NAMES[kind]}" + (", validating" if validating else "")
             + f" ({dtype.name}" + (", sparse inputs" if sparse else "")
@@ -377,8 +423,8 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
     general = Plan(L.trainer(mode, kind, validating, sparse), name, general_key, gemm, mode, kind, cap,
                    mode != "sample" and kind != "fused", threads=threads,
                    passes=mode != "sample" or bool(validating))
-    if sparse:
-        return general  # the generated kernels read dense rows
+    if sparse or (mode == "sample" and threads > 1):
+        return general  # the generated kernels read dense rows, on one thread
     generated = GEN.kind_for(layout.sizes, model._act_codes, model._loss_code, mode, kind,
                              validating, dtype, n, PRODUCT_MIN_WORK)
     if generated is None:

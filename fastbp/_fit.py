@@ -79,7 +79,10 @@ class SingleFit:
         dtype = self.model.dtype.name
         if self.plan.gemm == "tiles" and not D.is_compiled(("gemm", "tiles", dtype)):
             names.append("the matrix-product tiles")
-        if self.plan.threads > 1 and not D.is_compiled(("gemm", "pooled", dtype)):
+        if self.plan.threads > 1 and self.plan.mode == "sample":
+            if not D.is_compiled(("sample", "shared", dtype)):
+                names.append("the threads' share of the wide layers")
+        elif self.plan.threads > 1 and not D.is_compiled(("gemm", "pooled", dtype)):
             names.append("the threads' share of the products")
         if self.plan.passes and not D.passes_compiled(dtype, self._passes_needed()):
             names.append("the batch passes")
@@ -87,9 +90,14 @@ class SingleFit:
 
     def prepare(self):
         model = self.model
-        self.shared = D.share_products(self.plan.gemm, model.dtype, self.plan.threads)
-        self.net = D.make_net(model._layout, model._act_codes, model._loss_code,
-                              model.dtype, self.plan.gemm, self.shared)
+        if self.plan.mode == "sample":  # the kernel's wide layers, not its products
+            self.shared = D.share_samples(model._layout, model.dtype, self.plan.threads)
+            if self.shared is not None:
+                self.work = self.work._replace(pool=self.shared.address)
+        else:
+            self.shared = D.share_products(self.plan.gemm, model.dtype, self.plan.threads)
+        self.net = D.make_net(model._layout, model._act_codes, model._loss_code, model.dtype,
+                              self.plan.gemm, None if self.plan.mode == "sample" else self.shared)
         if self.plan.passes:  # the batch entries call them, and the validation loss
             passes = D.batch_passes(model.dtype, self._passes_needed())
             if self.plan.mode != "sample":

@@ -9,9 +9,12 @@ import os
 from contextlib import contextmanager
 
 import numba
+import numpy as np
 
 from . import _validation as V
 from .kernels import pool as P
+from .kernels import sample_share as SS
+from .kernels.intrinsics import LANES
 
 
 def available():
@@ -36,16 +39,28 @@ class ProductThreads:
     """The threads of one fit's products: ``state`` for the kernels' Net (pool.py),
     ``running()`` around each kernel call starts and stops the workers."""
 
-    def __init__(self, threads, unit, dtype):
+    def __init__(self, threads, unit, dtype, per_sample=None):
+        """``per_sample``: (parameters, inputs of the widest layer) of a per-sample fit,
+        whose wide layers the threads share (kernels/sample_share.py) instead of
+        products: its buffers."""
         self.threads = threads
         self.dtype = dtype
-        P.load_worker(dtype)
-        self.state = P.new_state(unit, dtype)
+        P.load_worker()
+        self.state = P.new_state(unit, dtype, layers=per_sample is None)
         self.address = self.state.ctypes.data
+        self.progress = None
+        if per_sample is not None:
+            n_params, n_in = per_sample
+            self.blocks = np.zeros(n_params, dtype)
+            self.carry = np.zeros(n_in * LANES, dtype)
+            self.progress = np.zeros(8 * threads, np.int64)
+            SS.attach(self.state, self.blocks, self.carry, self.progress)
 
     @contextmanager
     def running(self):
-        started = P.start(self.state, self.threads, self.dtype)
+        if self.progress is not None:  # the signals count from each call's first job
+            self.progress[:] = 0
+        started = P.start(self.state, self.threads)
         try:
             yield
         finally:

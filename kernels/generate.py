@@ -524,8 +524,9 @@ def source_sample_loops(sizes, acts, bias, loss, weighted, rule):
     out("@njit(**INNER)")
     out("def sample_epoch(params, net, x, y, sw, lr, order, h, d, recording, rule, state):")
     with out.block():
-        out("return sample_epoch_body(PLAIN, params, SIZES, W_OFF, B_OFF, ACTS, LOSS, net, x,")
-        out("                         y, sw, lr, order, h, d, recording, rule, state)")
+        out("return sample_epoch_body(PLAIN, False, params, SIZES, W_OFF, B_OFF, ACTS, LOSS,")
+        out("                         net, x, y, sw, lr, order, h, d, recording, rule, state,")
+        out("                         0)")
     out()
     out()
     epoch = ("        epoch_loss = sample_epoch(params, net, data.x, data.y, data.w, lr,\n"

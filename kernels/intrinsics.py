@@ -16,7 +16,9 @@ to one LLVM instruction or vector loop:
   vector of chains, <4 x double> or <8 x float> (``sum_width``; LLVM's SLP vectorizer
   left four scalar chains scalar).
 - ``lanes_dot(w, wo, v, vo, m)`` / ``lanes_dot_step(...)``: a dot product in LANES
-  lanes (one <16 x float> vector), and the same fused with the plain SGD step of w.
+  lanes (one <16 x float> vector), and the same fused with the plain SGD step of w;
+  ``lanes_dot_step_carry`` takes its lanes from, or leaves them in, a buffer, so that
+  threads can each run a piece of one row's sum (kernels/sample_share.py).
 - ``address(arr, offset)``: a typed pointer to arr[offset] (the gemm units' operands).
 - ``exp(x)`` / ``tanh(x)``: libm's function in x's precision.  Compiled, these are
   math.exp / math.tanh, for which Numba calls expf / tanhf on a float32; their Python
@@ -311,6 +313,28 @@ def lanes_dot_step(w, wo, v, vo, m, a, lr):
     return total
 
 
+def lanes_dot_step_carry(w, wo, v, vo, m, a, lr, carry, co, load, store):
+    """lanes_dot_step continued from the LANES partial sums at carry[co:] (``load``;
+    else from zeros) and, with ``store``, left there unsummed (returns 0) rather than
+    summed: a row's pieces, each over a multiple of LANES of its columns, run one after
+    the other give the row's lanes_dot_step exactly.  m: a multiple of LANES."""
+    single = w.dtype == np.float32
+    acc = ([carry[int(co) + k] for k in range(LANES)] if load
+           else [np.float32(0) if single else 0.0] * LANES)
+    wide = np.float64 if isinstance(lr, float) else w.dtype.type
+    for j in range(int(m)):
+        x, y = w[int(wo) + j], v[int(vo) + j]
+        acc[j % LANES] = fma(x, y, acc[j % LANES])
+        w[int(wo) + j] = wide(x) - wide(lr) * wide(w.dtype.type(a) * y)
+    if store:
+        for k in range(LANES):
+            carry[int(co) + k] = acc[k]
+        return w.dtype.type(0)
+    while len(acc) > 1:
+        acc = [acc[i] + acc[i + 1] for i in range(0, len(acc), 2)]
+    return acc[0]
+
+
 def _pairwise(builder, values):
     while len(values) > 1:
         values = [builder.fadd(values[i], values[i + 1]) for i in range(0, len(values), 2)]
@@ -324,9 +348,15 @@ def _splat(builder, value, vec):
     return out
 
 
-def _lanes_loop(w, wo, v, vo, m, extra, update):
+def _lanes_loop(w, wo, v, vo, m, extra, update, carried=()):
+    """The lanes functions' vector loop; ``carried``: lanes_dot_step_carry's (carry, co,
+    load, store) types, which follow ``extra`` among the arguments."""
     ok = _float_arrays(w, v) and all(isinstance(t, types.Integer) for t in (wo, vo, m))
     ok = ok and all(isinstance(t, types.Float) for t in extra)
+    if carried:
+        carry, co, load, store = carried
+        ok = ok and _float_arrays(w, carry) and isinstance(co, types.Integer) and all(
+            isinstance(t, (types.Boolean, types.Integer)) for t in (load, store))
     if not ok:
         return None
     dtype = w.dtype
@@ -349,6 +379,16 @@ def _lanes_loop(w, wo, v, vo, m, extra, update):
         vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                               f"llvm.fma.v{LANES}{suffix}")
         acc = cgutils.alloca_once_value(builder, ir.Constant(vec, None))  # zeros
+        if carried:
+            first = 5 + len(extra)
+            co_ = context.cast(builder, args[first + 1], signature.args[first + 1],
+                               types.uint64)
+            lanes_at = _at(builder, _base(builder, context, signature.args[first],
+                                          args[first], co_), ir.Constant(i64, 0), vec)
+            load_ = context.cast(builder, args[first + 2], signature.args[first + 2],
+                                 types.boolean)
+            with builder.if_then(load_):
+                builder.store(builder.load(lanes_at, align=align), acc)
         with cgutils.for_range_slice(builder, ir.Constant(i64, 0), m_,
                                      ir.Constant(i64, LANES)) as (j, _):
             wj = _at(builder, w_base, j, vec)
@@ -364,10 +404,17 @@ def _lanes_loop(w, wo, v, vo, m, extra, update):
                     new = builder.fptrunc(new, vec)
                 builder.store(new, wj, align=align)
         total = builder.load(acc)
-        return _pairwise(builder, [builder.extract_element(total, ir.Constant(i64, k))
-                                   for k in range(LANES)])
+        summed = _pairwise(builder, [builder.extract_element(total, ir.Constant(i64, k))
+                                     for k in range(LANES)])
+        if not carried:
+            return summed
+        store_ = context.cast(builder, args[first + 3], signature.args[first + 3],
+                              types.boolean)
+        with builder.if_then(store_):
+            builder.store(total, lanes_at, align=align)
+        return builder.select(store_, ir.Constant(summed.type, 0), summed)
 
-    return dtype(w, wo, v, vo, m, *extra), codegen
+    return dtype(w, wo, v, vo, m, *extra, *carried), codegen
 
 
 @intrinsic
@@ -380,6 +427,12 @@ def _lanes_dot_step(typingctx, w, wo, v, vo, m, a, lr):
     return _lanes_loop(w, wo, v, vo, m, (a, lr), update=True)
 
 
+@intrinsic
+def _lanes_dot_step_carry(typingctx, w, wo, v, vo, m, a, lr, carry, co, load, store):
+    return _lanes_loop(w, wo, v, vo, m, (a, lr), update=True,
+                       carried=(carry, co, load, store))
+
+
 @overload(lanes_dot, inline="always")
 def _lanes_dot_compiled(w, wo, v, vo, m):
     return lambda w, wo, v, vo, m: _lanes_dot(w, wo, v, vo, m)
@@ -388,6 +441,12 @@ def _lanes_dot_compiled(w, wo, v, vo, m):
 @overload(lanes_dot_step, inline="always")
 def _lanes_dot_step_compiled(w, wo, v, vo, m, a, lr):
     return lambda w, wo, v, vo, m, a, lr: _lanes_dot_step(w, wo, v, vo, m, a, lr)
+
+
+@overload(lanes_dot_step_carry, inline="always")
+def _lanes_dot_step_carry_compiled(w, wo, v, vo, m, a, lr, carry, co, load, store):
+    return lambda w, wo, v, vo, m, a, lr, carry, co, load, store: _lanes_dot_step_carry(
+        w, wo, v, vo, m, a, lr, carry, co, load, store)
 
 
 # ------------------------------------------------------------------------ address

@@ -316,7 +316,7 @@ def _make_trainer(MODE, RULE, VALIDATING, SPARSE):
                 else:
                     epoch_loss = sample_epoch_plain(params, net, data.x, data.y, data.w, lr,
                                                     work.perm, work.h, work.d, recording,
-                                                    rule, state)
+                                                    rule, state, work.pool)
             elif RULE == FUSED:
                 epoch_loss = batch_epoch_fused(SPARSE, params, net, data, loop, rule, state,
                                                work, lr, full, recording)

@@ -125,6 +125,8 @@ class Work(NamedTuple):
     d: np.ndarray        # per-sample deltas, sum(sizes)
     passes: object = None  # int64 (4,): the batch passes' addresses (passes.for_dtype),
                            # for the kernels that call them; None elsewhere
+    pool: int = 0          # per-sample fits: the address of the pool sharing the wide
+                           # layers (sample_share.py); 0: one thread
 
 
 def as_compiled(value):

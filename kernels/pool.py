@@ -11,14 +11,14 @@ by fastbp/_threads.py for the length of a kernel call) the others.  The jobs:
 - a batch layer's step (``share_layer``, batch.py): its product, then the element-wise
   steps (bias, activation, derivative, bias gradient) of the same units, while they are
   in the cache of the thread that computed them;
-Every element is the same chain whoever computes it (tiles.py, rows.py): the results
-are the same bits at any number of threads.
+- a per-sample layer's step (sample_share.py): its units' forward step, or its columns'
+  backward step.
+Every element is the same chain whoever computes it (tiles.py, rows.py, sample_share.py):
+the results are the same bits at any number of threads.
 
-Per-sample SGD stays on one thread.  Sharing its layers was tried (forward pass by units,
-back-propagation by rows: the only cuts that keep every chain) and W4a at H = 1024 ran
-anywhere from faster to several times slower on two threads, from run to run: each
-thread's rows of the weights were last written by the other, so the whole weight matrix
-crossed between the cores every sample.
+Each thread's piece of a job runs in the pool's piece unit (``batch_piece_address``, or
+sample_share's), a C function reached by its address from the workers and from the
+thread that posts the job: its code is compiled once, not again into every caller.
 
 Why not Numba's ``parallel=True``: a product takes tens of microseconds, and between
 two products the pool's threads go to sleep (libgomp spins only briefly when it thinks
@@ -52,10 +52,19 @@ SEQ, DONE, STOP = 0, 8, 16
 PARTS, UNIT, YIELD, KIND, LAYER_FN = range(24, 29)
 TA, TB, M, N, K, A, LDA, B, LDB, C, LDC, ALPHA, BETA = range(29, 42)
 CODE, EXTRA, AUX, NB, LR, HAS_BIAS, DESCEND = range(42, 49)
-STATE_LEN = 49
+# a per-sample layer's job (sample_share.py): the state's own address, the units that
+# post a job and run a piece of it, the fit's buffers, then the job
+SELF, SAMPLE_UNIT, PIECE_FN, BLOCKS, CARRY, PROGRESS = range(49, 55)
+S_PARAMS, S_N_PARAMS, S_H, S_D, S_N_UNITS, S_AI, S_ZO, S_N_IN, S_N_OUT, S_WO, S_BO, \
+    S_CODE, S_FLAGS, S_LR = range(55, 69)
+JOB_PARTS = 69  # the pieces of a batch job: PARTS, or 1 for one this thread runs alone
+STATE_LEN = 70
 # the kinds of job: a product; a batch layer's forward (product, bias, activation),
-# back-propagated delta (product, derivative), weight gradient or step (product, bias)
+# back-propagated delta (product, derivative), weight gradient or step (product, bias);
+# a per-sample layer's weights into or out of the threads' blocks, its forward step, its
+# backward step (sample_share.py)
 PRODUCT, LAYER_FORWARD, LAYER_DELTA, LAYER_WEIGHTS = range(4)
+SAMPLE_LOAD, SAMPLE_STORE, SAMPLE_FORWARD, SAMPLE_BACKWARD = range(4, 8)
 YIELD_EVERY = 4096
 # products of fewer multiply-adds run on the calling thread alone: below, the threads'
 # start and the exchange of the layer's rows between the cores cost about what they save
@@ -269,11 +278,8 @@ def share_layer(pool, kind, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, be
     extra, aux: pointers (extra, aux unread for a PRODUCT)."""
     state = _state_of(pool)
     parts = _atomic_load(state, PARTS)
-    unit = state[UNIT]
-    if parts <= 1 or m * n * k < SPLIT_MIN_WORK:
-        _batch_piece(kind, unit, 0, 1, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
-                     beta, c, ldc, code, extra, aux, nb, lr, has_bias, descend)
-        return
+    alone = parts <= 1 or m * n * k < SPLIT_MIN_WORK
+    state[JOB_PARTS] = 1 if alone else parts
     state[TA], state[TB] = trans_a, trans_b
     state[M], state[N], state[K] = m, n, k
     state[A], state[LDA] = _as_int(a), lda
@@ -283,10 +289,12 @@ def share_layer(pool, kind, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, be
     state[CODE], state[EXTRA], state[AUX], state[NB] = code, _as_int(extra), _as_int(aux), nb
     state[LR], state[HAS_BIAS], state[DESCEND] = _bits_of(np.float64(lr)), has_bias, descend
     state[KIND] = kind
+    if alone:  # all on this thread, through the piece unit (its code is compiled there)
+        _call_c(state[PIECE_FN], (pool, 0))
+        return
     seq = _atomic_load(state, SEQ) + 1
     _atomic_store(state, SEQ, seq)
-    _batch_piece(kind, unit, 0, parts, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
-                 beta, c, ldc, code, extra, aux, nb, lr, has_bias, descend)
+    _call_c(state[PIECE_FN], (pool, 0))
     _wait(state, DONE, seq * (parts - 1), state[YIELD])
 
 
@@ -354,9 +362,11 @@ def _wait(state, slot, value, yield_fn):
 
 # --------------------------------------------------------------------- the workers
 @njit(**JIT)
-def worker(state, t, like):
-    """Piece t of every job posted to ``state`` until its stop flag is set; like: an
-    array of the model's dtype.  Runs on its own thread, without the GIL."""
+def worker(state, t):
+    """Piece t of every job posted to ``state`` until its stop flag is set, by the
+    pool's piece unit (state[PIECE_FN]: the batch layers' or the per-sample layers',
+    compiled once there rather than again here).  Runs on its own thread, without the
+    GIL."""
     seen = 0
     spins = 0
     while True:
@@ -364,16 +374,7 @@ def worker(state, t, like):
         if seq != seen:
             seen = seq
             spins = 0
-            _batch_piece(state[KIND], state[UNIT], t, state[PARTS], state[TA] != 0,
-                         state[TB] != 0, state[M], state[N], state[K],
-                         like_value(_float_of(state[ALPHA]), like),
-                         _as_pointer(state[A], like), state[LDA],
-                         _as_pointer(state[B], like), state[LDB],
-                         like_value(_float_of(state[BETA]), like),
-                         _as_pointer(state[C], like), state[LDC], state[CODE],
-                         _as_pointer(state[EXTRA], like), _as_pointer(state[AUX], like),
-                         state[NB], like_value(_float_of(state[LR]), like),
-                         state[HAS_BIAS] != 0, state[DESCEND] != 0)
+            _call_c(state[PIECE_FN], (state[SELF], t))
             _atomic_add(state, DONE, 1)
         elif _atomic_load(state, STOP) != 0:
             return
@@ -381,6 +382,26 @@ def worker(state, t, like):
             spins += 1
             if spins % YIELD_EVERY == 0:
                 _call_c(state[YIELD], ())
+
+
+def _batch_piece_unit(dtype):
+    like = np.zeros(0, dtype=dtype)
+
+    @cfunc(types.void(types.int64, types.int64), **JIT)
+    def batch_piece(pool, t):
+        """Piece t of the batch job posted to the pool at ``pool``."""
+        state = _state_of(pool)
+        _batch_piece(state[KIND], state[UNIT], t, state[JOB_PARTS], state[TA] != 0,
+                     state[TB] != 0, state[M], state[N], state[K],
+                     like_value(_float_of(state[ALPHA]), like),
+                     _as_pointer(state[A], like), state[LDA],
+                     _as_pointer(state[B], like), state[LDB],
+                     like_value(_float_of(state[BETA]), like),
+                     _as_pointer(state[C], like), state[LDC], state[CODE],
+                     _as_pointer(state[EXTRA], like), _as_pointer(state[AUX], like),
+                     state[NB], like_value(_float_of(state[LR]), like),
+                     state[HAS_BIAS] != 0, state[DESCEND] != 0)
+    return batch_piece
 
 
 # ------------------------------------------------------------------ the pooled unit
@@ -418,6 +439,11 @@ def layer_address(dtype):
     return _address("layer", _layer_unit, dtype)
 
 
+def batch_piece_address(dtype):
+    """The address of the unit that runs a piece of a batch job (the workers' share)."""
+    return _address("piece", _batch_piece_unit, dtype)
+
+
 def _yield_address():
     """The address of the C function that gives up the CPU (sched_yield, or Windows'
     SwitchToThread), or 0 where there is none."""
@@ -435,24 +461,26 @@ YIELD_ADDRESS = _yield_address()
 AVAILABLE = YIELD_ADDRESS != 0 and not numba_config.DISABLE_JIT
 
 
-def new_state(unit, dtype):
+def new_state(unit, dtype, layers=True):
     """A pool's state, its products computed piece by piece by the gemm unit at address
-    ``unit``, its layers' jobs by the layer unit of ``dtype``; no threads (PARTS 1)
-    until ``start``."""
+    ``unit``, its layers' jobs by the layer unit of ``dtype`` (``layers``: else none, for
+    a per-sample fit: sample_share.attach); no threads (PARTS 1) until ``start``."""
     state = np.zeros(STATE_LEN, dtype=np.int64)
     state[PARTS] = 1
     state[UNIT] = unit
-    state[LAYER_FN] = layer_address(dtype)
+    if layers:
+        state[LAYER_FN], state[PIECE_FN] = layer_address(dtype), batch_piece_address(dtype)
     state[YIELD] = YIELD_ADDRESS
+    state[SELF] = state.ctypes.data
     return state
 
 
-def load_worker(dtype):
-    """Compile ``worker`` for ``dtype`` (or load it from Numba's cache) now, rather than
-    in the first worker thread, inside a timed kernel call."""
+def load_worker():
+    """Compile ``worker`` (or load it from Numba's cache) now, rather than in the first
+    worker thread, inside a timed kernel call."""
     state = np.zeros(STATE_LEN, dtype=np.int64)
     state[STOP] = 1
-    worker(state, 1, np.zeros(0, dtype=dtype))  # returns at once: stopped, no job
+    worker(state, 1)  # returns at once: stopped, no job
 
 
 try:
@@ -488,25 +516,24 @@ def _pin(cpus):
         return None
 
 
-def _work(state, t, like, cpu):
+def _work(state, t, cpu):
     """A worker thread: pinned to ``cpu`` (unless None), then ``worker`` until stopped."""
     if cpu is not None:
         _pin({cpu})
-    worker(state, t, like)
+    worker(state, t)
 
 
-def start(state, threads, dtype):
+def start(state, threads):
     """Start threads - 1 workers on ``state`` (Python threads running ``worker``); the
     pooled unit then shares its products among ``threads`` threads.  Returns what
     ``stop`` takes.  Only between calls of the kernels that use the state, from the
     thread that calls them (pinned to its CPU until ``stop``)."""
     state[SEQ] = state[DONE] = state[STOP] = 0
     state[PARTS] = threads
-    like = np.zeros(0, dtype=dtype)
     placement = _placement(threads)
     cpus = [None] * (threads - 1) if placement is None else placement[1]
     saved = None if placement is None else _pin({placement[0]})
-    workers = [threading.Thread(target=_work, args=(state, t, like, cpus[t - 1]),
+    workers = [threading.Thread(target=_work, args=(state, t, cpus[t - 1]),
                                 daemon=True, name=f"fastbp-product-{t}")
                for t in range(1, threads)]
     for w in workers:

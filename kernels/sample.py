@@ -21,13 +21,15 @@ from .intrinsics import like
 from .rules import (ADAM, adam_scales, delta_scale, is_combined, l2_penalty, loss_of_sum,
                     loss_term, loss_uses_z, output_delta, plain_step, row_dot, stateful_step,
                     times_derivative)
+from .sample_share import KEEP_Z, PROPAGATE, layer_shares, sample_parts, share_sample
+from .pool import SAMPLE_BACKWARD, SAMPLE_FORWARD, SAMPLE_LOAD, SAMPLE_STORE
 from .sample_units import backward_rows, forward_units
 
 
 
 @njit(**dict(JIT, inline="always"))
-def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y, sw, lr,
-                      order, h, d, recording, rule, state):
+def sample_epoch_body(PLAIN, SHARE, params, sizes, w_off, b_off, acts, loss, net, x, y, sw,
+                      lr, order, h, d, recording, rule, state, pool):
     """One epoch of per-sample SGD over the samples in ``order``; returns the mean sample
     loss when ``recording`` (else 0).
 
@@ -38,7 +40,8 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
     compile-time constant (the body is inlined, Numba's ``inline="always"``, and the
     other rule's branches are pruned before typing); otherwise rule and state
     (options.Rule / State) drive rules.stateful_step, one parameter at a time as each is
-    reached.
+    reached.  SHARE (a constant too; with PLAIN): the wide layers' steps go to the threads
+    of the pool at address ``pool`` when it has several (sample_share.py; 0: none).
     h, d: flat per-unit buffers of sum(sizes) for the activations and deltas (layer l
     starts at sum(sizes[:l])).  Softmax outputs are not handled here (the dispatcher
     sends cross_entropy to the batch path).
@@ -60,6 +63,9 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
     c2 = 1.0
     moments = state.moments
     n = order.shape[0]
+    parts = sample_parts(pool) if SHARE else 1
+    if SHARE:  # the shared layers' columns into the threads' blocks for the epoch
+        _move_blocks(pool, parts, SAMPLE_LOAD, params, sizes, w_off, b_off, h, d, lr)
     for t in range(n):
         s = order[t]
         ws = sw[s] if weighted else 1.0
@@ -81,8 +87,12 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
             # the output layer keeps z for the stable loss (bce, poisson): d holds it until the
             # output delta is formed
             keep_z = loss_uses_z(loss) and l == n_layers - 1
-            forward_units(params, wo, bo, has_bias, h, d, ai, zo, n_in, n_out, uint64(0),
-                          n_out, acts[l], keep_z)
+            if SHARE and layer_shares(parts, n_in, n_out):
+                share_sample(pool, SAMPLE_FORWARD, params, h, d, ai, zo, n_in, n_out, wo,
+                             b_off[l], acts[l], KEEP_Z if keep_z else 0, lr)
+            else:
+                forward_units(params, wo, bo, has_bias, h, d, ai, zo, n_in, n_out, uint64(0),
+                              n_out, acts[l], keep_z)
             ai = zo
         # loss and output delta
         sample_loss = 0.0
@@ -112,6 +122,11 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
             ai = zo - n_in
             wo = uint64(w_off[l])
             prev_code = acts[l - 1]  # (the last layer's for l == 0: not read then)
+            if SHARE and layer_shares(parts, n_in, n_out):  # the weights and the biases
+                share_sample(pool, SAMPLE_BACKWARD, params, h, d, ai, zo, n_in, n_out, wo,
+                             b_off[l], prev_code, PROPAGATE if l > 0 else 0, lr)
+                zo = ai
+                continue
             if PLAIN:
                 backward_rows(params, wo, n_out, h, d, ai, zo, uint64(0), n_in, lr, l > 0,
                               prev_code)
@@ -134,19 +149,33 @@ def sample_epoch_body(PLAIN, params, sizes, w_off, b_off, acts, loss, net, x, y,
                         stateful_step(params, moments, bo + j, d[zo + j], lr, rule, c1, c2,
                                       None)
             zo = ai
+    if SHARE:  # back into the parameters, which the caller checks and records
+        _move_blocks(pool, parts, SAMPLE_STORE, params, sizes, w_off, b_off, h, d, lr)
     return total / n
 
 
+@njit(**dict(JIT, inline="always"))
+def _move_blocks(pool, parts, kind, params, sizes, w_off, b_off, h, d, lr):
+    """SAMPLE_LOAD or SAMPLE_STORE for every shared layer."""
+    for l in range(len(sizes) - 1):
+        n_in, n_out = uint64(sizes[l]), uint64(sizes[l + 1])
+        if layer_shares(parts, n_in, n_out):
+            share_sample(pool, kind, params, h, d, 0, 0, n_in, n_out, w_off[l], b_off[l], 0,
+                         0, lr)
+
+
 @njit(**INNER)
-def sample_epoch_plain(params, net, x, y, sw, lr, order, h, d, recording, rule, state):
-    """sample_epoch_body with the plain rule, for any network (arrays of sizes)."""
-    return sample_epoch_body(True, params, net.sizes, net.w_off, net.b_off, net.acts,
-                             net.loss, net, x, y, sw, lr, order, h, d, recording, rule, state)
+def sample_epoch_plain(params, net, x, y, sw, lr, order, h, d, recording, rule, state, pool):
+    """sample_epoch_body with the plain rule, for any network (arrays of sizes), its wide
+    layers shared among the threads of the pool at ``pool`` (0: one thread)."""
+    return sample_epoch_body(True, True, params, net.sizes, net.w_off, net.b_off, net.acts,
+                             net.loss, net, x, y, sw, lr, order, h, d, recording, rule, state,
+                             pool)
 
 
 @njit(**INNER)
 def sample_epoch_stateful(params, net, x, y, sw, lr, order, h, d, recording, rule, state):
     """sample_epoch_body with a rule that has state (or L2)."""
-    return sample_epoch_body(False, params, net.sizes, net.w_off, net.b_off, net.acts,
-                             net.loss, net, x, y, sw, lr, order, h, d, recording, rule,
-                             state)
+    return sample_epoch_body(False, False, params, net.sizes, net.w_off, net.b_off,
+                             net.acts, net.loss, net, x, y, sw, lr, order, h, d, recording,
+                             rule, state, 0)

@@ -13,6 +13,7 @@ from fastbp.kernels import gemm as G
 from fastbp.kernels import pool as P
 from numba import njit
 
+import reference as R
 from reference import python_of
 
 pytestmark = pytest.mark.skipif(not P.AVAILABLE, reason="threads need the compiled kernels")
@@ -60,7 +61,7 @@ def test_pooled_products_equal_one_thread(dtype, shape, beta):
     state = P.new_state(tiles, dtype)
     for threads in (1, 2, 3):
         c = c0.copy()
-        started = P.start(state, threads, dtype)
+        started = P.start(state, threads)
         try:
             _product(pooled, state.ctypes.data, ta, tb, m, n, k, 0.37, a, lda, b, ldb, beta,
                      c, n)
@@ -191,9 +192,62 @@ def test_default_threads_follow_affinity_and_numba(monkeypatch):
     assert T.resolve(5) == 5
 
 
-def test_per_sample_fits_stay_on_one_thread(three_threads):
-    """Per-sample SGD is not shared among threads (pool.py says why)."""
+def test_narrow_per_sample_fits_stay_on_one_thread(three_threads):
+    """Per-sample SGD shares only layers of sample_share.SAMPLE_SPLIT_MIN_WEIGHTS weights
+    or more: below, the jobs cost about what they save."""
     rng = np.random.default_rng(1)
     X, Y = rng.standard_normal((8, 12)), rng.random((8, 3))
     h = fastbp.MLP([12, 160, 160, 3], seed=3).fit(X, Y, epochs=1, batch_size=1, n_jobs=3)
     assert "threads" not in h.kernel
+    assert D.sample_threads([32, 256, 256, 10], np.float64, 10 ** 9, 3) == 1
+    assert D.sample_threads([32, 1024, 1024, 10], np.float64, 10 ** 9, 3) == 3
+    assert D.sample_threads([32, 1024, 1024, 10], np.float64, 10 ** 9, 1) == 1
+
+
+# per-sample fits whose wide layers are shared (sample_share.py): 500 and 600 units are
+# not multiples of the lanes (16), and 3 threads get unequal numbers of lanes' columns
+PER_SAMPLE = {
+    "sigmoid_relu": dict(sizes=[6, 600, 500, 3], activation=["relu", "sigmoid", "sigmoid"],
+                         loss="mse", bias=True, fit=dict(epochs=2, shuffle=True, seed=1)),
+    # the shared layer is the output layer, whose z the loss keeps (bce); no biases
+    "wide_output_bce": dict(sizes=[5, 520, 600], activation=["tanh", "sigmoid"], loss="bce",
+                            bias=False, fit=dict(epochs=2, record_every=2)),
+    "weighted": dict(sizes=[6, 520, 520, 2], activation="tanh", loss="half_mse", bias=True,
+                     fit=dict(epochs=3, shuffle=True, seed=4, weights=True)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", sorted(PER_SAMPLE))
+def test_per_sample_fit_is_the_same_bits_at_1_2_and_3_threads(three_threads, dtype, case):
+    spec = PER_SAMPLE[case]
+    sizes = spec["sizes"]
+    rng = np.random.default_rng(11)
+    n = 24
+    X = rng.standard_normal((n, sizes[0])).astype(dtype)
+    Y = rng.random((n, sizes[-1])).astype(dtype)
+    fit = dict(spec["fit"])
+    if fit.pop("weights", False):
+        fit["sample_weight"] = rng.uniform(0.5, 1.5, n)
+    results = []
+    for n_jobs in (1, 2, 3):
+        m = fastbp.MLP(sizes, activation=spec["activation"], loss=spec["loss"],
+                       bias=spec["bias"], init="xavier", seed=6, dtype=dtype)
+        start = m.params.copy()
+        h = m.fit(X, Y, lr=0.05, batch_size=1, n_jobs=n_jobs, chunk_seconds=0.001, **fit)
+        assert not np.array_equal(m.params, start)
+        results.append((m.params.copy(), np.asarray(h.loss)))
+        if n_jobs > 1:
+            assert f"per-sample plain SGD ({np.dtype(dtype).name}, on {n_jobs} threads)" \
+                in h.kernel
+    for params, loss in results[1:]:
+        assert np.array_equal(params, results[0][0])
+        assert np.array_equal(loss, results[0][1])
+    if dtype == np.float64 and not fit.get("shuffle") and "sample_weight" not in fit:
+        # and those bits are per-sample SGD's (tests/reference.py, in plain numpy)
+        m = fastbp.MLP(sizes, activation=spec["activation"], loss=spec["loss"],
+                       bias=spec["bias"], init="xavier", seed=6)
+        acts = list(m.activations)
+        rw, rb, rloss = R.train_sgd(X, Y, m.weights, m.biases, acts, spec["loss"],
+                                    fit["epochs"], 0.05)
+        np.testing.assert_allclose(results[0][0], R.flatten(rw, rb), rtol=1e-9, atol=1e-12)

@@ -1,12 +1,12 @@
 """One model on several threads: W4b (32-H-H-10, mini-batches of 64, one epoch of 4,096
-samples) at H = 256 and 1024, and the scikit-learn wrapper's default batch of 200 at
-H = 256, with n_jobs = 1, 2 and every core.  ``time_fit`` per thread count;
+samples) at H = 256 and 1024, the scikit-learn wrapper's default batch of 200 at H = 256,
+and per-sample SGD (W4a) at H = 1024, with n_jobs = 1, 2 and every core.  ``time_fit`` per thread count;
 ``track_gain`` one thread's best time over every core's, both measured in one process
 (above 1: the threads help; on a one-core machine it reads about 1)."""
 from . import common
 from .common import Benchmark
 
-KEYS = ["W4b_256", "W4b_1024", "W4b200_256"]
+KEYS = ["W4b_256", "W4b_1024", "W4b200_256", "W4a_1024"]
 
 
 def _workload(key):
