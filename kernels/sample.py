@@ -154,7 +154,7 @@ def sample_epoch_body(PLAIN, SHARE, params, sizes, w_off, b_off, acts, loss, net
     return total / n
 
 
-@njit(**dict(JIT, inline="always"))
+@njit(**INNER)
 def _move_blocks(pool, parts, kind, params, sizes, w_off, b_off, h, d, lr):
     """SAMPLE_LOAD or SAMPLE_STORE for every shared layer."""
     for l in range(len(sizes) - 1):

@@ -42,16 +42,13 @@ ROWS_PER_SIGNAL = 16
 # job flags
 KEEP_Z, PROPAGATE = 1, 2
 
-LEAF = dict(INNER, inline="always")
-
-
-@njit(**LEAF)
+@njit(**INNER)
 def layer_shares(parts, n_in, n_out):
     """Whether a layer of n_in x n_out weights is shared among ``parts`` threads."""
     return parts > 1 and n_out >= LANES * parts and n_in * n_out >= SAMPLE_SPLIT_MIN_WEIGHTS
 
 
-@njit(**LEAF)
+@njit(**INNER)
 def columns(t, parts, n_out):
     """Thread t's columns (c0, c1) of a layer of n_out units shared by ``parts``."""
     groups = n_out // LANES
@@ -60,7 +57,7 @@ def columns(t, parts, n_out):
     return c0, c1
 
 
-@njit(**LEAF)
+@njit(**INNER)
 def sample_parts(pool):
     """The threads of the pool at address ``pool`` (1: none, or no pool)."""
     if pool == 0:
@@ -68,7 +65,7 @@ def sample_parts(pool):
     return P._atomic_load(P._state_of(pool), P.PARTS)
 
 
-@njit(**LEAF)
+@njit(**INNER)
 def share_sample(pool, kind, params, h, d, ai, zo, n_in, n_out, wo, bo, code, flags, lr):
     """Post a per-sample layer's job to the pool (the unit ``share`` at its address)."""
     P._call_c(P._state_of(pool)[P.SAMPLE_UNIT],
