@@ -373,6 +373,40 @@ def _lanes_dot_step_compiled(w, wo, v, vo, m, a, lr):
     return I.lanes_dot_step(w, wo, v, vo, m, a, lr)
 
 
+@njit
+def _lanes_dot_step_carry_compiled(w, wo, v, vo, m, a, lr, carry, co, load, store):
+    return I.lanes_dot_step_carry(w, wo, v, vo, m, a, lr, carry, co, load, store)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("pieces", [(LANES,), (LANES, 2 * LANES), (3 * LANES, LANES, 5 * LANES)])
+@pytest.mark.parametrize("meaning", ["python", "compiled"])
+def test_a_row_in_pieces_carried_is_the_row_at_once(dtype, pieces, meaning):
+    """lanes_dot_step_carry over a row's pieces, one after the other (the threads of
+    kernels/sample_share.py), gives lanes_dot_step's sum and updates, bit for bit."""
+    step = I.lanes_dot_step_carry if meaning == "python" else _lanes_dot_step_carry_compiled
+    m = sum(pieces)
+    rng = np.random.default_rng(700 + m)
+    w = (rng.standard_normal(m + 5) * np.exp(rng.uniform(-20, 20, m + 5))).astype(dtype)
+    v = rng.standard_normal(m + 3).astype(dtype)
+    a, lr = dtype(0.7), dtype(0.05)
+    w_row = w.copy()
+    want = I.lanes_dot_step(w_row, 5, v, 3, m, a, lr)
+    w_pieces = w.copy()
+    carry = np.full(2 * LANES, np.nan, dtype)  # only lanes a piece left may be read
+    start = 0
+    for k, width in enumerate(pieces):
+        last = k == len(pieces) - 1
+        got = step(w_pieces, 5 + start, v, 3 + start, width, a, lr, carry, LANES, k > 0,
+                   not last)
+        if not last:
+            assert got == 0
+        start += width
+    assert _bits(dtype(got)) == _bits(dtype(want))
+    np.testing.assert_array_equal(w_pieces.view(f"i{w.itemsize}"), w_row.view(f"i{w.itemsize}"))
+    assert np.isnan(carry[:LANES]).all()  # nothing outside carry[co:co + LANES]
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("m", [0, LANES, 3 * LANES, 64 * LANES])
 def test_lanes_dot_python_meaning_equals_the_compiled_lanes(dtype, m):
