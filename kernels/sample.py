@@ -21,8 +21,8 @@ from .intrinsics import like
 from .rules import (ADAM, adam_scales, delta_scale, is_combined, l2_penalty, loss_of_sum,
                     loss_term, loss_uses_z, output_delta, plain_step, row_dot, stateful_step,
                     times_derivative)
-from .sample_share import KEEP_Z, PROPAGATE, layer_shares, sample_parts, share_sample
 from .pool import SAMPLE_BACKWARD, SAMPLE_FORWARD, SAMPLE_LOAD, SAMPLE_STORE
+from .sample_share import KEEP_Z, PROPAGATE, layer_shares, sample_parts, share_sample
 from .sample_units import backward_rows, forward_units
 
 

@@ -42,6 +42,7 @@ ROWS_PER_SIGNAL = 16
 # job flags
 KEEP_Z, PROPAGATE = 1, 2
 
+
 @njit(**INNER)
 def layer_shares(parts, n_in, n_out):
     """Whether a layer of n_in x n_out weights is shared among ``parts`` threads."""

@@ -4,8 +4,8 @@
 ``forward_units`` computes units j0 .. j1 - 1 of a layer's output, ``backward_rows``
 back-propagates through and updates rows i0 .. i1 - 1 of its weights.  Each unit's
 chain (and each row's) is the same whatever the range.  sample.py calls them over whole
-layers; the ranges are what an attempt at sharing a layer among threads used (pool.py
-says why it was dropped), and cost nothing measurable.
+layers; sample_share.py calls forward_units on a thread's block of a layer's columns
+(laid out as a layer of that many units: the same chains).
 """
 from numba import njit, uint64
 
