@@ -233,11 +233,10 @@ def sample_threads(sizes, dtype, samples_seen, threads):
         return 1
     saved = (samples_seen * 3 * sum(shared) * SAMPLE_SECONDS_PER_MADD
              * (1.0 - 1.0 / (threads * POOL_EFFICIENCY)))
-    # the threads run on the general per-sample entry: its compile counts too, if due
-    general = ("train", "sample", "plain", False, np.dtype(dtype).name)
-    extra = 0.0 if is_compiled(general) else GENERAL_COMPILE_SECONDS
+    # the threads run on the kernel one thread would (generated or general), which
+    # carries their code for such a network: only the units are added
     return threads if _worth(("sample", "shared", np.dtype(dtype).name), saved,
-                             SAMPLE_SHARE_COMPILE_SECONDS + extra) else 1
+                             SAMPLE_SHARE_COMPILE_SECONDS) else 1
 
 
 def share_samples(layout, dtype, threads):
@@ -423,8 +422,8 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
     general = Plan(L.trainer(mode, kind, validating, sparse), name, general_key, gemm, mode, kind, cap,
                    mode != "sample" and kind != "fused", threads=threads,
                    passes=mode != "sample" or bool(validating))
-    if sparse or (mode == "sample" and threads > 1):
-        return general  # the generated kernels read dense rows, on one thread
+    if sparse:
+        return general  # the generated kernels read dense rows
     generated = GEN.kind_for(layout.sizes, model._act_codes, model._loss_code, mode, kind,
                              validating, dtype, n, PRODUCT_MIN_WORK)
     if generated is None:

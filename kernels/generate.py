@@ -46,7 +46,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 10  # part of the module name: bump when the generated code changes meaning
+VERSION = 11  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one AVX-512 vector (8 float64, 16 float32): the
@@ -93,6 +93,14 @@ def kind_for(sizes, acts, loss, mode, rule, validating, dtype, n, product_min_wo
             return "sample"
         return "sample_loops"
     return None
+
+
+def shares_layers(sizes):
+    """Whether a per-sample fit of this network shares a layer among threads (at the
+    fewest, two: sample_share.layer_shares), so that its kernels carry the code."""
+    from .sample_share import layer_shares
+    shares = getattr(layer_shares, "py_func", layer_shares)
+    return any(shares(2, int(a), int(b)) for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 # ------------------------------------------------------------------------ the writer
@@ -519,19 +527,23 @@ def source_sample_loops(sizes, acts, bias, loss, weighted, rule):
     out(f"ACTS = {acts}")
     out(f"LOSS = {int(loss)}")
     out(f"PLAIN = {rule != 'stateful'}")
+    # the wide layers' steps on the fit's threads (sample_share.py): compiled only into
+    # the kernels of networks that have such a layer
+    out(f"SHARE = {rule != 'stateful' and shares_layers(sizes)}")
     out()
     out()
     out("@njit(**INNER)")
-    out("def sample_epoch(params, net, x, y, sw, lr, order, h, d, recording, rule, state):")
+    out("def sample_epoch(params, net, x, y, sw, lr, order, h, d, recording, rule, state,")
+    out("                 pool):")
     with out.block():
-        out("return sample_epoch_body(PLAIN, False, params, SIZES, W_OFF, B_OFF, ACTS, LOSS,")
+        out("return sample_epoch_body(PLAIN, SHARE, params, SIZES, W_OFF, B_OFF, ACTS, LOSS,")
         out("                         net, x, y, sw, lr, order, h, d, recording, rule, state,")
-        out("                         0)")
+        out("                         pool)")
     out()
     out()
     epoch = ("        epoch_loss = sample_epoch(params, net, data.x, data.y, data.w, lr,\n"
              "                                  work.perm, work.h, work.d, recording, rule,\n"
-             "                                  state)\n")
+             "                                  state, work.pool)\n")
     out.lines += _TRAIN.format(setup="", shuffle=_SHUFFLE, epoch=epoch).splitlines()
     return out.text()
 

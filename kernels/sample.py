@@ -22,7 +22,7 @@ from .rules import (ADAM, adam_scales, delta_scale, is_combined, l2_penalty, los
                     loss_term, loss_uses_z, output_delta, plain_step, row_dot, stateful_step,
                     times_derivative)
 from .pool import SAMPLE_BACKWARD, SAMPLE_FORWARD, SAMPLE_LOAD, SAMPLE_STORE
-from .sample_share import KEEP_Z, PROPAGATE, layer_shares, sample_parts, share_sample
+from .sample_share import KEEP_Z, PROPAGATE, shared_step
 from .sample_units import backward_rows, forward_units
 
 
@@ -63,9 +63,8 @@ def sample_epoch_body(PLAIN, SHARE, params, sizes, w_off, b_off, acts, loss, net
     c2 = 1.0
     moments = state.moments
     n = order.shape[0]
-    parts = sample_parts(pool) if SHARE else 1
     if SHARE:  # the shared layers' columns into the threads' blocks for the epoch
-        _move_blocks(pool, parts, SAMPLE_LOAD, params, sizes, w_off, b_off, h, d, lr)
+        _move_blocks(pool, np.int64(SAMPLE_LOAD), params, sizes, w_off, b_off, h, d, lr)
     for t in range(n):
         s = order[t]
         ws = sw[s] if weighted else 1.0
@@ -87,10 +86,10 @@ def sample_epoch_body(PLAIN, SHARE, params, sizes, w_off, b_off, acts, loss, net
             # the output layer keeps z for the stable loss (bce, poisson): d holds it until the
             # output delta is formed
             keep_z = loss_uses_z(loss) and l == n_layers - 1
-            if SHARE and layer_shares(parts, n_in, n_out):
-                share_sample(pool, SAMPLE_FORWARD, params, h, d, ai, zo, n_in, n_out, wo,
-                             b_off[l], acts[l], KEEP_Z if keep_z else 0, lr)
-            else:
+            if not (SHARE and shared_step(pool, np.int64(SAMPLE_FORWARD), params, h, d, ai,
+                                          zo, n_in, n_out, wo, np.int64(b_off[l]),
+                                          np.int64(acts[l]), np.int64(KEEP_Z * keep_z),
+                                          lr)):
                 forward_units(params, wo, bo, has_bias, h, d, ai, zo, n_in, n_out, uint64(0),
                               n_out, acts[l], keep_z)
             ai = zo
@@ -122,10 +121,10 @@ def sample_epoch_body(PLAIN, SHARE, params, sizes, w_off, b_off, acts, loss, net
             ai = zo - n_in
             wo = uint64(w_off[l])
             prev_code = acts[l - 1]  # (the last layer's for l == 0: not read then)
-            if SHARE and layer_shares(parts, n_in, n_out):  # the weights and the biases
-                share_sample(pool, SAMPLE_BACKWARD, params, h, d, ai, zo, n_in, n_out, wo,
-                             b_off[l], prev_code, PROPAGATE if l > 0 else 0, lr)
-                zo = ai
+            if SHARE and shared_step(pool, np.int64(SAMPLE_BACKWARD), params, h, d, ai, zo,
+                                     n_in, n_out, wo, np.int64(b_off[l]), np.int64(prev_code),
+                                     np.int64(PROPAGATE * (l > 0)), lr):
+                zo = ai  # the weights and the biases stepped by the threads
                 continue
             if PLAIN:
                 backward_rows(params, wo, n_out, h, d, ai, zo, uint64(0), n_in, lr, l > 0,
@@ -150,18 +149,17 @@ def sample_epoch_body(PLAIN, SHARE, params, sizes, w_off, b_off, acts, loss, net
                                       None)
             zo = ai
     if SHARE:  # back into the parameters, which the caller checks and records
-        _move_blocks(pool, parts, SAMPLE_STORE, params, sizes, w_off, b_off, h, d, lr)
+        _move_blocks(pool, np.int64(SAMPLE_STORE), params, sizes, w_off, b_off, h, d, lr)
     return total / n
 
 
 @njit(**INNER)
-def _move_blocks(pool, parts, kind, params, sizes, w_off, b_off, h, d, lr):
+def _move_blocks(pool, kind, params, sizes, w_off, b_off, h, d, lr):
     """SAMPLE_LOAD or SAMPLE_STORE for every shared layer."""
     for l in range(len(sizes) - 1):
-        n_in, n_out = uint64(sizes[l]), uint64(sizes[l + 1])
-        if layer_shares(parts, n_in, n_out):
-            share_sample(pool, kind, params, h, d, 0, 0, n_in, n_out, w_off[l], b_off[l], 0,
-                         0, lr)
+        shared_step(pool, kind, params, h, d, uint64(0), uint64(0), uint64(sizes[l]),
+                    uint64(sizes[l + 1]), uint64(w_off[l]), np.int64(b_off[l]), np.int64(0),
+                    np.int64(0), lr)
 
 
 @njit(**INNER)

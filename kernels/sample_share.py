@@ -59,19 +59,20 @@ def columns(t, parts, n_out):
 
 
 @njit(**INNER)
-def sample_parts(pool):
-    """The threads of the pool at address ``pool`` (1: none, or no pool)."""
+def shared_step(pool, kind, params, h, d, ai, zo, n_in, n_out, wo, bo, code, flags, lr):
+    """A per-sample layer's job (``kind``), posted to the pool at address ``pool`` (the
+    unit ``share`` at its address) when the pool shares this layer; whether it did (else
+    the caller runs the step).  sample.py calls it with values, not constants, so that
+    it is compiled once."""
     if pool == 0:
-        return 1
-    return P._atomic_load(P._state_of(pool), P.PARTS)
-
-
-@njit(**INNER)
-def share_sample(pool, kind, params, h, d, ai, zo, n_in, n_out, wo, bo, code, flags, lr):
-    """Post a per-sample layer's job to the pool (the unit ``share`` at its address)."""
-    P._call_c(P._state_of(pool)[P.SAMPLE_UNIT],
+        return False
+    state = P._state_of(pool)
+    if not layer_shares(P._atomic_load(state, P.PARTS), n_in, n_out):
+        return False
+    P._call_c(state[P.SAMPLE_UNIT],
               (pool, kind, address(params, 0), params.shape[0], address(h, 0),
                address(d, 0), h.shape[0], ai, zo, n_in, n_out, wo, bo, code, flags, lr))
+    return True
 
 
 # --------------------------------------------------------------------------- pieces

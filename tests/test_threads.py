@@ -214,6 +214,10 @@ PER_SAMPLE = {
                             bias=False, fit=dict(epochs=2, record_every=2)),
     "weighted": dict(sizes=[6, 520, 520, 2], activation="tanh", loss="half_mse", bias=True,
                      fit=dict(epochs=3, shuffle=True, seed=4, weights=True)),
+    # validation: the general per-sample entry (the others run generated kernels), and
+    # the validation loss's batch passes beside the shared layers
+    "validated": dict(sizes=[6, 600, 500, 3], activation="sigmoid", loss="mse", bias=True,
+                      fit=dict(epochs=2, validation_fraction=0.25)),
 }
 
 
@@ -236,14 +240,19 @@ def test_per_sample_fit_is_the_same_bits_at_1_2_and_3_threads(three_threads, dty
         start = m.params.copy()
         h = m.fit(X, Y, lr=0.05, batch_size=1, n_jobs=n_jobs, chunk_seconds=0.001, **fit)
         assert not np.array_equal(m.params, start)
-        results.append((m.params.copy(), np.asarray(h.loss)))
+        results.append((m.params.copy(), np.asarray(h.loss), h.val_loss))
         if n_jobs > 1:
-            assert f"per-sample plain SGD ({np.dtype(dtype).name}, on {n_jobs} threads)" \
-                in h.kernel
-    for params, loss in results[1:]:
+            assert f"per-sample plain SGD, validating ({np.dtype(dtype).name}, on " \
+                f"{n_jobs} threads)" == h.kernel if case == "validated" else \
+                h.kernel.startswith(f"per-sample plain SGD ({np.dtype(dtype).name}, on "
+                                    f"{n_jobs} threads), generated for ")
+    for params, loss, val_loss in results[1:]:
         assert np.array_equal(params, results[0][0])
         assert np.array_equal(loss, results[0][1])
-    if dtype == np.float64 and not fit.get("shuffle") and "sample_weight" not in fit:
+        assert (val_loss is None) == (case != "validated")
+        assert val_loss is None or np.array_equal(val_loss, results[0][2])
+    if dtype == np.float64 and not fit.get("shuffle") and "sample_weight" not in fit \
+            and "validation_fraction" not in fit:
         # and those bits are per-sample SGD's (tests/reference.py, in plain numpy)
         m = fastbp.MLP(sizes, activation=spec["activation"], loss=spec["loss"],
                        bias=spec["bias"], init="xavier", seed=6)
