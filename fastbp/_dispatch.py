@@ -49,9 +49,9 @@ from .kernels.generate import cache_dir, kernel_sources_digest
 TILES_COMPILE_SECONDS = 3.0
 RECURRENCE_SECONDS_PER_MADD = 1.5e-10  # the recurrence gemm, per multiply-add
 TILES_SECONDS_PER_MADD = 3.0e-11       # the register tiles (batch 64, H = 64 and 256)
-# the layers shared among threads (kernels/pool.py): the pooled unit, the layer unit and
-# the workers to compile (asv_benchmarks: bench_cold_start), and the share of the ideal
-# 1/threads of the products' time they reach (bench_threads)
+# the layers shared among threads (kernels/pool.py): the piece unit, the pooled unit, the
+# layer unit and the workers to compile (asv_benchmarks: bench_cold_start), and the share
+# of the ideal 1/threads of the products' time they reach (bench_threads)
 POOL_COMPILE_SECONDS = 2.5
 POOL_EFFICIENCY = 0.9
 # per-sample SGD's wide layers shared among threads (kernels/sample_share.py): its units
