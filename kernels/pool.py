@@ -352,9 +352,10 @@ def _layer_unit(dtype):
 
 @njit(**INNER)
 def _wait(state, slot, value, yield_fn):
-    """Spin until state[slot] == value, yielding the CPU every YIELD_EVERY spins."""
+    """Spin until state[slot] (a count that only grows) reaches value, yielding the CPU
+    every YIELD_EVERY spins."""
     spins = 0
-    while _atomic_load(state, slot) != value:
+    while _atomic_load(state, slot) < value:
         spins += 1
         if spins % YIELD_EVERY == 0:
             _call_c(yield_fn, ())

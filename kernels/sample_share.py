@@ -97,16 +97,6 @@ def _copy_block(params, blocks, wo, bo, n_in, n_out, c0, c1, load):
 
 
 @njit(**INNER)
-def _wait_for(progress, slot, value, yield_fn):
-    """Spin until progress[slot] >= value, yielding the CPU every pool.YIELD_EVERY spins."""
-    spins = 0
-    while P._atomic_load(progress, slot) < value:
-        spins += 1
-        if spins % P.YIELD_EVERY == 0:
-            P._call_c(yield_fn, ())
-
-
-@njit(**INNER)
 def _backward(blocks, h, d, carry, progress, tag, t, parts, ai, zo, n_in, n_out, wo, bo,
               c0, c1, prev_code, propagate, lr, yield_fn):
     """Thread t's columns of a layer's backward step (sample_units.backward_rows and the
@@ -124,7 +114,7 @@ def _backward(blocks, h, d, carry, progress, tag, t, parts, ai, zo, n_in, n_out,
                 blocks[row + j] = plain_step(blocks[row + j], a * d[zc + j], lr)
             continue
         if t > 0 and i % ROWS_PER_SIGNAL == 0:  # the previous thread's lanes of these rows
-            _wait_for(progress, (t - 1) * 8, tag + min(i + ROWS_PER_SIGNAL, n_in), yield_fn)
+            P._wait(progress, (t - 1) * 8, tag + min(i + ROWS_PER_SIGNAL, n_in), yield_fn)
         acc = lanes_dot_step_carry(blocks, row, d, uint64(zc), uint64(m), a, lr, carry,
                                    uint64(i * LANES), t > 0, not last)
         if last:
