@@ -218,17 +218,11 @@ def product_threads(sizes, dtype, nb_max, samples_seen, threads):
                              POOL_COMPILE_SECONDS) else 1
 
 
-def _sample_shared(sizes, threads):
-    """The weights of each layer of a per-sample fit that ``threads`` threads share."""
-    shares = getattr(SS.layer_shares, "py_func", SS.layer_shares)
-    return [a * b for a, b in zip(sizes[:-1], sizes[1:]) if shares(threads, a, b)]
-
-
 def sample_threads(sizes, dtype, samples_seen, threads):
     """How many threads share the wide layers of a per-sample fit of plain SGD (1: none):
     all ``threads`` when some layer is wide enough (sample_share.layer_shares) and the
     units are compiled or save their compile time."""
-    shared = _sample_shared(sizes, threads) if threads > 1 and P.AVAILABLE else []
+    shared = SS.shared_weights(sizes, threads) if threads > 1 and P.AVAILABLE else []
     if not shared:
         return 1
     saved = (samples_seen * 3 * sum(shared) * SAMPLE_SECONDS_PER_MADD
@@ -385,7 +379,7 @@ def _could_share(model, n, batch, shuffle, n_val, sparse=False):
     """Whether a fit like plan_fit's has a product large enough for threads to share
     (without asking whether the pool is worth compiling)."""
     if not sparse and fit_mode(n, batch, shuffle, model._loss_code) == "sample":
-        return bool(_sample_shared(model._layout.sizes, 2))
+        return bool(SS.shared_weights(model._layout.sizes, 2))
     return _shareable(product_sizes(model._layout.sizes, sparse), max(min(batch, n), n_val))[0]
 
 

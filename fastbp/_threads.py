@@ -36,8 +36,9 @@ def resolve(n_jobs):
 
 
 class ProductThreads:
-    """The threads of one fit's products: ``state`` for the kernels' Net (pool.py),
-    ``running()`` around each kernel call starts and stops the workers."""
+    """The threads of one fit's products, or of a per-sample fit's wide layers:
+    ``state`` for the kernels (pool.py), ``running()`` around each kernel call starts
+    and stops the workers."""
 
     def __init__(self, threads, unit, dtype, per_sample=None):
         """``per_sample``: (parameters, inputs of the widest layer) of a per-sample fit,

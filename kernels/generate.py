@@ -37,6 +37,7 @@ from .config import PRODUCT_MIN_WEIGHTS
 from .intrinsics import LANES as ROW_LANES
 from .rules import (ACTIVATION_FUNCTIONS, BCE, DERIVATIVE_FUNCTIONS, HALF_MSE, IDENTITY, MSE,
                     NARROW_ACTIVATION_FUNCTIONS, NARROW_UNITS, RELU, SIGMOID, SSE, TANH)
+from .sample_share import shared_weights
 
 # Generated code grows with the number of parameters (one local per weight) and a
 # sample's units must fit in registers: beyond these sizes the general entries run.
@@ -93,14 +94,6 @@ def kind_for(sizes, acts, loss, mode, rule, validating, dtype, n, product_min_wo
             return "sample"
         return "sample_loops"
     return None
-
-
-def shares_layers(sizes):
-    """Whether a per-sample fit of this network shares a layer among threads (at the
-    fewest, two: sample_share.layer_shares), so that its kernels carry the code."""
-    from .sample_share import layer_shares
-    shares = getattr(layer_shares, "py_func", layer_shares)
-    return any(shares(2, int(a), int(b)) for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 # ------------------------------------------------------------------------ the writer
@@ -381,7 +374,7 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
         out("if recording:")
         with out.block():
             for j in range(K):
-                out(f"for r in range(n):")
+                out("for r in range(n):")
                 with out.block():
                     z = rounding.wide(f"zo{j}[r]") if loss == BCE else "0.0"
                     e = f"loss_term(a{L}_{j}[r], y{j}[r], {z}, {loss})"
@@ -528,8 +521,8 @@ def source_sample_loops(sizes, acts, bias, loss, weighted, rule):
     out(f"LOSS = {int(loss)}")
     out(f"PLAIN = {rule != 'stateful'}")
     # the wide layers' steps on the fit's threads (sample_share.py): compiled only into
-    # the kernels of networks that have such a layer
-    out(f"SHARE = {rule != 'stateful' and shares_layers(sizes)}")
+    # the kernels of networks that have such a layer (at the fewest threads, two)
+    out(f"SHARE = {rule != 'stateful' and bool(shared_weights(sizes, 2))}")
     out()
     out()
     out("@njit(**INNER)")

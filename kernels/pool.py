@@ -288,8 +288,17 @@ def share_layer(pool, kind, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, be
     state[ALPHA], state[BETA] = _bits_of(np.float64(alpha)), _bits_of(np.float64(beta))
     state[CODE], state[EXTRA], state[AUX], state[NB] = code, _as_int(extra), _as_int(aux), nb
     state[LR], state[HAS_BIAS], state[DESCEND] = _bits_of(np.float64(lr)), has_bias, descend
+    run_job(pool, state, kind, state[JOB_PARTS])
+
+
+@njit(**INNER)
+def run_job(pool, state, kind, parts):
+    """Run the job of kind ``kind`` whose arguments are in ``state`` (the pool's at
+    address ``pool``): piece 0 on this thread, through the pool's piece unit (its code
+    is compiled there, not again into every caller), and with parts > 1 the others on
+    the workers, whom it posts the job to and waits for."""
     state[KIND] = kind
-    if alone:  # all on this thread, through the piece unit (its code is compiled there)
+    if parts <= 1:
         _call_c(state[PIECE_FN], (pool, 0))
         return
     seq = _atomic_load(state, SEQ) + 1

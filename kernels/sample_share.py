@@ -49,6 +49,14 @@ def layer_shares(parts, n_in, n_out):
     return parts > 1 and n_out >= LANES * parts and n_in * n_out >= SAMPLE_SPLIT_MIN_WEIGHTS
 
 
+def shared_weights(sizes, threads):
+    """The weights of each layer of ``sizes`` that ``threads`` threads share in a
+    per-sample fit (layer_shares, which the kernels ask at run time)."""
+    shares = getattr(layer_shares, "py_func", layer_shares)
+    return [int(a) * int(b) for a, b in zip(sizes[:-1], sizes[1:])
+            if shares(threads, int(a), int(b))]
+
+
 @njit(**INNER)
 def columns(t, parts, n_out):
     """Thread t's columns (c0, c1) of a layer of n_out units shared by ``parts``."""
@@ -164,19 +172,14 @@ def piece(pool, t, like):
 @njit(**INNER)
 def share(pool, kind, params, n_params, h, d, n_units, ai, zo, n_in, n_out, wo, bo, code,
           flags, lr):
-    """Post a job (params, h, d: pointers), run piece 0, wait for the others."""
+    """Run a job on the pool's threads (params, h, d: pointers)."""
     state = P._state_of(pool)
-    parts = state[P.PARTS]
     state[P.S_PARAMS], state[P.S_N_PARAMS] = P._as_int(params), n_params
     state[P.S_H], state[P.S_D], state[P.S_N_UNITS] = P._as_int(h), P._as_int(d), n_units
     state[P.S_AI], state[P.S_ZO], state[P.S_N_IN], state[P.S_N_OUT] = ai, zo, n_in, n_out
     state[P.S_WO], state[P.S_BO], state[P.S_CODE], state[P.S_FLAGS] = wo, bo, code, flags
     state[P.S_LR] = P._bits_of(np.float64(lr))
-    state[P.KIND] = kind
-    seq = P._atomic_load(state, P.SEQ) + 1
-    P._atomic_store(state, P.SEQ, seq)
-    P._call_c(state[P.PIECE_FN], (pool, 0))  # piece 0: its code is compiled there alone
-    P._wait(state, P.DONE, seq * (parts - 1), state[P.YIELD])
+    P.run_job(pool, state, kind, state[P.PARTS])
 
 
 # ------------------------------------------------------------------------ the units
