@@ -27,3 +27,53 @@ PRODUCT_MIN_WEIGHTS = 64
 # enough to pay for their synchronization), measured on a 16-core Xeon.
 BLAS_THREADED_MIN_WORK = 1 << 22
 BLAS_MIN_THREADS = 4
+
+
+# ------------------------------------------------------------------- vector width
+# LLVM's tuning for Intel's AVX-512 server CPUs prefers 256-bit vectors, so the loops it
+# vectorizes -- the kernels of small networks run across samples and models -- use half
+# of each register, where AMD's Zen 4 and 5 use all of it.  From Sapphire Rapids on, the
+# whole 512-bit registers cost no clock speed worth the name, and on them fastbp turns
+# the preference off: the small networks' fits run faster (the README's section "On
+# Intel CPUs with AVX-512" has the figures), with the same bits.  Older AVX-512 parts
+# (Skylake-SP to Ice Lake) keep LLVM's choice: there wide vectors can lower the clock.
+WIDE_VECTOR_CPUS = ("sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d",
+                    "diamondrapids")
+
+
+def wide_vector_features(cpu_name, features, environ):
+    """The Numba CPU features (NUMBA_CPU_FEATURES) that let LLVM use whole AVX-512
+    registers on ``cpu_name`` (LLVM's name of the host CPU; ``features`` Numba's
+    feature string for it), or None to leave Numba as it is: on other CPUs, where the
+    user chose Numba's CPU or features (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES), or with
+    FASTBP_WIDE_VECTORS=0 in ``environ``."""
+    if environ.get("FASTBP_WIDE_VECTORS", "1") == "0" or cpu_name not in WIDE_VECTOR_CPUS:
+        return None
+    if environ.get("NUMBA_CPU_NAME") or "NUMBA_CPU_FEATURES" in environ:
+        return None
+    if "+avx512f" not in features.split(","):
+        return None
+    return features + ",-prefer-256-bit"
+
+
+def _prefer_wide_vectors():
+    """Set Numba's CPU features per wide_vector_features before Numba compiles or loads
+    anything: Numba reads them once, when it sets up its CPU target.  A process whose
+    Numba code ran before fastbp was imported keeps the features it started with (fastbp
+    then works as before, on half registers).  It is Numba's setting, so it applies to
+    every Numba function compiled afterwards in this process, which the README says."""
+    import os
+
+    import llvmlite.binding as llvm
+    from numba import config as numba_config
+    from numba.core.codegen import get_host_cpu_features
+
+    if numba_config.DISABLE_JIT or numba_config.CPU_FEATURES is not None:
+        return
+    features = wide_vector_features(llvm.get_host_cpu_name(), get_host_cpu_features(),
+                                    os.environ)
+    if features is not None:
+        numba_config.CPU_FEATURES = features
+
+
+_prefer_wide_vectors()

@@ -56,6 +56,57 @@ def test_the_marker_follows_numbas_cpu_features(monkeypatch):
     assert len({default, wide, D._marker(key)}) == 3
 
 
+def test_whole_avx512_registers_only_where_they_pay_and_nobody_chose_otherwise():
+    from fastbp.kernels.config import wide_vector_features
+    avx512 = "+avx2,+avx512f,+fma"
+    assert wide_vector_features("emeraldrapids", avx512, {}) == avx512 + ",-prefer-256-bit"
+    assert wide_vector_features("sapphirerapids", avx512, {}) == avx512 + ",-prefer-256-bit"
+    # older AVX-512 parts (the clock), AMD (already whole registers), no AVX-512
+    assert wide_vector_features("skylake-avx512", avx512, {}) is None
+    assert wide_vector_features("znver5", avx512, {}) is None
+    assert wide_vector_features("emeraldrapids", "+avx2,-avx512f,+fma", {}) is None
+    # the user's own choice, Numba's or fastbp's
+    for environ in ({"FASTBP_WIDE_VECTORS": "0"}, {"NUMBA_CPU_NAME": "generic"},
+                    {"NUMBA_CPU_FEATURES": "+avx2"}):
+        assert wide_vector_features("emeraldrapids", avx512, environ) is None
+
+
+_FIT_IN_A_PROCESS = """
+import json, sys, numpy as np, numba, fastbp
+X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], float); y = np.array([[0], [1], [1], [0]], float)
+m = fastbp.MLP([2, 4, 4, 1], seed=3); m.fit(X, y, epochs=300, lr=0.5)
+e = fastbp.MLP([2, 4, 4, 1], seed=3); e.fit(X, y, epochs=3, lr=0.5, batch_size=1)
+json.dump({"features": numba.config.CPU_FEATURES,
+           "params": [p.hex() for p in np.concatenate([m.params, e.params])]}, sys.stdout)
+"""
+
+
+def test_whole_registers_give_the_same_bits():
+    """fastbp's choice of vector width (kernels/config.py) changes the speed, never the
+    numbers: a process with it and one without train the same bits."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import llvmlite.binding as llvm
+    from numba.core.codegen import get_host_cpu_features
+
+    from fastbp.kernels.config import wide_vector_features
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")}
+    runs = {}
+    for wide in ("1", "0"):
+        out = subprocess.run([sys.executable, "-c", _FIT_IN_A_PROCESS], check=True,
+                             capture_output=True, text=True,
+                             env=dict(env, FASTBP_WIDE_VECTORS=wide)).stdout
+        runs[wide] = json.loads(out)
+    expected = wide_vector_features(llvm.get_host_cpu_name(), get_host_cpu_features(),
+                                    {})
+    assert runs["1"]["features"] == expected  # set on a CPU where it pays, else not
+    assert runs["0"]["features"] is None
+    assert runs["1"]["params"] == runs["0"]["params"]
+
+
 def test_the_tiles_are_chosen_once_enough_product_work_was_seen(fresh_process):
     sizes = (32, 64, 64, 10)
     assert D.choose_gemm(sizes, np.float64, 64, 1) == "recurrence"
