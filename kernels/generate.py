@@ -47,7 +47,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 11  # part of the module name: bump when the generated code changes meaning
+VERSION = 12  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one AVX-512 vector (8 float64, 16 float32): the
@@ -211,8 +211,8 @@ import numpy as np
 from numba import njit, uint64
 from fastbp.kernels.config import INNER, JIT
 from fastbp.kernels.intrinsics import fma, like
-from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, end_of_chunk,
-                                  stateful_update)
+from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, borrow,
+                                  end_of_chunk, stateful_update)
 from fastbp.kernels.rng import permutation_into
 from fastbp.kernels import rules
 from fastbp.kernels.rules import l2_penalty, learning_rate
@@ -243,6 +243,8 @@ def train(params, net, data, val, loop, rule, stop, state, work, val_work, histo
           val_history, backup, epoch0, epochs):
     \"\"\"kernels.loops' training entry for this architecture (its arguments, results
     and numbers).\"\"\"
+    params, net, data, val, state, work, val_work, history, val_history, backup = borrow(
+        params, net, data, val, state, work, val_work, history, val_history, backup)
     n = data.x.shape[0]
     record_every = loop.record_every
     r0 = (epoch0 + record_every - 1) // record_every

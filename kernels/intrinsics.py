@@ -20,6 +20,8 @@ to one LLVM instruction or vector loop:
   ``lanes_dot_step_carry`` takes its lanes from, or leaves them in, a buffer, so that
   threads can each run a piece of one row's sum (kernels/sample_share.py).
 - ``address(arr, offset)``: a typed pointer to arr[offset] (the gemm units' operands).
+- ``borrowed(arr)``: arr as a view without a reference count (no atomic instructions
+  where a loop takes views of it).
 - ``exp(x)`` / ``tanh(x)``: libm's function in x's precision.  Compiled, these are
   math.exp / math.tanh, for which Numba calls expf / tanhf on a float32; their Python
   meanings (python_exp / python_tanh) call those too, through ctypes: the float64
@@ -479,6 +481,43 @@ def _address(typingctx, arr, offset):
 @overload(address, inline="always")
 def _address_compiled(arr, offset):
     return lambda arr, offset: _address(arr, offset)
+
+
+# ------------------------------------------------------------------------ borrowed
+def borrowed(arr):
+    """arr, as a view that Numba does not reference-count: every view of an array that
+    Numba counts (a slice, an array passed to a function that is not inlined) adds and
+    later removes a reference with an atomic instruction, which orders the memory
+    accesses around it; in a training loop that takes views every epoch or batch they
+    were a tenth of the time of the small networks' fits.  The caller must hold arr
+    while the view is in use (a kernel's arguments are held by its caller).  Anything
+    but an array is returned as it is.  In Python: arr itself."""
+    return arr
+
+
+@intrinsic
+def _borrowed(typingctx, arr):
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        view = context.make_array(signature.return_type)(context, builder)
+        context.populate_array(view, data=src.data, shape=src.shape, strides=src.strides,
+                               itemsize=src.itemsize, meminfo=None)
+        return view._getvalue()
+
+    return arr(arr), codegen
+
+
+# not inline="always": Numba 0.68 inlining this overload into a function that then
+# builds a namedtuple of its result and writes through the tuple in a loop lost the
+# writes (tests/test_simd.py); called, LLVM inlines it all the same
+@overload(borrowed)
+def _borrowed_compiled(arr):
+    if isinstance(arr, types.Array):
+        return lambda arr: _borrowed(arr)
+    return lambda arr: arr  # not an array (None, a number, a SparseRows): itself
 
 
 # ------------------------------------------------------------------ libm, in x's precision

@@ -17,6 +17,7 @@ from numba import njit, uint64
 
 from fastbp.kernels import intrinsics as I
 from fastbp.kernels.intrinsics import LANES
+from fastbp.kernels.options import Work, make_work
 from fastbp.kernels.rules import (dot4, int_power, python_int_power, row_dot, row_dot_step,
                                   sum4)
 
@@ -427,3 +428,39 @@ def test_lanes_dot_python_meaning_equals_the_compiled_lanes(dtype, m):
         np.testing.assert_array_equal(w_py.view(f"i{w.itemsize}"), w_c.view(f"i{w.itemsize}"),
                                       err_msg=f"a={a!r} lr={lr!r}")
         np.testing.assert_array_equal(w_py[:7], w[:7])  # nothing before the row moved
+
+
+@njit
+def _through_a_borrowed_work(work, x):
+    """What a training entry does with its Work (loops.borrow): rebuild it of borrowed
+    views, then write through it in a loop."""
+    borrowed = I.borrowed
+    work = Work(borrowed(work.a_off), borrowed(work.acts), work.deltas, work.grad,
+                work.z_out, work.y_batch, work.w_batch, work.perm, work.h, work.d,
+                borrowed(work.passes), work.pool)
+    for s in range(x.shape[0]):
+        work.acts[s] = x[s]
+        work.deltas[s] = 2.0 * x[s]
+    return work.acts[:x.shape[0]].sum(), work.a_off.shape[0]
+
+
+def test_a_borrowed_view_is_the_array_without_a_reference_count():
+    @njit
+    def views(a):
+        b = I.borrowed(a)
+        b[1, 2] = -1.0
+        return b.shape, b.strides, b[2, 3], I.borrowed(None) is None, I.borrowed(3)
+
+    a = np.arange(12.0).reshape(3, 4)
+    f = np.asfortranarray(a)
+    for arr in (a, f):
+        shape, strides, last, none, three = views(arr)
+        assert shape == arr.shape and strides == arr.strides and last == arr[2, 3]
+        assert arr[1, 2] == -1.0 and none and three == 3  # the same memory; others as they are
+    # writes through a namedtuple of borrowed views, in a loop, reach the arrays (Numba
+    # lost them when the overload was inlined at its level)
+    work = make_work(np.array([6, 2, 1]), 12, 368, 360, np.float64, False)
+    x = np.random.default_rng(0).random(360)
+    total, n_off = _through_a_borrowed_work(work, x)
+    assert np.array_equal(work.acts[:360], x) and np.array_equal(work.deltas[:360], 2 * x)
+    assert total == pytest.approx(x.sum(), rel=1e-12) and n_off == 4
