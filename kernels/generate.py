@@ -9,7 +9,8 @@ source for its exact architecture and compiled once:
 
 - "full" (full batch): the forward pass of all layers is one loop over the samples,
   every weight a named local, the units of a sample in registers, so LLVM vectorizes
-  across samples; the backward pass likewise; then the gradient, rules.dot4 per entry.
+  across samples; the backward pass likewise (in a few loops for wider networks); then
+  the gradient, rules.dot4 per entry.
 - "sample" (per-sample SGD, the plain rule): every parameter a local (a register)
   across the samples of an epoch, each updated as sample.py updates it.
 - "sample_loops" (per-sample SGD of networks too large for "sample", any rule):
@@ -55,6 +56,15 @@ ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # for the 21 XOR samples.
 PAD_BYTES = 64
 KINDS = ("full", "sample", "sample_loops")
+# The full-batch backward pass writes a row of deltas per unit.  LLVM vectorizes a loop
+# over the samples only if it can check that the rows it writes do not overlap those it
+# reads, and gives up beyond a few rows: one loop for every layer, a sample's deltas in
+# registers, while the network has at most ONE_LOOP_DELTA_ROWS rows (the XOR net's 9
+# vectorize), else loops of DELTA_ROWS_PER_LOOP rows, which read the rows above from
+# memory (the 1-10-1 net's 11 rows: scalar in one loop; in loops of 2, 1.3x faster in
+# float64 and 1.9x in float32; loops of 1 or 4 were slower).
+ONE_LOOP_DELTA_ROWS = 9
+DELTA_ROWS_PER_LOOP = 2
 DTYPES = ("float64", "float32")
 
 
@@ -327,8 +337,9 @@ def _rows(out, name, buf, base, count):
 def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
     """epoch_pass: forward, loss, backward and gradient of one full batch.
 
-    The forward and backward passes are one loop each over the P samples, through all
-    layers, with the units of a sample in registers; LLVM vectorizes them across
+    The forward pass is one loop over the P samples, through all layers, with the units
+    of a sample in registers; the backward pass likewise, or a few loops of a few rows
+    for networks with more units (ONE_LOOP_DELTA_ROWS).  LLVM vectorizes them across
     samples, and with P a multiple of the vector width no scalar remainder runs.
     Padded samples compute harmless finite values that no sum includes: the loss and
     the gradients run over the n real samples only, in the general kernels' order.
@@ -384,26 +395,10 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
         # backward: batch.output_deltas, then batch.backward's deltas
         out("scale = " + rounding.stored(f"delta_scale({loss}, {acts[L - 1]}, {K}, n)"))
         combined = loss == BCE and acts[L - 1] == SIGMOID
-        out("for u in range(P):")
-        with out.block():
-            for l in range(1, L + 1):
-                for j in range(sizes[l]):
-                    out(f"v{l}_{j} = a{l}_{j}[u]")
-            for j in range(K):
-                g = rounding.stored(_output_delta(acts[L - 1], combined, f"v{L}_{j}",
-                                                  f"y{j}[u]"))
-                if weighted:
-                    g = f"{g} * sw[u]"
-                out(f"g{L}_{j} = {g}")
-            for l in range(L - 1, 0, -1):
-                I, J = sizes[l], sizes[l + 1]
-                for i in range(I):
-                    chain = _dot([(f"w{l}_{i}_{j}", f"g{l + 1}_{j}") for j in range(J)])
-                    g = _times_derivative(acts[l - 1], chain, f"v{l}_{i}")
-                    out(f"g{l}_{i} = " + (g if g == chain else rounding.stored(g)))
-            for l in range(1, L + 1):
-                for j in range(sizes[l]):
-                    out(f"d{l}_{j}[u] = g{l}_{j}")
+        if sum(sizes[1:]) <= ONE_LOOP_DELTA_ROWS:
+            _write_backward_one_loop(out, sizes, acts, weighted, rounding, combined)
+        else:
+            _write_backward_loops(out, sizes, acts, weighted, rounding, combined)
         # gradients over the n real samples, batch.backward's sums (rules.dot4 / sum4)
         out("un = uint64(n)")
         out("U0 = uint64(0)")
@@ -416,6 +411,55 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
                 for j in range(J):
                     out(f"grad[{b_off[l] + j}] = sum4(d{l + 1}_{j}, U0, un)")
         out(f"return loss_of_sum(total, {loss}, {K}, n) if recording else 0.0")
+
+def _write_backward_one_loop(out, sizes, acts, weighted, rounding, combined):
+    """The deltas of every layer in one loop over the samples, a sample's in registers."""
+    L = len(sizes) - 1
+    K = sizes[-1]
+    out("for u in range(P):")
+    with out.block():
+        for l in range(1, L + 1):
+            for j in range(sizes[l]):
+                out(f"v{l}_{j} = a{l}_{j}[u]")
+        for j in range(K):
+            g = rounding.stored(_output_delta(acts[L - 1], combined, f"v{L}_{j}",
+                                              f"y{j}[u]"))
+            if weighted:
+                g = f"{g} * sw[u]"
+            out(f"g{L}_{j} = {g}")
+        for l in range(L - 1, 0, -1):
+            I, J = sizes[l], sizes[l + 1]
+            for i in range(I):
+                chain = _dot([(f"w{l}_{i}_{j}", f"g{l + 1}_{j}") for j in range(J)])
+                g = _times_derivative(acts[l - 1], chain, f"v{l}_{i}")
+                out(f"g{l}_{i} = " + (g if g == chain else rounding.stored(g)))
+        for l in range(1, L + 1):
+            for j in range(sizes[l]):
+                out(f"d{l}_{j}[u] = g{l}_{j}")
+
+
+def _write_backward_loops(out, sizes, acts, weighted, rounding, combined):
+    """The deltas in loops of DELTA_ROWS_PER_LOOP rows each (the output layer's first,
+    then each hidden layer's from the top), every loop reading the rows above from
+    memory."""
+    L = len(sizes) - 1
+    K = sizes[-1]
+    rows = [(L, j) for j in range(K)] + [(l, i) for l in range(L - 1, 0, -1)
+                                         for i in range(sizes[l])]
+    for first in range(0, len(rows), DELTA_ROWS_PER_LOOP):
+        out("for u in range(P):")
+        with out.block():
+            for l, i in rows[first:first + DELTA_ROWS_PER_LOOP]:
+                if l == L:
+                    g = rounding.stored(_output_delta(acts[L - 1], combined, f"a{L}_{i}[u]",
+                                                      f"y{i}[u]"))
+                    out(f"d{L}_{i}[u] = {g} * sw[u]" if weighted else f"d{L}_{i}[u] = {g}")
+                    continue
+                chain = _dot([(f"w{l}_{i}_{j}", f"d{l + 1}_{j}[u]")
+                              for j in range(sizes[l + 1])])
+                g = _times_derivative(acts[l - 1], chain, f"a{l}_{i}[u]")
+                out(f"d{l}_{i}[u] = " + (g if g == chain else rounding.stored(g)))
+
 
 
 # ------------------------------------------------------------------------- per sample

@@ -488,10 +488,10 @@ def borrowed(arr):
     """arr, as a view that Numba does not reference-count: every view of an array that
     Numba counts (a slice, an array passed to a function that is not inlined) adds and
     later removes a reference with an atomic instruction, which orders the memory
-    accesses around it; in a training loop that takes views every epoch or batch they
-    were a tenth of the time of the small networks' fits.  The caller must hold arr
-    while the view is in use (a kernel's arguments are held by its caller).  Anything
-    but an array is returned as it is.  In Python: arr itself."""
+    accesses around it: in a training loop that takes views every epoch or batch, a
+    measurable share of a small network's fit (README, Performance).  The caller must
+    hold arr while the view is in use (a kernel's arguments are held by its caller).
+    Anything but an array is returned as it is.  In Python: arr itself."""
     return arr
 
 

@@ -242,13 +242,14 @@ def _borrowed_work(work):
 
 @overload(_borrowed_work)
 def _borrowed_work_compiled(work):
+    # every field of options.Work, in its order (a field added there goes here too)
     if isinstance(work, types.NoneType):
         return lambda work: work
     return lambda work: Work(
-        borrowed(work.a_off), borrowed(work.acts), borrowed(work.deltas), borrowed(work.grad),
-        borrowed(work.z_out), borrowed(work.y_batch), borrowed(work.w_batch),
-        borrowed(work.perm), borrowed(work.h), borrowed(work.d), borrowed(work.passes),
-        work.pool)
+        borrowed(work.a_off), borrowed(work.acts), borrowed(work.deltas),
+        borrowed(work.grad), borrowed(work.z_out), borrowed(work.y_batch),
+        borrowed(work.w_batch), borrowed(work.perm), borrowed(work.h), borrowed(work.d),
+        borrowed(work.passes), work.pool)
 
 
 GOING_ON = 0
