@@ -220,9 +220,9 @@ import math
 import numpy as np
 from numba import njit, uint64
 from fastbp.kernels.config import INNER, JIT
-from fastbp.kernels.intrinsics import fma, like
-from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, borrow,
-                                  end_of_chunk, stateful_update)
+from fastbp.kernels.intrinsics import borrowed, fma, like
+from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, end_of_chunk,
+                                  stateful_update)
 from fastbp.kernels.rng import permutation_into
 from fastbp.kernels import rules
 from fastbp.kernels.rules import l2_penalty, learning_rate
@@ -253,8 +253,8 @@ def train(params, net, data, val, loop, rule, stop, state, work, val_work, histo
           val_history, backup, epoch0, epochs):
     \"\"\"kernels.loops' training entry for this architecture (its arguments, results
     and numbers).\"\"\"
-    params, net, data, val, state, work, val_work, history, val_history, backup = borrow(
-        params, net, data, val, state, work, val_work, history, val_history, backup)
+    params, net, data, val, state, work, val_work, history, val_history, backup = borrowed(
+        (params, net, data, val, state, work, val_work, history, val_history, backup))
     n = data.x.shape[0]
     record_every = loop.record_every
     r0 = (epoch0 + record_every - 1) // record_every

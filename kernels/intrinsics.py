@@ -20,8 +20,8 @@ to one LLVM instruction or vector loop:
   ``lanes_dot_step_carry`` takes its lanes from, or leaves them in, a buffer, so that
   threads can each run a piece of one row's sum (kernels/sample_share.py).
 - ``address(arr, offset)``: a typed pointer to arr[offset] (the gemm units' operands).
-- ``borrowed(arr)``: arr as a view without a reference count (no atomic instructions
-  where a loop takes views of it).
+- ``borrowed(values)``: a tuple's arrays as views without a reference count (no atomic
+  instructions where a loop takes views of them).
 - ``exp(x)`` / ``tanh(x)``: libm's function in x's precision.  Compiled, these are
   math.exp / math.tanh, for which Numba calls expf / tanhf on a float32; their Python
   meanings (python_exp / python_tanh) call those too, through ctypes: the float64
@@ -484,40 +484,49 @@ def _address_compiled(arr, offset):
 
 
 # ------------------------------------------------------------------------ borrowed
-def borrowed(arr):
-    """arr, as a view that Numba does not reference-count: every view of an array that
-    Numba counts (a slice, an array passed to a function that is not inlined) adds and
-    later removes a reference with an atomic instruction, which orders the memory
-    accesses around it: in a training loop that takes views every epoch or batch, a
-    measurable share of a small network's fit (README, Performance).  The caller must
-    hold arr while the view is in use (a kernel's arguments are held by its caller).
-    Anything but an array is returned as it is.  In Python: arr itself."""
-    return arr
+def python_borrowed(values):
+    """borrowed's meaning in Python: the values themselves."""
+    return values
 
 
-@intrinsic
-def _borrowed(typingctx, arr):
-    if not isinstance(arr, types.Array):
-        return None
-
-    def codegen(context, builder, signature, args):
-        src = context.make_array(signature.args[0])(context, builder, args[0])
-        view = context.make_array(signature.return_type)(context, builder)
+def _strip(context, builder, typ, value):
+    """value with every array in it (also inside tuples and namedtuples) a view
+    without a meminfo, the rest as it is."""
+    if isinstance(typ, types.Array):
+        src = context.make_array(typ)(context, builder, value)
+        view = context.make_array(typ)(context, builder)
         context.populate_array(view, data=src.data, shape=src.shape, strides=src.strides,
                                itemsize=src.itemsize, meminfo=None)
         return view._getvalue()
+    if isinstance(typ, types.BaseTuple):
+        out = value
+        for i, member in enumerate(typ.types):
+            out = builder.insert_value(
+                out, _strip(context, builder, member, builder.extract_value(value, i)), i)
+        return out
+    return value
 
-    return arr(arr), codegen
+
+@intrinsic
+def _borrowed(typingctx, values):
+    """The tuple ``values`` with every array in it a view that Numba does not
+    reference-count: every view of an array that Numba counts (a slice, an array passed
+    to a function that is not inlined) adds and later removes a reference with an
+    atomic instruction, which orders the memory accesses around it -- in a training
+    loop that takes views every epoch or batch, a measurable share of a small
+    network's fit (README, Performance).  The caller must hold the arrays while the
+    views are in use (a kernel's arguments are held by its caller).  An intrinsic, not
+    an overload: compiled in its caller, it costs no compile of its own."""
+    if not isinstance(values, types.BaseTuple):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _strip(context, builder, signature.args[0], args[0])
+
+    return values(values), codegen
 
 
-# not inline="always": Numba 0.68 inlining this overload into a function that then
-# builds a namedtuple of its result and writes through the tuple in a loop lost the
-# writes (tests/test_simd.py); called, LLVM inlines it all the same
-@overload(borrowed)
-def _borrowed_compiled(arr):
-    if isinstance(arr, types.Array):
-        return lambda arr: _borrowed(arr)
-    return lambda arr: arr  # not an array (None, a number, a SparseRows): itself
+borrowed = python_borrowed if config.DISABLE_JIT else _borrowed
 
 
 # ------------------------------------------------------------------ libm, in x's precision

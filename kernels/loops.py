@@ -27,13 +27,11 @@ Every entry takes the same arguments (``_make_trainer``) and returns (epochs_don
 bad_epoch, early_stopped).
 """
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
+from numba import njit
 
 from .batch import gather, load_weights, scatter
 from .config import INNER, JIT
 from .intrinsics import borrowed, like
-from .options import Data, Net, State, Work
 from .passes import BACKWARD, BATCH_LOSS, FORWARD, OUTPUT_DELTAS, call as call_pass
 from .rng import permutation_into
 from .rules import (ADAM, adam_scales, l2_penalty, learning_rate, plain_step,
@@ -204,54 +202,6 @@ def evaluate_rows(params, net, data, work):
     return _evaluate(True, params, net, data, work)
 
 
-@njit(**INNER)
-def borrow(params, net, data, val, state, work, val_work, history, val_history, backup):
-    """A training entry's arrays as views that Numba does not reference-count
-    (intrinsics.borrowed), taken once at its start: the views its epochs and batches
-    take of them, and the arrays they pass to the functions they call, then cost no
-    atomic instructions.  The caller holds the arrays for the whole call."""
-    return (borrowed(params), _borrowed_net(net), _borrowed_data(data), _borrowed_data(val),
-            State(borrowed(state.rng), borrowed(state.moments), borrowed(state.step),
-                  borrowed(state.best_loss), borrowed(state.bad_checks),
-                  borrowed(state.best_epoch), borrowed(state.best_params)),
-            _borrowed_work(work), _borrowed_work(val_work), borrowed(history),
-            borrowed(val_history), borrowed(backup))
-
-
-@njit(**INNER)
-def _borrowed_net(net):
-    return Net(borrowed(net.sizes), borrowed(net.w_off), borrowed(net.b_off),
-               borrowed(net.acts), net.loss, net.product_min_work, net.gemm, net.blas,
-               net.blas_min_work, net.pool)
-
-
-def _borrowed_data(data):
-    return data
-
-
-@overload(_borrowed_data)
-def _borrowed_data_compiled(data):
-    if isinstance(data, types.NoneType):  # no validation data
-        return lambda data: data
-    return lambda data: Data(borrowed(data.x), borrowed(data.y), borrowed(data.w))
-
-
-def _borrowed_work(work):
-    return work
-
-
-@overload(_borrowed_work)
-def _borrowed_work_compiled(work):
-    # every field of options.Work, in its order (a field added there goes here too)
-    if isinstance(work, types.NoneType):
-        return lambda work: work
-    return lambda work: Work(
-        borrowed(work.a_off), borrowed(work.acts), borrowed(work.deltas),
-        borrowed(work.grad), borrowed(work.z_out), borrowed(work.y_batch),
-        borrowed(work.w_batch), borrowed(work.perm), borrowed(work.h), borrowed(work.d),
-        borrowed(work.passes), work.pool)
-
-
 GOING_ON = 0
 DIVERGED = 1
 STOPPED_EARLY = 2
@@ -341,8 +291,10 @@ def _make_trainer(MODE, RULE, VALIDATING, SPARSE):
         check failed, or -1; epochs_done counts the epochs whose updates the parameters
         contain.
         """
-        params, net, data, val, state, work, val_work, history, val_history, backup = borrow(
-            params, net, data, val, state, work, val_work, history, val_history, backup)
+        # every array as a view Numba does not reference-count (intrinsics.borrowed)
+        (params, net, data, val, state, work, val_work, history, val_history,
+         backup) = borrowed((params, net, data, val, state, work, val_work, history,
+                             val_history, backup))
         n = data.x.shape[0]
         record_every = loop.record_every
         r0 = (epoch0 + record_every - 1) // record_every

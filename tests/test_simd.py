@@ -17,7 +17,7 @@ from numba import njit, uint64
 
 from fastbp.kernels import intrinsics as I
 from fastbp.kernels.intrinsics import LANES
-from fastbp.kernels.options import Work, make_work
+from fastbp.kernels.options import make_work
 from fastbp.kernels.rules import (dot4, int_power, python_int_power, row_dot, row_dot_step,
                                   sum4)
 
@@ -431,36 +431,26 @@ def test_lanes_dot_python_meaning_equals_the_compiled_lanes(dtype, m):
 
 
 @njit
-def _through_a_borrowed_work(work, x):
-    """What a training entry does with its Work (loops.borrow): rebuild it of borrowed
-    views, then write through it in a loop."""
-    borrowed = I.borrowed
-    work = Work(borrowed(work.a_off), borrowed(work.acts), work.deltas, work.grad,
-                work.z_out, work.y_batch, work.w_batch, work.perm, work.h, work.d,
-                borrowed(work.passes), work.pool)
+def _through_borrowed_views(work, a, x):
+    """What a training entry does with its arguments (loops.py): take them as borrowed
+    views, then write through them in a loop."""
+    work, a = I.borrowed((work, a))
     for s in range(x.shape[0]):
         work.acts[s] = x[s]
         work.deltas[s] = 2.0 * x[s]
-    return work.acts[:x.shape[0]].sum(), work.a_off.shape[0]
+    a[1, 2] = -1.0
+    return work.acts[0], work.a_off.shape[0], a.shape, a.strides, a[2, 3]
 
 
-def test_a_borrowed_view_is_the_array_without_a_reference_count():
-    @njit
-    def views(a):
-        b = I.borrowed(a)
-        b[1, 2] = -1.0
-        return b.shape, b.strides, b[2, 3], I.borrowed(None) is None, I.borrowed(3)
-
-    a = np.arange(12.0).reshape(3, 4)
-    f = np.asfortranarray(a)
-    for arr in (a, f):
-        shape, strides, last, none, three = views(arr)
-        assert shape == arr.shape and strides == arr.strides and last == arr[2, 3]
-        assert arr[1, 2] == -1.0 and none and three == 3  # the same memory; others as they are
-    # writes through a namedtuple of borrowed views, in a loop, reach the arrays (Numba
-    # lost them when the overload was inlined at its level)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_borrowed_views_are_the_arrays_without_a_reference_count(order):
     work = make_work(np.array([6, 2, 1]), 12, 368, 360, np.float64, False)
+    a = np.array(np.arange(12.0).reshape(3, 4), order=order)
     x = np.random.default_rng(0).random(360)
-    total, n_off = _through_a_borrowed_work(work, x)
+    first, n_off, shape, strides, last = _through_borrowed_views(work, a, x)
+    # the same memory: the writes reach the arrays, inside a namedtuple too
     assert np.array_equal(work.acts[:360], x) and np.array_equal(work.deltas[:360], 2 * x)
-    assert total == pytest.approx(x.sum(), rel=1e-12) and n_off == 4
+    assert first == x[0] and n_off == 4 and a[1, 2] == -1.0
+    assert shape == a.shape and strides == a.strides and last == a[2, 3]
+    values = (work, a, None, 3)
+    assert I.python_borrowed(values) is values
