@@ -61,8 +61,8 @@ KINDS = ("full", "sample", "sample_loops")
 # reads, and gives up beyond a few rows: one loop for every layer, a sample's deltas in
 # registers, while the network has at most ONE_LOOP_DELTA_ROWS rows (the XOR net's 9
 # vectorize), else loops of DELTA_ROWS_PER_LOOP rows, which read the rows above from
-# memory (the 1-10-1 net's 11 rows: scalar in one loop; in loops of 2, 1.3x faster in
-# float64 and 1.9x in float32; loops of 1 or 4 were slower).
+# memory (the 1-10-1 net's 11 rows stayed scalar in one loop and vectorize in loops of
+# 2; loops of 1, 3 or 4 ran slower: the README's float32 section).
 ONE_LOOP_DELTA_ROWS = 9
 DELTA_ROWS_PER_LOOP = 2
 DTYPES = ("float64", "float32")
@@ -412,27 +412,37 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
                     out(f"grad[{b_off[l] + j}] = sum4(d{l + 1}_{j}, U0, un)")
         out(f"return loss_of_sum(total, {loss}, {K}, n) if recording else 0.0")
 
+
+def _output_delta_text(acts, combined, weighted, rounding, j, value):
+    """Output j's delta of sample u, from its output ``value``."""
+    g = rounding.stored(_output_delta(acts[-1], combined, value, f"y{j}[u]"))
+    return f"{g} * sw[u]" if weighted else g
+
+
+def _hidden_delta_text(sizes, acts, rounding, l, i, above, value):
+    """Unit i of layer l's delta of sample u: the chain over the deltas ``above(j)`` of
+    layer l + 1, times the derivative at its activation ``value``."""
+    chain = _dot([(f"w{l}_{i}_{j}", above(j)) for j in range(sizes[l + 1])])
+    g = _times_derivative(acts[l - 1], chain, value)
+    return g if g == chain else rounding.stored(g)
+
+
 def _write_backward_one_loop(out, sizes, acts, weighted, rounding, combined):
     """The deltas of every layer in one loop over the samples, a sample's in registers."""
     L = len(sizes) - 1
-    K = sizes[-1]
     out("for u in range(P):")
     with out.block():
         for l in range(1, L + 1):
             for j in range(sizes[l]):
                 out(f"v{l}_{j} = a{l}_{j}[u]")
-        for j in range(K):
-            g = rounding.stored(_output_delta(acts[L - 1], combined, f"v{L}_{j}",
-                                              f"y{j}[u]"))
-            if weighted:
-                g = f"{g} * sw[u]"
-            out(f"g{L}_{j} = {g}")
+        for j in range(sizes[L]):
+            out(f"g{L}_{j} = " + _output_delta_text(acts, combined, weighted, rounding, j,
+                                                    f"v{L}_{j}"))
         for l in range(L - 1, 0, -1):
-            I, J = sizes[l], sizes[l + 1]
-            for i in range(I):
-                chain = _dot([(f"w{l}_{i}_{j}", f"g{l + 1}_{j}") for j in range(J)])
-                g = _times_derivative(acts[l - 1], chain, f"v{l}_{i}")
-                out(f"g{l}_{i} = " + (g if g == chain else rounding.stored(g)))
+            for i in range(sizes[l]):
+                above = lambda j, l=l: f"g{l + 1}_{j}"  # noqa: E731  (registers)
+                out(f"g{l}_{i} = " + _hidden_delta_text(sizes, acts, rounding, l, i, above,
+                                                        f"v{l}_{i}"))
         for l in range(1, L + 1):
             for j in range(sizes[l]):
                 out(f"d{l}_{j}[u] = g{l}_{j}")
@@ -443,22 +453,19 @@ def _write_backward_loops(out, sizes, acts, weighted, rounding, combined):
     then each hidden layer's from the top), every loop reading the rows above from
     memory."""
     L = len(sizes) - 1
-    K = sizes[-1]
-    rows = [(L, j) for j in range(K)] + [(l, i) for l in range(L - 1, 0, -1)
-                                         for i in range(sizes[l])]
+    rows = [(L, j) for j in range(sizes[L])] + [(l, i) for l in range(L - 1, 0, -1)
+                                                for i in range(sizes[l])]
     for first in range(0, len(rows), DELTA_ROWS_PER_LOOP):
         out("for u in range(P):")
         with out.block():
             for l, i in rows[first:first + DELTA_ROWS_PER_LOOP]:
                 if l == L:
-                    g = rounding.stored(_output_delta(acts[L - 1], combined, f"a{L}_{i}[u]",
-                                                      f"y{i}[u]"))
-                    out(f"d{L}_{i}[u] = {g} * sw[u]" if weighted else f"d{L}_{i}[u] = {g}")
-                    continue
-                chain = _dot([(f"w{l}_{i}_{j}", f"d{l + 1}_{j}[u]")
-                              for j in range(sizes[l + 1])])
-                g = _times_derivative(acts[l - 1], chain, f"a{l}_{i}[u]")
-                out(f"d{l}_{i}[u] = " + (g if g == chain else rounding.stored(g)))
+                    g = _output_delta_text(acts, combined, weighted, rounding, i,
+                                           f"a{L}_{i}[u]")
+                else:
+                    g = _hidden_delta_text(sizes, acts, rounding, l, i,
+                                           lambda j, l=l: f"d{l + 1}_{j}[u]", f"a{l}_{i}[u]")
+                out(f"d{l}_{i}[u] = {g}")
 
 
 
