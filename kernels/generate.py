@@ -10,7 +10,7 @@ source for its exact architecture and compiled once:
 - "full" (full batch): the forward pass of all layers is one loop over the samples,
   every weight a named local, the units of a sample in registers, so LLVM vectorizes
   across samples; the backward pass likewise (in a few loops for wider networks); then
-  the gradient, rules.dot4 per entry.
+  the gradient, rules.dot4's sums a group at a time (rules.dot4_group).
 - "sample" (per-sample SGD, the plain rule): every parameter a local (a register)
   across the samples of an epoch, each updated as sample.py updates it.
 - "sample_loops" (per-sample SGD of networks too large for "sample", any rule):
@@ -48,7 +48,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 12  # part of the module name: bump when the generated code changes meaning
+VERSION = 13  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one AVX-512 vector (8 float64, 16 float32): the
@@ -65,6 +65,10 @@ KINDS = ("full", "sample", "sample_loops")
 # 2; loops of 1, 3 or 4 ran slower: the README's float32 section).
 ONE_LOOP_DELTA_ROWS = 9
 DELTA_ROWS_PER_LOOP = 2
+# The gradient's sums run GRADIENT_GROUP at a time in one loop over the samples: 8
+# chains of fused multiply-adds keep two FMA units busy (8 = 2 units x 4 cycles), and 8
+# accumulators fit in registers even with AVX2's 16.
+GRADIENT_GROUP = 8
 DTYPES = ("float64", "float32")
 
 
@@ -225,7 +229,7 @@ from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, end_of_
                                   stateful_update)
 from fastbp.kernels.rng import permutation_into
 from fastbp.kernels import rules
-from fastbp.kernels.rules import l2_penalty, learning_rate
+from fastbp.kernels.rules import dot4_group, l2_penalty, learning_rate
 from fastbp.kernels.sample import sample_epoch_body
 
 # the rules this module calls at many places: called, not inlined (rules.called)
@@ -237,12 +241,10 @@ sigmoid_back = rules.called(rules.sigmoid_back)
 relu_back = rules.called(rules.relu_back)
 tanh_back = rules.called(rules.tanh_back)
 delta_scale = rules.called(rules.delta_scale)
-dot4 = rules.called(rules.dot4)
 loss_of_sum = rules.called(rules.loss_of_sum)
 loss_term = rules.called(rules.loss_term)
 output_error = rules.called(rules.output_error)
 plain_step = rules.called(rules.plain_step)
-sum4 = rules.called(rules.sum4)
 """
 
 # The training loop of every generated kernel: the general entries' loop (loops.py) with
@@ -399,17 +401,24 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
             _write_backward_one_loop(out, sizes, acts, weighted, rounding, combined)
         else:
             _write_backward_loops(out, sizes, acts, weighted, rounding, combined)
-        # gradients over the n real samples, batch.backward's sums (rules.dot4 / sum4)
-        out("un = uint64(n)")
-        out("U0 = uint64(0)")
+        # gradients over the n real samples, batch.backward's sums (rules.dot4 / sum4),
+        # GRADIENT_GROUP at a time (rules.dot4_group)
+        sums = {}  # parameter index -> (x row, y row or None)
         for l in range(L):
             I, J = sizes[l], sizes[l + 1]
             for i in range(I):
                 for j in range(J):
-                    out(f"grad[{w_off[l] + i * J + j}] = dot4(a{l}_{i}, U0, d{l + 1}_{j}, U0, un)")
+                    sums[w_off[l] + i * J + j] = (f"a{l}_{i}", f"d{l + 1}_{j}")
             if bias:
                 for j in range(J):
-                    out(f"grad[{b_off[l] + j}] = sum4(d{l + 1}_{j}, U0, un)")
+                    sums[b_off[l] + j] = (f"d{l + 1}_{j}", "None")
+        assert sorted(sums) == list(range(len(sums)))
+        out("un = uint64(n)")
+        for first in range(0, len(sums), GRADIENT_GROUP):
+            group = [sums[p] for p in range(first, min(first + GRADIENT_GROUP, len(sums)))]
+            xs = ", ".join(x for x, _ in group)
+            ys = ", ".join(y for _, y in group)
+            out(f"dot4_group(grad, {first}, ({xs},), ({ys},), un)")
         out(f"return loss_of_sum(total, {loss}, {K}, n) if recording else 0.0")
 
 

@@ -15,6 +15,8 @@ to one LLVM instruction or vector loop:
 - ``lanes4(x, xo, y, yo, q)``: the four partial sums of rules.dot4 from one 256-bit
   vector of chains, <4 x double> or <8 x float> (``sum_width``; LLVM's SLP vectorizer
   left four scalar chains scalar).
+- ``_dot4_group(out, o, xs, ys, n)``: several of rules.dot4's sums in one loop, their
+  chains interleaved (its Python meaning is rules.dot4_group's, written with dot4).
 - ``lanes_dot(w, wo, v, vo, m)`` / ``lanes_dot_step(...)``: a dot product in LANES
   lanes (one <16 x float> vector), and the same fused with the plain SGD step of w;
   ``lanes_dot_step_carry`` takes its lanes from, or leaves them in, a buffer, so that
@@ -285,6 +287,119 @@ def _lanes4(typingctx, x, xo, y, yo, q):
 @overload(lanes4, inline="always")  # no call: Numba would reference-count the arrays
 def _lanes4_compiled(x, xo, y, yo, q):
     return lambda x, xo, y, yo, q: _lanes4(x, xo, y, yo, q)
+
+
+def _array_types(tup):
+    return tuple(tup.types) if isinstance(tup, types.BaseTuple) else None
+
+
+@intrinsic
+def _dot4_group(typingctx, out, o, xs, ys, n):
+    """rules.dot4_group compiled: the K sums' chains advance together in one loop over
+    the samples (each sum its own 256-bit vector of chains, as lanes4 runs it alone),
+    then the K tails together, then each sum's (l0 + l1) + (l2 + l3) into out[o + k].
+    Every chain sees the same operations in the same order as rules.dot4 / sum4; only
+    the independent chains interleave, so the loop runs at the FMA units' throughput,
+    not one chain's latency.
+
+    The loops are a function of their own that LLVM does not inline (one per dtype and
+    pattern of sums): inlined, they changed how LLVM vectorized the caller's other loops
+    (the XOR net's backward pass went scalar, 1.7x slower)."""
+    x_types, y_types = _array_types(xs), _array_types(ys)
+    if x_types is None or y_types is None or len(x_types) != len(y_types) or not x_types:
+        return None
+    arrays = [out] + list(x_types) + [t for t in y_types if not isinstance(t, types.NoneType)]
+    if not _float_arrays(*arrays) or not all(isinstance(t, types.Integer) for t in (o, n)):
+        return None
+    dtype = out.dtype
+    products = tuple(not isinstance(t, types.NoneType) for t in y_types)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        zero = ir.Constant(i64, 0)
+        fn = _dot4_group_function(builder.module, dtype, products)
+        pointers = []
+        for k in range(len(x_types)):
+            pointers.append(_base(builder, context, x_types[k],
+                                  builder.extract_value(args[2], k), zero))
+            if products[k]:
+                pointers.append(_base(builder, context, y_types[k],
+                                      builder.extract_value(args[3], k), zero))
+        o_ = context.cast(builder, args[1], signature.args[1], types.uint64)
+        out_at = _base(builder, context, signature.args[0], args[0], o_)
+        n_ = context.cast(builder, args[4], signature.args[4], types.uint64)
+        builder.call(fn, [out_at, n_] + pointers)
+        return context.get_dummy_value()
+
+    return types.none(out, o, xs, ys, n), codegen
+
+
+def _dot4_group_function(module, dtype, products):
+    """The function fastbp_dot4_group_<dtype>_<pattern>(out, n, x0[, y0], x1[, y1], ...)
+    of _dot4_group in ``module`` (defined once): products[k] says whether sum k is a
+    dot product (x, y) or a plain sum (x)."""
+    make, suffix = _LLVM_FLOAT[dtype]
+    name = f"fastbp_dot4_group_{suffix}_" + "".join("p" if p else "s" for p in products)
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    i64 = ir.IntType(64)
+    scalar = make()
+    ptr = scalar.as_pointer()
+    K = len(products)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(),
+                                             [ptr, i64] + [ptr] * (K + sum(products))), name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    out_at, n_ = fn.args[0], fn.args[1]
+    rest = list(fn.args[2:])
+    x_bases, y_bases = [], []
+    for k in range(K):
+        x_bases.append(rest.pop(0))
+        y_bases.append(rest.pop(0) if products[k] else None)
+    width = 8 if dtype == types.float32 else 4  # sum_width
+    vec = ir.VectorType(scalar, width)
+    vfma = cgutils.get_or_insert_function(module, ir.FunctionType(vec, [vec] * 3),
+                                          f"llvm.fma.v{width}{suffix}")
+    sfma = cgutils.get_or_insert_function(module, ir.FunctionType(scalar, [scalar] * 3),
+                                          f"llvm.fma.{suffix}")
+    q_ = builder.sub(n_, builder.urem(n_, ir.Constant(i64, width)))
+    zero = ir.Constant(i64, 0)
+    align = dtype.bitwidth // 8
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(K)]
+    with cgutils.for_range_slice(builder, zero, q_, ir.Constant(i64, width)) as (j, _):
+        for k in range(K):
+            xv = builder.load(_at(builder, x_bases[k], j, vec), align=align)
+            if y_bases[k] is None:
+                new = builder.fadd(builder.load(accs[k]), xv)
+            else:
+                yv = builder.load(_at(builder, y_bases[k], j, vec), align=align)
+                new = builder.call(vfma, [xv, yv, builder.load(accs[k])])
+            builder.store(new, accs[k])
+    sums = []  # per k: the four partial sums, as lanes4 returns them
+    for k in range(K):
+        total = builder.load(accs[k])
+        lanes = [builder.extract_element(total, ir.Constant(i64, c)) for c in range(width)]
+        if width == 8:  # sum c = chain c + chain c + 4
+            lanes = [builder.fadd(lanes[c], lanes[c + 4]) for c in range(4)]
+        sums.append(lanes)
+    firsts = [cgutils.alloca_once_value(builder, lanes[0]) for lanes in sums]
+    with cgutils.for_range_slice(builder, q_, n_, ir.Constant(i64, 1)) as (s, _):
+        for k in range(K):  # the tail into sum 0, in increasing s (rules.dot4)
+            x_s = builder.load(builder.gep(x_bases[k], [s]))
+            if y_bases[k] is None:
+                new = builder.fadd(builder.load(firsts[k]), x_s)
+            else:
+                y_s = builder.load(builder.gep(y_bases[k], [s]))
+                new = builder.call(sfma, [x_s, y_s, builder.load(firsts[k])])
+            builder.store(new, firsts[k])
+    for k in range(K):
+        a0, a1, a2, a3 = builder.load(firsts[k]), *sums[k][1:]
+        result = builder.fadd(builder.fadd(a0, a1), builder.fadd(a2, a3))
+        builder.store(result, builder.gep(out_at, [ir.Constant(i64, k)]))
+    builder.ret_void()
+    return fn
 
 
 # ------------------------------------------------------------------- lanes_dot(_step)

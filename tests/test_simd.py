@@ -1,6 +1,6 @@
-"""The lane-wise sums: kernels/intrinsics.py (lanes_dot, lanes_dot_step, lanes4) and the
-rules built on them (rules.row_dot, row_dot_step, dot4, sum4), against exact models of
-their order; and every intrinsic's plain-Python meaning (what runs under
+"""The lane-wise sums: kernels/intrinsics.py (lanes_dot, lanes_dot_step, lanes4,
+_dot4_group) and the rules built on them (rules.row_dot, row_dot_step, dot4, sum4,
+dot4_group), against exact models of their order; and every intrinsic's plain-Python meaning (what runs under
 NUMBA_DISABLE_JIT) against its compiled version, bit for bit.
 
 The reference below evaluates the order the modules document with exact rational
@@ -18,8 +18,8 @@ from numba import njit, uint64
 from fastbp.kernels import intrinsics as I
 from fastbp.kernels.intrinsics import LANES
 from fastbp.kernels.options import make_work
-from fastbp.kernels.rules import (dot4, int_power, python_int_power, row_dot, row_dot_step,
-                                  sum4)
+from fastbp.kernels.rules import (dot4, dot4_group, int_power, python_dot4_group,
+                                  python_int_power, row_dot, row_dot_step, sum4)
 
 
 def _round(exact, dtype):
@@ -193,6 +193,33 @@ def test_dot4_and_sum4_keep_their_four_scalar_lanes_order(n, dtype):
     y = rng.standard_normal(n + 9).astype(dtype)
     assert _dot4(x, 3, y, 5, n) == _scalar_dot4(x, 3, y, 5, n, _chains(x))
     assert _sum4(x, 2, n) == _scalar_sum4(x, 2, n, _chains(x))
+
+
+@njit
+def _dot4_group_compiled(out, o, a, b, c, d, n):
+    # every kind of member: products sharing a row, products, plain sums, a row twice
+    dot4_group(out, o, (a, a, b, c, d, a), (b, c, None, d, None, a), uint64(n))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 7, 8, 9, 15, 16, 21, 100, 1001])
+def test_dot4_group_is_dot4_and_sum4_member_by_member(n, dtype):
+    """The generated kernels' gradient sums, several in one loop: every member the bits
+    of its own dot4 / sum4 (so of the scalar chains above), compiled and as Python
+    (python_dot4_group, the meaning under NUMBA_DISABLE_JIT), writing only out[o:o+6]."""
+    rng = np.random.default_rng(700 + n)
+    a, b, c, d = ((rng.standard_normal(n) * 10.0 ** rng.integers(-6, 6, n)).astype(dtype)
+                  for _ in range(4))
+    want = [_dot4(a, 0, b, 0, n), _dot4(a, 0, c, 0, n), _sum4(b, 0, n), _dot4(c, 0, d, 0, n),
+            _sum4(d, 0, n), _dot4(a, 0, a, 0, n)]
+    assert want[1] == _scalar_dot4(a, 0, c, 0, n, _chains(a))
+    for group in (_dot4_group_compiled,
+                  lambda out, o, a, b, c, d, n: python_dot4_group(
+                      out, o, (a, a, b, c, d, a), (b, c, None, d, None, a), uint64(n))):
+        out = np.full(10, 7.0, dtype)
+        group(out, 3, a, b, c, d, n)
+        assert [_bits(v) for v in out[3:9]] == [_bits(dtype(v)) for v in want]
+        assert np.all(out[:3] == 7.0) and np.all(out[9:] == 7.0)
 
 
 # ------------------------------------------------ Python meanings against compiled code
