@@ -237,6 +237,41 @@ def _at(builder, base, j, vec):
     return builder.bitcast(builder.gep(base, [j]), vec.as_pointer())
 
 
+def _chains(builder, dtype, x_bases, y_bases, q):
+    """The vector loop of lanes4 for several sums at once, each over s < q (a multiple
+    of the width) from its own pointers: sum k's chains are one 256-bit vector (4 float64
+    or 8 float32, sum_width) of fused multiply-adds of x_bases[k][s] * y_bases[k][s] in
+    increasing s -- or plain adds of x_bases[k][s] where y_bases[k] is None -- and the
+    sums' chains advance together, one vector step each per step of the loop.  Returns,
+    per sum, its four partial sums (float32: chain c + chain c + 4)."""
+    i64 = ir.IntType(64)
+    make, suffix = _LLVM_FLOAT[dtype]
+    width = 8 if dtype == types.float32 else 4  # sum_width
+    vec = ir.VectorType(make(), width)
+    vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                          f"llvm.fma.v{width}{suffix}")
+    align = dtype.bitwidth // 8
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in x_bases]
+    with cgutils.for_range_slice(builder, ir.Constant(i64, 0), q,
+                                 ir.Constant(i64, width)) as (j, _):
+        for x_base, y_base, acc in zip(x_bases, y_bases, accs):
+            xv = builder.load(_at(builder, x_base, j, vec), align=align)
+            if y_base is None:
+                new = builder.fadd(builder.load(acc), xv)
+            else:
+                yv = builder.load(_at(builder, y_base, j, vec), align=align)
+                new = builder.call(vfma, [xv, yv, builder.load(acc)])
+            builder.store(new, acc)
+    sums = []
+    for acc in accs:
+        total = builder.load(acc)
+        lanes = [builder.extract_element(total, ir.Constant(i64, c)) for c in range(width)]
+        if width == 8:  # sum c = chain c + chain c + 4
+            lanes = [builder.fadd(lanes[c], lanes[c + 4]) for c in range(4)]
+        sums.append(lanes)
+    return sums
+
+
 @intrinsic
 def _lanes4(typingctx, x, xo, y, yo, q):
     sums = isinstance(y, types.NoneType)
@@ -246,39 +281,15 @@ def _lanes4(typingctx, x, xo, y, yo, q):
     dtype = x.dtype
     result = types.UniTuple(dtype, 4)
 
-    width = 8 if dtype == types.float32 else 4  # sum_width
-
     def codegen(context, builder, signature, args):
-        i64 = ir.IntType(64)
-        make, suffix = _LLVM_FLOAT[dtype]
-        vec = ir.VectorType(make(), width)
-        vfma = cgutils.get_or_insert_function(builder.module,
-                                              ir.FunctionType(vec, [vec] * 3),
-                                              f"llvm.fma.v{width}{suffix}")
         xo_ = context.cast(builder, args[1], signature.args[1], types.uint64)
         q_ = context.cast(builder, args[4], signature.args[4], types.uint64)
         x_base = _base(builder, context, signature.args[0], args[0], xo_)
+        y_base = None
         if not sums:
             yo_ = context.cast(builder, args[3], signature.args[3], types.uint64)
             y_base = _base(builder, context, signature.args[2], args[2], yo_)
-        align = dtype.bitwidth // 8
-        acc = cgutils.alloca_once_value(builder, ir.Constant(vec, None))
-
-        def load(base, j):
-            return builder.load(_at(builder, base, j, vec), align=align)
-
-        with cgutils.for_range_slice(builder, ir.Constant(i64, 0), q_,
-                                     ir.Constant(i64, width)) as (j, _):
-            xv = load(x_base, j)
-            if sums:
-                builder.store(builder.fadd(builder.load(acc), xv), acc)
-            else:
-                builder.store(builder.call(vfma, [xv, load(y_base, j), builder.load(acc)]),
-                              acc)
-        total = builder.load(acc)
-        lanes = [builder.extract_element(total, ir.Constant(i64, k)) for k in range(width)]
-        if width == 8:  # sum k = chain k + chain k + 4
-            lanes = [builder.fadd(lanes[k], lanes[k + 4]) for k in range(4)]
+        (lanes,) = _chains(builder, dtype, [x_base], [y_base], q_)
         return context.make_tuple(builder, result, lanes)
 
     return result(x, xo, y, yo, q), codegen
@@ -359,31 +370,10 @@ def _dot4_group_function(module, dtype, products):
         x_bases.append(rest.pop(0))
         y_bases.append(rest.pop(0) if products[k] else None)
     width = 8 if dtype == types.float32 else 4  # sum_width
-    vec = ir.VectorType(scalar, width)
-    vfma = cgutils.get_or_insert_function(module, ir.FunctionType(vec, [vec] * 3),
-                                          f"llvm.fma.v{width}{suffix}")
     sfma = cgutils.get_or_insert_function(module, ir.FunctionType(scalar, [scalar] * 3),
                                           f"llvm.fma.{suffix}")
     q_ = builder.sub(n_, builder.urem(n_, ir.Constant(i64, width)))
-    zero = ir.Constant(i64, 0)
-    align = dtype.bitwidth // 8
-    accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(K)]
-    with cgutils.for_range_slice(builder, zero, q_, ir.Constant(i64, width)) as (j, _):
-        for k in range(K):
-            xv = builder.load(_at(builder, x_bases[k], j, vec), align=align)
-            if y_bases[k] is None:
-                new = builder.fadd(builder.load(accs[k]), xv)
-            else:
-                yv = builder.load(_at(builder, y_bases[k], j, vec), align=align)
-                new = builder.call(vfma, [xv, yv, builder.load(accs[k])])
-            builder.store(new, accs[k])
-    sums = []  # per k: the four partial sums, as lanes4 returns them
-    for k in range(K):
-        total = builder.load(accs[k])
-        lanes = [builder.extract_element(total, ir.Constant(i64, c)) for c in range(width)]
-        if width == 8:  # sum c = chain c + chain c + 4
-            lanes = [builder.fadd(lanes[c], lanes[c + 4]) for c in range(4)]
-        sums.append(lanes)
+    sums = _chains(builder, dtype, x_bases, y_bases, q_)  # per k, as lanes4 returns them
     firsts = [cgutils.alloca_once_value(builder, lanes[0]) for lanes in sums]
     with cgutils.for_range_slice(builder, q_, n_, ir.Constant(i64, 1)) as (s, _):
         for k in range(K):  # the tail into sum 0, in increasing s (rules.dot4)
