@@ -1,7 +1,7 @@
 """The lane-wise sums: kernels/intrinsics.py (lanes_dot, lanes_dot_step, lanes4,
 _dot4_group) and the rules built on them (rules.row_dot, row_dot_step, dot4, sum4,
-dot4_group), against exact models of their order; and every intrinsic's plain-Python meaning (what runs under
-NUMBA_DISABLE_JIT) against its compiled version, bit for bit.
+dot4_group), against exact models of their order; and every intrinsic's plain-Python
+meaning (what runs under NUMBA_DISABLE_JIT) against its compiled version, bit for bit.
 
 The reference below evaluates the order the modules document with exact rational
 arithmetic, rounding to float64 exactly where the kernel rounds (each fused
