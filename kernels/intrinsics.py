@@ -195,7 +195,7 @@ def sum_width(x):
 
 @overload(sum_width)
 def _sum_width_compiled(x):
-    width = 8 if x.dtype == types.float32 else 4
+    width = _width(x.dtype)
     return lambda x: width
 
 
@@ -237,6 +237,11 @@ def _at(builder, base, j, vec):
     return builder.bitcast(builder.gep(base, [j]), vec.as_pointer())
 
 
+def _width(dtype):
+    """sum_width for a Numba float type: the chains of one 256-bit vector."""
+    return 8 if dtype == types.float32 else 4
+
+
 def _chains(builder, dtype, x_bases, y_bases, q):
     """The vector loop of lanes4 for several sums at once, each over s < q (a multiple
     of the width) from its own pointers: sum k's chains are one 256-bit vector (4 float64
@@ -246,7 +251,7 @@ def _chains(builder, dtype, x_bases, y_bases, q):
     per sum, its four partial sums (float32: chain c + chain c + 4)."""
     i64 = ir.IntType(64)
     make, suffix = _LLVM_FLOAT[dtype]
-    width = 8 if dtype == types.float32 else 4  # sum_width
+    width = _width(dtype)
     vec = ir.VectorType(make(), width)
     vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                           f"llvm.fma.v{width}{suffix}")
@@ -311,11 +316,7 @@ def _dot4_group(typingctx, out, o, xs, ys, n):
     then the K tails together, then each sum's (l0 + l1) + (l2 + l3) into out[o + k].
     Every chain sees the same operations in the same order as rules.dot4 / sum4; only
     the independent chains interleave, so the loop runs at the FMA units' throughput,
-    not one chain's latency.
-
-    The loops are built once per module, dtype and pattern of sums, as a function that
-    LLVM inlines at each call (alwaysinline: the XOR net trained 5-8% faster in float64
-    than with calls; the same compile time)."""
+    not one chain's latency."""
     x_types, y_types = _array_types(xs), _array_types(ys)
     if x_types is None or y_types is None or len(x_types) != len(y_types) or not x_types:
         return None
@@ -323,73 +324,42 @@ def _dot4_group(typingctx, out, o, xs, ys, n):
     if not _float_arrays(*arrays) or not all(isinstance(t, types.Integer) for t in (o, n)):
         return None
     dtype = out.dtype
-    products = tuple(not isinstance(t, types.NoneType) for t in y_types)
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
         zero = ir.Constant(i64, 0)
-        fn = _dot4_group_function(builder.module, dtype, products)
-        pointers = []
-        for k in range(len(x_types)):
-            pointers.append(_base(builder, context, x_types[k],
-                                  builder.extract_value(args[2], k), zero))
-            if products[k]:
-                pointers.append(_base(builder, context, y_types[k],
-                                      builder.extract_value(args[3], k), zero))
+        x_bases = [_base(builder, context, t, builder.extract_value(args[2], k), zero)
+                   for k, t in enumerate(x_types)]
+        y_bases = [None if isinstance(t, types.NoneType) else
+                   _base(builder, context, t, builder.extract_value(args[3], k), zero)
+                   for k, t in enumerate(y_types)]
+        n_ = context.cast(builder, args[4], signature.args[4], types.uint64)
+        q_ = builder.sub(n_, builder.urem(n_, ir.Constant(i64, _width(dtype))))
+        sums = _chains(builder, dtype, x_bases, y_bases, q_)  # per k, as lanes4's
+        make, suffix = _LLVM_FLOAT[dtype]
+        sfma = cgutils.get_or_insert_function(builder.module,
+                                              ir.FunctionType(make(), [make()] * 3),
+                                              f"llvm.fma.{suffix}")
+        firsts = [cgutils.alloca_once_value(builder, lanes[0]) for lanes in sums]
+        with cgutils.for_range_slice(builder, q_, n_, ir.Constant(i64, 1)) as (s, _):
+            for x_base, y_base, first in zip(x_bases, y_bases, firsts):
+                # the tail into sum 0, in increasing s (rules.dot4)
+                x_s = builder.load(builder.gep(x_base, [s]))
+                if y_base is None:
+                    new = builder.fadd(builder.load(first), x_s)
+                else:
+                    y_s = builder.load(builder.gep(y_base, [s]))
+                    new = builder.call(sfma, [x_s, y_s, builder.load(first)])
+                builder.store(new, first)
         o_ = context.cast(builder, args[1], signature.args[1], types.uint64)
         out_at = _base(builder, context, signature.args[0], args[0], o_)
-        n_ = context.cast(builder, args[4], signature.args[4], types.uint64)
-        builder.call(fn, [out_at, n_] + pointers)
+        for k, (first, lanes) in enumerate(zip(firsts, sums)):
+            a0, a1, a2, a3 = builder.load(first), *lanes[1:]
+            result = builder.fadd(builder.fadd(a0, a1), builder.fadd(a2, a3))
+            builder.store(result, builder.gep(out_at, [ir.Constant(i64, k)]))
         return context.get_dummy_value()
 
     return types.none(out, o, xs, ys, n), codegen
-
-
-def _dot4_group_function(module, dtype, products):
-    """The function fastbp_dot4_group_<dtype>_<pattern>(out, n, x0[, y0], x1[, y1], ...)
-    of _dot4_group in ``module`` (defined once): products[k] says whether sum k is a
-    dot product (x, y) or a plain sum (x)."""
-    make, suffix = _LLVM_FLOAT[dtype]
-    name = f"fastbp_dot4_group_{suffix}_" + "".join("p" if p else "s" for p in products)
-    existing = module.globals.get(name)
-    if existing is not None:
-        return existing
-    i64 = ir.IntType(64)
-    scalar = make()
-    ptr = scalar.as_pointer()
-    K = len(products)
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(),
-                                             [ptr, i64] + [ptr] * (K + sum(products))), name)
-    fn.linkage = "internal"
-    fn.attributes.add("alwaysinline")
-    builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    out_at, n_ = fn.args[0], fn.args[1]
-    rest = list(fn.args[2:])
-    x_bases, y_bases = [], []
-    for k in range(K):
-        x_bases.append(rest.pop(0))
-        y_bases.append(rest.pop(0) if products[k] else None)
-    width = 8 if dtype == types.float32 else 4  # sum_width
-    sfma = cgutils.get_or_insert_function(module, ir.FunctionType(scalar, [scalar] * 3),
-                                          f"llvm.fma.{suffix}")
-    q_ = builder.sub(n_, builder.urem(n_, ir.Constant(i64, width)))
-    sums = _chains(builder, dtype, x_bases, y_bases, q_)  # per k, as lanes4 returns them
-    firsts = [cgutils.alloca_once_value(builder, lanes[0]) for lanes in sums]
-    with cgutils.for_range_slice(builder, q_, n_, ir.Constant(i64, 1)) as (s, _):
-        for k in range(K):  # the tail into sum 0, in increasing s (rules.dot4)
-            x_s = builder.load(builder.gep(x_bases[k], [s]))
-            if y_bases[k] is None:
-                new = builder.fadd(builder.load(firsts[k]), x_s)
-            else:
-                y_s = builder.load(builder.gep(y_bases[k], [s]))
-                new = builder.call(sfma, [x_s, y_s, builder.load(firsts[k])])
-            builder.store(new, firsts[k])
-    for k in range(K):
-        a0, a1, a2, a3 = builder.load(firsts[k]), *sums[k][1:]
-        result = builder.fadd(builder.fadd(a0, a1), builder.fadd(a2, a3))
-        builder.store(result, builder.gep(out_at, [ir.Constant(i64, k)]))
-    builder.ret_void()
-    return fn
 
 
 # ------------------------------------------------------------------- lanes_dot(_step)
