@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, config as numba_config, njit, types, uint64
-from numba.extending import intrinsic, overload
 
 from .config import JIT
 from . import tiles
-from .intrinsics import address, fma
+from .intrinsics import address, compiled_as, fma
 
 ROW_MAJOR = 101
 NO_TRANS = 111
@@ -74,7 +73,7 @@ def _call_typer(unit, pool, a, b, c):
             and c.dtype in (types.float64, types.float32))
 
 
-@intrinsic
+@compiled_as(call)
 def _call(typingctx, unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     if not _call_typer(unit, None, a, b, c):
         return None
@@ -82,7 +81,7 @@ def _call(typingctx, unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, bet
     return sig, _call_codegen(c.dtype, pooled=False)
 
 
-@intrinsic
+@compiled_as(call_pooled)
 def _call_pooled(typingctx, unit, pool, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
                  beta, c, ldc):
     if not _call_typer(unit, pool, a, b, c):
@@ -126,22 +125,6 @@ def _call_codegen(dtype, pooled):
         return context.get_dummy_value()
 
     return codegen
-
-
-@overload(call)
-def _call_compiled(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    def impl(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        _call(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-    return impl
-
-
-@overload(call_pooled)
-def _call_pooled_compiled(unit, pool, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta,
-                          c, ldc):
-    def impl(unit, pool, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        _call_pooled(unit, pool, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
-                     ldc)
-    return impl
 
 
 # ------------------------------------------------------------------ the recurrence
@@ -309,7 +292,7 @@ def cast_like(arr, x):
     return arr.dtype.type(x)
 
 
-@intrinsic
+@compiled_as(cast_like)
 def _cast_like(typingctx, arr, x):
     if not (isinstance(arr, types.Array) and isinstance(x, (types.Float, types.Integer))):
         return None
@@ -318,9 +301,4 @@ def _cast_like(typingctx, arr, x):
         return context.cast(builder, args[1], signature.args[1], arr.dtype)
 
     return arr.dtype(arr, x), codegen
-
-
-@overload(cast_like, inline="always")
-def _cast_like_compiled(arr, x):
-    return lambda arr, x: _cast_like(arr, x)
 

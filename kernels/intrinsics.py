@@ -1,8 +1,8 @@
 """The few operations Numba cannot express without LLVM, each with its plain-Python meaning.
 
 Every function here is an ordinary Python function (what runs under
-``NUMBA_DISABLE_JIT=1``, in coverage and in pdb) with an ``@overload`` that compiles it
-to one LLVM instruction or vector loop:
+``NUMBA_DISABLE_JIT=1``, in coverage and in pdb) that Numba compiles to one LLVM
+instruction or vector loop, emitted in the kernel that calls it (``compiled_as``):
 
 - ``fma(a, b, c)``: a * b + c rounded once (llvm.fma).  Numba contracts nothing
   without fastmath, so this is the only way to get one; with a correctly rounded
@@ -36,6 +36,7 @@ same on every machine, and the Python meanings below compute exactly it.
 import ctypes
 import ctypes.util
 import functools
+import inspect
 import math
 import struct
 from fractions import Fraction
@@ -44,11 +45,41 @@ import numpy as np
 from llvmlite import ir
 from numba import config, types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic, lower_builtin, type_callable
 
 LANES = 16  # lanes of lanes_dot: two AVX-512 registers of float64, four AVX2 ones
 
 _LLVM_FLOAT = {types.float64: (ir.DoubleType, "f64"), types.float32: (ir.FloatType, "f32")}
+
+
+def compiled_as(meaning):
+    """Numba compiles a kernel's call of ``meaning`` (a plain Python function: what runs
+    under ``NUMBA_DISABLE_JIT=1`` and when Python calls it) with the decorated
+    function, an @intrinsic's definition -- (typing context, argument types) ->
+    (signature, codegen), or None where the types do not fit -- whose code is emitted
+    in the calling kernel itself.  An @overload would instead be compiled as a
+    function of its own for every signature (and, with inline="always", typed again at
+    every call), which a first fit waits for.  Returns the definition as an @intrinsic."""
+    def register(definition):
+        @type_callable(meaning)
+        def typing(typingctx):
+            def typer(*args):
+                found = definition(typingctx, *args)
+                return None if found is None else found[0]
+            # the call's arguments as the definition names them (its first is the context)
+            typer.pysig = parameters
+            return typer
+
+        parameters = inspect.signature(definition)
+        parameters = parameters.replace(parameters=list(parameters.parameters.values())[1:])
+
+        @lower_builtin(meaning, types.VarArg(types.Any))
+        def lowering(context, builder, signature, args):
+            _, codegen = definition(context.typing_context, *signature.args)
+            return codegen(context, builder, signature, args)
+
+        return intrinsic(definition)
+    return register
 
 
 # ------------------------------------------------------------------------------- fma
@@ -101,7 +132,7 @@ def _value(x):
     return Fraction(2 ** 128) if x > 0 else -Fraction(2 ** 128)
 
 
-@intrinsic
+@compiled_as(fma)
 def _llvm_fma(typingctx, a, b, c):
     if not all(isinstance(t, types.Float) for t in (a, b, c)):
         return None
@@ -117,13 +148,6 @@ def _llvm_fma(typingctx, a, b, c):
         return builder.call(fn, vals)
 
     return ty(a, b, c), codegen
-
-
-@overload(fma)
-def _fma_compiled(a, b, c):
-    if all(isinstance(t, types.Float) for t in (a, b, c)):
-        return lambda a, b, c: _llvm_fma(a, b, c)
-    return None
 
 
 # ------------------------------------------------------------- floats from their bits
@@ -142,30 +166,26 @@ _FLOAT_OF_BITS = {types.int64: (types.float64, ir.DoubleType),
                   types.int32: (types.float32, ir.FloatType)}
 
 
-@intrinsic
-def _bitcast_to_float(typingctx, bits):
-    if bits not in _FLOAT_OF_BITS:
+def _bitcast_to_float(bits, want):
+    if types.unliteral(bits) != want:
         return None
-    result, llvm_type = _FLOAT_OF_BITS[bits]
+    result, llvm_type = _FLOAT_OF_BITS[want]
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llvm_type())
+        value = context.cast(builder, args[0], signature.args[0], want)
+        return builder.bitcast(value, llvm_type())
 
     return result(bits), codegen
 
 
-@overload(float64_from_bits)
-def _float64_from_bits_compiled(bits):
-    if bits == types.int64:
-        return lambda bits: _bitcast_to_float(bits)
-    return None
+@compiled_as(float64_from_bits)
+def _float64_from_bits(typingctx, bits):
+    return _bitcast_to_float(bits, types.int64)
 
 
-@overload(float32_from_bits)
-def _float32_from_bits_compiled(bits):
-    if bits == types.int32:
-        return lambda bits: _bitcast_to_float(bits)
-    return None
+@compiled_as(float32_from_bits)
+def _float32_from_bits(typingctx, bits):
+    return _bitcast_to_float(bits, types.int32)
 
 
 # ------------------------------------------------------------------------------ like
@@ -178,12 +198,17 @@ def like(value, x):
     return np.float32(value) if single else float(value)
 
 
-@overload(like)
-def _like_compiled(value, x):
+@compiled_as(like)
+def _like(typingctx, value, x):
+    if not isinstance(value, (types.Float, types.Integer, types.Boolean)):
+        return None
     t = x.dtype if isinstance(x, types.Array) else x
-    if t == types.float32:
-        return lambda value, x: np.float32(value)
-    return lambda value, x: np.float64(value)
+    result = types.float32 if t == types.float32 else types.float64
+
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[0], signature.args[0], result)
+
+    return result(value, x), codegen
 
 
 # ---------------------------------------------------------------------------- lanes4
@@ -193,10 +218,16 @@ def sum_width(x):
     return 8 if x.dtype == np.float32 else 4
 
 
-@overload(sum_width)
-def _sum_width_compiled(x):
+@compiled_as(sum_width)
+def _sum_width(typingctx, x):
+    if not (isinstance(x, types.Array) and x.dtype in _LLVM_FLOAT):
+        return None
     width = _width(x.dtype)
-    return lambda x: width
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, width)
+
+    return types.intp(x), codegen
 
 
 def lanes4(x, xo, y, yo, q):
@@ -277,7 +308,7 @@ def _chains(builder, dtype, x_bases, y_bases, q):
     return sums
 
 
-@intrinsic
+@compiled_as(lanes4)
 def _lanes4(typingctx, x, xo, y, yo, q):
     sums = isinstance(y, types.NoneType)
     arrays = (x,) if sums else (x, y)
@@ -298,11 +329,6 @@ def _lanes4(typingctx, x, xo, y, yo, q):
         return context.make_tuple(builder, result, lanes)
 
     return result(x, xo, y, yo, q), codegen
-
-
-@overload(lanes4, inline="always")  # no call: Numba would reference-count the arrays
-def _lanes4_compiled(x, xo, y, yo, q):
-    return lambda x, xo, y, yo, q: _lanes4(x, xo, y, yo, q)
 
 
 def _array_types(tup):
@@ -494,36 +520,20 @@ def _lanes_loop(w, wo, v, vo, m, extra, update, carried=()):
     return dtype(w, wo, v, vo, m, *extra, *carried), codegen
 
 
-@intrinsic
+@compiled_as(lanes_dot)
 def _lanes_dot(typingctx, w, wo, v, vo, m):
     return _lanes_loop(w, wo, v, vo, m, (), update=False)
 
 
-@intrinsic
+@compiled_as(lanes_dot_step)
 def _lanes_dot_step(typingctx, w, wo, v, vo, m, a, lr):
     return _lanes_loop(w, wo, v, vo, m, (a, lr), update=True)
 
 
-@intrinsic
+@compiled_as(lanes_dot_step_carry)
 def _lanes_dot_step_carry(typingctx, w, wo, v, vo, m, a, lr, carry, co, load, store):
     return _lanes_loop(w, wo, v, vo, m, (a, lr), update=True,
                        carried=(carry, co, load, store))
-
-
-@overload(lanes_dot, inline="always")
-def _lanes_dot_compiled(w, wo, v, vo, m):
-    return lambda w, wo, v, vo, m: _lanes_dot(w, wo, v, vo, m)
-
-
-@overload(lanes_dot_step, inline="always")
-def _lanes_dot_step_compiled(w, wo, v, vo, m, a, lr):
-    return lambda w, wo, v, vo, m, a, lr: _lanes_dot_step(w, wo, v, vo, m, a, lr)
-
-
-@overload(lanes_dot_step_carry, inline="always")
-def _lanes_dot_step_carry_compiled(w, wo, v, vo, m, a, lr, carry, co, load, store):
-    return lambda w, wo, v, vo, m, a, lr, carry, co, load, store: _lanes_dot_step_carry(
-        w, wo, v, vo, m, a, lr, carry, co, load, store)
 
 
 # ------------------------------------------------------------------------ address
@@ -534,7 +544,7 @@ def address(arr, offset):
     return arr[int(offset):]
 
 
-@intrinsic
+@compiled_as(address)
 def _address(typingctx, arr, offset):
     floats = (types.float64, types.float32)
     is_array = isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype in floats
@@ -551,11 +561,6 @@ def _address(typingctx, arr, offset):
         return builder.gep(data, [index])
 
     return types.CPointer(arr.dtype)(arr, offset), codegen
-
-
-@overload(address, inline="always")
-def _address_compiled(arr, offset):
-    return lambda arr, offset: _address(arr, offset)
 
 
 # ------------------------------------------------------------------------ borrowed

@@ -31,7 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .config import JIT
-from .intrinsics import address
+from .intrinsics import address, compiled_as
 from numba.np.numpy_support import as_dtype
 
 FLOATS = (types.float64, types.float32)
@@ -221,13 +221,17 @@ def lanes_of(c):
     raise NotImplementedError("compiled code only")
 
 
-@overload(lanes_of)
-def lanes_of_compiled(c):
+@compiled_as(lanes_of)
+def _lanes_of(typingctx, c):
     """Elements of c's dtype (c a float array or pointer) per vector: a constant."""
     if not is_float_operand(c):
         return None
     width = lanes(c.dtype)
-    return lambda c: width
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, width)
+
+    return types.intp(c), codegen
 
 
 def like_of(c, x):
@@ -235,12 +239,7 @@ def like_of(c, x):
     raise NotImplementedError("compiled code only")
 
 
-@overload(like_of, inline="always")
-def _like_of_compiled(c, x):
-    return lambda c, x: _like(c, x)
-
-
-@intrinsic
+@compiled_as(like_of)
 def _like(typingctx, c, x):
     """x converted to the dtype of c (a float array or pointer)."""
     if not (is_float_operand(c) and isinstance(x, (types.Float, types.Integer))):
