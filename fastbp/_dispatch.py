@@ -197,19 +197,21 @@ def product_layers(sizes, nb_max, product_min_work=PRODUCT_MIN_WORK):
     return layers, madds
 
 
-def _shareable(sizes, nb_max):
+def _shareable(sizes, dtype, nb_max):
     """Whether a product of some layer, in batches of nb_max samples, reaches
-    pool.SPLIT_MIN_WORK multiply-adds (smaller ones stay on the calling thread, where the
-    threads cost more than they save); the multiply-adds of the products per sample."""
+    pool.SHARE_MIN_LAYER_WORK multiply-adds of ``dtype`` (below, the threads cost more
+    than they save; in a fit that shares, each product of at least pool.SPLIT_MIN_WORK
+    is shared); the multiply-adds of the products per sample."""
     layers, madds = product_layers(sizes, nb_max)
-    return any(sizes[l] * sizes[l + 1] * nb_max >= P.SPLIT_MIN_WORK for l in layers), madds
+    least = P.SHARE_MIN_LAYER_WORK[np.dtype(dtype).name]
+    return any(sizes[l] * sizes[l + 1] * nb_max >= least for l in layers), madds
 
 
 def product_threads(sizes, dtype, nb_max, samples_seen, threads):
     """How many threads share the products of a fit like choose_gemm's (1: none): all
     ``threads`` when some product is large enough to share (_shareable) and the pool is
     compiled or saves its compile time."""
-    shareable, madds = _shareable(sizes, nb_max)
+    shareable, madds = _shareable(sizes, dtype, nb_max)
     if threads <= 1 or not P.AVAILABLE or not shareable:
         return 1
     saved = (samples_seen * madds * TILES_SECONDS_PER_MADD
@@ -380,7 +382,8 @@ def _could_share(model, n, batch, shuffle, n_val, sparse=False):
     (without asking whether the pool is worth compiling)."""
     if not sparse and fit_mode(n, batch, shuffle, model._loss_code) == "sample":
         return bool(SS.shared_weights(model._layout.sizes, 2))
-    return _shareable(product_sizes(model._layout.sizes, sparse), max(min(batch, n), n_val))[0]
+    return _shareable(product_sizes(model._layout.sizes, sparse), model.dtype,
+                      max(min(batch, n), n_val))[0]
 
 
 def product_sizes(sizes, sparse):

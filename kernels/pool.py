@@ -70,6 +70,13 @@ YIELD_EVERY = 4096
 # start and the exchange of the layer's rows between the cores cost about what they save
 # (W4b at H = 64 gained nothing on two threads; asv_benchmarks: bench_threads)
 SPLIT_MIN_WORK = 32 * 256 * 64
+# ... and a fit runs on threads at all only when one of its layers' products reaches
+# this many multiply-adds of its dtype: each shared job costs a hand-off and the
+# layer's rows crossing between the cores, which half of a product of a million or so
+# does not repay.  float32 needs more of them: its products take half the time, its
+# rows half the bytes, the hand-off the same (the README's "Every core for one model"
+# has the measurements)
+SHARE_MIN_LAYER_WORK = {"float64": 1 << 21, "float32": 3 << 20}
 
 
 # ------------------------------------------------------------- atomics and pointers

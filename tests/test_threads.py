@@ -117,7 +117,7 @@ def test_fit_is_the_same_bits_at_1_2_and_3_threads(three_threads, dtype, fit):
     X, Y = _wide_data(dtype)
     results = []
     for n_jobs in (1, 2, 3):
-        m = fastbp.MLP([12, 160, 160, 3], activation=["relu", "sigmoid", "sigmoid"],
+        m = fastbp.MLP([12, 240, 240, 3], activation=["relu", "sigmoid", "sigmoid"],
                        loss="mse", seed=7, dtype=dtype)
         h = m.fit(X, Y, n_jobs=n_jobs, chunk_seconds=0.001, **FITS[fit])
         results.append((m.params.copy(), np.asarray(h.loss)))
@@ -137,7 +137,14 @@ def test_small_networks_stay_on_one_thread(three_threads):
     assert "threads" not in h.kernel
     assert D.product_threads([2, 16, 16, 1], np.float64, 16, 10 ** 9, 3) == 1
     assert D.product_threads([32, 64, 64, 10], np.float64, 64, 10 ** 9, 3) == 1
-    assert D.product_threads([12, 160, 160, 3], np.float64, 64, 10 ** 9, 3) == 3
+    # a fit shares only with a layer's product of pool.SHARE_MIN_LAYER_WORK or more: 160 x
+    # 160 x 64 is 1.6 million multiply-adds, 192 x 192 x 64 2.4 million (float64 shares,
+    # float32 not), 224 x 224 x 64 3.2 million
+    assert D.product_threads([12, 160, 160, 3], np.float64, 64, 10 ** 9, 3) == 1
+    assert D.product_threads([12, 192, 192, 3], np.float64, 64, 10 ** 9, 3) == 3
+    assert D.product_threads([12, 192, 192, 3], np.float32, 64, 10 ** 9, 3) == 1
+    assert D.product_threads([12, 224, 224, 3], np.float32, 64, 10 ** 9, 3) == 3
+    assert D.product_threads([64, 100, 10], np.float64, 200, 10 ** 9, 3) == 1
 
 
 def test_lbfgs_is_the_same_bits_on_threads(three_threads):
@@ -145,7 +152,7 @@ def test_lbfgs_is_the_same_bits_on_threads(three_threads):
     X, Y = _wide_data()
     out = []
     for n_jobs in (1, 3):
-        m = fastbp.MLP([12, 160, 160, 3], seed=4)
+        m = fastbp.MLP([12, 192, 192, 3], seed=4)
         m.fit(X, Y, epochs=5, optimizer="lbfgs", n_jobs=n_jobs)
         out.append(m.params.copy())
     assert np.array_equal(out[0], out[1])
@@ -154,9 +161,9 @@ def test_lbfgs_is_the_same_bits_on_threads(three_threads):
 def test_concurrent_threaded_fits(three_threads):
     """Two models fitting at once from two Python threads, each sharing its products."""
     X, Y = _wide_data()
-    alone = fastbp.MLP([12, 160, 160, 3], seed=9)
+    alone = fastbp.MLP([12, 192, 192, 3], seed=9)
     alone.fit(X, Y, epochs=2, batch_size=64, n_jobs=1)
-    models = [fastbp.MLP([12, 160, 160, 3], seed=9) for _ in range(2)]
+    models = [fastbp.MLP([12, 192, 192, 3], seed=9) for _ in range(2)]
     errors = []
 
     def fit(m):
