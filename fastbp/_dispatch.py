@@ -282,24 +282,26 @@ def share_products(gemm, dtype, threads):
     return shared
 
 
-def batch_passes(dtype, needed=PS.ALL):
+def batch_passes(dtype, needed=PS.ALL, pooled=False):
     """The batch passes for ``dtype`` (kernels/passes.py), the ``needed`` ones compiled
     on first use: what a Work carries for the kernels that call them (Plan.passes: a
-    fit's batches need them all; predictions PS.PREDICT, evaluations PS.EVALUATE)."""
-    passes = PS.for_dtype(dtype, needed)
+    fit's batches need them all; predictions PS.PREDICT, evaluations PS.EVALUATE);
+    ``pooled`` for a Net with a thread pool (share_products)."""
+    passes = PS.for_dtype(dtype, needed, pooled)
     for which in needed:
-        mark_compiled(passes_key(dtype, which))
+        mark_compiled(passes_key(dtype, which, pooled))
     return passes
 
 
-def passes_key(dtype, which):
-    """The registry's key of one batch pass."""
-    return ("pass", PS.Passes._fields[which], np.dtype(dtype).name)
+def passes_key(dtype, which, pooled=False):
+    """The registry's key of one batch pass (passes.unit_key)."""
+    dtype, which, pooled = PS.unit_key(dtype, which, pooled)
+    return ("pass", PS.Passes._fields[which] + ("_pooled" if pooled else ""), dtype.name)
 
 
-def passes_compiled(dtype, needed=PS.ALL):
+def passes_compiled(dtype, needed=PS.ALL, pooled=False):
     """Whether the ``needed`` batch passes are compiled (or cached on disk)."""
-    return all(is_compiled(passes_key(dtype, which)) for which in needed)
+    return all(is_compiled(passes_key(dtype, which, pooled)) for which in needed)
 
 
 def make_net(layout, act_codes, loss_code, dtype, gemm, shared=None):

@@ -84,7 +84,8 @@ class SingleFit:
                 names.append("the threads' share of the wide layers")
         elif self.plan.threads > 1 and not D.is_compiled(("gemm", "pooled", dtype)):
             names.append("the threads' share of the products")
-        if self.plan.passes and not D.passes_compiled(dtype, self._passes_needed()):
+        pooled = self.plan.threads > 1 and self.plan.mode != "sample"
+        if self.plan.passes and not D.passes_compiled(dtype, self._passes_needed(), pooled):
             names.append("the batch passes")
         return names
 
@@ -99,7 +100,8 @@ class SingleFit:
         self.net = D.make_net(model._layout, model._act_codes, model._loss_code, model.dtype,
                               self.plan.gemm, None if self.plan.mode == "sample" else self.shared)
         if self.plan.passes:  # the batch entries call them, and the validation loss
-            passes = D.batch_passes(model.dtype, self._passes_needed())
+            pooled = self.shared is not None and self.plan.mode != "sample"
+            passes = D.batch_passes(model.dtype, self._passes_needed(), pooled)
             if self.plan.mode != "sample":
                 self.work = self.work._replace(passes=passes)
             if self.val_work is not None:

@@ -81,8 +81,6 @@ class Objective:
         lay = model._layout
         n = x.shape[0]
         self.grad = np.zeros(lay.n_params, dtype=model.dtype)
-        self.work = O.make_work(lay.sizes_arr, 0, n, n, model.dtype, True,
-                                sparse=isinstance(x, Rows), passes=D.batch_passes(model.dtype))
         # the wide layers' products on ``threads`` threads (the same bits), counting on
         # the ~100 evaluations of a typical fit to pay for the compilations
         sparse = isinstance(x, Rows)
@@ -90,6 +88,9 @@ class Objective:
         threads = D.eval_threads(model, n, threads, passes=EXPECTED_EVALUATIONS,
                                  sparse=sparse)
         self.shared = D.share_products(gemm, model.dtype, threads)
+        self.work = O.make_work(lay.sizes_arr, 0, n, n, model.dtype, True, sparse=sparse,
+                                passes=D.batch_passes(model.dtype,
+                                                      pooled=self.shared is not None))
         self.net = D.make_net(lay, model._act_codes, model._loss_code, model.dtype, gemm,
                               self.shared)
         self.data = O.Data(model._kernel_inputs(x), y, sw)

@@ -91,6 +91,12 @@ def affine(params, net, wo, bo, n_in, n_out, a_in, z, nb):
         add_bias(z, params, bo, 0, n_out, 0, nb, nb)
 
 
+# Whether forward and backward hand a wide layer to the fit's thread pool: a constant
+# when Numba compiles them, which passes.py sets False for the units of fits that run on
+# one thread, so their code has no branch to the pool (a first fit compiles less).
+POOLED = True
+
+
 @njit(**LEAF)
 def _shared(net, n_in, n_out, nb):
     """Whether a layer's products and element-wise steps go to the fit's thread pool
@@ -118,7 +124,7 @@ def forward(params, net, acts, a_off, nb, z_out, z0_ready):
         code = net.acts[l]
         keep_z = l == n_layers - 1 and z_out.shape[0] >= n_out * nb
         first_ready = z0_ready and l == 0
-        if _shared(net, n_in, n_out, nb) and not keep_z and code != SOFTMAX \
+        if POOLED and _shared(net, n_in, n_out, nb) and not keep_z and code != SOFTMAX \
                 and not first_ready:
             bo = net.b_off[l]
             call_layer(net.pool, LAYER_FORWARD, True, False, n_out, nb, n_in, 1.0,
@@ -249,7 +255,7 @@ def backward(params, net, acts, a_off, deltas, out, nb, lr, descend, input_layer
         delta_in = deltas[ai:ai + n_in * nb]
         wo = net.w_off[l]
         bo = net.b_off[l]
-        if _shared(net, n_in, n_out, nb):
+        if POOLED and _shared(net, n_in, n_out, nb):
             # with the pool: the delta below (and its derivative), then the weights (and
             # biases), each job's element-wise steps on the units of its product's piece
             if l > 0:

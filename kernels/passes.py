@@ -8,7 +8,9 @@ that copy was much of a first fit's compile time (asv: FirstFit).  Here each pas
 per dtype as a C-callable function (``cfunc``) of the same arrays and Net, cached on
 disk like the kernels, and the kernels call it through its address (``call``), which
 their Work carries (``Work.passes``, from ``for_dtype``): an entry holds a call, not a
-copy.  The code is batch.py's own, so the numbers are the same bits.
+copy.  The code is batch.py's own, so the numbers are the same bits.  The forward and
+backward passes come in two units, with and without the branch that hands a wide layer
+to a fit's thread pool (batch.POOLED): a fit on one thread compiles no code of the pool.
 
 A Work carries the addresses as integers, not the cfunc objects: Numba would type and
 unbox such objects in Python at every kernel call, which costs more than a small fit.
@@ -100,41 +102,58 @@ call = _python_call if numba_config.DISABLE_JIT else _call
 
 
 # ---------------------------------------------------------------------------- units
-def _unit_function(name):
-    """batch.py's function ``name`` under a name of its own (``forward_unit``...): Numba
-    names its cache files after the function, and batch.py's compiled function (the
-    tests call it) keeps its own."""
+# the passes that can hand a layer to the fit's thread pool (batch.POOLED): compiled in
+# two forms, with that branch for fits on several threads and without it for the rest
+POOL_PASSES = (FORWARD, BACKWARD)
+
+
+def unit_key(dtype, which, pooled):
+    """(dtype, pass, pooled): which unit a pass of a fit ``pooled`` or not runs (the
+    passes without a branch to the pool have one unit)."""
+    return np.dtype(dtype), which, bool(pooled) and which in POOL_PASSES
+
+
+def _unit_function(name, pooled):
+    """batch.py's function ``name`` under a name of its own (``forward_unit``, or
+    ``forward_pooled_unit`` with the pool's branch): Numba names its cache files after
+    the function, and batch.py's compiled function (the tests call it) keeps its own.
+    Without ``pooled`` it reads batch.POOLED as False, so Numba drops that branch."""
     fn = getattr(batch, name).py_func
-    unit = pytypes.FunctionType(fn.__code__, fn.__globals__, f"{name}_unit", fn.__defaults__,
+    names = fn.__globals__ if pooled else dict(fn.__globals__, POOLED=False)
+    unit_name = f"{name}_pooled_unit" if pooled else f"{name}_unit"
+    unit = pytypes.FunctionType(fn.__code__, names, unit_name, fn.__defaults__,
                                 fn.__closure__)
     unit.__qualname__ = unit.__name__
     unit.__doc__ = fn.__doc__
     return unit
 
 
-_compiled = {}  # (dtype, pass) -> its cfunc, kept alive: its code must outlive its use
+_compiled = {}  # unit_key -> its cfunc, kept alive: its code must outlive its use
 _lock = threading.Lock()
 
 
-def for_dtype(dtype, needed=ALL):
+def for_dtype(dtype, needed=ALL, pooled=False):
     """What a Work carries for a model of ``dtype`` (Work.passes): the passes' addresses,
     an int64 array indexed by FORWARD ... BATCH_LOSS, the ``needed`` ones compiled (or
     loaded from Numba's cache) on first use -- a pass not yet compiled is 0, and its
-    kernel must not call it (predict calls only the forward pass).  Under
-    NUMBA_DISABLE_JIT, batch.py's Python functions."""
-    dtype = np.dtype(dtype)
+    kernel must not call it (predict calls only the forward pass).  ``pooled``: for a
+    fit whose Net has a thread pool (without, the forward and backward passes would run
+    its layers on the calling thread alone).  Under NUMBA_DISABLE_JIT, batch.py's
+    Python functions."""
     if numba_config.DISABLE_JIT:
         return Passes(batch.forward, batch.backward, batch.output_deltas, batch.batch_loss)
     with _lock:
         for which in needed:
-            if (dtype, which) not in _compiled:
-                _compiled[dtype, which] = cfunc(_signatures(dtype)[which], **JIT)(
-                    _unit_function(Passes._fields[which]))
-        return np.array([_compiled[dtype, which].address if (dtype, which) in _compiled
-                         else 0 for which in ALL], np.int64)
+            key = unit_key(dtype, which, pooled)
+            if key not in _compiled:
+                _compiled[key] = cfunc(_signatures(key[0])[which], **JIT)(
+                    _unit_function(Passes._fields[which], key[2]))
+        keys = [unit_key(dtype, which, pooled) for which in ALL]
+        return np.array([_compiled[k].address if k in _compiled else 0 for k in keys],
+                        np.int64)
 
 
-def is_loaded(dtype, needed=ALL):
-    """Whether ``for_dtype(dtype, needed)`` would return at once."""
-    return numba_config.DISABLE_JIT or all((np.dtype(dtype), which) in _compiled
+def is_loaded(dtype, needed=ALL, pooled=False):
+    """Whether ``for_dtype(dtype, needed, pooled)`` would return at once."""
+    return numba_config.DISABLE_JIT or all(unit_key(dtype, which, pooled) in _compiled
                                            for which in needed)

@@ -34,6 +34,13 @@ defined = {"compiled after predict": after_predict}
 for name, entry in (("train", L.trainer("mini", "fused", False)), ("predict", L.predict)):
     defined[name] = [n for text in entry.inspect_llvm().values()
                      for n in re.findall(r'^define [^@]*@"?([^"(]+)', text, re.M)]
+# the forward and backward units with and without the thread pool's branch
+PS.for_dtype(np.float64, pooled=True)
+for pooled in (False, True):
+    for which in PS.POOL_PASSES:
+        text = PS._compiled[PS.unit_key(np.float64, which, pooled)].inspect_llvm()
+        defined[f"{PS.Passes._fields[which]} pooled={pooled} calls the pool"] = \
+            "call_layer" in text
 print(json.dumps(defined))
 """
 
@@ -50,6 +57,10 @@ def test_entries_call_the_passes_and_hold_none_of_their_code(tmp_path):
     defined = json.loads(done.stdout.strip().splitlines()[-1])
     # predict compiled the forward pass alone (a pass is compiled where it is needed)
     assert defined.pop("compiled after predict") == [True, False, False, False]
+    # a fit on one thread runs units without the pool's branch (less to compile)
+    for name in ("forward", "backward"):
+        assert defined.pop(f"{name} pooled=True calls the pool") is True
+        assert defined.pop(f"{name} pooled=False calls the pool") is False
     for entry, names in defined.items():
         text = " ".join(names)
         assert entry in text  # the entry itself is there...
@@ -66,6 +77,16 @@ def test_one_compiled_set_per_dtype():
         assert (addresses != 0).all() and len(set(addresses)) == 4
         np.testing.assert_array_equal(PS.for_dtype(dtype), addresses)
     assert not np.array_equal(PS.for_dtype("float64"), PS.for_dtype("float32"))
+
+
+def test_the_pool_branch_has_units_of_its_own():
+    """forward and backward are compiled with and without the branch that hands a layer
+    to a fit's thread pool; the loss and the output deltas have none, and one unit."""
+    alone, pooled = PS.for_dtype("float64"), PS.for_dtype("float64", pooled=True)
+    assert PS.is_loaded("float64", pooled=True)
+    for which in range(4):
+        same = alone[which] == pooled[which]
+        assert same == (which not in PS.POOL_PASSES), PS.Passes._fields[which]
 
 
 def test_a_pass_called_by_address_computes_what_the_pass_computes():

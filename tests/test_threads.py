@@ -10,6 +10,7 @@ import fastbp
 from fastbp import _dispatch as D
 from fastbp import _threads as T
 from fastbp.kernels import gemm as G
+from fastbp.kernels import passes as PS
 from fastbp.kernels import pool as P
 from numba import njit
 
@@ -128,6 +129,28 @@ def test_fit_is_the_same_bits_at_1_2_and_3_threads(three_threads, dtype, fit):
     for params, loss in results[1:]:
         assert np.array_equal(params, results[0][0])
         assert np.array_equal(loss, results[0][1])
+
+
+def test_fits_on_threads_take_the_passes_that_share(three_threads, monkeypatch):
+    """A fit on threads runs the forward and backward units with the pool's branch; a fit
+    on one thread those without it (kernels/passes.py), the same bits either way."""
+    asked = []
+    real = D.batch_passes
+
+    def recording(dtype, needed=PS.ALL, pooled=False):
+        asked.append(pooled)
+        return real(dtype, needed, pooled)
+
+    monkeypatch.setattr(D, "batch_passes", recording)
+    X, Y = _wide_data()
+    out = []
+    for n_jobs in (1, 2):
+        asked.clear()
+        m = fastbp.MLP([12, 192, 192, 3], seed=1)
+        h = m.fit(X, Y, epochs=2, batch_size=64, n_jobs=n_jobs)
+        assert asked == [n_jobs > 1] and ("threads" in h.kernel) == (n_jobs > 1)
+        out.append(m.params.copy())
+    assert np.array_equal(out[0], out[1])
 
 
 def test_small_networks_stay_on_one_thread(three_threads):
