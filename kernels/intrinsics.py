@@ -61,17 +61,17 @@ def compiled_as(meaning):
     function of its own for every signature (and, with inline="always", typed again at
     every call), which a first fit waits for.  Returns the definition as an @intrinsic."""
     def register(definition):
+        # the call's arguments as the definition names them (its first is the context)
+        parameters = inspect.signature(definition)
+        parameters = parameters.replace(parameters=list(parameters.parameters.values())[1:])
+
         @type_callable(meaning)
         def typing(typingctx):
             def typer(*args):
                 found = definition(typingctx, *args)
                 return None if found is None else found[0]
-            # the call's arguments as the definition names them (its first is the context)
             typer.pysig = parameters
             return typer
-
-        parameters = inspect.signature(definition)
-        parameters = parameters.replace(parameters=list(parameters.parameters.values())[1:])
 
         @lower_builtin(meaning, types.VarArg(types.Any))
         def lowering(context, builder, signature, args):
