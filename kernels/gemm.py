@@ -31,7 +31,7 @@ from numba import carray, cfunc, config as numba_config, njit, types, uint64
 
 from .config import JIT
 from . import tiles
-from .intrinsics import address, compiled_as, fma
+from .intrinsics import address, compiled_as, fma  # noqa: F401  (address: for call's callers)
 
 ROW_MAJOR = 101
 NO_TRANS = 111
@@ -235,6 +235,12 @@ def is_loaded(kind, dtype):
 
 
 # ---------------------------------------------------------------------------- BLAS
+def _address_of(fn):
+    """The address of a ctypes function (not ``address``, the kernels' pointer to an
+    array element)."""
+    return ctypes.cast(fn, ctypes.c_void_p).value
+
+
 def _numpy_openblas():
     """(dgemm address, sgemm address, get_num_threads function, path) of numpy's bundled
     ILP64 OpenBLAS, or None.  ILP64 only (the ``64_`` suffix): its integers are 64-bit,
@@ -258,8 +264,7 @@ def _numpy_openblas():
                 continue
             threads.restype = ctypes.c_int
             threads.argtypes = []
-            address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
-            return address(dgemm), address(sgemm), threads, path
+            return _address_of(dgemm), _address_of(sgemm), threads, path
     return None
 
 
