@@ -15,8 +15,9 @@ instruction or vector loop, emitted in the kernel that calls it (``compiled_as``
 - ``lanes4(x, xo, y, yo, q)``: the four partial sums of rules.dot4 from one 256-bit
   vector of chains, <4 x double> or <8 x float> (``sum_width``; LLVM's SLP vectorizer
   left four scalar chains scalar).
-- ``_dot4_group(out, o, xs, ys, n)``: several of rules.dot4's sums in one loop, their
-  chains interleaved (its Python meaning is rules.dot4_group's, written with dot4).
+- ``_dot4_group``: how rules.dot4_group(out, o, xs, ys, n) compiles -- several of
+  rules.dot4's sums in one loop, their chains interleaved (rules.py registers it with
+  ``compiled_as`` on that function, its Python meaning, written with dot4).
 - ``lanes_dot(w, wo, v, vo, m)`` / ``lanes_dot_step(...)``: a dot product in LANES
   lanes (one <16 x float> vector), and the same fused with the plain SGD step of w;
   ``lanes_dot_step_carry`` takes its lanes from, or leaves them in, a buffer, so that
@@ -335,7 +336,6 @@ def _array_types(tup):
     return tuple(tup.types) if isinstance(tup, types.BaseTuple) else None
 
 
-@intrinsic
 def _dot4_group(typingctx, out, o, xs, ys, n):
     """rules.dot4_group compiled: the K sums' chains advance together in one loop over
     the samples (each sum its own 256-bit vector of chains, as lanes4 runs it alone),
@@ -564,8 +564,9 @@ def _address(typingctx, arr, offset):
 
 
 # ------------------------------------------------------------------------ borrowed
-def python_borrowed(values):
-    """borrowed's meaning in Python: the values themselves."""
+def borrowed(values):
+    """The tuple ``values`` with every array in it a view that Numba does not
+    reference-count (compiled: _borrowed); in Python, the values themselves."""
     return values
 
 
@@ -587,16 +588,14 @@ def _strip(context, builder, typ, value):
     return value
 
 
-@intrinsic
+@compiled_as(borrowed)
 def _borrowed(typingctx, values):
-    """The tuple ``values`` with every array in it a view that Numba does not
-    reference-count: every view of an array that Numba counts (a slice, an array passed
+    """borrowed compiled: every array of ``values`` a view without a meminfo.  Every view of an array that Numba counts (a slice, an array passed
     to a function that is not inlined) adds and later removes a reference with an
     atomic instruction, which orders the memory accesses around it -- in a training
     loop that takes views every epoch or batch, a measurable share of a small
     network's fit (README, Performance).  The caller must hold the arrays while the
-    views are in use (a kernel's arguments are held by its caller).  An intrinsic, not
-    an overload: compiled in its caller, it costs no compile of its own."""
+    views are in use (a kernel's arguments are held by its caller)."""
     if not isinstance(values, types.BaseTuple):
         return None
 
@@ -605,8 +604,6 @@ def _borrowed(typingctx, values):
 
     return values(values), codegen
 
-
-borrowed = python_borrowed if config.DISABLE_JIT else _borrowed
 
 
 # ------------------------------------------------------------------ libm, in x's precision

@@ -24,10 +24,10 @@ from typing import NamedTuple
 import numpy as np
 from llvmlite import ir
 from numba import cfunc, config as numba_config, typeof, types
-from numba.extending import intrinsic
 
 from . import batch
 from .config import JIT
+from .intrinsics import compiled_as
 from .options import Net
 
 
@@ -63,11 +63,14 @@ def _signatures(dtype):
 
 
 # ------------------------------------------------------------------------- the call
-def _python_call(unit, which, args):
+def call(unit, which, args):
+    """Call the pass ``which`` at ``unit`` (Work.passes[which]) with ``args``: compiled,
+    an indirect call of the unit's address (_call); in Python (NUMBA_DISABLE_JIT, where
+    Work.passes holds batch.py's functions), the function itself."""
     return unit(*args)
 
 
-@intrinsic
+@compiled_as(call)
 def _call(typingctx, unit, which, args):
     """Call the pass ``which`` (a constant: FORWARD ...) compiled for the dtype of the
     first of ``args`` at the address ``unit``, with ``args`` converted to its signature."""
@@ -96,9 +99,6 @@ def _call(typingctx, unit, which, args):
 
     return declared.return_type(unit, which, args), codegen
 
-
-# call(unit, which, args): what the kernels call -- unit is Work.passes[which]
-call = _python_call if numba_config.DISABLE_JIT else _call
 
 
 # ---------------------------------------------------------------------------- units

@@ -45,7 +45,7 @@ from .config import JIT
 # fit (a mini-batch fit compiled 47 functions instead of 27, and took half as long
 # again).
 RULE = dict(JIT, inline="always")
-from .intrinsics import (LANES, _dot4_group, exp, float32_from_bits, float64_from_bits, fma,
+from .intrinsics import (LANES, _dot4_group, compiled_as, exp, float32_from_bits, float64_from_bits, fma,
                          lanes4, lanes_dot, lanes_dot_step, like, sum_width, tanh as tanh_of)
 
 
@@ -402,22 +402,19 @@ def sum4(x, xo, n):
     return (a0 + a1) + (a2 + a3)
 
 
-def python_dot4_group(out, o, xs, ys, n):
+def dot4_group(out, o, xs, ys, n):
     """out[o + k] = dot4(xs[k], 0, ys[k], 0, n), or sum4(xs[k], 0, n) where ys[k] is None,
     for every k (xs, ys: tuples of K arrays): a full batch's gradient sums, the same
-    numbers.  Compiled (``dot4_group``: intrinsics._dot4_group) the K sums run in one
-    loop over the samples, their chains interleaved, where one dot4 alone waits on its
-    own chain's latency.  n unsigned (uint64), o an index."""
+    numbers.  Compiled (intrinsics._dot4_group) the K sums run in one loop over the
+    samples, their chains interleaved, where one dot4 alone waits on its own chain's
+    latency.  n unsigned (uint64), o an index."""
     zero = uint64(0)
     for k in range(len(xs)):
         out[o + k] = (sum4(xs[k], zero, n) if ys[k] is None
                       else dot4(xs[k], zero, ys[k], zero, n))
 
 
-# The intrinsic itself, not an inlined @overload of python_dot4_group: through one,
-# Numba 0.68 lost its writes into a generated kernel's borrowed arrays (as it did for
-# intrinsics.borrowed's first form).
-dot4_group = python_dot4_group if config.DISABLE_JIT else _dot4_group
+compiled_as(dot4_group)(_dot4_group)
 
 
 # ------------------------------------------------------------------------------ updates

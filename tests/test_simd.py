@@ -18,7 +18,7 @@ from numba import njit, uint64
 from fastbp.kernels import intrinsics as I
 from fastbp.kernels.intrinsics import LANES
 from fastbp.kernels.options import make_work
-from fastbp.kernels.rules import (dot4, dot4_group, int_power, python_dot4_group,
+from fastbp.kernels.rules import (dot4, dot4_group, int_power,
                                   python_int_power, row_dot, row_dot_step, sum4)
 
 
@@ -206,7 +206,7 @@ def _dot4_group_compiled(out, o, a, b, c, d, n):
 def test_dot4_group_is_dot4_and_sum4_member_by_member(n, dtype):
     """The generated kernels' gradient sums, several in one loop: every member the bits
     of its own dot4 / sum4 (so of the scalar chains above), compiled and as Python
-    (python_dot4_group, the meaning under NUMBA_DISABLE_JIT), writing only out[o:o+6]."""
+    (dot4_group called from Python: the meaning, what runs under NUMBA_DISABLE_JIT), writing only out[o:o+6]."""
     rng = np.random.default_rng(700 + n)
     a, b, c, d = ((rng.standard_normal(n) * 10.0 ** rng.integers(-6, 6, n)).astype(dtype)
                   for _ in range(4))
@@ -214,7 +214,7 @@ def test_dot4_group_is_dot4_and_sum4_member_by_member(n, dtype):
             _sum4(d, 0, n), _dot4(a, 0, a, 0, n)]
     assert want[1] == _scalar_dot4(a, 0, c, 0, n, _chains(a))
     for group in (_dot4_group_compiled,
-                  lambda out, o, a, b, c, d, n: python_dot4_group(
+                  lambda out, o, a, b, c, d, n: dot4_group(
                       out, o, (a, a, b, c, d, a), (b, c, None, d, None, a), uint64(n))):
         out = np.full(10, 7.0, dtype)
         group(out, 3, a, b, c, d, n)
@@ -480,4 +480,4 @@ def test_borrowed_views_are_the_arrays_without_a_reference_count(order):
     assert first == x[0] and n_off == 4 and a[1, 2] == -1.0
     assert shape == a.shape and strides == a.strides and last == a[2, 3]
     values = (work, a, None, 3)
-    assert I.python_borrowed(values) is values
+    assert I.borrowed(values) is values
