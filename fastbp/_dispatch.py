@@ -31,13 +31,14 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from .kernels import batch as B
 from .kernels import gemm as G
 from .kernels import generate as GEN
 from .kernels import loops as L
 from .kernels import options as O
 from .kernels import passes as PS
 from .kernels import rules as R
-from .kernels.config import PRODUCT_MIN_WEIGHTS, PRODUCT_MIN_WORK
+from .kernels.config import PRODUCT_MIN_WORK
 from .kernels import pool as P
 from .kernels import sample_share as SS
 from .kernels.generate import cache_dir, kernel_sources_digest
@@ -184,14 +185,16 @@ def _write_work(key, seconds):
 
 
 # ---------------------------------------------------------------------- matrix products
+_uses_products = getattr(B.uses_products, "py_func", B.uses_products)  # in Python
+
+
 def product_layers(sizes, nb_max, product_min_work=PRODUCT_MIN_WORK):
     """The layers whose products can go to gemm with batches of up to nb_max samples
     (kernels/batch.py: uses_products), and the multiply-adds of their products per
     sample (forward, back-propagated delta, weight gradient)."""
     layers, madds = [], 0
     for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        if (product_min_work >= 0 and nb_max > 1 and a * b >= PRODUCT_MIN_WEIGHTS
-                and a * b * nb_max >= product_min_work):
+        if _uses_products(a, b, nb_max, product_min_work):
             layers.append(l)
             madds += (3 if l > 0 else 2) * a * b
     return layers, madds
@@ -282,26 +285,52 @@ def share_products(gemm, dtype, threads):
     return shared
 
 
-def batch_passes(dtype, needed=PS.ALL, pooled=False):
+def layer_form(sizes, nbs, sparse=False, product_min_work=PRODUCT_MIN_WORK):
+    """The form of the batch passes (kernels/batch.py: LAYERS) that calls with batches
+    of nb samples, for each nb in ``nbs``, can run: ALL_PRODUCTS when every layer of every
+    such batch goes through the products (batch.uses_products), ALL_LOOPS when none does,
+    else BY_SIZE.  ``sparse``: the first layer is kernels/sparse.py's, not the passes'."""
+    layers = product_sizes(sizes, sparse)
+    ways = {_uses_products(a, b, nb, product_min_work)
+            for a, b in zip(layers[:-1], layers[1:]) for nb in nbs}
+    if ways == {True}:
+        return B.ALL_PRODUCTS
+    return B.ALL_LOOPS if True not in ways else B.BY_SIZE
+
+
+def passes_form(dtype, needed, pooled, sizes, nbs, sparse=False):
+    """The form of the batch passes to give calls like layer_form's: its own when it is
+    compiled, or when BY_SIZE (which serves every call) is not; else BY_SIZE -- a loaded
+    unit serves at once, where the narrower one would be one more compilation."""
+    form = layer_form(sizes, nbs, sparse)
+    if form != B.BY_SIZE and not passes_compiled(dtype, needed, pooled, form) \
+            and passes_compiled(dtype, needed, pooled, B.BY_SIZE):
+        return B.BY_SIZE
+    return form
+
+
+def batch_passes(dtype, needed=PS.ALL, pooled=False, form=B.BY_SIZE):
     """The batch passes for ``dtype`` (kernels/passes.py), the ``needed`` ones compiled
     on first use: what a Work carries for the kernels that call them (Plan.passes: a
     fit's batches need them all; predictions PS.PREDICT, evaluations PS.EVALUATE);
-    ``pooled`` for a Net with a thread pool (share_products)."""
-    passes = PS.for_dtype(dtype, needed, pooled)
+    ``pooled`` for a Net with a thread pool (share_products); ``form`` the layers' form
+    (passes_form; BY_SIZE serves any call)."""
+    passes = PS.for_dtype(dtype, needed, pooled, form)
     for which in needed:
-        mark_compiled(passes_key(dtype, which, pooled))
+        mark_compiled(passes_key(dtype, which, pooled, form))
     return passes
 
 
-def passes_key(dtype, which, pooled=False):
+def passes_key(dtype, which, pooled=False, form=B.BY_SIZE):
     """The registry's key of one batch pass (passes.unit_key)."""
-    dtype, which, pooled = PS.unit_key(dtype, which, pooled)
-    return ("pass", PS.Passes._fields[which] + ("_pooled" if pooled else ""), dtype.name)
+    dtype, which, pooled, form = PS.unit_key(dtype, which, pooled, form)
+    return ("pass", PS.Passes._fields[which] + ("_pooled" if pooled else ""), dtype.name) + (
+        (("form", form),) if form != B.BY_SIZE else ())
 
 
-def passes_compiled(dtype, needed=PS.ALL, pooled=False):
+def passes_compiled(dtype, needed=PS.ALL, pooled=False, form=B.BY_SIZE):
     """Whether the ``needed`` batch passes are compiled (or cached on disk)."""
-    return all(is_compiled(passes_key(dtype, which, pooled)) for which in needed)
+    return all(is_compiled(passes_key(dtype, which, pooled, form)) for which in needed)
 
 
 def make_net(layout, act_codes, loss_code, dtype, gemm, shared=None):

@@ -85,7 +85,8 @@ class SingleFit:
         elif self.plan.threads > 1 and not D.is_compiled(("gemm", "pooled", dtype)):
             names.append("the threads' share of the products")
         pooled = self.plan.threads > 1 and self.plan.mode != "sample"
-        if self.plan.passes and not D.passes_compiled(dtype, self._passes_needed(), pooled):
+        if self.plan.passes and not D.passes_compiled(dtype, self._passes_needed(), pooled,
+                                                      self._passes_form(pooled)):
             names.append("the batch passes")
         return names
 
@@ -101,7 +102,8 @@ class SingleFit:
                               self.plan.gemm, None if self.plan.mode == "sample" else self.shared)
         if self.plan.passes:  # the batch entries call them, and the validation loss
             pooled = self.shared is not None and self.plan.mode != "sample"
-            passes = D.batch_passes(model.dtype, self._passes_needed(), pooled)
+            passes = D.batch_passes(model.dtype, self._passes_needed(), pooled,
+                                    self._passes_form(pooled))
             if self.plan.mode != "sample":
                 self.work = self.work._replace(passes=passes)
             if self.val_work is not None:
@@ -117,6 +119,19 @@ class SingleFit:
     def _passes_needed(self):
         """The batch passes this fit's kernel calls (with Plan.passes)."""
         return PS.EVALUATE if self.plan.mode == "sample" else PS.ALL
+
+    def _passes_form(self, pooled):
+        """The form of the batch passes (kernels/batch.py: LAYERS) for this fit's calls:
+        its batches (whole ones and the last; none per-sample) and the validation set's."""
+        nbs = set()
+        if self.plan.mode != "sample":
+            nbs.add(min(self.batch, self.n))
+            if self.n % min(self.batch, self.n):
+                nbs.add(self.n % self.batch)
+        if self.run.validating:
+            nbs.add(self.run.val.x.shape[0])
+        return D.passes_form(self.model.dtype, self._passes_needed(), pooled,
+                             self.model._layout.sizes, nbs, isinstance(self.x, S.Rows))
 
     def work_per_epoch(self):
         return 3 * self.n * self.model._layout.n_params

@@ -32,6 +32,7 @@ from . import _dispatch as D
 from . import _threads as T
 from .kernels import loops as L
 from .kernels import options as O
+from .kernels import passes as PS
 from ._progress import make_bar
 from ._sparse import Rows, max_abs as max_abs_inputs
 from .errors import DivergenceError
@@ -89,8 +90,8 @@ class Objective:
                                  sparse=sparse)
         self.shared = D.share_products(gemm, model.dtype, threads)
         self.work = O.make_work(lay.sizes_arr, 0, n, n, model.dtype, True, sparse=sparse,
-                                passes=D.batch_passes(model.dtype,
-                                                      pooled=self.shared is not None))
+                                passes=model._eval_passes(PS.ALL, (n,), sparse,
+                                                          pooled=self.shared is not None))
         self.net = D.make_net(lay, model._act_codes, model._loss_code, model.dtype, gemm,
                               self.shared)
         self.data = O.Data(model._kernel_inputs(x), y, sw)

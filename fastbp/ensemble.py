@@ -351,7 +351,7 @@ class Ensemble:
         cap = min(n, EVAL_CAP)
         lay = p._layout
         net = p._net(cap)
-        passes = D.batch_passes(self.dtype, PS.PREDICT)
+        passes = p._eval_passes(PS.PREDICT, (cap, n % cap), False)
         out = np.empty((self.n_models, n, self.sizes[-1]), dtype=self.dtype)
         local = threading.local()
 

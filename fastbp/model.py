@@ -206,6 +206,14 @@ class MLP:
         return D.make_net(self._layout, self._act_codes, self._loss_code, self.dtype,
                           D.eval_gemm(self, n, sparse=sparse))
 
+    def _eval_passes(self, needed, nbs, sparse, pooled=False):
+        """The ``needed`` batch passes for calls with batches of nb samples, nb in
+        ``nbs`` (0: none), in the form that serves them (fastbp/_dispatch.py)."""
+        nbs = [nb for nb in nbs if nb > 0]
+        return D.batch_passes(self.dtype, needed, pooled,
+                              D.passes_form(self.dtype, needed, pooled, self._layout.sizes,
+                                            nbs, sparse))
+
     # ---- evaluation -----------------------------------------------------------------
     def predict(self, X):
         """Network outputs, shape (n_samples, sizes[-1]), in the model dtype.
@@ -218,11 +226,10 @@ class MLP:
         n = x.shape[0]
         cap = min(n, EVAL_CAP)
         lay = self._layout
-        work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False,
-                           sparse=isinstance(x, S.Rows),
-                           passes=D.batch_passes(self.dtype, PS.PREDICT))
-        out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
         sparse = isinstance(x, S.Rows)
+        work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False, sparse=sparse,
+                           passes=self._eval_passes(PS.PREDICT, (cap, n % cap), sparse))
+        out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
         entry = L.predict_rows if sparse else L.predict
         entry(self._params, self._net(cap, sparse), self._kernel_inputs(x), out, work)
         V.check_finite_output(out, "predict's output", self.dtype)
@@ -249,10 +256,10 @@ class MLP:
         one batch (the kernels' sample-major arrays)."""
         n = x.shape[0]
         lay = self._layout
-        work = O.make_work(lay.sizes_arr, 0, n, n, self.dtype, True,
-                           sparse=isinstance(x, S.Rows), passes=D.batch_passes(self.dtype))
-        grad = np.zeros(lay.n_params, dtype=self.dtype)
         sparse = isinstance(x, S.Rows)
+        work = O.make_work(lay.sizes_arr, 0, n, n, self.dtype, True, sparse=sparse,
+                           passes=self._eval_passes(PS.ALL, (n,), sparse))
+        grad = np.zeros(lay.n_params, dtype=self.dtype)
         entry = L.loss_and_gradient_rows if sparse else L.loss_and_gradient
         loss = entry(self._params, self._net(n, sparse), O.Data(self._kernel_inputs(x), t, sw),
                      grad, work)

@@ -40,6 +40,19 @@ def uses_products(n_in, n_out, nb, product_min_work):
             and n_in * n_out * nb >= product_min_work)
 
 
+# How a layer's products are computed, a constant when Numba compiles the functions that
+# read it (LAYER_FUNCTIONS): BY_SIZE asks uses_products of every layer and batch (the
+# products and the loops both compiled); ALL_PRODUCTS and ALL_LOOPS are the forms for
+# calls whose every layer and batch takes that one way (fastbp/_dispatch.py:
+# layer_form), in which Numba drops the other before it types anything -- passes.py
+# compiles their units, and a forward or backward unit without the loops compiles in
+# about two thirds of the time.  Every form takes the way uses_products would: the
+# same numbers.
+BY_SIZE, ALL_PRODUCTS, ALL_LOOPS = range(3)
+LAYERS = BY_SIZE
+LAYER_FUNCTIONS = ("affine", "_weight_grad", "_back_delta")
+
+
 @njit(**LEAF)
 def _matmul(net, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """c <- alpha * op(a) @ op(b) + beta * c (gemm.call's contract): on BLAS when the
@@ -59,7 +72,8 @@ def _matmul(net, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 def affine(params, net, wo, bo, n_in, n_out, a_in, z, nb):
     """z (n_out rows of nb) <- a_in (n_in rows of nb) @ W + b: each z the fused
     multiply-add chain over the inputs in order from the first product, then + b."""
-    if uses_products(n_in, n_out, nb, net.product_min_work):
+    if LAYERS == ALL_PRODUCTS or (LAYERS == BY_SIZE and uses_products(
+            n_in, n_out, nb, net.product_min_work)):
         # z (n_out, nb) = W^T (W is n_in rows of n_out) @ a_in (n_in, nb)
         _matmul(net, True, False, n_out, nb, n_in, 1.0, address(params, wo), n_out,
                 address(a_in, 0), nb, 0.0, address(z, 0), nb)
@@ -193,7 +207,8 @@ def _weight_grad(net, a_in, delta, out, go, n_in, n_out, nb, lr, descend):
     or, with ``descend``, applied there as the plain step out - lr * g (the products
     round -lr * g, the same value negated, then add: the same numbers).
     a_in: n_in rows of nb, delta: n_out rows of nb."""
-    if uses_products(n_in, n_out, nb, net.product_min_work):
+    if LAYERS == ALL_PRODUCTS or (LAYERS == BY_SIZE and uses_products(
+            n_in, n_out, nb, net.product_min_work)):
         alpha, beta = (-lr, 1.0) if descend else (1.0, 0.0)
         _matmul(net, False, True, n_in, n_out, nb, alpha, address(a_in, 0), nb,
                 address(delta, 0), nb, beta, address(out, go), n_out)
@@ -214,7 +229,8 @@ def _weight_grad(net, a_in, delta, out, go, n_in, n_out, nb, lr, descend):
 @njit(**LEAF)
 def _back_delta(params, net, wo, n_in, n_out, delta, delta_in, nb):
     """delta_in (n_in rows of nb) <- W (n_in, n_out) @ delta (n_out rows of nb)."""
-    if uses_products(n_in, n_out, nb, net.product_min_work):
+    if LAYERS == ALL_PRODUCTS or (LAYERS == BY_SIZE and uses_products(
+            n_in, n_out, nb, net.product_min_work)):
         _matmul(net, False, False, n_in, nb, n_out, 1.0, address(params, wo), n_out,
                 address(delta, 0), nb, 0.0, address(delta_in, 0), nb)
         return

@@ -9,8 +9,11 @@ per dtype as a C-callable function (``cfunc``) of the same arrays and Net, cache
 disk like the kernels, and the kernels call it through its address (``call``), which
 their Work carries (``Work.passes``, from ``for_dtype``): an entry holds a call, not a
 copy.  The code is batch.py's own, so the numbers are the same bits.  The forward and
-backward passes come in two units, with and without the branch that hands a wide layer
-to a fit's thread pool (batch.POOLED): a fit on one thread compiles no code of the pool.
+backward passes come in several units: with and without the branch that hands a wide
+layer to a fit's thread pool (batch.POOLED), so that a fit on one thread compiles no code
+of the pool; and in three forms (batch.LAYERS): every layer's products by its size,
+through the matrix products only, or through the loops only, so that a fit whose layers
+all take one way compiles only that way.
 
 A Work carries the addresses as integers, not the cfunc objects: Numba would type and
 unbox such objects in Python at every kernel call, which costs more than a small fit.
@@ -23,9 +26,11 @@ from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
-from numba import cfunc, config as numba_config, typeof, types
+from numba import cfunc, config as numba_config, njit, typeof, types
 
 from . import batch
+from .batch import ALL_LOOPS, ALL_PRODUCTS, BY_SIZE
+from .rows import LEAF
 from .config import JIT
 from .intrinsics import compiled_as
 from .options import Net
@@ -102,58 +107,75 @@ def _call(typingctx, unit, which, args):
 
 
 # ---------------------------------------------------------------------------- units
-# the passes that can hand a layer to the fit's thread pool (batch.POOLED): compiled in
-# two forms, with that branch for fits on several threads and without it for the rest
-POOL_PASSES = (FORWARD, BACKWARD)
+# the passes that can hand a layer to the fit's thread pool (batch.POOLED), and that
+# compute the layers' products (batch.LAYERS): compiled in a unit per form
+LAYER_PASSES = (FORWARD, BACKWARD)
+FORMS = (BY_SIZE, ALL_PRODUCTS, ALL_LOOPS)
+_FORM_NAMES = {BY_SIZE: "", ALL_PRODUCTS: "_products", ALL_LOOPS: "_loops"}
 
 
-def unit_key(dtype, which, pooled):
-    """(dtype, pass, pooled): which unit a pass of a fit ``pooled`` or not runs (the
-    passes without a branch to the pool have one unit)."""
-    return np.dtype(dtype), which, bool(pooled) and which in POOL_PASSES
+def unit_key(dtype, which, pooled, form=BY_SIZE):
+    """(dtype, pass, pooled, form): which unit a pass of a fit ``pooled`` or not, in the
+    layers' form ``form`` (batch.LAYERS), runs (the passes without layers have one unit)."""
+    if which not in LAYER_PASSES:
+        return np.dtype(dtype), which, False, BY_SIZE
+    if form not in FORMS:
+        raise ValueError(f"form must be one of batch's BY_SIZE, ALL_PRODUCTS, ALL_LOOPS, "
+                         f"got {form!r}")
+    return np.dtype(dtype), which, bool(pooled), form
 
 
-def _unit_function(name, pooled):
-    """batch.py's function ``name`` under a name of its own (``forward_unit``, or
-    ``forward_pooled_unit`` with the pool's branch): Numba names its cache files after
-    the function, and batch.py's compiled function (the tests call it) keeps its own.
-    Without ``pooled`` it reads batch.POOLED as False, so Numba drops that branch."""
-    fn = getattr(batch, name).py_func
-    names = fn.__globals__ if pooled else dict(fn.__globals__, POOLED=False)
-    unit_name = f"{name}_pooled_unit" if pooled else f"{name}_unit"
-    unit = pytypes.FunctionType(fn.__code__, names, unit_name, fn.__defaults__,
-                                fn.__closure__)
-    unit.__qualname__ = unit.__name__
-    unit.__doc__ = fn.__doc__
+def _unit_function(name, pooled, form):
+    """batch.py's function ``name`` under a name of its own (``forward_unit``,
+    ``forward_pooled_unit`` with the pool's branch, ``forward_products_unit`` ...):
+    Numba names its cache files after the function, and batch.py's compiled function
+    (the tests call it) keeps its own.  It reads batch.POOLED as ``pooled`` and, with
+    the functions it inlines that read it (batch.LAYER_FUNCTIONS), batch.LAYERS as
+    ``form``: Numba drops the branches those constants rule out before it types them."""
+    names = dict(vars(batch), POOLED=bool(pooled), LAYERS=form)
+    for helper in batch.LAYER_FUNCTIONS:
+        names[helper] = njit(**LEAF)(_with_globals(getattr(batch, helper).py_func, names,
+                                                   helper))
+    unit = _with_globals(getattr(batch, name).py_func, names,
+                         f"{name}{'_pooled' if pooled else ''}{_FORM_NAMES[form]}_unit")
+    unit.__doc__ = getattr(batch, name).__doc__
     return unit
+
+
+def _with_globals(fn, names, name):
+    """The Python function ``fn`` named ``name``, reading its globals from ``names``."""
+    copy = pytypes.FunctionType(fn.__code__, names, name, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = name
+    return copy
 
 
 _compiled = {}  # unit_key -> its cfunc, kept alive: its code must outlive its use
 _lock = threading.Lock()
 
 
-def for_dtype(dtype, needed=ALL, pooled=False):
+def for_dtype(dtype, needed=ALL, pooled=False, form=BY_SIZE):
     """What a Work carries for a model of ``dtype`` (Work.passes): the passes' addresses,
     an int64 array indexed by FORWARD ... BATCH_LOSS, the ``needed`` ones compiled (or
     loaded from Numba's cache) on first use -- a pass not yet compiled is 0, and its
     kernel must not call it (predict calls only the forward pass).  ``pooled``: for a
     fit whose Net has a thread pool (without, the forward and backward passes would run
-    its layers on the calling thread alone).  Under NUMBA_DISABLE_JIT, batch.py's
-    Python functions."""
+    its layers on the calling thread alone).  ``form``: the layers' form (batch.LAYERS);
+    ALL_PRODUCTS and ALL_LOOPS only for calls whose every layer and batch takes that
+    way.  Under NUMBA_DISABLE_JIT, batch.py's Python functions."""
     if numba_config.DISABLE_JIT:
         return Passes(batch.forward, batch.backward, batch.output_deltas, batch.batch_loss)
     with _lock:
         for which in needed:
-            key = unit_key(dtype, which, pooled)
+            key = unit_key(dtype, which, pooled, form)
             if key not in _compiled:
                 _compiled[key] = cfunc(_signatures(key[0])[which], **JIT)(
-                    _unit_function(Passes._fields[which], key[2]))
-        keys = [unit_key(dtype, which, pooled) for which in ALL]
+                    _unit_function(Passes._fields[which], key[2], key[3]))
+        keys = [unit_key(dtype, which, pooled, form) for which in ALL]
         return np.array([_compiled[k].address if k in _compiled else 0 for k in keys],
                         np.int64)
 
 
-def is_loaded(dtype, needed=ALL, pooled=False):
-    """Whether ``for_dtype(dtype, needed, pooled)`` would return at once."""
-    return numba_config.DISABLE_JIT or all(unit_key(dtype, which, pooled) in _compiled
-                                           for which in needed)
+def is_loaded(dtype, needed=ALL, pooled=False, form=BY_SIZE):
+    """Whether ``for_dtype(dtype, needed, pooled, form)`` would return at once."""
+    return numba_config.DISABLE_JIT or all(
+        unit_key(dtype, which, pooled, form) in _compiled for which in needed)

@@ -12,7 +12,8 @@ from numba import config as numba_config
 import fastbp
 from fastbp.kernels import passes as PS
 
-FORWARD = PS.FORWARD  # a global: Numba types it as a constant, as passes.call needs
+FORWARD = PS.FORWARD  # globals: Numba types them as constants, as passes.call needs
+BACKWARD = PS.BACKWARD
 
 pytestmark = pytest.mark.skipif(numba_config.DISABLE_JIT,
                                 reason="compiled code only: as Python there is no address")
@@ -28,19 +29,23 @@ X, y = rng.normal(size=(40, 5)), rng.random((40, 2))
 m = fastbp.MLP([5, 70, 2], seed=0)
 m.predict(X)
 from fastbp.kernels import passes as PS
-after_predict = [bool(a) for a in PS.for_dtype(np.float64, ())]
+after_predict = [[PS.Passes._fields[k[1]], k[3]] for k in PS._compiled]
 m.fit(X, y, epochs=2, lr=0.1, batch_size=8, shuffle=True)
 defined = {"compiled after predict": after_predict}
 for name, entry in (("train", L.trainer("mini", "fused", False)), ("predict", L.predict)):
     defined[name] = [n for text in entry.inspect_llvm().values()
                      for n in re.findall(r'^define [^@]*@"?([^"(]+)', text, re.M)]
-# the forward and backward units with and without the thread pool's branch
-PS.for_dtype(np.float64, pooled=True)
+# the forward and backward units with and without the thread pool's branch, and in
+# each form of the layers' products (the fit's batches of 8 ran on the loops alone)
+defined["fit's form"] = [k[3] for k in PS._compiled if k[1] == PS.BACKWARD]
 for pooled in (False, True):
-    for which in PS.POOL_PASSES:
-        text = PS._compiled[PS.unit_key(np.float64, which, pooled)].inspect_llvm()
-        defined[f"{PS.Passes._fields[which]} pooled={pooled} calls the pool"] = \
-            "call_layer" in text
+    for form in PS.FORMS:
+        PS.for_dtype(np.float64, pooled=pooled, form=form)
+        for which in PS.LAYER_PASSES:
+            text = PS._compiled[PS.unit_key(np.float64, which, pooled, form)].inspect_llvm()
+            name = PS.Passes._fields[which]
+            defined[f"{name} pooled={pooled} form={form} calls the pool"] = "call_layer" in text
+            defined[f"{name} pooled={pooled} form={form} lines"] = text.count(chr(10))
 print(json.dumps(defined))
 """
 
@@ -55,12 +60,22 @@ def test_entries_call_the_passes_and_hold_none_of_their_code(tmp_path):
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     defined = json.loads(done.stdout.strip().splitlines()[-1])
-    # predict compiled the forward pass alone (a pass is compiled where it is needed)
-    assert defined.pop("compiled after predict") == [True, False, False, False]
-    # a fit on one thread runs units without the pool's branch (less to compile)
+    # predict compiled the forward pass alone (a pass is compiled where it is needed), in
+    # the form of its one batch of 40, whose layers both go through the products
+    assert defined.pop("compiled after predict") == [["forward", PS.ALL_PRODUCTS]]
+    # the fit's batches of 8 take the loops in every layer: it compiled that form alone
+    assert defined.pop("fit's form") == [PS.ALL_LOOPS]
+    # a fit on one thread runs units without the pool's branch (less to compile), and a
+    # form of one way compiles less than the form that chooses by size
     for name in ("forward", "backward"):
-        assert defined.pop(f"{name} pooled=True calls the pool") is True
-        assert defined.pop(f"{name} pooled=False calls the pool") is False
+        for form in PS.FORMS:
+            assert defined.pop(f"{name} pooled=True form={form} calls the pool") is True
+            assert defined.pop(f"{name} pooled=False form={form} calls the pool") is False
+        for pooled in (False, True):
+            lines = {form: defined.pop(f"{name} pooled={pooled} form={form} lines")
+                     for form in PS.FORMS}
+            assert lines[PS.ALL_PRODUCTS] < lines[PS.BY_SIZE], (name, pooled, lines)
+            assert lines[PS.ALL_LOOPS] < lines[PS.BY_SIZE], (name, pooled, lines)
     for entry, names in defined.items():
         text = " ".join(names)
         assert entry in text  # the entry itself is there...
@@ -79,14 +94,73 @@ def test_one_compiled_set_per_dtype():
     assert not np.array_equal(PS.for_dtype("float64"), PS.for_dtype("float32"))
 
 
-def test_the_pool_branch_has_units_of_its_own():
+def test_the_pool_branch_and_the_forms_have_units_of_their_own():
     """forward and backward are compiled with and without the branch that hands a layer
-    to a fit's thread pool; the loss and the output deltas have none, and one unit."""
+    to a fit's thread pool, and in each form of the layers' products; the loss and the
+    output deltas have neither, and one unit."""
     alone, pooled = PS.for_dtype("float64"), PS.for_dtype("float64", pooled=True)
     assert PS.is_loaded("float64", pooled=True)
     for which in range(4):
         same = alone[which] == pooled[which]
-        assert same == (which not in PS.POOL_PASSES), PS.Passes._fields[which]
+        assert same == (which not in PS.LAYER_PASSES), PS.Passes._fields[which]
+    forms = [PS.for_dtype("float64", form=form) for form in PS.FORMS]
+    for which in range(4):
+        distinct = len({int(f[which]) for f in forms})
+        assert distinct == (3 if which in PS.LAYER_PASSES else 1), PS.Passes._fields[which]
+    with pytest.raises(ValueError, match="form must be one of"):
+        PS.for_dtype("float64", form=7)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_every_form_computes_what_choosing_by_size_computes(dtype):
+    """A 3-70-4 net: in batches of 64 both layers go through the products, in batches
+    of 8 through the loops (fastbp/_dispatch.py: layer_form); the narrow form's forward
+    and backward passes give the bits of the form that asks every layer (BY_SIZE)."""
+    from numba import njit
+    from fastbp import _dispatch as D
+    from fastbp.kernels import batch as B
+    from fastbp.kernels import options as O
+
+    @njit
+    def passes(units, params, net, acts, a_off, deltas, out, nb):
+        PS.call(units[FORWARD], FORWARD, (params, net, acts, a_off, nb, acts[:0], False))
+        PS.call(units[BACKWARD], BACKWARD,
+                (params, net, acts, a_off, deltas, out, nb, params[0] * 0, False, True))
+
+    m = fastbp.MLP([3, 70, 4], activation=["tanh", "sigmoid"], seed=2, dtype=dtype)
+    net = D.make_net(m._layout, m._act_codes, m._loss_code, m.dtype, "tiles")
+    rng = np.random.default_rng(4)
+    for nb, form in ((64, B.ALL_PRODUCTS), (8, B.ALL_LOOPS)):
+        assert D.layer_form(m._layout.sizes, {nb}) == form
+        inputs = rng.normal(size=3 * nb)
+        output_deltas = rng.normal(size=4 * nb)
+        results = []
+        for units in (PS.for_dtype(dtype, form=form), PS.for_dtype(dtype)):
+            work = O.make_work(m._layout.sizes_arr, m.params.size, nb, nb, m.dtype, False)
+            work.acts[:3 * nb] = inputs
+            work.deltas[work.a_off[2]:] = output_deltas
+            passes(units, m.params, net, work.acts, work.a_off, work.deltas, work.grad, nb)
+            results.append((work.acts, work.grad))
+        (acts, grad), (acts_by_size, grad_by_size) = results
+        assert np.isfinite(grad).all() and np.abs(grad).max() > 0
+        np.testing.assert_array_equal(acts, acts_by_size)
+        np.testing.assert_array_equal(grad, grad_by_size)
+
+
+@pytest.mark.parametrize("sizes, nbs, sparse, form", [
+    ((32, 64, 64, 10), {64}, False, "ALL_PRODUCTS"),
+    ((32, 64, 64, 10), {64, 4}, False, "BY_SIZE"),     # the last batch: 64 x 10 x 4 < 4096
+    ((32, 64, 64, 10), {64, 4}, True, "BY_SIZE"),
+    ((2, 4, 4, 1), {21}, False, "ALL_LOOPS"),           # under 64 weights a layer
+    ((32, 64, 64, 10), {1}, False, "ALL_LOOPS"),        # one sample: no products
+    ((20000, 8, 64, 64), {64}, True, "ALL_PRODUCTS"),   # the sparse first layer aside
+    ((20000, 8, 2), {64}, True, "ALL_LOOPS"),
+    ((5, 70, 2), {8, 40}, False, "BY_SIZE"),
+])
+def test_layer_form(sizes, nbs, sparse, form):
+    from fastbp import _dispatch as D
+    from fastbp.kernels import batch as B
+    assert D.layer_form(sizes, nbs, sparse) == getattr(B, form)
 
 
 def test_a_pass_called_by_address_computes_what_the_pass_computes():
@@ -140,3 +214,23 @@ def test_read_only_parameters_and_data():
     h2 = m2.fit(X, y, epochs=3, lr=0.1, batch_size=10, sample_weight=w)
     np.testing.assert_array_equal(h2.loss, h.loss)
     np.testing.assert_array_equal(m2.params, m.params)
+
+
+def test_passes_form_prefers_a_unit_already_compiled(monkeypatch):
+    """The narrow form when nothing is compiled (it compiles faster), BY_SIZE when only
+    it is compiled (it serves at once), the narrow form again once it is compiled."""
+    from fastbp import _dispatch as D
+    from fastbp.kernels import batch as B
+    compiled = set()
+    monkeypatch.setattr(D, "passes_compiled",
+                        lambda dtype, needed, pooled, form: form in compiled)
+    sizes = (32, 64, 64, 10)
+
+    def form(nbs):
+        return D.passes_form("float64", PS.ALL, False, sizes, nbs)
+
+    assert form({64}) == B.ALL_PRODUCTS and form({1}) == B.ALL_LOOPS
+    compiled.add(B.BY_SIZE)
+    assert form({64}) == B.BY_SIZE and form({1}) == B.BY_SIZE
+    compiled.add(B.ALL_PRODUCTS)
+    assert form({64}) == B.ALL_PRODUCTS and form({64, 4}) == B.BY_SIZE
