@@ -146,27 +146,6 @@ def _batch_epoch(RULE, SPARSE, params, net, data, loop, rule, state, work, lr, f
 
 
 @njit(**dict(INNER, inline="always"))
-def batch_epoch_fused(SPARSE, params, net, data, loop, rule, state, work, lr, full,
-                      recording):
-    return _batch_epoch(FUSED, SPARSE, params, net, data, loop, rule, state, work, lr, full,
-                        recording)
-
-
-@njit(**dict(INNER, inline="always"))
-def batch_epoch_plain(SPARSE, params, net, data, loop, rule, state, work, lr, full,
-                      recording):
-    return _batch_epoch(PLAIN, SPARSE, params, net, data, loop, rule, state, work, lr, full,
-                        recording)
-
-
-@njit(**dict(INNER, inline="always"))
-def batch_epoch_stateful(SPARSE, params, net, data, loop, rule, state, work, lr, full,
-                         recording):
-    return _batch_epoch(STATEFUL, SPARSE, params, net, data, loop, rule, state, work, lr,
-                        full, recording)
-
-
-@njit(**dict(INNER, inline="always"))
 def _inputs_forward(SPARSE, params, net, x, start, nb, work, z_out):
     """The forward pass of the samples start <= s < start + nb of x (dense rows, or with
     SPARSE SparseRows), in order."""
@@ -321,15 +300,9 @@ def _make_trainer(MODE, RULE, VALIDATING, SPARSE):
                     epoch_loss = sample_epoch_plain(params, net, data.x, data.y, data.w, lr,
                                                     work.perm, work.h, work.d, recording,
                                                     rule, state, work.pool)
-            elif RULE == FUSED:
-                epoch_loss = batch_epoch_fused(SPARSE, params, net, data, loop, rule, state,
-                                               work, lr, full, recording)
-            elif RULE == PLAIN:
-                epoch_loss = batch_epoch_plain(SPARSE, params, net, data, loop, rule, state,
-                                               work, lr, full, recording)
             else:
-                epoch_loss = batch_epoch_stateful(SPARSE, params, net, data, loop, rule,
-                                                  state, work, lr, full, recording)
+                epoch_loss = _batch_epoch(RULE, SPARSE, params, net, data, loop, rule, state,
+                                          work, lr, full, recording)
             if recording:
                 good_epochs, status = after_record(
                     VALIDATING, SPARSE, params, net, val, stop, state, val_work, history,
