@@ -230,7 +230,7 @@ from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, end_of_
 from fastbp.kernels.rng import permutation_into
 from fastbp.kernels import rules
 from fastbp.kernels.rules import dot4_group, l2_penalty, learning_rate
-from fastbp.kernels.sample import sample_epoch_body
+from fastbp.kernels.sample import epoch_function
 
 # the rules this module calls at many places: called, not inlined (rules.called)
 sigmoid = rules.called(rules.sigmoid)
@@ -565,8 +565,8 @@ def source_sample(sizes, acts, bias, loss, weighted, dtype="float64"):
 
 def source_sample_loops(sizes, acts, bias, loss, weighted, rule):
     """The module of a per-sample kernel for a network too large for source_sample:
-    sample.py's epoch itself (sample_epoch_body, inlined), called with this
-    architecture's sizes, offsets, activations and loss as constant tuples.  LLVM then
+    sample.py's epoch itself (sample.epoch_function: its code compiled with this
+    architecture's sizes, offsets, activations and loss as constant tuples).  LLVM then
     knows every trip count; the code, and so every result, is the general kernel's."""
     sizes, acts = tuple(map(int, sizes)), tuple(map(int, acts))
     w_off, b_off = _offsets(sizes, bias)
@@ -587,13 +587,10 @@ def source_sample_loops(sizes, acts, bias, loss, weighted, rule):
     out(f"SHARE = {rule != 'stateful' and bool(shared_weights(sizes, 2))}")
     out()
     out()
-    out("@njit(**INNER)")
-    out("def sample_epoch(params, net, x, y, sw, lr, order, h, d, recording, rule, state,")
-    out("                 pool):")
-    with out.block():
-        out("return sample_epoch_body(PLAIN, SHARE, params, SIZES, W_OFF, B_OFF, ACTS, LOSS,")
-        out("                         net, x, y, sw, lr, order, h, d, recording, rule, state,")
-        out("                         pool)")
+    out("# sample.py's epoch with these constants, under this module's name (Numba's cache")
+    out("# files are named after it)")
+    out("sample_epoch = njit(**INNER)(epoch_function(")
+    out("    PLAIN, SHARE, (SIZES, W_OFF, B_OFF, ACTS, LOSS), __name__.replace('.', '_')))")
     out()
     out()
     epoch = ("        epoch_loss = sample_epoch(params, net, data.x, data.y, data.w, lr,\n"

@@ -26,7 +26,6 @@ functions (inlining whole call trees at Numba's level cost minutes).
 Every entry takes the same arguments (``_make_trainer``) and returns (epochs_done,
 bad_epoch, early_stopped).
 """
-import numpy as np
 from numba import njit
 
 from .batch import gather, load_weights, scatter
@@ -295,7 +294,7 @@ def _make_trainer(MODE, RULE, VALIDATING, SPARSE):
                 if RULE == STATEFUL:
                     epoch_loss = sample_epoch_stateful(params, net, data.x, data.y, data.w,
                                                        lr, work.perm, work.h, work.d,
-                                                       recording, rule, state)
+                                                       recording, rule, state, 0)
                 else:
                     epoch_loss = sample_epoch_plain(params, net, data.x, data.y, data.w, lr,
                                                     work.perm, work.h, work.d, recording,

@@ -13,10 +13,12 @@ the traffic over the weights (a 1024 x 1024 matrix sits in L3, not L2): two pass
 sample (forward; back-propagate + update) instead of three more than halves W4a's time
 at H=1024 (asv_benchmarks: Width).
 """
+import types as pytypes
+
 import numpy as np
 from numba import njit, uint64
 
-from .config import INNER, JIT
+from .config import INNER
 from .intrinsics import like
 from .rules import (ADAM, adam_scales, delta_scale, is_combined, l2_penalty, loss_of_sum,
                     loss_term, loss_uses_z, output_delta, plain_step, row_dot, stateful_step,
@@ -27,25 +29,36 @@ from .sample_units import backward_rows, forward_units
 
 
 
-@njit(**dict(JIT, inline="always"))
-def sample_epoch_body(PLAIN, SHARE, params, sizes, w_off, b_off, acts, loss, net, x, y, sw,
-                      lr, order, h, d, recording, rule, state, pool):
-    """One epoch of per-sample SGD over the samples in ``order``; returns the mean sample
-    loss when ``recording`` (else 0).
+# What each compiled copy of the epoch (epoch_function) reads as a constant: PLAIN, the
+# plain rule (else rule and state drive rules.stateful_step); SHARE, whether the wide
+# layers' steps may go to a pool's threads; ARCHITECTURE, None (the network's arrays,
+# read from the Net) or the constant tuples of a kernel generated for one architecture.
+PLAIN = True
+SHARE = False
+ARCHITECTURE = None
 
-    x (n, n_in), y (n, n_out) sample-major; sw (n,) sample weights or empty.
-    sizes, w_off, b_off, acts: the network (arrays, or constant tuples in a kernel
-    generated for one architecture: LLVM then knows every trip count); loss its code;
-    net the Net they come from (l2_penalty reads it).  PLAIN: the plain rule, a
-    compile-time constant (the body is inlined, Numba's ``inline="always"``, and the
-    other rule's branches are pruned before typing); otherwise rule and state
-    (options.Rule / State) drive rules.stateful_step, one parameter at a time as each is
-    reached.  SHARE (a constant too; with PLAIN): the wide layers' steps go to the threads
-    of the pool at address ``pool`` when it has several (sample_share.py; 0: none).
-    h, d: flat per-unit buffers of sum(sizes) for the activations and deltas (layer l
-    starts at sum(sizes[:l])).  Softmax outputs are not handled here (the dispatcher
-    sends cross_entropy to the batch path).
+
+def _sample_epoch(params, net, x, y, sw, lr, order, h, d, recording, rule, state, pool):
+    """One epoch of per-sample SGD over the samples in ``order``; returns the mean sample
+    loss when ``recording`` (else 0).  Compiled only as copies (epoch_function), whose
+    constants PLAIN, SHARE and ARCHITECTURE (above) Numba sees before it types anything,
+    so that it drops the branches they rule out.
+
+    x (n, n_in), y (n, n_out) sample-major; sw (n,) sample weights or empty.  The
+    network: sizes, w_off, b_off, acts and loss from ARCHITECTURE (a generated kernel's
+    constants: LLVM then knows every trip count) or from ``net``, which l2_penalty also
+    reads.  Without PLAIN, rule and state (options.Rule / State) drive
+    rules.stateful_step, one parameter at a time as each is reached.  With SHARE (and
+    PLAIN) the wide layers' steps go to the threads of the pool at address ``pool`` when
+    it has several (sample_share.py; 0: none).  h, d: flat per-unit buffers of
+    sum(sizes) for the activations and deltas (layer l starts at sum(sizes[:l])).
+    Softmax outputs are not handled here (the dispatcher sends cross_entropy to the
+    batch path).
     """
+    if ARCHITECTURE is None:
+        sizes, w_off, b_off, acts, loss = net.sizes, net.w_off, net.b_off, net.acts, net.loss
+    else:
+        sizes, w_off, b_off, acts, loss = ARCHITECTURE
     n_layers = len(sizes) - 1
     n0 = uint64(sizes[0])
     k = uint64(sizes[-1])
@@ -162,18 +175,20 @@ def _move_blocks(pool, kind, params, sizes, w_off, b_off, h, d, lr):
                     np.int64(0), lr)
 
 
-@njit(**INNER)
-def sample_epoch_plain(params, net, x, y, sw, lr, order, h, d, recording, rule, state, pool):
-    """sample_epoch_body with the plain rule, for any network (arrays of sizes), its wide
-    layers shared among the threads of the pool at ``pool`` (0: one thread)."""
-    return sample_epoch_body(True, True, params, net.sizes, net.w_off, net.b_off, net.acts,
-                             net.loss, net, x, y, sw, lr, order, h, d, recording, rule, state,
-                             pool)
+def epoch_function(plain, share, architecture=None, name=None):
+    """_sample_epoch with the constants ``plain``, ``share`` and ``architecture``
+    (sizes, w_off, b_off, acts, loss as tuples and an int, or None), as a Python
+    function named ``name``, to be compiled: Numba names its cache files after the
+    function, so each set of constants needs a name of its own."""
+    names = dict(globals(), PLAIN=bool(plain), SHARE=bool(share), ARCHITECTURE=architecture)
+    epoch = pytypes.FunctionType(_sample_epoch.__code__, names, name)
+    epoch.__qualname__ = name
+    epoch.__doc__ = _sample_epoch.__doc__
+    return epoch
 
 
-@njit(**INNER)
-def sample_epoch_stateful(params, net, x, y, sw, lr, order, h, d, recording, rule, state):
-    """sample_epoch_body with a rule that has state (or L2)."""
-    return sample_epoch_body(False, False, params, net.sizes, net.w_off, net.b_off,
-                             net.acts, net.loss, net, x, y, sw, lr, order, h, d, recording,
-                             rule, state, 0)
+# the general entries' epochs (loops.py): the plain rule, its wide layers shared among
+# the threads of the pool at ``pool`` (0: one thread); a rule with state (or L2)
+sample_epoch_plain = njit(**INNER)(epoch_function(True, True, None, "sample_epoch_plain"))
+sample_epoch_stateful = njit(**INNER)(epoch_function(False, False, None,
+                                                      "sample_epoch_stateful"))
