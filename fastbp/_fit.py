@@ -317,10 +317,10 @@ def _with_params(snapshot, params):
 
 def _replay_shuffles(state, epochs, perm):
     """The generator state after ``epochs`` shuffled epochs from ``state`` (the kernel
-    draws one permutation per epoch)."""
-    from .kernels.rng import permutation_into
+    draws one permutation of ``perm``'s length per epoch; the generator is counter-based:
+    only its counter moves)."""
+    from .kernels.rng import draws_per_permutation
     state = state.copy()
-    for _ in range(epochs):
-        permutation_into(perm, state)
+    state[1] += epochs * draws_per_permutation(perm.shape[0])
     return state
 

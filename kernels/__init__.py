@@ -22,4 +22,4 @@ layout.
 from .rules import (BCE, CROSS_ENTROPY, EXP, HALF_MSE, IDENTITY, MSE, POISSON, RELU, SIGMOID,
                     SOFTMAX, SSE, TANH)
 from .config import PRODUCT_MIN_WORK, JIT
-from .rng import permutation_into, seed_state
+from .rng import seed_state

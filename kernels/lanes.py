@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 from .batch import uses_products
-from .config import JIT
+from .config import INNER, JIT
 from .intrinsics import fma, like, sum_width
 from .loops import all_finite
 from .rows import activate_rows, derivative_rows
@@ -40,7 +40,7 @@ def eligible(sizes, acts, loss, n, full_batch, shared_data, product_min_work):
         for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-@njit(**JIT)
+@njit(**INNER)
 def _mul_rows(z, w, a):
     """z[s, q] = w[q] * a[s, q] over a row of nb samples x LANES."""
     for s in range(z.shape[0] // LANES):
@@ -48,21 +48,21 @@ def _mul_rows(z, w, a):
             z[s * LANES + q] = w[q] * a[s * LANES + q]
 
 
-@njit(**JIT)
+@njit(**INNER)
 def _fma_rows(z, w, a):
     for s in range(z.shape[0] // LANES):
         for q in range(LANES):
             z[s * LANES + q] = fma(w[q], a[s * LANES + q], z[s * LANES + q])
 
 
-@njit(**JIT)
+@njit(**INNER)
 def _add_rows(z, w):
     for s in range(z.shape[0] // LANES):
         for q in range(LANES):
             z[s * LANES + q] += w[q]
 
 
-@njit(**JIT)
+@njit(**INNER)
 def _dot4_lanes(x, y, nb, out, part):
     """out[q] = rules.dot4 of lane q's rows x, y (nb samples): the same chains, s % w
     for w = sum_width (part: w rows), folded to four sums, the tail into sum 0, combined
@@ -85,7 +85,7 @@ def _dot4_lanes(x, y, nb, out, part):
         out[q] = (part[0, q] + part[1, q]) + (part[2, q] + part[3, q])
 
 
-@njit(**JIT)
+@njit(**INNER)
 def _sum4_lanes(x, nb, out, part):
     """rules.sum4 per lane."""
     w = sum_width(x)
@@ -106,7 +106,7 @@ def _sum4_lanes(x, nb, out, part):
         out[q] = (part[0, q] + part[1, q]) + (part[2, q] + part[3, q])
 
 
-@njit(**JIT)
+@njit(**INNER)
 def _fold(part, w):
     """intrinsics.lanes4's fold of eight chains to four sums: sum k = chain k + chain
     k + 4 (float32; float64 has four chains)."""
@@ -116,7 +116,7 @@ def _fold(part, w):
                 part[r, q] = part[r, q] + part[r + 4, q]
 
 
-@njit(**JIT)
+@njit(**INNER)
 def _epoch_lanes(P, G, net, A, D, a_off, Y, nb, lr, part, out, loss, recording):
     """One full-batch epoch of a block; loss[q] <- lane q's loss (before the update)."""
     sizes = net.sizes

@@ -8,14 +8,14 @@ piece, and a checkpoint only has to save two integers.
 import numpy as np
 from numba import njit
 
-from .config import JIT
+from .config import INNER
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-@njit(**JIT)
+@njit(**INNER)
 def _splitmix64(x):
     z = x + _GOLDEN
     z = (z ^ (z >> np.uint64(30))) * _MIX1
@@ -23,7 +23,7 @@ def _splitmix64(x):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(**JIT)
+@njit(**INNER)
 def next_u64(state):
     """Next uint64 of the stream; advances state[1]."""
     x = np.uint64(state[0]) + np.uint64(state[1]) * _GOLDEN
@@ -31,12 +31,13 @@ def next_u64(state):
     return _splitmix64(x)
 
 
-@njit(**JIT)
+@njit(**INNER)
 def permutation_into(perm, state):
     """perm <- a uniformly shuffled 0..n-1 (Fisher-Yates from the identity).
 
     Starting from the identity every time makes the permutation of an epoch depend only on
-    the generator state, not on earlier epochs' permutations.
+    the generator state, not on earlier epochs' permutations.  It draws n - 1 numbers
+    (draws_per_permutation).
     """
     n = perm.shape[0]
     for i in range(n):
@@ -47,6 +48,12 @@ def permutation_into(perm, state):
         t = perm[i]
         perm[i] = perm[j]
         perm[j] = t
+
+
+def draws_per_permutation(n):
+    """How many numbers permutation_into draws for n samples: how far it advances the
+    counter, state[1]."""
+    return max(n - 1, 0)
 
 
 def seed_state(seed):

@@ -39,7 +39,7 @@ import numpy as np
 from numba import config, njit, types, uint64
 from numba.extending import overload
 
-from .config import JIT
+from .config import INNER, JIT
 # Each rule is inlined at Numba's level into the function that calls it: compiled as a
 # function of its own, every small rule added a noticeable part of a second to a first
 # fit (a mini-batch fit compiled 47 functions instead of 27, and took half as long
@@ -278,7 +278,7 @@ def loss_term(out, y, z, code):
 # Called, not inlined (unlike the other rules): inlined, its logarithm made every kernel
 # that may compute a loss -- the dense ones included -- slower to compile (a per-sample
 # first fit by 0.4 s), for a loss few fits use.
-@njit(**JIT)
+@njit(**INNER)
 def poisson_term(out, y, z):
     """poisson's loss_term, in float64: y log(y / p) - y + p with log p = z."""
     term = out - y

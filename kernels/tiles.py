@@ -30,7 +30,7 @@ from numba import config as numba_config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .config import JIT
+from .config import INNER, JIT
 from .intrinsics import address, compiled_as
 from numba.np.numpy_support import as_dtype
 
@@ -251,7 +251,7 @@ def _like(typingctx, c, x):
     return c.dtype(c, x), codegen
 
 
-@njit(**JIT)
+@njit(**INNER)
 def _row_block(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, rows, j0, j1, k, alpha, beta,
                width):
     """Columns j0 .. j1 - 1 of ``rows`` (1..ROWS) rows, cut into blocks of ROW_COUNTS."""
@@ -263,7 +263,7 @@ def _row_block(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, rows, j0, j1, k, alpha
         i += r
 
 
-@njit(**JIT)
+@njit(**INNER)
 def _rows_of_tiles(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, rows, j0, j1, k, alpha, beta,
                    width):
     """Columns j0 .. j1 - 1 of ``rows`` (one of ROW_COUNTS) rows: tiles of VECS vectors,
@@ -281,7 +281,7 @@ def _rows_of_tiles(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, rows, j0, j1, k, a
         j += width
 
 
-@njit(**JIT)
+@njit(**INNER)
 def _panel(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha, beta, width):
     """c (m rows, cols columns) <- alpha * a @ b (+ beta * c), b's rows contiguous and
     ldb apart, in tiles of up to ROWS rows; a, b, c pointers, width the lanes of a
@@ -344,7 +344,7 @@ def tile_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
             address(c, 0), ldc)
 
 
-@njit(**JIT)
+@njit(**INNER)
 def gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """tile_gemm on pointers (intrinsics.address) to the matrices' first elements: what
     the per-batch path calls (no reference counting).

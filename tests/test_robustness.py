@@ -368,3 +368,24 @@ def test_lock_is_released_after_errors():
     m.weights[0][0, 0] = 0.1
     assert not m._fit_lock.locked()
     m.fit(XOR_X, XOR_Y, epochs=3, lr=1e-3)
+
+
+def test_a_permutation_advances_the_stream_by_its_draws():
+    """The rewind after divergence replays the shuffling stream by moving its counter
+    (fastbp/_fit.py: _replay_shuffles): a permutation of n samples draws
+    rng.draws_per_permutation(n) numbers, and nothing else in the state moves."""
+    from numba import njit
+    from fastbp.kernels.rng import draws_per_permutation, permutation_into
+
+    @njit
+    def shuffle(perm, state, times):
+        for _ in range(times):
+            permutation_into(perm, state)
+
+    for n in (0, 1, 2, 7, 100):
+        state = K.seed_state(5)
+        start = state.copy()
+        perm = np.empty(n, np.int64)
+        shuffle(perm, state, 3)
+        assert state[0] == start[0] and state[1] == start[1] + 3 * draws_per_permutation(n)
+        assert sorted(perm) == list(range(n))
