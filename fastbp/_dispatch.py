@@ -22,10 +22,13 @@ a marker file per kernel in fastbp's cache folder, written after the kernel was 
 compiled and stamped with the kernels' sources, Numba's version and the CPU -- the
 facts Numba's own cache depends on.
 """
+import atexit
 import hashlib
+import math
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import numba
@@ -77,6 +80,11 @@ _lock = threading.Lock()
 _loaded = set()     # kernel keys compiled or loaded in this process
 _on_disk = set()    # kernel keys whose marker this process has seen
 _work_seen = {}     # kernel key -> work of the fits that could have used it, so far
+_work_written = {}  # kernel key -> (monotonic time, total) of its last write to disk
+# A fit too short to pay for a kernel adds its work to the count on disk at most this
+# often (and when its process ends): writing a file took ~100 us, more than such a fit's
+# training (a 64-sample epoch of a small network: 40 us)
+WORK_WRITE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -100,13 +108,31 @@ class Plan:
 
 
 # ----------------------------------------------------------------------- the registry
+_dtype_names = {}  # numpy's dtype.name is a Python property: a fit asked it ~16 times
+
+
+def dtype_name(dtype):
+    """np.dtype(dtype).name ("float64", "float32"), remembered."""
+    name = _dtype_names.get(dtype)
+    if name is None:
+        name = _dtype_names[dtype] = np.dtype(dtype).name
+    return name
+
+
 def _marker(key):
     # Numba keeps its cache per CPU name and features (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES)
-    features = (numba.config.CPU_FEATURES,) if numba.config.CPU_FEATURES else ()
-    stamp = "|".join(map(str, (key, kernel_sources_digest(), numba.__version__,
-                               numba.config.CPU_NAME or "host", sys.platform) + features))
-    return os.path.join(cache_dir(), "compiled",
-                        hashlib.sha256(stamp.encode()).hexdigest()[:24])
+    setting = (key, cache_dir(), numba.config.CPU_NAME, numba.config.CPU_FEATURES)
+    path = _markers.get(setting)
+    if path is None:
+        features = (numba.config.CPU_FEATURES,) if numba.config.CPU_FEATURES else ()
+        stamp = "|".join(map(str, (key, kernel_sources_digest(), numba.__version__,
+                                   numba.config.CPU_NAME or "host", sys.platform) + features))
+        path = _markers[setting] = os.path.join(
+            setting[1], "compiled", hashlib.sha256(stamp.encode()).hexdigest()[:24])
+    return path
+
+
+_markers = {}  # (key, cache folder, Numba's CPU name and features) -> its marker's path
 
 
 def is_compiled(key):
@@ -151,14 +177,29 @@ def _worth(key, seconds_saved, compile_seconds):
     if is_compiled(key):
         return True
     with _lock:
-        if key not in _work_seen:
+        read_now = key not in _work_seen
+        if read_now:
             _work_seen[key] = _read_work(key)
         total = _work_seen[key] + seconds_saved
         if total >= compile_seconds:
             return True
         _work_seen[key] = total
-    _write_work(key, total)
+        now = time.monotonic()
+        due = read_now or now - _work_written.get(key, (-math.inf, 0.0))[0] >= \
+            WORK_WRITE_SECONDS
+        if due:
+            _work_written[key] = (now, total)
+    if due:
+        _write_work(key, total)
     return False
+
+
+@atexit.register
+def _write_pending_work():
+    """The counts of work not written yet (WORK_WRITE_SECONDS), as the process ends."""
+    for key, total in list(_work_seen.items()):
+        if _work_written.get(key, (0.0, None))[1] != total:
+            _write_work(key, total)
 
 
 def _work_file(key):
@@ -206,7 +247,7 @@ def _shareable(sizes, dtype, nb_max):
     than they save; in a fit that shares, each product of at least pool.SPLIT_MIN_WORK
     is shared); the multiply-adds of the products per sample."""
     layers, madds = product_layers(sizes, nb_max)
-    least = P.SHARE_MIN_LAYER_WORK[np.dtype(dtype).name]
+    least = P.SHARE_MIN_LAYER_WORK[dtype_name(dtype)]
     return any(sizes[l] * sizes[l + 1] * nb_max >= least for l in layers), madds
 
 
@@ -219,7 +260,7 @@ def product_threads(sizes, dtype, nb_max, samples_seen, threads):
         return 1
     saved = (samples_seen * madds * TILES_SECONDS_PER_MADD
              * (1.0 - 1.0 / (threads * POOL_EFFICIENCY)))
-    return threads if _worth(("gemm", "pooled", np.dtype(dtype).name), saved,
+    return threads if _worth(("gemm", "pooled", dtype_name(dtype)), saved,
                              POOL_COMPILE_SECONDS) else 1
 
 
@@ -234,7 +275,7 @@ def sample_threads(sizes, dtype, samples_seen, threads):
              * (1.0 - 1.0 / (threads * POOL_EFFICIENCY)))
     # the threads run on the kernel one thread would (generated or general), which
     # carries their code for such a network: only the units are added
-    return threads if _worth(("sample", "shared", np.dtype(dtype).name), saved,
+    return threads if _worth(("sample", "shared", dtype_name(dtype)), saved,
                              SAMPLE_SHARE_COMPILE_SECONDS) else 1
 
 
@@ -247,7 +288,7 @@ def share_samples(layout, dtype, threads):
         return None
     shared = ProductThreads(threads, 0, np.dtype(dtype),
                             per_sample=(layout.n_params, max(layout.sizes[:-1])))
-    mark_compiled(("sample", "shared", np.dtype(dtype).name))
+    mark_compiled(("sample", "shared", dtype_name(dtype)))
     return shared
 
 
@@ -260,7 +301,7 @@ def choose_gemm(sizes, dtype, nb_max, samples_seen):
     if not layers:
         return None
     saved = samples_seen * madds * (RECURRENCE_SECONDS_PER_MADD - TILES_SECONDS_PER_MADD)
-    key = ("gemm", "tiles", np.dtype(dtype).name)
+    key = ("gemm", "tiles", dtype_name(dtype))
     return "tiles" if _worth(key, saved, TILES_COMPILE_SECONDS) else "recurrence"
 
 
@@ -269,7 +310,7 @@ def gemm_address(kind, dtype):
     if kind is None:
         return 0
     address = G.unit_address(kind, dtype)
-    mark_compiled(("gemm", kind, np.dtype(dtype).name))
+    mark_compiled(("gemm", kind, dtype_name(dtype)))
     return address
 
 
@@ -281,7 +322,7 @@ def share_products(gemm, dtype, threads):
     if gemm is None or threads <= 1:
         return None
     shared = ProductThreads(threads, gemm_address(gemm, dtype), np.dtype(dtype))
-    mark_compiled(("gemm", "pooled", np.dtype(dtype).name))
+    mark_compiled(("gemm", "pooled", dtype_name(dtype)))
     return shared
 
 
@@ -324,7 +365,7 @@ def batch_passes(dtype, needed=PS.ALL, pooled=False, form=B.BY_SIZE):
 def passes_key(dtype, which, pooled=False, form=B.BY_SIZE):
     """The registry's key of one batch pass (passes.unit_key)."""
     dtype, which, pooled, form = PS.unit_key(dtype, which, pooled, form)
-    return ("pass", PS.Passes._fields[which] + ("_pooled" if pooled else ""), dtype.name) + (
+    return ("pass", PS.Passes._fields[which] + ("_pooled" if pooled else ""), dtype_name(dtype)) + (
         (("form", form),) if form != B.BY_SIZE else ())
 
 
@@ -400,10 +441,10 @@ def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weight
         plan = _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighted,
                          threads, sparse)
         if plan.key in _loaded and plan.gemm in (None, "tiles") and (
-                plan.gemm is None or ("gemm", "tiles", np.dtype(model.dtype).name) in _loaded
+                plan.gemm is None or ("gemm", "tiles", dtype_name(model.dtype)) in _loaded
         ) and (plan.key[0] == "generated" or not plan.could_generate) and (
-                plan.threads == threads or ("gemm", "pooled", model.dtype.name) in _loaded
-                or ("sample", "shared", model.dtype.name) in _loaded):
+                plan.threads == threads or ("gemm", "pooled", dtype_name(model.dtype)) in _loaded
+                or ("sample", "shared", dtype_name(model.dtype)) in _loaded):
             _plans[memo] = plan
     return plan
 
@@ -442,10 +483,10 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
         threads = product_threads(sizes, dtype, nb_max, epochs * (n + n_val), threads)
     # the recurrence is named: it is what explains slower epochs until the tiles pay
     name = (f"{_MODE_NAMES[mode]} {_RULE_NAMES[kind]}" + (", validating" if validating else "")
-            + f" ({dtype.name}" + (", sparse inputs" if sparse else "")
+            + f" ({dtype_name(dtype)}" + (", sparse inputs" if sparse else "")
             + (", products on the recurrence" if gemm == "recurrence" else "")
             + (f", on {threads} threads)" if threads > 1 else ")"))
-    general_key = ("train", mode, kind, bool(validating), dtype.name) + (
+    general_key = ("train", mode, kind, bool(validating), dtype_name(dtype)) + (
         ("sparse",) if sparse else ())
     general = Plan(L.trainer(mode, kind, validating, sparse), name, general_key, gemm, mode, kind, cap,
                    mode != "sample" and kind != "fused", threads=threads,
@@ -458,7 +499,7 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
         return general
     gen_rule = "stateful" if kind == "stateful" else "plain"
     arch = (layout.sizes, model._act_codes, layout.bias, model._loss_code, bool(weighted),
-            gen_rule, dtype.name)
+            gen_rule, dtype_name(dtype))
     key = GEN.key(generated, *arch)
     saved = (3.0 * epochs * n * layout.n_params * GENERAL_SECONDS_PER_MADD
              * (1.0 - 1.0 / GENERATED_SPEEDUP))

@@ -76,7 +76,7 @@ class SingleFit:
         names = []
         if not D.is_compiled(self.plan.key):
             names.append(f"the {self.plan.name} training kernel")
-        dtype = self.model.dtype.name
+        dtype = D.dtype_name(self.model.dtype)
         if self.plan.gemm == "tiles" and not D.is_compiled(("gemm", "tiles", dtype)):
             names.append("the matrix-product tiles")
         if self.plan.threads > 1 and self.plan.mode == "sample":

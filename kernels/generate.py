@@ -622,10 +622,23 @@ def kernel_sources_digest():
     return _sources_digest
 
 
+_cache_dirs = {}  # the environment's cache variables -> cache_dir's answer for them
+
+
 def cache_dir():
     """Where generated modules (and fastbp's markers of compiled kernels) are written:
     $FASTBP_CACHE_DIR, else $NUMBA_CACHE_DIR/fastbp, else ~/.cache/fastbp (XDG), else a
-    folder in the system's temporary directory."""
+    folder in the system's temporary directory.  Found once per setting of those
+    variables: a small fit asks for it several times."""
+    setting = tuple(os.environ.get(name) for name in (
+        "FASTBP_CACHE_DIR", "NUMBA_CACHE_DIR", "XDG_CACHE_HOME", "HOME"))
+    found = _cache_dirs.get(setting)
+    if found is None:
+        found = _cache_dirs[setting] = _find_cache_dir()
+    return found
+
+
+def _find_cache_dir():
     candidates = []
     if os.environ.get("FASTBP_CACHE_DIR"):
         candidates.append(os.environ["FASTBP_CACHE_DIR"])

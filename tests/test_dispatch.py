@@ -35,6 +35,26 @@ def test_work_toward_a_faster_kernel_counts_across_processes(fresh_process):
     assert D._worth(key, 1.0, 2.5)  # 3 s saved in all: worth its 2.5 s compile
 
 
+def test_work_is_written_at_most_once_a_second_and_at_exit(fresh_process, monkeypatch):
+    """A loop of fits too short to pay writes its count when the process first reads it,
+    then at most every WORK_WRITE_SECONDS, and what is left when the process ends
+    (_write_pending_work, registered with atexit): a write cost more than such a fit."""
+    monkeypatch.setattr(D, "_work_written", {})
+    key = ("gemm", "tiles", "float64")
+    assert not D._worth(key, 1.0, 100.0)
+    assert D._read_work(key) == 1.0  # read and written at once
+    for _ in range(3):
+        assert not D._worth(key, 1.0, 100.0)
+    assert D._read_work(key) == 1.0  # within the second: counted, not written
+    D._write_pending_work()
+    assert D._read_work(key) == 4.0
+    monkeypatch.setattr(D, "WORK_WRITE_SECONDS", 0.0)
+    assert not D._worth(key, 1.0, 100.0)
+    assert D._read_work(key) == 5.0
+    fresh_process()
+    assert not D._worth(key, 1.0, 100.0) and D._read_work(key) == 6.0
+
+
 def test_a_compiled_kernel_is_known_to_the_next_process(fresh_process):
     key = ("train", "mini", "fused", False, "float64")
     assert not D.is_compiled(key)
