@@ -80,7 +80,8 @@ _lock = threading.Lock()
 _loaded = set()     # kernel keys compiled or loaded in this process
 _on_disk = set()    # kernel keys whose marker this process has seen
 _work_seen = {}     # kernel key -> work of the fits that could have used it, so far
-_work_written = {}  # kernel key -> (monotonic time, total) of its last write to disk
+_work_written = {}  # kernel key -> monotonic time of its last write to disk
+_work_unwritten = {}  # kernel key -> (its work file, total) counted since that write
 # A fit too short to pay for a kernel adds its work to the count on disk at most this
 # often (and when its process ends): writing a file took ~100 us, more than such a fit's
 # training (a 64-sample epoch of a small network: 40 us)
@@ -185,21 +186,39 @@ def _worth(key, seconds_saved, compile_seconds):
             return True
         _work_seen[key] = total
         now = time.monotonic()
-        due = read_now or now - _work_written.get(key, (-math.inf, 0.0))[0] >= \
-            WORK_WRITE_SECONDS
+        due = read_now or now - _work_written.get(key, -math.inf) >= WORK_WRITE_SECONDS
+        path = _work_file(key)
         if due:
-            _work_written[key] = (now, total)
+            _work_written[key] = now
+            _work_unwritten.pop(key, None)
+        else:
+            _work_unwritten[key] = (path, total)
     if due:
-        _write_work(key, total)
+        _write_work(path, total)
     return False
 
 
 @atexit.register
 def _write_pending_work():
-    """The counts of work not written yet (WORK_WRITE_SECONDS), as the process ends."""
-    for key, total in list(_work_seen.items()):
-        if _work_written.get(key, (0.0, None))[1] != total:
-            _write_work(key, total)
+    """The counts of work not written yet (WORK_WRITE_SECONDS), as the process ends: to
+    the files they were counted for, in folders that still exist."""
+    with _lock:
+        pending = list(_work_unwritten.values())
+        _work_unwritten.clear()
+    for path, total in pending:
+        if os.path.isdir(os.path.dirname(path)):
+            _write_work(path, total)
+
+
+def _forget_writes():
+    """In a forked child: write its first count at once, and leave the parent's pending
+    counts to the parent (a multiprocessing child ends without running atexit)."""
+    _work_written.clear()
+    _work_unwritten.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_writes)
 
 
 def _work_file(key):
@@ -215,8 +234,7 @@ def _read_work(key):
     return value if value >= 0 else 0.0  # nan and negatives count nothing
 
 
-def _write_work(key, seconds):
-    path = _work_file(key)
+def _write_work(path, seconds):
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as fh:

@@ -5,7 +5,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import _dispatch as D
 from . import _threads as T
 from . import _pickling
 from . import _validation as V

@@ -46,7 +46,9 @@ def uses_products(n_in, n_out, nb, product_min_work):
 # calls whose every layer and batch takes that one way (fastbp/_dispatch.py:
 # layer_form), in which Numba drops the other before it types anything -- passes.py
 # compiles their units, and a forward or backward unit without the loops compiles in
-# about two thirds of the time.  Every form takes the way uses_products would: the
+# about two thirds of the time.  Every form takes the way uses_products would with the
+# Net's threshold of config.PRODUCT_MIN_WORK (the narrow forms do not read
+# net.product_min_work; BY_SIZE does, for the tests' Nets of other thresholds): the
 # same numbers.
 BY_SIZE, ALL_PRODUCTS, ALL_LOOPS = range(3)
 LAYERS = BY_SIZE

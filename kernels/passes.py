@@ -133,9 +133,9 @@ def _unit_function(name, pooled, form):
     the functions it inlines that read it (batch.LAYER_FUNCTIONS), batch.LAYERS as
     ``form``: Numba drops the branches those constants rule out before it types them."""
     names = dict(vars(batch), POOLED=bool(pooled), LAYERS=form)
-    for helper in batch.LAYER_FUNCTIONS:
-        names[helper] = njit(**LEAF)(_with_globals(getattr(batch, helper).py_func, names,
-                                                   helper))
+    for helper in batch.LAYER_FUNCTIONS:  # inlined, never compiled alone: not cached
+        names[helper] = njit(**dict(LEAF, cache=False))(
+            _with_globals(getattr(batch, helper).py_func, names, helper))
     unit = _with_globals(getattr(batch, name).py_func, names,
                          f"{name}{'_pooled' if pooled else ''}{_FORM_NAMES[form]}_unit")
     unit.__doc__ = getattr(batch, name).__doc__
@@ -161,7 +161,8 @@ def for_dtype(dtype, needed=ALL, pooled=False, form=BY_SIZE):
     fit whose Net has a thread pool (without, the forward and backward passes would run
     its layers on the calling thread alone).  ``form``: the layers' form (batch.LAYERS);
     ALL_PRODUCTS and ALL_LOOPS only for calls whose every layer and batch takes that
-    way.  Under NUMBA_DISABLE_JIT, batch.py's Python functions."""
+    way, with a Net of config.PRODUCT_MIN_WORK (those forms do not read
+    net.product_min_work).  Under NUMBA_DISABLE_JIT, batch.py's Python functions."""
     if numba_config.DISABLE_JIT:
         return Passes(batch.forward, batch.backward, batch.output_deltas, batch.batch_loss)
     with _lock:

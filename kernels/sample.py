@@ -175,11 +175,11 @@ def _move_blocks(pool, kind, params, sizes, w_off, b_off, h, d, lr):
                     np.int64(0), lr)
 
 
-def epoch_function(plain, share, architecture=None, name=None):
+def epoch_function(plain, share, architecture, name):
     """_sample_epoch with the constants ``plain``, ``share`` and ``architecture``
     (sizes, w_off, b_off, acts, loss as tuples and an int, or None), as a Python
-    function named ``name``, to be compiled: Numba names its cache files after the
-    function, so each set of constants needs a name of its own."""
+    function named ``name`` (a str), to be compiled: Numba names its cache files after
+    the function, so each set of constants needs a name of its own."""
     names = dict(globals(), PLAIN=bool(plain), SHARE=bool(share), ARCHITECTURE=architecture)
     epoch = pytypes.FunctionType(_sample_epoch.__code__, names, name)
     epoch.__qualname__ = name

@@ -40,6 +40,7 @@ def test_work_is_written_at_most_once_a_second_and_at_exit(fresh_process, monkey
     then at most every WORK_WRITE_SECONDS, and what is left when the process ends
     (_write_pending_work, registered with atexit): a write cost more than such a fit."""
     monkeypatch.setattr(D, "_work_written", {})
+    monkeypatch.setattr(D, "_work_unwritten", {})
     key = ("gemm", "tiles", "float64")
     assert not D._worth(key, 1.0, 100.0)
     assert D._read_work(key) == 1.0  # read and written at once
@@ -53,6 +54,33 @@ def test_work_is_written_at_most_once_a_second_and_at_exit(fresh_process, monkey
     assert D._read_work(key) == 5.0
     fresh_process()
     assert not D._worth(key, 1.0, 100.0) and D._read_work(key) == 6.0
+
+
+def test_pending_work_goes_where_it_was_counted(monkeypatch, tmp_path):
+    """The exit's writes go to the folder the work was counted for, and only while it
+    exists; a forked child writes its first count at once (it ends without atexit)."""
+    monkeypatch.setattr(D, "POLICY", "auto")
+    for name, value in (("_loaded", set()), ("_on_disk", set()), ("_work_seen", {}),
+                        ("_work_written", {}), ("_work_unwritten", {})):
+        monkeypatch.setattr(D, name, value)
+    folder = {"now": tmp_path / "a"}
+    monkeypatch.setattr(D, "_marker", lambda key: str(folder["now"] / "compiled" / "k"))
+    key = ("gemm", "tiles", "float64")
+    for _ in range(3):
+        assert not D._worth(key, 1.0, 100.0)
+    folder["now"] = tmp_path / "b"  # e.g. FASTBP_CACHE_DIR changed
+    D._write_pending_work()
+    assert (tmp_path / "a" / "compiled" / "k.work").read_text() == "3.0"
+    assert not (tmp_path / "b").exists()
+    folder["now"] = tmp_path / "a"
+    assert not D._worth(key, 1.0, 100.0)
+    import shutil
+    shutil.rmtree(tmp_path / "a")  # the cache folder deleted while the process runs
+    D._write_pending_work()
+    assert not (tmp_path / "a").exists()
+    D._forget_writes()  # as in a forked child
+    assert not D._worth(key, 1.0, 100.0)
+    assert (tmp_path / "a" / "compiled" / "k.work").read_text() == "5.0"
 
 
 def test_a_compiled_kernel_is_known_to_the_next_process(fresh_process):
