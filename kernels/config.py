@@ -11,6 +11,20 @@ JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 # and compiles for a small function.
 INNER = dict(JIT, no_cpython_wrapper=True)
 
+
+def with_constants(fn, names, name):
+    """The Python function ``fn``'s code named ``name``, reading its globals from the
+    dict ``names``: compiled, a copy of ``fn`` whose module constants are those of
+    ``names``, which Numba sees before it types anything, so it drops the branches they
+    rule out (passes.py's units, sample.py's epochs).  Numba names its cache files after
+    the function: each set of constants needs a name of its own."""
+    import types
+
+    copy = types.FunctionType(fn.__code__, names, name, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = name
+    copy.__doc__ = fn.__doc__
+    return copy
+
 # A layer's products (forward, weight gradient, back-propagation) go through the
 # matrix products (batch._matmul: the gemm unit of gemm.py, or BLAS) when the layer
 # has at least PRODUCT_MIN_WEIGHTS weights and one product, n_in * n_out * batch, at

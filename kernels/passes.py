@@ -21,7 +21,6 @@ Under ``NUMBA_DISABLE_JIT=1`` the Work carries batch.py's Python functions inste
 ``call`` calls them.
 """
 import threading
-import types as pytypes
 from typing import NamedTuple
 
 import numpy as np
@@ -31,7 +30,7 @@ from numba import cfunc, config as numba_config, njit, typeof, types
 from . import batch
 from .batch import ALL_LOOPS, ALL_PRODUCTS, BY_SIZE
 from .rows import LEAF
-from .config import JIT
+from .config import JIT, with_constants
 from .intrinsics import compiled_as
 from .options import Net
 
@@ -135,18 +134,9 @@ def _unit_function(name, pooled, form):
     names = dict(vars(batch), POOLED=bool(pooled), LAYERS=form)
     for helper in batch.LAYER_FUNCTIONS:  # inlined, never compiled alone: not cached
         names[helper] = njit(**dict(LEAF, cache=False))(
-            _with_globals(getattr(batch, helper).py_func, names, helper))
-    unit = _with_globals(getattr(batch, name).py_func, names,
-                         f"{name}{'_pooled' if pooled else ''}{_FORM_NAMES[form]}_unit")
-    unit.__doc__ = getattr(batch, name).__doc__
-    return unit
-
-
-def _with_globals(fn, names, name):
-    """The Python function ``fn`` named ``name``, reading its globals from ``names``."""
-    copy = pytypes.FunctionType(fn.__code__, names, name, fn.__defaults__, fn.__closure__)
-    copy.__qualname__ = name
-    return copy
+            with_constants(getattr(batch, helper).py_func, names, helper))
+    return with_constants(getattr(batch, name).py_func, names,
+                          f"{name}{'_pooled' if pooled else ''}{_FORM_NAMES[form]}_unit")
 
 
 _compiled = {}  # unit_key -> its cfunc, kept alive: its code must outlive its use

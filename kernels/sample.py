@@ -13,12 +13,10 @@ the traffic over the weights (a 1024 x 1024 matrix sits in L3, not L2): two pass
 sample (forward; back-propagate + update) instead of three more than halves W4a's time
 at H=1024 (asv_benchmarks: Width).
 """
-import types as pytypes
-
 import numpy as np
 from numba import njit, uint64
 
-from .config import INNER
+from .config import INNER, with_constants
 from .intrinsics import like
 from .rules import (ADAM, adam_scales, delta_scale, is_combined, l2_penalty, loss_of_sum,
                     loss_term, loss_uses_z, output_delta, plain_step, row_dot, stateful_step,
@@ -181,10 +179,7 @@ def epoch_function(plain, share, architecture, name):
     function named ``name`` (a str), to be compiled: Numba names its cache files after
     the function, so each set of constants needs a name of its own."""
     names = dict(globals(), PLAIN=bool(plain), SHARE=bool(share), ARCHITECTURE=architecture)
-    epoch = pytypes.FunctionType(_sample_epoch.__code__, names, name)
-    epoch.__qualname__ = name
-    epoch.__doc__ = _sample_epoch.__doc__
-    return epoch
+    return with_constants(_sample_epoch, names, name)
 
 
 # the general entries' epochs (loops.py): the plain rule, its wide layers shared among
