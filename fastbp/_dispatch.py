@@ -346,12 +346,13 @@ def share_products(gemm, dtype, threads):
 
 def layer_form(sizes, nbs, sparse=False, product_min_work=PRODUCT_MIN_WORK):
     """The form of the batch passes (kernels/batch.py: LAYERS) that calls with batches
-    of nb samples, for each nb in ``nbs``, can run: ALL_PRODUCTS when every layer of every
-    such batch goes through the products (batch.uses_products), ALL_LOOPS when none does,
-    else BY_SIZE.  ``sparse``: the first layer is kernels/sparse.py's, not the passes'."""
+    of nb samples, for each nb in ``nbs`` (0: no such batch), can run: ALL_PRODUCTS when
+    every layer of every such batch goes through the products (batch.uses_products),
+    ALL_LOOPS when none does, else BY_SIZE.  ``sparse``: the first layer is
+    kernels/sparse.py's, not the passes'."""
     layers = product_sizes(sizes, sparse)
     ways = {_uses_products(a, b, nb, product_min_work)
-            for a, b in zip(layers[:-1], layers[1:]) for nb in nbs}
+            for a, b in zip(layers[:-1], layers[1:]) for nb in nbs if nb > 0}
     if ways == {True}:
         return B.ALL_PRODUCTS
     return B.ALL_LOOPS if True not in ways else B.BY_SIZE
@@ -383,8 +384,9 @@ def batch_passes(dtype, needed=PS.ALL, pooled=False, form=B.BY_SIZE):
 def passes_key(dtype, which, pooled=False, form=B.BY_SIZE):
     """The registry's key of one batch pass (passes.unit_key)."""
     dtype, which, pooled, form = PS.unit_key(dtype, which, pooled, form)
-    return ("pass", PS.Passes._fields[which] + ("_pooled" if pooled else ""), dtype_name(dtype)) + (
-        (("form", form),) if form != B.BY_SIZE else ())
+    name = PS.Passes._fields[which] + ("_pooled" if pooled else "")
+    form_part = (("form", form),) if form != B.BY_SIZE else ()
+    return ("pass", name, dtype_name(dtype)) + form_part
 
 
 def passes_compiled(dtype, needed=PS.ALL, pooled=False, form=B.BY_SIZE):

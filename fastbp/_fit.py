@@ -123,13 +123,10 @@ class SingleFit:
     def _passes_form(self, pooled):
         """The form of the batch passes (kernels/batch.py: LAYERS) for this fit's calls:
         its batches (whole ones and the last; none per-sample) and the validation set's."""
-        nbs = set()
-        if self.plan.mode != "sample":
-            nbs.add(min(self.batch, self.n))
-            if self.n % min(self.batch, self.n):
-                nbs.add(self.n % self.batch)
+        cap = min(self.batch, self.n)
+        nbs = (cap, self.n % cap) if self.plan.mode != "sample" else ()
         if self.run.validating:
-            nbs.add(self.run.val.x.shape[0])
+            nbs += (self.run.val.x.shape[0],)
         return D.passes_form(self.model.dtype, self._passes_needed(), pooled,
                              self.model._layout.sizes, nbs, isinstance(self.x, S.Rows))
 

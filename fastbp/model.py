@@ -209,7 +209,6 @@ class MLP:
     def _eval_passes(self, needed, nbs, sparse, pooled=False):
         """The ``needed`` batch passes for calls with batches of nb samples, nb in
         ``nbs`` (0: none), in the form that serves them (fastbp/_dispatch.py)."""
-        nbs = [nb for nb in nbs if nb > 0]
         return D.batch_passes(self.dtype, needed, pooled,
                               D.passes_form(self.dtype, needed, pooled, self._layout.sizes,
                                             nbs, sparse))

@@ -25,6 +25,7 @@ def with_constants(fn, names, name):
     copy.__doc__ = fn.__doc__
     return copy
 
+
 # A layer's products (forward, weight gradient, back-propagation) go through the
 # matrix products (batch._matmul: the gemm unit of gemm.py, or BLAS) when the layer
 # has at least PRODUCT_MIN_WEIGHTS weights and one product, n_in * n_out * batch, at
