@@ -358,40 +358,55 @@ def layer_form(sizes, nbs, sparse=False, product_min_work=PRODUCT_MIN_WORK):
     return B.ALL_LOOPS if True not in ways else B.BY_SIZE
 
 
-def passes_form(dtype, needed, pooled, sizes, nbs, sparse=False):
-    """The form of the batch passes to give calls like layer_form's: its own when it is
-    compiled, or when BY_SIZE (which serves every call) is not; else BY_SIZE -- a loaded
-    unit serves at once, where the narrower one would be one more compilation."""
-    form = layer_form(sizes, nbs, sparse)
-    if form != B.BY_SIZE and not passes_compiled(dtype, needed, pooled, form) \
-            and passes_compiled(dtype, needed, pooled, B.BY_SIZE):
-        return B.BY_SIZE
-    return form
+def net_codes(act_codes, loss_code):
+    """The activation and loss codes a Net's batch passes may be compiled for
+    (kernels/passes.py: Build): (hidden, output, loss), hidden the code every hidden
+    layer shares -- ANY when they differ, IDENTITY (never read) when there is none."""
+    hidden = {int(code) for code in act_codes[:-1]}
+    if not hidden:
+        hidden = {R.IDENTITY}
+    return (hidden.pop() if len(hidden) == 1 else B.ANY), int(act_codes[-1]), int(loss_code)
 
 
-def batch_passes(dtype, needed=PS.ALL, pooled=False, form=B.BY_SIZE):
+def passes_build(dtype, needed, pooled, sizes, nbs, act_codes, loss_code, sparse=False):
+    """What the batch passes given to calls like layer_form's are compiled for
+    (kernels/passes.py: Build): their layers' form and the Net's codes (net_codes) when
+    those units are compiled, or when no broader unit that serves the calls is; else
+    that broader one -- a loaded unit serves at once, where the narrower one would be
+    one more compilation."""
+    wanted = PS.Build(layer_form(sizes, nbs, sparse), *net_codes(act_codes, loss_code))
+    broader = (wanted._replace(form=B.BY_SIZE), PS.Build(wanted.form), PS.Build())
+    if passes_compiled(dtype, needed, pooled, wanted):
+        return wanted
+    return next((build for build in broader if passes_compiled(dtype, needed, pooled, build)),
+                wanted)
+
+
+def batch_passes(dtype, needed=PS.ALL, pooled=False, build=PS.Build()):
     """The batch passes for ``dtype`` (kernels/passes.py), the ``needed`` ones compiled
     on first use: what a Work carries for the kernels that call them (Plan.passes: a
     fit's batches need them all; predictions PS.PREDICT, evaluations PS.EVALUATE);
-    ``pooled`` for a Net with a thread pool (share_products); ``form`` the layers' form
-    (passes_form; BY_SIZE serves any call)."""
-    passes = PS.for_dtype(dtype, needed, pooled, form)
+    ``pooled`` for a Net with a thread pool (share_products); ``build`` what they are
+    compiled for (passes_build; Build() serves any call)."""
+    passes = PS.for_dtype(dtype, needed, pooled, build)
     for which in needed:
-        mark_compiled(passes_key(dtype, which, pooled, form))
+        mark_compiled(passes_key(dtype, which, pooled, build))
     return passes
 
 
-def passes_key(dtype, which, pooled=False, form=B.BY_SIZE):
+def passes_key(dtype, which, pooled=False, build=PS.Build()):
     """The registry's key of one batch pass (passes.unit_key)."""
-    dtype, which, pooled, form = PS.unit_key(dtype, which, pooled, form)
+    dtype, which, pooled, build = PS.unit_key(dtype, which, pooled, build)
     name = PS.Passes._fields[which] + ("_pooled" if pooled else "")
-    form_part = (("form", form),) if form != B.BY_SIZE else ()
-    return ("pass", name, dtype_name(dtype)) + form_part
+    form_part = (("form", build.form),) if build.form != B.BY_SIZE else ()
+    codes = tuple((field, code) for field, code in zip(build._fields[1:], build[1:])
+                  if code != B.ANY)
+    return ("pass", name, dtype_name(dtype)) + form_part + codes
 
 
-def passes_compiled(dtype, needed=PS.ALL, pooled=False, form=B.BY_SIZE):
+def passes_compiled(dtype, needed=PS.ALL, pooled=False, build=PS.Build()):
     """Whether the ``needed`` batch passes are compiled (or cached on disk)."""
-    return all(is_compiled(passes_key(dtype, which, pooled, form)) for which in needed)
+    return all(is_compiled(passes_key(dtype, which, pooled, build)) for which in needed)
 
 
 def make_net(layout, act_codes, loss_code, dtype, gemm, shared=None):

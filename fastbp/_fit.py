@@ -86,7 +86,7 @@ class SingleFit:
             names.append("the threads' share of the products")
         pooled = self.plan.threads > 1 and self.plan.mode != "sample"
         if self.plan.passes and not D.passes_compiled(dtype, self._passes_needed(), pooled,
-                                                      self._passes_form(pooled)):
+                                                      self._passes_build(pooled)):
             names.append("the batch passes")
         return names
 
@@ -103,7 +103,7 @@ class SingleFit:
         if self.plan.passes:  # the batch entries call them, and the validation loss
             pooled = self.shared is not None and self.plan.mode != "sample"
             passes = D.batch_passes(model.dtype, self._passes_needed(), pooled,
-                                    self._passes_form(pooled))
+                                    self._passes_build(pooled))
             if self.plan.mode != "sample":
                 self.work = self.work._replace(passes=passes)
             if self.val_work is not None:
@@ -120,15 +120,18 @@ class SingleFit:
         """The batch passes this fit's kernel calls (with Plan.passes)."""
         return PS.EVALUATE if self.plan.mode == "sample" else PS.ALL
 
-    def _passes_form(self, pooled):
-        """The form of the batch passes (kernels/batch.py: LAYERS) for this fit's calls:
-        its batches (whole ones and the last; none per-sample) and the validation set's."""
+    def _passes_build(self, pooled):
+        """What the batch passes for this fit's calls are compiled for (kernels/passes.py:
+        Build): its batches (whole ones and the last; none per-sample) and the validation
+        set's, its activations and loss."""
         cap = min(self.batch, self.n)
         nbs = (cap, self.n % cap) if self.plan.mode != "sample" else ()
         if self.run.validating:
             nbs += (self.run.val.x.shape[0],)
-        return D.passes_form(self.model.dtype, self._passes_needed(), pooled,
-                             self.model._layout.sizes, nbs, isinstance(self.x, S.Rows))
+        model = self.model
+        return D.passes_build(model.dtype, self._passes_needed(), pooled, model._layout.sizes,
+                              nbs, model._act_codes, model._loss_code,
+                              isinstance(self.x, S.Rows))
 
     def work_per_epoch(self):
         return 3 * self.n * self.model._layout.n_params

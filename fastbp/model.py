@@ -210,8 +210,8 @@ class MLP:
         """The ``needed`` batch passes for calls with batches of nb samples, nb in
         ``nbs`` (0: none), in the form that serves them (fastbp/_dispatch.py)."""
         return D.batch_passes(self.dtype, needed, pooled,
-                              D.passes_form(self.dtype, needed, pooled, self._layout.sizes,
-                                            nbs, sparse))
+                              D.passes_build(self.dtype, needed, pooled, self._layout.sizes,
+                                             nbs, self._act_codes, self._loss_code, sparse))
 
     # ---- evaluation -----------------------------------------------------------------
     def predict(self, X):

@@ -112,6 +112,18 @@ def affine(params, net, wo, bo, n_in, n_out, a_in, z, nb):
 # one thread, so their code has no branch to the pool (a first fit compiles less).
 POOLED = True
 
+# The activation and loss codes (rules.py) a unit is compiled for (passes.py: Build):
+# ANY reads them from the Net at run time, so the code of every activation and loss is
+# compiled; a code makes the passes read that constant instead, and Numba drops the
+# others' code before it types anything.  HIDDEN_ACT: every hidden layer's activation
+# (forward, backward); OUTPUT_ACT: the output layer's (forward, output_deltas); LOSS:
+# the loss (output_deltas, batch_loss).  The dispatcher compiles a unit for a Net's own
+# codes; one for other codes would compute other functions.
+ANY = -1
+HIDDEN_ACT = ANY
+OUTPUT_ACT = ANY
+LOSS = ANY
+
 
 @njit(**LEAF)
 def _shared(net, n_in, n_out, nb):
@@ -153,12 +165,24 @@ def forward(params, net, acts, a_off, nb, z_out, z0_ready):
         if keep_z:
             for s in range(n_out * nb):
                 z_out[s] = z[s]
-        if code == SOFTMAX:
-            u_nb = uint64(nb)
-            for s in range(u_nb):
-                softmax_column(z, s, u_nb, n_out)
+        if HIDDEN_ACT == ANY or OUTPUT_ACT == ANY:
+            _activate(z, code, n_out, nb)
+        elif l == n_layers - 1:  # each call with a constant: only its code is compiled
+            _activate(z, OUTPUT_ACT, n_out, nb)
         else:
-            activate_rows(z, code)
+            _activate(z, HIDDEN_ACT, n_out, nb)
+
+
+@njit(**LEAF)
+def _activate(z, code, n_out, nb):
+    """A layer's activation ``code`` over its block z (n_out rows of nb): softmax over
+    each sample's column, any other unit by unit."""
+    if code == SOFTMAX:
+        u_nb = uint64(nb)
+        for s in range(u_nb):
+            softmax_column(z, s, u_nb, n_out)
+    else:
+        activate_rows(z, code)
 
 
 # ------------------------------------------------------------------------ loss, delta
@@ -166,6 +190,7 @@ def forward(params, net, acts, a_off, nb, z_out, z0_ready):
 def batch_loss(acts, oo, y, z, w, code, k, nb):
     """Loss of one batch (float64): outputs at acts[oo:] and targets y, k rows of nb;
     z the output pre-activations (bce, cross_entropy, poisson); w the sample weights or empty."""
+    code = code if LOSS == ANY else LOSS
     total = 0.0
     uo = uint64(oo)  # unsigned offsets keep the loops vectorizable (module docstring)
     u_nb = uint64(nb)
@@ -189,6 +214,8 @@ def batch_loss(acts, oo, y, z, w, code, k, nb):
 def output_deltas(acts, oo, y, deltas, w, loss, act, k, nb):
     """deltas[oo:] (k rows of nb) <- dLoss/dz of the output layer, times the sample
     weights."""
+    loss = loss if LOSS == ANY else LOSS
+    act = act if OUTPUT_ACT == ANY else OUTPUT_ACT
     uo = uint64(oo)
     u_nb = uint64(nb)
     scale = like(delta_scale(loss, act, k, nb), acts)  # in the model's dtype
@@ -293,7 +320,8 @@ def backward(params, net, acts, a_off, deltas, out, nb, lr, descend, input_layer
         if bo >= 0:
             bias_gradient(out, bo, delta, 0, n_out, nb, lr, descend)
         if l > 0:
-            derivative_rows(delta_in, a_in, net.acts[l - 1])
+            derivative_rows(delta_in, a_in,
+                            net.acts[l - 1] if HIDDEN_ACT == ANY else HIDDEN_ACT)
 
 
 # ----------------------------------------------------------------------- data loading

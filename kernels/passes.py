@@ -13,7 +13,9 @@ backward passes come in several units: with and without the branch that hands a 
 layer to a fit's thread pool (batch.POOLED), so that a fit on one thread compiles no code
 of the pool; and in three forms (batch.LAYERS): every layer's products by its size,
 through the matrix products only, or through the loops only, so that a fit whose layers
-all take one way compiles only that way.
+all take one way compiles only that way; and for a Net's own activation and loss codes
+(batch.HIDDEN_ACT, OUTPUT_ACT, LOSS), so that a fit compiles the code of its own
+activations and loss only.  ``Build`` names what a unit is compiled for.
 
 A Work carries the addresses as integers, not the cfunc objects: Numba would type and
 unbox such objects in Python at every kernel call, which costs more than a small fit.
@@ -28,7 +30,7 @@ from llvmlite import ir
 from numba import cfunc, config as numba_config, njit, typeof, types
 
 from . import batch
-from .batch import ALL_LOOPS, ALL_PRODUCTS, BY_SIZE
+from .batch import ALL_LOOPS, ALL_PRODUCTS, ANY, BY_SIZE
 from .rows import LEAF
 from .config import JIT, with_constants
 from .intrinsics import compiled_as
@@ -113,60 +115,88 @@ FORMS = (BY_SIZE, ALL_PRODUCTS, ALL_LOOPS)
 _FORM_NAMES = {BY_SIZE: "", ALL_PRODUCTS: "_products", ALL_LOOPS: "_loops"}
 
 
-def unit_key(dtype, which, pooled, form=BY_SIZE):
-    """(dtype, pass, pooled, form): which unit a pass of a fit ``pooled`` or not, in the
-    layers' form ``form`` (batch.LAYERS), runs (the passes without layers have one unit)."""
-    if which not in LAYER_PASSES:
-        return np.dtype(dtype), which, False, BY_SIZE
-    if form not in FORMS:
+class Build(NamedTuple):
+    """What a unit is compiled for: the layers' form (batch.LAYERS) and the activation
+    and loss codes (rules.py) it reads as constants -- batch.HIDDEN_ACT, OUTPUT_ACT and
+    LOSS; ANY reads the Net's at run time.  Build() serves every call."""
+    form: int = BY_SIZE
+    hidden: int = ANY
+    output: int = ANY
+    loss: int = ANY
+
+
+# which of a Build's codes each pass reads (the others are ANY in its unit's key)
+_READS = {FORWARD: ("hidden", "output"), BACKWARD: ("hidden",),
+          OUTPUT_DELTAS: ("output", "loss"), BATCH_LOSS: ("loss",)}
+
+
+def unit_key(dtype, which, pooled, build=Build()):
+    """(dtype, pass, pooled, Build): which unit a pass of a fit ``pooled`` or not runs
+    for calls of ``build`` -- only what the pass reads of it: the passes without layers
+    have one unit per loss and output, the backward one per hidden activation."""
+    if build.form not in FORMS:
         raise ValueError(f"form must be one of batch's BY_SIZE, ALL_PRODUCTS, ALL_LOOPS, "
-                         f"got {form!r}")
-    return np.dtype(dtype), which, bool(pooled), form
+                         f"got {build.form!r}")
+    codes = {field: getattr(build, field) for field in _READS[which]}
+    if which not in LAYER_PASSES:
+        return np.dtype(dtype), which, False, Build(**codes)
+    return np.dtype(dtype), which, bool(pooled), Build(build.form, **codes)
 
 
-def _unit_function(name, pooled, form):
-    """batch.py's function ``name`` under a name of its own (``forward_unit``,
-    ``forward_pooled_unit`` with the pool's branch, ``forward_products_unit`` ...):
-    Numba names its cache files after the function, and batch.py's compiled function
-    (the tests call it) keeps its own.  It reads batch.POOLED as ``pooled`` and, with
-    the functions it inlines that read it (batch.LAYER_FUNCTIONS), batch.LAYERS as
-    ``form``: Numba drops the branches those constants rule out before it types them."""
-    names = dict(vars(batch), POOLED=bool(pooled), LAYERS=form)
+def _unit_name(which, pooled, build):
+    codes = "".join(f"_{field[0]}{code}" for field, code in zip(Build._fields[1:], build[1:])
+                    if code != ANY)
+    return (f"{Passes._fields[which]}{'_pooled' if pooled else ''}"
+            f"{_FORM_NAMES[build.form]}{codes}_unit")
+
+
+def _unit_function(which, pooled, build):
+    """batch.py's function of pass ``which`` under a name of its own
+    (``forward_unit``, ``forward_pooled_unit`` with the pool's branch,
+    ``forward_products_h1_o1_unit`` ...): Numba names its cache files after the
+    function, and batch.py's compiled function (the tests call it) keeps its own.  It
+    reads batch.POOLED as ``pooled``, batch.HIDDEN_ACT, OUTPUT_ACT and LOSS as
+    ``build``'s codes and, with the functions it inlines that read it
+    (batch.LAYER_FUNCTIONS), batch.LAYERS as its form: Numba drops the branches those
+    constants rule out before it types them."""
+    names = dict(vars(batch), POOLED=bool(pooled), LAYERS=build.form, HIDDEN_ACT=build.hidden,
+                 OUTPUT_ACT=build.output, LOSS=build.loss)
     for helper in batch.LAYER_FUNCTIONS:  # inlined, never compiled alone: not cached
         names[helper] = njit(**dict(LEAF, cache=False))(
             with_constants(getattr(batch, helper).py_func, names, helper))
-    return with_constants(getattr(batch, name).py_func, names,
-                          f"{name}{'_pooled' if pooled else ''}{_FORM_NAMES[form]}_unit")
+    return with_constants(getattr(batch, Passes._fields[which]).py_func, names,
+                          _unit_name(which, pooled, build))
 
 
 _compiled = {}  # unit_key -> its cfunc, kept alive: its code must outlive its use
 _lock = threading.Lock()
 
 
-def for_dtype(dtype, needed=ALL, pooled=False, form=BY_SIZE):
+def for_dtype(dtype, needed=ALL, pooled=False, build=Build()):
     """What a Work carries for a model of ``dtype`` (Work.passes): the passes' addresses,
     an int64 array indexed by FORWARD ... BATCH_LOSS, the ``needed`` ones compiled (or
     loaded from Numba's cache) on first use -- a pass not yet compiled is 0, and its
     kernel must not call it (predict calls only the forward pass).  ``pooled``: for a
     fit whose Net has a thread pool (without, the forward and backward passes would run
-    its layers on the calling thread alone).  ``form``: the layers' form (batch.LAYERS);
-    ALL_PRODUCTS and ALL_LOOPS only for calls whose every layer and batch takes that
-    way, with a Net of config.PRODUCT_MIN_WORK (those forms do not read
-    net.product_min_work).  Under NUMBA_DISABLE_JIT, batch.py's Python functions."""
+    its layers on the calling thread alone).  ``build``: what the calls need (Build):
+    a narrow form only for calls whose every layer and batch takes that way, with a Net
+    of config.PRODUCT_MIN_WORK (those forms do not read net.product_min_work); codes
+    only those of the calls' Net.  Under NUMBA_DISABLE_JIT, batch.py's Python
+    functions."""
     if numba_config.DISABLE_JIT:
         return Passes(batch.forward, batch.backward, batch.output_deltas, batch.batch_loss)
     with _lock:
         for which in needed:
-            key = unit_key(dtype, which, pooled, form)
+            key = unit_key(dtype, which, pooled, build)
             if key not in _compiled:
                 _compiled[key] = cfunc(_signatures(key[0])[which], **JIT)(
-                    _unit_function(Passes._fields[which], key[2], key[3]))
-        keys = [unit_key(dtype, which, pooled, form) for which in ALL]
+                    _unit_function(which, key[2], key[3]))
+        keys = [unit_key(dtype, which, pooled, build) for which in ALL]
         return np.array([_compiled[k].address if k in _compiled else 0 for k in keys],
                         np.int64)
 
 
-def is_loaded(dtype, needed=ALL, pooled=False, form=BY_SIZE):
-    """Whether ``for_dtype(dtype, needed, pooled, form)`` would return at once."""
+def is_loaded(dtype, needed=ALL, pooled=False, build=Build()):
+    """Whether ``for_dtype(dtype, needed, pooled, build)`` would return at once."""
     return numba_config.DISABLE_JIT or all(
-        unit_key(dtype, which, pooled, form) in _compiled for which in needed)
+        unit_key(dtype, which, pooled, build) in _compiled for which in needed)

@@ -14,6 +14,8 @@ from fastbp.kernels import passes as PS
 
 FORWARD = PS.FORWARD  # globals: Numba types them as constants, as passes.call needs
 BACKWARD = PS.BACKWARD
+OUTPUT_DELTAS = PS.OUTPUT_DELTAS
+BATCH_LOSS = PS.BATCH_LOSS
 
 pytestmark = pytest.mark.skipif(numba_config.DISABLE_JIT,
                                 reason="compiled code only: as Python there is no address")
@@ -29,7 +31,7 @@ X, y = rng.normal(size=(40, 5)), rng.random((40, 2))
 m = fastbp.MLP([5, 70, 2], seed=0)
 m.predict(X)
 from fastbp.kernels import passes as PS
-after_predict = [[PS.Passes._fields[k[1]], k[3]] for k in PS._compiled]
+after_predict = [[PS.Passes._fields[k[1]], k[3].form] for k in PS._compiled]
 m.fit(X, y, epochs=2, lr=0.1, batch_size=8, shuffle=True)
 defined = {"compiled after predict": after_predict}
 for name, entry in (("train", L.trainer("mini", "fused", False)), ("predict", L.predict)):
@@ -37,15 +39,28 @@ for name, entry in (("train", L.trainer("mini", "fused", False)), ("predict", L.
                      for n in re.findall(r'^define [^@]*@"?([^"(]+)', text, re.M)]
 # the forward and backward units with and without the thread pool's branch, and in
 # each form of the layers' products (the fit's batches of 8 ran on the loops alone)
-defined["fit's form"] = [k[3] for k in PS._compiled if k[1] == PS.BACKWARD]
+defined["fit's form"] = [k[3].form for k in PS._compiled if k[1] == PS.BACKWARD]
 for pooled in (False, True):
     for form in PS.FORMS:
-        PS.for_dtype(np.float64, pooled=pooled, form=form)
+        PS.for_dtype(np.float64, pooled=pooled, build=PS.Build(form))
         for which in PS.LAYER_PASSES:
-            text = PS._compiled[PS.unit_key(np.float64, which, pooled, form)].inspect_llvm()
+            key = PS.unit_key(np.float64, which, pooled, PS.Build(form))
+            text = PS._compiled[key].inspect_llvm()
             name = PS.Passes._fields[which]
             defined[f"{name} pooled={pooled} form={form} calls the pool"] = "call_layer" in text
             defined[f"{name} pooled={pooled} form={form} lines"] = text.count(chr(10))
+# the fit's units were compiled for its sigmoid layers and mse loss (the code of the
+# other activations and losses left out)
+for which in PS.ALL:
+    fit_key = next(k for k in PS._compiled if k[1] == which and k[3].form != PS.BY_SIZE
+                   or k[1] == which and which not in PS.LAYER_PASSES)
+    general = PS.for_dtype(np.float64, needed=(which,), build=PS.Build(fit_key[3].form))
+    name = PS.Passes._fields[which]
+    defined[f"{name} codes"] = list(fit_key[3][1:])
+    defined[f"{name} lines for the codes, for any"] = [
+        PS._compiled[fit_key].inspect_llvm().count(chr(10)),
+        PS._compiled[PS.unit_key(np.float64, which, False, PS.Build(fit_key[3].form))]
+        .inspect_llvm().count(chr(10))]
 print(json.dumps(defined))
 """
 
@@ -76,6 +91,14 @@ def test_entries_call_the_passes_and_hold_none_of_their_code(tmp_path):
                      for form in PS.FORMS}
             assert lines[PS.ALL_PRODUCTS] < lines[PS.BY_SIZE], (name, pooled, lines)
             assert lines[PS.ALL_LOOPS] < lines[PS.BY_SIZE], (name, pooled, lines)
+    sigmoid, mse, anything = 1, 0, -1
+    assert defined.pop("forward codes") == [sigmoid, sigmoid, anything]
+    assert defined.pop("backward codes") == [sigmoid, anything, anything]
+    assert defined.pop("output_deltas codes") == [anything, sigmoid, mse]
+    assert defined.pop("batch_loss codes") == [anything, anything, mse]
+    for name in PS.Passes._fields:
+        for_codes, for_any = defined.pop(f"{name} lines for the codes, for any")
+        assert for_codes < for_any, name
     for entry, names in defined.items():
         text = " ".join(names)
         assert entry in text  # the entry itself is there...
@@ -103,12 +126,12 @@ def test_the_pool_branch_and_the_forms_have_units_of_their_own():
     for which in range(4):
         same = alone[which] == pooled[which]
         assert same == (which not in PS.LAYER_PASSES), PS.Passes._fields[which]
-    forms = [PS.for_dtype("float64", form=form) for form in PS.FORMS]
+    forms = [PS.for_dtype("float64", build=PS.Build(form)) for form in PS.FORMS]
     for which in range(4):
         distinct = len({int(f[which]) for f in forms})
         assert distinct == (3 if which in PS.LAYER_PASSES else 1), PS.Passes._fields[which]
     with pytest.raises(ValueError, match="form must be one of"):
-        PS.for_dtype("float64", form=7)
+        PS.for_dtype("float64", build=PS.Build(7))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -135,7 +158,7 @@ def test_every_form_computes_what_choosing_by_size_computes(dtype):
         inputs = rng.normal(size=3 * nb)
         output_deltas = rng.normal(size=4 * nb)
         results = []
-        for units in (PS.for_dtype(dtype, form=form), PS.for_dtype(dtype)):
+        for units in (PS.for_dtype(dtype, build=PS.Build(form)), PS.for_dtype(dtype)):
             work = O.make_work(m._layout.sizes_arr, m.params.size, nb, nb, m.dtype, False)
             work.acts[:3 * nb] = inputs
             work.deltas[work.a_off[2]:] = output_deltas
@@ -216,21 +239,121 @@ def test_read_only_parameters_and_data():
     np.testing.assert_array_equal(m2.params, m.params)
 
 
-def test_passes_form_prefers_a_unit_already_compiled(monkeypatch):
-    """The narrow form when nothing is compiled (it compiles faster), BY_SIZE when only
-    it is compiled (it serves at once), the narrow form again once it is compiled."""
+def test_passes_build_prefers_a_unit_already_compiled(monkeypatch):
+    """The narrow form and the Net's codes when nothing is compiled (they compile
+    faster); a broader unit that serves the calls when only it is compiled (it serves at
+    once): the Net's codes in BY_SIZE, then the form for any codes, then Build(); the
+    narrow one again once it is compiled."""
     from fastbp import _dispatch as D
     from fastbp.kernels import batch as B
+    from fastbp.kernels import rules as R
     compiled = set()
     monkeypatch.setattr(D, "passes_compiled",
-                        lambda dtype, needed, pooled, form: form in compiled)
+                        lambda dtype, needed, pooled, build: build in compiled)
     sizes = (32, 64, 64, 10)
+    acts = np.array([R.SIGMOID] * 3)
+    codes = (R.SIGMOID, R.SIGMOID, R.MSE)
 
-    def form(nbs):
-        return D.passes_form("float64", PS.ALL, False, sizes, nbs)
+    def build(nbs):
+        return D.passes_build("float64", PS.ALL, False, sizes, nbs, acts, R.MSE)
 
-    assert form({64}) == B.ALL_PRODUCTS and form({1}) == B.ALL_LOOPS
-    compiled.add(B.BY_SIZE)
-    assert form({64}) == B.BY_SIZE and form({1}) == B.BY_SIZE
-    compiled.add(B.ALL_PRODUCTS)
-    assert form({64}) == B.ALL_PRODUCTS and form({64, 4}) == B.BY_SIZE
+    assert build({64}) == PS.Build(B.ALL_PRODUCTS, *codes)
+    assert build({1}) == PS.Build(B.ALL_LOOPS, *codes)
+    compiled.add(PS.Build())
+    assert build({64}) == PS.Build() and build({1}) == PS.Build()
+    compiled.add(PS.Build(B.ALL_PRODUCTS))
+    assert build({64}) == PS.Build(B.ALL_PRODUCTS) and build({1}) == PS.Build()
+    compiled.add(PS.Build(B.BY_SIZE, *codes))
+    assert build({64}) == PS.Build(B.BY_SIZE, *codes) == build({1})
+    compiled.add(PS.Build(B.ALL_PRODUCTS, *codes))
+    assert build({64}) == PS.Build(B.ALL_PRODUCTS, *codes)
+    assert build({64, 4}) == PS.Build(B.BY_SIZE, *codes)
+
+
+@pytest.mark.parametrize("acts, loss, codes", [
+    (["sigmoid", "sigmoid"], "mse", ("SIGMOID", "SIGMOID", "MSE")),
+    (["relu", "relu", "identity"], "half_mse", ("RELU", "IDENTITY", "HALF_MSE")),
+    (["tanh", "relu", "sigmoid"], "bce", ("ANY", "SIGMOID", "BCE")),
+    (["softmax"], "cross_entropy", ("IDENTITY", "SOFTMAX", "CROSS_ENTROPY")),
+])
+def test_net_codes(acts, loss, codes):
+    """The codes a Net's passes are compiled for: the one every hidden layer shares (ANY
+    when they differ; IDENTITY, never read, without hidden layers), the output's, the
+    loss's."""
+    from fastbp import _dispatch as D
+    from fastbp.kernels import batch as B
+    from fastbp.kernels import rules as R
+    sizes = [3] + [5] * (len(acts) - 1) + [2]
+    m = fastbp.MLP(sizes, activation=acts, loss=loss)
+    want = tuple(getattr(B if c == "ANY" else R, c) for c in codes)
+    assert D.net_codes(m._act_codes, m._loss_code) == want
+
+
+def test_a_unit_is_keyed_by_what_its_pass_reads():
+    """The forward unit by the form, hidden and output codes; the backward one by the
+    form and hidden code; the output deltas by output and loss; the loss by the loss."""
+    build = PS.Build(PS.ALL_PRODUCTS, 2, 1, 3)
+    keys = {which: PS.unit_key("float64", which, True, build)[2:] for which in range(4)}
+    assert keys[PS.FORWARD] == (True, PS.Build(PS.ALL_PRODUCTS, 2, 1))
+    assert keys[PS.BACKWARD] == (True, PS.Build(PS.ALL_PRODUCTS, 2))
+    assert keys[PS.OUTPUT_DELTAS] == (False, PS.Build(output=1, loss=3))
+    assert keys[PS.BATCH_LOSS] == (False, PS.Build(loss=3))
+
+
+# every activation and loss the passes compute, with outputs and losses that go together
+_CODED_NETS = [
+    (["sigmoid", "sigmoid"], "mse"), (["relu", "identity"], "half_mse"),
+    (["tanh", "tanh", "sigmoid"], "bce"), (["relu", "softmax"], "cross_entropy"),
+    (["sigmoid", "exp"], "poisson"), (["tanh", "identity"], "sse"),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("acts, loss", _CODED_NETS)
+def test_units_for_a_nets_codes_compute_what_the_general_units_compute(dtype, acts, loss):
+    """The four passes compiled for a Net's activation and loss codes (and its layers'
+    form) against those that read the codes at run time: the same bits, weighted."""
+    from numba import njit
+    from fastbp import _dispatch as D
+    from fastbp.kernels import options as O
+
+    @njit
+    def run_all(units, params, net, acts, a_off, y, z_out, deltas, w, out, nb):
+        n_layers = net.sizes.shape[0] - 1
+        k = net.sizes[n_layers]
+        oo = a_off[n_layers]
+        PS.call(units[FORWARD], FORWARD, (params, net, acts, a_off, nb, z_out, False))
+        loss = PS.call(units[BATCH_LOSS], BATCH_LOSS,
+                       (acts, oo, y, z_out, w, net.loss, k, nb))
+        PS.call(units[OUTPUT_DELTAS], OUTPUT_DELTAS,
+                (acts, oo, y, deltas, w, net.loss, net.acts[n_layers - 1], k, nb))
+        PS.call(units[BACKWARD], BACKWARD,
+                (params, net, acts, a_off, deltas, out, nb, params[0] * 0, False, True))
+        return loss
+
+    sizes = [3] + [9] * (len(acts) - 1) + [4]
+    m = fastbp.MLP(sizes, activation=acts, loss=loss, seed=5, dtype=dtype)
+    rng = np.random.default_rng(6)
+    nb = 20
+    x = rng.normal(size=3 * nb)
+    y = rng.random(4 * nb).astype(dtype)
+    if loss == "cross_entropy":
+        y = np.eye(4, dtype=dtype)[rng.integers(0, 4, nb)].T.ravel().copy()
+    w = rng.uniform(0.5, 1.5, nb).astype(dtype)
+    build = PS.Build(D.layer_form(m._layout.sizes, (nb,)),
+                     *D.net_codes(m._act_codes, m._loss_code))
+    net = D.make_net(m._layout, m._act_codes, m._loss_code, m.dtype, "recurrence")
+    results = []
+    coded, general = PS.for_dtype(dtype, build=build), PS.for_dtype(dtype)
+    assert not set(coded) & set(general)  # four units of their own
+    for units in (coded, general):
+        work = O.make_work(m._layout.sizes_arr, m.params.size, nb, nb, m.dtype, True)
+        work.acts[:3 * nb] = x
+        loss_value = run_all(units, m.params, net, work.acts, work.a_off, y, work.z_out,
+                             work.deltas, w, work.grad, nb)
+        results.append((loss_value, work.acts.copy(), work.grad.copy()))
+    (loss_value, acts_out, grad), (want_loss, want_acts, want_grad) = results
+    assert np.isfinite(grad).all() and np.abs(grad).max() > 0
+    assert loss_value == want_loss
+    np.testing.assert_array_equal(acts_out, want_acts)
+    np.testing.assert_array_equal(grad, want_grad)

@@ -255,6 +255,10 @@ def test_ctrl_c_in_a_subprocess_returns_what_was_trained():
 def test_ctrl_c_in_process_and_the_handler_is_restored():
     X, y = _problem()
     m = fastbp.MLP([2, 6, 1], activation=["tanh", "identity"], init="normal", seed=2)
+    # the kernels compiled first (a compile can outlast the timer: bounds-checked, on
+    # a fresh cache), so the interrupt lands in the training loop
+    fastbp.MLP([2, 6, 1], activation=["tanh", "identity"]).fit(X, y, epochs=1, lr=1e-3,
+                                                               batch_size=4, shuffle=True)
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     before = signal.getsignal(signal.SIGINT)
     timer.start()
