@@ -327,7 +327,7 @@ def backward(params, net, acts, a_off, deltas, out, nb, lr, descend, input_layer
 # ----------------------------------------------------------------------- data loading
 # gather goes sample by sample while the batch's block of the buffer is at most this
 # large (an L1 data cache); beyond, the buffer's rows are far apart and it goes by
-# blocks of 8 samples, each row getting 8 adjacent values (a cache line) at a time
+# blocks of 8 samples, whose values of a row fill one cache line while it is held
 GATHER_L1_BYTES = 32 * 1024
 
 
@@ -335,19 +335,14 @@ GATHER_L1_BYTES = 32 * 1024
 def gather(src, start, nb, perm, shuffle, dst, d0):
     """dst[d0 + i * nb + s] <- src[j, i] for the batch's samples j (perm[start + s] when
     shuffling, else start + s), s < nb, every column i of the sample-major src."""
-    cols = src.shape[1]
-    if cols * nb * src.itemsize <= GATHER_L1_BYTES:
-        u_cols, u_nb, u_d0, u_start = uint64(cols), uint64(nb), uint64(d0), uint64(start)
-        for s in range(u_nb):
+    u_cols, u_nb, u_d0, u_start = uint64(src.shape[1]), uint64(nb), uint64(d0), uint64(start)
+    block = u_nb if u_cols * u_nb * uint64(src.itemsize) <= GATHER_L1_BYTES else uint64(8)
+    for b in range(uint64(0), u_nb, block):
+        end = b + block if b + block < u_nb else u_nb
+        for s in range(b, end):
             j = uint64(perm[u_start + s]) if shuffle else u_start + s
             for i in range(u_cols):
                 dst[u_d0 + i * u_nb + s] = src[j, i]
-    else:
-        for b in range(0, nb, 8):
-            for i in range(cols):
-                row = d0 + i * nb
-                for s in range(b, min(b + 8, nb)):
-                    dst[row + s] = src[perm[start + s] if shuffle else start + s, i]
 
 
 @njit(**INNER)
@@ -363,7 +358,8 @@ def load_weights(sw, start, nb, perm, shuffle, w_batch):
     """The batch's sample weights (w_batch[:nb]), or an empty array without weights."""
     if sw.shape[0] == 0:
         return w_batch[:0]
-    for s in range(nb):
-        w_batch[s] = sw[perm[start + s]] if shuffle else sw[start + s]
+    u_start = uint64(start)
+    for s in range(uint64(nb)):
+        w_batch[s] = sw[uint64(perm[u_start + s])] if shuffle else sw[u_start + s]
     return w_batch[:nb]
 

@@ -103,7 +103,7 @@ def _batch_epoch(RULE, SPARSE, params, net, data, loop, rule, state, work, lr, f
     epoch_loss = 0.0
     n_batches = 0
     for start in range(0, n, batch_size):
-        nb = min(batch_size, n - start)
+        nb = batch_size if batch_size < n - start else n - start  # (min: one more function)
         if SPARSE:  # the first layer's z from the rows, into layer 1's block
             sparse_first_z(params, net, x, start, nb, work.perm, shuffle, acts, a_off)
         elif not full:  # (full: the inputs were gathered once, for the whole run)
@@ -339,7 +339,7 @@ def _predict(SPARSE, params, net, x, out, work):
     cap = work.w_batch.shape[0]
     out_off = work.a_off[n_layers]
     for start in range(0, n, cap):
-        nb = min(cap, n - start)
+        nb = cap if cap < n - start else n - start
         _inputs_forward(SPARSE, params, net, x, start, nb, work, work.z_out[:0])
         scatter(work.acts, out_off, nb, out, start)
 

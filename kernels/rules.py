@@ -494,7 +494,7 @@ def learning_rate(rule, epoch):
     if rule.schedule == STEP:
         return lr * int_power(rule.step_factor, epoch // rule.step_size)
     if rule.schedule == COSINE:
-        total = max(rule.total_epochs, 1)
+        total = rule.total_epochs if rule.total_epochs > 1 else 1
         lo = rule.lr_min
         return lo + 0.5 * (lr - lo) * (1.0 + math.cos(math.pi * epoch / total))
     return lr
