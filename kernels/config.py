@@ -5,7 +5,10 @@ plain-numpy references in the tests. Vectorization comes from the loop structure
 (the innermost loops run over samples, so no sum is ever reordered).
 """
 
-JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
+# no_cfunc_wrapper: Numba otherwise gives every function a C-callable wrapper as well, for
+# use as a first-class function value, which no kernel is; the C-callable units
+# (``cfunc``) get theirs regardless.
+JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy", no_cfunc_wrapper=True)
 # Functions only ever called from other kernels: no CPython wrapper (the code that boxes
 # and unboxes their arguments for Python callers), which is most of what Numba generates
 # and compiles for a small function.
