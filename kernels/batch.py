@@ -167,6 +167,8 @@ def forward(params, net, acts, a_off, nb, z_out, z0_ready):
                 z_out[s] = z[s]
         if HIDDEN_ACT == ANY or OUTPUT_ACT == ANY:
             _activate(z, code, n_out, nb)
+        elif HIDDEN_ACT == OUTPUT_ACT:  # one copy for every layer
+            _activate(z, OUTPUT_ACT, n_out, nb)
         elif l == n_layers - 1:  # each call with a constant: only its code is compiled
             _activate(z, OUTPUT_ACT, n_out, nb)
         else:
