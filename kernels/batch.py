@@ -26,7 +26,7 @@ from . import gemm
 from .config import INNER, PRODUCT_MIN_WEIGHTS
 from .intrinsics import address, fma, like
 from .pool import LAYER_DELTA, LAYER_FORWARD, LAYER_WEIGHTS, SPLIT_MIN_WORK, call_layer
-from .rows import LEAF, activate_rows, add_bias, bias_gradient, derivative_rows
+from .rows import ANY, LEAF, activate_rows, add_bias, bias_gradient, derivative_rows
 from .rules import (CROSS_ENTROPY, SOFTMAX, cross_entropy_column, delta_scale, dot4,
                     is_combined, loss_of_sum, loss_uses_z, loss_term, output_delta, plain_step,
                     softmax_column)
@@ -112,6 +112,11 @@ def affine(params, net, wo, bo, n_in, n_out, a_in, z, nb):
 # one thread, so their code has no branch to the pool (a first fit compiles less).
 POOLED = True
 
+# the activation a copy of _activate is compiled for (rows.py: ACTIVATION), and the copies
+# the forward pass calls for constant hidden and output codes: here _activate itself
+# (passes.py compiles the units with copies for their codes)
+ACTIVATION = ANY
+
 # The activation and loss codes (rules.py) a unit is compiled for (passes.py: Build):
 # ANY reads them from the Net at run time, so the code of every activation and loss is
 # compiled; a code makes the passes read that constant instead, and Numba drops the
@@ -119,7 +124,6 @@ POOLED = True
 # (forward, backward); OUTPUT_ACT: the output layer's (forward, output_deltas); LOSS:
 # the loss (output_deltas, batch_loss).  The dispatcher compiles a unit for a Net's own
 # codes; one for other codes would compute other functions.
-ANY = -1
 HIDDEN_ACT = ANY
 OUTPUT_ACT = ANY
 LOSS = ANY
@@ -167,24 +171,27 @@ def forward(params, net, acts, a_off, nb, z_out, z0_ready):
                 z_out[s] = z[s]
         if HIDDEN_ACT == ANY or OUTPUT_ACT == ANY:
             _activate(z, code, n_out, nb)
-        elif HIDDEN_ACT == OUTPUT_ACT:  # one copy for every layer
-            _activate(z, OUTPUT_ACT, n_out, nb)
-        elif l == n_layers - 1:  # each call with a constant: only its code is compiled
-            _activate(z, OUTPUT_ACT, n_out, nb)
+        elif HIDDEN_ACT == OUTPUT_ACT or l == n_layers - 1:  # one copy when they share it
+            _activate_output(z, code, n_out, nb)
         else:
-            _activate(z, HIDDEN_ACT, n_out, nb)
+            _activate_hidden(z, code, n_out, nb)
 
 
 @njit(**LEAF)
 def _activate(z, code, n_out, nb):
     """A layer's activation ``code`` over its block z (n_out rows of nb): softmax over
-    each sample's column, any other unit by unit."""
-    if code == SOFTMAX:
+    each sample's column, any other unit by unit.  Copied for a constant code (rows.py:
+    ACTIVATION; the units' _activate_hidden and _activate_output, passes.py), only that
+    code's loop."""
+    if ACTIVATION == SOFTMAX or ACTIVATION == ANY and code == SOFTMAX:
         u_nb = uint64(nb)
         for s in range(u_nb):
             softmax_column(z, s, u_nb, n_out)
     else:
         activate_rows(z, code)
+
+
+_activate_hidden = _activate_output = _activate
 
 
 # ------------------------------------------------------------------------ loss, delta
@@ -321,9 +328,8 @@ def backward(params, net, acts, a_off, deltas, out, nb, lr, descend, input_layer
         _weight_grad(net, a_in, delta, out, wo, n_in, n_out, nb, lr, descend)
         if bo >= 0:
             bias_gradient(out, bo, delta, 0, n_out, nb, lr, descend)
-        if l > 0:
-            derivative_rows(delta_in, a_in,
-                            net.acts[l - 1] if HIDDEN_ACT == ANY else HIDDEN_ACT)
+        if l > 0:  # (a unit for a constant HIDDEN_ACT has a copy for that code)
+            derivative_rows(delta_in, a_in, net.acts[l - 1])
 
 
 # ----------------------------------------------------------------------- data loading

@@ -29,7 +29,7 @@ import numpy as np
 from llvmlite import ir
 from numba import cfunc, config as numba_config, njit, typeof, types
 
-from . import batch
+from . import batch, rows
 from .batch import ALL_LOOPS, ALL_PRODUCTS, ANY, BY_SIZE
 from .rows import LEAF
 from .config import JIT, with_constants
@@ -161,11 +161,29 @@ def _unit_function(which, pooled, build):
     constants rule out before it types them."""
     names = dict(vars(batch), POOLED=bool(pooled), LAYERS=build.form, HIDDEN_ACT=build.hidden,
                  OUTPUT_ACT=build.output, LOSS=build.loss)
-    for helper in batch.LAYER_FUNCTIONS:  # inlined, never compiled alone: not cached
-        names[helper] = njit(**dict(LEAF, cache=False))(
-            with_constants(getattr(batch, helper).py_func, names, helper))
+    for helper in batch.LAYER_FUNCTIONS:
+        names[helper] = _inlined(getattr(batch, helper), names, helper)
+    # the activation's loops for a constant code: the others' left out before Numba
+    # inlines what they call (rows.py: ACTIVATION)
+    for role, code in (("hidden", build.hidden), ("output", build.output)):
+        if code != ANY:
+            constant = dict(vars(rows), ACTIVATION=code)
+            activation = dict(names, ACTIVATION=code,
+                              activate_rows=_inlined(rows.activate_rows, constant,
+                                                     f"activate_rows_{role}"))
+            names[f"_activate_{role}"] = _inlined(batch._activate, activation,
+                                                  f"_activate_{role}")
+            if role == "hidden":  # the derivative of the hidden layers (backward)
+                names["derivative_rows"] = _inlined(rows.derivative_rows, constant,
+                                                    "derivative_rows_hidden")
     return with_constants(getattr(batch, Passes._fields[which]).py_func, names,
                           _unit_name(which, pooled, build))
+
+
+def _inlined(function, names, name):
+    """A copy of the compiled ``function`` reading its globals from ``names``, inlined
+    where it is called and never compiled alone (so not cached)."""
+    return njit(**dict(LEAF, cache=False))(with_constants(function.py_func, names, name))
 
 
 _compiled = {}  # unit_key -> its cfunc, kept alive: its code must outlive its use

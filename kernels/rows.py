@@ -14,21 +14,28 @@ from .rules import (EXP, RELU, SIGMOID, TANH, exp_output, plain_step, relu, relu
 
 LEAF = dict(INNER, inline="always")  # small helpers inlined into the passes that call them
 
+# The activation a copy of activate_rows / derivative_rows is compiled for (the batch
+# passes' units, kernels/passes.py): the loop of that code alone, its ``code`` argument
+# unread.  ANY: the loop of the code the argument names.  A constant leaves the other
+# loops out before Numba inlines what they call.
+ANY = -1
+ACTIVATION = ANY
+
 
 @njit(**LEAF)
 def activate_rows(z, code):
     """z[s] <- f(z[s]) for activation ``code`` (rules.activate) over a block of rows:
     one loop per activation, so each loop is branch-free and vectorizes."""
-    if code == SIGMOID:
+    if ACTIVATION == SIGMOID or ACTIVATION == ANY and code == SIGMOID:
         for s in range(z.shape[0]):
             z[s] = sigmoid(z[s])
-    elif code == RELU:
+    elif ACTIVATION == RELU or ACTIVATION == ANY and code == RELU:
         for s in range(z.shape[0]):
             z[s] = relu(z[s])
-    elif code == TANH:
+    elif ACTIVATION == TANH or ACTIVATION == ANY and code == TANH:
         for s in range(z.shape[0]):
             z[s] = tanh(z[s])
-    elif code == EXP:
+    elif ACTIVATION == EXP or ACTIVATION == ANY and code == EXP:
         for s in range(z.shape[0]):
             z[s] = exp_output(z[s])
 
@@ -36,13 +43,13 @@ def activate_rows(z, code):
 @njit(**LEAF)
 def derivative_rows(delta, a, code):
     """delta[s] <- delta[s] * f'(z[s]) (rules.times_derivative) over a block of rows."""
-    if code == SIGMOID:
+    if ACTIVATION == SIGMOID or ACTIVATION == ANY and code == SIGMOID:
         for s in range(delta.shape[0]):
             delta[s] = sigmoid_back(delta[s], a[s])
-    elif code == RELU:
+    elif ACTIVATION == RELU or ACTIVATION == ANY and code == RELU:
         for s in range(delta.shape[0]):
             delta[s] = relu_back(delta[s], a[s])
-    elif code == TANH:
+    elif ACTIVATION == TANH or ACTIVATION == ANY and code == TANH:
         for s in range(delta.shape[0]):
             delta[s] = tanh_back(delta[s], a[s])
 
