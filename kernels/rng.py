@@ -10,12 +10,16 @@ from numba import njit
 
 from .config import INNER
 
+# its two helpers inlined into permutation_into: compiled apart, each was one more
+# function for a first shuffled fit to compile and link
+_HELPER = dict(INNER, inline="always")
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-@njit(**INNER)
+@njit(**_HELPER)
 def _splitmix64(x):
     z = x + _GOLDEN
     z = (z ^ (z >> np.uint64(30))) * _MIX1
@@ -23,7 +27,7 @@ def _splitmix64(x):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(**INNER)
+@njit(**_HELPER)
 def next_u64(state):
     """Next uint64 of the stream; advances state[1]."""
     x = np.uint64(state[0]) + np.uint64(state[1]) * _GOLDEN
