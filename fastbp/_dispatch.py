@@ -23,6 +23,7 @@ compiled and stamped with the kernels' sources, Numba's version and the CPU -- t
 facts Numba's own cache depends on.
 """
 import atexit
+import functools
 import hashlib
 import math
 import os
@@ -394,8 +395,10 @@ def batch_passes(dtype, needed=PS.ALL, pooled=False, build=PS.Build()):
     return passes
 
 
+@functools.lru_cache(maxsize=None)
 def passes_key(dtype, which, pooled=False, build=PS.Build()):
-    """The registry's key of one batch pass (passes.unit_key)."""
+    """The registry's key of one batch pass (passes.unit_key); remembered, as every fit
+    asks for it several times."""
     dtype, which, pooled, build = PS.unit_key(dtype, which, pooled, build)
     name = PS.Passes._fields[which] + ("_pooled" if pooled else "")
     form_part = (("form", build.form),) if build.form != B.BY_SIZE else ()

@@ -55,6 +55,7 @@ class SingleFit:
             lay.sizes_arr, 0, n_val, n_val, model.dtype, model._keep_z,
             sparse=isinstance(run.val.x, O.SparseRows))
         self.net = None  # made in prepare (it compiles the gemm unit)
+        self._builds = {}  # pooled -> what the batch passes are compiled for (_passes_build)
         self.shared = None  # the threads sharing its products (fastbp/_threads.py)
         self.backup = None  # the guard's copy of the parameters, made by a guarded chunk
         # a chunk this proves safe runs unguarded, without copying the parameters
@@ -123,7 +124,13 @@ class SingleFit:
     def _passes_build(self, pooled):
         """What the batch passes for this fit's calls are compiled for (kernels/passes.py:
         Build): its batches (whole ones and the last; none per-sample) and the validation
-        set's, its activations and loss."""
+        set's, its activations and loss.  Decided once, so that what ``pending``
+        announces is what ``prepare`` compiles."""
+        if pooled not in self._builds:
+            self._builds[pooled] = self._decide_build(pooled)
+        return self._builds[pooled]
+
+    def _decide_build(self, pooled):
         cap = min(self.batch, self.n)
         nbs = (cap, self.n % cap) if self.plan.mode != "sample" else ()
         if self.run.validating:

@@ -22,6 +22,7 @@ unbox such objects in Python at every kernel call, which costs more than a small
 Under ``NUMBA_DISABLE_JIT=1`` the Work carries batch.py's Python functions instead, and
 ``call`` calls them.
 """
+import functools
 import threading
 from typing import NamedTuple
 
@@ -130,6 +131,7 @@ _READS = {FORWARD: ("hidden", "output"), BACKWARD: ("hidden",),
           OUTPUT_DELTAS: ("output", "loss"), BATCH_LOSS: ("loss",)}
 
 
+@functools.lru_cache(maxsize=None)  # every call of for_dtype asks for eight
 def unit_key(dtype, which, pooled, build=Build()):
     """(dtype, pass, pooled, Build): which unit a pass of a fit ``pooled`` or not runs
     for calls of ``build`` -- only what the pass reads of it: the passes without layers
