@@ -112,21 +112,20 @@ def affine(params, net, wo, bo, n_in, n_out, a_in, z, nb):
 # one thread, so their code has no branch to the pool (a first fit compiles less).
 POOLED = True
 
-# the activation a copy of _activate is compiled for (rows.py: ACTIVATION), and the copies
-# the forward pass calls for constant hidden and output codes: here _activate itself
-# (passes.py compiles the units with copies for their codes)
-ACTIVATION = ANY
-
 # The activation and loss codes (rules.py) a unit is compiled for (passes.py: Build):
-# ANY reads them from the Net at run time, so the code of every activation and loss is
-# compiled; a code makes the passes read that constant instead, and Numba drops the
-# others' code before it types anything.  HIDDEN_ACT: every hidden layer's activation
-# (forward, backward); OUTPUT_ACT: the output layer's (forward, output_deltas); LOSS:
-# the loss (output_deltas, batch_loss).  The dispatcher compiles a unit for a Net's own
-# codes; one for other codes would compute other functions.
+# ANY (rows.py) reads them from the Net at run time, so the code of every activation and
+# loss is compiled; a code makes the passes read that constant instead, and Numba drops
+# the others' code before it types anything.  HIDDEN_ACT: every hidden layer's
+# activation (forward, backward); OUTPUT_ACT: the output layer's (forward,
+# output_deltas); LOSS: the loss (output_deltas, batch_loss).  The dispatcher compiles a
+# unit for a Net's own codes; one for other codes would compute other functions.
 HIDDEN_ACT = ANY
 OUTPUT_ACT = ANY
 LOSS = ANY
+# The activation a copy of _activate is compiled for (as rows.py's ACTIVATION).  A unit
+# for constant codes calls copies for its hidden and output codes (passes.py); here
+# both names are _activate itself.
+ACTIVATION = ANY
 
 
 @njit(**LEAF)

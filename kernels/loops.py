@@ -103,7 +103,8 @@ def _batch_epoch(RULE, SPARSE, params, net, data, loop, rule, state, work, lr, f
     epoch_loss = 0.0
     n_batches = 0
     for start in range(0, n, batch_size):
-        nb = batch_size if batch_size < n - start else n - start  # (min: one more function)
+        # (not min(): Numba compiles its generic min as a function of its own)
+        nb = batch_size if batch_size < n - start else n - start
         if SPARSE:  # the first layer's z from the rows, into layer 1's block
             sparse_first_z(params, net, x, start, nb, work.perm, shuffle, acts, a_off)
         elif not full:  # (full: the inputs were gathered once, for the whole run)
