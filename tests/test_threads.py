@@ -9,7 +9,6 @@ import pytest
 import fastbp
 from fastbp import _dispatch as D
 from fastbp import _threads as T
-from fastbp.kernels import batch as B
 from fastbp.kernels import gemm as G
 from fastbp.kernels import passes as PS
 from fastbp.kernels import pool as P
@@ -138,9 +137,9 @@ def test_fits_on_threads_take_the_passes_that_share(three_threads, monkeypatch):
     asked = []
     real = D.batch_passes
 
-    def recording(dtype, needed=PS.ALL, pooled=False, form=B.BY_SIZE):
+    def recording(dtype, needed=PS.ALL, pooled=False, build=PS.Build()):
         asked.append(pooled)
-        return real(dtype, needed, pooled, form)
+        return real(dtype, needed, pooled, build)
 
     monkeypatch.setattr(D, "batch_passes", recording)
     X, Y = _wide_data()
