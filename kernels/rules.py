@@ -435,31 +435,14 @@ def momentum_step(p, g, v, lr, mu, nesterov):
     return p + v, v
 
 
-def python_int_power(x, n):
-    """x ** n (float64) for an integer n >= 0 as Numba computes ``**`` with an integer
-    exponent -- binary powering, libm's pow beyond 65,536 -- for the Python meaning
-    (NUMBA_DISABLE_JIT) of int_power: Python's ``**`` calls pow, which rounds
-    differently."""
-    if n > 0x10000:
-        return math.pow(x, float(n))
-    r = 1.0
-    a = np.float64(x)
-    while n != 0:
-        if n & 1:
-            r *= a
-        n >>= 1
-        a *= a
-    return r
-
-
 @njit(**RULE)
-def _compiled_int_power(x, n):
-    return x ** n
-
-
-# Compiled, Numba's own ``**`` (written out, the loop made the Adam first fits slower to
-# compile); as Python, the same algorithm
-int_power = python_int_power if config.DISABLE_JIT else _compiled_int_power
+def int_power(x, n):
+    """x ** n for an integer n >= 0 as Python computes a float to an integer power: libm's
+    pow of x and float(n).  PyTorch's and scikit-learn's optimizers compute their Adam bias
+    corrections and step decays that way (Python's ``**``), so these are their bits.
+    (Numba's own ``**`` with an integer exponent is binary powering, which rounds
+    differently, and compiles as a function of its own.)"""
+    return math.pow(x, float(n))
 
 
 @njit(**RULE)
