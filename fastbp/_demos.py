@@ -19,8 +19,9 @@ printed another measure, that figure follows in brackets, labelled as the tutori
   loss 1/2 mean (out - y)^2 (``half_mse``: the tutorial's update divides the summed
   gradient by the number of records), full batch, lr 0.007, 1,000 epochs. Prints
   ``Train loss (half_mse)`` after every epochs/10 epochs (the tutorial's schedule,
-  with its figure, the mean squared error = 2 x half_mse, beside it) and ``Prediction
-  accuracy:`` on the test split.
+  with the mean squared error over the training rows = 2 x half_mse beside it: what
+  the tutorial means to print, though its code takes that figure from the last training
+  row alone, the loop's ``x``) and ``Prediction accuracy:`` on the test split.
 - seed 001 (``regression``): 1-10-1 net, relu then identity, U[0, 1) init (the
   tutorial's ``np.random.rand``), MSE, full batch, lr 0.01. The tutorial prints the
   loss at each of its 50 steps; run for 100,000 epochs that is a summary of the curve
@@ -239,6 +240,8 @@ def run_admissions(settings, progress, plot, out, data=None):
     out(f"== 6-2-1 sigmoid without biases, loss half_mse, full-batch gradient descent, "
         f"lr {settings.lr:g}, {settings.epochs:,} epochs, the tutorial's initial weights "
         f"(np.random.seed({settings.seed}); normal(scale=1/sqrt(n_features)))")
+    out("== [train mse]: the mean squared error over the training rows, the loss the "
+        "tutorial prints (its code computes it from the last training row only)")
     model = tutorial_admissions_model(adm.X_train.shape[1], settings.seed)
     f0 = time.perf_counter()
     hist = _fit(model, adm.X_train, adm.y_train, progress, epochs=settings.epochs, lr=settings.lr)
@@ -257,13 +260,13 @@ def run_admissions(settings, progress, plot, out, data=None):
             continue
         loss = float(losses[r]) if r < len(losses) else final
         line = (f"Train loss (half_mse) after {e + 1:,} epoch{'s' if e else ''}: {_g(loss)}"
-                f"  [tutorial's train loss (mse): {2.0 * loss}]")
+                f"  [train mse: {2.0 * loss}]")
         if last is not None and last < loss:
             line += "   WARNING - Loss Increasing"
         out(line)
         last = loss
     out(f"Last recorded loss (half_mse), epoch {(len(losses) - 1) * every:,}: "
-        f"{_g(losses[-1])}  [tutorial's train loss (mse): {2.0 * losses[-1]}]")
+        f"{_g(losses[-1])}  [train mse: {2.0 * losses[-1]}]")
     pred = np.asarray(model.predict(adm.X_test)).reshape(-1) > 0.5
     accuracy = np.mean(pred == (adm.y_test > 0.5))
     out("Prediction accuracy: {:.3f}".format(accuracy))

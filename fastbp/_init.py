@@ -17,7 +17,7 @@ def initial_params(layout, init, seed, dtype):
             w[:] = rng.uniform(size=w.size)
             if b is not None:
                 b[:] = rng.uniform(size=n_out)
-        elif init == "normal":           # N(0, 1/sqrt(n_in)), as tutorial 004
+        elif init == "normal":           # N(0, 1/sqrt(n_in)) by each layer's n_in
             w[:] = rng.normal(scale=n_in ** -0.5, size=w.size)
             if b is not None:
                 b[:] = rng.normal(scale=n_in ** -0.5, size=n_out)

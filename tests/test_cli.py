@@ -149,7 +149,7 @@ def test_demo_admissions_loss_lines_are_the_headers_half_mse(capsys):
     m = _demos.tutorial_admissions_model(6, 21)
     hist = m.fit(a.X_train, a.y_train, epochs=50, lr=0.007)
     line = re.compile(r"^Train loss \(half_mse\) after (\d+) epochs?: (\S+)  "
-                      r"\[tutorial's train loss \(mse\): (\S+)\]$")
+                      r"\[train mse: (\S+)\]$")
     printed = [g.groups() for g in map(line.match, out.splitlines()) if g]
     # after 1, 6, ..., 46 epochs (the tutorial: after epochs 0, 5, ..., 45 counted from 0)
     assert [int(p[0]) for p in printed] == list(range(1, 50, 5))
@@ -157,7 +157,7 @@ def test_demo_admissions_loss_lines_are_the_headers_half_mse(capsys):
         assert half_mse == f"{hist.loss[int(epochs)]:.6g}"
         assert float(mse) == 2.0 * hist.loss[int(epochs)]
     assert (f"Last recorded loss (half_mse), epoch 49: {hist.loss[-1]:.6g}  "
-            f"[tutorial's train loss (mse): {2.0 * hist.loss[-1]}]") in out
+            f"[train mse: {2.0 * hist.loss[-1]}]") in out
 
 
 def test_demo_admissions_data_reads_any_file(capsys, tmp_path):

@@ -367,3 +367,22 @@ def test_seed004_admissions(admissions_path):
     acc = np.mean(fast_pred == yt)
     print(f"\nseed 004: test accuracy = {acc:.3f} (port: {acc_port:.3f})")
     assert acc == acc_port
+
+
+def test_seed004_printed_loss_is_the_last_rows_the_demo_prints_the_training_mse(
+        admissions_path):
+    """backprob.py prints ``np.mean((out - targets) ** 2)`` with ``out`` computed from
+    ``x``, the loop's last training row, broadcast against every target: not the
+    training set's mse it means.  The demo's [train mse] is the training set's (2 x the
+    half_mse record), as the README says."""
+    X, y, _, _ = prep_admissions(admissions_path)
+    w_ih, w_ho = weights_004()
+    p_ih, p_ho = port_004_loop(X, y, w_ih, w_ho, epochs=1)
+    x = X[-1]  # what the loop variable holds after the epoch
+    printed = np.mean((sigmoid(np.dot(sigmoid(np.dot(x, p_ih)), p_ho)) - y) ** 2)
+    meant = np.mean((sigmoid(sigmoid(X @ p_ih) @ p_ho) - y) ** 2)
+    m = fastbp.MLP.from_weights([w_ih, w_ho.reshape(2, 1)], None, activation="sigmoid",
+                                loss="half_mse")
+    hist = m.fit(X, y, epochs=2, lr=0.007)
+    assert 2.0 * hist.loss[1] == pytest.approx(meant, rel=1e-12)
+    assert abs(printed - meant) > 1e-3 * meant  # the two measures differ visibly
