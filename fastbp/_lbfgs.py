@@ -43,7 +43,10 @@ _USED = {"self", "X", "y", "epochs", "progress", "on_divergence", "optimizer", "
          "sample_weight", "tol", "max_fun", "n_jobs"}
 TOL = 1e-4  # scikit-learn's defaults
 MAX_FUN = 15000
-EXPECTED_EVALUATIONS = 100  # of the loss and gradient in a fit, to weigh compile time
+# evaluations of the loss and gradient a fit is expected to make, to weigh compile
+# time, when its iteration budget is not known; a fit counts its budget (about one
+# evaluation per iteration: load_digits at scikit-learn's 200 iterations made 208)
+EXPECTED_EVALUATIONS = 100
 
 
 def scipy_minimize():
@@ -78,16 +81,16 @@ class Objective:
     so it makes no checks and no allocation beyond the gradient it returns.
     """
 
-    def __init__(self, model, x, y, sw, l2=0.0, loss_scale=1.0, grad_scale=1.0, threads=1):
+    def __init__(self, model, x, y, sw, l2=0.0, loss_scale=1.0, grad_scale=1.0, threads=1,
+                 evaluations=EXPECTED_EVALUATIONS):
         lay = model._layout
         n = x.shape[0]
         self.grad = np.zeros(lay.n_params, dtype=model.dtype)
         # the wide layers' products on ``threads`` threads (the same bits), counting on
-        # the ~100 evaluations of a typical fit to pay for the compilations
+        # the fit's ``evaluations`` to pay for the compilations
         sparse = isinstance(x, Rows)
-        gemm = D.eval_gemm(model, n, passes=EXPECTED_EVALUATIONS, sparse=sparse)
-        threads = D.eval_threads(model, n, threads, passes=EXPECTED_EVALUATIONS,
-                                 sparse=sparse)
+        gemm = D.eval_gemm(model, n, passes=evaluations, sparse=sparse)
+        threads = D.eval_threads(model, n, threads, passes=evaluations, sparse=sparse)
         self.shared = D.share_products(gemm, model.dtype, threads)
         self.work = O.make_work(lay.sizes_arr, 0, n, n, model.dtype, True, sparse=sparse,
                                 passes=model._eval_passes(PS.ALL, (n,), sparse,
@@ -96,6 +99,8 @@ class Objective:
                               self.shared)
         self.data = O.Data(model._kernel_inputs(x), y, sw)
         self.entry = L.loss_and_gradient_rows if sparse else L.loss_and_gradient
+        if not sparse:  # the dense entry takes the fields as plain tuples (kernels/loops.py)
+            self.net, self.data, self.work = tuple(self.net), tuple(self.data), tuple(self.work)
         # float64 models read SciPy's x directly; float32 ones a cast copy of it
         self.cast = None if model.dtype == np.float64 else np.empty(lay.n_params, model.dtype)
         self.l2 = float(l2)
@@ -376,7 +381,8 @@ def train(model, xt, yt, sw, max_iter, max_fun, tol, l2, loss_scale=1.0, grad_sc
     ``threads``: for the wide layers' products (None: every core allowed).  Returns
     the Run."""
     threads = T.available() if threads is None else threads
-    objective = Objective(model, xt, yt, sw, l2, loss_scale, grad_scale, threads)
+    objective = Objective(model, xt, yt, sw, l2, loss_scale, grad_scale, threads,
+                          evaluations=min(max_iter, max_fun))
     run = Run()
     bar = make_bar(max_iter, desc=bar_desc) if progress else None
 

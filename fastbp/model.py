@@ -259,9 +259,12 @@ class MLP:
         work = O.make_work(lay.sizes_arr, 0, n, n, self.dtype, True, sparse=sparse,
                            passes=self._eval_passes(PS.ALL, (n,), sparse))
         grad = np.zeros(lay.n_params, dtype=self.dtype)
-        entry = L.loss_and_gradient_rows if sparse else L.loss_and_gradient
-        loss = entry(self._params, self._net(n, sparse), O.Data(self._kernel_inputs(x), t, sw),
-                     grad, work)
+        net, data = self._net(n, sparse), O.Data(self._kernel_inputs(x), t, sw)
+        if sparse:
+            loss = L.loss_and_gradient_rows(self._params, net, data, grad, work)
+        else:  # (the dense entry takes the fields as plain tuples: kernels/loops.py)
+            loss = L.loss_and_gradient(self._params, tuple(net), tuple(data), grad,
+                                       tuple(work))
         return loss, grad
 
     def loss(self, X, y):

@@ -434,7 +434,8 @@ class _BaseMLP(BaseEstimator):
         Y = Y.reshape(-1, 1) if Y.ndim == 1 else Y
         sw = None if sample_weight is None else np.asarray(sample_weight)
         xt, yt, sw_kernel, options = self._lbfgs_problem(model, X, Y, sw)
-        loss, grad = _lbfgs.Objective(model, xt, yt, sw_kernel, **options)(params)
+        objective = _lbfgs.Objective(model, xt, yt, sw_kernel, evaluations=1, **options)
+        loss, grad = objective(params)
         return loss, grad[order]
 
     def __sklearn_tags__(self):
