@@ -44,6 +44,7 @@ def build(lr, epochs, optimizer="sgd", momentum=0.0, nesterov=False, beta1=0.9,
                          f"{', '.join(map(repr, SCHEDULES))}")
     lr = V.check_lr(lr)
     momentum = _real(momentum, "momentum", 0.0, 1.0, high_open=True)
+    nesterov = V.check_flag(nesterov, "nesterov")
     if nesterov and momentum == 0.0:
         raise ValueError("nesterov=True needs momentum > 0")
     if optimizer == "adam" and momentum != 0.0:
@@ -62,7 +63,7 @@ def build(lr, epochs, optimizer="sgd", momentum=0.0, nesterov=False, beta1=0.9,
     patience = V.check_positive_int(patience, "patience", minimum=0)
     if epoch_loss not in ("batch_mean", "sample_mean"):
         raise ValueError(f"epoch_loss must be 'batch_mean' or 'sample_mean', got {epoch_loss!r}")
-    rule = O.Rule(OPTIMIZERS[optimizer], lr, momentum, bool(nesterov), beta1, beta2, eps, l2,
+    rule = O.Rule(OPTIMIZERS[optimizer], lr, momentum, nesterov, beta1, beta2, eps, l2,
                   SCHEDULES[schedule], power, step_size, step_factor, lr_min, int(epochs),
                   epoch_loss == "sample_mean")
-    return rule, O.Stop(patience, min_delta, bool(restore_best))
+    return rule, O.Stop(patience, min_delta, V.check_flag(restore_best, "restore_best"))

@@ -77,6 +77,16 @@ def _sm_count(cuda):
         return None
 
 
+def same_rows(xt, yt):
+    """Ensemble._data's inputs and targets with one first axis: a shared set beside
+    per-model ones copied for every model (the kernel reads both with one per-model flag)."""
+    if xt.shape[0] != yt.shape[0]:
+        d = max(xt.shape[0], yt.shape[0])
+        xt = np.ascontiguousarray(np.broadcast_to(xt, (d,) + xt.shape[1:]))
+        yt = np.ascontiguousarray(np.broadcast_to(yt, (d,) + yt.shape[1:]))
+    return xt, yt
+
+
 def fit_cuda(ensemble, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, seed=None,
              record_every=1, progress=False, on_divergence="warn"):
     """``Ensemble.fit`` on the GPU: same arguments (but n_jobs), same checks, same History
@@ -88,7 +98,7 @@ def fit_cuda(ensemble, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, 
     p = ens._proto
     # the size limit first: a clear error even on a machine without a GPU
     KC.check_supported(p.sizes, p.bias, p._loss_code)
-    xt, yt = ens._data(X, y)
+    xt, yt = same_rows(*ens._data(X, y))
     n = xt.shape[1]
     n_models = ens.n_models
     epochs = V.check_positive_int(epochs, "epochs")

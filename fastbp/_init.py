@@ -32,4 +32,9 @@ def initial_params(layout, init, seed, dtype):
                 b[:] = 0.0
         else:  # pragma: no cover - names are validated before
             raise ValueError(f"unknown init {init!r}")
-    return params.astype(dtype)
+    with np.errstate(over="ignore"):
+        out = params.astype(dtype)
+    if not np.isfinite(out).all():
+        raise ValueError(f"init={init!r} gives parameters too large for {np.dtype(dtype).name} "
+                         f"(they would be infinite); choose a smaller init")
+    return out

@@ -28,7 +28,8 @@ class ManyFit:
     def __init__(self, ens, x, y, epochs, lrs, batches, shuffles, record_every, threads):
         self.ens = ens
         self.proto = ens._proto
-        self.x, self.y = x, y  # (D, n, n_in), (D, n, n_out): D = 1 shared, or n_models
+        # (Dx, n, n_in), (Dy, n, n_out): each D = 1 (shared) or n_models
+        self.x, self.y = x, y
         self.epochs = epochs
         self.done = 0
         self.lrs, self.batches, self.shuffles = lrs, batches, shuffles
@@ -51,7 +52,8 @@ class ManyFit:
         lay = self.proto._layout
         self.lanes = n_models >= LN.LANES and LN.eligible(
             lay.sizes, self.proto._act_codes, self.proto._loss_code, self.n,
-            bool((batches >= self.n).all() and not shuffles.any()), x.shape[0] == 1,
+            bool((batches >= self.n).all() and not shuffles.any()),
+            x.shape[0] == 1 and y.shape[0] == 1,
             D.PRODUCT_MIN_WORK) and D.use_lanes(next(iter(self.plans.values())), self.n)
         self.nets = {}
         self.dtype = dtype
@@ -199,8 +201,8 @@ class ManyFit:
         if plan.gemm not in self.nets:
             self.nets[plan.gemm] = D.make_net(self.proto._layout, self.proto._act_codes,
                                               self.proto._loss_code, self.dtype, plan.gemm)
-        d = m if self.x.shape[0] > 1 else 0
-        data = O.Data(self.x[d], self.y[d], self.no_weights)
+        data = O.Data(self.x[m if self.x.shape[0] > 1 else 0],
+                      self.y[m if self.y.shape[0] > 1 else 0], self.no_weights)
         params = ens.params[m]
         state = O.new_state(0, self.dtype, ens._rng_states[m])
         backup = params.copy()

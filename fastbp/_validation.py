@@ -70,6 +70,15 @@ def check_loss(loss, activations):
     return loss
 
 
+def check_output_units(sizes, activations):
+    """A softmax output needs two units or more: with one, its output is always 1."""
+    if activations[-1] == "softmax" and sizes[-1] < 2:
+        raise ValueError(
+            f"a softmax output layer needs at least 2 units (one per class), got "
+            f"{sizes[-1]}: a softmax of one unit is always 1.  For two classes use two "
+            f"softmax outputs, or one sigmoid output with loss='bce'")
+
+
 def check_dtype(dtype):
     try:
         dt = np.dtype(dtype)
@@ -183,7 +192,7 @@ def class_labels_to_onehot(y, n_classes, name="y"):
     """Integer class labels (n,) in [0, n_classes) -> one-hot (n, n_classes) float64;
     None when y is not a 1-D array of integer values (then it is taken as targets)."""
     arr = np.asarray(y)
-    if arr.ndim != 1 or n_classes < 2 or arr.dtype.kind not in "iuf" or arr.size == 0:
+    if arr.ndim != 1 or n_classes < 2 or arr.dtype.kind not in "biuf" or arr.size == 0:
         return None
     if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
         return None
@@ -207,14 +216,65 @@ def check_sample_weight(sample_weight, n_samples, dtype):
                          f"sample, got shape {w.shape}")
     if (w < 0).any():
         raise ValueError("sample_weight must be >= 0; it has negative values")
+    if w.shape[0] and not (w > 0).any():
+        raise ValueError("sample_weight must have at least one weight > 0; every weight "
+                         "is 0, which leaves nothing to fit or to measure")
     return np.ascontiguousarray(w)
 
 
-def check_positive_int(value, name, minimum=1):
+# The largest count an option takes (epochs, record_every, step_size, patience, ...):
+# the kernels count in int64, and sums such as an epoch number plus record_every must
+# not overflow.  2**53 epochs of the smallest network would still take years.
+MAX_COUNT = 2 ** 53
+
+
+def check_positive_int(value, name, minimum=1, maximum=MAX_COUNT):
     v = operator_index(value, name)
     if v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if v > maximum:
+        raise ValueError(f"{name} must be <= {maximum} (2**{maximum.bit_length() - 1}), "
+                         f"got {v}")
     return v
+
+
+def check_flag(value, name):
+    """A yes/no option as a bool: True or False (numpy's booleans, 0 and 1 too).  Anything
+    else is refused, so that shuffle="no" cannot mean True."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral)
+                                               and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def check_real(value, name):
+    """A number (Python's or numpy's, not a bool) as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def mapped_files(*arrays):
+    """The files that memory-mapped arrays among ``arrays`` (or the arrays they are views
+    of) read, as real paths: inputs a fit must never write over."""
+    files = set()
+    for a in arrays:
+        while a is not None:
+            name = getattr(a, "filename", None) if isinstance(a, np.memmap) else None
+            if name:
+                files.add(os.path.realpath(name))
+            a = getattr(a, "base", None)
+    return files
+
+
+def check_output_not_input(path, name, *arrays):
+    """ValueError when the file ``path`` a fit would write is one that an input array is
+    memory-mapped from (np.load(..., mmap_mode="r")): writing it would destroy the data
+    being read."""
+    if path is not None and os.path.realpath(path) in mapped_files(*arrays):
+        raise ValueError(f"{name} {path!r} is the file the training data are read from "
+                         f"(a memory-mapped input); writing it would destroy them: give "
+                         f"another path")
 
 
 def check_lr(lr):

@@ -153,11 +153,13 @@ class Ensemble:
 
     # ---- data -------------------------------------------------------------------------
     def _data(self, X, y=None):
-        """(D, n, n_in) inputs and (D, n, n_out) targets, C-contiguous in the model dtype,
-        D = 1 (shared) or n_models.
+        """(Dx, n, n_in) inputs and (Dy, n, n_out) targets, C-contiguous in the model
+        dtype, each D = 1 (shared) or n_models: shared inputs stay one copy when the
+        targets are per model (model m reads x[_row(x, m)], y[_row(y, m)]).
 
         X: (n, n_in) shared, or (n_models, n, n_in) one set per model.  y: (n, n_out) or
-        (n,) shared, or (n_models, n, n_out) -- or (n_models, n) for one output -- per model.
+        (n,) shared -- with cross_entropy also (n,) integer or boolean class labels --, or
+        (n_models, n, n_out) -- or (n_models, n) for one output -- per model.
         """
         p = self._proto
         n_models, n_in, k = self.n_models, p.sizes[0], p.sizes[-1]
@@ -177,6 +179,10 @@ class Ensemble:
         if y is None:
             return xt, None
         n = xt.shape[1]
+        if p.loss_name == "cross_entropy":  # shared class labels, as MLP.fit takes them
+            onehot = V.class_labels_to_onehot(y, k)
+            if onehot is not None:
+                y = onehot
         t = V.as_float_array(y, "y", p.dtype)
         # (n_models, n) is per-model targets of a one-output net; it can only be confused
         # with a shared (n, 1) when n_models == n == 1, where both mean the same.
@@ -202,10 +208,6 @@ class Ensemble:
         for a, name in zip(ts, names):
             V.check_targets_for_loss(a, p.loss_name, name)
         yt = np.ascontiguousarray(np.stack(ts))
-        if xt.shape[0] != yt.shape[0]:  # one shared, one per model: broadcast the shared one
-            d = max(xt.shape[0], yt.shape[0])
-            xt = np.ascontiguousarray(np.broadcast_to(xt, (d,) + xt.shape[1:]))
-            yt = np.ascontiguousarray(np.broadcast_to(yt, (d,) + yt.shape[1:]))
         return xt, yt
 
     # ---- training -------------------------------------------------------------------------
@@ -318,13 +320,12 @@ class Ensemble:
         it costs no more than the model's share of the fit.  Returns the epochs kept."""
         self.params[m] = start[0][m]
         self._rng_states[m] = start[1][m]
-        d = m if xt.shape[0] > 1 else 0
         member = self[m]
         # this thread's ensemble fit holds the shared guard: the rerun gets its own
         member._fit_lock = _pickling.FitLock()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            h = member.fit(xt[d], yt[d], epochs=epochs, lr=float(lr),
+            h = member.fit(xt[_row(xt, m)], yt[_row(yt, m)], epochs=epochs, lr=float(lr),
                             batch_size=int(batch), shuffle=bool(shuffle),
                             record_every=record_every, on_divergence="warn")
         # the rerun's records at this fit's recorded epochs: a long fit keeps every
@@ -359,7 +360,7 @@ class Ensemble:
             if work is None:
                 work = local.work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False,
                                                 passes=passes)
-            L.predict(self.params[m], net, xt[m if xt.shape[0] > 1 else 0], out[m], work)
+            L.predict(self.params[m], net, xt[_row(xt, m)], out[m], work)
 
         _each(one, self.n_models, self._threads(n_jobs))
         return out
@@ -374,8 +375,7 @@ class Ensemble:
         xt, yt = self._data(X, y)
         out = np.empty(self.n_models)
         for m in range(self.n_models):
-            d = m if xt.shape[0] > 1 else 0
-            out[m], _ = self[m]._kernel_loss_and_grad(xt[d], yt[d],
+            out[m], _ = self[m]._kernel_loss_and_grad(xt[_row(xt, m)], yt[_row(yt, m)],
                                                       np.zeros(0, dtype=self.dtype))
         return out
 
@@ -395,6 +395,11 @@ class Ensemble:
             raise ValueError("best() needs data (X, y) or a fitted ensemble")
         scores = np.where(self.diverged | ~np.isfinite(scores), np.inf, scores)
         return np.argsort(scores, kind="stable")[:k]
+
+
+def _row(data, m):
+    """Model m's set in (D, ...) data of Ensemble._data: its own, or the shared one."""
+    return m if data.shape[0] > 1 else 0
 
 
 def _check_shuffle(value):

@@ -1,5 +1,6 @@
 """The MLP model object: validation, buffers and reporting around the compiled kernels."""
 import math
+import numbers
 import warnings
 from contextlib import contextmanager
 
@@ -62,6 +63,7 @@ class MLP:
     def _configure(self, sizes, activation, loss, bias, dtype):
         self._layout = Layout(sizes, bias)
         self.activations = V.check_activations(activation, len(sizes) - 1)
+        V.check_output_units(self._layout.sizes, self.activations)
         self.loss_name = V.check_loss(loss, self.activations)
         self.dtype = V.check_dtype(dtype)
         self._act_codes = np.array([ACTIVATIONS[a] for a in self.activations], dtype=np.int64)
@@ -389,6 +391,10 @@ class MLP:
             raise ValueError(f"tol and max_fun apply to optimizer='lbfgs' only, got "
                              f"tol={tol!r}, max_fun={max_fun!r} with optimizer={optimizer!r}")
         with sigint_deferred() as interrupted:
+            path, every = V.check_checkpoint(checkpoint, checkpoint_every)
+            V.check_output_not_input(path, "checkpoint", X, y, sample_weight,
+                                     *(validation_data if isinstance(validation_data, tuple)
+                                       else ()))
             x = self._inputs(X)
             n = x.shape[0]
             y = self._targets(y, n)
@@ -397,7 +403,6 @@ class MLP:
             record_every = V.check_positive_int(record_every, "record_every")
             seed = V.check_seed(seed)
             on_divergence = V.check_on_divergence(on_divergence)
-            path, every = V.check_checkpoint(checkpoint, checkpoint_every)
             rule, stop = C.build(lr, epochs, optimizer, momentum, nesterov, beta1, beta2, eps,
                                  l2, schedule, power_t, step_size, step_factor, lr_min,
                                  patience, min_delta, restore_best, epoch_loss)
@@ -411,13 +416,14 @@ class MLP:
                                  "validation_data=(Xv, yv) or validation_fraction")
             threads = T.resolve(n_jobs)
             callbacks = _check_callbacks(callbacks)
-            if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) \
-                    or not chunk_seconds > 0:
-                raise ValueError(f"chunk_seconds must be a number > 0, got {chunk_seconds!r}")
+            chunk_seconds = V.check_real(chunk_seconds, "chunk_seconds")
+            if not 0 < chunk_seconds < math.inf:
+                raise ValueError(f"chunk_seconds must be a finite number > 0, got "
+                                 f"{chunk_seconds!r}")
             run = Run(epochs, lr, None if batch_size is None else int(batch_size),
-                      bool(shuffle), record_every, rule, stop, sw, val, checkpoint=path,
-                      every=every, callbacks=callbacks, chunk_seconds=float(chunk_seconds),
-                      threads=threads)
+                      V.check_flag(shuffle, "shuffle"), record_every, rule, stop, sw, val,
+                      checkpoint=path, every=every, callbacks=callbacks,
+                      chunk_seconds=chunk_seconds, threads=threads)
             run.best_params = (self._params.copy() if stop.restore_best
                                else self._params[:0].copy())
             return self._train(x, y, run, progress, on_divergence, interrupted, seed=seed,
@@ -441,8 +447,9 @@ class MLP:
         if validation_fraction is None:
             return x, y, sw, None
         f = validation_fraction
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+        if isinstance(f, (bool, np.bool_)) or not isinstance(f, numbers.Real) or not 0 < f < 1:
             raise ValueError(f"validation_fraction must be a number in (0, 1), got {f!r}")
+        f = float(f)
         n = x.shape[0]
         n_val = int(round(f * n))
         if n_val < 1 or n_val >= n:

@@ -417,3 +417,39 @@ def test_lanes_block_with_a_diverging_model_falls_back_exactly():
             h = one.fit(X, y, epochs=200, lr=lrs[m], on_divergence="warn")
         np.testing.assert_array_equal(one.params, ens.params[m])
         np.testing.assert_array_equal(h.loss, hist.loss[m][:len(h.loss)])
+
+
+def test_class_labels_train_as_their_one_hot_targets():
+    X, y = fastbp.datasets.xor_easy()
+    labels = (y.ravel() > 0.5).astype(np.int64)
+    kw = dict(activation=["sigmoid", "softmax"], loss="cross_entropy", seed=3)
+    runs = []
+    for targets in (labels, labels.astype(bool), np.eye(2)[labels]):
+        ens = fastbp.Ensemble([2, 4, 2], 3, **kw)
+        ens.fit(X, targets, epochs=20, lr=0.5)
+        runs.append(ens.params.copy())
+        np.testing.assert_array_equal(ens.loss(X, targets), ens.loss(X, np.eye(2)[labels]))
+    np.testing.assert_array_equal(runs[0], runs[2])
+    np.testing.assert_array_equal(runs[1], runs[2])
+    m = fastbp.MLP([2, 4, 2], **kw)  # a single model takes boolean labels as well
+    m.fit(X, labels.astype(bool), epochs=5, lr=0.5)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 1\]"):
+        fastbp.Ensemble([2, 4, 2], 2, **kw).fit(X, labels + 1, epochs=1)
+
+
+def test_shared_inputs_with_per_model_targets_are_not_copied_per_model():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(40, 3))
+    Y = rng.normal(size=(4, 40, 2))
+    ens = fastbp.Ensemble([3, 5, 2], 4, activation="tanh", loss="mse", seed=1)
+    xt, yt = ens._data(X, Y)
+    assert xt.shape == (1, 40, 3) and yt.shape == (4, 40, 2)  # one copy of X
+    stacked = fastbp.Ensemble([3, 5, 2], 4, activation="tanh", loss="mse", seed=1)
+    for batch in (None, 8):
+        ens.fit(X, Y, epochs=5, lr=0.1, batch_size=batch)
+        stacked.fit(np.stack([X] * 4), Y, epochs=5, lr=0.1, batch_size=batch)
+        np.testing.assert_array_equal(ens.params, stacked.params)
+        np.testing.assert_array_equal(ens.history.loss, stacked.history.loss)
+    np.testing.assert_array_equal(ens.loss(X, Y), stacked.loss(np.stack([X] * 4), Y))
+    for m in range(4):  # each model against its own targets, as a single MLP
+        np.testing.assert_array_equal(ens.loss(X, Y)[m], ens[m].loss(X, Y[m]))

@@ -306,3 +306,104 @@ def test_bool_targets_accepted_for_bce():
     y = np.array([True, True, False, False])
     m = fastbp.MLP([2, 3, 1], activation="sigmoid", loss="bce", seed=0)
     assert m.loss(X, y) == m.loss(X, y.astype(np.float64).reshape(-1, 1))
+
+
+# ---- options at their limits, flags, degenerate models (a hostile-input review) --------
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(epochs=2 ** 64), "epochs"),
+    (dict(epochs=3, record_every=2 ** 63), "record_every"),
+    (dict(epochs=3, schedule="step", step_size=2 ** 63), "step_size"),
+    (dict(epochs=3, batch_size=2 ** 70), "batch_size"),
+])
+def test_counts_too_large_for_the_kernels_are_refused_by_name(model, data, kwargs, name):
+    X, y = data
+    before = model.params.copy()
+    with pytest.raises(ValueError, match=rf"{name} must be <= 9007199254740992"):
+        model.fit(X, y, lr=0.1, **kwargs)
+    np.testing.assert_array_equal(model.params, before)
+    with pytest.raises(ValueError, match="epochs must be <="):
+        fastbp.Ensemble([3, 4, 2], 2).fit(X, y, epochs=2 ** 64)
+
+
+def test_largest_count_is_accepted(model, data):
+    X, y = data
+    hist = model.fit(X, y, epochs=2, lr=0.1, record_every=2 ** 53)
+    assert hist.epochs == 2 and len(hist.loss) == 1
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 0.0, -1.0])
+def test_chunk_seconds_must_be_finite_and_positive(model, data, value):
+    with pytest.raises(ValueError, match="chunk_seconds must be a finite number > 0"):
+        model.fit(*data, epochs=2, lr=0.1, chunk_seconds=value)
+
+
+def test_numpy_numbers_are_numbers(data):
+    X, y = data
+    a = fastbp.MLP([3, 4, 2], seed=0)
+    b = fastbp.MLP([3, 4, 2], seed=0)
+    ha = a.fit(X, y, epochs=3, lr=0.1, validation_fraction=0.3, chunk_seconds=0.1,
+               shuffle=True, batch_size=3, seed=1)
+    hb = b.fit(X, y, epochs=3, lr=0.1, validation_fraction=np.float32(0.3),
+               chunk_seconds=np.float64(0.1), shuffle=np.True_, batch_size=np.int64(3), seed=1)
+    np.testing.assert_array_equal(a.params, b.params)
+    np.testing.assert_array_equal(ha.val_loss, hb.val_loss)
+
+
+@pytest.mark.parametrize("name, value", [("shuffle", "no"), ("shuffle", 2), ("shuffle", None),
+                                         ("restore_best", "no")])
+def test_flags_are_true_or_false_not_anything_truthy(model, data, name, value):
+    kwargs = {name: value, "validation_fraction": 0.3} if name == "restore_best" else {name: value}
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        model.fit(*data, epochs=2, lr=0.1, batch_size=3, **kwargs)
+    with pytest.raises(TypeError, match="nesterov must be True or False"):
+        model.fit(*data, epochs=2, lr=0.1, momentum=0.9, nesterov="False")
+
+
+def test_all_zero_sample_weights_are_refused(model, data):
+    X, y = data
+    before = model.params.copy()
+    with pytest.raises(ValueError, match="at least one weight > 0"):
+        model.fit(X, y, epochs=5, lr=1.0, sample_weight=np.zeros(10))
+    np.testing.assert_array_equal(model.params, before)
+    w = np.zeros(10)
+    w[3] = 1.0  # one weight is enough
+    model.fit(X, y, epochs=2, lr=0.1, sample_weight=w)
+    assert not np.array_equal(model.params, before)
+
+
+def test_softmax_of_one_unit_is_refused():
+    with pytest.raises(ValueError, match="softmax output layer needs at least 2 units"):
+        fastbp.MLP([2, 4, 1], activation=["sigmoid", "softmax"], loss="cross_entropy")
+    with pytest.raises(ValueError, match="softmax output layer needs at least 2 units"):
+        fastbp.Ensemble([2, 4, 1], 3, activation=["sigmoid", "softmax"], loss="cross_entropy")
+    fastbp.MLP([2, 4, 2], activation=["sigmoid", "softmax"], loss="cross_entropy")
+
+
+def test_init_too_large_for_the_dtype_is_refused():
+    with pytest.raises(ValueError, match="init=1e\\+300 gives parameters too large for float32"):
+        fastbp.MLP([2, 4, 1], init=1e300, dtype="float32")
+    with pytest.raises(ValueError, match="too large for float32"):
+        fastbp.Ensemble([2, 4, 1], 2, init=1e300, dtype="float32")
+    assert np.isfinite(fastbp.MLP([2, 4, 1], init=1e300).params).all()  # float64 holds it
+
+
+def test_checkpoint_never_overwrites_a_memory_mapped_input(tmp_path, data):
+    X, y = data
+    for name, arr in (("X.npy", X), ("y.npy", y)):
+        path = tmp_path / name
+        np.save(path, arr)
+        mapped = np.load(path, mmap_mode="r")
+        inputs = (mapped, y) if name == "X.npy" else (X, mapped[2:][::1])  # views count too
+        m = fastbp.MLP([3, 4, 2], seed=0)
+        with pytest.raises(ValueError, match="checkpoint .* is the file the training data"):
+            m.fit(inputs[0], inputs[1] if name == "X.npy" else mapped, epochs=2, lr=0.1,
+                  checkpoint=str(path))
+        np.testing.assert_array_equal(np.load(path), arr)
+        with pytest.raises(ValueError, match="is the file the training data"):
+            m.fit(X, y, epochs=2, lr=0.1, validation_data=(X, mapped) if name == "y.npy"
+                  else (mapped, y), checkpoint=str(path))
+        np.testing.assert_array_equal(np.load(path), arr)
+    # another path is fine
+    m.fit(np.load(tmp_path / "X.npy", mmap_mode="r"), y, epochs=2, lr=0.1,
+          checkpoint=str(tmp_path / "run.npz"))
+    assert (tmp_path / "run.npz").exists()
