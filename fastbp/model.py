@@ -393,7 +393,7 @@ class MLP:
         with sigint_deferred() as interrupted:
             path, every = V.check_checkpoint(checkpoint, checkpoint_every)
             V.check_output_not_input(path, "checkpoint", X, y, sample_weight,
-                                     *(validation_data if isinstance(validation_data, tuple)
+                                     *(validation_data if isinstance(validation_data, (tuple, list))
                                        else ()))
             x = self._inputs(X)
             n = x.shape[0]
