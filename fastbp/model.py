@@ -392,9 +392,8 @@ class MLP:
                              f"tol={tol!r}, max_fun={max_fun!r} with optimizer={optimizer!r}")
         with sigint_deferred() as interrupted:
             path, every = V.check_checkpoint(checkpoint, checkpoint_every)
-            V.check_output_not_input(path, "checkpoint", X, y, sample_weight,
-                                     *(validation_data if isinstance(validation_data, (tuple, list))
-                                       else ()))
+            val_inputs = validation_data if isinstance(validation_data, (tuple, list)) else ()
+            V.check_output_not_input(path, "checkpoint", X, y, sample_weight, *val_inputs)
             x = self._inputs(X)
             n = x.shape[0]
             y = self._targets(y, n)
