@@ -58,12 +58,24 @@ silently ignored setting):
   exactly (learning rate x n_outputs for sgd, eps / n_outputs for adam, l2 / n_outputs,
   scaled loss and gradient for lbfgs).  The multi-label ``loss_`` is scikit-learn's
   (summed over labels).  For multi-output regression with sgd / adam and ``alpha > 0``
-  the L2 term in ``loss_`` is scikit-learn's divided by n_outputs (the weights still
-  match; with alpha = 0, or with lbfgs, ``loss_`` is scikit-learn's).
+  the L2 term in ``loss_`` and ``loss_curve_`` is scikit-learn's divided by n_outputs
+  (the updates are scikit-learn's; with alpha = 0, or with lbfgs, ``loss_`` is
+  scikit-learn's).  The ``tol`` / ``n_iter_no_change`` stopping rule reads that curve,
+  so such a fit can stop at another epoch than scikit-learn's, with other weights;
+  with ``tol=0`` or a large ``n_iter_no_change`` (or ``early_stopping``, which reads
+  the validation score) the weights match.
 - ``verbose`` shows a progress bar (tqdm when installed) with the loss, and prints the
   reason training stopped.
 - ``dtype``: None computes in X's precision like scikit-learn (float32 X -> float32,
-  anything else float64); "float32" / "float64" force one.
+  anything else float64); "float32" / "float64" force one.  A model keeps its dtype:
+  ``predict`` and ``predict_proba`` of a float32 model convert float64 X to float32 and
+  return float32, where scikit-learn multiplies float64 X by its float32 weights and
+  returns float64 (the values differ by float32 rounding, ~1e-7).
+- ``warm_start`` after an ``early_stopping`` fit: when no epoch of the new fit beats the
+  best validation score so far, the weights are the best ones, as the rule says.
+  scikit-learn's first fit leaves ``coefs_`` and its best-weights copy as the same
+  arrays, so the second fit's training overwrites its "best" weights, and it returns
+  the weights after the last epoch.
 
 Only this module imports scikit-learn (``pip install "fastbp[sklearn]"``).
 """
@@ -106,6 +118,11 @@ _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "
 _SOLVERS = ("lbfgs", "sgd", "adam")
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
 _LEARNING_RATES = ("constant", "invscaling", "adaptive")
+# what scikit-learn's SGDOptimizer / AdamOptimizer take when made -- by fit, or by the
+# first partial_fit -- and keep until the next fit, whatever set_params changes between
+# partial_fit calls (_opt)
+_OPTIMIZER_SETTINGS = ("solver", "learning_rate", "learning_rate_init", "power_t",
+                       "momentum", "nesterovs_momentum", "beta_1", "beta_2", "epsilon")
 
 
 # sparse X as scikit-learn's MLPs take it (CSR and CSC; other formats are converted to
@@ -349,6 +366,13 @@ class _BaseMLP(BaseEstimator):
                              f"{self.activation!r}; fit with warm_start=False")
 
     # ---- fitting ----------------------------------------------------------------------
+    def _opt(self, name):
+        """The optimizer setting ``name`` (_OPTIMIZER_SETTINGS) as the optimizer made by
+        the last fit or first partial_fit holds it: set_params between partial_fit calls
+        changes it at the next fit, as in scikit-learn."""
+        settings = getattr(self, "_optimizer_settings", None)
+        return getattr(self, name) if settings is None else settings[name]
+
     def _fit(self, X, y, sample_weight=None, incremental=False):
         sizes = self._check_params()
         if self.early_stopping and incremental:
@@ -368,8 +392,11 @@ class _BaseMLP(BaseEstimator):
             return self
         self._stochastic_state(reset=False)
         if not incremental or not hasattr(self, "_lr"):
-            # scikit-learn makes a new optimizer here: fresh velocities / moments
+            # scikit-learn makes a new optimizer here: fresh velocities / moments, and the
+            # settings it keeps until the next fit
             model.reset_optimizer()
+            self._optimizer_settings = {name: getattr(self, name)
+                                        for name in _OPTIMIZER_SETTINGS}
             self._lr = self._lr_init = float(self.learning_rate_init)
         val = None
         if self.early_stopping:
@@ -494,11 +521,12 @@ class _BaseMLP(BaseEstimator):
         l2 = float(self.alpha) / (batch * w_scale * k)
         if l2 != 0.0:
             kw["l2"] = l2
-        if self.solver == "adam":
-            kw.update(optimizer="adam", beta1=float(self.beta_1), beta2=float(self.beta_2),
-                      eps=float(self.epsilon) / k)
-        elif self.momentum != 0:
-            kw.update(momentum=float(self.momentum), nesterov=bool(self.nesterovs_momentum))
+        if self._opt("solver") == "adam":
+            kw.update(optimizer="adam", beta1=float(self._opt("beta_1")),
+                      beta2=float(self._opt("beta_2")), eps=float(self._opt("epsilon")) / k)
+        elif self._opt("momentum") != 0:
+            kw.update(momentum=float(self._opt("momentum")),
+                      nesterov=bool(self._opt("nesterovs_momentum")))
         return batch, kw, k
 
     def _run(self, model, X, Y, sw, val, incremental, rs):
@@ -564,14 +592,15 @@ class _BaseMLP(BaseEstimator):
         if self.verbose and self.verbose > 1:
             print("Iteration %d, loss = %.8f" % (self.n_iter_, loss))
         self._update_no_improvement_count(val, score)
-        if sgd and self.learning_rate == "invscaling":
-            self._lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+        if sgd and self._opt("learning_rate") == "invscaling":
+            self._lr = float(self._opt("learning_rate_init")) / (self.t_ + 1) ** self._opt(
+                "power_t")
         if self._no_improvement_count <= self.n_iter_no_change:
             return False
         what = ("Validation score" if self.early_stopping else "Training loss")
         msg = (f"{what} did not improve more than tol={self.tol:f} for "
                f"{self.n_iter_no_change} consecutive epochs.")
-        if sgd and self.learning_rate == "adaptive":
+        if sgd and self._opt("learning_rate") == "adaptive":
             if self._lr > 1e-6:
                 self._lr /= 5.0
                 self._no_improvement_count = 0
@@ -706,13 +735,13 @@ class _OptimizerView:
         """sgd: the current rate (invscaling / adaptive change it after each epoch);
         adam: scikit-learn's bias-corrected step size after t updates."""
         est = self._est
-        if est.solver != "adam":
+        if est._opt("solver") != "adam":
             return est._lr
         t = int(est._model._opt_step[0])
         if t == 0:
             return est._lr_init
-        return (est._lr_init * np.sqrt(1 - float(est.beta_2) ** t)
-                / (1 - float(est.beta_1) ** t))
+        return (est._lr_init * np.sqrt(1 - float(est._opt("beta_2")) ** t)
+                / (1 - float(est._opt("beta_1")) ** t))
 
 
 def _sklearn_order(layout):
@@ -978,7 +1007,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y).  ``classes`` (all the labels) is needed on the first
-        call, unless y is a multi-label indicator matrix."""
+        call, as in scikit-learn (for a multi-label indicator matrix y too: its column
+        indices)."""
         first = _partial_fit_first_call(self, classes)
         if first:
             self._label_binarizer = LabelBinarizer()
@@ -1042,10 +1072,11 @@ class _EpochLoop:
     def __init__(self, est, model, X, Y, val, n, k, total, incremental):
         self.est, self.model, self.X, self.Y = est, model, X, Y
         self.val, self.n, self.total, self.incremental = val, n, total, incremental
-        self.sgd = est.solver == "sgd"
+        self.sgd = est._opt("solver") == "sgd"
         self.lr_scale = k if self.sgd else 1.0
         self.loss_scale = est._loss_scale()
-        self.per_epoch = est.early_stopping or (self.sgd and est.learning_rate == "invscaling")
+        self.per_epoch = est.early_stopping or (self.sgd and
+                                                est._opt("learning_rate") == "invscaling")
         self.stopped = False
         self.inner = None
         self.desc = type(est).__name__
@@ -1053,7 +1084,7 @@ class _EpochLoop:
     def lr(self):
         """The learning rate of the next chunk (adaptive and invscaling change it)."""
         est = self.est
-        return (est._lr if self.sgd else float(est.learning_rate_init)) * self.lr_scale
+        return (est._lr if self.sgd else est._lr_init) * self.lr_scale
 
     def wrap(self, job):
         self.inner = job

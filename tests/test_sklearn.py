@@ -907,3 +907,37 @@ def test_sparse_X_equals_sklearns_fit_on_it():
         ref = skn.MLPRegressor(**PLAIN_SGD).fit(Xs, y)
         got = MLPRegressor(**PLAIN_SGD).fit(Xs, y)
     _assert_same_run(ref, got)
+
+
+@pytest.mark.parametrize("first, change", [
+    (dict(solver="adam", learning_rate_init=0.001), dict(learning_rate_init=0.5)),
+    (dict(solver="adam"), dict(beta_1=0.5, beta_2=0.9, epsilon=1e-3)),
+    (dict(solver="sgd", momentum=0.9), dict(momentum=0.1, nesterovs_momentum=False)),
+    (dict(solver="sgd", learning_rate="invscaling"), dict(power_t=0.9, learning_rate="constant")),
+    (dict(solver="sgd", learning_rate_init=0.05), dict(solver="adam", learning_rate_init=0.5)),
+])
+def test_partial_fit_keeps_the_optimizer_settings_until_the_next_fit(first, change,
+                                                                     monkeypatch):
+    # scikit-learn's optimizer takes its settings when made (fit, or the first
+    # partial_fit); set_params between partial_fit calls changes them at the next fit
+    from sklearn.neural_network import _stochastic_optimizers
+    monkeypatch.setattr(_stochastic_optimizers.AdamOptimizer, "_get_updates",
+                        _paper_adam_updates)
+    X, y = _targets("multi-class")
+    params = dict(PLAIN_SGD, **first)
+    fitted = []
+    for cls in (skn.MLPClassifier, MLPClassifier):
+        est = cls(**params)
+        est.partial_fit(X, y, classes=np.unique(y))
+        est.set_params(**change)
+        for _ in range(3):
+            est.partial_fit(X, y)
+        fitted.append(est)
+    ref, got = fitted
+    assert _max_weight_diff(ref, got) <= TOL
+    if type(ref._optimizer).__name__ == "SGDOptimizer":  # (the patched Adam keeps its rate)
+        assert got._optimizer.learning_rate == pytest.approx(ref._optimizer.learning_rate,
+                                                             rel=1e-12)
+    for est in fitted:  # a fit makes a new optimizer with the new settings
+        est.fit(X, y)
+    assert _max_weight_diff(*fitted) <= TOL
