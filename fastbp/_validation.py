@@ -179,10 +179,25 @@ def check_y(y, n_samples, n_outputs, dtype, name="y"):
     return t
 
 
+# How far a row of cross_entropy targets may sum from 1 (soft labels computed in float32
+# sum to 1 within about 1e-7): the output delta p - y is the gradient of -sum y log p
+# only where the row sums to 1
+ROW_SUM_TOLERANCE = 1e-6
+
+
 def check_targets_for_loss(t, loss, name="y"):
     if loss in ("bce", "cross_entropy") and ((t < 0).any() or (t > 1).any()):
         raise ValueError(f"loss {loss!r} needs targets in [0, 1]; {name} has values in "
                          f"[{t.min():.6g}, {t.max():.6g}]")
+    if loss == "cross_entropy" and t.ndim == 2 and t.size:
+        off = np.abs(t.sum(axis=1, dtype=np.float64) - 1.0)
+        worst = int(np.argmax(off))
+        if off[worst] > ROW_SUM_TOLERANCE:
+            raise ValueError(
+                f"loss 'cross_entropy' needs each row of targets to be one-hot or class "
+                f"probabilities summing to 1; row {worst} of {name} sums to "
+                f"{float(t[worst].sum(dtype=np.float64)):.6g}.  For labels that are not "
+                f"exclusive (multi-label) use sigmoid outputs with loss='bce'")
     if loss == "poisson" and (t < 0).any():
         raise ValueError(f"loss 'poisson' needs targets >= 0 (counts or rates); {name} has "
                          f"values down to {t.min():.6g}")

@@ -407,3 +407,29 @@ def test_checkpoint_never_overwrites_a_memory_mapped_input(tmp_path, data):
     m.fit(np.load(tmp_path / "X.npy", mmap_mode="r"), y, epochs=2, lr=0.1,
           checkpoint=str(tmp_path / "run.npz"))
     assert (tmp_path / "run.npz").exists()
+
+
+def test_cross_entropy_targets_must_be_distributions():
+    # the output delta p - y is the gradient of -sum y log p only for rows summing to 1:
+    # other rows are refused rather than trained on another objective than the loss
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 2))
+    m = fastbp.MLP([2, 4, 3], activation=["tanh", "softmax"], loss="cross_entropy", seed=0)
+    for bad in (rng.uniform(size=(6, 3)), np.array([[1.0, 1.0, 0.0]] * 6), np.zeros((6, 3))):
+        for call in (lambda: m.fit(X, bad, epochs=1, lr=0.1), lambda: m.loss(X, bad),
+                     lambda: m.gradient(X, bad)):
+            with pytest.raises(ValueError, match="one-hot or class probabilities summing to 1"):
+                call()
+    soft = rng.dirichlet(np.ones(3), size=6)  # probabilities: the gradient is the loss's
+    g = m.gradient(X, soft)[1][1]
+    i = m._layout.b_off[1]
+    h = 1e-6
+    p = m.params
+    p[i] += h
+    up = m.loss(X, soft)
+    p[i] -= 2 * h
+    down = m.loss(X, soft)
+    p[i] += h
+    assert g[0] == pytest.approx((up - down) / (2 * h), rel=1e-6)
+    fastbp.MLP([2, 4, 3], activation=["tanh", "softmax"], loss="cross_entropy").fit(
+        X, soft.astype(np.float32), epochs=1, lr=0.1)  # float32 rounding is within bounds
