@@ -114,6 +114,13 @@ def as_float_array(a, name, dtype):
         arr = np.asarray(a)
     except Exception as exc:  # ragged lists and the like
         raise ValueError(f"{name} could not be read as an array: {exc}") from None
+    if arr.dtype.kind == "O" and type(a).__module__.startswith("pandas"):
+        # pandas' nullable dtypes (Float64, Int64, boolean) come out as objects: take
+        # their numbers, a missing value (NA) as NaN, which is refused below
+        try:
+            arr = a.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):
+            pass  # text and the like: refused below by their dtype
     kind = arr.dtype.kind
     if kind == "c":
         raise TypeError(f"{name} has complex values (dtype {arr.dtype}); expected real numbers")

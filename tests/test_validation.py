@@ -433,3 +433,25 @@ def test_cross_entropy_targets_must_be_distributions():
     assert g[0] == pytest.approx((up - down) / (2 * h), rel=1e-6)
     fastbp.MLP([2, 4, 3], activation=["tanh", "softmax"], loss="cross_entropy").fit(
         X, soft.astype(np.float32), epochs=1, lr=0.1)  # float32 rounding is within bounds
+
+
+def test_pandas_nullable_columns_are_numbers_and_missing_values_are_refused():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(8, 3))
+    y = rng.normal(size=(8, 2))
+    frame = pd.DataFrame(X).astype("Float64")
+    a = fastbp.MLP([3, 4, 2], seed=0)
+    b = fastbp.MLP([3, 4, 2], seed=0)
+    a.fit(frame, pd.DataFrame(y).astype("Float64"), epochs=2, lr=0.1)
+    b.fit(X, y, epochs=2, lr=0.1)
+    np.testing.assert_array_equal(a.params, b.params)
+    ints = pd.DataFrame({"a": pd.array([1, 0, 1, 1, 0, 1, 0, 0], dtype="Int64"),
+                         "b": pd.array([True, False] * 4, dtype="boolean"),
+                         "c": X[:, 2]})
+    np.testing.assert_array_equal(a.predict(ints), a.predict(ints.to_numpy(dtype=float)))
+    frame.iloc[2, 1] = pd.NA
+    with pytest.raises(ValueError, match="X contains NaN"):
+        a.fit(frame, y, epochs=1, lr=0.1)
+    with pytest.raises(TypeError, match="dtype object"):
+        a.predict(pd.DataFrame({"a": ["x"] * 8, "b": 1.0, "c": 2.0}))
