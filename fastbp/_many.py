@@ -22,6 +22,11 @@ from .kernels import lanes as LN
 from .kernels import options as O
 
 
+def row_of(data, m):
+    """Model m's set in (D, ...) data of Ensemble._data's arrays: its own, or the shared one."""
+    return m if data.shape[0] > 1 else 0
+
+
 class ManyFit:
     """The job of one Ensemble.fit on the CPU (see fastbp/_driver.py)."""
 
@@ -201,8 +206,7 @@ class ManyFit:
         if plan.gemm not in self.nets:
             self.nets[plan.gemm] = D.make_net(self.proto._layout, self.proto._act_codes,
                                               self.proto._loss_code, self.dtype, plan.gemm)
-        data = O.Data(self.x[m if self.x.shape[0] > 1 else 0],
-                      self.y[m if self.y.shape[0] > 1 else 0], self.no_weights)
+        data = O.Data(self.x[row_of(self.x, m)], self.y[row_of(self.y, m)], self.no_weights)
         params = ens.params[m]
         state = O.new_state(0, self.dtype, ens._rng_states[m])
         backup = params.copy()

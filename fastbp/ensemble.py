@@ -11,7 +11,7 @@ from . import _validation as V
 from ._driver import drive, sigint_deferred, warn_interrupted
 from ._fit import EVAL_CAP
 from ._init import initial_params
-from ._many import ManyFit
+from ._many import ManyFit, row_of
 from .errors import DivergenceError
 from .history import History
 from .kernels import loops as L
@@ -155,7 +155,7 @@ class Ensemble:
     def _data(self, X, y=None):
         """(Dx, n, n_in) inputs and (Dy, n, n_out) targets, C-contiguous in the model
         dtype, each D = 1 (shared) or n_models: shared inputs stay one copy when the
-        targets are per model (model m reads x[_row(x, m)], y[_row(y, m)]).
+        targets are per model (model m reads x[row_of(x, m)], y[row_of(y, m)]).
 
         X: (n, n_in) shared, or (n_models, n, n_in) one set per model.  y: (n, n_out) or
         (n,) shared -- with cross_entropy also (n,) integer or boolean class labels --, or
@@ -325,7 +325,7 @@ class Ensemble:
         member._fit_lock = _pickling.FitLock()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            h = member.fit(xt[_row(xt, m)], yt[_row(yt, m)], epochs=epochs, lr=float(lr),
+            h = member.fit(xt[row_of(xt, m)], yt[row_of(yt, m)], epochs=epochs, lr=float(lr),
                             batch_size=int(batch), shuffle=bool(shuffle),
                             record_every=record_every, on_divergence="warn")
         # the rerun's records at this fit's recorded epochs: a long fit keeps every
@@ -360,7 +360,7 @@ class Ensemble:
             if work is None:
                 work = local.work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False,
                                                 passes=passes)
-            L.predict(self.params[m], net, xt[_row(xt, m)], out[m], work)
+            L.predict(self.params[m], net, xt[row_of(xt, m)], out[m], work)
 
         _each(one, self.n_models, self._threads(n_jobs))
         return out
@@ -375,7 +375,7 @@ class Ensemble:
         xt, yt = self._data(X, y)
         out = np.empty(self.n_models)
         for m in range(self.n_models):
-            out[m], _ = self[m]._kernel_loss_and_grad(xt[_row(xt, m)], yt[_row(yt, m)],
+            out[m], _ = self[m]._kernel_loss_and_grad(xt[row_of(xt, m)], yt[row_of(yt, m)],
                                                       np.zeros(0, dtype=self.dtype))
         return out
 
@@ -395,11 +395,6 @@ class Ensemble:
             raise ValueError("best() needs data (X, y) or a fitted ensemble")
         scores = np.where(self.diverged | ~np.isfinite(scores), np.inf, scores)
         return np.argsort(scores, kind="stable")[:k]
-
-
-def _row(data, m):
-    """Model m's set in (D, ...) data of Ensemble._data: its own, or the shared one."""
-    return m if data.shape[0] > 1 else 0
 
 
 def _check_shuffle(value):
