@@ -328,7 +328,7 @@ def fit(model, arguments):
         # momentum or Adam moments from an earlier fit describe other parameters
         model.reset_optimizer()
         run = train(model, xt, yt, sw, max_iter=epochs, max_fun=max_fun, tol=tol, l2=l2,
-                    progress=bool(a["progress"]), threads=threads)
+                    progress=V.check_flag(a["progress"], "progress"), threads=threads)
     hist = run.history()
     if run.stopped == "interrupted":
         from ._driver import warn_interrupted

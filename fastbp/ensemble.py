@@ -238,6 +238,7 @@ class Ensemble:
         """
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        progress = V.check_flag(progress, "progress")
         if device == "cuda":
             from ._cuda import fit_cuda
             return fit_cuda(self, X, y, epochs, lr, batch_size, shuffle, seed, record_every,

@@ -391,6 +391,7 @@ class MLP:
             raise ValueError(f"tol and max_fun apply to optimizer='lbfgs' only, got "
                              f"tol={tol!r}, max_fun={max_fun!r} with optimizer={optimizer!r}")
         with sigint_deferred() as interrupted:
+            progress = V.check_flag(progress, "progress")
             path, every = V.check_checkpoint(checkpoint, checkpoint_every)
             val_inputs = validation_data if isinstance(validation_data, (tuple, list)) else ()
             V.check_output_not_input(path, "checkpoint", X, y, sample_weight, *val_inputs)

@@ -455,3 +455,13 @@ def test_pandas_nullable_columns_are_numbers_and_missing_values_are_refused():
         a.fit(frame, y, epochs=1, lr=0.1)
     with pytest.raises(TypeError, match="dtype object"):
         a.predict(pd.DataFrame({"a": ["x"] * 8, "b": 1.0, "c": 2.0}))
+
+
+def test_progress_is_true_or_false(data):
+    X, y = data
+    for fit in (lambda p: fastbp.MLP([3, 4, 2]).fit(X, y, epochs=1, progress=p),
+                lambda p: fastbp.MLP([3, 4, 2]).fit(X, y, epochs=1, optimizer="lbfgs",
+                                                    progress=p),
+                lambda p: fastbp.Ensemble([3, 4, 2], 2).fit(X, y, epochs=1, progress=p)):
+        with pytest.raises(TypeError, match="progress must be True or False"):
+            fit("no")
