@@ -119,11 +119,13 @@ class Objective:
         if self.cast is not None:
             self.cast[...] = x
             params = self.cast
+        # after the first call the work holds the data (loops.loss_and_gradient)
+        gathered = not self.first
         if self.shared is None:
-            f = self.entry(params, self.net, self.data, self.grad, self.work)
+            f = self.entry(params, self.net, self.data, self.grad, self.work, gathered)
         else:
             with self.shared.running():
-                f = self.entry(params, self.net, self.data, self.grad, self.work)
+                f = self.entry(params, self.net, self.data, self.grad, self.work, gathered)
         f *= self.loss_scale
         # a new array each call: SciPy keeps the gradient it was given
         if self.grad_scale == 1.0:

@@ -263,10 +263,10 @@ class MLP:
         grad = np.zeros(lay.n_params, dtype=self.dtype)
         net, data = self._net(n, sparse), O.Data(self._kernel_inputs(x), t, sw)
         if sparse:
-            loss = L.loss_and_gradient_rows(self._params, net, data, grad, work)
+            loss = L.loss_and_gradient_rows(self._params, net, data, grad, work, False)
         else:  # (the dense entry takes the fields as plain tuples: kernels/loops.py)
             loss = L.loss_and_gradient(self._params, tuple(net), tuple(data), grad,
-                                       tuple(work))
+                                       tuple(work), False)
         return loss, grad
 
     def loss(self, X, y):

@@ -277,3 +277,27 @@ def test_missing_scipy_says_how_to_get_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert 'pip install "fastbp[lbfgs]"' in out
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_evaluations_after_the_first_reuse_the_data_with_the_same_bits(sparse):
+    # the Objective leaves the inputs and targets in its work after its first call
+    # (loops.loss_and_gradient's ``gathered``): every later evaluation must equal one
+    # that copies them in afresh, at any point
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(120, 6)) * (rng.random((120, 6)) < 0.4)
+    y = np.eye(3)[rng.integers(0, 3, size=120)]
+    m = fastbp.MLP([6, 20, 3], activation=["relu", "softmax"], loss="cross_entropy", seed=1)
+    xt = m._inputs(scipy_sparse.csr_matrix(X) if sparse else X)
+    yt = m._targets(y, 120)
+    objective = _lbfgs.Objective(m, xt, yt, np.zeros(0), l2=0.01)
+    for _ in range(4):
+        p = m.params + rng.normal(scale=0.1, size=m.params.shape)
+        f, g = objective(p)
+        fresh = fastbp.MLP([6, 20, 3], activation=["relu", "softmax"], loss="cross_entropy")
+        fresh.params = p
+        want, grad = fresh._kernel_loss_and_grad(xt, yt, np.zeros(0))
+        w = p * objective.mask
+        assert f == want + 0.5 * 0.01 * float(np.dot(w, w))
+        np.testing.assert_array_equal(g, grad + 0.01 * w)
