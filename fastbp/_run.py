@@ -34,6 +34,11 @@ class Run:
     every: tuple | None = None  # ("epochs", int) or ("seconds", float)
     data_n: int = 0
     data_key: str | None = None
+    # with validation_fraction: the rows of the data fit was given that the run trains
+    # on (the others are its validation set), and until the first checkpoint that data,
+    # whose fingerprint the checkpoint keeps (resume takes the same data and rows)
+    train_rows: np.ndarray | None = None
+    given: tuple | None = None
     callbacks: list = field(default_factory=list)
     chunk_seconds: float = 0.2
     threads: int = 1  # for the wide layers' products (fastbp/_threads.py); not saved

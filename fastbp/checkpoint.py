@@ -72,6 +72,7 @@ def checkpoint_arrays(model, run):
         every_value=np.array(value, dtype=np.float64),
         data_n=np.array(run.data_n, dtype=np.int64),
         data_key=np.array(run.data_key or ""),
+        **({} if run.train_rows is None else {"train_rows": run.train_rows}),
         sample_weight=run.sw,
         es_best_loss=run.best_loss.copy(), es_bad_checks=run.bad_checks.copy(),
         es_best_epoch=run.best_epoch.copy(), best_params=run.best_params,
@@ -149,6 +150,13 @@ def read_checkpoint(path):
         run.every = (kind, int(value) if kind == "epochs" else value)
         run.data_n = data_n
         run.data_key = data_key
+        if "train_rows" in files:
+            rows = ar.array("train_rows")
+            if (rows.ndim != 1 or rows.dtype.kind not in "iu" or rows.size == 0
+                    or rows.size > data_n or (np.diff(rows) <= 0).any() or rows[0] < 0
+                    or rows[-1] >= data_n):
+                raise ar.error(f"train_rows must be increasing row numbers below {data_n}")
+            run.train_rows = rows.astype(np.int64)
         _read_state(ar, model, run, files)
     return model, run
 
@@ -266,8 +274,10 @@ class Saver:
         self.run = run
         self.kind, self.value = run.every
         if run.data_key is None:
+            x, y = run.given or (x, y)
             run.data_n = x.shape[0]
             run.data_key = data_fingerprint(x, y)
+        run.given = None
         self.last_epoch = run.done
         self.last_time = time.monotonic()
         self.written = 0
@@ -337,6 +347,10 @@ def resume(path, X, y, progress=False, on_divergence="raise"):
                          f"the same order and the same form (a sparse X and its dense "
                          f"array differ here).  To train the saved model on other data, use "
                          f"fastbp.load({path!r}).fit(...)")
+    if run.train_rows is not None:  # the rows validation_fraction did not hold out
+        rows = run.train_rows
+        x = x[rows] if isinstance(x, Rows) else V.kernel_ready(x[rows])
+        y = V.kernel_ready(y[rows])
     run.checkpoint = path
     start = run.done
     with sigint_deferred() as interrupted:

@@ -407,8 +407,9 @@ class MLP:
                                  l2, schedule, power_t, step_size, step_factor, lr_min,
                                  patience, min_delta, restore_best, epoch_loss)
             sw = V.check_sample_weight(sample_weight, n, self.dtype)
-            x, y, sw, val = self._validation_split(x, y, sw, validation_data,
-                                                   validation_fraction, seed)
+            given = (x, y)
+            x, y, sw, val, train_rows = self._validation_split(x, y, sw, validation_data,
+                                                               validation_fraction, seed)
             n = x.shape[0]
             V.check_batch_size(batch_size, n)
             if (patience or restore_best) and val is None:
@@ -426,12 +427,16 @@ class MLP:
                       chunk_seconds=chunk_seconds, threads=threads)
             run.best_params = (self._params.copy() if stop.restore_best
                                else self._params[:0].copy())
+            if train_rows is not None and path is not None:
+                # resume takes the data fit was given and holds the same rows out again
+                run.train_rows, run.given = train_rows, given
             return self._train(x, y, run, progress, on_divergence, interrupted, seed=seed,
                                optimizer=optimizer)
 
     def _validation_split(self, x, y, sw, validation_data, validation_fraction, seed):
-        """(x, y, sw) for training and the validation set (options.Data, or None), all
-        as the kernels take them."""
+        """(x, y, sw) for training, the validation set (options.Data, or None), all as
+        the kernels take them, and the rows of x trained on when validation_fraction
+        held some out (else None)."""
         if validation_data is not None and validation_fraction is not None:
             raise ValueError("give validation_data or validation_fraction, not both")
         if validation_data is not None:
@@ -443,9 +448,9 @@ class MLP:
             xv = S.like(self._inputs(xv_raw), x)
             yv = self._targets(yv_raw, xv.shape[0])
             return x, y, sw, O.Data(self._kernel_inputs(xv), yv,
-                                    np.zeros(0, dtype=self.dtype))
+                                    np.zeros(0, dtype=self.dtype)), None
         if validation_fraction is None:
-            return x, y, sw, None
+            return x, y, sw, None, None
         f = validation_fraction
         if isinstance(f, (bool, np.bool_)) or not isinstance(f, numbers.Real) or not 0 < f < 1:
             raise ValueError(f"validation_fraction must be a number in (0, 1), got {f!r}")
@@ -462,7 +467,8 @@ class MLP:
         sw_t = sw[train].copy() if sw.shape[0] else sw
         sw_v = sw[val].copy() if sw.shape[0] else sw
         return (_rows_of(x, train), V.kernel_ready(y[train]), sw_t,
-                O.Data(self._kernel_inputs(_rows_of(x, val)), V.kernel_ready(y[val]), sw_v))
+                O.Data(self._kernel_inputs(_rows_of(x, val)), V.kernel_ready(y[val]), sw_v),
+                train)
 
     def _train(self, x, y, run, progress, on_divergence, interrupted, seed=None,
                optimizer=None):

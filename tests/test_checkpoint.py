@@ -395,3 +395,25 @@ def test_format_1_checkpoints_still_resume(tmp_path):
     np.testing.assert_array_equal(m2.params, ref.params)
     np.testing.assert_array_equal(h.loss, h_ref.loss)
     np.testing.assert_array_equal(h.val_loss, h_ref.val_loss)
+
+
+def test_resume_after_validation_fraction_takes_the_data_fit_was_given(tmp_path):
+    # fit held a fraction out for validation; resume takes the same X, y, holds the
+    # same rows out again, and ends where the uninterrupted run ends
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 4))
+    y = rng.normal(size=(200, 2))
+    kw = dict(epochs=40, lr=0.05, batch_size=16, shuffle=True, seed=5,
+              validation_fraction=0.2, patience=100, restore_best=False)
+    whole = fastbp.MLP([4, 6, 2], seed=1)
+    h_whole = whole.fit(X, y, **kw)
+    path = str(tmp_path / "vf.npz")
+    part = fastbp.MLP([4, 6, 2], seed=1)
+    part.fit(X, y, checkpoint=path, checkpoint_every=5,
+             callbacks=[lambda epoch, hist, model: epoch < 15], **kw)
+    model, hist = fastbp.resume(path, X, y)
+    np.testing.assert_array_equal(model.params, whole.params)
+    np.testing.assert_array_equal(hist.loss, h_whole.loss)
+    np.testing.assert_array_equal(hist.val_loss, h_whole.val_loss)
+    with pytest.raises(ValueError, match="resume needs the same X and y"):
+        fastbp.resume(path, X[:160], y[:160])  # the training rows alone are not the data
