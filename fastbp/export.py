@@ -206,21 +206,12 @@ def onnx_model(model):
 def to_onnx(model, path):
     """Write ``onnx_model(model)`` to ``path`` (atomically: a temporary file in the same
     folder, then a rename); returns the path."""
-    data = onnx_model(model).SerializeToString()
+    from .io import atomic_write
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
-                               f"{os.urandom(4).hex()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if not path:
+        raise ValueError("path must name a file, got ''")
+    data = onnx_model(model).SerializeToString()
+    atomic_write(path, lambda fh: fh.write(data))
     return path
 
 

@@ -74,6 +74,7 @@ def atomic_write(path, write):
     path = os.fspath(path)
     check_writable(path)
     folder = os.path.dirname(os.path.abspath(path))
+    _remove_orphans(folder, os.path.basename(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
                                f"{os.urandom(4).hex()}.tmp")
     try:
@@ -97,6 +98,41 @@ def atomic_write(path, write):
             raise _naming(exc, path) from None
         raise
     _fsync_folder(folder)
+
+
+def _remove_orphans(folder, name):
+    """Remove the temporary files of earlier writes of ``name`` whose process is gone (a
+    process killed while it wrote a checkpoint leaves one; a run restarted after every
+    crash would pile them up).  Only where a process id can be asked about (POSIX);
+    the temporary file of a live process, this one's included, is left alone."""
+    if os.name != "posix":
+        return
+    prefix = f".{name}."
+    try:
+        entries = [e.name for e in os.scandir(folder) if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        pid, _, rest = entry[len(prefix):].partition(".")
+        if not (pid.isdigit() and len(rest) == 12 and rest.endswith(".tmp")
+                and all(c in "0123456789abcdef" for c in rest[:8])):
+            continue
+        if int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(folder, entry))
+        except OSError:
+            pass
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # another user's process, or a question the system will not answer
+    return True
 
 
 def _naming(exc, path):

@@ -347,3 +347,39 @@ def test_resume_refuses_foreign_and_damaged_files(tmp_path):
     path.write_bytes(b"PK\x03\x04garbage")
     with _raises_naming(path, match="corrupted"):
         fastbp.resume(path, np.zeros((4, 3)), np.zeros((4, 2)))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process ids are asked about on POSIX only")
+def test_a_write_removes_the_temporary_files_of_dead_writers(tmp_path):
+    # a process killed while it wrote a checkpoint leaves its temporary file; the next
+    # write of that file removes those of processes that are gone, and only those
+    import subprocess
+    import sys
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {pid: f".run.npz.{pid}.0123abcd.tmp" for pid in (dead.pid, live.pid)}
+        others = [".run.npz.x.tmp", ".other.npz.1.0123abcd.tmp", ".run.npz.1.zz.tmp"]
+        for name in list(names.values()) + others:
+            (tmp_path / name).write_bytes(b"partial")
+        fastbp.MLP([2, 3, 1]).save(tmp_path / "run.npz")
+        left = {p.name for p in tmp_path.iterdir()}
+        assert names[dead.pid] not in left
+        assert names[live.pid] in left and set(others) <= left
+        assert "run.npz" in left
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_onnx_export_names_the_path_it_cannot_write(tmp_path):
+    pytest.importorskip("onnx")
+    m = fastbp.MLP([2, 3, 1], seed=0)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        m.to_onnx(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        m.to_onnx(tmp_path / "missing" / "m.onnx")
+    with pytest.raises(ValueError, match="must name a file"):
+        m.to_onnx("")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
