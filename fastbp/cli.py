@@ -32,8 +32,10 @@ Python), ``predict`` uses the first ``sizes[0]`` columns of DATA.csv, as they ar
 ``predict`` writes a CSV with a header row. A regression model: one column named after
 the target (``TARGET``; ``TARGET_0``, ``TARGET_1``, ... for several outputs;
 ``prediction`` without the metadata file). A classifier: ``TARGET``, the predicted class
-label exactly as written in the training data, then ``TARGET_prob_LABEL`` for each class
-in the metadata's order, its predicted probability.
+label, then ``TARGET_prob_LABEL`` for each class in the metadata's order, its predicted
+probability.  Text labels are written exactly as in the training data; a label column
+whose cells are all numbers holds one class per value, written as an integer (``007``,
+``7`` and ``7.0`` are the class ``7``; ``0.0`` / ``1.0`` targets are ``0`` / ``1``).
 
 No command writes over one of its inputs: an output path (``--save`` and its ``.json``,
 ``--out``, the ``--plot`` figures) that is the same file as an input (compared as files,
@@ -199,8 +201,8 @@ def build_parser():
         description="Predict each row of DATA.csv with a model saved by 'fastbp train --save' "
                     "(or MLP.save) and write the predictions as CSV. Columns: regression, "
                     "TARGET (the predicted value); classification, TARGET (the predicted "
-                    "class label, as written in the training data) then TARGET_prob_LABEL "
-                    "(the probability of each class). TARGET is the trained target "
+                    "class label: text as in the training data, numbers as integers) then "
+                    "TARGET_prob_LABEL (the probability of each class). TARGET is the trained target "
                     "column's name ('prediction' for a model without its .json file).")
     predict.add_argument("model", metavar="MODEL.npz")
     predict.add_argument("data", metavar="DATA.csv")

@@ -629,3 +629,29 @@ def test_python_dash_m_fastbp_demo_xor():
     assert any(l.startswith("Final output biases: [") for l in lines)
     assert re.search(r"^Training: 2,000 epochs in [\d.]+ s \([\d,]+ epochs/s\)$", proc.stdout, re.M)
     assert "Traceback" not in proc.stderr
+
+
+def test_numeric_labels_are_classes_by_value_text_labels_as_written(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    rows = ["a,b,target"]
+    labels = ["007", "7", "7.0", "12"] * 10
+    for label in labels:
+        rows.append(f"{rng.normal():.4f},{rng.normal():.4f},{label}")
+    data = tmp_path / "codes.csv"
+    data.write_text("\n".join(rows) + "\n")
+    model = tmp_path / "m.npz"
+    rc, out, _ = run(capsys, "train", str(data), "--target", "target", "--task", "classify",
+                     "--epochs", "5", "--save", str(model), "--no-progress")
+    assert rc == 0 and "2 classes: 7, 12" in out
+    rc, out, _ = run(capsys, "predict", str(model), str(data))
+    assert rc == 0
+    assert {line.split(",")[0] for line in out.splitlines()[1:]} <= {"7", "12"}
+    text = tmp_path / "text.csv"
+    names = ["007", "x7", "seven"]
+    text.write_text("\n".join(["a,b,target"] + [f"{i % 3},{i % 5},{names[i % 3]}"
+                                                  for i in range(30)]) + "\n")
+    rc, out, _ = run(capsys, "train", str(text), "--target", "target", "--task", "classify",
+                     "--epochs", "5", "--save", str(model), "--no-progress")
+    assert rc == 0 and "3 classes: 007, seven, x7" in out
+    rc, out, _ = run(capsys, "predict", str(model), str(text))
+    assert {line.split(",")[0] for line in out.splitlines()[1:]} <= {"007", "seven", "x7"}
