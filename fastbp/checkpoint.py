@@ -157,6 +157,14 @@ def read_checkpoint(path):
                     or rows[-1] >= data_n):
                 raise ar.error(f"train_rows must be increasing row numbers below {data_n}")
             run.train_rows = rows.astype(np.int64)
+        n_train = data_n if run.train_rows is None else run.train_rows.size
+        if sw.ndim != 1 or sw.shape[0] not in (0, n_train) or (sw.shape[0] and (
+                not np.isfinite(sw).all() or (sw < 0).any() or not (sw > 0).any())):
+            raise ar.error(f"inconsistent sample weights: shape {sw.shape} for {n_train} "
+                           f"training samples")
+        if batch_size > n_train:
+            raise ar.error(f"inconsistent batch_size {batch_size} for {n_train} training "
+                           f"samples")
         _read_state(ar, model, run, files)
     return model, run
 
@@ -228,9 +236,24 @@ def _read_options_v1(ar, model):
 
 
 def _checked(ar, rule):
-    if not (rule.lr > 0 and rule.step_size >= 1 and rule.eps > 0):
+    """The Rule read from ``ar``, or an error naming the file when one of its values is not
+    one fit could have given (a damaged or hand-edited checkpoint must not train)."""
+    from ._config import OPTIMIZERS, SCHEDULES
+    if not (rule.lr > 0 and rule.step_size >= 1 and rule.eps > 0
+            and rule.optimizer in OPTIMIZERS.values() and rule.schedule in SCHEDULES.values()
+            and 0 <= rule.momentum < 1 and 0 <= rule.beta1 < 1 and 0 <= rule.beta2 < 1
+            and rule.l2 >= 0 and rule.power >= 0 and 0 < rule.step_factor <= 1
+            and rule.lr_min >= 0):
         raise ar.error(f"inconsistent training options: {rule}")
     return rule
+
+
+def _one(ar, name, dtype):
+    """The one-value array ``name`` of ``ar`` as ``dtype``, or an error naming the file."""
+    a = ar.array(name)
+    if a.size != 1:
+        raise ar.error(f"{name} must hold one value, not {a.size}")
+    return a.astype(dtype).reshape(1)
 
 
 def _read_state(ar, model, run, files):
@@ -238,9 +261,9 @@ def _read_state(ar, model, run, files):
     dt = model.dtype
     n_p = model._layout.n_params
     if "es_best_loss" in files:
-        run.best_loss[:] = ar.array("es_best_loss").astype(np.float64).reshape(1)
-        run.bad_checks[:] = ar.array("es_bad_checks").astype(np.int64).reshape(1)
-        run.best_epoch[:] = ar.array("es_best_epoch").astype(np.int64).reshape(1)
+        run.best_loss[:] = _one(ar, "es_best_loss", np.float64)
+        run.bad_checks[:] = _one(ar, "es_bad_checks", np.int64)
+        run.best_epoch[:] = _one(ar, "es_best_epoch", np.int64)
     elif "es_state" in files:  # format 1: [best loss, checks, best epoch] as floats
         es = ar.array("es_state").astype(np.float64)
         run.best_loss[0], run.bad_checks[0], run.best_epoch[0] = es[0], int(es[1]), int(es[2])
@@ -256,7 +279,7 @@ def _read_state(ar, model, run, files):
         if opt_state.shape != (2, n_p):
             raise ar.error("the optimizer state has the wrong shape")
         model._opt_state = np.ascontiguousarray(opt_state)
-        model._opt_step = ar.array("opt_step").astype(np.int64).reshape(1).copy()
+        model._opt_step = _one(ar, "opt_step", np.int64).copy()
         model._opt_kind = ar.text("opt_kind") or None
 
 

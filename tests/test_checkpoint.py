@@ -417,3 +417,30 @@ def test_resume_after_validation_fraction_takes_the_data_fit_was_given(tmp_path)
     np.testing.assert_array_equal(hist.val_loss, h_whole.val_loss)
     with pytest.raises(ValueError, match="resume needs the same X and y"):
         fastbp.resume(path, X[:160], y[:160])  # the training rows alone are not the data
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("rule_optimizer", 77, "inconsistent training options"),
+    ("rule_schedule", 99, "inconsistent training options"),
+    ("rule_momentum", 1.5, "inconsistent training options"),
+    ("sample_weight", np.ones(7), "inconsistent sample weights"),
+    ("batch_size", 10_000, "inconsistent batch_size"),
+    ("opt_step", np.array([1, 2]), "opt_step must hold one value"),
+    ("es_best_loss", np.array([1.0, 2.0]), "es_best_loss must hold one value"),
+])
+def test_a_checkpoint_with_values_fit_could_not_have_written_is_refused(tmp_path, field,
+                                                                        value, match):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)), rng.normal(size=(40, 1))
+    path = tmp_path / "run.npz"
+    fastbp.MLP([3, 4, 1], seed=0).fit(X, y, epochs=4, lr=0.1, batch_size=8,
+                                      checkpoint=str(path), checkpoint_every=2,
+                                      sample_weight=np.ones(40))
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays[field] = np.asarray(value)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    with pytest.raises(ValueError, match=match) as info:
+        fastbp.resume(str(bad), X, y)
+    assert "bad.npz" in str(info.value)
