@@ -593,8 +593,7 @@ class _BaseMLP(BaseEstimator):
             print("Iteration %d, loss = %.8f" % (self.n_iter_, loss))
         self._update_no_improvement_count(val, score)
         if sgd and self._opt("learning_rate") == "invscaling":
-            self._lr = float(self._opt("learning_rate_init")) / (self.t_ + 1) ** self._opt(
-                "power_t")
+            self._lr = self._lr_init / (self.t_ + 1) ** self._opt("power_t")
         if self._no_improvement_count <= self.n_iter_no_change:
             return False
         what = ("Validation score" if self.early_stopping else "Training loss")
