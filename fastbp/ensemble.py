@@ -79,7 +79,7 @@ class Ensemble:
             self.seeds = model_seeds(self.seed, n_models)
         self.inits = _per_model(init, n_models, "init", V.check_init)
         lay = self._proto._layout
-        self.params = np.empty((n_models, lay.n_params), dtype=self._proto.dtype)
+        self._params = np.empty((n_models, lay.n_params), dtype=self._proto.dtype)
         self._rng_states = np.empty((n_models, 2), dtype=np.int64)
         for m in range(n_models):
             self.params[m] = initial_params(lay, self.inits[m], self.seeds[m],
@@ -90,6 +90,23 @@ class Ensemble:
         self._fit_lock = _pickling.FitLock()
 
     # ---- structure --------------------------------------------------------------------
+    @property
+    def params(self):
+        """The parameters, (n_models, n_params): row m is model m's ``MLP.params`` (a view:
+        writing to it changes the ensemble)."""
+        return self._params
+
+    @params.setter
+    def params(self, value):
+        # as MLP.params: the values are copied into the ensemble's own array, whose
+        # shape, dtype and layout the kernels rely on (a row shorter than the network's
+        # parameters would be read and written past its end)
+        value = V.as_float_array(value, "params", self.dtype)
+        if value.shape != self._params.shape:
+            raise ValueError(f"params must have shape {self._params.shape} (n_models, "
+                             f"n_params), got {value.shape}")
+        self._params[...] = value
+
     @property
     def n_models(self):
         return self.params.shape[0]
@@ -143,6 +160,9 @@ class Ensemble:
         return _pickling.snapshot(self)
 
     def __setstate__(self, state):
+        if "params" in state:  # pickled before params became a checked property
+            state = dict(state)
+            state["_params"] = state.pop("params")
         _pickling.restore(self, state)
 
     __copy__ = _pickling.independent_copy

@@ -328,6 +328,39 @@ def test_non_finite_parameters_are_refused(ens4):
         ens4.fit(X, y)
 
 
+def test_assigning_params_is_checked_and_copied(ens4):
+    """ens.params = array checks the array as MLP.params does and copies it into the
+    ensemble's own parameters: a wrongly shaped, typed or ordered array used to become
+    the kernels' parameters (a short row was read and written past its end)."""
+    X, y = _xy()
+    n_params = ens4.params.shape[1]
+    own = ens4.params
+    for bad in (np.zeros((4, 5)), np.zeros((5, n_params)), np.zeros(n_params)):
+        with pytest.raises(ValueError, match=rf"params must have shape \(4, {n_params}\)"):
+            ens4.params = bad
+    new = np.asfortranarray(np.random.default_rng(3).normal(size=(4, n_params)))
+    ens4.params = new.astype(np.float32)  # converted to the ensemble's dtype
+    assert ens4.params is own and ens4.params.dtype == np.float64
+    ens4.params = new
+    assert ens4.params is own and ens4.params.flags.c_contiguous
+    np.testing.assert_array_equal(ens4.params, new)
+    assert np.shares_memory(ens4[1].params, ens4.params)
+    hist = ens4.fit(X, y, epochs=3, lr=0.1)
+    assert hist.loss.shape == (4, 3) and np.isfinite(ens4.params).all()
+    np.testing.assert_array_equal(ens4.predict(X)[0], ens4[0].predict(X))
+
+
+def test_pickles_of_the_earlier_layout_load(ens4):
+    """A pickle whose state names the parameters "params" (before the checked property)
+    loads into the property's array."""
+    state = ens4.__getstate__()
+    state["params"] = state.pop("_params")
+    twin = fastbp.Ensemble.__new__(fastbp.Ensemble)
+    twin.__setstate__(state)
+    np.testing.assert_array_equal(twin.params, ens4.params)
+    assert "params" not in vars(twin)
+
+
 # -------------------------------------------------------------------- divergence
 
 
