@@ -100,7 +100,8 @@ def _run_part(arch, settings, X, y, fit_kw, n_jobs):
     ens, hist = _train(arch, settings, X, y, fit_kw, n_jobs)
     return {"params": ens.params, "rng_states": ens._rng_states, "loss": hist.loss,
             "epochs_per_model": hist.extra["epochs_per_model"],
-            "diverged_epoch": hist.extra["diverged_epoch"], "seconds": hist.seconds}
+            "diverged_epoch": hist.extra["diverged_epoch"], "seconds": hist.seconds,
+            "stride": hist.stride, "kernel": hist.kernel}
 
 
 class SweepResult:
@@ -273,10 +274,18 @@ def _distributed(client, parts, arch, settings, X, y, fit_kw, n_jobs):
         ens.params[idx] = r["params"]
         ens._rng_states[idx] = r["rng_states"]
     cat = {key: np.concatenate([r[key] for r in results])
-           for key in ("loss", "epochs_per_model", "diverged_epoch")}
+           for key in ("epochs_per_model", "diverged_epoch")}
+    # a part's records are every stride-th of the run's (a long run thins them, see
+    # history.Records); the parts run the same epochs, so they keep the same ones
+    stride = max(int(r["stride"]) for r in results)
+    losses = [r["loss"][:, ::stride // int(r["stride"])] for r in results]
+    kept = min(loss.shape[1] for loss in losses)
+    cat["loss"] = np.concatenate([loss[:, :kept] for loss in losses])
+    kernels = list(dict.fromkeys(r["kernel"] for r in results if r["kernel"]))
     ens.diverged = cat["diverged_epoch"] >= 0
     hist = History(loss=cat["loss"], epochs=int(cat["epochs_per_model"].max()),
-                   record_every=fit_kw["record_every"], seconds=seconds,
+                   record_every=fit_kw["record_every"], seconds=seconds, stride=stride,
+                   kernel="; ".join(kernels) or None,
                    extra={"epochs_per_model": cat["epochs_per_model"],
                           "diverged_epoch": cat["diverged_epoch"],
                           "parts": [int(p.size) for p in pieces]})

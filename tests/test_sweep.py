@@ -271,3 +271,27 @@ def test_dask_cluster_gives_identical_results(data):
                                           [r[key] for r in local.rows], err_msg=key)
         assert [[r[k] for k in GRID_KEYS] for r in res.rows] == \
             [[r[k] for k in GRID_KEYS] for r in local.rows]
+
+
+def test_dask_sweep_keeps_the_stride_of_thinned_records(data, monkeypatch):
+    """A run long enough to thin its records (history.Records) keeps every stride-th:
+    the distributed sweep's History said stride 1, so its epochs_recorded and the rows'
+    best_epoch were those of the first records, not of the kept ones."""
+    distributed = pytest.importorskip("distributed")
+    from fastbp import history as H
+    monkeypatch.setattr(H, "RECORDS_CAP", 16)  # in-process workers see it too
+    X, y = data
+    grid = {"lr": [0.02, 0.05, 0.1], "seed": [1, 2]}
+    kw = dict(epochs=150, record_every=2, **ARCH)
+    local = fastbp.sweep(grid, X, y, **kw)
+    assert local.history.stride > 1
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        remote = fastbp.sweep(grid, X, y, client=client, parts=3, **kw)
+    assert remote.history.stride == local.history.stride
+    assert remote.history.kernel == local.history.kernel
+    np.testing.assert_array_equal(remote.history.epochs_recorded,
+                                  local.history.epochs_recorded)
+    np.testing.assert_array_equal(remote.history.loss, local.history.loss)
+    assert remote.rows == local.rows
