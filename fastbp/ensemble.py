@@ -21,6 +21,9 @@ from .kernels.rng import seed_state
 from .model import MLP
 
 
+_NO_TARGETS = object()  # Ensemble._data without targets (predict)
+
+
 def model_seeds(seed, n_models):
     """Per-model integer seeds derived from one ensemble seed (None: fresh entropy)."""
     ss = np.random.SeedSequence(seed)
@@ -172,7 +175,7 @@ class Ensemble:
                 f"activation={list(self.activations)}, loss={self.loss_name!r})")
 
     # ---- data -------------------------------------------------------------------------
-    def _data(self, X, y=None):
+    def _data(self, X, y=_NO_TARGETS):
         """(Dx, n, n_in) inputs and (Dy, n, n_out) targets, C-contiguous in the model
         dtype, each D = 1 (shared) or n_models: shared inputs stay one copy when the
         targets are per model (model m reads x[row_of(x, m)], y[row_of(y, m)]).
@@ -196,7 +199,7 @@ class Ensemble:
                              f"n_samples, {n_in}) with one data set per model, got shape "
                              f"{x.shape}")
         xt = np.ascontiguousarray(np.stack(xs))
-        if y is None:
+        if y is _NO_TARGETS:  # predict: inputs only (y=None is refused below, as MLP's)
             return xt, None
         n = xt.shape[1]
         if p.loss_name == "cross_entropy":  # shared class labels, as MLP.fit takes them

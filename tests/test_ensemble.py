@@ -298,6 +298,9 @@ def test_bad_data(ens4):
         ens4.fit(np.full((4, 10, 2), np.nan), y)
     with pytest.raises(ValueError, match="3-D X must have one data set per model"):
         ens4.predict(rng.normal(size=(2, 10, 2)))
+    for call in (ens4.fit, ens4.loss):  # as MLP (was an AttributeError from the job)
+        with pytest.raises(TypeError, match="y has dtype object"):
+            call(X, None)
 
 
 @pytest.mark.parametrize("n_models", [0, -2])
