@@ -422,9 +422,12 @@ class Ensemble:
 
 
 def _check_shuffle(value):
-    if isinstance(value, (bool, np.bool_)) or value in (0, 1):
-        return bool(value)
-    raise TypeError(f"shuffle must be True or False (or one per model), got {value!r}")
+    # MLP.fit's rule (V.check_flag): bools, and the integers 0 and 1 -- not 1.0
+    try:
+        return V.check_flag(value, "shuffle")
+    except TypeError:
+        raise TypeError(f"shuffle must be True or False (or one per model), "
+                        f"got {value!r}") from None
 
 
 def report_divergence(diverged, on_divergence, hist, stacklevel):

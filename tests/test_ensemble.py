@@ -272,6 +272,21 @@ def test_bad_hyper_parameters(ens4, kw, match):
         ens4.fit(X, y, **kw)
 
 
+@pytest.mark.parametrize("shuffle", [1.0, [True, 0.0, False, True], np.float64(1.0), "yes"])
+def test_shuffle_takes_what_mlp_fit_takes(ens4, shuffle):
+    """MLP.fit refuses shuffle=1.0 (only bools, 0 and 1); so does the ensemble and
+    sweep (they took any value equal to 0 or 1)."""
+    X, y = _xy()
+    with pytest.raises(TypeError, match="shuffle must be True or False"):
+        ens4.fit(X, y, shuffle=shuffle)
+    with pytest.raises(TypeError, match="shuffle must be True or False"):
+        fastbp.MLP([2, 3, 1]).fit(X, y, shuffle=np.ravel(shuffle)[1 if np.ndim(shuffle) else 0])
+    with pytest.raises(TypeError, match="shuffle must be True or False"):
+        fastbp.sweep({"shuffle": [shuffle] if np.ndim(shuffle) == 0 else shuffle}, X, y,
+                     sizes=[2, 3, 1])
+    assert ens4.fit(X, y, shuffle=[True, 0, np.bool_(False), 1]).loss.shape == (4, 1)
+
+
 def test_bad_data(ens4):
     X, y = _xy()
     rng = np.random.default_rng(0)
