@@ -222,6 +222,9 @@ def sweep(param_grid, X, y, sizes, activation="sigmoid", loss="mse", epochs=1, l
     if np.ndim(X) > 2:
         raise ValueError(f"sweep trains every model on the same data: X must be 2-D "
                          f"(n_samples, n_features), got shape {np.shape(X)}")
+    if np.ndim(y) > 2:
+        raise ValueError(f"sweep trains every model on the same data: y must be 1-D or 2-D "
+                         f"(n_samples, n_outputs), got shape {np.shape(y)}")
     # validates the architecture and the data before anything is trained or sent
     probe = Ensemble(n_models=1, init=0.0, seed=0, **arch)
     xt, _ = probe._data(X, y)  # (1, n, n_in): sample-major

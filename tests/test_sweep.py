@@ -239,6 +239,9 @@ def test_bad_sweep_arguments(data):
         fastbp.sweep({"lr": [0.1]}, np.stack([X, X]), y, **ARCH)
     with pytest.raises(ValueError, match="X has 2 features"):
         fastbp.sweep({"lr": [0.1]}, X[:, :2], y, **ARCH)
+    for shape in ((2, 24, 2), (1, 24, 2)):  # one target set per point is not a sweep's
+        with pytest.raises(ValueError, match=r"same data: y must be 1-D or 2-D"):
+            fastbp.sweep({"lr": [0.1, 0.2]}, X, np.zeros(shape), **ARCH)
     with pytest.raises(ValueError, match="parts .* needs client"):
         fastbp.sweep({"lr": [0.1]}, X, y, parts=2, **ARCH)
     with pytest.raises(TypeError, match="client must be a dask.distributed Client"):
