@@ -6,6 +6,28 @@ import numpy as np
 # A run keeps at most this many loss records: a fit of 10**10 epochs must not need
 # 80 GB for its history (see Records).
 RECORDS_CAP = 1 << 20
+# ... and the models of an ensemble share this many, each keeping at least
+# MIN_MODEL_RECORDS: a thousand models run for a million epochs must not need 8 GB for
+# their histories either (64 MB of float64 in all, up to 16,384 models)
+ENSEMBLE_RECORDS = 1 << 23
+MIN_MODEL_RECORDS = 512
+
+
+def records_cap(rows=None):
+    """The records each of ``rows`` models keeps (None: one model, RECORDS_CAP)."""
+    if rows is None:
+        return RECORDS_CAP
+    return min(RECORDS_CAP, max(MIN_MODEL_RECORDS, ENSEMBLE_RECORDS // max(rows, 1)))
+
+
+def stride_for(n_records, cap):
+    """The stride a run of ``n_records`` records ends with when it keeps at most ``cap``
+    (Records: the smallest power of two that leaves ceil(n_records / stride) <= cap,
+    however the records came)."""
+    stride = 1
+    while -(-n_records // stride) > cap:
+        stride *= 2
+    return stride
 
 
 @dataclass
@@ -57,7 +79,7 @@ class History:
 
 
 class Records:
-    """The loss records of a run (one row per model), in memory bounded by RECORDS_CAP.
+    """The loss records of a run (one row per model), in memory bounded by records_cap.
 
     Record r is the loss of epoch r * record_every.  Every record is kept until a run
     reaches ``cap`` of them; then every other one is dropped (the stride doubles) and
@@ -68,7 +90,7 @@ class Records:
 
     def __init__(self, rows=None, validating=False, cap=None):
         self.rows = rows            # None: one model (1-D arrays)
-        self.cap = int(RECORDS_CAP if cap is None else cap)
+        self.cap = int(records_cap(rows) if cap is None else cap)
         self.stride = 1
         self.count = 0              # records kept
         self.next_r = 0             # the run's next record number

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _validation as V
 from .ensemble import Ensemble, _check_shuffle
-from .history import History
+from .history import History, records_cap, stride_for
 
 GRID_KEYS = ("lr", "seed", "init", "batch_size", "shuffle")
 _FIXED = ("sizes", "activation", "loss", "bias", "dtype", "epochs", "record_every")
@@ -278,12 +278,20 @@ def _distributed(client, parts, arch, settings, X, y, fit_kw, n_jobs):
         ens._rng_states[idx] = r["rng_states"]
     cat = {key: np.concatenate([r[key] for r in results])
            for key in ("epochs_per_model", "diverged_epoch")}
-    # a part's records are every stride-th of the run's (a long run thins them, see
-    # history.Records); the parts run the same epochs, so they keep the same ones
-    stride = max(int(r["stride"]) for r in results)
-    losses = [r["loss"][:, ::stride // int(r["stride"])] for r in results]
-    kept = min(loss.shape[1] for loss in losses)
-    cat["loss"] = np.concatenate([loss[:, :kept] for loss in losses])
+    # a long run keeps every stride-th record (history.Records), a part the stride its
+    # own number of models allows; the sweep keeps what one Ensemble of all the models
+    # keeps: the records of the stride of n models (a part's stride, a power of two as
+    # it is, divides it: fewer models keep more records each)
+    re = fit_kw["record_every"]
+    n_records = -(-int(cat["epochs_per_model"].max()) // re)
+    stride = max([stride_for(n_records, records_cap(n))]
+                 + [int(r["stride"]) for r in results])
+    kept = -(-n_records // stride)
+    loss = np.full((n, kept), np.nan)
+    for idx, r in zip(pieces, results):
+        part = r["loss"][:, ::stride // int(r["stride"])][:, :kept]
+        loss[idx, :part.shape[1]] = part  # (a part whose models all diverged stopped early)
+    cat["loss"] = loss
     kernels = list(dict.fromkeys(r["kernel"] for r in results if r["kernel"]))
     ens.diverged = cat["diverged_epoch"] >= 0
     hist = History(loss=cat["loss"], epochs=int(cat["epochs_per_model"].max()),

@@ -1,5 +1,5 @@
 """Long runs in bounded memory: a fit's loss records never outgrow history.RECORDS_CAP
-(every record up to it, then evenly thinned), a fit of any epoch count starts at once,
+(an ensemble's models share ENSEMBLE_RECORDS; every record up to the cap, then evenly thinned), a fit of any epoch count starts at once,
 and Ctrl-C at any moment of fit -- setup and compilation included -- returns the
 History so far."""
 import os
@@ -38,6 +38,50 @@ def test_records_keep_every_stride_th_record_within_the_cap(cap):
     # record i is the run's record i * stride: evenly spaced from the first
     np.testing.assert_array_equal(loss, values[::rec.stride][:rec.count])
     assert rec.count == -(-1000 // rec.stride)
+
+
+@pytest.mark.parametrize("cap", [3, 8, 50])
+def test_stride_for_is_the_stride_records_end_with(cap):
+    r = np.random.default_rng(cap)
+    for n in [0, 1, cap, cap + 1, 2 * cap, 1000]:
+        rec = H.Records(cap=cap)
+        done = 0
+        while done < n:  # random chunks
+            k = int(min(n - done, r.integers(1, 40)))
+            rec.extend(done, np.zeros(k))
+            done += k
+        assert rec.stride == H.stride_for(n, cap), n
+
+
+def test_records_cap_bounds_an_ensembles_records_in_all():
+    assert H.records_cap() == H.records_cap(1) == H.RECORDS_CAP
+    for rows in [2, 8, 9, 100, 1000, 16384]:
+        cap = H.records_cap(rows)
+        assert cap <= H.RECORDS_CAP and rows * cap <= H.ENSEMBLE_RECORDS
+    assert H.records_cap(10 ** 6) == H.MIN_MODEL_RECORDS
+    assert H.Records(rows=1000).cap == H.records_cap(1000) < H.Records().cap
+
+
+def test_an_ensembles_models_share_the_records_bound(monkeypatch):
+    """A thousand models run for a million epochs kept 2**20 records each (8 GB): the
+    models of an ensemble share ENSEMBLE_RECORDS, each keeping its evenly thinned
+    records of the full-resolution history."""
+    r = np.random.default_rng(0)
+    X, y = r.normal(size=(20, 3)), r.normal(size=(20, 1))
+
+    def fit():
+        e = fastbp.Ensemble([3, 4, 1], n_models=8, activation=["tanh", "identity"],
+                            init="normal", seed=0)
+        return e.fit(X, y, epochs=300, lr=0.05)
+
+    full = fit()
+    assert full.loss.shape == (8, 300) and full.stride == 1
+    monkeypatch.setattr(H, "ENSEMBLE_RECORDS", 8 * 40)
+    monkeypatch.setattr(H, "MIN_MODEL_RECORDS", 4)
+    thin = fit()
+    assert thin.stride == H.stride_for(300, 40) == 8
+    assert thin.loss.shape == (8, 38)
+    np.testing.assert_array_equal(thin.loss, full.loss[:, ::8])
 
 
 def test_a_long_fit_keeps_thinned_records_of_its_full_resolution_history(monkeypatch):

@@ -298,3 +298,25 @@ def test_dask_sweep_keeps_the_stride_of_thinned_records(data, monkeypatch):
                                   local.history.epochs_recorded)
     np.testing.assert_array_equal(remote.history.loss, local.history.loss)
     assert remote.rows == local.rows
+
+
+def test_dask_sweep_keeps_the_records_of_the_whole_sweep(data, monkeypatch):
+    """The parts of a distributed sweep hold fewer models, so each keeps more records
+    than one Ensemble of all the models (history.records_cap): the sweep keeps the
+    whole's, as the local sweep does."""
+    distributed = pytest.importorskip("distributed")
+    from fastbp import history as H
+    monkeypatch.setattr(H, "ENSEMBLE_RECORDS", 96)  # 6 models: 16 each; 2 models: 48
+    monkeypatch.setattr(H, "MIN_MODEL_RECORDS", 4)
+    X, y = data
+    grid = {"lr": [0.02, 0.05, 0.1], "seed": [1, 2]}
+    kw = dict(epochs=150, record_every=2, **ARCH)
+    local = fastbp.sweep(grid, X, y, **kw)
+    assert local.history.stride == H.stride_for(75, 16) == 8
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        remote = fastbp.sweep(grid, X, y, client=client, parts=3, **kw)
+    assert remote.history.stride == local.history.stride
+    np.testing.assert_array_equal(remote.history.loss, local.history.loss)
+    assert remote.rows == local.rows
