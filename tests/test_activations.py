@@ -19,9 +19,11 @@ from reference import python_of
 RNG = np.random.default_rng(0)
 ARGS = np.concatenate([
     RNG.uniform(-708.0, 709.0, 20_000),  # the whole clamped range
+    RNG.uniform(-708.3964185322641, -708.0, 2_000),  # the sigmoid normal, down to the clamp
     RNG.uniform(-40.0, 40.0, 20_000),    # where sigmoid is neither 0 nor 1
     RNG.normal(0.0, 1.0, 20_000),
-    np.array([0.0, -0.0, 1e-300, -1e-300, 0.5 * math.log(2), -0.5 * math.log(2), 700.0, -700.0]),
+    np.array([0.0, -0.0, 1e-300, -1e-300, 0.5 * math.log(2), -0.5 * math.log(2), 700.0, -700.0,
+              -708.0, -708.2, -708.39, -708.3964185322641]),
 ])
 
 
@@ -74,6 +76,11 @@ ARGS32 = np.concatenate([
     RNG.normal(0.0, 5.0, 20_000).astype(np.float32),
     np.array([0.0, -0.0, 1e-30, -1e-30, 0.34657359, -0.34657359, 17.0, -17.0, -87.0,
               -87.33, -88.0, -103.0, 88.0], dtype=np.float32),
+    # every float32 from -87.33 down to ln(2**-126) = -87.33654..., where the sigmoid is
+    # still a normal float32
+    np.arange(np.float32(-87.33).view(np.int32),
+              np.float32(-87.33654022216797).view(np.int32) + 1,
+              dtype=np.int32).view(np.float32),
 ])
 
 
@@ -105,8 +112,8 @@ def test_float32_sigmoid_computes_in_float32_within_two_ulp():
     ref = _sigmoids(ARGS32.astype(np.float64)).astype(np.float32)  # within 2 float64 ULP
     normal = ref >= np.finfo(np.float32).tiny
     assert _ulps32(got[normal], ref[normal]).max() <= 2.0
-    # below the clamp (exp of -87.33 is just above the smallest normal) it stays tiny
-    assert np.all(got[~normal] >= 0) and np.all(got[~normal] < 1e-37)
+    # below the clamp (exp of it is the smallest normal, 1.1754997e-38) it stays there
+    assert np.all(got[~normal] >= np.finfo(np.float32).tiny) and np.all(got[~normal] < 1.2e-38)
     # the Python meaning (NUMBA_DISABLE_JIT) is the same function, value for value
     few = ARGS32[::997]
     assert [python_of(R.sigmoid32)(v) for v in few] == list(_sigmoids(few))
@@ -116,8 +123,9 @@ def test_float32_sigmoid_saturates_without_overflow():
     z = np.array([-3e38, -200.0, 200.0, 3e38, np.inf, -np.inf], dtype=np.float32)
     sig = _sigmoids(z)
     assert sig.dtype == np.float32
-    assert np.all(sig[:2] < 1e-37) and np.all(sig[:2] >= 0)
-    assert np.all(sig[2:5] == 1.0) and 0 <= sig[5] < 1e-37
+    tiny = np.finfo(np.float32).tiny  # below ln(tiny) the smallest normal (README)
+    assert np.all(sig[:2] < 1.2e-38) and np.all(sig[:2] >= tiny)
+    assert np.all(sig[2:5] == 1.0) and tiny <= sig[5] < 1.2e-38
 
 
 @njit
