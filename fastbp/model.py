@@ -102,9 +102,12 @@ class MLP:
             raise TypeError("weights must be a list of 2-D (n_in, n_out) arrays")
         if len(weights) == 0:
             raise ValueError("weights is empty; expected one (n_in, n_out) array per layer")
+        # converted to the model dtype here, where values it cannot hold (1e39 for
+        # float32) are refused, rather than turning into infinities as they are stored
+        dt = V.check_dtype(dtype)
         ws = []
         for l, w in enumerate(weights):
-            w = V.as_float_array(w, f"weights[{l}]", np.float64)
+            w = V.as_float_array(w, f"weights[{l}]", dt)
             if w.ndim != 2:
                 raise ValueError(f"weights[{l}] must be 2-D (n_in, n_out), got shape {w.shape}")
             if l and w.shape[0] != ws[-1].shape[1]:
@@ -119,7 +122,7 @@ class MLP:
                                  f"got {len(biases)}")
             bs = []
             for l, b in enumerate(biases):
-                b = V.as_float_array(b, f"biases[{l}]", np.float64)
+                b = V.as_float_array(b, f"biases[{l}]", dt)
                 if b.size != sizes[l + 1] or (b.ndim == 2 and b.shape[0] != 1) or b.ndim > 2:
                     raise ValueError(f"biases[{l}] must have shape ({sizes[l + 1]},), "
                                      f"got {b.shape}")

@@ -160,3 +160,16 @@ def test_float32_lanes_across_models_equal_each_model_alone(n, monkeypatch):
         h = one.fit(X, y, epochs=40, lr=lrs[m], record_every=2)
         assert one.params.tobytes() == ens.params[m].tobytes()
         assert h.loss.tobytes() == hist.loss[m].tobytes()
+
+
+@pytest.mark.parametrize("which", ["weights", "biases"])
+def test_from_weights_refuses_values_too_large_for_float32(which):
+    """As the params setter and init do: 1e39 has no float32 value (it was stored as inf,
+    with only numpy's overflow warning, and fit then blamed "params, weights or biases")."""
+    w = [np.full((2, 3), 0.5), np.full((3, 1), 0.5)]
+    b = [np.zeros(3), np.zeros(1)]
+    (w if which == "weights" else b)[1][0] = 1e39
+    with pytest.raises(ValueError, match=rf"{which}\[1\] has values too large for float32"):
+        fastbp.MLP.from_weights(w, b, dtype="float32")
+    m = fastbp.MLP.from_weights(w, b, dtype="float64")  # fine in float64
+    assert np.isfinite(m.params).all()
