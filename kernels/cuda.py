@@ -63,8 +63,8 @@ import warnings
 
 import numpy as np
 
-from .rules import (BCE, CROSS_ENTROPY, HALF_MSE, IDENTITY, MSE, RELU, SIGMOID, SOFTMAX, SSE,
-                    TANH)
+from .rules import (BCE, CROSS_ENTROPY, EXP_MIN_ARG, HALF_MSE, IDENTITY, MSE, RELU, SIGMOID,
+                    SOFTMAX, SSE, TANH)
 
 # Largest model (parameters per network) the kernel accepts: one thread per model keeps
 # ~2 x MAX_PARAMS values in local memory (16 KiB in float64, reserved for every resident
@@ -528,7 +528,7 @@ def build_namespace(dtype, target="cuda"):
     dt = np.dtype(dtype).type
     ns = {
         "math": math, "np": np, "DT": dt,
-        "ZERO": dt(0.0), "ONE": dt(1.0), "EXP_MIN": dt(-708.0), "NAN": np.float64(np.nan),
+        "ZERO": dt(0.0), "ONE": dt(1.0), "EXP_MIN": dt(EXP_MIN_ARG), "NAN": np.float64(np.nan),
         "GOLDEN": _GOLDEN, "MIX1": _MIX1, "MIX2": _MIX2,
         "S30": np.uint64(30), "S27": np.uint64(27), "S31": np.uint64(31),
     }
