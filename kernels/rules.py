@@ -78,9 +78,9 @@ LN2_HI = 6.93147180369123816490e-01
 LN2_LO = 1.90821492927058770002e-10
 INV_LN2 = 1.44269504088896338700e00
 # Below this exp underflows to subnormals; clamping keeps 2**k a normal number.  The
-# float64 just above ln(2**-1022) = -708.39641853226410622...: a clamp higher up (it was
-# -708.0) returned exp(-708) = 3.3e-308 for every z in (-708.396, -708), where the sigmoid
-# is a normal number down to 2.2e-308 (errors up to 2e15 ULP).
+# float64 just above ln(2**-1022) = -708.39641853226410622...: a clamp any higher would
+# return exp(clamp) for the z between it and that logarithm, where the sigmoid is still
+# a normal number (tests/test_activations.py checks the sigmoid down to it).
 EXP_MIN_ARG = -708.3964185322641
 
 
@@ -110,8 +110,7 @@ LN2_HI_32 = 0.693359375
 LN2_LO_32 = -2.12194440e-4
 # The float32 just above ln(2**-126) = -87.336544750553...: exp of it is the smallest
 # normal float32 (1.1754997e-38 as exp_reduced32 computes it), so the sigmoid is within
-# 2 ULP wherever its value is a normal float32.  (It was -87.33, whose exp is 1.1832e-38:
-# for the 857 float32 z in (-87.33654, -87.33) the sigmoid was up to 55,000 ULP off.)
+# 2 ULP wherever its value is a normal float32.
 EXP_MIN_ARG_32 = -87.33654022216797
 
 
