@@ -549,7 +549,8 @@ class MLP:
                                  start_finite, f"too large a learning rate: try a smaller "
                                                f"learning rate than lr={run.lr:g}")
         msg = (f"training diverged at epoch {bad} (counted from 0) of this run's "
-               f"{run.epochs}: a NaN or infinite loss or parameter. The model keeps the last "
+               f"{run.epochs}: a NaN or infinite loss or parameter (or Adam's second moment). "
+               f"The model keeps the last "
                f"parameters of the run with a finite loss, those after {run.done} epochs, "
                f"and the history ends there; likely cause: {cause}")
         if run.checkpoint is not None:

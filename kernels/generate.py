@@ -48,7 +48,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 13  # part of the module name: bump when the generated code changes meaning
+VERSION = 14  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one AVX-512 vector (8 float64, 16 float32): the
@@ -267,13 +267,13 @@ def train(params, net, data, val, loop, rule, stop, state, work, val_work, histo
         recording = g % record_every == 0
         lr = like(learning_rate(rule, g), params)
 {shuffle}{epoch}        if recording:
-            good_epochs, status = after_record(False, False, params, net, val, stop, state,
-                                               val_work, history, val_history, backup,
+            good_epochs, status = after_record(False, False, params, net, val, rule, stop,
+                                               state, val_work, history, val_history, backup,
                                                epoch_loss, e, g, epochs, r0,
                                                record_every, guard, False, good_epochs)
             if status == DIVERGED:
                 return good_epochs, g, False
-    return end_of_chunk(params, backup, guard, good_epochs, epoch0, epochs)
+    return end_of_chunk(params, rule, state, backup, guard, good_epochs, epoch0, epochs)
 """
 
 

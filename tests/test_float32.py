@@ -173,3 +173,26 @@ def test_from_weights_refuses_values_too_large_for_float32(which):
         fastbp.MLP.from_weights(w, b, dtype="float32")
     m = fastbp.MLP.from_weights(w, b, dtype="float64")  # fine in float64
     assert np.isfinite(m.params).all()
+
+
+@pytest.mark.parametrize("batch_size", [None, 2, 1])
+def test_adams_second_moment_overflowing_float32_is_a_divergence(batch_size):
+    """Squared gradients past float32's 3.4e38 made Adam's v infinite while the weights
+    stayed finite: every later step was m / sqrt(inf) = 0, a silently frozen model.  The
+    guard treats it as a divergence: DivergenceError, and the model keeps the last state
+    whose v was finite.  float64 holds such squares and keeps learning."""
+    X, y = np.full((4, 1), 1e10), np.zeros(4)
+
+    def model(dtype):
+        return fastbp.MLP.from_weights([np.array([[10.0]])], [np.array([0.0])],
+                                       activation="identity", loss="sse", dtype=dtype)
+
+    m = model("float32")
+    with pytest.raises(fastbp.DivergenceError, match="Adam's second moment") as info:
+        m.fit(X, y, epochs=5, lr=0.1, optimizer="adam", batch_size=batch_size)
+    assert info.value.epoch == 0
+    assert np.isfinite(m.params).all() and np.isfinite(m.optimizer_state["v"]).all()
+    assert m.weights[0][0, 0] == np.float32(10.0)  # the state before the bad epoch
+    wide = model("float64")
+    h = wide.fit(X, y, epochs=5, lr=0.1, optimizer="adam", batch_size=batch_size)
+    assert h.stopped is None and np.all(np.diff(h.loss) < 0)
