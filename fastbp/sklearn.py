@@ -70,7 +70,10 @@ silently ignored setting):
   anything else float64); "float32" / "float64" force one.  A model keeps its dtype:
   ``predict`` and ``predict_proba`` of a float32 model convert float64 X to float32 and
   return float32, where scikit-learn multiplies float64 X by its float32 weights and
-  returns float64 (the values differ by float32 rounding, ~1e-7).
+  returns float64 (the values differ by float32 rounding, ~1e-7).  With
+  ``solver="lbfgs"`` scikit-learn's ``coefs_`` come back float64 from SciPy's float64
+  search even for float32 X; fastbp's stay in the model's dtype (SciPy's iterates are
+  rounded to it for every evaluation).
 - ``warm_start`` after an ``early_stopping`` fit: when no epoch of the new fit beats the
   best validation score so far, the weights are the best ones, as the rule says.
   scikit-learn's first fit leaves ``coefs_`` and its best-weights copy as the same
