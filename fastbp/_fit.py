@@ -144,7 +144,7 @@ class SingleFit:
         return 3 * self.n * self.model._layout.n_params
 
     def remaining(self):
-        return self.run.epochs - self.run.done
+        return 0 if self.run.stopped_early else self.run.epochs - self.run.done
 
     def cap(self, chunk):
         return self.saver.cap(chunk) if self.saver is not None else chunk

@@ -56,6 +56,13 @@ class Run:
         return self.val is not None
 
     @property
+    def stopped_early(self):
+        """Whether early stopping ended the run: the kernels stop at the record where
+        ``bad_checks`` reaches ``patience``, so a run (read back from its checkpoint, say)
+        in that state is finished and trains no further epoch."""
+        return self.stop.patience > 0 and self.bad_checks[0] >= self.stop.patience
+
+    @property
     def n_records(self):
         """Records of the epochs done (epochs 0, k, 2k, ... below ``done``)."""
         return -(-self.done // self.record_every)

@@ -346,7 +346,8 @@ def resume(path, X, y, progress=False, on_divergence="raise"):
     Returns ``(model, history)``: a new MLP, and the History of the WHOLE run (records
     from its epoch 0, ``history.epochs`` = epochs of the run done in total,
     ``history.seconds`` = training time of all its pieces).  A checkpoint of a finished
-    run returns at once.  Ctrl-C and divergence behave as in ``fit``; a DivergenceError
+    run returns at once (all its epochs run, or ended by early stopping: then
+    ``history.stopped == "early_stopping"``).  Ctrl-C and divergence behave as in ``fit``; a DivergenceError
     carries the model (at its last finite parameters) as ``.model``.
     ``history.extra["resumed_at"]`` is the epoch the checkpoint had reached.
 

@@ -500,6 +500,8 @@ class MLP:
             run.seconds += outcome.seconds
             run.compile_seconds += outcome.compile_seconds
             stopped = outcome.stopped
+            if stopped is None and run.stopped_early:  # resumed from its final checkpoint
+                stopped = "early_stopping"
             job.finish()  # the last checkpoint, still deferring Ctrl-C
             job = getattr(job, "inner", job)
         if run.stop.restore_best and np.isfinite(run.best_loss[0]) and stopped != "diverged":

@@ -444,3 +444,27 @@ def test_a_checkpoint_with_values_fit_could_not_have_written_is_refused(tmp_path
     with pytest.raises(ValueError, match=match) as info:
         fastbp.resume(str(bad), X, y)
     assert "bad.npz" in str(info.value)
+
+
+@pytest.mark.parametrize("restore_best", [False, True])
+def test_resuming_a_run_that_stopped_early_trains_no_further(tmp_path, restore_best):
+    """The last checkpoint of a run early stopping ended is of a finished run: resume
+    returns at once (stopped "early_stopping", the same epochs, records and parameters)
+    instead of training one more epoch past the stop."""
+    X, y = _problem(n=40)
+    Xv, yv = _problem(n=20, seed=9)
+    path = tmp_path / "run.npz"
+    m = _model()
+    h = m.fit(X, y, epochs=5000, lr=0.05, validation_data=(Xv, yv), patience=20,
+              restore_best=restore_best, checkpoint=path, checkpoint_every=10_000)
+    assert h.stopped == "early_stopping" and h.epochs < 5000
+    with np.load(path) as f:
+        assert int(f["run_epoch"]) == h.epochs
+    m2, h2 = fastbp.resume(path, X, y)
+    assert h2.stopped == "early_stopping" and h2.epochs == h.epochs
+    assert h2.best_epoch == h.best_epoch
+    np.testing.assert_array_equal(h2.loss, h.loss)
+    np.testing.assert_array_equal(h2.val_loss, h.val_loss)
+    np.testing.assert_array_equal(m2.params, m.params)
+    with np.load(path) as f:  # and the checkpoint is left as it was
+        assert int(f["run_epoch"]) == h.epochs
