@@ -22,6 +22,9 @@ Job methods:
     after_chunk()        checkpoints; a reason to stop or None
     callbacks()          the user's callbacks (after Ctrl-C is checked); "callback" to stop
     last_loss()          for the progress bar
+    clock(seconds, compile_seconds)   optional: this drive's training and compile
+                         seconds so far, given after each chunk (before its checkpoint
+                         and callbacks, which report them)
 """
 import signal
 import sys
@@ -131,7 +134,11 @@ def drive(job, interrupted, progress=False, desc="fit", chunk_seconds=CHUNK_SECO
             chunk = job.cap(min(chunk, job.remaining()))
             t0 = time.perf_counter()
             ran, stopped = job.run_chunk(chunk)
-            seconds = time.perf_counter() - t0
+            now = time.perf_counter()
+            seconds = now - t0
+            out.seconds = now - t_start
+            if hasattr(job, "clock"):
+                job.clock(out.seconds, out.compile_seconds)
             if bar is not None and ran:
                 bar.update(ran, job.last_loss())
             if stopped:

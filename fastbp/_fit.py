@@ -71,6 +71,8 @@ class SingleFit:
         self.full_batch = self.batch >= n and not run.shuffle
         self.safe = False  # whether the last chunk ran unguarded
         self.bad = -1
+        # the run's training and compile seconds before this piece of it (resume)
+        self.seconds0, self.compile_seconds0 = run.seconds, run.compile_seconds
 
     # ---- the job protocol ----------------------------------------------------------
     def pending(self):
@@ -200,6 +202,12 @@ class SingleFit:
     def last_loss(self):
         last = self.run.records.last()
         return None if last is None else float(last)
+
+    def clock(self, seconds, compile_seconds):
+        """The run's seconds: its earlier pieces' and this one's so far (the driver's),
+        kept current so that callbacks' History and every checkpoint report them."""
+        self.run.seconds = self.seconds0 + seconds
+        self.run.compile_seconds = self.compile_seconds0 + compile_seconds
 
     def finish(self):
         """After the last chunk: the final checkpoint."""

@@ -492,13 +492,12 @@ class MLP:
                 self._opt_kind = optimizer
             if seed is not None:  # in place: an Ensemble's member shares this array
                 self._rng_state[:] = seed_state(seed)
-            job = SingleFit(self, x, y, run)
+            job = single = SingleFit(self, x, y, run)
             if self._job_wrap is not None:  # a caller's own epoch loop around this one's
                 job = self._job_wrap(job)
             outcome = drive(job, interrupted, progress, desc=getattr(job, "desc", "fit"),
                             chunk_seconds=run.chunk_seconds)
-            run.seconds += outcome.seconds
-            run.compile_seconds += outcome.compile_seconds
+            single.clock(outcome.seconds, outcome.compile_seconds)
             stopped = outcome.stopped
             if stopped is None and run.stopped_early:  # resumed from its final checkpoint
                 stopped = "early_stopping"

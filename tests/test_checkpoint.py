@@ -468,3 +468,28 @@ def test_resuming_a_run_that_stopped_early_trains_no_further(tmp_path, restore_b
     np.testing.assert_array_equal(m2.params, m.params)
     with np.load(path) as f:  # and the checkpoint is left as it was
         assert int(f["run_epoch"]) == h.epochs
+
+
+def test_checkpoints_and_callbacks_see_the_training_seconds_so_far(tmp_path, copies):
+    """History.seconds is the run's training time: a callback's History and every
+    checkpoint hold the time so far (they held 0.0 until the fit returned), so the
+    History of a run resumed from any checkpoint counts the time of all its pieces."""
+    X, y = _problem()
+    seen = []
+    m = _model()
+    h = m.fit(X, y, epochs=40, lr=0.02, checkpoint=tmp_path / "run.npz",
+              checkpoint_every=10, chunk_seconds=1e-4,
+              callbacks=[lambda e, hist, model: seen.append((hist.seconds,
+                                                              hist.compile_seconds))])
+    assert len(seen) >= 4
+    assert all(s > 0 for s, _ in seen) and [s for s, _ in seen] == sorted(s for s, _ in seen)
+    assert all(c == h.compile_seconds for _, c in seen)
+    assert seen[-1][0] <= h.seconds
+    stored = []
+    for epoch, path in list(copies):
+        with np.load(path) as f:
+            stored.append(float(f["seconds"]))
+    assert [e for e, _ in copies] == [10, 20, 30, 40]
+    assert all(s > 0 for s in stored) and stored == sorted(stored) and stored[-1] <= h.seconds
+    m2, h2 = fastbp.resume(copies[1][1], X, y)
+    assert h2.seconds > stored[1]
