@@ -70,6 +70,7 @@ class SingleFit:
         # epoch's loss is that of its starting state
         self.full_batch = self.batch >= n and not run.shuffle
         self.safe = False  # whether the last chunk ran unguarded
+        self.mid_chunk = False  # whether run_chunk is under way (or raised)
         self.bad = -1
         # the run's training and compile seconds before this piece of it (resume)
         self.seconds0, self.compile_seconds0 = run.seconds, run.compile_seconds
@@ -152,6 +153,7 @@ class SingleFit:
         return self.saver.cap(chunk) if self.saver is not None else chunk
 
     def run_chunk(self, chunk):
+        self.mid_chunk = True  # until it returns: the model and run may disagree
         run, model = self.run, self.model
         proved_before = self.safe
         self.safe = self.bound is not None and self.bound.cannot_diverge(
@@ -182,7 +184,9 @@ class SingleFit:
                                                          for s in self.snapshots)
             self._rewind(self.snapshots + [self.anchor] if older else self.snapshots)
             run.records.truncate(run.n_records)
+            self.mid_chunk = False
             return ran, "diverged"
+        self.mid_chunk = False
         return ran, "early_stopping" if early else None
 
     def after_chunk(self):
@@ -210,8 +214,11 @@ class SingleFit:
         self.run.compile_seconds = self.compile_seconds0 + compile_seconds
 
     def finish(self):
-        """After the last chunk: the final checkpoint."""
-        if self.saver is not None:
+        """After the last chunk: the final checkpoint.  Also when the run ends with an
+        exception from between chunks (a callback's, KeyboardInterrupt included): the
+        model then holds the state after run.done epochs.  Not after one from inside a
+        chunk, whose parameters may be past run.done."""
+        if self.saver is not None and not self.mid_chunk:
             self.saver.write()
 
     # ---- pieces ------------------------------------------------------------------------

@@ -352,7 +352,10 @@ class MLP:
         (n,) >= 0 multiplies each sample's loss term and gradient (means still divide by
         the batch size).  ``callbacks``: functions f(epoch, history, model) called
         between chunks -- not every epoch; a chunk lasts about ``chunk_seconds`` -- and
-        returning False to stop (``history.stopped == "callback"``).
+        returning False to stop (``history.stopped == "callback"``).  A callback that
+        raises (KeyboardInterrupt included) ends the fit with its exception: the model
+        holds the parameters after the epochs its History counts (restore_best does not
+        apply), and with ``checkpoint`` the file holds that state (resume continues it).
         ``epoch_loss``: "batch_mean" (default) records the mean of an epoch's batch
         losses; "sample_mean" weights each batch's loss by its size and divides the L2
         term of each batch by the batch's size (scikit-learn's conventions; they differ
@@ -495,8 +498,13 @@ class MLP:
             job = single = SingleFit(self, x, y, run)
             if self._job_wrap is not None:  # a caller's own epoch loop around this one's
                 job = self._job_wrap(job)
-            outcome = drive(job, interrupted, progress, desc=getattr(job, "desc", "fit"),
-                            chunk_seconds=run.chunk_seconds)
+            try:
+                outcome = drive(job, interrupted, progress,
+                                desc=getattr(job, "desc", "fit"),
+                                chunk_seconds=run.chunk_seconds)
+            except BaseException:  # a callback's, say: its state goes to the checkpoint
+                single.finish()
+                raise
             single.clock(outcome.seconds, outcome.compile_seconds)
             stopped = outcome.stopped
             if stopped is None and run.stopped_early:  # resumed from its final checkpoint

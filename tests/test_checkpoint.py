@@ -493,3 +493,38 @@ def test_checkpoints_and_callbacks_see_the_training_seconds_so_far(tmp_path, cop
     assert all(s > 0 for s in stored) and stored == sorted(stored) and stored[-1] <= h.seconds
     m2, h2 = fastbp.resume(copies[1][1], X, y)
     assert h2.seconds > stored[1]
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, ValueError])
+def test_a_callback_that_raises_leaves_its_state_in_the_checkpoint(tmp_path, exc):
+    """An exception from a callback (KeyboardInterrupt included) ends the fit with that
+    exception; the model holds the state after the epochs the callback was shown, the
+    checkpoint holds it too (none was written before: checkpoint_every is long), and
+    resume finishes the run bit-identically."""
+    X, y = _problem()
+    kw = dict(epochs=60, lr=0.02, batch_size=4, shuffle=True, seed=3, optimizer="adam")
+    seen = []
+
+    def cb(epoch, hist, model):
+        seen.append(epoch)
+        if epoch >= 20:
+            raise exc("stop here")
+
+    path = tmp_path / "run.npz"
+    m = _model()
+    with pytest.raises(exc):
+        m.fit(X, y, checkpoint=path, checkpoint_every="1h", chunk_seconds=1e-4,
+              callbacks=[cb], **kw)
+    stop = seen[-1]
+    assert 20 <= stop < 60
+    with np.load(path) as f:
+        assert int(f["run_epoch"]) == stop
+    ref = _model()
+    ref.fit(X, y, **dict(kw, epochs=stop))
+    np.testing.assert_array_equal(m.params, ref.params)
+    m2, h2 = fastbp.resume(path, X, y)
+    whole = _model()
+    h_whole = whole.fit(X, y, **kw)
+    np.testing.assert_array_equal(m2.params, whole.params)
+    np.testing.assert_array_equal(h2.loss, h_whole.loss)
+    assert h2.epochs == 60 and h2.extra["resumed_at"] == stop
