@@ -82,10 +82,17 @@ def sigint_deferred():
         signal.signal(signal.SIGINT, previous)
 
 
-def warn_interrupted(done, total, checkpoint=None, stacklevel=2):
-    """The warning of a run stopped by Ctrl-C; ``stacklevel`` as if the caller warned."""
+def warn_interrupted(done, total, checkpoint=None, stacklevel=2, best_epoch=None):
+    """The warning of a run stopped by Ctrl-C; ``stacklevel`` as if the caller warned.
+    ``best_epoch``: restore_best put back the parameters of that (0-based) epoch's
+    validation record, those after best_epoch + 1 epochs."""
+    if best_epoch is None:
+        holds = f"the parameters after epoch {done}"
+    else:
+        holds = (f"the parameters of its best validation record (restore_best): those "
+                 f"after {best_epoch + 1} epochs (best_epoch {best_epoch})")
     msg = (f"training interrupted (Ctrl-C) after {done} of {total} epochs; "
-           f"the model holds the parameters after epoch {done}")
+           f"the model holds {holds}")
     if checkpoint is not None:
         msg += f"; fastbp.resume({checkpoint!r}, X, y) continues the run"
     warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel + 1)

@@ -315,7 +315,8 @@ class MLP:
         Ctrl-C (SIGINT, when fit runs in the main thread) stops at the end of the
         current chunk: fit returns the History so far (``stopped="interrupted"``) with a
         RuntimeWarning saying how many epochs ran, and the model holds the parameters
-        after exactly that many epochs.
+        after exactly that many epochs (with ``restore_best=True``, as at any end of the
+        run, those of the best validation record, which the warning names).
 
         Divergence: the loss and the parameters are checked at every recorded epoch and
         at the end of each chunk.  On a NaN or infinity training stops; the model keeps
@@ -511,7 +512,9 @@ class MLP:
                 stopped = "early_stopping"
             job.finish()  # the last checkpoint, still deferring Ctrl-C
             job = getattr(job, "inner", job)
-        if run.stop.restore_best and np.isfinite(run.best_loss[0]) and stopped != "diverged":
+        restored = (run.stop.restore_best and np.isfinite(run.best_loss[0])
+                    and stopped != "diverged")
+        if restored:
             self._params[...] = run.best_params
         hist = job.history(stopped)
         if stopped is None and interrupted[0]:
@@ -519,7 +522,8 @@ class MLP:
             # run is complete, but the user asked to stop, so it is said as for any other
             stopped = hist.stopped = "interrupted"
         if stopped == "interrupted":
-            warn_interrupted(run.done, run.epochs, run.checkpoint, stacklevel=4)
+            warn_interrupted(run.done, run.epochs, run.checkpoint, stacklevel=4,
+                             best_epoch=int(run.best_epoch[0]) if restored else None)
         elif stopped == "diverged":
             self._diverged(x, y, run, job.bad, hist, on_divergence)
         return hist

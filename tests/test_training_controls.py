@@ -679,6 +679,34 @@ def test_restore_best_without_early_stop():
     assert 0 < hist.best_epoch < 79
 
 
+def test_ctrl_c_with_restore_best_warns_what_the_model_holds():
+    """Ctrl-C with restore_best: the model holds the best record's parameters (as at
+    any end of the run), and the warning says so rather than claiming the parameters
+    after the epochs run."""
+    import os
+    import signal
+    X, y, Xv, yv, W, b = es_problem()
+
+    def ctrl_c(epoch, hist, model):
+        if epoch >= 60:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    m = model_from(W, b, ES_ACTS, "mse")
+    with pytest.warns(RuntimeWarning, match="interrupted") as caught:
+        hist = m.fit(X, y, epochs=10**6, lr=0.01, optimizer="adam",
+                     validation_data=(Xv, yv), restore_best=True, chunk_seconds=1e-4,
+                     callbacks=[ctrl_c])
+    assert hist.stopped == "interrupted" and 60 <= hist.epochs < 10**6
+    assert hist.best_epoch + 1 < hist.epochs
+    again = model_from(W, b, ES_ACTS, "mse")
+    again.fit(X, y, epochs=hist.best_epoch + 1, lr=0.01, optimizer="adam")
+    assert_bit_identical(m.params, again.params, "restored params")
+    msg = str(caught[0].message)
+    assert f"after {hist.epochs} of 1000000 epochs" in msg
+    assert f"best validation record (restore_best): those after {hist.best_epoch + 1} " \
+           f"epochs" in msg
+
+
 def test_early_stopping_across_chunks_is_unchanged():
     """Tiny chunks (many kernel calls): the early-stopping state (best loss, checks
     without improvement, best epoch, best parameters) carries across chunk boundaries."""
