@@ -301,7 +301,10 @@ class SingleFit:
                 continue
             start, params, rng, moments, step = base[0], *(a.copy() for a in base[1:5])
             es = tuple(a.copy() for a in base[5])
-            if epoch == run.done:
+            # the guard's state: its parameters are at hand, but the optimizer state
+            # of that epoch is not (the kernel went on past it): a stateful rule
+            # replays the epochs to it, as for an earlier epoch
+            if epoch == run.done and (O.is_plain(run.rule) or epoch == start):
                 params = guarded.copy()
                 if run.shuffle:  # the kernel drew permutations past the restored epoch
                     rng = _replay_shuffles(rng, epoch - start, self.work.perm)

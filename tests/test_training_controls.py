@@ -1160,6 +1160,37 @@ def test_divergence_with_momentum_keeps_finite_parameters():
     assert np.isfinite(m.optimizer_state["velocity"]).all()
 
 
+@pytest.mark.parametrize("chunk_seconds", [10.0, 1e-5])
+@pytest.mark.parametrize("kw", [dict(momentum=0.5, batch_size=4),
+                                dict(momentum=0.9, nesterov=True, batch_size=5,
+                                     shuffle=True, seed=2)])
+def test_divergence_leaves_the_optimizer_state_of_the_epoch_it_keeps(kw, chunk_seconds):
+    """After a divergence the model holds the parameters after hist.epochs epochs, and
+    its optimizer state (velocity, step count) must be that epoch's too, so a next fit
+    continues from a consistent state; the guard's epoch used to keep the parameters
+    with the optimizer state of the chunk's start (a one-chunk fit: step 0, zero
+    velocity)."""
+    X, y = fastbp.datasets.xor_easy()
+
+    def fresh():
+        return fastbp.MLP([2, 8, 8, 1], activation=["relu", "relu", "identity"],
+                          init="normal", seed=0)
+
+    lr = 2.0
+    m = fresh()
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        hist = m.fit(X, y, epochs=10**5, lr=lr, on_divergence="warn",
+                     chunk_seconds=chunk_seconds, **kw)
+    assert hist.stopped == "diverged" and 0 < hist.epochs < 10**5
+    ref = fresh()
+    ref.fit(X, y, epochs=hist.epochs, lr=lr, **kw)
+    assert_bit_identical(m.params, ref.params, "params kept")
+    got, want = m.optimizer_state, ref.optimizer_state
+    assert got["step"] == want["step"]
+    assert_bit_identical(got["velocity"], want["velocity"], "velocity kept")
+    assert_bit_identical(m._rng_state, ref._rng_state, "shuffling stream kept")
+
+
 @pytest.mark.parametrize("kw", [{"optimizer": "adam", "l2": 0.01},
                                 {"momentum": 0.9, "nesterov": True, "schedule": "cosine"}])
 def test_checkpoint_resume_continues_optimizer_state(kw, tmp_path):
