@@ -318,11 +318,13 @@ class MLP:
         after exactly that many epochs (with ``restore_best=True``, as at any end of the
         run, those of the best validation record, which the warning names).
 
-        Divergence: the loss and the parameters are checked at every recorded epoch and
-        at the end of each chunk.  On a NaN or infinity training stops; the model keeps
-        the last parameters of the run that are finite and give a finite loss on (X, y)
-        (exactly those after ``history.epochs`` epochs; the shuffling stream is put back
-        there too) and the History ends there.  ``on_divergence="raise"`` (default)
+        Divergence: the loss and the parameters (and Adam's second moment) are checked
+        at every recorded epoch and at the end of each chunk.  On a NaN or infinity
+        training stops; the model keeps the last checked parameters of the run that are
+        finite and give a finite loss on (X, y) (exactly those after ``history.epochs``
+        epochs, with their optimizer state; the shuffling stream is put back there too)
+        and the History ends there.  Epochs between records are not checked, so with
+        ``record_every > 1`` that can be a few epochs before the first bad one.  ``on_divergence="raise"`` (default)
         raises DivergenceError (a FloatingPointError naming the epoch and suggesting a
         smaller lr, with ``.history``), ``"warn"`` warns and returns the History
         (``stopped="diverged"``).
