@@ -99,6 +99,7 @@ def sparse_rows(X, n_features, dtype, name="X"):
         raise TypeError(f"{name} has complex values (dtype {X.dtype}); expected real numbers")
     if kind not in "biuf":
         raise TypeError(f"{name} has dtype {X.dtype}; expected a numeric sparse matrix")
+    _check_before_conversion(X, name)  # scipy's conversions index by these numbers
     csr = X.tocsr()  # a new matrix unless X is CSR
     _check_structure(csr, name)
     if not csr.has_canonical_format:
@@ -148,6 +149,48 @@ def _check_structure(csr, name):
     if indices.size and (indices.min() < 0 or indices.max() >= n_cols):
         raise ValueError(f"{name} is a malformed sparse matrix: column indices in "
                          f"[{indices.min()}, {indices.max()}], outside [0, {n_cols - 1}]")
+
+
+def _check_before_conversion(X, name):
+    """ValueError unless the index arrays of a CSC, BSR or COO X describe its shape.
+    scipy's tocsr() of these formats writes and reads through those numbers unchecked
+    (C++): a row index past the end corrupts memory or crashes the process, and scipy
+    builds a matrix from arrays (or lets them be changed afterwards) without checking
+    them.  A CSR X is checked after (its tocsr() is X itself); the others' conversions
+    are NumPy's, which checks its indexing."""
+    fmt = getattr(X, "format", None)
+    n_rows, n_cols = X.shape
+    if fmt == "csc":
+        _check_compressed(X.indptr, X.indices, X.data.shape[:1], n_cols, n_rows, name,
+                          "column pointers (indptr)", "columns", "row indices")
+    elif fmt == "bsr":
+        r, c = X.blocksize
+        _check_compressed(X.indptr, X.indices, X.data.shape[:1], n_rows // r, n_cols // c,
+                          name, "block-row pointers (indptr)", "block rows",
+                          "block-column indices")
+    elif fmt == "coo":
+        coords = X.coords if hasattr(X, "coords") else (X.row, X.col)
+        for axis, (idx, size) in enumerate(zip(coords, X.shape)):
+            if idx.shape != X.data.shape:
+                raise ValueError(f"{name} is a malformed sparse matrix: {idx.shape[0]} "
+                                 f"coordinates for {X.data.shape[0]} values")
+            if idx.size and (idx.min() < 0 or idx.max() >= size):
+                what = ("row", "column")[axis]
+                raise ValueError(f"{name} is a malformed sparse matrix: {what} indices in "
+                                 f"[{idx.min()}, {idx.max()}], outside [0, {size - 1}]")
+
+
+def _check_compressed(indptr, indices, data_len, n_major, n_minor, name, pointers, majors,
+                      minors):
+    """_check_structure's test of a compressed format's arrays (CSR, CSC, BSR)."""
+    if indptr.shape != (n_major + 1,) or indptr[0] != 0 or \
+            indptr[-1] != indices.shape[0] or np.any(np.diff(indptr) < 0) or \
+            data_len != indices.shape:
+        raise ValueError(f"{name} is a malformed sparse matrix: its {pointers} do not "
+                         f"describe {n_major} {majors} of its {indices.shape[0]} entries")
+    if indices.size and (indices.min() < 0 or indices.max() >= n_minor):
+        raise ValueError(f"{name} is a malformed sparse matrix: {minors} in "
+                         f"[{indices.min()}, {indices.max()}], outside [0, {n_minor - 1}]")
 
 
 def for_kernels(x, n_out, descend=False):

@@ -182,6 +182,15 @@ def test_divergence_on_sparse_data_names_the_learning_rate():
         m.fit(sp.csr_matrix(X), 1e3 * y, epochs=200, lr=50.0, batch_size=4)
 
 
+def _coo_with_row(r):
+    """A COO matrix whose second entry's row was changed to r after it was built (scipy
+    checks the coordinates only then)."""
+    coo = sp.coo_matrix((np.ones(3), (np.array([0, 1, 2]), np.array([0, 1, 2]))),
+                        shape=(40, 30))
+    coo.row[1] = r
+    return coo
+
+
 @pytest.mark.parametrize("make, exc, message", [
     (lambda X: sp.csr_matrix(X[:, :-1]), ValueError, "has 29 features but the model "
                                                      "expects sizes\\[0\\] = 30"),
@@ -195,6 +204,17 @@ def test_divergence_on_sparse_data_names_the_learning_rate():
                              shape=(40, 30)), ValueError, r"column indices in \[0, 30\]"),
     (lambda X: sp.csr_matrix((np.ones(3), np.array([0, -2, 5]), np.array([0, 1, 3] + [3] * 38)),
                              shape=(40, 30)), ValueError, r"column indices in \[-2, 5\]"),
+    # CSC, BSR and COO are checked before scipy's tocsr(), which indexes by these numbers
+    # unchecked: silently wrong values, or a crash of the process
+    (lambda X: sp.csc_matrix((np.ones(3), np.array([0, -5, 2]), np.array([0, 1, 3] + [3] * 28)),
+                             shape=(40, 30)), ValueError, r"row indices in \[-5, 2\]"),
+    (lambda X: sp.csc_matrix((np.ones(3), np.array([0, 1, 10**6]), np.array([0, 1, 3] + [3] * 28)),
+                             shape=(40, 30)), ValueError, r"row indices in \[0, 1000000\]"),
+    (lambda X: sp.csc_matrix((np.ones(3), np.array([0, 1, 2]), np.array([0, 1, 100] + [3] * 28)),
+                             shape=(40, 30)), ValueError, "column pointers"),
+    (lambda X: sp.bsr_matrix((np.ones((2, 2, 2)), np.array([0, 1]), np.array([0, 50] + [2] * 19)),
+                             shape=(40, 30)), ValueError, "block-row pointers"),
+    (lambda X: _coo_with_row(10**7), ValueError, r"row indices in \[0, 10000000\]"),
 ])
 def test_bad_sparse_input_is_refused_by_name(make, exc, message):
     X, y = _data()
