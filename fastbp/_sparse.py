@@ -139,16 +139,8 @@ def like(xv, x):
 def _check_structure(csr, name):
     """ValueError unless csr's index arrays describe its shape: scipy builds a matrix from
     arrays without checking them, and the kernels index the weights by these numbers."""
-    indptr, indices = csr.indptr, csr.indices
-    n_rows, n_cols = csr.shape
-    if indptr.shape != (n_rows + 1,) or indptr[0] != 0 or \
-            indptr[-1] != indices.shape[0] or np.any(np.diff(indptr) < 0) or \
-            csr.data.shape != indices.shape:
-        raise ValueError(f"{name} is a malformed sparse matrix: its row pointers (indptr) "
-                         f"do not describe {n_rows} rows of its {indices.shape[0]} entries")
-    if indices.size and (indices.min() < 0 or indices.max() >= n_cols):
-        raise ValueError(f"{name} is a malformed sparse matrix: column indices in "
-                         f"[{indices.min()}, {indices.max()}], outside [0, {n_cols - 1}]")
+    _check_compressed(csr.indptr, csr.indices, csr.data.shape[:1], *csr.shape, name,
+                      "row pointers (indptr)", "rows", "column indices")
 
 
 def _check_before_conversion(X, name):
@@ -182,7 +174,8 @@ def _check_before_conversion(X, name):
 
 def _check_compressed(indptr, indices, data_len, n_major, n_minor, name, pointers, majors,
                       minors):
-    """_check_structure's test of a compressed format's arrays (CSR, CSC, BSR)."""
+    """ValueError unless a compressed format's arrays (CSR, CSC, BSR) describe n_major
+    rows (columns, block rows) of entries whose indices lie in [0, n_minor)."""
     if indptr.shape != (n_major + 1,) or indptr[0] != 0 or \
             indptr[-1] != indices.shape[0] or np.any(np.diff(indptr) < 0) or \
             data_len != indices.shape:
