@@ -175,3 +175,23 @@ def test_a_settled_plan_is_reused_and_an_unsettled_one_is_not(fresh_process, mon
         assert not D._plans
     else:  # the fastest there is, compiled: settled, not weighed again
         assert D.plan_fit(m, 20, 20, False, rule, False, 10) is again
+
+
+def test_a_plan_left_on_one_thread_is_not_settled_by_the_other_kind_of_threads(
+        fresh_process):
+    """A batched fit too short to pay for the pool's compilation runs on one thread; its
+    plan must not be kept while the pool is not compiled, or a longer fit of the same
+    shape would never run on threads in this process.  The per-sample units being
+    compiled (another fit's threads) do not make the pool compiled."""
+    from fastbp import _config
+    m = fastbp.MLP([32, 512, 512, 10], seed=0)
+    rule, _ = _config.build(0.01, 1)
+    short = D.plan_fit(m, 300, 64, False, rule, False, 1, threads=2)
+    assert short.threads == 1 and short.gemm == "recurrence"
+    for key in (short.key, ("gemm", "tiles", "float64"), ("sample", "shared", "float64")):
+        D.mark_compiled(key)
+    short = D.plan_fit(m, 300, 64, False, rule, False, 1, threads=2)
+    assert short.threads == 1 and short.gemm == "tiles"
+    assert not D._plans  # the pool may yet be worth compiling
+    long = D.plan_fit(m, 300, 64, False, rule, False, 10 ** 4, threads=2)
+    assert long.threads == 2
