@@ -550,11 +550,16 @@ def start(state, threads):
     placement = _placement(threads)
     cpus = [None] * (threads - 1) if placement is None else placement[1]
     saved = None if placement is None else _pin({placement[0]})
-    workers = [threading.Thread(target=_work, args=(state, t, cpus[t - 1]),
-                                daemon=True, name=f"fastbp-product-{t}")
-               for t in range(1, threads)]
-    for w in workers:
-        w.start()
+    workers = []
+    try:
+        for t in range(1, threads):
+            w = threading.Thread(target=_work, args=(state, t, cpus[t - 1]), daemon=True,
+                                 name=f"fastbp-product-{t}")
+            w.start()
+            workers.append(w)
+    except BaseException:  # e.g. "can't start new thread": stop those that did start (they
+        stop(state, (workers, saved))  # would spin for ever) and unpin the caller
+        raise
     return workers, saved
 
 

@@ -290,3 +290,37 @@ def test_per_sample_fit_is_the_same_bits_at_1_2_and_3_threads(three_threads, dty
         rw, rb, rloss = R.train_sgd(X, Y, m.weights, m.biases, acts, spec["loss"],
                                     fit["epochs"], 0.05)
         np.testing.assert_allclose(results[0][0], R.flatten(rw, rb), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_jobs, failing", [(2, 1), (3, 2)])
+def test_a_worker_that_cannot_start_leaves_no_thread_and_no_pinning(three_threads,
+                                                                     monkeypatch, n_jobs,
+                                                                     failing):
+    """A worker thread that cannot be started (RuntimeError "can't start new thread" at
+    the process's thread limit): the fit raises, and the workers started before it are
+    stopped (they would spin for ever) and the calling thread gets its CPUs back."""
+    import os
+    X, Y = _wide_data()
+    fastbp.MLP([12, 240, 240, 3], seed=0).fit(X, Y, epochs=1, batch_size=64, n_jobs=n_jobs)
+    real_start = threading.Thread.start
+    started = []
+
+    def start(self):
+        if self.name.startswith("fastbp-product"):
+            started.append(self.name)
+            if len(started) == failing:
+                raise RuntimeError("can't start new thread")
+        return real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        fastbp.MLP([12, 240, 240, 3], seed=0).fit(X, Y, epochs=1, batch_size=64,
+                                                  n_jobs=n_jobs)
+    assert len(started) == failing
+    for t in threading.enumerate():
+        if t.name.startswith("fastbp-product"):
+            t.join(timeout=10)
+            assert not t.is_alive()
+    if before is not None:
+        assert os.sched_getaffinity(0) == before
