@@ -380,12 +380,13 @@ class MLP:
         callbacks, checkpoints, record_every, ...) must keep their defaults (ValueError).
         ``tol`` and ``max_fun`` apply only to it.
 
-        ``n_jobs``: the threads the wide layers of a batched fit (full batch, mini-batch,
-        L-BFGS) may share (None or -1: every core this process may run on, at most
-        NUMBA_NUM_THREADS).  Layers whose products have fewer than 32 x 256 x 64
-        multiply-adds stay on one thread, so small networks run on one core whatever
-        n_jobs, and so does per-sample SGD (batch_size=1).  The results are the same bits
-        at any number of threads.
+        ``n_jobs``: the threads the wide layers of a fit may share (None or -1: every
+        core this process may run on, at most NUMBA_NUM_THREADS).  A batched fit (full
+        batch, mini-batch, L-BFGS) shares its products, and runs on threads only when one
+        of its layers' products reaches 2**21 multiply-adds (3 * 2**20 in float32);
+        per-sample SGD (batch_size=1, plain SGD) shares its layers of 256 x 1024 weights
+        or more.  Small networks run on one core whatever n_jobs.  The results are the
+        same bits at any number of threads.
 
         Another fit of the same model while one runs (from another thread) is refused
         with RuntimeError.
