@@ -29,7 +29,10 @@ def available():
 def resolve(n_jobs):
     """The thread count ``n_jobs`` asks for (see the module docstring); ValueError for
     anything but None, -1 or an int >= 1."""
-    if n_jobs is None or (not isinstance(n_jobs, bool) and n_jobs == -1):
+    if n_jobs is None:
+        return available()
+    # an integer first: -1.0 or numpy's -1.0 is refused as 2.0 is, not taken for -1
+    if V.operator_index(n_jobs, "n_jobs") == -1:
         return available()
     n_jobs = V.check_positive_int(n_jobs, "n_jobs")
     return min(n_jobs, numba.config.NUMBA_NUM_THREADS)

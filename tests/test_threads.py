@@ -206,7 +206,9 @@ def test_concurrent_threaded_fits(three_threads):
 
 
 @pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
-                                        ("2", TypeError), (True, TypeError)])
+                                        ("2", TypeError), (True, TypeError),
+                                        (-1.0, TypeError), (np.float64(-1.0), TypeError),
+                                        (np.array(-1), TypeError)])
 def test_bad_n_jobs(bad, error):
     X, Y = _wide_data(n=20)
     with pytest.raises(error, match="n_jobs"):
