@@ -64,8 +64,9 @@ class ProductThreads:
     def running(self):
         if self.progress is not None:  # the signals count from each call's first job
             self.progress[:] = 0
-        started = P.start(self.state, self.threads)
+        started = P.Started()  # filled by start as it goes: stopped however far it got
         try:
+            P.start(self.state, self.threads, started)
             yield
         finally:
             P.stop(self.state, started)

@@ -523,6 +523,14 @@ def _placement(threads):
     return here, others[:threads - 1]
 
 
+def _affinity():
+    """The calling thread's CPUs (None where they cannot be read)."""
+    try:
+        return os.sched_getaffinity(0)  # 0: this thread alone
+    except (AttributeError, OSError):
+        return None
+
+
 def _pin(cpus):
     """Pin the calling thread to ``cpus``; its affinity before (None: unchanged)."""
     try:
@@ -540,36 +548,57 @@ def _work(state, t, cpu):
     worker(state, t)
 
 
-def start(state, threads):
+class Started:
+    """What ``start`` started, filled in as it goes, so that ``stop`` undoes whatever
+    part of it ran (a KeyboardInterrupt -- L-BFGS takes Ctrl-C as it comes -- or a
+    thread that could not start may cut it short): the workers and the calling thread's
+    CPUs before it was pinned (None: not pinned)."""
+
+    __slots__ = ("workers", "saved")
+
+    def __init__(self):
+        self.workers = []
+        self.saved = None
+
+
+def start(state, threads, started=None):
     """Start threads - 1 workers on ``state`` (Python threads running ``worker``); the
     pooled unit then shares its products among ``threads`` threads.  Returns what
-    ``stop`` takes.  Only between calls of the kernels that use the state, from the
-    thread that calls them (pinned to its CPU until ``stop``)."""
+    ``stop`` takes (``started``, a Started, when given: the caller's to stop even if
+    this is interrupted).  Only between calls of the kernels that use the state, from
+    the thread that calls them (pinned to its CPU until ``stop``)."""
+    started = Started() if started is None else started
     state[SEQ] = state[DONE] = state[STOP] = 0
     state[PARTS] = threads
-    placement = _placement(threads)
-    cpus = [None] * (threads - 1) if placement is None else placement[1]
-    saved = None if placement is None else _pin({placement[0]})
-    workers = []
     try:
+        placement = _placement(threads)
+        cpus = [None] * (threads - 1) if placement is None else placement[1]
+        if placement is not None:
+            started.saved = _affinity()  # before pinning: stop puts back what was
+            _pin({placement[0]})
         for t in range(1, threads):
             w = threading.Thread(target=_work, args=(state, t, cpus[t - 1]), daemon=True,
                                  name=f"fastbp-product-{t}")
+            started.workers.append(w)
             w.start()
-            workers.append(w)
-    except BaseException:  # e.g. "can't start new thread": stop those that did start (they
-        stop(state, (workers, saved))  # would spin for ever) and unpin the caller
+    except BaseException:  # e.g. "can't start new thread", Ctrl-C: stop those that did
+        stop(state, started)  # start (they would spin for ever) and unpin the caller
         raise
-    return workers, saved
+    return started
 
 
 def stop(state, started):
     """Stop the workers ``start`` started (after the kernel call that used them) and
-    give the calling thread back its CPUs."""
-    workers, saved = started
+    give the calling thread back its CPUs, also when a KeyboardInterrupt cuts the wait
+    short (the workers end by themselves: their stop flag is set)."""
     state[PARTS] = 1
     state[STOP] = 1
-    for w in workers:
-        w.join()
-    if saved is not None:
-        _pin(saved)
+    try:
+        for w in started.workers:
+            try:
+                w.join()
+            except RuntimeError:  # never started (start() was cut short): nothing to wait for
+                pass
+    finally:
+        if started.saved is not None:
+            _pin(started.saved)

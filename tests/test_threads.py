@@ -326,3 +326,39 @@ def test_a_worker_that_cannot_start_leaves_no_thread_and_no_pinning(three_thread
             assert not t.is_alive()
     if before is not None:
         assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.parametrize("where", ["start", "join"])
+def test_ctrl_c_in_the_threads_start_or_stop_gives_the_cpus_back(three_threads, monkeypatch,
+                                                                 where):
+    """L-BFGS takes Ctrl-C wherever it comes (SciPy's loop, not fit's chunks): one that
+    lands while the workers start or while the calling thread waits for them to stop
+    ends the fit ("interrupted") and leaves no worker and no pinning behind."""
+    pytest.importorskip("scipy")
+    import os
+    import warnings
+    X, Y = _wide_data()
+    fastbp.MLP([12, 192, 192, 3], seed=4).fit(X, Y, epochs=2, optimizer="lbfgs", n_jobs=2)
+    real = getattr(threading.Thread, where)
+    calls = []
+
+    def interrupted(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        if self.name.startswith("fastbp-product") and not calls:
+            calls.append(self.name)
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(threading.Thread, where, interrupted)
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        h = fastbp.MLP([12, 192, 192, 3], seed=4).fit(X, Y, epochs=50, optimizer="lbfgs",
+                                                      n_jobs=2)
+    assert calls and h.stopped == "interrupted"
+    if before is not None:
+        assert os.sched_getaffinity(0) == before
+    for t in threading.enumerate():
+        if t.name.startswith("fastbp-product"):
+            t.join(timeout=10)
+            assert not t.is_alive()
