@@ -267,13 +267,15 @@ def train(params, net, data, val, loop, rule, stop, state, work, val_work, histo
         recording = g % record_every == 0
         lr = like(learning_rate(rule, g), params)
 {shuffle}{epoch}        if recording:
-            good_epochs, status = after_record(False, False, params, net, val, rule, stop,
-                                               state, val_work, history, val_history, backup,
+            good_epochs, status = after_record(False, False, {moments}, params, net, val,
+                                               rule, stop, state, val_work, history,
+                                               val_history, backup,
                                                epoch_loss, e, g, epochs, r0,
                                                record_every, guard, False, good_epochs)
             if status == DIVERGED:
                 return good_epochs, g, False
-    return end_of_chunk(params, rule, state, backup, guard, good_epochs, epoch0, epochs)
+    return end_of_chunk({moments}, params, rule, state, backup, guard, good_epochs, epoch0,
+                        epochs)
 """
 
 
@@ -320,7 +322,8 @@ def source_full(sizes, acts, bias, loss, weighted, rule, dtype="float64"):
              + l2 +
              "            epoch_loss = (n * bl) / n if rule.sample_mean else bl\n"
              + update)
-    out.lines += _TRAIN.format(setup=setup, shuffle="", epoch=epoch).splitlines()
+    out.lines += _TRAIN.format(setup=setup, shuffle="", epoch=epoch,
+                               moments=rule == "stateful").splitlines()
     return out.text()
 
 
@@ -559,7 +562,8 @@ def source_sample(sizes, acts, bias, loss, weighted, dtype="float64"):
     out()
     epoch = ("        epoch_loss = sample_epoch(params, data.x, data.y, data.w, lr, work.perm,\n"
              "                                  recording)\n")
-    out.lines += _TRAIN.format(setup="", shuffle=_SHUFFLE, epoch=epoch).splitlines()
+    out.lines += _TRAIN.format(setup="", shuffle=_SHUFFLE, epoch=epoch,
+                               moments=False).splitlines()
     return out.text()
 
 
@@ -596,7 +600,8 @@ def source_sample_loops(sizes, acts, bias, loss, weighted, rule):
     epoch = ("        epoch_loss = sample_epoch(params, net, data.x, data.y, data.w, lr,\n"
              "                                  work.perm, work.h, work.d, recording, rule,\n"
              "                                  state, work.pool)\n")
-    out.lines += _TRAIN.format(setup="", shuffle=_SHUFFLE, epoch=epoch).splitlines()
+    out.lines += _TRAIN.format(setup="", shuffle=_SHUFFLE, epoch=epoch,
+                               moments=rule == "stateful").splitlines()
     return out.text()
 
 

@@ -196,19 +196,27 @@ STOPPED_EARLY = 2
 
 
 @njit(**dict(INNER, inline="always"))
-def all_finite_state(params, rule, state):
-    """Whether the parameters are finite, and Adam's v: its overflow (a float32 model's
-    squared gradients past 3.4e38) leaves the parameters finite but stops their steps
-    (m / sqrt(inf) = 0), a divergence too."""
+def all_finite_state(MOMENTS, params, rule, state):
+    """Whether the parameters are finite, and with MOMENTS (a compile-time constant: a
+    rule with state) Adam's v: its overflow (a float32 model's squared gradients past
+    3.4e38) leaves the parameters finite but stops their steps (m / sqrt(inf) = 0), a
+    divergence too."""
     if not all_finite(params):
         return False
-    return rule.optimizer != ADAM or all_finite(state.moments[1])
+    if MOMENTS and rule.optimizer == ADAM:
+        # a loop here, not all_finite(state.moments[1]): the row of a 2-D array would
+        # compile all_finite once more, for its own array type (0.2-0.4 s of a first fit)
+        v = state.moments
+        for i in range(v.shape[1]):
+            if not (v[1, i] - v[1, i] == 0):
+                return False
+    return True
 
 
 @njit(**dict(INNER, inline="always"))
-def after_record(VALIDATING, SPARSE, params, net, val, rule, stop, state, val_work,
-                 history, val_history, backup, epoch_loss, e, g, epochs, r0, record_every,
-                 guard, restore_best, good_epochs):
+def after_record(VALIDATING, SPARSE, MOMENTS, params, net, val, rule, stop, state,
+                 val_work, history, val_history, backup, epoch_loss, e, g, epochs, r0,
+                 record_every, guard, restore_best, good_epochs):
     """The bookkeeping of a recorded epoch g (the e-th of this chunk), shared by every
     training entry, the generated ones included: the record, the divergence guard, and
     with VALIDATING (a compile-time constant) the validation loss and early stopping
@@ -216,7 +224,8 @@ def after_record(VALIDATING, SPARSE, params, net, val, rule, stop, state, val_wo
     Returns (good_epochs, GOING_ON / DIVERGED / STOPPED_EARLY)."""
     r = g // record_every - r0
     history[r] = epoch_loss
-    finite = (epoch_loss - epoch_loss == 0) and all_finite_state(params, rule, state)
+    finite = (epoch_loss - epoch_loss == 0) and all_finite_state(MOMENTS, params, rule,
+                                                                  state)
     if guard:
         if finite:
             if e + 1 < epochs:  # the last epoch's state needs no copy: it is final
@@ -246,10 +255,10 @@ def after_record(VALIDATING, SPARSE, params, net, val, rule, stop, state, val_wo
 
 
 @njit(**dict(INNER, inline="always"))
-def end_of_chunk(params, rule, state, backup, guard, good_epochs, epoch0, epochs):
+def end_of_chunk(MOMENTS, params, rule, state, backup, guard, good_epochs, epoch0, epochs):
     """The guard's last check, after a chunk's last epoch: (epochs_done, bad_epoch,
     early_stopped) as every training entry returns them."""
-    if guard and not all_finite_state(params, rule, state):
+    if guard and not all_finite_state(MOMENTS, params, rule, state):
         copy_into(params, backup)
         return good_epochs, epoch0 + epochs - 1, False
     return epochs, -1, False
@@ -258,6 +267,7 @@ def end_of_chunk(params, rule, state, backup, guard, good_epochs, epoch0, epochs
 def _make_trainer(MODE, RULE, VALIDATING, SPARSE):
     """The entry for one kind of fit; MODE, RULE, VALIDATING and SPARSE are constants of
     the closure, so every ``if`` on them is decided before Numba types the function."""
+    MOMENTS = RULE == STATEFUL  # the guard checks Adam's v (after_record)
 
     @njit(**JIT)
     def train(params, net, data, val, loop, rule, stop, state, work, val_work, history,
@@ -324,14 +334,15 @@ def _make_trainer(MODE, RULE, VALIDATING, SPARSE):
                                           work, lr, full, recording)
             if recording:
                 good_epochs, status = after_record(
-                    VALIDATING, SPARSE, params, net, val, rule, stop, state, val_work, history,
+                    VALIDATING, SPARSE, MOMENTS, params, net, val, rule, stop, state, val_work,
+                    history,
                     val_history, backup, epoch_loss, e, g, epochs, r0, record_every, guard,
                     restore_best, good_epochs)
                 if status == DIVERGED:
                     return good_epochs, g, False
                 if status == STOPPED_EARLY:
                     return e + 1, -1, True
-        return end_of_chunk(params, rule, state, backup, guard, good_epochs, epoch0,
+        return end_of_chunk(MOMENTS, params, rule, state, backup, guard, good_epochs, epoch0,
                             epochs)
 
     return train
