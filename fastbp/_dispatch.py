@@ -484,8 +484,8 @@ def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weight
         # the threads this plan's mode would use: a plan on fewer threads than asked is
         # settled only when those are compiled (then it was not for their cost), not when
         # the other kind is (a longer fit may yet pay for them)
-        share_key = (("sample", "shared") if plan.mode == "sample" else ("gemm", "pooled")) + (
-            dtype_name(model.dtype),)
+        share_kind = ("sample", "shared") if plan.mode == "sample" else ("gemm", "pooled")
+        share_key = share_kind + (dtype_name(model.dtype),)
         if plan.key in _loaded and plan.gemm in (None, "tiles") and (
                 plan.gemm is None or ("gemm", "tiles", dtype_name(model.dtype)) in _loaded
         ) and (plan.key[0] == "generated" or not plan.could_generate) and (

@@ -334,10 +334,9 @@ def _make_trainer(MODE, RULE, VALIDATING, SPARSE):
                                           work, lr, full, recording)
             if recording:
                 good_epochs, status = after_record(
-                    VALIDATING, SPARSE, MOMENTS, params, net, val, rule, stop, state, val_work,
-                    history,
-                    val_history, backup, epoch_loss, e, g, epochs, r0, record_every, guard,
-                    restore_best, good_epochs)
+                    VALIDATING, SPARSE, MOMENTS, params, net, val, rule, stop, state,
+                    val_work, history, val_history, backup, epoch_loss, e, g, epochs, r0,
+                    record_every, guard, restore_best, good_epochs)
                 if status == DIVERGED:
                     return good_epochs, g, False
                 if status == STOPPED_EARLY:
