@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 
+from . import _threads as T
 from . import _validation as V
 from ._run import Run
 from ._sparse import Rows
@@ -334,14 +335,16 @@ class Saver:
         return True
 
 
-def resume(path, X, y, progress=False, on_divergence="raise"):
+def resume(path, X, y, progress=False, on_divergence="raise", n_jobs=None):
     """Continue the training run saved in the checkpoint ``path``; (model, history).
 
     X, y must be the data the run was started with (same values, same order: checked
     against a fingerprint stored in the checkpoint).  The run goes on to the number of
     epochs its ``fit`` was asked for, with the same lr, batch_size, shuffle and
     record_every, writing checkpoints to ``path`` as before (same checkpoint_every).
-    The result is bit-identical to the run done in one piece.
+    The result is bit-identical to the run done in one piece.  ``n_jobs``: the threads
+    its wide layers may share, as in ``fit`` (not saved: the bits are the same at any
+    number of threads).
 
     Returns ``(model, history)``: a new MLP, and the History of the WHOLE run (records
     from its epoch 0, ``history.epochs`` = epochs of the run done in total,
@@ -356,6 +359,7 @@ def resume(path, X, y, progress=False, on_divergence="raise"):
     run's data.
     """
     on_divergence = V.check_on_divergence(on_divergence)
+    threads = T.resolve(n_jobs)
     path = os.fspath(path)
     from ._driver import sigint_deferred
     model, run = read_checkpoint(path)
@@ -376,6 +380,7 @@ def resume(path, X, y, progress=False, on_divergence="raise"):
         x = x[rows] if isinstance(x, Rows) else V.kernel_ready(x[rows])
         y = V.kernel_ready(y[rows])
     run.checkpoint = path
+    run.threads = threads
     start = run.done
     with sigint_deferred() as interrupted:
         hist = model._train(x, y, run, progress, on_divergence, interrupted)

@@ -362,3 +362,25 @@ def test_ctrl_c_in_the_threads_start_or_stop_gives_the_cpus_back(three_threads, 
         if t.name.startswith("fastbp-product"):
             t.join(timeout=10)
             assert not t.is_alive()
+
+
+def test_resume_takes_n_jobs_and_gives_the_same_bits(three_threads, tmp_path):
+    """n_jobs is not in a checkpoint (the bits are the same at any number of threads):
+    resume takes it as fit does, and a run resumed on threads equals the run in one
+    piece on one."""
+    X, Y = _wide_data()
+    kw = dict(epochs=4, lr=0.05, batch_size=64, shuffle=True, seed=2)
+
+    def model():
+        return fastbp.MLP([12, 240, 240, 3], seed=7)
+
+    whole = model()
+    whole.fit(X, Y, n_jobs=1, **kw)
+    path = tmp_path / "run.npz"
+    model().fit(X, Y, n_jobs=1, checkpoint=path, checkpoint_every=1,
+                chunk_seconds=0.001, callbacks=lambda e, h, m: e < 2, **kw)
+    m, h = fastbp.resume(path, X, Y, n_jobs=2)
+    assert h.epochs == 4 and h.extra["resumed_at"] < 4 and "on 2 threads" in h.kernel
+    assert np.array_equal(m.params, whole.params)
+    with pytest.raises(TypeError, match="n_jobs"):
+        fastbp.resume(path, X, Y, n_jobs=1.5)
