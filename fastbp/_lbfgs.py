@@ -383,9 +383,13 @@ def train(model, xt, yt, sw, max_iter, max_fun, tol, l2, loss_scale=1.0, grad_sc
     ``threads``: for the wide layers' products (None: every core allowed).  Returns
     the Run."""
     threads = T.available() if threads is None else threads
-    objective = Objective(model, xt, yt, sw, l2, loss_scale, grad_scale, threads,
-                          evaluations=min(max_iter, max_fun))
     run = Run()
+    try:  # (compiles the kernels on a first fit: seconds in which Ctrl-C may come)
+        objective = Objective(model, xt, yt, sw, l2, loss_scale, grad_scale, threads,
+                              evaluations=min(max_iter, max_fun))
+    except KeyboardInterrupt:
+        run.stopped = "interrupted"  # before the first iteration: the parameters as given
+        return run
     bar = make_bar(max_iter, desc=bar_desc) if progress else None
 
     def on_iteration(x, f):

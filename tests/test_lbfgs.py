@@ -242,6 +242,24 @@ def test_ctrl_c_keeps_the_last_iterate(monkeypatch):
     np.testing.assert_array_equal(hist.loss, ref.loss)
 
 
+def test_ctrl_c_while_the_first_fit_compiles_returns_no_iteration(monkeypatch):
+    """Ctrl-C while the objective is built (a first fit compiles its kernels there)
+    ended the fit with a bare KeyboardInterrupt; it is an interruption like any other:
+    no iteration, the parameters as given, the warning."""
+    X, y = _xor()
+
+    def compiling(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_lbfgs, "Objective", compiling)
+    m = _model()
+    before = m.params.copy()
+    with pytest.warns(RuntimeWarning, match="interrupted.*after 0 of 50"):
+        hist = m.fit(X, y, optimizer="lbfgs", epochs=50)
+    assert hist.stopped == "interrupted" and hist.epochs == 0 and len(hist.loss) == 0
+    np.testing.assert_array_equal(m.params, before)
+
+
 @pytest.mark.skipif(_lbfgs._scipy_version() < (1, 15),
                     reason="the direct loop needs SciPy >= 1.15")
 @pytest.mark.parametrize("max_iter, max_fun, tol", [
