@@ -152,10 +152,16 @@ def drive(job, interrupted, progress=False, desc="fit", chunk_seconds=CHUNK_SECO
                 out.stopped = stopped
                 break
             reason = job.after_chunk()  # checkpoints
-            if interrupted[0]:
+            # after the last epoch, Ctrl-C or a callback's False stop nothing: the run
+            # is complete, and its History should say so (stopped None)
+            finished = job.remaining() == 0
+            if interrupted[0] and not finished:
                 out.stopped = "interrupted"
                 break
-            reason = reason or job.callbacks()
+            if not reason:
+                reason = job.callbacks()
+                if finished:
+                    reason = None
             if reason:
                 out.stopped = reason
                 break

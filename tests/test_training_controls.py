@@ -983,6 +983,22 @@ def test_callback_returning_false_stops():
     assert_bit_identical(h2.loss, hist.loss, "history at the callback stop")
 
 
+def test_callback_returning_false_after_the_last_epoch_stops_nothing():
+    """A callback is called after every chunk, the last included; its False there stops
+    nothing, so the History says the run finished (stopped None), not "callback"."""
+    X, y, W, b = problem(REG[0], 24, REG[2], seed=30)
+    calls = []
+
+    def always_false(epoch, history, model):
+        calls.append(epoch)
+        return False
+
+    m = model_from(W, b, REG[1], REG[2])
+    hist = m.fit(X, y, epochs=5, lr=0.01, callbacks=[always_false])  # one chunk
+    assert calls == [5]
+    assert hist.stopped is None and hist.epochs == 5
+
+
 def test_callbacks_none_return_continues_and_every_callback_is_called():
     X, y, W, b = problem(REG[0], 24, REG[2], seed=31)
     seen_a, seen_b = [], []
