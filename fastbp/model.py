@@ -386,7 +386,10 @@ class MLP:
         of its layers' products reaches 2**21 multiply-adds (3 * 2**20 in float32);
         per-sample SGD (batch_size=1, plain SGD) shares its layers of 256 x 1024 weights
         or more.  Small networks run on one core whatever n_jobs.  The results are the
-        same bits at any number of threads.
+        same bits at any number of threads.  n_jobs does not bound numpy's OpenBLAS:
+        where it runs on four threads or more, products of 2**22 multiply-adds or more
+        go to it on its own threads (set OPENBLAS_NUM_THREADS to bound them; fewer than
+        four keeps them in fastbp, whose bits differ from OpenBLAS's).
 
         Another fit of the same model while one runs (from another thread) is refused
         with RuntimeError.
