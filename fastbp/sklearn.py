@@ -860,6 +860,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         X, y = _validate_data(self, X, y, reset=reset, accept_sparse=_SPARSE,
                               multi_output=True, y_numeric=True,
                               dtype=self._input_dtype(reset))
+        if type(y).__module__.startswith("scipy.sparse"):
+            # scikit-learn accepts it here and fails later with a LinAlgError
+            raise TypeError("y is a scipy.sparse matrix; MLPRegressor's targets must be "
+                            "a dense array: convert them with y.toarray()")
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         Y = y.reshape(-1, 1) if y.ndim == 1 else y

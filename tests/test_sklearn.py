@@ -909,6 +909,23 @@ def test_sparse_X_equals_sklearns_fit_on_it():
     _assert_same_run(ref, got)
 
 
+def test_sparse_y():
+    """Sparse targets: the classifier takes a sparse multi-label indicator matrix as
+    scikit-learn does (the same fit as the dense one); the regressor refuses sparse y
+    with a TypeError that says what to do (scikit-learn fails later, in a LinAlgError)."""
+    sparse = pytest.importorskip("scipy.sparse")
+    rng = np.random.default_rng(4)
+    X = rng.random((30, 3))
+    labels = (rng.random((30, 2)) > 0.5).astype(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        dense = MLPClassifier(**PLAIN_SGD).fit(X, labels)
+        got = MLPClassifier(**PLAIN_SGD).fit(X, sparse.csr_matrix(labels))
+        assert _max_weight_diff(dense, got) == 0
+        with pytest.raises(TypeError, match=r"y is a scipy.sparse matrix.*toarray"):
+            MLPRegressor(**PLAIN_SGD).fit(X, sparse.csr_matrix(rng.random((30, 2))))
+
+
 @pytest.mark.parametrize("first, change", [
     (dict(solver="adam", learning_rate_init=0.001), dict(learning_rate_init=0.5)),
     (dict(solver="adam"), dict(beta_1=0.5, beta_2=0.9, epsilon=1e-3)),
