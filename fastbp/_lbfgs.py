@@ -19,6 +19,7 @@ objective with sums over outputs where fastbp's losses average, and for squared 
 with a gradient k times that of the loss it reports (k outputs); the wrapper reproduces
 that through the two scales (fastbp/sklearn.py).
 """
+import importlib.util
 import inspect
 import math
 import time
@@ -49,14 +50,28 @@ MAX_FUN = 15000
 EXPECTED_EVALUATIONS = 100
 
 
+_NO_SCIPY = ('optimizer="lbfgs" (solver="lbfgs") needs SciPy, which is not installed; '
+             'install it with pip install "fastbp[lbfgs]" (or pip install scipy)')
+
+
+def require_scipy():
+    """The ImportError of a missing SciPy, before any work, without importing it: the
+    import takes a noticeable part of a second, in which Ctrl-C should interrupt the fit
+    (train imports it) rather than escape from fit's argument checks."""
+    try:
+        found = importlib.util.find_spec("scipy") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ImportError(_NO_SCIPY)
+
+
 def scipy_minimize():
     """scipy.optimize.minimize, or an ImportError that says how to get it."""
     try:
         from scipy.optimize import minimize
     except ImportError as exc:
-        raise ImportError(
-            'optimizer="lbfgs" (solver="lbfgs") needs SciPy, which is not installed; '
-            'install it with pip install "fastbp[lbfgs]" (or pip install scipy)') from exc
+        raise ImportError(_NO_SCIPY) from exc
     return minimize
 
 
@@ -311,7 +326,7 @@ def fit(model, arguments):
     SciPy's ftol.  The History has one record per iteration (the loss after it).
     """
     check_unused(type(model).fit, arguments)
-    scipy_minimize()  # the ImportError first, before any work
+    require_scipy()  # the ImportError first, before any work
     a = arguments
     xt = model._inputs(a["X"])
     n = xt.shape[0]
@@ -384,7 +399,9 @@ def train(model, xt, yt, sw, max_iter, max_fun, tol, l2, loss_scale=1.0, grad_sc
     the Run."""
     threads = T.available() if threads is None else threads
     run = Run()
-    try:  # (compiles the kernels on a first fit: seconds in which Ctrl-C may come)
+    try:  # (imports SciPy and compiles the kernels on a first fit: seconds in which
+        # Ctrl-C may come)
+        scipy_minimize()
         objective = Objective(model, xt, yt, sw, l2, loss_scale, grad_scale, threads,
                               evaluations=min(max_iter, max_fun))
     except KeyboardInterrupt:

@@ -260,6 +260,24 @@ def test_ctrl_c_while_the_first_fit_compiles_returns_no_iteration(monkeypatch):
     np.testing.assert_array_equal(m.params, before)
 
 
+def test_ctrl_c_while_scipy_is_imported_returns_no_iteration(monkeypatch):
+    """A first L-BFGS fit imports scipy.optimize (a noticeable part of a second); Ctrl-C
+    there escaped from fit as a bare KeyboardInterrupt. It interrupts the fit as Ctrl-C
+    during the compile does."""
+    X, y = _xor()
+
+    def importing():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_lbfgs, "scipy_minimize", importing)
+    m = _model()
+    before = m.params.copy()
+    with pytest.warns(RuntimeWarning, match="interrupted.*after 0 of 50"):
+        hist = m.fit(X, y, optimizer="lbfgs", epochs=50)
+    assert hist.stopped == "interrupted" and hist.epochs == 0
+    np.testing.assert_array_equal(m.params, before)
+
+
 @pytest.mark.skipif(_lbfgs._scipy_version() < (1, 15),
                     reason="the direct loop needs SciPy >= 1.15")
 @pytest.mark.parametrize("max_iter, max_fun, tol", [
