@@ -112,9 +112,12 @@ def sparse_rows(X, n_features, dtype, name="X"):
             raise ValueError(f"{name} has values too large for {np.dtype(dtype).name} "
                              f"(max |value| {np.abs(csr.data).max():.3g})")
         raise ValueError(f"{name} contains NaN or infinity")
-    return Rows(np.ascontiguousarray(csr.indptr, dtype=np.int64),
-                np.ascontiguousarray(csr.indices, dtype=np.int64),
-                np.ascontiguousarray(values), n_features)
+    # writable arrays, copied where the user's are read-only (a memory map, a frozen
+    # array): the kernels are compiled for writable ones (never written), and a
+    # read-only array would compile them again, seconds for a copy of milliseconds
+    return Rows(np.require(csr.indptr, np.int64, ["C", "W"]),
+                np.require(csr.indices, np.int64, ["C", "W"]),
+                np.require(values, None, ["C", "W"]), n_features)
 
 
 def rows_of_dense(a):

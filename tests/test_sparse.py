@@ -121,6 +121,26 @@ def test_unsorted_rows_and_duplicates_are_summed_and_the_input_is_left_alone():
         np.testing.assert_array_equal(a, b)
 
 
+def test_read_only_sparse_arrays_are_copied_once_not_compiled_for():
+    """A CSR matrix whose arrays are read-only (a memory map, frozen arrays) is read
+    through writable copies: the kernels are compiled for writable arrays, and a
+    read-only one compiled them all again (seconds).  The fit is the writable one's."""
+    from fastbp._sparse import sparse_rows
+    X, y = _data()
+    csr = sp.csr_matrix(X)
+    frozen = sp.csr_matrix((csr.data.copy(), csr.indices.copy(), csr.indptr.copy()),
+                           shape=X.shape)
+    for a in (frozen.data, frozen.indices, frozen.indptr):
+        a.flags.writeable = False
+    rows = sparse_rows(frozen, X.shape[1], np.float64)
+    assert all(a.flags.writeable and a.flags.c_contiguous
+               for a in (rows.indptr, rows.indices, rows.values))
+    m_frozen, h_frozen = _fit(frozen, y, batch_size=7)
+    m_csr, h_csr = _fit(csr, y, batch_size=7)
+    np.testing.assert_array_equal(m_frozen.params, m_csr.params)
+    assert not frozen.data.flags.writeable  # the user's arrays are left as they were
+
+
 def test_validation_sets_and_early_stopping_on_sparse_data():
     X, y = _data(n=60)
     kw = dict(batch_size=8, shuffle=True, patience=2, restore_best=True)
