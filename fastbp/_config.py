@@ -65,5 +65,5 @@ def build(lr, epochs, optimizer="sgd", momentum=0.0, nesterov=False, beta1=0.9,
         raise ValueError(f"epoch_loss must be 'batch_mean' or 'sample_mean', got {epoch_loss!r}")
     rule = O.Rule(OPTIMIZERS[optimizer], lr, momentum, nesterov, beta1, beta2, eps, l2,
                   SCHEDULES[schedule], power, step_size, step_factor, lr_min, int(epochs),
-                  epoch_loss == "sample_mean")
+                  epoch_loss == "sample_mean", l2)
     return rule, O.Stop(patience, min_delta, V.check_flag(restore_best, "restore_best"))

@@ -179,7 +179,11 @@ def _records(run, loss, val, stride):
 def _read_options(ar, model):
     """Format 2: the options by name."""
     try:
-        rule = O.Rule(**{k: ar.array(f"rule_{k}").item() for k in O.Rule._fields})
+        files = ar._npz.files
+        fields = {k: ar.array(f"rule_{k}").item() for k in O.Rule._fields
+                  if k != "l2_loss" or f"rule_{k}" in files}
+        fields.setdefault("l2_loss", fields.get("l2"))  # (written before it existed)
+        rule = O.Rule(**fields)
         stop = O.Stop(**{k: ar.array(f"stop_{k}").item() for k in O.Stop._fields})
     except (ValueError, TypeError) as exc:
         raise ar.error(f"invalid training options: {exc}") from None
@@ -221,7 +225,7 @@ def _read_options_v1(ar, model):
     rule = O.Rule(int(i["optimizer"]), h["lr"], h["momentum"], bool(i["nesterov"]),
                   h["beta1"], h["beta2"], h["eps"], h["l2"], int(i["schedule"]), h["power"],
                   int(i["step_size"]), h["step_factor"], h["lr_min"], int(i["total_epochs"]),
-                  bool(i["sample_mean"]))
+                  bool(i["sample_mean"]), h["l2"])
     stop = O.Stop(int(i["patience"]), h["min_delta"], bool(i["restore_best"]))
     dt = model.dtype
     xv = ar.array("xv").astype(dt)
@@ -243,7 +247,7 @@ def _checked(ar, rule):
     if not (rule.lr > 0 and rule.step_size >= 1 and rule.eps > 0
             and rule.optimizer in OPTIMIZERS.values() and rule.schedule in SCHEDULES.values()
             and 0 <= rule.momentum < 1 and 0 <= rule.beta1 < 1 and 0 <= rule.beta2 < 1
-            and rule.l2 >= 0 and rule.power >= 0 and 0 < rule.step_factor <= 1
+            and rule.l2 >= 0 and rule.l2_loss >= 0 and rule.power >= 0 and 0 < rule.step_factor <= 1
             and rule.lr_min >= 0):
         raise ar.error(f"inconsistent training options: {rule}")
     return rule

@@ -56,14 +56,11 @@ silently ignored setting):
 - Multi-output regression and multi-label classification: fastbp's losses average over
   the outputs too while scikit-learn's gradient sums over them; the wrapper compensates
   exactly (learning rate x n_outputs for sgd, eps / n_outputs for adam, l2 / n_outputs,
-  scaled loss and gradient for lbfgs).  The multi-label ``loss_`` is scikit-learn's
-  (summed over labels).  For multi-output regression with sgd / adam and ``alpha > 0``
-  the L2 term in ``loss_`` and ``loss_curve_`` is scikit-learn's divided by n_outputs
-  (the updates are scikit-learn's; with alpha = 0, or with lbfgs, ``loss_`` is
-  scikit-learn's).  The ``tol`` / ``n_iter_no_change`` stopping rule reads that curve,
-  so such a fit can stop at another epoch than scikit-learn's, with other weights;
-  with ``tol=0`` or a large ``n_iter_no_change`` (or ``early_stopping``, which reads
-  the validation score) the weights match.
+  scaled loss and gradient for lbfgs).  ``loss_`` and ``loss_curve_`` are
+  scikit-learn's: summed over labels for multi-label, and with alpha's L2 term whole
+  for multi-output regression (the records weigh it apart from the update's l2:
+  ``options.Rule.l2_loss``), so the ``tol`` / ``n_iter_no_change`` stopping rule stops
+  at scikit-learn's epoch.
 - ``verbose`` shows a progress bar (tqdm when installed) with the loss, and prints the
   reason training stopped.
 - ``dtype``: None computes in X's precision like scikit-learn (float32 X -> float32,
@@ -1081,6 +1078,10 @@ class _EpochLoop:
         self.sgd = est._opt("solver") == "sgd"
         self.lr_scale = k if self.sgd else 1.0
         self.loss_scale = est._loss_scale()
+        # the L2 term the records carry, as a multiple of the l2 the updates use (l2 /
+        # k, _fit_options): scikit-learn's loss_ has alpha's term whole, so k in all,
+        # less the loss_scale the records are multiplied by (the multi-label k)
+        self.l2_loss_scale = k / self.loss_scale
         self.per_epoch = est.early_stopping or (self.sgd and
                                                 est._opt("learning_rate") == "invscaling")
         self.stopped = False
@@ -1133,7 +1134,8 @@ class _EpochLoop:
     def run_chunk(self, chunk):
         inner, est = self.inner, self.est
         run = inner.run
-        run.rule = run.rule._replace(lr=self.lr())
+        run.rule = run.rule._replace(lr=self.lr(),
+                                     l2_loss=run.rule.l2 * self.l2_loss_scale)
         first = run.records.count
         ran, stopped = inner.run_chunk(chunk)
         for rec in run.records.loss[first:run.records.count]:

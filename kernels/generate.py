@@ -48,7 +48,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 14  # part of the module name: bump when the generated code changes meaning
+VERSION = 15  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one AVX-512 vector (8 float64, 16 float32): the
@@ -314,7 +314,7 @@ def source_full(sizes, acts, bias, loss, weighted, rule, dtype="float64"):
               if rule == "plain" else
               "        stateful_update(params, work.grad, lr, net, rule, state, l2_scale)\n")
     l2 = ("" if rule == "plain" else
-          "            bl += l2_scale * l2_penalty(params, net, rule.l2)\n")
+          "            bl += l2_scale * l2_penalty(params, net, rule.l2_loss)\n")
     epoch = ("        bl = epoch_pass(params, work.acts, work.deltas, work.grad, work.y_batch,\n"
              "                        work.z_out, sw, n, P, recording)\n"
              "        epoch_loss = 0.0\n"

@@ -121,7 +121,7 @@ def _batch_epoch(RULE, SPARSE, params, net, data, loop, rule, state, work, lr, f
         if recording:
             bl = call_pass(passes[BATCH_LOSS], BATCH_LOSS,
                            (acts, out_off, work.y_batch, work.z_out, wb, net.loss, k, nb))
-            bl += l2_scale * l2_penalty(params, net, rule.l2)
+            bl += l2_scale * l2_penalty(params, net, rule.l2_loss)
             epoch_loss += nb * bl if rule.sample_mean else bl
         call_pass(passes[OUTPUT_DELTAS], OUTPUT_DELTAS,
                   (acts, out_off, work.y_batch, deltas, wb, net.loss, out_act, k, nb))

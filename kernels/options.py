@@ -94,6 +94,9 @@ class Rule(NamedTuple):
     lr_min: float         # cosine: from lr down to lr_min over total_epochs
     total_epochs: int
     sample_mean: bool     # epoch loss: batch losses weighted by size; L2 / batch size
+    l2_loss: float        # the L2 coefficient of the recorded loss: l2, except where a
+    #                       caller's convention weighs the term otherwise (the
+    #                       scikit-learn wrapper's multi-output regression)
 
 
 class Stop(NamedTuple):
@@ -149,7 +152,7 @@ def as_compiled(value):
 def plain_rule(lr, epochs=1):
     """Plain SGD at a constant learning rate."""
     return Rule(R.SGD, float(lr), 0.0, False, 0.9, 0.999, 1e-8, 0.0, R.CONSTANT, 0.5, 1, 0.5,
-                0.0, int(epochs), False)
+                0.0, int(epochs), False, 0.0)
 
 
 NO_STOP = Stop(0, 0.0, False)

@@ -122,7 +122,7 @@ def _sample_epoch(params, net, x, y, sw, lr, order, h, d, recording, rule, state
             if weighted:
                 sample_loss *= ws
             if not PLAIN:  # the L2 term of the parameters before this sample's updates
-                total += l2_penalty(params, net, l2)
+                total += l2_penalty(params, net, rule.l2_loss)
             total += loss_of_sum(sample_loss, loss, k, 1)
         # backward, each weight row updated right after its use
         zo = out_off

@@ -397,6 +397,28 @@ def test_format_1_checkpoints_still_resume(tmp_path):
     np.testing.assert_array_equal(h.val_loss, h_ref.val_loss)
 
 
+def test_checkpoints_from_before_the_recorded_l2_field_still_resume(tmp_path):
+    """Format-2 checkpoints written before options.Rule had l2_loss (the L2 coefficient
+    of the recorded loss) resume with it equal to l2, to the bits of the run in one
+    piece."""
+    X, y = _problem()
+    kw = dict(epochs=30, lr=0.05, batch_size=4, shuffle=True, seed=2, momentum=0.9,
+              l2=0.01)
+    ref = _model()
+    h_ref = ref.fit(X, y, **kw)
+    path = tmp_path / "run.npz"
+    _model().fit(X, y, checkpoint=path, checkpoint_every=10,
+                 callbacks=lambda e, h, mm: e < 10, **kw)
+    with np.load(path, allow_pickle=False) as z:
+        a = {k: z[k] for k in z.files}
+    assert float(a.pop("rule_l2_loss")) == 0.01
+    with open(path, "wb") as fh:
+        np.savez(fh, **a)
+    m2, h = fastbp.resume(path, X, y)
+    np.testing.assert_array_equal(m2.params, ref.params)
+    np.testing.assert_array_equal(h.loss, h_ref.loss)
+
+
 def test_resume_after_validation_fraction_takes_the_data_fit_was_given(tmp_path):
     # fit held a fraction out for validation; resume takes the same X, y, holds the
     # same rows out again, and ends where the uninterrupted run ends

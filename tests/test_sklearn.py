@@ -143,10 +143,28 @@ def test_momentum_equals_sklearn(kind, nesterov):
 @pytest.mark.parametrize("kind", ["regression", "multi-class", "multi-output"])
 def test_l2_equals_sklearn_when_batches_are_equal(kind):
     # batch_size divides n_samples: every batch has scikit-learn's alpha / 20
+    # (multi-output: the records carry alpha's L2 term whole, as scikit-learn's loss_
+    # does, while the updates use alpha / n_outputs: options.Rule.l2_loss)
     ref, got = _fit_both(kind, activation="relu", **dict(PLAIN_SGD, alpha=0.5))
-    assert _max_weight_diff(ref, got) <= TOL
-    if kind != "multi-output":  # see the module notes: the penalty in loss_ differs there
-        _assert_same_run(ref, got)
+    _assert_same_run(ref, got)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("batch_size", [1, 20])
+def test_multi_output_l2_stops_at_sklearns_epoch(solver, batch_size, monkeypatch):
+    """Multi-output regression with alpha > 0: the tol / n_iter_no_change rule reads
+    loss_curve_, whose L2 term is scikit-learn's (it was divided by n_outputs, so the
+    fit could stop at another epoch); the run stops where scikit-learn's does."""
+    from sklearn.neural_network import _stochastic_optimizers
+    monkeypatch.setattr(_stochastic_optimizers.AdamOptimizer, "_get_updates",
+                        _paper_adam_updates)
+    params = dict(PLAIN_SGD, solver=solver, alpha=0.3, tol=1e-3, n_iter_no_change=2,
+                  max_iter=200, batch_size=batch_size, learning_rate_init=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref, got = _fit_both("multi-output", activation="tanh", **params)
+    assert ref.n_iter_ < 200  # the stopping rule ended scikit-learn's fit
+    _assert_same_run(ref, got)
 
 
 def test_uneven_batches_weights_equal_sklearn():
@@ -233,7 +251,7 @@ def test_adam_equals_sklearn_with_the_papers_eps(kind, monkeypatch):
     monkeypatch.setattr(_stochastic_optimizers.AdamOptimizer, "_get_updates",
                         _paper_adam_updates)
     ref, got = _fit_both(kind, activation="tanh", **ADAM)
-    _assert_same_run(ref, got, loss_curve=kind != "multi-output")
+    _assert_same_run(ref, got)
     # the bias corrections are Python's pow on both sides: the weights part only by the
     # products' summation order (2-5e-16 on the development machine; 1-3e-15 when
     # fastbp's corrections were Numba's binary powering)
