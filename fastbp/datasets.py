@@ -179,9 +179,13 @@ def _read_csv(path, columns=None, text_column=None):
         raise DataError(f"{path}: is a directory, not a CSV file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            lines = list(csv.reader(fh))
+            reader = csv.reader(fh)
+            lines = list(reader)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a text CSV file ({exc.reason})") from None
+    except csv.Error as exc:  # e.g. a field over csv's size limit: not a ValueError
+        raise DataError(f"{path}: line {reader.line_num}: cannot be read as CSV ({exc})") \
+            from None
     # Blank lines carry no data; remember each row's file line for the messages.
     numbered = [(i + 1, row) for i, row in enumerate(lines) if any(cell.strip() for cell in row)]
     if not numbered:

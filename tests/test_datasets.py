@@ -269,3 +269,11 @@ def test_read_numeric_csv_rejects_duplicate_and_empty_names(tmp_path):
 def test_read_numeric_csv_directory(tmp_path):
     with pytest.raises(DataError, match="directory"):
         datasets._read_numeric_csv(tmp_path)
+
+
+def test_read_numeric_csv_unparsable_csv_is_a_data_error(tmp_path):
+    # csv.Error (not a ValueError) used to escape as a traceback from the CLI
+    p = tmp_path / "huge.csv"
+    p.write_text("a,y\n1,0\n" + "1" * 200_000 + ",1\n")
+    with pytest.raises(DataError, match=r"huge\.csv: line 3: cannot be read as CSV"):
+        datasets._read_numeric_csv(p)
