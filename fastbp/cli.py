@@ -90,6 +90,16 @@ def _positive_int(text):
     return value
 
 
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _positive_float(text):
     try:
         value = float(text)
@@ -152,7 +162,7 @@ def build_parser():
                            "default: the tutorial's 400-row UCLA file, shipped with fastbp")
     demo.add_argument("--epochs", type=_positive_int, help="epochs (default: the tutorial's)")
     demo.add_argument("--lr", type=_positive_float, help="learning rate (default: the tutorial's)")
-    demo.add_argument("--seed", type=int, help="seed of the initial weights (and of the linear data)")
+    demo.add_argument("--seed", type=_seed, help="seed of the initial weights (and of the linear data)")
     demo.add_argument("--plot", metavar="DIR", help="write the figures there as PNG (needs matplotlib)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=_cmd_demo)
@@ -189,7 +199,7 @@ def build_parser():
                        help="scale each feature to mean 0, std 1 (statistics of the training rows)")
     train.add_argument("--test-fraction", type=_fraction, default=0.2, metavar="F",
                        help="fraction of rows held out for the report (default 0.2; 0: none)")
-    train.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffling (default 0)")
+    train.add_argument("--seed", type=_seed, default=0, help="seed of the split, init and shuffling (default 0)")
     train.add_argument("--save", metavar="MODEL.npz",
                        help="save the trained model (and MODEL.npz.json: columns, "
                             "standardization, task, class labels)")

@@ -244,6 +244,9 @@ def test_demo_with_progress_bar(capsys):
     (["demo", "xor", "--lr", "-1"], ["--lr", "positive number"]),
     (["demo", "xor", "--lr", "fast"], ["--lr", "'fast'"]),
     (["demo", "xor", "--data", "x.csv"], ["--data is for the admissions demo"]),
+    # a negative seed used to reach numpy, whose message named no option
+    (["demo", "linear", "--seed", "-1"], ["--seed", "'-1'", ">= 0"]),
+    (["demo", "admissions", "--seed", "-1"], ["--seed", "'-1'", ">= 0"]),
     (["demo", "admissions", "--data", "does/not/exist.csv"], ["does/not/exist.csv", "no such file"]),
     (["demo"], ["NAME"]),
     (["frobnicate"], ["invalid choice"]),
@@ -396,6 +399,7 @@ def test_predict_model_saved_from_python_uses_first_columns(capsys, tmp_path):
     (["--target", "y", "--test-fraction", "1.5"], ["--test-fraction", "[0, 1)"]),
     (["--target", "y", "--epochs", "-5"], ["--epochs"]),
     (["--target", "y", "--batch-size", "0"], ["--batch-size"]),
+    (["--target", "y", "--seed", "-1"], ["--seed", "'-1'", ">= 0"]),
     (["--target", "y", "--activation", "softsign"], ["--activation", "invalid choice"]),
     (["--target", "y", "--loss", "bce"], ["bce"]),  # the model's own ValueError, one line
     ([], ["--target"]),
