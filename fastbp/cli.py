@@ -55,6 +55,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -460,7 +461,14 @@ def _cmd_train(args):
     if args.batch_size is not None:
         fit_kwargs.update(batch_size=args.batch_size, shuffle=True, seed=args.seed)
     t0 = time.perf_counter()
-    hist = _demos._fit(model, Xs[train_idx], ytr, not args.no_progress, **fit_kwargs)
+    with warnings.catch_warnings():
+        # Ctrl-C ends the command (status 130) and nothing is saved: the library's warning
+        # about the partly trained model it returns would describe a model thrown away
+        warnings.filterwarnings("ignore", message="training interrupted", category=RuntimeWarning)
+        hist = _demos._fit(model, Xs[train_idx], ytr, not args.no_progress, **fit_kwargs)
+    if getattr(hist, "stopped", None) == "interrupted":
+        raise KeyboardInterrupt(f"after {_demos._epochs_run(hist, args.epochs):,} of "
+                                f"{args.epochs:,} epochs; nothing saved")
     wall = time.perf_counter() - t0
     secs = _demos._seconds(hist, wall)
     ran = _demos._epochs_run(hist, args.epochs)
@@ -645,8 +653,9 @@ def main(argv=None):
         return int(args.func(args) or 0)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        detail = f" {exc}" if str(exc) else ""
+        print(f"{PROG}: interrupted{detail}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (``fastbp predict ... | head``): stop quietly, and keep

@@ -569,6 +569,38 @@ def test_train_refuses_to_save_over_its_data(capsys, tmp_path, csv_files):
         assert _snapshot(tmp_path) == before
 
 
+def test_train_ctrl_c_ends_the_command_and_saves_nothing(capsys, tmp_path, csv_files,
+                                                         monkeypatch):
+    """Ctrl-C during training: status 130, no report, and --save's file (here an earlier
+    model) left as it was -- not replaced by the partly trained model fit returns."""
+    import signal
+    import warnings
+
+    cls = csv_files[0]
+    model_path = tmp_path / "m.npz"
+    model_path.write_bytes(b"an earlier model")
+    real_fit = _demos._fit
+
+    def fit_with_ctrl_c(model, X, y, progress, **kwargs):
+        def ctrl_c(epoch, hist, model):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_fit(model, X, y, progress, callbacks=[ctrl_c], chunk_seconds=1e-4,
+                        **kwargs)
+
+    monkeypatch.setattr(_demos, "_fit", fit_with_ctrl_c)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc, out, err = run(capsys, "train", str(cls), "--target", "label", "--epochs",
+                           "1000000", "--save", str(model_path), "--no-progress")
+    assert rc == 130
+    assert "accuracy" not in out and "Saved" not in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("fastbp: interrupted after ") and "nothing saved" in last, err
+    assert not [w for w in caught if "interrupted" in str(w.message)]
+    assert model_path.read_bytes() == b"an earlier model"
+    assert not Path(str(model_path) + ".json").exists()
+
+
 def test_predict_refuses_to_write_over_its_inputs(capsys, tmp_path, trained):
     cls, model_path = trained
     link = tmp_path / "link.csv"
