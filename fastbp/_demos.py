@@ -84,6 +84,13 @@ def _epochs_run(hist, asked):
     return int(e) if e is not None else asked
 
 
+def _record_step(hist):
+    """Epochs between the History's kept records: record_every, times the stride a run
+    past RECORDS_CAP records thins them to (record r is epoch r * step)."""
+    every = int(getattr(hist, "record_every", 1) or 1)
+    return every * int(getattr(hist, "stride", 1) or 1)
+
+
 def _report_speed(out, hist, epochs, fit_wall, wall):
     train_s = _seconds(hist, fit_wall)
     ran = _epochs_run(hist, epochs)
@@ -154,7 +161,7 @@ def run_seed000(name, settings, progress, plot, out):
     # 95000) its np.mean(np.square(y - out)) = 2 E / (N K), computed before epoch i's
     # update: record i of the History, in sse, shown first.
     loss = np.asarray(hist.loss, dtype=np.float64)
-    every = int(getattr(hist, "record_every", 1) or 1)
+    every = _record_step(hist)
     interval = max(1, settings.epochs // 20)
     for r, value in enumerate(loss):
         i = r * every
@@ -195,7 +202,7 @@ def run_regression(settings, progress, plot, out):
     hist = _fit(model, X, Y, progress, epochs=settings.epochs, lr=settings.lr)
     fit_wall = time.perf_counter() - f0
     loss = np.asarray(hist.loss, dtype=np.float64)
-    every = int(getattr(hist, "record_every", 1) or 1)
+    every = _record_step(hist)
     final = float(model.loss(X, Y))
     best = int(np.nanargmin(loss)) if np.isfinite(loss).any() else 0
     out(f"Loss (MSE): first {loss[0]:.6f}, last {loss[-1]:.6f} (epoch {(len(loss) - 1) * every}), "
@@ -250,7 +257,7 @@ def run_admissions(settings, progress, plot, out, data=None):
     # e % (epochs / 10) == 0 (e from 0); record e + 1 is the loss before epoch e + 1's
     # update, i.e. after e + 1 epochs.
     losses = np.asarray(hist.loss, dtype=np.float64)
-    every = int(getattr(hist, "record_every", 1) or 1)
+    every = _record_step(hist)
     final = float(model.loss(adm.X_train, adm.y_train))
     interval = max(1, settings.epochs // 10)
     last = None

@@ -103,6 +103,32 @@ def test_demo_xor_prints_the_loss_its_header_names(capsys):
     assert final == f"Final output biases: {m.biases[-1]}"
 
 
+def test_demos_print_each_record_at_its_epoch_in_a_thinned_history(capsys, monkeypatch):
+    """A run past history.RECORDS_CAP records keeps every stride-th one: the demos label
+    each value with its own epoch (hist.epochs_recorded), not its index."""
+    from fastbp import history as H
+
+    X, y = datasets.xor_easy()
+    m = fastbp.MLP([2, 4, 4, 1], activation="sigmoid", loss="sse", init="uniform", seed=4)
+    full = m.fit(X, y, epochs=1000, lr=0.1).loss  # every epoch's record
+    adm = datasets.admissions()
+    full_adm = _demos.tutorial_admissions_model(6, 21).fit(
+        adm.X_train, adm.y_train, epochs=1000, lr=0.007).loss
+    monkeypatch.setattr(H, "RECORDS_CAP", 64)  # 1000 epochs: every 16th record kept
+    rc, out, _ = run(capsys, "demo", "xor", "--epochs", "1000", "--seed", "4", "--no-progress")
+    assert rc == 0
+    printed = {int(g.group(1)): g.group(2) for g in map(EPOCH_LINE.match, out.splitlines()) if g}
+    assert printed == {e: f"{full[e]:.6g}" for e in (400, 800)}
+    assert f"Last recorded loss (sse), epoch 992: {full[992]:.6g}  " in out
+    rc, out, _ = run(capsys, "demo", "admissions", "--no-progress")
+    assert rc == 0
+    for line in out.splitlines():
+        g = re.match(r"Train loss \(half_mse\) after ([\d,]+) epochs?: (\S+)", line)
+        if g:
+            assert g.group(2) == f"{full_adm[int(g.group(1).replace(',', ''))]:.6g}", line
+    assert f"Last recorded loss (half_mse), epoch 992: {full_adm[992]:.6g}  " in out
+
+
 def test_demo_linear(capsys):
     rc, out, _ = run(capsys, "demo", "linear", "--epochs", "400", "--lr", "0.5", "--no-progress")
     assert rc == 0
