@@ -91,6 +91,12 @@ def _record_step(hist):
     return every * int(getattr(hist, "stride", 1) or 1)
 
 
+def _check_started(hist):
+    """Ctrl-C before a fit's first epoch leaves no record to report: stop there."""
+    if getattr(hist, "stopped", None) == "interrupted" and len(hist.loss) == 0:
+        raise KeyboardInterrupt("before the first epoch")
+
+
 def _report_speed(out, hist, epochs, fit_wall, wall):
     train_s = _seconds(hist, fit_wall)
     ran = _epochs_run(hist, epochs)
@@ -155,6 +161,7 @@ def run_seed000(name, settings, progress, plot, out):
     f0 = time.perf_counter()
     hist = _fit(model, X, y, progress, epochs=settings.epochs, lr=settings.lr)
     fit_wall = time.perf_counter() - f0
+    _check_started(hist)
 
     n, k = y.shape
     # The tutorial prints at i % 5000 == 0 and i > 5000 (100,000 epochs: 10000 ...
@@ -201,6 +208,7 @@ def run_regression(settings, progress, plot, out):
     f0 = time.perf_counter()
     hist = _fit(model, X, Y, progress, epochs=settings.epochs, lr=settings.lr)
     fit_wall = time.perf_counter() - f0
+    _check_started(hist)
     loss = np.asarray(hist.loss, dtype=np.float64)
     every = _record_step(hist)
     final = float(model.loss(X, Y))
@@ -253,6 +261,7 @@ def run_admissions(settings, progress, plot, out, data=None):
     f0 = time.perf_counter()
     hist = _fit(model, adm.X_train, adm.y_train, progress, epochs=settings.epochs, lr=settings.lr)
     fit_wall = time.perf_counter() - f0
+    _check_started(hist)
     # The tutorial prints its training MSE (= 2 x half_mse) after epoch e's update at
     # e % (epochs / 10) == 0 (e from 0); record e + 1 is the loss before epoch e + 1's
     # update, i.e. after e + 1 epochs.

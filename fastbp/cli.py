@@ -305,8 +305,15 @@ def _cmd_demo(args):
         )
         if i:
             print()
-        _demos.run(name, settings, progress=not args.no_progress, plot=args.plot,
-                   data=args.data, out=lambda line: print(line, flush=True))
+        with warnings.catch_warnings():
+            # the demo's report says how far an interrupted run got
+            warnings.filterwarnings("ignore", message="training interrupted",
+                                    category=RuntimeWarning)
+            _, hist = _demos.run(name, settings, progress=not args.no_progress,
+                                 plot=args.plot, data=args.data,
+                                 out=lambda line: print(line, flush=True))
+        if getattr(hist, "stopped", None) == "interrupted":
+            raise KeyboardInterrupt  # Ctrl-C: the demos after this one do not run
     return 0
 
 

@@ -259,6 +259,43 @@ def test_demo_all(capsys):
     assert out.count("epochs/s") == 4
 
 
+def test_demo_ctrl_c_reports_that_demo_then_stops(capsys, monkeypatch):
+    """Ctrl-C in 'demo all': the demo reports how far it got, the others do not run,
+    status 130; Ctrl-C before the first epoch (nothing to report) ends cleanly too."""
+    import signal
+
+    real_fit = _demos._fit
+
+    def fit_with_ctrl_c(model, X, y, progress, **kwargs):
+        def ctrl_c(epoch, hist, model):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_fit(model, X, y, progress, callbacks=[ctrl_c], chunk_seconds=1e-4,
+                        **kwargs)
+
+    monkeypatch.setattr(_demos, "_fit", fit_with_ctrl_c)
+    rc, out, err = run(capsys, "demo", "all", "--epochs", "1000000", "--no-progress")
+    assert rc == 130
+    assert "Note: training stopped early (interrupted)" in out
+    assert "demo linear" not in out and "demo admissions" not in out
+    assert err.strip().splitlines()[-1] == "fastbp: interrupted"
+
+    from fastbp import _fit
+
+    real_prepare = _fit.SingleFit.prepare
+
+    def prepare_with_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(_demos, "_fit", real_fit)
+    monkeypatch.setattr(_fit.SingleFit, "prepare", prepare_with_ctrl_c)
+    for name in ("xor", "admissions"):
+        rc, out, err = run(capsys, "demo", name, "--no-progress")
+        assert rc == 130, err
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1] == "fastbp: interrupted before the first epoch"
+
+
 def test_demo_with_progress_bar(capsys):
     rc, out, _ = run(capsys, "demo", "admissions", "--epochs", "20")
     assert rc == 0 and "Prediction accuracy" in out
