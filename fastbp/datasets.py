@@ -154,8 +154,9 @@ def _read_numeric_csv(path, columns=None):
     FileNotFoundError
         The file does not exist (the message names it).
     DataError
-        No header, a missing column, a row with too few fields, an empty or
-        non-numeric or non-finite cell, or no data rows. Rows are counted from 1
+        No header, a missing column, a row with too few fields (or more non-empty
+        fields than the header), an empty or non-numeric or non-finite cell, or no
+        data rows. Rows are counted from 1
         after the header; the file line is given too.
     """
     names, data, _ = _read_csv(path, columns)
@@ -220,6 +221,11 @@ def _read_csv(path, columns=None, text_column=None):
     t = None if text_column is None else header.index(text_column)
     for r, (line, row) in enumerate(rows):
         where = f"{path}: row {r + 1} (line {line})"
+        if len(row) > len(header) and any(cell.strip() for cell in row[len(header):]):
+            # a stray comma (a thousands separator, an unquoted text cell) shifts every
+            # cell after it into the wrong column: refuse rather than read it shifted
+            raise DataError(f"{where}: {len(row)} fields, the header has {len(header)} "
+                            f"(a comma inside a value must be quoted)")
         for j, (name, k) in enumerate(zip(wanted, index)):
             if k >= len(row):
                 raise DataError(f"{where}, column {name!r}: missing value ({len(row)} fields, header has {len(header)})")

@@ -277,3 +277,18 @@ def test_read_numeric_csv_unparsable_csv_is_a_data_error(tmp_path):
     p.write_text("a,y\n1,0\n" + "1" * 200_000 + ",1\n")
     with pytest.raises(DataError, match=r"huge\.csv: line 3: cannot be read as CSV"):
         datasets._read_numeric_csv(p)
+
+
+def test_read_numeric_csv_refuses_a_row_longer_than_the_header(tmp_path):
+    # "1,000" (a thousands separator) made four fields of three: every cell after it was
+    # read one column to the left (b = 0, y = 2) without a word
+    p = tmp_path / "shifted.csv"
+    p.write_text("a,b,y\n1,000,2,0\n3,4,1\n")
+    with pytest.raises(DataError, match=r"shifted\.csv: row 1 \(line 2\): 4 fields, the "
+                                         r"header has 3"):
+        datasets._read_numeric_csv(p)
+    # trailing empty fields (a spreadsheet's trailing commas) hold nothing: still read
+    p.write_text("a,b,y\n1,2,0,,\n3,4,1,\n")
+    names, data = datasets._read_numeric_csv(p)
+    assert names == ["a", "b", "y"]
+    np.testing.assert_array_equal(data, [[1, 2, 0], [3, 4, 1]])
