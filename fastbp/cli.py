@@ -442,8 +442,14 @@ def _cmd_train(args):
     train_idx, test_idx = _split(n, args.test_fraction, args.seed)
     Xtr, ytr = X[train_idx], targets[train_idx]
     if args.standardize:
-        mean = Xtr.mean(axis=0)
-        std = Xtr.std(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = Xtr.mean(axis=0)
+            std = Xtr.std(axis=0)
+        overflow = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))
+        if overflow.size:
+            raise CLIError(f"--standardize: {args.data}: column {features[overflow[0]]!r} is "
+                           f"too large to standardize in float64 (its mean or standard "
+                           f"deviation overflows); scale it down")
         std[std == 0] = 1.0  # a constant column stays constant (0) instead of dividing by 0
     else:
         mean = np.zeros(X.shape[1])

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -470,6 +471,19 @@ def test_predict_model_saved_from_python_uses_first_columns(capsys, tmp_path):
 def test_train_usage_errors(capsys, csv_files, extra, fragments):
     _, reg, *_ = csv_files
     assert_usage_error(*run(capsys, "train", str(reg), *extra, "--no-progress"), *fragments)
+
+
+def test_train_standardize_overflow_names_the_column(capsys, tmp_path):
+    # the mean of 1e308s overflows: this used to end in numpy's overflow warnings and
+    # "X contains NaN or infinity", about data that holds neither
+    path = tmp_path / "big.csv"
+    path.write_text("small,big,y\n" + "".join(f"{i},{s}1.7e308,{i % 2}\n"
+                                              for i, s in zip(range(20), "+-" * 10)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy RuntimeWarning either
+        rc, out, err = run(capsys, "train", str(path), "--target", "y", "--standardize",
+                           "--no-progress")
+    assert_usage_error(rc, out, err, "--standardize", "big.csv", "column 'big'", "overflows")
 
 
 def test_train_data_errors(capsys, tmp_path):
