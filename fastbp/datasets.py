@@ -212,6 +212,9 @@ def _read_csv(path, columns=None, text_column=None):
                 f"{path}: missing column{'s' if len(missing) > 1 else ''} "
                 f"{', '.join(repr(c) for c in missing)} (the header has {', '.join(header)})"
             )
+        twice = [c for c in wanted if header.count(c) > 1]
+        if twice:  # which of the two is meant cannot be told
+            raise DataError(f"{path}: line {header_line}: column {twice[0]!r} appears twice")
     index = [header.index(c) for c in wanted]
     rows = numbered[1:]
     if not rows:

@@ -264,6 +264,12 @@ def test_read_numeric_csv_rejects_duplicate_and_empty_names(tmp_path):
     p.write_text("a,,c\n1,2,3\n")
     with pytest.raises(DataError, match="empty column name"):
         datasets._read_numeric_csv(p)
+    # a column asked for by name (predict's features, the admissions columns) too: the
+    # first of the two used to be taken silently
+    p.write_text("b,a,c,a\n1,2,3,4\n")
+    with pytest.raises(DataError, match="line 1: column 'a' appears twice"):
+        datasets._read_numeric_csv(p, ["a", "c"])
+    assert datasets._read_numeric_csv(p, ["b", "c"])[1].tolist() == [[1.0, 3.0]]
 
 
 def test_read_numeric_csv_directory(tmp_path):
