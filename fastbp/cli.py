@@ -440,6 +440,9 @@ def _cmd_train(args):
     classification = kind != "regress"
 
     train_idx, test_idx = _split(n, args.test_fraction, args.seed)
+    if args.batch_size is not None and args.batch_size > len(train_idx):
+        raise CLIError(f"--batch-size {args.batch_size} is larger than the {len(train_idx)} "
+                       f"training rows (leave --batch-size out for full-batch training)")
     Xtr, ytr = X[train_idx], targets[train_idx]
     if args.standardize:
         with np.errstate(over="ignore", invalid="ignore"):

@@ -464,6 +464,9 @@ def test_predict_model_saved_from_python_uses_first_columns(capsys, tmp_path):
     (["--target", "y", "--epochs", "-5"], ["--epochs"]),
     (["--target", "y", "--batch-size", "0"], ["--batch-size"]),
     (["--target", "y", "--seed", "-1"], ["--seed", "'-1'", ">= 0"]),
+    # 96 of the 120 rows train; the library's message named its Python keyword
+    (["--target", "y", "--batch-size", "97"],
+     ["--batch-size 97 is larger than the 96 training rows", "leave --batch-size out"]),
     (["--target", "y", "--activation", "softsign"], ["--activation", "invalid choice"]),
     (["--target", "y", "--loss", "bce"], ["bce"]),  # the model's own ValueError, one line
     ([], ["--target"]),
