@@ -498,6 +498,15 @@ class _BaseMLP(BaseEstimator):
         if X_val.shape[0] < 2:
             raise ValueError("The validation set is too small. Increase "
                              "'validation_fraction' or the size of your dataset.")
+        # each part is weighed by its own weights: a part whose weights are all zero
+        # has nothing to train on (a division by zero) or nothing to score
+        for part, w in (("training", sw_train), ("validation", sw_val)):
+            if w is not None and not w.sum() > 0:
+                raise ValueError(
+                    f"sample_weight is zero on every sample of the {part} part of the "
+                    f"early_stopping split (validation_fraction="
+                    f"{self.validation_fraction!r}): give some of its samples weight > 0, "
+                    f"or change random_state or validation_fraction")
         return X_train, Y_train, sw_train, (X_val, Y_val, sw_val)
 
     def _fit_options(self, n_samples, sw):

@@ -229,6 +229,24 @@ def test_full_batch_sample_weight_equals_sklearn(kind):
     _assert_same_run(ref, got)
 
 
+@pytest.mark.parametrize("kind", ["regression", "multi-class"])
+def test_early_stopping_split_with_a_weightless_part_is_a_valueerror(kind):
+    """One sample with weight > 0: one part of the early_stopping split has only zero
+    weights, whichever part that sample falls in.  That was a ZeroDivisionError (the
+    training part: its mean weight; the validation part: its score, after training)."""
+    X, y = _targets(kind)
+    parts = set()
+    for i in range(len(y)):
+        w = np.zeros(len(y))
+        w[i] = 1.0
+        est = _pair(kind)[1](**dict(PLAIN_SGD, early_stopping=True, max_iter=2))
+        with pytest.raises(ValueError, match="sample_weight is zero on every sample of the "
+                                             "(training|validation) part") as info:
+            est.fit(X, y, sample_weight=w)
+        parts.add(str(info.value).split(" part")[0].split()[-1])
+    assert parts == {"training", "validation"}
+
+
 def _paper_adam_updates(self, grads):
     """scikit-learn's AdamOptimizer._get_updates with eps added to sqrt(v_hat), as in the
     paper (and fastbp, and PyTorch); scikit-learn adds it to sqrt(v)."""
