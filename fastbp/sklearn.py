@@ -556,7 +556,10 @@ class _BaseMLP(BaseEstimator):
         finally:
             if self.early_stopping:  # scikit-learn ends on the best validation score
                 model.params = self._best_params
-        if not loop.stopped and not incremental and self.n_iter_ == self.max_iter:
+        # after a divergence (early_stopping) the remaining epochs were booked up to
+        # max_iter, as scikit-learn runs them: it warns there too
+        if (not loop.stopped or loop.diverged) and not incremental \
+                and self.n_iter_ == self.max_iter:
             warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
                           "optimization hasn't converged yet." % self.max_iter,
                           ConvergenceWarning)
@@ -1094,6 +1097,7 @@ class _EpochLoop:
         self.per_epoch = est.early_stopping or (self.sgd and
                                                 est._opt("learning_rate") == "invscaling")
         self.stopped = False
+        self.diverged = False
         self.inner = None
         self.desc = type(est).__name__
 
@@ -1152,7 +1156,7 @@ class _EpochLoop:
                 self.stopped = True
                 return ran, "scikit-learn"
         if stopped == "diverged":
-            self.stopped = True
+            self.stopped = self.diverged = True
             est._diverged(self.model, self.X, self.Y, inner.bad, run.done == 0, self.val,
                           self.n, self.sgd, self.total, self.incremental)
             return ran, "scikit-learn"

@@ -845,6 +845,23 @@ def test_divergence_with_early_stopping_ends_as_sklearn_does():
     assert np.isfinite(est.predict(X)).all()
 
 
+def test_divergence_with_early_stopping_warns_of_max_iter_as_sklearn_does():
+    """scikit-learn iterates on NaN up to max_iter (NaN scores never count as "no
+    improvement") and then warns that it did not converge; the booked epochs end there
+    too, and so must the warnings (there was only the RuntimeWarning)."""
+    categories = []
+    for cls in (skn.MLPRegressor, MLPRegressor):
+        est, X, y = _diverging(early_stopping=True, shuffle=False)
+        if cls is skn.MLPRegressor:
+            est = cls(**{k: v for k, v in est.get_params().items() if k != "dtype"})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est.fit(X, y)
+        assert est.n_iter_ == 20
+        categories.append([w.category for w in caught if w.category is ConvergenceWarning])
+    assert categories[0] == categories[1] == [ConvergenceWarning]
+
+
 def test_divergence_without_early_stopping_names_the_fits_epoch_and_the_learning_rate():
     est, X, y = _diverging()
     with pytest.raises(ValueError, match="non-finite parameter weights") as info:
