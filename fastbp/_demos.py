@@ -97,11 +97,16 @@ def _check_started(hist):
         raise KeyboardInterrupt("before the first epoch")
 
 
+def epochs_text(n):
+    """'1 epoch', '2 epochs', '100,000 epochs'."""
+    return f"{n:,} epoch{'' if n == 1 else 's'}"
+
+
 def _report_speed(out, hist, epochs, fit_wall, wall):
     train_s = _seconds(hist, fit_wall)
     ran = _epochs_run(hist, epochs)
     rate = ran / train_s if train_s > 0 else float("inf")
-    out(f"Training: {ran:,} epochs in {train_s:.3f} s ({rate:,.0f} epochs/s)")
+    out(f"Training: {epochs_text(ran)} in {train_s:.3f} s ({rate:,.0f} epochs/s)")
     out(f"Wall time: {wall:.3f} s (data, model, compilation or cache load, training, printing)")
     if getattr(hist, "stopped", None):
         out(f"Note: training stopped early ({hist.stopped}) after {ran:,} of {epochs:,} epochs")

@@ -489,7 +489,7 @@ def _cmd_train(args):
     secs = _demos._seconds(hist, wall)
     ran = _demos._epochs_run(hist, args.epochs)
     batch = "full batch" if args.batch_size is None else f"batch size {args.batch_size}"
-    print(f"Training: {len(train_idx)} rows, {ran:,} epochs, lr {args.lr:g}, {batch}: "
+    print(f"Training: {len(train_idx)} rows, {_demos.epochs_text(ran)}, lr {args.lr:g}, {batch}: "
           f"{secs:.3f} s ({ran / secs if secs > 0 else float('inf'):,.0f} epochs/s)")
     print(f"Final training loss ({loss}): {model.loss(Xs[train_idx], ytr):.6g}")
 

@@ -435,6 +435,14 @@ def test_train_without_test_split_reports_on_training_rows(capsys, csv_files):
     assert re.search(r"^Training R\^2: 0\.99\d\d \(120 rows", out, re.M)
 
 
+def test_train_one_epoch_says_epoch(capsys, csv_files):
+    _, reg, *_ = csv_files
+    rc, out, _ = run(capsys, "train", str(reg), "--target", "y", "--epochs", "1",
+                     "--no-progress")
+    assert rc == 0
+    assert re.search(r"^Training: \d+ rows, 1 epoch, lr ", out, re.M)
+
+
 def test_predict_model_saved_from_python_uses_first_columns(capsys, tmp_path):
     m = fastbp.MLP([2, 3, 1], activation=["tanh", "identity"], loss="mse", init="xavier", seed=0)
     path = tmp_path / "py.npz"
