@@ -559,6 +559,16 @@ def _load_meta(model_path, n_out):
             "classes": classes if classification else None}
 
 
+def _looks_like_data(names):
+    """Whether a header's cells are all numbers, other than the 0, 1, 2, ... that pandas
+    writes for unnamed columns: likely a first sample in a file with no header."""
+    try:
+        [float(name) for name in names]
+    except ValueError:
+        return False
+    return list(names) != [str(i) for i in range(len(names))]
+
+
 def _cmd_predict(args):
     import fastbp
 
@@ -582,6 +592,10 @@ def _cmd_predict(args):
         X = (X - meta["mean"]) / meta["std"]
     else:
         names, X = datasets._read_numeric_csv(args.data)
+        if _looks_like_data(names):
+            print(f"{PROG}: note: {args.data}: its first line ({','.join(names)}) holds only "
+                  f"numbers but is read as the header, not predicted: if it is a sample, "
+                  f"add a header line", file=sys.stderr)
         if X.shape[1] < n_in:
             raise CLIError(f"{args.data}: {X.shape[1]} columns, the model takes {n_in} inputs")
         X = np.ascontiguousarray(X[:, :n_in])

@@ -449,12 +449,23 @@ def test_predict_model_saved_from_python_uses_first_columns(capsys, tmp_path):
     m.save(path)
     data = tmp_path / "d.csv"
     data.write_text("u,v,w\n1,2,99\n-0.5,0.25,99\n")
-    rc, out, _ = run(capsys, "predict", str(path), str(data))
-    assert rc == 0
+    rc, out, err = run(capsys, "predict", str(path), str(data))
+    assert rc == 0 and "note" not in err
     lines = out.splitlines()
     assert lines[0] == "prediction"
     npt.assert_allclose([float(v) for v in lines[1:]],
                         m.predict(np.array([[1.0, 2.0], [-0.5, 0.25]]))[:, 0], rtol=1e-15)
+    # a file with no header: its first sample is read as the header, and said so;
+    # pandas' header of unnamed columns (0,1,...) is a header, not a sample
+    headless = tmp_path / "h.csv"
+    headless.write_text("1,2\n3,4\n5,6\n")
+    rc, out, err = run(capsys, "predict", str(path), str(headless))
+    assert rc == 0 and len(out.splitlines()) == 3
+    assert "first line (1,2) holds only numbers" in err
+    pandas_like = tmp_path / "p.csv"
+    pandas_like.write_text("0,1\n3,4\n5,6\n")
+    rc, out, err = run(capsys, "predict", str(path), str(pandas_like))
+    assert rc == 0 and "note" not in err
     narrow = tmp_path / "n.csv"
     narrow.write_text("u\n1\n")
     assert_usage_error(*run(capsys, "predict", str(path), str(narrow)), "n.csv", "1 columns", "2 inputs")
