@@ -76,6 +76,13 @@ silently ignored setting):
   scikit-learn's first fit leaves ``coefs_`` and its best-weights copy as the same
   arrays, so the second fit's training overwrites its "best" weights, and it returns
   the weights after the last epoch.
+- ``warm_start`` / ``partial_fit`` continue the fitted network only: a changed
+  ``hidden_layer_sizes`` or ``activation`` is a ValueError (scikit-learn keeps the old
+  sizes silently, and trains the old weights under the new activation).
+- ``sample_weight`` must be >= 0 (scikit-learn accepts negative weights); under
+  ``early_stopping`` each part of the split needs some weight > 0.
+- Ctrl-C stops a fit as every fastbp fit stops (RuntimeWarning "training interrupted"),
+  where scikit-learn warns "Training interrupted by user." (a UserWarning).
 
 Only this module imports scikit-learn (``pip install "fastbp[sklearn]"``).
 """
