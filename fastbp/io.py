@@ -319,13 +319,20 @@ def model_from_archive(ar):
     loss = ar.text("loss")
     bias = ar.boolean("bias")
     dtype = ar.text("dtype")
+    sizes = [int(s) for s in sizes]
+    # the parameter count the sizes imply, checked against the stored parameters before
+    # anything of that size is allocated: a hand-edited size of 10**9 would otherwise ask
+    # for the optimizer state's gigabytes (MemoryError), 2**63 overflow an int64
+    n_params = sum(a * b + (b if bias else 0) for a, b in zip(sizes[:-1], sizes[1:]))
+    params = ar.vector("params", "f")
+    if len(sizes) >= 2 and min(sizes) >= 1 and params.shape != (n_params,):
+        raise ar.error(f"parameters have shape {params.shape}, the architecture "
+                       f"{sizes} needs ({n_params},)")
     model = MLP.__new__(MLP)
     try:
-        model._configure(tuple(int(s) for s in sizes), [str(a) for a in activations], loss,
-                         bias, dtype)
+        model._configure(tuple(sizes), [str(a) for a in activations], loss, bias, dtype)
     except (ValueError, TypeError) as exc:
         raise ar.error(f"invalid architecture: {exc}") from None
-    params = ar.vector("params", "f")
     if params.shape != (model._layout.n_params,):
         raise ar.error(f"parameters have shape {params.shape}, the architecture "
                        f"{list(model.sizes)} needs ({model._layout.n_params},)")

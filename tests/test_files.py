@@ -315,6 +315,10 @@ def test_pickled_member_is_never_unpickled(tmp_path, model):
     (dict(params=None), "missing field 'params'"),
     (dict(sizes=np.array([3, 0, 2])), "architecture"),
     (dict(sizes=np.array([3.0, 4.0, 2.0])), "sizes"),
+    # sizes no model of these parameters has: refused before their size is allocated
+    # (once a MemoryError for 64 TB of optimizer state, an OverflowError past int64)
+    (dict(sizes=np.array([3, 10**12, 2])), "architecture.*needs"),
+    (dict(sizes=np.array([3, 2**63, 2], dtype=np.uint64)), "architecture.*needs"),
     (dict(activations=np.array(["tanh", "swish"])), "architecture.*swish"),
     (dict(activations=np.array(["tanh"])), "architecture"),
     (dict(loss=np.array("hinge")), "architecture.*hinge"),
