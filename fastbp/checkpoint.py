@@ -121,7 +121,8 @@ def read_checkpoint(path):
         if not lr > 0 or (batch_size != -1 and batch_size < 1) or data_n < 1:
             raise ar.error(f"inconsistent run settings: lr {lr}, batch_size {batch_size}, "
                            f"{data_n} samples")
-        if kind not in ("epochs", "seconds") or not value > 0:
+        if kind not in ("epochs", "seconds") or not value > 0 or (
+                kind == "epochs" and value != int(value)):  # fit takes whole epochs
             raise ar.error(f"inconsistent checkpoint_every: {kind} {value}")
         files = set(ar._npz.files)
         if ar.version >= 2:

@@ -449,6 +449,9 @@ def test_resume_after_validation_fraction_takes_the_data_fit_was_given(tmp_path)
     ("batch_size", 10_000, "inconsistent batch_size"),
     ("opt_step", np.array([1, 2]), "opt_step must hold one value"),
     ("es_best_loss", np.array([1.0, 2.0]), "es_best_loss must hold one value"),
+    # every 0.5 epochs was taken as every int(0.5) = 0: a ZeroDivisionError in resume
+    ("every_value", 0.5, "inconsistent checkpoint_every"),
+    ("every_value", 2.5, "inconsistent checkpoint_every"),
 ])
 def test_a_checkpoint_with_values_fit_could_not_have_written_is_refused(tmp_path, field,
                                                                         value, match):
