@@ -198,7 +198,7 @@ def _read_options(ar, model):
         if xv.ndim != 2 or yv.ndim != 2 or xv.shape[1] != n_in or \
                 yv.shape != (xv.shape[0], n_out):
             raise ar.error("the validation set has inconsistent shapes")
-        val = O.Data(xv, yv, ar.array("val_w").astype(dt))
+        val = O.Data(xv, yv, _val_weights(ar, ar.array("val_w"), xv.shape[0], dt))
     elif "val_x_indptr" in ar._npz.files:  # sparse validation rows
         indptr = ar.array("val_x_indptr").astype(np.int64)
         indices = ar.array("val_x_indices").astype(np.int64)
@@ -211,7 +211,7 @@ def _read_options(ar, model):
                 yv.shape != (indptr.shape[0] - 1, n_out):
             raise ar.error("the sparse validation set is inconsistent")
         xv = Rows(indptr, indices, values, n_in).for_kernels(model.sizes[1])
-        val = O.Data(xv, yv, ar.array("val_w").astype(dt))
+        val = O.Data(xv, yv, _val_weights(ar, ar.array("val_w"), yv.shape[0], dt))
     return _checked(ar, rule), stop, sw, val
 
 
@@ -237,8 +237,18 @@ def _read_options_v1(ar, model):
     val = None
     if xv.shape[1]:
         val = O.Data(np.ascontiguousarray(xv.T), np.ascontiguousarray(yv.T),
-                     ar.array("swv").astype(dt))
+                     _val_weights(ar, ar.array("swv"), xv.shape[1], dt))
     return _checked(ar, rule), stop, ar.array("sample_weight").astype(dt), val
+
+
+def _val_weights(ar, w, n, dt):
+    """The validation set's sample weights: (n,) or empty (none), as fit stores them; the
+    kernels read one per validation sample and do not check the length."""
+    if w.ndim != 1 or w.shape[0] not in (0, n) or w.dtype.kind not in "biuf" or (
+            w.shape[0] and (not np.isfinite(w).all() or (w < 0).any())):
+        raise ar.error(f"inconsistent validation sample weights: {w.dtype} {w.shape} for "
+                       f"{n} validation samples")
+    return np.ascontiguousarray(w.astype(dt))
 
 
 def _checked(ar, rule):

@@ -471,6 +471,35 @@ def test_a_checkpoint_with_values_fit_could_not_have_written_is_refused(tmp_path
     assert "bad.npz" in str(info.value)
 
 
+@pytest.mark.parametrize("val_w", [np.ones(3), np.ones(1), np.ones((10, 1)),
+                                   np.array([1.0] * 9 + [np.nan]), -np.ones(10)],
+                         ids=["short", "one", "2-D", "nan", "negative"])
+def test_validation_weights_of_the_wrong_length_are_refused(tmp_path, val_w):
+    """The kernels read one validation weight per validation sample, unchecked: a
+    checkpoint with fewer made resume read past the array (validation losses of 1e178)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)), rng.normal(size=(40, 1))
+    Xv, yv = rng.normal(size=(10, 3)), rng.normal(size=(10, 1))
+    path = tmp_path / "run.npz"
+    fastbp.MLP([3, 4, 1], seed=0).fit(X, y, epochs=6, lr=0.1, batch_size=8,
+                                      validation_data=(Xv, yv), checkpoint=str(path),
+                                      checkpoint_every=3,
+                                      callbacks=[lambda e, h, m: e < 3])
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    assert int(arrays["run_epoch"]) == 3 and arrays["val_x"].shape == (10, 3)
+    arrays["val_w"] = val_w
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    with pytest.raises(ValueError, match="inconsistent validation sample weights") as info:
+        fastbp.resume(str(bad), X, y)
+    assert "bad.npz" in str(info.value)
+    arrays["val_w"] = np.ones(10)  # one per validation sample: resumes
+    np.savez(bad, **arrays)
+    _, h = fastbp.resume(str(bad), X, y)
+    assert h.epochs == 6 and np.isfinite(h.val_loss).all()
+
+
 @pytest.mark.parametrize("restore_best", [False, True])
 def test_resuming_a_run_that_stopped_early_trains_no_further(tmp_path, restore_best):
     """The last checkpoint of a run early stopping ended is of a finished run: resume
