@@ -179,15 +179,8 @@ def _records(run, loss, val, stride):
 
 def _read_options(ar, model):
     """Format 2: the options by name."""
-    try:
-        files = ar._npz.files
-        fields = {k: ar.array(f"rule_{k}").item() for k in O.Rule._fields
-                  if k != "l2_loss" or f"rule_{k}" in files}
-        fields.setdefault("l2_loss", fields.get("l2"))  # (written before it existed)
-        rule = O.Rule(**fields)
-        stop = O.Stop(**{k: ar.array(f"stop_{k}").item() for k in O.Stop._fields})
-    except (ValueError, TypeError) as exc:
-        raise ar.error(f"invalid training options: {exc}") from None
+    rule = _options(ar, O.Rule, "rule_")
+    stop = _options(ar, O.Stop, "stop_")
     dt = model.dtype
     sw = ar.array("sample_weight").astype(dt)
     val = None
@@ -212,7 +205,7 @@ def _read_options(ar, model):
             raise ar.error("the sparse validation set is inconsistent")
         xv = Rows(indptr, indices, values, n_in).for_kernels(model.sizes[1])
         val = O.Data(xv, yv, _val_weights(ar, ar.array("val_w"), yv.shape[0], dt))
-    return _checked(ar, rule), stop, sw, val
+    return _checked(ar, rule), _checked_stop(ar, stop), sw, val
 
 
 def _read_options_v1(ar, model):
@@ -238,7 +231,31 @@ def _read_options_v1(ar, model):
     if xv.shape[1]:
         val = O.Data(np.ascontiguousarray(xv.T), np.ascontiguousarray(yv.T),
                      _val_weights(ar, ar.array("swv"), xv.shape[1], dt))
-    return _checked(ar, rule), stop, ar.array("sample_weight").astype(dt), val
+    return (_checked(ar, rule), _checked_stop(ar, stop), ar.array("sample_weight").astype(dt),
+            val)
+
+
+_KINDS = {int: "iu", float: "iuf", bool: "b"}
+
+
+def _options(ar, cls, prefix):
+    """The kernels' options ``cls`` (Rule or Stop) from the fields ``prefix + name``, each
+    one value of its field's type (a string, or a float where an int goes, would fail in
+    the checks or compile the kernels anew for that type)."""
+    values = {}
+    files = ar._npz.files
+    for name, kind in cls.__annotations__.items():
+        if cls is O.Rule and name == "l2_loss" and prefix + name not in files:
+            values[name] = values["l2"]  # written before the field existed: l2's value
+            continue
+        a = ar.array(prefix + name)
+        if a.size != 1 or a.dtype.kind not in _KINDS[kind] or (
+                kind is float and not np.isfinite(a).all()):
+            raise ar.error(f"invalid training options: {prefix}{name} should be one "
+                           f"{'finite number' if kind is float else kind.__name__}, got "
+                           f"{a!r}")
+        values[name] = kind(a.item())
+    return cls(**values)
 
 
 def _val_weights(ar, w, n, dt):
@@ -258,10 +275,17 @@ def _checked(ar, rule):
     if not (rule.lr > 0 and rule.step_size >= 1 and rule.eps > 0
             and rule.optimizer in OPTIMIZERS.values() and rule.schedule in SCHEDULES.values()
             and 0 <= rule.momentum < 1 and 0 <= rule.beta1 < 1 and 0 <= rule.beta2 < 1
-            and rule.l2 >= 0 and rule.l2_loss >= 0 and rule.power >= 0 and 0 < rule.step_factor <= 1
-            and rule.lr_min >= 0):
+            and rule.l2 >= 0 and rule.l2_loss >= 0 and rule.power >= 0
+            and 0 < rule.step_factor <= 1 and rule.lr_min >= 0 and rule.total_epochs >= 1):
         raise ar.error(f"inconsistent training options: {rule}")
     return rule
+
+
+def _checked_stop(ar, stop):
+    """The Stop read from ``ar``, or an error naming the file (see ``_checked``)."""
+    if not (stop.patience >= 0 and stop.min_delta >= 0):
+        raise ar.error(f"inconsistent early stopping options: {stop}")
+    return stop
 
 
 def _one(ar, name, dtype):

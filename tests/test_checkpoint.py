@@ -449,6 +449,15 @@ def test_resume_after_validation_fraction_takes_the_data_fit_was_given(tmp_path)
     ("batch_size", 10_000, "inconsistent batch_size"),
     ("opt_step", np.array([1, 2]), "opt_step must hold one value"),
     ("es_best_loss", np.array([1.0, 2.0]), "es_best_loss must hold one value"),
+    # options of another type: a TypeError in the checks, or kernels compiled anew
+    ("rule_lr", "0.1", "invalid training options: rule_lr"),
+    ("stop_patience", "a", "invalid training options: stop_patience"),
+    ("rule_optimizer", 0.0, "invalid training options: rule_optimizer"),
+    ("rule_nesterov", 5, "invalid training options: rule_nesterov"),
+    ("rule_sample_mean", "x", "invalid training options: rule_sample_mean"),
+    ("stop_min_delta", np.nan, "invalid training options: stop_min_delta"),
+    ("stop_patience", -5, "inconsistent early stopping options"),
+    ("rule_total_epochs", 0, "inconsistent training options"),
     # every 0.5 epochs was taken as every int(0.5) = 0: a ZeroDivisionError in resume
     ("every_value", 0.5, "inconsistent checkpoint_every"),
     ("every_value", 2.5, "inconsistent checkpoint_every"),
