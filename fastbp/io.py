@@ -13,6 +13,7 @@ by a newer version, inconsistent -- raises an error that names the file and the 
 ``FileNotFoundError`` for a missing file, ``ModelFileError`` (a ValueError) otherwise.
 """
 import errno
+import hashlib
 import os
 import struct
 import zipfile
@@ -74,9 +75,9 @@ def atomic_write(path, write):
     path = os.fspath(path)
     check_writable(path)
     folder = os.path.dirname(os.path.abspath(path))
-    _remove_orphans(folder, os.path.basename(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
-                               f"{os.urandom(4).hex()}.tmp")
+    stem = _temporary_stem(os.path.basename(path))
+    _remove_orphans(folder, stem)
+    tmp = os.path.join(folder, f".{stem}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         # os.open (not mkstemp) so the file gets the usual umask-based permissions
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
@@ -98,6 +99,15 @@ def atomic_write(path, write):
             raise _naming(exc, path) from None
         raise
     _fsync_folder(folder)
+
+
+def _temporary_stem(name):
+    """What the temporary files of writes of ``name`` are named after: ``name`` itself,
+    or, for a name so long that the temporary one (about 25 bytes longer) would pass
+    the usual limit of 255 bytes, a digest of it."""
+    if len(os.fsencode(name)) <= 200:
+        return name
+    return hashlib.blake2b(os.fsencode(name), digest_size=8).hexdigest()
 
 
 def _remove_orphans(folder, name):

@@ -121,6 +121,17 @@ def test_save_uses_the_name_as_given(tmp_path, model):
     np.testing.assert_array_equal(fastbp.load(tmp_path / "model.bin").params, model.params)
 
 
+@pytest.mark.parametrize("name", ["m" * 240 + ".npz", "m" * 255, "\u00e9" * 127])
+def test_save_takes_the_longest_names_the_folder_takes(tmp_path, model, name):
+    # the temporary file was named after the file, ~25 bytes longer: names over ~230
+    # bytes, which the folder takes, failed with "File name too long"
+    path = tmp_path / name
+    model.save(path)
+    np.testing.assert_array_equal(fastbp.load(path).params, model.params)
+    model.save(path)  # and over an existing file
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
 def test_saved_file_has_usual_permissions(tmp_path, model):
     if os.name == "nt":
         pytest.skip("POSIX permissions")
