@@ -212,6 +212,8 @@ def _read_options_v1(ar, model):
     """Format 1: hyper / iconf arrays read by index, the validation set feature-major."""
     hyper = ar.array("hyper").astype(np.float64)
     iconf = ar.array("iconf").astype(np.int64)
+    if iconf.shape == (len(_V1_ICONF) - 1,):  # written before sample_mean existed
+        iconf = np.append(iconf, 0)
     if hyper.shape != (len(_V1_HYPER),) or iconf.shape != (len(_V1_ICONF),):
         raise ar.error("training settings (hyper, iconf) have the wrong shape")
     h = dict(zip(_V1_HYPER, hyper.tolist()))

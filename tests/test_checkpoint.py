@@ -357,10 +357,13 @@ def test_sigkill_between_checkpoints_then_resume(tmp_path):
     assert h.epochs == epochs
 
 
-def test_format_1_checkpoints_still_resume(tmp_path):
+@pytest.mark.parametrize("iconf_entries", [8, 7])
+def test_format_1_checkpoints_still_resume(tmp_path, iconf_entries):
     """A checkpoint written before the options had names (format 1: hyper / iconf arrays
     read by index, the validation set one sample per column, es_state as floats) resumes
-    to the same bits as the run done in one piece."""
+    to the same bits as the run done in one piece.  Those written before
+    epoch_loss='sample_mean' existed have 7 iconf entries, not 8 (they were refused as
+    having the wrong shape)."""
     X, y = _problem()
     Xv, yv = _problem(seed=5)
     kw = dict(epochs=30, lr=0.05, batch_size=4, shuffle=True, seed=2, momentum=0.9,
@@ -384,7 +387,8 @@ def test_format_1_checkpoints_still_resume(tmp_path):
                                                           a["rule_sample_mean"]]
     v1 = {k: v for k, v in a.items() if not k.startswith(("rule_", "stop_", "es_", "val_"))}
     v1.update(format_version=np.array(1), hyper=np.array(hyper, dtype=np.float64),
-              iconf=np.array(iconf, dtype=np.int64), xv=a["val_x"].T, yv=a["val_y"].T,
+              iconf=np.array(iconf[:iconf_entries], dtype=np.int64), xv=a["val_x"].T,
+              yv=a["val_y"].T,
               swv=a["val_w"], val_history=a["val_history"],
               es_state=np.array([a["es_best_loss"][0], a["es_bad_checks"][0],
                                  a["es_best_epoch"][0]], dtype=np.float64))
