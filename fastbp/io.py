@@ -179,8 +179,12 @@ def model_arrays(model):
 
 
 def save_model(model, path):
+    # copied as pickle copies a model: refused while another thread's fit writes them
+    # (its kernels release the GIL), so a file never mixes two epochs' parameters
+    with model._fit_lock.still(type(model).__name__):
+        arrays = model_arrays(model)
     atomic_savez(path, dict(format=np.array(FORMAT), format_version=np.array(FORMAT_VERSION),
-                            **model_arrays(model)))
+                            **arrays))
 
 
 # ---- reading ---------------------------------------------------------------------------

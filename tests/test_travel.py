@@ -145,7 +145,8 @@ def test_the_fit_guard_works_on_the_original_and_on_every_copy():
     assert len(seen) == 2 * len(copies)
 
 
-def test_pickling_while_another_thread_trains_is_refused_without_tearing():
+def test_pickling_while_another_thread_trains_is_refused_without_tearing(tmp_path):
+    saved = tmp_path / "m.npz"
     X, y = _data()
     m = _trained()
     reference = copy.deepcopy(m)
@@ -161,15 +162,16 @@ def test_pickling_while_another_thread_trains_is_refused_without_tearing():
     worker.start()
     try:
         assert paused.wait(60)
+        # MLP.save too: it read the parameters while the fit's kernel wrote them
         for attempt in (lambda: pickle.dumps(m), lambda: copy.deepcopy(m),
-                        lambda: copy.copy(m)):
+                        lambda: copy.copy(m), lambda: m.save(saved)):
             with pytest.raises(RuntimeError, match="being trained in another thread; "
                                                    "pickle or copy it after fit returns"):
                 attempt()
     finally:
         resume.set()
         worker.join(60)
-    assert not errors and not worker.is_alive()
+    assert not errors and not worker.is_alive() and not saved.exists()
     # after fit returns the pickle works, and holds the state the fit ended with
     reference.fit(X, y, **_fit_kw())
     _assert_same_model(pickle.loads(pickle.dumps(m)), reference)
