@@ -249,8 +249,14 @@ class Archive:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self.close()
+        # a hand-edited or damaged field the readers do not check one by one (a string
+        # where numbers go, an array of the wrong shape) fails in numpy: name the file
+        if isinstance(exc, (ValueError, TypeError, IndexError)) and \
+                not isinstance(exc, ModelFileError):
+            raise self.error(f"a field holds values of the wrong kind or shape "
+                             f"({type(exc).__name__}: {exc})") from None
 
 
 def open_archive(path, what="model"):
