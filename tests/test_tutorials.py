@@ -386,3 +386,32 @@ def test_seed004_printed_loss_is_the_last_rows_the_demo_prints_the_training_mse(
     hist = m.fit(X, y, epochs=2, lr=0.007)
     assert 2.0 * hist.loss[1] == pytest.approx(meant, rel=1e-12)
     assert abs(printed - meant) > 1e-3 * meant  # the two measures differ visibly
+
+
+# ------------------------------------------------------------------ the demos' defaults
+# What each tutorial trains with: epochs and learning rate (None: the post states none).
+TUTORIAL_SETTINGS = {"xor": (100_000, None), "linear": (100_000, None),
+                     "regression": (50, 0.01), "admissions": (1_000, 0.007)}
+
+
+def test_demo_help_says_which_defaults_are_not_the_tutorials(capsys):
+    """``fastbp demo --help`` says its defaults are the tutorial's: where one is not (the
+    regression demo's 100,000 epochs against the tutorial's 50; the xor and linear demos'
+    lr 0.1, which the post does not state), the help must name it."""
+    from fastbp import _demos
+    from fastbp.cli import main
+
+    try:
+        main(["demo", "--help"])
+    except SystemExit:
+        pass
+    out = capsys.readouterr().out
+    text = " ".join(out[out.index("options:"):].split())
+    epochs_help = text[text.index("--epochs EPOCHS"):text.index("--lr LR")]
+    lr_help = text[text.index("--lr LR"):text.index("--seed SEED")]
+    for name, (epochs, lr) in TUTORIAL_SETTINGS.items():
+        d = _demos.DEFAULTS[name]
+        if d.epochs != epochs:
+            assert name in epochs_help and f"{d.epochs:,}" in epochs_help, epochs_help
+        if d.lr != lr:
+            assert name in lr_help and f"{d.lr:g}" in lr_help, lr_help
