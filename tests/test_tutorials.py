@@ -415,3 +415,4 @@ def test_demo_help_says_which_defaults_are_not_the_tutorials(capsys):
             assert name in epochs_help and f"{d.epochs:,}" in epochs_help, epochs_help
         if d.lr != lr:
             assert name in lr_help and f"{d.lr:g}" in lr_help, lr_help
+
