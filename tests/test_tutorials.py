@@ -416,3 +416,35 @@ def test_demo_help_says_which_defaults_are_not_the_tutorials(capsys):
         if d.lr != lr:
             assert name in lr_help and f"{d.lr:g}" in lr_help, lr_help
 
+
+def test_seed002_code_as_written_prints_the_posts_numbers_and_the_fix_reaches_0_006709():
+    """The README says tutorial 002's code as written (sigmoidPrime of pre-activations,
+    a1/a2 as layer inputs, the class's derivatives one layer up) reproduces the post's
+    printed numbers, and that the corrected math ends at mse 0.006709 after 10,000 steps."""
+    X, t = data_002()
+    W1, W2, W3 = np.full((2, 3), 0.1), np.full((3, 3), 0.1), np.full((3, 1), 0.1)
+    prime = lambda x: x * (1 - x)  # noqa: E731
+    printed = {}
+    for i in range(10000):
+        a1 = X @ W1
+        a2 = sigmoid(a1) @ W2
+        a3 = sigmoid(a2) @ W3
+        o = sigmoid(a3)
+        if i % 1000 == 0 or i == 1:
+            printed[i] = np.mean(np.square(t - o))
+        o_delta = -(t - o) * prime(o)
+        a2_delta = (o_delta @ W3.T) * prime(a3)
+        a1_delta = (a2_delta @ W2.T) * prime(a2)
+        W1 -= X.T @ a1_delta
+        W2 -= a1.T @ a2_delta
+        W3 -= a2.T @ o_delta
+    post = {0: 0.12617687296377364, 1: 0.1150369188377854, 1000: 0.0337720657418149,
+            2000: 0.03142134754185451, 3000: 0.031114001170512426, 4000: 0.031112000677230422,
+            5000: 0.03111412332216862, 6000: 0.03111426688467415, 7000: 0.031114259987152403,
+            8000: 0.031114258512887197, 9000: 0.03111425847414064}
+    for i, v in post.items():
+        assert printed[i] == pytest.approx(v, rel=1e-12), i
+
+    m = model_002("sse")
+    m.fit(X, t, epochs=10000, lr=1.0)
+    assert round(float(np.mean(np.square(t - m.predict(X)))), 6) == 0.006709
