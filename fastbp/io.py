@@ -39,11 +39,22 @@ _READ_ERRORS = (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, M
 
 
 # ---- writing ---------------------------------------------------------------------------
+def file_path(path):
+    """``path`` (str or os.PathLike) as a str; bytes and anything else are a TypeError,
+    as for fit's checkpoint."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise TypeError(f"the file path must be a str or os.PathLike, got {path!r}")
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        raise TypeError(f"the file path must name a str path, got {path!r}")
+    return path
+
+
 def check_writable(path):
     """Raise, naming ``path``, when a file cannot be written there: its folder is missing,
     is not a folder or is not writable, or ``path`` is itself a folder.  Cheap enough to
     call before a long run, so that the run's result is not lost at the end."""
-    path = os.fspath(path)
+    path = file_path(path)
     # the folder as given, not normalized: "missing/../m.npz" needs "missing" too
     folder = os.path.dirname(path) or "."
     if not os.path.exists(folder):
@@ -72,7 +83,7 @@ def atomic_savez(path, arrays):
 def atomic_write(path, write):
     """Call ``write(fh)`` on a binary file that replaces ``path`` once complete (see
     ``atomic_savez``: temporary file in the same folder, fsync, ``os.replace``)."""
-    path = os.fspath(path)
+    path = file_path(path)
     check_writable(path)
     folder = os.path.dirname(os.path.abspath(path))
     stem = _temporary_stem(os.path.basename(path))
@@ -264,7 +275,7 @@ def open_archive(path, what="model"):
 
     ``what`` ("model" or "checkpoint") words the messages.
     """
-    path = os.fspath(path)
+    path = file_path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, f"no such fastbp {what} file", path)
     if os.path.isdir(path):

@@ -132,6 +132,18 @@ def test_save_takes_the_longest_names_the_folder_takes(tmp_path, model, name):
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
+def test_paths_that_are_not_str_or_pathlike_are_a_type_error(tmp_path, model, saved):
+    """save and load take what fit's checkpoint takes (str or os.PathLike): bytes gave
+    an unrelated TypeError from str methods (save) or a misleading "no such file" (load)."""
+    for path in (os.fsencode(str(tmp_path / "b.npz")), 7, None):
+        with pytest.raises(TypeError, match="file path must be a str or os.PathLike"):
+            model.save(path)
+        with pytest.raises(TypeError, match="file path must be a str or os.PathLike"):
+            fastbp.load(path)
+    assert not (tmp_path / "b.npz").exists()
+    assert fastbp.load(str(saved)).sizes == model.sizes
+
+
 def test_saved_file_has_usual_permissions(tmp_path, model):
     if os.name == "nt":
         pytest.skip("POSIX permissions")
