@@ -35,11 +35,14 @@ class MLP:
         Units per layer, inputs first: [2, 4, 4, 1] is the XOR tutorial's net.
     activation : str or sequence of str
         "identity", "sigmoid", "relu" or "tanh": one name for every layer, or one per
-        weight layer (the last is the output activation).
+        weight layer (the last is the output activation); the output layer may also be
+        "softmax" (with loss "cross_entropy") or "exp" (with loss "poisson").
     loss : str
         "mse" (mean of squared errors), "half_mse" (mse / 2, scikit-learn's), "sse"
-        (1/2 * sum of squared errors, the tutorials' E) or "bce" (binary cross-entropy,
-        mean over all outputs; needs a sigmoid output).
+        (1/2 * sum of squared errors, the tutorials' E), "bce" (binary cross-entropy,
+        mean over all outputs; needs a sigmoid output), "cross_entropy" (needs a softmax
+        output; one-hot or integer class labels) or "poisson" (scikit-learn's half
+        Poisson deviance; needs an exp output; targets >= 0).
     init : str or float
         "uniform" U[0,1) (the tutorials), "normal" N(0, 1/sqrt(n_in)), "xavier", "he", or a
         number every parameter is set to.
