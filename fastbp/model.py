@@ -613,9 +613,10 @@ class MLP:
     @classmethod
     def from_torch(cls, seq, loss=None):
         """The MLP of a ``torch.nn.Sequential`` of ``Linear`` layers each followed by at
-        most one of Sigmoid, ReLU, Tanh, Softmax (output), Identity; anything else is
+        most one of Sigmoid, ReLU, Tanh, Softmax (output), ``fastbp.export.TorchExp``
+        (output: what ``to_torch`` makes of an exp layer), Identity; anything else is
         refused naming the module.  ``loss`` None: "cross_entropy" after a Softmax,
-        else "mse"."""
+        "poisson" after a TorchExp, else "mse"."""
         return export.from_torch(cls, seq, loss)
 
     def to_onnx(self, path):
