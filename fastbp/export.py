@@ -1,10 +1,11 @@
 """A trained MLP as a PyTorch module, an ONNX graph or a scikit-learn estimator, and back.
 
 fastbp's forward rule is ``a = f(x @ W + b)`` with W of shape (n_in, n_out) and one
-activation f per layer (identity, sigmoid, relu, tanh, or softmax on the output).
+activation f per layer (identity, sigmoid, relu, tanh, or softmax or exp on the output).
 Every target below has the same rule:
 
-- PyTorch: ``Linear`` (weight (n_out, n_in): W transposed) then an activation module.
+- PyTorch: ``Linear`` (weight (n_out, n_in): W transposed) then an activation module
+  (``TorchExp`` for exp, which torch.nn lacks).
 - ONNX: ``Gemm`` (``MatMul`` without biases) on W as stored, then an activation node.
 - scikit-learn: ``coefs_`` / ``intercepts_`` are exactly fastbp's (n_in, n_out) weights
   and biases; its MLPs have one hidden activation and an output fixed by the task.
@@ -121,7 +122,7 @@ def from_torch(cls, seq, loss=None):
         if kind is None:
             raise ValueError(f"{name} ({mod!r}) cannot be represented in fastbp: its "
                              f"layers are Linear, each followed by at most one of Sigmoid, "
-                             f"ReLU, Tanh, Softmax (output) or Identity")
+                             f"ReLU, Tanh, Softmax (output), TorchExp (output) or Identity")
         if not acts or acts[-1] is not None:
             raise ValueError(f"{name} ({mod!r}) does not follow a Linear layer; fastbp "
                              f"applies one activation after each Linear")
