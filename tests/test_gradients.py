@@ -251,3 +251,20 @@ def test_predict_many_samples(make_problem):
     m = fastbp.MLP.from_weights(weights, biases, activation=["relu", "sigmoid"], loss="mse")
     assert_close_scaled(m.predict(X), R.predict(X, weights, biases, ["relu", "sigmoid"]),
                         R.forward_magnitude(X, weights, biases), what="predict")
+
+
+def test_relu_derivative_at_zero_is_zero():
+    """docs/API-NOTES.md: a relu unit with z exactly 0 passes no gradient (the subgradient
+    0, as PyTorch and scikit-learn), in gradient and in every training mode."""
+    W = [np.array([[1.0, -1.0]]), np.array([[2.0], [3.0]])]
+    b = [np.zeros(2), np.zeros(1)]
+    X, y = np.zeros((3, 1)), np.ones((3, 1))  # every hidden z is exactly 0
+    m = fastbp.MLP.from_weights(W, b, activation=["relu", "identity"], loss="sse")
+    dW, db = m.gradient(X, y)
+    assert not dW[0].any() and not db[0].any() and not dW[1].any()
+    assert db[1][0] == -3.0
+    for batch_size in (None, 1, 2):
+        m = fastbp.MLP.from_weights(W, b, activation=["relu", "identity"], loss="sse")
+        m.fit(X, y, epochs=1, lr=0.1, batch_size=batch_size)
+        np.testing.assert_array_equal(m.weights[0], W[0])
+        np.testing.assert_array_equal(m.biases[0], b[0])
