@@ -351,7 +351,7 @@ def fit(model, arguments):
         from ._driver import warn_interrupted
         warn_interrupted(run.iterations, epochs, stacklevel=3)
     elif run.stopped == "diverged":
-        msg = run.divergence_message(model, xt, yt)
+        msg = run.divergence_message(model, xt, yt, sw)
         if on_divergence == "raise":
             raise DivergenceError(msg, epoch=0, history=hist, model=model)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
@@ -382,10 +382,12 @@ class Run:
                        stopped=self.stopped, extra=extra)
 
     @staticmethod
-    def divergence_message(model, xt, yt):
+    def divergence_message(model, xt, yt, sw=None):
         from .model import divergence_cause
+        w_max = None if sw is None else model._weights_blamed(xt, yt, sw, False)
         cause = divergence_cause(model.dtype, max_abs_inputs(xt),
-                                 float(np.abs(yt).max()), start_finite=False, lr_hint="")
+                                 float(np.abs(yt).max()), start_finite=False, lr_hint="",
+                                 w_max=w_max)
         return (f"L-BFGS cannot start: the loss or its gradient is NaN or infinite at the "
                 f"starting parameters (iteration 0). The model keeps them; likely cause: "
                 f"{cause}")

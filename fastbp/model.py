@@ -565,11 +565,19 @@ class MLP:
                     return False
         return True
 
+    def _weights_blamed(self, x, y, sw, start_finite):
+        """max(sw) when the sample weights alone make the loss at the current (starting)
+        parameters not finite -- it is finite without them --, else None."""
+        if start_finite or not sw.shape[0] or not self._finite_loss(x, y, sw[:0]):
+            return None
+        return float(sw.max())
+
     def _diverged(self, x, y, run, bad, hist, on_divergence):
         start_finite = run.done > 0 or self._finite_loss(x, y, run.sw)
         cause = divergence_cause(self.dtype, S.max_abs(x), float(np.abs(y).max()),
                                  start_finite, f"too large a learning rate: try a smaller "
-                                               f"learning rate than lr={run.lr:g}")
+                                               f"learning rate than lr={run.lr:g}",
+                                 w_max=self._weights_blamed(x, y, run.sw, start_finite))
         msg = (f"training diverged at epoch {bad} (counted from 0) of this run's "
                f"{run.epochs}: a NaN or infinite loss or parameter (or Adam's second moment). "
                f"The model keeps the last "
@@ -636,12 +644,13 @@ class MLP:
         return export.from_sklearn(cls, est)
 
 
-def divergence_cause(dtype, x_max, y_max, start_finite, lr_hint):
+def divergence_cause(dtype, x_max, y_max, start_finite, lr_hint, w_max=None):
     """The likely cause of a divergence, for its message.  The data are blamed only when
     they are huge for the dtype: beyond sqrt(max) / 1e4 (1.3e150 in float64, 1.8e15 in
     float32) their squares and sums of products overflow.  Otherwise a loss that is
-    not finite at the starting parameters blames those parameters, and anything else
-    the learning rate (``lr_hint`` says what to try)."""
+    not finite at the starting parameters blames the sample weights when ``w_max`` (their
+    largest) is given -- the loss there is finite without them --, else those
+    parameters, and anything else the learning rate (``lr_hint`` says what to try)."""
     huge = math.sqrt(np.finfo(dtype).max) * 1e-4
     data = f"max |X| = {x_max:.3g}, max |y| = {y_max:.3g}"
     name = np.dtype(dtype).name
@@ -650,6 +659,10 @@ def divergence_cause(dtype, x_max, y_max, start_finite, lr_hint):
                  "the loss is not finite even at the starting parameters: ")
         return (f"{where}the data ({data}) are too large for {name} (their products and "
                 f"squares overflow); scale them down")
+    if not start_finite and w_max is not None:
+        return (f"the sample weights (max {w_max:.3g}): the loss at the starting "
+                f"parameters is finite without them but overflows {name} with them; "
+                f"scale them down")
     if not start_finite:
         return (f"the starting parameters: the loss is not finite there although the data "
                 f"are moderate ({data}); set smaller parameters (an earlier run with too "

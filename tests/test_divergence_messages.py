@@ -57,3 +57,21 @@ def test_what_counts_as_huge(dtype, huge):
     assert divergence_cause(np.dtype(dtype), huge / 2, 1.0, True, "lr") == \
         "lr, or scale the data down (max |X| = %.3g, max |y| = 1)" % (huge / 2)
     assert divergence_cause(np.dtype(dtype), 100.0, 1.0, True, "lr") == "lr"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "lbfgs"])
+def test_huge_sample_weights_are_blamed_not_the_parameters(optimizer):
+    # the loss at the start is finite without the weights, not with them: the weights
+    # are the cause, not the (moderate) starting parameters
+    m = fastbp.MLP([2, 3, 1], activation=["tanh", "identity"], init="normal", seed=0)
+    _, msg = _message(m, X, Y * 1e5, epochs=3, optimizer=optimizer,
+                      sample_weight=np.full(4, 1e300))
+    cause = msg.split("likely cause: ")[1]
+    assert cause.startswith("the sample weights (max 1e+300): the loss at the starting "
+                            "parameters is finite without them but overflows float64")
+    assert "starting parameters:" not in cause and "learning rate" not in cause
+    # moderate weights on the same start leave the blame with the parameters
+    m = fastbp.MLP([2, 8, 1], activation="identity", init=1e120)
+    _, msg = _message(m, X, Y, epochs=3, optimizer=optimizer,
+                      sample_weight=np.full(4, 2.0))
+    assert "likely cause: the starting parameters" in msg
