@@ -24,6 +24,7 @@ from .kernels import loops as L
 from .kernels import options as O
 from .kernels import passes as PS
 from .kernels.rng import seed_state
+from .kernels.rules import ADAM
 
 
 class MLP:
@@ -572,12 +573,29 @@ class MLP:
             return None
         return float(sw.max())
 
+    def _adam_gradient_blamed(self, x, y, run):
+        """For Adam from the run's start (the model holds the starting parameters), the
+        largest gradient component, over batches of at most EVAL_CAP samples, when its
+        square overflows the dtype -- Adam's second moment is then infinite at the first
+        step whatever the learning rate --, else None."""
+        if run.rule.optimizer != ADAM or run.done > 0:
+            return None
+        limit = math.sqrt(np.finfo(self.dtype).max)
+        n, sw, g_max = x.shape[0], run.sw, 0.0
+        with np.errstate(all="ignore"):
+            for s in range(0, n, EVAL_CAP):
+                _, grad = self._kernel_loss_and_grad(x[s:s + EVAL_CAP], y[s:s + EVAL_CAP],
+                                                     sw[s:s + EVAL_CAP])
+                g_max = max(g_max, float(np.abs(grad).max()))
+        return g_max if not g_max < limit else None
+
     def _diverged(self, x, y, run, bad, hist, on_divergence):
         start_finite = run.done > 0 or self._finite_loss(x, y, run.sw)
         cause = divergence_cause(self.dtype, S.max_abs(x), float(np.abs(y).max()),
                                  start_finite, f"too large a learning rate: try a smaller "
                                                f"learning rate than lr={run.lr:g}",
-                                 w_max=self._weights_blamed(x, y, run.sw, start_finite))
+                                 w_max=self._weights_blamed(x, y, run.sw, start_finite),
+                                 g_max=self._adam_gradient_blamed(x, y, run))
         msg = (f"training diverged at epoch {bad} (counted from 0) of this run's "
                f"{run.epochs}: a NaN or infinite loss or parameter (or Adam's second moment). "
                f"The model keeps the last "
@@ -644,13 +662,15 @@ class MLP:
         return export.from_sklearn(cls, est)
 
 
-def divergence_cause(dtype, x_max, y_max, start_finite, lr_hint, w_max=None):
+def divergence_cause(dtype, x_max, y_max, start_finite, lr_hint, w_max=None, g_max=None):
     """The likely cause of a divergence, for its message.  The data are blamed only when
     they are huge for the dtype: beyond sqrt(max) / 1e4 (1.3e150 in float64, 1.8e15 in
     float32) their squares and sums of products overflow.  Otherwise a loss that is
     not finite at the starting parameters blames the sample weights when ``w_max`` (their
     largest) is given -- the loss there is finite without them --, else those
-    parameters, and anything else the learning rate (``lr_hint`` says what to try)."""
+    parameters; a finite loss there with ``g_max`` given (Adam: the gradient there, whose
+    square overflows) blames that gradient; anything else the learning rate (``lr_hint``
+    says what to try)."""
     huge = math.sqrt(np.finfo(dtype).max) * 1e-4
     data = f"max |X| = {x_max:.3g}, max |y| = {y_max:.3g}"
     name = np.dtype(dtype).name
@@ -663,6 +683,10 @@ def divergence_cause(dtype, x_max, y_max, start_finite, lr_hint, w_max=None):
         return (f"the sample weights (max {w_max:.3g}): the loss at the starting "
                 f"parameters is finite without them but overflows {name} with them; "
                 f"scale them down")
+    if start_finite and g_max is not None:
+        return (f"the gradient at the starting parameters (max |g| = {g_max:.3g}): its "
+                f"square, Adam's second moment, overflows {name} at the first step whatever "
+                f"the learning rate; set smaller parameters or scale the data down ({data})")
     if not start_finite:
         return (f"the starting parameters: the loss is not finite there although the data "
                 f"are moderate ({data}); set smaller parameters (an earlier run with too "

@@ -75,3 +75,19 @@ def test_huge_sample_weights_are_blamed_not_the_parameters(optimizer):
     _, msg = _message(m, X, Y, epochs=3, optimizer=optimizer,
                       sample_weight=np.full(4, 2.0))
     assert "likely cause: the starting parameters" in msg
+
+
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_adam_gradient_too_large_at_the_start_is_blamed_not_the_learning_rate(batch_size):
+    # a finite loss (1e241) whose gradient (1e181) squares past float64: Adam's v is
+    # infinite at the first step for any lr, so "a smaller learning rate" cannot help
+    m = fastbp.MLP([2, 3, 1], activation="identity", init=1e60)
+    e, msg = _message(m, X, Y, epochs=3, lr=1e-30, optimizer="adam", batch_size=batch_size)
+    assert e.epoch == 0
+    cause = msg.split("likely cause: ")[1]
+    assert cause.startswith("the gradient at the starting parameters (max |g| = ")
+    assert "Adam's second moment, overflows float64" in cause and "learning rate than" not in cause
+    # plain SGD from there: the step, lr * g, is what a smaller lr shrinks
+    _, msg = _message(fastbp.MLP([2, 3, 1], activation="identity", init=1e60), X, Y,
+                      epochs=3, lr=1.0)
+    assert "the gradient at the starting parameters" not in msg
