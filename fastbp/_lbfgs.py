@@ -310,8 +310,9 @@ def check_unused(fit_function, arguments):
 
 def _check_tol_max_fun(tol, max_fun):
     tol = TOL if tol is None else tol
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(tol) or tol < 0:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
+        raise TypeError(f"tol must be a finite number >= 0, got {tol!r}")
+    if not math.isfinite(tol) or tol < 0:
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     max_fun = V.check_positive_int(MAX_FUN if max_fun is None else max_fun, "max_fun")
     return float(tol), max_fun

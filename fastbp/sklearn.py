@@ -226,6 +226,7 @@ class _BaseMLP(BaseEstimator):
             _need(isinstance(v, (bool, np.bool_)), name, "True or False", v, TypeError)
         _need(isinstance(self.verbose, (bool, np.bool_, numbers.Integral)), "verbose",
               "a bool or an int", self.verbose, TypeError)
+        _need(self.verbose >= 0, "verbose", "True, False or an int >= 0", self.verbose)
         self._dtype()
         return sizes
 

@@ -196,6 +196,13 @@ def test_bad_values_are_named(kw, match):
         _model().fit(X, y, epochs=3, **kw)
 
 
+@pytest.mark.parametrize("tol", ["1", [0.1], 1j])
+def test_a_tol_that_is_not_a_number_is_a_type_error(tol):
+    X, y = _xor()
+    with pytest.raises(TypeError, match="tol must be a finite number >= 0"):
+        _model().fit(X, y, optimizer="lbfgs", epochs=3, tol=tol)
+
+
 def test_loss_not_finite_at_the_start_blames_huge_data():
     X, y = _xor()
     m = fastbp.MLP([2, 5, 1], activation="identity", loss="mse", init="xavier", seed=0)

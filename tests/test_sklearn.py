@@ -434,6 +434,7 @@ def test_verbose_shows_progress(capsys):
     (dict(dtype="float16"), "dtype"),
     (dict(epsilon=0.0), "epsilon"),
     (dict(n_iter_no_change=0), "n_iter_no_change"),
+    (dict(verbose=-1), "verbose must be True, False or an int >= 0"),  # as scikit-learn
 ])
 def test_unsupported_values_raise(params, match):
     X, y = _targets("regression")
