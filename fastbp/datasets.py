@@ -3,8 +3,8 @@
 Every function returns plain float64 numpy arrays, shaped for ``MLP.fit``:
 
 - :func:`xor_easy` and :func:`linear` -- seed 000's two toy problems (2 inputs, 1 output);
-- :func:`regression` -- seed 001's 1-D regression data (needs scikit-learn, the
-  ``datasets`` extra);
+- :func:`regression` -- seed 001's 1-D regression data (scikit-learn's
+  ``make_regression`` draws, made with numpy alone);
 - :func:`admissions` -- seed 004's graduate-school admissions (the 400-row UCLA table,
   shipped with fastbp), prepared exactly as its ``data_prep.py`` does (one-hot rank,
   standardized gre/gpa, seeded 90/10 split), without pandas.
@@ -107,27 +107,30 @@ def linear(n=100, seed=0):
 def regression():
     """Seed 001's regression data.
 
-    ``make_regression(100, n_features=1, n_targets=1, noise=10, random_state=3)`` from
-    scikit-learn, with the targets reshaped to a column as the tutorial does.
+    What scikit-learn's ``make_regression(100, n_features=1, n_targets=1, noise=10,
+    random_state=3)`` returns, with the targets reshaped to a column as the tutorial
+    does, drawn here with numpy alone (the same draws from the same generator, in the
+    same order; tests/test_datasets.py checks the bits against scikit-learn's), so that
+    ``fastbp demo all`` needs nothing beyond fastbp's own install.
 
     Returns
     -------
     X : ndarray, shape (100, 1), float64
     y : ndarray, shape (100, 1), float64
-
-    Raises
-    ------
-    ImportError
-        If scikit-learn is not installed (``pip install "fastbp[datasets]"``).
     """
-    try:
-        from sklearn.datasets import make_regression
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            'fastbp.datasets.regression() needs scikit-learn: pip install "fastbp[datasets]"'
-        ) from exc
-    X, Y = make_regression(100, n_features=1, n_targets=1, noise=10, random_state=3)
-    return np.ascontiguousarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64).reshape((100, 1))
+    n_samples, n_features, noise = 100, 1, 10.0
+    rs = np.random.RandomState(3)
+    X = rs.standard_normal(size=(n_samples, n_features))
+    ground_truth = 100 * rs.uniform(size=(n_features, 1))  # every feature informative
+    y = np.dot(X, ground_truth)
+    y += rs.normal(scale=noise, size=y.shape)
+    rows = np.arange(n_samples)  # scikit-learn's shuffle of the samples ...
+    rs.shuffle(rows)
+    X, y = X[rows], y[rows]
+    columns = np.arange(n_features)  # ... and of the features
+    rs.shuffle(columns)
+    X[:, :] = X[:, columns]
+    return np.ascontiguousarray(X, dtype=np.float64), y.reshape((n_samples, 1))
 
 
 # --------------------------------------------------------------------------- CSV reading

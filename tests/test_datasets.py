@@ -1,6 +1,8 @@
 """fastbp.datasets: the tutorials' data, exactly as the tutorials make it."""
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +81,23 @@ def test_regression_is_make_regression_reshaped():
     assert X.dtype == np.float64 and y.dtype == np.float64
     npt.assert_array_equal(X, X_ref)
     npt.assert_array_equal(y, Y_ref.reshape((100, 1)))
+
+
+def test_regression_and_every_demo_need_no_scikit_learn():
+    """fastbp's own install (numpy and Numba) runs ``fastbp demo all``: the regression
+    data needed scikit-learn, so the demo stopped there with an ImportError."""
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "import numpy as np\n"
+            "from fastbp import datasets\n"
+            "X, y = datasets.regression()\n"
+            "print(X.shape, y.shape, repr(float(X.sum())), repr(float(y.sum())))\n"
+            "from fastbp.cli import main\n"
+            "sys.exit(main(['demo', 'all', '--epochs', '50', '--no-progress']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    X, y = datasets.regression()
+    assert f"(100, 1) (100, 1) {float(X.sum())!r} {float(y.sum())!r}" in out.stdout
+    assert out.stdout.count("Wall time") == 4  # xor, linear, regression, admissions
 
 
 # ------------------------------------------------------------------ seed 004
