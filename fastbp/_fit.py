@@ -199,8 +199,9 @@ class SingleFit:
         if not run.callbacks:
             return None
         hist = self.history(None)
-        if any(cb(run.done, hist, self.model) is False for cb in run.callbacks):
-            return "callback"
+        for cb in run.callbacks:
+            if _stops(cb, cb(run.done, hist, self.model)):
+                return "callback"
         return None
 
     def last_loss(self):
@@ -327,6 +328,18 @@ class SingleFit:
         model._rng_state[:] = rng
         model._opt_state[...] = moments
         model._opt_step[...] = step
+
+
+def _stops(cb, result):
+    """Whether a callback's return value asks the fit to stop: False (numpy's too: a
+    comparison of losses, ``hist.loss[-1] > 0.01``) stops, None and True go on; anything
+    else is refused rather than guessed at."""
+    if result is None:
+        return False
+    if isinstance(result, (bool, np.bool_)):
+        return not result
+    raise TypeError(f"callback {getattr(cb, '__name__', cb)!r} returned {result!r}; a "
+                    f"callback returns False to stop the fit, True or None to go on")
 
 
 def _records_before_last(done, chunk, record_every):

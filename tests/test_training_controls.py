@@ -999,6 +999,25 @@ def test_callback_returning_false_after_the_last_epoch_stops_nothing():
     assert hist.stopped is None and hist.epochs == 5
 
 
+def test_callback_returning_numpy_false_stops_and_other_values_are_refused():
+    """A comparison of losses is a numpy bool: its False stops the fit as False does (it
+    was ignored: the fit ran all its epochs).  Values that are neither a bool nor None
+    (0, "no") are refused with TypeError rather than guessed at."""
+    X, y, W, b = problem(REG[0], 24, REG[2], seed=30)
+
+    def below(epoch, history, model):
+        return history.loss[-1] > np.inf  # np.False_
+
+    m = model_from(W, b, REG[1], REG[2])
+    hist = m.fit(X, y, epochs=100000, lr=0.01, callbacks=[below], chunk_seconds=1e-4)
+    assert hist.stopped == "callback" and hist.epochs < 100000
+    for value in (0, "no", np.array([False])):
+        m = model_from(W, b, REG[1], REG[2])
+        with pytest.raises(TypeError, match="returned"):
+            m.fit(X, y, epochs=100000, lr=0.01, callbacks=lambda e, h, mm: value,
+                  chunk_seconds=1e-4)
+
+
 def test_callbacks_none_return_continues_and_every_callback_is_called():
     X, y, W, b = problem(REG[0], 24, REG[2], seed=31)
     seen_a, seen_b = [], []
