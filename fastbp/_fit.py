@@ -198,9 +198,18 @@ class SingleFit:
         run = self.run
         if not run.callbacks:
             return None
+        from .model import _all_finite
         hist = self.history(None)
         for cb in run.callbacks:
-            if _stops(cb, cb(run.done, hist, self.model)):
+            stop = _stops(cb, cb(run.done, hist, self.model))
+            # training on would blame the divergence on the learning rate and put back
+            # older parameters -- or keep infinite ones whose loss is finite (saturated
+            # tanh / sigmoid units)
+            if not _all_finite(self.model._params):
+                raise ValueError(f"callback {getattr(cb, '__name__', cb)!r} wrote NaN or "
+                                 f"infinity into the model's parameters (after epoch "
+                                 f"{run.done}); a callback may change them, to finite values")
+            if stop:
                 return "callback"
         return None
 

@@ -363,6 +363,7 @@ class MLP:
         raises (KeyboardInterrupt included) ends the fit with its exception: the model
         holds the parameters after the epochs its History counts (restore_best does not
         apply), and with ``checkpoint`` the file holds that state (resume continues it).
+        A callback that writes NaN or infinity into the parameters ends it with ValueError.
         ``epoch_loss``: "batch_mean" (default) records the mean of an epoch's batch
         losses; "sample_mean" weights each batch's loss by its size and divides the L2
         term of each batch by the batch's size (scikit-learn's conventions; they differ

@@ -1018,6 +1018,27 @@ def test_callback_returning_numpy_false_stops_and_other_values_are_refused():
                   chunk_seconds=1e-4)
 
 
+def test_a_callback_that_writes_nan_or_infinity_into_the_parameters_is_named():
+    """A callback that writes a non-finite parameter ends the fit with ValueError naming
+    it.  Before, training went on: an infinite first-layer weight under tanh gives a
+    finite loss, so with on_divergence="warn" the fit returned, without error, a model
+    holding that infinity; a NaN was reported as a divergence blaming the lr."""
+    X, y, W, b = problem([3, 8, 1], 24, "mse", seed=30)
+
+    def inf_weight(epoch, history, model):
+        model.weights[0][0, 0] = np.inf
+
+    def nan_param(epoch, history, model):
+        model.params[0] = np.nan
+        return False  # the fit must not end quietly with it either
+
+    for cb in (inf_weight, nan_param):
+        m = model_from(W, b, ["tanh", "identity"], "mse")
+        with pytest.raises(ValueError, match=f"{cb.__name__}.*NaN or infinity"):
+            m.fit(X, y, epochs=100000, lr=0.01, callbacks=[cb], chunk_seconds=1e-4,
+                  on_divergence="warn")
+
+
 def test_callbacks_none_return_continues_and_every_callback_is_called():
     X, y, W, b = problem(REG[0], 24, REG[2], seed=31)
     seen_a, seen_b = [], []
