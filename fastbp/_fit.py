@@ -24,6 +24,7 @@ from .checkpoint import Saver
 from .history import History
 from .kernels import options as O
 from .kernels import passes as PS
+from .kernels.rules import ADAM
 
 # predict / loss / gradient process at most this many samples per kernel batch
 EVAL_CAP = 4096
@@ -155,6 +156,9 @@ class SingleFit:
     def run_chunk(self, chunk):
         self.mid_chunk = True  # until it returns: the model and run may disagree
         run, model = self.run, self.model
+        # the chunk writes the optimizer state of the run's optimizer (a callback's
+        # reset_optimizer() forgot which: a next fit would take Adam's m for a velocity)
+        model._opt_kind = "adam" if run.rule.optimizer == ADAM else "sgd"
         proved_before = self.safe
         self.safe = self.bound is not None and self.bound.cannot_diverge(
             model._params, run.rule.lr, chunk)

@@ -275,6 +275,33 @@ def test_reset_optimizer_clears_the_state(opt):
     assert not np.array_equal(m.params, cont.params)  # the state did matter
 
 
+def test_reset_optimizer_from_a_callback_keeps_the_state_named_after_its_optimizer():
+    """reset_optimizer() in a callback of an Adam fit: the fit goes on from a zero state,
+    and the Adam moments it builds stay Adam's.  They were left unnamed (optimizer None),
+    so optimizer_state showed m as a "velocity" and a next momentum fit started from it
+    instead of from zero."""
+    X, y, W, b = problem(REG[0], 20, REG[2], seed=4)
+    calls = []
+
+    def reset_once(epoch, history, model):
+        calls.append(epoch)
+        if len(calls) == 1:
+            model.reset_optimizer()
+
+    m = model_from(W, b, REG[1], REG[2])
+    m.fit(X, y, epochs=3000, lr=0.01, optimizer="adam", callbacks=[reset_once],
+          chunk_seconds=1e-4)
+    assert len(calls) >= 2
+    state = m.optimizer_state
+    assert state["optimizer"] == "adam" and state["step"] == 3000 - calls[0]
+    assert np.abs(state["m"]).max() > 0
+    mid = [w.copy() for w in m.weights], [c.copy() for c in m.biases]
+    m.fit(X, y, epochs=15, lr=0.01, momentum=0.9)  # another optimizer: from zero
+    fresh = model_from(mid[0], mid[1], REG[1], REG[2])
+    fresh.fit(X, y, epochs=15, lr=0.01, momentum=0.9)
+    assert_bit_identical(m.params, fresh.params, "momentum fit after the Adam fit")
+
+
 # ---------------------------------------------------------------- vs PyTorch
 
 
