@@ -36,6 +36,11 @@ class FitLock:
     @contextlib.contextmanager
     def fitting(self, name):
         with self._mutex:
+            if self.owner == threading.get_ident():
+                raise RuntimeError(f"this {name} is already being trained: fit was called "
+                                   f"from inside its own fit (from a callback?); a callback "
+                                   f"may train a copy (copy.deepcopy), or return False to "
+                                   f"stop this fit")
             if self.owner is not None:
                 raise RuntimeError(f"this {name} is already being trained (fit is running "
                                    f"in another thread); train a copy instead")

@@ -1066,6 +1066,24 @@ def test_a_callback_that_writes_nan_or_infinity_into_the_parameters_is_named():
                   on_divergence="warn")
 
 
+def test_a_fit_from_a_callback_of_the_same_model_is_refused_saying_so():
+    """A callback that fits its own model (fit or L-BFGS) gets RuntimeError saying the fit
+    was called from inside its own fit; it said "fit is running in another thread"."""
+    X, y, W, b = problem(REG[0], 24, REG[2], seed=30)
+    seen = []
+
+    def again(epoch, history, model):
+        for kw in ({}, {"optimizer": "lbfgs"}):
+            with pytest.raises(RuntimeError, match="from inside its own fit") as e:
+                model.fit(X, y, epochs=2, **kw)
+            assert "another thread" not in str(e.value)
+        seen.append(epoch)
+
+    m = model_from(W, b, REG[1], REG[2])
+    m.fit(X, y, epochs=5, lr=0.01, callbacks=[again])
+    assert seen == [5]
+
+
 def test_callbacks_none_return_continues_and_every_callback_is_called():
     X, y, W, b = problem(REG[0], 24, REG[2], seed=31)
     seen_a, seen_b = [], []
