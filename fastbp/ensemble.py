@@ -250,8 +250,10 @@ class Ensemble:
         on_divergence: "warn" (default), "ignore", or "raise" (DivergenceError, raised
         after all models ran).
 
-        History: ``loss`` (n_models, ceil(epochs / record_every)): row m is model m's own
-        ``MLP.fit`` history, NaN-padded after a divergence; ``extra["epochs_per_model"]``
+        History: ``loss`` (n_models, ceil(epochs / record_every)) -- the records of
+        ``history.epochs`` epochs when the fit ends early (Ctrl-C, or every model
+        diverged) --: row m is model m's own ``MLP.fit`` history, NaN-padded after a
+        divergence; ``extra["epochs_per_model"]``
         the epochs each model's parameters contain; ``extra["diverged_epoch"]`` the epoch
         where each model's loss or parameters became non-finite (-1: never);
         ``epochs`` the most epochs any model ran.
@@ -318,9 +320,11 @@ class Ensemble:
                 bad = records.kept_of(-(-done_per_model[m] // job.record_every))
                 history[m, bad:] = np.nan
         stopped = outcome.stopped
-        if stopped:
-            history = history[:, :records.kept_of(-(-min(job.done, job.epochs)
-                                                   // job.record_every))]
+        # the records of the epochs the models ran: a fit interrupted, or whose models all
+        # diverged, ends early, and columns after it would be NaN for every model (the
+        # distributed sweep cuts them too: the same History as the local one)
+        ran = int(done_per_model.max())
+        history = history[:, :records.kept_of(-(-ran // job.record_every))]
         extra = {"epochs_per_model": done_per_model, "diverged_epoch": job.bad_epoch}
         if device != "cpu":
             extra["device"] = device

@@ -415,6 +415,27 @@ def test_diverging_model_is_marked_others_train(kw):
     assert ens.best(3)[-1] == 1  # diverged models rank last
 
 
+def test_history_of_a_fit_whose_models_all_diverge_ends_with_their_epochs():
+    """Every model diverges: the fit ends early, and its History holds the records of
+    the epochs the models ran, as an interrupted fit's does (len == ceil(epochs /
+    record_every)).  It held those of the whole last chunk -- columns of epochs no model
+    ran, NaN throughout --, so a local sweep's History differed from the distributed
+    sweep's, which cuts them."""
+    ens, X, y, _ = _diverging()
+    hist = ens.fit(X, y, epochs=10**5, lr=[1e3, 1e4, 1e5], record_every=3,
+                   on_divergence="ignore")
+    assert ens.diverged.all() and hist.epochs < 10**5
+    assert hist.epochs == hist.extra["epochs_per_model"].max()
+    assert len(hist) == -(-hist.epochs // 3) and hist.epochs_recorded[-1] < hist.epochs
+    for m in range(3):  # each row is what the model's own fit records
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _, h = alone(ens, m, X, y, epochs=10**5, lr=[1e3, 1e4, 1e5][m],
+                         record_every=3, on_divergence="warn")
+        np.testing.assert_array_equal(hist.loss[m, :len(h)], h.loss)
+        assert np.isnan(hist.loss[m, len(h):]).all()
+
+
 def test_on_divergence_raise_and_ignore():
     ens, X, y, lrs = _diverging()
     with pytest.raises(fastbp.DivergenceError, match="models \\[1\\]") as info:
