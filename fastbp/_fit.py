@@ -210,6 +210,9 @@ class SingleFit:
             # older parameters -- or keep infinite ones whose loss is finite (saturated
             # tanh / sigmoid units)
             if not _all_finite(self.model._params):
+                # the checkpoint keeps the state it was written with, after run.done
+                # epochs, before the callback: finish() must not replace it with these
+                self.saver = None
                 raise ValueError(f"callback {getattr(cb, '__name__', cb)!r} wrote NaN or "
                                  f"infinity into the model's parameters (after epoch "
                                  f"{run.done}); a callback may change them, to finite values")

@@ -1066,6 +1066,30 @@ def test_a_callback_that_writes_nan_or_infinity_into_the_parameters_is_named():
                   on_divergence="warn")
 
 
+def test_a_callbacks_nan_does_not_replace_the_last_good_checkpoint(tmp_path):
+    """The checkpoint written after the chunk (before the callback) stays: the fit's end
+    must not overwrite it with the callback's NaN, which resume would refuse."""
+    X, y, W, b = problem(REG[0], 24, REG[2], seed=30)
+    path = tmp_path / "run.npz"
+
+    seen = []
+
+    def nan_param(epoch, history, model):
+        seen.append(epoch)
+        if epoch > 7 and epoch % 7:  # after a checkpoint, at an epoch that has none
+            model.params[0] = np.nan
+
+    m = model_from(W, b, REG[1], REG[2])
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        m.fit(X, y, epochs=300, lr=0.01, callbacks=[nan_param], checkpoint=str(path),
+              checkpoint_every=7, chunk_seconds=1e-4)
+    with np.load(path) as z:
+        assert np.isfinite(z["params"]).all()
+        assert int(z["run_epoch"]) % 7 == 0 and int(z["run_epoch"]) < seen[-1]
+    resumed, h = fastbp.resume(str(path), X, y)  # continues from that good state
+    assert np.isfinite(resumed.params).all() and h.epochs == 300
+
+
 def test_a_fit_from_a_callback_of_the_same_model_is_refused_saying_so():
     """A callback that fits its own model (fit or L-BFGS) gets RuntimeError saying the fit
     was called from inside its own fit; it said "fit is running in another thread"."""
