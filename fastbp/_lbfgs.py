@@ -25,6 +25,7 @@ import math
 import time
 import warnings
 
+import numba
 import numpy as np
 
 from . import _config as C
@@ -48,6 +49,9 @@ MAX_FUN = 15000
 # time, when its iteration budget is not known; a fit counts its budget (about one
 # evaluation per iteration: load_digits at scikit-learn's 200 iterations made 208)
 EXPECTED_EVALUATIONS = 100
+# an Objective that took this long to build compiled something (loading its kernels
+# from the cache takes milliseconds): its garbage is collected before the iterations
+COMPILED = 0.25
 
 
 _NO_SCIPY = ('optimizer="lbfgs" (solver="lbfgs") needs SciPy, which is not installed; '
@@ -128,6 +132,24 @@ class Objective:
         self.loss_scale = float(loss_scale)
         self.grad_scale = float(grad_scale)
         self.first = True
+        self.threads = 1 if self.shared is None else threads
+        self.dtype = model.dtype
+
+    def compile(self):
+        """Compile (or load from the cache) the loss-and-gradient entry for this fit's
+        arguments now, so that the first evaluation runs it: a first fit's compile is
+        then timed apart from the iterations (History.compile_seconds), as every fit's
+        is.  Nothing to do as plain Python (NUMBA_DISABLE_JIT)."""
+        if not hasattr(self.entry, "compile"):
+            return
+        params = self.cast if self.cast is not None else np.empty(len(self.grad))
+        args = (params, self.net, self.data, self.grad, self.work, False)
+        self.entry.compile(tuple(numba.typeof(a) for a in args))
+
+    def kernel_name(self):
+        """What History.kernel says of an L-BFGS fit."""
+        where = f", products on {self.threads} threads" if self.threads > 1 else ""
+        return f"L-BFGS loss and gradient ({np.dtype(self.dtype).name}{where})"
 
     def __call__(self, x):
         params = x
@@ -368,6 +390,8 @@ class Run:
         self.result = None
         self.stopped = None
         self.seconds = 0.0
+        self.compile_seconds = 0.0  # the Objective's kernels, compiled or loaded
+        self.kernel = None
 
     @property
     def iterations(self):
@@ -380,7 +404,8 @@ class Run:
                          message=str(self.result.message))
         return History(loss=np.array(self.losses, dtype=np.float64),
                        epochs=self.iterations, record_every=1, seconds=self.seconds,
-                       stopped=self.stopped, extra=extra)
+                       stopped=self.stopped, extra=extra,
+                       compile_seconds=self.compile_seconds, kernel=self.kernel)
 
     @staticmethod
     def divergence_message(model, xt, yt, sw=None):
@@ -405,8 +430,15 @@ def train(model, xt, yt, sw, max_iter, max_fun, tol, l2, loss_scale=1.0, grad_sc
     try:  # (imports SciPy and compiles the kernels on a first fit: seconds in which
         # Ctrl-C may come)
         scipy_minimize()
+        t0 = time.perf_counter()
         objective = Objective(model, xt, yt, sw, l2, loss_scale, grad_scale, threads,
                               evaluations=min(max_iter, max_fun))
+        objective.compile()
+        if time.perf_counter() - t0 > COMPILED:
+            from ._driver import collect_compile_garbage
+            collect_compile_garbage()
+        run.compile_seconds = time.perf_counter() - t0
+        run.kernel = objective.kernel_name()
     except KeyboardInterrupt:
         run.stopped = "interrupted"  # before the first iteration: the parameters as given
         return run

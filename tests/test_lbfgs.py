@@ -344,3 +344,21 @@ def test_evaluations_after_the_first_reuse_the_data_with_the_same_bits(sparse):
         w = p * objective.mask
         assert f == want + 0.5 * 0.01 * float(np.dot(w, w))
         np.testing.assert_array_equal(g, grad + 0.01 * w)
+
+
+def test_the_entry_is_compiled_before_the_iterations_and_timed_apart():
+    """A first L-BFGS fit compiled its loss-and-gradient entry at the first evaluation,
+    inside the iterations' time (History.seconds), with compile_seconds 0 and no kernel
+    named; the Objective now compiles it for the very arguments the evaluations pass."""
+    from fastbp.kernels import loops as L
+    X, y = _xor()
+    m = _model()
+    x = m._inputs(X)
+    objective = _lbfgs.Objective(m, x, m._targets(y, x.shape[0]), np.zeros(0, m.dtype))
+    objective.compile()
+    compiled = set(L.loss_and_gradient.overloads)
+    objective(m.params.astype(np.float64))
+    assert set(L.loss_and_gradient.overloads) == compiled  # nothing compiled in the call
+    h = m.fit(X, y, optimizer="lbfgs", epochs=5)
+    assert h.kernel == "L-BFGS loss and gradient (float64)"
+    assert h.compile_seconds > 0
