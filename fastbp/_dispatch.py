@@ -461,6 +461,10 @@ _RULE_NAMES = {"fused": "plain SGD", "plain": "plain SGD", "stateful": "momentum
 
 
 _plans = {}  # settled plans: the fastest kernels there are, compiled: nothing to weigh
+# the most settled plans kept (~1 KB each), the oldest dropped first: a program fitting
+# one architecture to ever new sample counts (learning curves, partial_fit's chunks)
+# must not grow memory with each one (a dropped plan is only weighed again)
+PLANS_CAP = 1024
 
 
 def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weighted=False,
@@ -490,7 +494,10 @@ def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weight
                 plan.gemm is None or ("gemm", "tiles", dtype_name(model.dtype)) in _loaded
         ) and (plan.key[0] == "generated" or not plan.could_generate) and (
                 plan.threads == threads or share_key in _loaded):
-            _plans[memo] = plan
+            with _lock:
+                while len(_plans) >= PLANS_CAP:
+                    del _plans[next(iter(_plans))]
+                _plans[memo] = plan
     return plan
 
 

@@ -195,3 +195,19 @@ def test_a_plan_left_on_one_thread_is_not_settled_by_the_other_kind_of_threads(
     assert not D._plans  # the pool may yet be worth compiling
     long = D.plan_fit(m, 300, 64, False, rule, False, 10 ** 4, threads=2)
     assert long.threads == 2
+
+
+def test_settled_plans_stay_bounded_over_new_sample_counts(monkeypatch):
+    """A loop fitting one architecture to ever new sample counts (a learning curve,
+    partial_fit's chunks) settles a plan for each: the memo keeps at most PLANS_CAP,
+    the latest, instead of growing ~1 KB a fit for the life of the process."""
+    monkeypatch.setattr(D, "_plans", {})
+    monkeypatch.setattr(D, "PLANS_CAP", 8, raising=False)
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 3)), rng.normal(size=(60, 1))
+    for n in range(20, 60):
+        m = fastbp.MLP([3, 2, 1], activation="tanh", seed=0)
+        m.fit(X[:n], y[:n], epochs=1, batch_size=4, shuffle=True)
+    assert 0 < len(D._plans) <= 8
+    memo = next(reversed(D._plans))
+    assert memo[5] == 59  # the newest plan is kept (the oldest are dropped)
