@@ -84,6 +84,9 @@ _lock = threading.Lock()
 _loaded = set()     # kernel keys compiled or loaded in this process
 _on_disk = set()    # kernel keys whose marker this process has seen
 _work_seen = {}     # kernel key -> work of the fits that could have used it, so far
+# general entries whose compile a generated kernel was chosen to spare (plan_fit): the
+# next architecture of that kind of fit pays its generated kernel's whole compile
+_spared = set()
 _work_written = {}  # kernel key -> monotonic time of its last write to disk
 _work_unwritten = {}  # kernel key -> (its work file, total) counted since that write
 # A fit too short to pay for a kernel adds its work to the count on disk at most this
@@ -556,12 +559,16 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
     saved = (3.0 * epochs * n * layout.n_params * GENERAL_SECONDS_PER_MADD
              * (1.0 - 1.0 / GENERATED_SPEEDUP))
     # compiling the generated kernel instead of a general entry not compiled yet costs
-    # only the difference
-    extra = GENERATED_COMPILE_SECONDS - (
-        0.0 if is_compiled(general_key) else GENERAL_COMPILE_SECONDS)
+    # only the difference -- once: a second architecture of this kind of fit weighs its
+    # kernel's whole compile, since the general entry, compiled once, would serve it and
+    # every later one (a sweep over shapes compiled a kernel per shape, seconds each)
+    spare = not is_compiled(general_key) and general_key not in _spared
+    extra = GENERATED_COMPILE_SECONDS - (GENERAL_COMPILE_SECONDS if spare else 0.0)
     if not _worth(key, saved, extra):
         return Plan(general.kernel, name, general_key, gemm, mode, kind, cap, general.gradient,
                     True, threads, general.passes)
+    if spare and not is_compiled(key):
+        _spared.add(general_key)
     return Plan(GEN.trainer(generated, *arch),
                 f"{name}, generated for {'-'.join(map(str, layout.sizes))}", key, gemm,
                 mode, kind, GEN.padded(cap, dtype) if generated == "full" else cap,

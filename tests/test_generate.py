@@ -440,3 +440,24 @@ def test_per_sample_rows_of_the_simd_width_are_not_generated(generated):
         assert n_params <= GEN.MAX_SAMPLE_PARAMS
         assert GEN.kind_for(sizes, codes, K.MSE, "sample", "plain", False, "float64", 21,
                             K.PRODUCT_MIN_WORK) == expected
+
+
+@compiled_only
+def test_a_sweep_over_shapes_compiles_one_generated_kernel_then_the_general_entry(
+        monkeypatch, tmp_path):
+    """Short fits of new architectures: the first is generated (its compile spares the
+    general entry's), but a second shape weighs its own kernel's whole compile, which
+    its short fit does not repay -- before, every shape of a sweep compiled a kernel of
+    its own (1.5-2.2 s each) where one general entry would have served them all."""
+    monkeypatch.setattr(GEN, "ENABLED", True)
+    monkeypatch.setattr(D, "POLICY", "auto")
+    _isolated_registry(monkeypatch, tmp_path)
+    monkeypatch.setattr(D, "_spared", set())
+    X = np.random.default_rng(4).normal(size=(21, 2))
+    y = np.random.default_rng(5).uniform(0.1, 0.9, size=(21, 1))
+    kernels = []
+    for sizes in ([2, 4, 4, 1], [2, 3, 4, 1], [2, 5, 1]):
+        h = fastbp.MLP(sizes, loss="sse", seed=0).fit(X, y, epochs=10, lr=0.1)
+        kernels.append(h.kernel)
+    assert "generated for 2-4-4-1" in kernels[0]
+    assert all("generated" not in k for k in kernels[1:]), kernels
