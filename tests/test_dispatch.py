@@ -22,6 +22,7 @@ def fresh_process(monkeypatch, tmp_path):
         monkeypatch.setattr(D, "_on_disk", set())
         monkeypatch.setattr(D, "_plans", {})
         monkeypatch.setattr(D, "_work_seen", {})
+        monkeypatch.setattr(D, "_spared", set())
     start()
     return start
 

@@ -214,6 +214,7 @@ def _isolated_registry(monkeypatch, tmp_path):
     monkeypatch.setattr(D, "_on_disk", set())
     monkeypatch.setattr(D, "_plans", {})
     monkeypatch.setattr(D, "_work_seen", {})
+    monkeypatch.setattr(D, "_spared", set())
     monkeypatch.setattr(D, "_marker", lambda key: str(
         tmp_path / "compiled" / hashlib.sha256(repr(key).encode()).hexdigest()))
 
@@ -452,7 +453,6 @@ def test_a_sweep_over_shapes_compiles_one_generated_kernel_then_the_general_entr
     monkeypatch.setattr(GEN, "ENABLED", True)
     monkeypatch.setattr(D, "POLICY", "auto")
     _isolated_registry(monkeypatch, tmp_path)
-    monkeypatch.setattr(D, "_spared", set())
     X = np.random.default_rng(4).normal(size=(21, 2))
     y = np.random.default_rng(5).uniform(0.1, 0.9, size=(21, 1))
     kernels = []
