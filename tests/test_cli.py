@@ -260,9 +260,8 @@ def test_demo_all(capsys):
     assert out.count("epochs/s") == 4
 
 
-def test_demo_ctrl_c_reports_that_demo_then_stops(capsys, monkeypatch):
-    """Ctrl-C in 'demo all': the demo reports how far it got, the others do not run,
-    status 130; Ctrl-C before the first epoch (nothing to report) ends cleanly too."""
+def _press_ctrl_c_in_fits(monkeypatch):
+    """Every fit the CLI runs gets Ctrl-C (SIGINT) after its first chunk."""
     import signal
 
     real_fit = _demos._fit
@@ -274,6 +273,15 @@ def test_demo_ctrl_c_reports_that_demo_then_stops(capsys, monkeypatch):
                         **kwargs)
 
     monkeypatch.setattr(_demos, "_fit", fit_with_ctrl_c)
+
+
+def test_demo_ctrl_c_reports_that_demo_then_stops(capsys, monkeypatch):
+    """Ctrl-C in 'demo all': the demo reports how far it got, the others do not run,
+    status 130; Ctrl-C before the first epoch (nothing to report) ends cleanly too."""
+    import signal
+
+    real_fit = _demos._fit
+    _press_ctrl_c_in_fits(monkeypatch)
     rc, out, err = run(capsys, "demo", "all", "--epochs", "1000000", "--no-progress")
     assert rc == 130
     assert "Note: training stopped early (interrupted)" in out
@@ -672,21 +680,12 @@ def test_train_ctrl_c_ends_the_command_and_saves_nothing(capsys, tmp_path, csv_f
                                                          monkeypatch):
     """Ctrl-C during training: status 130, no report, and --save's file (here an earlier
     model) left as it was -- not replaced by the partly trained model fit returns."""
-    import signal
     import warnings
 
     cls = csv_files[0]
     model_path = tmp_path / "m.npz"
     model_path.write_bytes(b"an earlier model")
-    real_fit = _demos._fit
-
-    def fit_with_ctrl_c(model, X, y, progress, **kwargs):
-        def ctrl_c(epoch, hist, model):
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_fit(model, X, y, progress, callbacks=[ctrl_c], chunk_seconds=1e-4,
-                        **kwargs)
-
-    monkeypatch.setattr(_demos, "_fit", fit_with_ctrl_c)
+    _press_ctrl_c_in_fits(monkeypatch)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rc, out, err = run(capsys, "train", str(cls), "--target", "label", "--epochs",

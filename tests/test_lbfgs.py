@@ -249,39 +249,23 @@ def test_ctrl_c_keeps_the_last_iterate(monkeypatch):
     np.testing.assert_array_equal(hist.loss, ref.loss)
 
 
-def test_ctrl_c_while_the_first_fit_compiles_returns_no_iteration(monkeypatch):
-    """Ctrl-C while the objective is built (a first fit compiles its kernels there)
-    ended the fit with a bare KeyboardInterrupt; it is an interruption like any other:
-    no iteration, the parameters as given, the warning."""
+@pytest.mark.parametrize("interrupted", ["Objective", "scipy_minimize"],
+                         ids=["compiling", "importing scipy"])
+def test_ctrl_c_before_the_first_iteration_returns_no_iteration(monkeypatch, interrupted):
+    """Ctrl-C while a first fit imports scipy.optimize or builds the objective (compiling
+    its kernels): seconds in which it ended the fit with a bare KeyboardInterrupt.  It is
+    an interruption like any other: no iteration, the parameters as given, the warning."""
     X, y = _xor()
 
-    def compiling(*args, **kwargs):
+    def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_lbfgs, "Objective", compiling)
+    monkeypatch.setattr(_lbfgs, interrupted, ctrl_c)
     m = _model()
     before = m.params.copy()
     with pytest.warns(RuntimeWarning, match="interrupted.*after 0 of 50"):
         hist = m.fit(X, y, optimizer="lbfgs", epochs=50)
     assert hist.stopped == "interrupted" and hist.epochs == 0 and len(hist.loss) == 0
-    np.testing.assert_array_equal(m.params, before)
-
-
-def test_ctrl_c_while_scipy_is_imported_returns_no_iteration(monkeypatch):
-    """A first L-BFGS fit imports scipy.optimize (a noticeable part of a second); Ctrl-C
-    there escaped from fit as a bare KeyboardInterrupt. It interrupts the fit as Ctrl-C
-    during the compile does."""
-    X, y = _xor()
-
-    def importing():
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(_lbfgs, "scipy_minimize", importing)
-    m = _model()
-    before = m.params.copy()
-    with pytest.warns(RuntimeWarning, match="interrupted.*after 0 of 50"):
-        hist = m.fit(X, y, optimizer="lbfgs", epochs=50)
-    assert hist.stopped == "interrupted" and hist.epochs == 0
     np.testing.assert_array_equal(m.params, before)
 
 
