@@ -66,10 +66,12 @@ STATE_LEN = 70
 PRODUCT, LAYER_FORWARD, LAYER_DELTA, LAYER_WEIGHTS = range(4)
 SAMPLE_LOAD, SAMPLE_STORE, SAMPLE_FORWARD, SAMPLE_BACKWARD = range(4, 8)
 YIELD_EVERY = 4096
-# products of fewer multiply-adds run on the calling thread alone: below, the threads'
-# start and the exchange of the layer's rows between the cores cost about what they save
-# (W4b at H = 64 gained nothing on two threads; asv_benchmarks: bench_threads)
-SPLIT_MIN_WORK = 32 * 256 * 64
+# products of fewer multiply-adds run on the calling thread alone: below, the hand-off
+# and the exchange of the layer's rows between the cores cost about what they save (W4b
+# at H = 64 gained nothing on two threads; asv_benchmarks: bench_threads).  W4b's
+# output layer at H = 256 (256 x 10 x 64 = 164k) still gains: its forward and
+# backward steps took 29 us of a batch on one thread, 24 us shared.
+SPLIT_MIN_WORK = 1 << 17
 # ... and a fit runs on threads at all only when one of its layers' products reaches
 # this many multiply-adds of its dtype: each shared job costs a hand-off and the
 # layer's rows crossing between the cores, which half of a product of a million or so
@@ -195,11 +197,15 @@ _INT64 = np.zeros(0, dtype=np.int64)  # the type of the state's carray
 def _piece(t, parts, m, n, trans_b, step):
     """Piece t of ``parts`` of an (m, n) product: (along rows, first, end), rows in
     whole tiles of ROWS or columns in whole panels of ``step``; empty when first >= end.
-    Along the columns with trans_b (then each piece packs only the panels of op(b) it
-    reads, tiles.gemm_at), and wherever columns give more pieces."""
+    Along the rows unless columns give more pieces: the rows of c are seldom aligned to
+    cache lines, so pieces of its columns write both halves of a line where each row is
+    cut, and the cores pass those lines back and forth.  A batch layer's weight step
+    (c: the weights) at H = 256, batch 64, gained 1.39x on two threads cut along its
+    columns, 1.7x along its rows, although each piece then packs every panel of op(b)
+    (tiles.gemm_at) instead of its own."""
     row_tiles = (m + tiles.ROWS - 1) // tiles.ROWS
     col_panels = (n + step - 1) // step
-    by_rows = row_tiles >= col_panels and not (trans_b and col_panels > 1)
+    by_rows = row_tiles >= col_panels
     blocks = row_tiles if by_rows else col_panels
     first = t * blocks // parts
     end = (t + 1) * blocks // parts
@@ -250,16 +256,13 @@ def _batch_piece(kind, unit, t, parts, trans_a, trans_b, m, n, k, alpha, a, lda,
                                      lda, b, ldb, beta, c, ldc)
     if kind == PRODUCT:
         return
-    if first >= end:
-        if kind == LAYER_WEIGHTS and by_rows and t == 0 and has_bias:
-            pass  # piece 0 owns the biases of a product cut along its rows: below
-        else:
-            return
+    if first >= end and not (kind == LAYER_WEIGHTS and by_rows and has_bias):
+        return  # (a weight step cut along its rows has a share of the biases: below)
     r0, r1, c0, c1 = (first, end, 0, n) if by_rows else (0, m, first, end)
     if kind == LAYER_WEIGHTS:
         if has_bias:
-            if by_rows:  # every piece holds every unit: piece 0 takes the biases
-                c0, c1 = (0, n) if t == 0 else (0, 0)
+            if by_rows:  # every piece holds every unit: each takes a share of the biases
+                c0, c1 = t * n // parts, (t + 1) * n // parts
             bias_gradient(carray(extra, n), 0, carray(aux, n * nb), c0, c1, nb, lr, descend)
         return
     block = carray(c, m * ldc)

@@ -32,7 +32,8 @@ def _product(unit, pool, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta,
 
 SHAPES = [  # (m, n, k, trans_a, trans_b): the products of a batch, and odd edges
     (256, 64, 256, True, False),    # forward, cut along the rows
-    (256, 256, 64, False, True),    # weight gradient, along the columns
+    (256, 256, 64, False, True),    # weight gradient, along the rows
+    (6, 512, 64, False, True),      # weight gradient, along the columns (one row tile)
     (256, 64, 160, False, False),   # back-propagated delta
     (37, 700, 41, False, False),    # more column panels than row tiles
     (1001, 9, 67, True, True),      # a masked last vector in every row
@@ -129,6 +130,25 @@ def test_fit_is_the_same_bits_at_1_2_and_3_threads(three_threads, dtype, fit):
     for params, loss in results[1:]:
         assert np.array_equal(params, results[0][0])
         assert np.array_equal(loss, results[0][1])
+
+
+def test_weight_steps_cut_along_rows_share_every_bias(three_threads):
+    """A weight step cut along its rows gives each piece a share of the biases, also a
+    piece with no rows: layer 0 of this net (6 rows, one tile) leaves two of three
+    pieces without rows, whose biases must still be stepped, once."""
+    rng = np.random.default_rng(11)
+    X, Y = rng.standard_normal((2500, 6)), rng.random((2500, 2))
+    results = []
+    for n_jobs in (1, 2, 3):
+        m = fastbp.MLP([6, 30, 30, 2], seed=3)
+        h = m.fit(X, Y, epochs=3, lr=0.5, n_jobs=n_jobs)
+        assert ("threads" in h.kernel) == (n_jobs > 1), h.kernel
+        results.append(m.params.copy())
+    start = fastbp.MLP([6, 30, 30, 2], seed=3)
+    assert not np.array_equal(results[0][start._layout.b_off[0]:][:30],
+                              start.params[start._layout.b_off[0]:][:30])
+    for params in results[1:]:
+        assert np.array_equal(params, results[0])
 
 
 def test_fits_on_threads_take_the_passes_that_share(three_threads, monkeypatch):
