@@ -1012,3 +1012,50 @@ def test_partial_fit_keeps_the_optimizer_settings_until_the_next_fit(first, chan
     for est in fitted:  # a fit makes a new optimizer with the new settings
         est.fit(X, y)
     assert _max_weight_diff(*fitted) <= TOL
+
+
+# ---- the label fast paths: scikit-learn's functions, the same arrays ----------------------
+LABEL_SETS = {
+    "int_multiclass": np.array([3, 1, 2, 3, 1, 7, 2]),
+    "int_binary": np.array([5, 9, 9, 5, 5]),
+    "bool": np.array([True, False, False, True]),
+    "str_multiclass": np.array(["cat", "dog", "emu", "dog"]),
+    "str_binary": np.array(["no", "yes", "yes"]),
+    "uint": np.array([0, 2, 1, 2], dtype=np.uint8),
+    "float_labels": np.array([0.0, 1.0, 2.0, 1.0]),         # scikit-learn's own path
+    "object_labels": np.array(["a", "b", "a"], dtype=object),  # likewise
+}
+
+
+@pytest.mark.parametrize("name", sorted(LABEL_SETS))
+def test_label_fast_paths_equal_sklearns_functions(name):
+    from sklearn.preprocessing import LabelBinarizer
+    from sklearn.utils.multiclass import unique_labels
+    from fastbp.sklearn import _binarized, _decoded, _labels_of
+    y = LABEL_SETS[name]
+    lb = LabelBinarizer().fit(y)
+    for batch in (y, y[:2], y[::-1]):
+        labels = _labels_of(batch, lb)
+        expected = unique_labels(batch)
+        assert labels.dtype == expected.dtype and np.array_equal(labels, expected)
+        Y = _binarized(lb, batch)
+        assert Y.dtype == bool and np.array_equal(Y, lb.transform(batch).astype(bool))
+    rng = np.random.default_rng(0)
+    k = len(lb.classes_)
+    out = rng.random((6, 1 if k == 2 else k))
+    out[0] = np.nan  # argmax and > 0.5 of NaN as numpy gives them, in both
+    out[1] = 0.5     # a tie, and the binary threshold itself
+    out = out.ravel() if k == 2 else out
+    decoded, expected = _decoded(lb, out), lb.inverse_transform(out)
+    assert decoded.dtype == expected.dtype and np.array_equal(decoded, expected)
+
+
+def test_partial_fit_with_an_unknown_label_is_sklearns_error():
+    X = np.random.default_rng(0).normal(size=(6, 3))
+    for cls in (MLPClassifier, skn.MLPClassifier):
+        est = cls(random_state=0).partial_fit(X, [0, 1, 2, 0, 1, 2], classes=[0, 1, 2])
+        with pytest.raises(ValueError, match="`y` has classes not in `self.classes_`"):
+            est.partial_fit(X, [0, 1, 3, 0, 1, 2])
+        est = cls(random_state=0).partial_fit(X, ["a", "b"] * 3, classes=["a", "b"])
+        with pytest.raises(ValueError, match="`y` has classes not in `self.classes_`"):
+            est.partial_fit(X, ["a", "c"] * 3)
