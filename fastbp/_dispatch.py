@@ -594,6 +594,36 @@ def eval_gemm(model, n, passes=1, sparse=False):
                        n * passes)
 
 
+@dataclass(frozen=True)
+class Evaluator:
+    """The generated loss and gradient an L-BFGS fit evaluates (eval_generated)."""
+    entry: object  # kernels.loops.loss_and_gradient's arguments and numbers
+    key: tuple     # its compile marker
+    cap: int       # the rows of its work: n padded (generate.padded)
+    name: str      # what History.kernel adds ("generated for 2-4-4-1")
+
+
+def eval_generated(model, n, weighted, evaluations):
+    """The generated loss and gradient (kernels/generate.py: evaluator) of ``evaluations``
+    full-batch evaluations over n dense samples, or None: for networks a full-batch fit
+    would train on a generated kernel, when it is compiled or the evaluations (with
+    those of earlier fits) save its compile time (_worth).  Its numbers are the general
+    entry's, a few times sooner: each L-BFGS iteration evaluates once or twice."""
+    layout = model._layout
+    dtype = np.dtype(model.dtype)
+    if GEN.kind_for(layout.sizes, model._act_codes, model._loss_code, "full", "plain", False,
+                    dtype, n, PRODUCT_MIN_WORK) != "full":
+        return None
+    arch = (layout.sizes, model._act_codes, layout.bias, model._loss_code, bool(weighted))
+    key = ("evaluate",) + GEN.key("full", *arch, "plain", dtype_name(dtype))[1:]
+    saved = (3.0 * evaluations * n * layout.n_params * GENERAL_SECONDS_PER_MADD
+             * (1.0 - 1.0 / GENERATED_SPEEDUP))
+    if not _worth(key, saved, GENERATED_COMPILE_SECONDS):
+        return None
+    return Evaluator(GEN.evaluator(*arch, dtype_name(dtype)), key, GEN.padded(n, dtype),
+                     f"generated for {'-'.join(map(str, layout.sizes))}")
+
+
 def eval_threads(model, n, threads, passes=1, sparse=False):
     """The threads that share the products of ``passes`` such passes (1: none)."""
     return product_threads(product_sizes(model._layout.sizes, sparse), model.dtype, n,

@@ -3,8 +3,10 @@
 ``MLP.fit(..., optimizer="lbfgs")`` and ``fastbp.sklearn``'s ``solver="lbfgs"`` both come
 here.  SciPy drives the iterations (it is an optional dependency, imported when a fit
 asks for L-BFGS); every evaluation of the objective is one call of the compiled
-``kernels.loops.loss_and_gradient`` over the whole training set, into buffers
-allocated once per fit.  The parameters SciPy proposes are handed to the kernel as they
+``kernels.loops.loss_and_gradient`` over the whole training set -- for a narrow
+network, once the dispatcher finds it worth its compile, of the loss and gradient
+generated for its architecture, the same numbers (kernels/generate.py: evaluator) --
+into buffers allocated once per fit.  The parameters SciPy proposes are handed to the kernel as they
 are (float64 models) or cast into one preallocated vector (float32 models): nothing is
 validated or allocated per evaluation except the gradient SciPy keeps.
 
@@ -105,19 +107,28 @@ class Objective:
         lay = model._layout
         n = x.shape[0]
         self.grad = np.zeros(lay.n_params, dtype=model.dtype)
-        # the wide layers' products on ``threads`` threads (the same bits), counting on
-        # the fit's ``evaluations`` to pay for the compilations
         sparse = isinstance(x, Rows)
-        gemm = D.eval_gemm(model, n, passes=evaluations, sparse=sparse)
-        threads = D.eval_threads(model, n, threads, passes=evaluations, sparse=sparse)
-        self.shared = D.share_products(gemm, model.dtype, threads)
-        self.work = O.make_work(lay.sizes_arr, 0, n, n, model.dtype, True, sparse=sparse,
-                                passes=model._eval_passes(PS.ALL, (n,), sparse,
-                                                          pooled=self.shared is not None))
+        # a narrow network: the loss and gradient generated for its architecture
+        self.generated = None if sparse else D.eval_generated(model, n, sw.shape[0] > 0,
+                                                              evaluations)
+        if self.generated is not None:
+            gemm, self.shared = None, None
+            self.work = O.make_work(lay.sizes_arr, 0, self.generated.cap, n, model.dtype,
+                                    model._keep_z, gradient=False)
+            self.entry = self.generated.entry
+        else:
+            # the wide layers' products on ``threads`` threads (the same bits), counting
+            # on the fit's ``evaluations`` to pay for the compilations
+            gemm = D.eval_gemm(model, n, passes=evaluations, sparse=sparse)
+            threads = D.eval_threads(model, n, threads, passes=evaluations, sparse=sparse)
+            self.shared = D.share_products(gemm, model.dtype, threads)
+            self.work = O.make_work(lay.sizes_arr, 0, n, n, model.dtype, True, sparse=sparse,
+                                    passes=model._eval_passes(PS.ALL, (n,), sparse,
+                                                              pooled=self.shared is not None))
+            self.entry = L.loss_and_gradient_rows if sparse else L.loss_and_gradient
         self.net = D.make_net(lay, model._act_codes, model._loss_code, model.dtype, gemm,
                               self.shared)
         self.data = O.Data(model._kernel_inputs(x), y, sw)
-        self.entry = L.loss_and_gradient_rows if sparse else L.loss_and_gradient
         if not sparse:  # the dense entry takes the fields as plain tuples (kernels/loops.py)
             self.net, self.data, self.work = tuple(self.net), tuple(self.data), tuple(self.work)
         # float64 models read SciPy's x directly; float32 ones a cast copy of it
@@ -145,10 +156,14 @@ class Objective:
         params = self.cast if self.cast is not None else np.empty(len(self.grad))
         args = (params, self.net, self.data, self.grad, self.work, False)
         self.entry.compile(tuple(numba.typeof(a) for a in args))
+        if self.generated is not None:
+            D.mark_compiled(self.generated.key)
 
     def kernel_name(self):
         """What History.kernel says of an L-BFGS fit."""
         where = f", products on {self.threads} threads" if self.threads > 1 else ""
+        if self.generated is not None:
+            where = f", {self.generated.name}"
         return f"L-BFGS loss and gradient ({np.dtype(self.dtype).name}{where})"
 
     def __call__(self, x):

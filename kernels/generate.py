@@ -10,7 +10,8 @@ source for its exact architecture and compiled once:
 - "full" (full batch): the forward pass of all layers is one loop over the samples,
   every weight a named local, the units of a sample in registers, so LLVM vectorizes
   across samples; the backward pass likewise (in a few loops for wider networks); then
-  the gradient, rules.dot4's sums a group at a time (rules.dot4_group).
+  the gradient, rules.dot4's sums a group at a time (rules.dot4_group).  The same
+  module's ``loss_and_gradient`` is L-BFGS's evaluation (``evaluator``).
 - "sample" (per-sample SGD, the plain rule): every parameter a local (a register)
   across the samples of an epoch, each updated as sample.py updates it.
 - "sample_loops" (per-sample SGD of networks too large for "sample", any rule):
@@ -48,7 +49,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 15  # part of the module name: bump when the generated code changes meaning
+VERSION = 16  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one AVX-512 vector (8 float64, 16 float32): the
@@ -227,6 +228,7 @@ from fastbp.kernels.config import INNER, JIT
 from fastbp.kernels.intrinsics import borrowed, fma, like
 from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, end_of_chunk,
                                   stateful_update)
+from fastbp.kernels.options import Data, Work
 from fastbp.kernels.rng import permutation_into
 from fastbp.kernels import rules
 from fastbp.kernels.rules import dot4_group, l2_penalty, learning_rate
@@ -324,7 +326,37 @@ def source_full(sizes, acts, bias, loss, weighted, rule, dtype="float64"):
              + update)
     out.lines += _TRAIN.format(setup=setup, shuffle="", epoch=epoch,
                                moments=rule == "stateful").splitlines()
+    out()
+    out()
+    out.lines += _LOSS_AND_GRADIENT.splitlines()
     return out.text()
+
+
+# The full-batch module's evaluation for L-BFGS: kernels.loops.loss_and_gradient's
+# arguments and numbers (the loss of the whole set, its gradient into grad), on
+# epoch_pass.  Compiled only when called (evaluator).
+_LOSS_AND_GRADIENT = """\
+@njit(**JIT)
+def loss_and_gradient(params, net, data, grad, work, gathered):
+    \"\"\"kernels.loops.loss_and_gradient for this architecture (its arguments, results
+    and numbers): net, data and work as plain tuples; ``gathered``: an earlier call
+    left data in work's rows (padded to padded(n), the padding's values 0).\"\"\"
+    data, work = Data(*data), Work(*work)
+    n = data.x.shape[0]
+    P = work.w_batch.shape[0]
+    sw = work.w_batch[:P if data.w.shape[0] > 0 else 0]
+    if not gathered:
+        for i in range(data.x.shape[1]):
+            for s in range(n):
+                work.acts[i * P + s] = data.x[s, i]
+        for j in range(data.y.shape[1]):
+            for s in range(n):
+                work.y_batch[j * P + s] = data.y[s, j]
+        for s in range(data.w.shape[0]):
+            sw[s] = data.w[s]
+    return epoch_pass(params, work.acts, work.deltas, grad, work.y_batch, work.z_out, sw,
+                      n, P, True)
+"""
 
 
 _SHUFFLE = """\
@@ -685,13 +717,26 @@ def trainer(kind, sizes, acts, bias, loss, weighted, rule, dtype="float64"):
     """The generated ``train`` for this architecture and dtype (compiled on its first
     call, cached on disk).  kind: "full", "sample" or "sample_loops"; rule: "plain" or
     "stateful"."""
+    return _module(kind, sizes, acts, bias, loss, weighted, rule, dtype).train
+
+
+def evaluator(sizes, acts, bias, loss, weighted, dtype="float64"):
+    """The generated full-batch ``loss_and_gradient`` for this architecture and dtype:
+    kernels.loops.loss_and_gradient's arguments and numbers, with the work's rows padded
+    to padded(n) samples (compiled on its first call, cached on disk).  It lives in the
+    module of the full-batch plain-SGD kernel."""
+    return _module("full", sizes, acts, bias, loss, weighted, "plain",
+                   dtype).loss_and_gradient
+
+
+def _module(kind, sizes, acts, bias, loss, weighted, rule, dtype):
     k = key(kind, sizes, acts, bias, loss, weighted, rule, dtype)
-    fn = _loaded.get(k)
-    if fn is not None:
-        return fn
+    module = _loaded.get(k)
+    if module is not None:
+        return module
     with _lock:
-        fn = _loaded.get(k)
-        if fn is None:
+        module = _loaded.get(k)
+        if module is None:
             args = k[2:7]
             if kind == "full":
                 text = source_full(*args, rule, dtype)
@@ -699,8 +744,8 @@ def trainer(kind, sizes, acts, bias, loss, weighted, rule, dtype="float64"):
                 text = source_sample(*args, dtype)
             else:
                 text = source_sample_loops(*args, rule)
-            fn = _loaded[k] = _import(text).train
-    return fn
+            module = _loaded[k] = _import(text)
+    return module
 
 
 def _import(text):

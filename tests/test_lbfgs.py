@@ -330,11 +330,13 @@ def test_evaluations_after_the_first_reuse_the_data_with_the_same_bits(sparse):
         np.testing.assert_array_equal(g, grad + 0.01 * w)
 
 
-def test_the_entry_is_compiled_before_the_iterations_and_timed_apart():
+def test_the_entry_is_compiled_before_the_iterations_and_timed_apart(monkeypatch):
     """A first L-BFGS fit compiled its loss-and-gradient entry at the first evaluation,
     inside the iterations' time (History.seconds), with compile_seconds 0 and no kernel
     named; the Objective now compiles it for the very arguments the evaluations pass."""
+    from fastbp import _dispatch as D
     from fastbp.kernels import loops as L
+    monkeypatch.setattr(D, "POLICY", "general")  # the general entry, not a generated one
     X, y = _xor()
     m = _model()
     x = m._inputs(X)
@@ -346,3 +348,47 @@ def test_the_entry_is_compiled_before_the_iterations_and_timed_apart():
     h = m.fit(X, y, optimizer="lbfgs", epochs=5)
     assert h.kernel == "L-BFGS loss and gradient (float64)"
     assert h.compile_seconds > 0
+
+
+# narrow networks evaluate on the loss and gradient generated for their architecture
+# (kernels/generate.py: evaluator); it must give the general entry's numbers
+GENERATED_CASES = {
+    "xor_bce": dict(sizes=[2, 4, 4, 1], activation="sigmoid", loss="bce", data="xor"),
+    "admissions_relu_weighted": dict(sizes=[6, 8, 1], activation=["relu", "sigmoid"],
+                                     loss="bce", data="admissions", weighted=True),
+    "regression_float32": dict(sizes=[6, 5, 3, 1], activation=["tanh", "relu", "identity"],
+                               loss="half_mse", data="admissions", dtype="float32"),
+    "sse_no_bias": dict(sizes=[2, 3, 3, 1], activation="sigmoid", loss="sse", data="xor",
+                        bias=False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GENERATED_CASES))
+def test_generated_evaluations_are_the_general_entrys_numbers(case, monkeypatch, tmp_path):
+    import hashlib
+
+    from fastbp import _dispatch as D
+    spec = dict(GENERATED_CASES[case])
+    X, y = DATA[spec.pop("data")]()
+    weighted = spec.pop("weighted", False)
+    sw = np.random.default_rng(3).uniform(0.2, 2.0, size=len(y)) if weighted else None
+    # markers in a folder of this test's: the generated kernel is not announced as
+    # compiled to the other tests' dispatcher
+    monkeypatch.setattr(D, "_loaded", set())
+    monkeypatch.setattr(D, "_on_disk", set())
+    monkeypatch.setattr(D, "_marker", lambda key: str(
+        tmp_path / hashlib.sha256(repr(key).encode()).hexdigest()))
+    results = {}
+    for policy in ("general", "fastest"):
+        monkeypatch.setattr(D, "POLICY", policy)
+        m = fastbp.MLP(spec["sizes"], activation=spec["activation"], loss=spec["loss"],
+                       bias=spec.get("bias", True), dtype=spec.get("dtype", "float64"),
+                       seed=5)
+        h = m.fit(X, y, optimizer="lbfgs", epochs=25, tol=0.0, l2=1e-3, sample_weight=sw)
+        results[policy] = (m.params.copy(), np.asarray(h.loss), h.kernel)
+    general, generated = results["general"], results["fastest"]
+    assert "generated for" not in general[2]
+    assert generated[2].endswith(f", generated for {'-'.join(map(str, spec['sizes']))})")
+    assert len(general[1]) >= 10  # iterations (SciPy may converge before 25)
+    np.testing.assert_array_equal(generated[0], general[0])
+    np.testing.assert_array_equal(generated[1], general[1])
