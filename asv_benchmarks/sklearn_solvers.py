@@ -13,6 +13,9 @@ counts can differ slightly; the per-evaluation ratio is the like-for-like one).
 sgd and adam: scikit-learn's defaults (hidden_layer_sizes=(100,), batch_size
 min(200, n), shuffle) on load_digits and a 20,000 x 50 make_classification set, the
 time of one epoch (n_iter_no_change = max_iter, so every epoch runs).
+calls: one ``partial_fit`` (adam, scikit-learn's defaults) and one ``predict`` of a batch
+of 10 or 200 load_digits rows, a stream of batches: the time of a call, where input
+checks and label encoding weigh as much as the training.
 
 fastbp's fits run on its fastest kernels (the register tiles for the wide layers'
 products), as in every benchmark here: in a new cache, the first fits of a wide layer
@@ -95,6 +98,23 @@ def epoch_workloads():
     return out
 
 
+def call_times(cls, X, y, batch, calls):
+    """Median seconds of a partial_fit and of a predict call on ``batch`` rows, over
+    ``calls`` calls streaming through X."""
+    classes = np.unique(y)
+    est = cls(random_state=0).partial_fit(X[:batch], y[:batch], classes=classes)
+    fit_t, predict_t = [], []
+    for i in range(calls):
+        s = (i * batch) % (X.shape[0] - batch)
+        t0 = time.process_time()
+        est.partial_fit(X[s:s + batch], y[s:s + batch])
+        t1 = time.process_time()
+        est.predict(X[s:s + batch])
+        fit_t.append(t1 - t0)
+        predict_t.append(time.process_time() - t1)
+    return statistics.median(fit_t), statistics.median(predict_t)
+
+
 def timed_pair(params, X, y, repeat, last=None):
     """Median CPU seconds of fastbp's and scikit-learn's fits, taken in turns so that
     both see the same conditions; the last fitted estimators; their evaluations."""
@@ -125,12 +145,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--data", default=str(ADMISSIONS))
-    ap.add_argument("--only", choices=("lbfgs", "epochs"), default=None)
+    ap.add_argument("--only", choices=("lbfgs", "epochs", "calls"), default=None)
     args = ap.parse_args()
     warnings.simplefilter("ignore", ConvergenceWarning)
     print(f"load average before: {os.getloadavg()}; CPUs allowed: "
           f"{sorted(os.sched_getaffinity(0))}")
-    if args.only != "epochs":
+    if args.only in (None, "lbfgs"):
         last = _count_evaluations()
         print("\n| lbfgs, 200 iterations, tol=0 | scikit-learn (s) | fastbp (s) | speed-up "
               "| iterations sk / fb | evaluations sk / fb | per evaluation |")
@@ -141,7 +161,7 @@ def main():
             print(f"| {name} | {t_sk:.4f} | {t_fb:.4f} | {t_sk / t_fb:.1f}x "
                   f"| {sk.n_iter_} / {fb.n_iter_} | {e_sk} / {e_fb} "
                   f"| {(t_sk / e_sk) / (t_fb / e_fb):.1f}x |", flush=True)
-    if args.only != "lbfgs":
+    if args.only in (None, "epochs"):
         print("\n| per epoch, scikit-learn's defaults | scikit-learn (ms) | fastbp (ms) "
               "| speed-up |")
         print("|---|---:|---:|---:|")
@@ -150,6 +170,22 @@ def main():
             assert fb.n_iter_ == sk.n_iter_ == params["max_iter"], (fb.n_iter_, sk.n_iter_)
             e_fb, e_sk = 1e3 * t_fb / fb.n_iter_, 1e3 * t_sk / sk.n_iter_
             print(f"| {name} | {e_sk:.2f} | {e_fb:.2f} | {e_sk / e_fb:.1f}x |", flush=True)
+    if args.only in (None, "calls"):
+        print("\n| one call, load_digits, adam | scikit-learn (us) | fastbp (us) "
+              "| speed-up |")
+        print("|---|---:|---:|---:|")
+        Xd, yd = load_digits(return_X_y=True)
+        Xd = Xd / 16.0
+        calls = 40 * args.repeat
+        for batch in (10, 200):
+            with steady_state_kernels():
+                call_times(fsk.MLPClassifier, Xd, yd, batch, 20)  # warm-up
+                fb = call_times(fsk.MLPClassifier, Xd, yd, batch, calls)
+            sk = call_times(skn.MLPClassifier, Xd, yd, batch, calls)
+            for what, t_fb, t_sk in (("partial_fit", fb[0], sk[0]),
+                                     ("predict", fb[1], sk[1])):
+                print(f"| {what}, {batch} rows | {1e6 * t_sk:.0f} | {1e6 * t_fb:.0f} "
+                      f"| {t_sk / t_fb:.2f}x |", flush=True)
     print(f"\nload average after: {os.getloadavg()}")
 
 
