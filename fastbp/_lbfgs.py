@@ -6,9 +6,10 @@ asks for L-BFGS); every evaluation of the objective is one call of the compiled
 ``kernels.loops.loss_and_gradient`` over the whole training set -- for a narrow
 network, once the dispatcher finds it worth its compile, of the loss and gradient
 generated for its architecture, the same numbers (kernels/generate.py: evaluator) --
-into buffers allocated once per fit.  The parameters SciPy proposes are handed to the kernel as they
-are (float64 models) or cast into one preallocated vector (float32 models): nothing is
-validated or allocated per evaluation except the gradient SciPy keeps.
+into buffers allocated once per fit.  The parameters SciPy proposes are handed to the
+kernel as they are (float64 models) or cast into one preallocated vector (float32
+models): nothing is validated or allocated per evaluation except the gradient SciPy
+keeps.
 
 The objective, in terms of the model's loss L (fastbp's definition, sample weights
 included) and its gradient g:
