@@ -148,29 +148,38 @@ def _validate_data(est, X, y="no_validation", reset=True, **kw):
 # ---- parameter checks (one place; messages name the parameter, the allowed values and
 # ---- the value given) ---------------------------------------------------------------
 
-# Labels the fast paths below take: one integer, boolean or string dtype, whose
-# type_of_target is "binary" or "multiclass" whatever the values (floats may be
-# "continuous", objects mixed: those go through scikit-learn's functions)
-_PLAIN_LABEL_KINDS = "iubU"
-
-
+# Labels the fast paths below take: a 1-D y of one integer, boolean or string dtype
+# whose classes are of the same kind (integers that y's dtype can hold: scikit-learn
+# casts the classes to y's dtype, and wraps those it cannot hold) -- type_of_target is
+# "binary" or "multiclass" whatever their values.  Floats (maybe "continuous"), objects
+# (maybe mixed) and the rest go through scikit-learn's functions.
 def _plain_labels(y, binarizer):
-    """Whether y (1-D) and the fitted LabelBinarizer's classes are plain labels of one
-    kind, for which _labels_of, _binarized and _decoded equal scikit-learn's functions."""
+    """Whether y and the fitted LabelBinarizer's classes are such plain labels, for which
+    _labels_of, _binarized and _decoded equal scikit-learn's functions."""
     classes = binarizer.classes_
-    return (y.ndim == 1 and binarizer.y_type_ in ("binary", "multiclass")
-            and not binarizer.sparse_input_ and len(classes) >= 2
-            and y.dtype.kind in _PLAIN_LABEL_KINDS and classes.dtype.kind in _PLAIN_LABEL_KINDS
-            and (y.dtype.kind == "U") == (classes.dtype.kind == "U"))
+    if not (y.ndim == 1 and binarizer.y_type_ in ("binary", "multiclass")
+            and not binarizer.sparse_input_ and len(classes) >= 2):
+        return False
+    kind, class_kind = y.dtype.kind, classes.dtype.kind
+    if kind in "bU":
+        return class_kind == kind
+    if kind in "iu" and class_kind in "iu":
+        info = np.iinfo(y.dtype)
+        return info.min <= classes.min() and classes.max() <= info.max
+    return False
 
 
 def _labels_of(y, binarizer):
     """unique_labels(y): the sorted distinct labels.  For plain labels np.unique, which
-    gives the same array: scikit-learn's checks of the label type, which cost most of a
-    partial_fit call on a small batch (about 0.1 ms here), cannot fail for them."""
-    if _plain_labels(y, binarizer):
-        return np.unique(y)
-    return unique_labels(y)
+    gives the same array (strings as wide as the longest, as unique_labels makes them):
+    scikit-learn's checks of the label type, which cost most of a partial_fit call on a
+    small batch (about 0.1 ms here), cannot fail for them."""
+    if not _plain_labels(y, binarizer):
+        return unique_labels(y)
+    labels = np.unique(y)
+    if labels.dtype.kind == "U":
+        labels = labels.astype(f"U{max(1, int(np.char.str_len(labels).max()))}")
+    return labels
 
 
 def _binarized(binarizer, y):

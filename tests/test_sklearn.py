@@ -1022,8 +1022,17 @@ LABEL_SETS = {
     "str_multiclass": np.array(["cat", "dog", "emu", "dog"]),
     "str_binary": np.array(["no", "yes", "yes"]),
     "uint": np.array([0, 2, 1, 2], dtype=np.uint8),
+    "str_wide": np.array(["a", "bb", "a", "c"], dtype="<U10"),  # wider than its labels
     "float_labels": np.array([0.0, 1.0, 2.0, 1.0]),         # scikit-learn's own path
     "object_labels": np.array(["a", "b", "a"], dtype=object),  # likewise
+}
+# (y, the classes the binarizer was fit on): y's dtype cannot hold every class, or bool
+# labels against integer classes -- scikit-learn casts the classes to y's dtype (and
+# wraps them): its own functions then, for the same arrays
+LABEL_MISMATCHES = {
+    "uint8_negative_class": (np.array([0, 0, 1], dtype=np.uint8), [-256, 0, 1]),
+    "int8_large_class": (np.array([1, 2, 1], dtype=np.int8), [1, 2, 300]),
+    "bool_int_classes": (np.array([True, False, True]), [0, 1, 2]),
 }
 
 
@@ -1048,6 +1057,16 @@ def test_label_fast_paths_equal_sklearns_functions(name):
     out = out.ravel() if k == 2 else out
     decoded, expected = _decoded(lb, out), lb.inverse_transform(out)
     assert decoded.dtype == expected.dtype and np.array_equal(decoded, expected)
+
+
+@pytest.mark.parametrize("name", sorted(LABEL_MISMATCHES))
+def test_labels_of_another_kind_than_the_classes_take_sklearns_functions(name):
+    from sklearn.preprocessing import LabelBinarizer
+    from fastbp.sklearn import _binarized, _plain_labels
+    y, classes = LABEL_MISMATCHES[name]
+    lb = LabelBinarizer().fit(classes)
+    assert not _plain_labels(y, lb)
+    np.testing.assert_array_equal(_binarized(lb, y), lb.transform(y).astype(bool))
 
 
 def test_partial_fit_with_an_unknown_label_is_sklearns_error():
