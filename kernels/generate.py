@@ -33,6 +33,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import textwrap
 import threading
 
 from .config import PRODUCT_MIN_WEIGHTS
@@ -297,20 +298,8 @@ def source_full(sizes, acts, bias, loss, weighted, rule, dtype="float64"):
     _write_pass(out, sizes, acts, bias, loss, weighted, rounding)
     out()
     out()
-    setup = """\
-    # rows of P samples, n rounded up to padded(n), the padding's values 0
-    P = work.w_batch.shape[0]
-    for i in range(data.x.shape[1]):
-        for s in range(n):
-            work.acts[i * P + s] = data.x[s, i]
-    for j in range(data.y.shape[1]):
-        for s in range(n):
-            work.y_batch[j * P + s] = data.y[s, j]
-    sw = work.w_batch[:P if data.w.shape[0] > 0 else 0]
-    for s in range(data.w.shape[0]):
-        sw[s] = data.w[s]
-    l2_scale = loop.batch_size / n if rule.sample_mean else 1.0
-"""
+    setup = (_ROWS + textwrap.indent(_LOAD_ROWS, "    ")
+             + "    l2_scale = loop.batch_size / n if rule.sample_mean else 1.0\n")
     update = ("        for p in range(params.shape[0]):\n"
               "            params[p] = plain_step(params[p], work.grad[p], lr)\n"
               if rule == "plain" else
@@ -332,31 +321,40 @@ def source_full(sizes, acts, bias, loss, weighted, rule, dtype="float64"):
     return out.text()
 
 
+# A full-batch kernel's rows: P samples, n rounded up to padded(n), the padding's values
+# 0 (the work's buffers hold P); sw the sample weights' row (empty without weights) ...
+_ROWS = """\
+    P = work.w_batch.shape[0]
+    sw = work.w_batch[:P if data.w.shape[0] > 0 else 0]
+"""
+# ... and the data copied into them (at the function body's indent level)
+_LOAD_ROWS = """\
+for i in range(data.x.shape[1]):
+    for s in range(n):
+        work.acts[i * P + s] = data.x[s, i]
+for j in range(data.y.shape[1]):
+    for s in range(n):
+        work.y_batch[j * P + s] = data.y[s, j]
+for s in range(data.w.shape[0]):
+    sw[s] = data.w[s]
+"""
 # The full-batch module's evaluation for L-BFGS: kernels.loops.loss_and_gradient's
 # arguments and numbers (the loss of the whole set, its gradient into grad), on
 # epoch_pass.  Compiled only when called (evaluator).
-_LOSS_AND_GRADIENT = """\
+_LOSS_AND_GRADIENT = ("""\
 @njit(**JIT)
 def loss_and_gradient(params, net, data, grad, work, gathered):
     \"\"\"kernels.loops.loss_and_gradient for this architecture (its arguments, results
     and numbers): net, data and work as plain tuples; ``gathered``: an earlier call
-    left data in work's rows (padded to padded(n), the padding's values 0).\"\"\"
+    left data in work's rows.\"\"\"
     data, work = Data(*data), Work(*work)
     n = data.x.shape[0]
-    P = work.w_batch.shape[0]
-    sw = work.w_batch[:P if data.w.shape[0] > 0 else 0]
+""" + _ROWS + """\
     if not gathered:
-        for i in range(data.x.shape[1]):
-            for s in range(n):
-                work.acts[i * P + s] = data.x[s, i]
-        for j in range(data.y.shape[1]):
-            for s in range(n):
-                work.y_batch[j * P + s] = data.y[s, j]
-        for s in range(data.w.shape[0]):
-            sw[s] = data.w[s]
+""" + textwrap.indent(_LOAD_ROWS, "        ") + """\
     return epoch_pass(params, work.acts, work.deltas, grad, work.y_batch, work.z_out, sw,
                       n, P, True)
-"""
+""")
 
 
 _SHUFFLE = """\
