@@ -194,7 +194,7 @@ _INT64 = np.zeros(0, dtype=np.int64)  # the type of the state's carray
 
 # --------------------------------------------------------------------- the pieces
 @njit(**INNER)
-def _piece(t, parts, m, n, trans_b, step):
+def _piece(t, parts, m, n, step):
     """Piece t of ``parts`` of an (m, n) product: (along rows, first, end), rows in
     whole tiles of ROWS or columns in whole panels of ``step``; empty when first >= end.
     Along the rows unless columns give more pieces: the rows of c are seldom aligned to
@@ -218,7 +218,7 @@ def _piece(t, parts, m, n, trans_b, step):
 def _run_piece(unit, t, parts, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
                ldc):
     """Piece t of ``parts`` of the product (_piece); returns the piece."""
-    by_rows, first, end = _piece(t, parts, m, n, trans_b, tiles.VECS * tiles.lanes_of(c))
+    by_rows, first, end = _piece(t, parts, m, n, tiles.VECS * tiles.lanes_of(c))
     if first >= end:
         return by_rows, first, end
     if by_rows:
