@@ -378,7 +378,11 @@ def cross_entropy_column(z, y, base, stride, k):
     lse = np.float64(zmax) + math.log(acc)  # float64, in Python too
     total = 0.0
     for j in range(uint64(k)):
-        total += y[base + j * stride] * (lse - z[base + j * stride])
+        yj = y[base + j * stride]
+        # a class of target 0 adds nothing, also where lse - z overflows (logits of
+        # opposite signs near 1e308): 0 * inf would make the loss NaN
+        if yj != 0:
+            total += yj * (lse - z[base + j * stride])
     return total
 
 

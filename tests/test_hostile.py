@@ -429,3 +429,15 @@ def test_constructor_builds_or_refuses(sizes, activation, loss, init, dtype):
     assume(all(s <= 6 for s in m.sizes))
     out = m.predict(np.zeros((2, m.sizes[0])))
     assert out.shape == (2, m.sizes[-1]) and np.isfinite(out).all()
+
+
+def test_cross_entropy_of_saturated_logits_near_the_float64_limit_is_zero():
+    """Logits of opposite signs near 1e308: the softmax is exactly one-hot, the loss 0.
+    A class of target 0 used to add 0 * (lse - z) = 0 * inf: a NaN loss, reported as an
+    overflow."""
+    m = fastbp.MLP.from_weights([np.array([[1e308, -1e308, 0.0]])], [np.zeros(3)],
+                                activation=["softmax"], loss="cross_entropy")
+    X, Y = np.array([[1.0], [1.0]]), np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    assert m.loss(X, Y) == 0.0
+    h = m.fit(X, Y, epochs=2, lr=1e-300, batch_size=1)
+    np.testing.assert_array_equal(h.loss, [0.0, 0.0])
