@@ -326,6 +326,8 @@ def _setulb_loop(objective, x0, max_iter, max_fun, tol, on_iteration):
 def _is_default(value, default):
     if value is default:
         return True
+    if default is None and isinstance(value, (list, tuple)) and not value:
+        return True  # callbacks=[]: no callback, as MLP.fit reads it
     if isinstance(value, (bool, int, float, str)) and type(value) is type(default):
         return value == default
     return False

@@ -161,7 +161,8 @@ def test_float32_model_stays_float32():
     ("lr", 0.1), ("batch_size", 4), ("shuffle", True), ("seed", 3), ("record_every", 2),
     ("momentum", 0.9), ("nesterov", True), ("beta1", 0.8), ("schedule", "step"),
     ("power_t", 0.25), ("validation_fraction", 0.25), ("patience", 2),
-    ("restore_best", True), ("callbacks", print), ("checkpoint", "run.npz"),
+    ("restore_best", True), ("callbacks", print), ("callbacks", [print]),
+    ("checkpoint", "run.npz"),
     ("chunk_seconds", 1.0), ("epoch_loss", "sample_mean"), ("on_divergence", "explode"),
 ])
 def test_options_that_do_not_apply_are_refused(name, value, tmp_path):
@@ -180,6 +181,17 @@ def test_defaults_given_explicitly_are_accepted():
     hist = _model().fit(X, y, optimizer="lbfgs", epochs=3, lr=0.01, batch_size=None,
                         shuffle=False, momentum=0.0, schedule="constant", record_every=1)
     assert hist.epochs == 3
+
+
+@pytest.mark.parametrize("none", [[], ()])
+def test_an_empty_list_of_callbacks_is_no_callback(none):
+    # as MLP.fit reads it for sgd and adam
+    X, y = _xor()
+    m, ref = _model(), _model()
+    hist = m.fit(X, y, optimizer="lbfgs", epochs=3, callbacks=none)
+    ref.fit(X, y, optimizer="lbfgs", epochs=3)
+    assert hist.epochs == 3
+    np.testing.assert_array_equal(m.params, ref.params)
 
 
 @pytest.mark.parametrize("kw, match", [
