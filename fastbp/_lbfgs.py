@@ -41,7 +41,7 @@ from .kernels import passes as PS
 from ._progress import make_bar
 from ._sparse import Rows, max_abs as max_abs_inputs
 from .errors import DivergenceError
-from .history import History
+from .history import History, records_cap
 
 # what MLP.fit's L-BFGS path reads; every other keyword must keep its default
 _USED = {"self", "X", "y", "epochs", "progress", "on_divergence", "optimizer", "l2",
@@ -402,8 +402,14 @@ def fit(model, arguments):
 class Run:
     """What one L-BFGS fit did: records, SciPy's result, why it stopped."""
 
-    def __init__(self):
-        self.losses = []  # the loss after each iteration
+    def __init__(self, cap=None):
+        # the loss after iterations 0, stride, 2 * stride, ...: at most ``cap`` of them,
+        # thinned as history.Records thins a fit's (memory bounded whatever max_iter)
+        self.losses = []
+        self.stride = 1
+        self.cap = records_cap() if cap is None else int(cap)
+        self.iterations = 0
+        self.last_loss = math.nan  # the loss after the last iteration
         self.last_x = None  # the latest iterate (a copy), for Ctrl-C
         self.result = None
         self.stopped = None
@@ -411,9 +417,19 @@ class Run:
         self.compile_seconds = 0.0  # the Objective's kernels, compiled or loaded
         self.kernel = None
 
-    @property
-    def iterations(self):
-        return len(self.losses)
+    def record(self, f):
+        """The loss ``f`` after the next iteration."""
+        i = self.iterations
+        self.iterations += 1
+        self.last_loss = f
+        if i % self.stride:
+            return
+        if len(self.losses) >= self.cap:  # keep iterations 0, 2 * stride, 4 * stride, ...
+            del self.losses[1::2]
+            self.stride *= 2
+            if i % self.stride:
+                return
+        self.losses.append(f)
 
     def history(self):
         extra = {"optimizer": "lbfgs"}
@@ -423,7 +439,8 @@ class Run:
         return History(loss=np.array(self.losses, dtype=np.float64),
                        epochs=self.iterations, record_every=1, seconds=self.seconds,
                        stopped=self.stopped, extra=extra,
-                       compile_seconds=self.compile_seconds, kernel=self.kernel)
+                       compile_seconds=self.compile_seconds, kernel=self.kernel,
+                       stride=self.stride)
 
     @staticmethod
     def divergence_message(model, xt, yt, sw=None):
@@ -463,7 +480,7 @@ def train(model, xt, yt, sw, max_iter, max_fun, tol, l2, loss_scale=1.0, grad_sc
     bar = make_bar(max_iter, desc=bar_desc) if progress else None
 
     def on_iteration(x, f):
-        run.losses.append(f)
+        run.record(f)
         if run.last_x is None:
             run.last_x = np.empty_like(x)
         run.last_x[...] = x

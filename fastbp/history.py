@@ -37,8 +37,9 @@ class History:
     loss:         (n_records,) float64 (an Ensemble's: (n_models, n_records)); record r
                   is epoch ``epochs_recorded[r]`` of this fit (full batch: the loss
                   before that epoch's update; SGD and mini-batch: the mean of the batch
-                  losses seen during that epoch; L-BFGS: the
-                  loss after iteration r + 1, so the last record is the final loss).
+                  losses seen during that epoch; L-BFGS: the loss after iteration
+                  epochs_recorded[r] + 1, so the last record is the final loss up to
+                  RECORDS_CAP iterations, which ``stride`` then thins).
     epochs:       epochs actually run (less than asked if training was interrupted or
                   diverged); for L-BFGS, its iterations.
     record_every: epochs between records asked for.

@@ -507,7 +507,7 @@ class _BaseMLP(BaseEstimator):
         if run.stopped == "interrupted":
             warnings.warn("Training interrupted by user.")
             self.n_iter_ = run.iterations
-            self.loss_ = run.losses[-1] if run.losses else np.nan
+            self.loss_ = run.last_loss
             return
         self.n_iter_ = _check_optimize_result("lbfgs", run.result, self.max_iter)
         self.loss_ = float(run.result.fun)

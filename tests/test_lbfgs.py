@@ -404,3 +404,21 @@ def test_generated_evaluations_are_the_general_entrys_numbers(case, monkeypatch,
     assert len(general[1]) >= 10  # iterations (SciPy may converge before 25)
     np.testing.assert_array_equal(generated[0], general[0])
     np.testing.assert_array_equal(generated[1], general[1])
+
+
+def test_records_are_bounded_as_a_fits_are():
+    """An L-BFGS run keeps at most the History's cap of records, thinned to every
+    stride-th iteration as history.Records thins an epoch loop's (memory bounded
+    whatever max_iter); the last loss is kept apart."""
+    run = _lbfgs.Run(cap=8)
+    for i in range(100):
+        run.record(float(i))
+    hist = run.history()
+    assert run.iterations == hist.epochs == 100 and run.last_loss == 99.0
+    assert hist.stride == 16 and 4 <= len(hist) <= 8
+    np.testing.assert_array_equal(hist.loss, np.arange(0, 100, 16, dtype=float))
+    np.testing.assert_array_equal(hist.epochs_recorded, np.arange(0, 100, 16))
+    short = _lbfgs.Run(cap=8)
+    for i in range(8):
+        short.record(float(i))
+    assert short.history().stride == 1 and len(short.history()) == 8
