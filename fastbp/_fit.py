@@ -243,10 +243,13 @@ class SingleFit:
         run = self.run
         loss, val = run.records.view()
         best = int(run.best_epoch[0]) if run.validating and run.best_epoch[0] >= 0 else None
+        # every History of a resumed run says so: the one its callbacks see, a
+        # DivergenceError's, the one resume returns
+        extra = {} if run.resumed_at is None else {"resumed_at": run.resumed_at}
         return History(loss=loss, epochs=run.done, record_every=run.record_every,
                        seconds=run.seconds, stopped=stopped, val_loss=val, best_epoch=best,
                        compile_seconds=run.compile_seconds, kernel=run.kernel_name,
-                       stride=run.records.stride)
+                       stride=run.records.stride, extra=extra)
 
     def _record_buffers(self, start, chunk):
         re = self.run.record_every

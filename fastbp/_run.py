@@ -42,6 +42,7 @@ class Run:
     callbacks: list = field(default_factory=list)
     chunk_seconds: float = 0.2
     threads: int = 1  # for the wide layers' products (fastbp/_threads.py); not saved
+    resumed_at: int | None = None  # fastbp.resume: the epoch its checkpoint had reached
     best_loss: np.ndarray = field(default_factory=lambda: np.full(1, np.inf))
     bad_checks: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
     best_epoch: np.ndarray = field(default_factory=lambda: np.full(1, -1, dtype=np.int64))

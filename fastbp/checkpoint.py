@@ -422,8 +422,7 @@ def resume(path, X, y, progress=False, on_divergence="raise", n_jobs=None):
         y = V.kernel_ready(y[rows])
     run.checkpoint = path
     run.threads = threads
-    start = run.done
+    run.resumed_at = run.done
     with sigint_deferred() as interrupted:
         hist = model._train(x, y, run, progress, on_divergence, interrupted)
-    hist.extra["resumed_at"] = start
     return model, hist

@@ -599,3 +599,20 @@ def test_a_callback_that_raises_leaves_its_state_in_the_checkpoint(tmp_path, exc
     np.testing.assert_array_equal(m2.params, whole.params)
     np.testing.assert_array_equal(h2.loss, h_whole.loss)
     assert h2.epochs == 60 and h2.extra["resumed_at"] == stop
+
+
+def test_the_history_of_a_resumed_run_that_diverges_says_where_it_resumed(tmp_path):
+    """Every History of a resumed run carries extra["resumed_at"]: the one resume
+    returns, and also a DivergenceError's (it had none)."""
+    X, y = _problem()
+    path = tmp_path / "run.npz"
+    m = fastbp.MLP([3, 5, 2], activation=["identity", "identity"], init="normal", seed=1)
+    with pytest.raises(fastbp.DivergenceError):  # lr 0.76 diverges at epoch 11
+        m.fit(X, y, epochs=20, lr=0.76, checkpoint=path, checkpoint_every=3)
+    with np.load(path) as f:
+        at = int(f["run_epoch"])
+    assert 0 < at < 20
+    with pytest.raises(fastbp.DivergenceError) as err:
+        fastbp.resume(path, X, y)
+    assert err.value.history.extra["resumed_at"] == at
+    assert err.value.history.epochs >= at
