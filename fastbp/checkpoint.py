@@ -191,6 +191,7 @@ def _read_options(ar, model):
         if xv.ndim != 2 or yv.ndim != 2 or xv.shape[1] != n_in or \
                 yv.shape != (xv.shape[0], n_out):
             raise ar.error("the validation set has inconsistent shapes")
+        _check_finite(ar, (xv, yv), "the validation set")
         val = O.Data(xv, yv, _val_weights(ar, ar.array("val_w"), xv.shape[0], dt))
     elif "val_x_indptr" in ar._npz.files:  # sparse validation rows
         indptr = ar.array("val_x_indptr").astype(np.int64)
@@ -203,6 +204,7 @@ def _read_options(ar, model):
                     indices.min() < 0 or indices.max() >= n_in)) or \
                 yv.shape != (indptr.shape[0] - 1, n_out):
             raise ar.error("the sparse validation set is inconsistent")
+        _check_finite(ar, (values, yv), "the validation set")
         xv = Rows(indptr, indices, values, n_in).for_kernels(model.sizes[1])
         val = O.Data(xv, yv, _val_weights(ar, ar.array("val_w"), yv.shape[0], dt))
     return _checked(ar, rule), _checked_stop(ar, stop), sw, val
@@ -260,6 +262,13 @@ def _options(ar, cls, prefix):
     return cls(**values)
 
 
+def _check_finite(ar, arrays, what):
+    """ModelFileError naming the file unless every value of ``arrays`` is finite (as fit
+    requires of the data it is given)."""
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise ar.error(f"NaN or infinity in {what}")
+
+
 def _val_weights(ar, w, n, dt):
     """The validation set's sample weights: (n,) or empty (none), as fit stores them; the
     kernels read one per validation sample and do not check the length."""
@@ -309,7 +318,13 @@ def _read_state(ar, model, run, files):
     elif "es_state" in files:  # format 1: [best loss, checks, best epoch] as floats
         es = ar.array("es_state").astype(np.float64)
         run.best_loss[0], run.bad_checks[0], run.best_epoch[0] = es[0], int(es[1]), int(es[2])
+    if run.bad_checks[0] < 0 or not -1 <= run.best_epoch[0] <= run.done \
+            or np.isnan(run.best_loss[0]):
+        raise ar.error(f"inconsistent early-stopping record: best loss {run.best_loss[0]} "
+                       f"at epoch {run.best_epoch[0]}, {run.bad_checks[0]} checks without "
+                       f"improvement")
     best = ar.array("best_params").astype(dt) if "best_params" in files else np.zeros(0, dt)
+    _check_finite(ar, (best,), "the best parameters")
     if not run.stop.restore_best:
         run.best_params = model._params[:0].copy()
     elif best.shape[0] == n_p:
@@ -320,9 +335,19 @@ def _read_state(ar, model, run, files):
         opt_state = ar.array("opt_state").astype(dt)
         if opt_state.shape != (2, n_p):
             raise ar.error("the optimizer state has the wrong shape")
+        kind = ar.text("opt_kind") or None
+        step = _one(ar, "opt_step", np.int64).copy()
+        # a resumed run would train on these: NaN here made NaN weights, reported as a
+        # divergence of the run
+        if kind not in (None, "sgd", "adam"):
+            raise ar.error(f"unknown optimizer {kind!r} in the optimizer state")
+        if not np.isfinite(opt_state).all() or step[0] < 0 or (
+                kind == "adam" and (opt_state[1] < 0).any()):
+            raise ar.error("the optimizer state contains NaN, infinity, a negative step "
+                           "count or a negative second moment")
         model._opt_state = np.ascontiguousarray(opt_state)
-        model._opt_step = _one(ar, "opt_step", np.int64).copy()
-        model._opt_kind = ar.text("opt_kind") or None
+        model._opt_step = step
+        model._opt_kind = kind
 
 
 class Saver:

@@ -245,6 +245,45 @@ def test_inconsistent_checkpoint(tmp_path, field, value, match):
         fastbp.resume(tmp_path / "bad.npz", X, y)
 
 
+def _with_nan(a):
+    a = a.astype(np.float64).copy()
+    a.flat[0] = np.nan
+    return a
+
+
+def _negative_second_moment(a):
+    a = a.copy()
+    a[1, 0] = -1.0
+    return a
+
+
+@pytest.mark.parametrize("field, edit, match", [
+    ("opt_state", _with_nan, "optimizer state contains NaN"),
+    ("opt_state", _negative_second_moment, "negative second moment"),
+    ("opt_step", lambda a: np.array([-1]), "negative step count"),
+    ("opt_kind", lambda a: np.array("rmsprop"), "unknown optimizer 'rmsprop'"),
+    ("es_bad_checks", lambda a: np.array([-1]), "inconsistent early-stopping record"),
+    ("es_best_epoch", lambda a: np.array([999]), "inconsistent early-stopping record"),
+    ("best_params", _with_nan, "NaN or infinity in the best parameters"),
+    ("val_x", _with_nan, "NaN or infinity in the validation set"),
+    ("val_y", _with_nan, "NaN or infinity in the validation set"),
+])
+def test_hand_edited_training_state_is_refused(tmp_path, field, edit, match):
+    """A checkpoint's optimizer state, early-stopping record and validation set are
+    what a resumed run trains on: NaN there made NaN weights, reported as a divergence."""
+    X, y = _problem()
+    _model().fit(X, y, epochs=6, optimizer="adam", validation_fraction=0.2, patience=50,
+                 restore_best=True, checkpoint=tmp_path / "run.npz", checkpoint_every=3)
+    with np.load(tmp_path / "run.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    fastbp.resume(tmp_path / "run.npz", X, y)  # the file as written resumes
+    arrays[field] = edit(arrays[field])
+    with open(tmp_path / "bad.npz", "wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(fastbp.ModelFileError, match=f"bad.npz.*{match}"):
+        fastbp.resume(tmp_path / "bad.npz", X, y)
+
+
 def test_future_checkpoint_version(tmp_path):
     X, y = _problem()
     _model().fit(X, y, epochs=5, checkpoint=tmp_path / "run.npz")
