@@ -173,6 +173,8 @@ def drive(job, interrupted, progress=False, desc="fit", chunk_seconds=CHUNK_SECO
                 reason = job.callbacks()
                 if finished:
                     reason = None
+                elif not reason and interrupted[0]:  # Ctrl-C during the callbacks
+                    reason = "interrupted"
             if reason:
                 out.stopped = reason
                 break

@@ -393,3 +393,22 @@ def test_a_permutation_advances_the_stream_by_its_draws():
         shuffle(perm, state, 3)
         assert state[0] == start[0] and state[1] == start[1] + 3 * draws_per_permutation(n)
         assert sorted(perm) == list(range(n))
+
+
+def test_ctrl_c_during_a_callback_stops_before_the_next_chunk():
+    """Ctrl-C while a callback runs ends the fit right after the callbacks, not one
+    chunk later."""
+    X, y = _problem()
+    seen = []
+
+    def press_ctrl_c(epoch, hist, model):
+        seen.append(epoch)
+        if len(seen) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    m = fastbp.MLP([2, 6, 1], activation=["tanh", "identity"], init="normal", seed=2)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        h = m.fit(X, y, epochs=10**6, lr=1e-3, batch_size=4, shuffle=True, seed=1,
+                  chunk_seconds=0.001, callbacks=[press_ctrl_c])
+    assert h.stopped == "interrupted" and seen == [seen[0]]
+    assert h.epochs == seen[0] < 10**6  # the epochs of the first chunk only
