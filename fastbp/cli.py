@@ -9,6 +9,7 @@ Subcommands::
                 [--epochs N] [--lr X] [--batch-size B] [--standardize]
                 [--test-fraction F] [--seed S] [--save model.npz] [--no-progress]
     fastbp predict model.npz DATA.csv [--out preds.csv]
+    fastbp export model.npz model.onnx
 
 ``train`` classifies or regresses the target column (``--task``, default ``auto``):
 
