@@ -338,6 +338,10 @@ def test_source_is_written_to_the_cache_folder_and_rewritten_when_altered(tmp_pa
     monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
     text = GEN.source_full((2, 3, 1), (1, 1), True, 0, False, "plain")
     assert "def train(" in text and "def epoch_pass(" in text
+    # imported already by another test of this process (from the default cache folder):
+    # this test imports it afresh, and puts the other back after it
+    name = "fastbp_generated_" + hashlib.sha256(text.encode()).hexdigest()[:20]
+    monkeypatch.delitem(sys.modules, name, raising=False)
     module = GEN._import(text)
     path = module.__file__
     assert os.path.dirname(path) == os.path.join(str(tmp_path), "generated")
