@@ -81,6 +81,11 @@ if POLICY not in ("auto", "fastest", "general"):
     raise ImportError(f"FASTBP_KERNELS={POLICY!r}: expected auto, fastest or general")
 
 _lock = threading.Lock()
+# the most settled plans kept (~1 KB each), the oldest dropped first: a program fitting
+# one architecture to ever new sample counts (learning curves, partial_fit's chunks)
+# must not grow memory with each one (a dropped plan is only weighed again); the memos
+# of a fit's other decisions (_builds, _generated_for) keep as many
+PLANS_CAP = 1024
 _loaded = set()     # kernel keys compiled or loaded in this process
 _on_disk = set()    # kernel keys whose marker this process has seen
 _work_seen = {}     # kernel key -> work of the fits that could have used it, so far
@@ -143,12 +148,13 @@ def _marker(key):
 _markers = {}  # (key, cache folder, Numba's CPU name and features) -> its marker's path
 
 
-def is_compiled(key):
+def is_compiled(key, marker=None):
     """Whether the kernel ``key`` is compiled in this process or, as far as fastbp knows,
-    cached on disk (then it only loads: a fraction of a second)."""
+    cached on disk (then it only loads: a fraction of a second).  ``marker``: its
+    _marker(key), where the caller has it."""
     if key in _loaded or key in _on_disk or numba.config.DISABLE_JIT:
         return True
-    if os.path.exists(_marker(key)):
+    if os.path.exists(_marker(key) if marker is None else marker):
         _on_disk.add(key)  # a fit of a second is not held up by a file system call
         return True
     return False
@@ -161,6 +167,8 @@ def is_loaded(key):
 
 def mark_compiled(key):
     """Record that the kernel ``key`` now exists compiled (in this process and on disk)."""
+    if key in _loaded:  # (every fit marks its passes: no lock for what is known)
+        return
     with _lock:
         if key in _loaded:
             return
@@ -182,7 +190,10 @@ def _worth(key, seconds_saved, compile_seconds):
     about a compilation's time without it."""
     if POLICY != "auto":
         return POLICY == "fastest"
-    if is_compiled(key):
+    if key in _loaded or key in _on_disk:
+        return True
+    marker = _marker(key)  # once: its path reads the environment (cache_dir)
+    if is_compiled(key, marker):
         return True
     with _lock:
         read_now = key not in _work_seen
@@ -194,7 +205,7 @@ def _worth(key, seconds_saved, compile_seconds):
         _work_seen[key] = total
         now = time.monotonic()
         due = read_now or now - _work_written.get(key, -math.inf) >= WORK_WRITE_SECONDS
-        path = _work_file(key)
+        path = _work_file(key, marker)
         if due:
             _work_written[key] = now
             _work_unwritten.pop(key, None)
@@ -228,8 +239,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_writes)
 
 
-def _work_file(key):
-    return _marker(key) + ".work"
+def _work_file(key, marker=None):
+    return (_marker(key) if marker is None else marker) + ".work"
 
 
 def _read_work(key):
@@ -381,12 +392,20 @@ def passes_build(dtype, needed, pooled, sizes, nbs, act_codes, loss_code, sparse
     those units are compiled, or when no broader unit that serves the calls is; else
     that broader one -- a loaded unit serves at once, where the narrower one would be
     one more compilation."""
-    wanted = PS.Build(layer_form(sizes, nbs, sparse), *net_codes(act_codes, loss_code))
-    broader = (wanted._replace(form=B.BY_SIZE), PS.Build(wanted.form), PS.Build())
+    wanted, broader = _builds(tuple(sizes), tuple(nbs), bool(sparse),
+                              tuple(np.asarray(act_codes).tolist()), int(loss_code))
     if passes_compiled(dtype, needed, pooled, wanted):
         return wanted
     return next((build for build in broader if passes_compiled(dtype, needed, pooled, build)),
                 wanted)
+
+
+@functools.lru_cache(maxsize=PLANS_CAP)
+def _builds(sizes, nbs, sparse, act_codes, loss_code):
+    """passes_build's wanted Build and the broader ones, in its order of preference;
+    remembered (every fit asks)."""
+    wanted = PS.Build(layer_form(sizes, nbs, sparse), *net_codes(act_codes, loss_code))
+    return wanted, (wanted._replace(form=B.BY_SIZE), PS.Build(wanted.form), PS.Build())
 
 
 def batch_passes(dtype, needed=PS.ALL, pooled=False, build=PS.Build()):
@@ -430,8 +449,10 @@ def make_net(layout, act_codes, loss_code, dtype, gemm, shared=None):
     unit = gemm_address(gemm, dtype) if shared is None else P.unit_address(dtype)
     # writable copies where a model's arrays came read-only (unpickled from a read-only
     # memory map): the batch passes are compiled for a Net of writable arrays
-    sizes_arr, w_off, b_off, act_codes = (np.require(a, np.int64, ["C", "W"]) for a in (
-        layout.sizes_arr, layout.w_off, layout.b_off, act_codes))
+    sizes_arr, w_off, b_off, act_codes = (
+        a if a.dtype == np.int64 and a.flags.c_contiguous and a.flags.writeable
+        else np.require(a, np.int64, ["C", "W"])  # (the check alone: 0.2 us, not 1)
+        for a in (layout.sizes_arr, layout.w_off, layout.b_off, act_codes))
     return O.Net(sizes_arr, w_off, b_off, act_codes, int(loss_code),
                  PRODUCT_MIN_WORK, unit, blas, BLAS_THREADED_MIN_WORK,
                  0 if shared is None else shared.address)
@@ -464,10 +485,6 @@ _RULE_NAMES = {"fused": "plain SGD", "plain": "plain SGD", "stateful": "momentum
 
 
 _plans = {}  # settled plans: the fastest kernels there are, compiled: nothing to weigh
-# the most settled plans kept (~1 KB each), the oldest dropped first: a program fitting
-# one architecture to ever new sample counts (learning curves, partial_fit's chunks)
-# must not grow memory with each one (a dropped plan is only weighed again)
-PLANS_CAP = 1024
 
 
 def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weighted=False,
@@ -548,14 +565,12 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
                    passes=mode != "sample" or bool(validating))
     if sparse:
         return general  # the generated kernels read dense rows
-    generated = GEN.kind_for(layout.sizes, model._act_codes, model._loss_code, mode, kind,
-                             validating, dtype, n, PRODUCT_MIN_WORK)
-    if generated is None:
+    found = _generated_for(layout.sizes, tuple(model._act_codes.tolist()), layout.bias,
+                           model._loss_code, mode, kind, bool(validating), dtype_name(dtype),
+                           n, bool(weighted), GEN.ENABLED)
+    if found is None:
         return general
-    gen_rule = "stateful" if kind == "stateful" else "plain"
-    arch = (layout.sizes, model._act_codes, layout.bias, model._loss_code, bool(weighted),
-            gen_rule, dtype_name(dtype))
-    key = GEN.key(generated, *arch)
+    generated, arch, key = found
     saved = (3.0 * epochs * n * layout.n_params * GENERAL_SECONDS_PER_MADD
              * (1.0 - 1.0 / GENERATED_SPEEDUP))
     # compiling the generated kernel instead of a general entry not compiled yet costs
@@ -573,6 +588,21 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
                 f"{name}, generated for {'-'.join(map(str, layout.sizes))}", key, gemm,
                 mode, kind, GEN.padded(cap, dtype) if generated == "full" else cap,
                 generated == "full", threads=threads)
+
+
+@functools.lru_cache(maxsize=PLANS_CAP)
+def _generated_for(sizes, acts, bias, loss, mode, kind, validating, dtype, n, weighted,
+                   enabled):
+    """(kind, arch, key) of the generated kernel a fit could run on (GEN.kind_for,
+    GEN.trainer's arguments, GEN.key), or None; remembered: a fit that is not settled
+    (_plans) asks again each time.  ``enabled``: GEN.ENABLED, which tests switch."""
+    generated = GEN.kind_for(sizes, acts, loss, mode, kind, validating, dtype, n,
+                             PRODUCT_MIN_WORK)
+    if generated is None:
+        return None
+    arch = (sizes, acts, bias, loss, weighted,
+            "stateful" if kind == "stateful" else "plain", dtype)
+    return generated, arch, GEN.key(generated, *arch)
 
 
 # Below this many samples a generated kernel's rows (padded to 8) are mostly padding and

@@ -205,15 +205,22 @@ def for_dtype(dtype, needed=ALL, pooled=False, build=Build()):
     functions."""
     if numba_config.DISABLE_JIT:
         return Passes(batch.forward, batch.backward, batch.output_deltas, batch.batch_loss)
+    keys = _unit_keys.get((dtype, pooled, build))
+    if keys is None:
+        keys = _unit_keys[dtype, pooled, build] = [unit_key(dtype, which, pooled, build)
+                                                   for which in ALL]
     with _lock:
         for which in needed:
-            key = unit_key(dtype, which, pooled, build)
+            key = keys[which]
             if key not in _compiled:
                 _compiled[key] = cfunc(_signatures(key[0])[which], **JIT)(
                     _unit_function(which, key[2], key[3]))
-        keys = [unit_key(dtype, which, pooled, build) for which in ALL]
         return np.array([_compiled[k].address if k in _compiled else 0 for k in keys],
                         np.int64)
+
+
+# (dtype, pooled, build) -> the unit_key of each pass, in ALL's order: every fit asks
+_unit_keys = {}
 
 
 def is_loaded(dtype, needed=ALL, pooled=False, build=Build()):
