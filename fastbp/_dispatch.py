@@ -154,10 +154,24 @@ def is_compiled(key, marker=None):
     _marker(key), where the caller has it."""
     if key in _loaded or key in _on_disk or numba.config.DISABLE_JIT:
         return True
+    now = time.monotonic()
+    if now - _absent.get(key, -math.inf) < ABSENT_SECONDS:
+        return False
     if os.path.exists(_marker(key) if marker is None else marker):
         _on_disk.add(key)  # a fit of a second is not held up by a file system call
         return True
+    if len(_absent) >= PLANS_CAP:
+        _absent.clear()
+    _absent[key] = now
     return False
+
+
+# A marker found missing is looked for again only after ABSENT_SECONDS: a predict asks
+# for units of narrower forms that are seldom compiled, each a path from four
+# environment variables and a file system call (40 of its 240 us through the
+# scikit-learn wrapper).  A kernel another process compiles is seen that much later.
+ABSENT_SECONDS = 1.0
+_absent = {}  # kernel key -> monotonic time its marker was found missing
 
 
 def is_loaded(key):
@@ -173,6 +187,7 @@ def mark_compiled(key):
         if key in _loaded:
             return
         _loaded.add(key)
+        _absent.pop(key, None)
     path = _marker(key)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
