@@ -119,6 +119,38 @@ def test_float32_sigmoid_computes_in_float32_within_two_ulp():
     assert [python_of(R.sigmoid32)(v) for v in few] == list(_sigmoids(few))
 
 
+@njit
+def _libm_rules(z, sig, ex, th):
+    for i in range(z.shape[0]):
+        sig[i] = R.sigmoid_libm(z[i])
+        ex[i] = R.exp_output(z[i])
+        th[i] = R.tanh(z[i])
+
+
+@njit
+def _libm_rule_values(z):
+    return R.sigmoid_libm(z), R.exp_output(z), R.tanh(z)
+
+
+def test_float32_libm_rules_compute_in_float32_within_two_ulp():
+    """The float32 forms of the rules on libm (expf, tanhf): the per-sample sigmoid of
+    narrow layers (sigmoid_libm), the exp output (poisson's), tanh -- float32 values,
+    within 2 float32 ULP of the float64 functions rounded to float32 (expf: 1)."""
+    z = ARGS32[np.abs(ARGS32) < 88.0]  # exp32 overflows past ~88.7
+    sig, ex, th = (np.empty_like(z) for _ in range(3))
+    _libm_rules(z, sig, ex, th)
+    _libm_rule_values(np.float32(0.5))
+    if hasattr(_libm_rule_values, "nopython_signatures"):  # compiled: the rules' own types
+        types = _libm_rule_values.nopython_signatures[0].return_type.types
+        assert [t.name for t in types] == ["float32"] * 3
+    wide = z.astype(np.float64)
+    for got, ref, ulps in ((sig, 1.0 / (1.0 + np.exp(-wide)), 2.0),
+                           (ex, np.exp(wide), 1.0), (th, np.tanh(wide), 2.0)):
+        ref = ref.astype(np.float32)
+        normal = np.abs(ref) >= np.finfo(np.float32).tiny
+        assert _ulps32(got[normal], ref[normal]).max() <= ulps
+
+
 def test_float32_sigmoid_saturates_without_overflow():
     z = np.array([-3e38, -200.0, 200.0, 3e38, np.inf, -np.inf], dtype=np.float32)
     sig = _sigmoids(z)

@@ -69,6 +69,71 @@ def test_float32_forward_and_gradient_agree_with_float64_to_float32_rounding(
         _assert_within(g, r, s, f"bias gradient {l}")
 
 
+def _magnitudes_ext(X, y, weights, biases, activation):
+    """reference.forward_magnitude / gradient_magnitude for a softmax or exp output:
+    the output scale is out * (1 + 2 |z|-scale) (a softmax or exp value moves by its own
+    size times the rounding of its logits), the output delta's |out| + |y| over n."""
+    zmag = R.forward_magnitude(X, weights, biases)
+    outs, _ = R.forward_ext(X, weights, biases, activation)
+    out = outs[-1]
+    n = X.shape[0]
+    out_scale = out * (1.0 + 2.0 * zmag)
+    delta = (np.abs(out) + np.abs(y)) / n
+    mW, mb = [None] * len(weights), [None] * len(weights)
+    for l in range(len(weights) - 1, -1, -1):
+        mW[l] = np.abs(outs[l]).T @ delta
+        mb[l] = delta.sum(axis=0)
+        if l > 0:
+            delta = delta @ np.abs(weights[l]).T
+    return out_scale, mW, mb
+
+
+# Beyond CASES: the register tiles' products in every layer (batch of 96 > the product
+# threshold), and the outputs whose rule is not elementwise or not a sigmoid: softmax
+# with cross-entropy, exp with the Poisson loss.
+WIDE_AND_EXT_CASES = [
+    ([20, 80, 80, 5], "sigmoid", "mse"),
+    ([6, 12, 4], ["tanh", "softmax"], "cross_entropy"),
+    ([5, 9, 3], ["relu", "exp"], "poisson"),
+]
+
+
+@pytest.mark.parametrize("sizes,activation,loss", WIDE_AND_EXT_CASES)
+def test_float32_products_softmax_and_exp_agree_with_float64_to_float32_rounding(
+        sizes, activation, loss):
+    rng = np.random.default_rng(len(sizes) + sizes[1])
+    n, k = 96, sizes[-1]
+    X = rng.normal(size=(n, sizes[0])).astype(np.float32)
+    if loss == "cross_entropy":
+        y = np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
+    elif loss == "poisson":
+        y = rng.poisson(2.0, size=(n, k)).astype(np.float32)
+    else:
+        y = rng.normal(size=(n, k)).astype(np.float32)
+    w32 = [(rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32)
+           for a, b in zip(sizes[:-1], sizes[1:])]
+    b32 = [rng.normal(scale=0.1, size=b).astype(np.float32) for b in sizes[1:]]
+    m = fastbp.MLP.from_weights(w32, b32, activation=activation, loss=loss, dtype="float32")
+    w64, b64 = [w.astype(np.float64) for w in w32], [b.astype(np.float64) for b in b32]
+    X64, y64 = X.astype(np.float64), y.astype(np.float64)
+    if loss == "mse":
+        out_scale = R.forward_magnitude(X64, w64, b64)
+        mW, mb = R.gradient_magnitude(X64, y64, w64, b64, activation, loss)
+    else:
+        out_scale, mW, mb = _magnitudes_ext(X64, y64, w64, b64, activation)
+
+    pred = m.predict(X)
+    assert pred.dtype == np.float32
+    _assert_within(pred.reshape(n, k), R.forward_ext(X64, w64, b64, activation)[0][-1],
+                   out_scale, "predict")
+    dW, db = m.gradient(X, y)
+    assert all(g.dtype == np.float32 for g in dW + db)
+    rW, rb = R.weighted_gradient(X64, y64, w64, b64, activation, loss)
+    for l in range(len(w32)):
+        _assert_within(dW[l], rW[l], mW[l], f"weight gradient {l}")
+        _assert_within(db[l], rb[l], mb[l], f"bias gradient {l}")
+
+
 def test_xor_tutorial_net_in_float32_classifies_every_point():
     """Seed 000's 2-4-4-1 sigmoid net, sse, lr 0.1, 100,000 epochs (fastbp demo xor)."""
     X, y = datasets.xor_easy()
