@@ -83,12 +83,21 @@ def check_output_units(sizes, activations):
 
 def check_dtype(dtype):
     try:
+        return _dtypes_checked[dtype]  # (np.dtype and its .name: 7 us a model)
+    except (KeyError, TypeError):  # not seen, or not hashable
+        pass
+    try:
         dt = np.dtype(dtype)
     except TypeError:
         raise TypeError(f"dtype must be one of {DTYPES}, got {dtype!r}") from None
     if dt.name not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dt.name!r}")
+    if len(_dtypes_checked) < 64:
+        _dtypes_checked[dtype] = dt
     return dt
+
+
+_dtypes_checked = {}  # a dtype argument accepted -> its np.dtype
 
 
 def check_init(init):
