@@ -1,6 +1,7 @@
 """The dispatcher's bookkeeping (fastbp/_dispatch.py): what it knows is compiled, and the
 work that counts toward compiling a faster kernel, within a process and across them."""
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ def fresh_process(monkeypatch, tmp_path):
     def start():
         monkeypatch.setattr(D, "_loaded", set())
         monkeypatch.setattr(D, "_on_disk", set())
+        monkeypatch.setattr(D, "_absent", {})
         monkeypatch.setattr(D, "_plans", {})
         monkeypatch.setattr(D, "_work_seen", {})
         monkeypatch.setattr(D, "_spared", set())
@@ -61,8 +63,8 @@ def test_pending_work_goes_where_it_was_counted(monkeypatch, tmp_path):
     """The exit's writes go to the folder the work was counted for, and only while it
     exists; a forked child writes its first count at once (it ends without atexit)."""
     monkeypatch.setattr(D, "POLICY", "auto")
-    for name, value in (("_loaded", set()), ("_on_disk", set()), ("_work_seen", {}),
-                        ("_work_written", {}), ("_work_unwritten", {})):
+    for name, value in (("_loaded", set()), ("_on_disk", set()), ("_absent", {}),
+                        ("_work_seen", {}), ("_work_written", {}), ("_work_unwritten", {})):
         monkeypatch.setattr(D, name, value)
     folder = {"now": tmp_path / "a"}
     monkeypatch.setattr(D, "_marker", lambda key: str(folder["now"] / "compiled" / "k"))
@@ -90,6 +92,30 @@ def test_a_compiled_kernel_is_known_to_the_next_process(fresh_process):
     D.mark_compiled(key)
     fresh_process()
     assert D.is_compiled(key) and not D.is_loaded(key)
+
+
+def test_a_missing_marker_is_looked_for_again_after_absent_seconds(fresh_process,
+                                                                   monkeypatch):
+    """A negative answer is kept ABSENT_SECONDS (a predict asks for narrower units that are
+    seldom compiled); a marker another process writes meanwhile is seen after it, and
+    mark_compiled in this process forgets the negative at once."""
+    key = ("train", "full", "plain", False, "float64")
+    clock = [100.0]
+    monkeypatch.setattr(D.time, "monotonic", lambda: clock[0])
+    assert not D.is_compiled(key)
+    path = D._marker(key)  # another process compiles it
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "w").close()
+    clock[0] += 0.5 * D.ABSENT_SECONDS
+    assert not D.is_compiled(key)  # not looked for again yet
+    clock[0] += D.ABSENT_SECONDS
+    assert D.is_compiled(key)
+    other = ("train", "mini", "plain", False, "float64")
+    assert not D.is_compiled(other) and other in D._absent
+    D.mark_compiled(other)
+    assert other not in D._absent
+    fresh_process()  # the next process: its own registry, the same marker folder
+    assert D.is_compiled(other)
 
 
 def test_the_marker_follows_numbas_cpu_features(monkeypatch):

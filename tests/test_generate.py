@@ -212,6 +212,7 @@ def _isolated_registry(monkeypatch, tmp_path):
     compiled, no work seen (the kernels themselves still load from Numba's cache)."""
     monkeypatch.setattr(D, "_loaded", set())
     monkeypatch.setattr(D, "_on_disk", set())
+    monkeypatch.setattr(D, "_absent", {})
     monkeypatch.setattr(D, "_plans", {})
     monkeypatch.setattr(D, "_work_seen", {})
     monkeypatch.setattr(D, "_spared", set())

@@ -388,6 +388,7 @@ def test_generated_evaluations_are_the_general_entrys_numbers(case, monkeypatch,
     # compiled to the other tests' dispatcher
     monkeypatch.setattr(D, "_loaded", set())
     monkeypatch.setattr(D, "_on_disk", set())
+    monkeypatch.setattr(D, "_absent", {})
     monkeypatch.setattr(D, "_marker", lambda key: str(
         tmp_path / hashlib.sha256(repr(key).encode()).hexdigest()))
     results = {}

@@ -314,6 +314,36 @@ def test_partial_fit_from_scratch_follows_sklearn():
         MLPClassifier(**params).partial_fit(X, y)
 
 
+@pytest.mark.parametrize("random_state", [7, np.int64(7)])
+def test_each_partial_fit_shuffles_with_the_seed_of_a_fresh_random_state(
+        monkeypatch, random_state):
+    """scikit-learn makes its RandomState from random_state afresh at every fit: a later
+    partial_fit (no initialization, no validation split) shuffles with that state's first
+    draw, the first partial_fit with its draw after the initial weights'.  The wrapper
+    remembers the first draw of an int seed (_first_draw) rather than seed MT19937 again:
+    the same seeds."""
+    seeds = []
+    fit = fastbp.MLP.fit
+
+    def spy(self, *args, **kw):
+        seeds.append(kw["seed"])
+        return fit(self, *args, **kw)
+
+    monkeypatch.setattr(fastbp.MLP, "fit", spy)
+    X, y = _targets("binary")
+    est = MLPClassifier(**dict(PLAIN_SGD, shuffle=True, random_state=random_state))
+    for _ in range(3):
+        est.partial_fit(X, y, classes=[0, 1])
+    high = np.iinfo(np.int32).max
+    first = np.random.RandomState(7)  # the initial weights' draws, then the seed's
+    units = (X.shape[1], 7, 5, 1)
+    first.uniform(size=sum(a * b + b for a, b in zip(units[:-1], units[1:])))
+    fresh = int(np.random.RandomState(7).randint(high))
+    assert seeds == [int(first.randint(high)), fresh, fresh]
+    with pytest.raises(ValueError):  # a seed RandomState refuses, refused as before
+        est.set_params(random_state=-1).partial_fit(X, y)
+
+
 def test_convergence_warning_like_sklearn():
     X, y = _targets("regression")
     with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
