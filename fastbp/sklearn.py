@@ -210,23 +210,42 @@ def _decoded(binarizer, out):
     return binarizer.inverse_transform(out)
 
 
+_SEED_HIGH = int(np.iinfo(np.int32).max)  # the shuffling seed's range (_run)
+
+
 @functools.lru_cache(maxsize=256)
 def _first_draw(seed):
-    """check_random_state(seed).randint(2**31 - 1): the first draw of a fresh
+    """check_random_state(seed).randint(_SEED_HIGH): the first draw of a fresh
     RandomState (its errors too, for a seed it refuses)."""
-    return int(check_random_state(seed).randint(np.iinfo(np.int32).max))
+    return int(check_random_state(seed).randint(_SEED_HIGH))
 
 
 class _FirstDraw:
-    """The RandomState of an int random_state, for a fit that draws only the shuffling
-    seed from it (_run): that draw, remembered."""
+    """check_random_state(seed) of an int seed, for a fit that takes only the shuffling
+    seed from it (_run): its first draw, remembered (_first_draw).  Any other draw makes
+    the RandomState after all, past the draws already taken."""
 
     def __init__(self, seed):
-        self.value = _first_draw(seed)
+        self.seed, self.first = seed, _first_draw(seed)
+        self.taken = False
+        self.state = None
 
-    def randint(self, high):
-        assert high == np.iinfo(np.int32).max, "only the shuffling seed is remembered"
-        return self.value
+    def randint(self, high, *args, **kwargs):
+        if self.state is None and not self.taken and high == _SEED_HIGH and not (
+                args or kwargs):
+            self.taken = True
+            return self.first
+        return self._state().randint(high, *args, **kwargs)
+
+    def __getattr__(self, name):  # any other use of a RandomState
+        return getattr(self._state(), name)
+
+    def _state(self):
+        if self.state is None:
+            self.state = check_random_state(self.seed)
+            if self.taken:
+                self.state.randint(_SEED_HIGH)
+        return self.state
 
 
 def _is_int(v):
@@ -638,7 +657,7 @@ class _BaseMLP(BaseEstimator):
         n = X.shape[0]
         batch, kw, k = self._fit_options(n, sw)
         total = 1 if incremental else self.max_iter
-        seed = int(rs.randint(np.iinfo(np.int32).max)) if self.shuffle else None
+        seed = int(rs.randint(_SEED_HIGH)) if self.shuffle else None
         self.n_iter_ = 0
         loop = _EpochLoop(self, model, X, Y, val, n, k, total, incremental)
         try:

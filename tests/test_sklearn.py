@@ -344,6 +344,21 @@ def test_each_partial_fit_shuffles_with_the_seed_of_a_fresh_random_state(
         est.set_params(random_state=-1).partial_fit(X, y)
 
 
+def test_the_remembered_first_draw_is_a_random_state_for_any_other_use():
+    """_FirstDraw gives the first shuffling seed without seeding MT19937; any draw after
+    it, or any other draw first, comes from the RandomState itself, in order."""
+    from fastbp.sklearn import _SEED_HIGH, _FirstDraw
+    ref = np.random.RandomState(11)
+    rs = _FirstDraw(11)
+    assert [rs.randint(_SEED_HIGH), rs.randint(_SEED_HIGH)] == \
+        [ref.randint(_SEED_HIGH), ref.randint(_SEED_HIGH)]
+    assert np.array_equal(rs.uniform(size=3), ref.uniform(size=3))
+    ref, rs = np.random.RandomState(11), _FirstDraw(11)
+    assert np.array_equal(rs.uniform(size=3), ref.uniform(size=3))
+    assert rs.randint(_SEED_HIGH) == ref.randint(_SEED_HIGH)
+    assert rs.randint(5, size=4).tolist() == ref.randint(5, size=4).tolist()
+
+
 def test_convergence_warning_like_sklearn():
     X, y = _targets("regression")
     with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
