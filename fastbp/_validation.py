@@ -92,6 +92,7 @@ def check_dtype(dtype):
         raise TypeError(f"dtype must be one of {DTYPES}, got {dtype!r}") from None
     if dt.name not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dt.name!r}")
+    dt = np.dtype(dt.name)  # native byte order (">f4" is float32: the kernels take no other)
     if len(_dtypes_checked) < 64:
         _dtypes_checked[dtype] = dt
     return dt

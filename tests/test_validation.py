@@ -146,6 +146,23 @@ def test_unknown_dtype():
         fastbp.MLP([2, 3, 1], dtype="int32")
 
 
+@pytest.mark.parametrize("order", [">", "<"])
+def test_a_dtype_of_either_byte_order_is_the_native_float(order):
+    """dtype=">f4" names float32: the model is the native float32 the kernels take (it
+    used to reach Numba as a big-endian array: "Unsupported array dtype"), and data of
+    either byte order are converted once, as any other dtype."""
+    X = np.random.default_rng(0).random((8, 2))
+    y = X.sum(axis=1)
+    for name, native in (("f4", np.float32), ("f8", np.float64)):
+        m = fastbp.MLP([2, 3, 1], dtype=np.dtype(order + name), seed=0)
+        assert m.dtype == np.dtype(native) and m.params.dtype.isnative
+        ref = fastbp.MLP([2, 3, 1], dtype=native, seed=0)
+        h = m.fit(X.astype(">f8"), y.astype(order + name), epochs=3, lr=0.1)
+        h_ref = ref.fit(X.astype(native), y.astype(native), epochs=3, lr=0.1)
+        assert np.array_equal(m.params, ref.params) and np.array_equal(h.loss, h_ref.loss)
+        assert np.array_equal(m.predict(X.astype(">f8")), ref.predict(X))
+
+
 def test_bce_needs_sigmoid_output(data):
     X, _ = data
     y01 = np.full((10, 2), 0.5)
