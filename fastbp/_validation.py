@@ -122,6 +122,11 @@ def as_float_array(a, name, dtype):
                         f"(only the inputs X of a single MLP -- fit, predict, loss, "
                         f"gradient, validation_data, resume, fastbp.sklearn -- may be "
                         f"sparse): convert it with {name}.toarray()")
+    if type(a).__module__.startswith("numpy.ma") and np.ma.getmaskarray(a).any():
+        # np.asarray would drop the mask and train on whatever the masked entries hold
+        raise ValueError(f"{name} is a masked array with {int(np.ma.getmaskarray(a).sum())} "
+                         f"masked values; fill them ({name}.filled(value)) or drop those "
+                         f"samples first")
     try:
         arr = np.asarray(a)
     except Exception as exc:  # ragged lists and the like

@@ -141,6 +141,23 @@ def test_bad_init(init):
         fastbp.MLP([2, 3, 1], init=init)
 
 
+def test_a_masked_array_with_masked_values_is_refused_not_unmasked():
+    """np.asarray drops a mask: the masked entries' hidden values would be trained on."""
+    X = np.random.default_rng(1).random((6, 2))
+    y = X.sum(axis=1)
+    m = fastbp.MLP([2, 3, 1], seed=0)
+    with pytest.raises(ValueError, match=r"X is a masked array with 2 masked values"):
+        m.fit(np.ma.masked_array(X, mask=[[1, 0]] * 2 + [[0, 0]] * 4), y, epochs=1, lr=0.1)
+    with pytest.raises(ValueError, match=r"y is a masked array"):
+        m.fit(X, np.ma.masked_array(y, mask=[0, 0, 1, 0, 0, 0]), epochs=1, lr=0.1)
+    with pytest.raises(ValueError, match=r"X is a masked array"):
+        m.predict(np.ma.masked_array(X, mask=X > 0.5))
+    # nothing masked: the values are the data
+    h = m.fit(np.ma.masked_array(X), y, epochs=2, lr=0.1)
+    ref = fastbp.MLP([2, 3, 1], seed=0)
+    assert np.array_equal(h.loss, ref.fit(X, y, epochs=2, lr=0.1).loss)
+
+
 def test_unknown_dtype():
     with pytest.raises(BAD, match=r"(?i)dtype"):
         fastbp.MLP([2, 3, 1], dtype="int32")
