@@ -148,16 +148,15 @@ def _marker(key):
 _markers = {}  # (key, cache folder, Numba's CPU name and features) -> its marker's path
 
 
-def is_compiled(key, marker=None):
+def is_compiled(key):
     """Whether the kernel ``key`` is compiled in this process or, as far as fastbp knows,
-    cached on disk (then it only loads: a fraction of a second).  ``marker``: its
-    _marker(key), where the caller has it."""
+    cached on disk (then it only loads: a fraction of a second)."""
     if key in _loaded or key in _on_disk or numba.config.DISABLE_JIT:
         return True
     now = time.monotonic()
     if now - _absent.get(key, -math.inf) < ABSENT_SECONDS:
         return False
-    if os.path.exists(_marker(key) if marker is None else marker):
+    if os.path.exists(_marker(key)):
         _on_disk.add(key)  # a fit of a second is not held up by a file system call
         return True
     if len(_absent) >= PLANS_CAP:
@@ -205,10 +204,7 @@ def _worth(key, seconds_saved, compile_seconds):
     about a compilation's time without it."""
     if POLICY != "auto":
         return POLICY == "fastest"
-    if key in _loaded or key in _on_disk:
-        return True
-    marker = _marker(key)  # once: its path reads the environment (cache_dir)
-    if is_compiled(key, marker):
+    if is_compiled(key):
         return True
     with _lock:
         read_now = key not in _work_seen
@@ -220,7 +216,7 @@ def _worth(key, seconds_saved, compile_seconds):
         _work_seen[key] = total
         now = time.monotonic()
         due = read_now or now - _work_written.get(key, -math.inf) >= WORK_WRITE_SECONDS
-        path = _work_file(key, marker)
+        path = _work_file(key)
         if due:
             _work_written[key] = now
             _work_unwritten.pop(key, None)
@@ -254,8 +250,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_writes)
 
 
-def _work_file(key, marker=None):
-    return (_marker(key) if marker is None else marker) + ".work"
+def _work_file(key):
+    return _marker(key) + ".work"
 
 
 def _read_work(key):
