@@ -305,6 +305,96 @@ def _panel(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha, beta, w
                            width)
 
 
+def _butterfly(builder, rows, width):
+    """The transpose of a width x width block held as ``width`` row vectors (width a power
+    of two): at level h, rows i and i + h (i without bit h) exchange their off-diagonal
+    h x h blocks, which swaps bit h of the row index with bit h of the lane index; the
+    log2(width) levels together swap them all.  Each level is ``width`` two-source
+    shuffles with constant masks (x86: unpack, shufps, shuf32x4)."""
+    i32 = ir.IntType(32)
+    h = 1
+    while h < width:
+        low = ir.Constant(ir.VectorType(i32, width),
+                          [l if not l & h else width + l - h for l in range(width)])
+        high = ir.Constant(ir.VectorType(i32, width),
+                           [l + h if not l & h else width + l for l in range(width)])
+        out = list(rows)
+        for i in range(width):
+            if not i & h:
+                out[i] = builder.shuffle_vector(rows[i], rows[i + h], low)
+                out[i + h] = builder.shuffle_vector(rows[i], rows[i + h], high)
+        rows = out
+        h *= 2
+    return rows
+
+
+@intrinsic
+def _transpose_block(typingctx, src, so, ld, rows, dst, do, ldd):
+    """dst(q, i) <- src(i, q) for q < width and i < width, src(i, q) = src[so + i * ld + q]
+    and dst(q, i) = dst[do + q * ldd + i] (width: lanes of the dtype): the first ``rows``
+    (1 .. width) rows of src, each width elements long, become the first columns of a
+    width x width block of dst; its other columns are written 0, and src's rows from
+    ``rows`` on are not read.  src, dst: pointers to one float dtype."""
+    ints = (so, ld, rows, do, ldd)
+    if not (is_float_pointer(src) and is_float_pointer(dst) and src.dtype == dst.dtype
+            and all(isinstance(t, types.Integer) for t in ints)):
+        return None
+    dtype = src.dtype
+    sig = types.void(src, so, ld, rows, dst, do, ldd)
+
+    def codegen(context, builder, signature, args):
+        def int64(i):
+            return context.cast(builder, args[i], signature.args[i], types.int64)
+
+        i64 = ir.IntType(64)
+        make, suffix = _LLVM_FLOAT[dtype]
+        width = lanes(dtype)
+        vec = ir.VectorType(make(), width)
+        bool_vec = ir.VectorType(ir.IntType(1), width)
+        align = dtype.bitwidth // 8
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec.as_pointer(), ir.IntType(32), bool_vec,
+                                                  vec]), f"llvm.masked.load.v{width}{suffix}.p0")
+        src_base = builder.gep(args[0], [int64(1)])
+        dst_base = builder.gep(args[4], [int64(5)])
+        ld_, rows_, ldd_ = int64(2), int64(3), int64(6)
+        loaded = []
+        for i in range(width):
+            ptr = builder.bitcast(builder.gep(src_base, [builder.mul(ir.Constant(i64, i), ld_)]),
+                                  vec.as_pointer())
+            if i == 0:  # rows >= 1
+                loaded.append(builder.load(ptr, align=align))
+                continue
+            present = builder.icmp_signed("<", ir.Constant(i64, i), rows_)
+            mask = _splat(builder, present, bool_vec)
+            loaded.append(builder.call(masked_load, [ptr, ir.Constant(ir.IntType(32), align),
+                                                     mask, ir.Constant(vec, None)]))
+        for q, column in enumerate(_butterfly(builder, loaded, width)):
+            ptr = builder.gep(dst_base, [builder.mul(ir.Constant(i64, q), ldd_)])
+            builder.store(column, builder.bitcast(ptr, vec.as_pointer()), align=align)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(**INNER)
+def _pack_transposed(b, bo, ldb, cols, k, panel, step, width):
+    """panel[p * step + j] <- b[bo + j * ldb + p] for p < k and j < cols (cols <= step,
+    step a multiple of width): op(b)'s columns, contiguous in b, as the panel's rows.
+    Blocks of width x width go through vector registers (_transpose_block), which
+    writes columns up to the next multiple of width (0 beyond cols: the tiles mask them
+    off); the last k % width rows are copied one element at a time.  A pure copy: the
+    same bits as element by element."""
+    kq = k - k % width
+    for jb in range(0, cols, width):
+        rows = min(width, cols - jb)
+        for pb in range(0, kq, width):
+            _transpose_block(b, bo + jb * ldb + pb, ldb, rows, panel, pb * step + jb, step)
+        for p in range(kq, k):
+            for j in range(jb, jb + rows):
+                panel[p * step + j] = b[bo + j * ldb + p]
+
+
 # the panel of op(b) that tile_gemm packs with trans_b lives in its stack frame up to this
 # size (k <= 128 samples at batch 64: every weight gradient of a mini-batch fit); a heap
 # allocation for each product was a tenth of W4b's epoch at H = 16
@@ -366,13 +456,10 @@ def gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     panel = _stack_panel(c)
     if k * step > panel.shape[0]:
         panel = scratch(c, k * step)
+    packed = address(panel, 0)
     for j0 in range(0, n, step):
         cols = min(step, n - j0)
-        for p in range(k):
-            row = p * step
-            for j in range(cols):
-                panel[row + j] = b[(j0 + j) * ldb + p]
-        _panel(a, 0, a_si, a_sp, address(panel, 0), 0, step, c, j0, ldc, m, cols, k, alpha,
-               beta, width)
+        _pack_transposed(b, j0 * ldb, ldb, cols, k, packed, step, width)
+        _panel(a, 0, a_si, a_sp, packed, 0, step, c, j0, ldc, m, cols, k, alpha, beta, width)
 
 

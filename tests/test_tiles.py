@@ -50,7 +50,8 @@ def _shapes(dtype):
     width = tiles.lanes(dtype)
     rows = _edges(tiles.ROWS + 2, tiles.ROWS)
     cols = _edges(width * tiles.VECS + width // 2, width) + [width * tiles.VECS + 1]
-    return [(m, n, k) for m in rows for n in cols for k in (0, 1, 9)]
+    # k past two vectors: trans_b's packing moves whole width x width blocks, then a tail
+    return [(m, n, k) for m in rows for n in cols for k in (0, 1, 9, 2 * width + 3)]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
