@@ -25,6 +25,7 @@ from numba import njit, uint64
 from . import gemm
 from .config import INNER, PRODUCT_MIN_WEIGHTS
 from .intrinsics import address, fma, like
+from .tiles import lanes_of, transpose_block
 from .pool import LAYER_DELTA, LAYER_FORWARD, LAYER_WEIGHTS, SPLIT_MIN_WORK, call_layer
 from .rows import ANY, LEAF, activate_rows, add_bias, bias_gradient, derivative_rows
 from .rules import (CROSS_ENTROPY, SOFTMAX, cross_entropy_column, delta_scale, dot4,
@@ -332,24 +333,28 @@ def backward(params, net, acts, a_off, deltas, out, nb, lr, descend, input_layer
 
 
 # ----------------------------------------------------------------------- data loading
-# gather goes sample by sample while the batch's block of the buffer is at most this
-# large (an L1 data cache); beyond, the buffer's rows are far apart and it goes by
-# blocks of 8 samples, whose values of a row fill one cache line while it is held
-GATHER_L1_BYTES = 32 * 1024
-
-
 @njit(**INNER)
 def gather(src, start, nb, perm, shuffle, dst, d0):
     """dst[d0 + i * nb + s] <- src[j, i] for the batch's samples j (perm[start + s] when
-    shuffling, else start + s), s < nb, every column i of the sample-major src."""
-    u_cols, u_nb, u_d0, u_start = uint64(src.shape[1]), uint64(nb), uint64(d0), uint64(start)
-    block = u_nb if u_cols * u_nb * uint64(src.itemsize) <= GATHER_L1_BYTES else uint64(8)
-    for b in range(uint64(0), u_nb, block):
-        end = b + block if b + block < u_nb else u_nb
-        for s in range(b, end):
-            j = uint64(perm[u_start + s]) if shuffle else u_start + s
-            for i in range(u_cols):
-                dst[u_d0 + i * u_nb + s] = src[j, i]
+    shuffling, else start + s), s < nb, every column i of the sample-major src: blocks
+    of a vector's width of samples by up to as many columns go through vector registers
+    (tiles.transpose_block), the last nb % width samples one by one.  A copy: the same
+    bits however it goes."""
+    cols = src.shape[1]
+    width = lanes_of(dst)
+    full = nb - nb % width
+    for b in range(0, full, width):
+        for i in range(0, cols, width):
+            count = min(width, cols - i)
+            at = d0 + i * nb + b
+            if shuffle:
+                transpose_block(src, cols, i, perm, start + b, width, count, dst, at, nb)
+            else:
+                transpose_block(src, cols, i, None, start + b, width, count, dst, at, nb)
+    for s in range(full, nb):
+        j = perm[start + s] if shuffle else start + s
+        for i in range(cols):
+            dst[d0 + i * nb + s] = src[j, i]
 
 
 @njit(**INNER)

@@ -501,26 +501,27 @@ def _scatter(src, s0, nb, dst, start):
     B.scatter(src, s0, nb, dst, start)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shuffle", [False, True])
-@pytest.mark.parametrize("k, nb", [(5, 19), (70, 67)])
-def test_gather_and_scatter_rows_of_sample_major_data(shuffle, k, nb):
+@pytest.mark.parametrize("k, nb", [(5, 19), (70, 67), (16, 32), (3, 5), (17, 16)])
+def test_gather_and_scatter_rows_of_sample_major_data(shuffle, k, nb, dtype):
     """The kernels take data one sample per row, (n, k) C-contiguous (what fit passes),
     and batch.gather lays a batch out feature-major: the batch that plain numpy indexing
-    gives, transposed; batch.scatter is its reverse.  70 x 67 values are more than
-    batch.GATHER_L1_BYTES: the gather goes by blocks of 8 samples (two blocks of 8 and a
-    remainder in 19)."""
-    assert (5 * 19 * 8 <= B.GATHER_L1_BYTES) and (70 * 67 * 8 > B.GATHER_L1_BYTES)
+    gives, transposed; batch.scatter is its reverse.  The gather moves blocks of a
+    vector's width of samples (8 float64 or 16 float32 with AVX-512) by up to as many
+    features through registers: the shapes have whole blocks, features past a block,
+    samples past the last block, and fewer samples than one block."""
     rng = np.random.default_rng(11)
     n = nb + 22
-    rows = rng.normal(size=(n, k))
+    rows = rng.normal(size=(n, k)).astype(dtype)
     perm = rng.permutation(n)
     start, d0 = 7, 3
-    dst = np.full(d0 + k * nb + 2, np.nan)
+    dst = np.full(d0 + k * nb + 2, np.nan, dtype)
     _gather(rows, start, nb, perm, shuffle, dst, d0)
     picked = perm[start:start + nb] if shuffle else np.arange(start, start + nb)
     np.testing.assert_array_equal(dst[d0:d0 + k * nb].reshape(k, nb), rows[picked].T)
     assert np.isnan(dst[:d0]).all() and np.isnan(dst[d0 + k * nb:]).all()
-    out = np.full((n, k), np.nan)
+    out = np.full((n, k), np.nan, dtype)
     _scatter(dst, d0, nb, out, start)
     np.testing.assert_array_equal(out[start:start + nb], rows[picked])
     assert np.isnan(out[:start]).all() and np.isnan(out[start + nb:]).all()
