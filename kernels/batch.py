@@ -29,7 +29,7 @@ from .tiles import lanes_of, transpose_block
 from .pool import LAYER_DELTA, LAYER_FORWARD, LAYER_WEIGHTS, SPLIT_MIN_WORK, call_layer
 from .rows import ANY, LEAF, activate_rows, add_bias, bias_gradient, derivative_rows
 from .rules import (CROSS_ENTROPY, SOFTMAX, cross_entropy_column, delta_scale, dot4,
-                    is_combined, loss_of_sum, loss_uses_z, loss_term, output_delta, plain_step,
+                    is_combined, loss_of_sum, loss_sum4, loss_uses_z, output_delta, plain_step,
                     softmax_column)
 
 @njit(**LEAF)
@@ -209,13 +209,11 @@ def batch_loss(acts, oo, y, z, w, code, k, nb):
             ls = cross_entropy_column(z, y, s, u_nb, k)
             total += w[s] * ls if weighted else ls
         return loss_of_sum(total, code, k, nb)
-    from_z = loss_uses_z(code)
+    # output by output, each row's terms in rules.loss_sum4's four chains
+    zs = z if loss_uses_z(code) else y  # (not read)
     for j in range(uint64(k)):
         row = j * u_nb
-        for s in range(u_nb):
-            zs = np.float64(z[row + s]) if from_z else 0.0  # float64 either way, as compiled
-            e = loss_term(acts[uo + row + s], y[row + s], zs, code)
-            total += w[s] * e if weighted else e
+        total += loss_sum4(acts[uo + row:], y[row:], zs[row:], w, nb, code)
     return loss_of_sum(total, code, k, nb)
 
 

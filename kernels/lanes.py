@@ -25,8 +25,8 @@ from .config import INNER, JIT
 from .intrinsics import fma, like, sum_width
 from .loops import all_finite
 from .rows import activate_rows, derivative_rows
-from .rules import (HALF_MSE, MSE, SOFTMAX, SSE, delta_scale, loss_of_sum, loss_term,
-                    output_delta, plain_step)
+from .rules import (HALF_MSE, MSE, SOFTMAX, SSE, delta_scale, loss_of_sum, output_delta,
+                    plain_step, squared_error)
 
 LANES = 8
 
@@ -107,6 +107,25 @@ def _sum4_lanes(x, nb, out, part):
 
 
 @njit(**INNER)
+def _loss_sum4_lanes(a, y, nb, chains):
+    """rules.loss_sum4's four chains per lane into chains (4, LANES; float64), before
+    their final (c0 + c1) + (c2 + c3): the lanes have no sample weights, and their
+    losses (``eligible``) all add rules.squared_error."""
+    q4 = nb - nb % 4
+    for r in range(4):
+        for q in range(LANES):
+            chains[r, q] = 0.0
+    for s in range(0, q4, 4):
+        for r in range(4):
+            b = (s + r) * LANES
+            for q in range(LANES):
+                chains[r, q] += squared_error(a[b + q], y[b + q])
+    for s in range(q4, nb):
+        for q in range(LANES):
+            chains[0, q] += squared_error(a[s * LANES + q], y[s * LANES + q])
+
+
+@njit(**INNER)
 def _fold(part, w):
     """intrinsics.lanes4's fold of eight chains to four sums: sum k = chain k + chain
     k + 4 (float32; float64 has four chains)."""
@@ -117,7 +136,8 @@ def _fold(part, w):
 
 
 @njit(**INNER)
-def _epoch_lanes(P, G, net, A, D, a_off, Y, nb, lr, part, out, loss, recording):
+def _epoch_lanes(P, G, net, A, D, a_off, Y, nb, lr, part, out, loss, chains,
+                 recording):
     """One full-batch epoch of a block; loss[q] <- lane q's loss (before the update)."""
     sizes = net.sizes
     n_layers = sizes.shape[0] - 1
@@ -140,12 +160,14 @@ def _epoch_lanes(P, G, net, A, D, a_off, Y, nb, lr, part, out, loss, recording):
     k = sizes[-1]
     oo = a_off[n_layers]
     count = k * nb
-    if recording:  # batch.batch_loss: rows j, then samples, one running sum per lane
+    if recording:  # batch.batch_loss: output by output, rules.loss_sum4 per lane
         for q in range(LANES):
             loss[q] = 0.0
-        for t in range(count):
+        for j in range(k):
+            _loss_sum4_lanes(A[oo + j * row:oo + (j + 1) * row], Y[j * row:(j + 1) * row],
+                             nb, chains)
             for q in range(LANES):
-                loss[q] += loss_term(A[oo + t * LANES + q], Y[t * LANES + q], 0.0, net.loss)
+                loss[q] += (chains[0, q] + chains[1, q]) + (chains[2, q] + chains[3, q])
         for q in range(LANES):
             loss[q] = loss_of_sum(loss[q], net.loss, k, nb)
     out_act = net.acts[n_layers - 1]
@@ -201,6 +223,7 @@ def train_block(params, m0, net, x, y, epochs, lrs, epoch0, record_every, histor
     Y = np.empty(y.shape[1] * nb * LANES, dtype=params.dtype)
     part = np.empty((8, LANES), dtype=params.dtype)  # rules.dot4's chains (sum_width)
     loss = np.zeros(LANES)
+    chains = np.empty((4, LANES))  # rules.loss_sum4's, float64
     out = np.empty(LANES, dtype=params.dtype)
     lr = np.empty(LANES, dtype=params.dtype)  # the single-model entry's like(lr, params)
     r0 = (epoch0 + record_every - 1) // record_every
@@ -219,7 +242,8 @@ def train_block(params, m0, net, x, y, epochs, lrs, epoch0, record_every, histor
     for e in range(epochs):
         g = epoch0 + e
         recording = g % record_every == 0
-        _epoch_lanes(P, G, net, A, D, a_off, Y, nb, lr, part, out, loss, recording)
+        _epoch_lanes(P, G, net, A, D, a_off, Y, nb, lr, part, out, loss, chains,
+                     recording)
         if recording:
             # the single-model guard: a non-finite loss or parameter at a check
             if not (all_finite(loss) and all_finite(P.reshape(-1))):
