@@ -9,8 +9,9 @@ intrinsics.like, the sigmoid has a float32 exp (sigmoid32), the learning rate (o
 epoch) and the delta scale (once per batch) are rounded to float32 -- because Numba
 types ``x * 1.0`` as float64, and a float64 step would halve the SIMD lanes and add
 conversions.  Loss values are summed in float64 in either dtype (they are reported, not
-trained on), each output's terms in four interleaved chains (loss_sum4), and the stateful steps (momentum, Adam) compute with their float64 beta,
-eps and bias corrections, the result rounded to float32 as it is stored.
+trained on), each output's terms in four interleaved chains (loss_sum4), and the
+stateful steps (momentum, Adam) compute with their float64 beta, eps and bias
+corrections, the result rounded to float32 as it is stored.
 
 Conventions (DESIGN.md), for a batch of N samples and K outputs, sample weights w_s
 (all 1 without weights):
@@ -325,7 +326,8 @@ def loss_sum4(out, y, z, w, n, code):
     (c0 + c1) + (c2 + c3).  One running sum waits ~4 cycles per term: at 640 terms a
     batch (64 samples, 10 outputs) or 100 an epoch (the 1-10-1 net) that wait was a
     sizeable part of a recorded epoch.  out, y, z: the row's arrays from its first
-    sample (z read only for the losses that use it, loss_uses_z).
+    sample (z read only for the losses that use it, loss_uses_z).  Not cross_entropy,
+    whose terms are per sample (batch.batch_loss sums those in order).
 
     The chains rotate through (c0, c1, c2, c3), the front one taking the term.  Each
     kind of term has loops of its own, with loss_term's expression for that loss: a
