@@ -2,7 +2,7 @@
 
 Layout: the activations of a batch of ``nb`` samples are kept FEATURE-major, one
 contiguous row of nb values per unit: layer l's block in the flat buffer ``acts`` starts
-at ``a_off[l]`` (options.activation_offsets) and holds sizes[l] rows of nb values.  The
+at ``a_off[l]`` (options.make_work) and holds sizes[l] rows of nb values.  The
 innermost loops therefore run over samples: they vectorize (SIMD) while every dot
 product is still summed over the inputs in their natural order, so no sum is
 reassociated (PERF-NOTES.md).  With nb == 1 the forward loops run over units instead.

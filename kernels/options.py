@@ -16,6 +16,7 @@ Updated in place by the kernels, carried from one chunk of epochs to the next:
           stopping record.
     Work  the buffers of a fit (allocated once by ``make_work``).
 """
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -170,14 +171,6 @@ def new_state(n_params, dtype, rng, restore_best=False):
                  np.zeros(n_params if restore_best else 0, dtype=dtype))
 
 
-def activation_offsets(sizes, cap):
-    """Offsets of each layer's block (sizes[l] rows of cap samples) in a flat buffer."""
-    sizes = np.asarray(sizes, dtype=np.int64)
-    off = np.zeros(sizes.shape[0] + 1, dtype=np.int64)
-    off[1:] = np.cumsum(sizes * cap)
-    return off
-
-
 # The work buffers start on a 64-byte boundary, an AVX-512 vector and a cache line: the
 # batch rows are padded to whole vectors (generate.PAD_BYTES), and a vector load or store
 # that straddles two cache lines costs two.  (NumPy aligns to 16 bytes: its arrays start
@@ -186,19 +179,41 @@ ALIGN_BYTES = 64
 
 
 def aligned_zeros(lengths, dtype):
-    """Zero arrays of ``dtype`` of these lengths, each starting on an ALIGN_BYTES boundary:
-    views of one allocation, so that its address is looked up once (a microsecond, ten
-    times the cost of a small np.zeros; a fit makes several buffers)."""
-    dtype = np.dtype(dtype)
-    step = ALIGN_BYTES // dtype.itemsize
-    padded = [-(-n // step) * step for n in lengths]
-    raw = np.zeros(sum(padded) + step, dtype)
+    """Zero arrays of ``dtype`` (a np.dtype) of these lengths (a tuple), each starting on
+    an ALIGN_BYTES boundary: views of one allocation, so that its address is looked up
+    once (a microsecond, ten times the cost of a small np.zeros; a fit makes several
+    buffers)."""
+    starts, total = _aligned_starts(lengths, dtype.itemsize)
+    raw = np.zeros(total, dtype)
     at = (-raw.ctypes.data % ALIGN_BYTES) // dtype.itemsize
-    out = []
-    for n, size in zip(lengths, padded):
-        out.append(raw[at:at + n])
-        at += size
-    return out
+    return [raw[at + a:at + a + n] for a, n in zip(starts, lengths)]
+
+
+@functools.lru_cache(maxsize=256)
+def _aligned_starts(lengths, itemsize):
+    """aligned_zeros' offsets of each array in elements, and the allocation's length."""
+    step = ALIGN_BYTES // itemsize
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + (n + step - 1) // step * step)
+    return tuple(starts[:-1]), starts[-1] + step
+
+
+@functools.lru_cache(maxsize=256)
+def _work_layout(sizes, cap, n_params, keep_z, per_sample, gradient, sparse):
+    """make_work's block offsets (a_off) and buffer lengths, from its arguments (sizes a
+    tuple): remembered, as every fit and prediction asks."""
+    blocks = (0,) + sizes[1:] if sparse else sizes
+    offsets = [0]
+    for units in blocks:
+        offsets.append(offsets[-1] + units * cap)
+    k = sizes[-1]
+    rows = 0 if per_sample else sum(blocks) * cap
+    units = sum(sizes) if per_sample else 0
+    lengths = (rows, rows, n_params if gradient else 0,
+               k * cap if keep_z and not per_sample else 0, 0 if per_sample else k * cap,
+               cap, units, units)
+    return tuple(offsets), lengths
 
 
 def make_work(sizes, n_params, cap, n_samples, dtype, keep_z, per_sample=False,
@@ -211,17 +226,9 @@ def make_work(sizes, n_params, cap, n_samples, dtype, keep_z, per_sample=False,
     are SparseRows, which the first layer reads where they are (the layer-0 block of
     the batch rows is empty: dense, it would be the size of cap rows of the data);
     ``passes``: the batch passes (passes.for_dtype) for kernels that call them."""
-    sizes = np.asarray(sizes, dtype=np.int64)
-    dtype = np.dtype(dtype)
-    k = int(sizes[-1])
-    blocks = sizes.copy()
-    if sparse:
-        blocks[0] = 0
-    units = int(sizes.sum())
-    rows = 0 if per_sample else int(blocks.sum()) * cap
-    per_sample_units = units if per_sample else 0
-    acts, deltas, grad, z_out, y_batch, w_batch, h, d = aligned_zeros(
-        (rows, rows, n_params if gradient else 0, k * cap if keep_z and not per_sample else 0,
-         0 if per_sample else k * cap, cap, per_sample_units, per_sample_units), dtype)
-    return Work(activation_offsets(blocks, cap), acts, deltas, grad, z_out, y_batch, w_batch,
+    offsets, lengths = _work_layout(tuple(np.asarray(sizes).tolist()), int(cap),
+                                    int(n_params), bool(keep_z), bool(per_sample),
+                                    bool(gradient), bool(sparse))
+    acts, deltas, grad, z_out, y_batch, w_batch, h, d = aligned_zeros(lengths, np.dtype(dtype))
+    return Work(np.array(offsets, dtype=np.int64), acts, deltas, grad, z_out, y_batch, w_batch,
                 np.arange(n_samples, dtype=np.int64), h, d, passes)
