@@ -402,10 +402,11 @@ def passes_build(dtype, needed, pooled, sizes, nbs, act_codes, loss_code, sparse
     (kernels/passes.py: Build): their layers' form and the Net's codes (net_codes) when
     those units are compiled, or when no broader unit that serves the calls is; else
     that broader one -- a loaded unit serves at once, where the narrower one would be
-    one more compilation."""
+    one more compilation.  With POLICY "fastest" always the narrow ones (FASTBP_KERNELS:
+    the fastest kernels, whatever the cache holds)."""
     wanted, broader = _builds(tuple(sizes), tuple(nbs), bool(sparse),
                               tuple(np.asarray(act_codes).tolist()), int(loss_code))
-    if passes_compiled(dtype, needed, pooled, wanted):
+    if POLICY == "fastest" or passes_compiled(dtype, needed, pooled, wanted):
         return wanted
     return next((build for build in broader if passes_compiled(dtype, needed, pooled, build)),
                 wanted)

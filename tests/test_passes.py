@@ -243,7 +243,8 @@ def test_passes_build_prefers_a_unit_already_compiled(monkeypatch):
     """The narrow form and the Net's codes when nothing is compiled (they compile
     faster); a broader unit that serves the calls when only it is compiled (it serves at
     once): the Net's codes in BY_SIZE, then the form for any codes, then Build(); the
-    narrow one again once it is compiled."""
+    narrow one again once it is compiled; the narrow one always under
+    FASTBP_KERNELS=fastest."""
     from fastbp import _dispatch as D
     from fastbp.kernels import batch as B
     from fastbp.kernels import rules as R
@@ -268,6 +269,12 @@ def test_passes_build_prefers_a_unit_already_compiled(monkeypatch):
     compiled.add(PS.Build(B.ALL_PRODUCTS, *codes))
     assert build({64}) == PS.Build(B.ALL_PRODUCTS, *codes)
     assert build({64, 4}) == PS.Build(B.BY_SIZE, *codes)
+    # FASTBP_KERNELS=fastest: the narrow unit, whatever is compiled
+    compiled.clear()
+    compiled.add(PS.Build())
+    monkeypatch.setattr(D, "POLICY", "fastest")
+    assert build({64}) == PS.Build(B.ALL_PRODUCTS, *codes)
+    assert build({1}) == PS.Build(B.ALL_LOOPS, *codes)
 
 
 @pytest.mark.parametrize("acts, loss, codes", [
