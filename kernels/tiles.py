@@ -6,6 +6,10 @@ a tile of ROWS rows by VECS vectors of c stays in vector registers while the sum
 over k; each step broadcasts ROWS values of op(a) and loads VECS vectors of a row of
 op(b), then does ROWS * VECS fused multiply-adds.
 
+``transpose_block`` moves a block of one vector's width through registers as its
+transpose: the tiles pack op(b)'s columns with it for trans_b, and batch.gather lays a
+batch's samples out as unit rows with it.
+
 Why not BLAS for these products: the layers of a small network are small
 matrices -- 64 samples by 16 to 1024 units -- where BLAS spends much of its time
 packing panels and picking kernels, and the OpenBLAS a wheel bundles may run an older
