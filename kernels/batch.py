@@ -25,12 +25,12 @@ from numba import njit, uint64
 from . import gemm
 from .config import INNER, PRODUCT_MIN_WEIGHTS
 from .intrinsics import address, fma, like
-from .tiles import lanes_of, transpose_block
 from .pool import LAYER_DELTA, LAYER_FORWARD, LAYER_WEIGHTS, SPLIT_MIN_WORK, call_layer
 from .rows import ANY, LEAF, activate_rows, add_bias, bias_gradient, derivative_rows
 from .rules import (CROSS_ENTROPY, SOFTMAX, cross_entropy_column, delta_scale, dot4,
                     is_combined, loss_of_sum, loss_sum4, loss_uses_z, output_delta, plain_step,
                     softmax_column)
+from .tiles import lanes_of, transpose_block
 
 @njit(**LEAF)
 def uses_products(n_in, n_out, nb, product_min_work):

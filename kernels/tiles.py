@@ -327,9 +327,11 @@ def transpose_block(src, ld, shift, perm, po, rows, cols, dst, do, ldd):
     flat = src.reshape(-1)
     for q in range(cols):
         for r in range(width):
-            index = (perm[po + r] if perm is not None else po + r)
-            value = flat[index * ld + shift + q] if r < rows else 0
-            dst[do + q * ldd + r] = value
+            if r < rows:
+                index = perm[po + r] if perm is not None else po + r
+                dst[do + q * ldd + r] = flat[index * ld + shift + q]
+            else:  # neither the row nor its perm entry is read
+                dst[do + q * ldd + r] = 0
 
 
 def _butterfly(builder, rows, width):
