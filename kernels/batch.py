@@ -28,7 +28,7 @@ from .intrinsics import address, fma, like
 from .pool import LAYER_DELTA, LAYER_FORWARD, LAYER_WEIGHTS, SPLIT_MIN_WORK, call_layer
 from .rows import ANY, LEAF, activate_rows, add_bias, bias_gradient, derivative_rows
 from .rules import (CROSS_ENTROPY, SOFTMAX, cross_entropy_column, delta_scale, dot4,
-                    is_combined, loss_of_sum, loss_sum4, loss_uses_z, output_delta, plain_step,
+                    is_combined, loss_of_sum, loss_sum, loss_uses_z, output_delta, plain_step,
                     softmax_column)
 from .tiles import lanes_of, transpose_block
 
@@ -209,11 +209,11 @@ def batch_loss(acts, oo, y, z, w, code, k, nb):
             ls = cross_entropy_column(z, y, s, u_nb, k)
             total += w[s] * ls if weighted else ls
         return loss_of_sum(total, code, k, nb)
-    # output by output, each row's terms in rules.loss_sum4's four chains
+    # output by output, each row's terms in rules.loss_sum's chains
     zs = z if loss_uses_z(code) else y  # (not read)
     for j in range(uint64(k)):
         row = j * u_nb
-        total += loss_sum4(acts[uo + row:], y[row:], zs[row:], w, nb, code)
+        total += loss_sum(acts[uo + row:], y[row:], zs[row:], w, nb, code)
     return loss_of_sum(total, code, k, nb)
 
 

@@ -26,7 +26,7 @@ there is no per-batch buffer and no limit on the batch size; every dot product i
 in the CPU's order (over the inputs, then the bias).  Differences from the CPU, all at
 the level of rounding (float64 results agree to ~1e-13 relative in the tests): the CPU
 sums each gradient entry and each output's batch loss over the samples in interleaved
-chains (rules.dot4, rules.loss_sum4), the GPU in one running sum; ``math.exp`` (libdevice) instead of the CPU's vectorizable
+chains (rules.dot4, rules.loss_sum), the GPU in one running sum; ``math.exp`` (libdevice) instead of the CPU's vectorizable
 exp; the GPU compiler contracts a*b+c into fused multiply-adds (NVVM's default; the CPU
 rounds twice); with several outputs the batch loss is summed sample by sample instead of
 output by output; and wide layers on the CPU go through BLAS.  float32 kernels compute

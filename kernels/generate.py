@@ -50,7 +50,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 17  # part of the module name: bump when the generated code changes meaning
+VERSION = 18  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one AVX-512 vector (8 float64, 16 float32): the
@@ -246,7 +246,7 @@ tanh_back = rules.called(rules.tanh_back)
 delta_scale = rules.called(rules.delta_scale)
 loss_of_sum = rules.called(rules.loss_of_sum)
 loss_term = rules.called(rules.loss_term)
-loss_sum4 = rules.called(rules.loss_sum4)
+loss_sum = rules.called(rules.loss_sum)
 output_error = rules.called(rules.output_error)
 plain_step = rules.called(rules.plain_step)
 """
@@ -418,14 +418,14 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
             if loss == BCE:
                 for j in range(K):
                     out(f"zo{j}[s] = z{L - 1}_{j}")
-        # loss: batch.batch_loss's order, output by output, each row in rules.loss_sum4's
+        # loss: batch.batch_loss's order, output by output, each row in rules.loss_sum's
         # chains (sw is empty without sample weights)
         out("total = 0.0")
         out("if recording:")
         with out.block():
             for j in range(K):
                 z = f"zo{j}" if loss == BCE else f"y{j}"  # (y: not read)
-                out(f"total += loss_sum4(a{L}_{j}, y{j}, {z}, sw, n, {loss})")
+                out(f"total += loss_sum(a{L}_{j}, y{j}, {z}, sw, n, {loss})")
         # backward: batch.output_deltas, then batch.backward's deltas
         out("scale = " + rounding.stored(f"delta_scale({loss}, {acts[L - 1]}, {K}, n)"))
         combined = loss == BCE and acts[L - 1] == SIGMOID

@@ -12,12 +12,14 @@ instruction or vector loop, emitted in the kernel that calls it (``compiled_as``
   register, so its loops vectorize.
 - ``like(value, x)``: ``value`` in x's float type, so that a rule's constant keeps a
   float32 model's arithmetic in float32 (not an LLVM operation: a typed conversion).
-- ``lanes4(x, xo, y, yo, q)``: the four partial sums of rules.dot4 from one 256-bit
+- ``lanes4(x, xo, y, yo, n)``: the four partial sums of rules.dot4 from one 256-bit
   vector of chains, <4 x double> or <8 x float> (``sum_width``; LLVM's SLP vectorizer
   left four scalar chains scalar).
 - ``_dot4_group``: how rules.dot4_group(out, o, xs, ys, n) compiles -- several of
   rules.dot4's sums in one loop, their chains interleaved (rules.py registers it with
   ``compiled_as`` on that function, its Python meaning, written with dot4).
+- ``squared_error_sum(out, y, w, n)``: rules.loss_sum of squared errors, its sixteen
+  float64 chains four <4 x double> (LLVM kept scalar chains scalar).
 - ``lanes_dot(w, wo, v, vo, m)`` / ``lanes_dot_step(...)``: a dot product in LANES
   lanes (one <16 x float> vector), and the same fused with the plain SGD step of w;
   ``lanes_dot_step_carry`` takes its lanes from, or leaves them in, a buffer, so that
@@ -231,17 +233,16 @@ def _sum_width(typingctx, x):
     return types.intp(x), codegen
 
 
-def lanes4(x, xo, y, yo, q):
-    """The four partial sums of rules.dot4 over s < q (q a multiple of sum_width(x)):
-    chain k is the fused multiply-add chain of x[xo + s] * y[yo + s] over
-    s = k mod sum_width(x), in increasing s, from 0; ``y`` None: the plain sums of x.
-    float64: the four chains are the four sums; float32: eight chains, and sum k is
-    chain k + chain k + 4.  In x's dtype (float32 sums in float32: a float32 model does
-    not widen its gradients)."""
+def lanes4(x, xo, y, yo, n):
+    """The four partial sums of rules.dot4 over s < n: chain k is the fused multiply-add
+    chain of x[xo + s] * y[yo + s] over s = k mod sum_width(x), in increasing s, from 0;
+    ``y`` None: the plain sums of x.  float64: the four chains are the four sums;
+    float32: eight chains, and sum k is chain k + chain k + 4.  In x's dtype (float32
+    sums in float32: a float32 model does not widen its gradients)."""
     single = x.dtype == np.float32
     width = sum_width(x)
     acc = [np.float32(0.0) if single else 0.0] * width
-    for s in range(int(q)):
+    for s in range(int(n)):
         xv = x[int(xo) + s] if single else float(x[int(xo) + s])
         if y is None:
             acc[s % width] = acc[s % width] + xv
@@ -274,13 +275,15 @@ def _width(dtype):
     return 8 if dtype == types.float32 else 4
 
 
-def _chains(builder, dtype, x_bases, y_bases, q):
-    """The vector loop of lanes4 for several sums at once, each over s < q (a multiple
-    of the width) from its own pointers: sum k's chains are one 256-bit vector (4 float64
-    or 8 float32, sum_width) of fused multiply-adds of x_bases[k][s] * y_bases[k][s] in
-    increasing s -- or plain adds of x_bases[k][s] where y_bases[k] is None -- and the
-    sums' chains advance together, one vector step each per step of the loop.  Returns,
-    per sum, its four partial sums (float32: chain c + chain c + 4)."""
+def _chains(builder, dtype, x_bases, y_bases, n):
+    """The vector loop of lanes4 for several sums at once, each over s < n from its own
+    pointers: sum k's chains are one 256-bit vector (4 float64 or 8 float32, sum_width)
+    of fused multiply-adds of x_bases[k][s] * y_bases[k][s] in increasing s -- or plain
+    adds of x_bases[k][s] where y_bases[k] is None -- and the sums' chains advance
+    together, one vector step each per step of the loop.  The last n % width samples
+    are one more step with masked loads, whose masked-off chains keep their value (a
+    select: not even a zero's sign changes), so nothing past n is read.  Returns, per
+    sum, its vector of chains."""
     i64 = ir.IntType(64)
     make, suffix = _LLVM_FLOAT[dtype]
     width = _width(dtype)
@@ -288,48 +291,71 @@ def _chains(builder, dtype, x_bases, y_bases, q):
     vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                           f"llvm.fma.v{width}{suffix}")
     align = dtype.bitwidth // 8
-    accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in x_bases]
-    with cgutils.for_range_slice(builder, ir.Constant(i64, 0), q,
-                                 ir.Constant(i64, width)) as (j, _):
+    zero = ir.Constant(vec, None)
+    accs = [cgutils.alloca_once_value(builder, zero) for _ in x_bases]
+
+    def step(j, load):
         for x_base, y_base, acc in zip(x_bases, y_bases, accs):
-            xv = builder.load(_at(builder, x_base, j, vec), align=align)
+            xv = load(_at(builder, x_base, j, vec))
             if y_base is None:
                 new = builder.fadd(builder.load(acc), xv)
             else:
-                yv = builder.load(_at(builder, y_base, j, vec), align=align)
+                yv = load(_at(builder, y_base, j, vec))
                 new = builder.call(vfma, [xv, yv, builder.load(acc)])
+            yield acc, new
+
+    tail = builder.urem(n, ir.Constant(i64, width))
+    q = builder.sub(n, tail)
+    with cgutils.for_range_slice(builder, ir.Constant(i64, 0), q,
+                                 ir.Constant(i64, width)) as (j, _):
+        for acc, new in step(j, lambda ptr: builder.load(ptr, align=align)):
             builder.store(new, acc)
-    sums = []
-    for acc in accs:
-        total = builder.load(acc)
-        lanes = [builder.extract_element(total, ir.Constant(i64, c)) for c in range(width)]
-        if width == 8:  # sum c = chain c + chain c + 4
-            lanes = [builder.fadd(lanes[c], lanes[c + 4]) for c in range(4)]
-        sums.append(lanes)
-    return sums
+    with builder.if_then(builder.icmp_unsigned("!=", tail, ir.Constant(i64, 0))):
+        lane_ids = ir.Constant(ir.VectorType(i64, width), list(range(width)))
+        tail_v = _splat(builder, tail, ir.VectorType(i64, width))
+        mask = builder.icmp_unsigned("<", lane_ids, tail_v)
+        bool_vec = ir.VectorType(ir.IntType(1), width)
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec.as_pointer(), ir.IntType(32), bool_vec,
+                                                  vec]), f"llvm.masked.load.v{width}{suffix}.p0")
+        align_arg = ir.Constant(ir.IntType(32), align)
+        for acc, new in step(q, lambda ptr: builder.call(masked_load,
+                                                         [ptr, align_arg, mask, zero])):
+            builder.store(builder.select(mask, new, builder.load(acc)), acc)
+    return [builder.load(acc) for acc in accs]
+
+
+def _four_sums(builder, chains):
+    """A vector of lanes4's chains as its four partial sums (float32: chain c + chain
+    c + 4)."""
+    i64 = ir.IntType(64)
+    lanes = [builder.extract_element(chains, ir.Constant(i64, c)) for c in range(chains.type.count)]
+    if len(lanes) == 8:
+        lanes = [builder.fadd(lanes[c], lanes[c + 4]) for c in range(4)]
+    return lanes
 
 
 @compiled_as(lanes4)
-def _lanes4(typingctx, x, xo, y, yo, q):
+def _lanes4(typingctx, x, xo, y, yo, n):
     sums = isinstance(y, types.NoneType)
     arrays = (x,) if sums else (x, y)
-    if not _float_arrays(*arrays) or not all(isinstance(t, types.Integer) for t in (xo, q)):
+    if not _float_arrays(*arrays) or not all(isinstance(t, types.Integer) for t in (xo, n)):
         return None
     dtype = x.dtype
     result = types.UniTuple(dtype, 4)
 
     def codegen(context, builder, signature, args):
         xo_ = context.cast(builder, args[1], signature.args[1], types.uint64)
-        q_ = context.cast(builder, args[4], signature.args[4], types.uint64)
+        n_ = context.cast(builder, args[4], signature.args[4], types.uint64)
         x_base = _base(builder, context, signature.args[0], args[0], xo_)
         y_base = None
         if not sums:
             yo_ = context.cast(builder, args[3], signature.args[3], types.uint64)
             y_base = _base(builder, context, signature.args[2], args[2], yo_)
-        (lanes,) = _chains(builder, dtype, [x_base], [y_base], q_)
-        return context.make_tuple(builder, result, lanes)
+        (chains,) = _chains(builder, dtype, [x_base], [y_base], n_)
+        return context.make_tuple(builder, result, _four_sums(builder, chains))
 
-    return result(x, xo, y, yo, q), codegen
+    return result(x, xo, y, yo, n), codegen
 
 
 def _array_types(tup):
@@ -338,8 +364,9 @@ def _array_types(tup):
 
 def _dot4_group(typingctx, out, o, xs, ys, n):
     """rules.dot4_group compiled: the K sums' chains advance together in one loop over
-    the samples (each sum its own 256-bit vector of chains, as lanes4 runs it alone),
-    then the K tails together, then each sum's (l0 + l1) + (l2 + l3) into out[o + k].
+    the samples (each sum its own 256-bit vector of chains, as lanes4 runs it alone,
+    its last samples in a masked step), then each sum's (l0 + l1) + (l2 + l3) into
+    out[o + k].
     Every chain sees the same operations in the same order as rules.dot4 / sum4; only
     the independent chains interleave, so the loop runs at the FMA units' throughput,
     not one chain's latency."""
@@ -360,32 +387,104 @@ def _dot4_group(typingctx, out, o, xs, ys, n):
                    _base(builder, context, t, builder.extract_value(args[3], k), zero)
                    for k, t in enumerate(y_types)]
         n_ = context.cast(builder, args[4], signature.args[4], types.uint64)
-        q_ = builder.sub(n_, builder.urem(n_, ir.Constant(i64, _width(dtype))))
-        sums = _chains(builder, dtype, x_bases, y_bases, q_)  # per k, as lanes4's
-        make, suffix = _LLVM_FLOAT[dtype]
-        sfma = cgutils.get_or_insert_function(builder.module,
-                                              ir.FunctionType(make(), [make()] * 3),
-                                              f"llvm.fma.{suffix}")
-        firsts = [cgutils.alloca_once_value(builder, lanes[0]) for lanes in sums]
-        with cgutils.for_range_slice(builder, q_, n_, ir.Constant(i64, 1)) as (s, _):
-            for x_base, y_base, first in zip(x_bases, y_bases, firsts):
-                # the tail into sum 0, in increasing s (rules.dot4)
-                x_s = builder.load(builder.gep(x_base, [s]))
-                if y_base is None:
-                    new = builder.fadd(builder.load(first), x_s)
-                else:
-                    y_s = builder.load(builder.gep(y_base, [s]))
-                    new = builder.call(sfma, [x_s, y_s, builder.load(first)])
-                builder.store(new, first)
+        chains = _chains(builder, dtype, x_bases, y_bases, n_)  # per k, as lanes4's
         o_ = context.cast(builder, args[1], signature.args[1], types.uint64)
         out_at = _base(builder, context, signature.args[0], args[0], o_)
-        for k, (first, lanes) in enumerate(zip(firsts, sums)):
-            a0, a1, a2, a3 = builder.load(first), *lanes[1:]
+        for k, vector in enumerate(chains):
+            a0, a1, a2, a3 = _four_sums(builder, vector)
             result = builder.fadd(builder.fadd(a0, a1), builder.fadd(a2, a3))
             builder.store(result, builder.gep(out_at, [ir.Constant(i64, k)]))
         return context.get_dummy_value()
 
     return types.none(out, o, xs, ys, n), codegen
+
+
+# ----------------------------------------------------------------- squared_error_sum
+LOSS_CHAINS = 16  # rules.loss_sum's float64 chains: four <4 x double> vectors
+
+
+def squared_error_sum(out, y, w, n):
+    """rules.loss_sum of the squared error: LOSS_CHAINS float64 chains -- chain c sums
+    float64(d * d) with d = out[s] - y[s] in the arrays' dtype (rules.squared_error),
+    times w[s] where ``w`` is not None (rules._weighted: w[s] * term), over
+    s = c mod LOSS_CHAINS in increasing s, from 0 -- added as rules._combined_chains
+    adds them: sum k = (c[k] + c[k + 4]) + (c[k + 8] + c[k + 12]), then
+    (s0 + s1) + (s2 + s3).  out, y (and w): 1-D arrays of one float dtype."""
+    c = [0.0] * LOSS_CHAINS
+    for s in range(int(n)):
+        d = out[s] - y[s]
+        term = float(d * d)
+        if w is not None:
+            term = float(w[s]) * term
+        c[s % LOSS_CHAINS] = c[s % LOSS_CHAINS] + term
+    sums = [(c[k] + c[k + 4]) + (c[k + 8] + c[k + 12]) for k in range(4)]
+    return (sums[0] + sums[1]) + (sums[2] + sums[3])
+
+
+@compiled_as(squared_error_sum)
+def _squared_error_sum(typingctx, out, y, w, n):
+    """Four <4 x double> vectors of chains (chain c: lane c % 4 of vector c // 4),
+    sixteen samples a step: the terms in the arrays' dtype, widened (fpext) to float64,
+    weighted, added; then (v0 + v1) + (v2 + v3) and its lanes (l0 + l1) + (l2 + l3).
+    The last n % 16 samples are masked steps whose masked-off chains keep their value
+    (a select), as lanes4's.  One vector of four chains waits on its adds (~3 cycles
+    each); LLVM left four scalar chains scalar (~1 cycle per sample)."""
+    weighted = not isinstance(w, types.NoneType)
+    if not _float_arrays(*((out, y, w) if weighted else (out, y))) \
+            or not isinstance(n, types.Integer):
+        return None
+    dtype = out.dtype
+    vectors = LOSS_CHAINS // 4
+
+    def codegen(context, builder, signature, args):
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        make, suffix = _LLVM_FLOAT[dtype]
+        vec = ir.VectorType(make(), 4)
+        wide = ir.VectorType(ir.DoubleType(), 4)
+        bool_vec = ir.VectorType(ir.IntType(1), 4)
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32, bool_vec, vec]),
+            f"llvm.masked.load.v4{suffix}.p0")
+        align = ir.Constant(i32, dtype.bitwidth // 8)
+        zero = ir.Constant(i64, 0)
+        bases = [_base(builder, context, signature.args[k], args[k], zero)
+                 for k in ((0, 1, 2) if weighted else (0, 1))]
+        n_ = context.cast(builder, args[3], signature.args[3], types.uint64)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(wide, None))
+                for _ in range(vectors)]
+
+        def term(acc, j, load):
+            d = builder.fsub(load(_at(builder, bases[0], j, vec)),
+                             load(_at(builder, bases[1], j, vec)))
+            t = builder.fmul(d, d)
+            t = t if dtype == types.float64 else builder.fpext(t, wide)
+            if weighted:
+                wv = load(_at(builder, bases[2], j, vec))
+                wv = wv if dtype == types.float64 else builder.fpext(wv, wide)
+                t = builder.fmul(wv, t)
+            return builder.fadd(builder.load(acc), t)
+
+        tail = builder.urem(n_, ir.Constant(i64, LOSS_CHAINS))
+        q = builder.sub(n_, tail)
+        plain = lambda ptr: builder.load(ptr, align=align.constant)  # noqa: E731
+        with cgutils.for_range_slice(builder, zero, q, ir.Constant(i64, LOSS_CHAINS)) as (j, _):
+            for v, acc in enumerate(accs):
+                builder.store(term(acc, builder.add(j, ir.Constant(i64, 4 * v)), plain), acc)
+        for v, acc in enumerate(accs):  # vector v holds samples q + 4v .. q + 4v + 3
+            first = ir.Constant(i64, 4 * v)
+            with builder.if_then(builder.icmp_unsigned(">", tail, first)):
+                mask = builder.icmp_unsigned(
+                    "<", ir.Constant(ir.VectorType(i64, 4), list(range(4))),
+                    _splat(builder, builder.sub(tail, first), ir.VectorType(i64, 4)))
+                new = term(acc, builder.add(q, first), lambda ptr: builder.call(
+                    masked_load, [ptr, align, mask, ir.Constant(vec, None)]))
+                builder.store(builder.select(mask, new, builder.load(acc)), acc)
+        v0, v1, v2, v3 = (builder.load(acc) for acc in accs)
+        total = builder.fadd(builder.fadd(v0, v1), builder.fadd(v2, v3))
+        l0, l1, l2, l3 = (builder.extract_element(total, ir.Constant(i64, c)) for c in range(4))
+        return builder.fadd(builder.fadd(l0, l1), builder.fadd(l2, l3))
+
+    return types.float64(out, y, w, n), codegen
 
 
 # ------------------------------------------------------------------- lanes_dot(_step)

@@ -22,7 +22,7 @@ from numba import njit
 
 from .batch import uses_products
 from .config import INNER, JIT
-from .intrinsics import fma, like, sum_width
+from .intrinsics import LOSS_CHAINS, fma, like, sum_width
 from .loops import all_finite
 from .rows import activate_rows, derivative_rows
 from .rules import (HALF_MSE, MSE, SOFTMAX, SSE, delta_scale, loss_of_sum, output_delta,
@@ -65,22 +65,18 @@ def _add_rows(z, w):
 @njit(**INNER)
 def _dot4_lanes(x, y, nb, out, part):
     """out[q] = rules.dot4 of lane q's rows x, y (nb samples): the same chains, s % w
-    for w = sum_width (part: w rows), folded to four sums, the tail into sum 0, combined
-    as (l0 + l1) + (l2 + l3)."""
+    for w = sum_width (part: w rows), folded to four sums, combined as
+    (l0 + l1) + (l2 + l3)."""
     w = sum_width(x)
-    qw = nb - nb % w
     for r in range(w):
         for q in range(LANES):
             part[r, q] = 0.0
-    for s in range(0, qw, w):
-        for r in range(w):
-            b = (s + r) * LANES
+    for s0 in range(0, nb, w):
+        for r in range(min(w, nb - s0)):
+            b = (s0 + r) * LANES
             for q in range(LANES):
                 part[r, q] = fma(x[b + q], y[b + q], part[r, q])
     _fold(part, w)
-    for s in range(qw, nb):
-        for q in range(LANES):
-            part[0, q] = fma(x[s * LANES + q], y[s * LANES + q], part[0, q])
     for q in range(LANES):
         out[q] = (part[0, q] + part[1, q]) + (part[2, q] + part[3, q])
 
@@ -89,40 +85,39 @@ def _dot4_lanes(x, y, nb, out, part):
 def _sum4_lanes(x, nb, out, part):
     """rules.sum4 per lane."""
     w = sum_width(x)
-    qw = nb - nb % w
     for r in range(w):
         for q in range(LANES):
             part[r, q] = 0.0
-    for s in range(0, qw, w):
-        for r in range(w):
-            b = (s + r) * LANES
+    for s0 in range(0, nb, w):
+        for r in range(min(w, nb - s0)):
+            b = (s0 + r) * LANES
             for q in range(LANES):
                 part[r, q] += x[b + q]
     _fold(part, w)
-    for s in range(qw, nb):
-        for q in range(LANES):
-            part[0, q] += x[s * LANES + q]
     for q in range(LANES):
         out[q] = (part[0, q] + part[1, q]) + (part[2, q] + part[3, q])
 
 
 @njit(**INNER)
-def _loss_sum4_lanes(a, y, nb, chains):
-    """rules.loss_sum4's four chains per lane into chains (4, LANES; float64), before
-    their final (c0 + c1) + (c2 + c3): the lanes have no sample weights, and their
-    losses (``eligible``) all add rules.squared_error."""
-    q4 = nb - nb % 4
-    for r in range(4):
+def _loss_sum_lanes(a, y, nb, chains, loss):
+    """loss[q] += rules.loss_sum of lane q's row (chains: (LOSS_CHAINS, LANES), float64):
+    the same chains, s % LOSS_CHAINS, and the same combination (rules._combined_chains).
+    The lanes have no sample weights, and their losses (``eligible``) all add
+    rules.squared_error."""
+    for r in range(LOSS_CHAINS):
         for q in range(LANES):
             chains[r, q] = 0.0
-    for s in range(0, q4, 4):
-        for r in range(4):
-            b = (s + r) * LANES
+    for s0 in range(0, nb, LOSS_CHAINS):
+        for r in range(min(LOSS_CHAINS, nb - s0)):
+            b = (s0 + r) * LANES
             for q in range(LANES):
                 chains[r, q] += squared_error(a[b + q], y[b + q])
-    for s in range(q4, nb):
-        for q in range(LANES):
-            chains[0, q] += squared_error(a[s * LANES + q], y[s * LANES + q])
+    for q in range(LANES):
+        s0 = (chains[0, q] + chains[4, q]) + (chains[8, q] + chains[12, q])
+        s1 = (chains[1, q] + chains[5, q]) + (chains[9, q] + chains[13, q])
+        s2 = (chains[2, q] + chains[6, q]) + (chains[10, q] + chains[14, q])
+        s3 = (chains[3, q] + chains[7, q]) + (chains[11, q] + chains[15, q])
+        loss[q] += (s0 + s1) + (s2 + s3)
 
 
 @njit(**INNER)
@@ -160,14 +155,12 @@ def _epoch_lanes(P, G, net, A, D, a_off, Y, nb, lr, part, out, loss, chains,
     k = sizes[-1]
     oo = a_off[n_layers]
     count = k * nb
-    if recording:  # batch.batch_loss: output by output, rules.loss_sum4 per lane
+    if recording:  # batch.batch_loss: output by output, rules.loss_sum per lane
         for q in range(LANES):
             loss[q] = 0.0
         for j in range(k):
-            _loss_sum4_lanes(A[oo + j * row:oo + (j + 1) * row], Y[j * row:(j + 1) * row],
-                             nb, chains)
-            for q in range(LANES):
-                loss[q] += (chains[0, q] + chains[1, q]) + (chains[2, q] + chains[3, q])
+            _loss_sum_lanes(A[oo + j * row:oo + (j + 1) * row], Y[j * row:(j + 1) * row],
+                            nb, chains, loss)
         for q in range(LANES):
             loss[q] = loss_of_sum(loss[q], net.loss, k, nb)
     out_act = net.acts[n_layers - 1]
@@ -223,7 +216,7 @@ def train_block(params, m0, net, x, y, epochs, lrs, epoch0, record_every, histor
     Y = np.empty(y.shape[1] * nb * LANES, dtype=params.dtype)
     part = np.empty((8, LANES), dtype=params.dtype)  # rules.dot4's chains (sum_width)
     loss = np.zeros(LANES)
-    chains = np.empty((4, LANES))  # rules.loss_sum4's, float64
+    chains = np.empty((LOSS_CHAINS, LANES))  # rules.loss_sum's, float64
     out = np.empty(LANES, dtype=params.dtype)
     lr = np.empty(LANES, dtype=params.dtype)  # the single-model entry's like(lr, params)
     r0 = (epoch0 + record_every - 1) // record_every

@@ -9,7 +9,7 @@ intrinsics.like, the sigmoid has a float32 exp (sigmoid32), the learning rate (o
 epoch) and the delta scale (once per batch) are rounded to float32 -- because Numba
 types ``x * 1.0`` as float64, and a float64 step would halve the SIMD lanes and add
 conversions.  Loss values are summed in float64 in either dtype (they are reported, not
-trained on), each output's terms in four interleaved chains (loss_sum4), and the
+trained on), each output's terms in sixteen interleaved chains (loss_sum), and the
 stateful steps (momentum, Adam) compute with their float64 beta, eps and bias
 corrections, the result rounded to float32 as it is stored.
 
@@ -47,7 +47,8 @@ from .config import INNER, JIT
 # again).
 RULE = dict(JIT, inline="always")
 from .intrinsics import (LANES, _dot4_group, compiled_as, exp, float32_from_bits, float64_from_bits, fma,
-                         lanes4, lanes_dot, lanes_dot_step, like, sum_width, tanh as tanh_of)
+                         lanes4, lanes_dot, lanes_dot_step, like, LOSS_CHAINS,
+                         squared_error_sum, tanh as tanh_of)
 
 
 IDENTITY = 0
@@ -319,44 +320,76 @@ def _weighted(e, w, s, weighted):
 
 
 @njit(**RULE)
-def loss_sum4(out, y, z, w, n, code):
+def loss_sum(out, y, z, w, n, code):
     """The sum over the samples s < n of one output's row of its loss terms (loss_term,
-    times w[s] when w is not empty), in float64: four chains as rules.sum4 runs them --
-    chain s % 4 for s < n - n % 4, in increasing s, the tail into chain 0 -- then
-    (c0 + c1) + (c2 + c3).  One running sum waits ~4 cycles per term: at 640 terms a
-    batch (64 samples, 10 outputs) or 100 an epoch (the 1-10-1 net) that wait was a
-    sizeable part of a recorded epoch.  out, y, z: the row's arrays from its first
-    sample (z read only for the losses that use it, loss_uses_z).  Not cross_entropy,
-    whose terms are per sample (batch.batch_loss sums those in order).
+    times w[s] when w is not empty), in float64: LOSS_CHAINS (16) chains -- chain
+    s % 16, in increasing s -- then combined (_combined_chains).  One running sum waits
+    ~4 cycles per term, and so does one vector of four chains: at 640 terms a batch (64
+    samples, 10 outputs) or 100 an epoch (the 1-10-1 net) that wait was a sizeable part
+    of a recorded epoch.  out, y, z: the row's arrays from its first sample (z read only
+    for the losses that use it, loss_uses_z).  Not cross_entropy, whose terms are per
+    sample (batch.batch_loss sums those in order).
 
-    The chains rotate through (c0, c1, c2, c3), the front one taking the term.  Each
-    kind of term has loops of its own, with loss_term's expression for that loss: a
-    loop that chose among them per term was vectorized by LLVM computing all of them,
-    exp and log included (twenty times slower in float32)."""
+    The squared error's chains are four vectors (intrinsics.squared_error_sum).  The
+    other losses' chains rotate through a tuple, the front one taking the term, and are
+    turned back after the last (n % 16 turns from where they started).  Each kind of
+    term has loops of its own, with loss_term's expression for that loss: a loop that
+    chose among them per term was vectorized by LLVM computing all of them, exp and log
+    included (twenty times slower in float32)."""
     weighted = w.shape[0] > 0
-    c0 = c1 = c2 = c3 = 0.0
     un = uint64(n)
-    q = un - un % uint64(4)
+    c = _NO_CHAINS
     if code == BCE:
-        for s in range(q):
+        for s in range(un):
             e = _weighted(bce_term(np.float64(z[s]), y[s]), w, s, weighted)
-            c0, c1, c2, c3 = c1, c2, c3, c0 + e
-        for s in range(q, un):
-            c0 += _weighted(bce_term(np.float64(z[s]), y[s]), w, s, weighted)
+            c = _rotated_in(c, e)
     elif code == POISSON:
-        for s in range(q):
+        for s in range(un):
             e = _weighted(poisson_term(np.float64(out[s]), np.float64(y[s]),
                                        np.float64(z[s])), w, s, weighted)
-            c0, c1, c2, c3 = c1, c2, c3, c0 + e
-        for s in range(q, un):
-            c0 += _weighted(poisson_term(np.float64(out[s]), np.float64(y[s]),
-                                         np.float64(z[s])), w, s, weighted)
+            c = _rotated_in(c, e)
+    elif weighted:
+        return squared_error_sum(out, y, w, un)
     else:
-        for s in range(q):
-            e = _weighted(squared_error(out[s], y[s]), w, s, weighted)
-            c0, c1, c2, c3 = c1, c2, c3, c0 + e
-        for s in range(q, un):
-            c0 += _weighted(squared_error(out[s], y[s]), w, s, weighted)
+        return squared_error_sum(out, y, None, un)
+    for _ in range(un % uint64(LOSS_CHAINS)):
+        c = _rotated_back(c)
+    return _combined_chains(c)
+
+
+_NO_CHAINS = (0.0,) * LOSS_CHAINS
+
+
+# (Numba has no tuple slices: c[1:] + (c[0] + e,) written out)
+@njit(**RULE)
+def _rotated_in(c, e):
+    """The chains turned by one, the front chain, plus e, to the back."""
+    return (c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12],
+            c[13], c[14], c[15], c[0] + e)
+
+
+@njit(**RULE)
+def _rotated_back(c):
+    """_rotated_in's turn undone."""
+    return (c[15], c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10],
+            c[11], c[12], c[13], c[14])
+
+
+@njit(**RULE)
+def _combined_chains(c):
+    """loss_sum's sixteen chains added: sum k = (c[k] + c[k + 4]) + (c[k + 8] + c[k + 12])
+    (the four vectors, pairwise), then (s0 + s1) + (s2 + s3): intrinsics.squared_error_sum's
+    order."""
+    s0 = (c[0] + c[4]) + (c[8] + c[12])
+    s1 = (c[1] + c[5]) + (c[9] + c[13])
+    s2 = (c[2] + c[6]) + (c[10] + c[14])
+    s3 = (c[3] + c[7]) + (c[11] + c[15])
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(**RULE)
+def _combined4(chains):
+    c0, c1, c2, c3 = chains
     return (c0 + c1) + (c2 + c3)
 
 
@@ -452,24 +485,20 @@ def cross_entropy_column(z, y, base, stride, k):
 def dot4(x, xo, y, yo, n):
     """sum_s x[xo+s] * y[yo+s] for s < n (the gradient of a weight over a batch), in
     interleaved chains, one 256-bit vector of them (intrinsics.sum_width: 4 in float64,
-    8 in float32): chain s % width (fused multiply-adds in increasing s), the float32
-    chains folded to four sums (k + k + 4), the tail s >= n - n % width into sum 0,
-    then (l0 + l1) + (l2 + l3).  The chains run in parallel where one running sum waits
-    4 cycles per add.  Offsets and n unsigned (uint64)."""
-    q = n - n % uint64(sum_width(x))
-    a0, a1, a2, a3 = lanes4(x, xo, y, yo, q)
-    for s in range(q, n):
-        a0 = fma(x[xo + s], y[yo + s], a0)
+    8 in float32): chain s % width (fused multiply-adds in increasing s) for every s,
+    the float32 chains folded to four sums (k + k + 4), then (l0 + l1) + (l2 + l3).
+    The chains run in parallel where one running sum waits 4 cycles per add; the last
+    n % width samples join their chains in one masked vector step (before, they went
+    into sum 0 one at a time: four scalar steps per sum for a float32 batch of 100).
+    Offsets and n unsigned (uint64)."""
+    a0, a1, a2, a3 = lanes4(x, xo, y, yo, n)
     return (a0 + a1) + (a2 + a3)
 
 
 @njit(**RULE)
 def sum4(x, xo, n):
     """sum_s x[xo+s] for s < n (the gradient of a bias), in dot4's lane order."""
-    q = n - n % uint64(sum_width(x))
-    a0, a1, a2, a3 = lanes4(x, xo, None, uint64(0), q)
-    for s in range(q, n):
-        a0 += x[xo + s]
+    a0, a1, a2, a3 = lanes4(x, xo, None, uint64(0), n)
     return (a0 + a1) + (a2 + a3)
 
 

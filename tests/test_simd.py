@@ -145,33 +145,27 @@ def _chains(x):
 @njit
 def _scalar_dot4(x, xo, y, yo, n, w):
     chains = np.zeros(w, x.dtype)  # sums in x's dtype
-    q = n - n % w
-    for s in range(q):
+    for s in range(n):
         chains[s % w] = I.fma(x[xo + s], y[yo + s], chains[s % w])
-    a = chains[:4].copy()
-    if w == 8:
-        for k in range(4):
-            a[k] = chains[k] + chains[k + 4]
-    a0 = a[0]
-    for s in range(q, n):
-        a0 = I.fma(x[xo + s], y[yo + s], a0)
-    return (a0 + a[1]) + (a[2] + a[3])
+    return _combined(chains, w)
 
 
 @njit
 def _scalar_sum4(x, xo, n, w):
     chains = np.zeros(w, x.dtype)
-    q = n - n % w
-    for s in range(q):
+    for s in range(n):
         chains[s % w] += x[xo + s]
+    return _combined(chains, w)
+
+
+@njit
+def _combined(chains, w):
+    """float32's eight chains folded to four (k + k + 4), then (a0 + a1) + (a2 + a3)."""
     a = chains[:4].copy()
     if w == 8:
         for k in range(4):
             a[k] = chains[k] + chains[k + 4]
-    a0 = a[0]
-    for s in range(q, n):
-        a0 += x[xo + s]
-    return (a0 + a[1]) + (a[2] + a[3])
+    return (a[0] + a[1]) + (a[2] + a[3])
 
 
 @njit
@@ -192,6 +186,25 @@ def test_dot4_and_sum4_keep_their_four_scalar_lanes_order(n, dtype):
     y = rng.standard_normal(n + 9).astype(dtype)
     assert _dot4(x, 3, y, 5, n) == _scalar_dot4(x, 3, y, 5, n, _chains(x))
     assert _sum4(x, 2, n) == _scalar_sum4(x, 2, n, _chains(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dot4_masked_last_step_leaves_the_other_chains_as_they_are(dtype):
+    """Products too small for the dtype round to -0.0: past one vector of samples every
+    chain holds -0.0, and so does the sum.  The last n % width samples are a masked
+    vector step: a chain it masks off must keep its -0.0 (one more fma of the zeros a
+    masked load gives would make it +0.0, and the sum +0.0)."""
+    tiny = np.finfo(dtype).tiny
+    width = _chains(np.zeros(0, dtype))
+    for n in range(width, 3 * width):
+        x = np.full(n, -tiny, dtype)
+        y = np.full(n, tiny, dtype)
+        got = _dot4(x, 0, y, 0, n)
+        assert _bits(dtype(got)) == _bits(dtype(-0.0)), n
+        group = np.full(2, 7.0, dtype)
+        _dot4_group_compiled(np.full(8, 7.0, dtype), 0, x, y, x, y, n)
+        dot4_group(group, 0, (x, x), (y, y), uint64(n))
+        assert [_bits(v) for v in group] == [_bits(dtype(-0.0))] * 2, n
 
 
 @njit
@@ -368,28 +381,57 @@ def test_like_gives_the_value_in_the_float_type_of_its_argument(x):
 
 
 @njit
-def _lanes4_compiled(x, xo, y, yo, q):
-    return I.lanes4(x, xo, y, yo, q)
+def _lanes4_compiled(x, xo, y, yo, n):
+    return I.lanes4(x, xo, y, yo, n)
 
 
 @njit
-def _sums4_compiled(x, xo, q):
-    return I.lanes4(x, xo, None, 0, q)
+def _sums4_compiled(x, xo, n):
+    return I.lanes4(x, xo, None, 0, n)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("vectors", [0, 1, 2, 9, 100])
-def test_lanes4_python_meaning_equals_the_compiled_lanes(dtype, vectors):
-    q = vectors * _chains(np.zeros(0, dtype))  # a multiple of the chain count
-    rng = np.random.default_rng(500 + q)
-    x = (rng.standard_normal(q + 5) * 10.0 ** rng.integers(-6, 6, q + 5)).astype(dtype)
-    y = rng.standard_normal(q + 3).astype(dtype)
-    want = _lanes4_compiled(x, 5 % (x.size - q + 1), y, 3, q)
-    got = I.lanes4(x, 5 % (x.size - q + 1), y, 3, q)
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 8, 9, 13, 16, 39, 800])
+def test_lanes4_python_meaning_equals_the_compiled_lanes(dtype, n):
+    """Whole vectors of chains and a masked last step (n % width samples)."""
+    rng = np.random.default_rng(500 + n)
+    x = (rng.standard_normal(n + 5) * 10.0 ** rng.integers(-6, 6, n + 5)).astype(dtype)
+    y = rng.standard_normal(n + 3).astype(dtype)
+    want = _lanes4_compiled(x, 5 % (x.size - n + 1), y, 3, n)
+    got = I.lanes4(x, 5 % (x.size - n + 1), y, 3, n)
     assert [_bits(np.float64(v)) for v in got] == [_bits(np.float64(v)) for v in want]
-    want = _sums4_compiled(x, 1, q)
-    got = I.lanes4(x, 1, None, 0, q)
+    want = _sums4_compiled(x, 1, n)
+    got = I.lanes4(x, 1, None, 0, n)
     assert [_bits(np.float64(v)) for v in got] == [_bits(np.float64(v)) for v in want]
+
+
+@njit
+def _squared_error_sum_compiled(out, y, w, n, weighted):
+    if weighted:
+        return I.squared_error_sum(out, y, w, n)
+    return I.squared_error_sum(out, y, None, n)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 7, 16, 17, 29, 100, 101])
+def test_squared_error_sum_python_meaning_equals_the_compiled_sum(dtype, n):
+    """rules.loss_sum's squared errors: sixteen chains, sixteen samples a step in four
+    vectors, masked last steps; the terms in the arrays' dtype, widened, times the
+    weight; the chains added four vectors pairwise, then their lanes."""
+    rng = np.random.default_rng(900 + n)
+    out = (rng.standard_normal(n + 4) * 10.0 ** rng.integers(-3, 3, n + 4)).astype(dtype)
+    y = rng.standard_normal(n + 4).astype(dtype)
+    w = rng.random(n + 4).astype(dtype)
+    for weighted in (False, True):
+        want = _squared_error_sum_compiled(out, y, w, n, weighted)
+        got = I.squared_error_sum(out, y, w if weighted else None, n)
+        assert _bits(np.float64(got)) == _bits(np.float64(want))
+        c = [0.0] * I.LOSS_CHAINS  # the order, spelled out
+        for s in range(n):
+            d = out[s] - y[s]
+            c[s % 16] += (float(w[s]) if weighted else 1.0) * float(d * d)
+        v = [(c[k] + c[k + 4]) + (c[k + 8] + c[k + 12]) for k in range(4)]
+        assert got == (v[0] + v[1]) + (v[2] + v[3])
 
 
 @njit

@@ -506,54 +506,56 @@ def _batch_loss(acts, oo, y, z, w, code, k, nb):
     return B.batch_loss(acts, oo, y, z, w, code, k, nb)
 
 
-def _four_chain_loss(out, y, z, w, code, k, nb):
+def _chain_loss(out, y, z, w, code, k, nb, chains=16):
     """The documented order of a batch loss, in Python: output by output (a running
     float64 total from 0), each output's terms -- rules.loss_term (a float64; a Python
     float would make a float32 weight's product float32), times the sample weight -- in
-    four chains (chain s % 4 for s below nb - nb % 4, the rest into chain
-    0), added as (c0 + c1) + (c2 + c3)."""
+    sixteen chains (chain s % 16), added as sum k = (c[k] + c[k + 4]) + (c[k + 8] +
+    c[k + 12]), then (s0 + s1) + (s2 + s3).  ``chains=4``: the order before, chain s % 4
+    added as (c0 + c1) + (c2 + c3)."""
     total = np.float64(0.0)
-    q = nb - nb % 4
     for j in range(k):
-        chains = [np.float64(0.0)] * 4
+        c = [np.float64(0.0)] * chains
         for s in range(nb):
             t = np.float64(Rules.loss_term(out[j * nb + s], y[j * nb + s],
                                            np.float64(z[j * nb + s]), code))
             t = w[s] * t if w.size else t
-            c = s % 4 if s < q else 0
-            chains[c] = np.float64(chains[c] + t)
-        total = np.float64(total + ((chains[0] + chains[1]) + (chains[2] + chains[3])))
+            c[s % chains] = np.float64(c[s % chains] + t)
+        if chains == 16:
+            c = [(c[i] + c[i + 4]) + (c[i + 8] + c[i + 12]) for i in range(4)]
+        total = np.float64(total + ((c[0] + c[1]) + (c[2] + c[3])))
     return Rules.loss_of_sum(total, code, k, nb)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_batch_loss_sums_each_output_in_four_chains(dtype):
+def test_batch_loss_sums_each_output_in_sixteen_chains(dtype):
     """batch.batch_loss (which the generated kernels and the lanes follow: their tests
-    check the same bits) adds each output's loss terms in four interleaved float64
-    chains, the order _four_chain_loss spells out: bit for bit, for every loss that
-    sums terms, with and without sample weights, for batches of every size mod 4.  (A
-    single running sum, the order before, differs in the last bits: the check could
-    fail.)"""
+    check the same bits) adds each output's loss terms in sixteen interleaved float64
+    chains, the order _chain_loss spells out: bit for bit, for every loss that sums
+    terms, with and without sample weights, for batches of many sizes mod 16.  (A
+    single running sum and four chains, orders used before, differ in the last bits:
+    the check could fail.)"""
     rng = np.random.default_rng(5)
     codes = (Rules.MSE, Rules.HALF_MSE, Rules.SSE, Rules.BCE, Rules.POISSON)
-    differs = 0
+    differs = four_differs = 0
     for code in codes:
         for k in (1, 3):
-            for nb in (1, 2, 3, 4, 5, 7, 64, 101):
+            for nb in (1, 2, 3, 4, 5, 7, 16, 17, 31, 64, 101):
                 out = rng.random(k * nb).astype(dtype) + dtype(0.1)
                 y = rng.random(k * nb).astype(dtype)
                 z = rng.normal(size=k * nb).astype(dtype)
                 for w in (np.zeros(0, dtype), rng.random(nb).astype(dtype)):
                     got = _batch_loss(out, 0, y, z, w, code, k, nb)
-                    want = _four_chain_loss(out, y, z, w, code, k, nb)
+                    want = _chain_loss(out, y, z, w, code, k, nb)
                     assert got == want, (dtype, code, k, nb, w.size, got, want)
+                    four_differs += got != _chain_loss(out, y, z, w, code, k, nb, chains=4)
                     terms = [np.float64(Rules.loss_term(out[i], y[i], np.float64(z[i]), code))
                              * (w[i % nb] if w.size else 1.0) for i in range(k * nb)]
                     one_chain = np.float64(0.0)
                     for t in terms:
                         one_chain = np.float64(one_chain + t)
                     differs += Rules.loss_of_sum(one_chain, code, k, nb) != got
-    assert differs > 0  # the two orders are told apart by these cases
+    assert differs > 0 and four_differs > 0  # the orders are told apart by these cases
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
