@@ -335,6 +335,48 @@ def _four_sums(builder, chains):
     return lanes
 
 
+def _shuffle(builder, a, b, picks):
+    i32 = ir.IntType(32)
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, len(picks)), picks))
+
+
+def _group_sums(builder, chains):
+    """Each vector of lanes4's chains summed as rules.dot4 sums it -- (l0 + l1) +
+    (l2 + l3) of its four partial sums -- a vector of them at a time: the vectors are
+    transposed so that each add serves one lane of every sum (the float32 fold first,
+    a 128-bit half each).  Returns vectors of consecutive sums: 8 per <8 x float>, 4
+    per <4 x double> (the last one's lanes past len(chains) unused).  Every sum sees
+    the adds of _four_sums and dot4, in their order: one sum at a time, the extracts
+    and scalar adds cost as much as the float32 loop over 100 samples."""
+    vec = chains[0].type
+    width = vec.count
+    per = 8 if width == 8 else 4  # sums per result vector
+    zero = ir.Constant(vec, None)
+    results = []
+    for first in range(0, len(chains), per):
+        v = list(chains[first:first + per]) + [zero] * (per - len(chains[first:first + per]))
+        if width == 8:
+            # y_k = [chain c + chain c + 4 of sum k | the same of sum k + 4]
+            y = [builder.fadd(_shuffle(builder, v[k], v[k + 4], [0, 1, 2, 3, 8, 9, 10, 11]),
+                              _shuffle(builder, v[k], v[k + 4], [4, 5, 6, 7, 12, 13, 14, 15]))
+                 for k in range(4)]
+            u = [_shuffle(builder, y[a], y[a + 1], picks) for a in (0, 2)
+                 for picks in ([0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15])]
+            lo, hi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+            g = [_shuffle(builder, u[0], u[2], lo), _shuffle(builder, u[0], u[2], hi),
+                 _shuffle(builder, u[1], u[3], lo), _shuffle(builder, u[1], u[3], hi)]
+        else:
+            t = [_shuffle(builder, v[a], v[a + 1], picks) for a in (0, 2)
+                 for picks in ([0, 4, 2, 6], [1, 5, 3, 7])]
+            g = [_shuffle(builder, t[0], t[2], [0, 1, 4, 5]),
+                 _shuffle(builder, t[1], t[3], [0, 1, 4, 5]),
+                 _shuffle(builder, t[0], t[2], [2, 3, 6, 7]),
+                 _shuffle(builder, t[1], t[3], [2, 3, 6, 7])]
+        # g[c]: partial sum c of every sum, lane by lane
+        results.append(builder.fadd(builder.fadd(g[0], g[1]), builder.fadd(g[2], g[3])))
+    return results
+
+
 @compiled_as(lanes4)
 def _lanes4(typingctx, x, xo, y, yo, n):
     sums = isinstance(y, types.NoneType)
@@ -366,7 +408,7 @@ def _dot4_group(typingctx, out, o, xs, ys, n):
     """rules.dot4_group compiled: the K sums' chains advance together in one loop over
     the samples (each sum its own 256-bit vector of chains, as lanes4 runs it alone,
     its last samples in a masked step), then each sum's (l0 + l1) + (l2 + l3) into
-    out[o + k].
+    out[o + k], several sums a vector (_group_sums).
     Every chain sees the same operations in the same order as rules.dot4 / sum4; only
     the independent chains interleave, so the loop runs at the FMA units' throughput,
     not one chain's latency."""
@@ -390,10 +432,18 @@ def _dot4_group(typingctx, out, o, xs, ys, n):
         chains = _chains(builder, dtype, x_bases, y_bases, n_)  # per k, as lanes4's
         o_ = context.cast(builder, args[1], signature.args[1], types.uint64)
         out_at = _base(builder, context, signature.args[0], args[0], o_)
-        for k, vector in enumerate(chains):
-            a0, a1, a2, a3 = _four_sums(builder, vector)
-            result = builder.fadd(builder.fadd(a0, a1), builder.fadd(a2, a3))
-            builder.store(result, builder.gep(out_at, [ir.Constant(i64, k)]))
+        align = dtype.bitwidth // 8
+        k = 0
+        for sums in _group_sums(builder, chains):
+            count = min(sums.type.count, len(chains) - k)
+            if count == sums.type.count:  # a whole vector of sums: one store
+                builder.store(sums, _at(builder, out_at, ir.Constant(i64, k), sums.type),
+                              align=align)
+            else:
+                for c in range(count):
+                    builder.store(builder.extract_element(sums, ir.Constant(i64, c)),
+                                  builder.gep(out_at, [ir.Constant(i64, k + c)]))
+            k += count
         return context.get_dummy_value()
 
     return types.none(out, o, xs, ys, n), codegen

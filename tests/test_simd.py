@@ -234,6 +234,31 @@ def test_dot4_group_is_dot4_and_sum4_member_by_member(n, dtype):
         assert np.all(out[:3] == 7.0) and np.all(out[9:] == 7.0)
 
 
+@njit
+def _dot4_group_of(out, o, xs, ys, n):
+    dot4_group(out, o, xs, ys, uint64(n))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("members", [1, 3, 4, 5, 8, 9, 12, 16])
+def test_dot4_group_sums_whole_and_partial_vectors_of_members(members, dtype):
+    """The group's sums are added a vector of members at a time (4 float64, 8 float32:
+    transposed chains); every member must still be its own dot4 / sum4, whether its
+    vector is whole (one store) or partial (stores of single lanes), and nothing past
+    out[o + members] may be written."""
+    rng = np.random.default_rng(40 + members)
+    n = 21
+    rows = [(rng.standard_normal(n) * 10.0 ** rng.integers(-6, 6, n)).astype(dtype)
+            for _ in range(members + 1)]
+    xs = tuple(rows[k] for k in range(members))
+    ys = tuple(rows[k + 1] for k in range(members))
+    out = np.full(members + 4, 7.0, dtype)
+    _dot4_group_of(out, 2, xs, ys, n)
+    want = [_dot4(x, 0, y, 0, n) for x, y in zip(xs, ys)]
+    assert [_bits(v) for v in out[2:2 + members]] == [_bits(dtype(v)) for v in want]
+    assert np.all(out[:2] == 7.0) and np.all(out[2 + members:] == 7.0)
+
+
 # ------------------------------------------------ Python meanings against compiled code
 def _bits(x):
     """The IEEE bits of a float (float32 or float64), to compare -0.0 too; any NaN is
