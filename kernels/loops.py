@@ -26,7 +26,7 @@ functions (inlining whole call trees at Numba's level cost minutes).
 Every entry takes the same arguments (``_make_trainer``) and returns (epochs_done,
 bad_epoch, early_stopped).
 """
-from numba import njit
+from numba import njit, uint64
 
 from .batch import gather, load_weights, scatter
 from .config import INNER, JIT
@@ -35,7 +35,7 @@ from .options import Data, Net, Work
 from .passes import BACKWARD, BATCH_LOSS, FORWARD, OUTPUT_DELTAS, call as call_pass
 from .rng import permutation_into
 from .rules import (ADAM, adam_scales, l2_penalty, learning_rate, plain_step,
-                    stateful_step)
+                    stateful_step, sum4)
 from .sample import sample_epoch_plain, sample_epoch_stateful
 from .sparse import sparse_first_gradient, sparse_first_z
 
@@ -52,6 +52,16 @@ RULES = {"fused": FUSED, "plain": PLAIN, "stateful": STATEFUL}
 
 @njit(**INNER)
 def all_finite(x):
+    """Whether no element of x (1-D, C-contiguous) is NaN or infinite.  First their sum
+    (rules.sum4: vector steps, a masked last one): a NaN or an infinity makes any sum
+    that includes it non-finite, so a finite sum proves every element finite.  Only
+    when the sum is not finite -- a non-finite element, or finite ones whose sum
+    overflows -- are the elements looked at one by one (v - v is 0 only for a finite
+    v).  The parameters are checked at every recorded epoch; a loop over 31 float32
+    ones ran 15 of them scalar after its one vector step."""
+    total = sum4(x, uint64(0), uint64(x.shape[0]))
+    if total - total == 0:
+        return True
     for i in range(x.shape[0]):
         v = x[i]
         if not (v - v == 0):  # False for nan and +-inf

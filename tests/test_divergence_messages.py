@@ -3,8 +3,10 @@ data only when they are huge for the dtype, the starting parameters when the los
 finite there although the data are moderate.  The epoch is that of the run."""
 import numpy as np
 import pytest
+from numba import njit
 
 import fastbp
+from fastbp.kernels import loops
 from fastbp.model import divergence_cause
 
 X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]) * 7.9
@@ -91,3 +93,29 @@ def test_adam_gradient_too_large_at_the_start_is_blamed_not_the_learning_rate(ba
     _, msg = _message(fastbp.MLP([2, 3, 1], activation="identity", init=1e60), X, Y,
                       epochs=3, lr=1.0)
     assert "the gradient at the starting parameters" not in msg
+
+
+@njit
+def _all_finite(x):
+    return loops.all_finite(x)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_guards_finiteness_check_finds_every_nan_and_infinity(dtype):
+    """loops.all_finite (the divergence guard's check of the parameters) sums the
+    elements first and looks at them one by one only when the sum is not finite: a
+    NaN or an infinity at any position -- a whole vector's, the masked last step's --
+    is found, and finite values whose sum overflows are still finite."""
+    for n in (1, 7, 8, 9, 16, 31, 33):
+        x = np.linspace(-1.0, 1.0, n).astype(dtype)
+        assert _all_finite(x)
+        for bad in (np.nan, np.inf, -np.inf):
+            for i in range(n):
+                y = x.copy()
+                y[i] = bad
+                assert not _all_finite(y), (n, bad, i)
+        big = np.full(n, np.finfo(dtype).max, dtype)
+        assert _all_finite(big)  # the sum overflows (n > 1); every value is finite
+        big[-1] = np.inf
+        assert not _all_finite(big)
+    assert _all_finite(np.zeros(0, dtype))
