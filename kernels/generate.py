@@ -226,7 +226,7 @@ import math
 import numpy as np
 from numba import njit, uint64
 from fastbp.kernels.config import INNER, JIT
-from fastbp.kernels.intrinsics import borrowed, fma, like
+from fastbp.kernels.intrinsics import borrowed, fma, like, squared_error_sum
 from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, end_of_chunk,
                                   stateful_update)
 from fastbp.kernels.options import Data, Work
@@ -419,13 +419,18 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
                 for j in range(K):
                     out(f"zo{j}[s] = z{L - 1}_{j}")
         # loss: batch.batch_loss's order, output by output, each row in rules.loss_sum's
-        # chains (sw is empty without sample weights)
+        # chains (sw is empty without sample weights).  The squared error's sum is
+        # loss_sum's own intrinsic, emitted here: loss_sum is called, not inlined, and
+        # the call (with its arrays' reference counts) cost more than W3's sum itself
         out("total = 0.0")
         out("if recording:")
         with out.block():
             for j in range(K):
-                z = f"zo{j}" if loss == BCE else f"y{j}"  # (y: not read)
-                out(f"total += loss_sum(a{L}_{j}, y{j}, {z}, sw, n, {loss})")
+                if loss == BCE:
+                    out(f"total += loss_sum(a{L}_{j}, y{j}, zo{j}, sw, n, {loss})")
+                else:
+                    out(f"total += squared_error_sum(a{L}_{j}, y{j}, "
+                        f"{'sw' if weighted else 'None'}, uint64(n))")
         # backward: batch.output_deltas, then batch.backward's deltas
         out("scale = " + rounding.stored(f"delta_scale({loss}, {acts[L - 1]}, {K}, n)"))
         combined = loss == BCE and acts[L - 1] == SIGMOID
