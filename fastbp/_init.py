@@ -1,6 +1,8 @@
 """Initial parameter values, drawn layer by layer (weights, then biases)."""
 import numpy as np
 
+from .kernels.options import aligned_copy
+
 
 def initial_params(layout, init, seed, dtype):
     """A fresh flat parameter vector for ``layout`` (see _layout.Layout)."""
@@ -37,4 +39,4 @@ def initial_params(layout, init, seed, dtype):
     if not np.isfinite(out).all():
         raise ValueError(f"init={init!r} gives parameters too large for {np.dtype(dtype).name} "
                          f"(they would be infinite); choose a smaller init")
-    return out
+    return aligned_copy(out)

@@ -22,6 +22,7 @@ import zlib
 import numpy as np
 
 from .errors import ModelFileError
+from .kernels.options import aligned_copy
 
 FORMAT = "fastbp-mlp"
 FORMAT_VERSION = 1
@@ -372,7 +373,7 @@ def model_from_archive(ar):
                        f"{model.dtype.name}")
     if not np.isfinite(params).all():
         raise ar.error("parameters contain NaN or infinity")
-    model._params = np.ascontiguousarray(params).copy()
+    model._params = aligned_copy(np.ascontiguousarray(params))
     model.seed = None
     model._rng_state = ar.vector("rng_state", "i", length=2).astype(np.int64).copy()
     return model

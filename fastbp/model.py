@@ -134,7 +134,7 @@ class MLP:
         self = cls.__new__(cls)
         self._configure(sizes, activation, loss, bs is not None, dtype)
         self.seed = None
-        params = np.empty(self._layout.n_params, dtype=self.dtype)
+        params = O.aligned_copy(np.empty(self._layout.n_params, dtype=self.dtype))
         for view, w in zip(self._layout.weight_views(params), ws):
             view[...] = w
         if bs is not None:
@@ -622,6 +622,7 @@ class MLP:
 
     def __setstate__(self, state):
         _pickling.restore(self, state)
+        self._params = O.aligned_copy(self._params)  # (O.aligned_copy: why)
 
     __copy__ = _pickling.independent_copy  # parameters are never shared by a copy
 

@@ -189,6 +189,17 @@ def aligned_zeros(lengths, dtype):
     return [raw[at + a:at + a + n] for a, n in zip(starts, lengths)]
 
 
+def aligned_copy(a):
+    """A copy of the 1-D array ``a`` starting on an ALIGN_BYTES boundary: a model's
+    parameters.  A per-sample epoch of a 32-256-256-10 net runs its weight rows as
+    vector loads from the parameters; 16 bytes past a cache line, numpy's alignment three
+    times in four, each of them straddles two lines (float32 48 ms instead of 40,
+    float64 84 instead of 70)."""
+    (out,) = aligned_zeros((a.shape[0],), np.dtype(a.dtype))
+    out[...] = a
+    return out
+
+
 @functools.lru_cache(maxsize=256)
 def _aligned_starts(lengths, itemsize):
     """aligned_zeros' offsets of each array in elements, and the allocation's length."""
