@@ -388,12 +388,6 @@ def _combined_chains(c):
 
 
 @njit(**RULE)
-def _combined4(chains):
-    c0, c1, c2, c3 = chains
-    return (c0 + c1) + (c2 + c3)
-
-
-@njit(**RULE)
 def loss_of_sum(total, code, k, nb):
     """The loss of a batch of nb samples and k outputs from the sum of its (weighted)
     loss terms (cross_entropy: of its per-sample terms)."""
