@@ -291,8 +291,7 @@ def _chains(builder, dtype, x_bases, y_bases, n):
     vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                           f"llvm.fma.v{width}{suffix}")
     align = dtype.bitwidth // 8
-    zero = ir.Constant(vec, None)
-    accs = [cgutils.alloca_once_value(builder, zero) for _ in x_bases]
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in x_bases]
 
     def step(j, load):
         for x_base, y_base, acc in zip(x_bases, y_bases, accs):
@@ -311,18 +310,27 @@ def _chains(builder, dtype, x_bases, y_bases, n):
         for acc, new in step(j, lambda ptr: builder.load(ptr, align=align)):
             builder.store(new, acc)
     with builder.if_then(builder.icmp_unsigned("!=", tail, ir.Constant(i64, 0))):
-        lane_ids = ir.Constant(ir.VectorType(i64, width), list(range(width)))
-        tail_v = _splat(builder, tail, ir.VectorType(i64, width))
-        mask = builder.icmp_unsigned("<", lane_ids, tail_v)
-        bool_vec = ir.VectorType(ir.IntType(1), width)
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec.as_pointer(), ir.IntType(32), bool_vec,
-                                                  vec]), f"llvm.masked.load.v{width}{suffix}.p0")
-        align_arg = ir.Constant(ir.IntType(32), align)
-        for acc, new in step(q, lambda ptr: builder.call(masked_load,
-                                                         [ptr, align_arg, mask, zero])):
+        mask, load = _first_lanes(builder, vec, tail, align)
+        for acc, new in step(q, load):
             builder.store(builder.select(mask, new, builder.load(acc)), acc)
     return [builder.load(acc) for acc in accs]
+
+
+def _first_lanes(builder, vec, count, align):
+    """The masked last step of a vector loop: the mask of a vector's first ``count``
+    lanes (an i64 value, 1 .. vec.count) and a load of those lanes alone, zeros in the
+    others (llvm.masked.load: nothing past them is read)."""
+    i64, i32 = ir.IntType(64), ir.IntType(32)
+    width = vec.count
+    mask = builder.icmp_unsigned("<", ir.Constant(ir.VectorType(i64, width), list(range(width))),
+                                 _splat(builder, count, ir.VectorType(i64, width)))
+    suffix = "f32" if isinstance(vec.element, ir.FloatType) else "f64"
+    masked_load = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32,
+                                              ir.VectorType(ir.IntType(1), width), vec]),
+        f"llvm.masked.load.v{width}{suffix}.p0")
+    zeros, align_arg = ir.Constant(vec, None), ir.Constant(i32, align)
+    return mask, lambda ptr: builder.call(masked_load, [ptr, align_arg, mask, zeros])
 
 
 def _four_sums(builder, chains):
@@ -487,15 +495,10 @@ def _squared_error_sum(typingctx, out, y, w, n):
     vectors = LOSS_CHAINS // 4
 
     def codegen(context, builder, signature, args):
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-        make, suffix = _LLVM_FLOAT[dtype]
-        vec = ir.VectorType(make(), 4)
+        i64 = ir.IntType(64)
+        vec = ir.VectorType(_LLVM_FLOAT[dtype][0](), 4)
         wide = ir.VectorType(ir.DoubleType(), 4)
-        bool_vec = ir.VectorType(ir.IntType(1), 4)
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32, bool_vec, vec]),
-            f"llvm.masked.load.v4{suffix}.p0")
-        align = ir.Constant(i32, dtype.bitwidth // 8)
+        align = dtype.bitwidth // 8
         zero = ir.Constant(i64, 0)
         bases = [_base(builder, context, signature.args[k], args[k], zero)
                  for k in ((0, 1, 2) if weighted else (0, 1))]
@@ -516,18 +519,15 @@ def _squared_error_sum(typingctx, out, y, w, n):
 
         tail = builder.urem(n_, ir.Constant(i64, LOSS_CHAINS))
         q = builder.sub(n_, tail)
-        plain = lambda ptr: builder.load(ptr, align=align.constant)  # noqa: E731
+        plain = lambda ptr: builder.load(ptr, align=align)  # noqa: E731
         with cgutils.for_range_slice(builder, zero, q, ir.Constant(i64, LOSS_CHAINS)) as (j, _):
             for v, acc in enumerate(accs):
                 builder.store(term(acc, builder.add(j, ir.Constant(i64, 4 * v)), plain), acc)
         for v, acc in enumerate(accs):  # vector v holds samples q + 4v .. q + 4v + 3
             first = ir.Constant(i64, 4 * v)
             with builder.if_then(builder.icmp_unsigned(">", tail, first)):
-                mask = builder.icmp_unsigned(
-                    "<", ir.Constant(ir.VectorType(i64, 4), list(range(4))),
-                    _splat(builder, builder.sub(tail, first), ir.VectorType(i64, 4)))
-                new = term(acc, builder.add(q, first), lambda ptr: builder.call(
-                    masked_load, [ptr, align, mask, ir.Constant(vec, None)]))
+                mask, load = _first_lanes(builder, vec, builder.sub(tail, first), align)
+                new = term(acc, builder.add(q, first), load)
                 builder.store(builder.select(mask, new, builder.load(acc)), acc)
         v0, v1, v2, v3 = (builder.load(acc) for acc in accs)
         total = builder.fadd(builder.fadd(v0, v1), builder.fadd(v2, v3))
