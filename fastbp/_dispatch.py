@@ -42,7 +42,7 @@ from .kernels import loops as L
 from .kernels import options as O
 from .kernels import passes as PS
 from .kernels import rules as R
-from .kernels.config import PRODUCT_MIN_WORK
+from .kernels.config import BLAS_MIN_THREADS, BLAS_THREADED_MIN_WORK, PRODUCT_MIN_WORK
 from .kernels import pool as P
 from .kernels import sample_share as SS
 from .kernels.generate import cache_dir, kernel_sources_digest
@@ -330,9 +330,9 @@ def share_samples(layout, dtype, threads):
     """The ProductThreads (fastbp/_threads.py) that share the wide layers of a per-sample
     fit among ``threads`` threads; None for one thread.  Compiles the units and the
     workers on first use."""
-    from ._threads import ProductThreads
     if threads <= 1:
         return None
+    from ._threads import ProductThreads
     shared = ProductThreads(threads, 0, np.dtype(dtype),
                             per_sample=(layout.n_params, max(layout.sizes[:-1])))
     mark_compiled(("sample", "shared", dtype_name(dtype)))
@@ -365,9 +365,9 @@ def share_products(gemm, dtype, threads):
     """The ProductThreads (fastbp/_threads.py) that share a fit's products, computed by
     the gemm unit ``gemm``, among ``threads`` threads; None for one thread or no
     products.  Compiles the pooled unit and the workers on first use."""
-    from ._threads import ProductThreads
     if gemm is None or threads <= 1:
         return None
+    from ._threads import ProductThreads  # (after the return: an import costs a fit 1 us)
     shared = ProductThreads(threads, gemm_address(gemm, dtype), np.dtype(dtype))
     mark_compiled(("gemm", "pooled", dtype_name(dtype)))
     return shared
@@ -454,7 +454,6 @@ def make_net(layout, act_codes, loss_code, dtype, gemm, shared=None):
     its products shared by the threads ``shared`` (share_products) when given.  BLAS
     takes the largest products when numpy's OpenBLAS runs them on enough threads
     (config.BLAS_THREADED_MIN_WORK)."""
-    from .kernels.config import BLAS_MIN_THREADS, BLAS_THREADED_MIN_WORK
     blas = 0
     if gemm is not None and G.blas_threads() >= BLAS_MIN_THREADS:
         blas = G.blas()[0][np.dtype(dtype)]

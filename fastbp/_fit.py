@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _dispatch as D
 from . import _sparse as S
+from . import _validation as V
 from ._divergence import ChunkBound
 from .checkpoint import Saver
 from .history import History
@@ -202,14 +203,13 @@ class SingleFit:
         run = self.run
         if not run.callbacks:
             return None
-        from .model import _all_finite
         hist = self.history(None)
         for cb in run.callbacks:
             stop = _stops(cb, cb(run.done, hist, self.model))
             # training on would blame the divergence on the learning rate and put back
             # older parameters -- or keep infinite ones whose loss is finite (saturated
             # tanh / sigmoid units)
-            if not _all_finite(self.model._params):
+            if not V.all_finite(self.model._params):
                 # the checkpoint keeps the state it was written with, after run.done
                 # epochs, before the callback: finish() must not replace it with these
                 self.saver = None
@@ -254,8 +254,11 @@ class SingleFit:
     def _record_buffers(self, start, chunk):
         re = self.run.record_every
         k = -(-(start + chunk) // re) - -(-start // re)
-        history = np.full(k, np.nan)
-        return history, (np.full(k, np.nan) if self.run.validating else None)
+        history = np.empty(k)
+        history.fill(np.nan)  # (np.full: twice the time)
+        if not self.run.validating:
+            return history, None
+        return history, history.copy()
 
     def _call(self, epochs, start, params, state, history, val_history, backup):
         """One call of the training kernel for ``epochs`` epochs from epoch ``start``;

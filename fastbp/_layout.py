@@ -1,4 +1,6 @@
 """Where each layer's weights and biases sit in the flat parameter vector."""
+import functools
+
 import numpy as np
 
 
@@ -27,6 +29,15 @@ class Layout:
         self.sizes_arr = np.array(self.sizes, dtype=np.int64)
         self.w_off = np.array(w_off, dtype=np.int64)
         self.b_off = np.array(b_off, dtype=np.int64)
+
+    @staticmethod
+    @functools.lru_cache(maxsize=256)
+    def of(sizes, bias):
+        """The Layout of ``sizes`` (a tuple of ints) with or without biases, made once
+        and shared by every model of that shape (a Layout is never changed after it is
+        made): a model made in a loop (a sweep, an ensemble's members) need not
+        compute its offsets again."""
+        return Layout(sizes, bias)
 
     @property
     def n_layers(self):

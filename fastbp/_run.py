@@ -43,9 +43,10 @@ class Run:
     chunk_seconds: float = 0.2
     threads: int = 1  # for the wide layers' products (fastbp/_threads.py); not saved
     resumed_at: int | None = None  # fastbp.resume: the epoch its checkpoint had reached
-    best_loss: np.ndarray = field(default_factory=lambda: np.full(1, np.inf))
+    # (np.array, not np.full: a third of the time, in every fit)
+    best_loss: np.ndarray = field(default_factory=lambda: np.array([np.inf]))
     bad_checks: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
-    best_epoch: np.ndarray = field(default_factory=lambda: np.full(1, -1, dtype=np.int64))
+    best_epoch: np.ndarray = field(default_factory=lambda: np.array([-1], dtype=np.int64))
     best_params: np.ndarray | None = None
 
     def __post_init__(self):

@@ -113,8 +113,44 @@ def check_init(init):
                      f"got {init!r}")
 
 
-def as_float_array(a, name, dtype):
-    """``a`` as a float ndarray of ``dtype``; rejects what has no faithful float value."""
+def as_float_array(a, name, dtype, check_finite=True):
+    """``a`` as a float ndarray of ``dtype``; rejects what has no faithful float value.
+    ``check_finite=False`` leaves out the check for NaN and infinity (and for values
+    too large for ``dtype``): for a caller that checks the values where it copies them
+    (MLP.from_weights)."""
+    if type(a) is np.ndarray:  # the common case: none of the wrappers below
+        arr = a
+    else:
+        arr = _as_array(a, name)
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise TypeError(f"{name} has complex values (dtype {arr.dtype}); expected real numbers")
+    if kind in "OUSVMm":
+        raise TypeError(f"{name} has dtype {arr.dtype}; expected a numeric array "
+                        f"(convert it with np.asarray(..., dtype=float))")
+    # bools are taken as 0/1 and integers converted: both are exact in float64.
+    if arr.dtype == dtype:
+        out = arr  # errstate costs more than the check; fit converts several arrays
+    else:
+        with np.errstate(over="ignore"):
+            out = arr.astype(dtype, copy=False)
+    if check_finite and not all_finite(out):
+        raise_not_finite(arr, name, dtype)
+    return out
+
+
+def raise_not_finite(arr, name, dtype):
+    """The ValueError for an array ``arr`` whose values in ``dtype`` are not all finite."""
+    if np.isfinite(arr).all():
+        raise ValueError(f"{name} has values too large for {np.dtype(dtype).name} "
+                         f"(max |value| {np.abs(arr).max():.3g})")
+    raise ValueError(f"{name} contains NaN or infinity")
+
+
+def _as_array(a, name):
+    """np.asarray(a) for what is not an ndarray already, refusing what it would read
+    wrongly: strings, scipy.sparse matrices, masked arrays with masked values; pandas'
+    nullable columns become floats (NA as NaN)."""
     if isinstance(a, (str, bytes)):
         raise TypeError(f"{name} must be a numeric array, got a string")
     if type(a).__module__.startswith("scipy.sparse"):
@@ -138,24 +174,32 @@ def as_float_array(a, name, dtype):
             arr = a.to_numpy(dtype=np.float64, na_value=np.nan)
         except (TypeError, ValueError):
             pass  # text and the like: refused below by their dtype
-    kind = arr.dtype.kind
-    if kind == "c":
-        raise TypeError(f"{name} has complex values (dtype {arr.dtype}); expected real numbers")
-    if kind in "OUSVMm":
-        raise TypeError(f"{name} has dtype {arr.dtype}; expected a numeric array "
-                        f"(convert it with np.asarray(..., dtype=float))")
-    # bools are taken as 0/1 and integers converted: both are exact in float64.
-    if arr.dtype == dtype:
-        out = arr  # errstate costs more than the check; fit converts several arrays
-    else:
-        with np.errstate(over="ignore"):
-            out = arr.astype(dtype, copy=False)
-    if out.size and not np.isfinite(out).all():
-        if np.isfinite(arr).all():
-            raise ValueError(f"{name} has values too large for {np.dtype(dtype).name} "
-                             f"(max |value| {np.abs(arr).max():.3g})")
-        raise ValueError(f"{name} contains NaN or infinity")
-    return out
+    return arr
+
+
+def all_finite(a, block=1 << 16):
+    """Whether every element of the float array ``a`` is finite.
+
+    A finite dot product of ``a`` with itself proves it: a NaN or an infinity anywhere
+    makes the sum NaN or infinite (the squares are never negative, so infinities cannot
+    cancel).  It runs at BLAS speed with no temporary: np.isfinite(a).all() allocates a
+    boolean per element and took longer (4096 x 32 inputs: 12 against 9 us in float32,
+    23 against 13 in float64).  Only when the squares overflow (values above about 1e19
+    in float32, 1e154 in float64) or a value is not finite are the elements looked at
+    one by one, a block at a time (no temporary as large as ``a``; a non-contiguous
+    ``a`` is checked by np.isfinite, which would otherwise be flattened into a copy).
+    Not the kernels' loops.all_finite: fit would load one more compiled function in
+    every process's first fit (the cold start)."""
+    if a.size == 0:
+        return True
+    if not a.flags.c_contiguous:  # (flattening would copy it)
+        return bool(np.isfinite(a).all())
+    flat = a.reshape(-1)
+    with np.errstate(over="ignore"):  # squares past the dtype's range: looked at below
+        square_sum = flat @ flat
+    if math.isfinite(square_sum):
+        return True
+    return all(np.isfinite(flat[i:i + block]).all() for i in range(0, flat.shape[0], block))
 
 
 def kernel_ready(a):

@@ -65,7 +65,7 @@ class MLP:
         self._rng_state = seed_state(self.seed)
 
     def _configure(self, sizes, activation, loss, bias, dtype):
-        self._layout = Layout(sizes, bias)
+        self._layout = Layout.of(tuple(sizes), bool(bias))
         self.activations = V.check_activations(activation, len(sizes) - 1)
         V.check_output_units(self._layout.sizes, self.activations)
         self.loss_name = V.check_loss(loss, self.activations)
@@ -106,12 +106,13 @@ class MLP:
             raise TypeError("weights must be a list of 2-D (n_in, n_out) arrays")
         if len(weights) == 0:
             raise ValueError("weights is empty; expected one (n_in, n_out) array per layer")
-        # converted to the model dtype here, where values it cannot hold (1e39 for
-        # float32) are refused, rather than turning into infinities as they are stored
         dt = V.check_dtype(dtype)
+        # the arrays' types, dimensions and shapes here; their values where they are
+        # copied into the parameters: one finiteness check of those (below) instead of
+        # one per array
         ws = []
         for l, w in enumerate(weights):
-            w = V.as_float_array(w, f"weights[{l}]", dt)
+            w = V.as_float_array(w, f"weights[{l}]", dt, check_finite=False)
             if w.ndim != 2:
                 raise ValueError(f"weights[{l}] must be 2-D (n_in, n_out), got shape {w.shape}")
             if l and w.shape[0] != ws[-1].shape[1]:
@@ -126,7 +127,7 @@ class MLP:
                                  f"got {len(biases)}")
             bs = []
             for l, b in enumerate(biases):
-                b = V.as_float_array(b, f"biases[{l}]", dt)
+                b = V.as_float_array(b, f"biases[{l}]", dt, check_finite=False)
                 if b.size != sizes[l + 1] or (b.ndim == 2 and b.shape[0] != 1) or b.ndim > 2:
                     raise ValueError(f"biases[{l}] must have shape ({sizes[l + 1]},), "
                                      f"got {b.shape}")
@@ -134,12 +135,21 @@ class MLP:
         self = cls.__new__(cls)
         self._configure(sizes, activation, loss, bs is not None, dtype)
         self.seed = None
-        params = O.aligned_copy(np.empty(self._layout.n_params, dtype=self.dtype))
-        for view, w in zip(self._layout.weight_views(params), ws):
-            view[...] = w
-        if bs is not None:
-            for view, b in zip(self._layout.bias_views(params), bs):
-                view[...] = b
+        # each layer's weights (row-major) then its biases (_layout.py), in one copy
+        parts = []
+        for l, w in enumerate(ws):
+            parts.append(w.reshape(-1))
+            if bs is not None:
+                parts.append(bs[l])
+        params = np.concatenate(parts, out=O.aligned_empty(self._layout.n_params, self.dtype))
+        if not V.all_finite(params):
+            # which array: NaN or infinity, or values the model dtype cannot hold (1e39
+            # for float32), refused rather than trained on as infinities
+            named = [(f"weights[{l}]", w) for l, w in enumerate(weights)]
+            named += [(f"biases[{l}]", b) for l, b in enumerate(() if bs is None else biases)]
+            for name, a in named:
+                V.as_float_array(a, name, dt)
+            raise ValueError("weights or biases contain NaN or infinity")  # (not reached)
         self._params = params
         self._rng_state = seed_state(None)
         return self
@@ -497,7 +507,7 @@ class MLP:
                 raise ValueError("the model's parameters are read-only (params."
                                  "flags.writeable is False); train a copy: "
                                  "copy.deepcopy(model)")
-            if not _all_finite(self._params):
+            if not V.all_finite(self._params):
                 raise ValueError("the model's parameters contain NaN or infinity (written "
                                  "through params, weights or biases?); set finite values "
                                  "before training")
@@ -702,13 +712,6 @@ def _rows_of(x, rows):
     """The samples ``rows`` of the inputs x (dense or sparse), as the kernels take them."""
     return x[rows] if isinstance(x, S.Rows) else V.kernel_ready(x[rows])
 
-
-def _all_finite(a, block=1 << 16):
-    """np.isfinite(a).all() for a 1-D array, a block at a time: no temporary as large as
-    a (1 MB of booleans for W4b's parameters at H = 1024, counted in its peak memory).
-    Not the kernel K.all_finite: fit would load one more compiled function in every
-    process's first fit (the cold start)."""
-    return all(np.isfinite(a[i:i + block]).all() for i in range(0, a.shape[0], block))
 
 def _check_callbacks(callbacks):
     if callbacks is None:

@@ -7,6 +7,7 @@ piece, and a checkpoint only has to save two integers.
 """
 import functools
 import os
+import threading
 
 import numpy as np
 from numba import njit
@@ -65,8 +66,34 @@ def draws_per_permutation(n):
 
 def seed_state(seed):
     """A fresh generator state for an integer seed (or None: 64 bits of OS entropy)."""
-    key = int.from_bytes(os.urandom(8), "little") if seed is None else _seeded_key(int(seed))
+    key = _os_key() if seed is None else _seeded_key(int(seed))
     return np.array([key - (1 << 64) if key >= 1 << 63 else key, 0], dtype=np.int64)
+
+
+_ENTROPY_BYTES = 4096
+_entropy = {"pool": b"", "at": 0}
+_entropy_lock = threading.Lock()
+
+
+def _os_key():
+    """64 bits of OS entropy, taken from a pool that os.urandom fills 4 KB at a time (a
+    system call for every model took 5 us of a small fit's model)."""
+    with _entropy_lock:
+        at = _entropy["at"]
+        if at + 8 > len(_entropy["pool"]):
+            _entropy["pool"] = os.urandom(_ENTROPY_BYTES)
+            at = 0
+        _entropy["at"] = at + 8
+        return int.from_bytes(_entropy["pool"][at:at + 8], "little")
+
+
+def _forget_entropy():
+    """In a forked child: a pool of its own (it must not repeat its parent's keys)."""
+    _entropy.update(pool=b"", at=0)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_entropy)
 
 
 @functools.lru_cache(maxsize=1024)

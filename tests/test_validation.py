@@ -499,3 +499,77 @@ def test_progress_is_true_or_false(data):
                 lambda p: fastbp.Ensemble([3, 4, 2], 2).fit(X, y, epochs=1, progress=p)):
         with pytest.raises(TypeError, match="progress must be True or False"):
             fit("no")
+
+
+# ---- values: finiteness, checked once where the values are copied ---------------------
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("where", ["weights", "biases"])
+@pytest.mark.parametrize("layer", [0, 1])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 1e39])
+def test_from_weights_names_the_array_with_a_value_it_cannot_hold(dtype, where, layer, value):
+    """from_weights checks the values once, in the parameters it copied them to; a bad
+    one is still reported by the array it came from: NaN or infinity, or (float32) a
+    value too large for the model dtype.  The caller's arrays are not modified."""
+    rng = np.random.default_rng(layer)
+    weights = [rng.normal(size=(3, 4)), rng.normal(size=(4, 2))]
+    biases = [rng.normal(size=4), rng.normal(size=2)]
+    target = (weights if where == "weights" else biases)[layer]
+    target.flat[target.size // 2] = value
+    before = [a.copy() for a in weights + biases]
+    too_large = value == 1e39
+    if too_large and dtype == "float64":
+        m = fastbp.MLP.from_weights(weights, biases, activation="tanh", dtype=dtype)
+        assert m.weights[0].dtype == np.float64 and np.isfinite(m.params).all()
+        return
+    message = "too large for float32" if too_large else "NaN or infinity"
+    with pytest.raises(ValueError, match=rf"^{where}\[{layer}\] .*{message}"):
+        fastbp.MLP.from_weights(weights, biases, activation="tanh", dtype=dtype)
+    for a, b in zip(weights + biases, before):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_all_finite_finds_every_nan_and_infinity(dtype):
+    """V.all_finite, the check of inputs and parameters: a NaN or infinity anywhere, in
+    arrays small and past its block size, contiguous or not; values whose squares
+    overflow are finite (and say nothing: no RuntimeWarning)."""
+    from fastbp._validation import all_finite
+    import warnings
+    for n in (1, 15, 16, 17, 1000, (1 << 16) + 3):
+        x = np.linspace(-2, 2, n).astype(dtype)
+        assert all_finite(x)
+        for bad in (np.nan, np.inf, -np.inf):
+            for i in sorted({0, n // 2, n - 1}):
+                y = x.copy()
+                y[i] = bad
+                assert not all_finite(y), (n, bad, i)
+                if n > 2:
+                    assert not all_finite(y.reshape(1, n)[:, ::-1]), (n, bad, i)  # strided
+    big = np.full((3, 5), np.finfo(dtype).max, dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all_finite(big) and all_finite(big[:, ::2]) and all_finite(big[:0])
+        big[2, 4] = np.inf
+        assert not all_finite(big)
+
+
+def test_unseeded_models_draw_distinct_streams():
+    """Models made without a seed take 64 bits of OS entropy each (from a pool: one
+    system call per 512 models): no two repeat, and a forked child does not repeat its
+    parent's."""
+    import os
+    keys = [fastbp.MLP([2, 3, 1])._rng_state[0] for _ in range(1500)]
+    assert len(set(keys)) == len(keys)
+    if not hasattr(os, "fork"):
+        return
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next key, to the parent
+        os.write(write, str(fastbp.MLP([2, 3, 1])._rng_state[0]).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = int(os.read(read, 64))
+    os.close(read)
+    assert child != fastbp.MLP([2, 3, 1])._rng_state[0]
+    assert child not in keys
