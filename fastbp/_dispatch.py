@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from . import _threads as T
 from .kernels import batch as B
 from .kernels import gemm as G
 from .kernels import generate as GEN
@@ -288,11 +289,13 @@ def product_layers(sizes, nb_max, product_min_work=PRODUCT_MIN_WORK):
     return layers, madds
 
 
+@functools.lru_cache(maxsize=PLANS_CAP)
 def _shareable(sizes, dtype, nb_max):
     """Whether a product of some layer, in batches of nb_max samples, reaches
     pool.SHARE_MIN_LAYER_WORK multiply-adds of ``dtype`` (below, the threads cost more
     than they save; in a fit that shares, each product of at least pool.SPLIT_MIN_WORK
-    is shared); the multiply-adds of the products per sample."""
+    is shared); the multiply-adds of the products per sample.  Remembered (``sizes`` a
+    tuple): every fit on a machine of several cores asks."""
     layers, madds = product_layers(sizes, nb_max)
     least = P.SHARE_MIN_LAYER_WORK[dtype_name(dtype)]
     return any(sizes[l] * sizes[l + 1] * nb_max >= least for l in layers), madds
@@ -426,10 +429,21 @@ def batch_passes(dtype, needed=PS.ALL, pooled=False, build=PS.Build()):
     fit's batches need them all; predictions PS.PREDICT, evaluations PS.EVALUATE);
     ``pooled`` for a Net with a thread pool (share_products); ``build`` what they are
     compiled for (passes_build; Build() serves any call)."""
-    passes = PS.for_dtype(dtype, needed, pooled, build)
-    for which in needed:
-        mark_compiled(passes_key(dtype, which, pooled, build))
+    memo = (np.dtype(dtype), needed, pooled, build)
+    given = _passes_given.get(memo)
+    if given is None:
+        keys = [passes_key(dtype, which, pooled, build) for which in needed]
+        given = _passes_given[memo] = (PS.for_dtype(dtype, needed, pooled, build), keys)
+    passes, keys = given
+    if not _loaded.issuperset(keys):
+        for key in keys:
+            mark_compiled(key)
     return passes
+
+
+# (dtype, needed, pooled, build) -> the addresses batch_passes gave (compiled, they stay:
+# one array for every Work that asks for them; the kernels only read it) and their keys
+_passes_given = {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -502,12 +516,15 @@ def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weight
              threads=1, sparse=False):
     """The Plan of one MLP fit (or one model of an Ensemble) of ``epochs`` epochs over n
     samples in batches of ``batch``; ``weighted``: with sample weights; ``threads``: the
-    threads its products may use; ``sparse``: the inputs are sparse rows (their first
-    layer is kernels/sparse.py's, in the mini-batch entries: batches of one and full
-    batches included)."""
-    if threads > 1 and not _could_share(model, n, batch, shuffle,
-                                        n_val if validating else 0, sparse):
+    threads its products may use (_threads.EVERY: every core available, counted only
+    when some product could be shared); ``sparse``: the inputs are sparse rows (their
+    first layer is kernels/sparse.py's, in the mini-batch entries: batches of one and
+    full batches included)."""
+    if threads != 1 and not _could_share(model, n, batch, shuffle,
+                                         n_val if validating else 0, sparse):
         threads = 1  # one plan (and one memo) whatever n_jobs asks for
+    elif threads == T.EVERY:
+        threads = T.available()
     memo = (model._layout.sizes, model._layout.bias, tuple(model._act_codes.tolist()),
             model._loss_code, model.dtype.char, n, batch, bool(shuffle), O.is_plain(rule),
             bool(validating), n_val, bool(weighted), POLICY, GEN.ENABLED, threads,

@@ -41,7 +41,9 @@ class Run:
     given: tuple | None = None
     callbacks: list = field(default_factory=list)
     chunk_seconds: float = 0.2
-    threads: int = 1  # for the wide layers' products (fastbp/_threads.py); not saved
+    # for the wide layers' products (fastbp/_threads.py; EVERY: every core, counted only
+    # for a network wide enough to share them); not saved
+    threads: int = 1
     resumed_at: int | None = None  # fastbp.resume: the epoch its checkpoint had reached
     # (np.array, not np.full: a third of the time, in every fit)
     best_loss: np.ndarray = field(default_factory=lambda: np.array([np.inf]))

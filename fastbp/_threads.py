@@ -26,14 +26,20 @@ def available():
     return max(1, min(cores, numba.config.NUMBA_NUM_THREADS))
 
 
-def resolve(n_jobs):
+# resolve(..., lazily=True)'s count for "every core": available() is asked later, and
+# only where a network is wide enough to share (dispatch.plan_fit) -- its system call
+# cost a small fit 5 us
+EVERY = 0
+
+
+def resolve(n_jobs, lazily=False):
     """The thread count ``n_jobs`` asks for (see the module docstring); ValueError for
-    anything but None, -1 or an int >= 1."""
+    anything but None, -1 or an int >= 1.  ``lazily``: EVERY for None and -1."""
     if n_jobs is None:
-        return available()
+        return EVERY if lazily else available()
     # an integer first: -1.0 or numpy's -1.0 is refused as 2.0 is, not taken for -1
     if V.operator_index(n_jobs, "n_jobs") == -1:
-        return available()
+        return EVERY if lazily else available()
     n_jobs = V.check_positive_int(n_jobs, "n_jobs")
     return min(n_jobs, numba.config.NUMBA_NUM_THREADS)
 

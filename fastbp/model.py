@@ -443,7 +443,7 @@ class MLP:
             if (patience or restore_best) and val is None:
                 raise ValueError("patience and restore_best need validation data: pass "
                                  "validation_data=(Xv, yv) or validation_fraction")
-            threads = T.resolve(n_jobs)
+            threads = T.resolve(n_jobs, lazily=True)
             callbacks = _check_callbacks(callbacks)
             chunk_seconds = V.check_real(chunk_seconds, "chunk_seconds")
             if not 0 < chunk_seconds < math.inf:
