@@ -243,6 +243,29 @@ def test_default_threads_follow_affinity_and_numba(monkeypatch):
     assert T.resolve(5) == 5
 
 
+def test_every_core_is_counted_only_for_networks_that_can_share(three_threads, monkeypatch):
+    """n_jobs None or -1: a fit whose products are too small to share never asks how many
+    cores the process may use (a system call a small fit paid every time); a wide one
+    asks, and runs on them."""
+    calls = []
+
+    def affinity(pid):
+        calls.append(pid)
+        return {0, 1, 2}
+
+    monkeypatch.setattr(T.os, "sched_getaffinity", affinity, raising=False)
+    assert T.resolve(None, lazily=True) == T.resolve(-1, lazily=True) == T.EVERY
+    assert not calls
+    X, Y = _wide_data()
+    for n_jobs in (None, -1):
+        h = fastbp.MLP([12, 4, 3], seed=0).fit(X, Y, epochs=1, batch_size=64, n_jobs=n_jobs)
+        assert "threads" not in h.kernel and not calls
+        h = fastbp.MLP([12, 240, 240, 3], seed=0).fit(X, Y, epochs=1, batch_size=64,
+                                                     n_jobs=n_jobs)
+        assert "on 3 threads" in h.kernel and calls
+        calls.clear()
+
+
 def test_narrow_per_sample_fits_stay_on_one_thread(three_threads):
     """Per-sample SGD shares only layers of sample_share.SAMPLE_SPLIT_MIN_WEIGHTS weights
     or more: below, the jobs cost about what they save."""
