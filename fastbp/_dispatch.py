@@ -289,13 +289,17 @@ def product_layers(sizes, nb_max, product_min_work=PRODUCT_MIN_WORK):
     return layers, madds
 
 
-@functools.lru_cache(maxsize=PLANS_CAP)
 def _shareable(sizes, dtype, nb_max):
     """Whether a product of some layer, in batches of nb_max samples, reaches
     pool.SHARE_MIN_LAYER_WORK multiply-adds of ``dtype`` (below, the threads cost more
     than they save; in a fit that shares, each product of at least pool.SPLIT_MIN_WORK
-    is shared); the multiply-adds of the products per sample.  Remembered (``sizes`` a
-    tuple): every fit on a machine of several cores asks."""
+    is shared); the multiply-adds of the products per sample."""
+    return _shareable_of(tuple(sizes), np.dtype(dtype), int(nb_max))
+
+
+@functools.lru_cache(maxsize=PLANS_CAP)
+def _shareable_of(sizes, dtype, nb_max):
+    """_shareable, remembered: every fit on a machine of several cores asks."""
     layers, madds = product_layers(sizes, nb_max)
     least = P.SHARE_MIN_LAYER_WORK[dtype_name(dtype)]
     return any(sizes[l] * sizes[l + 1] * nb_max >= least for l in layers), madds
