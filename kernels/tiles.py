@@ -35,7 +35,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .config import INNER, JIT
-from .intrinsics import address, compiled_as
+from .intrinsics import address, compiled_as, fma
 from numba.np.numpy_support import as_dtype
 
 FLOATS = (types.float64, types.float32)
@@ -216,6 +216,129 @@ def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc
                         _emit_tile(context, builder, dtype, r, VECS, **common)
                     with narrow:
                         _emit_tile(context, builder, dtype, r, 1, tail=count, **common)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# -------------------------------------------------------------- one row: a layer's units
+# vectors of one row of c kept in registers while row_product runs over k: 8 chains of
+# four-cycle fused multiply-adds keep two FMA units busy (with 16 registers, 6)
+ROW_VECS = 2 * VECS
+
+
+def row_product(a, ao, b, bo, ldb, c, co, k, n):
+    """c[co + j] <- sum_p a[ao + p] * b[bo + p * ldb + j] for j < n (k >= 1): one row of a
+    product, a per-sample layer's pre-activations (sample_units.forward_units): each
+    element the product of the first terms, then the fused multiply-add chain over p =
+    1 .. k - 1 in order.  a, b, c: 1-D C-contiguous arrays of one float dtype (a and c
+    may be one array; the a and c ranges must not overlap); offsets in elements.
+
+    Compiled, ROW_VECS vectors of c at a time stay in registers for the whole chain and
+    are stored once; the last columns go a vector at a time, the last one masked.  The
+    same operations in the same order for each element: the same bits as this loop."""
+    a0 = a[ao]
+    for j in range(n):
+        c[co + j] = b[bo + j] * a0
+    for p in range(1, k):
+        ap = a[ao + p]
+        row = bo + p * ldb
+        for j in range(n):
+            c[co + j] = fma(b[row + j], ap, c[co + j])
+
+
+def _emit_row(context, builder, dtype, vecs, a_base, b_base, ldb, c_base, k, tail=None):
+    """row_product's code for ``vecs`` vectors of c from c_base (pointers; ldb, k int64
+    values); tail (an int64 value, 1 .. lanes, or None): the last vector holds only that
+    many columns, its loads and store masked."""
+    i64, i32 = ir.IntType(64), ir.IntType(32)
+    make, suffix = _LLVM_FLOAT[dtype]
+    width = lanes(dtype)
+    vec = ir.VectorType(make(), width)
+    vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                          f"llvm.fma.v{width}{suffix}")
+    align = dtype.bitwidth // 8
+    zero = ir.Constant(vec, None)
+    mask = None
+    if tail is not None:
+        lane_ids = ir.Constant(ir.VectorType(i64, width), list(range(width)))
+        mask = builder.icmp_unsigned("<", lane_ids, _splat(builder, tail,
+                                                           ir.VectorType(i64, width)))
+        bool_vec = ir.VectorType(ir.IntType(1), width)
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32, bool_vec, vec]),
+            f"llvm.masked.load.v{width}{suffix}.p0")
+        masked_store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32,
+                                                            bool_vec]),
+            f"llvm.masked.store.v{width}{suffix}.p0")
+
+    def pointer(base, v):
+        return builder.bitcast(builder.gep(base, [ir.Constant(i64, v * width)]),
+                               vec.as_pointer())
+
+    def load(base, v):
+        if mask is not None and v == vecs - 1:
+            return builder.call(masked_load, [pointer(base, v), ir.Constant(i32, align),
+                                              mask, zero])
+        return builder.load(pointer(base, v), align=align)
+
+    first = _splat(builder, builder.load(a_base), vec)
+    acc = [cgutils.alloca_once_value(builder, builder.fmul(load(b_base, v), first))
+           for v in range(vecs)]
+    with cgutils.for_range(builder, builder.sub(k, ir.Constant(i64, 1))) as loop:
+        p = builder.add(loop.index, ir.Constant(i64, 1))
+        ap = _splat(builder, builder.load(builder.gep(a_base, [p])), vec)
+        row = builder.gep(b_base, [builder.mul(p, ldb)])
+        for v in range(vecs):
+            builder.store(builder.call(vfma, [load(row, v), ap, builder.load(acc[v])]),
+                          acc[v])
+    for v in range(vecs):
+        value = builder.load(acc[v])
+        if mask is not None and v == vecs - 1:
+            builder.call(masked_store, [value, pointer(c_base, v), ir.Constant(i32, align),
+                                        mask])
+        else:
+            builder.store(value, pointer(c_base, v), align=align)
+
+
+@compiled_as(row_product)
+def _row_product(typingctx, a, ao, b, bo, ldb, c, co, k, n):
+    ints = (ao, bo, ldb, co, k, n)
+    if not (all(_is_float_data(t) for t in (a, b, c)) and len({a.dtype, b.dtype, c.dtype}) == 1
+            and all(isinstance(t, types.Integer) for t in ints)):
+        return None
+    dtype = c.dtype
+    sig = types.void(a, ao, b, bo, ldb, c, co, k, n)
+
+    def codegen(context, builder, signature, args):
+        def int64(i):
+            return context.cast(builder, args[i], signature.args[i], types.int64)
+
+        def base(i, offset):
+            return builder.gep(_data_pointer(context, builder, signature.args[i], args[i]),
+                               [int64(offset)])
+
+        i64 = ir.IntType(64)
+        width = lanes(dtype)
+        a_base, b_base, c_base = base(0, 1), base(2, 3), base(5, 6)
+        ldb, k, n = int64(4), int64(7), int64(8)
+        block = ir.Constant(i64, ROW_VECS * width)
+        blocks = builder.udiv(n, block)
+        with cgutils.for_range(builder, blocks) as loop:
+            j = builder.mul(loop.index, block)
+            _emit_row(context, builder, dtype, ROW_VECS, a_base, builder.gep(b_base, [j]),
+                      ldb, builder.gep(c_base, [j]), k)
+        done = builder.mul(blocks, block)
+        lanes_ = ir.Constant(i64, width)
+        rest = builder.udiv(builder.add(builder.sub(n, done),
+                                        ir.Constant(i64, width - 1)), lanes_)
+        with cgutils.for_range(builder, rest) as loop:
+            j = builder.add(done, builder.mul(loop.index, lanes_))
+            left = builder.sub(n, j)
+            tail = builder.select(builder.icmp_signed("<", left, lanes_), left, lanes_)
+            _emit_row(context, builder, dtype, 1, a_base, builder.gep(b_base, [j]), ldb,
+                      builder.gep(c_base, [j]), k, tail=tail)
         return context.get_dummy_value()
 
     return sig, codegen

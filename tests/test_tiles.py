@@ -184,3 +184,50 @@ def test_matmul_in_process_matches_tiles_below_the_threaded_size():
     _matmul_arrays(net, m, n, k, a, b, got)
     tiles.tile_gemm(True, True, m, n, k, -0.5, a, m, b, k, 0.0, want, n)
     assert np.array_equal(got, want)
+
+
+@njit
+def _row_product_compiled(a, ao, b, bo, ldb, c, co, k, n):
+    tiles.row_product(a, ao, b, bo, ldb, c, co, k, n)
+
+
+@njit(cache=True)
+def _row_product_scalar(a, ao, b, bo, ldb, c, co, k, n):
+    """What sample_units.forward_units computed before row_product: the first products,
+    then each unit's fused multiply-add chain over the rows in order."""
+    a0 = a[ao]
+    for j in range(n):
+        c[co + j] = b[bo + j] * a0
+    for p in range(1, k):
+        for j in range(n):
+            c[co + j] = fma(b[bo + p * ldb + j], a[ao + p], c[co + j])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_row_product_equals_the_units_chains_bit_for_bit(dtype):
+    """tiles.row_product (per-sample SGD's forward step): every column count around its
+    blocks of ROW_VECS vectors and its masked last vector, one input row or many, a and
+    c in one array (as forward_units passes h), offsets anywhere: the same bits as the
+    scalar chains (and the Python meaning), and nothing written outside c's n values."""
+    width = tiles.lanes(dtype)
+    block = tiles.ROW_VECS * width
+    rng = np.random.default_rng(3)
+    counts = sorted({1, width - 1, width, width + 1, block - 1, block, block + width + 3,
+                     2 * block + 1})
+    for n in counts:
+        for k in (1, 2, 5, 33):
+            ldb = n + 3
+            b = rng.standard_normal(k * ldb + 7).astype(dtype)
+            b[1] = -0.0
+            for ao, co in ((2, k + 7), (n + 4, 0)):  # c after a, c before it
+                h = rng.standard_normal(max(ao + k, co + n) + 20).astype(dtype)
+                sentinel = h.copy()
+                want, got, python = h.copy(), h.copy(), h.copy()
+                _row_product_scalar(want, ao, b, 1, ldb, want, co, k, n)
+                _row_product_compiled(got, ao, b, 1, ldb, got, co, k, n)
+                tiles.row_product(python, ao, b, 1, ldb, python, co, k, n)
+                assert got.view(np.uint8).tobytes() == want.view(np.uint8).tobytes(), (n, k)
+                assert python.view(np.uint8).tobytes() == want.view(np.uint8).tobytes()
+                outside = np.ones(h.shape[0], bool)
+                outside[co:co + n] = False
+                np.testing.assert_array_equal(got[outside], sentinel[outside])
