@@ -41,6 +41,8 @@ SGD_CASES = {
     "relu-bce": ([3, 4, 1], ["relu", "sigmoid"], "bce", True, 0.1),
     # rows of 20 and 37 back-propagated: rules.row_dot's lanes and remainders
     "wide-rows": ([3, 20, 37, 2], ["tanh", "sigmoid", "identity"], "mse", True, 0.01),
+    # odd numbers of rows back-propagated: 17 of 21 (lanes and a remainder), 21 of 2
+    "odd-rows": ([3, 17, 21, 2], ["sigmoid", "tanh", "identity"], "mse", True, 0.01),
 }
 
 
