@@ -101,6 +101,59 @@ def _splat(builder, value, vec):
                                   ir.Constant(ir.VectorType(i32, vec.count), [0] * vec.count))
 
 
+class _Vectors:
+    """What the emitted loops share for ``dtype`` (a Numba float type): ``vec`` (its
+    vector type), ``width`` (lanes), ``zero``, ``fma(x, y, acc)``, and ``load(ptr, v)`` /
+    ``store(value, ptr, v)`` of vector v of ``vecs`` at a vector pointer -- the last one
+    masked to its first ``tail`` lanes when tail (an int64 value, 1 .. lanes) is given,
+    so that nothing past them is read or written."""
+
+    def __init__(self, builder, dtype, vecs, tail=None):
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        make, suffix = _LLVM_FLOAT[dtype]
+        self.builder, self.vecs = builder, vecs
+        self.width = width = lanes(dtype)
+        self.vec = vec = ir.VectorType(make(), width)
+        self._fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fma.v{width}{suffix}")
+        self._align = ir.Constant(i32, dtype.bitwidth // 8)
+        self.zero = ir.Constant(vec, None)
+        self._mask = None
+        if tail is not None:
+            lane_ids = ir.Constant(ir.VectorType(i64, width), list(range(width)))
+            self._mask = builder.icmp_unsigned("<", lane_ids, _splat(
+                builder, tail, ir.VectorType(i64, width)))
+            bool_vec = ir.VectorType(ir.IntType(1), width)
+            self._masked_load = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32, bool_vec, vec]),
+                f"llvm.masked.load.v{width}{suffix}.p0")
+            self._masked_store = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32,
+                                                                bool_vec]),
+                f"llvm.masked.store.v{width}{suffix}.p0")
+
+    def at(self, base, v):
+        """Vector v from the scalar pointer base."""
+        return self.builder.bitcast(
+            self.builder.gep(base, [ir.Constant(ir.IntType(64), v * self.width)]),
+            self.vec.as_pointer())
+
+    def fma(self, x, y, acc):
+        return self.builder.call(self._fma, [x, y, acc])
+
+    def load(self, ptr, v):
+        if self._mask is not None and v == self.vecs - 1:
+            return self.builder.call(self._masked_load, [ptr, self._align, self._mask,
+                                                         self.zero])
+        return self.builder.load(ptr, align=self._align.constant)
+
+    def store(self, value, ptr, v):
+        if self._mask is not None and v == self.vecs - 1:
+            self.builder.call(self._masked_store, [value, ptr, self._align, self._mask])
+        else:
+            self.builder.store(value, ptr, align=self._align.constant)
+
+
 def _emit_tile(context, builder, dtype, rows, vecs, a_base, a_si, a_sp, b_base, ldb,
                c_base, ldc, k, alpha, beta, tail=None):
     """The loop of one rows x vecs tile: c (rows, vecs * lanes) <- alpha * sum_p
@@ -109,62 +162,26 @@ def _emit_tile(context, builder, dtype, rows, vecs, a_base, a_si, a_sp, b_base, 
     tail (an int64 value, 1 .. lanes, or None): the last vector holds only that many
     columns; its loads and stores are masked, so nothing past them is read or written."""
     i64 = ir.IntType(64)
-    make, suffix = _LLVM_FLOAT[dtype]
-    fp = make()
-    width = lanes(dtype)
-    vec = ir.VectorType(fp, width)
-    vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                          f"llvm.fma.v{width}{suffix}")
-    align = dtype.bitwidth // 8
-    zero = ir.Constant(vec, None)
-    mask = None
-    if tail is not None:
-        lane_ids = ir.Constant(ir.VectorType(i64, width), list(range(width)))
-        mask = builder.icmp_unsigned("<", lane_ids, _splat(builder, tail,
-                                                           ir.VectorType(i64, width)))
-        bool_vec = ir.VectorType(ir.IntType(1), width)
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec.as_pointer(), ir.IntType(32), bool_vec,
-                                                  vec]), f"llvm.masked.load.v{width}{suffix}.p0")
-        masked_store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(),
-                                                            ir.IntType(32), bool_vec]),
-            f"llvm.masked.store.v{width}{suffix}.p0")
-
-    def load(ptr, v):
-        if mask is not None and v == vecs - 1:
-            return builder.call(masked_load, [ptr, ir.Constant(ir.IntType(32), align), mask,
-                                              zero])
-        return builder.load(ptr, align=align)
-
-    def store(value, ptr, v):
-        if mask is not None and v == vecs - 1:
-            builder.call(masked_store, [value, ptr, ir.Constant(ir.IntType(32), align), mask])
-        else:
-            builder.store(value, ptr, align=align)
-
+    ops = _Vectors(builder, dtype, vecs, tail)
+    vec, zero, load, store = ops.vec, ops.zero, ops.load, ops.store
     acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(vecs)]
            for _ in range(rows)]
     a_rows = [builder.mul(ir.Constant(i64, r), a_si) for r in range(rows)]
     with cgutils.for_range(builder, k) as loop:
         p = loop.index
         b_row = builder.gep(b_base, [builder.mul(p, ldb)])
-        bv = [load(builder.bitcast(builder.gep(b_row, [ir.Constant(i64, v * width)]),
-                                   vec.as_pointer()), v)
-              for v in range(vecs)]
+        bv = [load(ops.at(b_row, v), v) for v in range(vecs)]
         a_col = builder.gep(a_base, [builder.mul(p, a_sp)])
         for r in range(rows):
             av = _splat(builder, builder.load(builder.gep(a_col, [a_rows[r]])), vec)
             for v in range(vecs):
-                builder.store(builder.call(vfma, [av, bv[v], builder.load(acc[r][v])]),
-                              acc[r][v])
+                builder.store(ops.fma(av, bv[v], builder.load(acc[r][v])), acc[r][v])
     alpha_v, beta_v = _splat(builder, alpha, vec), _splat(builder, beta, vec)
-    beta_zero = builder.fcmp_ordered("==", beta, ir.Constant(fp, 0.0))
+    beta_zero = builder.fcmp_ordered("==", beta, ir.Constant(vec.element, 0.0))
     for r in range(rows):
         c_row = builder.gep(c_base, [builder.mul(ir.Constant(i64, r), ldc)])
         for v in range(vecs):
-            ptr = builder.bitcast(builder.gep(c_row, [ir.Constant(i64, v * width)]),
-                                  vec.as_pointer())
+            ptr = ops.at(c_row, v)
             scaled = builder.fmul(alpha_v, builder.load(acc[r][v]))
             with_c = builder.fadd(scaled, builder.fmul(beta_v, load(ptr, v)))
             store(builder.select(beta_zero, scaled, with_c), ptr, v)
@@ -251,37 +268,12 @@ def _emit_row(context, builder, dtype, vecs, a_base, b_base, ldb, c_base, k, tai
     """row_product's code for ``vecs`` vectors of c from c_base (pointers; ldb, k int64
     values); tail (an int64 value, 1 .. lanes, or None): the last vector holds only that
     many columns, its loads and store masked."""
-    i64, i32 = ir.IntType(64), ir.IntType(32)
-    make, suffix = _LLVM_FLOAT[dtype]
-    width = lanes(dtype)
-    vec = ir.VectorType(make(), width)
-    vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                          f"llvm.fma.v{width}{suffix}")
-    align = dtype.bitwidth // 8
-    zero = ir.Constant(vec, None)
-    mask = None
-    if tail is not None:
-        lane_ids = ir.Constant(ir.VectorType(i64, width), list(range(width)))
-        mask = builder.icmp_unsigned("<", lane_ids, _splat(builder, tail,
-                                                           ir.VectorType(i64, width)))
-        bool_vec = ir.VectorType(ir.IntType(1), width)
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32, bool_vec, vec]),
-            f"llvm.masked.load.v{width}{suffix}.p0")
-        masked_store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32,
-                                                            bool_vec]),
-            f"llvm.masked.store.v{width}{suffix}.p0")
-
-    def pointer(base, v):
-        return builder.bitcast(builder.gep(base, [ir.Constant(i64, v * width)]),
-                               vec.as_pointer())
+    i64 = ir.IntType(64)
+    ops = _Vectors(builder, dtype, vecs, tail)
+    vec = ops.vec
 
     def load(base, v):
-        if mask is not None and v == vecs - 1:
-            return builder.call(masked_load, [pointer(base, v), ir.Constant(i32, align),
-                                              mask, zero])
-        return builder.load(pointer(base, v), align=align)
+        return ops.load(ops.at(base, v), v)
 
     first = _splat(builder, builder.load(a_base), vec)
     acc = [cgutils.alloca_once_value(builder, builder.fmul(load(b_base, v), first))
@@ -291,15 +283,9 @@ def _emit_row(context, builder, dtype, vecs, a_base, b_base, ldb, c_base, k, tai
         ap = _splat(builder, builder.load(builder.gep(a_base, [p])), vec)
         row = builder.gep(b_base, [builder.mul(p, ldb)])
         for v in range(vecs):
-            builder.store(builder.call(vfma, [load(row, v), ap, builder.load(acc[v])]),
-                          acc[v])
+            builder.store(ops.fma(load(row, v), ap, builder.load(acc[v])), acc[v])
     for v in range(vecs):
-        value = builder.load(acc[v])
-        if mask is not None and v == vecs - 1:
-            builder.call(masked_store, [value, pointer(c_base, v), ir.Constant(i32, align),
-                                        mask])
-        else:
-            builder.store(value, pointer(c_base, v), align=align)
+        ops.store(builder.load(acc[v]), ops.at(c_base, v), v)
 
 
 @compiled_as(row_product)
