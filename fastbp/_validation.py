@@ -135,11 +135,11 @@ def as_float_array(a, name, dtype, check_finite=True):
         with np.errstate(over="ignore"):
             out = arr.astype(dtype, copy=False)
     if check_finite and not all_finite(out):
-        raise_not_finite(arr, name, dtype)
+        _raise_not_finite(arr, name, dtype)
     return out
 
 
-def raise_not_finite(arr, name, dtype):
+def _raise_not_finite(arr, name, dtype):
     """The ValueError for an array ``arr`` whose values in ``dtype`` are not all finite."""
     if np.isfinite(arr).all():
         raise ValueError(f"{name} has values too large for {np.dtype(dtype).name} "

@@ -88,7 +88,10 @@ def _os_key():
 
 
 def _forget_entropy():
-    """In a forked child: a pool of its own (it must not repeat its parent's keys)."""
+    """In a forked child: a pool of its own (it must not repeat its parent's keys), and
+    a fresh lock (another thread of the parent may have held it at the fork)."""
+    global _entropy_lock
+    _entropy_lock = threading.Lock()
     _entropy.update(pool=b"", at=0)
 
 
