@@ -173,15 +173,21 @@ class SingleFit:
             if self.full_batch and proved_before:
                 self.anchor = self.snapshots[0]  # the end of a proved chunk: a finite loss
         start = run.done
-        history, val_history = self._record_buffers(start, chunk)
+        r0 = -(-start // run.record_every)  # the chunk's first record
+        room = run.records.reserve(r0, _records_in(start, chunk, run.record_every))
+        history, val_history = (self._record_buffers(start, chunk) if room is None
+                                else room)
         ran, bad, early = self._call(chunk, start, model._params, run.state(model), history,
                                      val_history, guard_buffer)
         if not self.safe and self.full_batch and ran > 0 and start % run.record_every == 0:
             self.anchor = self.snapshots[0]  # its epoch was recorded, with a finite loss
         reached = ran if bad < 0 else bad - start + 1
-        k = -(-(start + reached) // run.record_every) - -(-start // run.record_every)
-        run.records.extend(-(-start // run.record_every), history[:k],
-                           None if val_history is None else val_history[:k])
+        k = _records_in(start, reached, run.record_every)
+        if room is None:
+            run.records.extend(r0, history[:k],
+                               None if val_history is None else val_history[:k])
+        else:
+            run.records.commit(k)
         run.done += ran
         if bad >= 0:
             self.bad = bad
@@ -252,9 +258,7 @@ class SingleFit:
                        stride=run.records.stride, extra=extra)
 
     def _record_buffers(self, start, chunk):
-        re = self.run.record_every
-        k = -(-(start + chunk) // re) - -(-start // re)
-        history = np.empty(k)
+        history = np.empty(_records_in(start, chunk, self.run.record_every))
         history.fill(np.nan)  # (np.full: twice the time)
         if not self.run.validating:
             return history, None
@@ -362,6 +366,12 @@ def _stops(cb, result):
         return not result
     raise TypeError(f"callback {getattr(cb, '__name__', cb)!r} returned {result!r}; a "
                     f"callback returns False to stop the fit, True or None to go on")
+
+
+def _records_in(start, epochs, record_every):
+    """How many of the epochs start .. start + epochs - 1 are recorded (those that are
+    multiples of record_every)."""
+    return -(-(start + epochs) // record_every) - -(-start // record_every)
 
 
 def _records_before_last(done, chunk, record_every):

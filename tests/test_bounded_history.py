@@ -40,6 +40,39 @@ def test_records_keep_every_stride_th_record_within_the_cap(cap):
     assert rec.count == -(-1000 // rec.stride)
 
 
+@pytest.mark.parametrize("cap", [4, 7, 64])
+def test_records_written_in_place_equal_extended_ones(cap):
+    """reserve() lends the next slots while every record is kept; the writer commits
+    how many it wrote, the others stay NaN; past the cap (or with a stride) it lends
+    none and extend() thins as before."""
+    values = np.arange(1000, dtype=float)
+    ref, rec = H.Records(cap=cap, validating=True), H.Records(cap=cap, validating=True)
+    r, lent = 0, 0
+    for k, written in ((1, 1), (3, 2), (10, 10), (2, 0), (17, 17), (100, 99), (5, 5)):
+        ref.extend(r, values[r:r + written], -values[r:r + written])
+        room = rec.reserve(r, k)
+        if room is None:
+            rec.extend(r, values[r:r + written], -values[r:r + written])
+        else:
+            lent += 1
+            loss, val = room
+            assert loss.shape == val.shape == (k,)
+            assert np.isnan(loss).all() and np.isnan(val).all()
+            left = max(written - 1, 0)  # the last record's val not written
+            loss[:written], val[:left] = values[r:r + written], -values[r:r + left]
+            rec.commit(written)
+        r += written
+        assert (rec.count, rec.next_r, rec.stride) == (ref.count, ref.next_r, ref.stride)
+    assert lent >= 2  # the first chunks fit under every cap
+    (loss, val), (ref_loss, ref_val) = rec.view(), ref.view()
+    np.testing.assert_array_equal(loss, ref_loss)
+    # a record the writer left out (a diverged epoch's validation loss) stays NaN
+    assert np.isnan(val).sum() <= lent and np.array_equal(np.isnan(val), val != ref_val)
+    assert np.isnan(rec.loss[rec.count:]).all()
+    with pytest.raises(ValueError, match="comes after"):
+        rec.reserve(r + 1, 1)
+
+
 @pytest.mark.parametrize("cap", [3, 8, 50])
 def test_stride_for_is_the_stride_records_end_with(cap):
     r = np.random.default_rng(cap)
