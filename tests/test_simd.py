@@ -438,15 +438,17 @@ def _squared_error_sum_compiled(out, y, w, n, weighted):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("n", [0, 1, 3, 4, 7, 16, 17, 29, 100, 101])
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 24, 29, 31, 100, 101])
 def test_squared_error_sum_python_meaning_equals_the_compiled_sum(dtype, n):
     """rules.loss_sum's squared errors: sixteen chains, sixteen samples a step in four
     vectors, masked last steps; the terms in the arrays' dtype, widened, times the
-    weight; the chains added four vectors pairwise, then their lanes."""
+    weight; the chains added four vectors pairwise, then their lanes.  The elements
+    past n (NaN) are in no chain."""
     rng = np.random.default_rng(900 + n)
-    out = (rng.standard_normal(n + 4) * 10.0 ** rng.integers(-3, 3, n + 4)).astype(dtype)
-    y = rng.standard_normal(n + 4).astype(dtype)
-    w = rng.random(n + 4).astype(dtype)
+    out = (rng.standard_normal(n + 20) * 10.0 ** rng.integers(-3, 3, n + 20)).astype(dtype)
+    y = rng.standard_normal(n + 20).astype(dtype)
+    w = rng.random(n + 20).astype(dtype)
+    out[n:] = np.nan
     for weighted in (False, True):
         want = _squared_error_sum_compiled(out, y, w, n, weighted)
         got = I.squared_error_sum(out, y, w if weighted else None, n)
