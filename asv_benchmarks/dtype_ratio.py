@@ -7,6 +7,10 @@ timing (Workload.in_dtype), so both dtypes train the same network.
 
     NUMBA_NUM_THREADS=1 taskset -c 1 python dtype_ratio.py   # every workload, one CPU
     python dtype_ratio.py --workloads W1,W4b --repeat 5
+    python dtype_ratio.py --workloads W3 --samples 100,200,1000   # W3's net on more data
+
+``--samples``: each workload's data repeated to that many samples (Workload.with_samples),
+to see how the ratio moves with the work per epoch.
 """
 import argparse
 import statistics
@@ -23,13 +27,17 @@ def main(argv=None):
     ap.add_argument("--workloads", default=",".join(DEFAULT_KEYS))
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per dtype (median)")
     ap.add_argument("--quick", action="store_true", help="compare.py's --quick sizes")
+    ap.add_argument("--samples", default=None,
+                    help="comma list of sample counts: each workload's data repeated to each")
     args = ap.parse_args(argv)
+    counts = [None] if args.samples is None else [int(v) for v in args.samples.split(",")]
     print("| workload | float64 (s) | float32 (s) | float32 / float64 |")
     print("|---|---|---|---|")
-    for key in expand_keys(args.workloads):
+    for key, n in ((key, n) for key in expand_keys(args.workloads) for n in counts):
         runs = {}
         for dtype in DTYPES:
             wl = make_workload(key, args.quick, dtype)
+            wl = wl if n is None else wl.with_samples(n)
             run = peers.build("fastbp", wl, key)
             (getattr(run, "warmup", None) or run)()
             runs[dtype] = (run, wl.scale)
@@ -41,8 +49,8 @@ def main(argv=None):
                 run()
                 times[dtype].append((time.perf_counter() - t0) * scale)
         t64, t32 = (statistics.median(times[d]) for d in DTYPES)
-        print(f"| {key.replace('_', ' H=')} | {t64:.3g} | {t32:.3g} | {t32 / t64:.2f} |",
-              flush=True)
+        label = key.replace('_', ' H=') + ("" if n is None else f", {n} samples")
+        print(f"| {label} | {t64:.3g} | {t32:.3g} | {t32 / t64:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

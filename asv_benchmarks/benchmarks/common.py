@@ -272,6 +272,13 @@ class Workload:
         return dataclasses.replace(self, X=self.X[:n].copy(), y=self.y[:n].copy(),
                                    scale=self.n_samples / n, unit="samples")
 
+    def with_samples(self, n):
+        """A copy whose data is the workload's samples repeated (or cut) to ``n`` rows: the
+        same network and training on more or fewer samples per epoch."""
+        def resized(a):
+            return np.ascontiguousarray(np.resize(a, (n,) + a.shape[1:]))
+        return dataclasses.replace(self, X=resized(self.X), y=resized(self.y))
+
     def tiny(self):
         """A copy with the same shapes and code paths but almost no work (JIT warm-up):
         1 epoch, or 2 batches of a 1-epoch run."""
