@@ -10,7 +10,10 @@ timing (Workload.in_dtype), so both dtypes train the same network.
     python dtype_ratio.py --workloads W3 --samples 100,200,1000   # W3's net on more data
 
 ``--samples``: each workload's data repeated to that many samples (Workload.with_samples),
-to see how the ratio moves with the work per epoch.
+to see how the ratio moves with the work per epoch.  ``--block K``: each timed run is
+the median of K fits of one dtype in a row, after one more untimed, so that a fit
+starts with the caches holding its own dtype's code and data, as among fits of one
+dtype (the default, 1, alternates the dtypes fit by fit).
 """
 import argparse
 import statistics
@@ -29,6 +32,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="compare.py's --quick sizes")
     ap.add_argument("--samples", default=None,
                     help="comma list of sample counts: each workload's data repeated to each")
+    ap.add_argument("--block", type=int, default=1,
+                    help="fits of one dtype in a row per timed run (median; one untimed first)")
     args = ap.parse_args(argv)
     counts = [None] if args.samples is None else [int(v) for v in args.samples.split(",")]
     print("| workload | float64 (s) | float32 (s) | float32 / float64 |")
@@ -45,12 +50,26 @@ def main(argv=None):
         for _ in range(args.repeat):
             for dtype in DTYPES:  # alternating: drift of the machine hits both alike
                 run, scale = runs[dtype]
-                t0 = time.perf_counter()
-                run()
-                times[dtype].append((time.perf_counter() - t0) * scale)
+                times[dtype].append(_timed(run, args.block) * scale)
         t64, t32 = (statistics.median(times[d]) for d in DTYPES)
         label = key.replace('_', ' H=') + ("" if n is None else f", {n} samples")
         print(f"| {label} | {t64:.3g} | {t32:.3g} | {t32 / t64:.2f} |", flush=True)
+
+
+def _timed(run, block):
+    """Seconds of one call of ``run``; with block > 1, the median of ``block`` calls in a
+    row after an untimed one."""
+    if block <= 1:
+        t0 = time.perf_counter()
+        run()
+        return time.perf_counter() - t0
+    run()
+    seconds = []
+    for _ in range(block):
+        t0 = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - t0)
+    return statistics.median(seconds)
 
 
 if __name__ == "__main__":
