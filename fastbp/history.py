@@ -117,8 +117,7 @@ class Records:
         """Add the records r_start, r_start + 1, ... (``loss`` (..., k), ``val`` alike);
         r_start must be the next record of the run."""
         k = loss.shape[-1]
-        if r_start != self.next_r:
-            raise ValueError(f"record {r_start} comes after record {self.next_r - 1}")
+        self._check_next(r_start)
         if self.stride == 1 and self.count + k <= self.cap:  # every record kept
             self._grow(self.count + k)
             self.loss[..., self.count:self.count + k] = loss
@@ -140,6 +139,10 @@ class Records:
         self.count += keep.size
         self.next_r = r_start + k
 
+    def _check_next(self, r_start):
+        if r_start != self.next_r:
+            raise ValueError(f"record {r_start} comes after record {self.next_r - 1}")
+
     def reserve(self, r_start, k):
         """Room for the records r_start .. r_start + k - 1 to be written in place:
         (loss, val) views of the next k kept records (val None without validation), or
@@ -147,8 +150,7 @@ class Records:
         then extend() them.  The kernel writes a long chunk's records straight here, not
         into a buffer of its own that extend() copies (for a fit of 100,000 epochs that
         copy and its buffer took a millisecond).  ``commit`` says how many it wrote."""
-        if r_start != self.next_r:
-            raise ValueError(f"record {r_start} comes after record {self.next_r - 1}")
+        self._check_next(r_start)
         if self.stride != 1 or self.count + k > self.cap:
             return None
         self._grow(self.count + k)
