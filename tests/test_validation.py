@@ -531,11 +531,13 @@ def test_from_weights_names_the_array_with_a_value_it_cannot_hold(dtype, where, 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_all_finite_finds_every_nan_and_infinity(dtype):
     """V.all_finite, the check of inputs and parameters: a NaN or infinity anywhere, in
-    arrays small and past its block size, contiguous or not; values whose squares
-    overflow are finite (and say nothing: no RuntimeWarning)."""
-    from fastbp._validation import all_finite
+    arrays small (looked at one by one) and past that, past its block size, contiguous
+    or not; values whose squares overflow are finite (and say nothing: no
+    RuntimeWarning)."""
+    from fastbp._validation import SMALL_FINITE_CHECK, all_finite
     import warnings
-    for n in (1, 15, 16, 17, 1000, (1 << 16) + 3):
+    for n in (1, 15, 16, 17, 1000, SMALL_FINITE_CHECK, SMALL_FINITE_CHECK + 1,
+              (1 << 16) + 3):
         x = np.linspace(-2, 2, n).astype(dtype)
         assert all_finite(x)
         for bad in (np.nan, np.inf, -np.inf):
@@ -545,12 +547,13 @@ def test_all_finite_finds_every_nan_and_infinity(dtype):
                 assert not all_finite(y), (n, bad, i)
                 if n > 2:
                     assert not all_finite(y.reshape(1, n)[:, ::-1]), (n, bad, i)  # strided
-    big = np.full((3, 5), np.finfo(dtype).max, dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert all_finite(big) and all_finite(big[:, ::2]) and all_finite(big[:0])
-        big[2, 4] = np.inf
-        assert not all_finite(big)
+    for shape in ((3, 5), (3, SMALL_FINITE_CHECK)):
+        big = np.full(shape, np.finfo(dtype).max, dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert all_finite(big) and all_finite(big[:, ::2]) and all_finite(big[:0])
+            big[2, 4] = np.inf
+            assert not all_finite(big)
 
 
 def test_unseeded_models_draw_distinct_streams():
