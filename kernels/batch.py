@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, uint64
 
 from . import gemm
-from .config import INNER, PRODUCT_MIN_WEIGHTS
+from .config import INNER, PRODUCT_MIN_WEIGHTS, refuse_python_calls
 from .intrinsics import address, fma, like
 from .pool import LAYER_DELTA, LAYER_FORWARD, LAYER_WEIGHTS, SPLIT_MIN_WORK, call_layer
 from .rows import ANY, LEAF, activate_rows, add_bias, bias_gradient, derivative_rows
@@ -373,3 +373,5 @@ def load_weights(sw, start, nb, perm, shuffle, w_batch):
         w_batch[s] = sw[uint64(perm[u_start + s])] if shuffle else sw[u_start + s]
     return w_batch[:nb]
 
+
+refuse_python_calls(globals())  # the INNER functions: TypeError from Python, not a crash

@@ -5,6 +5,8 @@ plain-numpy references in the tests. Vectorization comes from the loop structure
 (the innermost loops run over samples, so no sum is ever reordered).
 """
 
+from numba.core.registry import CPUDispatcher
+
 # no_cfunc_wrapper: Numba otherwise gives every function a C-callable wrapper as well, for
 # use as a first-class function value, which no kernel is; the C-callable units
 # (``cfunc``) get theirs regardless.
@@ -13,6 +15,33 @@ JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy", no_cfunc
 # and unboxes their arguments for Python callers), which is most of what Numba generates
 # and compiles for a small function.
 INNER = dict(JIT, no_cpython_wrapper=True)
+
+
+class CompiledOnly(CPUDispatcher):
+    """The class of the INNER functions' dispatchers: called from Python, a Numba function
+    without a CPython wrapper jumps to a null address and crashes the interpreter
+    (numba/numba#2541); these raise TypeError instead.  Compiled callers never go
+    through ``__call__``: they see the same Numba type and call the same code."""
+
+    def __call__(self, *args, **kwargs):
+        func = self.py_func
+        raise TypeError(f"{func.__module__}.{func.__qualname__} runs only inside fastbp's "
+                        f"compiled kernels (it has no Python entry point); call it from "
+                        f"an @njit function")
+
+
+def compiled_only(dispatcher):
+    """``dispatcher`` (njit(**INNER)(...), or of a dict built on INNER) as a CompiledOnly."""
+    if type(dispatcher) is CPUDispatcher and dispatcher.targetoptions.get("no_cpython_wrapper"):
+        dispatcher.__class__ = CompiledOnly
+    return dispatcher
+
+
+def refuse_python_calls(namespace):
+    """Every INNER function of a module (its ``globals()``) as a CompiledOnly: each
+    kernels module calls this last."""
+    for value in list(namespace.values()):
+        compiled_only(value)
 
 
 def with_constants(fn, names, name):

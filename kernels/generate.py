@@ -36,7 +36,7 @@ import tempfile
 import textwrap
 import threading
 
-from .config import PRODUCT_MIN_WEIGHTS
+from .config import PRODUCT_MIN_WEIGHTS, refuse_python_calls
 from .intrinsics import LANES as ROW_LANES
 from .rules import (ACTIVATION_FUNCTIONS, BCE, DERIVATIVE_FUNCTIONS, HALF_MSE, IDENTITY, MSE,
                     NARROW_ACTIVATION_FUNCTIONS, NARROW_UNITS, RELU, SIGMOID, SSE, TANH)
@@ -772,4 +772,5 @@ def _import(text):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    refuse_python_calls(vars(module))  # its INNER functions (epoch_pass, sample_epoch)
     return module

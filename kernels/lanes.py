@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 from .batch import uses_products
-from .config import INNER, JIT
+from .config import INNER, JIT, refuse_python_calls
 from .intrinsics import LOSS_CHAINS, fma, like, sum_width
 from .loops import all_finite
 from .rows import activate_rows, derivative_rows
@@ -249,3 +249,6 @@ def train_block(params, m0, net, x, y, epochs, lrs, epoch0, record_every, histor
         for p in range(n_params):
             params[m0 + q, p] = P[p, q]
     return True
+
+
+refuse_python_calls(globals())  # the INNER functions: TypeError from Python, not a crash

@@ -29,7 +29,7 @@ bad_epoch, early_stopped).
 from numba import njit, uint64
 
 from .batch import gather, load_weights, scatter
-from .config import INNER, JIT
+from .config import INNER, JIT, refuse_python_calls
 from .intrinsics import borrowed, like
 from .options import Data, Net, Work
 from .passes import BACKWARD, BATCH_LOSS, FORWARD, OUTPUT_DELTAS, call as call_pass
@@ -435,3 +435,6 @@ def loss_and_gradient_rows(params, net, data, grad, work, gathered):
     """loss_and_gradient of a set of SparseRows (its first layer is computed from the
     rows at every call; ``gathered`` spares the targets' copy)."""
     return _loss_and_gradient(True, params, net, data, grad, work, gathered)
+
+
+refuse_python_calls(globals())  # the INNER functions: TypeError from Python, not a crash

@@ -33,7 +33,7 @@ from numba import cfunc, config as numba_config, njit, typeof, types
 from . import batch, rows
 from .batch import ALL_LOOPS, ALL_PRODUCTS, ANY, BY_SIZE
 from .rows import LEAF
-from .config import JIT, with_constants
+from .config import JIT, compiled_only, with_constants
 from .intrinsics import compiled_as
 from .options import Net
 
@@ -185,7 +185,8 @@ def _unit_function(which, pooled, build):
 def _inlined(function, names, name):
     """A copy of the compiled ``function`` reading its globals from ``names``, inlined
     where it is called and never compiled alone (so not cached)."""
-    return njit(**dict(LEAF, cache=False))(with_constants(function.py_func, names, name))
+    return compiled_only(njit(**dict(LEAF, cache=False))(
+        with_constants(function.py_func, names, name)))
 
 
 _compiled = {}  # unit_key -> its cfunc, kept alive: its code must outlive its use

@@ -42,7 +42,7 @@ from numba import carray, cfunc, config as numba_config, njit, types
 from numba.extending import intrinsic
 
 from . import gemm, tiles
-from .config import INNER, JIT
+from .config import INNER, JIT, refuse_python_calls
 from .intrinsics import address, like as like_value
 from .rows import activate_rows, add_bias, bias_gradient, derivative_rows
 
@@ -605,3 +605,6 @@ def stop(state, started):
     finally:
         if started.saved is not None:
             _pin(started.saved)
+
+
+refuse_python_calls(globals())  # the INNER functions: TypeError from Python, not a crash

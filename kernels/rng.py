@@ -12,7 +12,7 @@ import threading
 import numpy as np
 from numba import njit
 
-from .config import INNER
+from .config import INNER, refuse_python_calls
 
 # its two helpers inlined into permutation_into: compiled apart, each was one more
 # function for a first shuffled fit to compile and link
@@ -104,3 +104,6 @@ def _seeded_key(seed):
     """The stream key of an integer seed: SeedSequence's first uint64 (12 us; every
     seeded fit asks, so remembered)."""
     return int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0])
+
+
+refuse_python_calls(globals())  # the INNER functions: TypeError from Python, not a crash

@@ -8,7 +8,7 @@ piece of it by pool.py, which gives the same numbers: every element is computed 
 
 from numba import njit, uint64
 
-from .config import INNER
+from .config import INNER, refuse_python_calls
 from .rules import (EXP, RELU, SIGMOID, TANH, exp_output, plain_step, relu, relu_back,
                     sigmoid, sigmoid_back, sum4, tanh, tanh_back)
 
@@ -78,3 +78,6 @@ def bias_gradient(out, bo, delta, j0, j1, nb, lr, descend):
             out[bo + j] = plain_step(out[bo + j], g, lr)
         else:
             out[bo + j] = g
+
+
+refuse_python_calls(globals())  # the INNER functions: TypeError from Python, not a crash

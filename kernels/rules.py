@@ -40,7 +40,7 @@ import numpy as np
 from numba import config, njit, types, uint64
 from numba.extending import overload
 
-from .config import INNER, JIT
+from .config import INNER, JIT, refuse_python_calls
 # Each rule is inlined at Numba's level into the function that calls it: compiled as a
 # function of its own, every small rule added a noticeable part of a second to a first
 # fit (a mini-batch fit compiled 47 functions instead of 27, and took half as long
@@ -677,3 +677,6 @@ def called(rule):
 
 
 _TYPED_RULE_CALLS = {"sigmoid": lambda z: sigmoid(z)}
+
+
+refuse_python_calls(globals())  # the INNER functions: TypeError from Python, not a crash

@@ -16,7 +16,7 @@ at H=1024 (asv_benchmarks: Width).
 import numpy as np
 from numba import njit, uint64
 
-from .config import INNER, with_constants
+from .config import INNER, refuse_python_calls, with_constants
 from .intrinsics import like
 from .rules import (ADAM, adam_scales, delta_scale, is_combined, l2_penalty, loss_of_sum,
                     loss_term, loss_uses_z, output_delta, plain_step, row_dot, stateful_step,
@@ -187,3 +187,6 @@ def epoch_function(plain, share, architecture, name):
 sample_epoch_plain = njit(**INNER)(epoch_function(True, True, None, "sample_epoch_plain"))
 sample_epoch_stateful = njit(**INNER)(epoch_function(False, False, None,
                                                       "sample_epoch_stateful"))
+
+
+refuse_python_calls(globals())  # the INNER functions: TypeError from Python, not a crash

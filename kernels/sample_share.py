@@ -29,7 +29,7 @@ import numpy as np
 from numba import carray, cfunc, njit, types, uint64
 
 from . import pool as P
-from .config import INNER, JIT
+from .config import INNER, JIT, refuse_python_calls
 from .intrinsics import LANES, address, like as like_value, lanes_dot_step_carry
 from .rules import plain_step, times_derivative
 from .sample_units import forward_units
@@ -223,3 +223,6 @@ def attach(state, blocks, carry, progress):
     state[P.SAMPLE_UNIT], state[P.PIECE_FN] = unit_addresses(blocks.dtype)
     state[P.BLOCKS], state[P.CARRY] = blocks.ctypes.data, carry.ctypes.data
     state[P.PROGRESS] = progress.ctypes.data
+
+
+refuse_python_calls(globals())  # the INNER functions: TypeError from Python, not a crash

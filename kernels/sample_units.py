@@ -9,7 +9,7 @@ layers; sample_share.py calls forward_units on a thread's block of a layer's col
 """
 from numba import njit, uint64
 
-from .config import INNER
+from .config import INNER, refuse_python_calls
 from .tiles import row_product
 from .rules import (NARROW_UNITS, SIGMOID, activate, activate_narrow, plain_step,
                     row_dot_step, times_derivative)
@@ -59,3 +59,6 @@ def backward_rows(params, wo, n_out, h, d, ai, zo, i0, i1, lr, propagate, prev_c
         else:
             for j in range(n_out):
                 params[row + j] = plain_step(params[row + j], a * d[zo + j], lr)
+
+
+refuse_python_calls(globals())  # the INNER functions: TypeError from Python, not a crash

@@ -18,7 +18,7 @@ the same data agree to rounding (bit for bit where the dense layer uses products
 """
 from numba import njit, uint64
 
-from .config import INNER
+from .config import INNER, refuse_python_calls
 from .intrinsics import fma
 from .rows import add_bias, bias_gradient
 from .rules import plain_step
@@ -100,3 +100,6 @@ def sparse_first_gradient(net, x, start, nb, perm, shuffle, deltas, a_off, out, 
                 out[w_row + j] = plain_step(out[w_row + j], g[row + j], lr)
     if net.b_off[0] >= 0:
         bias_gradient(out, net.b_off[0], delta, 0, n_out, nb, lr, descend)
+
+
+refuse_python_calls(globals())  # the INNER functions: TypeError from Python, not a crash

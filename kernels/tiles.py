@@ -34,7 +34,7 @@ from numba import config as numba_config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .config import INNER, JIT
+from .config import INNER, JIT, refuse_python_calls
 from .intrinsics import address, compiled_as, fma
 from numba.np.numpy_support import as_dtype
 
@@ -625,3 +625,4 @@ def gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         _panel(a, 0, a_si, a_sp, packed, 0, step, c, j0, ldc, m, cols, k, alpha, beta, width)
 
 
+refuse_python_calls(globals())  # the INNER functions: TypeError from Python, not a crash

@@ -441,3 +441,42 @@ def test_cross_entropy_of_saturated_logits_near_the_float64_limit_is_zero():
     assert m.loss(X, Y) == 0.0
     h = m.fit(X, Y, epochs=2, lr=1e-300, batch_size=1)
     np.testing.assert_array_equal(h.loss, [0.0, 0.0])
+
+
+def _compiled_only_functions(namespace):
+    """The dispatchers in ``namespace`` compiled without a Python entry point."""
+    from numba.core.registry import CPUDispatcher
+    return {name: value for name, value in namespace.items()
+            if isinstance(value, CPUDispatcher) and value.targetoptions.get("no_cpython_wrapper")}
+
+
+def test_kernels_without_a_python_entry_refuse_python_calls():
+    """The kernels' INNER functions have no CPython wrapper: Numba would call a null
+    address and crash the interpreter (numba/numba#2541).  Every one of them -- in each
+    kernels module, in a generated module, the batch passes' inlined copies -- raises
+    TypeError instead.  Its class is checked before the call, which would crash
+    otherwise."""
+    import importlib
+    import pkgutil
+
+    import fastbp.kernels as K
+    from fastbp.kernels import passes, rows
+    from fastbp.kernels.config import CompiledOnly
+    namespaces = {m.name: vars(importlib.import_module(f"fastbp.kernels.{m.name}"))
+                  for m in pkgutil.iter_modules(K.__path__)}
+    for kind in ("full", "sample", "sample_loops"):
+        module = GEN._module(kind, (2, 3, 1), (1, 1), True, 0, False, "plain", "float64")
+        namespaces[f"generated {kind}"] = vars(module)
+    namespaces["passes._inlined"] = {
+        "activate_rows": passes._inlined(rows.activate_rows, dict(vars(rows)), "copy")}
+    found = 0
+    for where, namespace in namespaces.items():
+        for name, function in _compiled_only_functions(namespace).items():
+            assert type(function) is CompiledOnly, (where, name)
+            with pytest.raises(TypeError, match="runs only inside fastbp's compiled kernels"):
+                function(np.zeros(3), 1.0)
+            found += 1
+    assert found >= 60
+    assert {"epoch_pass", "sample_epoch"} <= (
+        set(_compiled_only_functions(namespaces["generated full"]))
+        | set(_compiled_only_functions(namespaces["generated sample_loops"])))
