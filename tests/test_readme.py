@@ -7,6 +7,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,9 @@ def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
             skipped.append(f"line {line}: {'; '.join(reasons)}")
             continue
         code = compile(source, f"README.md, block at line {line}", "exec")
-        exec(code, namespace)
+        with warnings.catch_warnings():  # a block that warns (a ConvergenceWarning, a
+            warnings.simplefilter("error")  # deprecation) shows its reader a problem
+            exec(code, namespace)
     capsys.readouterr()
     # the blocks really ran: their names hold what the README says they do
     assert namespace["hist"] is not None and "res" in namespace
