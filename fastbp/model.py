@@ -65,7 +65,7 @@ class MLP:
         self._rng_state = seed_state(self.seed)
 
     def _configure(self, sizes, activation, loss, bias, dtype):
-        self._layout = Layout.of(tuple(sizes), bool(bias))
+        self._layout = Layout.of(tuple(sizes), V.check_flag(bias, "bias"))
         self.activations = V.check_activations(activation, len(sizes) - 1)
         V.check_output_units(self._layout.sizes, self.activations)
         self.loss_name = V.check_loss(loss, self.activations)

@@ -117,6 +117,17 @@ def test_bad_sizes(sizes, exc):
         fastbp.MLP(sizes)
 
 
+@pytest.mark.parametrize("bias", ["False", "no", None, 2, 0.0])
+def test_bias_must_be_a_bool(bias):
+    """bias="False" is a non-empty string: taken as truthy it would build biases."""
+    for make in (lambda: fastbp.MLP([2, 3, 1], bias=bias),
+                 lambda: fastbp.Ensemble([2, 3, 1], 2, bias=bias)):
+        with pytest.raises(TypeError, match="bias must be True or False"):
+            make()
+    assert fastbp.MLP([2, 3, 1], bias=np.False_).bias is False
+    assert fastbp.MLP([2, 3, 1], bias=0).bias is False
+
+
 @pytest.mark.parametrize("kw, exc, match", [
     (dict(epochs=0), ValueError, "epochs"), (dict(epochs=-3), ValueError, "epochs"),
     (dict(epochs=2.0), TypeError, "epochs"), (dict(epochs="10"), TypeError, "epochs"),
