@@ -24,7 +24,8 @@ instruction or vector loop, emitted in the kernel that calls it (``compiled_as``
   lanes (one <16 x float> vector), and the same fused with the plain SGD step of w;
   ``lanes_dot_step_carry`` takes its lanes from, or leaves them in, a buffer, so that
   threads can each run a piece of one row's sum (kernels/sample_share.py).
-- ``address(arr, offset)``: a typed pointer to arr[offset] (the gemm units' operands).
+- ``address(arr, offset)``: a typed pointer to arr[offset] (the gemm units' operands);
+  ``hold(arr)`` keeps an array the kernel allocated alive while such a pointer is in use.
 - ``borrowed(values)``: a tuple's arrays as views without a reference count (no atomic
   instructions where a loop takes views of them).
 - ``exp(x)`` / ``tanh(x)``: libm's function in x's precision.  Compiled, these are
@@ -689,7 +690,9 @@ def _lanes_dot_step_carry(typingctx, w, wo, v, vo, m, a, lr, carry, co, load, st
 def address(arr, offset):
     """A pointer to arr[offset] (arr a 1-D float array, or a pointer to floats: then the
     pointer ``offset`` elements on; offset not checked).  The caller must hold arr while
-    the pointer is in use.  In Python: the view arr[offset:]."""
+    the pointer is in use: an argument is held by its caller; an array allocated where
+    the pointer is taken is freed after its last use, so call hold(arr) after the
+    pointer's.  In Python: the view arr[offset:]."""
     return arr[int(offset):]
 
 
@@ -710,6 +713,24 @@ def _address(typingctx, arr, offset):
         return builder.gep(data, [index])
 
     return types.CPointer(arr.dtype)(arr, offset), codegen
+
+
+def hold(arr):
+    """Nothing.  Compiled, a use of ``arr`` where the call stands: Numba frees an array
+    that a kernel allocated after the array's last use, which may come before the last
+    use of a pointer taken from it (``address``); hold(arr) after that keeps the array
+    alive until then."""
+
+
+@compiled_as(hold)
+def _hold(typingctx, arr):
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return context.get_dummy_value()
+
+    return types.none(arr), codegen
 
 
 # ------------------------------------------------------------------------ borrowed

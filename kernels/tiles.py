@@ -35,7 +35,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .config import INNER, JIT, refuse_python_calls
-from .intrinsics import address, compiled_as, fma
+from .intrinsics import address, compiled_as, fma, hold
 from numba.np.numpy_support import as_dtype
 
 FLOATS = (types.float64, types.float32)
@@ -623,6 +623,9 @@ def gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         cols = min(step, n - j0)
         _pack_transposed(b, j0, ldb, cols, k, packed, step, width)
         _panel(a, 0, a_si, a_sp, packed, 0, step, c, j0, ldc, m, cols, k, alpha, beta, width)
+    # a panel from scratch() would otherwise be freed after address(), its last use: the
+    # loop wrote to freed memory (a crash once the panel was large enough to be unmapped)
+    hold(panel)
 
 
 refuse_python_calls(globals())  # the INNER functions: TypeError from Python, not a crash

@@ -100,6 +100,46 @@ def test_tiles_agree_with_numpy_on_a_wide_product():
     np.testing.assert_allclose(c, a.T @ b.T, rtol=1e-12, atol=1e-12 * np.sqrt(k))
 
 
+_LARGE_PANEL = r"""
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+import fastbp, reference as R
+from fastbp.kernels import tiles
+rng = np.random.default_rng(2)
+for dtype, rtol in ((np.float64, 1e-12), (np.float32, 1e-4)):
+    m, n, k = 40, 70, 3000  # trans_b's panel: k x VECS vectors, far past the stack's
+    assert k * tiles.VECS * tiles.lanes(dtype) * np.dtype(dtype).itemsize > 4 * 65536
+    a, b = rng.standard_normal((k, m)).astype(dtype), rng.standard_normal((n, k)).astype(dtype)
+    c = np.empty((m, n), dtype)
+    tiles.tile_gemm(True, True, m, n, k, 1.0, a.ravel(), m, b.ravel(), k, 0.0, c.ravel(), n)
+    want = a.astype(np.float64).T @ b.astype(np.float64).T
+    np.testing.assert_allclose(c, want, rtol=rtol, atol=rtol * np.sqrt(k))
+    # the public path: the gradient over 2,048 samples in one batch
+    X, y = rng.standard_normal((2048, 32)), rng.random((2048, 10))
+    model = fastbp.MLP([32, 24, 10], activation="tanh", init="normal", seed=0, dtype=dtype)
+    got_w, got_b = model.gradient(X, y)
+    want_w, want_b = R.gradient(X, y, [w.astype(np.float64) for w in model.weights],
+                                [b.astype(np.float64) for b in model.biases], "tanh", "mse")
+    for g, w in zip(got_w + got_b, want_w + want_b):
+        scale = np.abs(w).max()
+        np.testing.assert_allclose(g / scale, w / scale, rtol=0, atol=rtol)
+print("ok")
+"""
+
+
+def test_a_large_transposed_panel_is_alive_while_the_tiles_read_it():
+    """tile_gemm packs a transposed op(b) into a heap panel past PANEL_STACK_BYTES.  Numba
+    freed it right after taking its address, before the loop that fills and reads it:
+    loss, gradient and L-BFGS over ~1,700 samples or more crashed once the panel was
+    large enough for malloc to map it, and unmapped it on free.  Here glibc maps every
+    block past 64 KB, so that reading freed memory crashes at once."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", _LARGE_PANEL, os.path.dirname(__file__)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "ok"
+
+
 def test_tile_shape_fits_the_vector_registers():
     """ROWS x VECS accumulators, VECS vectors of op(b) and one broadcast must fit in the
     registers (32 with AVX-512, else 16): a tile that spills is several times slower."""
