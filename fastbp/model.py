@@ -338,10 +338,14 @@ class MLP:
         finite and give a finite loss on (X, y) (exactly those after ``history.epochs``
         epochs, with their optimizer state; the shuffling stream is put back there too)
         and the History ends there.  Epochs between records are not checked, so with
-        ``record_every > 1`` that can be a few epochs before the first bad one.  ``on_divergence="raise"`` (default)
-        raises DivergenceError (a FloatingPointError naming the epoch and suggesting a
-        smaller lr, with ``.history``), ``"warn"`` warns and returns the History
-        (``stopped="diverged"``).
+        ``record_every > 1`` that can be a few epochs before the first bad one.  Nor is
+        the loss after the last epoch computed (a full-batch record is the loss before
+        its epoch's update): a run whose last update leaves finite parameters with a
+        loss that overflows ends without an error, and ``loss`` then raises
+        FloatingPointError (one more epoch would have reported the divergence).
+        ``on_divergence="raise"`` (default) raises DivergenceError (a FloatingPointError
+        naming the epoch and suggesting a smaller lr, with ``.history``), ``"warn"`` warns
+        and returns the History (``stopped="diverged"``).
 
         Checkpoints: with ``checkpoint="run.npz"`` the whole state of the run is written
         to that file (atomically: temporary file, fsync, rename) every

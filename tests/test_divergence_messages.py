@@ -119,3 +119,26 @@ def test_the_guards_finiteness_check_finds_every_nan_and_infinity(dtype):
         big[-1] = np.inf
         assert not _all_finite(big)
     assert _all_finite(np.zeros(0, dtype))
+
+
+def test_the_loss_after_the_last_epoch_is_not_checked():
+    """What fit's docstring says: the state after a run's last epoch has no record, so a
+    run whose last update makes the loss overflow (finite parameters) ends without an
+    error; loss() then raises, and a run one epoch longer reports the divergence, at
+    that epoch, keeping the parameters before the last update."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 2)) * 5
+    y = x.sum(axis=1) * 10
+
+    def net():
+        return fastbp.MLP([2, 6, 1], activation=["relu", "identity"], init="normal", seed=0)
+
+    m = net()
+    hist = m.fit(x, y, epochs=4, lr=5.0)
+    assert hist.stopped is None and hist.epochs == 4 and np.isfinite(hist.loss).all()
+    assert np.isfinite(m.params).all()
+    with pytest.raises(FloatingPointError, match="the loss is not finite"):
+        m.loss(x, y)
+    e, _ = _message(net(), x, y, epochs=5, lr=5.0)
+    assert e.epoch == 4 and e.history.epochs == 3
+    np.testing.assert_array_equal(e.history.loss, hist.loss[:3])
