@@ -5,6 +5,10 @@ plain-numpy references in the tests. Vectorization comes from the loop structure
 (the innermost loops run over samples, so no sum is ever reordered).
 """
 
+import hashlib
+import os
+
+from numba.core import caching
 from numba.core.registry import CPUDispatcher
 
 # no_cfunc_wrapper: Numba otherwise gives every function a C-callable wrapper as well, for
@@ -42,6 +46,62 @@ def refuse_python_calls(namespace):
     kernels module calls this last."""
     for value in list(namespace.values()):
         compiled_only(value)
+
+
+KERNELS_FOLDER = os.path.dirname(os.path.abspath(__file__))
+_sources_digest = None
+
+
+def sources_digest(folder):
+    """A digest of every .py file in ``folder``, names and contents."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()[:20]
+
+
+def kernel_sources_digest():
+    """The digest of every kernels/*.py file (computed once).  Numba's cache checks only
+    a function's own source file, while a kernel's compiled code holds the code of what
+    it calls from the other files (an INNER function is linked into its callers): the
+    cache of every function in these files is stamped with this digest instead (the
+    locators below), and each generated module carries it in its text and so its file
+    name (generate.py), so that after an upgrade, or an edit, of any of the files
+    everything compiles afresh rather than running stale code."""
+    global _sources_digest
+    if _sources_digest is None:
+        _sources_digest = sources_digest(KERNELS_FOLDER)
+    return _sources_digest
+
+
+def _stamped_with_every_source(locator):
+    """Numba's cache locator class ``locator`` for the functions of kernels/*.py only,
+    their caches stamped with kernel_sources_digest() rather than their own file's
+    hash: a kernel whose own file is unchanged but whose callees changed (tiles.py's
+    gemm_at in gemm.py's tiles unit, say) is compiled again, not loaded stale."""
+
+    class Locator(locator):
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if os.path.dirname(os.path.abspath(py_file)) != KERNELS_FOLDER:
+                return None
+            return super().from_function(py_func, py_file)
+
+        def get_source_stamp(self):
+            return kernel_sources_digest()
+
+    Locator.__name__ = Locator.__qualname__ = f"Kernels{locator.__name__}"
+    return Locator
+
+
+# ahead of Numba's own locators (the same places: NUMBA_CACHE_DIR, the package's
+# __pycache__, the user's cache folder), which serve every other function unchanged
+KERNEL_LOCATORS = tuple(_stamped_with_every_source(c) for c in (
+    caching.UserProvidedCacheLocator, caching.InTreeCacheLocator,
+    caching.UserWideCacheLocator))
+caching.CacheImpl._locator_classes[:0] = KERNEL_LOCATORS
 
 
 def with_constants(fn, names, name):

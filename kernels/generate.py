@@ -36,7 +36,7 @@ import tempfile
 import textwrap
 import threading
 
-from .config import PRODUCT_MIN_WEIGHTS, refuse_python_calls
+from .config import PRODUCT_MIN_WEIGHTS, kernel_sources_digest, refuse_python_calls
 from .intrinsics import LANES as ROW_LANES
 from .rules import (ACTIVATION_FUNCTIONS, BCE, DERIVATIVE_FUNCTIONS, HALF_MSE, IDENTITY, MSE,
                     NARROW_ACTIVATION_FUNCTIONS, NARROW_UNITS, RELU, SIGMOID, SSE, TANH)
@@ -640,27 +640,6 @@ def source_sample_loops(sizes, acts, bias, loss, weighted, rule):
 
 
 # ------------------------------------------------------------------------------ cache
-_sources_digest = None
-
-
-def kernel_sources_digest():
-    """A digest of every kernels/*.py file, written into each generated module (and so
-    into its file name).  Numba's cache checks only a function's own source file, and a
-    generated kernel's compiled code holds the code of what it calls from these files:
-    after an upgrade, or an edit, of any of them the generated modules get new names and
-    compile afresh instead of running stale code."""
-    global _sources_digest
-    if _sources_digest is None:
-        h = hashlib.sha256()
-        folder = os.path.dirname(os.path.abspath(__file__))
-        for name in sorted(os.listdir(folder)):
-            if name.endswith(".py"):
-                with open(os.path.join(folder, name), "rb") as f:
-                    h.update(name.encode() + b"\0" + f.read())
-        _sources_digest = h.hexdigest()[:20]
-    return _sources_digest
-
-
 _cache_dirs = {}  # the environment's cache variables -> cache_dir's answer for them
 
 

@@ -27,6 +27,7 @@ import fastbp.kernels as K
 from fastbp import _config as C
 from fastbp import _dispatch as D
 from fastbp._many import ManyFit
+from fastbp.kernels import config
 from fastbp.kernels import generate as GEN
 from fastbp.kernels import lanes as LN
 from fastbp.kernels.intrinsics import LANES as ROW_LANES
@@ -362,23 +363,47 @@ def test_generated_modules_follow_every_kernel_source(tmp_path, monkeypatch):
     a digest of all kernels/*.py: a change to any of them (here: a copy of the package
     with a comment added to sample.py) gives every generated module a new text, and so a
     new file name and a fresh compilation."""
-    digest = GEN.kernel_sources_digest()
+    digest = config.kernel_sources_digest()
     args = ((3, 20, 17, 2), (3, 1, 0), True, 0, False)
     for text in (GEN.source_full(*args, "plain"), GEN.source_sample(*args),
                  GEN.source_sample_loops(*args, "stateful")):
         assert text.splitlines()[0] == f"# fastbp.kernels sources {digest}"
     copy = tmp_path / "kernels"
-    shutil.copytree(os.path.dirname(GEN.__file__), copy,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(config.KERNELS_FOLDER, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert config.sources_digest(copy) == digest
     sample = copy / "sample.py"
     sample.write_text(sample.read_text() + "\n# edited\n")
-    monkeypatch.setattr(GEN, "__file__", str(copy / "generate.py"))
-    monkeypatch.setattr(GEN, "_sources_digest", None)
-    assert GEN.kernel_sources_digest() != digest
+    monkeypatch.setattr(config, "_sources_digest", config.sources_digest(copy))
+    assert config.kernel_sources_digest() != digest
     edited = GEN.source_sample_loops(*args, "plain")
-    monkeypatch.setattr(GEN, "_sources_digest", digest)
+    monkeypatch.setattr(config, "_sources_digest", digest)
     assert edited != GEN.source_sample_loops(*args, "plain")
     assert edited.splitlines()[1:] == GEN.source_sample_loops(*args, "plain").splitlines()[1:]
+
+
+def test_every_kernel_cache_is_stamped_with_every_kernel_source():
+    """The cache of a function in kernels/*.py is stamped with the digest of all of them,
+    not its own file's: gemm.py's tiles unit holds tiles.gemm_at's code, and after an
+    edit of tiles.py alone Numba loaded the unit compiled before it (a fixed use after
+    free came back that way).  Functions elsewhere keep Numba's own stamp."""
+    from numba.core import caching
+
+    from fastbp.kernels import gemm, loops, tiles
+    gemm.unit_address("tiles", "float64")  # compiled or loaded: a cfunc
+    functions = [loops.loss_and_gradient, tiles.tile_gemm,
+                 gemm._units[("tiles", np.dtype("float64"))]]
+    for function in functions:
+        locator = function._cache._impl.locator
+        assert isinstance(locator, config.KERNEL_LOCATORS), function
+        assert locator.get_source_stamp() == config.kernel_sources_digest()
+
+    @numba.njit(cache=True)
+    def elsewhere(x):
+        return x + 1
+
+    locator = elsewhere._cache._impl.locator
+    assert not isinstance(locator, config.KERNEL_LOCATORS)
+    assert isinstance(locator, tuple(caching.CacheImpl._locator_classes))
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
