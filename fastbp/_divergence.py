@@ -63,7 +63,7 @@ class ChunkBound:
         self.acts = [int(a) for a in act_codes]
         self.loss = int(loss_code)
         self.limit = float(np.finfo(dtype).max) / _MARGIN
-        self.x = max_abs_inputs(x)
+        self._inputs, self._x = x, None
         self.y = _max_abs(y)
         self.s = _max_abs(sw) if sw.shape[0] else 1.0
         n = x.shape[0]
@@ -72,6 +72,13 @@ class ChunkBound:
         self.steps_per_epoch = -(-n // self.nb)
         self.norms = np.empty((layout.n_layers, 4))
 
+    @property
+    def x(self):
+        """max |x| over the inputs: a pass over them, made when first needed."""
+        if self._x is None:
+            self._x = max_abs_inputs(self._inputs)
+        return self._x
+
     @classmethod
     def for_fit(cls, model, run, x, y, batch):
         """A ChunkBound where the proof applies and is worth its cost, else None; x, y
@@ -79,11 +86,7 @@ class ChunkBound:
         lay = model._layout
         if lay.n_params * model.dtype.itemsize < MIN_BYTES or not O.is_plain(run.rule):
             return None
-        last = int(model._act_codes[-1])
-        if last == K.EXP:  # an exp output's bound is the exp of a bound: soon useless
-            return None
-        hidden_ok = all(int(a) in _DERIVATIVE for a in model._act_codes[:-1])
-        if not hidden_ok or not (_combined(model._loss_code, last) or last in _DERIVATIVE):
+        if not covered(model):
             return None
         return cls(lay, model._act_codes, model._loss_code, model.dtype, x, y, run.sw, batch)
 
@@ -115,6 +118,35 @@ class ChunkBound:
                 layer[1] += n_out * dw
                 layer[2] += db
         return True
+
+    def loss_in_range(self, params):
+        """Whether the bound keeps the forward pass and the loss at ``params`` below
+        LIMIT: the check of the loss after a run's last epoch, which no record holds.
+        Only the layers after the last saturating activation count (its outputs are at
+        most 1), and none where the output saturates under a loss without logits (mse,
+        sse, half_mse).  Norms with numpy, not kernels.bounds: a fit would load one more
+        compiled function for them."""
+        limit, acts = self.limit, self.acts
+        if acts[-1] in _SATURATING and self.loss not in (K.BCE, K.CROSS_ENTROPY):
+            first = len(acts)
+        else:
+            first = 1 + max((l for l, c in enumerate(acts[:-1]) if c in _SATURATING),
+                            default=-1)
+        a, z = (1.0 if first > 0 else self.x), 0.0
+        weights, biases = self.layout.weight_views(params), self.layout.bias_views(params)
+        with np.errstate(over="ignore", invalid="ignore"):  # a huge state: out of range
+            for l in range(first, len(acts)):
+                r, _, b = _norms(weights[l], None if biases is None else biases[l])
+                z = r * a + b
+                if not z < limit:
+                    return False
+                a = 1.0 if acts[l] in _SATURATING else z
+        if acts[-1] == K.EXP:  # (e^z + y)^2 bounds the Poisson term e^z - y z too
+            if not z < math.log(limit):
+                return False
+            a = math.exp(z)
+        term, loss = self._loss_bound(z, a, self.layout.sizes[-1])
+        return term < limit and loss < limit
 
     def _step_bounds(self, norms, lr):
         """(per layer (max |dW|, max |db|), per layer max |z|, loss bound) of one step from
@@ -173,6 +205,33 @@ class ChunkBound:
         return term, term * k * self.n * max(self.s, 1.0) * self.nb
 
 
+# _norms takes |w| this many values at a time: no temporary as large as a wide layer
+NORM_BLOCK = 1 << 13
+
+
+def _norms(w, b):
+    """[R, C, B] of a layer (the module docstring): its weights w (n_in, n_out), its
+    biases b or None."""
+    rows = max(1, NORM_BLOCK // w.shape[1])
+    column_sums = np.zeros(w.shape[1])
+    row_sum = 0.0
+    for i in range(0, w.shape[0], rows):
+        a = np.abs(w[i:i + rows])
+        column_sums += a.sum(axis=0)
+        row_sum = max(row_sum, float(a.sum(axis=1).max()))
+    return [float(column_sums.max()), row_sum, float(np.abs(b).max()) if b is not None else 0.0]
+
+
+def covered(model, one_state=False):
+    """Whether the bound covers the model's activations and loss: along a chunk, or at
+    ``one_state`` (loss_in_range), which also takes an exp output."""
+    last = int(model._act_codes[-1])
+    if last == K.EXP:  # along a chunk, the exp of a bound, and so on: soon useless
+        return one_state and all(int(a) in _DERIVATIVE for a in model._act_codes[:-1])
+    hidden_ok = all(int(a) in _DERIVATIVE for a in model._act_codes[:-1])
+    return hidden_ok and (_combined(model._loss_code, last) or last in _DERIVATIVE)
+
+
 def _combined(loss, last):
     """Whether the output delta is p - y (sigmoid + bce, softmax + cross_entropy), no f'."""
     return K.is_combined(loss, last)
@@ -181,3 +240,13 @@ def _combined(loss, last):
 def _max_abs(a):
     """max |a| without a temporary the size of ``a``."""
     return float(max(np.max(a), -np.min(a))) if a.size else 0.0
+
+
+def final_loss_bounded(model, x, y, sw, batch):
+    """True when the loss on (x, y) (sample weights sw, or empty) at the model's current
+    parameters is provably finite (ChunkBound.loss_in_range); False where the bound
+    cannot tell -- a state too large, or activations and loss it does not cover --: the
+    caller then evaluates the loss."""
+    return covered(model, one_state=True) and ChunkBound(
+        model._layout, model._act_codes, model._loss_code, model.dtype, x, y, sw,
+        batch).loss_in_range(model._params)

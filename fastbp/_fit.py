@@ -20,7 +20,7 @@ import numpy as np
 from . import _dispatch as D
 from . import _sparse as S
 from . import _validation as V
-from ._divergence import ChunkBound
+from ._divergence import ChunkBound, final_loss_bounded
 from .checkpoint import Saver
 from .history import History
 from .kernels import options as O
@@ -189,6 +189,8 @@ class SingleFit:
         else:
             run.records.commit(k)
         run.done += ran
+        if bad < 0 and not self.safe and run.done == run.epochs and not self._ends_finite():
+            bad = run.done  # the record an epoch more would take: not finite
         if bad >= 0:
             self.bad = bad
             older = self.anchor is not None and not any(self.anchor is s
@@ -275,6 +277,15 @@ class SingleFit:
         with nullcontext() if self.shared is None else self.shared.running():
             ran, bad, early = self.plan.kernel(*args)
         return int(ran), int(bad), bool(early)
+
+    def _ends_finite(self):
+        """Whether the loss at the parameters the run ends with is finite.  No record
+        computes it (a full-batch record is the loss before its epoch's update, a
+        mini-batch one the mean of its batches' losses before theirs): proved by the
+        bound of _divergence.py where it can, else evaluated."""
+        run, model = self.run, self.model
+        return (final_loss_bounded(model, self.x, self.y, run.sw, self.batch)
+                or model._finite_loss(self.x, self.y, run.sw))
 
     def _guard_chunk(self, chunk):
         """Before a guarded chunk: backup <- the parameters, and this chunk's start

@@ -8,6 +8,7 @@ import numpy as np
 from . import _threads as T
 from . import _pickling
 from . import _validation as V
+from ._divergence import ChunkBound, covered
 from ._driver import drive, sigint_deferred, warn_interrupted
 from ._fit import EVAL_CAP
 from ._init import initial_params
@@ -307,6 +308,8 @@ class Ensemble:
         """The History of a fit on either device, and its diverged models: on the CPU each
         is trained again alone by MLP.fit (see _rerun_alone); the GPU kernel replays a
         diverged model's good epochs itself, and its history ends with them."""
+        if device == "cpu":
+            self._check_final_losses(job, xt, yt, batches)
         self.diverged = job.bad_epoch >= 0
         records = job.records
         history, _ = records.view()
@@ -338,6 +341,28 @@ class Ensemble:
             warn_interrupted(job.done, job.epochs, stacklevel=4)
         report_divergence(self.diverged, on_divergence, hist, stacklevel=4)
         return hist
+
+    def _check_final_losses(self, job, xt, yt, batches):
+        """What MLP.fit checks at the end of a run (fastbp/_fit.py: SingleFit._ends_finite):
+        each model that ran all its epochs with its guard quiet has the loss after its
+        last epoch proved finite by the bound, or evaluated.  One whose is not finite is
+        marked diverged at epoch ``epochs``, and so trained again alone by MLP.fit, which
+        ends it as it ends that divergence."""
+        proto = self._proto
+        # (data row, targets row, batch) -> its ChunkBound; None: the bound cannot tell
+        bounds = {} if covered(proto, one_state=True) else None
+        empty = np.zeros(0, dtype=proto.dtype)
+        for m in np.flatnonzero((job.bad_epoch < 0) & (job.done_per_model == job.epochs)):
+            x, y, batch = xt[row_of(xt, m)], yt[row_of(yt, m)], int(batches[m])
+            if bounds is not None:
+                key = (row_of(xt, m), row_of(yt, m), batch)
+                if key not in bounds:
+                    bounds[key] = ChunkBound(proto._layout, proto._act_codes,
+                                             proto._loss_code, proto.dtype, x, y, empty, batch)
+                if bounds[key].loss_in_range(self.params[m]):
+                    continue
+            if not self[m]._finite_loss(x, y, empty):
+                job.bad_epoch[m] = job.epochs
 
     def _rerun_alone(self, m, start, xt, yt, history_row, epochs, lr, batch, shuffle,
                      record_every, stride):

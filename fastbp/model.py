@@ -338,11 +338,11 @@ class MLP:
         finite and give a finite loss on (X, y) (exactly those after ``history.epochs``
         epochs, with their optimizer state; the shuffling stream is put back there too)
         and the History ends there.  Epochs between records are not checked, so with
-        ``record_every > 1`` that can be a few epochs before the first bad one.  Nor is
-        the loss after the last epoch computed (a full-batch record is the loss before
-        its epoch's update): a run whose last update leaves finite parameters with a
-        loss that overflows ends without an error, and ``loss`` then raises
-        FloatingPointError (one more epoch would have reported the divergence).
+        ``record_every > 1`` that can be a few epochs before the first bad one.  A run
+        that completes also has the loss after its last epoch checked (no record holds
+        it: a full-batch record is the loss before its epoch's update): proved finite by
+        a bound on the parameters and data where it can be, else evaluated once; a
+        non-finite one is a divergence in that last epoch, reported as epoch ``epochs``.
         ``on_divergence="raise"`` (default) raises DivergenceError (a FloatingPointError
         naming the epoch and suggesting a smaller lr, with ``.history``), ``"warn"`` warns
         and returns the History (``stopped="diverged"``).
@@ -611,8 +611,12 @@ class MLP:
                                                f"learning rate than lr={run.lr:g}",
                                  w_max=self._weights_blamed(x, y, run.sw, start_finite),
                                  g_max=self._adam_gradient_blamed(x, y, run))
-        msg = (f"training diverged at epoch {bad} (counted from 0) of this run's "
-               f"{run.epochs}: a NaN or infinite loss or parameter (or Adam's second moment). "
+        where = (f"at epoch {bad} (counted from 0) of this run's {run.epochs}"
+                 if bad < run.epochs else
+                 f"in the last of this run's {run.epochs} epochs (the loss after it is not "
+                 f"finite; epoch {bad} counted from 0 would have recorded it)")
+        msg = (f"training diverged {where}: a NaN or infinite loss or parameter (or Adam's "
+               f"second moment). "
                f"The model keeps the last "
                f"parameters of the run with a finite loss, those after {run.done} epochs, "
                f"and the history ends there; likely cause: {cause}")

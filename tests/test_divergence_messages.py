@@ -121,11 +121,13 @@ def test_the_guards_finiteness_check_finds_every_nan_and_infinity(dtype):
     assert _all_finite(np.zeros(0, dtype))
 
 
-def test_the_loss_after_the_last_epoch_is_not_checked():
-    """What fit's docstring says: the state after a run's last epoch has no record, so a
-    run whose last update makes the loss overflow (finite parameters) ends without an
-    error; loss() then raises, and a run one epoch longer reports the divergence, at
-    that epoch, keeping the parameters before the last update."""
+@pytest.mark.parametrize("batch_size", [None, 10])
+def test_a_divergence_in_the_last_epoch_is_found(batch_size):
+    """No record holds the loss after a run's last epoch (a full-batch record is the loss
+    before its epoch's update): a run whose last update makes the loss overflow, its
+    parameters still finite, is checked at its end and ends as the same run one epoch
+    longer does -- the same epoch, parameters, history and message (but its own epoch
+    count).  Before, it returned, and loss() raised."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(30, 2)) * 5
     y = x.sum(axis=1) * 10
@@ -133,12 +135,55 @@ def test_the_loss_after_the_last_epoch_is_not_checked():
     def net():
         return fastbp.MLP([2, 6, 1], activation=["relu", "identity"], init="normal", seed=0)
 
+    kw = dict(lr=5.0 if batch_size is None else 1.0, batch_size=batch_size)
     m = net()
-    hist = m.fit(x, y, epochs=4, lr=5.0)
-    assert hist.stopped is None and hist.epochs == 4 and np.isfinite(hist.loss).all()
-    assert np.isfinite(m.params).all()
-    with pytest.raises(FloatingPointError, match="the loss is not finite"):
-        m.loss(x, y)
-    e, _ = _message(net(), x, y, epochs=5, lr=5.0)
-    assert e.epoch == 4 and e.history.epochs == 3
-    np.testing.assert_array_equal(e.history.loss, hist.loss[:3])
+    for epochs in range(1, 40):  # the first run whose loss after its last epoch overflows
+        try:
+            net().fit(x, y, epochs=epochs, **kw)
+        except fastbp.DivergenceError:
+            break
+    longer, _ = _message(net(), x, y, epochs=epochs + 1, **kw)
+    e, msg = _message(m, x, y, epochs=epochs, **kw)
+    assert batch_size is not None or longer.epoch == epochs  # full batch: the case itself
+    if longer.epoch == epochs:  # the divergence shows in the epoch after the run's last
+        assert e.epoch == epochs and f"in the last of this run's {epochs} epochs" in msg
+    else:  # inside the run: found by the records, as before
+        assert e.epoch == longer.epoch < epochs
+    assert e.history.epochs == longer.history.epochs
+    np.testing.assert_array_equal(e.history.loss, longer.history.loss)
+    np.testing.assert_array_equal(m.params, e.model.params)
+    assert np.isfinite(m.loss(x, y))
+
+
+def test_the_final_loss_bound_proves_ordinary_states_and_refuses_huge_ones():
+    """final_loss_bounded: the check after a run's last epoch evaluates the loss only
+    where the bound cannot prove it finite.  A saturating output under a squared error
+    needs no look at the parameters (its outputs are at most 1); logits and unsaturated
+    outputs do."""
+    from fastbp._divergence import final_loss_bounded
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)), rng.normal(size=(40, 2))
+    sw = np.zeros(0)
+    for acts, loss, huge_bounded in ((["sigmoid", "sigmoid"], "mse", True),
+                                     (["relu", "identity"], "mse", False),
+                                     (["tanh", "softmax"], "cross_entropy", False),
+                                     (["relu", "sigmoid"], "bce", False)):
+        t = y if loss == "mse" else (y > 0) * 1.0
+        if loss == "cross_entropy":
+            t = np.eye(2)[(y[:, 0] > 0) * 1]
+        m = fastbp.MLP([3, 5, 2], activation=acts, loss=loss, init="normal", seed=0)
+        assert final_loss_bounded(m, x, t, sw, 40)
+        m.params[:] = 1e303  # finite, past the bound's margin (1e6 below the largest)
+        assert final_loss_bounded(m, x, t, sw, 40) == huge_bounded, acts
+        if huge_bounded:
+            assert np.isfinite(m.loss(x, t))
+        elif loss == "mse":
+            with pytest.raises(FloatingPointError):
+                m.loss(x, t)
+    poisson = fastbp.MLP([3, 5, 2], activation=["relu", "exp"], loss="poisson",
+                         init="normal", seed=0)
+    assert final_loss_bounded(poisson, x, np.abs(y), sw, 40)
+    poisson.params[:] = 100.0  # exp of a bound past the largest float: evaluated
+    assert not final_loss_bounded(poisson, x, np.abs(y), sw, 40)
+    with pytest.raises(FloatingPointError):
+        poisson.loss(x, np.abs(y))
