@@ -233,8 +233,10 @@ def covered(model, one_state=False):
 
 
 def _combined(loss, last):
-    """Whether the output delta is p - y (sigmoid + bce, softmax + cross_entropy), no f'."""
-    return K.is_combined(loss, last)
+    """Whether the output delta is p - y (sigmoid + bce, softmax + cross_entropy), no f'.
+    The rule's Python function: its compiled form, called from Python, would first load
+    (~0.03-0.3 s), and every fit asks (SingleFit._ends_finite)."""
+    return getattr(K.is_combined, "py_func", K.is_combined)(loss, last)
 
 
 def _max_abs(a):
