@@ -3,6 +3,10 @@
 ``fastmath`` stays off: results must be bit-reproducible run to run and comparable to the
 plain-numpy references in the tests. Vectorization comes from the loop structure instead
 (the innermost loops run over samples, so no sum is ever reordered).
+
+Also how the kernels are compiled and cached as a whole: the INNER functions refuse calls
+from Python (CompiledOnly), and every kernel's cache is stamped with the digest of all
+the kernel sources (kernel_sources_digest), not of its own file alone.
 """
 
 import hashlib
