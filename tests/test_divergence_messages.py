@@ -187,3 +187,30 @@ def test_the_final_loss_bound_proves_ordinary_states_and_refuses_huge_ones():
     assert not final_loss_bounded(poisson, x, np.abs(y), sw, 40)
     with pytest.raises(FloatingPointError):
         poisson.loss(x, np.abs(y))
+
+
+def test_ensemble_members_diverging_in_their_last_epoch_equal_mlp_fit():
+    """Ensemble.fit checks each model's loss after the last epoch as MLP.fit does, and
+    trains a model that fails again alone by MLP.fit: every member ends as MLP.fit ends
+    it, diverged or not."""
+    import warnings
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 2)) * 5
+    y = (x.sum(axis=1) * 10).reshape(-1, 1)
+    lrs = [5.0, 1e-4, 5.0]
+    kw = dict(activation=["relu", "identity"], init="normal", seed=0)
+    ens = fastbp.Ensemble([2, 6, 1], 3, **kw)
+    start = ens.params.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        hist = ens.fit(x, y, epochs=4, lr=np.array(lrs))
+        assert list(ens.diverged) == [True, False, True]
+        assert list(hist.extra["diverged_epoch"]) == [4, -1, 4]
+        for m, lr in enumerate(lrs):
+            alone = fastbp.MLP([2, 6, 1], **kw)
+            alone.params[:] = start[m]
+            h = alone.fit(x, y, epochs=4, lr=lr, on_divergence="warn")
+            assert (h.stopped == "diverged") == ens.diverged[m]
+            np.testing.assert_array_equal(alone.params, ens.params[m])
+            assert hist.extra["epochs_per_model"][m] == h.epochs
+            np.testing.assert_array_equal(hist.loss[m][:len(h.loss)], h.loss)
