@@ -611,11 +611,10 @@ class MLP:
                                                f"learning rate than lr={run.lr:g}",
                                  w_max=self._weights_blamed(x, y, run.sw, start_finite),
                                  g_max=self._adam_gradient_blamed(x, y, run))
-        where = (f"at epoch {bad} (counted from 0) of this run's {run.epochs}"
-                 if bad < run.epochs else
-                 f"in the last of this run's {run.epochs} epochs (the loss after it is not "
-                 f"finite; epoch {bad} counted from 0 would have recorded it)")
-        msg = (f"training diverged {where}: a NaN or infinite loss or parameter (or Adam's "
+        after = ("" if bad < run.epochs else
+                 " (the loss after its last epoch, which this epoch would have recorded)")
+        msg = (f"training diverged at epoch {bad} (counted from 0) of this run's "
+               f"{run.epochs}{after}: a NaN or infinite loss or parameter (or Adam's "
                f"second moment). "
                f"The model keeps the last "
                f"parameters of the run with a finite loss, those after {run.done} epochs, "

@@ -146,7 +146,9 @@ def test_a_divergence_in_the_last_epoch_is_found(batch_size):
     e, msg = _message(m, x, y, epochs=epochs, **kw)
     assert batch_size is not None or longer.epoch == epochs  # full batch: the case itself
     if longer.epoch == epochs:  # the divergence shows in the epoch after the run's last
-        assert e.epoch == epochs and f"in the last of this run's {epochs} epochs" in msg
+        assert e.epoch == epochs
+        assert f"diverged at epoch {epochs} (counted from 0) of this run's {epochs} (the " \
+               f"loss after its last epoch, which this epoch would have recorded)" in msg
     else:  # inside the run: found by the records, as before
         assert e.epoch == longer.epoch < epochs
     assert e.history.epochs == longer.history.epochs
