@@ -182,6 +182,18 @@ def test_the_final_loss_bound_proves_ordinary_states_and_refuses_huge_ones():
         elif loss == "mse":
             with pytest.raises(FloatingPointError):
                 m.loss(x, t)
+    # a saturating output under a squared error: terms bounded through the norm of y
+    # alone, so targets large enough for that bound to near float32's range are left
+    # to the evaluation (which finds this loss finite)
+    m32 = fastbp.MLP([3, 5, 2], activation="sigmoid", loss="mse", dtype="float32", seed=0)
+    x32 = x.astype(np.float32)
+    for scale, proved in ((1e12, True), (1e15, False)):
+        t32 = (np.abs(y) * scale).astype(np.float32)
+        assert final_loss_bounded(m32, x32, t32, sw.astype(np.float32), 40) == proved
+        assert np.isfinite(m32.loss(x32, t32))
+    m64 = fastbp.MLP([3, 5, 2], activation="sigmoid", loss="mse", seed=0)
+    m64.params[:] = 1e303  # with sample weights, the general bound: the same answer
+    assert final_loss_bounded(m64, x, y, np.ones(40), 40)
     poisson = fastbp.MLP([3, 5, 2], activation=["relu", "exp"], loss="poisson",
                          init="normal", seed=0)
     assert final_loss_bounded(poisson, x, np.abs(y), sw, 40)
