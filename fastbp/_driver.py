@@ -19,6 +19,10 @@ Job methods:
     cap(epochs)          the next chunk's length, cut where the job needs a boundary
                          (a checkpoint epoch, a point where scikit-learn could stop)
     run_chunk(epochs)    run them; (epochs run, reason to stop or None)
+    ends_early(reason)   optional: the run stops after a chunk, before its end, for
+                         ``reason`` ("interrupted", "callback", "early_stopping");
+                         returns the reason to report ("diverged" if the job finds
+                         the state it stops in diverged)
     after_chunk()        checkpoints; a reason to stop or None
     callbacks()          the user's callbacks (after Ctrl-C is checked); "callback" to stop
     last_loss()          for the progress bar
@@ -36,6 +40,8 @@ import warnings
 from ._progress import make_bar
 
 CHUNK_SECONDS = 0.2
+# the stops after a chunk that leave the run before its last epoch (job.ends_early)
+_EARLY_ENDS = ("interrupted", "callback", "early_stopping")
 _FIRST_CHUNK_WORK = 2e6  # multiply-adds in the first, timing chunk (~1-10 ms)
 # the longest chunk, in epochs: bounds the records buffer a chunk fills
 MAX_CHUNK_EPOCHS = 1 << 20
@@ -184,6 +190,8 @@ def drive(job, interrupted, progress=False, desc="fit", chunk_seconds=CHUNK_SECO
                 out.stopped = reason
                 break
             chunk = next_chunk(ran, seconds, job.remaining(), chunk_seconds)
+        if out.stopped in _EARLY_ENDS and hasattr(job, "ends_early"):
+            out.stopped = job.ends_early(out.stopped)
     finally:
         out.seconds = time.perf_counter() - t_start
         if bar is not None:

@@ -192,15 +192,26 @@ class SingleFit:
         if bad < 0 and not self.safe and run.done == run.epochs and not self._ends_finite():
             bad = run.done  # the record an epoch more would take: not finite
         if bad >= 0:
-            self.bad = bad
-            older = self.anchor is not None and not any(self.anchor is s
-                                                         for s in self.snapshots)
-            self._rewind(self.snapshots + [self.anchor] if older else self.snapshots)
-            run.records.truncate(run.n_records)
+            self._diverged_at(bad)
             self.mid_chunk = False
             return ran, "diverged"
         self.mid_chunk = False
         return ran, "early_stopping" if early else None
+
+    def ends_early(self, reason):
+        """The driver's call when the run stops before its last epoch, after a chunk
+        (Ctrl-C, a callback's False, early stopping): the loss at the state it stops in
+        is checked as at a run's end (_ends_finite) -- no record holds it --, and a
+        non-finite one is a divergence in the last epoch run, rewound as in run_chunk.
+        Not with restore_best, which puts back a recorded state.  ``reason`` or
+        "diverged"."""
+        run = self.run
+        # a run that reached its last epoch was checked in run_chunk
+        if (self.safe or run.done in (0, run.epochs) or run.stop.restore_best
+                or self._ends_finite()):
+            return reason
+        self._diverged_at(run.done)
+        return "diverged"
 
     def after_chunk(self):
         if self.saver is not None and self.saver.due():
@@ -277,6 +288,14 @@ class SingleFit:
         with nullcontext() if self.shared is None else self.shared.running():
             ran, bad, early = self.plan.kernel(*args)
         return int(ran), int(bad), bool(early)
+
+    def _diverged_at(self, bad):
+        """Divergence found at epoch ``bad`` (its record, or the one it would take, is not
+        finite): back to the latest finite state (_rewind), the records cut there."""
+        self.bad = bad
+        older = self.anchor is not None and not any(self.anchor is s for s in self.snapshots)
+        self._rewind(self.snapshots + [self.anchor] if older else self.snapshots)
+        self.run.records.truncate(self.run.n_records)
 
     def _ends_finite(self):
         """Whether the loss at the parameters the run ends with is finite.  No record

@@ -339,10 +339,12 @@ class MLP:
         epochs, with their optimizer state; the shuffling stream is put back there too)
         and the History ends there.  Epochs between records are not checked, so with
         ``record_every > 1`` that can be a few epochs before the first bad one.  A run
-        that completes also has the loss after its last epoch checked (no record holds
-        it: a full-batch record is the loss before its epoch's update): proved finite by
-        a bound on the parameters and data where it can be, else evaluated once; a
-        non-finite one is a divergence in that last epoch, reported as epoch ``epochs``.
+        that ends -- completed, or stopped by Ctrl-C, a callback or early stopping
+        without restore_best -- also has the loss after its last epoch checked (no
+        record holds it: a full-batch record is the loss before its epoch's update):
+        proved finite by a bound on the parameters and data where it can be, else
+        evaluated once; a non-finite one is a divergence in that last epoch (reported as
+        epoch ``epochs`` for a completed run), which takes the place of the stop.
         ``on_divergence="raise"`` (default) raises DivergenceError (a FloatingPointError
         naming the epoch and suggesting a smaller lr, with ``.history``), ``"warn"`` warns
         and returns the History (``stopped="diverged"``).

@@ -157,6 +157,78 @@ def test_a_divergence_in_the_last_epoch_is_found(batch_size):
     assert np.isfinite(m.loss(x, y))
 
 
+def _overflowing_run():
+    """(data x, y, a fresh net, the learning rate, E): a full-batch relu regression
+    whose loss after E epochs overflows, its parameters still finite (fit(E) raises at
+    its end, at epoch E)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 2)) * 5
+    y = x.sum(axis=1) * 10
+
+    def net():
+        return fastbp.MLP([2, 6, 1], activation=["relu", "identity"], init="normal", seed=0)
+
+    for epochs in range(1, 40):
+        try:
+            net().fit(x, y, epochs=epochs, lr=5.0)
+        except fastbp.DivergenceError as e:
+            assert e.epoch == epochs  # the end-of-run check's case
+            return x, y, net, 5.0, epochs
+    raise AssertionError("no run overflowed")
+
+
+@pytest.mark.parametrize("stop", ["callback", "ctrl-c"])
+def test_a_run_stopped_between_chunks_has_its_last_state_checked(stop):
+    """A run stopped before its end -- a callback's False, Ctrl-C -- leaves the model in
+    a state no record holds, as a run's end does: its loss is checked too, and an
+    overflowing one is the divergence the run would have found one epoch later.  Before,
+    fit returned (or warned of the interrupt) and loss() raised."""
+    import os
+    import signal
+    x, y, net, lr, E = _overflowing_run()
+    reference, _ = _message(net(), x, y, epochs=E, lr=lr)
+
+    def stop_at_E(epoch, hist, model):
+        if stop == "callback":
+            return epoch < E
+        if epoch == E:
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+    m = net()  # chunks of one epoch: the callback sees every epoch
+    e, msg = _message(m, x, y, epochs=E + 5, lr=lr, chunk_seconds=1e-9, callbacks=[stop_at_E])
+    assert e.epoch == reference.epoch == E
+    assert f"diverged at epoch {E} (counted from 0) of this run's {E + 5}:" in msg
+    assert e.history.epochs == reference.history.epochs == E - 1
+    np.testing.assert_array_equal(e.history.loss, reference.history.loss)
+    np.testing.assert_array_equal(m.params, reference.model.params)
+    assert np.isfinite(m.loss(x, y))
+
+
+def test_a_run_ended_by_early_stopping_has_its_last_state_checked():
+    """Early stopping (without restore_best) ends the run in the state after its last
+    epoch, which no training record holds: checked as a run's end is.  Here validation
+    targets that get worse stop the run at the very epoch whose update overflows the
+    training loss."""
+    x, y, net, _, _ = _overflowing_run()
+    m = net()
+    e, _ = _message(m, x, y, epochs=60, lr=1.0, validation_data=(x, -y), patience=3)
+    assert e.epoch < 60  # stopped early, not at the run's end
+    reference, _ = _message(net(), x, y, epochs=e.epoch, lr=1.0)
+    assert reference.epoch == e.epoch
+    assert e.history.epochs == reference.history.epochs == e.epoch - 1
+    np.testing.assert_array_equal(e.history.loss, reference.history.loss)
+    assert e.history.val_loss.shape == e.history.loss.shape
+    np.testing.assert_array_equal(m.params, reference.model.params)
+    assert np.isfinite(m.loss(x, y))
+    # with restore_best, the best validation record's state is put back: no divergence
+    restored = net()
+    hist = restored.fit(x, y, epochs=60, lr=1.0, validation_data=(x, -y), patience=3,
+                        restore_best=True)
+    assert hist.stopped == "early_stopping"
+    assert np.isfinite(restored.loss(x, y))
+
+
 def test_the_final_loss_bound_proves_ordinary_states_and_refuses_huge_ones():
     """final_loss_bounded: the check after a run's last epoch evaluates the loss only
     where the bound cannot prove it finite.  A saturating output under a squared error
