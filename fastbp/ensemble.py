@@ -308,21 +308,24 @@ class Ensemble:
         """The History of a fit on either device, and its diverged models: on the CPU each
         is trained again alone by MLP.fit (see _rerun_alone); the GPU kernel replays a
         diverged model's good epochs itself, and its history ends with them."""
+        stopped = outcome.stopped
         if device == "cpu":
-            self._check_final_losses(job, xt, yt, batches)
+            self._check_final_losses(job, xt, yt, batches, stopped == "interrupted")
         self.diverged = job.bad_epoch >= 0
         records = job.records
         history, _ = records.view()
         done_per_model = job.done_per_model
+        # an interrupted fit's reruns stop where it stopped: MLP.fit stopped there checks
+        # the state it ends in as a completed fit of that many epochs does
+        rerun_epochs = job.done if stopped == "interrupted" else job.epochs
         for m in np.flatnonzero(self.diverged):
             if device == "cpu":
                 done_per_model[m] = self._rerun_alone(
-                    m, start, xt, yt, history[m], job.epochs, lrs[m], batches[m],
+                    m, start, xt, yt, history[m], rerun_epochs, lrs[m], batches[m],
                     shuffles[m], job.record_every, records.stride)
             else:
                 bad = records.kept_of(-(-done_per_model[m] // job.record_every))
                 history[m, bad:] = np.nan
-        stopped = outcome.stopped
         # the records of the epochs the models ran: a fit interrupted, or whose models all
         # diverged, ends early, and columns after it would be NaN for every model (the
         # distributed sweep cuts them too: the same History as the local one)
@@ -342,17 +345,20 @@ class Ensemble:
         report_divergence(self.diverged, on_divergence, hist, stacklevel=4)
         return hist
 
-    def _check_final_losses(self, job, xt, yt, batches):
-        """What MLP.fit checks at the end of a run (fastbp/_fit.py: SingleFit._ends_finite):
-        each model that ran all its epochs with its guard quiet has the loss after its
-        last epoch proved finite by the bound, or evaluated.  One whose is not finite is
-        marked diverged at epoch ``epochs``, and so trained again alone by MLP.fit, which
-        ends it as it ends that divergence."""
+    def _check_final_losses(self, job, xt, yt, batches, interrupted=False):
+        """What MLP.fit checks at the end of a run (fastbp/_fit.py: SingleFit._ends_finite,
+        ends_early): each model that ran all its epochs -- or, ``interrupted``, all the
+        fit ran -- with its guard quiet has the loss after its last epoch proved finite
+        by the bound, or evaluated.  One whose is not finite is marked diverged at that
+        epoch count, and so trained again alone by MLP.fit, which ends it as it ends
+        that divergence."""
         proto = self._proto
         # (data row, targets row, batch) -> its ChunkBound; None: the bound cannot tell
         bounds = {} if covered(proto, one_state=True) else None
         empty = np.zeros(0, dtype=proto.dtype)
-        for m in np.flatnonzero((job.bad_epoch < 0) & (job.done_per_model == job.epochs)):
+        last = job.done if interrupted else job.epochs
+        for m in np.flatnonzero((job.bad_epoch < 0) & (job.done_per_model == last)
+                                & (job.done_per_model > 0)):
             x, y, batch = xt[row_of(xt, m)], yt[row_of(yt, m)], int(batches[m])
             if bounds is not None:
                 key = (row_of(xt, m), row_of(yt, m), batch)
@@ -362,7 +368,7 @@ class Ensemble:
                 if bounds[key].loss_in_range(self.params[m]):
                     continue
             if not self[m]._finite_loss(x, y, empty):
-                job.bad_epoch[m] = job.epochs
+                job.bad_epoch[m] = last
 
     def _rerun_alone(self, m, start, xt, yt, history_row, epochs, lr, batch, shuffle,
                      record_every, stride):

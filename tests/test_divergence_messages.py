@@ -300,3 +300,49 @@ def test_ensemble_members_diverging_in_their_last_epoch_equal_mlp_fit():
             np.testing.assert_array_equal(alone.params, ens.params[m])
             assert hist.extra["epochs_per_model"][m] == h.epochs
             np.testing.assert_array_equal(hist.loss[m][:len(h.loss)], h.loss)
+
+
+def test_an_interrupted_ensemble_checks_its_models_last_states(monkeypatch):
+    """Ctrl-C ends an ensemble fit after a chunk: each model's state then is checked as
+    MLP.fit stopped there checks it (SingleFit.ends_early), and a model whose loss
+    overflows there ends as MLP.fit of that many epochs ends it.  Here the chunk is made
+    to end at the epoch whose update overflows two of three models' losses."""
+    import os
+    import signal
+    import warnings
+    from fastbp import _driver, _many
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 2)) * 5
+    y = (x.sum(axis=1) * 10).reshape(-1, 1)
+    lrs = [5.0, 1e-4, 5.0]
+    kw = dict(activation=["relu", "identity"], init="normal", seed=0)
+    _, _, _, _, E = _overflowing_run()  # the same net and data at lr 5: E epochs overflow
+    original = _many.ManyFit.run_chunk
+
+    def run_then_interrupt(self, chunk):
+        result = original(self, chunk)
+        os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(_driver, "first_chunk", lambda *args: E)
+    monkeypatch.setattr(_many.ManyFit, "run_chunk", run_then_interrupt)
+    ens = fastbp.Ensemble([2, 6, 1], 3, **kw)
+    start = ens.params.copy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hist = ens.fit(x, y, epochs=E + 10, lr=np.array(lrs))
+    assert hist.stopped == "interrupted"
+    assert any("interrupted" in str(w.message) for w in caught)
+    assert list(ens.diverged) == [True, False, True]
+    assert list(hist.extra["diverged_epoch"]) == [E, -1, E]
+    for m, lr in enumerate(lrs):
+        alone = fastbp.MLP([2, 6, 1], **kw)
+        alone.params[:] = start[m]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            h = alone.fit(x, y, epochs=E, lr=lr, on_divergence="warn")
+        assert (h.stopped == "diverged") == ens.diverged[m]
+        np.testing.assert_array_equal(alone.params, ens.params[m])
+        assert hist.extra["epochs_per_model"][m] == h.epochs
+        np.testing.assert_array_equal(hist.loss[m][:len(h.loss)], h.loss)
+        assert np.isfinite(ens[m].loss(x, y))
