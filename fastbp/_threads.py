@@ -75,4 +75,11 @@ class ProductThreads:
             P.start(self.state, self.threads, started)
             yield
         finally:
-            P.stop(self.state, started)
+            try:
+                P.stop(self.state, started)
+            except KeyboardInterrupt:
+                # Ctrl-C (which L-BFGS takes wherever it lands) inside stop, before its
+                # stop flag or its finally: a worker would spin for ever and this thread
+                # stay pinned to one CPU.  Stopping again is harmless.
+                P.stop(self.state, started)
+                raise

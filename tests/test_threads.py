@@ -426,3 +426,46 @@ def test_resume_takes_n_jobs_and_gives_the_same_bits(three_threads, tmp_path):
     assert np.array_equal(m.params, whole.params)
     with pytest.raises(TypeError, match="n_jobs"):
         fastbp.resume(path, X, Y, n_jobs=1.5)
+
+
+def test_ctrl_c_at_any_line_of_the_threads_stop_leaves_no_worker_spinning(three_threads):
+    """A KeyboardInterrupt may land between any two lines of pool.stop (L-BFGS takes
+    Ctrl-C as it comes).  Wherever it lands, the workers end and the calling thread gets
+    its CPUs back.  Before, one between its first two lines left a worker spinning for
+    ever on a core and the caller pinned to one CPU."""
+    import inspect
+    import os
+    import sys
+    body = inspect.getsourcelines(P.stop)[1]
+    lines = sorted({line for _, _, line in P.stop.__code__.co_lines()
+                    if line is not None and line > body})
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    for target in lines:
+        shared = D.share_products("tiles", np.float64, 2)
+        hit = []
+
+        def tracer(frame, event, arg):
+            if frame.f_code is not P.stop.__code__:
+                return None
+
+            def local(frame, event, arg):
+                if event == "line" and frame.f_lineno == target and not hit:
+                    hit.append(target)
+                    raise KeyboardInterrupt
+                return local
+            return local
+
+        try:
+            with shared.running():
+                sys.settrace(tracer)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        for t in threading.enumerate():
+            if t.name.startswith("fastbp-product"):
+                t.join(timeout=10)
+                assert not t.is_alive(), f"a worker spins after Ctrl-C at line {target}"
+        if before is not None:
+            assert os.sched_getaffinity(0) == before, f"pinned after Ctrl-C at line {target}"
+    assert len(lines) >= 4
