@@ -120,35 +120,6 @@ class ChunkBound:
                 layer[2] += db
         return True
 
-    def loss_in_range(self, params):
-        """Whether the bound keeps the forward pass and the loss at ``params`` below
-        LIMIT: the check of the loss after a run's last epoch, which no record holds.
-        Only the layers after the last saturating activation count (its outputs are at
-        most 1), and none where the output saturates under a loss without logits (mse,
-        sse, half_mse).  Norms with numpy, not kernels.bounds: a fit would load one more
-        compiled function for them."""
-        limit, acts = self.limit, self.acts
-        if acts[-1] in _SATURATING and self.loss not in (K.BCE, K.CROSS_ENTROPY):
-            first = len(acts)
-        else:
-            first = 1 + max((l for l, c in enumerate(acts[:-1]) if c in _SATURATING),
-                            default=-1)
-        a, z = (1.0 if first > 0 else self.x), 0.0
-        weights, biases = self.layout.weight_views(params), self.layout.bias_views(params)
-        with np.errstate(over="ignore", invalid="ignore"):  # a huge state: out of range
-            for l in range(first, len(acts)):
-                r, b = _norms(weights[l], None if biases is None else biases[l])
-                z = r * a + b
-                if not z < limit:
-                    return False
-                a = 1.0 if acts[l] in _SATURATING else z
-        if acts[-1] == K.EXP:  # (e^z + y)^2 bounds the Poisson term e^z - y z too
-            if not z < math.log(limit):
-                return False
-            a = math.exp(z)
-        term, loss = self._loss_bound(z, a, self.layout.sizes[-1])
-        return term < limit and loss < limit
-
     def _step_bounds(self, norms, lr):
         """(per layer (max |dW|, max |db|), per layer max |z|, loss bound) of one step from
         a state with norms under ``norms``; None if a parameter, a value of the forward or
@@ -193,36 +164,27 @@ class ChunkBound:
         return (a_out + self.y) * scale * _DERIVATIVE[last] * self.s
 
     def _loss_bound(self, z_out, a_out, k):
-        """(bound of one sample's loss term for one output, before its sample weight --
-        the kernels compute it in the model dtype --, bound of an epoch's loss: every
-        term, times nb, as an sse batch loss is a sum and epoch_loss="sample_mean" weighs
-        batch losses by their size)."""
-        if self.loss == K.BCE:  # max(z, 0) - z y + log1p(exp(-|z|))
-            term = z_out * (1.0 + self.y) + 1.0
-        elif self.loss == K.CROSS_ENTROPY:  # y (logsumexp(z) - z), per output
-            term = self.y * (2.0 * z_out + math.log(k) + 1.0)
-        else:
-            term = (a_out + self.y) * (a_out + self.y)  # inf, not OverflowError, past range
-        return term, term * k * self.n * max(self.s, 1.0) * self.nb
+        return loss_bound(self.loss, self.y, self.s, self.n, self.nb, z_out, a_out, k)
 
 
-# _norms takes |w| this many values at a time: no temporary as large as a wide layer
-NORM_BLOCK = 1 << 13
-
-
-def _norms(w, b):
-    """(R, B) of a layer (the module docstring) -- the forward pass needs no C --: its
-    weights w (n_in, n_out), its biases b or None."""
-    rows = max(1, NORM_BLOCK // w.shape[1])
-    column_sums = np.zeros(w.shape[1])
-    for i in range(0, w.shape[0], rows):
-        column_sums += np.abs(w[i:i + rows]).sum(axis=0)
-    return float(column_sums.max()), float(np.abs(b).max()) if b is not None else 0.0
+def loss_bound(loss, y, s, n, nb, z_out, a_out, k):
+    """(bound of one sample's loss term for one output, before its sample weight -- the
+    kernels compute it in the model dtype --, bound of an epoch's loss: every term,
+    times nb, as an sse batch loss is a sum and epoch_loss="sample_mean" weighs batch
+    losses by their size), for targets |y| <= y, sample weights <= s, n samples in
+    batches of nb, output pre-activations |z| <= z_out and activations |a| <= a_out."""
+    if loss == K.BCE:  # max(z, 0) - z y + log1p(exp(-|z|))
+        term = z_out * (1.0 + y) + 1.0
+    elif loss == K.CROSS_ENTROPY:  # y (logsumexp(z) - z), per output
+        term = y * (2.0 * z_out + math.log(k) + 1.0)
+    else:
+        term = (a_out + y) * (a_out + y)  # inf, not OverflowError, past range
+    return term, term * k * n * max(s, 1.0) * nb
 
 
 def covered(model, one_state=False):
     """Whether the bound covers the model's activations and loss: along a chunk, or at
-    ``one_state`` (loss_in_range), which also takes an exp output."""
+    ``one_state`` (state_in_range), which also takes an exp output."""
     last = int(model._act_codes[-1])
     if last == K.EXP:  # along a chunk, the exp of a bound, and so on: soon useless
         return one_state and all(int(a) in _DERIVATIVE for a in model._act_codes[:-1])
@@ -244,33 +206,53 @@ def _max_abs(a):
 
 def final_loss_bounded(model, x, y, sw, batch):
     """True when the loss on (x, y) (sample weights sw, or empty) at the model's current
-    parameters is provably finite (ChunkBound.loss_in_range, or for a saturating output
-    under a squared error, saturated_squared_error_bounded); False where the bound
-    cannot tell -- a state too large, or activations and loss it does not cover --: the
-    caller then evaluates the loss."""
-    if (int(model._act_codes[-1]) in _SATURATING and int(model._loss_code) in _SQUARED
-            and not sw.shape[0]):
-        return saturated_squared_error_bounded(y, model.dtype, batch)
-    return covered(model, one_state=True) and ChunkBound(
-        model._layout, model._act_codes, model._loss_code, model.dtype, x, y, sw,
-        batch).loss_in_range(model._params)
+    parameters is provably finite (state_in_range, with the data's norms); False where
+    the bound cannot tell -- a state too large, or activations and loss it does not
+    cover --: the caller then evaluates the loss."""
+    return covered(model, one_state=True) and state_in_range(
+        model._layout, model._act_codes, model._loss_code, model.dtype, model._params,
+        *data_bounds(x, y, sw), min(batch, y.shape[0]))
 
 
-_SQUARED = (K.MSE, K.HALF_MSE, K.SSE)
+def data_bounds(x, y, sw):
+    """(X, Y, S): bounds of |x|, |y| and the sample weights (1 without them) for
+    state_in_range.  X and Y are Euclidean norms, at least the largest value: one BLAS
+    pass each (sparse inputs: their largest value), about half the time of max |a| (np.max
+    and np.min); a sum of squares past the dtype's range is inf, which no proof passes."""
+    with np.errstate(over="ignore"):
+        if isinstance(x, np.ndarray):
+            flat = x.reshape(-1)
+            x_bound = math.sqrt(float(np.dot(flat, flat)))
+        else:
+            x_bound = max_abs_inputs(x)
+        flat = y.reshape(-1)
+        y_bound = math.sqrt(float(np.dot(flat, flat)))
+    return x_bound, y_bound, (_max_abs(sw) if sw.shape[0] else 1.0), y.shape[0]
 
 
-def saturated_squared_error_bounded(y, dtype, batch):
-    """The case of loss_in_range that needs neither the parameters nor x: outputs in
-    [-1, 1] (sigmoid, tanh; the kernels keep even a NaN pre-activation's output there),
-    so every term (a - y)^2 is at most (1 + Y)^2.  Y here is the Euclidean norm of all
-    of y, at least max |y|: one BLAS pass, about half the time of max |y| (np.max and
-    np.min), and none of ChunkBound's set-up -- this check ends every guarded fit
-    (W4b at H=16: 40-50 us of a 1 ms fit before, in place)."""
-    flat = y.reshape(-1)
-    with np.errstate(over="ignore"):  # squares past the dtype's range: no proof
-        y_norm = math.sqrt(float(np.dot(flat, flat)))
-    term = (1.0 + y_norm) * (1.0 + y_norm)
-    n, k = y.shape
-    limit = _LIMITS[dtype]
-    # the loss of an epoch as _loss_bound has it, with no sample weights
-    return term < limit and term * k * n * min(batch, n) < limit
+def state_in_range(layout, act_codes, loss_code, dtype, params, x_bound, y_bound, s, n, nb):
+    """Whether the forward pass and the loss at ``params`` stay below LIMIT on data with
+    the bounds of data_bounds (n samples, batches of nb): the check of the loss after a
+    run's last epoch, which no record holds.  Every layer counts, from the inputs on: a
+    saturating activation bounds its outputs by 1, but only of a finite pre-activation
+    (an overflowing sum is inf - inf = NaN, and tanh(NaN) is NaN).  Each layer's R
+    (module docstring) comes from one sum of squares P of all the parameters:
+    sum_i |W_ij| <= sqrt(n_in) |W_:j| <= sqrt(n_in P) (Cauchy-Schwarz), and |b| <=
+    sqrt(P) -- looser than the layers' own norms, far below LIMIT for any ordinary
+    state, and one BLAS pass."""
+    limit = _LIMITS[np.dtype(dtype)]
+    acts = [int(a) for a in act_codes]
+    with np.errstate(over="ignore", invalid="ignore"):  # a huge state: out of range
+        p = math.sqrt(float(np.dot(params, params)))
+        a, z = x_bound, 0.0
+        for (n_in, _), code in zip(layout.shapes, acts):
+            z = math.sqrt(n_in) * p * a + (p if layout.bias else 0.0)
+            if not z < limit:
+                return False
+            a = 1.0 if code in _SATURATING else z
+        if acts[-1] == K.EXP:  # (e^z + y)^2 bounds the Poisson term e^z - y z too
+            if not z < math.log(limit):
+                return False
+            a = math.exp(z)
+    term, loss = loss_bound(int(loss_code), y_bound, s, n, nb, z, a, layout.sizes[-1])
+    return term < limit and loss < limit

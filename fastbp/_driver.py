@@ -20,7 +20,7 @@ Job methods:
                          (a checkpoint epoch, a point where scikit-learn could stop)
     run_chunk(epochs)    run them; (epochs run, reason to stop or None)
     ends_early(reason)   optional: the run stops after a chunk, before its end, for
-                         ``reason`` ("interrupted", "callback", "early_stopping");
+                         ``reason`` (one of _EARLY_ENDS);
                          returns the reason to report ("diverged" if the job finds
                          the state it stops in diverged)
     after_chunk()        checkpoints; a reason to stop or None
@@ -40,8 +40,9 @@ import warnings
 from ._progress import make_bar
 
 CHUNK_SECONDS = 0.2
-# the stops after a chunk that leave the run before its last epoch (job.ends_early)
-_EARLY_ENDS = ("interrupted", "callback", "early_stopping")
+# the stops after a chunk that leave the run before its last epoch (job.ends_early):
+# "scikit-learn" is the scikit-learn wrappers' own (fastbp/sklearn.py)
+_EARLY_ENDS = ("interrupted", "callback", "early_stopping", "scikit-learn")
 _FIRST_CHUNK_WORK = 2e6  # multiply-adds in the first, timing chunk (~1-10 ms)
 # the longest chunk, in epochs: bounds the records buffer a chunk fills
 MAX_CHUNK_EPOCHS = 1 << 20

@@ -200,16 +200,22 @@ class SingleFit:
 
     def ends_early(self, reason):
         """The driver's call when the run stops before its last epoch, after a chunk
-        (Ctrl-C, a callback's False, early stopping): the loss at the state it stops in
-        is checked as at a run's end (_ends_finite) -- no record holds it --, and a
-        non-finite one is a divergence in the last epoch run, rewound as in run_chunk.
-        Not with restore_best, which puts back a recorded state.  ``reason`` or
-        "diverged"."""
+        (Ctrl-C, a callback's False, early stopping, scikit-learn's own stops): the loss
+        at the state it stops in is checked as at a run's end (_ends_finite) -- no record
+        holds it, and restore_best may put back exactly this state --, and a non-finite
+        one is a divergence in the last epoch run, rewound as in run_chunk.  ``reason``
+        or "diverged".  After a chunk proved safe only a callback can have made the loss
+        non-finite (it may write the parameters): ValueError, as for NaN it writes."""
         run = self.run
-        # a run that reached its last epoch was checked in run_chunk
-        if (self.safe or run.done in (0, run.epochs) or run.stop.restore_best
-                or self._ends_finite()):
+        if run.done in (0, run.epochs):  # a run that reached its last epoch: run_chunk
             return reason
+        if (self.safe and not run.callbacks) or self._ends_finite():
+            return reason
+        if self.safe:
+            self.saver = None  # the checkpoint keeps the state before the callbacks
+            raise ValueError(f"a callback left parameters whose loss is not finite (after "
+                             f"epoch {run.done}); a callback may change them, to values "
+                             f"with a finite loss")
         self._diverged_at(run.done)
         return "diverged"
 
@@ -365,6 +371,9 @@ class SingleFit:
                 params = guarded.copy()
                 if run.shuffle:  # the kernel drew permutations past the restored epoch
                     rng = _replay_shuffles(rng, epoch - start, self.work.perm)
+                if epoch != start:  # the early-stopping record the run has reached
+                    es = tuple(a.copy() for a in (run.best_loss, run.bad_checks,
+                                                  run.best_epoch))
             elif epoch > start:
                 state = O.State(rng, moments, step, *es, run.best_params)
                 history, val_history = self._record_buffers(start, epoch - start)
@@ -372,18 +381,22 @@ class SingleFit:
                                          val_history, backup)
                 if bad >= 0 or ran != epoch - start:
                     continue
-            candidate = (epoch, params, rng, moments, step)
+            candidate = (epoch, params, rng, moments, step, es)
             if found is None:
                 found = candidate  # the guard's state: the fallback
             model._params[...] = params
             if model._finite_loss(self.x, self.y, run.sw):
                 found = candidate
                 break
-        run.done, params, rng, moments, step = found
+        run.done, params, rng, moments, step, es = found
         model._params[...] = params
         model._rng_state[:] = rng
         model._opt_state[...] = moments
         model._opt_step[...] = step
+        # the early-stopping record as it was at that epoch: a checkpoint of it that said
+        # "patience ran out" would end its resume at once (best_params is not rewound)
+        for kept, value in zip((run.best_loss, run.bad_checks, run.best_epoch), es):
+            kept[...] = value
 
 
 def _stops(cb, result):

@@ -8,7 +8,7 @@ import numpy as np
 from . import _threads as T
 from . import _pickling
 from . import _validation as V
-from ._divergence import ChunkBound, covered
+from ._divergence import covered, data_bounds, state_in_range
 from ._driver import drive, sigint_deferred, warn_interrupted
 from ._fit import EVAL_CAP
 from ._init import initial_params
@@ -353,19 +353,20 @@ class Ensemble:
         epoch count, and so trained again alone by MLP.fit, which ends it as it ends
         that divergence."""
         proto = self._proto
-        # (data row, targets row, batch) -> its ChunkBound; None: the bound cannot tell
-        bounds = {} if covered(proto, one_state=True) else None
+        # (data row, targets row) -> the bounds of that data; None: the bound cannot tell
+        data = {} if covered(proto, one_state=True) else None
         empty = np.zeros(0, dtype=proto.dtype)
         last = job.done if interrupted else job.epochs
         for m in np.flatnonzero((job.bad_epoch < 0) & (job.done_per_model == last)
                                 & (job.done_per_model > 0)):
             x, y, batch = xt[row_of(xt, m)], yt[row_of(yt, m)], int(batches[m])
-            if bounds is not None:
-                key = (row_of(xt, m), row_of(yt, m), batch)
-                if key not in bounds:
-                    bounds[key] = ChunkBound(proto._layout, proto._act_codes,
-                                             proto._loss_code, proto.dtype, x, y, empty, batch)
-                if bounds[key].loss_in_range(self.params[m]):
+            if data is not None:
+                key = (row_of(xt, m), row_of(yt, m))
+                if key not in data:
+                    data[key] = data_bounds(x, y, empty)
+                if state_in_range(proto._layout, proto._act_codes, proto._loss_code,
+                                  proto.dtype, self.params[m], *data[key],
+                                  min(batch, y.shape[0])):
                     continue
             if not self[m]._finite_loss(x, y, empty):
                 job.bad_epoch[m] = last

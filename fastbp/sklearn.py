@@ -1244,6 +1244,18 @@ class _EpochLoop:
     def callbacks(self):
         return None
 
+    def ends_early(self, reason):
+        """The MLP job's check of the state the fit stops in (SingleFit.ends_early), after
+        Ctrl-C or scikit-learn's own stop (n_iter_no_change): a divergence found there is
+        handled as one found in a chunk (run_chunk)."""
+        inner = self.inner
+        if self.diverged or inner.ends_early(reason) != "diverged":
+            return reason
+        self.stopped = self.diverged = True
+        self.est._diverged(self.model, self.X, self.Y, inner.bad, inner.run.done == 0,
+                           self.val, self.n, self.sgd, self.total, self.incremental)
+        return "scikit-learn"
+
     def finish(self):
         self.inner.finish()
 

@@ -221,19 +221,50 @@ def test_a_run_ended_by_early_stopping_has_its_last_state_checked():
     assert e.history.val_loss.shape == e.history.loss.shape
     np.testing.assert_array_equal(m.params, reference.model.params)
     assert np.isfinite(m.loss(x, y))
-    # with restore_best, the best validation record's state is put back: no divergence
+    # with restore_best too: the best record may be the very state the run stops in
     restored = net()
-    hist = restored.fit(x, y, epochs=60, lr=1.0, validation_data=(x, -y), patience=3,
-                        restore_best=True)
-    assert hist.stopped == "early_stopping"
-    assert np.isfinite(restored.loss(x, y))
+    e_best, _ = _message(restored, x, y, epochs=60, lr=1.0, validation_data=(x, -y),
+                         patience=3, restore_best=True)
+    assert e_best.epoch == e.epoch
+    np.testing.assert_array_equal(restored.params, reference.model.params)
+
+
+def test_an_early_stop_found_diverged_resumes_as_the_run_in_one_piece(tmp_path):
+    """The rewind after an early stop found diverged puts back the early-stopping record
+    of the state it goes back to: a checkpoint that said "patience ran out" would have
+    ended its resume at once, normally.  Resumed, the run ends as in one piece."""
+    x, y, net, _, _ = _overflowing_run()
+    kw = dict(epochs=60, lr=1.0, validation_data=(x, -y), patience=3)
+    whole, _ = _message(net(), x, y, **kw)
+    path = str(tmp_path / "run.npz")
+    with pytest.raises(fastbp.DivergenceError):
+        net().fit(x, y, checkpoint=path, checkpoint_every=2, **kw)
+    with pytest.raises(fastbp.DivergenceError) as resumed:
+        fastbp.resume(path, x, y)
+    assert resumed.value.epoch == whole.epoch
+    assert resumed.value.history.epochs == whole.history.epochs
+    np.testing.assert_array_equal(resumed.value.model.params, whole.model.params)
+
+
+def test_saturating_outputs_of_an_overflowing_pass_are_not_taken_as_bounded():
+    """tanh and sigmoid bound their outputs only of a finite pre-activation: identity
+    hidden layers whose sums overflow give inf - inf = NaN, and tanh(NaN) is NaN.  The
+    end-of-run check must not pass such a state (it did: the bound skipped the layers
+    before a saturating output)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 3))
+    y = np.tanh(x.sum(axis=1)) * 0.9
+    for out in ("tanh", "sigmoid"):
+        m = fastbp.MLP([3, 8, 8, 8, 1], activation=["identity"] * 3 + [out], seed=0)
+        with pytest.raises(fastbp.DivergenceError):
+            m.fit(x, y, epochs=1, lr=1e150)
+        assert np.isfinite(m.loss(x, y))
 
 
 def test_the_final_loss_bound_proves_ordinary_states_and_refuses_huge_ones():
     """final_loss_bounded: the check after a run's last epoch evaluates the loss only
-    where the bound cannot prove it finite.  A saturating output under a squared error
-    needs no look at the parameters (its outputs are at most 1); logits and unsaturated
-    outputs do."""
+    where the bound cannot prove it finite: ordinary states pass, a state of 1e303 does
+    not, whatever the output (every layer's pre-activation must stay in range)."""
     from fastbp._divergence import final_loss_bounded
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 3)), rng.normal(size=(40, 2))
@@ -248,15 +279,14 @@ def test_the_final_loss_bound_proves_ordinary_states_and_refuses_huge_ones():
         m = fastbp.MLP([3, 5, 2], activation=acts, loss=loss, init="normal", seed=0)
         assert final_loss_bounded(m, x, t, sw, 40)
         m.params[:] = 1e303  # finite, past the bound's margin (1e6 below the largest)
-        assert final_loss_bounded(m, x, t, sw, 40) == huge_bounded, acts
-        if huge_bounded:
+        assert not final_loss_bounded(m, x, t, sw, 40), acts
+        if huge_bounded:  # saturated: finite here, but the bound cannot know
             assert np.isfinite(m.loss(x, t))
         elif loss == "mse":
             with pytest.raises(FloatingPointError):
                 m.loss(x, t)
-    # a saturating output under a squared error: terms bounded through the norm of y
-    # alone, so targets large enough for that bound to near float32's range are left
-    # to the evaluation (which finds this loss finite)
+    # the data enter through their norms: targets large enough for the loss bound to
+    # near float32's range are left to the evaluation (which finds this loss finite)
     m32 = fastbp.MLP([3, 5, 2], activation="sigmoid", loss="mse", dtype="float32", seed=0)
     x32 = x.astype(np.float32)
     for scale, proved in ((1e12, True), (1e15, False)):
@@ -264,8 +294,8 @@ def test_the_final_loss_bound_proves_ordinary_states_and_refuses_huge_ones():
         assert final_loss_bounded(m32, x32, t32, sw.astype(np.float32), 40) == proved
         assert np.isfinite(m32.loss(x32, t32))
     m64 = fastbp.MLP([3, 5, 2], activation="sigmoid", loss="mse", seed=0)
-    m64.params[:] = 1e303  # with sample weights, the general bound: the same answer
-    assert final_loss_bounded(m64, x, y, np.ones(40), 40)
+    assert final_loss_bounded(m64, x, y, np.ones(40), 40)  # sample weights of 1
+    assert not final_loss_bounded(m64, x, y, np.full(40, 1e300), 40)
     poisson = fastbp.MLP([3, 5, 2], activation=["relu", "exp"], loss="poisson",
                          init="normal", seed=0)
     assert final_loss_bounded(poisson, x, np.abs(y), sw, 40)
@@ -346,3 +376,34 @@ def test_an_interrupted_ensemble_checks_its_models_last_states(monkeypatch):
         assert hist.extra["epochs_per_model"][m] == h.epochs
         np.testing.assert_array_equal(hist.loss[m][:len(h.loss)], h.loss)
         assert np.isfinite(ens[m].loss(x, y))
+
+
+def test_a_callback_that_makes_the_loss_overflow_and_stops_is_named():
+    """A callback may write the parameters.  One that writes finite values whose loss
+    overflows and stops the fit leaves a state no record holds: after a chunk the bound
+    proved safe (a network of 1 MB or more) only the callback can have done it, and fit
+    says so (ValueError, as for NaN it writes); after a guarded chunk the state counts
+    as a divergence and the run is rewound to its last finite one."""
+    import warnings
+    rng = np.random.default_rng(0)
+    for sizes in ([16, 8, 1], [256, 512, 1]):
+        x = rng.normal(size=(64, sizes[0]))
+        y = rng.normal(size=64) * 0.1
+        m = fastbp.MLP(sizes, activation=["sigmoid", "identity"], seed=0)
+
+        def scale_and_stop(epoch, hist, model):
+            if epoch >= 3:
+                model.params[:] *= 1e200
+                return False
+            return None
+
+        kw = dict(epochs=10, lr=1e-3, chunk_seconds=1e-9, callbacks=[scale_and_stop])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if sizes[0] == 256:
+                with pytest.raises(ValueError, match="a callback left parameters whose loss"):
+                    m.fit(x, y, **kw)
+            else:
+                with pytest.raises(fastbp.DivergenceError):
+                    m.fit(x, y, **kw)
+                assert np.isfinite(m.loss(x, y))

@@ -1123,3 +1123,26 @@ def test_partial_fit_with_an_unknown_label_is_sklearns_error():
         est = cls(random_state=0).partial_fit(X, ["a", "b"] * 3, classes=["a", "b"])
         with pytest.raises(ValueError, match="`y` has classes not in `self.classes_`"):
             est.partial_fit(X, ["a", "c"] * 3)
+
+
+def test_a_stop_on_n_iter_no_change_checks_the_state_it_stops_in():
+    """scikit-learn's own stop (n_iter_no_change) leaves the estimator in a state no
+    record holds, as max_iter does: both check it, so the same state gives the same
+    outcome -- scikit-learn's ValueError for non-finite weights -- however the fit
+    stopped.  Before, the n_iter_no_change stop returned with predictions that raise."""
+    from fastbp.sklearn import MLPRegressor
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(30, 2)) * 5
+    y = X.sum(axis=1) * 10
+
+    def est(max_iter):
+        return MLPRegressor(hidden_layer_sizes=(6,), activation="relu", solver="sgd",
+                            batch_size=30, momentum=0.0, learning_rate_init=0.4729,
+                            n_iter_no_change=3, tol=1e-4, max_iter=max_iter, shuffle=False,
+                            random_state=0)
+
+    for max_iter in (5, 200):  # 200: the loss stops improving at the same 5th epoch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(ValueError, match="non-finite parameter weights"):
+                est(max_iter).fit(X, y)
