@@ -134,7 +134,7 @@ class ChunkBound:
             z.append(r * a[-1] + b)
             a.append(1.0 if code in _SATURATING else z[-1])
         k = self.layout.sizes[-1]
-        term, loss = self._loss_bound(z[-1], a[-1], k)
+        term, loss = loss_bound(self.loss, self.y, self.s, self.n, self.nb, z[-1], a[-1], k)
         if not (all(v < limit for v in z) and term < limit and loss < limit):
             return None
         d = self._output_delta(a[-1], k)
@@ -162,9 +162,6 @@ class ChunkBound:
         if _combined(self.loss, last):
             return (1.0 + self.y) * scale * self.s
         return (a_out + self.y) * scale * _DERIVATIVE[last] * self.s
-
-    def _loss_bound(self, z_out, a_out, k):
-        return loss_bound(self.loss, self.y, self.s, self.n, self.nb, z_out, a_out, k)
 
 
 def loss_bound(loss, y, s, n, nb, z_out, a_out, k):
