@@ -90,7 +90,10 @@ def same_rows(xt, yt):
 def fit_cuda(ensemble, X, y, epochs=1, lr=0.01, batch_size=None, shuffle=False, seed=None,
              record_every=1, progress=False, on_divergence="warn"):
     """``Ensemble.fit`` on the GPU: same arguments (but n_jobs), same checks, same History
-    (``extra`` also has ``device="cuda"``), same bookkeeping of diverged models."""
+    (``extra`` also has ``device="cuda"``), same bookkeeping of diverged models.  The
+    state each model ends in is checked on the host as on the CPU (Ensemble._finish): a
+    model whose loss is not finite there -- no record holds that loss, so the kernel's
+    guard cannot see it -- is trained again alone by MLP.fit, on the CPU."""
     from . import ensemble as E
     from .kernels import cuda as KC
 

@@ -307,10 +307,12 @@ class Ensemble:
                 device):
         """The History of a fit on either device, and its diverged models: on the CPU each
         is trained again alone by MLP.fit (see _rerun_alone); the GPU kernel replays a
-        diverged model's good epochs itself, and its history ends with them."""
+        diverged model's good epochs itself, and its history ends with them.  On either
+        device the state each model ends in is checked (_check_final_losses); a model
+        whose loss is not finite there is trained again alone by MLP.fit, on the CPU."""
         stopped = outcome.stopped
-        if device == "cpu":
-            self._check_final_losses(job, xt, yt, batches, stopped == "interrupted")
+        guard_found = job.bad_epoch >= 0
+        self._check_final_losses(job, xt, yt, batches, stopped == "interrupted")
         self.diverged = job.bad_epoch >= 0
         records = job.records
         history, _ = records.view()
@@ -319,10 +321,12 @@ class Ensemble:
         # the state it ends in as a completed fit of that many epochs does
         rerun_epochs = job.done if stopped == "interrupted" else job.epochs
         for m in np.flatnonzero(self.diverged):
-            if device == "cpu":
-                done_per_model[m] = self._rerun_alone(
+            if device == "cpu" or not guard_found[m]:
+                done_per_model[m], diverged = self._rerun_alone(
                     m, start, xt, yt, history[m], rerun_epochs, lrs[m], batches[m],
                     shuffles[m], job.record_every, records.stride)
+                if not diverged:  # the GPU's rounding: the CPU's run of it stays finite
+                    self.diverged[m], job.bad_epoch[m] = False, -1
             else:
                 bad = records.kept_of(-(-done_per_model[m] // job.record_every))
                 history[m, bad:] = np.nan
@@ -377,7 +381,8 @@ class Ensemble:
         ``MLP.fit`` itself, so that it ends exactly where MLP.fit leaves a diverged model
         (which parameters it keeps, its history, its shuffling stream) -- MLP.fit does
         more than the kernel's guard there.  The rerun stops at the same divergence, so
-        it costs no more than the model's share of the fit.  Returns the epochs kept."""
+        it costs no more than the model's share of the fit.  Returns the epochs kept and
+        whether the rerun diverged (always, after a CPU fit: the same bits)."""
         self.params[m] = start[0][m]
         self._rng_states[m] = start[1][m]
         member = self[m]
@@ -394,7 +399,7 @@ class Ensemble:
         kept = h.loss[::stride // h.stride][:history_row.shape[0]]
         history_row[:] = np.nan
         history_row[:kept.shape[0]] = kept
-        return h.epochs
+        return h.epochs, h.stopped == "diverged"
 
     @staticmethod
     def _threads(n_jobs):

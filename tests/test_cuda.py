@@ -84,6 +84,11 @@ CASES = {
                        init="normal"), "wild",
                   dict(epochs=12, lr=[0.001, 5.0, 0.5], batch_size=3, shuffle=True,
                        record_every=2, on_divergence="ignore")),
+    # the loss of two models' last state overflows, their parameters still finite: no
+    # record holds it, so the guard cannot see it; the check after the run does
+    "overflowing_end": (dict(sizes=[2, 4, 1], activation=["relu", "identity"], loss="mse",
+                             init="normal"), "wild",
+                        dict(epochs=5, lr=0.05, on_divergence="ignore")),
     "float32": (dict(sizes=[2, 3, 1], activation="sigmoid", loss="mse", dtype="float32"),
                 "reg", dict(epochs=6, lr=0.5, batch_size=4, shuffle=True)),
 }
@@ -146,6 +151,8 @@ def check(name, r):
     assert r["rng_equal"] and r["epochs_equal"] and r["diverged_equal"] and r["dtype_ok"], r
     if name == "diverging":
         assert r["n_diverged"] >= 1, "the case must exercise the divergence guard"
+    if name == "overflowing_end":
+        assert r["n_diverged"] >= 1, "the case must exercise the check of the last state"
 
 
 # ------------------------------------------------------------------ 1. the CPU twin
@@ -187,6 +194,57 @@ def test_twin_unrolled_all_modes(twin):
 def test_twin_looped_with_divergence(twin):
     twin.unroll = False
     check("diverging", compare("diverging"))
+
+
+def test_twin_checks_the_state_a_run_ends_in(twin):
+    """A model whose loss overflows in the state its last epoch leaves (no record holds
+    that loss, so the kernel's guard cannot see it) ends on the GPU as on the CPU: marked
+    diverged at that epoch and trained again alone by MLP.fit.  Before, the GPU path
+    returned it unmarked, its loss infinite."""
+    twin.unroll = True
+    check("overflowing_end", compare("overflowing_end"))
+    (cpu, h_cpu), (gpu, h_gpu) = run_case("overflowing_end")
+    X, y = _data("wild")
+    assert list(h_gpu.extra["diverged_epoch"]) == list(h_cpu.extra["diverged_epoch"]) \
+        == [5, -1, 5]
+    assert np.isfinite(gpu.loss(X, y)).all()
+    # the diverged models are MLP.fit's own results: the same bits on both paths
+    np.testing.assert_array_equal(gpu.params[gpu.diverged], cpu.params[cpu.diverged])
+
+
+def test_twin_checks_the_state_an_interrupted_run_ends_in(twin, monkeypatch):
+    """Ctrl-C after the launch whose last epoch overflows two models' losses: each model's
+    state is checked as MLP.fit stopped there checks it, as on the CPU."""
+    import signal
+    from fastbp import _driver
+    monkeypatch.setattr(_driver, "first_chunk", lambda *args: 5)
+    original = FC.CudaFit.run_chunk
+
+    def run_then_interrupt(self, chunk):
+        result = original(self, chunk)
+        os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(FC.CudaFit, "run_chunk", run_then_interrupt)
+    ens_kw, data, fit_kw = CASES["overflowing_end"]
+    X, y = _data(data)
+    ens = fastbp.Ensemble(n_models=3, seed=5, **ens_kw)
+    start = ens.params.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        hist = ens.fit(X, y, device="cuda", **dict(fit_kw, epochs=9))
+    assert hist.stopped == "interrupted"
+    assert list(hist.extra["diverged_epoch"]) == [5, -1, 5]
+    for m in (0, 2):
+        alone = fastbp.MLP(**{k: v for k, v in ens_kw.items()})
+        alone.params[:] = start[m]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            h = alone.fit(X, y, epochs=5, lr=fit_kw["lr"], on_divergence="warn")
+        assert h.stopped == "diverged"
+        np.testing.assert_array_equal(ens.params[m], alone.params)
+        assert hist.extra["epochs_per_model"][m] == h.epochs
+    assert np.isfinite(ens.loss(X, y)).all()
 
 
 def test_twin_chunked_launches_same_run(twin, monkeypatch):
