@@ -309,7 +309,8 @@ class SingleFit:
         mini-batch one the mean of its batches' losses before theirs): proved by the
         bound of _divergence.py where it can, else evaluated."""
         run, model = self.run, self.model
-        return (final_loss_bounded(model, self.x, self.y, run.sw, self.batch)
+        return (final_loss_bounded(model, self.x, self.y, run.sw, self.batch,
+                                   run.data_squares)
                 or model._finite_loss(self.x, self.y, run.sw))
 
     def _guard_chunk(self, chunk):

@@ -50,6 +50,10 @@ class Run:
     bad_checks: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
     best_epoch: np.ndarray = field(default_factory=lambda: np.array([-1], dtype=np.int64))
     best_params: np.ndarray | None = None
+    # the sums of squares of the run's inputs and targets computed by fit's checks
+    # (None each where not: small or sparse arrays), for the check of the state the
+    # run ends in (fastbp/_divergence.py: data_bounds); not saved
+    data_squares: tuple | None = None
 
     def __post_init__(self):
         if self.records is None:

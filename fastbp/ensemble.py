@@ -192,9 +192,11 @@ class Ensemble:
             if x.shape[0] != n_models:
                 raise ValueError(f"3-D X must have one data set per model: first axis "
                                  f"{x.shape[0]}, expected n_models = {n_models}")
-            xs = [V.check_X(x[m], n_in, p.dtype, f"X[{m}]") for m in range(n_models)]
+            # (x's values were checked above: each set's shape here, not its values again)
+            xs = [V.check_X(x[m], n_in, p.dtype, f"X[{m}]", check_finite=False)
+                  for m in range(n_models)]
         elif x.ndim in (1, 2):
-            xs = [V.check_X(x, n_in, p.dtype)]
+            xs = [V.check_X(x, n_in, p.dtype, check_finite=False)]
         else:
             raise ValueError(f"X must be 2-D (n_samples, {n_in}), or 3-D (n_models, "
                              f"n_samples, {n_in}) with one data set per model, got shape "
@@ -216,7 +218,8 @@ class Ensemble:
             if t.shape[0] != n_models:
                 raise ValueError(f"3-D y must have one target set per model: first axis "
                                  f"{t.shape[0]}, expected n_models = {n_models}")
-            ts = [V.check_y(t[m], n, k, p.dtype, f"y[{m}]") for m in range(n_models)]
+            ts = [V.check_y(t[m], n, k, p.dtype, f"y[{m}]", check_finite=False)
+                  for m in range(n_models)]
             names = [f"y[{m}]" for m in range(n_models)]
         else:
             if t.ndim > 2:
@@ -227,7 +230,7 @@ class Ensemble:
                                  f"(n_models, n_samples, {k}) = ({n_models}, {n}, {k})"
                                  + (f" or ({n_models}, {n})" if k == 1 else "")
                                  + f"; shared targets ({n}, {k})")
-            ts = [V.check_y(t, n, k, p.dtype)]
+            ts = [V.check_y(t, n, k, p.dtype, check_finite=False)]
             names = ["y"]
         for a, name in zip(ts, names):
             V.check_targets_for_loss(a, p.loss_name, name)

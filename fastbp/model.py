@@ -194,23 +194,24 @@ class MLP:
                 f"loss={self.loss_name!r}, bias={self.bias}, dtype={self.dtype.name!r})")
 
     # ---- data -----------------------------------------------------------------------
-    def _inputs(self, X):
+    def _inputs(self, X, squares=None):
         """X as the kernels take it: (n, sizes[0]) C-contiguous in the model dtype, or
-        for a scipy.sparse X its rows (fastbp/_sparse.py: Rows)."""
+        for a scipy.sparse X its rows (fastbp/_sparse.py: Rows).  ``squares``: see
+        _validation.all_finite."""
         if S.is_sparse(X):
             return S.sparse_rows(X, self.sizes[0], self.dtype)
-        return V.kernel_ready(V.check_X(X, self.sizes[0], self.dtype))
+        return V.kernel_ready(V.check_X(X, self.sizes[0], self.dtype, squares=squares))
 
     def _kernel_inputs(self, x, descend=False):
         """x (from _inputs) as options.Data holds it (sparse rows with their scratch)."""
         return S.for_kernels(x, self.sizes[1], descend)
 
-    def _targets(self, y, n):
+    def _targets(self, y, n, squares=None):
         if self.loss_name == "cross_entropy":
             onehot = V.class_labels_to_onehot(y, self.sizes[-1])
             if onehot is not None:
                 y = onehot
-        t = V.check_y(y, n, self.sizes[-1], self.dtype)
+        t = V.check_y(y, n, self.sizes[-1], self.dtype, squares=squares)
         V.check_targets_for_loss(t, self.loss_name)
         return V.kernel_ready(t)
 
@@ -429,9 +430,12 @@ class MLP:
             path, every = V.check_checkpoint(checkpoint, checkpoint_every)
             val_inputs = validation_data if isinstance(validation_data, (tuple, list)) else ()
             V.check_output_not_input(path, "checkpoint", X, y, sample_weight, *val_inputs)
-            x = self._inputs(X)
+            # the sums of squares the finiteness checks compute (large arrays): the
+            # check of the state the run ends in takes the data's norms from them
+            x_squares, y_squares = [], []
+            x = self._inputs(X, x_squares)
             n = x.shape[0]
-            y = self._targets(y, n)
+            y = self._targets(y, n, y_squares)
             epochs = V.check_positive_int(epochs, "epochs")
             lr = V.check_lr(lr)
             record_every = V.check_positive_int(record_every, "record_every")
@@ -461,6 +465,9 @@ class MLP:
                       chunk_seconds=chunk_seconds, threads=threads)
             run.best_params = (self._params.copy() if stop.restore_best
                                else self._params[:0].copy())
+            if train_rows is None:  # x and y are the arrays checked (not rows of them)
+                run.data_squares = (x_squares[0] if x_squares else None,
+                                    y_squares[0] if y_squares else None)
             if train_rows is not None and path is not None:
                 # resume takes the data fit was given and holds the same rows out again
                 run.train_rows, run.given = train_rows, given

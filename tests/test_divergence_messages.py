@@ -407,3 +407,39 @@ def test_a_callback_that_makes_the_loss_overflow_and_stops_is_named():
                 with pytest.raises(fastbp.DivergenceError):
                     m.fit(x, y, **kw)
                 assert np.isfinite(m.loss(x, y))
+
+
+def test_the_end_check_takes_the_datas_norms_from_fits_own_checks(monkeypatch):
+    """fit checks large inputs and targets for NaN and infinity with one sum of squares
+    each (_validation.all_finite); the check of the state the run ends in takes the
+    data's norms from those sums instead of another pass over the data -- only where the
+    run trains on exactly the arrays checked, and the same bound either way."""
+    from fastbp import _divergence
+    seen = []
+    original = _divergence.data_bounds
+
+    def spy(x, y, sw, squares=None):
+        seen.append(squares)
+        return original(x, y, sw, squares)
+
+    monkeypatch.setattr(_divergence, "data_bounds", spy)
+    rng = np.random.default_rng(0)
+    # over _validation.SMALL_FINITE_CHECK values each (16,384): checked by a sum
+    x, y = rng.normal(size=(9000, 8)), rng.normal(size=(9000, 2))
+    for dtype in ("float64", "float32"):
+        m = fastbp.MLP([8, 4, 2], activation=["tanh", "identity"], seed=0, dtype=dtype)
+        seen.clear()
+        m.fit(x, y, epochs=1, lr=0.01, batch_size=300)  # float64 data, converted once
+        (x_squares, y_squares), = seen
+        xt, yt = x.astype(dtype), y.astype(dtype)
+        assert x_squares == pytest.approx(float(np.dot(xt.ravel(), xt.ravel())), rel=1e-12)
+        assert y_squares == pytest.approx(float(np.dot(yt.ravel(), yt.ravel())), rel=1e-12)
+        sw = np.zeros(0, dtype=dtype)
+        np.testing.assert_allclose(original(xt, yt, sw, seen[0]), original(xt, yt, sw),
+                                   rtol=1e-12)
+        seen.clear()  # the rows a validation_fraction leaves: their own norms
+        m.fit(x, y, epochs=1, lr=0.01, batch_size=300, validation_fraction=0.2)
+        assert seen == [None]
+        seen.clear()  # small arrays are checked element by element: no sums to take
+        m.fit(x[:10], y[:10], epochs=1, lr=0.01)
+        assert seen == [(None, None)]
