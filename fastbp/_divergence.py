@@ -181,12 +181,25 @@ def loss_bound(loss, y, s, n, nb, z_out, a_out, k):
 
 def covered(model, one_state=False):
     """Whether the bound covers the model's activations and loss: along a chunk, or at
-    ``one_state`` (state_in_range), which also takes an exp output."""
-    last = int(model._act_codes[-1])
+    ``one_state`` (state_in_range), which also takes an exp output.  Remembered per
+    activations and loss: every fit asks (SingleFit._ends_finite)."""
+    key = (model.activations, model._loss_code, one_state)
+    found = _covered.get(key)
+    if found is None:
+        found = _covered[key] = _covers(model._act_codes.tolist(), model._loss_code,
+                                        one_state)
+    return found
+
+
+_covered = {}  # covered's answers
+
+
+def _covers(acts, loss, one_state):
+    last = acts[-1]
+    hidden_ok = all(a in _DERIVATIVE for a in acts[:-1])
     if last == K.EXP:  # along a chunk, the exp of a bound, and so on: soon useless
-        return one_state and all(int(a) in _DERIVATIVE for a in model._act_codes[:-1])
-    hidden_ok = all(int(a) in _DERIVATIVE for a in model._act_codes[:-1])
-    return hidden_ok and (_combined(model._loss_code, last) or last in _DERIVATIVE)
+        return one_state and hidden_ok
+    return hidden_ok and (_combined(loss, last) or last in _DERIVATIVE)
 
 
 def _combined(loss, last):
@@ -201,14 +214,24 @@ def _max_abs(a):
     return float(max(np.max(a), -np.min(a))) if a.size else 0.0
 
 
+# data_bounds and state_in_range run under np.errstate(**NO_WARNINGS), their caller's
+# (one for both: it costs as much as a small one's work): a sum of squares past the
+# dtype's range is inf (or NaN), which no proof passes
+NO_WARNINGS = dict(over="ignore", invalid="ignore")
+
+
 def final_loss_bounded(model, x, y, sw, batch, squares=None):
     """True when the loss on (x, y) (sample weights sw, or empty) at the model's current
     parameters is provably finite (state_in_range, with the data's norms); False where
     the bound cannot tell -- a state too large, or activations and loss it does not
     cover --: the caller then evaluates the loss.  ``squares``: see data_bounds."""
-    return covered(model, one_state=True) and state_in_range(
-        model._layout, model._act_codes, model._loss_code, model.dtype, model._params,
-        *data_bounds(x, y, sw, squares), min(batch, y.shape[0]))
+    if not covered(model, one_state=True):
+        return False
+    with np.errstate(**NO_WARNINGS):
+        return state_in_range(model._layout, model._act_codes, model._loss_code,
+                              model.dtype, model._params, *data_bounds(x, y, sw, squares),
+                              min(batch, y.shape[0]))
+
 
 
 def data_bounds(x, y, sw, squares=None):
@@ -218,19 +241,18 @@ def data_bounds(x, y, sw, squares=None):
     and np.min); a sum of squares past the dtype's range is inf, which no proof passes.
     ``squares``: (sum of squares of x, of y), either None, as fit's checks of the same
     arrays computed them (Run.data_squares): no second pass over those (a W4b-size
-    fit's data, 4096 x 42 values: 20-30 us)."""
+    fit's data, 4096 x 42 values: 20-30 us).  Under np.errstate(**NO_WARNINGS)."""
     x_squares, y_squares = (None, None) if squares is None else squares
-    with np.errstate(over="ignore"):
-        if not isinstance(x, np.ndarray):
-            x_bound = max_abs_inputs(x)
-        elif x_squares is not None:
-            x_bound = math.sqrt(x_squares)
-        else:
-            flat = x.reshape(-1)
-            x_bound = math.sqrt(float(np.dot(flat, flat)))
-        if y_squares is None:
-            flat = y.reshape(-1)
-            y_squares = float(np.dot(flat, flat))
+    if not isinstance(x, np.ndarray):
+        x_bound = max_abs_inputs(x)
+    elif x_squares is not None:
+        x_bound = math.sqrt(x_squares)
+    else:
+        flat = x.reshape(-1)
+        x_bound = math.sqrt(float(np.dot(flat, flat)))
+    if y_squares is None:
+        flat = y.reshape(-1)
+        y_squares = float(np.dot(flat, flat))
     return (x_bound, math.sqrt(y_squares), (_max_abs(sw) if sw.shape[0] else 1.0),
             y.shape[0])
 
@@ -244,20 +266,20 @@ def state_in_range(layout, act_codes, loss_code, dtype, params, x_bound, y_bound
     (module docstring) comes from one sum of squares P of all the parameters:
     sum_i |W_ij| <= sqrt(n_in) |W_:j| <= sqrt(n_in P) (Cauchy-Schwarz), and |b| <=
     sqrt(P) -- looser than the layers' own norms, far below LIMIT for any ordinary
-    state, and one BLAS pass."""
+    state, and one BLAS pass.  Under np.errstate(**NO_WARNINGS): a huge state is out of
+    range."""
     limit = _LIMITS[np.dtype(dtype)]
-    acts = [int(a) for a in act_codes]
-    with np.errstate(over="ignore", invalid="ignore"):  # a huge state: out of range
-        p = math.sqrt(float(np.dot(params, params)))
-        a, z = x_bound, 0.0
-        for (n_in, _), code in zip(layout.shapes, acts):
-            z = math.sqrt(n_in) * p * a + (p if layout.bias else 0.0)
-            if not z < limit:
-                return False
-            a = 1.0 if code in _SATURATING else z
-        if acts[-1] == K.EXP:  # (e^z + y)^2 bounds the Poisson term e^z - y z too
-            if not z < math.log(limit):
-                return False
-            a = math.exp(z)
+    acts = act_codes.tolist()
+    p = math.sqrt(float(np.dot(params, params)))
+    a, z = x_bound, 0.0
+    for (n_in, _), code in zip(layout.shapes, acts):
+        z = math.sqrt(n_in) * p * a + (p if layout.bias else 0.0)
+        if not z < limit:
+            return False
+        a = 1.0 if code in _SATURATING else z
+    if acts[-1] == K.EXP:  # (e^z + y)^2 bounds the Poisson term e^z - y z too
+        if not z < math.log(limit):
+            return False
+        a = math.exp(z)
     term, loss = loss_bound(int(loss_code), y_bound, s, n, nb, z, a, layout.sizes[-1])
     return term < limit and loss < limit

@@ -8,7 +8,7 @@ import numpy as np
 from . import _threads as T
 from . import _pickling
 from . import _validation as V
-from ._divergence import covered, data_bounds, state_in_range
+from ._divergence import NO_WARNINGS, covered, data_bounds, state_in_range
 from ._driver import drive, sigint_deferred, warn_interrupted
 from ._fit import EVAL_CAP
 from ._init import initial_params
@@ -369,11 +369,13 @@ class Ensemble:
             x, y, batch = xt[row_of(xt, m)], yt[row_of(yt, m)], int(batches[m])
             if data is not None:
                 key = (row_of(xt, m), row_of(yt, m))
-                if key not in data:
-                    data[key] = data_bounds(x, y, empty)
-                if state_in_range(proto._layout, proto._act_codes, proto._loss_code,
-                                  proto.dtype, self.params[m], *data[key],
-                                  min(batch, y.shape[0])):
+                with np.errstate(**NO_WARNINGS):
+                    if key not in data:
+                        data[key] = data_bounds(x, y, empty)
+                    proved = state_in_range(proto._layout, proto._act_codes,
+                                            proto._loss_code, proto.dtype, self.params[m],
+                                            *data[key], min(batch, y.shape[0]))
+                if proved:
                     continue
             if not self[m]._finite_loss(x, y, empty):
                 job.bad_epoch[m] = last
