@@ -339,9 +339,21 @@ class SingleFit:
         model, run = self.model, self.run
         moments = model._opt_state if O.is_plain(run.rule) else model._opt_state.copy()
         params = model._params.copy() if params is None else params
-        es = (run.best_loss.copy(), run.bad_checks.copy(), run.best_epoch.copy())
+        es = (run.best_loss.copy(), run.bad_checks.copy(), run.best_epoch.copy(),
+              self._best_params_now())
         return (run.done, params, model._rng_state.copy(), moments, model._opt_step.copy(),
                 es)
+
+    def _best_params_now(self):
+        """A copy of the run's best parameters (restore_best; else its empty array) for a
+        snapshot: the newest snapshot's when the best record has not moved since, so that
+        chunks that find no better record copy nothing."""
+        run = self.run
+        if self.snapshots:
+            _, _, best_epoch, best_params = self.snapshots[0][5]
+            if best_epoch[0] == run.best_epoch[0]:
+                return best_params
+        return run.best_params.copy()
 
     def _rewind(self, snapshots):
         """After divergence: leave the model at the latest state of the run whose loss on
@@ -374,9 +386,9 @@ class SingleFit:
                     rng = _replay_shuffles(rng, epoch - start, self.work.perm)
                 if epoch != start:  # the early-stopping record the run has reached
                     es = tuple(a.copy() for a in (run.best_loss, run.bad_checks,
-                                                  run.best_epoch))
-            elif epoch > start:
-                state = O.State(rng, moments, step, *es, run.best_params)
+                                                  run.best_epoch, run.best_params))
+            elif epoch > start:  # (the replay writes a better record into es's copies)
+                state = O.State(rng, moments, step, *es)
                 history, val_history = self._record_buffers(start, epoch - start)
                 ran, bad, _ = self._call(epoch - start, start, params, state, history,
                                          val_history, backup)
@@ -395,8 +407,11 @@ class SingleFit:
         model._opt_state[...] = moments
         model._opt_step[...] = step
         # the early-stopping record as it was at that epoch: a checkpoint of it that said
-        # "patience ran out" would end its resume at once (best_params is not rewound)
-        for kept, value in zip((run.best_loss, run.bad_checks, run.best_epoch), es):
+        # "patience ran out" would end its resume at once, and best parameters found
+        # after it (the state of a later validation record, whose training loss may not
+        # even be finite) would be what restore_best puts back
+        for kept, value in zip((run.best_loss, run.bad_checks, run.best_epoch,
+                                run.best_params), es):
             kept[...] = value
 
 

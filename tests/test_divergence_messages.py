@@ -443,3 +443,38 @@ def test_the_end_check_takes_the_datas_norms_from_fits_own_checks(monkeypatch):
         seen.clear()  # small arrays are checked element by element: no sums to take
         m.fit(x[:10], y[:10], epochs=1, lr=0.01)
         assert seen == [(None, None)]
+
+
+def test_the_rewind_puts_back_the_best_parameters_with_the_early_stopping_record(
+        tmp_path, monkeypatch):
+    """restore_best keeps the parameters of the best validation record.  A rewind after
+    divergence goes back to a state before a better record was found -- here the last
+    record before the divergence, whose validation loss (of the state after its update,
+    the one whose training loss overflows) is 0 -- and must put back the best parameters
+    of that state with its early-stopping record.  It put back the record only: the
+    checkpoint said best_epoch 0 but held the diverging state as the best parameters,
+    which a resumed run's restore_best would have put back.  Chunks of one epoch, so that
+    the rewind starts from a snapshot with a best record of its own."""
+    from fastbp import _driver
+    x, y, net, lr, _ = _overflowing_run()
+    m = net()
+    states = [m.params.copy()]  # the run's states, to rounding: the plain update by hand
+    for _ in range(4):
+        W, b = m.gradient(x, y)
+        m.params[:] -= lr * np.concatenate([np.concatenate([w.ravel(), c]) for w, c in zip(W, b)])
+        states.append(m.params.copy())
+    xv = x[:5] * 1e-3
+    yv = m.predict(xv)  # the outputs of the state after 4 epochs: its validation loss ~0
+    monkeypatch.setattr(_driver, "first_chunk", lambda *args: 1)
+    path = str(tmp_path / "run.npz")
+    kw = dict(lr=lr, validation_data=(xv, yv), patience=1000, restore_best=True)
+    with pytest.warns(RuntimeWarning, match="training diverged at epoch 4"):
+        h = net().fit(x, y, epochs=60, on_divergence="warn", checkpoint=path,
+                      checkpoint_every=10**6, chunk_seconds=1e-9, **kw)
+    assert h.stopped == "diverged" and h.epochs == 3
+    saved = np.load(path)
+    best_epoch = int(saved["es_best_epoch"][0])
+    reference = net()  # the run up to that record, its best parameters restored
+    reference.fit(x, y, epochs=best_epoch + 1, **kw)
+    np.testing.assert_array_equal(saved["best_params"], reference.params)
+    assert not np.allclose(saved["best_params"], states[4])
