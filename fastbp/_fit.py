@@ -287,12 +287,16 @@ class SingleFit:
         """One call of the training kernel for ``epochs`` epochs from epoch ``start``;
         (epochs_done, bad_epoch, early_stopped)."""
         run = self.run
-        args = (params, self.net, self.data, run.val, self.loop, run.rule, run.stop, state,
-                self.work, self.val_work, history, val_history, backup, start, epochs)
+        options = (self.net, self.data, self.loop, run.rule, run.stop, state, self.work)
+        val, val_work = run.val, self.val_work
         if numba.config.DISABLE_JIT:  # the kernels as Python: scalars typed as compiled
-            args = tuple(O.as_compiled(a) for a in args)
+            options = tuple(O.as_compiled(a) for a in options)
+            val, val_work = O.as_compiled(val), O.as_compiled(val_work)
+        net, data, loop, rule, stop, state, work = O.plain(*options)
         with nullcontext() if self.shared is None else self.shared.running():
-            ran, bad, early = self.plan.kernel(*args)
+            ran, bad, early = self.plan.kernel(params, net, data, val, loop, rule, stop, state,
+                                               work, val_work, history, val_history, backup,
+                                               start, epochs)
         return int(ran), int(bad), bool(early)
 
     def _diverged_at(self, bad):

@@ -210,11 +210,11 @@ class ManyFit:
         params = ens.params[m]
         state = O.new_state(0, self.dtype, ens._rng_states[m])
         backup = params.copy()
-        done, bad, _ = plan.kernel(params, self.nets[plan.gemm], data, None,
-                                   O.Loop(b, s, self.record_every),
-                                   O.plain_rule(float(self.lrs[m]), self.epochs),
-                                   O.NO_STOP, state, self._work(plan), None, history[m],
-                                   None, backup, start, chunk)
+        net, data, loop, rule, stop, state, work = O.plain(
+            self.nets[plan.gemm], data, O.Loop(b, s, self.record_every),
+            O.plain_rule(float(self.lrs[m]), self.epochs), O.NO_STOP, state, self._work(plan))
+        done, bad, _ = plan.kernel(params, net, data, None, loop, rule, stop, state, work,
+                                   None, history[m], None, backup, start, chunk)
         return int(done), int(bad)
 
     def _train_block(self, m0, chunk, start, history):

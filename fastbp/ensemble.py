@@ -420,7 +420,7 @@ class Ensemble:
         p = self._proto
         cap = min(n, EVAL_CAP)
         lay = p._layout
-        net = p._net(cap)
+        plain_net, = O.plain(p._net(cap))
         passes = p._eval_passes(PS.PREDICT, (cap, n % cap), False)
         out = np.empty((self.n_models, n, self.sizes[-1]), dtype=self.dtype)
         local = threading.local()
@@ -428,9 +428,9 @@ class Ensemble:
         def one(m):
             work = getattr(local, "work", None)
             if work is None:
-                work = local.work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False,
-                                                passes=passes)
-            L.predict(self.params[m], net, xt[row_of(xt, m)], out[m], work)
+                work = local.work = O.plain(O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype,
+                                                        False, passes=passes))[0]
+            L.predict(self.params[m], plain_net, xt[row_of(xt, m)], out[m], work)
 
         _each(one, self.n_models, self._threads(n_jobs))
         return out

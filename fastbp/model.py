@@ -250,7 +250,8 @@ class MLP:
                            passes=self._eval_passes(PS.PREDICT, (cap, n % cap), sparse))
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
         entry = L.predict_rows if sparse else L.predict
-        entry(self._params, self._net(cap, sparse), self._kernel_inputs(x), out, work)
+        net, work = O.plain(self._net(cap, sparse), work)
+        entry(self._params, net, self._kernel_inputs(x), out, work)
         V.check_finite_output(out, "predict's output", self.dtype)
         return out
 

@@ -50,7 +50,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 18  # part of the module name: bump when the generated code changes meaning
+VERSION = 19  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one AVX-512 vector (8 float64, 16 float32): the
@@ -228,7 +228,7 @@ from numba import njit, uint64
 from fastbp.kernels.config import INNER, JIT
 from fastbp.kernels.intrinsics import borrowed, fma, like, squared_error_sum
 from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, end_of_chunk,
-                                  stateful_update)
+                                  named_options, stateful_update)
 from fastbp.kernels.options import Data, Work
 from fastbp.kernels.rng import permutation_into
 from fastbp.kernels import rules
@@ -259,6 +259,8 @@ def train(params, net, data, val, loop, rule, stop, state, work, val_work, histo
           val_history, backup, epoch0, epochs):
     \"\"\"kernels.loops' training entry for this architecture (its arguments, results
     and numbers).\"\"\"
+    net, data, loop, rule, stop, state, work = named_options(net, data, loop, rule, stop,
+                                                             state, work)
     params, net, data, val, state, work, val_work, history, val_history, backup = borrowed(
         (params, net, data, val, state, work, val_work, history, val_history, backup))
     n = data.x.shape[0]

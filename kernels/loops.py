@@ -31,7 +31,7 @@ from numba import njit, uint64
 from .batch import gather, load_weights, scatter
 from .config import INNER, JIT, refuse_python_calls
 from .intrinsics import borrowed, like
-from .options import Data, Net, Work
+from .options import Data, Loop, Net, Rule, State, Stop, Work
 from .passes import BACKWARD, BATCH_LOSS, FORWARD, OUTPUT_DELTAS, call as call_pass
 from .rng import permutation_into
 from .rules import (ADAM, adam_scales, l2_penalty, learning_rate, plain_step,
@@ -73,6 +73,16 @@ def all_finite(x):
 def copy_into(dst, src):
     for i in range(dst.shape[0]):
         dst[i] = src[i]
+
+
+@njit(**dict(INNER, inline="always"))
+def named_options(net, data, loop, rule, stop, state, work):
+    """A training entry's options as the named tuples its code reads.  Python passes
+    them as plain tuples of their fields (options.plain): Numba's dispatcher types a
+    plain tuple in C at each call, a named one through Python -- 4-5 us of every call,
+    as much as a small fit's epoch."""
+    return (Net(*net), Data(*data), Loop(*loop), Rule(*rule), Stop(*stop), State(*state),
+            Work(*work))
 
 
 @njit(**INNER)
@@ -309,6 +319,8 @@ def _make_trainer(MODE, RULE, VALIDATING, SPARSE):
         check failed, or -1; epochs_done counts the epochs whose updates the parameters
         contain.
         """
+        net, data, loop, rule, stop, state, work = named_options(net, data, loop, rule,
+                                                                 stop, state, work)
         # every array as a view Numba does not reference-count (intrinsics.borrowed)
         (params, net, data, val, state, work, val_work, history, val_history,
          backup) = borrowed((params, net, data, val, state, work, val_work, history,
@@ -388,14 +400,14 @@ def _predict(SPARSE, params, net, x, out, work):
 @njit(**JIT)
 def predict(params, net, x, out, work):
     """out (n, n_out) <- the network's outputs for x (n, n_in), in batches of the
-    work's capacity."""
-    _predict(False, params, net, x, out, work)
+    work's capacity.  net, work: an options.Net and Work as plain tuples (named_options)."""
+    _predict(False, params, Net(*net), x, out, Work(*work))
 
 
 @njit(**JIT)
 def predict_rows(params, net, x, out, work):
     """predict of SparseRows x."""
-    _predict(True, params, net, x, out, work)
+    _predict(True, params, Net(*net), x, out, Work(*work))
 
 
 @njit(**dict(INNER, inline="always"))

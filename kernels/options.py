@@ -151,6 +151,14 @@ def as_compiled(value):
     return value
 
 
+def plain(*options):
+    """Named tuples of options (Net, Data, Loop, Rule, Stop, State, Work) as the plain
+    tuples of their fields that the training and predict entries take (loops.
+    named_options names them again): Numba's dispatcher types a plain tuple in C, a
+    named one through Python."""
+    return tuple(tuple(o) for o in options)
+
+
 def plain_rule(lr, epochs=1):
     """Plain SGD at a constant learning rate."""
     return Rule(R.SGD, float(lr), 0.0, False, 0.9, 0.999, 1e-8, 0.0, R.CONSTANT, 0.5, 1, 0.5,

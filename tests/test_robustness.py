@@ -120,10 +120,10 @@ def test_without_the_guard_the_same_run_ends_in_nan():
                        passes=D.batch_passes(m.dtype) if plan.passes else None)
     hist = np.full(200, np.nan)
     with np.errstate(all="ignore"):
-        result = plan.kernel(m.params, net, O.Data(x, y, np.zeros(0)), None,
-                             O.Loop(4, False, 1), rule, O.NO_STOP,
-                             O.new_state(lay.n_params, m.dtype, m._rng_state), work, None,
-                             hist, None, m.params[:0], 0, 200)
+        options = O.plain(net, O.Data(x, y, np.zeros(0)), O.Loop(4, False, 1), rule,
+                          O.NO_STOP, O.new_state(lay.n_params, m.dtype, m._rng_state), work)
+        result = plan.kernel(m.params, *options[:2], None, *options[2:], None, hist, None,
+                             m.params[:0], 0, 200)
     assert result == (200, -1, False)
     assert not np.isfinite(m.params).all()
 

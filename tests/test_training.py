@@ -673,10 +673,10 @@ def test_fused_and_plain_entries_train_alike(batch_size, dtype, make_problem):
         work = O.make_work(model._layout.sizes_arr, params.size, batch, n, model.dtype,
                            False, gradient=kind != "fused", passes=D.batch_passes(model.dtype))
         history = np.full(6, np.nan)
-        done = L.trainer(mode, kind, False)(
-            params, net, data, None, O.Loop(batch, False, 1), O.plain_rule(0.05, 6),
-            O.NO_STOP, O.new_state(0, model.dtype, np.zeros(2, np.int64)), work, None,
-            history, None, params[:0], 0, 6)
+        options = O.plain(net, data, O.Loop(batch, False, 1), O.plain_rule(0.05, 6),
+                          O.NO_STOP, O.new_state(0, model.dtype, np.zeros(2, np.int64)), work)
+        done = L.trainer(mode, kind, False)(params, *options[:2], None, *options[2:], None,
+                                            history, None, params[:0], 0, 6)
         assert done == (6, -1, False)
         results.append((params, history))
     np.testing.assert_array_equal(results[0][0], results[1][0])
