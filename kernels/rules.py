@@ -583,11 +583,12 @@ def stateful_step(params, moments, i, g, lr, rule, c1, c2, decay):
     with L2): ``decay`` is the L2 factor for a weight, None for a bias; c1, c2 Adam's
     corrections for this step (adam_scales).  moments (2, n_params): the velocity or
     Adam's m in row 0, Adam's v in row 1."""
-    if decay is not None:
-        # a weight's gradient is a float64: compiled, Numba unifies g with with_l2's
-        # float64; a bias's (decay None: the branch is pruned) keeps the model's dtype.
-        # Written out so that the Python meaning rounds alike.
-        g = np.float64(g)
+    # the step in float64 from the model's values (README: Numerics), for weights and
+    # biases alike: a float32 bias's lr * g was a float32 product (compiled, Numba
+    # unified only a weight's g with with_l2's float64).  Written out so that the Python
+    # meaning rounds alike.
+    g = np.float64(g)
+    if decay is not None:  # a weight (a bias's None: the branch is pruned)
         if decay != 0.0:
             g = with_l2(g, params[i], decay)
     if rule.optimizer == ADAM:
