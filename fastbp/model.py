@@ -194,25 +194,25 @@ class MLP:
                 f"loss={self.loss_name!r}, bias={self.bias}, dtype={self.dtype.name!r})")
 
     # ---- data -----------------------------------------------------------------------
-    def _inputs(self, X, squares=None):
+    def _inputs(self, X, squares=None, name="X"):
         """X as the kernels take it: (n, sizes[0]) C-contiguous in the model dtype, or
         for a scipy.sparse X its rows (fastbp/_sparse.py: Rows).  ``squares``: see
-        _validation.all_finite."""
+        _validation.all_finite; ``name``: the array's, in an error."""
         if S.is_sparse(X):
-            return S.sparse_rows(X, self.sizes[0], self.dtype)
-        return V.kernel_ready(V.check_X(X, self.sizes[0], self.dtype, squares=squares))
+            return S.sparse_rows(X, self.sizes[0], self.dtype, name)
+        return V.kernel_ready(V.check_X(X, self.sizes[0], self.dtype, name, squares=squares))
 
     def _kernel_inputs(self, x, descend=False):
         """x (from _inputs) as options.Data holds it (sparse rows with their scratch)."""
         return S.for_kernels(x, self.sizes[1], descend)
 
-    def _targets(self, y, n, squares=None):
+    def _targets(self, y, n, squares=None, name="y"):
         if self.loss_name == "cross_entropy":
-            onehot = V.class_labels_to_onehot(y, self.sizes[-1])
+            onehot = V.class_labels_to_onehot(y, self.sizes[-1], name)
             if onehot is not None:
                 y = onehot
-        t = V.check_y(y, n, self.sizes[-1], self.dtype, squares=squares)
-        V.check_targets_for_loss(t, self.loss_name)
+        t = V.check_y(y, n, self.sizes[-1], self.dtype, name, squares=squares)
+        V.check_targets_for_loss(t, self.loss_name, name)
         return V.kernel_ready(t)
 
     @property
@@ -487,8 +487,8 @@ class MLP:
             except (TypeError, ValueError):
                 raise TypeError("validation_data must be a pair (X_val, y_val)") from None
             # the validation inputs take the training inputs' form (one compiled entry)
-            xv = S.like(self._inputs(xv_raw), x)
-            yv = self._targets(yv_raw, xv.shape[0])
+            xv = S.like(self._inputs(xv_raw, name="X_val"), x)
+            yv = self._targets(yv_raw, xv.shape[0], name="y_val")
             return x, y, sw, O.Data(self._kernel_inputs(xv), yv,
                                     np.zeros(0, dtype=self.dtype)), None
         if validation_fraction is None:

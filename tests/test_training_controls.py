@@ -1245,6 +1245,23 @@ def test_validation_data_labels_out_of_range():
               validation_data=(X[:3], np.array([0, 5, 1])), patience=2)
 
 
+def test_bad_validation_data_is_named_as_such():
+    """NaN, infinity or values too large for the model dtype in validation_data are
+    refused naming X_val or y_val -- not X or y, the training arrays, which are fine."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(8, 3)), rng.random((8, 2))
+    for dtype, bad, what in (("float64", np.nan, "contains NaN or infinity"),
+                             ("float32", 1e39, "has values too large for float32")):
+        m = fastbp.MLP([3, 4, 2], seed=0, dtype=dtype)
+        for name, pair in (("X_val", (np.where(X > 1, bad, X), y)),
+                           ("y_val", (X, np.where(y > 0.5, bad, y)))):
+            with pytest.raises(ValueError, match=rf"^{name} {what}"):
+                m.fit(X, y, epochs=1, validation_data=pair)
+    m = fastbp.MLP([3, 4, 2], seed=0)
+    with pytest.raises(ValueError, match=r"X_val has 2 features"):
+        m.fit(X, y, epochs=1, validation_data=(X[:, :2], y))
+
+
 def test_bad_callbacks(small):
     X, y, m = small
     with pytest.raises(TypeError, match="callbacks"):
