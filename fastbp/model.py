@@ -466,7 +466,10 @@ class MLP:
                       chunk_seconds=chunk_seconds, threads=threads)
             run.best_params = (self._params.copy() if stop.restore_best
                                else self._params[:0].copy())
-            if train_rows is None:  # x and y are the arrays checked (not rows of them)
+            # x and y are the arrays checked (not rows of them), and no callback could
+            # have changed them by the run's end (they should not; a stale norm would
+            # prove finite a state whose loss overflows)
+            if train_rows is None and not callbacks:
                 run.data_squares = (x_squares[0] if x_squares else None,
                                     y_squares[0] if y_squares else None)
             if train_rows is not None and path is not None:

@@ -478,3 +478,22 @@ def test_the_rewind_puts_back_the_best_parameters_with_the_early_stopping_record
     reference.fit(x, y, epochs=best_epoch + 1, **kw)
     np.testing.assert_array_equal(saved["best_params"], reference.params)
     assert not np.allclose(saved["best_params"], states[4])
+
+
+def test_the_end_check_takes_the_datas_norms_afresh_when_callbacks_run():
+    """A callback could change the training arrays in place (fit trains on the caller's
+    own array when its dtype and layout fit; the docs say not to): the norms fit's checks
+    computed would then be stale, too small, and the bound would prove finite a state
+    whose loss overflows.  With callbacks the check takes the norms afresh."""
+    rng = np.random.default_rng(0)
+    n = 20000  # over 16,384 targets: fit's check of y takes one sum of squares
+    X, y = rng.normal(size=(n, 2)), rng.normal(size=n)
+
+    def rescale(epoch, hist, model):
+        if epoch == 1:
+            y[...] *= 1e160  # in place: the targets the run ends on
+
+    m = fastbp.MLP([2, 3, 1], activation=["relu", "identity"], seed=0, init="normal")
+    with pytest.raises(fastbp.DivergenceError, match="max \\|y\\| = 3.98e\\+160"):
+        m.fit(X, y, epochs=3, lr=1e-300, record_every=100, chunk_seconds=1e-9,
+              callbacks=[rescale])
