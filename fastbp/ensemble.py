@@ -311,12 +311,18 @@ class Ensemble:
         """The History of a fit on either device, and its diverged models: on the CPU each
         is trained again alone by MLP.fit (see _rerun_alone); the GPU kernel replays a
         diverged model's good epochs itself, and its history ends with them.  On either
-        device the state each model ends in is checked (_check_final_losses); a model
-        whose loss is not finite there is trained again alone by MLP.fit, on the CPU."""
+        device the state each model ends in is checked (_check_final_losses), and on the
+        GPU the state its guard put back (whose own loss, with a full batch, may overflow:
+        MLP.fit's rewind goes further back); a model whose loss is not finite there is
+        trained again alone by MLP.fit, on the CPU."""
         stopped = outcome.stopped
         guard_found = job.bad_epoch >= 0
         self._check_final_losses(job, xt, yt, batches, stopped == "interrupted")
         self.diverged = job.bad_epoch >= 0
+        rerun = self.diverged.copy()
+        if device != "cpu":
+            rerun &= ~guard_found
+            rerun[self._not_finite(np.flatnonzero(guard_found), xt, yt, batches)] = True
         records = job.records
         history, _ = records.view()
         done_per_model = job.done_per_model
@@ -324,12 +330,12 @@ class Ensemble:
         # the state it ends in as a completed fit of that many epochs does
         rerun_epochs = job.done if stopped == "interrupted" else job.epochs
         for m in np.flatnonzero(self.diverged):
-            if device == "cpu" or not guard_found[m]:
-                done_per_model[m], diverged = self._rerun_alone(
+            if rerun[m]:
+                # (after a GPU fit the CPU's rounding may diverge elsewhere, or not at all)
+                done_per_model[m], job.bad_epoch[m] = self._rerun_alone(
                     m, start, xt, yt, history[m], rerun_epochs, lrs[m], batches[m],
                     shuffles[m], job.record_every, records.stride)
-                if not diverged:  # the GPU's rounding: the CPU's run of it stays finite
-                    self.diverged[m], job.bad_epoch[m] = False, -1
+                self.diverged[m] = job.bad_epoch[m] >= 0
             else:
                 bad = records.kept_of(-(-done_per_model[m] // job.record_every))
                 history[m, bad:] = np.nan
@@ -359,13 +365,21 @@ class Ensemble:
         by the bound, or evaluated.  One whose is not finite is marked diverged at that
         epoch count, and so trained again alone by MLP.fit, which ends it as it ends
         that divergence."""
+        last = job.done if interrupted else job.epochs
+        ended = np.flatnonzero((job.bad_epoch < 0) & (job.done_per_model == last)
+                               & (job.done_per_model > 0))
+        job.bad_epoch[self._not_finite(ended, xt, yt, batches)] = last
+
+    def _not_finite(self, models, xt, yt, batches):
+        """Those of ``models`` whose loss on their data at their current parameters is not
+        finite: proved finite by the bound of MLP.fit's end-of-run check (state_in_range)
+        where it can, else evaluated."""
         proto = self._proto
         # (data row, targets row) -> the bounds of that data; None: the bound cannot tell
         data = {} if covered(proto, one_state=True) else None
         empty = np.zeros(0, dtype=proto.dtype)
-        last = job.done if interrupted else job.epochs
-        for m in np.flatnonzero((job.bad_epoch < 0) & (job.done_per_model == last)
-                                & (job.done_per_model > 0)):
+        found = []
+        for m in models:
             x, y, batch = xt[row_of(xt, m)], yt[row_of(yt, m)], int(batches[m])
             if data is not None:
                 key = (row_of(xt, m), row_of(yt, m))
@@ -378,7 +392,8 @@ class Ensemble:
                 if proved:
                     continue
             if not self[m]._finite_loss(x, y, empty):
-                job.bad_epoch[m] = last
+                found.append(m)
+        return np.array(found, dtype=np.int64)
 
     def _rerun_alone(self, m, start, xt, yt, history_row, epochs, lr, batch, shuffle,
                      record_every, stride):
@@ -387,24 +402,29 @@ class Ensemble:
         (which parameters it keeps, its history, its shuffling stream) -- MLP.fit does
         more than the kernel's guard there.  The rerun stops at the same divergence, so
         it costs no more than the model's share of the fit.  Returns the epochs kept and
-        whether the rerun diverged (always, after a CPU fit: the same bits)."""
+        the epoch of the divergence (-1: none; after a CPU fit, always the fit's: the
+        same bits)."""
         self.params[m] = start[0][m]
         self._rng_states[m] = start[1][m]
         member = self[m]
         # this thread's ensemble fit holds the shared guard: the rerun gets its own
         member._fit_lock = _pickling.FitLock()
+        bad = -1
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            h = member.fit(xt[row_of(xt, m)], yt[row_of(yt, m)], epochs=epochs, lr=float(lr),
-                            batch_size=int(batch), shuffle=bool(shuffle),
-                            record_every=record_every, on_divergence="warn")
+            try:  # (a DivergenceError leaves the model as on_divergence="warn" does)
+                h = member.fit(xt[row_of(xt, m)], yt[row_of(yt, m)], epochs=epochs,
+                               lr=float(lr), batch_size=int(batch), shuffle=bool(shuffle),
+                               record_every=record_every)
+            except DivergenceError as e:
+                h, bad = e.history, e.epoch
         # the rerun's records at this fit's recorded epochs: a long fit keeps every
         # stride-th record, and the rerun, no longer, thins no more (strides are powers
         # of two), so this fit keeps every (stride / h.stride)-th of the rerun's records
         kept = h.loss[::stride // h.stride][:history_row.shape[0]]
         history_row[:] = np.nan
         history_row[:kept.shape[0]] = kept
-        return h.epochs, h.stopped == "diverged"
+        return h.epochs, bad
 
     @staticmethod
     def _threads(n_jobs):

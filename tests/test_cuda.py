@@ -89,6 +89,11 @@ CASES = {
     "overflowing_end": (dict(sizes=[2, 4, 1], activation=["relu", "identity"], loss="mse",
                              init="normal"), "wild",
                         dict(epochs=5, lr=0.05, on_divergence="ignore")),
+    # the same run longer: the guard fires, and the state it puts back (the last checked
+    # one, after its update) has a loss that overflows too
+    "overflowing_guard": (dict(sizes=[2, 4, 1], activation=["relu", "identity"],
+                               loss="mse", init="normal"), "wild",
+                          dict(epochs=7, lr=0.05, on_divergence="ignore")),
     "float32": (dict(sizes=[2, 3, 1], activation="sigmoid", loss="mse", dtype="float32"),
                 "reg", dict(epochs=6, lr=0.5, batch_size=4, shuffle=True)),
 }
@@ -151,7 +156,7 @@ def check(name, r):
     assert r["rng_equal"] and r["epochs_equal"] and r["diverged_equal"] and r["dtype_ok"], r
     if name == "diverging":
         assert r["n_diverged"] >= 1, "the case must exercise the divergence guard"
-    if name == "overflowing_end":
+    if name in ("overflowing_end", "overflowing_guard"):
         assert r["n_diverged"] >= 1, "the case must exercise the check of the last state"
 
 
@@ -210,6 +215,21 @@ def test_twin_checks_the_state_a_run_ends_in(twin):
     assert np.isfinite(gpu.loss(X, y)).all()
     # the diverged models are MLP.fit's own results: the same bits on both paths
     np.testing.assert_array_equal(gpu.params[gpu.diverged], cpu.params[cpu.diverged])
+
+
+def test_twin_checks_the_state_its_guard_puts_back(twin):
+    """The kernel's guard puts back the state of its last good check; with a full batch
+    that state's own loss can overflow (its record is the loss before its update).  As
+    on the CPU, where MLP.fit's rewind goes further back, such a model is trained again
+    alone by MLP.fit.  Before, the GPU path returned it with an infinite loss."""
+    twin.unroll = True
+    check("overflowing_guard", compare("overflowing_guard"))
+    (cpu, h_cpu), (gpu, h_gpu) = run_case("overflowing_guard")
+    X, y = _data("wild")
+    assert gpu.diverged.all()
+    assert list(h_gpu.extra["epochs_per_model"]) == list(h_cpu.extra["epochs_per_model"])
+    np.testing.assert_array_equal(gpu.params, cpu.params)
+    assert np.isfinite(gpu.loss(X, y)).all()
 
 
 def test_twin_checks_the_state_an_interrupted_run_ends_in(twin, monkeypatch):
