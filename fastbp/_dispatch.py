@@ -43,7 +43,8 @@ from .kernels import loops as L
 from .kernels import options as O
 from .kernels import passes as PS
 from .kernels import rules as R
-from .kernels.config import BLAS_MIN_THREADS, BLAS_THREADED_MIN_WORK, PRODUCT_MIN_WORK
+from .kernels.config import (BLAS_MIN_THREADS, BLAS_THREADED_MIN_WORK, PRODUCT_MIN_WORK,
+                             codegen_variant)
 from .kernels import pool as P
 from .kernels import sample_share as SS
 from .kernels.generate import cache_dir, kernel_sources_digest
@@ -135,10 +136,13 @@ def dtype_name(dtype):
 
 def _marker(key):
     # Numba keeps its cache per CPU name and features (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES)
-    setting = (key, cache_dir(), numba.config.CPU_NAME, numba.config.CPU_FEATURES)
+    # (and per codegen_variant: bounds-checked code, say, is cached apart)
+    variant = codegen_variant()
+    setting = (key, cache_dir(), numba.config.CPU_NAME, numba.config.CPU_FEATURES, variant)
     path = _markers.get(setting)
     if path is None:
         features = (numba.config.CPU_FEATURES,) if numba.config.CPU_FEATURES else ()
+        features += (variant,) if variant else ()
         stamp = "|".join(map(str, (key, kernel_sources_digest(), numba.__version__,
                                    numba.config.CPU_NAME or "host", sys.platform) + features))
         path = _markers[setting] = os.path.join(

@@ -80,21 +80,50 @@ def kernel_sources_digest():
     return _sources_digest
 
 
+def codegen_variant():
+    """A name for Numba's settings that change the code it compiles but not the key it
+    caches that code under -- NUMBA_BOUNDSCHECK, NUMBA_OPT, NUMBA_DEBUGINFO,
+    NUMBA_ENABLE_PROFILING -- or None at their defaults.  One run with any of them (a
+    bounds-checked test, a profile) would otherwise leave its slower code in the cache
+    for every later run to load: a W4b fit's float32 layers once ran 3x slower so."""
+    from numba import config as numba_config
+    parts = [name for name, on in (("boundscheck", numba_config.BOUNDSCHECK),
+                                   ("debuginfo", numba_config.DEBUGINFO_DEFAULT),
+                                   ("profiling", numba_config.ENABLE_PROFILING)) if on]
+    if int(numba_config.OPT) != 3:
+        parts.append(f"opt{int(numba_config.OPT)}")
+    return "-".join(parts) or None
+
+
+def _is_kernel_file(py_file):
+    """Whether ``py_file`` is one of kernels/*.py or a module generate.py wrote."""
+    py_file = os.path.abspath(py_file)
+    return (os.path.dirname(py_file) == KERNELS_FOLDER
+            or os.path.basename(py_file).startswith("fastbp_generated_"))
+
+
 def _stamped_with_every_source(locator):
-    """Numba's cache locator class ``locator`` for the functions of kernels/*.py only,
-    their caches stamped with kernel_sources_digest() rather than their own file's
-    hash: a kernel whose own file is unchanged but whose callees changed (tiles.py's
-    gemm_at in gemm.py's tiles unit, say) is compiled again, not loaded stale."""
+    """Numba's cache locator class ``locator`` for the functions of kernels/*.py and of
+    the modules generate.py writes only, their caches stamped with
+    kernel_sources_digest() rather than their own file's hash: a kernel whose own file
+    is unchanged but whose callees changed (tiles.py's gemm_at in gemm.py's tiles unit,
+    say) is compiled again, not loaded stale.  Code compiled under another
+    codegen_variant goes to a folder of its own."""
 
     class Locator(locator):
         @classmethod
         def from_function(cls, py_func, py_file):
-            if os.path.dirname(os.path.abspath(py_file)) != KERNELS_FOLDER:
+            if not _is_kernel_file(py_file):
                 return None
             return super().from_function(py_func, py_file)
 
         def get_source_stamp(self):
             return kernel_sources_digest()
+
+        def get_cache_path(self):
+            path = super().get_cache_path()
+            variant = codegen_variant()
+            return path if variant is None else os.path.join(path, variant)
 
     Locator.__name__ = Locator.__qualname__ = f"Kernels{locator.__name__}"
     return Locator

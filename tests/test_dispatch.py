@@ -238,3 +238,35 @@ def test_settled_plans_stay_bounded_over_new_sample_counts(monkeypatch):
     assert 0 < len(D._plans) <= 8
     memo = next(reversed(D._plans))
     assert memo[5] == 59  # the newest plan is kept (the oldest are dropped)
+
+
+_TINY_FIT = """
+import numpy as np, fastbp
+X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], float); y = np.array([[0], [1], [1], [0]], float)
+fastbp.MLP([2, 4, 4, 1], seed=3).fit(X, y, epochs=2, lr=0.5)
+"""
+
+
+def test_bounds_checked_code_is_cached_apart(tmp_path):
+    """Numba's cache key leaves out NUMBA_BOUNDSCHECK (and NUMBA_OPT, NUMBA_DEBUGINFO,
+    NUMBA_ENABLE_PROFILING): one bounds-checked run would leave its slower code for every
+    later run to load (a profiling run once left a W4b fit's float32 layers 3x slower).
+    fastbp's kernels cache such code in a folder of their own (config.codegen_variant)."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env.update(NUMBA_CACHE_DIR=str(tmp_path), FASTBP_CACHE_DIR=str(tmp_path / "fastbp"))
+
+    def cached():
+        return {p for p in tmp_path.rglob("*.nbc")}
+
+    subprocess.run([sys.executable, "-c", _TINY_FIT], check=True, timeout=300,
+                   env=dict(env, NUMBA_BOUNDSCHECK="1"))
+    checked = cached()
+    assert checked and all("boundscheck" in p.parent.name for p in checked)
+    subprocess.run([sys.executable, "-c", _TINY_FIT], check=True, timeout=300, env=env)
+    plain = cached() - checked
+    # the plain run compiled its own code (none of it under the bounds-checked folders)
+    assert plain and not any("boundscheck" in str(p) for p in plain)
+    assert {p.name for p in plain} >= {p.name for p in checked}
