@@ -233,7 +233,6 @@ def final_loss_bounded(model, x, y, sw, batch, squares=None):
                               min(batch, y.shape[0]))
 
 
-
 def data_bounds(x, y, sw, squares=None):
     """(X, Y, S): bounds of |x|, |y| and the sample weights (1 without them) for
     state_in_range.  X and Y are Euclidean norms, at least the largest value: one BLAS
