@@ -313,6 +313,11 @@ def check_sample_weight(sample_weight, n_samples, dtype):
     if (w < 0).any():
         raise ValueError("sample_weight must be >= 0; it has negative values")
     if w.shape[0] and not (w > 0).any():
+        if w.dtype != np.float64 and (np.asarray(sample_weight, dtype=np.float64) > 0).any():
+            raise ValueError(f"sample_weight's values are too small for {w.dtype.name}: "
+                             f"converted to the model dtype every weight is 0 (the "
+                             f"smallest positive {w.dtype.name} is "
+                             f"{float(np.finfo(w.dtype).smallest_subnormal):.3g})")
         raise ValueError("sample_weight must have at least one weight > 0; every weight "
                          "is 0, which leaves nothing to fit or to measure")
     return np.ascontiguousarray(w)

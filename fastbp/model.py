@@ -375,7 +375,8 @@ class MLP:
         ``min_delta`` (``history.stopped == "early_stopping"``); ``restore_best=True``
         ends with the parameters of the best validation record.  ``sample_weight``
         (n,) >= 0 multiplies each sample's loss term and gradient (means still divide by
-        the batch size).  ``callbacks``: functions f(epoch, history, model) called
+        the batch size); converted to the model dtype like the data (in float32, weights
+        under 1.4e-45 become 0).  ``callbacks``: functions f(epoch, history, model) called
         between chunks -- not every epoch; a chunk lasts about ``chunk_seconds`` -- and
         returning False to stop (``history.stopped == "callback"``).  A callback that
         raises (KeyboardInterrupt included) ends the fit with its exception: the model

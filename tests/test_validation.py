@@ -405,6 +405,22 @@ def test_all_zero_sample_weights_are_refused(model, data):
     assert not np.array_equal(model.params, before)
 
 
+def test_sample_weights_that_underflow_float32_are_named_so(data):
+    """Weights are converted to the model dtype: below float32's smallest positive value
+    they become 0.  Where that leaves every weight 0 the error says so, rather than
+    calling positive weights zero."""
+    X, y = data
+    m = fastbp.MLP([X.shape[1], 4, y.shape[1]], seed=0, dtype="float32")
+    with pytest.raises(ValueError, match=r"too small for float32: .* every weight is 0 "
+                                         r"\(the smallest positive float32 is 1.4e-45\)"):
+        m.fit(X, y, epochs=1, sample_weight=np.full(X.shape[0], 1e-50))
+    with pytest.raises(ValueError, match="at least one weight > 0"):  # zeros: as before
+        m.fit(X, y, epochs=1, sample_weight=np.zeros(X.shape[0]))
+    # float64 holds them: the fit runs
+    m64 = fastbp.MLP([X.shape[1], 4, y.shape[1]], seed=0)
+    assert m64.fit(X, y, epochs=1, sample_weight=np.full(X.shape[0], 1e-50)).epochs == 1
+
+
 def test_softmax_of_one_unit_is_refused():
     with pytest.raises(ValueError, match="softmax output layer needs at least 2 units"):
         fastbp.MLP([2, 4, 1], activation=["sigmoid", "softmax"], loss="cross_entropy")
