@@ -74,6 +74,9 @@ class SingleFit:
         self.safe = False  # whether the last chunk ran unguarded
         self.mid_chunk = False  # whether run_chunk is under way (or raised)
         self.bad = -1
+        # after a rewind: whether the state it left has a finite loss -- not when none
+        # it could reach has (a resumed run cannot go back before its checkpoint)
+        self.rewound_finite = True
         # the run's training and compile seconds before this piece of it (resume)
         self.seconds0, self.compile_seconds0 = run.seconds, run.compile_seconds
 
@@ -402,7 +405,8 @@ class SingleFit:
             if found is None:
                 found = candidate  # the guard's state: the fallback
             model._params[...] = params
-            if model._finite_loss(self.x, self.y, run.sw):
+            self.rewound_finite = model._finite_loss(self.x, self.y, run.sw)
+            if self.rewound_finite:
                 found = candidate
                 break
         run.done, params, rng, moments, step, es = found

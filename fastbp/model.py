@@ -339,7 +339,10 @@ class MLP:
         training stops; the model keeps the last checked parameters of the run that are
         finite and give a finite loss on (X, y) (exactly those after ``history.epochs``
         epochs, with their optimizer state; the shuffling stream is put back there too)
-        and the History ends there.  Epochs between records are not checked, so with
+        and the History ends there -- where the run has such a state: a run whose start
+        already has a loss that is not finite (huge data or parameters, or a resumed
+        checkpoint saved after an update that overflowed the loss) keeps its last checked
+        parameters, and the message says so.  Epochs between records are not checked, so with
         ``record_every > 1`` that can be a few epochs before the first bad one.  A run
         that ends -- completed, or stopped by Ctrl-C, a callback or early stopping
         without restore_best -- also has the loss after its last epoch checked (no
@@ -564,7 +567,7 @@ class MLP:
             warn_interrupted(run.done, run.epochs, run.checkpoint, stacklevel=4,
                              best_epoch=int(run.best_epoch[0]) if restored else None)
         elif stopped == "diverged":
-            self._diverged(x, y, run, job.bad, hist, on_divergence)
+            self._diverged(x, y, run, job.bad, hist, on_divergence, job.rewound_finite)
         return hist
 
     _job_wrap = None  # see wrapped_fits
@@ -618,7 +621,7 @@ class MLP:
                 g_max = max(g_max, float(np.abs(grad).max()))
         return g_max if not g_max < limit else None
 
-    def _diverged(self, x, y, run, bad, hist, on_divergence):
+    def _diverged(self, x, y, run, bad, hist, on_divergence, kept_finite=True):
         start_finite = run.done > 0 or self._finite_loss(x, y, run.sw)
         cause = divergence_cause(self.dtype, S.max_abs(x), float(np.abs(y).max()),
                                  start_finite, f"too large a learning rate: try a smaller "
@@ -627,12 +630,22 @@ class MLP:
                                  g_max=self._adam_gradient_blamed(x, y, run))
         after = ("" if bad < run.epochs else
                  " (the loss after its last epoch, which this epoch would have recorded)")
+        if kept_finite:
+            kept = (f"The model keeps the last parameters of the run with a finite loss, "
+                    f"those after {run.done} epochs, and the history ends there")
+        elif run.resumed_at is None:  # the start's loss is not finite either
+            kept = (f"No state of the run has a finite loss, its start included: the model "
+                    f"keeps the parameters after {run.done} epochs, and the history ends "
+                    f"there")
+        else:  # a checkpoint saved after an update that overflowed the loss
+            kept = (f"No state since the checkpoint this run resumed from (after "
+                    f"{run.resumed_at} epochs, the earliest it can go back to) has a finite "
+                    f"loss, the checkpoint's included: the model keeps the parameters after "
+                    f"{run.done} epochs, and the history ends there; resume from an earlier "
+                    f"checkpoint, or train again")
         msg = (f"training diverged at epoch {bad} (counted from 0) of this run's "
                f"{run.epochs}{after}: a NaN or infinite loss or parameter (or Adam's "
-               f"second moment). "
-               f"The model keeps the last "
-               f"parameters of the run with a finite loss, those after {run.done} epochs, "
-               f"and the history ends there; likely cause: {cause}")
+               f"second moment). {kept}; likely cause: {cause}")
         if run.checkpoint is not None:
             msg += f" (checkpoint {run.checkpoint!r} holds that state)"
         if on_divergence == "raise":

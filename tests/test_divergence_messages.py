@@ -497,3 +497,36 @@ def test_the_end_check_takes_the_datas_norms_afresh_when_callbacks_run():
     with pytest.raises(fastbp.DivergenceError, match="max \\|y\\| = 3.98e\\+160"):
         m.fit(X, y, epochs=3, lr=1e-300, record_every=100, chunk_seconds=1e-9,
               callbacks=[rescale])
+
+
+def test_a_resume_whose_checkpoint_loss_overflows_says_it_cannot_go_back(tmp_path,
+                                                                         monkeypatch):
+    """A checkpoint can hold a state whose loss is not finite (a callback that raised
+    after the update that overflowed it leaves the run, and its file, in that state).
+    Its resume diverges at once and cannot go back before the checkpoint: the message
+    said the model kept 'the last parameters of the run with a finite loss', whose loss
+    then raised.  Now it says no state since the checkpoint has one, and what to do."""
+    from fastbp import _driver
+    x, y, net, lr, E = _overflowing_run()
+    monkeypatch.setattr(_driver, "first_chunk", lambda *args: E)
+    path = str(tmp_path / "run.npz")
+
+    def stop_hard(epoch, hist, model):
+        if epoch == E:
+            raise RuntimeError("the user's own stop")
+
+    with pytest.raises(RuntimeError, match="the user's own stop"):
+        net().fit(x, y, epochs=E + 10, lr=lr, checkpoint=path, callbacks=[stop_hard],
+                  chunk_seconds=1e-9)
+    with pytest.raises(fastbp.DivergenceError) as info:
+        fastbp.resume(path, x, y)
+    msg = str(info.value)
+    assert f"No state since the checkpoint this run resumed from (after {E} epochs" in msg
+    assert "resume from an earlier checkpoint, or train again" in msg
+    assert "last parameters of the run with a finite loss" not in msg
+    with pytest.raises(FloatingPointError):  # what the message now says
+        info.value.model.loss(x, y)
+    # the start of a fresh run whose loss is not finite: said alike
+    _, start_msg = _message(fastbp.MLP([2, 8, 1], activation="identity", init=1e120), X, Y,
+                            epochs=5, lr=0.01)
+    assert "No state of the run has a finite loss, its start included" in start_msg
