@@ -83,13 +83,16 @@ def kernel_sources_digest():
 def codegen_variant():
     """A name for Numba's settings that change the code it compiles but not the key it
     caches that code under -- NUMBA_BOUNDSCHECK, NUMBA_OPT, NUMBA_DEBUGINFO,
-    NUMBA_ENABLE_PROFILING -- or None at their defaults.  One run with any of them (a
-    bounds-checked test, a profile) would otherwise leave its slower code in the cache
-    for every later run to load: a W4b fit's float32 layers once ran 3x slower so."""
+    NUMBA_ENABLE_PROFILING, NUMBA_LOOP_VECTORIZE, NUMBA_SLP_VECTORIZE -- or None at
+    their defaults.  One run with any of them (a bounds-checked test, a profile) would
+    otherwise leave its slower code in the cache for every later run to load: a W4b
+    fit's float32 layers once ran 3x slower so."""
     from numba import config as numba_config
     parts = [name for name, on in (("boundscheck", numba_config.BOUNDSCHECK),
                                    ("debuginfo", numba_config.DEBUGINFO_DEFAULT),
-                                   ("profiling", numba_config.ENABLE_PROFILING)) if on]
+                                   ("profiling", numba_config.ENABLE_PROFILING),
+                                   ("novectorize", not numba_config.LOOP_VECTORIZE),
+                                   ("slp", numba_config.SLP_VECTORIZE)) if on]
     if int(numba_config.OPT) != 3:
         parts.append(f"opt{int(numba_config.OPT)}")
     return "-".join(parts) or None

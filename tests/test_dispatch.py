@@ -270,3 +270,25 @@ def test_bounds_checked_code_is_cached_apart(tmp_path):
     # the plain run compiled its own code (none of it under the bounds-checked folders)
     assert plain and not any("boundscheck" in str(p) for p in plain)
     assert {p.name for p in plain} >= {p.name for p in checked}
+
+
+def test_every_setting_that_changes_the_code_names_a_cache_folder(monkeypatch):
+    """Each of Numba's settings that change the compiled code but not its cache key gives
+    the kernels' caches a folder name of its own; the defaults give none."""
+    from numba import config as numba_config
+    from fastbp.kernels.config import codegen_variant
+    for setting, default in (("BOUNDSCHECK", None), ("DEBUGINFO_DEFAULT", 0),
+                             ("ENABLE_PROFILING", 0), ("LOOP_VECTORIZE", 1),
+                             ("SLP_VECTORIZE", 0), ("OPT", 3)):
+        monkeypatch.setattr(numba_config, setting, default)
+    assert codegen_variant() is None
+    names = set()
+    for setting, value in (("BOUNDSCHECK", 1), ("DEBUGINFO_DEFAULT", 1),
+                           ("ENABLE_PROFILING", 1), ("LOOP_VECTORIZE", 0),
+                           ("SLP_VECTORIZE", 1), ("OPT", 1)):
+        with monkeypatch.context() as m:
+            m.setattr(numba_config, setting, value)
+            name = codegen_variant()
+        assert name, setting
+        names.add(name)
+    assert len(names) == 6
