@@ -20,8 +20,10 @@ source for its exact architecture and compiled once:
 
 The generated source calls the rules (rules.py) by name -- activations, derivatives,
 loss terms, deltas, updates, sums -- and the training loop's bookkeeping
-(loops.after_record), so every value is computed with the same operations in the same
-order as the general entries: the results are the same bits (tests/test_generate.py).
+(loops.after_record; the full batch's plain rule loops.plain_steps and record_checked,
+the guard's check riding along the update), so every value is computed with the same
+operations in the same order as the general entries: the results are the same bits
+(tests/test_generate.py).
 Every generated module's ``train`` has the general entries' arguments and results.
 
 The source goes to a file in fastbp's cache folder (``cache_dir``) and is imported
@@ -50,7 +52,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 19  # part of the module name: bump when the generated code changes meaning
+VERSION = 20  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one AVX-512 vector (8 float64, 16 float32): the
@@ -228,7 +230,8 @@ from numba import njit, uint64
 from fastbp.kernels.config import INNER, JIT
 from fastbp.kernels.intrinsics import borrowed, fma, like, squared_error_sum
 from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, end_of_chunk,
-                                  named_options, stateful_update)
+                                  named_options, plain_steps, record_checked,
+                                  stateful_update)
 from fastbp.kernels.options import Data, Work
 from fastbp.kernels.rng import permutation_into
 from fastbp.kernels import rules
@@ -273,15 +276,26 @@ def train(params, net, data, val, loop, rule, stop, state, work, val_work, histo
         recording = g % record_every == 0
         lr = like(learning_rate(rule, g), params)
 {shuffle}{epoch}        if recording:
+{record}            if status == DIVERGED:
+                return good_epochs, g, False
+    return end_of_chunk({moments}, params, rule, state, backup, guard, good_epochs, epoch0,
+                        epochs)
+"""
+
+
+# A recorded epoch's bookkeeping (the {record} of _TRAIN)
+_AFTER_RECORD = """\
             good_epochs, status = after_record(False, False, {moments}, params, net, val,
                                                rule, stop, state, val_work, history,
                                                val_history, backup,
                                                epoch_loss, e, g, epochs, r0,
                                                record_every, guard, False, good_epochs)
-            if status == DIVERGED:
-                return good_epochs, g, False
-    return end_of_chunk({moments}, params, rule, state, backup, guard, good_epochs, epoch0,
-                        epochs)
+"""
+# after plain_steps, which checked the parameters and saved the guard's state itself
+_RECORD_CHECKED = """\
+            good_epochs, status = record_checked(params, history, backup, epoch_loss,
+                                                 finite, e, g, r0, record_every, guard,
+                                                 good_epochs)
 """
 
 
@@ -303,8 +317,10 @@ def source_full(sizes, acts, bias, loss, weighted, rule, dtype="float64"):
     out()
     setup = (_ROWS + textwrap.indent(_LOAD_ROWS, "    ")
              + "    l2_scale = loop.batch_size / n if rule.sample_mean else 1.0\n")
-    update = ("        for p in range(params.shape[0]):\n"
-              "            params[p] = plain_step(params[p], work.grad[p], lr)\n"
+    # the plain rule checks the new parameters as it steps, and saves the guard's state
+    # in the epoch after a recorded one (loops.plain_steps, record_checked)
+    update = ("        finite = plain_steps(params, work.grad, lr, backup, guard and e > 0\n"
+              "                             and (g - 1) % record_every == 0)\n"
               if rule == "plain" else
               "        stateful_update(params, work.grad, lr, net, rule, state, l2_scale)\n")
     l2 = ("" if rule == "plain" else
@@ -316,7 +332,9 @@ def source_full(sizes, acts, bias, loss, weighted, rule, dtype="float64"):
              + l2 +
              "            epoch_loss = (n * bl) / n if rule.sample_mean else bl\n"
              + update)
-    out.lines += _TRAIN.format(setup=setup, shuffle="", epoch=epoch,
+    record = (_RECORD_CHECKED if rule == "plain" else
+              _AFTER_RECORD.format(moments=rule == "stateful"))
+    out.lines += _TRAIN.format(setup=setup, shuffle="", epoch=epoch, record=record,
                                moments=rule == "stateful").splitlines()
     out()
     out()
@@ -599,6 +617,7 @@ def source_sample(sizes, acts, bias, loss, weighted, dtype="float64"):
     epoch = ("        epoch_loss = sample_epoch(params, data.x, data.y, data.w, lr, work.perm,\n"
              "                                  recording)\n")
     out.lines += _TRAIN.format(setup="", shuffle=_SHUFFLE, epoch=epoch,
+                               record=_AFTER_RECORD.format(moments=False),
                                moments=False).splitlines()
     return out.text()
 
@@ -637,6 +656,7 @@ def source_sample_loops(sizes, acts, bias, loss, weighted, rule):
              "                                  work.perm, work.h, work.d, recording, rule,\n"
              "                                  state, work.pool)\n")
     out.lines += _TRAIN.format(setup="", shuffle=_SHUFFLE, epoch=epoch,
+                               record=_AFTER_RECORD.format(moments=rule == "stateful"),
                                moments=rule == "stateful").splitlines()
     return out.text()
 

@@ -275,6 +275,49 @@ def after_record(VALIDATING, SPARSE, MOMENTS, params, net, val, rule, stop, stat
 
 
 @njit(**dict(INNER, inline="always"))
+def plain_steps(params, grad, lr, backup, save):
+    """Every parameter's plain SGD step (rules.plain_step), with ``save`` the parameters
+    before it copied into ``backup`` first; returns whether every new parameter is
+    finite.  For the generated full-batch kernels (record_checked): the divergence
+    guard's check and copy ride along the update, on values the update holds in
+    registers.  After the update (after_record), the guard's vector loads of the
+    parameters waited on the update's scalar stores (31 float32 parameters: a vector
+    loop of 8 x 4 never ran): 70 ns of a 500 ns float32 W3 epoch, 14%."""
+    finite = True
+    if save:
+        for p in range(params.shape[0]):
+            old = params[p]
+            new = plain_step(old, grad[p], lr)
+            backup[p] = old
+            params[p] = new
+            finite &= new - new == 0  # False for nan and +-inf; an and: it vectorizes
+    else:
+        for p in range(params.shape[0]):
+            new = plain_step(params[p], grad[p], lr)
+            params[p] = new
+            finite &= new - new == 0
+    return finite
+
+
+@njit(**dict(INNER, inline="always"))
+def record_checked(params, history, backup, epoch_loss, finite, e, g, r0, record_every,
+                   guard, good_epochs):
+    """after_record (no validation, no optimizer state) for an entry whose update
+    checked the new parameters (``finite``) and, in the epoch after each recorded one,
+    copied that epoch's state into backup as it stepped (plain_steps with save: guard
+    and e > 0 and (g - 1) % record_every == 0).  So backup holds the state after the
+    last good check, as after_record keeps it, and is written only after a recorded
+    epoch before the chunk's last: the same decisions, the same state restored."""
+    history[g // record_every - r0] = epoch_loss
+    if guard:
+        if not (epoch_loss - epoch_loss == 0 and finite):
+            copy_into(params, backup)
+            return good_epochs, DIVERGED
+        good_epochs = e + 1
+    return good_epochs, GOING_ON
+
+
+@njit(**dict(INNER, inline="always"))
 def end_of_chunk(MOMENTS, params, rule, state, backup, guard, good_epochs, epoch0, epochs):
     """The guard's last check, after a chunk's last epoch: (epochs_done, bad_epoch,
     early_stopped) as every training entry returns them."""

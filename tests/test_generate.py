@@ -491,3 +491,71 @@ def test_a_sweep_over_shapes_compiles_one_generated_kernel_then_the_general_entr
         kernels.append(h.kernel)
     assert "generated for 2-4-4-1" in kernels[0]
     assert all("generated" not in k for k in kernels[1:]), kernels
+
+
+def _guarded_call(monkeypatch, model, X, y, lr, epoch0, epochs, record_every, generated):
+    """One call of the full-batch plain-SGD kernel the dispatcher plans (the generated one
+    or the general entry), guarded, from the model's parameters with backup holding
+    them, as SingleFit calls it: (result, params, backup, history)."""
+    from fastbp.kernels import options as O
+    monkeypatch.setattr(GEN, "ENABLED", generated)
+    monkeypatch.setattr(D, "POLICY", "fastest")
+    n = X.shape[0]
+    x, t = model._inputs(X), model._targets(y, n)
+    rule = O.plain_rule(lr, epoch0 + epochs)
+    plan = D.plan_fit(model, n, n, False, rule, False, epochs)
+    assert (plan.key[0] == "generated") == generated, plan.key
+    lay = model._layout
+    net = D.make_net(lay, model._act_codes, model._loss_code, model.dtype, plan.gemm)
+    work = O.make_work(lay.sizes_arr, lay.n_params, plan.cap, n, model.dtype,
+                       model._keep_z, per_sample=False, gradient=plan.gradient,
+                       passes=D.batch_passes(model.dtype) if plan.passes else None)
+    params, backup = model.params.copy(), model.params.copy()
+    r0 = -(-epoch0 // record_every)
+    history = np.full(-(-(epoch0 + epochs) // record_every) - r0, np.nan)
+    options = O.plain(net, O.Data(x, t, np.zeros(0)), O.Loop(n, False, record_every), rule,
+                      O.NO_STOP, O.new_state(lay.n_params, model.dtype, model._rng_state),
+                      work)
+    with np.errstate(all="ignore"):
+        result = plan.kernel(params, *options[:2], None, *options[2:], None, history, None,
+                             backup, epoch0, epochs)
+    return result, params, backup, history
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_generated_guard_keeps_the_general_entrys_state(monkeypatch, dtype):
+    """The generated full-batch plain kernel checks the parameters as it steps them and
+    saves the guard's state in the epoch after a recorded one (loops.plain_steps,
+    record_checked); the general entry checks and copies at the record.  Every call --
+    diverging at a recorded epoch, between records (caught at a later record or by the
+    end check), or not at all -- returns the same result and leaves the same parameters,
+    history and guard buffer, which holds the chunk's start unless an epoch before the
+    last was recorded (SingleFit shares it with a snapshot then)."""
+    rng = np.random.default_rng(2)
+    X, y = rng.uniform(-1, 1, size=(30, 1)), rng.normal(size=(30, 1))
+    outcomes = set()
+    lrs = (0.05, 1e3, 1e5, 1e10) if dtype == "float32" else (0.05, 1e10, 1e30, 1e80, 1e150)
+    for lr in lrs:
+        for record_every in (1, 2, 3, 7):
+            for epoch0, epochs in ((0, 1), (0, 2), (0, 5), (1, 4), (0, 12), (5, 9), (3, 40)):
+                runs = []
+                for generated in (True, False):
+                    model = fastbp.MLP((1, 10, 1), activation=["relu", "identity"],
+                                       loss="mse", dtype=dtype, seed=4)
+                    runs.append(_guarded_call(monkeypatch, model, X, y, lr, epoch0, epochs,
+                                              record_every, generated))
+                (res_g, p_g, b_g, h_g), (res_l, p_l, b_l, h_l) = runs
+                case = (lr, record_every, epoch0, epochs)
+                assert res_g == res_l, case
+                np.testing.assert_array_equal(p_g, p_l, err_msg=str(case))
+                np.testing.assert_array_equal(b_g, b_l, err_msg=str(case))
+                np.testing.assert_array_equal(h_g, h_l, err_msg=str(case))
+                assert np.isfinite(p_g).all(), case
+                bad = res_g[1]
+                outcomes.add("finite" if bad < 0 else "at a record" if bad % record_every == 0
+                             else "by the end check")
+                # backup was written exactly when a record before the last epoch passed
+                saved = any(g % record_every == 0 for g in range(epoch0, epoch0 + epochs - 1)
+                            if bad < 0 or g < bad)
+                assert saved or np.array_equal(b_g, model.params), case
+    assert outcomes == {"finite", "at a record", "by the end check"}
