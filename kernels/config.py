@@ -80,6 +80,23 @@ def kernel_sources_digest():
     return _sources_digest
 
 
+def _vector_bytes():
+    """64 where Numba compiles for the host and the host has AVX-512, else 32."""
+    from llvmlite import binding
+    from numba import config as numba_config
+    if numba_config.CPU_NAME not in (None, "host"):
+        return 32
+    try:
+        return 64 if binding.get_host_cpu_features().get("avx512f", False) else 32
+    except RuntimeError:  # features unknown: assume the common case
+        return 32
+
+
+# The bytes of the widest vector the kernels are compiled for: the tiles' registers, the
+# generated kernels' row padding
+VECTOR_BYTES = _vector_bytes()
+
+
 def codegen_variant():
     """A name for Numba's settings that change the code it compiles but not the key it
     caches that code under -- NUMBA_BOUNDSCHECK, NUMBA_OPT, NUMBA_DEBUGINFO,

@@ -38,7 +38,8 @@ import tempfile
 import textwrap
 import threading
 
-from .config import PRODUCT_MIN_WEIGHTS, kernel_sources_digest, refuse_python_calls
+from .config import (PRODUCT_MIN_WEIGHTS, VECTOR_BYTES, kernel_sources_digest,
+                     refuse_python_calls)
 from .intrinsics import LANES as ROW_LANES
 from .rules import (ACTIVATION_FUNCTIONS, BCE, DERIVATIVE_FUNCTIONS, HALF_MSE, IDENTITY, MSE,
                     NARROW_ACTIVATION_FUNCTIONS, NARROW_UNITS, RELU, SIGMOID, SSE, TANH)
@@ -55,10 +56,12 @@ LOSSES = (MSE, HALF_MSE, SSE, BCE)
 VERSION = 20  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
-# Rows are padded to a multiple of one AVX-512 vector (8 float64, 16 float32): the
-# vectorized sample loops then never run a scalar remainder, which was most of the time
-# for the 21 XOR samples.
-PAD_BYTES = 64
+# Rows are padded to a multiple of one vector of the machine (config.VECTOR_BYTES:
+# AVX-512's 8 float64 or 16 float32, else AVX2's 4 or 8): the vectorized sample loops
+# then never run a scalar remainder, which was most of the time for the 21 XOR samples.
+# Not more: on an AVX2 machine W3's 100 float32 samples in rows of 112 (AVX-512's
+# padding) ran 14 vector steps a loop where 104 take 13.
+PAD_BYTES = VECTOR_BYTES
 KINDS = ("full", "sample", "sample_loops")
 # The full-batch backward pass writes a row of deltas per unit.  LLVM vectorizes a loop
 # over the samples only if it can check that the rows it writes do not overlap those it

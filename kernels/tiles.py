@@ -29,12 +29,12 @@ bytes) 6 rows x 4 vectors (24 accumulators); otherwise 32-byte vectors, 4 rows x
 vectors (12 of the 16 registers).
 """
 import numpy as np
-from llvmlite import binding, ir
-from numba import config as numba_config, njit, types
+from llvmlite import ir
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .config import INNER, JIT, refuse_python_calls
+from .config import INNER, JIT, VECTOR_BYTES, refuse_python_calls
 from .intrinsics import address, compiled_as, fma, hold
 from numba.np.numpy_support import as_dtype
 
@@ -65,17 +65,6 @@ def _scratch(like, n):
     return lambda like, n: np.empty(n, dtype)
 
 
-def _vector_bytes():
-    """64 where Numba compiles for the host and the host has AVX-512, else 32."""
-    if numba_config.CPU_NAME not in (None, "host"):
-        return 32
-    try:
-        return 64 if binding.get_host_cpu_features().get("avx512f", False) else 32
-    except RuntimeError:  # features unknown: assume the common case
-        return 32
-
-
-VECTOR_BYTES = _vector_bytes()
 ROWS, VECS = (6, 4) if VECTOR_BYTES == 64 else (4, 3)
 # the row counts a tile can have: a block's last rows are cut into these (5 = 3 + 1 + 1)
 ROW_COUNTS = (ROWS, ROWS // 2, 1)
