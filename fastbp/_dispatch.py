@@ -641,7 +641,8 @@ def _generated_for(sizes, acts, bias, loss, mode, kind, validating, dtype, n, we
     return generated, arch, GEN.key(generated, *arch)
 
 
-# Below this many samples a generated kernel's rows (padded to 8) are mostly padding and
+# Below this many samples a generated kernel's rows (padded to whole vectors,
+# generate.padded) are mostly padding and
 # the lanes (SIMD across models) train an ensemble faster; above, one model at a time
 # on a generated kernel is faster (the XOR net's 21 samples).
 GENERATED_OVER_LANES_SAMPLES = 16
