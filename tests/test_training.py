@@ -568,8 +568,8 @@ def test_gather_and_scatter_rows_of_sample_major_data(shuffle, k, nb, dtype):
     and batch.gather lays a batch out feature-major: the batch that plain numpy indexing
     gives, transposed; batch.scatter is its reverse.  The gather moves blocks of a
     vector's width of samples (8 float64 or 16 float32 with AVX-512, 4 or 8 with AVX2)
-    by up to as many features through registers: the shapes have whole blocks, features past a block,
-    samples past the last block, and fewer samples than one block."""
+    by up to as many features through registers: the shapes have whole blocks, features
+    past a block, samples past the last block, and fewer samples than one block."""
     rng = np.random.default_rng(11)
     n = nb + 22
     rows = rng.normal(size=(n, k)).astype(dtype)
