@@ -25,8 +25,13 @@ blocking (the tests check this against a scalar loop).  With beta == 0, c is onl
 written: NaN in it does not propagate.
 
 The tile size follows the CPU's vector registers: with AVX-512 (32 registers of 64
-bytes) 6 rows x 4 vectors (24 accumulators); otherwise 32-byte vectors, 4 rows x 3
-vectors (12 of the 16 registers).
+bytes) 6 rows x 4 vectors (24 accumulators); otherwise 32-byte vectors, 6 rows x 2
+vectors (12 of the 16 registers).  Not 4 x 3, the same 12 accumulators: a batch of 64
+samples (W4b's) is 2 x 24 float32 columns and a 16-column rest that ran as two
+one-vector tiles, 4 chains each, waiting on their fused multiply-adds' latency; in
+tiles 16 wide it is four whole tiles (float64: eight of 8).  Zen 3, one CPU: W4b's
+epoch (batch 64) float32 0.52-0.54 -> 0.38-0.49 s at H = 1024, 0.031-0.034 -> 0.026
+s at H = 256; float64 1.19-1.29 -> 0.99-1.13 s and 0.062-0.068 -> 0.058-0.059 s.
 """
 import numpy as np
 from llvmlite import ir
@@ -65,7 +70,7 @@ def _scratch(like, n):
     return lambda like, n: np.empty(n, dtype)
 
 
-ROWS, VECS = (6, 4) if VECTOR_BYTES == 64 else (4, 3)
+ROWS, VECS = (6, 4) if VECTOR_BYTES == 64 else (6, 2)
 # the row counts a tile can have: a block's last rows are cut into these (5 = 3 + 1 + 1)
 ROW_COUNTS = (ROWS, ROWS // 2, 1)
 # _panel runs row blocks outermost while op(b) is at most this large (it then stays in a

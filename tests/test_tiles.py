@@ -133,7 +133,7 @@ import fastbp, reference as R
 from fastbp.kernels import tiles
 rng = np.random.default_rng(2)
 for dtype, rtol in ((np.float64, 1e-12), (np.float32, 1e-4)):
-    m, n, k = 40, 70, 3000  # trans_b's panel: k x VECS vectors, far past the stack's
+    m, n, k = 40, 70, 5000  # trans_b's panel: k x VECS vectors, far past the stack's
     assert k * tiles.VECS * tiles.lanes(dtype) * np.dtype(dtype).itemsize > 4 * 65536
     a, b = rng.standard_normal((k, m)).astype(dtype), rng.standard_normal((n, k)).astype(dtype)
     c = np.empty((m, n), dtype)
