@@ -182,8 +182,9 @@ def new_state(n_params, dtype, rng, restore_best=False):
 
 # The work buffers start on a 64-byte boundary, an AVX-512 vector and a cache line: the
 # batch rows are padded to whole vectors (generate.PAD_BYTES: 64 or 32 bytes), and a
-# vector load or store that straddles two cache lines costs two.  (NumPy aligns to 16 bytes: its arrays start
-# on a 64-byte boundary one time in four, and never past malloc's mmap threshold.)
+# vector load or store that straddles two cache lines costs two.  (NumPy aligns to 16
+# bytes: its arrays start on a 64-byte boundary one time in four, and never past
+# malloc's mmap threshold.)
 ALIGN_BYTES = 64
 
 

@@ -555,9 +555,10 @@ def _pack_transposed(b, j0, ldb, cols, k, panel, step, width):
 # are adjacent, the steps lda apart.  Where those k steps span more than L1 (a 1024 x
 # 1024 float32 layer: 4 KB apart, every step's line in the same few cache sets), each
 # tile fetched them again from L2 or beyond: the forward product of W4b's H = 1024 layer
-# ran at 25 GFLOP/s where the same product with op(b) packed runs at 70 (Zen 3,
-# float32).  So op(a) is first copied, PACK_A_ROWS rows at a time (a step's values for
-# them span whole cache lines), into blocks of ROWS rows whose steps are contiguous.
+# ran at 21-25 GFLOP/s (Zen 3, float32, 4 x 3 tiles; trans_b's packed products ran at
+# 70).  So op(a) is first copied, PACK_A_ROWS rows at a time (a step's values for them
+# fill at least one cache line), into blocks of ROWS rows whose steps are contiguous:
+# 39-44 GFLOP/s with the same tiles.
 PACK_A_MIN_STRIDE = 4096  # bytes: from here every step's line falls in the same L1 sets
 PACK_A_ROWS = 4 * ROWS
 
