@@ -320,11 +320,16 @@ def _chains(builder, dtype, x_bases, y_bases, n):
 def _first_lanes(builder, vec, count, align):
     """The masked last step of a vector loop: the mask of a vector's first ``count``
     lanes (an i64 value, 1 .. vec.count) and a load of those lanes alone, zeros in the
-    others (llvm.masked.load: nothing past them is read)."""
-    i64, i32 = ir.IntType(64), ir.IntType(32)
+    others (llvm.masked.load: nothing past them is read).  The lanes are compared as
+    integers of the elements' width: a float32 mask built from i64 lanes took seven
+    dependent instructions of packing and shuffling on AVX2, one compare built this way."""
+    i32 = ir.IntType(32)
     width = vec.count
-    mask = builder.icmp_unsigned("<", ir.Constant(ir.VectorType(i64, width), list(range(width))),
-                                 _splat(builder, count, ir.VectorType(i64, width)))
+    lane = ir.IntType(32 if isinstance(vec.element, ir.FloatType) else 64)
+    mask = builder.icmp_unsigned("<", ir.Constant(ir.VectorType(lane, width), list(range(width))),
+                                 _splat(builder, builder.trunc(count, lane)
+                                        if lane.width < count.type.width else count,
+                                        ir.VectorType(lane, width)))
     suffix = "f32" if isinstance(vec.element, ir.FloatType) else "f64"
     masked_load = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32,
