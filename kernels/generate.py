@@ -53,7 +53,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 21  # part of the module name: bump when the generated code changes meaning
+VERSION = 22  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one vector of the machine (config.VECTOR_BYTES:
@@ -69,9 +69,13 @@ KINDS = ("full", "sample", "sample_loops")
 # registers, while the network has at most ONE_LOOP_DELTA_ROWS rows (the XOR net's 9
 # vectorize), else loops of DELTA_ROWS_PER_LOOP rows, which read the rows above from
 # memory (the 1-10-1 net's 11 rows stayed scalar in one loop and vectorize in loops of
-# 2; loops of 1, 3 or 4 ran slower: the README's float32 section).
+# 2 or 3).  3: W3 on the Zen 3, once the rows' views were taken outside the epoch loop
+# (pass_rows), in-process alternating fits, ns an epoch: float64 532-577 -> 514-551,
+# float32 347-396 -> 328-369 (loops of 4: 519-558, 335-370).  Before that change loops
+# of 2 were fastest in float32, and on the AVX-512 machine of the README's float32
+# section loops of 1, 3 or 4 ran slower than 2.
 ONE_LOOP_DELTA_ROWS = 9
-DELTA_ROWS_PER_LOOP = 2
+DELTA_ROWS_PER_LOOP = 3
 # The gradient's sums run GRADIENT_GROUP at a time in one loop over the samples: 8
 # chains of fused multiply-adds keep two FMA units busy (8 = 2 units x 4 cycles), and 8
 # accumulators fit in registers even with AVX2's 16.
