@@ -490,8 +490,8 @@ def _squared_error_sum(typingctx, out, y, w, n):
     """Four <4 x double> vectors of chains (chain c: lane c % 4 of vector c // 4),
     sixteen samples a step: the terms in the arrays' dtype, widened (fpext) to float64,
     weighted, added; then (v0 + v1) + (v2 + v3) and its lanes (l0 + l1) + (l2 + l3).
-    The last n % 16 samples are masked steps whose masked-off chains keep their value
-    (a select), as lanes4's.  One vector of four chains waits on its adds (~3 cycles
+    The last n % 16 samples are steps whose chains past n keep their value (a select),
+    as lanes4's, their loads masked unless the arrays hold the whole vector.  One vector of four chains waits on its adds (~3 cycles
     each); LLVM left four scalar chains scalar (~1 cycle per sample)."""
     weighted = not isinstance(w, types.NoneType)
     if not _float_arrays(*((out, y, w) if weighted else (out, y))) \
@@ -529,12 +529,28 @@ def _squared_error_sum(typingctx, out, y, w, n):
         with cgutils.for_range_slice(builder, zero, q, ir.Constant(i64, LOSS_CHAINS)) as (j, _):
             for v, acc in enumerate(accs):
                 builder.store(term(acc, builder.add(j, ir.Constant(i64, 4 * v)), plain), acc)
+        lengths = [builder.extract_value(
+            context.make_array(signature.args[k])(context, builder, args[k]).shape, 0)
+            for k in range(len(bases))]
         for v, acc in enumerate(accs):  # vector v holds samples q + 4v .. q + 4v + 3
             first = ir.Constant(i64, 4 * v)
             with builder.if_then(builder.icmp_unsigned(">", tail, first)):
-                mask, load = _first_lanes(builder, vec, builder.sub(tail, first), align)
-                new = term(acc, builder.add(q, first), load)
-                builder.store(builder.select(mask, new, builder.load(acc)), acc)
+                j = builder.add(q, first)
+                mask, masked = _first_lanes(builder, vec, builder.sub(tail, first), align)
+                # where every array holds the whole vector (a generated kernel's padded
+                # rows), plain loads: a masked load of the values the forward loop has
+                # just stored waited for them, it seems (a float32 W3 epoch, in-process
+                # alternating fits: 8-10 ns sooner, float64 12-37)
+                end = builder.add(j, ir.Constant(i64, 4))
+                room = functools.reduce(builder.and_, [
+                    builder.icmp_unsigned(">=", length, end) for length in lengths])
+                with builder.if_else(room) as (whole, part):
+                    with whole:
+                        new = term(acc, j, plain)
+                        builder.store(builder.select(mask, new, builder.load(acc)), acc)
+                    with part:
+                        new = term(acc, j, masked)
+                        builder.store(builder.select(mask, new, builder.load(acc)), acc)
         v0, v1, v2, v3 = (builder.load(acc) for acc in accs)
         total = builder.fadd(builder.fadd(v0, v1), builder.fadd(v2, v3))
         l0, l1, l2, l3 = (builder.extract_element(total, ir.Constant(i64, c)) for c in range(4))
