@@ -53,7 +53,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 22  # part of the module name: bump when the generated code changes meaning
+VERSION = 23  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one vector of the machine (config.VECTOR_BYTES:
@@ -76,6 +76,15 @@ KINDS = ("full", "sample", "sample_loops")
 # section loops of 1, 3 or 4 ran slower than 2.
 ONE_LOOP_DELTA_ROWS = 9
 DELTA_ROWS_PER_LOOP = 3
+# The forward pass likewise: a loop per layer and FORWARD_ROWS_PER_LOOP of its units,
+# which reads the layer's inputs from their rows.  One loop through every layer, a
+# sample in registers, was slower everywhere (in-process alternating fits, ns an epoch,
+# float64 / float32): XOR 2-4-4-1 1363 / 406 -> 1083 / 391, W3's 1-10-1 499 / 330 ->
+# 470 / 307, a 3-7-7-7-2 net 25474 / 20963 -> 15134 / 11671, a 1-30-1 net 7509 / 5997
+# -> 4139 / 1918 (the larger nets' one loop wrote too many rows to vectorize, it seems;
+# the 1-10-1 one waited on its output's chain of ten fused multiply-adds).  4 units a
+# loop: level or a little slower.
+FORWARD_ROWS_PER_LOOP = 6
 # The gradient's sums run GRADIENT_GROUP at a time in one loop over the samples: 8
 # chains of fused multiply-adds keep two FMA units busy (8 = 2 units x 4 cycles), and 8
 # accumulators fit in registers even with AVX2's 16.
@@ -216,12 +225,13 @@ def _times_derivative(code, d, a):
     return d if name is None else f"{name}({d}, {a})"
 
 
-def _write_forward(out, sizes, acts, bias, activation, rounding):
-    """One sample through every layer: z{l}_{j} (pre-activation) and h{l+1}_{j} from the
-    inputs h0_*; each z one expression evaluated left to right, the general order."""
-    for l in range(len(sizes) - 1):
+def _write_forward(out, sizes, acts, bias, activation, rounding, layers=None, units=None):
+    """One sample through every layer (or those of ``layers``, their units ``units``):
+    z{l}_{j} (pre-activation) and h{l+1}_{j} from the inputs h{l}_*; each z one
+    expression evaluated left to right, the general order."""
+    for l in range(len(sizes) - 1) if layers is None else layers:
         I, J = sizes[l], sizes[l + 1]
-        for j in range(J):
+        for j in range(J) if units is None else units:
             expr = _dot([(f"w{l}_{i}_{j}", f"h{l}_{i}") for i in range(I)])
             if bias:
                 expr += f" + b{l}_{j}"
@@ -399,9 +409,10 @@ _SHUFFLE = """\
 def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
     """epoch_pass: forward, loss, backward and gradient of one full batch.
 
-    The forward pass is one loop over the P samples, through all layers, with the units
-    of a sample in registers; the backward pass likewise, or a few loops of a few rows
-    for networks with more units (ONE_LOOP_DELTA_ROWS).  LLVM vectorizes them across
+    The forward pass is a few loops over the P samples per layer, each writing a few
+    units' rows (FORWARD_ROWS_PER_LOOP); the backward pass is one loop through all
+    layers, with a sample's deltas in registers, or a few loops of a few rows for
+    networks with more units (ONE_LOOP_DELTA_ROWS).  LLVM vectorizes them across
     samples, and with P a multiple of the vector width no scalar remainder runs.
     Padded samples compute harmless finite values that no sum includes: the loss and
     the gradients run over the n real samples only, in the general kernels' order.
@@ -446,17 +457,19 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
             if bias:
                 out("; ".join(f"b{l}_{j} = params[{b_off[l] + j}]" for j in range(J)))
         # forward
-        out("for s in range(P):")
-        with out.block():
-            for i in range(sizes[0]):
-                out(f"h0_{i} = a0_{i}[s]")
-            _write_forward(out, sizes, acts, bias, _activation, rounding)
-            for l in range(1, L + 1):
-                for j in range(sizes[l]):
-                    out(f"a{l}_{j}[s] = h{l}_{j}")
-            if loss == BCE:
-                for j in range(K):
-                    out(f"zo{j}[s] = z{L - 1}_{j}")
+        for l in range(L):
+            for first in range(0, sizes[l + 1], FORWARD_ROWS_PER_LOOP):
+                units = range(first, min(first + FORWARD_ROWS_PER_LOOP, sizes[l + 1]))
+                out("for s in range(P):")
+                with out.block():
+                    for i in range(sizes[l]):
+                        out(f"h{l}_{i} = a{l}_{i}[s]")
+                    _write_forward(out, sizes, acts, bias, _activation, rounding, [l], units)
+                    for j in units:
+                        out(f"a{l + 1}_{j}[s] = h{l + 1}_{j}")
+                    if loss == BCE and l == L - 1:
+                        for j in units:
+                            out(f"zo{j}[s] = z{L - 1}_{j}")
         # loss: batch.batch_loss's order, output by output, each row in rules.loss_sum's
         # chains (sw is empty without sample weights).  The squared error's sum is
         # loss_sum's own intrinsic, emitted here: loss_sum is called, not inlined, and
