@@ -149,17 +149,25 @@ class _Vectors:
 
 
 def _emit_tile(context, builder, dtype, rows, vecs, a_base, a_si, a_sp, b_base, ldb,
-               c_base, ldc, k, alpha, beta, tail=None):
+               c_base, ldc, k, alpha, beta, cont, tail=None):
     """The loop of one rows x vecs tile: c (rows, vecs * lanes) <- alpha * sum_p
     a(i, p) b(p, :) (+ beta * c).  Pointers and int64 strides, all in elements.
 
-    tail (an int64 value, 1 .. lanes, or None): the last vector holds only that many
-    columns; its loads and stores are masked, so nothing past them is read or written."""
+    cont (an i1 value): the sums start from c's values instead of 0, going on with a
+    chain an earlier call over the first steps left in c (with alpha 1 and beta 0,
+    c holds the chain's value exactly); a select, so c's old values enter no sum
+    otherwise.  tail (an int64 value, 1 .. lanes, or None): the last vector holds only
+    that many columns; its loads and stores are masked, so nothing past them is read or
+    written."""
     i64 = ir.IntType(64)
     ops = _Vectors(builder, dtype, vecs, tail)
     vec, zero, load, store = ops.vec, ops.zero, ops.load, ops.store
-    acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(vecs)]
-           for _ in range(rows)]
+    acc = []
+    for r in range(rows):
+        c_row = builder.gep(c_base, [builder.mul(ir.Constant(i64, r), ldc)])
+        acc.append([cgutils.alloca_once_value(
+            builder, builder.select(cont, load(ops.at(c_row, v), v), zero))
+            for v in range(vecs)])
     a_rows = [builder.mul(ir.Constant(i64, r), a_si) for r in range(rows)]
     with cgutils.for_range(builder, k) as loop:
         p = loop.index
@@ -183,12 +191,13 @@ def _emit_tile(context, builder, dtype, rows, vecs, a_base, a_si, a_sp, b_base, 
 
 @intrinsic
 def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, k, alpha,
-          beta):
+          beta, cont):
     """One tile of ``rows`` (one of ROW_COUNTS) rows: VECS full vectors when ``wide``, else one
     vector holding its first ``tail`` columns (all of them when tail == 0), its loads
     and stores masked; see _emit_tile.  a(i, p) = a[ao + i * a_si + p * a_sp]; b(p, j) =
-    b[bo + p * ldb + j]; c(i, j) = c[co + i * ldc + j].  a, b, c: pointers
-    (intrinsics.address) to one float dtype; no bounds checks.
+    b[bo + p * ldb + j]; c(i, j) = c[co + i * ldc + j]; cont: the sums go on from c's
+    values (_emit_tile).  a, b, c: pointers (intrinsics.address) to one float dtype; no
+    bounds checks.
 
     Few shapes, not every rows x vectors: each is an unrolled loop, and Numba optimizes
     the tiles again in every kernel that calls them (a first fit compiles a dozen):
@@ -197,12 +206,12 @@ def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc
     ints = (rows, tail, ao, a_si, a_sp, bo, ldb, co, ldc, k)
     if not (all(is_float_pointer(t) for t in arrays) and len({t.dtype for t in arrays}) == 1
             and all(isinstance(t, types.Integer) for t in ints)
-            and isinstance(wide, types.Boolean)
+            and isinstance(wide, types.Boolean) and isinstance(cont, types.Boolean)
             and all(isinstance(t, types.Float) for t in (alpha, beta))):
         return None
     dtype = c.dtype
     sig = types.void(rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, k, alpha,
-                     beta)
+                     beta, cont)
 
     def codegen(context, builder, signature, args):
         def int64(i):
@@ -219,7 +228,8 @@ def _tile(typingctx, rows, wide, tail, a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc
         common = dict(a_base=at(3, 4), a_si=int64(5), a_sp=int64(6), b_base=at(7, 8),
                       ldb=int64(9), c_base=at(10, 11), ldc=int64(12), k=int64(13),
                       alpha=context.cast(builder, args[14], signature.args[14], dtype),
-                      beta=context.cast(builder, args[15], signature.args[15], dtype))
+                      beta=context.cast(builder, args[15], signature.args[15], dtype),
+                      cont=args[16])
         for r in ROW_COUNTS:
             with builder.if_then(builder.icmp_signed("==", rows_, ir.Constant(i64, r))):
                 with builder.if_else(args[1]) as (full, narrow):
@@ -361,39 +371,40 @@ def _like(typingctx, c, x):
 
 @njit(**INNER)
 def _row_block(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, rows, j0, j1, k, alpha, beta,
-               width):
+               width, cont):
     """Columns j0 .. j1 - 1 of ``rows`` (1..ROWS) rows, cut into blocks of ROW_COUNTS."""
     i = 0
     while i < rows:
         r = ROWS if rows - i >= ROWS else (ROWS // 2 if rows - i >= ROWS // 2 else 1)
         _rows_of_tiles(a, ao + i * a_si, a_si, a_sp, b, bo, ldb, c, co + i * ldc, ldc, r, j0,
-                       j1, k, alpha, beta, width)
+                       j1, k, alpha, beta, width, cont)
         i += r
 
 
 @njit(**INNER)
 def _rows_of_tiles(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, rows, j0, j1, k, alpha, beta,
-                   width):
+                   width, cont):
     """Columns j0 .. j1 - 1 of ``rows`` (one of ROW_COUNTS) rows: tiles of VECS vectors,
     then one vector at a time, the last masked."""
     step = VECS * width
     j = j0
     while j + step <= j1:
         _tile(rows, True, 0, a, ao, a_si, a_sp, b, bo + j, ldb, c, co + j, ldc, k, alpha,
-              beta)
+              beta, cont)
         j += step
     while j < j1:
         tail = j1 - j if j1 - j < width else 0
         _tile(rows, False, tail, a, ao, a_si, a_sp, b, bo + j, ldb, c, co + j, ldc, k,
-              alpha, beta)
+              alpha, beta, cont)
         j += width
 
 
 @njit(**INNER)
-def _panel(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha, beta, width):
+def _panel(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha, beta, width,
+           cont):
     """c (m rows, cols columns) <- alpha * a @ b (+ beta * c), b's rows contiguous and
     ldb apart, in tiles of up to ROWS rows; a, b, c pointers, width the lanes of a
-    vector of their dtype."""
+    vector of their dtype; cont: the sums go on from c's values (_emit_tile)."""
     if k * cols * (VECTOR_BYTES // width) <= ROWS_OUTER_MAX_BYTES:
         # rows outer: a block of rows of op(a) is read from memory once for all of its
         # tiles across the columns while op(b) (one batch of activations or deltas)
@@ -401,7 +412,7 @@ def _panel(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha, beta, w
         # columns, is faster this way at 1024 x 1024 (batch 64)
         for i0 in range(0, m, ROWS):
             _row_block(a, ao + i0 * a_si, a_si, a_sp, b, bo, ldb, c, co + i0 * ldc, ldc,
-                       min(ROWS, m - i0), 0, cols, k, alpha, beta, width)
+                       min(ROWS, m - i0), 0, cols, k, alpha, beta, width, cont)
     else:
         # columns outer: op(b) is too large for L2, so each column panel (k x VECS
         # vectors) is kept there while every row block passes over it
@@ -410,7 +421,7 @@ def _panel(a, ao, a_si, a_sp, b, bo, ldb, c, co, ldc, m, cols, k, alpha, beta, w
             for i0 in range(0, m, ROWS):
                 _row_block(a, ao + i0 * a_si, a_si, a_sp, b, bo, ldb, c, co + i0 * ldc,
                            ldc, min(ROWS, m - i0), j0, min(j0 + step, cols), k, alpha, beta,
-                           width)
+                           width, cont)
 
 
 def transpose_block(src, ld, shift, perm, po, rows, cols, dst, do, ldd):
@@ -555,41 +566,62 @@ def _pack_transposed(b, j0, ldb, cols, k, panel, step, width):
 # are adjacent, the steps lda apart.  Where those k steps span more than L1 (a 1024 x
 # 1024 float32 layer: 4 KB apart, every step's line in the same few cache sets), each
 # tile fetched them again from L2 or beyond: the forward product of W4b's H = 1024 layer
-# ran at 21-25 GFLOP/s (Zen 3, float32, 4 x 3 tiles; trans_b's packed products ran at
-# 70).  So op(a) is first copied, PACK_A_ROWS rows at a time (a step's values for them
-# fill at least one cache line), into blocks of ROWS rows whose steps are contiguous:
-# 39-44 GFLOP/s with the same tiles.
+# ran at 21-25 GFLOP/s (Zen 3, float32, 4 x 3 tiles).  So op(a) is first copied into
+# blocks of ROWS rows whose steps are contiguous.  Copied PACK_A_ROWS rows at a time
+# over every step, the copy read a's rows a few values each, 4 KB apart: it took a
+# third of the product (Zen 3, float32 1024 x 64 x 1024: 2.6 ms, 51 GFLOP/s; without
+# trans_a, 1.9 ms).  Now the steps go PACK_A_STEPS at a time: those rows of a, read
+# whole, are copied for every row block, and the tiles run them over every column, the
+# sums going on from c (_emit_tile's cont), with op(b)'s PACK_A_STEPS rows in L1.
 PACK_A_MIN_STRIDE = 4096  # bytes: from here every step's line falls in the same L1 sets
-PACK_A_ROWS = 4 * ROWS
+PACK_A_STEPS = 64
 
 
 @njit(**INNER)
 def _packed_a_product(a, lda, b, ldb, c, ldc, m, n, k, alpha, beta, width):
-    """gemm_at's product with trans_a and not trans_b: op(a) in blocks of PACK_A_ROWS
-    rows, each copied row block by row block (ROWS rows, the last fewer: block[r0 * k +
-    p * r + i] = op(a)[i0 + r0 + i, p]) before their tiles run.  A copy: the same
-    numbers in the same order, the same bits."""
+    """gemm_at's product with trans_a and not trans_b: the steps PACK_A_STEPS at a time,
+    op(a) for them copied first into row blocks of ROWS rows (the last fewer: block[i0
+    * steps + (p - p0) * r + i] = op(a)[i0 + i, p]); the tiles run each chunk from the
+    sums the one before left in c, storing them unscaled, and the last applies alpha.
+    With beta != 0, c's values are kept aside first and beta * c added at the end, as
+    the tiles add it.  The same operations in the same order: the same bits."""
+    steps = min(PACK_A_STEPS, k)
     block = _stack_panel(c)
-    if PACK_A_ROWS * k > block.shape[0]:
-        block = scratch(c, PACK_A_ROWS * k)
+    if steps * m > block.shape[0]:
+        block = scratch(c, steps * m)
     packed = address(block, 0)
-    for i0 in range(0, m, PACK_A_ROWS):
-        rows = min(PACK_A_ROWS, m - i0)
-        for p in range(k):
-            at = p * lda + i0
-            for r0 in range(0, rows, ROWS):
-                if rows - r0 >= ROWS:  # a constant count: straight-line copies
+    kept = scratch(c, 0)
+    if beta != 0:
+        kept = scratch(c, m * n)
+        for i in range(m):
+            for j in range(n):
+                kept[i * n + j] = c[i * ldc + j]
+    one, zero = _like(c, 1.0), _like(c, 0.0)
+    for p0 in range(0, k, steps):
+        kc = min(steps, k - p0)
+        for p in range(p0, p0 + kc):
+            at = p * lda
+            q = p - p0
+            for i0 in range(0, m, ROWS):
+                if m - i0 >= ROWS:  # a constant count: straight-line copies
                     for i in range(ROWS):
-                        packed[r0 * k + p * ROWS + i] = a[at + r0 + i]
+                        packed[i0 * kc + q * ROWS + i] = a[at + i0 + i]
                 else:
-                    r = rows - r0
+                    r = m - i0
                     for i in range(r):
-                        packed[r0 * k + p * r + i] = a[at + r0 + i]
-        for r0 in range(0, rows, ROWS):
-            r = min(ROWS, rows - r0)
-            _panel(packed, r0 * k, 1, r, b, 0, ldb, c, (i0 + r0) * ldc, ldc, r, n, k, alpha,
-                   beta, width)
+                        packed[i0 * kc + q * r + i] = a[at + i0 + i]
+        last = p0 + kc == k
+        scale = alpha if last and beta == 0 else one
+        for i0 in range(0, m, ROWS):
+            r = min(ROWS, m - i0)
+            _panel(packed, i0 * kc, 1, r, b, p0 * ldb, ldb, c, i0 * ldc, ldc, r, n, kc, scale,
+                   zero, width, p0 > 0)
+    if beta != 0:
+        for i in range(m):
+            for j in range(n):
+                c[i * ldc + j] = alpha * c[i * ldc + j] + beta * kept[i * n + j]
     hold(block)
+    hold(kept)
 
 
 # the panel of op(b) that tile_gemm packs with trans_b lives in its stack frame up to this
@@ -650,7 +682,7 @@ def gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         if trans_a and lda * (VECTOR_BYTES // width) >= PACK_A_MIN_STRIDE and k > ROWS:
             _packed_a_product(a, lda, b, ldb, c, ldc, m, n, k, alpha, beta, width)
         else:
-            _panel(a, 0, a_si, a_sp, b, 0, ldb, c, 0, ldc, m, n, k, alpha, beta, width)
+            _panel(a, 0, a_si, a_sp, b, 0, ldb, c, 0, ldc, m, n, k, alpha, beta, width, False)
         return
     step = VECS * width
     panel = _stack_panel(c)
@@ -660,7 +692,8 @@ def gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     for j0 in range(0, n, step):
         cols = min(step, n - j0)
         _pack_transposed(b, j0, ldb, cols, k, packed, step, width)
-        _panel(a, 0, a_si, a_sp, packed, 0, step, c, j0, ldc, m, cols, k, alpha, beta, width)
+        _panel(a, 0, a_si, a_sp, packed, 0, step, c, j0, ldc, m, cols, k, alpha, beta, width,
+               False)
     # a panel from scratch() would otherwise be freed after address(), its last use: the
     # loop wrote to freed memory (a crash once the panel was large enough to be unmapped)
     hold(panel)

@@ -92,28 +92,35 @@ def test_tiles_over_a_large_op_b_keep_the_recurrence(trans_a):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_packed_columns_of_a_keep_the_recurrence(dtype):
-    """trans_a with a's rows PACK_A_MIN_STRIDE bytes apart or more: op(a) is copied into
-    blocks of PACK_A_ROWS rows (row blocks of ROWS, the last ones fewer) first; from the
-    stack, or from the heap past its panel (k = 600).  The same bits as the recurrence,
-    rows around every block edge."""
+    """trans_a with a's rows PACK_A_MIN_STRIDE bytes apart or more: the steps go
+    PACK_A_STEPS at a time, op(a) for them copied into row blocks of ROWS rows (the last
+    ones fewer) first, the sums going on from c chunk by chunk; from the stack, or from
+    the heap past its panel (k = 600, m = 200).  With beta != 0 (c kept aside, added at
+    the end) and with NaN in c under beta == 0 (not read into any sum).  The same bits
+    as the recurrence, rows around every block edge and steps around every chunk edge."""
     rng = np.random.default_rng(8)
     itemsize = np.dtype(dtype).itemsize
     pad = tiles.PACK_A_MIN_STRIDE // itemsize
-    R_, P_ = tiles.ROWS, tiles.PACK_A_ROWS
-    shapes = [(m, n, k) for m in (1, R_ - 1, R_ + 1, P_, P_ + 1, 2 * P_ + R_ + 1)
-              for n, k in ((5, R_ + 1), (tiles.lanes(dtype) * tiles.VECS + 3, 70))]
-    shapes.append((P_ + 3, 9, 600))
+    R_, S_ = tiles.ROWS, tiles.PACK_A_STEPS
+    wide = tiles.lanes(dtype) * tiles.VECS + 3
+    shapes = [(m, n, k) for m in (1, R_ - 1, R_ + 1, 4 * R_, 4 * R_ + 1, 9 * R_ + R_ // 2 + 1)
+              for n, k in ((5, R_ + 1), (wide, S_), (wide, S_ + 6), (7, 2 * S_ + 1))]
+    shapes += [(4 * R_ + 3, 9, 600), (200, 9, 3 * S_ - 1)]
     for m, n, k in shapes:
-        for alpha, beta in ((1.0, 0.0), (-0.3, 0.5)):
+        for alpha, beta in ((1.0, 0.0), (-0.3, 0.0), (-0.3, 0.5)):
             a, b, c, _, _ = R.gemm_operands(rng, dtype, m, n, k, True, False, pad)
             assert a.shape[1] * itemsize >= tiles.PACK_A_MIN_STRIDE and k > tiles.ROWS
+            if beta == 0.0:
+                c[::2] = np.nan
             want, got = c.copy(), c.copy()
             scalar_gemm(True, False, m, n, k, dtype(alpha), a.ravel(), a.shape[1],
                         b.ravel(), b.shape[1], dtype(beta), want.ravel(), want.shape[1],
                         dtype(0))
             tiles.tile_gemm(True, False, m, n, k, alpha, a.ravel(), a.shape[1], b.ravel(),
                             b.shape[1], beta, got.ravel(), got.shape[1])
-            assert np.array_equal(got, want), (dtype.__name__, m, n, k, beta)
+            assert np.array_equal(got, want, equal_nan=True), (dtype.__name__, m, n, k,
+                                                               alpha, beta)
+            assert not np.isnan(got[:, :n]).any()
 
 
 def test_tiles_agree_with_numpy_on_a_wide_product():
