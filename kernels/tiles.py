@@ -567,12 +567,12 @@ def _pack_transposed(b, j0, ldb, cols, k, panel, step, width):
 # 1024 float32 layer: 4 KB apart, every step's line in the same few cache sets), each
 # tile fetched them again from L2 or beyond: the forward product of W4b's H = 1024 layer
 # ran at 21-25 GFLOP/s (Zen 3, float32, 4 x 3 tiles).  So op(a) is first copied into
-# blocks of ROWS rows whose steps are contiguous.  Copied PACK_A_ROWS rows at a time
-# over every step, the copy read a's rows a few values each, 4 KB apart: it took a
-# third of the product (Zen 3, float32 1024 x 64 x 1024: 2.6 ms, 51 GFLOP/s; without
-# trans_a, 1.9 ms).  Now the steps go PACK_A_STEPS at a time: those rows of a, read
-# whole, are copied for every row block, and the tiles run them over every column, the
-# sums going on from c (_emit_tile's cont), with op(b)'s PACK_A_STEPS rows in L1.
+# blocks of ROWS rows whose steps are contiguous.  Copied 24 rows at a time over every
+# step, the copy read a's rows a few values each, 4 KB apart: a third of the product
+# (Zen 3, float32 1024 x 64 x 1024: 2.6 ms, 51 GFLOP/s; without trans_a, 1.9 ms).  Now
+# the steps go PACK_A_STEPS at a time: those rows of a, read whole, are copied for every
+# row block, and the tiles run them over every column, the sums going on from c
+# (_emit_tile's cont), op(b)'s PACK_A_STEPS rows staying in L1.
 PACK_A_MIN_STRIDE = 4096  # bytes: from here every step's line falls in the same L1 sets
 PACK_A_STEPS = 64
 
