@@ -491,8 +491,9 @@ def _squared_error_sum(typingctx, out, y, w, n):
     sixteen samples a step: the terms in the arrays' dtype, widened (fpext) to float64,
     weighted, added; then (v0 + v1) + (v2 + v3) and its lanes (l0 + l1) + (l2 + l3).
     The last n % 16 samples are steps whose chains past n keep their value (a select),
-    as lanes4's, their loads masked unless the arrays hold the whole vector.  One vector of four chains waits on its adds (~3 cycles
-    each); LLVM left four scalar chains scalar (~1 cycle per sample)."""
+    as lanes4's, their loads masked unless the arrays hold the whole vector.  One
+    vector of four chains waits on its adds (~3 cycles each); LLVM left four scalar
+    chains scalar (~1 cycle per sample)."""
     weighted = not isinstance(w, types.NoneType)
     if not _float_arrays(*((out, y, w) if weighted else (out, y))) \
             or not isinstance(n, types.Integer):
@@ -544,13 +545,11 @@ def _squared_error_sum(typingctx, out, y, w, n):
                 end = builder.add(j, ir.Constant(i64, 4))
                 room = functools.reduce(builder.and_, [
                     builder.icmp_unsigned(">=", length, end) for length in lengths])
-                with builder.if_else(room) as (whole, part):
-                    with whole:
-                        new = term(acc, j, plain)
-                        builder.store(builder.select(mask, new, builder.load(acc)), acc)
-                    with part:
-                        new = term(acc, j, masked)
-                        builder.store(builder.select(mask, new, builder.load(acc)), acc)
+                with builder.if_else(room) as branches:
+                    for branch, load in zip(branches, (plain, masked)):
+                        with branch:
+                            new = term(acc, j, load)
+                            builder.store(builder.select(mask, new, builder.load(acc)), acc)
         v0, v1, v2, v3 = (builder.load(acc) for acc in accs)
         total = builder.fadd(builder.fadd(v0, v1), builder.fadd(v2, v3))
         l0, l1, l2, l3 = (builder.extract_element(total, ir.Constant(i64, c)) for c in range(4))
