@@ -590,7 +590,7 @@ def _packed_a_product(a, lda, b, ldb, c, ldc, m, n, k, alpha, beta, width):
     if steps * m > block.shape[0]:
         block = scratch(c, steps * m)
     packed = address(block, 0)
-    kept = scratch(c, 0)
+    kept = block[:0]  # c's values, kept aside only with beta != 0 (no allocation else)
     if beta != 0:
         kept = scratch(c, m * n)
         for i in range(m):
