@@ -490,20 +490,26 @@ def _squared_error_sum(typingctx, out, y, w, n):
     """Four <4 x double> vectors of chains (chain c: lane c % 4 of vector c // 4),
     sixteen samples a step: the terms in the arrays' dtype, widened (fpext) to float64,
     weighted, added; then (v0 + v1) + (v2 + v3) and its lanes (l0 + l1) + (l2 + l3).
-    The last n % 16 samples are steps whose chains past n keep their value (a select),
-    as lanes4's, their loads masked unless the arrays hold the whole vector.  One
-    vector of four chains waits on its adds (~3 cycles each); LLVM left four scalar
-    chains scalar (~1 cycle per sample)."""
+    The arrays are read a 256-bit vector at a time (4 float64, or 8 float32 whose
+    halves feed two vectors of chains): the forward pass has just stored the outputs
+    that way, and a float32 load of half a stored vector waited for the store (W3's
+    float32 loss, in-process alternating fits with and without it: 23-25 ns an epoch
+    -> 17-18; float64's 9-22).  The last n % 16 samples
+    are steps whose chains past n keep their value (a select), as lanes4's, their
+    loads masked unless the arrays hold the whole vector.  One vector of four chains
+    waits on its adds (~3 cycles each); LLVM left four scalar chains scalar (~1 cycle
+    per sample)."""
     weighted = not isinstance(w, types.NoneType)
     if not _float_arrays(*((out, y, w) if weighted else (out, y))) \
             or not isinstance(n, types.Integer):
         return None
     dtype = out.dtype
-    vectors = LOSS_CHAINS // 4
+    width = _width(dtype)  # one 256-bit load
+    halves = width // 4  # the vectors of chains one load feeds
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
-        vec = ir.VectorType(_LLVM_FLOAT[dtype][0](), 4)
+        vec = ir.VectorType(_LLVM_FLOAT[dtype][0](), width)
         wide = ir.VectorType(ir.DoubleType(), 4)
         align = dtype.bitwidth // 8
         zero = ir.Constant(i64, 0)
@@ -511,45 +517,60 @@ def _squared_error_sum(typingctx, out, y, w, n):
                  for k in ((0, 1, 2) if weighted else (0, 1))]
         n_ = context.cast(builder, args[3], signature.args[3], types.uint64)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(wide, None))
-                for _ in range(vectors)]
+                for _ in range(LOSS_CHAINS // 4)]
 
-        def term(acc, j, load):
+        def split(v):
+            """v's 4-lane parts, in float64."""
+            if halves == 1:
+                return [v]
+            return [builder.fpext(_shuffle(builder, v, v, list(range(4 * h, 4 * h + 4))), wide)
+                    for h in range(halves)]
+
+        def terms(j, load):
+            """The new values of the chain vectors fed from samples j .. j + width - 1."""
             d = builder.fsub(load(_at(builder, bases[0], j, vec)),
                              load(_at(builder, bases[1], j, vec)))
-            t = builder.fmul(d, d)
-            t = t if dtype == types.float64 else builder.fpext(t, wide)
+            ts = split(builder.fmul(d, d))
             if weighted:
-                wv = load(_at(builder, bases[2], j, vec))
-                wv = wv if dtype == types.float64 else builder.fpext(wv, wide)
-                t = builder.fmul(wv, t)
-            return builder.fadd(builder.load(acc), t)
+                ts = [builder.fmul(wv, t)
+                      for wv, t in zip(split(load(_at(builder, bases[2], j, vec))), ts)]
+            return ts
+
+        def add(first, j, load):
+            """The chain vectors first .. first + halves - 1 plus their terms."""
+            return [builder.fadd(builder.load(accs[first + h]), t)
+                    for h, t in enumerate(terms(j, load))]
 
         tail = builder.urem(n_, ir.Constant(i64, LOSS_CHAINS))
         q = builder.sub(n_, tail)
         plain = lambda ptr: builder.load(ptr, align=align)  # noqa: E731
         with cgutils.for_range_slice(builder, zero, q, ir.Constant(i64, LOSS_CHAINS)) as (j, _):
-            for v, acc in enumerate(accs):
-                builder.store(term(acc, builder.add(j, ir.Constant(i64, 4 * v)), plain), acc)
+            for first in range(0, len(accs), halves):
+                j_ = builder.add(j, ir.Constant(i64, 4 * first))
+                for acc, new in zip(accs[first:], add(first, j_, plain)):
+                    builder.store(new, acc)
         lengths = [builder.extract_value(
             context.make_array(signature.args[k])(context, builder, args[k]).shape, 0)
             for k in range(len(bases))]
-        for v, acc in enumerate(accs):  # vector v holds samples q + 4v .. q + 4v + 3
-            first = ir.Constant(i64, 4 * v)
-            with builder.if_then(builder.icmp_unsigned(">", tail, first)):
-                j = builder.add(q, first)
-                mask, masked = _first_lanes(builder, vec, builder.sub(tail, first), align)
+        for first in range(0, len(accs), halves):  # samples q + 4 first .. + width - 1
+            offset = ir.Constant(i64, 4 * first)
+            with builder.if_then(builder.icmp_unsigned(">", tail, offset)):
+                j = builder.add(q, offset)
+                mask, masked = _first_lanes(builder, vec, builder.sub(tail, offset), align)
                 # where every array holds the whole vector (a generated kernel's padded
                 # rows), plain loads: a masked load of the values the forward loop has
                 # just stored waited for them, it seems (a float32 W3 epoch, in-process
                 # alternating fits: 8-10 ns sooner, float64 12-37)
-                end = builder.add(j, ir.Constant(i64, 4))
+                end = builder.add(j, ir.Constant(i64, width))
                 room = functools.reduce(builder.and_, [
                     builder.icmp_unsigned(">=", length, end) for length in lengths])
                 with builder.if_else(room) as branches:
                     for branch, load in zip(branches, (plain, masked)):
                         with branch:
-                            new = term(acc, j, load)
-                            builder.store(builder.select(mask, new, builder.load(acc)), acc)
+                            for h, new in enumerate(add(first, j, load)):
+                                part = _shuffle(builder, mask, mask, [4 * h + c for c in range(4)])
+                                acc = accs[first + h]
+                                builder.store(builder.select(part, new, builder.load(acc)), acc)
         v0, v1, v2, v3 = (builder.load(acc) for acc in accs)
         total = builder.fadd(builder.fadd(v0, v1), builder.fadd(v2, v3))
         l0, l1, l2, l3 = (builder.extract_element(total, ir.Constant(i64, c)) for c in range(4))

@@ -439,13 +439,14 @@ def _squared_error_sum_compiled(out, y, w, n, weighted):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n", [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 24, 29, 31, 100, 101])
-@pytest.mark.parametrize("room", ["padded", "exact", "y exact"])
+@pytest.mark.parametrize("room", ["padded", "exact", "y exact", "four past"])
 def test_squared_error_sum_python_meaning_equals_the_compiled_sum(dtype, n, room):
     """rules.loss_sum's squared errors: sixteen chains, sixteen samples a step in four
     vectors, last steps for the rest; the terms in the arrays' dtype, widened, times
     the weight; the chains added four vectors pairwise, then their lanes.  The elements
     past n (NaN) are in no chain, whether the last steps load them (every array holds
-    their whole vectors: "padded") or mask them off (an array ends at n)."""
+    their whole vectors: "padded") or mask them off (an array ends at n, or four
+    values past it: half of a float32 load)."""
     rng = np.random.default_rng(900 + n)
     out = (rng.standard_normal(n + 20) * 10.0 ** rng.integers(-3, 3, n + 20)).astype(dtype)
     y = rng.standard_normal(n + 20).astype(dtype)
@@ -456,6 +457,8 @@ def test_squared_error_sum_python_meaning_equals_the_compiled_sum(dtype, n, room
         out, y, w = out[:n].copy(), y[:n].copy(), w[:n].copy()
     elif room == "y exact":
         y = y[:n].copy()
+    elif room == "four past":
+        out, y, w = out[:n + 4].copy(), y[:n + 4].copy(), w[:n + 4].copy()
     for weighted in (False, True):
         want = _squared_error_sum_compiled(out, y, w, n, weighted)
         got = I.squared_error_sum(out, y, w if weighted else None, n)
