@@ -53,7 +53,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 23  # part of the module name: bump when the generated code changes meaning
+VERSION = 24  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one vector of the machine (config.VECTOR_BYTES:
@@ -358,8 +358,8 @@ def source_full(sizes, acts, bias, loss, weighted, rule, dtype="float64"):
     return out.text()
 
 
-# A full-batch kernel's rows: P samples, n rounded up to padded(n), the padding's values
-# 0 (the work's buffers hold P); sw the sample weights' row (empty without weights) ...
+# A full-batch kernel's rows: P samples, n rounded up to padded(n) (the work's buffers
+# hold P); sw the sample weights' row (empty without weights) ...
 _ROWS = """\
     P = work.w_batch.shape[0]
     sw = work.w_batch[:P if data.w.shape[0] > 0 else 0]
@@ -369,18 +369,21 @@ _ROWS = """\
 # and the loops' overlap checks on them in every epoch (W3: float64 784 -> 610 ns an
 # epoch taken out, float32 468 -> 359) ...
 _PASS_ROWS = """\
-    rows = pass_rows(work.acts, work.deltas, work.y_batch, work.z_out, P)
+    rows = pass_rows(work.acts, work.deltas, work.y_batch, work.z_out, work.w_batch, P)
 """
-# ... and the data copied into them (at the function body's indent level)
+# ... and the data copied into them (at the function body's indent level).  The padded
+# samples are copies of sample 0, so they compute its values: finite wherever sample
+# 0's are.  The keep row (w_batch) holds each sample's factor on its output deltas: its
+# weight, or 1 without weights, and 0 for the padding, whose deltas are then zeros.
 _LOAD_ROWS = """\
 for i in range(data.x.shape[1]):
-    for s in range(n):
-        work.acts[i * P + s] = data.x[s, i]
+    for s in range(P):
+        work.acts[i * P + s] = data.x[s if s < n else 0, i]
 for j in range(data.y.shape[1]):
-    for s in range(n):
-        work.y_batch[j * P + s] = data.y[s, j]
-for s in range(data.w.shape[0]):
-    sw[s] = data.w[s]
+    for s in range(P):
+        work.y_batch[j * P + s] = data.y[s if s < n else 0, j]
+for s in range(P):
+    work.w_batch[s] = 0.0 if s >= n else data.w[s] if data.w.shape[0] > 0 else 1.0
 """
 # The full-batch module's evaluation for L-BFGS: kernels.loops.loss_and_gradient's
 # arguments and numbers (the loss of the whole set, its gradient into grad), on
@@ -414,8 +417,15 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
     layers, with a sample's deltas in registers, or a few loops of a few rows for
     networks with more units (ONE_LOOP_DELTA_ROWS).  LLVM vectorizes them across
     samples, and with P a multiple of the vector width no scalar remainder runs.
-    Padded samples compute harmless finite values that no sum includes: the loss and
-    the gradients run over the n real samples only, in the general kernels' order.
+    The loss runs over the n real samples only.  With the backward pass in loops, the
+    gradient's sums run on to n rounded up to their vector width (intrinsics.sum_width),
+    where the padded samples' deltas are zeros (the keep row): each of their products
+    adds a zero, which leaves a chain as it was (a chain starts at +0 and never holds
+    -0).  So these are the sums over the n real samples, in the general kernels' order,
+    bit for bit, without the masked last step that n % width samples need (a float32
+    W3 epoch of 100 samples: 11 ns of 270).  The one-loop networks' sums stop at n:
+    the keep row, read in their one loop, stopped LLVM vectorizing it (too many rows to
+    check for overlap, it seems: the XOR net in float32, 312 -> 459 ns an epoch).
     """
     L = len(sizes) - 1
     K = sizes[-1]
@@ -429,15 +439,17 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
     rows += [(f"y{j}", "y", j) for j in range(K)]
     if loss == BCE:
         rows += [(f"zo{j}", "z_out", j) for j in range(K)]
+    rows += [("keep", "keep", 0)]
     names = ", ".join(name for name, _, _ in rows) + ","
     # inlined into their callers at Numba's level: compiled once, inside train, instead
     # of once alone and again where LLVM links them into train (a first fit of the XOR
     # net compiles ~0.5 s sooner)
     out("@njit(**dict(INNER, inline=\"always\"))")
-    out("def pass_rows(acts, deltas, y, z_out, P):")
+    out("def pass_rows(acts, deltas, y, z_out, keep, P):")
     with out.block():
         out('"""epoch_pass\'s rows: per layer, sizes[l] rows of P samples of acts and of')
-        out('deltas (none of layer 0\'s deltas), then y\'s (and z_out\'s) rows."""')
+        out('deltas (none of layer 0\'s deltas), then y\'s (and z_out\'s) rows, and the')
+        out('keep row."""')
         for name, buf, row in rows:
             out(f"{name} = {buf}[{row} * P:{row + 1} * P]")
         out(f"return ({names})")
@@ -486,11 +498,14 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
         # backward: batch.output_deltas, then batch.backward's deltas
         out("scale = " + rounding.stored(f"delta_scale({loss}, {acts[L - 1]}, {K}, n)"))
         combined = loss == BCE and acts[L - 1] == SIGMOID
-        if sum(sizes[1:]) <= ONE_LOOP_DELTA_ROWS:
-            _write_backward_one_loop(out, sizes, acts, weighted, rounding, combined)
+        one_loop = sum(sizes[1:]) <= ONE_LOOP_DELTA_ROWS
+        if one_loop:
+            _write_backward_one_loop(out, sizes, acts, rounding, combined,
+                                     "sw[u]" if weighted else None)
         else:
-            _write_backward_loops(out, sizes, acts, weighted, rounding, combined)
-        # gradients over the n real samples, batch.backward's sums (rules.dot4 / sum4),
+            _write_backward_loops(out, sizes, acts, rounding, combined, "keep[u]")
+        # gradients over the n real samples (and, after backward loops, padded ones,
+        # whose deltas are zeros), batch.backward's sums (rules.dot4 / sum4),
         # GRADIENT_GROUP at a time (rules.dot4_group)
         sums = {}  # parameter index -> (x row, y row or None)
         for l in range(L):
@@ -502,7 +517,9 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
                 for j in range(J):
                     sums[b_off[l] + j] = (f"d{l + 1}_{j}", "None")
         assert sorted(sums) == list(range(len(sums)))
-        out("un = uint64(n)")
+        width = 8 if rounding.single else 4  # intrinsics.sum_width
+        out("un = uint64(n)" if one_loop else
+            f"un = uint64((n + {width - 1}) // {width} * {width})  # at most P")
         for first in range(0, len(sums), GRADIENT_GROUP):
             group = [sums[p] for p in range(first, min(first + GRADIENT_GROUP, len(sums)))]
             xs = ", ".join(x for x, _ in group)
@@ -511,10 +528,12 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
         out(f"return loss_of_sum(total, {loss}, {K}, n) if recording else 0.0")
 
 
-def _output_delta_text(acts, combined, weighted, rounding, j, value):
-    """Output j's delta of sample u, from its output ``value``."""
+def _output_delta_text(acts, combined, rounding, j, value, factor):
+    """Output j's delta of sample u, from its output ``value``, times ``factor`` (None:
+    none): the sample's weight "sw[u]", or the keep row's "keep[u]" -- the weight (an
+    exact 1 without weights), 0 for a padded sample."""
     g = rounding.stored(_output_delta(acts[-1], combined, value, f"y{j}[u]"))
-    return f"{g} * sw[u]" if weighted else g
+    return g if factor is None else f"{g} * {factor}"
 
 
 def _hidden_delta_text(sizes, acts, rounding, l, i, above, value):
@@ -525,8 +544,9 @@ def _hidden_delta_text(sizes, acts, rounding, l, i, above, value):
     return g if g == chain else rounding.stored(g)
 
 
-def _write_backward_one_loop(out, sizes, acts, weighted, rounding, combined):
-    """The deltas of every layer in one loop over the samples, a sample's in registers."""
+def _write_backward_one_loop(out, sizes, acts, rounding, combined, factor):
+    """The deltas of every layer in one loop over the samples, a sample's in registers;
+    the output deltas times ``factor`` (_output_delta_text)."""
     L = len(sizes) - 1
     out("for u in range(P):")
     with out.block():
@@ -534,8 +554,8 @@ def _write_backward_one_loop(out, sizes, acts, weighted, rounding, combined):
             for j in range(sizes[l]):
                 out(f"v{l}_{j} = a{l}_{j}[u]")
         for j in range(sizes[L]):
-            out(f"g{L}_{j} = " + _output_delta_text(acts, combined, weighted, rounding, j,
-                                                    f"v{L}_{j}"))
+            out(f"g{L}_{j} = " + _output_delta_text(acts, combined, rounding, j,
+                                                    f"v{L}_{j}", factor))
         for l in range(L - 1, 0, -1):
             for i in range(sizes[l]):
                 above = lambda j, l=l: f"g{l + 1}_{j}"  # noqa: E731  (registers)
@@ -546,10 +566,10 @@ def _write_backward_one_loop(out, sizes, acts, weighted, rounding, combined):
                 out(f"d{l}_{j}[u] = g{l}_{j}")
 
 
-def _write_backward_loops(out, sizes, acts, weighted, rounding, combined):
+def _write_backward_loops(out, sizes, acts, rounding, combined, factor):
     """The deltas in loops of DELTA_ROWS_PER_LOOP rows each (the output layer's first,
     then each hidden layer's from the top), every loop reading the rows above from
-    memory."""
+    memory; the output deltas times ``factor`` (_output_delta_text)."""
     L = len(sizes) - 1
     rows = [(L, j) for j in range(sizes[L])] + [(l, i) for l in range(L - 1, 0, -1)
                                                 for i in range(sizes[l])]
@@ -558,8 +578,8 @@ def _write_backward_loops(out, sizes, acts, weighted, rounding, combined):
         with out.block():
             for l, i in rows[first:first + DELTA_ROWS_PER_LOOP]:
                 if l == L:
-                    g = _output_delta_text(acts, combined, weighted, rounding, i,
-                                           f"a{L}_{i}[u]")
+                    g = _output_delta_text(acts, combined, rounding, i,
+                                           f"a{L}_{i}[u]", factor)
                 else:
                     g = _hidden_delta_text(sizes, acts, rounding, l, i,
                                            lambda j, l=l: f"d{l + 1}_{j}[u]", f"a{l}_{i}[u]")

@@ -109,6 +109,34 @@ def test_sample_weights_are_bit_identical(generated, monkeypatch, arch):
                                 sample_weight=w))
 
 
+@pytest.mark.parametrize("dtype, big", [("float64", 1e300), ("float32", 1e30)])
+def test_padded_samples_compute_sample_0s_values(generated, monkeypatch, dtype, big):
+    """The full-batch kernel's rows are padded past n (generate.padded) and its gradient
+    sums run on over the padding, whose deltas are zeros: padded samples are copies of
+    sample 0, so their activations are finite wherever the real ones are.  Here a zero
+    input would overflow the output (big * 1e10), and 0 * inf would make the gradient
+    NaN; the five real samples give finite values, the general entry's bits."""
+    rng = np.random.default_rng(11)
+    W1 = rng.uniform(0.1, 0.5, size=(1, 10))
+    W1[0, 0] = -big  # unit 0: relu(-big * 1 + big) = 0 on the data, big at x = 0
+    b1 = np.zeros(10)
+    b1[0] = big
+    W2 = rng.uniform(0.1, 0.5, size=(10, 1))
+    W2[0, 0] = 1e10
+    X, y = np.ones((5, 1)), np.full((5, 1), 0.5)
+    results = []
+    for policy in ("fastest", "general"):
+        monkeypatch.setattr(D, "POLICY", policy)
+        model = fastbp.MLP.from_weights([W1, W2], [b1, np.zeros(1)],
+                                        activation=["relu", "identity"], loss="mse",
+                                        dtype=dtype)
+        hist = model.fit(X, y, epochs=3, lr=1e-3)
+        results.append((model.params.copy(), hist, model))
+    assert "generated for" in results[0][1].kernel, results[0][1].kernel
+    assert np.all(np.isfinite(results[0][0])) and np.all(np.isfinite(results[0][1].loss))
+    _assert_identical(results)
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("options", [
     dict(lr=0.05),
