@@ -494,11 +494,10 @@ def _squared_error_sum(typingctx, out, y, w, n):
     halves feed two vectors of chains): the forward pass has just stored the outputs
     that way, and a float32 load of half a stored vector waited for the store (W3's
     float32 loss, in-process alternating fits with and without it: 23-25 ns an epoch
-    -> 17-18; float64's 9-22).  The last n % 16 samples
-    are steps whose chains past n keep their value (a select), as lanes4's, their
-    loads masked unless the arrays hold the whole vector.  One vector of four chains
-    waits on its adds (~3 cycles each); LLVM left four scalar chains scalar (~1 cycle
-    per sample)."""
+    -> 17-18; float64's 9-22).  The last n % 16 samples are steps whose chains past n
+    keep their value (a select), as lanes4's, their loads masked unless the arrays
+    hold the whole vector.  One vector of four chains waits on its adds (~3 cycles
+    each); LLVM left four scalar chains scalar (~1 cycle per sample)."""
     weighted = not isinstance(w, types.NoneType)
     if not _float_arrays(*((out, y, w) if weighted else (out, y))) \
             or not isinstance(n, types.Integer):
@@ -527,7 +526,8 @@ def _squared_error_sum(typingctx, out, y, w, n):
                     for h in range(halves)]
 
         def terms(j, load):
-            """The new values of the chain vectors fed from samples j .. j + width - 1."""
+            """The terms of samples j .. j + width - 1: a float64 vector for each vector
+            of chains they feed."""
             d = builder.fsub(load(_at(builder, bases[0], j, vec)),
                              load(_at(builder, bases[1], j, vec)))
             ts = split(builder.fmul(d, d))
