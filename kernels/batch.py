@@ -198,9 +198,11 @@ _activate_hidden = _activate_output = _activate
 @njit(**INNER)
 def batch_loss(acts, oo, y, z, w, code, k, nb):
     """Loss of one batch (float64): outputs at acts[oo:] and targets y, k rows of nb;
-    z the output pre-activations (bce, cross_entropy, poisson); w the sample weights or empty."""
+    z the output pre-activations (bce, cross_entropy, poisson); w the sample weights or
+    empty.  Each output's row is summed in the model's dtype (rules.loss_sum), the rows'
+    sums added in float64."""
     code = code if LOSS == ANY else LOSS
-    total = 0.0
+    total = np.float64(0.0)  # not 0.0: in Python a float32 row sum would make it float32
     uo = uint64(oo)  # unsigned offsets keep the loops vectorizable (module docstring)
     u_nb = uint64(nb)
     weighted = w.shape[0] > 0

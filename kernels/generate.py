@@ -53,7 +53,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 24  # part of the module name: bump when the generated code changes meaning
+VERSION = 25  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one vector of the machine (config.VECTOR_BYTES:
@@ -179,7 +179,7 @@ class _Rounding:
     """Where the generated code rounds to the model's dtype.  The general kernels keep
     activations, deltas and parameters in arrays of the dtype, so each value is rounded
     to it when stored, while a rule may compute in float64 where a float64 operand
-    enters (a sample weight; the loss, summed in float64).  The generated code keeps the
+    enters (the outputs' loss sums, added in float64).  The generated code keeps the
     same values in locals;
     in float32 ``stored`` rounds each where the general kernels store it, and ``wide``
     widens a float32 value where the general kernels pass it on as float64 (a
@@ -486,7 +486,7 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
         # chains (sw is empty without sample weights).  The squared error's sum is
         # loss_sum's own intrinsic, emitted here: loss_sum is called, not inlined, and
         # the call (with its arrays' reference counts) cost more than W3's sum itself
-        out("total = 0.0")
+        out("total = np.float64(0.0)")
         out("if recording:")
         with out.block():
             for j in range(K):

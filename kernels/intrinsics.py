@@ -19,7 +19,8 @@ instruction or vector loop, emitted in the kernel that calls it (``compiled_as``
   rules.dot4's sums in one loop, their chains interleaved (rules.py registers it with
   ``compiled_as`` on that function, its Python meaning, written with dot4).
 - ``squared_error_sum(out, y, w, n)``: rules.loss_sum of squared errors, its sixteen
-  float64 chains four <4 x double> (LLVM kept scalar chains scalar).
+  chains in the arrays' dtype, four <4 x double> or two <8 x float> (LLVM kept scalar
+  chains scalar).
 - ``lanes_dot(w, wo, v, vo, m)`` / ``lanes_dot_step(...)``: a dot product in LANES
   lanes (one <16 x float> vector), and the same fused with the plain SGD step of w;
   ``lanes_dot_step_carry`` takes its lanes from, or leaves them in, a buffer, so that
@@ -464,22 +465,23 @@ def _dot4_group(typingctx, out, o, xs, ys, n):
 
 
 # ----------------------------------------------------------------- squared_error_sum
-LOSS_CHAINS = 16  # rules.loss_sum's float64 chains: four <4 x double> vectors
+LOSS_CHAINS = 16  # rules.loss_sum's chains: four <4 x double> vectors, or two <8 x float>
 
 
 def squared_error_sum(out, y, w, n):
-    """rules.loss_sum of the squared error: LOSS_CHAINS float64 chains -- chain c sums
-    float64(d * d) with d = out[s] - y[s] in the arrays' dtype (rules.squared_error),
-    times w[s] where ``w`` is not None (rules._weighted: w[s] * term), over
-    s = c mod LOSS_CHAINS in increasing s, from 0 -- added as rules._combined_chains
-    adds them: sum k = (c[k] + c[k + 4]) + (c[k + 8] + c[k + 12]), then
-    (s0 + s1) + (s2 + s3).  out, y (and w): 1-D arrays of one float dtype."""
-    c = [0.0] * LOSS_CHAINS
+    """rules.loss_sum of the squared error, in the arrays' dtype: LOSS_CHAINS chains --
+    chain c sums d * d with d = out[s] - y[s] (rules.squared_error), times w[s] where
+    ``w`` is not None (rules._weighted: w[s] * term), over s = c mod LOSS_CHAINS in
+    increasing s, from 0 -- added as rules._combined_chains adds them: sum k = (c[k] +
+    c[k + 4]) + (c[k + 8] + c[k + 12]), then (s0 + s1) + (s2 + s3).  out, y (and w): 1-D
+    arrays of one float dtype, the type of the sum."""
+    zero = like(0.0, out)
+    c = [zero] * LOSS_CHAINS
     for s in range(int(n)):
         d = out[s] - y[s]
-        term = float(d * d)
+        term = d * d
         if w is not None:
-            term = float(w[s]) * term
+            term = w[s] * term
         c[s % LOSS_CHAINS] = c[s % LOSS_CHAINS] + term
     sums = [(c[k] + c[k + 4]) + (c[k + 8] + c[k + 12]) for k in range(4)]
     return (sums[0] + sums[1]) + (sums[2] + sums[3])
@@ -487,73 +489,56 @@ def squared_error_sum(out, y, w, n):
 
 @compiled_as(squared_error_sum)
 def _squared_error_sum(typingctx, out, y, w, n):
-    """Four <4 x double> vectors of chains (chain c: lane c % 4 of vector c // 4),
-    sixteen samples a step: the terms in the arrays' dtype, widened (fpext) to float64,
-    weighted, added; then (v0 + v1) + (v2 + v3) and its lanes (l0 + l1) + (l2 + l3).
-    The arrays are read a 256-bit vector at a time (4 float64, or 8 float32 whose
-    halves feed two vectors of chains): the forward pass has just stored the outputs
-    that way, and a float32 load of half a stored vector waited for the store (W3's
-    float32 loss, in-process alternating fits with and without it: 23-25 ns an epoch
-    -> 17-18; float64's 9-22).  The last n % 16 samples are steps whose chains past n
-    keep their value (a select), as lanes4's, their loads masked unless the arrays
-    hold the whole vector.  One vector of four chains waits on its adds (~3 cycles
-    each); LLVM left four scalar chains scalar (~1 cycle per sample)."""
+    """The chains as 256-bit vectors of the arrays' dtype (chain c: lane c % width of
+    vector c // width; four <4 x double> or two <8 x float>), sixteen samples a step,
+    one load of each array per vector; then each vector's halves added (float32) or the
+    vectors pairwise (float64) -- both sum k = (c[k] + c[k + 4]) + (c[k + 8] + c[k + 12])
+    -- and the four lanes (l0 + l1) + (l2 + l3).  The last n % 16 samples are steps
+    whose chains past n keep their value (a select), as lanes4's, their loads masked
+    unless the arrays hold the whole vector.  One vector of chains waits on its adds
+    (~3 cycles each); LLVM left scalar chains scalar (~1 cycle per sample).  (Before,
+    float32 terms were widened and summed in float64 chains: W3's float32 epoch,
+    in-process alternating fits, took about 3-13 ns longer.)"""
     weighted = not isinstance(w, types.NoneType)
     if not _float_arrays(*((out, y, w) if weighted else (out, y))) \
             or not isinstance(n, types.Integer):
         return None
     dtype = out.dtype
     width = _width(dtype)  # one 256-bit load
-    halves = width // 4  # the vectors of chains one load feeds
+    vectors = LOSS_CHAINS // width
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
         vec = ir.VectorType(_LLVM_FLOAT[dtype][0](), width)
-        wide = ir.VectorType(ir.DoubleType(), 4)
         align = dtype.bitwidth // 8
         zero = ir.Constant(i64, 0)
         bases = [_base(builder, context, signature.args[k], args[k], zero)
                  for k in ((0, 1, 2) if weighted else (0, 1))]
         n_ = context.cast(builder, args[3], signature.args[3], types.uint64)
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(wide, None))
-                for _ in range(LOSS_CHAINS // 4)]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None))
+                for _ in range(vectors)]
 
-        def split(v):
-            """v's 4-lane parts, in float64."""
-            if halves == 1:
-                return [v]
-            return [builder.fpext(_shuffle(builder, v, v, list(range(4 * h, 4 * h + 4))), wide)
-                    for h in range(halves)]
-
-        def terms(j, load):
-            """The terms of samples j .. j + width - 1: a float64 vector for each vector
-            of chains they feed."""
+        def added(v, j, load):
+            """Chain vector v plus the terms of samples j .. j + width - 1."""
             d = builder.fsub(load(_at(builder, bases[0], j, vec)),
                              load(_at(builder, bases[1], j, vec)))
-            ts = split(builder.fmul(d, d))
+            term = builder.fmul(d, d)
             if weighted:
-                ts = [builder.fmul(wv, t)
-                      for wv, t in zip(split(load(_at(builder, bases[2], j, vec))), ts)]
-            return ts
-
-        def add(first, j, load):
-            """The chain vectors first .. first + halves - 1 plus their terms."""
-            return [builder.fadd(builder.load(accs[first + h]), t)
-                    for h, t in enumerate(terms(j, load))]
+                term = builder.fmul(load(_at(builder, bases[2], j, vec)), term)
+            return builder.fadd(builder.load(accs[v]), term)
 
         tail = builder.urem(n_, ir.Constant(i64, LOSS_CHAINS))
         q = builder.sub(n_, tail)
         plain = lambda ptr: builder.load(ptr, align=align)  # noqa: E731
         with cgutils.for_range_slice(builder, zero, q, ir.Constant(i64, LOSS_CHAINS)) as (j, _):
-            for first in range(0, len(accs), halves):
-                j_ = builder.add(j, ir.Constant(i64, 4 * first))
-                for acc, new in zip(accs[first:], add(first, j_, plain)):
-                    builder.store(new, acc)
+            for v in range(vectors):
+                builder.store(added(v, builder.add(j, ir.Constant(i64, width * v)), plain),
+                              accs[v])
         lengths = [builder.extract_value(
             context.make_array(signature.args[k])(context, builder, args[k]).shape, 0)
             for k in range(len(bases))]
-        for first in range(0, len(accs), halves):  # samples q + 4 first .. + width - 1
-            offset = ir.Constant(i64, 4 * first)
+        for v in range(vectors):  # samples q + width v .. + width - 1
+            offset = ir.Constant(i64, width * v)
             with builder.if_then(builder.icmp_unsigned(">", tail, offset)):
                 j = builder.add(q, offset)
                 mask, masked = _first_lanes(builder, vec, builder.sub(tail, offset), align)
@@ -567,16 +552,21 @@ def _squared_error_sum(typingctx, out, y, w, n):
                 with builder.if_else(room) as branches:
                     for branch, load in zip(branches, (plain, masked)):
                         with branch:
-                            for h, new in enumerate(add(first, j, load)):
-                                part = _shuffle(builder, mask, mask, [4 * h + c for c in range(4)])
-                                acc = accs[first + h]
-                                builder.store(builder.select(part, new, builder.load(acc)), acc)
-        v0, v1, v2, v3 = (builder.load(acc) for acc in accs)
-        total = builder.fadd(builder.fadd(v0, v1), builder.fadd(v2, v3))
+                            new = added(v, j, load)
+                            builder.store(builder.select(mask, new, builder.load(accs[v])),
+                                          accs[v])
+        chains = [builder.load(acc) for acc in accs]
+        if vectors == 4:
+            total = builder.fadd(builder.fadd(chains[0], chains[1]),
+                                 builder.fadd(chains[2], chains[3]))
+        else:
+            halves = [[_shuffle(builder, c, c, list(range(h, h + 4))) for h in (0, 4)]
+                      for c in chains]
+            total = builder.fadd(builder.fadd(*halves[0]), builder.fadd(*halves[1]))
         l0, l1, l2, l3 = (builder.extract_element(total, ir.Constant(i64, c)) for c in range(4))
         return builder.fadd(builder.fadd(l0, l1), builder.fadd(l2, l3))
 
-    return types.float64(out, y, w, n), codegen
+    return dtype(out, y, w, n), codegen
 
 
 # ------------------------------------------------------------------- lanes_dot(_step)

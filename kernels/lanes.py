@@ -100,7 +100,8 @@ def _sum4_lanes(x, nb, out, part):
 
 @njit(**INNER)
 def _loss_sum_lanes(a, y, nb, chains, loss):
-    """loss[q] += rules.loss_sum of lane q's row (chains: (LOSS_CHAINS, LANES), float64):
+    """loss[q] += rules.loss_sum of lane q's row (chains: (LOSS_CHAINS, LANES), of the
+    model's dtype):
     the same chains, s % LOSS_CHAINS, and the same combination (rules._combined_chains).
     The lanes have no sample weights, and their losses (``eligible``) all add
     rules.squared_error."""
@@ -216,7 +217,7 @@ def train_block(params, m0, net, x, y, epochs, lrs, epoch0, record_every, histor
     Y = np.empty(y.shape[1] * nb * LANES, dtype=params.dtype)
     part = np.empty((8, LANES), dtype=params.dtype)  # rules.dot4's chains (sum_width)
     loss = np.zeros(LANES)
-    chains = np.empty((LOSS_CHAINS, LANES))  # rules.loss_sum's, float64
+    chains = np.empty((LOSS_CHAINS, LANES), dtype=params.dtype)  # rules.loss_sum's
     out = np.empty(LANES, dtype=params.dtype)
     lr = np.empty(LANES, dtype=params.dtype)  # the single-model entry's like(lr, params)
     r0 = (epoch0 + record_every - 1) // record_every

@@ -8,8 +8,9 @@ dtype-generic: a float32 model computes in float32 -- constants enter through
 intrinsics.like, the sigmoid has a float32 exp (sigmoid32), the learning rate (once per
 epoch) and the delta scale (once per batch) are rounded to float32 -- because Numba
 types ``x * 1.0`` as float64, and a float64 step would halve the SIMD lanes and add
-conversions.  Loss values are summed in float64 in either dtype (they are reported, not
-trained on), each output's terms in sixteen interleaved chains (loss_sum), and the
+conversions.  A batch's loss sums each output's terms in the model's dtype, in sixteen
+interleaved chains (loss_sum), and adds the outputs' sums in float64 (per-sample SGD,
+whose batch is one sample, adds its terms in float64); the
 stateful steps (momentum, Adam) compute with their float64 beta, eps and bias
 corrections, the result rounded to float32 as it is stored.
 
@@ -271,15 +272,16 @@ def loss_term(out, y, z, code):
     """What one output of one sample adds to the loss sum before normalization (and
     before its sample weight): (out - y)^2, or for bce the cross-entropy of p = sigmoid(z)
     from z, -[y log p + (1-y) log(1-p)] = max(z, 0) - z y + log(1 + exp(-|z|)).
-    A float64 in either dtype: losses are summed in float64 (the square is the model's
-    dtype's, widened; Numba's typing unifies the two branches so, and the Python
-    meaning must not let a float32 make the running sum float32).  poisson:
+    A float64 in either dtype, for per-sample SGD, which adds a sample's terms in
+    float64 (the square is the model's dtype's, widened; Numba's typing unifies the two
+    branches so, and the Python meaning must not let a float32 make the running sum
+    float32); loss_sum rounds each term to the model's dtype.  poisson:
     y log(y / p) - y + p with log p = z, the y log y part 0 where y = 0."""
     if code == BCE:
         return bce_term(z, y)
     if code == POISSON:
         return poisson_term(np.float64(out), np.float64(y), np.float64(z))
-    return squared_error(out, y)
+    return np.float64(squared_error(out, y))
 
 
 @njit(**RULE)
@@ -290,10 +292,9 @@ def bce_term(z, y):
 
 @njit(**RULE)
 def squared_error(out, y):
-    """(out - y)^2 in the model's dtype, widened to float64: loss_term of mse, half_mse
-    and sse."""
+    """(out - y)^2 in the model's dtype: the term of mse, half_mse and sse."""
     d = out - y
-    return np.float64(d * d)
+    return d * d
 
 
 # Called, not inlined (unlike the other rules): inlined, its logarithm made every kernel
@@ -321,32 +322,36 @@ def _weighted(e, w, s, weighted):
 
 @njit(**RULE)
 def loss_sum(out, y, z, w, n, code):
-    """The sum over the samples s < n of one output's row of its loss terms (loss_term,
-    times w[s] when w is not empty), in float64: LOSS_CHAINS (16) chains -- chain
-    s % 16, in increasing s -- then combined (_combined_chains).  One running sum waits
-    ~4 cycles per term, and so does one vector of four chains: at 640 terms a batch (64
-    samples, 10 outputs) or 100 an epoch (the 1-10-1 net) that wait was a sizeable part
-    of a recorded epoch.  out, y, z: the row's arrays from its first sample (z read only
-    for the losses that use it, loss_uses_z).  Not cross_entropy, whose terms are per
+    """The sum over the samples s < n of one output's row of its loss terms, times w[s]
+    when w is not empty, in the model's dtype (out's): each term in that dtype
+    (loss_term's float64 rounded to it; the squared error is computed in it), weighted
+    in it (rules._weighted), added in LOSS_CHAINS (16) chains of it -- chain s % 16, in
+    increasing s -- then combined (_combined_chains).  One running sum waits ~4 cycles
+    per term, and so does one vector of chains: at 640 terms a batch (64 samples, 10
+    outputs) or 100 an epoch (the 1-10-1 net) that wait was a sizeable part of a
+    recorded epoch.  out, y, z: the row's arrays from its first sample (z read only for
+    the losses that use it, loss_uses_z).  Not cross_entropy, whose terms are per
     sample (batch.batch_loss sums those in order).
 
-    The squared error's chains are four vectors (intrinsics.squared_error_sum).  The
-    other losses' chains rotate through a tuple, the front one taking the term, and are
+    The squared error's chains are vectors (intrinsics.squared_error_sum).  The other
+    losses' chains rotate through a tuple, the front one taking the term, and are
     turned back after the last (n % 16 turns from where they started).  Each kind of
     term has loops of its own, with loss_term's expression for that loss: a loop that
     chose among them per term was vectorized by LLVM computing all of them, exp and log
     included (twenty times slower in float32)."""
     weighted = w.shape[0] > 0
     un = uint64(n)
-    c = _NO_CHAINS
+    zero = like(0.0, out)
+    c = (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero,
+         zero, zero)
     if code == BCE:
         for s in range(un):
-            e = _weighted(bce_term(np.float64(z[s]), y[s]), w, s, weighted)
+            e = _weighted(like(bce_term(np.float64(z[s]), y[s]), out), w, s, weighted)
             c = _rotated_in(c, e)
     elif code == POISSON:
         for s in range(un):
-            e = _weighted(poisson_term(np.float64(out[s]), np.float64(y[s]),
-                                       np.float64(z[s])), w, s, weighted)
+            e = _weighted(like(poisson_term(np.float64(out[s]), np.float64(y[s]),
+                                            np.float64(z[s])), out), w, s, weighted)
             c = _rotated_in(c, e)
     elif weighted:
         return squared_error_sum(out, y, w, un)
@@ -355,9 +360,6 @@ def loss_sum(out, y, z, w, n, code):
     for _ in range(un % uint64(LOSS_CHAINS)):
         c = _rotated_back(c)
     return _combined_chains(c)
-
-
-_NO_CHAINS = (0.0,) * LOSS_CHAINS
 
 
 # (Numba has no tuple slices: c[1:] + (c[0] + e,) written out)

@@ -441,9 +441,11 @@ def _squared_error_sum_compiled(out, y, w, n, weighted):
 @pytest.mark.parametrize("n", [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 24, 29, 31, 100, 101])
 @pytest.mark.parametrize("room", ["padded", "exact", "y exact", "four past"])
 def test_squared_error_sum_python_meaning_equals_the_compiled_sum(dtype, n, room):
-    """rules.loss_sum's squared errors: sixteen chains, sixteen samples a step in four
-    vectors, last steps for the rest; the terms in the arrays' dtype, widened, times
-    the weight; the chains added four vectors pairwise, then their lanes.  The elements
+    """rules.loss_sum's squared errors: sixteen chains of the arrays' dtype, sixteen
+    samples a step in four float64 vectors or two float32 ones, last steps for the
+    rest; each term times the weight, in that dtype; the chains added as sum k = (c[k] +
+    c[k + 4]) + (c[k + 8] + c[k + 12]), then those four.  (float64 chains, the sum
+    before, differ for float32 in these cases: the check could fail.)  The elements
     past n (NaN) are in no chain, whether the last steps load them (every array holds
     their whole vectors: "padded") or mask them off (an array ends at n, or four
     values past it: half of a float32 load)."""
@@ -462,13 +464,39 @@ def test_squared_error_sum_python_meaning_equals_the_compiled_sum(dtype, n, room
     for weighted in (False, True):
         want = _squared_error_sum_compiled(out, y, w, n, weighted)
         got = I.squared_error_sum(out, y, w if weighted else None, n)
+        assert np.array(got).dtype == dtype  # (Numba returns a Python float)
         assert _bits(np.float64(got)) == _bits(np.float64(want))
-        c = [0.0] * I.LOSS_CHAINS  # the order, spelled out
-        for s in range(n):
-            d = out[s] - y[s]
-            c[s % 16] += (float(w[s]) if weighted else 1.0) * float(d * d)
-        v = [(c[k] + c[k + 4]) + (c[k + 8] + c[k + 12]) for k in range(4)]
-        assert got == (v[0] + v[1]) + (v[2] + v[3])
+        assert _bits(np.float64(got)) == _bits(np.float64(_chain_sum(out, y, w, n, weighted)))
+
+
+def _chain_sum(out, y, w, n, weighted, chain_type=None):
+    """The order spelled out: sixteen chains of ``chain_type`` (default: the arrays'
+    dtype), each term d * d (times w) in the arrays' dtype."""
+    chain_type = chain_type or out.dtype.type
+    c = [chain_type(0.0)] * I.LOSS_CHAINS
+    for s in range(n):
+        d = out[s] - y[s]
+        c[s % 16] = chain_type(c[s % 16] + chain_type(w[s] * (d * d) if weighted else d * d))
+    v = [(c[k] + c[k + 4]) + (c[k + 8] + c[k + 12]) for k in range(4)]
+    return (v[0] + v[1]) + (v[2] + v[3])
+
+
+def test_float32_squared_errors_are_summed_in_float32():
+    """A float32 row's squared errors are summed in float32 chains (no float64 inside
+    the loop): the compiled sums equal the float32 order, and differ from the float64
+    chains used before in some of these rows (the check could fail)."""
+    rng = np.random.default_rng(4)
+    differ = 0
+    for n in (5, 16, 17, 100, 333):
+        out = rng.standard_normal(n).astype(np.float32)
+        y = rng.standard_normal(n).astype(np.float32)
+        w = rng.random(n).astype(np.float32)
+        for weighted in (False, True):
+            got = _squared_error_sum_compiled(out, y, w, n, weighted)
+            assert got == _chain_sum(out, y, w, n, weighted)
+            differ += np.float64(got) != np.float64(np.float32(
+                _chain_sum(out, y, w, n, weighted, np.float64)))
+    assert differ > 0
 
 
 @njit

@@ -508,38 +508,41 @@ def _batch_loss(acts, oo, y, z, w, code, k, nb):
     return B.batch_loss(acts, oo, y, z, w, code, k, nb)
 
 
-def _chain_loss(out, y, z, w, code, k, nb, chains=16):
+def _chain_loss(out, y, z, w, code, k, nb, chains=16, chain_type=None):
     """The documented order of a batch loss, in Python: output by output (a running
-    float64 total from 0), each output's terms -- rules.loss_term (a float64; a Python
-    float would make a float32 weight's product float32), times the sample weight -- in
-    sixteen chains (chain s % 16), added as sum k = (c[k] + c[k + 4]) + (c[k + 8] +
-    c[k + 12]), then (s0 + s1) + (s2 + s3).  ``chains=4``: the order before, chain s % 4
-    added as (c0 + c1) + (c2 + c3)."""
+    float64 total from 0), each output's terms -- rules.loss_term rounded to the
+    model's dtype (out's), times the sample weight in that dtype -- in sixteen chains
+    of that dtype (chain s % 16), added as sum k = (c[k] + c[k + 4]) + (c[k + 8] +
+    c[k + 12]), then (s0 + s1) + (s2 + s3).  ``chains=4``: the order before that, chain
+    s % 4 added as (c0 + c1) + (c2 + c3); ``chain_type=np.float64``: float64 chains,
+    the float32 order before this one."""
+    dtype = out.dtype.type
+    chain_type = chain_type or dtype
     total = np.float64(0.0)
     for j in range(k):
-        c = [np.float64(0.0)] * chains
+        c = [chain_type(0.0)] * chains
         for s in range(nb):
-            t = np.float64(Rules.loss_term(out[j * nb + s], y[j * nb + s],
-                                           np.float64(z[j * nb + s]), code))
-            t = w[s] * t if w.size else t
-            c[s % chains] = np.float64(c[s % chains] + t)
+            t = dtype(Rules.loss_term(out[j * nb + s], y[j * nb + s],
+                                      np.float64(z[j * nb + s]), code))
+            t = chain_type(w[s] * t if w.size else t)
+            c[s % chains] = chain_type(c[s % chains] + t)
         if chains == 16:
             c = [(c[i] + c[i + 4]) + (c[i + 8] + c[i + 12]) for i in range(4)]
-        total = np.float64(total + ((c[0] + c[1]) + (c[2] + c[3])))
+        total = np.float64(total + np.float64((c[0] + c[1]) + (c[2] + c[3])))
     return Rules.loss_of_sum(total, code, k, nb)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_batch_loss_sums_each_output_in_sixteen_chains(dtype):
     """batch.batch_loss (which the generated kernels and the lanes follow: their tests
-    check the same bits) adds each output's loss terms in sixteen interleaved float64
-    chains, the order _chain_loss spells out: bit for bit, for every loss that sums
-    terms, with and without sample weights, for batches of many sizes mod 16.  (A
-    single running sum and four chains, orders used before, differ in the last bits:
-    the check could fail.)"""
+    check the same bits) adds each output's loss terms in sixteen interleaved chains of
+    the model's dtype, the order _chain_loss spells out: bit for bit, for every loss
+    that sums terms, with and without sample weights, for batches of many sizes mod 16.
+    (A single running sum, four chains, and for float32 float64 chains -- orders used
+    before -- differ in the last bits: the check could fail.)"""
     rng = np.random.default_rng(5)
     codes = (Rules.MSE, Rules.HALF_MSE, Rules.SSE, Rules.BCE, Rules.POISSON)
-    differs = four_differs = 0
+    differs = four_differs = wide_differs = 0
     for code in codes:
         for k in (1, 3):
             for nb in (1, 2, 3, 4, 5, 7, 16, 17, 31, 64, 101):
@@ -551,13 +554,16 @@ def test_batch_loss_sums_each_output_in_sixteen_chains(dtype):
                     want = _chain_loss(out, y, z, w, code, k, nb)
                     assert got == want, (dtype, code, k, nb, w.size, got, want)
                     four_differs += got != _chain_loss(out, y, z, w, code, k, nb, chains=4)
-                    terms = [np.float64(Rules.loss_term(out[i], y[i], np.float64(z[i]), code))
-                             * (w[i % nb] if w.size else 1.0) for i in range(k * nb)]
-                    one_chain = np.float64(0.0)
+                    wide_differs += got != _chain_loss(out, y, z, w, code, k, nb,
+                                                       chain_type=np.float64)
+                    terms = [dtype(Rules.loss_term(out[i], y[i], np.float64(z[i]), code))
+                             * (w[i % nb] if w.size else dtype(1.0)) for i in range(k * nb)]
+                    one_chain = dtype(0.0)
                     for t in terms:
-                        one_chain = np.float64(one_chain + t)
-                    differs += Rules.loss_of_sum(one_chain, code, k, nb) != got
+                        one_chain = dtype(one_chain + t)
+                    differs += Rules.loss_of_sum(np.float64(one_chain), code, k, nb) != got
     assert differs > 0 and four_differs > 0  # the orders are told apart by these cases
+    assert (wide_differs > 0) == (dtype == np.float32)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
