@@ -10,9 +10,9 @@ epoch) and the delta scale (once per batch) are rounded to float32 -- because Nu
 types ``x * 1.0`` as float64, and a float64 step would halve the SIMD lanes and add
 conversions.  A batch's loss sums each output's terms in the model's dtype, in sixteen
 interleaved chains (loss_sum), and adds the outputs' sums in float64 (per-sample SGD,
-whose batch is one sample, adds its terms in float64); the
-stateful steps (momentum, Adam) compute with their float64 beta, eps and bias
-corrections, the result rounded to float32 as it is stored.
+whose batch is one sample, adds its terms in float64); the stateful steps
+(momentum, Adam, L2) compute in the parameters' dtype, their float64 factors rounded
+to it (stateful_step).
 
 Conventions (DESIGN.md), for a batch of N samples and K outputs, sample weights w_s
 (all 1 without weights):
@@ -548,13 +548,21 @@ def adam_scales(beta1, beta2, t):
 
 
 @njit(**RULE)
-def adam_step(p, g, m, v, lr, beta1, beta2, eps, c1, c2):
+def adam_step(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2):
     """Adam as in the paper, with the bias corrections c1, c2 of adam_scales:
     m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2; p <- p - lr (m c1) / (sqrt(v c2) + eps).
-    Returns (p, m, v)."""
-    m = beta1 * m + (1.0 - beta1) * g
-    v = beta2 * v + (1.0 - beta2) * g * g
-    return p - lr * (m * c1) / (math.sqrt(v * c2) + eps), m, v
+    Every argument of one dtype.  Returns (p, m, v).
+
+    Where v c2, the corrected second moment (about g^2 at the first step), passes the
+    dtype's range, the step would be m / sqrt(inf) = 0 from then on, a frozen weight
+    with a finite v: v is returned as that infinity instead, which the divergence guard
+    reports (loops.all_finite_state).  In float32 that is |g| past ~1.8e19, where the
+    float32 v alone would hold gradients up to ~5.8e20."""
+    m = beta1 * m + one_minus_beta1 * g
+    v = beta2 * v + one_minus_beta2 * g * g
+    corrected = v * c2
+    p = p - lr * (m * c1) / (like(math.sqrt(corrected), p) + eps)
+    return p, m, (v if corrected - corrected == 0 else corrected)
 
 
 @njit(**RULE)
@@ -583,24 +591,26 @@ def learning_rate(rule, epoch):
 def stateful_step(params, moments, i, g, lr, rule, c1, c2, decay):
     """Parameter i's step under a rule with state (momentum, Nesterov, Adam; any rule
     with L2): ``decay`` is the L2 factor for a weight, None for a bias; c1, c2 Adam's
-    corrections for this step (adam_scales).  moments (2, n_params): the velocity or
-    Adam's m in row 0, Adam's v in row 1."""
-    # the step in float64 from the model's values (README: Numerics), for weights and
-    # biases alike: a float32 bias's lr * g was a float32 product (compiled, Numba
-    # unified only a weight's g with with_l2's float64).  Written out so that the Python
-    # meaning rounds alike.
-    g = np.float64(g)
+    corrections for this step (adam_scales); lr in the parameters' dtype.  moments
+    (2, n_params): the velocity or Adam's m in row 0, Adam's v in row 1.  In the
+    parameters' dtype: the rule's float64 factors (beta1, beta2, eps, momentum, the L2
+    factor, c1, c2) each rounded to it, 1 - beta computed in float64 first, as PyTorch
+    passes them to its float32 kernels (README: Numerics)."""
+    p = params[i]
+    g = like(g, p)  # (a float32 g stays float32: Numba would widen a bias's lr * g)
     if decay is not None:  # a weight (a bias's None: the branch is pruned)
         if decay != 0.0:
-            g = with_l2(g, params[i], decay)
+            g = with_l2(g, p, like(decay, p))
     if rule.optimizer == ADAM:
-        p, m, v = adam_step(params[i], g, moments[0, i], moments[1, i], lr, rule.beta1,
-                            rule.beta2, rule.eps, c1, c2)
+        p, m, v = adam_step(p, g, moments[0, i], moments[1, i], lr, like(rule.beta1, p),
+                            like(1.0 - rule.beta1, p), like(rule.beta2, p),
+                            like(1.0 - rule.beta2, p), like(rule.eps, p), like(c1, p),
+                            like(c2, p))
         moments[0, i] = m
         moments[1, i] = v
         params[i] = p
     else:
-        p, v = momentum_step(params[i], g, moments[0, i], lr, rule.momentum, rule.nesterov)
+        p, v = momentum_step(p, g, moments[0, i], lr, like(rule.momentum, p), rule.nesterov)
         moments[0, i] = v
         params[i] = p
 

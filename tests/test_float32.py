@@ -11,10 +11,12 @@ terms cancel).  The cases below stay within 0.8 ULP of it.
 """
 import numpy as np
 import pytest
+from numba import njit
 
 import fastbp
 from fastbp import datasets
 from fastbp._demos import tutorial_admissions_model
+from fastbp.kernels import rules as Rules
 
 import reference as R
 
@@ -240,13 +242,17 @@ def test_from_weights_refuses_values_too_large_for_float32(which):
     assert np.isfinite(m.params).all()
 
 
+@pytest.mark.parametrize("x", [1e10, 1.6e9])
 @pytest.mark.parametrize("batch_size", [None, 2, 1])
-def test_adams_second_moment_overflowing_float32_is_a_divergence(batch_size):
+def test_adams_second_moment_overflowing_float32_is_a_divergence(batch_size, x):
     """Squared gradients past float32's 3.4e38 made Adam's v infinite while the weights
     stayed finite: every later step was m / sqrt(inf) = 0, a silently frozen model.  The
     guard treats it as a divergence: DivergenceError, and the model keeps the last state
-    whose v was finite.  float64 holds such squares and keeps learning."""
-    X, y = np.full((4, 1), 1e10), np.zeros(4)
+    whose v was finite.  float64 holds such squares and keeps learning.  x = 1.6e9:
+    the gradients (2.6e19 to 1e20) square past 3.4e38, but (1 - beta2) g^2, v itself,
+    stays finite in float32; the corrected v c2 (~g^2) does not, and would freeze the
+    weight just the same (rules.adam_step stores it as v)."""
+    X, y = np.full((4, 1), x), np.zeros(4)
 
     def model(dtype):
         return fastbp.MLP.from_weights([np.array([[10.0]])], [np.array([0.0])],
@@ -261,3 +267,57 @@ def test_adams_second_moment_overflowing_float32_is_a_divergence(batch_size):
     wide = model("float64")
     h = wide.fit(X, y, epochs=5, lr=0.1, optimizer="adam", batch_size=batch_size)
     assert h.stopped is None and np.all(np.diff(h.loss) < 0)
+
+
+@njit(error_model="numpy")
+def _stateful_step(params, moments, i, g, lr, rule, c1, c2, decay):
+    Rules.stateful_step(params, moments, i, g, lr, rule, c1, c2, decay)
+
+
+def _reference_step(p, g, m, v, lr, rule, c1, c2, decay, wide):
+    """The stateful step spelled out in numpy scalars: in float32 with the rule's factors
+    rounded to float32 (1 - beta in float64 first), or (``wide``) in float64 from the
+    float32 values, rounded once at the end, as before."""
+    t = np.float64 if wide else np.float32
+    f = lambda value: t(value)  # noqa: E731
+    p, g, m, v = t(p), t(g), t(m), t(v)
+    if decay:
+        g = g + f(decay) * p
+    if rule.optimizer == Rules.ADAM:
+        m = f(rule.beta1) * m + f(1.0 - rule.beta1) * g
+        v = f(rule.beta2) * v + f(1.0 - rule.beta2) * g * g
+        p = p - f(lr) * (m * f(c1)) / (t(np.sqrt(v * f(c2))) + f(rule.eps))
+    else:
+        m = f(rule.momentum) * m - f(lr) * g
+        p = p + (f(rule.momentum) * m - f(lr) * g if rule.nesterov else m)
+    return tuple(np.float32(value) for value in (p, m, v))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum", "nesterov"])
+def test_float32_stateful_steps_compute_in_float32(optimizer):
+    """A float32 model's momentum, Nesterov and Adam steps (and their L2 decay) compute in
+    float32, the rule's factors rounded to float32 -- nothing widened to float64 inside
+    the loop: the compiled step equals the float32 order spelled out, bit for bit, and in
+    some of these cases differs from the step computed in float64 and rounded once (the
+    order before: the check could fail)."""
+    from fastbp.kernels import options as O
+    rule = O.as_compiled(O.Rule(Rules.ADAM if optimizer == "adam" else Rules.SGD, 0.01, 0.9,
+                                optimizer == "nesterov", 0.9, 0.999, 1e-8, 0.0,
+                                Rules.CONSTANT, 0.5, 1, 0.5, 0.0, 1, False, 0.0))
+    rng = np.random.default_rng(8)
+    differ = 0
+    for _ in range(200):
+        params = rng.normal(size=3).astype(np.float32)
+        moments = np.abs(rng.normal(size=(2, 3))).astype(np.float32) * np.float32(0.1)
+        g = np.float32(rng.normal())
+        lr = np.float32(10.0 ** rng.uniform(-3, -1))
+        c1, c2 = Rules.adam_scales.py_func(0.9, 0.999, int(rng.integers(1, 50)))
+        decay = float(rng.choice([0.0, 1e-2]))
+        before = (params[1], g, moments[0, 1], moments[1, 1])
+        _stateful_step(params, moments, 1, g, lr, rule, c1, c2, decay)
+        got = (params[1], moments[0, 1], moments[1, 1])
+        want = _reference_step(*before, lr, rule, c1, c2, decay, wide=False)
+        assert [v.tobytes() for v in got] == [v.tobytes() for v in want[:3]], (got, want)
+        wide = _reference_step(*before, lr, rule, c1, c2, decay, wide=True)
+        differ += got[0] != wide[0] or got[1] != wide[1]
+    assert differ > 0

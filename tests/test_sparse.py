@@ -53,8 +53,10 @@ def test_sparse_fit_equals_dense_fit(fit, dtype):
     dense, hd = _fit(X, y, dtype, **kw)
     sparse, hs = _fit(sp.csr_matrix(X), y, dtype, **kw)
     assert "sparse inputs" in hs.kernel and "sparse" not in hd.kernel
+    # (atol: Adam's steps are about lr = 0.3 whatever the gradient, and a float32 step
+    # rounds at that scale: a parameter near 0 differs by a few of its ULPs, 1.2e-7)
     np.testing.assert_allclose(sparse.params, dense.params, rtol=RTOL[dtype],
-                               atol=RTOL[dtype] * 1e-3)
+                               atol=RTOL[dtype] * 1e-2)
     np.testing.assert_allclose(hs.loss, hd.loss, rtol=RTOL[dtype])
     assert not np.array_equal(sparse.params, fastbp.MLP(SIZES, activation=ACTS, loss="bce",
                                                         dtype=dtype, seed=2).params)
