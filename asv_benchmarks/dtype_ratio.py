@@ -8,7 +8,10 @@ timing (Workload.in_dtype), so both dtypes train the same network.
     NUMBA_NUM_THREADS=1 taskset -c 1 python dtype_ratio.py   # every workload, one CPU
     python dtype_ratio.py --workloads W1,W4b --repeat 5
     python dtype_ratio.py --workloads W3 --samples 100,200,1000   # W3's net on more data
+    python dtype_ratio.py --workloads W1,W3,W4b_64 --optimizer adam   # stateful steps
 
+``--optimizer momentum`` (momentum=0.9) or ``adam``: the single-model workloads
+trained with that rule instead of plain SGD (W5's ensemble is left out).
 ``--samples``: each workload's data repeated to that many samples (Workload.with_samples),
 to see how the ratio moves with the work per epoch.  ``--block K``: each timed run is
 the median of K fits of one dtype in a row, after one more untimed, so that a fit
@@ -23,6 +26,7 @@ from compare import DEFAULT_KEYS, expand_keys, make_workload  # also puts benchm
 import peers  # noqa: E402
 
 DTYPES = ("float64", "float32")
+OPTIMIZERS = {"sgd": {}, "momentum": dict(momentum=0.9), "adam": dict(optimizer="adam")}
 
 
 def main(argv=None):
@@ -34,16 +38,22 @@ def main(argv=None):
                     help="comma list of sample counts: each workload's data repeated to each")
     ap.add_argument("--block", type=int, default=1,
                     help="fits of one dtype in a row per timed run (median; one untimed first)")
+    ap.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd",
+                    help="the update rule of the single-model workloads (default plain SGD)")
     args = ap.parse_args(argv)
+    fit_options = OPTIMIZERS[args.optimizer]
     counts = [None] if args.samples is None else [int(v) for v in args.samples.split(",")]
     print("| workload | float64 (s) | float32 (s) | float32 / float64 |")
     print("|---|---|---|---|")
-    for key, n in ((key, n) for key in expand_keys(args.workloads) for n in counts):
+    keys = [key for key in expand_keys(args.workloads)
+            if not (fit_options and key.startswith("W5"))]
+    for key, n in ((key, n) for key in keys for n in counts):
         runs = {}
         for dtype in DTYPES:
             wl = make_workload(key, args.quick, dtype)
             wl = wl if n is None else wl.with_samples(n)
-            run = peers.build("fastbp", wl, key)
+            run = (peers.fastbp_with_options(wl, **fit_options) if fit_options
+                   else peers.build("fastbp", wl, key))
             (getattr(run, "warmup", None) or run)()
             runs[dtype] = (run, wl.scale)
         times = {dtype: [] for dtype in DTYPES}

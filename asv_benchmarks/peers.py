@@ -90,6 +90,12 @@ def _fastbp_one_thread(wl):
     return _fastbp_single(wl, n_jobs=1)
 
 
+def fastbp_with_options(wl, **fit_options):
+    """fastbp's one-model run of ``wl``, fit with these options as well (dtype_ratio.py
+    --optimizer: momentum=0.9, optimizer="adam")."""
+    return _fastbp_single(wl, **fit_options)
+
+
 fastbp_w1 = fastbp_w2a = fastbp_w2b = fastbp_w3 = fastbp_w4a = fastbp_w4b = _fastbp_single
 fastbp_1_w1 = fastbp_1_w2a = fastbp_1_w2b = fastbp_1_w3 = fastbp_1_w4a = fastbp_1_w4b = \
     _fastbp_one_thread

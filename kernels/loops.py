@@ -230,8 +230,8 @@ STOPPED_EARLY = 2
 def all_finite_state(MOMENTS, params, rule, state):
     """Whether the parameters are finite, and with MOMENTS (a compile-time constant: a
     rule with state) Adam's v: its overflow (a float32 model's squared gradients past
-    3.4e38) leaves the parameters finite but stops their steps (m / sqrt(inf) = 0), a
-    divergence too."""
+    3.4e38; rules.adam_step stores an overflowing corrected v as v) leaves the
+    parameters finite but stops their steps (m / sqrt(inf) = 0), a divergence too."""
     if not all_finite(params):
         return False
     if MOMENTS and rule.optimizer == ADAM:
