@@ -101,8 +101,8 @@ def _sum4_lanes(x, nb, out, part):
 @njit(**INNER)
 def _loss_sum_lanes(a, y, nb, chains, loss):
     """loss[q] += rules.loss_sum of lane q's row (chains: (LOSS_CHAINS, LANES), of the
-    model's dtype):
-    the same chains, s % LOSS_CHAINS, and the same combination (rules._combined_chains).
+    model's dtype): the same chains, s % LOSS_CHAINS, and the same combination
+    (rules._combined_chains).
     The lanes have no sample weights, and their losses (``eligible``) all add
     rules.squared_error."""
     for r in range(LOSS_CHAINS):

@@ -96,12 +96,13 @@ def stateful_update(params, grad, lr, net, rule, state, l2_scale):
     if rule.optimizer == ADAM:
         c1, c2 = adam_scales(rule.beta1, rule.beta2, state.step[0])
     sizes = net.sizes
-    last = sizes.shape[0] - 2
     if l2 == 0.0:
         # no decay: weights and biases take the same step, so one loop over the whole
         # vector (the layers' blocks lie end to end from 0): the same steps, but a loop
         # entered once, not twice per layer -- each entry of a vectorized loop checks its
         # arrays' overlap, which cost a 1-10-1 net's float32 update more than its steps
+        # -- and without the test of a zero decay, which kept the weights' loops scalar
+        last = sizes.shape[0] - 2
         end = (net.b_off[last] + sizes[last + 1] if net.b_off[last] >= 0
                else net.w_off[last] + sizes[last] * sizes[last + 1])
         for p in range(end):
