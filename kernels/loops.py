@@ -98,8 +98,10 @@ def stateful_update(params, grad, lr, net, rule, state, l2_scale):
     sizes = net.sizes
     if l2 == 0.0:
         # no decay: weights and biases take the same step, so one loop over the whole
-        # vector (the layers' blocks lie end to end from 0): the same steps, in a loop
-        # entered once, not twice per layer, which the 1-10-1 net's tiny update feels
+        # vector (the layers' blocks lie end to end from 0): the same steps, but a loop
+        # entered once, not twice per layer -- each entry of a vectorized loop checks its
+        # arrays' overlap, which cost a 1-10-1 net's float32 update more than its steps
+        # -- and without the test of a zero decay, which kept the weights' loops scalar
         last = sizes.shape[0] - 2
         end = (net.b_off[last] + sizes[last + 1] if net.b_off[last] >= 0
                else net.w_off[last] + sizes[last] * sizes[last + 1])
@@ -108,24 +110,12 @@ def stateful_update(params, grad, lr, net, rule, state, l2_scale):
         return
     for l in range(sizes.shape[0] - 1):
         wo = net.w_off[l]
-        _stateful_steps(params, state.moments, grad, wo, wo + sizes[l] * sizes[l + 1], lr,
-                        rule, c1, c2, l2)
+        for p in range(wo, wo + sizes[l] * sizes[l + 1]):
+            stateful_step(params, state.moments, p, grad[p], lr, rule, c1, c2, l2)
         bo = net.b_off[l]
         if bo >= 0:
-            _stateful_steps(params, state.moments, grad, bo, bo + sizes[l + 1], lr, rule, c1,
-                            c2, None)
-
-
-@njit(**INNER)
-def _stateful_steps(params, moments, grad, lo, hi, lr, rule, c1, c2, decay):
-    """rules.stateful_step for the parameters lo <= p < hi.  A function of its own, its
-    bounds unsigned: written in the layers' loop above, or with signed bounds, LLVM
-    left these loops scalar (stateful_update on W4b H=64's 6,922 parameters with L2,
-    Adam: float64 5.0 -> 1.9 ns a parameter, float32 4.0 -> 0.9).  The loop without
-    decay above, from 0, vectorized where it is (float32 Adam 0.45 ns a parameter,
-    0.6 through this function)."""
-    for p in range(uint64(lo), uint64(hi)):
-        stateful_step(params, moments, p, grad[p], lr, rule, c1, c2, decay)
+            for p in range(bo, bo + sizes[l + 1]):
+                stateful_step(params, state.moments, p, grad[p], lr, rule, c1, c2, None)
 
 
 @njit(**dict(JIT, inline="always"))
