@@ -98,10 +98,10 @@ def stateful_update(params, grad, lr, net, rule, state, l2_scale):
     sizes = net.sizes
     if l2 == 0.0:
         # no decay: weights and biases take the same step, so one loop over the whole
-        # vector (the layers' blocks lie end to end from 0): the same steps, but a loop
-        # entered once, not twice per layer -- each entry of a vectorized loop checks its
-        # arrays' overlap, which cost a 1-10-1 net's float32 update more than its steps
-        # -- and without the test of a zero decay, which kept the weights' loops scalar
+        # vector (the layers' blocks lie end to end from 0): the same steps, and a loop
+        # LLVM vectorizes -- the loops per layer below stay scalar (written in the layers'
+        # loop; with or without their decay test): W4b H=64's 6,922 parameters, Adam,
+        # float64 5.0 -> 1.3 ns a parameter, float32 4.0 -> 0.45
         last = sizes.shape[0] - 2
         end = (net.b_off[last] + sizes[last + 1] if net.b_off[last] >= 0
                else net.w_off[last] + sizes[last] * sizes[last + 1])
