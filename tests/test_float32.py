@@ -17,6 +17,7 @@ import fastbp
 from fastbp import datasets
 from fastbp._demos import tutorial_admissions_model
 from fastbp.kernels import rules as Rules
+from fastbp.kernels.loops import stateful_update
 
 import reference as R
 
@@ -272,6 +273,61 @@ def test_adams_second_moment_overflowing_float32_is_a_divergence(batch_size, x):
 @njit(error_model="numpy")
 def _stateful_step(params, moments, i, g, lr, rule, c1, c2, decay):
     Rules.stateful_step(params, moments, i, g, lr, rule, c1, c2, decay)
+
+
+@njit(error_model="numpy")
+def _stateful_update(params, grad, lr, net, rule, state, l2_scale):
+    stateful_update(params, grad, lr, net, rule, state, l2_scale)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_stateful_update_with_l2_is_each_parameters_step(dtype, optimizer, bias):
+    """loops.stateful_update with L2 folds each weight's decay into its gradient, then
+    steps every parameter in one loop (a loop LLVM vectorizes): the same bits as
+    rules.stateful_step parameter by parameter, the decay (times l2_scale) on the weights
+    only -- not on the biases, whose steps would differ (the check can fail)."""
+    from fastbp.kernels import options as O
+    t = np.dtype(dtype).type
+    sizes = np.array([3, 5, 4, 2])
+    w_off, b_off, pos = [], [], 0
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        w_off.append(pos)
+        pos += a * b
+        b_off.append(pos if bias else -1)
+        pos += b if bias else 0
+    net = O.Net(sizes, np.array(w_off), np.array(b_off), np.zeros(3, np.int64), 0, -1, 0, 0,
+                0, 0)
+    l2, l2_scale = 0.05, 1.5
+    rule = O.as_compiled(O.Rule(Rules.ADAM if optimizer == "adam" else Rules.SGD, 0.01, 0.9,
+                                False, 0.9, 0.999, 1e-8, l2, Rules.CONSTANT, 0.5, 1, 0.5,
+                                0.0, 1, False, 0.0))
+    rng = np.random.default_rng(3)
+    params = rng.normal(size=pos).astype(dtype)
+    grad = rng.normal(size=pos).astype(dtype)
+    moments = (np.abs(rng.normal(size=(2, pos))) * 0.1).astype(dtype)
+    state = O.State(np.zeros(2, np.int64), moments.copy(), np.array([4]), np.zeros(1),
+                    np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(0, dtype))
+    got = params.copy()
+    _stateful_update(got, grad.copy(), t(0.01), net, rule, state, l2_scale)
+    want, want_moments = params.copy(), moments.copy()
+    c1, c2 = Rules.adam_scales.py_func(0.9, 0.999, 5) if optimizer == "adam" else (1.0, 1.0)
+    weight = np.zeros(pos, bool)
+    for l in range(len(sizes) - 1):
+        weight[w_off[l]:w_off[l] + sizes[l] * sizes[l + 1]] = True
+    for i in range(pos):
+        _stateful_step(want, want_moments, i, grad[i], t(0.01), rule, c1, c2,
+                       l2 * l2_scale if weight[i] else 0.0)
+    assert state.step[0] == 5
+    assert got.tobytes() == want.tobytes()
+    assert state.moments.tobytes() == want_moments.tobytes()
+    if bias:  # the biases' steps without decay: a decayed one would differ
+        decayed = want.copy()
+        i = b_off[0]
+        m = moments.copy()
+        _stateful_step(decayed, m, i, grad[i], t(0.01), rule, c1, c2, l2 * l2_scale)
+        assert decayed[i] != got[i]
 
 
 def _reference_step(p, g, m, v, lr, rule, c1, c2, decay, wide):
