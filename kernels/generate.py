@@ -410,7 +410,7 @@ _SHUFFLE = """\
 
 
 def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
-    """epoch_pass: forward, loss, backward and gradient of one full batch.
+    """epoch_pass: forward, backward, loss and gradient of one full batch.
 
     The forward pass is a few loops over the P samples per layer, each writing a few
     units' rows (FORWARD_ROWS_PER_LOOP); the backward pass is one loop through all

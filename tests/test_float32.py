@@ -288,17 +288,12 @@ def test_stateful_update_with_l2_is_each_parameters_step(dtype, optimizer, bias)
     steps every parameter in one loop (a loop LLVM vectorizes): the same bits as
     rules.stateful_step parameter by parameter, the decay (times l2_scale) on the weights
     only -- not on the biases, whose steps would differ (the check can fail)."""
+    from fastbp._layout import Layout
     from fastbp.kernels import options as O
     t = np.dtype(dtype).type
-    sizes = np.array([3, 5, 4, 2])
-    w_off, b_off, pos = [], [], 0
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        w_off.append(pos)
-        pos += a * b
-        b_off.append(pos if bias else -1)
-        pos += b if bias else 0
-    net = O.Net(sizes, np.array(w_off), np.array(b_off), np.zeros(3, np.int64), 0, -1, 0, 0,
-                0, 0)
+    layout = Layout((3, 5, 4, 2), bias)
+    sizes, w_off, b_off, pos = layout.sizes_arr, layout.w_off, layout.b_off, layout.n_params
+    net = O.Net(sizes, w_off, b_off, np.zeros(3, np.int64), 0, -1, 0, 0, 0, 0)
     l2, l2_scale = 0.05, 1.5
     rule = O.as_compiled(O.Rule(Rules.ADAM if optimizer == "adam" else Rules.SGD, 0.01, 0.9,
                                 False, 0.9, 0.999, 1e-8, l2, Rules.CONSTANT, 0.5, 1, 0.5,
@@ -323,9 +318,7 @@ def test_stateful_update_with_l2_is_each_parameters_step(dtype, optimizer, bias)
     assert got.tobytes() == want.tobytes()
     assert state.moments.tobytes() == want_moments.tobytes()
     if bias:  # the biases' steps without decay: a decayed one would differ
-        decayed = want.copy()
-        i = b_off[0]
-        m = moments.copy()
+        decayed, m, i = params.copy(), moments.copy(), b_off[0]
         _stateful_step(decayed, m, i, grad[i], t(0.01), rule, c1, c2, l2 * l2_scale)
         assert decayed[i] != got[i]
 
