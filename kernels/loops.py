@@ -99,24 +99,28 @@ def stateful_update(params, grad, lr, net, rule, state, l2_scale):
     if l2 != 0.0:
         # the weights' decay (rules.with_l2, as stateful_step applies it) into their
         # gradients first, a layer's block at a time, then one loop of the undecayed
-        # steps: the same values.  A loop per layer of whole steps, with the decay or
-        # without (the biases), stayed scalar (LLVM vectorized neither); this small
-        # loop and the one loop below vectorize.  W4b H=64's 6,922 parameters, l2 1e-4
-        # (scikit-learn's default alpha), three runs alternating with the loops per
-        # layer, ns a parameter: Adam float64 5.3-7.7 -> 2.1-3.1, float32 4.1-7.5 ->
-        # 1.3; momentum 1.8-3.1 -> 1.1-1.6, 1.7-3.1 -> 1.0-1.2.  A stateful first fit
-        # compiles one inlined step where it compiled three (relu_adam, first_fit.py:
-        # 11.6-11.8 -> 10.3-11.0 s).  (grad is the batch's work row, computed afresh
-        # for each step.)
+        # steps: the same values.  The indices unsigned: from a signed offset LLVM
+        # cannot rule out a negative index, keeps Numba's wraparound for it in every
+        # step, and leaves the loop scalar -- as it left the loops per layer of whole
+        # steps this replaced.  W4b H=64's 6,922 parameters, l2 1e-4 (scikit-learn's
+        # default alpha), ns a parameter, three runs alternating: those loops per layer
+        # Adam float64 5.3-7.7, float32 4.1-7.5, momentum 1.8-3.1, 1.7-3.1; this with
+        # a signed decay loop 2.2-3.1, 1.8-2.1, 1.2-1.9, 1.4-1.7; as written 1.7-1.8,
+        # 0.78-0.82, 0.68-0.74, 0.35-0.43 (without L2 1.3-1.6, 0.6-0.7, 0.4-0.5,
+        # 0.2-0.3).  It compiles one inlined step where they compiled three
+        # (relu_adam, first_fit.py: 11.6-11.8 -> 10.3-11.0 s; the unsigned indices
+        # level with the signed ones, 13.9-17.6 against 14.3-16.4 s in a slower phase).
+        # (grad is the batch's work row, computed afresh for each step.)
         for l in range(sizes.shape[0] - 1):
-            wo = net.w_off[l]
-            for p in range(wo, wo + sizes[l] * sizes[l + 1]):
+            wo = uint64(net.w_off[l])
+            for p in range(wo, wo + uint64(sizes[l] * sizes[l + 1])):
                 w = params[p]
                 grad[p] = with_l2(like(grad[p], w), w, like(l2, w))
     # weights and biases now take the same step, so one loop over the whole vector (the
-    # layers' blocks lie end to end from 0), a loop LLVM vectorizes: without L2, W4b
-    # H=64's 6,922 parameters, Adam, float64 5.0 -> 1.3 ns a parameter, float32 4.0 ->
-    # 0.45, against the scalar loops per layer it replaced
+    # layers' blocks lie end to end from 0; from 0, an index LLVM knows is not
+    # negative), a loop it vectorizes: without L2, W4b H=64's 6,922 parameters, Adam,
+    # float64 5.0 -> 1.3 ns a parameter, float32 4.0 -> 0.45, against the scalar loops
+    # per layer it replaced
     last = sizes.shape[0] - 2
     end = (net.b_off[last] + sizes[last + 1] if net.b_off[last] >= 0
            else net.w_off[last] + sizes[last] * sizes[last + 1])
