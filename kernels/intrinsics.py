@@ -9,7 +9,7 @@ instruction or vector loop, emitted in the kernel that calls it (``compiled_as``
   software fma where the CPU has none, results do not depend on the CPU.
 - ``float64_from_bits(i)`` / ``float32_from_bits(i)``: the float whose IEEE-754 bits
   are the integer ``i`` (a bitcast): exp builds its 2**k from exponent bits in a
-  register, so its loops vectorize.
+  register, so its loops vectorize; ``float64_bits(x)``, the other way.
 - ``like(value, x)``: ``value`` in x's float type, so that a rule's constant keeps a
   float32 model's arithmetic in float32 (not an LLVM operation: a typed conversion).
 - ``lanes4(x, xo, y, yo, n)``: the four partial sums of rules.dot4 from one 256-bit
@@ -186,6 +186,24 @@ def _bitcast_to_float(bits, want):
 @compiled_as(float64_from_bits)
 def _float64_from_bits(typingctx, bits):
     return _bitcast_to_float(bits, types.int64)
+
+
+def float64_bits(x):
+    """The IEEE-754 bit pattern of the float64 ``x``, as an int64 (a bitcast: the
+    inverse of float64_from_bits).  An int64 in Python too, so that shifts wrap as they
+    do compiled."""
+    return np.int64(struct.unpack("<q", struct.pack("<d", float(x)))[0])
+
+
+@compiled_as(float64_bits)
+def _float64_bits(typingctx, x):
+    if types.unliteral(x) != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(x), codegen
 
 
 @compiled_as(float32_from_bits)

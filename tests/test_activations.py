@@ -13,7 +13,7 @@ from numba import njit
 
 from fastbp.kernels import batch as B
 from fastbp.kernels import rules as R
-from fastbp.kernels.intrinsics import float64_from_bits, fma
+from fastbp.kernels.intrinsics import float64_bits, float64_from_bits, fma
 from reference import python_of
 
 RNG = np.random.default_rng(0)
@@ -42,6 +42,26 @@ def _exp_of_nonpositive(x):
         r = (xs - k * R.LN2_HI) - k * R.LN2_LO
         out[i] = R.exp_reduced(r) * float64_from_bits((np.int64(k) + 1023) << 52)
     return out
+
+
+@njit
+def _powers_of_two_from_the_magic_bits(ks):
+    out = np.empty_like(ks)
+    for i in range(ks.size):
+        out[i] = float64_from_bits(float64_bits(ks[i] + R.EXP_BIAS_MAGIC) << 52)
+    return out
+
+
+def test_sigmoid_builds_two_to_the_k_from_the_bits_of_k_plus_a_magic_number():
+    """rules.sigmoid64 takes 2**k's exponent bits from the float k + EXP_BIAS_MAGIC instead
+    of converting k to an integer: for every k its clamp allows, -1022 .. 0, that is
+    exactly 2**k, compiled and as Python (where the int64 shift wraps as compiled)."""
+    ks = np.arange(-1022.0, 1.0)
+    want = np.array([2.0 ** int(k) for k in ks])
+    assert np.array_equal(_powers_of_two_from_the_magic_bits(ks), want)
+    assert np.array_equal(python_of(_powers_of_two_from_the_magic_bits)(ks), want)
+    # the clamp keeps k in that range: k of EXP_MIN_ARG is -1022
+    assert math.floor(R.EXP_MIN_ARG * R.INV_LN2 + 0.5) == -1022
 
 
 def test_exp_is_within_one_ulp_of_libm():

@@ -319,6 +319,24 @@ def test_float64_from_bits_python_meaning_equals_the_compiled_cast():
 
 
 @njit
+def _bits_compiled(x):
+    return I.float64_bits(x)
+
+
+def test_float64_bits_python_meaning_equals_the_compiled_cast():
+    rng = np.random.default_rng(43)
+    values = list(rng.standard_normal(300) * 10.0 ** rng.integers(-300, 300, 300))
+    values += [0.0, -0.0, 5e-324, -5e-324, 1.0, -1.0, np.inf, -np.inf, np.nan,
+               np.finfo(np.float64).max, np.finfo(np.float64).tiny,
+               np.int64(0x7FF8000000000123).view(np.float64)]  # a NaN with a payload
+    for x in values:  # the int64 of the value's own bits, compiled and as Python
+        want = int(np.float64(x).view(np.int64))
+        got, compiled = I.float64_bits(x), _bits_compiled(np.float64(x))
+        assert type(got) is np.int64 and int(got) == int(compiled) == want, x
+        assert int(np.float64(I.float64_from_bits(got)).view(np.int64)) == want
+
+
+@njit
 def _from_bits32_compiled(b):
     out = np.empty(1, np.float32)  # returned unboxed: a Python float would quiet an sNaN
     out[0] = I.float32_from_bits(b)
