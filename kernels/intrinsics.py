@@ -643,6 +643,31 @@ def _pairwise(builder, values):
     return values[0]
 
 
+def _lanes_total(builder, total):
+    """_pairwise of the lanes of ``total`` (a <LANES x float> of lanes_dot's sums).  In
+    float32 the first three levels run as 256-bit vector adds in the horizontal-add
+    pattern (lane pairs within 128-bit halves), each add the one _pairwise makes: the
+    sixteen extracts and fifteen scalar adds were as many instructions as a row of 64
+    columns' vector loop."""
+    i64 = ir.IntType(64)
+    if total.type.count != 16 or not isinstance(total.type.element, ir.FloatType):
+        return _pairwise(builder, [builder.extract_element(total, ir.Constant(i64, k))
+                                   for k in range(total.type.count)])
+    lo = _shuffle(builder, total, total, list(range(8)))
+    hi = _shuffle(builder, total, total, list(range(8, 16)))
+    evens, odds = [0, 2, 8, 10, 4, 6, 12, 14], [1, 3, 9, 11, 5, 7, 13, 15]
+    # pairs: [l0+l1, l2+l3, l8+l9, l10+l11 | l4+l5, l6+l7, l12+l13, l14+l15]
+    pairs = builder.fadd(_shuffle(builder, lo, hi, evens), _shuffle(builder, lo, hi, odds))
+    # quads: [q0, q2, q0, q2 | q1, q3, q1, q3], q0 = (l0+l1)+(l2+l3), q1 = (l4+l5)+(l6+l7), ...
+    quads = builder.fadd(_shuffle(builder, pairs, pairs, evens),
+                         _shuffle(builder, pairs, pairs, odds))
+    # octs: [q0+q1, q2+q3, ...]
+    octs = builder.fadd(_shuffle(builder, quads, quads, [0, 1, 2, 3]),
+                        _shuffle(builder, quads, quads, [4, 5, 6, 7]))
+    return builder.fadd(builder.extract_element(octs, ir.Constant(i64, 0)),
+                        builder.extract_element(octs, ir.Constant(i64, 1)))
+
+
 def _splat(builder, value, vec):
     out = ir.Constant(vec, None)
     for k in range(vec.count):
@@ -706,8 +731,7 @@ def _lanes_loop(w, wo, v, vo, m, extra, update, carried=()):
                     new = builder.fptrunc(new, vec)
                 builder.store(new, wj, align=align)
         total = builder.load(acc)
-        summed = _pairwise(builder, [builder.extract_element(total, ir.Constant(i64, k))
-                                     for k in range(LANES)])
+        summed = _lanes_total(builder, total)
         if not carried:
             return summed
         store_ = context.cast(builder, args[first + 3], signature.args[first + 3],

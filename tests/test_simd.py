@@ -583,6 +583,30 @@ def test_lanes_dot_python_meaning_equals_the_compiled_lanes(dtype, m):
         np.testing.assert_array_equal(w_py[:7], w[:7])  # nothing before the row moved
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lanes_dot_adds_its_lanes_in_the_pairwise_tree(dtype):
+    """Rows of products of one size, so that every add rounds: the compiled sum of the
+    LANES lanes (float32: vector adds in the horizontal-add pattern) is the Python
+    meaning's tree ((l0 + l1) + (l2 + l3)) + ..., bit for bit, row after row -- where
+    the lanes added in another order would differ."""
+    rng = np.random.default_rng(77)
+    rows, m = 300, 2 * LANES
+    w = rng.standard_normal(rows * m).astype(dtype)
+    v = rng.standard_normal(m).astype(dtype)
+    other_order = 0
+    for r in range(rows):
+        got, want = _lanes_dot_compiled(w, r * m, v, 0, m), I.lanes_dot(w, r * m, v, 0, m)
+        assert _bits(dtype(got)) == _bits(dtype(want)), r
+        lanes = [dtype(0)] * LANES
+        for j in range(m):
+            lanes[j % LANES] = I.fma(w[r * m + j], v[j], lanes[j % LANES])
+        in_order = dtype(0)
+        for lane in lanes:
+            in_order = dtype(in_order + lane)
+        other_order += _bits(dtype(in_order)) != _bits(dtype(want))
+    assert other_order > rows // 10  # the test tells the orders apart
+
+
 @njit
 def _through_borrowed_views(work, a, x):
     """What a training entry does with its arguments (loops.py): take them as borrowed
