@@ -49,7 +49,8 @@ from .config import INNER, JIT, refuse_python_calls
 RULE = dict(JIT, inline="always")
 from .intrinsics import (LANES, _dot4_group, compiled_as, exp, float32_from_bits, float64_bits,
                          float64_from_bits, fma,
-                         lanes4, lanes_dot, lanes_dot_step, like, LOSS_CHAINS,
+                         lanes4, lanes_dot, lanes_dot_step, like, LOSS_CHAINS, tail_dot,
+                         tail_dot_step,
                          squared_error_sum, tanh as tanh_of)
 
 
@@ -649,15 +650,9 @@ def row_dot(w, wo, v, vo, n):
     order, then the rest added in order, each product rounded before its add (a row
     shorter than LANES is the plain left-to-right sum).  wo, vo, n: uint64."""
     m = n & uint64(_LANE_MASK)
-    if m == 0:
-        acc = w[wo] * v[vo]
-        start = uint64(1)
-    else:
-        acc = lanes_dot(w, wo, v, vo, m)
-        start = m
-    for j in range(start, n):
-        acc += w[wo + j] * v[vo + j]
-    return acc
+    # -0.0: a row shorter than the lanes starts at its first product exactly
+    acc = lanes_dot(w, wo, v, vo, m) if m > 0 else like(-0.0, w)
+    return tail_dot(w, wo + m, v, vo + m, n - m, acc)
 
 
 @njit(**RULE)
@@ -665,17 +660,8 @@ def row_dot_step(w, wo, v, vo, n, a, lr):
     """row_dot(w, wo, v, vo, n) of the values before the update, and the plain step
     w[wo + j] <- w[wo + j] - lr * (a * v[vo + j]) of every j: one pass over the row."""
     m = n & uint64(_LANE_MASK)
-    if m == 0:
-        acc = w[wo] * v[vo]
-        w[wo] = plain_step(w[wo], a * v[vo], lr)
-        start = uint64(1)
-    else:
-        acc = lanes_dot_step(w, wo, v, vo, m, a, lr)
-        start = m
-    for j in range(start, n):
-        acc += w[wo + j] * v[vo + j]
-        w[wo + j] = plain_step(w[wo + j], a * v[vo + j], lr)
-    return acc
+    acc = lanes_dot_step(w, wo, v, vo, m, a, lr) if m > 0 else like(-0.0, w)
+    return tail_dot_step(w, wo + m, v, vo + m, n - m, acc, a, lr)
 
 
 _called = {}

@@ -30,7 +30,7 @@ from numba import carray, cfunc, njit, types, uint64
 
 from . import pool as P
 from .config import INNER, JIT, refuse_python_calls
-from .intrinsics import LANES, address, like as like_value, lanes_dot_step_carry
+from .intrinsics import LANES, address, like as like_value, lanes_dot_step_carry, tail_dot_step
 from .rules import plain_step, times_derivative
 from .sample_units import forward_units
 
@@ -125,10 +125,9 @@ def _backward(blocks, h, d, carry, progress, tag, t, parts, ai, zo, n_in, n_out,
             P._wait(progress, (t - 1) * 8, tag + min(i + ROWS_PER_SIGNAL, n_in), yield_fn)
         acc = lanes_dot_step_carry(blocks, row, d, uint64(zc), uint64(m), a, lr, carry,
                                    uint64(i * LANES), t > 0, not last)
-        if last:
-            for j in range(m, w):  # rules.row_dot_step's remainder
-                acc += blocks[row + j] * d[zc + j]
-                blocks[row + j] = plain_step(blocks[row + j], a * d[zc + j], lr)
+        if last:  # rules.row_dot_step's remainder
+            acc = tail_dot_step(blocks, row + uint64(m), d, uint64(zc + m), uint64(w - m),
+                                acc, a, lr)
             d[ai + i] = times_derivative(acc, a, prev_code)
         elif (i + 1) % ROWS_PER_SIGNAL == 0 or i + 1 == n_in:
             P._atomic_store(progress, t * 8, tag + i + 1)

@@ -608,6 +608,59 @@ def test_lanes_dot_adds_its_lanes_in_the_pairwise_tree(dtype):
 
 
 @njit
+def _tail_dot_compiled(w, wo, v, vo, c, acc):
+    return I.tail_dot(w, wo, v, vo, c, acc)
+
+
+@njit
+def _tail_dot_step_compiled(w, wo, v, vo, c, acc, a, lr):
+    return I.tail_dot_step(w, wo, v, vo, c, acc, a, lr)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("c", list(range(LANES)))
+def test_tail_dot_python_meaning_equals_the_compiled_tail(dtype, c):
+    """A row's columns past its lanes (masked vector loads, products and steps, then the
+    products added one by one): every count 0 .. LANES - 1, each row ending at its
+    array's end (the masked loads read nothing past it), against the Python meaning,
+    bit for bit, and nothing outside the row written."""
+    rng = np.random.default_rng(800 + c)
+    w = (rng.standard_normal(c + 5) * np.exp(rng.uniform(-20, 20, c + 5))).astype(dtype)
+    v = rng.standard_normal(c + 3).astype(dtype)
+    for acc in (dtype(0.25), dtype(-0.0), dtype(3e4)):
+        got = _tail_dot_compiled(w, uint64(5), v, uint64(3), uint64(c), acc)
+        want = I.tail_dot(w, 5, v, 3, c, acc)
+        assert _bits(dtype(got)) == _bits(dtype(want)) and dtype(got) == got
+        # lr a float64 (Numba's typing of the scalar statement) or the arrays' dtype
+        for a, lr in ((dtype(0.37), 0.0123456789), (dtype(-1.7), dtype(0.05))):
+            w_py, w_c = w.copy(), w.copy()
+            got = _tail_dot_step_compiled(w_c, uint64(5), v, uint64(3), uint64(c), acc, a, lr)
+            want = I.tail_dot_step(w_py, 5, v, 3, c, acc, a, lr)
+            assert _bits(dtype(got)) == _bits(dtype(want))
+            assert _bits(dtype(got)) == _bits(dtype(I.tail_dot(w, 5, v, 3, c, acc)))
+            np.testing.assert_array_equal(w_c.view(f"i{w.itemsize}"),
+                                          w_py.view(f"i{w.itemsize}"))
+            np.testing.assert_array_equal(w_c[:5], w[:5])  # nothing before the row moved
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [1, 2, 9, LANES - 1, LANES + 3])
+def test_row_dot_of_signed_zeros_is_the_left_to_right_sum(dtype, n):
+    """A row shorter than the lanes starts its tail from -0.0, which must leave the first
+    product's sign as it is: products all -0.0 sum to -0.0 and all +0.0 to +0.0, as
+    the plain left-to-right sum gives (a start from +0.0 would turn the first into
+    +0.0)."""
+    v = np.ones(n, dtype)
+    for sign in (-1, 1):
+        w = np.full(n, sign * 0.0, dtype)
+        got = _dot(w, 0, v, 0, n)
+        assert got == 0 and np.signbit(got) == (sign < 0 and n < LANES)
+        w_step = w.copy()
+        assert _bits(dtype(_dot_step(w_step, 0, v, 0, n, dtype(0.5), dtype(0.1)))) == \
+            _bits(dtype(got))
+
+
+@njit
 def _through_borrowed_views(work, a, x):
     """What a training entry does with its arguments (loops.py): take them as borrowed
     views, then write through them in a loop."""
