@@ -766,14 +766,14 @@ def _lanes_loop(w, wo, v, vo, m, extra, update, carried=()):
 
 def _tail_loop(w, wo, v, vo, c, acc, extra, update):
     """tail_dot(_step) compiled: the c columns in one masked <LANES x dtype> load of each
-    array (nothing past them is read), their products and steps as vector operations
-    (the steps one masked store), then the products added to acc one at a time in
-    column order, from a copy on the stack.  The scalar loop this replaces took eight
-    instructions a column, and a 32-16-16-10 net's per-sample fit spent a quarter of
-    its time there, in its rows of 10.  Written in few LLVM instructions (a splat as
-    one insert and one shuffle, the adds as a loop): the per-sample kernels'
-    backward_rows, which reaches this through rules.row_dot_step, is inlined into a
-    generated kernel and specialized to its constant sizes only while it stays small
+    array (nothing past them is read), their products and steps as vector operations,
+    then lane by lane, leaving after the c-th, the new weight stored and the product
+    added to acc.  The scalar loop this replaces took eight instructions a column, and
+    a 32-16-16-10 net's per-sample fit spent a quarter of its time there, in its rows of
+    10.  The new weights go one by one: AVX2's masked store is microcode on Zen 3.
+    Written in few LLVM instructions (a splat as one insert and one shuffle): the
+    per-sample kernels' backward_rows, which reaches this through rules.row_dot_step,
+    is specialized to a generated kernel's constant sizes only while it stays small
     (sample_units.backward_rows)."""
     ok = _float_arrays(w, v) and all(isinstance(t, types.Integer) for t in (wo, vo, c))
     ok = ok and all(isinstance(t, types.Float) for t in (acc,) + extra)
@@ -793,7 +793,6 @@ def _tail_loop(w, wo, v, vo, c, acc, extra, update):
                         for k in (1, 3, 4))
         total = cgutils.alloca_once_value(
             builder, context.cast(builder, args[5], signature.args[5], dtype))
-        products_at = cgutils.alloca_once(builder, vec)
         with builder.if_then(builder.icmp_unsigned(">", c_, ir.Constant(i64, 0))):
             w_at = _at(builder, _base(builder, context, signature.args[0], args[0], wo_),
                        ir.Constant(i64, 0), vec)
@@ -807,7 +806,8 @@ def _tail_loop(w, wo, v, vo, c, acc, extra, update):
                 f"llvm.masked.load.v{LANES}{suffix}.p0")
             x, y = (builder.call(masked_load, [at, align, mask, ir.Constant(vec, None)])
                     for at in (w_at, v_at))
-            builder.store(builder.fmul(x, y), products_at)
+            products = builder.fmul(x, y)
+            new = None
             if update:  # as _lanes_loop steps
                 a = _broadcast(builder, context.cast(builder, args[6], signature.args[6],
                                                      dtype), vec)
@@ -819,15 +819,25 @@ def _tail_loop(w, wo, v, vo, c, acc, extra, update):
                 new = builder.fsub(x, builder.fmul(lr, step))
                 if wide != dtype:
                     new = builder.fptrunc(new, vec)
-                masked_store = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(ir.VoidType(), [
-                        vec, vec.as_pointer(), i32, mask_type]),
-                    f"llvm.masked.store.v{LANES}{suffix}.p0")
-                builder.call(masked_store, [new, w_at, align, mask])
-            products = builder.bitcast(products_at, scalar.as_pointer())
-            with cgutils.for_range(builder, c_) as loop:
-                term = builder.load(builder.gep(products, [loop.index]))
-                builder.store(builder.fadd(builder.load(total), term), total)
+            # lane by lane, leaving after the c-th: the new weight stored (AVX2's masked
+            # store is microcode on Zen 3), the product added
+            w_scalar = builder.bitcast(w_at, scalar.as_pointer())
+            done = builder.append_basic_block("tail_done")
+            for k in range(LANES):
+                lane = ir.Constant(i64, k)
+                if new is not None:
+                    builder.store(builder.extract_element(new, lane),
+                                  builder.gep(w_scalar, [lane]))
+                builder.store(builder.fadd(builder.load(total),
+                                           builder.extract_element(products, lane)), total)
+                if k == LANES - 1:
+                    builder.branch(done)
+                else:
+                    more = builder.append_basic_block(f"tail_{k + 1}")
+                    builder.cbranch(builder.icmp_unsigned(">", c_, ir.Constant(i64, k + 1)),
+                                    more, done)
+                    builder.position_at_end(more)
+            builder.position_at_end(done)
         return builder.load(total)
 
     return dtype(w, wo, v, vo, c, acc, *extra), codegen
