@@ -689,6 +689,18 @@ def _lanes_total(builder, total):
                         builder.extract_element(octs, ir.Constant(i64, 1)))
 
 
+def _plain_steps(builder, x, y, a, lr):
+    """rules.plain_step of the weights ``x`` with gradients a * y, lane-wise: x - lr * (a *
+    y), a * y in the weights' dtype and the rest in lr's (float64 for a float32 row when
+    lr is float64, rounded back on the way out), as Numba types the scalar statement.
+    ``a``, ``lr``: vectors of the value."""
+    step = builder.fmul(a, y)
+    if lr.type != x.type:
+        step, wide_x = builder.fpext(step, lr.type), builder.fpext(x, lr.type)
+        return builder.fptrunc(builder.fsub(wide_x, builder.fmul(lr, step)), x.type)
+    return builder.fsub(x, builder.fmul(lr, step))
+
+
 def _splat(builder, value, vec):
     out = ir.Constant(vec, None)
     for k in range(vec.count):
@@ -744,13 +756,7 @@ def _lanes_loop(w, wo, v, vo, m, extra, update, carried=()):
             y = builder.load(_at(builder, v_base, j, vec), align=align)
             builder.store(builder.call(vfma, [x, y, builder.load(acc)]), acc)
             if update:
-                step = builder.fmul(a, y)
-                if wide != dtype:
-                    step, x = builder.fpext(step, wide_vec), builder.fpext(x, wide_vec)
-                new = builder.fsub(x, builder.fmul(lr, step))
-                if wide != dtype:
-                    new = builder.fptrunc(new, vec)
-                builder.store(new, wj, align=align)
+                builder.store(_plain_steps(builder, x, y, a, lr), wj, align=align)
         total = builder.load(acc)
         summed = _lanes_total(builder, total)
         if not carried:
@@ -808,17 +814,12 @@ def _tail_loop(w, wo, v, vo, c, acc, extra, update):
                     for at in (w_at, v_at))
             products = builder.fmul(x, y)
             new = None
-            if update:  # as _lanes_loop steps
+            if update:
                 a = _broadcast(builder, context.cast(builder, args[6], signature.args[6],
                                                      dtype), vec)
                 lr = _broadcast(builder, context.cast(builder, args[7], signature.args[7],
                                                       wide), wide_vec)
-                step = builder.fmul(a, y)
-                if wide != dtype:
-                    step, x = builder.fpext(step, wide_vec), builder.fpext(x, wide_vec)
-                new = builder.fsub(x, builder.fmul(lr, step))
-                if wide != dtype:
-                    new = builder.fptrunc(new, vec)
+                new = _plain_steps(builder, x, y, a, lr)
             # lane by lane, leaving after the c-th: the new weight stored (AVX2's masked
             # store is microcode on Zen 3), the product added
             w_scalar = builder.bitcast(w_at, scalar.as_pointer())
