@@ -620,10 +620,10 @@ def _tail_dot_step_compiled(w, wo, v, vo, c, acc, a, lr):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("c", list(range(LANES)))
 def test_tail_dot_python_meaning_equals_the_compiled_tail(dtype, c):
-    """A row's columns past its lanes (masked vector loads, products and steps, then the
-    products added one by one): every count 0 .. LANES - 1, each row ending at its
-    array's end (the masked loads read nothing past it), against the Python meaning,
-    bit for bit, and nothing outside the row written."""
+    """A row's columns past its lanes (masked vector loads, products and steps, then lane
+    by lane the new weight stored and the product added): every count 0 .. LANES - 1,
+    each row ending at its array's end (the masked loads read nothing past it), against
+    the Python meaning, bit for bit, and nothing outside the row written."""
     rng = np.random.default_rng(800 + c)
     w = (rng.standard_normal(c + 5) * np.exp(rng.uniform(-20, 20, c + 5))).astype(dtype)
     v = rng.standard_normal(c + 3).astype(dtype)
