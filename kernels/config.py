@@ -194,8 +194,8 @@ BLAS_MIN_THREADS = 4
 # vectorizes -- the kernels of small networks run across samples and models -- use half
 # of each register, where AMD's Zen 4 and 5 use all of it.  From Sapphire Rapids on, the
 # whole 512-bit registers cost no clock speed worth the name, and on them fastbp turns
-# the preference off: the small networks' fits run faster (the README's section "On
-# Intel CPUs with AVX-512" has the figures), with the same bits.  Older AVX-512 parts
+# the preference off: the small networks' fits run faster (docs/PERFORMANCE-HISTORY.md,
+# "On Intel CPUs with AVX-512", has the figures), with the same bits.  Older AVX-512 parts
 # (Skylake-SP to Ice Lake) keep LLVM's choice: there wide vectors can lower the clock.
 WIDE_VECTOR_CPUS = ("sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d",
                     "diamondrapids")

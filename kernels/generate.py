@@ -72,8 +72,8 @@ KINDS = ("full", "sample", "sample_loops")
 # 2 or 3).  3: W3 on the Zen 3, once the rows' views were taken outside the epoch loop
 # (pass_rows), in-process alternating fits, ns an epoch: float64 532-577 -> 514-551,
 # float32 347-396 -> 328-369 (loops of 4: 519-558, 335-370).  Before that change loops
-# of 2 were fastest in float32, and on the AVX-512 machine of the README's float32
-# section loops of 1, 3 or 4 ran slower than 2.
+# of 2 were fastest in float32, and on the AVX-512 machine of the float32 section of
+# docs/PERFORMANCE-HISTORY.md loops of 1, 3 or 4 ran slower than 2.
 ONE_LOOP_DELTA_ROWS = 9
 DELTA_ROWS_PER_LOOP = 3
 # The forward pass likewise: a loop per layer and FORWARD_ROWS_PER_LOOP of its units,

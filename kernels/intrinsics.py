@@ -955,7 +955,7 @@ def _borrowed(typingctx, values):
     to a function that is not inlined) adds and later removes a reference with an
     atomic instruction, which orders the memory accesses around it -- in a training
     loop that takes views every epoch or batch, a measurable share of a small
-    network's fit (README, Performance).  The caller must hold the arrays while the
+    network's fit (docs/PERFORMANCE-HISTORY.md).  The caller must hold the arrays while the
     views are in use (a kernel's arguments are held by its caller)."""
     if not isinstance(values, types.BaseTuple):
         return None

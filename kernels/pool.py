@@ -76,8 +76,8 @@ SPLIT_MIN_WORK = 1 << 17
 # this many multiply-adds of its dtype: each shared job costs a hand-off and the
 # layer's rows crossing between the cores, which half of a product of a million or so
 # does not repay.  float32 needs more of them: its products take half the time, its
-# rows half the bytes, the hand-off the same (the README's "Every core for one model"
-# has the measurements)
+# rows half the bytes, the hand-off the same (docs/PERFORMANCE-HISTORY.md, "Every core
+# for one model", has the measurements)
 SHARE_MIN_LAYER_WORK = {"float64": 1 << 21, "float32": 3 << 20}
 
 

@@ -65,7 +65,8 @@ def backward_rows(params, wo, n_out, h, d, ai, zo, i0, i1, lr, propagate, prev_c
         # remarks: cost 540-635 against 438): float32 fits then ran 8-19% slower, not
         # faster.  Both changes together, a per-sample epoch in-process, paired:
         # 32-16-16-10 float32 0.75-0.81x the time before, float64 0.95-0.96x;
-        # 32-16-16-16 0.85x and 0.95x (README, *Per-sample rows past their lanes*)
+        # 32-16-16-16 0.85x and 0.95x (docs/PERFORMANCE-HISTORY.md,
+        # *Per-sample rows past their lanes*)
         for i in range(i0, i1):
             d[ai + i] = times_derivative(d[ai + i], h[ai + i], prev_code)
 
