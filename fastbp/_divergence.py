@@ -39,6 +39,7 @@ import math
 
 import numpy as np
 
+from . import _validation as V
 from .kernels import options as O
 from .kernels import rules as K
 from .kernels.bounds import layer_norms
@@ -248,10 +249,10 @@ def data_bounds(x, y, sw, squares=None):
         x_bound = math.sqrt(x_squares)
     else:
         flat = x.reshape(-1)
-        x_bound = math.sqrt(float(np.dot(flat, flat)))
+        x_bound = math.sqrt(V.sum_of_squares(flat))
     if y_squares is None:
         flat = y.reshape(-1)
-        y_squares = float(np.dot(flat, flat))
+        y_squares = V.sum_of_squares(flat)
     return (x_bound, math.sqrt(y_squares), (_max_abs(sw) if sw.shape[0] else 1.0),
             y.shape[0])
 
@@ -269,7 +270,7 @@ def state_in_range(layout, act_codes, loss_code, dtype, params, x_bound, y_bound
     range."""
     limit = _LIMITS[np.dtype(dtype)]
     acts = act_codes.tolist()
-    p = math.sqrt(float(np.dot(params, params)))
+    p = math.sqrt(V.sum_of_squares(params))
     a, z = x_bound, 0.0
     for (n_in, _), code in zip(layout.shapes, acts):
         z = math.sqrt(n_in) * p * a + (p if layout.bias else 0.0)

@@ -187,7 +187,7 @@ class Objective:
             g = np.multiply(self.grad, self.grad_scale, dtype=np.float64)
         if self.mask is not None:
             w = x * self.mask
-            f += 0.5 * self.l2 * float(np.dot(w, w))
+            f += 0.5 * self.l2 * V.sum_of_squares(w)
             w *= self.l2
             g += w
         if self.first:

@@ -592,3 +592,55 @@ def test_unseeded_models_draw_distinct_streams():
     os.close(read)
     assert child != fastbp.MLP([2, 3, 1])._rng_state[0]
     assert child not in keys
+
+
+# ---- the sums of squares behind the finiteness checks and the end-of-run bound ----------
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("n", [1, 8191, 8192, 8193, 16384, 20000, 3 * 8192, 131075])
+def test_sum_of_squares_is_the_sum_to_the_dtypes_rounding(dtype, n):
+    from fastbp._validation import sum_of_squares
+    a = np.random.default_rng(n).standard_normal(n).astype(dtype)
+    exact = float(np.sum(a.astype(np.float64) ** 2))
+    rel = 1e-12 if dtype == "float64" else 2e-6
+    assert sum_of_squares(a) == pytest.approx(exact, rel=rel)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sum_of_squares_is_not_finite_where_a_value_is_not(dtype):
+    """all_finite's proof: a NaN or an infinity anywhere (the rows or their tail) makes
+    the sum NaN or infinite; so do squares past the dtype's range."""
+    from fastbp._validation import sum_of_squares
+    with np.errstate(over="ignore", invalid="ignore"):
+        for where in (0, 8191, 8192, 20000 - 1):
+            for bad in (np.nan, np.inf, -np.inf):
+                a = np.ones(20000, dtype)
+                a[where] = bad
+                assert not np.isfinite(sum_of_squares(a)), (where, bad)
+        big = np.full(20000, np.finfo(dtype).max / 4, dtype)
+        assert sum_of_squares(big) == np.inf
+
+
+def test_a_fits_checks_leave_no_blas_threads_spinning():
+    """OpenBLAS runs a long dot on its worker threads, which then spin for about 0.1 s
+    waiting for more work, on the CPUs a fit's own threads use; the sums of squares of
+    fit's checks (_validation.sum_of_squares) keep every dot on the calling thread.
+    Measured as the process's CPU time while it sleeps between checks of a large array
+    (with one threaded dot per check, the spinning filled the sleeps)."""
+    import resource
+    import time
+    from fastbp._validation import all_finite
+    from fastbp.kernels.gemm import blas_threads
+    if blas_threads() < 2:
+        pytest.skip("numpy's OpenBLAS runs on one thread here: no worker threads to wake")
+    a = np.random.default_rng(0).standard_normal(1 << 17)
+    assert all_finite(a)
+    time.sleep(0.3)  # whatever ran before has gone quiet
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        assert all_finite(a)
+        time.sleep(0.03)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    assert cpu < 0.3 * wall, (cpu, wall)
