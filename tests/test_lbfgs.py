@@ -423,3 +423,33 @@ def test_records_are_bounded_as_a_fits_are():
     for i in range(8):
         short.record(float(i))
     assert short.history().stride == 1 and len(short.history()) == 8
+
+
+def test_scipys_blas_runs_on_one_thread_while_a_fit_runs_on_threads(monkeypatch):
+    """L-BFGS-B does its vector arithmetic through SciPy's OpenBLAS, whose threads, once
+    woken, spin on the CPUs the fit's own threads use: while a fit runs on threads,
+    SciPy's OpenBLAS runs on one (and it is put back after); a fit on one thread leaves
+    it alone."""
+    from fastbp import _threads
+    threads = _lbfgs._scipy_openblas()
+    if threads is None or threads[0]() < 2 or _threads.available() < 2:
+        pytest.skip("SciPy's bundled OpenBLAS runs on one thread here (or is not there)")
+    before = threads[0]()
+    seen = []
+    real_call = _lbfgs.Objective.__call__
+
+    def spy(self, x):
+        seen.append((self.threads, threads[0]()))
+        return real_call(self, x)
+
+    monkeypatch.setattr(_lbfgs.Objective, "__call__", spy)
+    rng = np.random.default_rng(0)
+    # products of 4096 x 64 x 64 multiply-adds: shared (fastbp/_dispatch.py)
+    X, Y = rng.standard_normal((4096, 32)), rng.random((4096, 10))
+    for n_jobs in (2, 1):
+        seen.clear()
+        m = fastbp.MLP([32, 64, 64, 10], seed=0)
+        m.fit(X, Y, optimizer="lbfgs", epochs=3, tol=0.0, n_jobs=n_jobs)
+        assert seen and {t for t, _ in seen} == {n_jobs}, seen
+        assert {b for _, b in seen} == ({1} if n_jobs > 1 else {before}), seen
+        assert threads[0]() == before
