@@ -430,10 +430,14 @@ def test_scipys_blas_runs_on_one_thread_while_a_fit_runs_on_threads(monkeypatch)
     woken, spin on the CPUs the fit's own threads use: while a fit runs on threads,
     SciPy's OpenBLAS runs on one (and it is put back after); a fit on one thread leaves
     it alone."""
-    from fastbp import _threads
+    from fastbp import _dispatch, _threads
+    from fastbp.kernels import pool
     threads = _lbfgs._scipy_openblas()
-    if threads is None or threads[0]() < 2 or _threads.available() < 2:
+    if threads is None or threads[0]() < 2 or _threads.available() < 2 or not pool.AVAILABLE:
         pytest.skip("SciPy's bundled OpenBLAS runs on one thread here (or is not there)")
+    # the threads' units are compiled for this short fit too (else their compile time
+    # would have to pay first: a fresh cache runs it on one thread)
+    monkeypatch.setattr(_dispatch, "POLICY", "fastest")
     before = threads[0]()
     seen = []
     real_call = _lbfgs.Objective.__call__
