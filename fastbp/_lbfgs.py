@@ -23,6 +23,7 @@ with a gradient k times that of the loss it reports (k outputs); the wrapper rep
 that through the two scales (fastbp/sklearn.py).
 """
 import ctypes
+import functools
 import importlib.util
 import inspect
 import math
@@ -220,28 +221,24 @@ def scipy_blas_on_one_thread(active=True):
             threads[1](before)
 
 
-_scipy_blas = []  # (get_num_threads, set_num_threads) of SciPy's OpenBLAS, or None
-
-
+@functools.lru_cache(maxsize=1)
 def _scipy_openblas():
     """(get_num_threads, set_num_threads) of the OpenBLAS bundled with SciPy (in the
-    scipy.libs folder of its wheels), or None: another BLAS, or none found."""
-    if not _scipy_blas:
-        found = None
-        import scipy
-        folder = Path(scipy.__file__).resolve().parent.parent / "scipy.libs"
-        for path in sorted(folder.glob("*openblas*")) if folder.is_dir() else ():
-            try:
-                lib = ctypes.CDLL(str(path))
-                get, put = lib.scipy_openblas_get_num_threads, lib.scipy_openblas_set_num_threads
-            except (OSError, AttributeError):
-                continue
-            get.restype, get.argtypes = ctypes.c_int, []
-            put.restype, put.argtypes = None, [ctypes.c_int]
-            found = (get, put)
-            break
-        _scipy_blas.append(found)
-    return _scipy_blas[0]
+    scipy.libs folder of its wheels), or None: another BLAS, or none found.  Looked up
+    once."""
+    import scipy
+    folder = Path(scipy.__file__).resolve().parent.parent / "scipy.libs"
+    for path in sorted(folder.glob("*openblas*")) if folder.is_dir() else ():
+        try:
+            lib = ctypes.CDLL(str(path))
+            get = lib.scipy_openblas_get_num_threads
+            put = lib.scipy_openblas_set_num_threads
+        except (OSError, AttributeError):
+            continue
+        get.restype, get.argtypes = ctypes.c_int, []
+        put.restype, put.argtypes = None, [ctypes.c_int]
+        return get, put
+    return None
 
 
 def minimize(objective, x0, max_iter, max_fun, tol, on_iteration=None, iprint=-1,
