@@ -62,6 +62,16 @@ ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Not more: on an AVX2 machine W3's 100 float32 samples in rows of 112 (AVX-512's
 # padding) ran 14 vector steps a loop where 104 take 13.
 PAD_BYTES = VECTOR_BYTES
+# A row of a whole number of ALIAS_BYTES (4 KB: the L1 data cache's size over its ways,
+# on AMD's Zen and Intel's cores alike) puts the s-th value of every row in the same
+# cache set, and the gradient's sums read 16 rows at a time (GRADIENT_GROUP pairs) from
+# an 8-way cache: they evict each other.  Such rows get one cache line more, so that
+# row r starts r lines further along the sets.  Fits of 512, 1024, 1536 or 4096
+# float64 samples (1024 or 4096 float32), in-process alternating against the rows as
+# they were, the Zen 4 of docs/PERFORMANCE-HISTORY.md: 0.71-0.91 of the time (W3's
+# and W1's nets); rows of 2 KB, or of an odd number of lines, gained nothing.
+ALIAS_BYTES = 4096
+LINE_BYTES = 64
 KINDS = ("full", "sample", "sample_loops")
 # The full-batch backward pass writes a row of deltas per unit.  LLVM vectorizes a loop
 # over the samples only if it can check that the rows it writes do not overlap those it
@@ -93,9 +103,14 @@ DTYPES = ("float64", "float32")
 
 
 def padded(n, dtype="float64"):
-    """The row length of a generated full-batch kernel for n samples of ``dtype``."""
-    pad = PAD_BYTES // (8 if str(dtype) == "float64" else 4)
-    return (n + pad - 1) // pad * pad
+    """The row length of a generated full-batch kernel for n samples of ``dtype``: n
+    rounded up to whole vectors, and a line more for a row of whole ALIAS_BYTES."""
+    itemsize = 8 if str(dtype) == "float64" else 4
+    pad = PAD_BYTES // itemsize
+    length = (n + pad - 1) // pad * pad
+    if length * itemsize % ALIAS_BYTES == 0:
+        length += max(PAD_BYTES, LINE_BYTES) // itemsize
+    return length
 
 
 # ------------------------------------------------------------------------- eligibility

@@ -137,6 +137,25 @@ def test_padded_samples_compute_sample_0s_values(generated, monkeypatch, dtype, 
     _assert_identical(results)
 
 
+@pytest.mark.parametrize("arch", ["xor", "regression"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_rows_of_whole_pages_get_a_line_more(generated, monkeypatch, arch, dtype):
+    """A full-batch row of 4 KB (512 float64 or 1024 float32 samples, or a multiple) is
+    lengthened by a cache line (generate.ALIAS_BYTES), so that the rows do not share
+    cache sets; the extra samples are padding like the rest (copies of sample 0, deltas
+    zero): the general entry's bits, for a one-loop network (xor) and a loops one."""
+    itemsize = np.dtype(dtype).itemsize
+    page, line = 4096 // itemsize, 64 // itemsize
+    pad = GEN.PAD_BYTES // itemsize
+    assert GEN.padded(page, dtype) == page + line
+    assert GEN.padded(page - 1, dtype) == page + line  # rounded up to the page first
+    assert GEN.padded(3 * page, dtype) == 3 * page + line
+    assert GEN.padded(page + 1, dtype) == page + pad
+    assert GEN.padded(page // 2, dtype) == page // 2  # 2 KB rows stay as they are
+    _assert_identical(_fit_both(monkeypatch, arch, page, data_seed=6, dtype=dtype,
+                                epochs=4, lr=0.05))
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("options", [
     dict(lr=0.05),
