@@ -622,8 +622,8 @@ def _plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val, weighte
         _spared.add(general_key)
     return Plan(GEN.trainer(generated, *arch),
                 f"{name}, generated for {'-'.join(map(str, layout.sizes))}", key, gemm,
-                mode, kind, GEN.padded(cap, dtype) if generated == "full" else cap,
-                generated == "full", threads=threads)
+                mode, kind, GEN.padded(cap, dtype) if generated in GEN.FULL_KINDS else cap,
+                generated in GEN.FULL_KINDS, threads=threads)
 
 
 @functools.lru_cache(maxsize=PLANS_CAP)
@@ -678,16 +678,17 @@ def eval_generated(model, n, weighted, evaluations):
     entry's, a few times sooner: each L-BFGS iteration evaluates once or twice."""
     layout = model._layout
     dtype = np.dtype(model.dtype)
-    if GEN.kind_for(layout.sizes, model._act_codes, model._loss_code, "full", "plain", False,
-                    dtype, n, PRODUCT_MIN_WORK) != "full":
+    kind = GEN.kind_for(layout.sizes, model._act_codes, model._loss_code, "full", "plain",
+                        False, dtype, n, PRODUCT_MIN_WORK)
+    if kind not in GEN.FULL_KINDS:
         return None
     arch = (layout.sizes, model._act_codes, layout.bias, model._loss_code, bool(weighted))
-    key = ("evaluate",) + GEN.key("full", *arch, "plain", dtype_name(dtype))[1:]
+    key = ("evaluate",) + GEN.key(kind, *arch, "plain", dtype_name(dtype))[1:]
     saved = (3.0 * evaluations * n * layout.n_params * GENERAL_SECONDS_PER_MADD
              * (1.0 - 1.0 / GENERATED_SPEEDUP))
     if not _worth(key, saved, GENERATED_COMPILE_SECONDS):
         return None
-    return Evaluator(GEN.evaluator(*arch, dtype_name(dtype)), key, GEN.padded(n, dtype),
+    return Evaluator(GEN.evaluator(*arch, dtype_name(dtype), kind), key, GEN.padded(n, dtype),
                      f"generated for {'-'.join(map(str, layout.sizes))}")
 
 

@@ -12,6 +12,9 @@ source for its exact architecture and compiled once:
   across samples; the backward pass likewise (in a few loops for wider networks); then
   the gradient, rules.dot4's sums a group at a time (rules.dot4_group).  The same
   module's ``loss_and_gradient`` is L-BFGS's evaluation (``evaluator``).
+- "full_blocked" (full batch over many samples): the same pass a block of samples at a
+  time, so that a block's rows stay in the L1 cache from its forward pass to its
+  gradient sums, whose chains go on from block to block (BLOCK_BYTES).
 - "sample" (per-sample SGD, the plain rule): every parameter a local (a register)
   across the samples of an epoch, each updated as sample.py updates it.
 - "sample_loops" (per-sample SGD of networks too large for "sample", any rule):
@@ -53,7 +56,7 @@ MAX_LAYER_PARAMS = 256
 MAX_SAMPLE_PARAMS = 64
 ACTIVATIONS = (IDENTITY, SIGMOID, RELU, TANH)
 LOSSES = (MSE, HALF_MSE, SSE, BCE)
-VERSION = 26  # part of the module name: bump when the generated code changes meaning
+VERSION = 27  # part of the module name: bump when the generated code changes meaning
 # FASTBP_GENERATE=0 turns generated kernels off (the tests compare both paths)
 ENABLED = os.environ.get("FASTBP_GENERATE", "1") != "0"
 # Rows are padded to a multiple of one vector of the machine (config.VECTOR_BYTES:
@@ -72,7 +75,23 @@ PAD_BYTES = VECTOR_BYTES
 # and W1's nets); rows of 2 KB, or of an odd number of lines, gained nothing.
 ALIAS_BYTES = 4096
 LINE_BYTES = 64
-KINDS = ("full", "sample", "sample_loops")
+# A full-batch pass over many samples streams every row through the caches three times
+# (forward, backward, gradient): from about 1,000 samples W3's 25 rows no longer fit in
+# the L1 cache, and its epoch cost per sample grew with n (float64 3.8 ns at 128
+# samples, 6.4 at 1,000 and 4,000, 8.4 at 16,000).  So from BLOCKED_MIN_BLOCKS blocks
+# on, the pass runs a block of samples at a time ("full_blocked"), a block being a
+# whole number of BLOCK_STEP samples whose rows take about BLOCK_BYTES (at least
+# BLOCK_MIN samples): the block's rows stay in the L1 cache from its forward pass to its
+# gradient sums.  Below that, one piece: a block's loops cost their overlap checks once
+# per block, which LLVM otherwise hoists out of the epoch loop (W3's float32 epoch of
+# 100 samples in blocks: 2.3 -> 2.9 ns a sample).  Measured on the Zen 4 of
+# docs/PERFORMANCE-HISTORY.md, whose L1 cache holds 32 KB.
+BLOCK_BYTES = 24 * 1024
+BLOCK_MIN = 128
+BLOCK_STEP = 16
+BLOCKED_MIN_BLOCKS = 3
+KINDS = ("full", "full_blocked", "sample", "sample_loops")
+FULL_KINDS = ("full", "full_blocked")
 # The full-batch backward pass writes a row of deltas per unit.  LLVM vectorizes a loop
 # over the samples only if it can check that the rows it writes do not overlap those it
 # reads, and gives up beyond a few rows: one loop for every layer, a sample's deltas in
@@ -102,6 +121,21 @@ GRADIENT_GROUP = 8
 DTYPES = ("float64", "float32")
 
 
+def pass_row_count(sizes, loss):
+    """How many rows of samples a full-batch kernel's epoch_pass reads and writes
+    (_write_pass: pass_rows)."""
+    return sizes[0] + 2 * sum(sizes[1:]) + sizes[-1] * (2 if loss == BCE else 1) + 1
+
+
+def block_samples(rows, single):
+    """The samples of a full-batch kernel's block (epoch_pass): a whole number of
+    BLOCK_STEP samples whose ``rows`` rows (of 4 or 8 bytes, ``single``) take about
+    BLOCK_BYTES, and at least BLOCK_MIN."""
+    itemsize = 4 if single else 8
+    fit = BLOCK_BYTES // (rows * itemsize) // BLOCK_STEP * BLOCK_STEP
+    return max(BLOCK_MIN, fit)
+
+
 def padded(n, dtype="float64"):
     """The row length of a generated full-batch kernel for n samples of ``dtype``: n
     rounded up to whole vectors, and a line more for a row of whole ALIAS_BYTES."""
@@ -121,9 +155,10 @@ def uses_products(n_in, n_out, nb, product_min_work):
 
 
 def kind_for(sizes, acts, loss, mode, rule, validating, dtype, n, product_min_work):
-    """The generated kernel a fit could run on ("full", "sample", "sample_loops"), or
-    None: full-batch fits of narrow networks without validation, and per-sample fits
-    without validation.  ``mode`` and ``rule`` as loops.py names them."""
+    """The generated kernel a fit could run on ("full", "full_blocked", "sample",
+    "sample_loops"), or None: full-batch fits of narrow networks without validation (in
+    blocks of samples from BLOCKED_MIN_BLOCKS blocks on), and per-sample fits without
+    validation.  ``mode`` and ``rule`` as loops.py names them."""
     if not ENABLED or validating or str(dtype) not in DTYPES or loss not in LOSSES \
             or not all(a in ACTIVATIONS for a in acts):
         return None
@@ -132,7 +167,8 @@ def kind_for(sizes, acts, loss, mode, rule, validating, dtype, n, product_min_wo
         if any(uses_products(a, b, n, product_min_work) for a, b in pairs):
             return None
         if max(sizes) <= MAX_UNITS and all(a * b + b <= MAX_LAYER_PARAMS for a, b in pairs):
-            return "full"
+            block = block_samples(pass_row_count(sizes, loss), str(dtype) == "float32")
+            return "full_blocked" if padded(n, dtype) >= BLOCKED_MIN_BLOCKS * block else "full"
         return None
     if mode == "sample":
         n_params = sum(a * b + b for a, b in pairs)
@@ -260,7 +296,8 @@ import math
 import numpy as np
 from numba import njit, uint64
 from fastbp.kernels.config import INNER, JIT
-from fastbp.kernels.intrinsics import borrowed, fma, like, squared_error_sum
+from fastbp.kernels.intrinsics import (borrowed, dot4_group_range, fma, like,
+                                       squared_error_sum, sum_width)
 from fastbp.kernels.loops import (DIVERGED, STOPPED_EARLY, after_record, end_of_chunk,
                                   named_options, plain_steps, record_checked,
                                   stateful_update)
@@ -332,9 +369,10 @@ _RECORD_CHECKED = """\
 
 
 # ------------------------------------------------------------------------- full batch
-def source_full(sizes, acts, bias, loss, weighted, rule, dtype="float64"):
+def source_full(sizes, acts, bias, loss, weighted, rule, dtype="float64", blocked=False):
     """The module of a full-batch kernel: ``epoch_pass`` (forward, loss, backward and
-    gradient of the whole batch) and ``train``; ``rule`` "plain" or "stateful"."""
+    gradient of the whole batch) and ``train``; ``rule`` "plain" or "stateful";
+    ``blocked``: epoch_pass a block of samples at a time (kind "full_blocked")."""
     sizes, acts = tuple(map(int, sizes)), tuple(map(int, acts))
     rounding = _Rounding(dtype)
     out = _Writer()
@@ -344,10 +382,10 @@ def source_full(sizes, acts, bias, loss, weighted, rule, dtype="float64"):
     out.lines += _HEADER.splitlines() + rounding.header()
     out()
     out()
-    _write_pass(out, sizes, acts, bias, loss, weighted, rounding)
+    _write_pass(out, sizes, acts, bias, loss, weighted, rounding, blocked)
     out()
     out()
-    setup = (_ROWS + textwrap.indent(_LOAD_ROWS, "    ") + _PASS_ROWS
+    setup = (_rows(blocked) + textwrap.indent(_LOAD_ROWS, "    ") + _PASS_ROWS
              + "    l2_scale = loop.batch_size / n if rule.sample_mean else 1.0\n")
     # the plain rule checks the new parameters as it steps, and saves the guard's state
     # in the epoch after a recorded one (loops.plain_steps, record_checked)
@@ -357,7 +395,7 @@ def source_full(sizes, acts, bias, loss, weighted, rule, dtype="float64"):
               "        stateful_update(params, work.grad, lr, net, rule, state, l2_scale)\n")
     l2 = ("" if rule == "plain" else
           "            bl += l2_scale * l2_penalty(params, net, rule.l2_loss)\n")
-    epoch = ("        bl = epoch_pass(params, rows, work.grad, sw, n, P, recording)\n"
+    epoch = ("        bl = epoch_pass(params, rows, work.grad, sw, n, P, recording, chains)\n"
              "        epoch_loss = 0.0\n"
              "        if recording:  # as loops' batch epoch with one batch\n"
              + l2 +
@@ -369,16 +407,19 @@ def source_full(sizes, acts, bias, loss, weighted, rule, dtype="float64"):
                                moments=rule == "stateful").splitlines()
     out()
     out()
-    out.lines += _LOSS_AND_GRADIENT.splitlines()
+    out.lines += _LOSS_AND_GRADIENT.format(rows=_rows(blocked)).splitlines()
     return out.text()
 
 
 # A full-batch kernel's rows: P samples, n rounded up to padded(n) (the work's buffers
-# hold P); sw the sample weights' row (empty without weights) ...
-_ROWS = """\
-    P = work.w_batch.shape[0]
-    sw = work.w_batch[:P if data.w.shape[0] > 0 else 0]
-"""
+# hold P); sw the sample weights' row (empty without weights); the blocks' gradient
+# chains (intrinsics.dot4_group_range; none without blocks) ...
+def _rows(blocked):
+    chains = ("np.empty(params.shape[0] * sum_width(params), params.dtype)" if blocked
+              else "None")
+    return ("    P = work.w_batch.shape[0]\n"
+            "    sw = work.w_batch[:P if data.w.shape[0] > 0 else 0]\n"
+            f"    chains = {chains}\n")
 # ... the views of them that epoch_pass reads and writes, taken once, not every epoch:
 # as epoch_pass's first lines (it is inlined in the epoch loop) LLVM kept their slicing
 # and the loops' overlap checks on them in every epoch (W3: float64 784 -> 610 ns an
@@ -411,10 +452,10 @@ def loss_and_gradient(params, net, data, grad, work, gathered):
     left data in work's rows.\"\"\"
     data, work = Data(*data), Work(*work)
     n = data.x.shape[0]
-""" + _ROWS + """\
+{rows}\
     if not gathered:
 """ + textwrap.indent(_LOAD_ROWS, "        ") + _PASS_ROWS + """\
-    return epoch_pass(params, rows, grad, sw, n, P, True)
+    return epoch_pass(params, rows, grad, sw, n, P, True, chains)
 """)
 
 
@@ -424,7 +465,7 @@ _SHUFFLE = """\
 """
 
 
-def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
+def _write_pass(out, sizes, acts, bias, loss, weighted, rounding, blocked):
     """epoch_pass: forward, backward, loss and gradient of one full batch.
 
     The forward pass is a few loops over the P samples per layer, each writing a few
@@ -455,6 +496,7 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
     if loss == BCE:
         rows += [(f"zo{j}", "z_out", j) for j in range(K)]
     rows += [("keep", "keep", 0)]
+    assert len(rows) == pass_row_count(sizes, loss)
     names = ", ".join(name for name, _, _ in rows) + ","
     # inlined into their callers at Numba's level: compiled once, inside train, instead
     # of once alone and again where LLVM links them into train (a first fit of the XOR
@@ -471,7 +513,7 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
     out()
     out()
     out("@njit(**dict(INNER, inline=\"always\"))")
-    out("def epoch_pass(params, rows, grad, sw, n, P, recording):")
+    out("def epoch_pass(params, rows, grad, sw, n, P, recording, chains):")
     with out.block():
         out('"""Gradient of the loss of samples [0, n) into grad; returns the loss when')
         out('recording (else 0).  rows: pass_rows\' views."""')
@@ -483,67 +525,125 @@ def _write_pass(out, sizes, acts, bias, loss, weighted, rounding):
                               for j in range(J)))
             if bias:
                 out("; ".join(f"b{l}_{j} = params[{b_off[l] + j}]" for j in range(J)))
-        # forward
-        for l in range(L):
-            for first in range(0, sizes[l + 1], FORWARD_ROWS_PER_LOOP):
-                units = range(first, min(first + FORWARD_ROWS_PER_LOOP, sizes[l + 1]))
-                out("for s in range(P):")
-                with out.block():
-                    for i in range(sizes[l]):
-                        out(f"h{l}_{i} = a{l}_{i}[s]")
-                    _write_forward(out, sizes, acts, bias, _activation, rounding, [l], units)
-                    for j in units:
-                        out(f"a{l + 1}_{j}[s] = h{l + 1}_{j}")
-                    if loss == BCE and l == L - 1:
-                        for j in units:
-                            out(f"zo{j}[s] = z{L - 1}_{j}")
-        # backward: batch.output_deltas, then batch.backward's deltas
-        out("scale = " + rounding.stored(f"delta_scale({loss}, {acts[L - 1]}, {K}, n)"))
-        combined = loss == BCE and acts[L - 1] == SIGMOID
-        one_loop = sum(sizes[1:]) <= ONE_LOOP_DELTA_ROWS
-        if one_loop:
-            _write_backward_one_loop(out, sizes, acts, rounding, combined,
-                                     "sw[u]" if weighted else None)
+        if blocked:
+            _write_blocks(out, sizes, acts, bias, loss, weighted, rounding, rows)
         else:
-            _write_backward_loops(out, sizes, acts, rounding, combined, "keep[u]")
-        # loss: batch.batch_loss's order, output by output, each row in rules.loss_sum's
-        # chains (sw is empty without sample weights).  The squared error's sum is
-        # loss_sum's own intrinsic, emitted here: loss_sum is called, not inlined, and
-        # the call (with its arrays' reference counts) cost more than W3's sum itself.
-        # After the backward pass, not before: the deltas do not wait on the sum's chain
-        # of adds (whole fits, in-process, paired with the loss before them: W3 float64
-        # 0.97-1.01, float32 0.96; the XOR net 0.98, 0.96; the admissions net 0.98, 1.01)
-        out("total = np.float64(0.0)")
-        out("if recording:")
-        with out.block():
-            for j in range(K):
-                if loss == BCE:
-                    out(f"total += loss_sum(a{L}_{j}, y{j}, zo{j}, sw, n, {loss})")
-                else:
-                    out(f"total += squared_error_sum(a{L}_{j}, y{j}, "
-                        f"{'sw' if weighted else 'None'}, uint64(n))")
-        # gradients over the n real samples (and, after backward loops, padded ones,
-        # whose deltas are zeros), batch.backward's sums (rules.dot4 / sum4),
-        # GRADIENT_GROUP at a time (rules.dot4_group)
-        sums = {}  # parameter index -> (x row, y row or None)
-        for l in range(L):
-            I, J = sizes[l], sizes[l + 1]
-            for i in range(I):
-                for j in range(J):
-                    sums[w_off[l] + i * J + j] = (f"a{l}_{i}", f"d{l + 1}_{j}")
-            if bias:
-                for j in range(J):
-                    sums[b_off[l] + j] = (f"d{l + 1}_{j}", "None")
-        assert sorted(sums) == list(range(len(sums)))
-        width = 8 if rounding.single else 4  # intrinsics.sum_width
-        out("un = uint64(n)" if one_loop else
-            f"un = uint64((n + {width - 1}) // {width} * {width})  # at most P")
-        for first in range(0, len(sums), GRADIENT_GROUP):
-            group = [sums[p] for p in range(first, min(first + GRADIENT_GROUP, len(sums)))]
-            xs = ", ".join(x for x, _ in group)
-            ys = ", ".join(y for _, y in group)
-            out(f"dot4_group(grad, {first}, ({xs},), ({ys},), un)")
+            _write_whole(out, sizes, acts, bias, loss, weighted, rounding)
         out(f"return loss_of_sum(total, {loss}, {K}, n) if recording else 0.0")
+
+
+def _write_whole(out, sizes, acts, bias, loss, weighted, rounding):
+    """epoch_pass's body for the batch in one piece: each loop over all P samples."""
+    L, K = len(sizes) - 1, sizes[-1]
+    one_loop = sum(sizes[1:]) <= ONE_LOOP_DELTA_ROWS
+    _write_forward_loops(out, sizes, acts, bias, loss, rounding, "range(P)")
+    out("scale = " + rounding.stored(f"delta_scale({loss}, {acts[L - 1]}, {K}, n)"))
+    _write_backward(out, sizes, acts, loss, weighted, rounding, one_loop, "range(P)")
+    _write_loss(out, sizes, loss, weighted)
+    width = 8 if rounding.single else 4  # intrinsics.sum_width
+    out("un = uint64(n)" if one_loop else
+        f"un = uint64((n + {width - 1}) // {width} * {width})  # at most P")
+    for first, xs, ys in _gradient_groups(sizes, bias):
+        out(f"dot4_group(grad, {first}, ({xs},), ({ys},), un)")
+
+
+def _write_blocks(out, sizes, acts, bias, loss, weighted, rounding, rows):
+    """epoch_pass's body a block of samples at a time (block_samples: the block's
+    ``rows`` rows stay in the L1 cache from the forward pass to the gradient), each
+    loop over the block's samples, the gradient's chains carried from block to block
+    (intrinsics.dot4_group_range): _write_whole's numbers."""
+    L, K = len(sizes) - 1, sizes[-1]
+    one_loop = sum(sizes[1:]) <= ONE_LOOP_DELTA_ROWS
+    width = 8 if rounding.single else 4  # intrinsics.sum_width
+    out("un = n" if one_loop else f"un = (n + {width - 1}) // {width} * {width}")
+    out("scale = " + rounding.stored(f"delta_scale({loss}, {acts[L - 1]}, {K}, n)"))
+    block = block_samples(len(rows), rounding.single)
+    out(f"for b0 in range(0, P, {block}):")
+    with out.block():
+        out(f"b1 = min(b0 + {block}, P)")
+        # unsigned: a signed index not known to be >= 0 gets Numba's wraparound, and
+        # the loops stay scalar (batch.py)
+        out("s0, s1 = uint64(b0), uint64(b1)")
+        _write_forward_loops(out, sizes, acts, bias, loss, rounding, "range(s0, s1)")
+        _write_backward(out, sizes, acts, loss, weighted, rounding, one_loop,
+                        "range(s0, s1)")
+        out("stop = min(b1, un)  # the block's samples of the sums (none past un)")
+        out("start = min(b0, stop)")
+        for first, xs, ys in _gradient_groups(sizes, bias):
+            out(f"dot4_group_range(grad, {first}, ({xs},), ({ys},), start, stop, chains, "
+                f"b1 == P)")
+    _write_loss(out, sizes, loss, weighted)
+
+
+def _write_forward_loops(out, sizes, acts, bias, loss, rounding, samples):
+    """The forward pass over ``samples`` (a range's text): per layer, loops of
+    FORWARD_ROWS_PER_LOOP units."""
+    L = len(sizes) - 1
+    for l in range(L):
+        for first in range(0, sizes[l + 1], FORWARD_ROWS_PER_LOOP):
+            units = range(first, min(first + FORWARD_ROWS_PER_LOOP, sizes[l + 1]))
+            out(f"for s in {samples}:")
+            with out.block():
+                for i in range(sizes[l]):
+                    out(f"h{l}_{i} = a{l}_{i}[s]")
+                _write_forward(out, sizes, acts, bias, _activation, rounding, [l], units)
+                for j in units:
+                    out(f"a{l + 1}_{j}[s] = h{l + 1}_{j}")
+                if loss == BCE and l == L - 1:
+                    for j in units:
+                        out(f"zo{j}[s] = z{L - 1}_{j}")
+
+
+def _write_backward(out, sizes, acts, loss, weighted, rounding, one_loop, samples):
+    """The deltas over ``samples``: batch.output_deltas, then batch.backward's."""
+    combined = loss == BCE and acts[-1] == SIGMOID
+    if one_loop:
+        _write_backward_one_loop(out, sizes, acts, rounding, combined,
+                                 "sw[u]" if weighted else None, samples)
+    else:
+        _write_backward_loops(out, sizes, acts, rounding, combined, "keep[u]", samples)
+
+
+def _write_loss(out, sizes, loss, weighted):
+    """The loss when recording: batch.batch_loss's order, output by output, each row in
+    rules.loss_sum's chains (sw is empty without sample weights).  The squared error's
+    sum is loss_sum's own intrinsic, emitted here: loss_sum is called, not inlined, and
+    the call (with its arrays' reference counts) cost more than W3's sum itself.  After
+    the backward pass, not before: the deltas do not wait on the sum's chain of adds
+    (whole fits, in-process, paired with the loss before them: W3 float64 0.97-1.01,
+    float32 0.96; the XOR net 0.98, 0.96; the admissions net 0.98, 1.01)."""
+    L, K = len(sizes) - 1, sizes[-1]
+    out("total = np.float64(0.0)")
+    out("if recording:")
+    with out.block():
+        for j in range(K):
+            if loss == BCE:
+                out(f"total += loss_sum(a{L}_{j}, y{j}, zo{j}, sw, n, {loss})")
+            else:
+                out(f"total += squared_error_sum(a{L}_{j}, y{j}, "
+                    f"{'sw' if weighted else 'None'}, uint64(n))")
+
+
+def _gradient_groups(sizes, bias):
+    """The gradient's sums, batch.backward's (rules.dot4 / sum4), GRADIENT_GROUP at a
+    time (rules.dot4_group): (first parameter, its x rows, its y rows) per group, each
+    sum over the n real samples (and, after backward loops, padded ones, whose deltas
+    are zeros)."""
+    L = len(sizes) - 1
+    w_off, b_off = _offsets(sizes, bias)
+    sums = {}  # parameter index -> (x row, y row or None)
+    for l in range(L):
+        I, J = sizes[l], sizes[l + 1]
+        for i in range(I):
+            for j in range(J):
+                sums[w_off[l] + i * J + j] = (f"a{l}_{i}", f"d{l + 1}_{j}")
+        if bias:
+            for j in range(J):
+                sums[b_off[l] + j] = (f"d{l + 1}_{j}", "None")
+    assert sorted(sums) == list(range(len(sums)))
+    for first in range(0, len(sums), GRADIENT_GROUP):
+        group = [sums[p] for p in range(first, min(first + GRADIENT_GROUP, len(sums)))]
+        yield first, ", ".join(x for x, _ in group), ", ".join(y for _, y in group)
 
 
 def _output_delta_text(acts, combined, rounding, j, value, factor):
@@ -562,11 +662,11 @@ def _hidden_delta_text(sizes, acts, rounding, l, i, above, value):
     return g if g == chain else rounding.stored(g)
 
 
-def _write_backward_one_loop(out, sizes, acts, rounding, combined, factor):
+def _write_backward_one_loop(out, sizes, acts, rounding, combined, factor, samples):
     """The deltas of every layer in one loop over the samples, a sample's in registers;
     the output deltas times ``factor`` (_output_delta_text)."""
     L = len(sizes) - 1
-    out("for u in range(P):")
+    out(f"for u in {samples}:")
     with out.block():
         for l in range(1, L + 1):
             for j in range(sizes[l]):
@@ -584,7 +684,7 @@ def _write_backward_one_loop(out, sizes, acts, rounding, combined, factor):
                 out(f"d{l}_{j}[u] = g{l}_{j}")
 
 
-def _write_backward_loops(out, sizes, acts, rounding, combined, factor):
+def _write_backward_loops(out, sizes, acts, rounding, combined, factor, samples):
     """The deltas in loops of DELTA_ROWS_PER_LOOP rows each (the output layer's first,
     then each hidden layer's from the top), every loop reading the rows above from
     memory -- except those it has just computed itself, which it keeps in locals: the
@@ -597,7 +697,7 @@ def _write_backward_loops(out, sizes, acts, rounding, combined, factor):
     rows = [(L, j) for j in range(sizes[L])] + [(l, i) for l in range(L - 1, 0, -1)
                                                 for i in range(sizes[l])]
     for first in range(0, len(rows), DELTA_ROWS_PER_LOOP):
-        out("for u in range(P):")
+        out(f"for u in {samples}:")
         with out.block():
             here = set()  # the rows this loop has computed, in locals g{l}_{i}
             for l, i in rows[first:first + DELTA_ROWS_PER_LOOP]:
@@ -798,17 +898,16 @@ def _dtype_note(dtype):
 
 def trainer(kind, sizes, acts, bias, loss, weighted, rule, dtype="float64"):
     """The generated ``train`` for this architecture and dtype (compiled on its first
-    call, cached on disk).  kind: "full", "sample" or "sample_loops"; rule: "plain" or
-    "stateful"."""
+    call, cached on disk).  kind: one of KINDS; rule: "plain" or "stateful"."""
     return _module(kind, sizes, acts, bias, loss, weighted, rule, dtype).train
 
 
-def evaluator(sizes, acts, bias, loss, weighted, dtype="float64"):
+def evaluator(sizes, acts, bias, loss, weighted, dtype="float64", kind="full"):
     """The generated full-batch ``loss_and_gradient`` for this architecture and dtype:
     kernels.loops.loss_and_gradient's arguments and numbers, with the work's rows padded
     to padded(n) samples (compiled on its first call, cached on disk).  It lives in the
-    module of the full-batch plain-SGD kernel."""
-    return _module("full", sizes, acts, bias, loss, weighted, "plain",
+    module of the full-batch plain-SGD kernel of ``kind`` (one of FULL_KINDS)."""
+    return _module(kind, sizes, acts, bias, loss, weighted, "plain",
                    dtype).loss_and_gradient
 
 
@@ -821,8 +920,8 @@ def _module(kind, sizes, acts, bias, loss, weighted, rule, dtype):
         module = _loaded.get(k)
         if module is None:
             args = k[2:7]
-            if kind == "full":
-                text = source_full(*args, rule, dtype)
+            if kind in FULL_KINDS:
+                text = source_full(*args, rule, dtype, blocked=kind == "full_blocked")
             elif kind == "sample":
                 text = source_sample(*args, dtype)
             else:

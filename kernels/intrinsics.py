@@ -295,7 +295,7 @@ def _width(dtype):
     return 8 if dtype == types.float32 else 4
 
 
-def _chains(builder, dtype, x_bases, y_bases, n):
+def _chains(builder, dtype, x_bases, y_bases, n, start=None, inits=None):
     """The vector loop of lanes4 for several sums at once, each over s < n from its own
     pointers: sum k's chains are one 256-bit vector (4 float64 or 8 float32, sum_width)
     of fused multiply-adds of x_bases[k][s] * y_bases[k][s] in increasing s -- or plain
@@ -303,7 +303,10 @@ def _chains(builder, dtype, x_bases, y_bases, n):
     together, one vector step each per step of the loop.  The last n % width samples
     are one more step with masked loads, whose masked-off chains keep their value (a
     select: not even a zero's sign changes), so nothing past n is read.  Returns, per
-    sum, its vector of chains."""
+    sum, its vector of chains.  ``start`` (at most n; a multiple of the width unless it
+    is n, an empty range) and ``inits`` (per sum, its vector of chains there): a loop
+    over s in [start, n) that goes on from those chains (_dot4_group_range), instead of
+    from zeros at 0."""
     i64 = ir.IntType(64)
     make, suffix = _LLVM_FLOAT[dtype]
     width = _width(dtype)
@@ -311,7 +314,9 @@ def _chains(builder, dtype, x_bases, y_bases, n):
     vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                           f"llvm.fma.v{width}{suffix}")
     align = dtype.bitwidth // 8
-    accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in x_bases]
+    if inits is None:
+        inits = [ir.Constant(vec, None)] * len(x_bases)
+    accs = [cgutils.alloca_once_value(builder, init) for init in inits]
 
     def step(j, load):
         for x_base, y_base, acc in zip(x_bases, y_bases, accs):
@@ -325,11 +330,14 @@ def _chains(builder, dtype, x_bases, y_bases, n):
 
     tail = builder.urem(n, ir.Constant(i64, width))
     q = builder.sub(n, tail)
-    with cgutils.for_range_slice(builder, ir.Constant(i64, 0), q,
+    with cgutils.for_range_slice(builder, ir.Constant(i64, 0) if start is None else start, q,
                                  ir.Constant(i64, width)) as (j, _):
         for acc, new in step(j, lambda ptr: builder.load(ptr, align=align)):
             builder.store(new, acc)
-    with builder.if_then(builder.icmp_unsigned("!=", tail, ir.Constant(i64, 0))):
+    has_tail = builder.icmp_unsigned("!=", tail, ir.Constant(i64, 0))
+    if start is not None:  # an empty range [n, n) from a start past the last whole step
+        has_tail = builder.and_(has_tail, builder.icmp_unsigned(">=", q, start))
+    with builder.if_then(has_tail):
         mask, load = _first_lanes(builder, vec, tail, align)
         for acc, new in step(q, load):
             builder.store(builder.select(mask, new, builder.load(acc)), acc)
@@ -437,6 +445,47 @@ def _array_types(tup):
     return tuple(tup.types) if isinstance(tup, types.BaseTuple) else None
 
 
+def _group_types(xs, ys, *others):
+    """(the types of the arrays of the tuples xs and ys) of a dot4_group call, or None
+    where they do not fit: as many xs as ys, ys' arrays or None, all of them and
+    ``others`` 1-D contiguous arrays of one float dtype."""
+    x_types, y_types = _array_types(xs), _array_types(ys)
+    if x_types is None or y_types is None or len(x_types) != len(y_types) or not x_types:
+        return None
+    arrays = list(others) + list(x_types) + [t for t in y_types
+                                             if not isinstance(t, types.NoneType)]
+    return (x_types, y_types) if _float_arrays(*arrays) else None
+
+
+def _group_bases(builder, context, x_types, y_types, xs, ys):
+    """Pointers to the first element of each array of the tuples xs and ys (None for a
+    None of ys)."""
+    zero = ir.Constant(ir.IntType(64), 0)
+    x_bases = [_base(builder, context, t, builder.extract_value(xs, k), zero)
+               for k, t in enumerate(x_types)]
+    y_bases = [None if isinstance(t, types.NoneType) else
+               _base(builder, context, t, builder.extract_value(ys, k), zero)
+               for k, t in enumerate(y_types)]
+    return x_bases, y_bases
+
+
+def _store_sums(builder, out_at, chains, align):
+    """out_at[k] <- sum k of the vectors of chains (_group_sums), a whole vector of sums
+    in one store."""
+    i64 = ir.IntType(64)
+    k = 0
+    for sums in _group_sums(builder, chains):
+        count = min(sums.type.count, len(chains) - k)
+        if count == sums.type.count:
+            builder.store(sums, _at(builder, out_at, ir.Constant(i64, k), sums.type),
+                          align=align)
+        else:
+            for c in range(count):
+                builder.store(builder.extract_element(sums, ir.Constant(i64, c)),
+                              builder.gep(out_at, [ir.Constant(i64, k + c)]))
+        k += count
+
+
 def _dot4_group(typingctx, out, o, xs, ys, n):
     """rules.dot4_group compiled: the K sums' chains advance together in one loop over
     the samples (each sum its own 256-bit vector of chains, as lanes4 runs it alone,
@@ -445,41 +494,104 @@ def _dot4_group(typingctx, out, o, xs, ys, n):
     Every chain sees the same operations in the same order as rules.dot4 / sum4; only
     the independent chains interleave, so the loop runs at the FMA units' throughput,
     not one chain's latency."""
-    x_types, y_types = _array_types(xs), _array_types(ys)
-    if x_types is None or y_types is None or len(x_types) != len(y_types) or not x_types:
+    found = _group_types(xs, ys, out)
+    if found is None or not all(isinstance(t, types.Integer) for t in (o, n)):
         return None
-    arrays = [out] + list(x_types) + [t for t in y_types if not isinstance(t, types.NoneType)]
-    if not _float_arrays(*arrays) or not all(isinstance(t, types.Integer) for t in (o, n)):
+    x_types, y_types = found
+    dtype = out.dtype
+
+    def codegen(context, builder, signature, args):
+        x_bases, y_bases = _group_bases(builder, context, x_types, y_types, args[2], args[3])
+        n_ = context.cast(builder, args[4], signature.args[4], types.uint64)
+        chains = _chains(builder, dtype, x_bases, y_bases, n_)  # per k, as lanes4's
+        o_ = context.cast(builder, args[1], signature.args[1], types.uint64)
+        _store_sums(builder, _base(builder, context, signature.args[0], args[0], o_), chains,
+                    dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(out, o, xs, ys, n), codegen
+
+
+def dot4_group_range(out, o, xs, ys, start, stop, chains, last):
+    """rules.dot4_group over the samples a range at a time: the K sums' chains advance
+    over s in [start, stop) -- from zeros where start is 0, else from chains[(o + k) *
+    W:(o + k + 1) * W] (W = sum_width), where the range before left them -- and then,
+    when ``last``, out[o + k] gets each sum as dot4_group adds it up, else the chains go
+    back to ``chains``.  The ranges [0, b1), [b1, b2), ..., [bm, n) (each start a
+    multiple of W, or equal to its stop: an empty range) give dot4_group's numbers over n
+    samples bit for bit: a chain's fused multiply-adds see the same operands in the same
+    order, and a chain stored and loaded again is the same value.  ``chains``: a 1-D
+    array of out's dtype, at least (o + K) * W long."""
+    single = out.dtype == np.float32
+    width = 8 if single else 4
+    for k in range(len(xs)):
+        base = (o + k) * width
+        acc = ([out.dtype.type(0.0)] * width if start == 0 else
+               [chains[base + c] for c in range(width)])
+        if not single:
+            acc = [float(a) for a in acc]
+        for s in range(int(start), int(stop)):
+            xv = xs[k][s] if single else float(xs[k][s])
+            if ys[k] is None:
+                acc[s % width] = acc[s % width] + xv
+            else:
+                yv = ys[k][s] if single else float(ys[k][s])
+                acc[s % width] = fma(xv, yv, acc[s % width])
+        if last:
+            if width == 8:
+                acc = [acc[c] + acc[c + 4] for c in range(4)]
+            out[o + k] = (acc[0] + acc[1]) + (acc[2] + acc[3])
+        else:
+            for c in range(width):
+                chains[base + c] = acc[c]
+
+
+@compiled_as(dot4_group_range)
+def _dot4_group_range(typingctx, out, o, xs, ys, start, stop, chains, last):
+    """dot4_group_range compiled: _dot4_group's loop (_chains) from ``start`` on, its
+    chains loaded (or zeros at 0) before and stored after, or summed (_group_sums) into
+    out on the ``last`` range."""
+    found = _group_types(xs, ys, out, chains)
+    if (found is None or not isinstance(last, types.Boolean)
+            or not all(isinstance(t, types.Integer) for t in (o, start, stop))):
         return None
+    x_types, y_types = found
     dtype = out.dtype
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
         zero = ir.Constant(i64, 0)
-        x_bases = [_base(builder, context, t, builder.extract_value(args[2], k), zero)
-                   for k, t in enumerate(x_types)]
-        y_bases = [None if isinstance(t, types.NoneType) else
-                   _base(builder, context, t, builder.extract_value(args[3], k), zero)
-                   for k, t in enumerate(y_types)]
-        n_ = context.cast(builder, args[4], signature.args[4], types.uint64)
-        chains = _chains(builder, dtype, x_bases, y_bases, n_)  # per k, as lanes4's
-        o_ = context.cast(builder, args[1], signature.args[1], types.uint64)
-        out_at = _base(builder, context, signature.args[0], args[0], o_)
+        make, _ = _LLVM_FLOAT[dtype]
+        width = _width(dtype)
+        vec = ir.VectorType(make(), width)
         align = dtype.bitwidth // 8
-        k = 0
-        for sums in _group_sums(builder, chains):
-            count = min(sums.type.count, len(chains) - k)
-            if count == sums.type.count:  # a whole vector of sums: one store
-                builder.store(sums, _at(builder, out_at, ir.Constant(i64, k), sums.type),
-                              align=align)
-            else:
-                for c in range(count):
-                    builder.store(builder.extract_element(sums, ir.Constant(i64, c)),
-                                  builder.gep(out_at, [ir.Constant(i64, k + c)]))
-            k += count
+        x_bases, y_bases = _group_bases(builder, context, x_types, y_types, args[2], args[3])
+        o_ = context.cast(builder, args[1], signature.args[1], types.uint64)
+        start_ = context.cast(builder, args[4], signature.args[4], types.uint64)
+        stop_ = context.cast(builder, args[5], signature.args[5], types.uint64)
+        first = builder.icmp_unsigned("==", start_, zero)
+        chains_at = _base(builder, context, signature.args[6], args[6],
+                          builder.mul(o_, ir.Constant(i64, width)))
+        # each sum's chains where the range before left them; at 0 zeros (the buffer may
+        # hold anything there: the select drops what was loaded)
+        inits = [builder.select(first, ir.Constant(vec, None),
+                                builder.load(_at(builder, chains_at,
+                                                 ir.Constant(i64, k * width), vec),
+                                             align=align))
+                 for k in range(len(x_types))]
+        chains = _chains(builder, dtype, x_bases, y_bases, stop_, start_, inits)
+        last = context.cast(builder, args[7], signature.args[7], types.boolean)
+        with builder.if_else(last) as (summed, kept):
+            with summed:
+                _store_sums(builder, _base(builder, context, signature.args[0], args[0], o_),
+                            chains, align)
+            with kept:
+                for k, value in enumerate(chains):
+                    builder.store(value, _at(builder, chains_at, ir.Constant(i64, k * width),
+                                             vec), align=align)
         return context.get_dummy_value()
 
-    return types.none(out, o, xs, ys, n), codegen
+    return types.none(out, o, xs, ys, start, stop, chains, last), codegen
 
 
 # ----------------------------------------------------------------- squared_error_sum

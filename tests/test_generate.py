@@ -156,6 +156,71 @@ def test_rows_of_whole_pages_get_a_line_more(generated, monkeypatch, arch, dtype
                                 epochs=4, lr=0.05))
 
 
+# blocked full-batch kernels (generate.BLOCKED_MIN_BLOCKS blocks or more): one case per
+# way a block's rows are written and summed -- the one-loop backward pass (xor), the
+# loops (regression), bce's z_out rows and tanh (multi), sample weights, the stateful
+# rules -- in both dtypes, with a last block shorter than the rest
+BLOCKED_CASES = [
+    ("xor", "float64", dict(epochs=4, lr=0.1)),
+    ("regression", "float32", dict(epochs=4, lr=0.05)),
+    ("multi", "float64", dict(epochs=3, lr=0.2, sample_weight="uniform")),
+    ("multi", "float32", dict(epochs=3, lr=0.05, optimizer="adam", l2=1e-3)),
+    ("admissions", "float32", dict(epochs=3, lr=0.1, momentum=0.9)),
+]
+
+
+@pytest.mark.parametrize("arch, dtype, options", BLOCKED_CASES,
+                         ids=[f"{a}-{d}" for a, d, _ in BLOCKED_CASES])
+def test_blocked_full_batch_is_bit_identical(generated, monkeypatch, arch, dtype, options):
+    sizes, act, loss, bias = ARCHS[arch]
+    model = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias)
+    codes = (tuple(model._act_codes.tolist()), model._loss_code)
+    block = GEN.block_samples(GEN.pass_row_count(sizes, model._loss_code), dtype == "float32")
+    n = GEN.BLOCKED_MIN_BLOCKS * block + 37  # a short last block
+    for samples, kind in ((n, "full_blocked"), (block, "full")):
+        assert GEN.kind_for(sizes, *codes, "full", "plain", False, dtype, samples,
+                            D.PRODUCT_MIN_WORK) == kind
+    options = dict(options)
+    if options.get("sample_weight") == "uniform":
+        options["sample_weight"] = np.random.default_rng(8).uniform(0.0, 2.0, size=n)
+    _assert_identical(_fit_both(monkeypatch, arch, n, data_seed=9, dtype=dtype, **options))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sums_in_ranges_are_dot4_groups_sums(dtype):
+    """intrinsics.dot4_group_range over [0, b1), [b1, b2), ... [bm, n) -- compiled and
+    as Python -- gives rules.dot4_group's sums over n samples bit for bit, plain sums
+    (y None) among them, whatever the ranges (empty ones past n too)."""
+    from numba import njit
+
+    from fastbp.kernels.intrinsics import dot4_group_range
+    from fastbp.kernels.rules import dot4_group
+
+    @njit
+    def whole(out, x0, x1, y0, n):
+        dot4_group(out, 0, (x0, x1, x0), (y0, None, x1), n)
+
+    @njit
+    def pieces(out, x0, x1, y0, n, P, block, chains):
+        for b0 in range(0, P, block):
+            b1 = min(b0 + block, P)
+            stop = min(b1, n)
+            dot4_group_range(out, 0, (x0, x1, x0), (y0, None, x1), min(b0, stop), stop,
+                             chains, b1 == P)
+
+    rng = np.random.default_rng(12)
+    width = 8 if dtype == np.float32 else 4
+    for n in (1, 5, 8, 37, 100):
+        arrays = [rng.normal(size=n + 16).astype(dtype) for _ in range(3)]
+        want = np.zeros(3, dtype)
+        whole(want, *arrays, n)
+        for block in (8, 16, 48):
+            for run in (pieces, pieces.py_func):
+                got = np.full(3, np.nan, dtype)
+                run(got, *arrays, n, n + 11, block, np.full(3 * width, np.nan, dtype))
+                np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("options", [
     dict(lr=0.05),

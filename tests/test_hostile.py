@@ -475,7 +475,7 @@ def test_kernels_without_a_python_entry_refuse_python_calls():
     from fastbp.kernels.config import CompiledOnly
     namespaces = {m.name: vars(importlib.import_module(f"fastbp.kernels.{m.name}"))
                   for m in pkgutil.iter_modules(K.__path__)}
-    for kind in ("full", "sample", "sample_loops"):
+    for kind in GEN.KINDS:
         module = GEN._module(kind, (2, 3, 1), (1, 1), True, 0, False, "plain", "float64")
         namespaces[f"generated {kind}"] = vars(module)
     namespaces["passes._inlined"] = {
