@@ -29,10 +29,9 @@ instruction or vector loop, emitted in the kernel that calls it (``compiled_as``
   ``hold(arr)`` keeps an array the kernel allocated alive while such a pointer is in use.
 - ``borrowed(values)``: a tuple's arrays as views without a reference count (no atomic
   instructions where a loop takes views of them).
-- ``exp(x)`` / ``tanh(x)``: libm's function in x's precision.  Compiled, these are
-  math.exp / math.tanh, for which Numba calls expf / tanhf on a float32; their Python
-  meanings (python_exp / python_tanh) call those too, through ctypes: the float64
-  result rounded to float32 differs in the last bit (for one tanh in seven).
+- ``exp(x)``: libm's exp in x's precision.  Compiled, this is math.exp, for which Numba
+  calls expf on a float32; its Python meaning (python_exp) calls that too, through
+  ctypes: the float64 result rounded to float32 may differ in the last bit.
 
 Without fastmath LLVM may not reorder a sum, so ``acc += w[j] * v[j]`` stays one scalar
 chain.  The lane functions fix another order, written here and nowhere else: it is the
@@ -1105,12 +1104,6 @@ def python_exp(x):
     return _in_precision(x, math.exp, "expf")
 
 
-def python_tanh(x):
-    """tanh(x) in x's precision, as compiled: libm's tanhf for a float32, tanh otherwise."""
-    return _in_precision(x, math.tanh, "tanhf")
-
-
-# Compiled, the kernels call math.exp / math.tanh themselves: an @overload would be
-# inlined at each call site, which made a per-sample first fit 0.3-0.5 s slower to compile.
+# Compiled, the kernels call math.exp themselves: an @overload would be inlined at each
+# call site, which made a per-sample first fit 0.3-0.5 s slower to compile.
 exp = python_exp if config.DISABLE_JIT else math.exp
-tanh = python_tanh if config.DISABLE_JIT else math.tanh

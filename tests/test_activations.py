@@ -91,6 +91,49 @@ def test_sigmoid_is_within_two_ulp_of_a_long_double_reference():
     assert _ulps(libm, ref).max() <= 2.0
 
 
+@njit
+def _tanhs(z):
+    out = np.empty_like(z)
+    for i in range(z.size):
+        out[i] = R.tanh(z[i])
+    return out
+
+
+TANH_ARGS = np.concatenate([
+    RNG.uniform(-1.0, 1.0, 20_000), RNG.uniform(-0.2, 0.2, 20_000),
+    RNG.uniform(-25.0, 25.0, 20_000),
+    np.exp(RNG.uniform(-745.0, 6.0, 20_000)) * RNG.choice([-1.0, 1.0], 20_000),
+    # where the reduction's k changes (ln2 / 4, 3 ln2 / 4), the identity's bound, the
+    # largest and smallest values
+    [0.17328679513998632, 0.5198603854199589, 2.0 ** -27, 2.0 ** -27 * (1 - 2 ** -52),
+     19.0, 400.0, 1e308, 5e-324, -5e-324]])
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).nmant <= 52,
+                    reason="no long double wider than float64 on this platform")
+def test_tanh_is_within_three_ulp_of_a_long_double_reference():
+    """rules.tanh64 (vectorizable, on sigmoid64's exp reduction) against tanh in long
+    double, rounded; and its Python meaning is the same function, value for value."""
+    ref = np.tanh(TANH_ARGS.astype(np.longdouble)).astype(np.float64)
+    got = _tanhs(TANH_ARGS)
+    nonzero = ref != 0
+    assert _ulps(got[nonzero], ref[nonzero]).max() <= 3.0
+    np.testing.assert_array_equal(got[~nonzero], ref[~nonzero])
+    few = TANH_ARGS[::997]
+    assert [python_of(R.tanh64)(v) for v in few] == list(_tanhs(few))
+
+
+def test_tanh_keeps_the_signs_of_zeros_and_saturates():
+    z = np.array([0.0, -0.0, 1e-310, -1e-310, np.inf, -np.inf, 800.0, -1e308, np.nan])
+    with np.errstate(over="ignore"):  # -1e308 is -inf in float32, 1e-310 a signed 0
+        z32 = z.astype(np.float32)
+    for got in (_tanhs(z), _tanhs(z32)):
+        np.testing.assert_array_equal(np.signbit(got[:4]), [False, True, False, True])
+        assert got[2] == z[2].astype(got.dtype) and got[3] == z[3].astype(got.dtype)
+        np.testing.assert_array_equal(got[4:8], [1.0, -1.0, 1.0, -1.0])
+        assert np.isnan(got[8])
+
+
 ARGS32 = np.concatenate([
     RNG.uniform(-87.33, 100.0, 20_000).astype(np.float32),  # exp32's whole range
     RNG.normal(0.0, 5.0, 20_000).astype(np.float32),
@@ -153,9 +196,9 @@ def _libm_rule_values(z):
 
 
 def test_float32_libm_rules_compute_in_float32_within_two_ulp():
-    """The float32 forms of the rules on libm (expf, tanhf): the per-sample sigmoid of
-    narrow layers (sigmoid_libm), the exp output (poisson's), tanh -- float32 values,
-    within 2 float32 ULP of the float64 functions rounded to float32 (expf: 1)."""
+    """The float32 forms of the rules on libm's expf -- the per-sample sigmoid of narrow
+    layers (sigmoid_libm), the exp output (poisson's) -- and tanh (rules.tanh32): float32
+    values, within 2 float32 ULP of the float64 functions rounded to float32 (expf: 1)."""
     z = ARGS32[np.abs(ARGS32) < 88.0]  # exp32 overflows past ~88.7
     sig, ex, th = (np.empty_like(z) for _ in range(3))
     _libm_rules(z, sig, ex, th)

@@ -359,20 +359,19 @@ def test_float32_from_bits_python_meaning_equals_the_compiled_cast():
 def _libm_compiled(x, out):
     for i in range(x.shape[0]):
         out[0, i] = I.exp(x[i])
-        out[1, i] = I.tanh(x[i])
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_exp_and_tanh_python_meanings_equal_the_compiled_libm_calls(dtype):
-    # compiled, a float32 calls expf / tanhf; the float64 result rounded to float32
-    # differs in the last bit for about one tanh in seven, so the Python meaning calls
-    # them too (softmax and tanh layers of float32 models under NUMBA_DISABLE_JIT)
+def test_exp_python_meaning_equals_the_compiled_libm_call(dtype):
+    # compiled, a float32 calls expf; the float64 result rounded to float32 may differ
+    # in the last bit, so the Python meaning calls it too (softmax layers of float32
+    # models under NUMBA_DISABLE_JIT)
     rng = np.random.default_rng(43)
     x = np.concatenate([rng.standard_normal(3000) * 4, [0.0, -0.0, 88.5, -104.0, 1e-30]])
     x = x.astype(dtype)
-    want = np.empty((2, x.shape[0]), dtype)
+    want = np.empty((1, x.shape[0]), dtype)
     _libm_compiled(x, want)
-    got = np.array([[I.python_exp(v) for v in x], [I.python_tanh(v) for v in x]])
+    got = np.array([[I.python_exp(v) for v in x]])
     assert got.dtype == dtype
     with np.errstate(over="ignore"):
         assert np.array_equal(got, want)
