@@ -79,17 +79,22 @@ LINE_BYTES = 64
 # (forward, backward, gradient): from about 1,000 samples W3's 25 rows no longer fit in
 # the L1 cache, and its epoch cost per sample grew with n (float64 3.8 ns at 128
 # samples, 6.4 at 1,000 and 4,000, 8.4 at 16,000).  So from BLOCKED_MIN_BLOCKS blocks
-# on, the pass runs a block of samples at a time ("full_blocked"), a block being a
+# on (float32: BLOCKED_MIN_BLOCKS_32), the pass runs a block of samples at a time
+# ("full_blocked"), a block being a
 # whole number of BLOCK_STEP samples whose rows take about BLOCK_BYTES (at least
 # BLOCK_MIN samples): the block's rows stay in the L1 cache from its forward pass to its
 # gradient sums.  Below that, one piece: a block's loops cost their overlap checks once
 # per block, which LLVM otherwise hoists out of the epoch loop (W3's float32 epoch of
-# 100 samples in blocks: 2.3 -> 2.9 ns a sample).  Measured on the Zen 4 of
-# docs/PERFORMANCE-HISTORY.md, whose L1 cache holds 32 KB.
+# 100 samples in blocks: 2.3 -> 2.9 ns a sample).  float32's rows, half the bytes,
+# stream well enough for longer: its blocks lost below about 5 (W1's and W3's nets at
+# 1,000 samples, 1.07-1.16 of the time) and gained from about 7 (2,000 samples:
+# 0.80-0.94); float64's gained from 3 (W3's at 400 samples: 0.93).  Measured on the Zen 4
+# of docs/PERFORMANCE-HISTORY.md, whose L1 cache holds 32 KB.
 BLOCK_BYTES = 24 * 1024
 BLOCK_MIN = 128
 BLOCK_STEP = 16
 BLOCKED_MIN_BLOCKS = 3
+BLOCKED_MIN_BLOCKS_32 = 6
 KINDS = ("full", "full_blocked", "sample", "sample_loops")
 FULL_KINDS = ("full", "full_blocked")
 # The full-batch backward pass writes a row of deltas per unit.  LLVM vectorizes a loop
@@ -157,7 +162,7 @@ def uses_products(n_in, n_out, nb, product_min_work):
 def kind_for(sizes, acts, loss, mode, rule, validating, dtype, n, product_min_work):
     """The generated kernel a fit could run on ("full", "full_blocked", "sample",
     "sample_loops"), or None: full-batch fits of narrow networks without validation (in
-    blocks of samples from BLOCKED_MIN_BLOCKS blocks on), and per-sample fits without
+    blocks of samples from BLOCKED_MIN_BLOCKS(_32) blocks on), and per-sample fits without
     validation.  ``mode`` and ``rule`` as loops.py names them."""
     if not ENABLED or validating or str(dtype) not in DTYPES or loss not in LOSSES \
             or not all(a in ACTIVATIONS for a in acts):
@@ -167,8 +172,10 @@ def kind_for(sizes, acts, loss, mode, rule, validating, dtype, n, product_min_wo
         if any(uses_products(a, b, n, product_min_work) for a, b in pairs):
             return None
         if max(sizes) <= MAX_UNITS and all(a * b + b <= MAX_LAYER_PARAMS for a, b in pairs):
-            block = block_samples(pass_row_count(sizes, loss), str(dtype) == "float32")
-            return "full_blocked" if padded(n, dtype) >= BLOCKED_MIN_BLOCKS * block else "full"
+            single = str(dtype) == "float32"
+            blocks = BLOCKED_MIN_BLOCKS_32 if single else BLOCKED_MIN_BLOCKS
+            block = block_samples(pass_row_count(sizes, loss), single)
+            return "full_blocked" if padded(n, dtype) >= blocks * block else "full"
         return None
     if mode == "sample":
         n_params = sum(a * b + b for a, b in pairs)

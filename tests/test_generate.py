@@ -156,7 +156,8 @@ def test_rows_of_whole_pages_get_a_line_more(generated, monkeypatch, arch, dtype
                                 epochs=4, lr=0.05))
 
 
-# blocked full-batch kernels (generate.BLOCKED_MIN_BLOCKS blocks or more): one case per
+# blocked full-batch kernels (generate.BLOCKED_MIN_BLOCKS blocks or more, float32
+# BLOCKED_MIN_BLOCKS_32): one case per
 # way a block's rows are written and summed -- the one-loop backward pass (xor), the
 # loops (regression), bce's z_out rows and tanh (multi), sample weights, the stateful
 # rules -- in both dtypes, with a last block shorter than the rest
@@ -176,7 +177,8 @@ def test_blocked_full_batch_is_bit_identical(generated, monkeypatch, arch, dtype
     model = fastbp.MLP(sizes, activation=act, loss=loss, bias=bias)
     codes = (tuple(model._act_codes.tolist()), model._loss_code)
     block = GEN.block_samples(GEN.pass_row_count(sizes, model._loss_code), dtype == "float32")
-    n = GEN.BLOCKED_MIN_BLOCKS * block + 37  # a short last block
+    blocks = GEN.BLOCKED_MIN_BLOCKS_32 if dtype == "float32" else GEN.BLOCKED_MIN_BLOCKS
+    n = blocks * block + 37  # a short last block
     for samples, kind in ((n, "full_blocked"), (block, "full")):
         assert GEN.kind_for(sizes, *codes, "full", "plain", False, dtype, samples,
                             D.PRODUCT_MIN_WORK) == kind
