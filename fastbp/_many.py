@@ -45,7 +45,7 @@ class ManyFit:
         self.active = np.ones(n_models, dtype=bool)
         self.done_per_model = np.zeros(n_models, dtype=np.int64)
         self.bad_epoch = np.full(n_models, -1, dtype=np.int64)
-        self.records = Records(rows=n_models)
+        self.records = Records(rows=n_models, expected=-(-epochs // record_every))
         self._local = threading.local()
         # one Plan per distinct (batch size, shuffle): the models that share one share it
         self.plans = {}

@@ -95,6 +95,51 @@ def test_records_cap_bounds_an_ensembles_records_in_all():
     assert H.Records(rows=1000).cap == H.records_cap(1000) < H.Records().cap
 
 
+def test_expected_records_are_allocated_once_and_kept_as_extend_keeps_them():
+    """Records(expected=k) makes room for k records (at most cap) at its first growth,
+    so that the chunks of a run add theirs without reallocating; what it keeps is what
+    a Records without the hint keeps, the slots not yet written NaN."""
+    rows, total = 3, 100
+    values = np.arange(rows * total, dtype=float).reshape(rows, total)
+    hinted, plain = H.Records(rows=rows, expected=total), H.Records(rows=rows)
+    first = None
+    for r0 in range(0, total, 7):
+        for rec in (hinted, plain):
+            rec.extend(r0, values[:, r0:r0 + 7])
+        first = hinted.loss if first is None else first
+        assert hinted.loss is first  # no reallocation
+        assert np.isnan(hinted.loss[:, hinted.count:]).all()
+    assert hinted.loss.shape == (rows, total)
+    for a, b in zip(hinted.view(), plain.view()):
+        np.testing.assert_array_equal(a, b)
+    capped = H.Records(cap=8, expected=10 ** 9)
+    capped.extend(0, np.zeros(3))
+    assert capped.loss.shape == (8,)
+
+
+def test_an_ensembles_records_are_allocated_for_its_whole_run(monkeypatch):
+    """An Ensemble's run tells its Records how many records it will keep: one
+    allocation however many chunks it runs in (here 43 of 7 epochs)."""
+    from fastbp import _driver
+    monkeypatch.setattr(_driver, "first_chunk", lambda *args: 7)
+    monkeypatch.setattr(_driver, "next_chunk", lambda *args, **kw: 7)
+    sizes = []
+    original = H.Records._grow
+
+    def growing(self, need):
+        before = self.loss.shape[-1]
+        original(self, need)
+        if self.loss.shape[-1] != before:
+            sizes.append(self.loss.shape[-1])
+
+    monkeypatch.setattr(H.Records, "_grow", growing)
+    X, y = _problem()
+    ens = fastbp.Ensemble([3, 5, 2], 4, activation=["tanh", "identity"], seed=0)
+    hist = ens.fit(X, y, epochs=300, record_every=2)
+    assert sizes == [150]
+    assert hist.loss.shape == (4, 150) and np.isfinite(hist.loss).all()
+
+
 def test_an_ensembles_models_share_the_records_bound(monkeypatch):
     """A thousand models run for a million epochs kept 2**20 records each (8 GB): the
     models of an ensemble share ENSEMBLE_RECORDS, each keeping its evenly thinned

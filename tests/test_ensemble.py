@@ -489,6 +489,8 @@ def test_lanes_block_with_a_diverging_model_falls_back_exactly():
             h = one.fit(X, y, epochs=200, lr=lrs[m], on_divergence="warn")
         np.testing.assert_array_equal(one.params, ens.params[m])
         np.testing.assert_array_equal(h.loss, hist.loss[m][:len(h.loss)])
+        # nothing of the failed block's run is left past the model's own records
+        assert np.isnan(hist.loss[m][len(h.loss):]).all()
 
 
 def test_class_labels_train_as_their_one_hot_targets():
