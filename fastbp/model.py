@@ -241,7 +241,11 @@ class MLP:
         never written to).  Raises FloatingPointError if an output overflows the model
         dtype (inputs or parameters too large) rather than returning infinities.
         """
-        x = self._inputs(X)
+        return self._outputs(self._inputs(X))
+
+    def _outputs(self, x):
+        """predict's outputs for x as _inputs gives it (checked: its shape, dtype and
+        values)."""
         n = x.shape[0]
         cap = min(n, EVAL_CAP)
         lay = self._layout

@@ -365,11 +365,12 @@ class _BaseMLP(BaseEstimator):
             return self._model_from_attributes(dtype)
         m = self._model
         writes = []
-        for attr, views in (("coefs_", m.weights), ("intercepts_", m.biases)):
+        for attr, model_views in (("coefs_", "weights"), ("intercepts_", "biases")):
             arrays = getattr(self, attr)
             known = self._views[attr]
             if len(arrays) == len(known) and all(a is v for a, v in zip(arrays, known)):
                 continue
+            views = getattr(m, model_views)  # (new views: made only when needed)
             if len(arrays) != len(views):
                 raise ValueError(f"{attr} has {len(arrays)} arrays, the network "
                                  f"{len(views)} layers")
@@ -781,12 +782,27 @@ class _BaseMLP(BaseEstimator):
     # ---- prediction -------------------------------------------------------------------
     def _forward(self, X, check_input=True):
         """Network outputs (n_samples, n_outputs_) in the model's dtype."""
-        check_is_fitted(self)
+        if "_model" not in self.__dict__:  # (a model is made by fit, or from a fitted pickle)
+            check_is_fitted(self)
         model = self._network()
         if check_input:
+            if self._plain_inputs(X, model):
+                return model._outputs(V.kernel_ready(X))
             X = _validate_data(self, X, reset=False, accept_sparse=_SPARSE,
                                dtype=model.dtype.type)
         return model.predict(X)
+
+    def _plain_inputs(self, X, model):
+        """Whether X is an input that scikit-learn's validate_data would return as it
+        is, without a warning: an ndarray (not a subclass) of the model's dtype, 2-D, with
+        samples and the n_features_in_ columns the model takes, finite, given to an
+        estimator fitted without feature names.  Those are taken as they are; the rest
+        go through validate_data, which converts them or raises scikit-learn's errors.
+        (validate_data took about 70 of a 10-row predict's 115 us.)"""
+        return (type(X) is np.ndarray and X.ndim == 2 and X.dtype == model.dtype
+                and X.shape[0] > 0 and X.shape[1] == model.sizes[0]
+                and X.shape[1] == self.__dict__.get("n_features_in_")
+                and "feature_names_in_" not in self.__dict__ and V.all_finite(X))
 
     def _score_with_function(self, X, y, sample_weight, score_function):
         try:

@@ -1146,3 +1146,79 @@ def test_a_stop_on_n_iter_no_change_checks_the_state_it_stops_in():
             warnings.simplefilter("ignore")
             with pytest.raises(ValueError, match="non-finite parameter weights"):
                 est(max_iter).fit(X, y)
+
+
+# ------------------------------------------------------- predict's plain inputs
+@pytest.fixture(scope="module")
+def fitted_pair():
+    X, Y = _data(n=40, d=4, k=2)
+    reg = MLPRegressor(hidden_layer_sizes=(5,), max_iter=5, random_state=0).fit(X, Y)
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, random_state=0).fit(
+        X, (Y[:, 0] > 0).astype(int))
+    return X, reg, clf
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "predict_log_proba"])
+def test_plain_ndarray_inputs_predict_what_validated_inputs_do(fitted_pair, method):
+    """The same outputs as for the same values given as lists (which go through
+    scikit-learn's validate_data), for C-ordered, Fortran-ordered and strided arrays."""
+    X, reg, clf = fitted_pair
+    for est in (reg, clf):
+        if not hasattr(est, method):
+            continue
+        for given in (X, X[:1], np.asfortranarray(X), X[::2], X[:, ::-1][:, ::-1]):
+            np.testing.assert_array_equal(getattr(est, method)(given),
+                                          getattr(est, method)(given.tolist()))
+
+
+def test_plain_ndarray_inputs_skip_validate_data(fitted_pair, monkeypatch):
+    """An ndarray scikit-learn's validate_data would return as it is does not go
+    through it (most of a small predict's time); the rest still does."""
+    import fastbp.sklearn as FS
+    X, reg, clf = fitted_pair
+    calls = []
+    original = FS._validate_data
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return original(*args, **kw)
+
+    monkeypatch.setattr(FS, "_validate_data", counting)
+    reg.predict(X)
+    clf.predict_proba(X[:3])
+    assert calls == []
+    reg.predict(X.astype(np.float32))  # another dtype: converted by validate_data
+    reg.predict(X.tolist())
+    assert len(calls) == 2
+
+
+def test_inputs_predict_refuses_are_refused_with_sklearns_errors(fitted_pair):
+    X, reg, clf = fitted_pair
+    for est in (reg, clf):
+        bad = X.copy()
+        bad[1, 2] = np.nan
+        with pytest.raises(ValueError, match="Input X contains NaN"):
+            est.predict(bad)
+        bad[1, 2] = np.inf
+        with pytest.raises(ValueError, match="Input X contains infinity"):
+            est.predict(bad)
+        with pytest.raises(ValueError, match="X has 3 features, but .* is expecting 4"):
+            est.predict(X[:, :3])
+        with pytest.raises(ValueError, match="0 sample"):
+            est.predict(X[:0])
+        with pytest.raises(ValueError, match="Expected 2D array"):
+            est.predict(X[0])
+
+
+def test_feature_names_are_checked_for_plain_ndarray_inputs(fitted_pair):
+    pd = pytest.importorskip("pandas")
+    X, _, _ = fitted_pair
+    frame = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    named = MLPRegressor(hidden_layer_sizes=(5,), max_iter=5, random_state=0).fit(
+        frame, X[:, 0])
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        named.predict(X)
+    X_est = MLPRegressor(hidden_layer_sizes=(5,), max_iter=5, random_state=0).fit(
+        X, X[:, 0])
+    with pytest.warns(UserWarning, match="has feature names, but"):
+        X_est.predict(frame)
