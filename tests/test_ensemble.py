@@ -136,6 +136,29 @@ def test_batch_size_and_shuffle_per_model():
         np.testing.assert_array_equal(ens[m]._rng_state, model._rng_state)
 
 
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_run_in_many_chunks_is_each_model_alone(monkeypatch, n_jobs):
+    """Each model's kernel options are made at its first chunk and kept (_many.py:
+    _model_options): a run cut into chunks of 3 epochs trains every model, its records
+    and its shuffling stream as one fit alone would."""
+    from fastbp import _driver
+    monkeypatch.setattr(_driver, "first_chunk", lambda *args: 3)
+    monkeypatch.setattr(_driver, "next_chunk", lambda *args, **kw: 3)
+    X, y = problem(n=12)
+    batches = [None, 1, 4, 4, 12]
+    shuffles = [False, True, True, False, True]
+    lrs = [0.03, 0.02, 0.05, 0.04, 0.03]
+    ens = fastbp.Ensemble(SIZES, 5, activation=ACTS, seed=13)
+    hist = ens.fit(X, y, epochs=17, lr=lrs, batch_size=batches, shuffle=shuffles,
+                   record_every=2, n_jobs=n_jobs)
+    for m in range(5):
+        model, h = alone(ens, m, X, y, epochs=17, lr=lrs[m], batch_size=batches[m],
+                         shuffle=shuffles[m], record_every=2)
+        np.testing.assert_array_equal(ens.params[m], model.params)
+        np.testing.assert_array_equal(hist.loss[m], h.loss)
+        np.testing.assert_array_equal(ens[m]._rng_state, model._rng_state)
+
+
 def test_per_model_init_and_explicit_seeds():
     inits = ["uniform", "normal", "xavier", "he", 0.25]
     seeds = [10, 11, 12, 13, 14]
