@@ -76,6 +76,50 @@ def test_thread_count_does_not_change_results(n_jobs):
         np.testing.assert_array_equal(loss, runs[0][1])
 
 
+def test_threads_share_a_chunks_models_with_the_same_results(monkeypatch):
+    """Models go to the threads only when a chunk gives each enough work
+    (_many.THREADED_TASK_WORK); then each thread takes the next model until none is
+    left (_many._share), and the results are those of one thread."""
+    import threading
+    import time
+    from fastbp import _many
+    X, y = problem(n=20)
+    runs = []
+    original = _many.ManyFit._train_one
+    threads = set()
+
+    def spy(self, *args):
+        threads.add(threading.get_ident())
+        time.sleep(0.002)  # so that every worker thread gets models
+        return original(self, *args)
+
+    monkeypatch.setattr(_many.ManyFit, "_train_one", spy)
+    for jobs, threshold in ((1, 0), (2, 0), (2, 10 ** 12)):
+        monkeypatch.setattr(_many, "THREADED_TASK_WORK", threshold)
+        threads.clear()
+        ens = fastbp.Ensemble([3, 8, 8, 2], 9, activation="sigmoid", loss="half_mse", seed=1)
+        h = ens.fit(X, y, epochs=30, lr=0.3, batch_size=4, shuffle=True, n_jobs=jobs)
+        runs.append((ens.params.copy(), h.loss, len(threads)))
+    assert runs[0][2] == 1 and runs[1][2] >= 2 and runs[2][2] == 1
+    for params, loss, _ in runs[1:]:
+        np.testing.assert_array_equal(params, runs[0][0])
+        np.testing.assert_array_equal(loss, runs[0][1])
+
+
+def test_an_error_in_a_thread_reaches_the_caller():
+    from fastbp import _many
+    seen = []
+
+    def run(task):
+        seen.append(task)
+        if task == 3:
+            raise RuntimeError("task 3")
+
+    with pytest.raises(RuntimeError, match="task 3"):
+        _many._share(run, list(range(8)), 2)
+    assert 3 in seen
+
+
 def test_fit_seed_per_model_restarts_streams():
     X, y = problem()
     ens = fastbp.Ensemble(SIZES, 3, activation=ACTS, seed=0)
