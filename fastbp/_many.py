@@ -12,11 +12,11 @@ A model whose guard fails is deactivated; when the fit ends, Ensemble.fit trains
 again alone with MLP.fit, which leaves it exactly where MLP.fit leaves a diverged model.
 """
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import _dispatch as D
+from . import _threads as T
 from .history import Records
 from .kernels import lanes as LN
 from .kernels import options as O
@@ -27,34 +27,11 @@ def row_of(data, m):
     return m if data.shape[0] > 1 else 0
 
 
-# A chunk's models go to the threads only when each model's task is at least this many
-# multiply-adds: the Python of a task (its kernel call, ~10 us) runs under the GIL, and two
-# threads contending for it were slower than one below about 300 epochs of an XOR net
-# (2331 multiply-adds an epoch, ~0.4 us; 2 threads against 1, one chunk: 10 epochs
-# 1.82x the time, 30 1.45x, 100 1.07x, 300 0.92x, 1000 0.61x).  The first chunk, one
-# or a few epochs to time the run, so runs on one.
+# A chunk's models go to the threads (_threads.each) only when each model's task is at
+# least this many multiply-adds: two threads against one, one chunk of XOR nets (2331
+# multiply-adds an epoch, ~0.4 us): 10 epochs 1.82x the time, 30 1.45x, 100 1.07x, 300
+# 0.92x, 1000 0.61x.  A run's first chunk, one or a few epochs to time it, so runs on one.
 THREADED_TASK_WORK = 10 ** 6
-
-
-def _share(run, tasks, workers):
-    """run(task) for every task, on ``workers`` threads that each take the next task
-    until none is left.  Not a pool task per model: the pool's submit and wake-up, about
-    40 us a task, outweighed a short chunk of a small net (1000 XOR nets for 100 epochs
-    took 285 ms on two threads, 74 on one)."""
-    pending = iter(tasks)
-    lock = threading.Lock()
-
-    def work():
-        while True:
-            with lock:
-                task = next(pending, None)
-            if task is None:
-                return
-            run(task)
-
-    with ThreadPoolExecutor(workers) as pool:
-        for done in [pool.submit(work) for _ in range(workers)]:
-            done.result()
 
 
 class ManyFit:
@@ -175,11 +152,7 @@ class ManyFit:
                 results[m] = self._train_one(m, chunk, start, history)
 
         model_work = 3 * self.n * self.proto._layout.n_params * chunk  # a task's, at least
-        if self.threads <= 1 or len(tasks) <= 1 or model_work < THREADED_TASK_WORK:
-            for task in tasks:
-                run(task)
-        else:
-            _share(run, tasks, min(self.threads, len(tasks)))
+        T.each(run, tasks, self.threads, model_work, THREADED_TASK_WORK)
         ran = self.active.copy()
         self.done_per_model += np.where(ran, results[:, 0], 0)
         bad = ran & (results[:, 1] >= 0)

@@ -6,6 +6,8 @@ every core this process may run on (its CPU affinity, at most NUMBA_NUM_THREADS)
 that many threads.
 """
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numba
@@ -42,6 +44,39 @@ def resolve(n_jobs, lazily=False):
         return EVERY if lazily else available()
     n_jobs = V.check_positive_int(n_jobs, "n_jobs")
     return min(n_jobs, numba.config.NUMBA_NUM_THREADS)
+
+
+def each(run, tasks, threads, task_work, min_work):
+    """run(task) for every task of ``tasks`` (a list), the models of an Ensemble:
+    on ``threads`` threads (the kernels release the GIL) when there are several and a
+    task's work, ``task_work`` multiply-adds, is at least ``min_work``; else on this
+    thread.  Each thread takes the next task until none is left.
+
+    The Python around each model's kernel call runs under the GIL, and two threads
+    contending for it were slower than one for short tasks -- a pool task per model,
+    as this was before, slower still (its submit and wake-up, ~40 us a task): on this
+    machine's 2 threads, 1000 XOR nets trained 100 epochs in 187-218 ms against 74 on
+    one, and predicted 21 samples in 20.6 ms against 3.1.  The callers' thresholds
+    (``min_work``) are where two threads started to gain."""
+    workers = min(threads, len(tasks))
+    if workers <= 1 or task_work < min_work:
+        for task in tasks:
+            run(task)
+        return
+    pending = iter(tasks)
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                task = next(pending, None)
+            if task is None:
+                return
+            run(task)
+
+    with ThreadPoolExecutor(workers) as pool:
+        for done in [pool.submit(work) for _ in range(workers)]:
+            done.result()
 
 
 class ProductThreads:

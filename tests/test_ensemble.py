@@ -79,7 +79,7 @@ def test_thread_count_does_not_change_results(n_jobs):
 def test_threads_share_a_chunks_models_with_the_same_results(monkeypatch):
     """Models go to the threads only when a chunk gives each enough work
     (_many.THREADED_TASK_WORK); then each thread takes the next model until none is
-    left (_many._share), and the results are those of one thread."""
+    left (_threads.each), and the results are those of one thread."""
     import threading
     import time
     from fastbp import _many
@@ -106,18 +106,41 @@ def test_threads_share_a_chunks_models_with_the_same_results(monkeypatch):
         np.testing.assert_array_equal(loss, runs[0][1])
 
 
+def test_each_shares_tasks_only_when_they_have_work_enough():
+    """_threads.each: several threads, each taking the next task, when a task's work
+    reaches the threshold; the calling thread alone otherwise; every task run once."""
+    import threading
+    import time
+    from fastbp import _threads as T
+
+    def run_all(threads, work, min_work):
+        seen, idents = [], set()
+
+        def run(task):
+            idents.add(threading.get_ident())
+            time.sleep(0.002)  # so that every worker thread gets tasks
+            seen.append(task)
+
+        T.each(run, list(range(12)), threads, work, min_work)
+        assert sorted(seen) == list(range(12))
+        return idents
+
+    here = threading.get_ident()
+    assert run_all(1, 10, 0) == {here}
+    assert run_all(2, 10, 11) == {here}
+    shared = run_all(2, 10, 10)
+    assert len(shared) == 2 and here not in shared
+
+
 def test_an_error_in_a_thread_reaches_the_caller():
-    from fastbp import _many
-    seen = []
+    from fastbp import _threads as T
 
     def run(task):
-        seen.append(task)
         if task == 3:
             raise RuntimeError("task 3")
 
     with pytest.raises(RuntimeError, match="task 3"):
-        _many._share(run, list(range(8)), 2)
-    assert 3 in seen
+        T.each(run, list(range(8)), 2, 1, 0)
 
 
 def test_fit_seed_per_model_restarts_streams():
@@ -257,6 +280,10 @@ def test_predict_predict_mean_and_loss(trained):
     for m in range(6):
         np.testing.assert_array_equal(out[m], ens[m].predict(X))
     np.testing.assert_array_equal(ens.predict(X, n_jobs=1), out)
+    from fastbp import ensemble as E  # the models on two threads, however small
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(E, "THREADED_PREDICT_WORK", 0)
+        np.testing.assert_array_equal(ens.predict(X, n_jobs=2), out)
     np.testing.assert_allclose(ens.predict_mean(X), out.mean(axis=0), rtol=0, atol=0)
     assert ens.predict_mean(X).shape == (14, 2)
     losses = ens.loss(X, y)
