@@ -47,7 +47,7 @@ def resolve(n_jobs, lazily=False):
 
 
 def each(run, tasks, threads, task_work, min_work):
-    """run(task) for every task of ``tasks`` (a list), the models of an Ensemble:
+    """run(task) for every task of ``tasks`` (a sequence), the models of an Ensemble:
     on ``threads`` threads (the kernels release the GIL) when there are several and a
     task's work, ``task_work`` multiply-adds, is at least ``min_work``; else on this
     thread.  Each thread takes the next task until none is left.
