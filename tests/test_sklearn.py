@@ -1222,3 +1222,56 @@ def test_feature_names_are_checked_for_plain_ndarray_inputs(fitted_pair):
         X, X[:, 0])
     with pytest.warns(UserWarning, match="has feature names, but"):
         X_est.predict(frame)
+
+
+def test_partial_fit_on_plain_arrays_skips_validate_data_with_the_same_results(monkeypatch):
+    """A fit that continues (partial_fit) on plain arrays takes them as validate_data
+    would return them, without it; the same values as lists take validate_data, and
+    both runs end with the same bits."""
+    import fastbp.sklearn as FS
+    X, Y = _data(n=40, d=4, k=2)
+    labels = (Y[:, 0] > 0).astype(int)
+    calls = []
+    original = FS._validate_data
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return original(*args, **kw)
+
+    monkeypatch.setattr(FS, "_validate_data", counting)
+    for make, targets in ((MLPRegressor, Y), (MLPRegressor, Y[:, 0]),
+                          (MLPClassifier, labels), (MLPClassifier, labels.astype(bool)),
+                          (MLPClassifier, np.array(["a", "b"])[labels])):
+        plain = make(hidden_layer_sizes=(5,), random_state=0)
+        listed = make(hidden_layer_sizes=(5,), random_state=0)
+        extra = {} if make is MLPRegressor else {"classes": np.unique(targets)}
+        plain.partial_fit(X[:10], targets[:10], **extra)
+        listed.partial_fit(X[:10].tolist(), targets[:10].tolist(), **extra)
+        calls.clear()
+        for s in range(10, 40, 10):
+            plain.partial_fit(X[s:s + 10], targets[s:s + 10])
+        assert calls == []
+        for s in range(10, 40, 10):
+            listed.partial_fit(X[s:s + 10].tolist(), targets[s:s + 10].tolist())
+        assert len(calls) == 3
+        for a, b in zip(plain.coefs_ + plain.intercepts_, listed.coefs_ + listed.intercepts_):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_partial_fit_refuses_bad_inputs_with_sklearns_errors():
+    X, Y = _data(n=40, d=4, k=1)
+    y = Y[:, 0]
+    reg = MLPRegressor(hidden_layer_sizes=(5,), random_state=0).partial_fit(X, y)
+    clf = MLPClassifier(hidden_layer_sizes=(5,), random_state=0).partial_fit(
+        X, (y > 0).astype(int), classes=[0, 1])
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    for est, targets in ((reg, y), (clf, (y > 0).astype(int))):
+        with pytest.raises(ValueError, match="Input X contains NaN"):
+            est.partial_fit(bad, targets)
+        with pytest.raises(ValueError, match="X has 3 features, but .* is expecting 4"):
+            est.partial_fit(X[:, :3], targets)
+        with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+            est.partial_fit(X, targets[:-1])
+    with pytest.raises(ValueError, match="Input y contains NaN"):
+        reg.partial_fit(X, np.where(y > 0, np.nan, y))
