@@ -1171,11 +1171,11 @@ def test_plain_ndarray_inputs_predict_what_validated_inputs_do(fitted_pair, meth
                                           getattr(est, method)(given.tolist()))
 
 
-def test_plain_ndarray_inputs_skip_validate_data(fitted_pair, monkeypatch):
-    """An ndarray scikit-learn's validate_data would return as it is does not go
-    through it (most of a small predict's time); the rest still does."""
+@pytest.fixture
+def validate_data_calls(monkeypatch):
+    """A list that gets an entry at each call of scikit-learn's validate_data by the
+    wrappers."""
     import fastbp.sklearn as FS
-    X, reg, clf = fitted_pair
     calls = []
     original = FS._validate_data
 
@@ -1184,6 +1184,14 @@ def test_plain_ndarray_inputs_skip_validate_data(fitted_pair, monkeypatch):
         return original(*args, **kw)
 
     monkeypatch.setattr(FS, "_validate_data", counting)
+    return calls
+
+
+def test_plain_ndarray_inputs_skip_validate_data(fitted_pair, validate_data_calls):
+    """An ndarray scikit-learn's validate_data would return as it is does not go
+    through it (most of a small predict's time); the rest still does."""
+    X, reg, clf = fitted_pair
+    calls = validate_data_calls
     reg.predict(X)
     clf.predict_proba(X[:3])
     assert calls == []
@@ -1224,21 +1232,14 @@ def test_feature_names_are_checked_for_plain_ndarray_inputs(fitted_pair):
         X_est.predict(frame)
 
 
-def test_partial_fit_on_plain_arrays_skips_validate_data_with_the_same_results(monkeypatch):
+def test_partial_fit_on_plain_arrays_skips_validate_data_with_the_same_results(
+        validate_data_calls):
     """A fit that continues (partial_fit) on plain arrays takes them as validate_data
     would return them, without it; the same values as lists take validate_data, and
     both runs end with the same bits."""
-    import fastbp.sklearn as FS
     X, Y = _data(n=40, d=4, k=2)
     labels = (Y[:, 0] > 0).astype(int)
-    calls = []
-    original = FS._validate_data
-
-    def counting(*args, **kw):
-        calls.append(1)
-        return original(*args, **kw)
-
-    monkeypatch.setattr(FS, "_validate_data", counting)
+    calls = validate_data_calls
     for make, targets in ((MLPRegressor, Y), (MLPRegressor, Y[:, 0]),
                           (MLPClassifier, labels), (MLPClassifier, labels.astype(bool)),
                           (MLPClassifier, np.array(["a", "b"])[labels])):
