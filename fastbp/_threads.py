@@ -55,8 +55,8 @@ def each(run, tasks, threads, task_work, min_work):
     The Python around each model's kernel call runs under the GIL, and two threads
     contending for it were slower than one for short tasks -- a pool task per model,
     as this was before, slower still (its submit and wake-up, ~40 us a task): on this
-    machine's 2 threads, 1000 XOR nets trained 100 epochs in 187-218 ms against 74 on
-    one, and predicted 21 samples in 20.6 ms against 3.1.  The callers' thresholds
+    machine's 2 threads, 1000 XOR nets trained 100 epochs in 187-218 ms against 74-87
+    on one, and predicted 21 samples in 20.6 ms against 3.1.  The callers' thresholds
     (``min_work``) are where two threads started to gain."""
     workers = min(threads, len(tasks))
     if workers <= 1 or task_work < min_work:
