@@ -470,9 +470,13 @@ class Ensemble:
         entry m equal to ``ensemble[m].loss`` on model m's data."""
         xt, yt = self._data(X, y)
         out = np.empty(self.n_models)
+        # one evaluator (buffers, Net) for every model: made per model it was most of
+        # the call (1000 XOR nets: 21.7 ms)
+        evaluate = self._proto._loss_evaluator(xt.shape[1])
+        no_weights = np.zeros(0, dtype=self.dtype)
         for m in range(self.n_models):
-            out[m], _ = self[m]._kernel_loss_and_grad(xt[row_of(xt, m)], yt[row_of(yt, m)],
-                                                      np.zeros(0, dtype=self.dtype))
+            out[m], _ = evaluate(self.params[m], xt[row_of(xt, m)], yt[row_of(yt, m)],
+                                 no_weights)
         return out
 
     def best(self, k=1, X=None, y=None):

@@ -278,19 +278,28 @@ class MLP:
     def _kernel_loss_and_grad(self, x, t, sw):
         """The loss of (x, t) with sample weights sw (or empty) and its gradient, all in
         one batch (the kernels' sample-major arrays)."""
-        n = x.shape[0]
+        evaluate = self._loss_evaluator(x.shape[0], isinstance(x, S.Rows))
+        return evaluate(self._params, x, t, sw)
+
+    def _loss_evaluator(self, n, sparse=False):
+        """evaluate(params, x, t, sw) -> (loss, gradient) of _kernel_loss_and_grad for
+        parameters of this model's layout and n samples (of sparse rows), its buffers
+        made once: an Ensemble evaluates all of its models with one."""
         lay = self._layout
-        sparse = isinstance(x, S.Rows)
         work = O.make_work(lay.sizes_arr, 0, n, n, self.dtype, True, sparse=sparse,
                            passes=self._eval_passes(PS.ALL, (n,), sparse))
-        grad = np.zeros(lay.n_params, dtype=self.dtype)
-        net, data = self._net(n, sparse), O.Data(self._kernel_inputs(x), t, sw)
-        if sparse:
-            loss = L.loss_and_gradient_rows(self._params, net, data, grad, work, False)
-        else:  # (the dense entry takes the fields as plain tuples: kernels/loops.py)
-            loss = L.loss_and_gradient(self._params, tuple(net), tuple(data), grad,
-                                       tuple(work), False)
-        return loss, grad
+        net = self._net(n, sparse)
+        if not sparse:  # (the dense entry takes the fields as plain tuples: kernels/loops.py)
+            net, work = tuple(net), tuple(work)
+
+        def evaluate(params, x, t, sw):
+            grad = np.zeros(lay.n_params, dtype=self.dtype)
+            data = O.Data(self._kernel_inputs(x), t, sw)
+            if sparse:
+                return L.loss_and_gradient_rows(params, net, data, grad, work, False), grad
+            return L.loss_and_gradient(params, net, tuple(data), grad, work, False), grad
+
+        return evaluate
 
     def loss(self, X, y):
         """The model's loss on (X, y), as a Python float (FloatingPointError if it
