@@ -90,8 +90,8 @@ class Ensemble:
         self._params = np.empty((n_models, lay.n_params), dtype=self._proto.dtype)
         self._rng_states = np.empty((n_models, 2), dtype=np.int64)
         for m in range(n_models):
-            self.params[m] = initial_params(lay, self.inits[m], self.seeds[m],
-                                            self._proto.dtype)
+            initial_params(lay, self.inits[m], self.seeds[m], self._proto.dtype,
+                           out=self._params[m])
             self._rng_states[m] = seed_state(self.seeds[m])
         self.diverged = np.zeros(n_models, dtype=bool)
         self.history = None

@@ -425,13 +425,25 @@ def test_default_attributes():
     assert m.params.flags.c_contiguous
 
 
-def test_init_uniform_draws_from_default_rng():
-    sizes = [3, 5, 2]
-    m = fastbp.MLP(sizes, init="uniform", seed=7)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_init_uniform_draws_from_default_rng(bias, dtype):
+    """The tutorials' draws, block by block (np.random.uniform per array), in float64 and
+    rounded to the model's dtype -- fastbp draws them all in one call."""
+    sizes = [3, 5, 4, 2]
+    m = fastbp.MLP(sizes, init="uniform", seed=7, bias=bias, dtype=dtype)
     assert np.all((m.params >= 0.0) & (m.params < 1.0))
     rng = np.random.default_rng(7)
-    expected = np.concatenate([rng.random((3, 5)).ravel(), rng.random(5), rng.random((5, 2)).ravel(), rng.random(2)])
+    blocks = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        blocks.append(rng.uniform(size=(n_in, n_out)).ravel())
+        if bias:
+            blocks.append(rng.uniform(size=n_out))
+    expected = np.concatenate(blocks).astype(dtype)
+    assert m.params.dtype == np.dtype(dtype) and m.params.ctypes.data % 64 == 0
     np.testing.assert_array_equal(m.params, expected)
+    ens = fastbp.Ensemble(sizes, 3, init="uniform", seeds=[5, 7, 9], bias=bias, dtype=dtype)
+    np.testing.assert_array_equal(ens.params[1], expected)
 
 
 @pytest.mark.parametrize("c", [0.1, -0.25, 0])
