@@ -425,25 +425,47 @@ def test_default_attributes():
     assert m.params.flags.c_contiguous
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("bias", [True, False])
-def test_init_uniform_draws_from_default_rng(bias, dtype):
-    """The tutorials' draws, block by block (np.random.uniform per array), in float64 and
-    rounded to the model's dtype -- fastbp draws them all in one call."""
-    sizes = [3, 5, 4, 2]
-    m = fastbp.MLP(sizes, init="uniform", seed=7, bias=bias, dtype=dtype)
-    assert np.all((m.params >= 0.0) & (m.params < 1.0))
-    rng = np.random.default_rng(7)
+def _drawn_block_by_block(sizes, bias, init, seed):
+    """The tutorials' way: one numpy Generator call per weight block, then per bias block
+    (xavier's and he's biases are zeros, not drawn)."""
+    rng = np.random.default_rng(seed)
     blocks = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        blocks.append(rng.uniform(size=(n_in, n_out)).ravel())
-        if bias:
-            blocks.append(rng.uniform(size=n_out))
-    expected = np.concatenate(blocks).astype(dtype)
+        shape = (n_in, n_out)
+        if init == "uniform":
+            blocks.append(rng.uniform(size=shape).ravel())
+            blocks += [rng.uniform(size=n_out)] if bias else []
+        elif init == "normal":
+            blocks.append(rng.normal(scale=n_in ** -0.5, size=shape).ravel())
+            blocks += [rng.normal(scale=n_in ** -0.5, size=n_out)] if bias else []
+        elif init == "xavier":
+            limit = np.sqrt(6.0 / (n_in + n_out))
+            blocks.append(rng.uniform(-limit, limit, size=shape).ravel())
+            blocks += [np.zeros(n_out)] if bias else []
+        else:  # he
+            blocks.append(rng.normal(scale=np.sqrt(2.0 / n_in), size=shape).ravel())
+            blocks += [np.zeros(n_out)] if bias else []
+    return np.concatenate(blocks)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("init", ["uniform", "normal", "xavier", "he"])
+def test_init_draws_from_default_rng_block_by_block(init, bias, dtype):
+    """Each init's numbers are those of a numpy Generator call per block, in float64 and
+    rounded to the model's dtype -- fastbp draws them all in one call (and without the
+    biases' draws a bias-free model has none of) -- for an MLP and an Ensemble's rows."""
+    sizes = [3, 5, 4, 2]
+    m = fastbp.MLP(sizes, init=init, seed=7, bias=bias, dtype=dtype)
+    expected = _drawn_block_by_block(sizes, bias, init, 7).astype(dtype)
     assert m.params.dtype == np.dtype(dtype) and m.params.ctypes.data % 64 == 0
     np.testing.assert_array_equal(m.params, expected)
-    ens = fastbp.Ensemble(sizes, 3, init="uniform", seeds=[5, 7, 9], bias=bias, dtype=dtype)
+    if init == "uniform":
+        assert np.all((m.params >= 0.0) & (m.params < 1.0))
+    ens = fastbp.Ensemble(sizes, 3, init=init, seeds=[5, 7, 9], bias=bias, dtype=dtype)
     np.testing.assert_array_equal(ens.params[1], expected)
+    np.testing.assert_array_equal(ens.params[2], _drawn_block_by_block(sizes, bias, init, 9)
+                                  .astype(dtype))
 
 
 @pytest.mark.parametrize("c", [0.1, -0.25, 0])
