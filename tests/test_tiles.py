@@ -75,6 +75,26 @@ def test_tiles_equal_the_scalar_recurrence_bit_for_bit(dtype, trans_a, trans_b):
             assert np.array_equal(got, want), where  # padding included: left untouched
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_narrow_products_equal_the_scalar_recurrence_bit_for_bit(dtype, trans_b):
+    """Products narrower than one wide tile (a weight gradient of a layer of few units)
+    run in one-vector tiles only: every m to 20, so every cut of the rows into tiles."""
+    rng = np.random.default_rng(12)
+    width = tiles.lanes(dtype)
+    for m in range(1, 21):
+        for n in sorted({1, width - 1, width, width + 1, tiles.VECS * width - 1}):
+            for k in (1, 9, 64):
+                a, b, c, _, _ = R.gemm_operands(rng, dtype, m, n, k, False, trans_b, 1)
+                want, got = c.copy(), c.copy()
+                scalar_gemm(False, trans_b, m, n, k, dtype(0.5), a.ravel(), a.shape[1],
+                            b.ravel(), b.shape[1], dtype(0), want.ravel(), want.shape[1],
+                            dtype(0))
+                tiles.tile_gemm(False, trans_b, m, n, k, 0.5, a.ravel(), a.shape[1],
+                                b.ravel(), b.shape[1], 0.0, got.ravel(), got.shape[1])
+                assert np.array_equal(got, want), f"{dtype.__name__} m={m} n={n} k={k}"
+
+
 @pytest.mark.parametrize("trans_a", [False, True])
 def test_tiles_over_a_large_op_b_keep_the_recurrence(trans_a):
     """op(b) beyond tiles.ROWS_OUTER_MAX_BYTES: the column panels run outermost."""
