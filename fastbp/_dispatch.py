@@ -53,7 +53,11 @@ from .kernels.generate import cache_dir, kernel_sources_digest
 # empty cache; asv_benchmarks/benchmarks/bench_cold_start.py measures them), and how
 # much faster the faster candidate runs.  A faster kernel is compiled when the work it
 # would save reaches its compile time.
-TILES_COMPILE_SECONDS = 2.5
+# The tiles: the unit without the copy of op(a) of layers of 512 float64 / 1,024 float32
+# units or more, and the one with it (gemm.tiles_kind), beyond the recurrence's compile
+# (b64 of bench_cold_start, 32-64-64-10, on the tiles and on the recurrence: 2.5-3 s
+# more on the Zen 4 of PERFORMANCE-HISTORY.md, about 6 s with the copy)
+TILES_COMPILE_SECONDS = {"tiles": 3.0, "tiles_packed": 6.0}
 # a fit's time per multiply-add of its products on the recurrence gemm and on the
 # register tiles (one epoch of 32-H-H-10 in batches of 64, H = 64 and 256: 1.9-2.1e-10
 # and 2.9-4.8e-11 s, everything in the fit counted)
@@ -106,9 +110,9 @@ WORK_WRITE_SECONDS = 1.0
 class Plan:
     """What runs a fit: ``kernel`` (the compiled training entry), its ``name`` (for
     History and the compile announcement), ``key`` (for the registry), the gemm unit
-    ("tiles", "recurrence" or None when no layer uses products), the fit's mode and rule
-    kind (kernels/loops.py), ``cap``, the samples per batch its Work must hold, and
-    ``gradient``, whether it needs a gradient buffer."""
+    (kernels/gemm.py: "tiles", "tiles_packed", "recurrence", or None when no layer uses
+    products), the fit's mode and rule kind (kernels/loops.py), ``cap``, the samples per
+    batch its Work must hold, and ``gradient``, whether it needs a gradient buffer."""
     kernel: object
     name: str
     key: tuple
@@ -359,8 +363,13 @@ def choose_gemm(sizes, dtype, nb_max, samples_seen):
     if not layers:
         return None
     saved = samples_seen * madds * (RECURRENCE_SECONDS_PER_MADD - TILES_SECONDS_PER_MADD)
-    key = ("gemm", "tiles", dtype_name(dtype))
-    return "tiles" if _worth(key, saved, TILES_COMPILE_SECONDS) else "recurrence"
+    kind = G.tiles_kind(sizes, dtype)
+    name = dtype_name(dtype)
+    if kind == "tiles" and is_compiled(("gemm", "tiles_packed", name)) and not is_compiled(
+            ("gemm", "tiles", name)):
+        kind = "tiles_packed"  # compiled already: it serves any network (the same numbers)
+    return kind if _worth(("gemm", kind, name), saved, TILES_COMPILE_SECONDS[kind]) \
+        else "recurrence"
 
 
 def gemm_address(kind, dtype):
@@ -546,8 +555,8 @@ def plan_fit(model, n, batch, shuffle, rule, validating, epochs, n_val=0, weight
         # the other kind is (a longer fit may yet pay for them)
         share_kind = ("sample", "shared") if plan.mode == "sample" else ("gemm", "pooled")
         share_key = share_kind + (dtype_name(model.dtype),)
-        if plan.key in _loaded and plan.gemm in (None, "tiles") and (
-                plan.gemm is None or ("gemm", "tiles", dtype_name(model.dtype)) in _loaded
+        if plan.key in _loaded and plan.gemm in (None,) + G.TILES and (
+                plan.gemm is None or ("gemm", plan.gemm, dtype_name(model.dtype)) in _loaded
         ) and (plan.key[0] == "generated" or not plan.could_generate) and (
                 plan.threads == threads or share_key in _loaded):
             with _lock:

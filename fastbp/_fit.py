@@ -86,7 +86,7 @@ class SingleFit:
         if not D.is_compiled(self.plan.key):
             names.append(f"the {self.plan.name} training kernel")
         dtype = D.dtype_name(self.model.dtype)
-        if self.plan.gemm == "tiles" and not D.is_compiled(("gemm", "tiles", dtype)):
+        if self.plan.gemm in D.G.TILES and not D.is_compiled(("gemm", self.plan.gemm, dtype)):
             names.append("the matrix-product tiles")
         if self.plan.threads > 1 and self.plan.mode == "sample":
             if not D.is_compiled(("sample", "shared", dtype)):

@@ -6,10 +6,12 @@ Three implementations share that C signature (``SIGNATURE``):
 
 - ``recurrence``: plain loops, vectorized across the columns of c.  Cheap to compile.
 - ``tiles`` (tiles.py): register tiles in LLVM vector code, several times faster on wide layers,
-  but a few seconds to compile, once per dtype and machine.
+  but a few seconds to compile, once per dtype and machine; ``tiles_packed``, the same
+  with the copy of op(a) that layers of 512 float64 or 1,024 float32 units or more take
+  (``tiles_kind``), about 60% more to compile.
 - numpy's bundled OpenBLAS, for the largest products when BLAS runs on several threads.
 
-The first two give the same bits: every element is the fused multiply-add chain over
+The first three give the same bits: every element is the fused multiply-add chain over
 p = 0, 1, ..., k-1 from 0, then alpha * sum (+ beta * c when beta != 0), whatever the
 blocking.  So which one a fit uses is a matter of speed only, and the dispatcher
 (fastbp/_dispatch.py) picks the recurrence when compiling the tiles would cost more
@@ -193,11 +195,24 @@ def _recurrence_unit(dtype):
 
 
 def _tiles_unit(dtype):
+    """The tiles without the copy of op(a) for layers of 512 float64 or 1,024 float32
+    units or more (tiles.gemm_at_unpacked): the unit of networks without such a layer,
+    compiled in about 60% of tiles_packed's time (the same numbers)."""
     @cfunc(SIGNATURE[dtype], **JIT)
     def tiles_unit(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        tiles.gemm_at_unpacked(trans_a == TRANS, trans_b == TRANS, m, n, k, alpha, a, lda,
+                               b, ldb, beta, c, ldc)
+    return tiles_unit
+
+
+def _tiles_packed_unit(dtype):
+    """The tiles with every path of tiles.gemm_at: any network's unit."""
+    @cfunc(SIGNATURE[dtype], **JIT)
+    def tiles_packed_unit(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                          ldc):
         tiles.gemm_at(trans_a == TRANS, trans_b == TRANS, m, n, k, alpha, a, lda, b, ldb,
                       beta, c, ldc)
-    return tiles_unit
+    return tiles_packed_unit
 
 
 def _python_recurrence(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
@@ -206,15 +221,28 @@ def _python_recurrence(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, 
     recurrence(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
 
-UNITS = ("recurrence", "tiles")
+_MAKERS = {"recurrence": _recurrence_unit, "tiles": _tiles_unit,
+           "tiles_packed": _tiles_packed_unit}
+UNITS = tuple(_MAKERS)
+TILES = ("tiles", "tiles_packed")  # the units of register tiles
 _units = {}  # (kind, dtype) -> compiled cfunc, kept alive: its code must outlive its use
 _lock = threading.Lock()
 
 
+def tiles_kind(sizes, dtype):
+    """The tiles unit a network of these layer sizes needs: "tiles_packed" when some
+    layer's forward product copies op(a) first (tiles.packs_a: a layer of 512 float64
+    or 1,024 float32 units or more after one of more than tiles.ROWS), else "tiles"."""
+    itemsize = np.dtype(dtype).itemsize
+    packs = any(tiles.packs_a(True, n_out, n_in, itemsize)
+                for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    return "tiles_packed" if packs else "tiles"
+
+
 def unit_address(kind, dtype):
-    """The address of the gemm unit ``kind`` ("recurrence" or "tiles") for ``dtype``,
-    compiled (or loaded from Numba's cache) on first use.  Under NUMBA_DISABLE_JIT, the
-    Python recurrence itself (tiles and recurrence give the same numbers)."""
+    """The address of the gemm unit ``kind`` (one of UNITS) for ``dtype``, compiled (or
+    loaded from Numba's cache) on first use.  Under NUMBA_DISABLE_JIT, the Python
+    recurrence itself (tiles and recurrence give the same numbers)."""
     if kind not in UNITS:
         raise ValueError(f"unknown gemm unit {kind!r}; expected one of {UNITS}")
     dtype = np.dtype(dtype)
@@ -223,8 +251,7 @@ def unit_address(kind, dtype):
     key = (kind, dtype)
     with _lock:
         if key not in _units:
-            make = _tiles_unit if kind == "tiles" else _recurrence_unit
-            _units[key] = make(dtype)
+            _units[key] = _MAKERS[kind](dtype)
         return _units[key].address
 
 

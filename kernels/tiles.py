@@ -672,6 +672,30 @@ def gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     copied, a panel of VECS vectors at a time, into a small buffer (k x VECS vectors, on
     the stack when it fits in PANEL_STACK_BYTES).
     """
+    _gemm_at(True, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+@njit(**INNER)
+def gemm_at_unpacked(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """gemm_at without the copy of op(a) for wide layers (_packed_a_product, which only a
+    transposed op(a) with rows PACK_A_MIN_STRIDE bytes apart takes: the forward product
+    of a layer of 512 float64 or 1,024 float32 units or more): the same numbers, slower
+    for such a layer, and about 40% less to compile (gemm.py: the "tiles" unit of a
+    network without such a layer)."""
+    _gemm_at(False, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+def packs_a(trans_a, lda, k, itemsize):
+    """Whether gemm_at copies op(a) first (_packed_a_product) for a product with these
+    (trans_b False): a transposed op(a) whose rows lie PACK_A_MIN_STRIDE bytes apart or
+    more, over more than ROWS steps."""
+    return bool(trans_a) and lda * itemsize >= PACK_A_MIN_STRIDE and k > ROWS
+
+
+@njit(**dict(INNER, inline="always"))
+def _gemm_at(PACK_A, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """gemm_at's body; PACK_A (a constant, pruned before Numba types the call): whether
+    it may take _packed_a_product (packs_a)."""
     alpha = _like(c, alpha)
     beta = _like(c, beta)
     if m <= 0 or n <= 0:
@@ -679,7 +703,8 @@ def gemm_at(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     a_si, a_sp = (1, lda) if trans_a else (lda, 1)
     width = lanes_of(c)
     if not trans_b:
-        if trans_a and lda * (VECTOR_BYTES // width) >= PACK_A_MIN_STRIDE and k > ROWS:
+        if PACK_A and trans_a and lda * (VECTOR_BYTES // width) >= PACK_A_MIN_STRIDE and \
+                k > ROWS:
             _packed_a_product(a, lda, b, ldb, c, ldc, m, n, k, alpha, beta, width)
         else:
             _panel(a, 0, a_si, a_sp, b, 0, ldb, c, 0, ldc, m, n, k, alpha, beta, width, False)

@@ -29,7 +29,7 @@ def _call(unit, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
 
 
 def _units(dtype):
-    """(name, address) of every gemm unit for dtype: the two of gemm.UNITS and numpy's
+    """(name, address) of every gemm unit for dtype: those of gemm.UNITS and numpy's
     OpenBLAS where numpy bundles one."""
     units = [(kind, G.unit_address(kind, dtype)) for kind in G.UNITS]
     found = G.blas()
@@ -112,6 +112,29 @@ def test_the_recurrence_and_the_tiles_give_the_same_bits(dtype, trans_a, trans_b
             assert not np.isnan(want[:, :n]).any(), where
             for other in (got, by_rec, by_til):  # padding included: left untouched
                 assert np.array_equal(other, want), where
+
+
+@pytest.mark.skipif(numba_config.DISABLE_JIT, reason="the tiles are LLVM vector code: as "
+                    "Python, every unit is the recurrence")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_tiles_with_and_without_the_copy_of_op_a_give_the_same_bits(dtype):
+    """A layer of 512 float64 or 1,024 float32 units or more: its forward product (op(a)
+    transposed, its rows that many values apart) copies op(a) first in the tiles_packed
+    unit (tiles.packs_a); the tiles unit, which networks without such a layer take,
+    runs it as it is.  The same numbers, the recurrence's."""
+    rng = np.random.default_rng(13)
+    itemsize = np.dtype(dtype).itemsize
+    m = tiles.PACK_A_MIN_STRIDE // itemsize + 3
+    units = [G.unit_address(kind, dtype) for kind in ("recurrence", "tiles", "tiles_packed")]
+    for n, k in ((5, tiles.ROWS + 1), (70, 70), (3, 200)):
+        assert tiles.packs_a(True, m, k, itemsize)
+        for beta in (0.0, 0.5):
+            a, b, c, _, _ = R.gemm_operands(rng, dtype, m, n, k, True, False, 1)
+            args = (m, n, k, -0.3, a.ravel(), a.shape[1], b.ravel(), b.shape[1], beta)
+            got = [c.copy() for _ in units]
+            for unit, out in zip(units, got):
+                _call(unit, True, False, *args, out.ravel(), c.shape[1])
+            assert all(np.array_equal(out, got[0]) for out in got[1:]), (n, k, beta)
 
 
 def test_unknown_units_and_policies_are_refused_by_name():
