@@ -23,6 +23,7 @@ from . import _validation as V
 from ._divergence import ChunkBound, final_loss_bounded
 from .checkpoint import Saver
 from .history import History
+from .kernels import gemm as G
 from .kernels import options as O
 from .kernels import passes as PS
 from .kernels.rules import ADAM
@@ -86,7 +87,7 @@ class SingleFit:
         if not D.is_compiled(self.plan.key):
             names.append(f"the {self.plan.name} training kernel")
         dtype = D.dtype_name(self.model.dtype)
-        if self.plan.gemm in D.G.TILES and not D.is_compiled(("gemm", self.plan.gemm, dtype)):
+        if self.plan.gemm in G.TILES and not D.is_compiled(("gemm", self.plan.gemm, dtype)):
             names.append("the matrix-product tiles")
         if self.plan.threads > 1 and self.plan.mode == "sample":
             if not D.is_compiled(("sample", "shared", dtype)):

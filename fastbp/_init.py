@@ -15,13 +15,13 @@ def initial_params(layout, init, seed, dtype, out=None):
     if init == "uniform":  # U[0, 1), as tutorial 000 (np.random.uniform)
         # Every block is drawn in the order the blocks lie in (w0, b0, w1, b1, ...), and
         # Generator.uniform(size=k) is 0 + 1 * random(): so one draw of them all gives
-        # the same numbers as a draw per block -- a fifth of the time of a small model's
-        # construction (an Ensemble makes one per model).  Values in [0, 1) are finite
-        # in either dtype: no check.
+        # the same numbers as a draw per block, which took about two thirds of a small
+        # model's construction (an Ensemble makes one per model).  Values in [0, 1) are
+        # finite in either dtype: no check.
         if out.dtype == np.float64:
             rng.random(out=out)
-        else:
-            out[...] = rng.random(n)  # float64 draws, rounded: rng.random(dtype=float32) differs
+        else:  # float64 draws, rounded (random(dtype=float32) draws other numbers)
+            out[...] = rng.random(n)
         return out
     params = np.empty(n, dtype=np.float64)
     for l, (n_in, n_out) in enumerate(layout.shapes):

@@ -234,7 +234,7 @@ def tiles_kind(sizes, dtype):
     layer's forward product copies op(a) first (tiles.packs_a: a layer of 512 float64
     or 1,024 float32 units or more after one of more than tiles.ROWS), else "tiles"."""
     itemsize = np.dtype(dtype).itemsize
-    packs = any(tiles.packs_a(True, n_out, n_in, itemsize)
+    packs = any(tiles.packs_a.py_func(True, n_out, n_in, itemsize)
                 for n_in, n_out in zip(sizes[:-1], sizes[1:]))
     return "tiles_packed" if packs else "tiles"
 

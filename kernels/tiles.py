@@ -685,11 +685,12 @@ def gemm_at_unpacked(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, 
     _gemm_at(False, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
 
+@njit(**INNER)
 def packs_a(trans_a, lda, k, itemsize):
     """Whether gemm_at copies op(a) first (_packed_a_product) for a product with these
     (trans_b False): a transposed op(a) whose rows lie PACK_A_MIN_STRIDE bytes apart or
-    more, over more than ROWS steps."""
-    return bool(trans_a) and lda * itemsize >= PACK_A_MIN_STRIDE and k > ROWS
+    more, over more than ROWS steps.  (From Python: packs_a.py_func.)"""
+    return trans_a and lda * itemsize >= PACK_A_MIN_STRIDE and k > ROWS
 
 
 @njit(**dict(INNER, inline="always"))
@@ -703,8 +704,7 @@ def _gemm_at(PACK_A, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, 
     a_si, a_sp = (1, lda) if trans_a else (lda, 1)
     width = lanes_of(c)
     if not trans_b:
-        if PACK_A and trans_a and lda * (VECTOR_BYTES // width) >= PACK_A_MIN_STRIDE and \
-                k > ROWS:
+        if PACK_A and packs_a(trans_a, lda, k, VECTOR_BYTES // width):
             _packed_a_product(a, lda, b, ldb, c, ldc, m, n, k, alpha, beta, width)
         else:
             _panel(a, 0, a_si, a_sp, b, 0, ldb, c, 0, ldc, m, n, k, alpha, beta, width, False)

@@ -127,7 +127,7 @@ def test_the_tiles_with_and_without_the_copy_of_op_a_give_the_same_bits(dtype):
     m = tiles.PACK_A_MIN_STRIDE // itemsize + 3
     units = [G.unit_address(kind, dtype) for kind in ("recurrence", "tiles", "tiles_packed")]
     for n, k in ((5, tiles.ROWS + 1), (70, 70), (3, 200)):
-        assert tiles.packs_a(True, m, k, itemsize)
+        assert tiles.packs_a.py_func(True, m, k, itemsize)
         for beta in (0.0, 0.5):
             a, b, c, _, _ = R.gemm_operands(rng, dtype, m, n, k, True, False, 1)
             args = (m, n, k, -0.3, a.ravel(), a.shape[1], b.ravel(), b.shape[1], beta)
