@@ -229,12 +229,16 @@ _units = {}  # (kind, dtype) -> compiled cfunc, kept alive: its code must outliv
 _lock = threading.Lock()
 
 
+# tiles.packs_a in Python (a plain function already under NUMBA_DISABLE_JIT)
+_packs_a = getattr(tiles.packs_a, "py_func", tiles.packs_a)
+
+
 def tiles_kind(sizes, dtype):
     """The tiles unit a network of these layer sizes needs: "tiles_packed" when some
     layer's forward product copies op(a) first (tiles.packs_a: a layer of 512 float64
     or 1,024 float32 units or more after one of more than tiles.ROWS), else "tiles"."""
     itemsize = np.dtype(dtype).itemsize
-    packs = any(tiles.packs_a.py_func(True, n_out, n_in, itemsize)
+    packs = any(_packs_a(True, n_out, n_in, itemsize)
                 for n_in, n_out in zip(sizes[:-1], sizes[1:]))
     return "tiles_packed" if packs else "tiles"
 
