@@ -689,7 +689,7 @@ def gemm_at_unpacked(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, 
 def packs_a(trans_a, lda, k, itemsize):
     """Whether gemm_at copies op(a) first (_packed_a_product) for a product with these
     (trans_b False): a transposed op(a) whose rows lie PACK_A_MIN_STRIDE bytes apart or
-    more, over more than ROWS steps.  (From Python: packs_a.py_func.)"""
+    more, over more than ROWS steps.  (Python callers: gemm._packs_a.)"""
     return trans_a and lda * itemsize >= PACK_A_MIN_STRIDE and k > ROWS
 
 
