@@ -78,6 +78,15 @@ GENERATED_COMPILE_SECONDS = 3.0  # a kernel generated for one architecture
 # 37 parameters x 3 products per epoch), a generated kernel ~GENERATED_SPEEDUP x less
 GENERAL_SECONDS_PER_MADD = 1.5e-9
 GENERATED_SPEEDUP = 5.0
+# Predictions (predictor): the general predict entry and its forward pass unit compile
+# in ~1.2 s, a generated predict in ~0.6 s (the XOR net's, one CPU of the Zen 4 of
+# docs/PERFORMANCE-HISTORY.md); a general call costs ~17 us more in Python (its work
+# buffers, Net and passes), and its pass over the samples ~1.5e-10 s more per
+# multiply-add (the XOR net, 100,000 samples: 1.8 against 1.2 ms)
+GENERAL_PREDICT_COMPILE_SECONDS = 1.2
+GENERATED_PREDICT_COMPILE_SECONDS = 0.6
+GENERAL_PREDICT_CALL_SECONDS = 1.7e-5
+PREDICT_SECONDS_SAVED_PER_MADD = 1.5e-10
 
 # "auto": weigh compile time against work (above); "fastest": always the fastest kernel
 # (benchmarks, which time the steady state); "general": never a generated kernel or the
@@ -699,6 +708,49 @@ def eval_generated(model, n, weighted, evaluations):
         return None
     return Evaluator(GEN.evaluator(*arch, dtype_name(dtype), kind), key, GEN.padded(n, dtype),
                      f"generated for {'-'.join(map(str, layout.sizes))}")
+
+
+def predictor(model, nb, samples, sparse=False):
+    """(predict, key): the generated predict (kernels/generate.py: predictor) for a
+    network it takes (generate.predicts; dense inputs) where the general entry
+    (kernels/loops.py: predict) would run batches of nb samples, and its compile marker;
+    or None: the general entry.  The same numbers.  ``samples``: how many the call
+    predicts (the outputs of every model of an Ensemble).
+    It is used when compiled, or when its compile is repaid as the generated training
+    kernels' is (_worth): a first prediction in a process whose general entry is not
+    compiled spares that entry's compile, about twice this one's; later architectures
+    weigh their own compile against what their predictions save -- the general entry's
+    Python around each call (its work buffers, Net and passes: most of a small
+    prediction's time) and a slower pass over the samples."""
+    layout = model._layout
+    acts = tuple(model._act_codes.tolist())
+    dtype = dtype_name(model.dtype)
+    if sparse or not _predicts(layout.sizes, acts, dtype, nb, GEN.ENABLED):
+        return None
+    key = GEN.predict_key(layout.sizes, acts, layout.bias, dtype)
+    general_key = general_predict_key(dtype)
+    spare = not is_compiled(general_key) and general_key not in _spared
+    saved = (GENERAL_PREDICT_CALL_SECONDS
+             + samples * layout.n_params * PREDICT_SECONDS_SAVED_PER_MADD)
+    extra = (GENERATED_PREDICT_COMPILE_SECONDS
+             - (GENERAL_PREDICT_COMPILE_SECONDS if spare else 0.0))
+    if not _worth(key, saved, extra):
+        return None
+    if spare and not is_compiled(key):
+        _spared.add(general_key)
+    return GEN.predictor(layout.sizes, acts, layout.bias, dtype), key
+
+
+@functools.lru_cache(maxsize=PLANS_CAP)
+def _predicts(sizes, acts, dtype, nb, enabled):
+    """generate.predicts, remembered (every prediction asks); ``enabled``: GEN.ENABLED,
+    which tests switch."""
+    return GEN.predicts(sizes, acts, dtype, nb, PRODUCT_MIN_WORK)
+
+
+def general_predict_key(dtype):
+    """The compile marker of the general predict entry for ``dtype`` (predictor)."""
+    return ("predict", dtype_name(dtype))
 
 
 def eval_threads(model, n, threads, passes=1, sparse=False):

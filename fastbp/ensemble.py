@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 
+from . import _dispatch as D
 from . import _threads as T
 from . import _pickling
 from . import _validation as V
@@ -442,23 +443,32 @@ class Ensemble:
         xt, _ = self._data(X)
         n = xt.shape[1]
         p = self._proto
-        cap = min(n, EVAL_CAP)
         lay = p._layout
-        plain_net, = O.plain(p._net(cap))
-        passes = p._eval_passes(PS.PREDICT, (cap, n % cap), False)
         out = np.empty((self.n_models, n, self.sizes[-1]), dtype=self.dtype)
-        local = threading.local()
+        cap = min(n, EVAL_CAP)
+        generated = D.predictor(p, cap, n * self.n_models)
+        if generated is not None:  # the same numbers, for small networks (MLP.predict's)
+            entry, key = generated
 
-        def one(m):
-            work = getattr(local, "work", None)
-            if work is None:
-                work = local.work = O.plain(O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype,
-                                                        False, passes=passes))[0]
-            L.predict(self.params[m], plain_net, xt[row_of(xt, m)], out[m], work)
+            def one(m):
+                entry(self.params[m], xt[row_of(xt, m)], out[m])
+        else:
+            plain_net, = O.plain(p._net(cap))
+            passes = p._eval_passes(PS.PREDICT, (cap, n % cap), False)
+            local = threading.local()
+            key = D.general_predict_key(self.dtype)
+
+            def one(m):
+                work = getattr(local, "work", None)
+                if work is None:
+                    work = local.work = O.plain(O.make_work(lay.sizes_arr, 0, cap, 0,
+                                                            self.dtype, False, passes=passes))[0]
+                L.predict(self.params[m], plain_net, xt[row_of(xt, m)], out[m], work)
 
         # a model's outputs are n * (its weights) multiply-adds
         T.each(one, range(self.n_models), self._threads(n_jobs),
                n * sum(a * b for a, b in lay.shapes), THREADED_PREDICT_WORK)
+        D.mark_compiled(key)
         return out
 
     def predict_mean(self, X, n_jobs=None):

@@ -248,14 +248,24 @@ class MLP:
         values)."""
         n = x.shape[0]
         cap = min(n, EVAL_CAP)
-        lay = self._layout
         sparse = isinstance(x, S.Rows)
+        generated = D.predictor(self, cap, n, sparse)
+        if generated is not None:  # the same numbers, for a small network (_dispatch.py)
+            entry, key = generated
+            out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
+            entry(self._params, x, out)
+            D.mark_compiled(key)
+            V.check_finite_output(out, "predict's output", self.dtype)
+            return out
+        lay = self._layout
         work = O.make_work(lay.sizes_arr, 0, cap, 0, self.dtype, False, sparse=sparse,
                            passes=self._eval_passes(PS.PREDICT, (cap, n % cap), sparse))
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
         entry = L.predict_rows if sparse else L.predict
         net, work = O.plain(self._net(cap, sparse), work)
         entry(self._params, net, self._kernel_inputs(x), out, work)
+        if not sparse:
+            D.mark_compiled(D.general_predict_key(self.dtype))
         V.check_finite_output(out, "predict's output", self.dtype)
         return out
 

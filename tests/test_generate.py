@@ -26,8 +26,10 @@ import fastbp
 import fastbp.kernels as K
 from fastbp import _config as C
 from fastbp import _dispatch as D
+from fastbp._fit import EVAL_CAP
 from fastbp._many import ManyFit
 from fastbp.kernels import config
+from fastbp.kernels.config import PRODUCT_MIN_WORK
 from fastbp.kernels import generate as GEN
 from fastbp.kernels import lanes as LN
 from fastbp.kernels.intrinsics import LANES as ROW_LANES
@@ -681,3 +683,122 @@ def test_the_generated_guard_keeps_the_general_entrys_state(monkeypatch, dtype):
                             if bad < 0 or g < bad)
                 assert saved or np.array_equal(b_g, model.params), case
     assert outcomes == {"finite", "at a record", "by the end check"}
+
+
+# ------------------------------------------------------------------------ predictions
+# (sizes, activations, bias): the generated predict's architectures, besides ARCHS':
+# layers of 15 units, which the general entry takes through the matrix products once a
+# batch is large enough; and the largest layers the generated kernels take
+PREDICT_ARCHS = {
+    **{name: (sizes, act, bias) for name, (sizes, act, _, bias) in ARCHS.items()},
+    "products": ((3, 15, 15, 2), ["relu", "tanh", "identity"], False),
+    "widest": ((4, 32, 7, 3), ["tanh", "relu", "sigmoid"], True),
+}
+
+
+def _predict_both(monkeypatch, arch, n, dtype, seed=0):
+    """The outputs of the generated predict, called directly, and of the general entry
+    (MLP.predict with POLICY "general"), of a model with parameters N(0, 1) on inputs
+    N(0, 3); MLP.predict with POLICY "fastest" takes the generated predict where
+    generate.predicts says so, and then gives its outputs; X is never written."""
+    sizes, act, bias = PREDICT_ARCHS[arch]
+    rng = np.random.default_rng(seed)
+    model = fastbp.MLP(sizes, activation=act, bias=bias, dtype=dtype)
+    model.params = rng.normal(size=model.params.shape)
+    X = np.ascontiguousarray(rng.normal(scale=3.0, size=(n, sizes[0])).astype(dtype))
+    given = X.copy()
+    got = np.empty((n, sizes[-1]), dtype=dtype)
+    GEN.predictor(sizes, model._act_codes, bias, dtype)(model.params, X, got)
+    monkeypatch.setattr(D, "POLICY", "general")
+    assert D.predictor(model, min(n, EVAL_CAP), n) is None
+    expected = model.predict(X)
+    monkeypatch.setattr(D, "POLICY", "fastest")
+    takes = GEN.predicts(sizes, model._act_codes, dtype, min(n, EVAL_CAP), PRODUCT_MIN_WORK)
+    assert (D.predictor(model, min(n, EVAL_CAP), n) is not None) == takes
+    if takes:
+        np.testing.assert_array_equal(model.predict(X), got)
+    np.testing.assert_array_equal(X, given)
+    return got, expected
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("arch", sorted(PREDICT_ARCHS))
+def test_generated_predict_gives_the_general_entrys_numbers(generated, monkeypatch, arch,
+                                                           dtype):
+    """Every sample count up to the blocks' edges and past the general entry's batches
+    (EVAL_CAP): the same outputs, bit for bit (signed zeros aside: the loops' zeros and
+    the products' may differ in sign) -- also where the general entry takes a layer
+    through the matrix products (then it is the one MLP.predict takes)."""
+    sizes = PREDICT_ARCHS[arch][0]
+    block = GEN.block_samples(sum(sizes), dtype == "float32")
+    for n in (1, 7, block, block + 5, EVAL_CAP + 3):
+        got, expected = _predict_both(monkeypatch, arch, n, dtype, seed=n)
+        assert got.shape == (n, sizes[-1]) and got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got, expected, err_msg=f"{arch} n={n}")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_ensemble_predict_on_the_generated_predict(generated, monkeypatch, dtype):
+    """Ensemble.predict, shared inputs and one set per model, on one thread and on
+    two: the general entry's numbers, model m's those of its own MLP.predict."""
+    sizes, act, bias = PREDICT_ARCHS["multi"]
+    ens = fastbp.Ensemble(sizes, n_models=5, activation=act, bias=bias, seed=3, dtype=dtype)
+    rng = np.random.default_rng(7)
+    ens.params[...] = rng.normal(size=ens.params.shape)
+    for X in (rng.normal(size=(30, sizes[0])), rng.normal(size=(5, 30, sizes[0]))):
+        X = X.astype(dtype)
+        outputs = []
+        for policy in ("fastest", "general"):
+            monkeypatch.setattr(D, "POLICY", policy)
+            assert (D.predictor(ens._proto, 30, 150) is not None) == (policy == "fastest")
+            outputs += [ens.predict(X, n_jobs=1), ens.predict(X, n_jobs=2)]
+        for got in outputs[1:]:
+            np.testing.assert_array_equal(got, outputs[0])
+        monkeypatch.setattr(D, "POLICY", "fastest")
+        for m in range(5):
+            np.testing.assert_array_equal(outputs[0][m], ens[m].predict(X if X.ndim == 2
+                                                                        else X[m]))
+
+
+def test_generated_predict_only_where_it_applies(generated, monkeypatch):
+    """Narrow layers none of which the general entry takes through the products, the
+    generated kernels' activations, dense inputs, generated kernels on: else the general
+    entry."""
+    monkeypatch.setattr(D, "POLICY", "fastest")
+    takes = fastbp.MLP([3, 5, 2], activation=["tanh", "relu"])
+    assert D.predictor(takes, 10, 10) is not None
+    assert D.predictor(takes, 10, 10, sparse=True) is None
+    wide = fastbp.MLP([3, 15, 15, 2])  # a layer the products take from 19 samples on
+    assert D.predictor(wide, 18, 18) is not None
+    assert D.predictor(wide, 19, 19) is None
+    for model in (fastbp.MLP([3, 5, 2], activation=["relu", "softmax"],
+                             loss="cross_entropy"),
+                  fastbp.MLP([1, 33, 1]),   # a layer wider than MAX_UNITS
+                  fastbp.MLP([9, 30, 1])):  # a layer of more than MAX_LAYER_PARAMS
+        assert D.predictor(model, 10, 10) is None, model
+    monkeypatch.setattr(GEN, "ENABLED", False)
+    assert D.predictor(takes, 10, 10) is None
+
+
+@compiled_only
+def test_a_first_prediction_spares_the_general_entry_later_shapes_weigh_their_own(
+        generated, monkeypatch, tmp_path):
+    """With nothing compiled, the first architecture's prediction compiles the generated
+    predict, about half the general entry's compile; another architecture would compile
+    one more generated predict where the general entry, compiled once, serves every one:
+    it takes the general entry; the first architecture keeps its compiled predict."""
+    monkeypatch.setattr(D, "POLICY", "auto")
+    _isolated_registry(monkeypatch, tmp_path)
+    X = np.random.default_rng(1).normal(size=(21, 2))
+    first, second = fastbp.MLP([2, 4, 4, 1], seed=0), fastbp.MLP([2, 3, 1], seed=0)
+    general = D.general_predict_key(first.dtype)
+
+    def generated_key(model):
+        return GEN.predict_key(model.sizes, model._act_codes, model.bias, "float64")
+
+    first.predict(X)
+    assert D.is_loaded(generated_key(first)) and not D.is_loaded(general)
+    second.predict(X)
+    assert D.is_loaded(general) and not D.is_loaded(generated_key(second))
+    assert D.predictor(first, 21, 21) is not None
+    assert D.predictor(fastbp.MLP([2, 6, 1]), 21, 21) is None

@@ -237,13 +237,13 @@ def test_memory_layouts(layout, dtype):
 
 def _compiled_signatures():
     """Signatures compiled so far of every entry a fit, predict, loss or gradient can run:
-    the general training entries, the generated ones (and their L-BFGS evaluations),
-    predict and loss_and_gradient."""
+    the general training entries, the generated ones (and their L-BFGS evaluations), the
+    generated predicts, predict and loss_and_gradient."""
     entries = {("train",) + key: fn for key, fn in L._trainers.items()}
     for key, module in GEN._loaded.items():  # the generated modules' entries
-        entries[key] = module.train
-        if hasattr(module, "loss_and_gradient"):  # full batch: L-BFGS's evaluation
-            entries[key + ("evaluate",)] = module.loss_and_gradient
+        for name in ("train", "loss_and_gradient", "predict"):  # (L-BFGS's: full batch)
+            if hasattr(module, name):
+                entries[key + (name,)] = getattr(module, name)
     entries["predict"], entries["loss_and_gradient"] = L.predict, L.loss_and_gradient
     return {key: len(fn.signatures) for key, fn in entries.items()}
 
