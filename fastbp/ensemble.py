@@ -439,7 +439,9 @@ class Ensemble:
     def predict(self, X, n_jobs=None):
         """Outputs of every model, shape (n_models, n_samples, n_out), in the model dtype.
 
-        X: (n, n_in) shared, or (n_models, n, n_in) one set per model."""
+        X: (n, n_in) shared, or (n_models, n, n_in) one set per model.  Raises
+        FloatingPointError, naming a model, if an output overflows the model dtype (as
+        MLP.predict does)."""
         xt, _ = self._data(X)
         n = xt.shape[1]
         p = self._proto
@@ -469,6 +471,11 @@ class Ensemble:
         T.each(one, range(self.n_models), self._threads(n_jobs),
                n * sum(a * b for a, b in lay.shapes), THREADED_PREDICT_WORK)
         D.mark_compiled(key)
+        if not np.isfinite(out).all():  # refused, as MLP.predict refuses it
+            bad = np.flatnonzero(~np.isfinite(out.reshape(self.n_models, -1)).all(axis=1))
+            V.check_finite_output(out, f"predict's output of model {bad[0]}"
+                                  + (f" (and {bad.shape[0] - 1} more)" if bad.shape[0] > 1
+                                     else ""), self.dtype)
         return out
 
     def predict_mean(self, X, n_jobs=None):

@@ -263,6 +263,22 @@ def test_huge_but_representable_data(data):
         m.loss(Xh, y)
 
 
+@pytest.mark.parametrize("dtype,huge", [("float64", 1e308), ("float32", 3e37)])
+def test_ensemble_predict_refuses_outputs_that_overflow(dtype, huge):
+    """As MLP.predict: FloatingPointError naming the first model whose outputs overflowed
+    (per-model inputs: only model 1's are huge), not infinities."""
+    ens = fastbp.Ensemble([3, 4, 2], n_models=3, activation="identity", init=1.0,
+                          dtype=dtype)
+    X = np.ones((3, 4, 3), dtype=dtype)
+    assert np.isfinite(ens.predict(X)).all()
+    X[1] = huge
+    with pytest.raises(FloatingPointError, match=f"model 1 is not finite.*{dtype}"):
+        ens.predict(X)
+    X[2] = huge
+    with pytest.raises(FloatingPointError, match=r"model 1 \(and 1 more\)"):
+        ens.predict(X)
+
+
 def test_float32_overflow_in_predict():
     m = fastbp.MLP([2, 2, 1], activation="identity", init=10.0, dtype="float32")
     with pytest.raises(FloatingPointError, match="float32"):
