@@ -46,8 +46,9 @@ import threading
 from .config import (PRODUCT_MIN_WEIGHTS, VECTOR_BYTES, kernel_sources_digest,
                      refuse_python_calls)
 from .intrinsics import LANES as ROW_LANES
-from .rules import (ACTIVATION_FUNCTIONS, BCE, DERIVATIVE_FUNCTIONS, HALF_MSE, IDENTITY, MSE,
-                    NARROW_ACTIVATION_FUNCTIONS, NARROW_UNITS, RELU, SIGMOID, SSE, TANH)
+from .rules import (ACTIVATION_FUNCTIONS, BCE, DERIVATIVE_FUNCTIONS, EXP, HALF_MSE, IDENTITY,
+                    MSE, NARROW_ACTIVATION_FUNCTIONS, NARROW_UNITS, RELU, SIGMOID, SOFTMAX, SSE,
+                    TANH)
 from .sample_share import shared_weights
 
 # Generated code grows with the number of parameters (one local per weight) and a
@@ -729,15 +730,22 @@ def _write_backward_loops(out, sizes, acts, rounding, combined, factor, samples)
 
 
 # ------------------------------------------------------------------------ predictions
+# the output layers a generated predict applies after its forward loops, as the general
+# forward pass does: softmax over each sample's outputs, poisson's exp on each output
+PREDICT_OUTPUTS = (SOFTMAX, EXP)
+
+
 def predicts(sizes, acts, dtype, nb, product_min_work):
     """Whether the predictions of a network (dense inputs) can run on a generated
-    ``predict`` (source_predict): the activations of the generated kernels and the
-    narrow layers of their full-batch kind, in a dtype they take -- the loss plays no
-    part --, and, as for that kind, no layer the general entry would take through the
-    matrix products in its batches of nb samples (faster there than these loops: a
-    4-16-15-3 net's 100,000 float32 samples took twice as long)."""
+    ``predict`` (source_predict): the activations of the generated kernels (and a
+    softmax or exp output layer) and the narrow layers of their full-batch kind, in a
+    dtype they take -- the loss plays no part --, and, as for that kind, no layer the
+    general entry would take through the matrix products in its batches of nb samples
+    (faster there than these loops: a 4-16-15-3 net's 100,000 float32 samples took twice
+    as long)."""
     pairs = list(zip(sizes[:-1], sizes[1:]))
-    return (ENABLED and str(dtype) in DTYPES and all(int(a) in ACTIVATIONS for a in acts)
+    return (ENABLED and str(dtype) in DTYPES and all(int(a) in ACTIVATIONS for a in acts[:-1])
+            and int(acts[-1]) in ACTIVATIONS + PREDICT_OUTPUTS
             and max(sizes) <= MAX_UNITS and all(a * b + b <= MAX_LAYER_PARAMS for a, b in pairs)
             and not any(uses_products(a, b, nb, product_min_work) for a, b in pairs))
 
@@ -747,7 +755,8 @@ def source_predict(sizes, acts, bias, dtype="float64"):
     network's outputs for x (n, sizes[0]), a block of samples at a time -- the inputs
     copied into rows, then the full-batch kernels' forward loops (_write_forward_loops,
     each z the general forward pass's chain, so the same numbers as kernels.loops.predict)
-    vectorized across the block, the outputs copied out.  A block's rows take about
+    vectorized across the block, a softmax or exp output layer applied to the output
+    rows by the general pass's own rules, the outputs copied out.  A block's rows take about
     BLOCK_BYTES (block_samples), so they stay in the L1 cache between the layers.  The
     general entry compiles a predict entry and a forward pass unit for any network (about
     twice this one's compile) and makes its work buffers every call (most of a small
@@ -783,11 +792,20 @@ def source_predict(sizes, acts, bias, dtype="float64"):
             with out.block():
                 for i in range(sizes[0]):
                     out(f"a0_{i}[s] = x[b0 + s, {i}]")
-            _write_forward_loops(out, sizes, acts, bias, None, rounding, "range(nb)")
+            last = acts[-1]
+            forward = acts[:-1] + ((IDENTITY,) if last in PREDICT_OUTPUTS else (last,))
+            _write_forward_loops(out, sizes, forward, bias, None, rounding, "range(nb)")
             out("for s in range(nb):")
             with out.block():
+                if last == SOFTMAX:  # the output rows: sizes[-1] rows of block samples
+                    first = (sum(sizes) - sizes[-1]) * block
+                    out(f"rules.softmax_column(rows, uint64({first}) + s, uint64({block}), "
+                        f"{sizes[-1]})")
                 for j in range(sizes[-1]):
-                    out(f"out[b0 + s, {j}] = a{L}_{j}[s]")
+                    value = f"a{L}_{j}[s]"
+                    if last == EXP:
+                        value = f"rules.exp_output({value})"
+                    out(f"out[b0 + s, {j}] = {value}")
     return out.text()
 
 

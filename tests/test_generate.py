@@ -690,9 +690,11 @@ def test_the_generated_guard_keeps_the_general_entrys_state(monkeypatch, dtype):
 # layers of 15 units, which the general entry takes through the matrix products once a
 # batch is large enough; and the largest layers the generated kernels take
 PREDICT_ARCHS = {
-    **{name: (sizes, act, bias) for name, (sizes, act, _, bias) in ARCHS.items()},
-    "products": ((3, 15, 15, 2), ["relu", "tanh", "identity"], False),
-    "widest": ((4, 32, 7, 3), ["tanh", "relu", "sigmoid"], True),
+    **{name: (sizes, act, bias, loss) for name, (sizes, act, loss, bias) in ARCHS.items()},
+    "products": ((3, 15, 15, 2), ["relu", "tanh", "identity"], False, "mse"),
+    "widest": ((4, 32, 7, 3), ["tanh", "relu", "sigmoid"], True, "mse"),
+    "softmax": ((4, 10, 5), ["relu", "softmax"], True, "cross_entropy"),
+    "poisson": ((3, 6, 2), ["tanh", "exp"], True, "poisson"),
 }
 
 
@@ -701,9 +703,9 @@ def _predict_both(monkeypatch, arch, n, dtype, seed=0):
     (MLP.predict with POLICY "general"), of a model with parameters N(0, 1) on inputs
     N(0, 3); MLP.predict with POLICY "fastest" takes the generated predict where
     generate.predicts says so, and then gives its outputs; X is never written."""
-    sizes, act, bias = PREDICT_ARCHS[arch]
+    sizes, act, bias, loss = PREDICT_ARCHS[arch]
     rng = np.random.default_rng(seed)
-    model = fastbp.MLP(sizes, activation=act, bias=bias, dtype=dtype)
+    model = fastbp.MLP(sizes, activation=act, bias=bias, loss=loss, dtype=dtype)
     model.params = rng.normal(size=model.params.shape)
     X = np.ascontiguousarray(rng.normal(scale=3.0, size=(n, sizes[0])).astype(dtype))
     given = X.copy()
@@ -741,8 +743,9 @@ def test_generated_predict_gives_the_general_entrys_numbers(generated, monkeypat
 def test_ensemble_predict_on_the_generated_predict(generated, monkeypatch, dtype):
     """Ensemble.predict, shared inputs and one set per model, on one thread and on
     two: the general entry's numbers, model m's those of its own MLP.predict."""
-    sizes, act, bias = PREDICT_ARCHS["multi"]
-    ens = fastbp.Ensemble(sizes, n_models=5, activation=act, bias=bias, seed=3, dtype=dtype)
+    sizes, act, bias, loss = PREDICT_ARCHS["multi"]
+    ens = fastbp.Ensemble(sizes, n_models=5, activation=act, bias=bias, loss=loss, seed=3,
+                          dtype=dtype)
     rng = np.random.default_rng(7)
     ens.params[...] = rng.normal(size=ens.params.shape)
     for X in (rng.normal(size=(30, sizes[0])), rng.normal(size=(5, 30, sizes[0]))):
@@ -762,18 +765,19 @@ def test_ensemble_predict_on_the_generated_predict(generated, monkeypatch, dtype
 
 def test_generated_predict_only_where_it_applies(generated, monkeypatch):
     """Narrow layers none of which the general entry takes through the products, the
-    generated kernels' activations, dense inputs, generated kernels on: else the general
-    entry."""
+    generated kernels' activations (a softmax or exp output too), dense inputs, generated
+    kernels on: else the general entry."""
     monkeypatch.setattr(D, "POLICY", "fastest")
     takes = fastbp.MLP([3, 5, 2], activation=["tanh", "relu"])
     assert D.predictor(takes, 10, 10) is not None
+    for output, loss in (("softmax", "cross_entropy"), ("exp", "poisson")):
+        model = fastbp.MLP([3, 5, 2], activation=["relu", output], loss=loss)
+        assert D.predictor(model, 10, 10) is not None, output
     assert D.predictor(takes, 10, 10, sparse=True) is None
     wide = fastbp.MLP([3, 15, 15, 2])  # a layer the products take from 19 samples on
     assert D.predictor(wide, 18, 18) is not None
     assert D.predictor(wide, 19, 19) is None
-    for model in (fastbp.MLP([3, 5, 2], activation=["relu", "softmax"],
-                             loss="cross_entropy"),
-                  fastbp.MLP([1, 33, 1]),   # a layer wider than MAX_UNITS
+    for model in (fastbp.MLP([1, 33, 1]),   # a layer wider than MAX_UNITS
                   fastbp.MLP([9, 30, 1])):  # a layer of more than MAX_LAYER_PARAMS
         assert D.predictor(model, 10, 10) is None, model
     monkeypatch.setattr(GEN, "ENABLED", False)
