@@ -484,7 +484,10 @@ class Ensemble:
 
     def loss(self, X, y):
         """Each model's loss on (X, y) (shared or per-model 3-D data): (n_models,) float64,
-        entry m equal to ``ensemble[m].loss`` on model m's data."""
+        entry m equal to ``ensemble[m].loss`` on model m's data -- or inf (NaN) where that
+        loss overflows (is not a number), which ``ensemble[m].loss`` refuses with
+        FloatingPointError: one model past its range does not hide the others' losses,
+        and best() ranks it last."""
         xt, yt = self._data(X, y)
         out = np.empty(self.n_models)
         # one evaluator (buffers, Net) for every model: made per model it was most of

@@ -279,6 +279,25 @@ def test_ensemble_predict_refuses_outputs_that_overflow(dtype, huge):
         ens.predict(X)
 
 
+@pytest.mark.parametrize("dtype,huge", [("float64", 1e308), ("float32", 3e37)])
+def test_ensemble_loss_of_a_model_that_overflows_is_inf(dtype, huge):
+    """Ensemble.loss gives inf for the model whose loss overflows (per-model inputs:
+    only model 1's are huge) and the others' own losses; that model alone raises
+    FloatingPointError, as MLP.loss does, and best() ranks it last."""
+    ens = fastbp.Ensemble([3, 4, 2], n_models=3, activation="identity", init=1.0,
+                          dtype=dtype)
+    X = np.ones((3, 4, 3), dtype=dtype)
+    Y = np.zeros((3, 4, 2), dtype=dtype)
+    X[1] = huge
+    losses = ens.loss(X, Y)
+    assert losses.dtype == np.float64 and losses[1] == np.inf
+    for m in (0, 2):
+        assert losses[m] == ens[m].loss(X[m], Y[m])
+    with pytest.raises(FloatingPointError, match="loss"):
+        ens[1].loss(X[1], Y[1])
+    assert list(ens.best(3, X, Y))[-1] == 1
+
+
 def test_float32_overflow_in_predict():
     m = fastbp.MLP([2, 2, 1], activation="identity", init=10.0, dtype="float32")
     with pytest.raises(FloatingPointError, match="float32"):
