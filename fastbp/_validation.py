@@ -208,11 +208,18 @@ def sum_of_squares(flat):
             + float(tail @ tail))
 
 
+_blas_threads = None  # kernels.gemm.blas_threads, imported at the first call
+
+
 def _blas_serial():
     """Whether numpy's OpenBLAS runs on one thread now (False where numpy bundles none:
     another BLAS may thread its dots too)."""
-    from .kernels.gemm import blas_threads  # (the kernels import this module's package)
-    return blas_threads() == 1
+    global _blas_threads
+    if _blas_threads is None:
+        # (the kernels import this module's package, so not at the top; and once: an
+        # import statement costs each fit's data checks about 1 us a call)
+        from .kernels.gemm import blas_threads as _blas_threads
+    return _blas_threads() == 1
 
 
 def all_finite(a, block=1 << 16, squares=None):
