@@ -201,16 +201,19 @@ def batch_loss(acts, oo, y, z, w, code, k, nb):
     z the output pre-activations (bce, cross_entropy, poisson); w the sample weights or
     empty.  Each output's row is summed in the model's dtype (rules.loss_sum), the rows'
     sums added in float64."""
-    code = code if LOSS == ANY else LOSS
     total = np.float64(0.0)  # not 0.0: in Python a float32 row sum would make it float32
     uo = uint64(oo)  # unsigned offsets keep the loops vectorizable (module docstring)
     u_nb = uint64(nb)
     weighted = w.shape[0] > 0
-    if code == CROSS_ENTROPY:
+    # (the constant compared first, as in rows.py: a unit for another loss drops this
+    # branch before Numba inlines cross_entropy_column; its loss_sum is rules.loss_sum's
+    # copy for its loss, passes.py)
+    if LOSS == CROSS_ENTROPY or LOSS == ANY and code == CROSS_ENTROPY:
         for s in range(u_nb):
             ls = cross_entropy_column(z, y, s, u_nb, k)
             total += w[s] * ls if weighted else ls
-        return loss_of_sum(total, code, k, nb)
+        return loss_of_sum(total, CROSS_ENTROPY, k, nb)
+    code = code if LOSS == ANY else LOSS
     # output by output, each row's terms in rules.loss_sum's chains
     zs = z if loss_uses_z(code) else y  # (not read)
     for j in range(uint64(k)):

@@ -30,7 +30,7 @@ import numpy as np
 from llvmlite import ir
 from numba import cfunc, config as numba_config, njit, typeof, types
 
-from . import batch, rows
+from . import batch, rows, rules
 from .batch import ALL_LOOPS, ALL_PRODUCTS, ANY, BY_SIZE
 from .rows import LEAF
 from .config import JIT, compiled_only, with_constants
@@ -165,6 +165,9 @@ def _unit_function(which, pooled, build):
                  OUTPUT_ACT=build.output, LOSS=build.loss)
     for helper in batch.LAYER_FUNCTIONS:
         names[helper] = _inlined(getattr(batch, helper), names, helper)
+    if build.loss != ANY:  # the loss's loop alone (rules.LOSS)
+        names["loss_sum"] = _inlined(rules.loss_sum, dict(vars(rules), LOSS=build.loss),
+                                     "loss_sum")
     # the activation's loops for a constant code: the others' left out before Numba
     # inlines what they call (rows.py: ACTIVATION)
     for role, code in (("hidden", build.hidden), ("output", build.output)):

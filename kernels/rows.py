@@ -9,16 +9,15 @@ piece of it by pool.py, which gives the same numbers: every element is computed 
 from numba import njit, uint64
 
 from .config import INNER, refuse_python_calls
-from .rules import (EXP, RELU, SIGMOID, TANH, exp_output, plain_step, relu, relu_back,
+from .rules import (ANY, EXP, RELU, SIGMOID, TANH, exp_output, plain_step, relu, relu_back,
                     sigmoid, sigmoid_back, sum4, tanh, tanh_back)
 
 LEAF = dict(INNER, inline="always")  # small helpers inlined into the passes that call them
 
 # The activation a copy of activate_rows / derivative_rows is compiled for (the batch
 # passes' units, kernels/passes.py): the loop of that code alone, its ``code`` argument
-# unread.  ANY: the loop of the code the argument names.  A constant leaves the other
-# loops out before Numba inlines what they call.
-ANY = -1
+# unread.  ANY (rules.ANY): the loop of the code the argument names.  A constant leaves
+# the other loops out before Numba inlines what they call.
 ACTIVATION = ANY
 
 

@@ -68,6 +68,14 @@ BCE = 3
 CROSS_ENTROPY = 4
 POISSON = 5
 
+# The loss a copy of loss_sum is compiled for (the batch-loss units, kernels/passes.py,
+# as rows.ACTIVATION for the activations): the loop of that loss alone, its ``code``
+# argument unread.  ANY: the loop of the loss ``code`` names.  A constant leaves the
+# other losses' loops out before Numba inlines what they call (a unit for the squared
+# error then never copies the bce and poisson loops and their sixteen-chain tuples).
+ANY = -1
+LOSS = ANY
+
 SGD = 0
 ADAM = 1
 
@@ -422,11 +430,11 @@ def loss_sum(out, y, z, w, n, code):
     zero = like(0.0, out)
     c = (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero,
          zero, zero)
-    if code == BCE:
+    if LOSS == BCE or LOSS == ANY and code == BCE:
         for s in range(un):
             e = _weighted(like(bce_term(np.float64(z[s]), y[s]), out), w, s, weighted)
             c = _rotated_in(c, e)
-    elif code == POISSON:
+    elif LOSS == POISSON or LOSS == ANY and code == POISSON:
         for s in range(un):
             e = _weighted(like(poisson_term(np.float64(out[s]), np.float64(y[s]),
                                             np.float64(z[s])), out), w, s, weighted)

@@ -316,6 +316,19 @@ def test_a_unit_is_keyed_by_what_its_pass_reads():
     assert keys[PS.BATCH_LOSS] == (False, PS.Build(loss=3))
 
 
+def test_a_loss_unit_inlines_the_loss_sum_of_its_loss_alone():
+    """The batch-loss unit for a loss calls a copy of rules.loss_sum that reads that loss
+    as a constant (rules.LOSS), so Numba drops the other losses' loops before it inlines
+    what they call; the unit for any loss keeps the one that reads its argument."""
+    from fastbp.kernels import rules as R
+    for loss in (R.MSE, R.BCE, R.POISSON):
+        unit = PS._unit_function(BATCH_LOSS, False, PS.Build(loss=loss))
+        copy = unit.__globals__["loss_sum"]
+        assert copy is not R.loss_sum and copy.py_func.__globals__["LOSS"] == loss
+    general = PS._unit_function(BATCH_LOSS, False, PS.Build())
+    assert general.__globals__["loss_sum"] is R.loss_sum and R.LOSS == R.ANY
+
+
 # every activation and loss the passes compute, with outputs and losses that go together
 _CODED_NETS = [
     (["sigmoid", "sigmoid"], "mse"), (["relu", "identity"], "half_mse"),
