@@ -183,13 +183,17 @@ class ManyFit:
         beyond the last full block)."""
         return not self.lanes or self.ens.n_models % LN.LANES != 0
 
-    def _work(self, plan):
+    def _work(self, plan, shuffle):
         """This thread's buffers for ``plan`` (one set per thread, reused model after
-        model)."""
+        model) and models with ``shuffle`` or without: a shuffled model leaves its last
+        permutation in the buffers' order (Work.perm), which an unshuffled one must not
+        follow (the per-sample epoch reads the order either way; fit's own buffers start
+        as 0..n-1)."""
         cache = getattr(self._local, "work", None)
         if cache is None:
             cache = self._local.work = {}
-        key = (plan.key, plan.cap)  # plans of one kernel may differ in batch size
+        # plans of one kernel may differ in batch size, and in shuffling
+        key = (plan.key, plan.cap, shuffle)
         work = cache.get(key)
         if work is None:
             lay = self.proto._layout
@@ -233,7 +237,7 @@ class ManyFit:
             found = cache[m] = (plan, O.plain(
                 self.nets[plan.gemm], data, O.Loop(b, s, self.record_every),
                 O.plain_rule(float(self.lrs[m]), self.epochs), O.NO_STOP, state,
-                self._work(plan)))
+                self._work(plan, s)))
         return found
 
     def _train_block(self, m0, chunk, start, history):

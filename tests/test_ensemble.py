@@ -204,6 +204,25 @@ def test_batch_size_and_shuffle_per_model():
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_per_sample_models_without_shuffling_follow_the_samples_in_order(n_jobs, dtype):
+    """A thread's buffers serve model after model: a per-sample model that does not
+    shuffle runs through the samples in order even after one that shuffled on the same
+    thread left its permutation in the buffers (each model as it trains alone)."""
+    X, y = problem(n=12)
+    batches = [1, 1, 1, 4, 4, 1]
+    shuffles = [True, False, True, True, False, False]
+    ens = fastbp.Ensemble(SIZES, 6, activation=ACTS, seed=17, dtype=dtype)
+    hist = ens.fit(X, y, epochs=5, lr=0.05, batch_size=batches, shuffle=shuffles, seed=3,
+                   n_jobs=n_jobs)
+    for m in range(6):
+        model, h = alone(ens, m, X, y, epochs=5, lr=0.05, batch_size=batches[m],
+                         shuffle=shuffles[m], seed=3)
+        np.testing.assert_array_equal(ens.params[m], model.params)
+        np.testing.assert_array_equal(hist.loss[m], h.loss)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
 def test_a_run_in_many_chunks_is_each_model_alone(monkeypatch, n_jobs):
     """Each model's kernel options are made at its first chunk and kept (_many.py:
     _model_options): a run cut into chunks of 3 epochs trains every model, its records
