@@ -64,7 +64,8 @@ silently ignored setting):
 - ``verbose`` shows a progress bar (tqdm when installed) with the loss, and prints the
   reason training stopped.
 - ``dtype``: None computes in X's precision like scikit-learn (float32 X -> float32,
-  anything else float64); "float32" / "float64" force one.  A model keeps its dtype:
+  anything else float64); "float32" / "float64" force one.  A model keeps its dtype
+  (``warm_start`` and ``partial_fit`` refuse to continue it with dtype set to the other):
   ``predict`` and ``predict_proba`` of a float32 model convert float64 X to float32 and
   return float32, where scikit-learn multiplies float64 X by its float32 weights and
   returns float64 (the values differ by float32 rounding, ~1e-7).  With
@@ -473,6 +474,12 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"warm_start / partial_fit continue the fitted network with "
                              f"{hidden[0]!r} hidden units but activation="
                              f"{self.activation!r}; fit with warm_start=False")
+        wanted = self._dtype()  # None (X's precision): the fitted network keeps its own
+        if wanted is not None and np.dtype(wanted) != self._model.dtype:
+            raise ValueError(f"warm_start / partial_fit continue the fitted network in "
+                             f"{self._model.dtype.name}, but dtype={self.dtype!r}; fit "
+                             f"with warm_start=False to start a new one in "
+                             f"{np.dtype(wanted).name}")
 
     # ---- fitting ----------------------------------------------------------------------
     def _opt(self, name):

@@ -574,6 +574,24 @@ def test_warm_start_refuses_another_architecture():
         est.fit(X, y)
 
 
+@pytest.mark.parametrize("first, then", [("float32", "float64"), ("float64", "float32")])
+def test_warm_start_and_partial_fit_refuse_another_dtype(first, then):
+    """A fitted network keeps its dtype: continuing it with dtype set to the other one
+    is refused, not trained in the old dtype; dtype=None (X's precision) continues it
+    in its own, float64 X converted."""
+    X, y = _targets("regression")
+    est = MLPRegressor(**dict(PLAIN_SGD, warm_start=True, dtype=first)).fit(X, y)
+    coefs = [c.copy() for c in est.coefs_]
+    est.set_params(dtype=then)
+    for call in (est.fit, est.partial_fit):
+        with pytest.raises(ValueError, match=f"in {first}, but dtype='{then}'"):
+            call(X, y)
+    for before, after in zip(coefs, est.coefs_):
+        np.testing.assert_array_equal(before, after)
+    est.set_params(dtype=None).fit(X, y)
+    assert est.coefs_[0].dtype == np.dtype(first) and est.predict(X).dtype == np.dtype(first)
+
+
 def test_import_error_names_the_extra():
     code = ("import sys; sys.modules['sklearn'] = None\n"
             "try:\n    import fastbp.sklearn\n"
