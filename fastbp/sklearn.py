@@ -495,6 +495,10 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True")
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
+        if X.dtype != np.float64:  # X is in the network's dtype (_input_dtype)
+            # targets too large for float32: MLP.fit's message, before the cast to the
+            # network's dtype (below) turns them into infinities
+            V.as_float_array(Y, "y", X.dtype)
         n_samples, n_features = X.shape
         sw = None if sample_weight is None else _check_sample_weight(sample_weight, n_samples)
         # scikit-learn draws from a RandomState made afresh from random_state at each fit;

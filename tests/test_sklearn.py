@@ -592,6 +592,19 @@ def test_warm_start_and_partial_fit_refuse_another_dtype(first, then):
     assert est.coefs_[0].dtype == np.dtype(first) and est.predict(X).dtype == np.dtype(first)
 
 
+@pytest.mark.parametrize("call", ["fit", "partial_fit"])
+def test_targets_too_large_for_float32_are_named_so(call):
+    """As MLP.fit says it: 'too large for float32', not the 'NaN or infinity' that the
+    targets become once cast."""
+    X, _ = _targets("regression")
+    y = np.full(X.shape[0], 1e39)
+    with pytest.raises(ValueError, match="y has values too large for float32"):
+        getattr(MLPRegressor(**dict(PLAIN_SGD, dtype="float32")), call)(X, y)
+    y[3] = np.inf  # scikit-learn's check of y names it first
+    with pytest.raises(ValueError, match="infinity"):
+        getattr(MLPRegressor(**dict(PLAIN_SGD, dtype="float32")), call)(X, y)
+
+
 def test_import_error_names_the_extra():
     code = ("import sys; sys.modules['sklearn'] = None\n"
             "try:\n    import fastbp.sklearn\n"
