@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 
+from . import _config as C
 from . import _dispatch as D
 from . import _threads as T
 from . import _pickling
@@ -282,7 +283,8 @@ class Ensemble:
             n = xt.shape[1]
             n_models = self.n_models
             epochs = V.check_positive_int(epochs, "epochs")
-            lrs = np.array(_per_model(lr, n_models, "lr", V.check_lr), dtype=np.float64)
+            lrs = np.array(_per_model(lr, n_models, "lr", lambda v: C.check_lr_in_dtype(
+                V.check_lr(v), self.dtype)), dtype=np.float64)
             batches = np.array(_per_model(batch_size, n_models, "batch_size",
                                           lambda b: V.check_batch_size(b, n)), dtype=np.int64)
             shuffles = np.array(_per_model(shuffle, n_models, "shuffle", _check_shuffle),

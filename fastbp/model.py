@@ -472,6 +472,7 @@ class MLP:
             rule, stop = C.build(lr, epochs, optimizer, momentum, nesterov, beta1, beta2, eps,
                                  l2, schedule, power_t, step_size, step_factor, lr_min,
                                  patience, min_delta, restore_best, epoch_loss)
+            C.check_in_dtype(rule, self.dtype)
             sw = V.check_sample_weight(sample_weight, n, self.dtype)
             given = (x, y)
             x, y, sw, val, train_rows = self._validation_split(x, y, sw, validation_data,

@@ -243,6 +243,54 @@ def test_from_weights_refuses_values_too_large_for_float32(which):
     assert np.isfinite(m.params).all()
 
 
+# fit settings float32 cannot hold as meant: what they round to, and fit's keywords
+_ROUNDED_SETTINGS = [
+    ("0", dict(lr=1e-50)), ("infinity", dict(lr=1e39)),
+    ("0", dict(l2=1e-50)), ("infinity", dict(l2=1e39)),
+    ("0", dict(optimizer="adam", eps=1e-50)), ("infinity", dict(optimizer="adam", eps=1e39)),
+    ("1", dict(optimizer="adam", beta1=1 - 1e-9)), ("1", dict(optimizer="adam", beta2=1 - 2e-8)),
+    ("1", dict(momentum=1 - 1e-9)), ("1", dict(momentum=1 - 2e-8, nesterov=True)),
+]
+
+
+@pytest.mark.parametrize("rounds_to, settings", _ROUNDED_SETTINGS)
+def test_fit_refuses_settings_that_float32_rounds_away(rounds_to, settings):
+    """A float32 model steps with its settings rounded to float32: a learning rate or L2
+    factor that becomes 0 would train silently on nothing (or not decay), eps 0 divides
+    by zero (a DivergenceError blaming lr), a momentum or beta of 1 never decays.  They
+    are refused, naming the setting and the dtype, before anything changes; in float64
+    the same settings train, and so does the nearest value float32 holds."""
+    rng = np.random.default_rng(8)
+    X, y = rng.normal(size=(20, 3)), rng.normal(size=(20, 1))
+    kw = dict(dict(lr=1e-3), **settings)
+    name = [k for k in settings if k not in ("optimizer", "nesterov")][0]
+    m = fastbp.MLP([3, 4, 1], activation=["tanh", "identity"], dtype="float32", seed=0)
+    before = m.params.copy()
+    said = "rounds to 0" if rounds_to == "0" else "rounds to 1" if rounds_to == "1" else \
+        r"is too large for float32, the model's dtype \(it rounds to infinity\)"
+    with pytest.raises(ValueError, match=rf"^{name}=\S+ {said}"):
+        m.fit(X, y, epochs=2, **kw)
+    np.testing.assert_array_equal(m.params, before)
+    if rounds_to == "infinity":
+        return  # (in float64 as large a step diverges too)
+    m64 = fastbp.MLP([3, 4, 1], activation=["tanh", "identity"], seed=0)
+    m64.fit(X, y, epochs=2, **kw)
+    assert np.isfinite(m64.params).all() and not np.array_equal(m64.params, before)
+    nearest = 2.0 ** -149 if rounds_to == "0" else 1 - 2.0 ** -24
+    m.fit(X, y, epochs=2, **dict(kw, **{name: nearest}))  # accepted
+
+
+def test_ensemble_refuses_a_learning_rate_that_float32_rounds_to_0():
+    rng = np.random.default_rng(8)
+    X, y = rng.normal(size=(20, 3)), rng.normal(size=(20, 1))
+    ens = fastbp.Ensemble([3, 4, 1], 2, dtype="float32", seed=0)
+    before = ens.params.copy()
+    with pytest.raises(ValueError, match="lr=1e-50 rounds to 0 in float32"):
+        ens.fit(X, y, epochs=2, lr=[0.1, 1e-50])
+    np.testing.assert_array_equal(ens.params, before)
+    fastbp.Ensemble([3, 4, 1], 2, seed=0).fit(X, y, epochs=2, lr=[0.1, 1e-50])  # float64
+
+
 @pytest.mark.parametrize("x", [1e10, 1.6e9])
 @pytest.mark.parametrize("batch_size", [None, 2, 1])
 def test_adams_second_moment_overflowing_float32_is_a_divergence(batch_size, x):
