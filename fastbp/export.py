@@ -114,6 +114,13 @@ def from_torch(cls, seq, loss=None):
         if type(mod) is nn.Linear:
             if acts and acts[-1] is None:
                 acts[-1] = "identity"  # Linear after Linear
+            for p in (mod.weight, mod.bias):
+                # (numpy has no bfloat16 or float16 arrays of torch's: .numpy() would fail
+                # with torch's TypeError before the check of the dtypes below)
+                if p is not None and p.dtype not in (torch.float64, torch.float32):
+                    raise ValueError(f"{name} ({mod!r}) holds {p.dtype} parameters; fastbp "
+                                     f"needs all float64 or all float32 (convert with "
+                                     f"seq.double() or seq.float())")
             weights.append(mod.weight.detach().cpu().numpy().T)
             biases.append(None if mod.bias is None else mod.bias.detach().cpu().numpy())
             acts.append(None)

@@ -107,6 +107,10 @@ def test_from_torch_reads_a_hand_built_sequential():
      r"seq\[2\] without bias beside Linear layers with biases"),
     (lambda nn: nn.Sequential(nn.Linear(3, 4).half(), nn.Linear(4, 1).half()),
      r"float16 parameters.*float64 or all float32"),
+    (lambda nn: nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1).bfloat16()),
+     r"seq\[2\] \(Linear.*torch.bfloat16 parameters.*float64 or all float32"),
+    (lambda nn: nn.Sequential(nn.Linear(3, 4).double(), nn.Linear(4, 1)),
+     r"float32, float64 parameters.*float64 or all float32"),
     (lambda nn: nn.Sequential(), r"no Linear layer"),
 ])
 def test_from_torch_refuses_what_it_cannot_represent(build, message):
