@@ -25,7 +25,16 @@ def check_sizes(sizes):
     bad = [s for s in sizes if s < 1]
     if bad:
         raise ValueError(f"sizes must all be >= 1 (every layer needs a unit), got {sizes!r}")
+    n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    if n_params >= MAX_PARAMS:  # (numpy would raise OverflowError for the array's size)
+        raise ValueError(f"sizes {sizes!r} make {n_params:.3g} parameters, more than any "
+                         f"memory can hold")
     return tuple(sizes)
+
+
+# a model's parameters, at most: float64 ones past this many have no byte offsets
+# that fit an int64 (numpy's sizes)
+MAX_PARAMS = 2 ** 60
 
 
 def operator_index(value, name):
@@ -485,6 +494,25 @@ def check_checkpoint(checkpoint, checkpoint_every):
     if not os.access(folder, os.W_OK):
         raise ValueError(f"checkpoint {path!r}: the folder {folder!r} is not writable")
     return path, check_checkpoint_every(checkpoint_every)
+
+
+def check_checkpoint_target(path):
+    """ValueError when a file is at the checkpoint ``path`` (from check_checkpoint; None
+    for none) that is not an earlier checkpoint: a fit writes its checkpoint over an
+    older one, never over another file -- a path mistyped as the data's or a saved
+    model's would destroy them, chunk after chunk -- nor over a pipe or a device, which
+    the rename of a finished file would replace.  (After check_output_not_input, whose
+    message is the more precise for a memory-mapped input.)"""
+    if path is None or not os.path.exists(path):
+        return
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path!r} is not a regular file (a pipe, device or "
+                         f"socket); give the path of a file")
+    from .io import is_checkpoint_file  # (io reads checkpoints: not at the top)
+    if not is_checkpoint_file(path):
+        raise ValueError(f"checkpoint {path!r} exists and is not a fastbp training "
+                         f"checkpoint; a fit writes only over an earlier checkpoint: give "
+                         f"another path, or remove the file first")
 
 
 def check_checkpoint_every(every):

@@ -119,6 +119,14 @@ def _fraction(text):
     return value
 
 
+def _path(text):
+    """An output path: not empty (an unset shell variable in --save "$MODEL" would
+    otherwise silently mean no --save at all)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return text
+
+
 def _layers(text):
     text = text.strip()
     if text == "none":
@@ -168,7 +176,8 @@ def build_parser():
                       help="learning rate (default: the tutorial's, except xor and linear: "
                            "0.1, fastbp's choice, as their tutorial states no rate)")
     demo.add_argument("--seed", type=_seed, help="seed of the initial weights (and of the linear data)")
-    demo.add_argument("--plot", metavar="DIR", help="write the figures there as PNG (needs matplotlib)")
+    demo.add_argument("--plot", metavar="DIR", type=_path,
+                      help="write the figures there as PNG (needs matplotlib)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=_cmd_demo)
 
@@ -205,7 +214,7 @@ def build_parser():
     train.add_argument("--test-fraction", type=_fraction, default=0.2, metavar="F",
                        help="fraction of rows held out for the report (default 0.2; 0: none)")
     train.add_argument("--seed", type=_seed, default=0, help="seed of the split, init and shuffling (default 0)")
-    train.add_argument("--save", metavar="MODEL.npz",
+    train.add_argument("--save", metavar="MODEL.npz", type=_path,
                        help="save the trained model (and MODEL.npz.json: columns, "
                             "standardization, task, class labels)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -221,7 +230,7 @@ def build_parser():
                     "column's name ('prediction' for a model without its .json file).")
     predict.add_argument("model", metavar="MODEL.npz")
     predict.add_argument("data", metavar="DATA.csv")
-    predict.add_argument("--out", metavar="PREDS.csv",
+    predict.add_argument("--out", metavar="PREDS.csv", type=_path,
                          help="write here instead of to stdout (never over an input file)")
     predict.set_defaults(func=_cmd_predict)
 
@@ -232,7 +241,7 @@ def build_parser():
                     "model's inputs as they are: apply the --standardize statistics of "
                     "MODEL.npz.json before it, if training used them.")
     export.add_argument("model", metavar="MODEL.npz")
-    export.add_argument("out", metavar="MODEL.onnx")
+    export.add_argument("out", metavar="MODEL.onnx", type=_path)
     export.set_defaults(func=_cmd_export)
     return parser
 
@@ -535,18 +544,34 @@ def _cmd_train(args):
 # --------------------------------------------------------------------------- predict
 
 
-def _load_meta(model_path, n_out):
+def _load_meta(model_path, n_out, out_act):
+    """The metadata ``train --save`` wrote beside the model (None without the file),
+    checked: a hand-edited or damaged file is refused, naming it, rather than read into
+    wrong predictions."""
     mp = _meta_path(model_path)
     if not mp.is_file():
         return None
     try:
         meta = json.loads(mp.read_text(encoding="utf-8"))
-        features = [str(c) for c in meta["features"]]
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        features = meta["features"]
+        if not (isinstance(features, list) and all(isinstance(c, str) for c in features)):
+            raise ValueError("'features' must be a list of column names")
+        if len(set(features)) != len(features):
+            raise ValueError("'features' names a column twice")
         mean = np.asarray(meta["mean"], dtype=np.float64)
         std = np.asarray(meta["std"], dtype=np.float64)
         if mean.shape != (len(features),) or std.shape != (len(features),):
             raise ValueError("feature/mean/std lengths differ")
-        classification = bool(meta.get("classification", False))
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+            raise ValueError("'mean' and 'std' must be finite numbers, 'std' > 0")
+        classification = meta.get("classification", False)
+        if not isinstance(classification, bool):
+            raise ValueError("'classification' must be true or false")
+        if classification and out_act not in ("sigmoid", "softmax"):
+            raise ValueError(f"'classification' is true, but the model's output layer is "
+                             f"{out_act!r}, not sigmoid or softmax")
         classes = meta.get("classes")
         if classification and classes is None:
             classes = [0, 1]  # written before class lists were stored: 0/1 targets
@@ -587,7 +612,7 @@ def _cmd_predict(args):
         _check_output(args.out, [args.model, _meta_path(args.model), args.data], "--out")
     model = fastbp.load(args.model)
     n_in, n_out = int(model.sizes[0]), int(model.sizes[-1])
-    meta = _load_meta(args.model, n_out)
+    meta = _load_meta(args.model, n_out, model.activations[-1])
     if meta is not None:
         if len(meta["features"]) != n_in:
             raise CLIError(f"{_meta_path(args.model)}: lists {len(meta['features'])} features, "
@@ -625,6 +650,8 @@ def _cmd_predict(args):
         write(text)
         _write_text(args.out, text.getvalue())
         print(f"Wrote {pred.shape[0]} predictions to {args.out}")
+    elif sys.stdout is None:  # started with stdout closed (>&-)
+        raise CLIError("stdout is closed: give --out PREDS.csv to write the predictions")
     else:
         write(sys.stdout)
     return 0
@@ -703,4 +730,7 @@ def main(argv=None):
     except (CLIError, DataError, OSError, ValueError, TypeError, FloatingPointError,
             ImportError) as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:  # --layers 1000000,1000000: numpy says how much it wanted
+        print(f"{PROG}: error: not enough memory: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -64,6 +64,11 @@ def check_writable(path):
         raise NotADirectoryError(f"{folder!r} is not a folder (saving {path!r})")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path!r} is a folder; give a file name to save to")
+    if os.path.exists(path) and not os.path.isfile(path):
+        # a write renames a new file over the path: a pipe or a device (/dev/null,
+        # /dev/stdout) would be replaced by a file, not written into
+        raise FileExistsError(f"{path!r} is not a regular file (a pipe, device or "
+                              f"socket); give the path of a file to save to")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"folder {folder!r} is not writable (saving {path!r})")
 
@@ -341,6 +346,16 @@ def _identify(path, npz, what):
     if version < 1:
         raise ModelFileError(f"{path}: invalid format version {version}")
     return fmt, version
+
+
+def is_checkpoint_file(path):
+    """Whether ``path`` holds a fastbp training checkpoint this version reads (only its
+    markers are read): what a fit may write over (_validation.check_checkpoint)."""
+    try:
+        with open_archive(path, "checkpoint") as ar:
+            return ar.format == CHECKPOINT_FORMAT
+    except (ModelFileError, OSError):
+        return False
 
 
 def model_from_archive(ar):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import atomic_write
+
 __all__ = ["decision_boundary", "fit_1d", "loss_curve"]
 
 
@@ -40,8 +42,10 @@ def _finish(fig, path):
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # No bbox_inches="tight": the file keeps the figure's exact pixel size.
-        fig.savefig(path, format="png", dpi=fig.dpi)
+        # No bbox_inches="tight": the file keeps the figure's exact pixel size.  Written
+        # as every fastbp file is (io.atomic_write): whole or not at all, and in place of
+        # a link at the path rather than through it into the file it points to
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=fig.dpi))
     return fig
 
 

@@ -749,6 +749,118 @@ def test_demo_refuses_a_figure_over_its_data(capsys, tmp_path):
     assert_usage_error(*run(capsys, "demo", "xor", "--plot", str(tmp_path / "f")), "not a folder")
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_outputs_that_are_pipes_are_refused_not_replaced(capsys, tmp_path, trained):
+    """Every output is written whole by renaming a new file over its path: a named pipe
+    (or a device, /dev/null, /dev/stdout) there would be replaced by a file, its reader
+    getting nothing, so it is refused before any work and stays a pipe."""
+    import stat
+
+    cls, model_path = trained
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for argv in (["predict", str(model_path), str(cls), "--out", str(pipe)],
+                 ["train", str(cls), "--target", "label", "--save", str(pipe),
+                  "--no-progress"]):
+        rc, out, err = run(capsys, *argv)
+        assert_usage_error(rc, out, err, "is not a regular file")
+        assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    with pytest.raises(FileExistsError, match="is not a regular file"):
+        fastbp.load(str(model_path)).save(str(pipe))
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo", "xor", "--plot", ""], ["train", "{cls}", "--target", "label", "--save", ""],
+    ["predict", "{model}", "{cls}", "--out", ""], ["export", "{model}", " "],
+])
+def test_an_empty_output_path_is_a_usage_error(capsys, tmp_path, trained, argv):
+    """Not silently "no output" (an unset shell variable in --save "$MODEL")."""
+    cls, model_path = trained
+    before = _snapshot(tmp_path)
+    argv = [a.format(cls=cls, model=model_path) for a in argv]
+    rc, out, err = run(capsys, *argv)
+    assert_usage_error(rc, out, err, "expected a path")
+    assert out == "" and _snapshot(tmp_path) == before
+
+
+def test_layers_too_large_for_memory_are_one_line(capsys, csv_files):
+    cls = csv_files[0]
+    assert_usage_error(*run(capsys, "train", str(cls), "--target", "label", "--layers",
+                            "99999999999999999999"), "more than any memory can hold")
+    assert_usage_error(*run(capsys, "train", str(cls), "--target", "label", "--layers",
+                            "10000000,10000000", "--no-progress"), "not enough memory")
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (dict(std=[0.0, 1.0, 1.0]), "'std' > 0"),
+    (dict(mean=[float("inf"), 0.0, 0.0]), "finite"),
+    (dict(features="abc"), "'features' must be a list"),
+    (dict(features=["a", "a", "c"]), "names a column twice"),
+    (dict(classification=1), "'classification' must be true or false"),
+])
+def test_predict_refuses_edited_metadata_naming_the_file(capsys, tmp_path, csv_files, edit,
+                                                         fragment):
+    import json
+
+    reg = csv_files[1]
+    model_path = tmp_path / "r.npz"
+    assert run(capsys, "train", str(reg), "--target", "y", "--epochs", "3", "--save",
+               str(model_path), "--no-progress")[0] == 0
+    meta_path = Path(str(model_path) + ".json")
+    meta = json.loads(meta_path.read_text())
+    if "features" in edit and not isinstance(edit["features"], str):
+        edit = dict(features=[meta["features"][0]] * 2 + meta["features"][2:])
+    meta.update(edit)
+    meta_path.write_text(json.dumps(meta))
+    rc, out, err = run(capsys, "predict", str(model_path), str(reg))
+    assert_usage_error(rc, out, err, f"{meta_path}: not a valid fastbp train metadata file",
+                       fragment)
+    assert "Warning" not in err
+
+
+def test_predict_refuses_classification_metadata_on_a_regression_model(capsys, tmp_path,
+                                                                       csv_files):
+    import json
+
+    reg = csv_files[1]
+    model_path = tmp_path / "r.npz"
+    assert run(capsys, "train", str(reg), "--target", "y", "--epochs", "3", "--save",
+               str(model_path), "--no-progress")[0] == 0
+    meta_path = Path(str(model_path) + ".json")
+    meta = json.loads(meta_path.read_text())
+    meta.update(classification=True, classes=[0, 1])
+    meta_path.write_text(json.dumps(meta))
+    assert_usage_error(*run(capsys, "predict", str(model_path), str(reg)),
+                       "output layer is 'identity', not sigmoid or softmax")
+
+
+def test_predict_to_a_closed_stdout_says_so(capsys, trained, monkeypatch):
+    cls, model_path = trained
+    monkeypatch.setattr(sys, "stdout", None)
+    rc = main(["predict", str(model_path), str(cls)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stdout is closed: give --out" in err
+
+
+def test_demo_plots_replace_a_link_not_the_file_it_points_to(capsys, tmp_path):
+    """Figures are written as every output is: whole, renamed over the path, so a link
+    there is replaced and the file it pointed to is left alone."""
+    pytest.importorskip("matplotlib")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    figures = tmp_path / "figs"
+    figures.mkdir()
+    (figures / "xor_loss.png").symlink_to(precious)
+    rc, out, err = run(capsys, "demo", "xor", "--epochs", "10", "--no-progress", "--plot",
+                       str(figures))
+    assert rc == 0, err
+    assert precious.read_text() == "keep me"
+    png = figures / "xor_loss.png"
+    assert not png.is_symlink() and png.read_bytes().startswith(b"\x89PNG")
+    assert not [p for p in figures.iterdir() if p.name.endswith(".tmp")]
+
+
 # ------------------------------------------------------------------ as a program
 
 

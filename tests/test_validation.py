@@ -116,6 +116,16 @@ def test_bad_sizes(sizes):
         fastbp.MLP(sizes)
 
 
+@pytest.mark.parametrize("sizes", [[3, 10 ** 20, 1], [2 ** 31, 2 ** 30, 1]])
+def test_sizes_past_any_memory_are_a_value_error(sizes):
+    """Not numpy's OverflowError from the parameters' array; Ensemble and from_weights
+    check sizes the same way."""
+    with pytest.raises(ValueError, match="more than any memory can hold"):
+        fastbp.MLP(sizes)
+    with pytest.raises(ValueError, match="more than any memory can hold"):
+        fastbp.Ensemble(sizes, 2)
+
+
 def test_unknown_activation():
     with pytest.raises(ValueError, match=r"(?i)activation.*softsign|softsign.*activation"):
         fastbp.MLP([2, 3, 1], activation="softsign")
