@@ -384,7 +384,8 @@ class MLP:
         checkpoint falls exactly on each multiple), or a duration string such as "30s",
         "10min", "2h" (or a datetime.timedelta); default "60s" of wall time.  A bare
         float is refused: write "30s".  ``fastbp.resume("run.npz", X, y)`` continues the
-        run bit-identically.  fit always starts a new run and overwrites the file.
+        run bit-identically.  fit always starts a new run and overwrites the file -- an
+        earlier checkpoint only: any other file at that path is refused (ValueError).
 
         Training controls (all inside the compiled loop; docs/API-NOTES.md has the exact
         update rules): ``optimizer`` "sgd" (``momentum``, ``nesterov``: scikit-learn's
@@ -458,6 +459,7 @@ class MLP:
             path, every = V.check_checkpoint(checkpoint, checkpoint_every)
             val_inputs = validation_data if isinstance(validation_data, (tuple, list)) else ()
             V.check_output_not_input(path, "checkpoint", X, y, sample_weight, *val_inputs)
+            V.check_checkpoint_target(path)
             # the sums of squares the finiteness checks compute (large arrays): the
             # check of the state the run ends in takes the data's norms from them
             x_squares, y_squares = [], []

@@ -88,6 +88,40 @@ def test_bad_checkpoint_paths(tmp_path):
         m.fit(X, y, checkpoint=3)
 
 
+def test_a_checkpoint_goes_only_over_an_earlier_checkpoint(tmp_path):
+    """fit writes its checkpoint, chunk after chunk, over the file at the path: an earlier
+    checkpoint is replaced, any other file (the data, a saved model, a pipe) is refused
+    before training and left as it was."""
+    import stat
+
+    X, y = _problem()
+    data = tmp_path / "data.csv"
+    np.savetxt(data, np.column_stack([X, y]), delimiter=",")
+    saved = tmp_path / "model.npz"
+    _model().save(saved)
+    for path, match in ((data, "is not a fastbp training checkpoint"),
+                        (saved, "is not a fastbp training checkpoint")):
+        before = path.read_bytes()
+        m = _model()
+        start = m.params.copy()
+        with pytest.raises(ValueError, match=rf"checkpoint .*{path.name}.* exists and {match}"):
+            m.fit(X, y, epochs=3, checkpoint=path)
+        assert path.read_bytes() == before
+        np.testing.assert_array_equal(m.params, start)
+    run = tmp_path / "run.npz"
+    _model().fit(X, y, epochs=3, checkpoint=run)
+    m = _model()
+    m.fit(X, y, epochs=5, lr=0.05, checkpoint=run)  # over the earlier checkpoint
+    m2, _ = fastbp.resume(run, X, y)
+    np.testing.assert_array_equal(m2.params, m.params)
+    if hasattr(os, "mkfifo"):
+        pipe = tmp_path / "pipe"
+        os.mkfifo(pipe)
+        with pytest.raises(ValueError, match="is not a regular file"):
+            _model().fit(X, y, epochs=3, checkpoint=pipe)
+        assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+
+
 def test_checkpoint_contents(tmp_path):
     X, y = _problem()
     m = _model()
