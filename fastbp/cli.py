@@ -41,7 +41,9 @@ whose cells are all numbers holds one class per value, written as an integer (``
 No command writes over one of its inputs: an output path (``--save`` and its ``.json``,
 ``--out``, the ``--plot`` figures) that is the same file as an input (compared as files,
 links included) is refused, and the output's folder is checked before any training.
-Files are written whole or not at all (temporary file, then rename).
+Files are written whole or not at all (temporary file, then rename): an output path
+that is a pipe or a device is refused, and a link there is replaced, not written
+through.
 
 Errors in the input (a missing file, an unknown column, a cell that is not a number,
 a bad option) print one line ``fastbp: error: ...`` on stderr and give exit status 2.
