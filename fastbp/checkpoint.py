@@ -115,7 +115,7 @@ def read_checkpoint(path):
         value = ar.real("every_value")
         data_n = ar.integer("data_n")
         data_key = ar.text("data_key")
-        if epochs < 1 or not 0 <= done <= epochs or record_every < 1:
+        if not 1 <= epochs <= V.MAX_COUNT or not 0 <= done <= epochs or record_every < 1:
             raise ar.error(f"inconsistent run state: epoch {done} of {epochs}, "
                            f"record_every {record_every}")
         if not lr > 0 or (batch_size != -1 and batch_size < 1) or data_n < 1:

@@ -262,6 +262,7 @@ def test_resume_needs_the_same_data(tmp_path):
 @pytest.mark.parametrize("field, value, match", [
     ("run_epoch", 99, "inconsistent run state"),
     ("record_every", 0, "inconsistent run state"),
+    ("run_epochs", 2 ** 62, "inconsistent run state"),  # past fit's 2**53: never ends
     ("history", np.zeros(2), "history"),
     ("lr", -1.0, "inconsistent run settings"),
     ("every_kind", "weeks", "checkpoint_every"),
