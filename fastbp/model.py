@@ -277,12 +277,16 @@ class MLP:
                              f"model's is {self.activations[-1]!r}")
         return self.predict(X)
 
-    def _loss_and_grad(self, X, y):
+    def _loss_and_grad(self, X, y, gradient=True):
+        """(loss, gradient), each refused (FloatingPointError) where it overflows -- the
+        gradient only when ``gradient``: a finite loss is the loss, whatever its
+        gradient (as Ensemble.loss gives it)."""
         x = self._inputs(X)
         t = self._targets(y, x.shape[0])
         loss, grad = self._kernel_loss_and_grad(x, t, np.zeros(0, dtype=self.dtype))
         V.check_finite_output(np.array([loss]), "the loss", self.dtype)
-        V.check_finite_output(grad, "the gradient", self.dtype)
+        if gradient:
+            V.check_finite_output(grad, "the gradient", self.dtype)
         return float(loss), grad
 
     def _kernel_loss_and_grad(self, x, t, sw):
@@ -314,7 +318,7 @@ class MLP:
     def loss(self, X, y):
         """The model's loss on (X, y), as a Python float (FloatingPointError if it
         overflows)."""
-        return self._loss_and_grad(X, y)[0]
+        return self._loss_and_grad(X, y, gradient=False)[0]
 
     def gradient(self, X, y):
         """Gradient of ``loss(X, y)``: (list of dW (n_in, n_out), list of db or None)."""

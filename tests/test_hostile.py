@@ -298,6 +298,19 @@ def test_ensemble_loss_of_a_model_that_overflows_is_inf(dtype, huge):
     assert list(ens.best(3, X, Y))[-1] == 1
 
 
+def test_loss_is_finite_where_only_its_gradient_overflows():
+    """MLP.loss returns a finite loss (as Ensemble.loss does, entry for entry) even where
+    the gradient overflows; gradient() refuses that one."""
+    ens = fastbp.Ensemble([1, 1, 1, 1], 1, activation=["identity", "identity", "relu"],
+                          loss="mse", bias=False, init=0.0)
+    ens.params[0] = [1e-307, 1e160, 1e147]  # the output is 10; dloss/dW1 ~ 2e309
+    X, y = np.array([[10.0]]), np.array([0.0])
+    loss = ens[0].loss(X, y)
+    assert loss == pytest.approx(100.0, rel=1e-15) and loss == ens.loss(X, y)[0]
+    with pytest.raises(FloatingPointError, match="the gradient is not finite"):
+        ens[0].gradient(X, y)
+
+
 def test_float32_overflow_in_predict():
     m = fastbp.MLP([2, 2, 1], activation="identity", init=10.0, dtype="float32")
     with pytest.raises(FloatingPointError, match="float32"):
