@@ -798,6 +798,8 @@ def test_layers_too_large_for_memory_are_one_line(capsys, csv_files):
     (dict(features="abc"), "'features' must be a list"),
     (dict(features=["a", "a", "c"]), "names a column twice"),
     (dict(classification=1), "'classification' must be true or false"),
+    (dict(classification=True, classes=[0, 1]),  # on a regression model's identity output
+     "output layer is 'identity', not sigmoid or softmax"),
 ])
 def test_predict_refuses_edited_metadata_naming_the_file(capsys, tmp_path, csv_files, edit,
                                                          fragment):
@@ -817,22 +819,6 @@ def test_predict_refuses_edited_metadata_naming_the_file(capsys, tmp_path, csv_f
     assert_usage_error(rc, out, err, f"{meta_path}: not a valid fastbp train metadata file",
                        fragment)
     assert "Warning" not in err
-
-
-def test_predict_refuses_classification_metadata_on_a_regression_model(capsys, tmp_path,
-                                                                       csv_files):
-    import json
-
-    reg = csv_files[1]
-    model_path = tmp_path / "r.npz"
-    assert run(capsys, "train", str(reg), "--target", "y", "--epochs", "3", "--save",
-               str(model_path), "--no-progress")[0] == 0
-    meta_path = Path(str(model_path) + ".json")
-    meta = json.loads(meta_path.read_text())
-    meta.update(classification=True, classes=[0, 1])
-    meta_path.write_text(json.dumps(meta))
-    assert_usage_error(*run(capsys, "predict", str(model_path), str(reg)),
-                       "output layer is 'identity', not sigmoid or softmax")
 
 
 def test_predict_to_a_closed_stdout_says_so(capsys, trained, monkeypatch):
