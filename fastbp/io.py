@@ -350,7 +350,7 @@ def _identify(path, npz, what):
 
 def is_checkpoint_file(path):
     """Whether ``path`` holds a fastbp training checkpoint this version reads (only its
-    markers are read): what a fit may write over (_validation.check_checkpoint)."""
+    markers are read): what a fit may write over (_validation.check_checkpoint_target)."""
     try:
         with open_archive(path, "checkpoint") as ar:
             return ar.format == CHECKPOINT_FORMAT
