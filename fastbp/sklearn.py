@@ -22,6 +22,9 @@ deviance (fastbp's "poisson" loss), for every solver.
 What differs from scikit-learn (each is an error or a documented difference, never a
 silently ignored setting):
 
+- A bad hyper-parameter raises ``fastbp.sklearn.InvalidParameterError``, a ValueError
+  and a TypeError as scikit-learn's InvalidParameterError is (not that class itself,
+  which is private to scikit-learn), checked when ``fit`` starts.
 - ``momentum=1`` is not available (fastbp needs momentum < 1).  With ``loss='poisson'``
   negative targets are refused (ValueError); scikit-learn's loss is NaN there.
   ``max_fun`` applies to lbfgs only (scikit-learn ignores it for sgd and adam too).
@@ -120,7 +123,7 @@ from . import _sparse
 from . import _validation as V
 from .model import MLP, divergence_cause
 
-__all__ = ["MLPRegressor", "MLPClassifier"]
+__all__ = ["MLPRegressor", "MLPClassifier", "InvalidParameterError"]
 
 # scikit-learn's hidden activation names -> fastbp's
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
@@ -257,9 +260,15 @@ def _is_real(v):
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
 
 
-def _need(ok, name, expected, value, exc=ValueError):
+class InvalidParameterError(ValueError, TypeError):
+    """A hyper-parameter of the wrong type or value: both a ValueError and a TypeError,
+    as scikit-learn's own InvalidParameterError is, so that code written for either
+    estimator catches it the same way."""
+
+
+def _need(ok, name, expected, value):
     if not ok:
-        raise exc(f"{name} must be {expected}, got {value!r}")
+        raise InvalidParameterError(f"{name} must be {expected}, got {value!r}")
 
 
 def _hidden_sizes(value):
@@ -269,8 +278,8 @@ def _hidden_sizes(value):
         try:
             sizes = list(value)
         except TypeError:
-            raise TypeError(f"hidden_layer_sizes must be an int or a sequence of ints, "
-                            f"got {value!r}") from None
+            raise InvalidParameterError(f"hidden_layer_sizes must be an int or a sequence "
+                                        f"of ints, got {value!r}") from None
     for s in sizes:
         _need(_is_int(s) and s >= 1, "hidden_layer_sizes",
               "an int >= 1 or a sequence of ints >= 1", value)
@@ -308,8 +317,8 @@ class _BaseMLP(BaseEstimator):
         _need(_is_real(self.momentum) and 0 <= self.momentum <= 1, "momentum",
               "a number in [0, 1]", self.momentum)
         if self.solver == "sgd" and self.momentum == 1:
-            raise ValueError("momentum=1 is not supported by fastbp (the velocity would "
-                             "never decay); use momentum < 1")
+            raise InvalidParameterError("momentum=1 is not supported by fastbp (the "
+                                        "velocity would never decay); use momentum < 1")
         _need(_is_real(self.validation_fraction) and 0 <= self.validation_fraction < 1,
               "validation_fraction", "a number in [0, 1)", self.validation_fraction)
         for name in ("beta_1", "beta_2"):
@@ -324,9 +333,9 @@ class _BaseMLP(BaseEstimator):
               self.max_fun)
         for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
             v = getattr(self, name)
-            _need(isinstance(v, (bool, np.bool_)), name, "True or False", v, TypeError)
+            _need(isinstance(v, (bool, np.bool_)), name, "True or False", v)
         _need(isinstance(self.verbose, (bool, np.bool_, numbers.Integral)), "verbose",
-              "a bool or an int", self.verbose, TypeError)
+              "a bool or an int", self.verbose)
         _need(self.verbose >= 0, "verbose", "True, False or an int >= 0", self.verbose)
         self._dtype()
         return sizes
@@ -340,8 +349,8 @@ class _BaseMLP(BaseEstimator):
         except TypeError:
             name = None
         if name not in ("float64", "float32"):
-            raise ValueError(f"dtype must be None (X's precision), 'float64' or 'float32', "
-                             f"got {self.dtype!r}")
+            raise InvalidParameterError(f"dtype must be None (X's precision), 'float64' or "
+                                        f"'float32', got {self.dtype!r}")
         return np.dtype(name).type
 
     def _input_dtype(self, reset):
@@ -959,8 +968,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     _is_classifier = False
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *,
-                 loss="squared_error", solver="adam", alpha=0.0001, batch_size="auto",
+    # loss first, as scikit-learn's MLPRegressor takes it (a positional call means the
+    # same there and here)
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
+                 solver="adam", alpha=0.0001, batch_size="auto",
                  learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True,

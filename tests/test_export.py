@@ -286,7 +286,7 @@ def test_from_sklearn_reads_sklearn_and_fastbp_estimators():
     assert m.activations == ("tanh", "softmax") and m.loss_name == "cross_entropy"
     _close(m.predict(X), sk.predict_proba(X), "float64")
     with pytest.warns(ConvergenceWarning):
-        ours = fs.MLPRegressor((5,), max_iter=3, random_state=0).fit(X, y)
+        ours = fs.MLPRegressor(hidden_layer_sizes=(5,), max_iter=3, random_state=0).fit(X, y)
     m = fastbp.MLP.from_sklearn(ours)
     assert m.params.tobytes() == ours._model.params.tobytes()
     assert m.activations == ours._model.activations and m.loss_name == "half_mse"

@@ -605,6 +605,39 @@ def test_targets_too_large_for_float32_are_named_so(call):
         getattr(MLPRegressor(**dict(PLAIN_SGD, dtype="float32")), call)(X, y)
 
 
+@pytest.mark.parametrize("name", ["MLPRegressor", "MLPClassifier"])
+def test_signature_is_scikit_learns(name):
+    """The same parameters in the same order and of the same kind (positional or
+    keyword-only) as scikit-learn's estimator, with the same defaults, plus dtype: a
+    positional call means the same in both (MLPRegressor takes loss first)."""
+    import inspect
+
+    import sklearn.neural_network as skl
+    import fastbp.sklearn as ours
+
+    def params(cls):
+        return [(p.name, p.kind, p.default)
+                for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name != "self"]
+
+    theirs, mine = params(getattr(skl, name)), params(getattr(ours, name))
+    assert mine[-1][0] == "dtype" and mine[:-1] == theirs
+
+
+@pytest.mark.parametrize("setting", [dict(shuffle=1), dict(hidden_layer_sizes="abc"),
+                                     dict(alpha=-1.0), dict(dtype="int8"),
+                                     dict(verbose="yes")])
+def test_bad_settings_are_both_value_and_type_errors(setting):
+    """As scikit-learn's InvalidParameterError: code that catches either kind (written
+    for scikit-learn's estimator) catches fastbp's too."""
+    from fastbp.sklearn import InvalidParameterError
+
+    X, y = _targets("binary")
+    for kind in (ValueError, TypeError, InvalidParameterError):
+        with pytest.raises(kind):
+            MLPClassifier(**setting).fit(X, y)
+
+
 def test_import_error_names_the_extra():
     code = ("import sys; sys.modules['sklearn'] = None\n"
             "try:\n    import fastbp.sklearn\n"

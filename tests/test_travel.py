@@ -353,7 +353,8 @@ def test_sklearn_wrappers_copy_and_go_on_fitting_identically(kind):
     from fastbp.sklearn import MLPClassifier, MLPRegressor
     X, y = _data(k=1)
     if kind == "regressor":
-        est = MLPRegressor((5,), solver="adam", shuffle=True, max_iter=3, random_state=0)
+        est = MLPRegressor(hidden_layer_sizes=(5,), solver="adam", shuffle=True, max_iter=3,
+                           random_state=0)
         y, out = y[:, 0], "predict"
     else:
         est = MLPClassifier((5,), solver="sgd", momentum=0.9, shuffle=True, max_iter=3,
@@ -379,7 +380,7 @@ def test_sklearn_wrapper_pickle_keeps_replaced_coefs():
     from fastbp.sklearn import MLPRegressor
     X, y = _data(k=1)
     with pytest.warns(Warning):
-        est = MLPRegressor((5,), max_iter=2, random_state=0).fit(X, y[:, 0])
+        est = MLPRegressor(hidden_layer_sizes=(5,), max_iter=2, random_state=0).fit(X, y[:, 0])
     est.coefs_ = [np.ones_like(c) for c in est.coefs_]  # scikit-learn allows assigning
     c = pickle.loads(pickle.dumps(est))
     np.testing.assert_array_equal(c.coefs_[0], 1.0)
