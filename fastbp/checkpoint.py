@@ -426,6 +426,9 @@ def resume(path, X, y, progress=False, on_divergence="raise", n_jobs=None):
     """
     on_divergence = V.check_on_divergence(on_divergence)
     threads = T.resolve(n_jobs)
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"resume's path must be the checkpoint file's path (str or "
+                        f"os.PathLike), got {path!r}")
     path = os.fspath(path)
     from ._driver import sigint_deferred
     model, run = read_checkpoint(path)

@@ -65,6 +65,7 @@ import numpy as np
 
 from . import _demos, datasets
 from .datasets import DataError
+from ._validation import MAX_COUNT
 from .io import atomic_write, check_writable
 
 PROG = "fastbp"
@@ -84,14 +85,15 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------- parsing
 
 
-def _int_at_least(least, expected):
-    """An argparse type: an integer >= ``least``; ``expected`` words the error."""
+def _int_at_least(least, expected, most=None):
+    """An argparse type: an integer >= ``least`` (and <= ``most``); ``expected`` words
+    the error."""
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             value = least - 1
-        if value < least:
+        if value < least or (most is not None and value > most):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
     return parse
@@ -99,6 +101,8 @@ def _int_at_least(least, expected):
 
 _positive_int = _int_at_least(1, "a positive integer")
 _seed = _int_at_least(0, "an integer >= 0")
+# fit's bound (MAX_COUNT), checked with the other options: before any line is printed
+_epochs = _int_at_least(1, f"a positive integer up to 2**53 ({MAX_COUNT})", most=MAX_COUNT)
 
 
 def _positive_float(text):
@@ -171,7 +175,7 @@ def build_parser():
     demo.add_argument("--data", metavar="PATH",
                       help="admissions CSV (columns admit, gre, gpa, rank); "
                            "default: the tutorial's 400-row UCLA file, shipped with fastbp")
-    demo.add_argument("--epochs", type=_positive_int,
+    demo.add_argument("--epochs", type=_epochs,
                       help="epochs (default: the tutorial's, except regression: 100,000, "
                            "where its tutorial takes 50)")
     demo.add_argument("--lr", type=_positive_float,
@@ -207,7 +211,7 @@ def build_parser():
     train.add_argument("--loss", choices=_LOSSES, default=None,
                        help="default: bce with a sigmoid output and targets in [0, 1], "
                             "cross_entropy with softmax, else mse")
-    train.add_argument("--epochs", type=_positive_int, default=1000, help="default 1000")
+    train.add_argument("--epochs", type=_epochs, default=1000, help="default 1000")
     train.add_argument("--lr", type=_positive_float, default=0.01, help="default 0.01")
     train.add_argument("--batch-size", type=_positive_int, default=None, metavar="B",
                        help="mini-batch size, shuffled each epoch (default: full batch)")

@@ -242,6 +242,13 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run(tmp_path, monkey
     np.testing.assert_array_equal(h2.loss, h_ref.loss)
 
 
+@pytest.mark.parametrize("path", [None, 3, b"run.npz"])
+def test_resume_names_a_path_that_is_not_one(path):
+    X, y = _problem()
+    with pytest.raises(TypeError, match="resume's path must be the checkpoint file's path"):
+        fastbp.resume(path, X, y)
+
+
 def test_resume_needs_the_same_data(tmp_path):
     X, y = _problem()
     _model().fit(X, y, epochs=5, checkpoint=tmp_path / "run.npz", checkpoint_every=2)

@@ -313,6 +313,7 @@ def test_demo_with_progress_bar(capsys):
 @pytest.mark.parametrize("argv, fragments", [
     (["demo", "nope"], ["invalid choice", "'nope'"]),
     (["demo", "xor", "--epochs", "0"], ["--epochs", "positive integer"]),
+    (["demo", "xor", "--epochs", str(2 ** 60)], ["--epochs", "up to 2**53"]),
     (["demo", "xor", "--lr", "-1"], ["--lr", "positive number"]),
     (["demo", "xor", "--lr", "fast"], ["--lr", "'fast'"]),
     (["demo", "xor", "--data", "x.csv"], ["--data is for the admissions demo"]),
@@ -489,6 +490,8 @@ def test_predict_model_saved_from_python_uses_first_columns(capsys, tmp_path):
     (["--target", "y", "--task", "classify"], ["'y'", "not a class label", "--task classify"]),
     (["--target", "y", "--test-fraction", "1.5"], ["--test-fraction", "[0, 1)"]),
     (["--target", "y", "--epochs", "-5"], ["--epochs"]),
+    # past fit's 2**53, refused with the options, before the Data / Model lines print
+    (["--target", "y", "--epochs", str(2 ** 53 + 1)], ["--epochs", "up to 2**53"]),
     (["--target", "y", "--batch-size", "0"], ["--batch-size"]),
     (["--target", "y", "--seed", "-1"], ["--seed", "'-1'", ">= 0"]),
     # 96 of the 120 rows train; the library's message named its Python keyword
